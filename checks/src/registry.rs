@@ -1,0 +1,54 @@
+//! Every check, in the order the report lists them. Adding a check: one file in `rules/`, one line here.
+use crate::rules;
+use crate::Check;
+
+pub fn all() -> Vec<Box<dyn Check>> {
+    vec![Box::new(rules::init_std::InitStd)]
+}
+
+pub fn find(id: &str) -> Option<Box<dyn Check>> {
+    all().into_iter().find(|c| c.info().id == id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn ids_are_unique_kebab_case_and_documented() {
+        let mut seen = HashSet::new();
+        for c in all() {
+            let info = c.info();
+            assert!(seen.insert(info.id), "duplicate id {}", info.id);
+            assert!(
+                info.id
+                    .chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch == '-'),
+                "{} is not kebab-case",
+                info.id
+            );
+            for (section, text) in [
+                ("what", info.docs.what),
+                ("why", info.docs.why),
+                ("how", info.docs.how),
+                ("example", info.docs.example),
+                ("fix", info.docs.fix),
+            ] {
+                assert!(
+                    text.len() > 20,
+                    "{}: docs section {section} is too thin",
+                    info.id
+                );
+            }
+            for o in info.options {
+                assert!(
+                    !o.doc.is_empty(),
+                    "{}: option {} lacks docs",
+                    info.id,
+                    o.name
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,515 @@
+//! trainlint: audits a deep-learning training setup before the expensive run starts.
+mod config;
+mod data;
+mod model;
+mod report;
+mod run;
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use trainlint_checks::ports::LossKind;
+use trainlint_checks::{registry, Context, Severity};
+
+use config::{ConfigError, Settings};
+
+#[derive(Parser)]
+#[command(
+    name = "trainlint",
+    version,
+    about = "Audits a deep-learning training setup before the expensive run starts"
+)]
+struct Cli {
+    /// When to color the output.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto, global = true)]
+    color: ColorChoice,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FailOn {
+    Error,
+    Warning,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the checks on a model, a data sample and a loss log.
+    Check(Box<CheckArgs>),
+    /// List every check: id, group, default level and summary.
+    Rules,
+    /// Print a check's documentation and options.
+    Explain {
+        /// The check id, e.g. init-std.
+        id: String,
+    },
+    /// Write a commented trainlint.toml with every option at its default.
+    Init {
+        /// Folder to write trainlint.toml into.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// The TorchScript model, relative to DIR or absolute.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// The data sample (.npz, .npy, .safetensors); its keys and a task guess are filled in.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Overwrite an existing trainlint.toml.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the JSON Schema of the configuration (for editor completion).
+    Schema,
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// A folder to search for trainlint.toml / pyproject.toml (upwards), or a config file.
+    path: Option<PathBuf>,
+    /// The TorchScript model (overrides the config).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The data sample: .npz, .npy or .safetensors.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// The loss log: CSV or JSONL.
+    #[arg(long)]
+    log: Option<PathBuf>,
+    /// Checks or groups to run, comma-separated (ALL = every check).
+    #[arg(long, value_delimiter = ',')]
+    select: Option<Vec<String>>,
+    /// Checks or groups to skip, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    ignore: Option<Vec<String>>,
+    /// Exit 1 when a finding at or above this severity remains.
+    #[arg(long, value_enum)]
+    fail_on: Option<FailOn>,
+    /// Exit 0 even when there are findings (input errors still exit 2).
+    #[arg(long)]
+    exit_zero: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    output_format: Format,
+    /// Write the report to this file instead of standard output.
+    #[arg(short = 'o', long = "output-file")]
+    output_file: Option<PathBuf>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long)]
+    device: Option<String>,
+    /// Seed for everything random (default 0).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// libtorch CPU threads (0 = the machine's cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// The task: auto, image-to-image, classification, regression.
+    #[arg(long)]
+    task: Option<String>,
+    /// The training loss: mse, l1, smooth_l1, bce, bce_with_logits, cross_entropy, nll.
+    #[arg(long)]
+    loss: Option<String>,
+    /// Leave durations out of the report (0), so that reports compare byte for byte.
+    #[arg(long)]
+    no_timings: bool,
+}
+
+/// An error that stops the run before anything is judged: exit 2.
+struct Fatal {
+    message: String,
+    detail: Option<String>,
+}
+
+impl<E: std::fmt::Display> From<E> for Fatal {
+    fn from(e: E) -> Self {
+        Fatal {
+            message: e.to_string(),
+            detail: None,
+        }
+    }
+}
+
+fn config_fatal(e: ConfigError) -> Fatal {
+    Fatal {
+        detail: e.render_snippet(),
+        message: e.to_string(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.color {
+        ColorChoice::Always => colored::control::set_override(true),
+        ColorChoice::Never => colored::control::set_override(false),
+        ColorChoice::Auto => {
+            let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+            colored::control::set_override(!no_color && std::io::stdout().is_terminal());
+        }
+    }
+    let result = match cli.command {
+        Command::Check(args) => check(*args),
+        Command::Rules => {
+            print!("{}", rules_table());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain { id } => explain(&id),
+        Command::Init {
+            dir,
+            model,
+            data,
+            force,
+        } => init(&dir, model, data, force),
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&config::json_schema()).expect("schema serialises")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            if let Some(d) = f.detail {
+                eprintln!("{d}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn rules_table() -> String {
+    let mut out = String::new();
+    let checks = registry::all();
+    let width = checks.iter().map(|c| c.info().id.len()).max().unwrap_or(10);
+    out.push_str(&format!(
+        "{:width$}  {:9}  {:5}  summary\n",
+        "check", "group", "level"
+    ));
+    for c in checks {
+        let i = c.info();
+        out.push_str(&format!(
+            "{:width$}  {:9}  {:5}  {}\n",
+            i.id,
+            i.group.as_str(),
+            i.default_level.as_str(),
+            i.summary
+        ));
+    }
+    out
+}
+
+fn explain(id: &str) -> Result<ExitCode, Fatal> {
+    let Some(check) = registry::find(id) else {
+        let ids: Vec<&str> = registry::all().iter().map(|c| c.info().id).collect();
+        let mut close: Vec<(f64, &str)> = ids
+            .iter()
+            .map(|c| (strsim::jaro_winkler(id, c), *c))
+            .collect();
+        close.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let hint: Vec<&str> = close
+            .iter()
+            .filter(|(s, _)| *s > 0.7)
+            .take(3)
+            .map(|(_, c)| *c)
+            .collect();
+        let hint = if hint.is_empty() {
+            format!("`trainlint rules` lists them: {}", ids.join(", "))
+        } else {
+            format!("did you mean {}?", hint.join(", "))
+        };
+        return Err(Fatal::from(format!("unknown check `{id}`; {hint}")));
+    };
+    let i = check.info();
+    let mut out = format!(
+        "# {}\n\ngroup: {} · default level: {}{}\n\n{}\n\n## What it does\n{}\n\n## Why it matters\n{}\n\n## How it decides\n{}\n\n## Example\n{}\n\n## How to fix\n{}\n",
+        i.id,
+        i.group.as_str(),
+        i.default_level.as_str(),
+        if i.trains { " · trains an in-memory copy" } else { "" },
+        i.summary,
+        i.docs.what,
+        i.docs.why,
+        i.docs.how,
+        i.docs.example,
+        i.docs.fix
+    );
+    out.push_str(&format!(
+        "\n## Options ([checks.{}] in trainlint.toml)\n",
+        i.id
+    ));
+    out.push_str("level = \"allow\" | \"warn\" | \"deny\"\n");
+    for o in i.options {
+        let choices = if o.choices.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", o.choices.join(", "))
+        };
+        out.push_str(&format!(
+            "{} = {}  # {}{choices}\n",
+            o.name,
+            o.default.render(),
+            o.doc
+        ));
+    }
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init(
+    dir: &Path,
+    model: Option<PathBuf>,
+    data: Option<PathBuf>,
+    force: bool,
+) -> Result<ExitCode, Fatal> {
+    if !dir.is_dir() {
+        return Err(Fatal::from(format!("{} is not a folder", dir.display())));
+    }
+    let target = dir.join("trainlint.toml");
+    if target.exists() && !force {
+        return Err(Fatal::from(format!(
+            "{} exists; pass --force to overwrite it",
+            target.display()
+        )));
+    }
+    let mut filled: Vec<(&str, String)> = Vec::new();
+    if let Some(m) = &model {
+        filled.push(("model.path", format!("{:?}", m.display().to_string())));
+    }
+    if let Some(d) = &data {
+        let full = if d.is_absolute() {
+            d.clone()
+        } else {
+            dir.join(d)
+        };
+        let arrays = data::read_arrays(&full)?;
+        filled.push(("data.path", format!("{:?}", d.display().to_string())));
+        let pick = |preferred: &[&str], want_int: Option<bool>| -> Option<&data::Array> {
+            preferred
+                .iter()
+                .find_map(|p| arrays.iter().find(|a| a.name == *p))
+                .or_else(|| {
+                    arrays
+                        .iter()
+                        .find(|a| want_int.is_none_or(|w| w != a.tensor.is_floating_point()))
+                })
+        };
+        let inputs = pick(
+            &["inputs", "input", "x", "images", "X", "features"],
+            Some(false),
+        );
+        let targets = pick(&["targets", "target", "y", "labels", "Y", "label"], None)
+            .filter(|t| inputs.is_none_or(|i| i.name != t.name))
+            .or_else(|| {
+                arrays
+                    .iter()
+                    .find(|a| inputs.is_none_or(|i| i.name != a.name))
+            });
+        if let Some(i) = inputs {
+            filled.push(("data.inputs", format!("{:?}", i.name)));
+        }
+        if let Some(t) = targets {
+            filled.push(("data.targets", format!("{:?}", t.name)));
+        }
+        if let (Some(i), Some(t)) = (inputs, targets) {
+            let task = if !t.tensor.is_floating_point() {
+                "classification"
+            } else if i.tensor.size() == t.tensor.size() && i.tensor.dim() >= 3 {
+                "image-to-image"
+            } else {
+                "regression"
+            };
+            filled.push(("setup.task", format!("{task:?}")));
+        }
+    }
+    let text = config::init_template(&filled);
+    std::fs::write(&target, text)?;
+    println!("wrote {}", target.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn resolve_settings(args: &CheckArgs) -> Result<Settings, Fatal> {
+    let mut settings = Settings::default();
+    let start = args.path.clone().unwrap_or_else(|| PathBuf::from("."));
+    if let Some(path) = config::discover(&start).map_err(config_fatal)? {
+        config::load_file(&path, &mut settings).map_err(config_fatal)?;
+    } else if args.path.as_ref().is_some_and(|p| p.is_file()) {
+        unreachable!("a file is always its own config");
+    }
+    if let Some(m) = &args.model {
+        settings.model = Some(m.clone());
+    }
+    if let Some(d) = &args.data {
+        settings.data = Some(d.clone());
+    }
+    if let Some(l) = &args.log {
+        settings.log = Some(l.clone());
+    }
+    if let Some(s) = &args.select {
+        config::validate_selectors(s).map_err(|m| Fatal::from(format!("--select: {m}")))?;
+        settings.select = s.clone();
+    }
+    if let Some(s) = &args.ignore {
+        config::validate_selectors(s).map_err(|m| Fatal::from(format!("--ignore: {m}")))?;
+        settings.ignore = s.clone();
+    }
+    if let Some(f) = args.fail_on {
+        settings.fail_on = match f {
+            FailOn::Error => Severity::Error,
+            FailOn::Warning => Severity::Warning,
+        };
+    }
+    if let Some(d) = &args.device {
+        settings.device = d.clone();
+    }
+    if let Some(s) = args.seed {
+        settings.setup.seed = s;
+    }
+    if let Some(t) = args.threads {
+        settings.threads = t;
+    }
+    if let Some(t) = &args.task {
+        settings.setup.task = config::parse_task(t).ok_or_else(|| {
+            Fatal::from(format!(
+                "--task: {t:?} is not one of {}",
+                config::TASKS.join(", ")
+            ))
+        })?;
+    }
+    if let Some(l) = &args.loss {
+        settings.setup.loss = Some(LossKind::parse(l).ok_or_else(|| {
+            Fatal::from(format!(
+                "--loss: {l:?} is not one of {}",
+                LossKind::NAMES.join(", ")
+            ))
+        })?);
+    }
+    if settings.model.is_none() && settings.data.is_none() && settings.log.is_none() {
+        return Err(Fatal::from(
+            "nothing to check: no trainlint.toml or [tool.trainlint] found, and no --model, --data or --log given",
+        ));
+    }
+    Ok(settings)
+}
+
+/// A path as the user would type it: relative to the working directory when it lies below it.
+fn display_path(p: &Path) -> String {
+    let cwd = std::env::current_dir().ok();
+    let cwd = cwd.as_deref().and_then(|c| c.canonicalize().ok());
+    match cwd.as_deref().and_then(|c| p.strip_prefix(c).ok()) {
+        Some(rel) => rel.display().to_string(),
+        None => p.display().to_string(),
+    }
+}
+
+fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
+    let settings = resolve_settings(&args)?;
+    let threads = if settings.threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        settings.threads
+    };
+    tch::set_num_threads(threads as i32);
+    let model = match &settings.model {
+        Some(p) => Some(model::TorchScriptModel::load(
+            p,
+            &settings.device,
+            &settings.output,
+        )?),
+        None => None,
+    };
+    let dataset = match &settings.data {
+        Some(p) => Some(data::load_dataset(
+            p,
+            &settings.inputs,
+            &settings.targets,
+            settings.max_samples,
+        )?),
+        None => None,
+    };
+    let log = match &settings.log {
+        Some(p) => Some(data::load_log(
+            p,
+            settings.log_loss.as_deref(),
+            &settings.log_terms,
+        )?),
+        None => None,
+    };
+    let mut ctx = Context::new(&settings.setup);
+    ctx.model = model.as_ref().map(|m| m as &dyn trainlint_checks::Model);
+    ctx.data = dataset.as_ref();
+    ctx.log = log.as_ref();
+    // The shared forward pass doubles as the input check: a model that rejects the data is an input
+    // error (exit 2), not a verdict.
+    if let (Some(m), Some(d)) = (&model, &dataset) {
+        if let Err(e) = ctx.prediction() {
+            return Err(Fatal::from(format!(
+                "the model {} rejected data `{}` of shape {:?} from {}: {}",
+                settings
+                    .model
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                d.input_key,
+                d.inputs.size(),
+                d.path,
+                e.to_string().trim_start_matches("model: ")
+            )));
+        }
+        let _ = m;
+    }
+    let outcome = run::run_all(&ctx, &settings, &|_, _| {});
+    let inputs = report::Inputs {
+        config: settings.config_path.as_deref().map(display_path),
+        model: settings.model.as_deref().map(display_path),
+        data: settings.data.as_deref().map(display_path),
+        log: settings.log.as_deref().map(display_path),
+        device: settings.device.clone(),
+    };
+    let report = report::Report::new(
+        inputs,
+        settings.setup.seed,
+        outcome.runs,
+        outcome.unused_ignores,
+        !args.no_timings,
+    );
+    let rendered = match args.output_format {
+        Format::Text => report::text::render(&report),
+        Format::Json => report::json::render(&report),
+    };
+    match &args.output_file {
+        Some(path) => {
+            std::fs::write(path, &rendered)
+                .map_err(|e| Fatal::from(format!("cannot write {}: {e}", path.display())))?;
+            if args.output_format != Format::Text {
+                eprint!("{}", report::text::render(&report));
+            }
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(rendered.as_bytes());
+        }
+    }
+    if !args.exit_zero && report.fails(settings.fail_on) {
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}

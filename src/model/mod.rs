@@ -1,0 +1,345 @@
+//! TorchScript models behind the checks' `Model` port, through the C++ shim in `shim.cpp`.
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::path::{Path, PathBuf};
+
+use tch::{Device, Tensor};
+use trainlint_checks::ports::{Mode, NamedTensor};
+use trainlint_checks::{CheckError, Model, ModuleInfo, OutputActivation, TrainableModel};
+
+#[repr(C)]
+struct RawModule {
+    _private: [u8; 0],
+}
+
+type TensorCb = extern "C" fn(*mut c_void, *const c_char, *mut torch_sys::C_tensor);
+type ModuleCb = extern "C" fn(*mut c_void, *const c_char, *const c_char, c_int);
+
+extern "C" {
+    fn tl_free_string(s: *mut c_char);
+    fn tl_load(path: *const c_char, device: *const c_char, out: *mut *mut RawModule)
+        -> *mut c_char;
+    fn tl_free(m: *mut RawModule);
+    fn tl_deepcopy(m: *const RawModule, out: *mut *mut RawModule) -> *mut c_char;
+    fn tl_forward(
+        m: *mut RawModule,
+        input: *const torch_sys::C_tensor,
+        mode: c_int,
+        grad: c_int,
+        output_key: *const c_char,
+        out: *mut *mut torch_sys::C_tensor,
+    ) -> *mut c_char;
+    fn tl_named_parameters(m: *const RawModule, ctx: *mut c_void, cb: TensorCb) -> *mut c_char;
+    fn tl_named_buffers(m: *const RawModule, ctx: *mut c_void, cb: TensorCb) -> *mut c_char;
+    fn tl_named_modules(m: *const RawModule, ctx: *mut c_void, cb: ModuleCb) -> *mut c_char;
+    fn tl_output_op(
+        m: *const RawModule,
+        output_index: c_int,
+        op: *mut *mut c_char,
+        lo: *mut f64,
+        hi: *mut f64,
+    ) -> *mut c_char;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("{path} is not a TorchScript model ({reason}); export it with torch.jit.script(model).save(...) or torch.jit.trace(model, example).save(...)")]
+    NotTorchScript { path: PathBuf, reason: String },
+    #[error("cannot load {path}: {reason}")]
+    Load { path: PathBuf, reason: String },
+    #[error("device {0} requested but CUDA is not available to libtorch on this machine")]
+    NoCuda(String),
+    #[error("invalid device {0:?}: use cpu, cuda or cuda:N")]
+    BadDevice(String),
+}
+
+/// Take the shim's error message (NULL = success).
+fn check(err: *mut c_char) -> Result<(), String> {
+    if err.is_null() {
+        return Ok(());
+    }
+    let msg = unsafe { CStr::from_ptr(err) }
+        .to_string_lossy()
+        .trim()
+        .to_string();
+    unsafe { tl_free_string(err) };
+    // libtorch messages can span lines (source excerpts); the first lines carry the cause.
+    Err(first_lines(&msg))
+}
+
+fn first_lines(msg: &str) -> String {
+    // The TorchScript interpreter prints a traceback and puts the cause on the last line.
+    if msg.contains("Traceback of TorchScript") {
+        if let Some(last) = msg.lines().rev().map(str::trim).find(|l| !l.is_empty()) {
+            return last.to_string();
+        }
+    }
+    // miniz and friends append paragraphs of advice; the first sentence carries the cause.
+    let msg = msg.split(". This ").next().unwrap_or(msg);
+    msg.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+extern "C" fn collect_tensor(ctx: *mut c_void, name: *const c_char, t: *mut torch_sys::C_tensor) {
+    let out = unsafe { &mut *(ctx as *mut Vec<NamedTensor>) };
+    let name = unsafe { CStr::from_ptr(name) }
+        .to_string_lossy()
+        .into_owned();
+    out.push((name, unsafe { Tensor::from_ptr(t) }));
+}
+
+extern "C" fn collect_module(
+    ctx: *mut c_void,
+    name: *const c_char,
+    kind: *const c_char,
+    training: c_int,
+) {
+    let out = unsafe { &mut *(ctx as *mut Vec<ModuleInfo>) };
+    out.push(ModuleInfo {
+        path: unsafe { CStr::from_ptr(name) }
+            .to_string_lossy()
+            .into_owned(),
+        kind: unsafe { CStr::from_ptr(kind) }
+            .to_string_lossy()
+            .into_owned(),
+        training: training != 0,
+    });
+}
+
+/// An owned TorchScript module.
+struct Handle(*mut RawModule);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        unsafe { tl_free(self.0) }
+    }
+}
+
+impl Handle {
+    fn tensors(&self, parameters: bool) -> Result<Vec<NamedTensor>, CheckError> {
+        let mut out: Vec<NamedTensor> = Vec::new();
+        let ctx = &mut out as *mut Vec<NamedTensor> as *mut c_void;
+        let err = unsafe {
+            if parameters {
+                tl_named_parameters(self.0, ctx, collect_tensor)
+            } else {
+                tl_named_buffers(self.0, ctx, collect_tensor)
+            }
+        };
+        check(err).map_err(CheckError::Model)?;
+        Ok(out)
+    }
+
+    fn modules(&self) -> Result<Vec<ModuleInfo>, String> {
+        let mut out: Vec<ModuleInfo> = Vec::new();
+        let ctx = &mut out as *mut Vec<ModuleInfo> as *mut c_void;
+        check(unsafe { tl_named_modules(self.0, ctx, collect_module) })?;
+        Ok(out)
+    }
+
+    /// `grad`: None keeps the caller's grad mode.
+    fn forward(
+        &self,
+        input: &Tensor,
+        mode: Mode,
+        grad: Option<bool>,
+        output_key: &CString,
+    ) -> Result<Tensor, CheckError> {
+        let mode = match mode {
+            Mode::AsSaved => -1,
+            Mode::Eval => 0,
+            Mode::Train => 1,
+        };
+        let mut out = std::ptr::null_mut();
+        let grad = grad.map_or(-1, c_int::from);
+        let err = unsafe {
+            tl_forward(
+                self.0,
+                input.as_ptr(),
+                mode,
+                grad,
+                output_key.as_ptr(),
+                &mut out,
+            )
+        };
+        check(err).map_err(CheckError::Model)?;
+        Ok(unsafe { Tensor::from_ptr(out) })
+    }
+
+    fn deepcopy(&self) -> Result<Handle, CheckError> {
+        let mut out = std::ptr::null_mut();
+        check(unsafe { tl_deepcopy(self.0, &mut out) }).map_err(CheckError::Model)?;
+        Ok(Handle(out))
+    }
+}
+
+pub fn parse_device(s: &str) -> Result<Device, ModelError> {
+    let device = match s {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        _ => match s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            Some(n) => Device::Cuda(n),
+            None => return Err(ModelError::BadDevice(s.to_string())),
+        },
+    };
+    if let Device::Cuda(n) = device {
+        if !tch::Cuda::is_available() || n >= tch::Cuda::device_count() as usize {
+            return Err(ModelError::NoCuda(s.to_string()));
+        }
+    }
+    Ok(device)
+}
+
+/// A TorchScript model loaded from a file. The file is only read.
+pub struct TorchScriptModel {
+    handle: Handle,
+    device: Device,
+    output_key: CString,
+    modules: Vec<ModuleInfo>,
+}
+
+impl TorchScriptModel {
+    /// `output` selects the prediction when forward returns a tuple (an index) or a dict (a key).
+    pub fn load(path: &Path, device: &str, output: &str) -> Result<Self, ModelError> {
+        if !path.is_file() {
+            return Err(ModelError::Missing(path.to_path_buf()));
+        }
+        let dev = parse_device(device)?;
+        let c_path = CString::new(path.to_string_lossy().as_bytes()).expect("path without NUL");
+        let c_device = CString::new(device).expect("device without NUL");
+        let mut raw = std::ptr::null_mut();
+        check(unsafe { tl_load(c_path.as_ptr(), c_device.as_ptr(), &mut raw) })
+            .map_err(|reason| classify_load_error(path, reason))?;
+        let handle = Handle(raw);
+        // Read the training flags now: later eval/train calls change them.
+        let modules = handle.modules().map_err(|reason| ModelError::Load {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        Ok(TorchScriptModel {
+            handle,
+            device: dev,
+            output_key: CString::new(output).expect("output key without NUL"),
+            modules,
+        })
+    }
+}
+
+fn classify_load_error(path: &Path, reason: String) -> ModelError {
+    let not_script = [
+        "constants.pkl",
+        "PytorchStreamReader",
+        "central directory",
+        "archive",
+        "code/",
+    ];
+    let zip_magic = std::fs::read(path)
+        .map(|b| b.starts_with(b"PK\x03\x04"))
+        .unwrap_or(false);
+    let is_state_dict = zip_magic && reason.contains("constants.pkl");
+    if is_state_dict {
+        return ModelError::NotTorchScript {
+            path: path.to_path_buf(),
+            reason: "it looks like a torch.save checkpoint or state_dict, which holds weights but no code".into(),
+        };
+    }
+    if !zip_magic || not_script.iter().any(|s| reason.contains(s)) {
+        let why = if zip_magic {
+            format!("the archive is damaged or incomplete: {reason}")
+        } else {
+            "it is not a TorchScript zip archive (a pickle, a truncated file or another format)"
+                .into()
+        };
+        return ModelError::NotTorchScript {
+            path: path.to_path_buf(),
+            reason: why,
+        };
+    }
+    ModelError::Load {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+impl Model for TorchScriptModel {
+    fn device(&self) -> Device {
+        self.device
+    }
+    fn parameters(&self) -> Result<Vec<NamedTensor>, CheckError> {
+        self.handle.tensors(true)
+    }
+    fn buffers(&self) -> Result<Vec<NamedTensor>, CheckError> {
+        self.handle.tensors(false)
+    }
+    fn modules(&self) -> &[ModuleInfo] {
+        &self.modules
+    }
+    fn output_activation(&self) -> Result<OutputActivation, CheckError> {
+        let index: c_int = self
+            .output_key
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let (mut op, mut lo, mut hi) = (std::ptr::null_mut(), f64::NAN, f64::NAN);
+        check(unsafe { tl_output_op(self.handle.0, index, &mut op, &mut lo, &mut hi) })
+            .map_err(CheckError::Model)?;
+        let name = unsafe { CStr::from_ptr(op) }.to_string_lossy().into_owned();
+        unsafe { tl_free_string(op) };
+        let op = name
+            .rsplit("::")
+            .next()
+            .unwrap_or(&name)
+            .trim_end_matches('_')
+            .to_string();
+        Ok(OutputActivation {
+            op,
+            clamp: (lo.is_finite() || hi.is_finite()).then_some((lo, hi)),
+        })
+    }
+    fn predict(&self, input: &Tensor) -> Result<Tensor, CheckError> {
+        // A copy keeps the user's module (and its BatchNorm flags) untouched.
+        let copy = self.handle.deepcopy()?;
+        copy.forward(
+            &input.to_device(self.device),
+            Mode::Eval,
+            Some(false),
+            &self.output_key,
+        )
+    }
+    fn trainable_copy(&self) -> Result<Box<dyn TrainableModel>, CheckError> {
+        Ok(Box::new(TrainableCopy {
+            handle: self.handle.deepcopy()?,
+            device: self.device,
+            output_key: self.output_key.clone(),
+        }))
+    }
+}
+
+/// A deep copy of the module; training it never touches the original or the file.
+struct TrainableCopy {
+    handle: Handle,
+    device: Device,
+    output_key: CString,
+}
+
+impl TrainableModel for TrainableCopy {
+    fn forward(&mut self, input: &Tensor, mode: Mode) -> Result<Tensor, CheckError> {
+        self.handle
+            .forward(&input.to_device(self.device), mode, None, &self.output_key)
+    }
+    fn parameters(&self) -> Result<Vec<NamedTensor>, CheckError> {
+        self.handle.tensors(true)
+    }
+    fn buffers(&self) -> Result<Vec<NamedTensor>, CheckError> {
+        self.handle.tensors(false)
+    }
+}

@@ -1,0 +1,191 @@
+// TorchScript introspection that tch's CModule does not offer: buffers, submodule kinds and training
+// flags, an independent deep copy, and the forward graph's final op.
+//
+// Every extern "C" entry returns NULL on success or a malloc'd error message the caller frees with
+// tl_free_string: an exception escaping into Rust would abort the process.
+#include <torch/csrc/jit/passes/inliner.h>
+#include <torch/csrc/jit/ir/constants.h>
+#include <torch/script.h>
+
+#include <cmath>
+#include <optional>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+using torch::jit::Module;
+
+struct tl_module {
+  Module module;
+};
+
+typedef void (*tl_tensor_cb)(void* ctx, const char* name, at::Tensor* tensor);
+typedef void (*tl_module_cb)(void* ctx, const char* name, const char* kind, int training);
+
+static char* dup_message(const std::string& s) {
+  char* out = static_cast<char*>(std::malloc(s.size() + 1));
+  if (out != nullptr) std::memcpy(out, s.c_str(), s.size() + 1);
+  return out;
+}
+
+#define TL_GUARD(body)                                     \
+  try {                                                    \
+    body;                                                  \
+    return nullptr;                                        \
+  } catch (const c10::Error& e) {                          \
+    return dup_message(e.what_without_backtrace());        \
+  } catch (const std::exception& e) {                      \
+    return dup_message(e.what());                          \
+  } catch (...) {                                          \
+    return dup_message("unknown C++ exception in libtorch"); \
+  }
+
+// The last component of a qualified type name without TorchScript's mangling:
+// "__torch__.torch.nn.modules.batchnorm.___torch_mangle_3.BatchNorm2d" -> "BatchNorm2d".
+static std::string module_kind(const Module& m) {
+  auto name = m.type()->name();
+  if (!name) return "";
+  std::string q = name->qualifiedName();
+  auto dot = q.rfind('.');
+  return dot == std::string::npos ? q : q.substr(dot + 1);
+}
+
+static at::Tensor pick_output(const c10::IValue& out, const std::string& key) {
+  if (out.isTensor()) return out.toTensor();
+  if (out.isTuple() || out.isList()) {
+    auto elems = out.isTuple() ? out.toTupleRef().elements().vec() : out.toListRef().vec();
+    size_t index = 0;
+    if (!key.empty()) index = std::stoul(key);
+    TORCH_CHECK(index < elems.size(), "forward returned ", elems.size(), " values; output index ", index,
+                " does not exist");
+    TORCH_CHECK(elems[index].isTensor(), "forward's output ", index, " is not a tensor");
+    return elems[index].toTensor();
+  }
+  if (out.isGenericDict()) {
+    auto dict = out.toGenericDict();
+    TORCH_CHECK(dict.size() > 0, "forward returned an empty dict");
+    if (key.empty()) {
+      auto first = dict.begin()->value();
+      TORCH_CHECK(first.isTensor(), "forward's first dict entry is not a tensor");
+      return first.toTensor();
+    }
+    for (const auto& entry : dict) {
+      if (entry.key().isString() && entry.key().toStringRef() == key) {
+        TORCH_CHECK(entry.value().isTensor(), "forward's output '", key, "' is not a tensor");
+        return entry.value().toTensor();
+      }
+    }
+    TORCH_CHECK(false, "forward's output dict has no key '", key, "'");
+  }
+  TORCH_CHECK(false, "forward returned ", out.tagKind(), ", not a tensor, tuple or dict");
+}
+
+// Ops that pass a value through without changing its range: the activation sits before them.
+static bool passes_range_through(const std::string& kind) {
+  static const char* ops[] = {"aten::view",      "aten::reshape", "aten::flatten",    "aten::squeeze",
+                              "aten::unsqueeze", "aten::contiguous", "aten::permute", "aten::transpose",
+                              "aten::clone",     "aten::to",      "aten::dropout",    "aten::feature_dropout",
+                              "aten::type_as",   "aten::detach",  "aten::alias"};
+  for (const char* op : ops)
+    if (kind == op) return true;
+  return false;
+}
+
+static double constant_or_nan(torch::jit::Value* v) {
+  auto iv = torch::jit::toIValue(v);
+  if (iv && (iv->isDouble() || iv->isInt())) return iv->toScalar().toDouble();
+  return std::nan("");
+}
+
+extern "C" {
+
+void tl_free_string(char* s) { std::free(s); }
+
+char* tl_load(const char* path, const char* device, tl_module** out) {
+  TL_GUARD({
+    Module m = torch::jit::load(std::string(path), c10::Device(std::string(device)));
+    *out = new tl_module{m};
+  })
+}
+
+void tl_free(tl_module* m) { delete m; }
+
+char* tl_deepcopy(const tl_module* m, tl_module** out) {
+  TL_GUARD({ *out = new tl_module{m->module.deepcopy()}; })
+}
+
+char* tl_is_training(const tl_module* m, int* out) { TL_GUARD({ *out = m->module.is_training() ? 1 : 0; }) }
+
+char* tl_set_training(tl_module* m, int on) { TL_GUARD({ m->module.train(on != 0); }) }
+
+// mode: -1 keeps the module's flags, 0 eval, 1 train (recursive, as nn.Module.train()).
+char* tl_forward(tl_module* m, const at::Tensor* input, int mode, int grad, const char* output_key,
+                 at::Tensor** out) {
+  TL_GUARD({
+    if (mode >= 0) m->module.train(mode == 1);
+    // grad: -1 keeps the caller's grad mode (a no_grad guard on the Rust side holds), 0 off, 1 on.
+    std::optional<at::AutoGradMode> grad_mode;
+    if (grad >= 0) grad_mode.emplace(grad != 0);
+    std::vector<c10::IValue> inputs{*input};
+    c10::IValue result = m->module.forward(inputs);
+    *out = new at::Tensor(pick_output(result, std::string(output_key)));
+  })
+}
+
+char* tl_named_parameters(const tl_module* m, void* ctx, tl_tensor_cb cb) {
+  TL_GUARD({
+    for (const auto& p : m->module.named_parameters(true)) cb(ctx, p.name.c_str(), new at::Tensor(p.value));
+  })
+}
+
+char* tl_named_buffers(const tl_module* m, void* ctx, tl_tensor_cb cb) {
+  TL_GUARD({
+    for (const auto& b : m->module.named_buffers(true)) cb(ctx, b.name.c_str(), new at::Tensor(b.value));
+  })
+}
+
+char* tl_named_modules(const tl_module* m, void* ctx, tl_module_cb cb) {
+  TL_GUARD({
+    for (const auto& sub : m->module.named_modules()) {
+      cb(ctx, sub.name.c_str(), module_kind(sub.value).c_str(), sub.value.is_training() ? 1 : 0);
+    }
+  })
+}
+
+// The op that produces forward's returned value (entry `output_index` of a tuple), on an inlined copy
+// of the graph, walking back through shape-only ops. `lo`/`hi` carry constant clamp bounds or NaN.
+char* tl_output_op(const tl_module* m, int output_index, char** op, double* lo, double* hi) {
+  TL_GUARD({
+    auto graph = m->module.get_method("forward").graph()->copy();
+    torch::jit::Inline(*graph);
+    torch::jit::Value* v = graph->outputs()[0];
+    *lo = std::nan("");
+    *hi = std::nan("");
+    for (int depth = 0; depth < 64; ++depth) {
+      torch::jit::Node* n = v->node();
+      std::string kind = n->kind().toQualString();
+      if (kind == "prim::TupleConstruct" || kind == "prim::ListConstruct") {
+        size_t i = static_cast<size_t>(output_index) < n->inputs().size() ? output_index : 0;
+        v = n->inputs()[i];
+        continue;
+      }
+      if (kind == "prim::DictConstruct") {
+        v = n->inputs().size() >= 2 ? n->inputs()[1] : n->inputs()[0];
+        continue;
+      }
+      if (passes_range_through(kind) && !n->inputs().empty()) {
+        v = n->inputs()[0];
+        continue;
+      }
+      if ((kind == "aten::clamp" || kind == "aten::hardtanh") && n->inputs().size() >= 3) {
+        *lo = constant_or_nan(n->inputs()[1]);
+        *hi = constant_or_nan(n->inputs()[2]);
+      }
+      *op = dup_message(kind);
+      return nullptr;
+    }
+    *op = dup_message("unknown");
+  })
+}
+
+}  // extern "C"

@@ -1,0 +1,97 @@
+//! Helpers shared by the CLI integration tests: run the real binary on the committed fixtures.
+#![allow(dead_code)]
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(rel: &str) -> String {
+    root().join("fixtures").join(rel).display().to_string()
+}
+
+pub fn trainlint() -> Command {
+    let mut c = Command::cargo_bin("trainlint").expect("binary built");
+    c.env_remove("NO_COLOR")
+        .env("CI", "true")
+        .current_dir(root());
+    c
+}
+
+pub fn run(args: &[&str]) -> Output {
+    trainlint().args(args).output().expect("trainlint runs")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `trainlint check --output-format json` with the given extra args; returns (exit code, report).
+pub fn check_json(args: &[&str]) -> (i32, Value) {
+    let mut all = vec!["check", "--output-format", "json", "--no-timings"];
+    all.extend_from_slice(args);
+    let o = run(&all);
+    let code = o.status.code().expect("exit code");
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}); stdout: {} stderr: {}",
+            stdout(&o),
+            stderr(&o)
+        )
+    });
+    (code, report)
+}
+
+pub fn model_data(model: &str, data: &str) -> Vec<String> {
+    vec![
+        "--model".into(),
+        fixture(&format!("models/{model}.pt")),
+        "--data".into(),
+        fixture(&format!("data/{data}")),
+    ]
+}
+
+/// The report entry of one check.
+pub fn check_entry<'a>(report: &'a Value, id: &str) -> &'a Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id)
+        .unwrap_or_else(|| panic!("no check {id} in report"))
+}
+
+pub fn findings<'a>(report: &'a Value, id: &str) -> Vec<&'a Value> {
+    check_entry(report, id)["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .collect()
+}
+
+/// A bad-input run: exit 2, a one-line `error:` message, and no panic or backtrace.
+pub fn assert_input_error(o: &Output) -> String {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+    err
+}
+
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
