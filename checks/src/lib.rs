@@ -4,6 +4,7 @@
 //! returns [`Finding`]s with their evidence. Each check lives in one file under [`rules`], carrying its
 //! documentation and typed options next to the logic; [`registry::all`] lists them.
 
+pub mod activation;
 pub mod finding;
 pub mod options;
 pub mod ports;

@@ -3,7 +3,14 @@ use crate::rules;
 use crate::Check;
 
 pub fn all() -> Vec<Box<dyn Check>> {
-    vec![Box::new(rules::init_std::InitStd)]
+    vec![
+        Box::new(rules::init_std::InitStd),
+        Box::new(rules::output_range::OutputRange),
+        Box::new(rules::double_activation::DoubleActivation),
+        Box::new(rules::loss_scale::LossScale),
+        Box::new(rules::loss_oscillation::LossOscillation),
+        Box::new(rules::sequential_data::SequentialData),
+    ]
 }
 
 pub fn find(id: &str) -> Option<Box<dyn Check>> {

@@ -69,22 +69,36 @@ pub fn median(x: &[f64]) -> f64 {
     quantile(x, 0.5)
 }
 
+/// The interquartile mean: the mean of the values between the 25th and 75th percentiles. Robust to
+/// spikes like the median, but centred on bimodal data (a ±a zig-zag) where the median jumps.
+pub fn interquartile_mean(x: &[f64]) -> f64 {
+    let (lo, hi) = (quantile(x, 0.25), quantile(x, 0.75));
+    let inner: Vec<f64> = x.iter().copied().filter(|v| *v >= lo && *v <= hi).collect();
+    if inner.is_empty() {
+        median(x)
+    } else {
+        mean(&inner)
+    }
+}
+
+/// Running interquartile mean over a window, shrinking at the ends.
+pub fn running_iqm(x: &[f64], window: usize) -> Vec<f64> {
+    let half = window / 2;
+    (0..x.len())
+        .map(|i| interquartile_mean(&x[i.saturating_sub(half)..(i + half + 1).min(x.len())]))
+        .collect()
+}
+
 /// Median absolute deviation scaled to estimate the standard deviation of normal data.
 pub fn robust_std(x: &[f64]) -> f64 {
     let m = median(x);
     1.4826 * median(&x.iter().map(|v| (v - m).abs()).collect::<Vec<_>>())
 }
 
-/// Running median with an odd window, shrinking at the ends.
-pub fn running_median(x: &[f64], window: usize) -> Vec<f64> {
-    let half = window / 2;
-    (0..x.len())
-        .map(|i| {
-            let lo = i.saturating_sub(half);
-            let hi = (i + half + 1).min(x.len());
-            median(&x[lo..hi])
-        })
-        .collect()
+/// The interquartile range scaled to estimate the standard deviation of normal data. Unlike the MAD it
+/// stays stable on bimodal data (±a swings give 1.48·a), and ignores up to 25% of outliers per side.
+pub fn iqr_std(x: &[f64]) -> f64 {
+    (quantile(x, 0.75) - quantile(x, 0.25)) / 1.349
 }
 
 /// Lag-k autocorrelation.
@@ -208,9 +222,10 @@ pub fn slope(x: &[f64], y: &[f64]) -> f64 {
 /// What the oscillation detector measured on a loss curve (in log space when every value is > 0).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Oscillation {
-    /// Robust amplitude of the residual around the running-median trend.
+    /// Robust amplitude (IQR-based std) of the residual around the running-IQM trend.
     pub amplitude: f64,
-    /// Net descent: median of the first quarter minus median of the last quarter (> 0: descending).
+    /// Net descent: the level at the start (the first 5% of the points, at least 5) minus the level of
+    /// the last quarter, as interquartile means (> 0: descending).
     pub descent: f64,
     /// Lag-1 autocorrelation of the residual: near −1 for a step-to-step zig-zag.
     pub residual_autocorr: f64,
@@ -237,6 +252,10 @@ pub struct OscillationThresholds {
     pub amplitude_to_descent: f64,
     /// The trend rising by this much (log units: ln 2 = the loss doubled) is divergence.
     pub divergence_rise: f64,
+    /// Net descent below this (log units: 0.4 ≈ the loss fell by less than 1.5×) counts as no progress …
+    pub min_progress: f64,
+    /// … and swings at least this large around the trend then count as oscillation.
+    pub bounce_amplitude: f64,
 }
 
 impl Default for OscillationThresholds {
@@ -246,6 +265,8 @@ impl Default for OscillationThresholds {
             min_amplitude: 0.05,
             amplitude_to_descent: 0.5,
             divergence_rise: std::f64::consts::LN_2,
+            min_progress: 0.4,
+            bounce_amplitude: 0.15,
         }
     }
 }
@@ -258,18 +279,19 @@ pub fn measure_oscillation(values: &[f64]) -> Oscillation {
         values.to_vec()
     };
     let n = y.len();
-    let window = ((n / 8) | 1).clamp(5, 51);
-    let trend = running_median(&y, window);
+    let window = ((n / 8) | 1).clamp(9, 51);
+    let trend = running_iqm(&y, window);
     let residual: Vec<f64> = y.iter().zip(&trend).map(|(a, b)| a - b).collect();
     let q = (n / 4).max(1);
-    let descent = median(&y[..q]) - median(&y[n - q..]);
+    let start = (n / 20).clamp(5, n);
+    let descent = interquartile_mean(&y[..start]) - interquartile_mean(&y[n - q..]);
     let half = n / 2;
-    let first = robust_std(&residual[..half]).max(1e-12);
+    let first = iqr_std(&residual[..half]).max(1e-12);
     Oscillation {
-        amplitude: robust_std(&residual),
+        amplitude: iqr_std(&residual),
         descent,
         residual_autocorr: autocorrelation(&residual, 1),
-        amplitude_growth: robust_std(&residual[half..]) / first,
+        amplitude_growth: iqr_std(&residual[half..]) / first,
         log_space,
     }
 }
@@ -281,6 +303,9 @@ pub fn judge_oscillation(o: &Oscillation, t: &OscillationThresholds) -> Verdict 
     let zigzag = o.residual_autocorr <= t.zigzag_autocorr;
     let swings_dominate = o.amplitude >= t.amplitude_to_descent * o.descent.max(0.0);
     if zigzag && o.amplitude >= t.min_amplitude && swings_dominate {
+        return Verdict::Oscillating;
+    }
+    if o.descent < t.min_progress && o.amplitude >= t.bounce_amplitude {
         return Verdict::Oscillating;
     }
     Verdict::Descending

@@ -3,6 +3,7 @@
 use tch::{COptimizer, Kind, Reduction, Tensor};
 
 use crate::ports::{LossKind, Mode, OptimizerKind, TrainableModel};
+use crate::stats::Rng;
 use crate::CheckError;
 
 /// The loss between a prediction and its target, as PyTorch's functional losses compute it.
@@ -105,4 +106,94 @@ pub fn to_vec(t: &Tensor) -> Result<Vec<f64>, CheckError> {
         .f_flatten(0, -1)?
         .f_to_device(tch::Device::Cpu)?;
     Ok(Vec::<f64>::try_from(&flat)?)
+}
+
+/// `size` sample indices drawn without replacement (the whole range when `size >= n`).
+pub fn batch_indices(rng: &mut Rng, n: usize, size: usize) -> Tensor {
+    let mut idx: Vec<i64> = (0..n as i64).collect();
+    rng.shuffle(&mut idx);
+    idx.truncate(size.min(n).max(1));
+    Tensor::from_slice(&idx)
+}
+
+/// The outcome of fitting a fixed batch.
+pub struct Fit {
+    /// The loss before each step.
+    pub losses: Vec<f64>,
+    /// Gradient norm of every parameter after the first backward pass.
+    pub first_gradients: Vec<(String, f64)>,
+    /// Whether the loss carried a gradient at all (false: the output is detached or constant).
+    pub has_graph: bool,
+    /// Whether `done` was met.
+    pub reached: bool,
+}
+
+/// Train `model` on one fixed batch with Adam until `done(loss, prediction)` holds or `max_steps`
+/// pass. `progress` receives (step, max_steps, loss).
+#[allow(clippy::too_many_arguments)]
+pub fn fit_batch(
+    model: &mut dyn TrainableModel,
+    inputs: &Tensor,
+    targets: &Tensor,
+    loss_kind: LossKind,
+    lr: f64,
+    max_steps: usize,
+    done: &dyn Fn(f64, &Tensor) -> bool,
+    progress: &dyn Fn(usize, usize, f64),
+) -> Result<Fit, CheckError> {
+    let opt = optimizer(model, OptimizerKind::Adam, lr, 0.0, 0.0)?;
+    let mut fit = Fit {
+        losses: Vec::new(),
+        first_gradients: Vec::new(),
+        has_graph: true,
+        reached: false,
+    };
+    for step in 0..=max_steps {
+        opt.zero_grad()?;
+        let prediction = model.forward(inputs, Mode::Train)?;
+        let l = loss(loss_kind, &prediction, targets)?;
+        let value = l.f_double_value(&[])?;
+        fit.losses.push(value);
+        progress(step, max_steps, value);
+        if done(value, &prediction) {
+            fit.reached = true;
+            break;
+        }
+        if !value.is_finite() || step == max_steps {
+            break;
+        }
+        if !l.requires_grad() {
+            fit.has_graph = false;
+            break;
+        }
+        l.f_backward()?;
+        if step == 0 {
+            fit.first_gradients = gradient_norms(model)?;
+        }
+        opt.step()?;
+    }
+    Ok(fit)
+}
+
+/// Why a fixed batch could not be fitted, when the gradients tell: no gradient reached the parameters.
+pub fn no_gradient_cause(fit: &Fit) -> Option<String> {
+    if !fit.has_graph {
+        return Some(
+            "no gradient reaches the parameters: the loss does not depend on any of them (the output is detached \
+or constant)"
+                .to_string(),
+        );
+    }
+    let total = fit.first_gradients.len();
+    let zero = fit
+        .first_gradients
+        .iter()
+        .filter(|(_, g)| *g == 0.0)
+        .count();
+    (total > 0 && zero == total).then(|| {
+        format!(
+            "no gradient reaches the parameters: all {total} parameters got a zero gradient (the output path is \
+detached, multiplied by 0, or constant)"
+        )
+    })
 }

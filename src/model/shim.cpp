@@ -3,6 +3,9 @@
 //
 // Every extern "C" entry returns NULL on success or a malloc'd error message the caller frees with
 // tl_free_string: an exception escaping into Rust would abort the process.
+#include <torch/csrc/jit/passes/constant_propagation.h>
+#include <torch/csrc/jit/passes/dead_code_elimination.h>
+#include <torch/csrc/jit/passes/freeze_module.h>
 #include <torch/csrc/jit/passes/inliner.h>
 #include <torch/csrc/jit/ir/constants.h>
 #include <torch/script.h>
@@ -152,39 +155,64 @@ char* tl_named_modules(const tl_module* m, void* ctx, tl_module_cb cb) {
   })
 }
 
-// The op that produces forward's returned value (entry `output_index` of a tuple), on an inlined copy
-// of the graph, walking back through shape-only ops. `lo`/`hi` carry constant clamp bounds or NaN.
+// The op that produces `v`, walking back through shape-only ops and, for an `If` whose condition is not
+// constant, into both branches (the op they agree on). `lo`/`hi` carry constant clamp bounds.
+static std::string producer_op(torch::jit::Value* v, int output_index, double* lo, double* hi, int depth) {
+  if (depth > 64) return "unknown";
+  torch::jit::Node* n = v->node();
+  std::string kind = n->kind().toQualString();
+  if (kind == "prim::TupleConstruct" || kind == "prim::ListConstruct") {
+    size_t i = static_cast<size_t>(output_index) < n->inputs().size() ? output_index : 0;
+    return producer_op(n->inputs()[i], 0, lo, hi, depth + 1);
+  }
+  if (kind == "prim::DictConstruct") {
+    return producer_op(n->inputs().size() >= 2 ? n->inputs()[1] : n->inputs()[0], 0, lo, hi, depth + 1);
+  }
+  if (passes_range_through(kind) && !n->inputs().empty()) {
+    return producer_op(n->inputs()[0], output_index, lo, hi, depth + 1);
+  }
+  if (kind == "prim::If") {
+    size_t which = v->offset();
+    std::string agreed;
+    for (auto* block : n->blocks()) {
+      if (which >= block->outputs().size()) return kind;
+      std::string op = producer_op(block->outputs()[which], output_index, lo, hi, depth + 1);
+      if (!agreed.empty() && op != agreed) return kind;
+      agreed = op;
+    }
+    return agreed.empty() ? kind : agreed;
+  }
+  if ((kind == "aten::clamp" || kind == "aten::hardtanh") && n->inputs().size() >= 3) {
+    *lo = constant_or_nan(n->inputs()[1]);
+    *hi = constant_or_nan(n->inputs()[2]);
+  }
+  return kind;
+}
+
+// The forward graph with submodule calls inlined and, where freezing works, attributes folded into
+// constants, so `if self.act == "sigmoid"` resolves to its branch.
+static std::shared_ptr<torch::jit::Graph> resolved_forward_graph(const Module& m) {
+  try {
+    Module frozen = torch::jit::freeze_module(m.clone());
+    auto graph = frozen.get_method("forward").graph()->copy();
+    torch::jit::Inline(*graph);
+    torch::jit::ConstantPropagation(graph);
+    torch::jit::EliminateDeadCode(graph);
+    return graph;
+  } catch (...) {
+    auto graph = m.get_method("forward").graph()->copy();
+    torch::jit::Inline(*graph);
+    return graph;
+  }
+}
+
+// The op that produces forward's returned value (entry `output_index` of a tuple).
 char* tl_output_op(const tl_module* m, int output_index, char** op, double* lo, double* hi) {
   TL_GUARD({
-    auto graph = m->module.get_method("forward").graph()->copy();
-    torch::jit::Inline(*graph);
-    torch::jit::Value* v = graph->outputs()[0];
+    auto graph = resolved_forward_graph(m->module);
     *lo = std::nan("");
     *hi = std::nan("");
-    for (int depth = 0; depth < 64; ++depth) {
-      torch::jit::Node* n = v->node();
-      std::string kind = n->kind().toQualString();
-      if (kind == "prim::TupleConstruct" || kind == "prim::ListConstruct") {
-        size_t i = static_cast<size_t>(output_index) < n->inputs().size() ? output_index : 0;
-        v = n->inputs()[i];
-        continue;
-      }
-      if (kind == "prim::DictConstruct") {
-        v = n->inputs().size() >= 2 ? n->inputs()[1] : n->inputs()[0];
-        continue;
-      }
-      if (passes_range_through(kind) && !n->inputs().empty()) {
-        v = n->inputs()[0];
-        continue;
-      }
-      if ((kind == "aten::clamp" || kind == "aten::hardtanh") && n->inputs().size() >= 3) {
-        *lo = constant_or_nan(n->inputs()[1]);
-        *hi = constant_or_nan(n->inputs()[2]);
-      }
-      *op = dup_message(kind);
-      return nullptr;
-    }
-    *op = dup_message("unknown");
+    *op = dup_message(producer_op(graph->outputs()[0], output_index, lo, hi, 0));
   })
 }
 

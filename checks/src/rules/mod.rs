@@ -1,2 +1,7 @@
 //! One module per check. Each holds the check's documentation, options and logic.
+pub mod double_activation;
 pub mod init_std;
+pub mod loss_oscillation;
+pub mod loss_scale;
+pub mod output_range;
+pub mod sequential_data;

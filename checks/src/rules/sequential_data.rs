@@ -1,0 +1,321 @@
+//! sequential-data: the file's order is not i.i.d. while the loader does not shuffle.
+use tch::{Kind, Tensor};
+
+use crate::finding::{num, Finding, Location};
+use crate::options::{OptionSpec, Options};
+use crate::stats::{self, Rng};
+use crate::train::to_vec;
+use crate::{
+    Check, CheckError, CheckInfo, CheckOutput, CheckResult, Context, Curve, Docs, Group, Level,
+};
+
+pub struct SequentialData;
+
+const ID: &str = "sequential-data";
+
+static INFO: CheckInfo = CheckInfo {
+    id: ID,
+    group: Group::Data,
+    default_level: Level::Deny,
+    summary: "The data is not in sequential order (video frames, sorted classes) while the loader does not shuffle",
+    docs: Docs {
+        what: "When `setup.shuffle = false` and `setup.temporal = false`, tests whether the samples, in \
+file order (the order a non-shuffling loader feeds them), look i.i.d.: how much closer adjacent samples \
+are than random pairs, whether class labels come in long runs, whether float targets are autocorrelated, \
+and how many batches hold a single class.",
+        why: "Without shuffling, each batch holds neighbouring frames of one video or a single class: the \
+gradient of each step points at that slice only, the model forgets what it saw a few batches ago, \
+BatchNorm statistics swing from batch to batch, and the loss curve looks fine per batch while the model \
+fails on everything else.",
+        how: "Adjacency ratio = mean distance between consecutive inputs / mean distance over all pairs \
+(≈1 for i.i.d. order, ≪1 for video frames), with a permutation p-value over `permutations` random \
+orders; flagged when ≤ `max_adjacency_ratio` and p ≤ `alpha`. Class labels: Wald–Wolfowitz runs test, \
+flagged when z ≤ `runs_z`; the share of batches of `setup.batch_size` holding one class is reported. \
+Float targets: lag-1 autocorrelation (mean over up to 64 target dims), flagged when ≥ `max_autocorr` \
+and significant (r·√n ≥ 4). Passes when `shuffle = true`; skipped when `temporal = true`.",
+        example: "error[sequential-data] samples are in sequential order and the loader does not shuffle: \
+adjacent samples are 9.1× closer than random pairs (p = 0.005); 5 label runs where ~161 are expected \
+(z = -22.8); 100% of batches of 32 hold a single class",
+        fix: "Set shuffle=True in the DataLoader (or shuffle the file once); if the order matters for the \
+task (optical flow, odometry), set `temporal = true` and shuffle whole sequences instead.",
+    },
+    options: &[
+        OptionSpec::float("max_adjacency_ratio", 0.5, "Adjacency ratio at or below which inputs are ordered"),
+        OptionSpec::float("alpha", 0.01, "Significance level of the permutation test"),
+        OptionSpec::int("permutations", 200, "Random orders for the permutation p-value"),
+        OptionSpec::float("runs_z", -4.0, "Runs-test z at or below which class labels are ordered"),
+        OptionSpec::float("max_autocorr", 0.5, "Lag-1 autocorrelation of float targets at or above which they are ordered"),
+        OptionSpec::int("max_samples", 1024, "Use at most this many samples (distance matrix is n×n)"),
+    ],
+    trains: false,
+};
+
+/// The evidence of order in a sample, each part computed when it applies.
+#[derive(Clone, Debug, Default)]
+pub struct OrderEvidence {
+    pub adjacency: Option<stats::Adjacency>,
+    pub runs: Option<stats::RunsTest>,
+    pub single_class_batches: Option<f64>,
+    pub target_autocorr: Option<f64>,
+    pub n: usize,
+}
+
+pub fn pairwise_distances(x: &Tensor) -> Result<Vec<f64>, CheckError> {
+    let flat = x.f_to_kind(Kind::Double)?.f_flatten(1, -1)?;
+    let flat = if flat.dim() == 1 {
+        flat.f_unsqueeze(1)?
+    } else {
+        flat
+    };
+    let d = Tensor::f_cdist(&flat, &flat, 2.0, None::<i64>)?;
+    to_vec(&d)
+}
+
+pub fn class_evidence(labels: &[i64], batch_size: usize) -> (stats::RunsTest, f64) {
+    let runs = stats::runs_test(labels);
+    let batches: Vec<&[i64]> = labels
+        .chunks(batch_size.max(1))
+        .filter(|b| b.len() > 1)
+        .collect();
+    let single = batches
+        .iter()
+        .filter(|b| b.iter().all(|v| *v == b[0]))
+        .count();
+    let share = if batches.is_empty() {
+        0.0
+    } else {
+        single as f64 / batches.len() as f64
+    };
+    (runs, share)
+}
+
+/// Lag-1 autocorrelation of the targets along the sample axis, averaged over up to 64 target dims.
+pub fn target_autocorrelation(targets: &[f64], n: usize) -> f64 {
+    let dims = targets.len() / n.max(1);
+    let step = (dims / 64).max(1);
+    let values: Vec<f64> = (0..dims)
+        .step_by(step)
+        .map(|d| {
+            stats::autocorrelation(
+                &(0..n).map(|i| targets[i * dims + d]).collect::<Vec<_>>(),
+                1,
+            )
+        })
+        .filter(|v| v.is_finite())
+        .collect();
+    stats::mean(&values)
+}
+
+impl Check for SequentialData {
+    fn info(&self) -> &'static CheckInfo {
+        &INFO
+    }
+
+    fn run(&self, ctx: &Context, options: &Options) -> CheckOutput {
+        let Some(data) = ctx.data else {
+            return Ok(CheckResult::skipped("no data"));
+        };
+        if ctx.setup.temporal {
+            return Ok(CheckResult::skipped(
+                "setup.temporal = true: the task needs the samples in order",
+            ));
+        }
+        if ctx.setup.shuffle {
+            return Ok(CheckResult::passed());
+        }
+        let n = data.len().min(options.usize("max_samples"));
+        if n < 8 {
+            return Ok(CheckResult::skipped(format!(
+                "only {n} samples; at least 8 are needed"
+            )));
+        }
+        let inputs = data.inputs.f_narrow(0, 0, n as i64)?;
+        let targets = data.targets.f_narrow(0, 0, n as i64)?;
+        let mut rng = Rng::new(ctx.setup.seed);
+        let mut ev = OrderEvidence {
+            n,
+            adjacency: Some(stats::adjacency(
+                &pairwise_distances(&inputs)?,
+                n,
+                options.usize("permutations"),
+                &mut rng,
+            )),
+            ..OrderEvidence::default()
+        };
+        if data.targets_are_classes() {
+            let labels: Vec<i64> = to_vec(&targets.f_flatten(0, -1)?)?
+                .iter()
+                .map(|v| *v as i64)
+                .collect();
+            if labels.len() == n {
+                let (runs, share) = class_evidence(&labels, ctx.setup.batch_size);
+                ev.runs = Some(runs);
+                ev.single_class_batches = Some(share);
+            }
+        } else {
+            ev.target_autocorr = Some(target_autocorrelation(&to_vec(&targets)?, n));
+        }
+        let mut reasons = Vec::new();
+        let mut finding_ev = serde_json::Map::new();
+        if let Some(a) = ev.adjacency {
+            finding_ev.insert("adjacency_ratio".into(), a.ratio.into());
+            finding_ev.insert("adjacency_p_value".into(), a.p_value.into());
+            if a.ratio <= options.f64("max_adjacency_ratio") && a.p_value <= options.f64("alpha") {
+                reasons.push(format!(
+                    "adjacent samples are {}× closer than random pairs (p = {})",
+                    num(1.0 / a.ratio.max(1e-12)),
+                    num(a.p_value)
+                ));
+            }
+        }
+        if let Some(r) = ev.runs {
+            finding_ev.insert("label_runs".into(), r.runs.into());
+            finding_ev.insert("expected_runs".into(), r.expected.into());
+            finding_ev.insert("runs_z".into(), r.z.into());
+            if r.z <= options.f64("runs_z") {
+                let share = ev.single_class_batches.unwrap_or(0.0);
+                finding_ev.insert("single_class_batch_share".into(), share.into());
+                reasons.push(format!(
+                    "{} label runs where ~{} are expected (z = {}); {}% of batches of {} hold a single class",
+                    r.runs,
+                    num(r.expected.round()),
+                    num(r.z),
+                    num(share * 100.0),
+                    ctx.setup.batch_size
+                ));
+            }
+        }
+        if let Some(ac) = ev.target_autocorr {
+            finding_ev.insert("target_autocorr".into(), ac.into());
+            if ac >= options.f64("max_autocorr") && ac * (n as f64).sqrt() >= 4.0 {
+                reasons.push(format!(
+                    "consecutive targets are correlated (lag-1 autocorrelation {})",
+                    num(ac)
+                ));
+            }
+        }
+        let curve = ev.adjacency.map(|a| {
+            let mut c = Curve::new("adjacency ratio (1 = i.i.d.)", vec![a.ratio]);
+            c.target = Some(1.0);
+            c
+        });
+        let mut result = if reasons.is_empty() {
+            CheckResult::passed()
+        } else {
+            let mut f = Finding::error(
+                ID,
+                format!(
+                    "samples are in sequential order and the loader does not shuffle: {}",
+                    reasons.join("; ")
+                ),
+            )
+            .at(Location::data(&data.input_key, Some((0, n))))
+            .help("set shuffle=True in the DataLoader (or shuffle the file); if order matters, set setup.temporal = true");
+            f.evidence = finding_ev;
+            CheckResult::with_findings(vec![f])
+        };
+        if let Some(c) = curve {
+            result = result.curve(c);
+        }
+        Ok(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn euclidean(points: &[Vec<f64>]) -> Vec<f64> {
+        let n = points.len();
+        let mut d = vec![0.0; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                d[i * n + j] = points[i]
+                    .iter()
+                    .zip(&points[j])
+                    .map(|(a, b)| (a - b) * (a - b))
+                    .sum::<f64>()
+                    .sqrt();
+            }
+        }
+        d
+    }
+
+    /// Ordered: a random walk (video-like). Shuffled: the same walk in random order.
+    fn walk(rng: &mut Rng, n: usize, dims: usize, step: f64) -> Vec<Vec<f64>> {
+        let mut out = vec![(0..dims).map(|_| rng.normal()).collect::<Vec<f64>>()];
+        for i in 1..n {
+            let next = out[i - 1].iter().map(|v| v + step * rng.normal()).collect();
+            out.push(next);
+        }
+        out
+    }
+
+    #[test]
+    fn adjacency_detector_catches_ordered_walks_and_passes_their_shuffles() {
+        // 1,000 random walks (varied length, dims and step size) in file order and shuffled.
+        let mut rng = Rng::new(11);
+        let (mut detected, mut false_alarms) = (0, 0);
+        let trials = 1000;
+        for _ in 0..trials {
+            let n = 24 + rng.below(40);
+            let dims = 2 + rng.below(14);
+            let step = 0.05 + 0.25 * rng.uniform();
+            let mut points = walk(&mut rng, n, dims, step);
+            let a = stats::adjacency(&euclidean(&points), n, 100, &mut rng);
+            if a.ratio <= 0.5 && a.p_value <= 0.01 {
+                detected += 1;
+            }
+            rng.shuffle(&mut points);
+            let a = stats::adjacency(&euclidean(&points), n, 100, &mut rng);
+            if a.ratio <= 0.5 && a.p_value <= 0.01 {
+                false_alarms += 1;
+            }
+        }
+        assert!(
+            detected as f64 >= 0.99 * trials as f64,
+            "detected {detected}/{trials}"
+        );
+        assert!(
+            false_alarms as f64 <= 0.01 * trials as f64,
+            "false alarms {false_alarms}/{trials}"
+        );
+    }
+
+    #[test]
+    fn runs_detector_catches_sorted_labels_and_passes_shuffled_ones() {
+        let mut rng = Rng::new(12);
+        let (mut detected, mut false_alarms) = (0, 0);
+        let trials = 1000;
+        for _ in 0..trials {
+            let n = 60 + rng.below(200);
+            let classes = 2 + rng.below(8) as i64;
+            let mut labels: Vec<i64> = (0..n).map(|_| rng.below(classes as usize) as i64).collect();
+            labels.sort();
+            if class_evidence(&labels, 32).0.z <= -4.0 {
+                detected += 1;
+            }
+            rng.shuffle(&mut labels);
+            if class_evidence(&labels, 32).0.z <= -4.0 {
+                false_alarms += 1;
+            }
+        }
+        assert!(
+            detected as f64 >= 0.99 * trials as f64,
+            "detected {detected}/{trials}"
+        );
+        assert!(
+            false_alarms as f64 <= 0.01 * trials as f64,
+            "false alarms {false_alarms}/{trials}"
+        );
+    }
+
+    #[test]
+    fn single_class_batches_are_counted() {
+        let labels: Vec<i64> = (0..64).map(|i| i / 32).collect();
+        let (_, share) = class_evidence(&labels, 16);
+        assert_eq!(share, 1.0);
+        let alternating: Vec<i64> = (0..64).map(|i| i % 2).collect();
+        assert_eq!(class_evidence(&alternating, 16).1, 0.0);
+    }
+}
