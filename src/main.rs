@@ -428,6 +428,7 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
         settings.threads
     };
     tch::set_num_threads(threads as i32);
+    model::silence_libtorch_warnings();
     let model = match &settings.model {
         Some(p) => Some(model::TorchScriptModel::load(
             p,

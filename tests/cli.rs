@@ -521,3 +521,31 @@ fn schema_is_json_and_covers_sections_and_checks() {
         3.0
     );
 }
+
+#[test]
+fn a_check_that_fails_internally_is_reported_and_the_others_still_run() {
+    // nll needs class-index targets; the regression targets make libtorch throw inside the checks
+    // that train, while the read-only checks still judge the model.
+    let md = model_data("mlp_default", "regression.npz");
+    let (code, report) = check_json(&args(&md, &["--loss", "nll", "--task", "regression"]));
+    assert_eq!(code, 1);
+    let failed = check_entry(&report, "overfit-batch");
+    assert_eq!(failed["status"], "failed");
+    assert!(
+        failed["reason"].as_str().unwrap().contains("libtorch"),
+        "{failed}"
+    );
+    let f = &failed["findings"][0];
+    assert_eq!(f["check"], "check-failed");
+    assert_eq!(f["severity"], "error");
+    assert!(f["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("check overfit-batch failed: "));
+    assert_eq!(check_entry(&report, "init-std")["status"], "passed");
+    assert_eq!(
+        report["summary"]["failed"].as_u64().unwrap(),
+        2,
+        "overfit-batch and the lr probe"
+    );
+}

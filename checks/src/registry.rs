@@ -5,11 +5,14 @@ use crate::Check;
 pub fn all() -> Vec<Box<dyn Check>> {
     vec![
         Box::new(rules::init_std::InitStd),
+        Box::new(rules::identity_overfit::IdentityOverfit),
+        Box::new(rules::overfit_batch::OverfitBatch),
         Box::new(rules::output_range::OutputRange),
         Box::new(rules::double_activation::DoubleActivation),
         Box::new(rules::loss_scale::LossScale),
         Box::new(rules::loss_oscillation::LossOscillation),
         Box::new(rules::sequential_data::SequentialData),
+        Box::new(rules::stale_batchnorm::StaleBatchnorm),
     ]
 }
 

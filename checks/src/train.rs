@@ -169,6 +169,10 @@ pub fn fit_batch(
         l.f_backward()?;
         if step == 0 {
             fit.first_gradients = gradient_norms(model)?;
+            // Nothing can change when no parameter gets a gradient: stop instead of spinning.
+            if fit.first_gradients.iter().all(|(_, g)| *g == 0.0) {
+                break;
+            }
         }
         opt.step()?;
     }

@@ -16,6 +16,7 @@ type ModuleCb = extern "C" fn(*mut c_void, *const c_char, *const c_char, c_int);
 
 extern "C" {
     fn tl_free_string(s: *mut c_char);
+    fn tl_silence_warnings();
     fn tl_load(path: *const c_char, device: *const c_char, out: *mut *mut RawModule)
         -> *mut c_char;
     fn tl_free(m: *mut RawModule);
@@ -176,6 +177,11 @@ impl Handle {
         check(unsafe { tl_deepcopy(self.0, &mut out) }).map_err(CheckError::Model)?;
         Ok(Handle(out))
     }
+}
+
+/// Keep libtorch's warnings out of the terminal: the report is trainlint's output.
+pub fn silence_libtorch_warnings() {
+    unsafe { tl_silence_warnings() }
 }
 
 pub fn parse_device(s: &str) -> Result<Device, ModelError> {

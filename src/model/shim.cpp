@@ -113,8 +113,33 @@ char* tl_load(const char* path, const char* device, tl_module** out) {
 
 void tl_free(tl_module* m) { delete m; }
 
+// An independent copy whose parameters are leaves of their own: a plain deepcopy with grad mode on
+// records CloneBackward, so gradients would flow back into the original's parameters.
 char* tl_deepcopy(const tl_module* m, tl_module** out) {
-  TL_GUARD({ *out = new tl_module{m->module.deepcopy()}; })
+  TL_GUARD({
+    Module copy = [&] {
+      torch::NoGradGuard no_grad;
+      return m->module.deepcopy();
+    }();
+    auto originals = m->module.parameters(true);
+    auto copies = copy.parameters(true);
+    auto o = originals.begin();
+    for (auto c = copies.begin(); c != copies.end() && o != originals.end(); ++c, ++o) {
+      (*c).requires_grad_((*o).requires_grad());
+    }
+    *out = new tl_module{copy};
+  })
+}
+
+// libtorch prints warnings (deprecations, non-leaf .grad access) to stderr; trainlint's output stays
+// its own report.
+struct SilentHandler : c10::WarningHandler {
+  void process(const c10::Warning&) override {}
+};
+
+void tl_silence_warnings() {
+  static SilentHandler handler;
+  c10::WarningUtils::set_warning_handler(&handler);
 }
 
 char* tl_is_training(const tl_module* m, int* out) { TL_GUARD({ *out = m->module.is_training() ? 1 : 0; }) }

@@ -33,8 +33,9 @@ the rest. Divergence (error): a non-finite loss after finite ones, or the median
 `amplitude_to_descent` × the net descent), or no progress (net descent from the start < `min_progress`) \
 with swings ≥ `bounce_amplitude`. Give the log from the first step: a log that starts on a converged \
 plateau shows no progress by construction. Probe: divergence (error) when the evaluation loss becomes non-finite or ends \
-`probe_divergence`× above its start; oscillation (warning) when it made no progress (end ≥ 0.9 × start) \
-with ≥ 30% of the steps going up, or zig-zags (≥ 45% of the steps up).",
+`probe_divergence`× above its start; unstable (warning) when it jumps `probe_spike`× above its start at any \
+step; oscillation (warning) when it made no progress (end ≥ 0.9 × start) with ≥ 30% of the steps going up, \
+or zig-zags (≥ 45% of the steps up).",
         example: "warning[loss-oscillation] the loss oscillates without descending over steps 0..299: swings \
 ±47% around its trend while the net descent is -4% (first quarter median 1.35, last 1.41)",
         fix: "Lower the learning rate by 3–10× (or add warm-up / gradient clipping); if the loss bounces \
@@ -51,6 +52,7 @@ at any learning rate, the model may lack capacity.",
         OptionSpec::boolean("probe", true, "Run the learning-rate probe when a model and data are given"),
         OptionSpec::int("probe_steps", 60, "Steps of the learning-rate probe"),
         OptionSpec::float("probe_divergence", 2.0, "Probe loss ending this many times above its start is divergence"),
+        OptionSpec::float("probe_spike", 10.0, "Probe loss jumping this many times above its start is unstable"),
     ],
     trains: true,
 };
@@ -237,6 +239,18 @@ fn probe(ctx: &Context, options: &Options) -> Result<(Vec<Finding>, Option<Curve
     let start = curve[0];
     let end = *curve.last().expect("probe curve has its start");
     let ups = curve.windows(2).filter(|w| w[1] > w[0] * 1.01).count();
+    let (peak_step, peak) =
+        curve
+            .iter()
+            .copied()
+            .enumerate()
+            .fold((0, f64::NEG_INFINITY), |best, (i, v)| {
+                if v > best.1 {
+                    (i, v)
+                } else {
+                    best
+                }
+            });
     let up_share = ups as f64 / (curve.len() - 1).max(1) as f64;
     let at = Location {
         config_key: Some("setup.lr".into()),
@@ -255,6 +269,19 @@ fn probe(ctx: &Context, options: &Options) -> Result<(Vec<Finding>, Option<Curve
             ID,
             format!(
                 "learning-rate probe: {what} diverges: the loss on a fixed evaluation batch went from {} to {} in {} steps",
+                num(start),
+                num(end),
+                curve.len() - 1
+            ),
+        ))
+    } else if peak >= options.f64("probe_spike") * start {
+        Some(Finding::warning(
+            ID,
+            format!(
+                "learning-rate probe: {what} is unstable: the loss on a fixed evaluation batch jumped to {} ({}× its start \
+{}) at step {peak_step}, and ended at {} after {} steps",
+                num(peak),
+                num(peak / start),
                 num(start),
                 num(end),
                 curve.len() - 1

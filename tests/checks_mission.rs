@@ -1,0 +1,481 @@
+//! Every mission check on its real TorchScript fixtures: the ones that must trigger it, with the key
+//! numbers, and the clean controls that must not.
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+/// Run one check with a setup given as TOML lines; returns the report.
+fn run_check(
+    check: &str,
+    model: Option<&str>,
+    data: Option<&str>,
+    log: Option<&str>,
+    setup: &str,
+) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path(), "trainlint.toml", &format!("[setup]\n{setup}\n"));
+    let cfg = cfg.display().to_string();
+    let mut a: Vec<String> = vec![cfg, "--select".into(), check.into()];
+    if let Some(m) = model {
+        a.extend(["--model".into(), fixture(&format!("models/{m}.pt"))]);
+    }
+    if let Some(d) = data {
+        a.extend(["--data".into(), fixture(&format!("data/{d}.npz"))]);
+    }
+    if let Some(l) = log {
+        a.extend(["--log".into(), fixture(&format!("logs/{l}"))]);
+    }
+    let args: Vec<&str> = a.iter().map(String::as_str).collect();
+    let (code, report) = check_json(&args);
+    assert!(code == 0 || code == 1, "exit {code}");
+    let entry = check_entry(&report, check);
+    assert_ne!(
+        entry["status"], "failed",
+        "{check} failed internally: {entry}"
+    );
+    report
+}
+
+fn only_finding<'a>(report: &'a Value, check: &str, severity: &str) -> &'a Value {
+    let f = findings(report, check);
+    assert_eq!(f.len(), 1, "{check}: {f:?}");
+    assert_eq!(f[0]["severity"], severity, "{}", f[0]);
+    f[0]
+}
+
+fn passed(report: &Value, check: &str) {
+    let e = check_entry(report, check);
+    assert_eq!(e["status"], "passed", "{check}: {e}");
+}
+
+fn message(f: &Value) -> &str {
+    f["message"].as_str().unwrap()
+}
+
+fn num(f: &Value, key: &str) -> f64 {
+    f["evidence"][key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no evidence {key} in {f}"))
+}
+
+// ---------------------------------------------------------------- identity-overfit
+#[test]
+fn identity_bottleneck_autoencoder_plateaus_and_names_the_narrow_layer() {
+    let r = run_check(
+        "identity-overfit",
+        Some("ae_bottleneck"),
+        Some("textures"),
+        None,
+        "",
+    );
+    let f = only_finding(&r, "identity-overfit", "error");
+    assert!(num(f, "relative_mse_end") > 0.3, "{f}");
+    assert!(message(f).contains("a plateau, a bottleneck or too little capacity: the narrowest layer down.2 has 1 channel"), "{f}");
+    let curve = &check_entry(&r, "identity-overfit")["curves"][0];
+    assert_eq!(
+        curve["y"].as_array().unwrap().len(),
+        501,
+        "trains the full 500 steps"
+    );
+    assert_eq!(curve["target"], 0.01);
+}
+
+#[test]
+fn identity_detached_output_says_no_gradient_reaches_the_parameters() {
+    let r = run_check(
+        "identity-overfit",
+        Some("detached"),
+        Some("textures"),
+        None,
+        "",
+    );
+    let f = only_finding(&r, "identity-overfit", "error");
+    assert!(
+        message(f).contains("no gradient reaches the parameters"),
+        "{f}"
+    );
+}
+
+#[test]
+fn identity_sigmoid_head_on_signed_inputs_names_the_activation() {
+    let r = run_check(
+        "identity-overfit",
+        Some("conv_sigmoid"),
+        Some("textures_pm1"),
+        None,
+        "",
+    );
+    let f = only_finding(&r, "identity-overfit", "error");
+    assert!(
+        message(f).contains("the output activation sigmoid can only produce [0, 1]"),
+        "{f}"
+    );
+    assert!(num(f, "psnr_db") < 25.0);
+}
+
+#[test]
+fn identity_unet_and_conv_stack_pass_early_and_classifiers_are_skipped() {
+    for model in ["unet", "conv_stack"] {
+        let r = run_check("identity-overfit", Some(model), Some("textures"), None, "");
+        passed(&r, "identity-overfit");
+        let curve = &check_entry(&r, "identity-overfit")["curves"][0]["y"];
+        let y = curve.as_array().unwrap();
+        assert!(
+            y.len() < 501,
+            "{model} stops early once it reaches the target"
+        );
+        assert!(y.last().unwrap().as_f64().unwrap() <= 0.01);
+    }
+    let r = run_check("identity-overfit", Some("cnn_bn"), Some("images"), None, "");
+    let e = check_entry(&r, "identity-overfit");
+    assert_eq!(e["status"], "skipped");
+    assert!(e["reason"]
+        .as_str()
+        .unwrap()
+        .contains("output shape [10] differs from the input shape [3, 16, 16]"));
+}
+
+// ---------------------------------------------------------------- overfit-batch
+#[test]
+fn overfit_batch_fits_a_classifier_and_a_regression_mlp() {
+    let r = run_check(
+        "overfit-batch",
+        Some("classifier"),
+        Some("classes4"),
+        None,
+        "",
+    );
+    passed(&r, "overfit-batch");
+    let r = run_check(
+        "overfit-batch",
+        Some("mlp_default"),
+        Some("regression"),
+        None,
+        "",
+    );
+    passed(&r, "overfit-batch");
+}
+
+#[test]
+fn overfit_batch_flags_logits_multiplied_by_zero() {
+    let r = run_check(
+        "overfit-batch",
+        Some("classifier_zero_logits"),
+        Some("classes4"),
+        None,
+        "",
+    );
+    let f = only_finding(&r, "overfit-batch", "error");
+    assert!(
+        message(f).contains("no gradient reaches the parameters"),
+        "{f}"
+    );
+    assert!(
+        (num(f, "loss_start") - 4f64.ln()).abs() < 1e-3,
+        "zero logits give ln(4)"
+    );
+    assert!(num(f, "accuracy") < 1.0);
+}
+
+// ---------------------------------------------------------------- output-range
+fn range(head: &str, data: &str) -> Value {
+    run_check(
+        "output-range",
+        Some(&format!("head_{head}")),
+        Some(data),
+        None,
+        "loss = \"mse\"",
+    )
+}
+
+#[test]
+fn output_range_errors_when_targets_lie_outside_the_head() {
+    let f = only_finding(&range("sigmoid", "targets_pm1"), "output-range", "error").clone();
+    assert!((num(&f, "share_outside") - 0.5).abs() < 0.1, "{f}");
+    assert!(message(&f).starts_with("sigmoid output lies in [0, 1]"));
+    let f = only_finding(&range("sigmoid", "targets_255"), "output-range", "error").clone();
+    assert!(num(&f, "share_outside") > 0.99);
+    assert!(f["help"].as_str().unwrap().contains("divide them by 255"));
+    let f = only_finding(&range("relu", "targets_normal"), "output-range", "error").clone();
+    assert!(message(&f).starts_with("relu output lies in [0, ∞]"), "{f}");
+}
+
+#[test]
+fn output_range_warns_when_tanh_wastes_half_its_range() {
+    let r = range("tanh", "targets_01");
+    let f = only_finding(&r, "output-range", "warning");
+    assert!(num(f, "used_span") <= 0.5);
+    assert!(f["help"].as_str().unwrap().contains("use sigmoid"));
+}
+
+#[test]
+fn output_range_errors_on_fewer_logits_than_classes() {
+    let r = run_check(
+        "output-range",
+        Some("head_linear"),
+        Some("targets_cls10"),
+        None,
+        "",
+    );
+    let f = only_finding(&r, "output-range", "error");
+    assert_eq!(num(f, "logits"), 4.0);
+    assert_eq!(num(f, "max_class"), 9.0);
+}
+
+#[test]
+fn output_range_passes_matching_heads() {
+    passed(&range("sigmoid", "targets_01"), "output-range");
+    passed(&range("tanh", "targets_pm1"), "output-range");
+    passed(&range("linear", "targets_normal"), "output-range");
+}
+
+// ---------------------------------------------------------------- double-activation
+fn double(head: &str, data: &str, loss: &str) -> Value {
+    run_check(
+        "double-activation",
+        Some(&format!("head_{head}")),
+        Some(data),
+        None,
+        &format!("loss = \"{loss}\""),
+    )
+}
+
+#[test]
+fn double_activation_flags_squashing_twice_or_never() {
+    let r = double("softmax", "targets_cls4", "cross_entropy");
+    assert!(message(only_finding(&r, "double-activation", "error"))
+        .contains("ends in softmax but the loss is cross_entropy"));
+    let r = double("sigmoid", "targets_01", "bce_with_logits");
+    assert!(message(only_finding(&r, "double-activation", "error"))
+        .contains("ends in sigmoid but the loss is bce_with_logits"));
+    let r = double("linear", "targets_01", "bce");
+    assert!(message(only_finding(&r, "double-activation", "error")).contains("the loss is bce"));
+}
+
+#[test]
+fn double_activation_passes_logits_with_cross_entropy_and_sigmoid_with_bce() {
+    passed(
+        &double("linear", "targets_cls4", "cross_entropy"),
+        "double-activation",
+    );
+    passed(&double("sigmoid", "targets_01", "bce"), "double-activation");
+    let r = run_check(
+        "double-activation",
+        Some("head_linear"),
+        Some("targets_cls4"),
+        None,
+        "",
+    );
+    assert_eq!(
+        check_entry(&r, "double-activation")["status"],
+        "skipped",
+        "no loss configured"
+    );
+}
+
+// ---------------------------------------------------------------- loss-scale
+#[test]
+fn loss_scale_errors_on_four_orders_with_shares_and_weights() {
+    let r = run_check("loss-scale", None, None, Some("two_terms_4_orders.csv"), "");
+    let f = only_finding(&r, "loss-scale", "error");
+    assert!(num(f, "ratio") > 3000.0 && num(f, "ratio") < 30000.0, "{f}");
+    assert!(f["evidence"]["shares"]["loss_feature"].as_f64().unwrap() > 0.999);
+    assert_eq!(f["evidence"]["suggested_weights"]["loss_feature"], 1e-4);
+    assert_eq!(f["evidence"]["suggested_weights"]["loss_mse"], 1.0);
+    assert_eq!(f["location"]["log_column"], "loss_feature");
+}
+
+#[test]
+fn loss_scale_warns_at_thirty_fold_passes_within_three_and_skips_single_terms() {
+    let r = run_check("loss-scale", None, None, Some("two_terms_30x.csv"), "");
+    let f = only_finding(&r, "loss-scale", "warning");
+    assert!(num(f, "ratio") > 15.0 && num(f, "ratio") < 60.0, "{f}");
+    passed(
+        &run_check("loss-scale", None, None, Some("two_terms_balanced.csv"), ""),
+        "loss-scale",
+    );
+    let r = run_check("loss-scale", None, None, Some("sgd_noisy_descent.csv"), "");
+    assert_eq!(check_entry(&r, "loss-scale")["status"], "skipped");
+}
+
+// ---------------------------------------------------------------- stale-batchnorm
+fn bn(model: &str, data: &str, setup: &str) -> Value {
+    run_check("stale-batchnorm", Some(model), Some(data), None, setup)
+}
+
+#[test]
+fn batchnorm_never_updated_is_an_error_per_layer() {
+    let r = bn("bn_never_updated", "images", "");
+    let f = findings(&r, "stale-batchnorm");
+    assert_eq!(f.len(), 2);
+    for (finding, layer) in f.iter().zip(["features.1", "features.4"]) {
+        assert_eq!(finding["location"]["module"], layer);
+        assert!(message(finding).contains("was never updated"));
+    }
+}
+
+#[test]
+fn batchnorm_with_momentum_zero_will_not_update() {
+    let f = findings(&bn("bn_momentum0", "images", ""), "stale-batchnorm")
+        .into_iter()
+        .cloned()
+        .collect::<Vec<_>>();
+    assert_eq!(f.len(), 2);
+    assert!(f.iter().all(|x| message(x).contains("will not update")));
+    assert!(f.iter().all(|x| num(x, "effective_momentum").abs() < 1e-6));
+}
+
+#[test]
+fn batchnorm_stats_from_0_255_data_mismatch_a_0_1_sample() {
+    let r = bn("bn_stats_255", "images01", "");
+    let f = only_finding(&r, "stale-batchnorm", "error");
+    assert_eq!(f["location"]["module"], "features.1");
+    assert!(
+        message(f).contains("running statistics do not match the data: channels"),
+        "{f}"
+    );
+    assert!(
+        num(f, "extreme_var_ratio") < 1e-3,
+        "variance ratio ≈ 1/255²: {f}"
+    );
+    assert_eq!(f["evidence"]["worst_channels"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn batchnorm_submodule_saved_in_eval_mode_is_an_error() {
+    let r = bn("bn_submodule_eval", "images", "");
+    let f = only_finding(&r, "stale-batchnorm", "error");
+    assert_eq!(f["location"]["module"], "features.4");
+    assert!(message(f).contains("saved in eval mode inside a model saved in train mode"));
+}
+
+#[test]
+fn batchnorm_with_batch_size_one_is_an_error() {
+    let r = bn("bn_trained", "images", "batch_size = 1");
+    let f = only_finding(&r, "stale-batchnorm", "error");
+    assert_eq!(f["location"]["config_key"], "setup.batch_size");
+}
+
+#[test]
+fn batchnorm_clean_controls_pass_or_skip() {
+    passed(&bn("bn_trained", "images", ""), "stale-batchnorm");
+    passed(&bn("bn_fresh", "images", ""), "stale-batchnorm");
+    passed(&bn("cnn_bn_trained", "images", ""), "stale-batchnorm");
+    let r = bn("mlp_default", "regression", "");
+    assert_eq!(check_entry(&r, "stale-batchnorm")["status"], "skipped");
+}
+
+// ---------------------------------------------------------------- loss-oscillation
+fn osc_log(log: &str) -> Value {
+    run_check("loss-oscillation", None, None, Some(log), "")
+}
+
+#[test]
+fn oscillation_flags_a_real_high_lr_run_with_its_step_window() {
+    let r = osc_log("high_lr_zigzag.csv");
+    let f = only_finding(&r, "loss-oscillation", "warning");
+    assert_eq!(f["location"]["log_steps"], serde_json::json!([0.0, 299.0]));
+    assert!(
+        num(f, "descent") < 0.4 && num(f, "amplitude") >= 0.15,
+        "{f}"
+    );
+    let curve = &check_entry(&r, "loss-oscillation")["curves"][0];
+    assert_eq!(curve["window"], serde_json::json!([0.0, 299.0]));
+}
+
+#[test]
+fn oscillation_flags_a_diverging_log_as_an_error() {
+    let r = osc_log("diverging.csv");
+    let f = only_finding(&r, "loss-oscillation", "error");
+    assert!(
+        message(f).contains("diverged: it becomes inf at step 277"),
+        "{f}"
+    );
+}
+
+#[test]
+fn oscillation_passes_noisy_descent_and_a_recovered_spike() {
+    passed(&osc_log("sgd_noisy_descent.csv"), "loss-oscillation");
+    passed(&osc_log("sgd_noisy_descent.jsonl"), "loss-oscillation");
+    passed(&osc_log("spike_recovers.csv"), "loss-oscillation");
+}
+
+#[test]
+fn learning_rate_probe_flags_adam_at_lr_one_and_passes_a_sane_lr() {
+    let probe = |setup: &str| {
+        run_check(
+            "loss-oscillation",
+            Some("mlp_default"),
+            Some("regression"),
+            None,
+            setup,
+        )
+    };
+    let r = probe("optimizer = \"adam\"\nlr = 1.0\nbatch_size = 16");
+    let f = only_finding(&r, "loss-oscillation", "error");
+    assert!(
+        message(f).starts_with("learning-rate probe: adam at lr 1 (batch 16) diverges"),
+        "{f}"
+    );
+    assert!(num(f, "probe_end") > 2.0 * num(f, "probe_start"));
+    assert_eq!(f["location"]["config_key"], "setup.lr");
+    let r = probe("optimizer = \"adam\"\nlr = 1e-3\nbatch_size = 16");
+    passed(&r, "loss-oscillation");
+    let curve = &check_entry(&r, "loss-oscillation")["curves"][0]["y"];
+    assert_eq!(
+        curve.as_array().unwrap().len(),
+        61,
+        "60 probe steps plus the start"
+    );
+}
+
+#[test]
+fn learning_rate_probe_flags_a_spike_that_a_batchnorm_net_recovers_from() {
+    let r = run_check(
+        "loss-oscillation",
+        Some("cnn_bn"),
+        Some("images"),
+        None,
+        "optimizer = \"adam\"\nlr = 1.0",
+    );
+    let f = only_finding(&r, "loss-oscillation", "warning");
+    assert!(message(f).contains("is unstable"), "{f}");
+}
+
+// ---------------------------------------------------------------- sequential-data
+fn seq(data: &str, setup: &str) -> Value {
+    run_check("sequential-data", None, Some(data), None, setup)
+}
+
+#[test]
+fn sequential_video_frames_without_shuffle_are_an_error() {
+    let r = seq("video", "shuffle = false");
+    let f = only_finding(&r, "sequential-data", "error");
+    assert!(num(f, "adjacency_ratio") < 0.2, "{f}");
+    assert!(num(f, "adjacency_p_value") <= 0.01);
+    assert!(message(f).contains("closer than random pairs"));
+}
+
+#[test]
+fn sequential_sorted_classes_without_shuffle_are_an_error() {
+    let r = seq("sorted_classes", "shuffle = false\nbatch_size = 32");
+    let f = only_finding(&r, "sequential-data", "error");
+    assert_eq!(num(f, "label_runs"), 5.0);
+    assert!(num(f, "runs_z") < -20.0, "{f}");
+    assert!(num(f, "single_class_batch_share") > 0.5);
+}
+
+#[test]
+fn sequential_clean_controls_pass_or_skip() {
+    passed(&seq("video_shuffled", "shuffle = false"), "sequential-data");
+    passed(
+        &seq("classes_shuffled", "shuffle = false"),
+        "sequential-data",
+    );
+    passed(&seq("video", "shuffle = true"), "sequential-data");
+    let r = seq("video", "shuffle = false\ntemporal = true");
+    let e = check_entry(&r, "sequential-data");
+    assert_eq!(e["status"], "skipped");
+    assert!(e["reason"].as_str().unwrap().contains("temporal = true"));
+}
