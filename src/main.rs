@@ -1,7 +1,9 @@
 //! trainlint: audits a deep-learning training setup before the expensive run starts.
+mod baseline;
 mod config;
 mod data;
 mod model;
+mod progress;
 mod report;
 mod run;
 
@@ -40,6 +42,10 @@ enum ColorChoice {
 enum Format {
     Text,
     Json,
+    Sarif,
+    Junit,
+    Github,
+    Gitlab,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -76,6 +82,11 @@ enum Command {
     },
     /// Print the JSON Schema of the configuration (for editor completion).
     Schema,
+    /// Print a shell completion script.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(clap::Args)]
@@ -127,6 +138,18 @@ struct CheckArgs {
     /// Leave durations out of the report (0), so that reports compare byte for byte.
     #[arg(long)]
     no_timings: bool,
+    /// Print the number of findings per check (after the report).
+    #[arg(long)]
+    statistics: bool,
+    /// Record today's findings (check and location, with counts) in FILE.
+    #[arg(long, value_name = "FILE")]
+    write_baseline: Option<PathBuf>,
+    /// Report only findings that FILE (from --write-baseline) does not record; list stale entries.
+    #[arg(long, value_name = "FILE")]
+    baseline: Option<PathBuf>,
+    /// No progress bars.
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 /// An error that stops the run before anything is judged: exit 2.
@@ -178,6 +201,16 @@ fn main() -> ExitCode {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&config::json_schema()).expect("schema serialises")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "trainlint",
+                &mut std::io::stdout(),
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -477,7 +510,22 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
         }
         let _ = m;
     }
-    let outcome = run::run_all(&ctx, &settings, &|_, _| {});
+    let progress = progress::Progress::new(!args.quiet);
+    let on_step = |step: usize, total: usize, loss: f64| progress.step(step, total, loss);
+    ctx.progress = &on_step;
+    let mut outcome = run::run_all(&ctx, &settings, &|id, trains| progress.start(id, trains));
+    progress.finish();
+    if let Some(path) = &args.write_baseline {
+        let n = baseline::write(path, &outcome.runs).map_err(Fatal::from)?;
+        eprintln!("wrote {n} finding(s) to the baseline {}", path.display());
+    }
+    let baseline_outcome = match &args.baseline {
+        Some(path) => Some(baseline::apply(
+            &baseline::read(path).map_err(Fatal::from)?,
+            &mut outcome.runs,
+        )),
+        None => None,
+    };
     let inputs = report::Inputs {
         config: settings.config_path.as_deref().map(display_path),
         model: settings.model.as_deref().map(display_path),
@@ -485,16 +533,22 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
         log: settings.log.as_deref().map(display_path),
         device: settings.device.clone(),
     };
-    let report = report::Report::new(
+    let mut report = report::Report::new(
         inputs,
         settings.setup.seed,
         outcome.runs,
         outcome.unused_ignores,
+        settings.key_lines.clone(),
         !args.no_timings,
     );
+    report.baseline = baseline_outcome;
     let rendered = match args.output_format {
         Format::Text => report::text::render(&report),
         Format::Json => report::json::render(&report),
+        Format::Sarif => report::sarif::render(&report),
+        Format::Junit => report::junit::render(&report),
+        Format::Github => report::github::render(&report),
+        Format::Gitlab => report::gitlab::render(&report),
     };
     match &args.output_file {
         Some(path) => {
@@ -508,6 +562,9 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
             let mut out = std::io::stdout().lock();
             let _ = out.write_all(rendered.as_bytes());
         }
+    }
+    if args.statistics {
+        eprint!("{}", report::text::statistics(&report));
     }
     if !args.exit_zero && report.fails(settings.fail_on) {
         return Ok(ExitCode::from(1));

@@ -104,6 +104,8 @@ pub struct Settings {
     pub fail_on: Severity,
     pub checks: BTreeMap<String, CheckConfig>,
     pub ignores: Vec<Ignore>,
+    /// The config line of every key read from the file (`setup.lr`, `checks.init-std`, …).
+    pub key_lines: BTreeMap<String, usize>,
 }
 
 impl Default for Settings {
@@ -127,6 +129,7 @@ impl Default for Settings {
             fail_on: Severity::Error,
             checks: BTreeMap::new(),
             ignores: Vec::new(),
+            key_lines: BTreeMap::new(),
         }
     }
 }
@@ -391,6 +394,7 @@ pub fn load_file(path: &Path, settings: &mut Settings) -> Result<(), ConfigError
     let r = Reader { src };
     settings.config_path = Some(path.to_path_buf());
     let section_names: Vec<&str> = SECTIONS.iter().map(|s| s.name).collect();
+    record_key_lines(&r, root, settings);
     for (key, item) in root.iter() {
         match key {
             "model" => read_model(&r, r.table(item, "model")?, settings, &base)?,
@@ -404,6 +408,19 @@ pub fn load_file(path: &Path, settings: &mut Settings) -> Result<(), ConfigError
         }
     }
     Ok(())
+}
+
+/// Remember the line of each `section.key` (and of each `[checks.ID]` table) for report locations.
+fn record_key_lines(r: &Reader, root: &dyn TableLike, settings: &mut Settings) {
+    for (section, item) in root.iter() {
+        let Some(table) = item.as_table_like() else {
+            continue;
+        };
+        for (key, _) in table.iter() {
+            let line = r.src.line_of(table.key(key).and_then(|k| k.span()));
+            settings.key_lines.insert(format!("{section}.{key}"), line);
+        }
+    }
 }
 
 fn keys_of(section: &str) -> Vec<&'static str> {

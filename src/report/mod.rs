@@ -1,5 +1,9 @@
 //! One renderer per output format, all over the same [`Report`].
+pub mod github;
+pub mod gitlab;
 pub mod json;
+pub mod junit;
+pub mod sarif;
 pub mod text;
 
 use serde::Serialize;
@@ -19,6 +23,67 @@ pub struct Report {
     /// `[[ignore]]` entries that matched no finding: stale, worth deleting.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unused_ignores: Vec<crate::config::Ignore>,
+    /// With `--baseline`: how many findings the baseline hid, and its entries that no longer occur.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<crate::baseline::BaselineOutcome>,
+    /// The config line of each key, for file:line locations (not part of the JSON report).
+    #[serde(skip)]
+    pub key_lines: std::collections::BTreeMap<String, usize>,
+}
+
+/// Where a finding points in the user's files: the config line that configures what it is about,
+/// else the model, data or log file it concerns (line 1).
+pub fn file_and_line(
+    report: &Report,
+    check: &str,
+    f: &trainlint_checks::Finding,
+) -> (String, usize) {
+    let i = &report.inputs;
+    if let Some(config) = &i.config {
+        let keys = [
+            f.location.config_key.clone(),
+            Some(format!("checks.{check}")),
+        ];
+        for key in keys.into_iter().flatten() {
+            if let Some(line) = report.key_lines.get(&key) {
+                return (config.clone(), *line);
+            }
+        }
+    }
+    let l = &f.location;
+    let by_kind = if l.log_column.is_some() {
+        i.log.clone()
+    } else if l.data_key.is_some() && l.module.is_none() {
+        i.data.clone()
+    } else if l.module.is_some() || l.parameter.is_some() || l.buffer.is_some() {
+        i.model.clone()
+    } else {
+        None
+    };
+    let path = by_kind
+        .or_else(|| i.model.clone())
+        .or_else(|| i.data.clone())
+        .or_else(|| i.log.clone())
+        .or_else(|| i.config.clone())
+        .unwrap_or_else(|| "trainlint.toml".to_string());
+    (path, 1)
+}
+
+/// A stable fingerprint of a finding: its check, location and message with the numbers taken out, so
+/// that a rerun with slightly different numbers keeps the same identity.
+pub fn fingerprint(check: &str, f: &trainlint_checks::Finding) -> String {
+    let message: String = f
+        .message
+        .chars()
+        .filter(|c| !c.is_ascii_digit() && *c != '.')
+        .collect();
+    let text = format!("{check}\u{1f}{}\u{1f}{message}", f.location);
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        hash ^= b as u64;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
 }
 
 #[derive(Serialize)]
@@ -61,6 +126,7 @@ impl Report {
         seed: u64,
         checks: Vec<CheckRun>,
         unused_ignores: Vec<crate::config::Ignore>,
+        key_lines: std::collections::BTreeMap<String, usize>,
         timings: bool,
     ) -> Self {
         let mut checks = checks;
@@ -99,6 +165,8 @@ impl Report {
             summary: s,
             checks,
             unused_ignores,
+            baseline: None,
+            key_lines,
         }
     }
 

@@ -166,6 +166,22 @@ pub fn render(report: &Report) -> String {
             i.reason
         ));
     }
+    if let Some(b) = &report.baseline {
+        out.push_str(&format!("{} finding(s) hidden by the baseline\n", b.hidden));
+        for e in &b.stale {
+            let at = if e.location.is_empty() {
+                String::new()
+            } else {
+                format!(" at {}", e.location)
+            };
+            out.push_str(&format!(
+                "{} baseline entry {}{at} (×{}) no longer occurs; update the baseline\n",
+                "warning:".yellow().bold(),
+                e.check,
+                e.count
+            ));
+        }
+    }
     let s = &report.summary;
     let line = format!(
         "Found {}, {} in {} checks ({} passed, {} with findings, {} skipped, {} failed) in {}",
@@ -186,6 +202,35 @@ pub fn render(report: &Report) -> String {
         line.green().bold()
     };
     out.push_str(&format!("\n{line}\n"));
+    out
+}
+
+/// `--statistics`: the number of findings per check, most first, like `ruff --statistics`.
+pub fn statistics(report: &Report) -> String {
+    let mut rows: Vec<(usize, usize, &str)> = report
+        .checks
+        .iter()
+        .filter(|c| !c.findings.is_empty())
+        .map(|c| {
+            let errors = c
+                .findings
+                .iter()
+                .filter(|f| f.severity == Severity::Error)
+                .count();
+            (c.findings.len(), errors, c.id)
+        })
+        .collect();
+    rows.sort_by(|a, b| b.0.cmp(&a.0).then(a.2.cmp(b.2)));
+    let mut out = String::new();
+    for (n, errors, id) in rows {
+        out.push_str(&format!(
+            "{n:5}  {id:20} {errors} error(s), {} warning(s)\n",
+            n - errors
+        ));
+    }
+    if out.is_empty() {
+        out.push_str("    0  no findings\n");
+    }
     out
 }
 

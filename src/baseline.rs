@@ -1,0 +1,116 @@
+//! `--write-baseline FILE` records today's findings; `--baseline FILE` then reports only new ones and
+//! lists recorded findings that no longer occur (stale entries).
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::run::{CheckRun, Status};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Entry {
+    pub check: String,
+    /// The finding's location as the text report shows it (empty when it has none).
+    pub location: String,
+    pub count: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Baseline {
+    pub version: u32,
+    pub entries: Vec<Entry>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BaselineOutcome {
+    /// Findings present in the baseline, not reported again.
+    pub hidden: usize,
+    /// Baseline entries (with the count) that no longer occur: fixed, worth removing from the baseline.
+    pub stale: Vec<Entry>,
+}
+
+fn key(run: &CheckRun, f: &trainlint_checks::Finding) -> (String, String) {
+    (
+        f.check
+            .clone()
+            .replace("check-failed", &format!("check-failed:{}", run.id)),
+        f.location.to_string(),
+    )
+}
+
+pub fn write(path: &Path, runs: &[CheckRun]) -> Result<usize, String> {
+    let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for r in runs {
+        for f in &r.findings {
+            *counts.entry(key(r, f)).or_default() += 1;
+        }
+    }
+    let total = counts.values().sum();
+    let baseline = Baseline {
+        version: 1,
+        entries: counts
+            .into_iter()
+            .map(|((check, location), count)| Entry {
+                check,
+                location,
+                count,
+            })
+            .collect(),
+    };
+    let text = serde_json::to_string_pretty(&baseline).expect("baseline serialises") + "\n";
+    std::fs::write(path, text)
+        .map_err(|e| format!("cannot write baseline {}: {e}", path.display()))?;
+    Ok(total)
+}
+
+pub fn read(path: &Path) -> Result<Baseline, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read baseline {}: {e}", path.display()))?;
+    let b: Baseline = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not a trainlint baseline: {e}", path.display()))?;
+    if b.version != 1 {
+        return Err(format!(
+            "{}: unsupported baseline version {}",
+            path.display(),
+            b.version
+        ));
+    }
+    Ok(b)
+}
+
+/// Remove the findings the baseline knows (up to its count per check and location).
+pub fn apply(baseline: &Baseline, runs: &mut [CheckRun]) -> BaselineOutcome {
+    let mut left: BTreeMap<(String, String), usize> = baseline
+        .entries
+        .iter()
+        .map(|e| ((e.check.clone(), e.location.clone()), e.count))
+        .collect();
+    let mut hidden = 0;
+    for r in runs.iter_mut() {
+        let mut kept = Vec::new();
+        for f in std::mem::take(&mut r.findings) {
+            let k = key(r, &f);
+            match left.get_mut(&k) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    hidden += 1;
+                }
+                _ => kept.push(f),
+            }
+        }
+        r.findings = kept;
+        if r.status == Status::Findings && r.findings.is_empty() {
+            r.status = Status::Passed;
+        }
+    }
+    let stale = left
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|((check, location), count)| Entry {
+            check,
+            location,
+            count,
+        })
+        .collect();
+    BaselineOutcome { hidden, stale }
+}
