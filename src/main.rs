@@ -150,6 +150,9 @@ struct CheckArgs {
     /// No progress bars.
     #[arg(short, long)]
     quiet: bool,
+    /// Also write a self-contained HTML report with plots to FILE.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
 }
 
 /// An error that stops the run before anything is judged: exit 2.
@@ -562,6 +565,10 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
             let mut out = std::io::stdout().lock();
             let _ = out.write_all(rendered.as_bytes());
         }
+    }
+    if let Some(path) = &args.report {
+        std::fs::write(path, report::html::render(&report))
+            .map_err(|e| Fatal::from(format!("cannot write {}: {e}", path.display())))?;
     }
     if args.statistics {
         eprint!("{}", report::text::statistics(&report));

@@ -144,6 +144,14 @@ pub struct Curve {
     pub window: Option<(f64, f64)>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub log_scale: bool,
+    /// A name per point (layers, channels), for categorical plots.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    /// An expected band per point: lower and upper bounds (same length as `y`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lower: Vec<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub upper: Vec<f64>,
 }
 
 impl Curve {

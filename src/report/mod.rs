@@ -1,6 +1,7 @@
 //! One renderer per output format, all over the same [`Report`].
 pub mod github;
 pub mod gitlab;
+pub mod html;
 pub mod json;
 pub mod junit;
 pub mod sarif;

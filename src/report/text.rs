@@ -101,7 +101,7 @@ pub fn render(report: &Report) -> String {
         for curve in c
             .curves
             .iter()
-            .filter(|c| c.y.len() > 1 && c.name != "weight std by layer")
+            .filter(|c| c.y.len() > 1 && c.labels.is_empty())
         {
             out.push_str(&format!(
                 "  {} {}\n",

@@ -193,7 +193,9 @@ impl Check for InitStd {
         let modules = model.modules();
         let mut findings = Vec::new();
         let mut judged = 0usize;
-        let mut layer_curve = crate::Curve::new("weight std by layer", Vec::new());
+        let mut layer_curve =
+            crate::Curve::new("weight std by layer, against its expected band", Vec::new());
+        layer_curve.log_scale = true;
         let params: Vec<(String, Tensor)> = model.parameters()?;
         for (name, tensor) in &params {
             let (kind, leaf) = module_of(modules, name);
@@ -269,7 +271,6 @@ is deliberate, add \"{name}\" to allow_constant"
                         );
                         continue;
                     }
-                    layer_curve.y.push(s.std);
                     let smallest = families.iter().map(|f| f.1).fold(f64::INFINITY, f64::min);
                     let largest = families.iter().map(|f| f.1).fold(0.0, f64::max);
                     let (lo, hi) = if fixed {
@@ -277,6 +278,11 @@ is deliberate, add \"{name}\" to allow_constant"
                     } else {
                         (smallest / band_factor, largest * band_factor)
                     };
+                    layer_curve.x.push(layer_curve.y.len() as f64);
+                    layer_curve.y.push(s.std);
+                    layer_curve.labels.push(name.clone());
+                    layer_curve.lower.push(lo);
+                    layer_curve.upper.push(hi);
                     if s.std >= lo && s.std <= hi {
                         continue;
                     }

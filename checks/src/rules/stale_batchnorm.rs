@@ -281,6 +281,7 @@ momentum 0: momentum=0, or batch_norm called with training=False)",
                 gaps.clone(),
             );
             curve.target = Some(options.f64("max_mean_gap"));
+            curve.labels = (0..gaps.len()).map(|c| format!("channel {c}")).collect();
             curves.push(curve);
             let worst_gap = gaps.iter().cloned().fold(0.0, f64::max);
             let worst_ratio = ratios.iter().map(|r| r.ln().abs()).fold(0.0, f64::max);
