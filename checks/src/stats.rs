@@ -312,7 +312,7 @@ pub fn judge_oscillation(o: &Oscillation, t: &OscillationThresholds) -> Verdict 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -361,7 +361,8 @@ mod tests {
         assert!(autocorrelation(&noise, 1).abs() < 0.05);
     }
 
-    fn distances(points: &[Vec<f64>]) -> Vec<f64> {
+    /// The Euclidean distance matrix of `points`, row-major (shared with the checks' tests).
+    pub(crate) fn distances(points: &[Vec<f64>]) -> Vec<f64> {
         let n = points.len();
         let mut d = vec![0.0; n * n];
         for i in 0..n {

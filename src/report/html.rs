@@ -277,17 +277,11 @@ fn single_value(c: &Curve) -> String {
 pub fn render(report: &Report) -> String {
     let s = &report.summary;
     let i = &report.inputs;
-    let mut inputs = Vec::new();
-    for (label, v) in [
-        ("config", &i.config),
-        ("model", &i.model),
-        ("data", &i.data),
-        ("log", &i.log),
-    ] {
-        if let Some(v) = v {
-            inputs.push(format!("{label} <code>{}</code>", esc(v)));
-        }
-    }
+    let mut inputs: Vec<String> = i
+        .labeled()
+        .into_iter()
+        .map(|(label, v)| format!("{label} <code>{}</code>", esc(v)))
+        .collect();
     inputs.push(format!("device {} · seed {}", esc(&i.device), report.seed));
     let mut out = String::from("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
     out.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">");

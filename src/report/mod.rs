@@ -106,6 +106,21 @@ pub struct Inputs {
     pub device: String,
 }
 
+impl Inputs {
+    /// The inputs that were given, with their labels, in report order.
+    pub fn labeled(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("config", &self.config),
+            ("model", &self.model),
+            ("data", &self.data),
+            ("log", &self.log),
+        ]
+        .into_iter()
+        .filter_map(|(label, v)| v.as_deref().map(|v| (label, v)))
+        .collect()
+    }
+}
+
 #[derive(Serialize, Default, Clone, Copy)]
 pub struct Summary {
     pub errors: usize,

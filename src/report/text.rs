@@ -68,15 +68,8 @@ pub fn render(report: &Report) -> String {
     let mut out = String::new();
     let i = &report.inputs;
     let mut header = format!("trainlint {}", report.tool.version);
-    for (label, v) in [
-        ("config", &i.config),
-        ("model", &i.model),
-        ("data", &i.data),
-        ("log", &i.log),
-    ] {
-        if let Some(v) = v {
-            header.push_str(&format!(" · {label} {v}"));
-        }
+    for (label, v) in i.labeled() {
+        header.push_str(&format!(" · {label} {v}"));
     }
     header.push_str(&format!(" · device {} · seed {}", i.device, report.seed));
     out.push_str(&format!("{}\n", header.dimmed()));

@@ -225,22 +225,6 @@ impl Check for SequentialData {
 mod tests {
     use super::*;
 
-    fn euclidean(points: &[Vec<f64>]) -> Vec<f64> {
-        let n = points.len();
-        let mut d = vec![0.0; n * n];
-        for i in 0..n {
-            for j in 0..n {
-                d[i * n + j] = points[i]
-                    .iter()
-                    .zip(&points[j])
-                    .map(|(a, b)| (a - b) * (a - b))
-                    .sum::<f64>()
-                    .sqrt();
-            }
-        }
-        d
-    }
-
     /// Ordered: a random walk (video-like). Shuffled: the same walk in random order.
     fn walk(rng: &mut Rng, n: usize, dims: usize, step: f64) -> Vec<Vec<f64>> {
         let mut out = vec![(0..dims).map(|_| rng.normal()).collect::<Vec<f64>>()];
@@ -262,12 +246,12 @@ mod tests {
             let dims = 2 + rng.below(14);
             let step = 0.05 + 0.25 * rng.uniform();
             let mut points = walk(&mut rng, n, dims, step);
-            let a = stats::adjacency(&euclidean(&points), n, 100, &mut rng);
+            let a = stats::adjacency(&stats::tests::distances(&points), n, 100, &mut rng);
             if a.ratio <= 0.5 && a.p_value <= 0.01 {
                 detected += 1;
             }
             rng.shuffle(&mut points);
-            let a = stats::adjacency(&euclidean(&points), n, 100, &mut rng);
+            let a = stats::adjacency(&stats::tests::distances(&points), n, 100, &mut rng);
             if a.ratio <= 0.5 && a.p_value <= 0.01 {
                 false_alarms += 1;
             }
