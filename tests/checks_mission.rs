@@ -479,3 +479,23 @@ fn sequential_clean_controls_pass_or_skip() {
     assert_eq!(e["status"], "skipped");
     assert!(e["reason"].as_str().unwrap().contains("temporal = true"));
 }
+
+// ---------------------------------------------------------------- traced models
+#[test]
+fn traced_models_are_judged_like_scripted_ones() {
+    // torch.jit.trace in eval mode bakes training=False into batch_norm: the stats can never update.
+    let r = bn("cnn_bn_traced", "images", "");
+    let f = findings(&r, "stale-batchnorm");
+    assert_eq!(f.len(), 2);
+    assert!(
+        message(f[0]).contains("will not update") && message(f[0]).contains("traced in eval mode")
+    );
+    let r = run_check("init-std", Some("cnn_bn_traced"), Some("images"), None, "");
+    passed(&r, "init-std");
+    let r = range("sigmoid_traced", "targets_pm1");
+    let f = only_finding(&r, "output-range", "error");
+    assert!(
+        message(f).starts_with("sigmoid output lies in [0, 1]"),
+        "{f}"
+    );
+}

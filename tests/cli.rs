@@ -549,3 +549,18 @@ fn a_check_that_fails_internally_is_reported_and_the_others_still_run() {
         "overfit-batch and the lr probe"
     );
 }
+
+#[test]
+fn npy_files_and_folders_give_the_same_report_as_npz() {
+    let (_, npz) = check_json(&args(&model_data("mlp_std1", "regression.npz"), &[]));
+    for data in ["data/regression_npy/inputs.npy", "data/regression_npy"] {
+        let (code, report) = check_json(&[
+            "--model",
+            &fixture("models/mlp_std1.pt"),
+            "--data",
+            &fixture(data),
+        ]);
+        assert_eq!(code, 1, "{data}");
+        assert_eq!(report["checks"], npz["checks"], "{data}");
+    }
+}

@@ -42,7 +42,7 @@ pub enum DataError {
         targets: String,
         n_targets: i64,
     },
-    #[error("unsupported data format {0} (use .npz, .npy or .safetensors)")]
+    #[error("unsupported data format {0} (use .npz, .npy (or a folder of them) or .safetensors)")]
     Format(PathBuf),
     #[error("{path}:{line}: {reason}")]
     Line {
@@ -67,8 +67,38 @@ fn unreadable(path: &Path, reason: impl ToString) -> DataError {
     }
 }
 
-/// Every array in a data file, in the file's order.
+/// The `.npy` files of a folder, sorted by name: one array each, named by the file stem.
+fn npy_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| unreadable(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn read_npy(path: &Path) -> Result<Array, DataError> {
+    let bytes = std::fs::read(path).map_err(|e| unreadable(path, e))?;
+    let name = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("array")
+        .to_string();
+    let tensor = npy::parse(&bytes).map_err(|e| npy_error(path, &name, e))?;
+    Ok(Array { name, tensor })
+}
+
+/// Every array in a data file, in the file's order. A `.npy` file holds one array: its sibling `.npy`
+/// files (as `np.save` per key writes them), or a folder of `.npy` files, give the others.
 pub fn read_arrays(path: &Path) -> Result<Vec<Array>, DataError> {
+    if path.is_dir() {
+        let files = npy_files(path)?;
+        if files.is_empty() {
+            return Err(unreadable(path, "the folder holds no .npy files"));
+        }
+        return files.iter().map(|f| read_npy(f)).collect();
+    }
     if !path.is_file() {
         return Err(DataError::Missing(path.to_path_buf()));
     }
@@ -77,17 +107,21 @@ pub fn read_arrays(path: &Path) -> Result<Vec<Array>, DataError> {
         .and_then(|e| e.to_str())
         .unwrap_or("")
         .to_ascii_lowercase();
+    if ext == "npy" {
+        let folder = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut arrays = vec![read_npy(path)?];
+        for sibling in npy_files(folder)? {
+            if sibling.file_name() != path.file_name() {
+                arrays.push(read_npy(&sibling)?);
+            }
+        }
+        return Ok(arrays);
+    }
     let bytes = std::fs::read(path).map_err(|e| unreadable(path, e))?;
     match ext.as_str() {
-        "npy" => {
-            let name = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or("array")
-                .to_string();
-            let tensor = npy::parse(&bytes).map_err(|e| npy_error(path, &name, e))?;
-            Ok(vec![Array { name, tensor }])
-        }
         "npz" => npy::parse_npz(&bytes)
             .map_err(|e| unreadable(path, format!("not a valid .npz archive: {e}")))?
             .into_iter()

@@ -239,7 +239,7 @@ exactly 0 / 1, although its affine parameters were trained",
                         ID,
                         format!(
                             "{} will not update: train-mode passes leave its running statistics unchanged (effective \
-momentum 0: momentum=0, or batch_norm called with training=False)",
+momentum 0: momentum=0, or batch_norm called with training=False, as in a model traced in eval mode)",
                             name(l)
                         ),
                     )
@@ -247,7 +247,7 @@ momentum 0: momentum=0, or batch_norm called with training=False)",
                         buffer: Some(l.mean.clone()),
                         ..Location::module(&l.info.path)
                     })
-                    .help("give the layer a momentum > 0 (PyTorch's default is 0.1) and call it in training mode")
+                    .help("give the layer a momentum > 0 (PyTorch's default is 0.1) and call it in training mode; export with torch.jit.script, or trace in train mode")
                     .evidence("effective_momentum", m.momentum),
                 );
             }
