@@ -557,8 +557,12 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
         Some(path) => {
             std::fs::write(path, &rendered)
                 .map_err(|e| Fatal::from(format!("cannot write {}: {e}", path.display())))?;
-            if args.output_format != Format::Text {
-                eprint!("{}", report::text::render(&report));
+            // The human report goes to the terminal; when the file already holds it, only its summary.
+            let text = report::text::render(&report);
+            if args.output_format == Format::Text {
+                eprintln!("{}", text.trim_end().lines().last().unwrap_or_default());
+            } else {
+                eprint!("{text}");
             }
         }
         None => {

@@ -564,3 +564,25 @@ fn npy_files_and_folders_give_the_same_report_as_npz() {
         assert_eq!(report["checks"], npz["checks"], "{data}");
     }
 }
+
+#[test]
+fn a_text_report_written_to_a_file_leaves_its_summary_on_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report.txt");
+    let md = model_data("mlp_std1", "regression.npz");
+    let o = run(&[
+        &["check", "--color", "never", "-o", out.to_str().unwrap()],
+        &args(&md, &[])[..],
+    ]
+    .concat());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).is_empty());
+    assert!(std::fs::read_to_string(&out)
+        .unwrap()
+        .contains("error[init-std]"));
+    assert!(
+        stderr(&o).starts_with("Found 2 errors, 0 warnings in 9 checks"),
+        "{}",
+        stderr(&o)
+    );
+}
