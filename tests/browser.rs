@@ -130,8 +130,9 @@ fn html_report_renders_in_chromium_without_errors_and_is_not_blank() {
         .unwrap()
         .parse()
         .unwrap();
-    // init-std, identity, overfit, the loss terms on one axis, the log and the lr probe, adjacency.
-    assert_eq!(charts, 7);
+    // init-std, identity, overfit, the loss terms on one axis, the log and the lr probe, adjacency,
+    // gradient norms.
+    assert_eq!(charts, 8);
     assert!(
         console_lines(&log).is_empty(),
         "console output: {:?}",

@@ -499,3 +499,69 @@ fn traced_models_are_judged_like_scripted_ones() {
         "{f}"
     );
 }
+
+// ---------------------------------------------------------------- gradient-flow
+#[test]
+fn gradient_flow_names_parameters_no_gradient_reaches() {
+    let r = run_check(
+        "gradient-flow",
+        Some("unused_layer"),
+        Some("regression"),
+        None,
+        "",
+    );
+    let f = only_finding(&r, "gradient-flow", "error");
+    assert_eq!(
+        f["evidence"]["no_gradient"],
+        serde_json::json!(["aux.weight", "aux.bias"])
+    );
+    assert_eq!(f["location"]["module"], "aux");
+    let r = run_check(
+        "gradient-flow",
+        Some("partly_detached"),
+        Some("regression"),
+        None,
+        "",
+    );
+    let f = only_finding(&r, "gradient-flow", "error");
+    assert_eq!(
+        f["evidence"]["no_gradient"],
+        serde_json::json!(["body.weight", "body.bias"])
+    );
+    let r = run_check(
+        "gradient-flow",
+        Some("detached"),
+        Some("textures"),
+        None,
+        "",
+    );
+    assert!(message(only_finding(&r, "gradient-flow", "error"))
+        .starts_with("none of the 6 trainable parameters"));
+    let r = run_check(
+        "gradient-flow",
+        Some("classifier_zero_logits"),
+        Some("classes4"),
+        None,
+        "",
+    );
+    let f = only_finding(&r, "gradient-flow", "warning");
+    assert_eq!(
+        f["evidence"]["zero_gradient"],
+        serde_json::json!(["fc1.weight", "fc2.weight"])
+    );
+}
+
+#[test]
+fn gradient_flow_passes_healthy_models_including_batchnorm_nets() {
+    for (model, data) in [
+        ("mlp_default", "regression"),
+        ("cnn_bn_trained", "images"),
+        ("unet", "textures"),
+        ("embedding", "tokens"),
+    ] {
+        passed(
+            &run_check("gradient-flow", Some(model), Some(data), None, ""),
+            "gradient-flow",
+        );
+    }
+}

@@ -545,8 +545,8 @@ fn a_check_that_fails_internally_is_reported_and_the_others_still_run() {
     assert_eq!(check_entry(&report, "init-std")["status"], "passed");
     assert_eq!(
         report["summary"]["failed"].as_u64().unwrap(),
-        2,
-        "overfit-batch and the lr probe"
+        3,
+        "overfit-batch, the lr probe and gradient-flow compute the loss"
     );
 }
 
@@ -581,7 +581,7 @@ fn a_text_report_written_to_a_file_leaves_its_summary_on_the_terminal() {
         .unwrap()
         .contains("error[init-std]"));
     assert!(
-        stderr(&o).starts_with("Found 2 errors, 0 warnings in 9 checks"),
+        stderr(&o).starts_with("Found 2 errors, 0 warnings in 10 checks"),
         "{}",
         stderr(&o)
     );

@@ -82,7 +82,7 @@ fn sarif_validates_against_the_official_schema_and_points_into_the_config() {
         .unwrap()
         .starts_with("https://"));
     let rules = driver["rules"].as_array().unwrap();
-    assert_eq!(rules.len(), 9);
+    assert_eq!(rules.len(), 10);
     assert!(rules
         .iter()
         .all(|r| r["fullDescription"]["text"].as_str().unwrap().len() > 50));
@@ -122,7 +122,7 @@ fn sarif_validates_against_the_official_schema_and_points_into_the_config() {
 #[test]
 fn junit_has_one_testcase_per_check_with_failures_skips_and_times() {
     let (_, out) = demo("junit", &[]);
-    assert_eq!(out.matches("<testcase ").count(), 9);
+    assert_eq!(out.matches("<testcase ").count(), 10);
     assert_eq!(out.matches("<failure ").count(), 6);
     assert!(out.contains(
         "<testcase classname=\"trainlint.loss\" name=\"double-activation\" time=\"0.000\"/>"

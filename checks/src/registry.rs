@@ -13,6 +13,7 @@ pub fn all() -> Vec<Box<dyn Check>> {
         Box::new(rules::loss_oscillation::LossOscillation),
         Box::new(rules::sequential_data::SequentialData),
         Box::new(rules::stale_batchnorm::StaleBatchnorm),
+        Box::new(rules::gradient_flow::GradientFlow),
     ]
 }
 

@@ -1,5 +1,6 @@
 //! One module per check. Each holds the check's documentation, options and logic.
 pub mod double_activation;
+pub mod gradient_flow;
 pub mod identity_overfit;
 pub mod init_std;
 pub mod loss_oscillation;
