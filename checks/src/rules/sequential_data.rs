@@ -235,26 +235,16 @@ mod tests {
         out
     }
 
-    #[test]
-    fn adjacency_detector_catches_ordered_walks_and_passes_their_shuffles() {
-        // 1,000 random walks (varied length, dims and step size) in file order and shuffled.
-        let mut rng = Rng::new(11);
-        let (mut detected, mut false_alarms) = (0, 0);
+    /// Run `trials` ordered-vs-shuffled trials; `trial` says whether the detector flagged the ordered
+    /// and the shuffled sample. Requires ≥ 99% detection and ≤ 1% false alarms.
+    fn assert_separates(seed: u64, mut trial: impl FnMut(&mut Rng) -> (bool, bool)) {
+        let mut rng = Rng::new(seed);
         let trials = 1000;
+        let (mut detected, mut false_alarms) = (0, 0);
         for _ in 0..trials {
-            let n = 24 + rng.below(40);
-            let dims = 2 + rng.below(14);
-            let step = 0.05 + 0.25 * rng.uniform();
-            let mut points = walk(&mut rng, n, dims, step);
-            let a = stats::adjacency(&stats::tests::distances(&points), n, 100, &mut rng);
-            if a.ratio <= 0.5 && a.p_value <= 0.01 {
-                detected += 1;
-            }
-            rng.shuffle(&mut points);
-            let a = stats::adjacency(&stats::tests::distances(&points), n, 100, &mut rng);
-            if a.ratio <= 0.5 && a.p_value <= 0.01 {
-                false_alarms += 1;
-            }
+            let (ordered, shuffled) = trial(&mut rng);
+            detected += ordered as usize;
+            false_alarms += shuffled as usize;
         }
         assert!(
             detected as f64 >= 0.99 * trials as f64,
@@ -267,31 +257,43 @@ mod tests {
     }
 
     #[test]
+    fn adjacency_detector_catches_ordered_walks_and_passes_their_shuffles() {
+        // Random walks (varied length, dims and step size) in file order and shuffled.
+        assert_separates(11, |rng| {
+            let n = 24 + rng.below(40);
+            let dims = 2 + rng.below(14);
+            let step = 0.05 + 0.25 * rng.uniform();
+            let mut points = walk(rng, n, dims, step);
+            let flagged = |a: stats::Adjacency| a.ratio <= 0.5 && a.p_value <= 0.01;
+            let ordered = flagged(stats::adjacency(
+                &stats::tests::distances(&points),
+                n,
+                100,
+                rng,
+            ));
+            rng.shuffle(&mut points);
+            let shuffled = flagged(stats::adjacency(
+                &stats::tests::distances(&points),
+                n,
+                100,
+                rng,
+            ));
+            (ordered, shuffled)
+        });
+    }
+
+    #[test]
     fn runs_detector_catches_sorted_labels_and_passes_shuffled_ones() {
-        let mut rng = Rng::new(12);
-        let (mut detected, mut false_alarms) = (0, 0);
-        let trials = 1000;
-        for _ in 0..trials {
+        assert_separates(12, |rng| {
             let n = 60 + rng.below(200);
             let classes = 2 + rng.below(8) as i64;
             let mut labels: Vec<i64> = (0..n).map(|_| rng.below(classes as usize) as i64).collect();
             labels.sort();
-            if class_evidence(&labels, 32).0.z <= -4.0 {
-                detected += 1;
-            }
+            let ordered = class_evidence(&labels, 32).0.z <= -4.0;
             rng.shuffle(&mut labels);
-            if class_evidence(&labels, 32).0.z <= -4.0 {
-                false_alarms += 1;
-            }
-        }
-        assert!(
-            detected as f64 >= 0.99 * trials as f64,
-            "detected {detected}/{trials}"
-        );
-        assert!(
-            false_alarms as f64 <= 0.01 * trials as f64,
-            "false alarms {false_alarms}/{trials}"
-        );
+            let shuffled = class_evidence(&labels, 32).0.z <= -4.0;
+            (ordered, shuffled)
+        });
     }
 
     #[test]
