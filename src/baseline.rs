@@ -29,13 +29,15 @@ pub struct BaselineOutcome {
     pub stale: Vec<Entry>,
 }
 
+/// A finding's identity in a baseline: its check (a `check-failed` names the check that failed) and
+/// its location.
 fn key(run: &CheckRun, f: &trainlint_checks::Finding) -> (String, String) {
-    (
-        f.check
-            .clone()
-            .replace("check-failed", &format!("check-failed:{}", run.id)),
-        f.location.to_string(),
-    )
+    let check = if f.check == "check-failed" {
+        format!("check-failed:{}", run.id)
+    } else {
+        f.check.clone()
+    };
+    (check, f.location.to_string())
 }
 
 pub fn write(path: &Path, runs: &[CheckRun]) -> Result<usize, String> {

@@ -385,8 +385,6 @@ fn resolve_settings(args: &CheckArgs) -> Result<Settings, Fatal> {
     let start = args.path.clone().unwrap_or_else(|| PathBuf::from("."));
     if let Some(path) = config::discover(&start).map_err(config_fatal)? {
         config::load_file(&path, &mut settings).map_err(config_fatal)?;
-    } else if args.path.as_ref().is_some_and(|p| p.is_file()) {
-        unreachable!("a file is always its own config");
     }
     if let Some(m) = &args.model {
         settings.model = Some(m.clone());
@@ -496,7 +494,7 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
     ctx.log = log.as_ref();
     // The shared forward pass doubles as the input check: a model that rejects the data is an input
     // error (exit 2), not a verdict.
-    if let (Some(m), Some(d)) = (&model, &dataset) {
+    if let (Some(_), Some(d)) = (&model, &dataset) {
         if let Err(e) = ctx.prediction() {
             return Err(Fatal::from(format!(
                 "the model {} rejected data `{}` of shape {:?} from {}: {}",
@@ -511,7 +509,6 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
                 e.to_string().trim_start_matches("model: ")
             )));
         }
-        let _ = m;
     }
     let progress = progress::Progress::new(!args.quiet);
     let on_step = |step: usize, total: usize, loss: f64| progress.step(step, total, loss);

@@ -208,6 +208,16 @@ impl Finding {
     }
 }
 
+/// Evidence that maps names (terms, init families) to numbers, as one JSON object.
+pub fn named_numbers<S: ToString>(pairs: impl IntoIterator<Item = (S, f64)>) -> Value {
+    Value::Object(
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.into()))
+            .collect(),
+    )
+}
+
 /// Format a number compactly for messages: 3 significant digits, scientific outside [1e-3, 1e4).
 pub fn num(x: f64) -> String {
     if !x.is_finite() {

@@ -2,7 +2,7 @@
 
 use tch::{Kind, Tensor};
 
-use crate::finding::{num, Finding, Location};
+use crate::finding::{named_numbers, num, Finding, Location};
 use crate::options::{OptionSpec, Options};
 use crate::ports::ModuleInfo;
 use crate::{Check, CheckError, CheckInfo, CheckOutput, CheckResult, Docs, Group, Level};
@@ -331,12 +331,7 @@ nn.init.kaiming_normal_ (std {}) for ReLU layers",
                             .evidence("band_high", hi)
                             .evidence(
                                 "families",
-                                serde_json::Value::Object(
-                                    families
-                                        .iter()
-                                        .map(|(n, v)| (n.to_string(), (*v).into()))
-                                        .collect(),
-                                ),
+                                named_numbers(families.iter().map(|(n, v)| (n, *v))),
                             ),
                     );
                 }

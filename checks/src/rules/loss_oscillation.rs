@@ -209,15 +209,18 @@ fn probe(ctx: &Context, options: &Options) -> Result<(Vec<Finding>, Option<Curve
     let n = data.len();
     let device = model.device();
     let eval_n = n.min(64) as i64;
-    let eval_x = data.inputs.f_narrow(0, 0, eval_n)?.f_to_device(device)?;
-    let eval_y = data.targets.f_narrow(0, 0, eval_n)?.f_to_device(device)?;
+    // Move the sample to the model's device once, not on every step.
+    let inputs = data.inputs.f_to_device(device)?;
+    let targets = data.targets.f_to_device(device)?;
+    let eval_x = inputs.f_narrow(0, 0, eval_n)?;
+    let eval_y = targets.f_narrow(0, 0, eval_n)?;
     let mut rng = Rng::new(setup.seed);
     let steps = options.usize("probe_steps");
     let mut curve = vec![train::evaluate(copy.as_mut(), loss_kind, &eval_x, &eval_y)?];
     for step in 0..steps {
         let idx = train::batch_indices(&mut rng, n, setup.batch_size.max(2)).f_to_device(device)?;
-        let x = eval_x_or(&data.inputs, &idx, device)?;
-        let y = eval_x_or(&data.targets, &idx, device)?;
+        let x = inputs.f_index_select(0, &idx)?;
+        let y = targets.f_index_select(0, &idx)?;
         train::step(copy.as_mut(), &opt, loss_kind, &x, &y, Mode::Train)?;
         let l = train::evaluate(copy.as_mut(), loss_kind, &eval_x, &eval_y)?;
         curve.push(l);
@@ -319,15 +322,6 @@ and from {} to {}",
         .into_iter()
         .collect();
     Ok((findings, Some(c)))
-}
-
-/// Rows `idx` of a data tensor, on the model's device.
-fn eval_x_or(
-    t: &tch::Tensor,
-    idx: &tch::Tensor,
-    device: tch::Device,
-) -> Result<tch::Tensor, CheckError> {
-    Ok(t.f_to_device(device)?.f_index_select(0, idx)?)
 }
 
 impl Check for LossOscillation {

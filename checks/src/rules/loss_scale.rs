@@ -1,5 +1,5 @@
 //! loss-scale: the terms of a multi-term loss are on the same order of magnitude.
-use crate::finding::{num, Finding, Location};
+use crate::finding::{named_numbers, num, Finding, Location};
 use crate::options::{OptionSpec, Options};
 use crate::stats;
 use crate::{Check, CheckInfo, CheckOutput, CheckResult, Context, Curve, Docs, Group, Level};
@@ -167,30 +167,15 @@ impl Check for LossScale {
                     .evidence("window", window.to_string())
                     .evidence(
                         "magnitudes",
-                        serde_json::Value::Object(
-                            sorted
-                                .iter()
-                                .map(|(t, m)| (t.clone(), (*m).into()))
-                                .collect(),
-                        ),
+                        named_numbers(sorted.iter().map(|(t, m)| (t, *m))),
                     )
                     .evidence(
                         "shares",
-                        serde_json::Value::Object(
-                            sorted
-                                .iter()
-                                .map(|(t, m)| (t.clone(), (m / total).into()))
-                                .collect(),
-                        ),
+                        named_numbers(sorted.iter().map(|(t, m)| (t, m / total))),
                     )
                     .evidence(
                         "suggested_weights",
-                        serde_json::Value::Object(
-                            weights
-                                .iter()
-                                .map(|(t, w)| (t.clone(), (*w).into()))
-                                .collect(),
-                        ),
+                        named_numbers(weights.iter().map(|(t, w)| (t, *w))),
                     );
                 CheckResult::with_findings(vec![f])
             }
