@@ -7,9 +7,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::run::{CheckRun, Status};
 
+/// Version 2 keys findings by kind.
+const VERSION: u32 = 2;
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Entry {
-    pub check: String,
+    /// The finding's kind id (`check/kind`; `check-failed:CHECK` for a check that failed).
+    pub kind: String,
     /// The finding's location as the text report shows it (empty when it has none).
     pub location: String,
     pub count: usize,
@@ -29,31 +33,26 @@ pub struct BaselineOutcome {
     pub stale: Vec<Entry>,
 }
 
-/// A finding's identity in a baseline: its check (a `check-failed` names the check that failed) and
-/// its location.
-fn key(run: &CheckRun, f: &trainlint_checks::Finding) -> (String, String) {
-    let check = if f.check == "check-failed" {
-        format!("check-failed:{}", run.id)
-    } else {
-        f.check.clone()
-    };
-    (check, f.location.to_string())
+/// A finding's identity in a baseline: its kind (a `check-failed` names the check that failed) and its
+/// location, as [`trainlint_checks::Finding::identity`] gives it.
+fn key(f: &trainlint_checks::Finding) -> (String, String) {
+    f.identity()
 }
 
 pub fn write(path: &Path, runs: &[CheckRun]) -> Result<usize, String> {
     let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
     for r in runs {
         for f in &r.findings {
-            *counts.entry(key(r, f)).or_default() += 1;
+            *counts.entry(key(f)).or_default() += 1;
         }
     }
     let total = counts.values().sum();
     let baseline = Baseline {
-        version: 1,
+        version: VERSION,
         entries: counts
             .into_iter()
-            .map(|((check, location), count)| Entry {
-                check,
+            .map(|((kind, location), count)| Entry {
+                kind,
                 location,
                 count,
             })
@@ -70,9 +69,10 @@ pub fn read(path: &Path) -> Result<Baseline, String> {
         .map_err(|e| format!("cannot read baseline {}: {e}", path.display()))?;
     let b: Baseline = serde_json::from_str(&text)
         .map_err(|e| format!("{} is not a trainlint baseline: {e}", path.display()))?;
-    if b.version != 1 {
+    if b.version != VERSION {
         return Err(format!(
-            "{}: unsupported baseline version {}",
+            "{}: baseline version {} is not {VERSION} (version 1 keyed findings by check, not by kind): \
+rewrite it with --write-baseline",
             path.display(),
             b.version
         ));
@@ -85,13 +85,13 @@ pub fn apply(baseline: &Baseline, runs: &mut [CheckRun]) -> BaselineOutcome {
     let mut left: BTreeMap<(String, String), usize> = baseline
         .entries
         .iter()
-        .map(|e| ((e.check.clone(), e.location.clone()), e.count))
+        .map(|e| ((e.kind.clone(), e.location.clone()), e.count))
         .collect();
     let mut hidden = 0;
     for r in runs.iter_mut() {
         let mut kept = Vec::new();
         for f in std::mem::take(&mut r.findings) {
-            let k = key(r, &f);
+            let k = key(&f);
             match left.get_mut(&k) {
                 Some(n) if *n > 0 => {
                     *n -= 1;
@@ -108,8 +108,8 @@ pub fn apply(baseline: &Baseline, runs: &mut [CheckRun]) -> BaselineOutcome {
     let stale = left
         .into_iter()
         .filter(|(_, n)| *n > 0)
-        .map(|((check, location), count)| Entry {
-            check,
+        .map(|((kind, location), count)| Entry {
+            kind,
             location,
             count,
         })

@@ -58,11 +58,15 @@ enum FailOn {
 enum Command {
     /// Run the checks on a model, a data sample and a loss log.
     Check(Box<CheckArgs>),
-    /// List every check: id, group, default level and summary.
-    Rules,
-    /// Print a check's documentation and options.
+    /// List every check (id, group, default level, summary) with the finding kinds it reports.
+    Rules {
+        /// Print the list as the Markdown tables of the README's "Checks" section.
+        #[arg(long)]
+        markdown: bool,
+    },
+    /// Print the documentation of a check (with its options) or of a finding kind.
     Explain {
-        /// The check id, e.g. init-std.
+        /// A check id (e.g. init-std) or a finding-kind id (e.g. init-std/std-out-of-band).
         id: String,
     },
     /// Write a commented trainlint.toml with every option at its default.
@@ -189,8 +193,12 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Check(args) => check(*args),
-        Command::Rules => {
-            print!("{}", rules_table());
+        Command::Rules { markdown } => {
+            if markdown {
+                print!("{}", rules_markdown());
+            } else {
+                print!("{}", rules_table());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain { id } => explain(&id),
@@ -233,27 +241,99 @@ fn main() -> ExitCode {
 fn rules_table() -> String {
     let mut out = String::new();
     let checks = registry::all();
-    let width = checks.iter().map(|c| c.info().id.len()).max().unwrap_or(10);
+    let width = registry::kinds()
+        .iter()
+        .map(|k| k.id.len() + 2)
+        .chain(checks.iter().map(|c| c.info().id.len()))
+        .max()
+        .unwrap_or(10);
     out.push_str(&format!(
-        "{:width$}  {:9}  {:5}  summary\n",
-        "check", "group", "level"
+        "{:width$}  {:9}  {:7}  summary\n",
+        "check / kind", "group", "level"
     ));
     for c in checks {
         let i = c.info();
         out.push_str(&format!(
-            "{:width$}  {:9}  {:5}  {}\n",
+            "{:width$}  {:9}  {:7}  {}\n",
+            i.id,
+            i.group.as_str(),
+            i.default_level.as_str(),
+            i.summary
+        ));
+        for k in i.kinds {
+            out.push_str(&format!(
+                "  {:w$}  {:9}  {:7}  {}\n",
+                k.id,
+                "",
+                k.severity.as_str(),
+                k.summary,
+                w = width - 2
+            ));
+        }
+    }
+    out.push_str(
+        "\n`trainlint explain ID` documents a check or a kind; select or ignore either by id.\n",
+    );
+    out
+}
+
+/// The README's tables of checks and kinds, generated so that they cannot drift (a test compares them).
+fn rules_markdown() -> String {
+    let mut out =
+        String::from("| check | group | default level | what it checks |\n|---|---|---|---|\n");
+    for c in registry::all() {
+        let i = c.info();
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
             i.id,
             i.group.as_str(),
             i.default_level.as_str(),
             i.summary
         ));
     }
+    out.push_str("\n| finding kind | severity | what it means |\n|---|---|---|\n");
+    for k in registry::kinds() {
+        out.push_str(&format!(
+            "| `{}` | {} | {} |\n",
+            k.id,
+            k.severity.as_str(),
+            k.summary
+        ));
+    }
     out
 }
 
+fn explain_kind(k: &trainlint_checks::KindInfo) -> String {
+    let example = match k.example {
+        Some(e) => format!(
+            "\n## Example\n$ trainlint check {}\n{}[{}] {}\n",
+            e.args,
+            k.severity.as_str(),
+            k.id,
+            e.message
+        ),
+        None => String::new(),
+    };
+    format!(
+        "# {}\n\ncheck: {} · severity: {}\n\n{}\n\n## Why it matters\n{}\n\n## How it decides\n{}\n{example}\n## How to fix\n{}\n",
+        k.id,
+        k.check(),
+        k.severity.as_str(),
+        k.summary,
+        k.why,
+        k.how,
+        k.fix
+    )
+}
+
 fn explain(id: &str) -> Result<ExitCode, Fatal> {
+    if let Some(k) = registry::find_kind(id) {
+        print!("{}", explain_kind(k));
+        return Ok(ExitCode::SUCCESS);
+    }
     let Some(check) = registry::find(id) else {
-        let ids: Vec<&str> = registry::all().iter().map(|c| c.info().id).collect();
+        let mut ids: Vec<&str> = registry::all().iter().map(|c| c.info().id).collect();
+        ids.extend(registry::kinds().iter().map(|k| k.id));
         let mut close: Vec<(f64, &str)> = ids
             .iter()
             .map(|c| (strsim::jaro_winkler(id, c), *c))
@@ -266,15 +346,15 @@ fn explain(id: &str) -> Result<ExitCode, Fatal> {
             .map(|(_, c)| *c)
             .collect();
         let hint = if hint.is_empty() {
-            format!("`trainlint rules` lists them: {}", ids.join(", "))
+            "`trainlint rules` lists every check and kind".to_string()
         } else {
             format!("did you mean {}?", hint.join(", "))
         };
-        return Err(Fatal::from(format!("unknown check `{id}`; {hint}")));
+        return Err(Fatal::from(format!("unknown check or kind `{id}`; {hint}")));
     };
     let i = check.info();
     let mut out = format!(
-        "# {}\n\ngroup: {} · default level: {}{}\n\n{}\n\n## What it does\n{}\n\n## Why it matters\n{}\n\n## How it decides\n{}\n\n## Example\n{}\n\n## How to fix\n{}\n",
+        "# {}\n\ngroup: {} · default level: {}{}\n\n{}\n\n## What it does\n{}\n\n## Why it matters\n{}\n\n## Finding kinds\n",
         i.id,
         i.group.as_str(),
         i.default_level.as_str(),
@@ -282,16 +362,21 @@ fn explain(id: &str) -> Result<ExitCode, Fatal> {
         i.summary,
         i.docs.what,
         i.docs.why,
-        i.docs.how,
-        i.docs.example,
-        i.docs.fix
     );
+    for k in i.kinds {
+        out.push_str(&format!(
+            "- {} ({}): {}\n",
+            k.id,
+            k.severity.as_str(),
+            k.summary
+        ));
+    }
     out.push_str(&format!(
-        "\n## Options ([checks.{}] in trainlint.toml)\n",
+        "\n`trainlint explain KIND` documents each kind: how it decides, an example, the fix.\n\n## Options ([checks.{}] in trainlint.toml)\n",
         i.id
     ));
     out.push_str("level = \"allow\" | \"warn\" | \"deny\"\n");
-    for o in i.options {
+    for o in config::check_options(check.as_ref()) {
         let choices = if o.choices.is_empty() {
             String::new()
         } else {
@@ -299,9 +384,7 @@ fn explain(id: &str) -> Result<ExitCode, Fatal> {
         };
         out.push_str(&format!(
             "{} = {}  # {}{choices}\n",
-            o.name,
-            o.default.render(),
-            o.doc
+            o.name, o.default, o.doc
         ));
     }
     print!("{out}");
@@ -436,7 +519,8 @@ fn resolve_settings(args: &CheckArgs) -> Result<Settings, Fatal> {
     }
     if settings.model.is_none() && settings.data.is_none() && settings.log.is_none() {
         return Err(Fatal::from(
-            "nothing to check: no trainlint.toml or [tool.trainlint] found, and no --model, --data or --log given",
+            "nothing to check: no trainlint.toml or [tool.trainlint] found, and no --model, --data or --log given; \
+run `trainlint init --model MODEL.pt --data SAMPLE.npz` to write one, or pass --model / --data / --log",
         ));
     }
     Ok(settings)

@@ -4,7 +4,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 use trainlint_checks::{
-    registry, Check, CheckError, Context, Curve, Finding, Group, Level, Severity,
+    registry, CheckError, CheckFailed, Context, Curve, Finding, Group, Level, Location, Rule,
+    Severity, Violation,
 };
 
 use crate::config::{Ignore, Settings};
@@ -40,7 +41,7 @@ fn is_zero(n: &usize) -> bool {
 }
 
 /// The checks that `settings` selects, with their levels (those at `allow` are left out).
-pub fn selected_checks(settings: &Settings) -> Vec<(Box<dyn Check>, Level)> {
+pub fn selected_checks(settings: &Settings) -> Vec<(Box<dyn Rule>, Level)> {
     registry::all()
         .into_iter()
         .filter(|c| settings.selected(c.info().id, c.info().group))
@@ -62,7 +63,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// Run one check in isolation: an error or a panic becomes a `check-failed` finding.
 pub fn run_one(
-    check: &dyn Check,
+    check: &dyn Rule,
     level: Level,
     ctx: &Context,
     settings: &Settings,
@@ -73,7 +74,7 @@ pub fn run_one(
     // Every check starts from the same seed, so its result does not depend on which checks ran before.
     tch::manual_seed(settings.setup.seed as i64);
     let start = Instant::now();
-    let outcome = catch_unwind(AssertUnwindSafe(|| check.run(ctx, &options)));
+    let outcome = catch_unwind(AssertUnwindSafe(|| check.run_with(ctx, &options)));
     let duration_ms = start.elapsed().as_secs_f64() * 1000.0;
     let mut run = CheckRun {
         id: info.id,
@@ -94,6 +95,8 @@ pub fn run_one(
                 run.reason = Some(reason);
             } else {
                 run.findings = result.findings;
+                run.findings
+                    .retain(|f| settings.kind_selected(f.kind, info.id, info.group));
                 for f in &mut run.findings {
                     if level == Level::Warn {
                         f.severity = Severity::Warning;
@@ -117,8 +120,15 @@ pub fn run_one(
     if let Some(cause) = failure {
         run.status = Status::Failed;
         run.reason = Some(cause.clone());
-        run.findings = vec![Finding::error("check-failed", format!("check {} failed: {cause}", info.id))
-            .help("this is a problem running the check, not a verdict on your setup; the other checks still ran")];
+        let failed = CheckFailed {
+            check: info.id.to_string(),
+            cause,
+        };
+        let mut f = Finding::new(&failed, Location::default());
+        f.check = info.id.to_string();
+        if settings.kind_selected(CheckFailed::KIND.id, info.id, info.group) {
+            run.findings = vec![f];
+        }
     }
     apply_ignores(&mut run, settings, used);
     run
@@ -143,8 +153,9 @@ fn apply_ignores(run: &mut CheckRun, settings: &Settings, used: &mut [bool]) {
     }
 }
 
+/// An `[[ignore]]` entry names the finding's check or its kind, and its location when it gives one.
 pub fn ignore_matches(ignore: &crate::config::Ignore, check: &str, f: &Finding) -> bool {
-    ignore.check == check
+    (ignore.check == check || ignore.check == f.kind)
         && match &ignore.location {
             None => true,
             Some(loc) => {

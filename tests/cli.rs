@@ -65,7 +65,7 @@ fn text_report_groups_findings_with_location_help_and_summary() {
     ]
     .concat());
     let out = stdout(&o);
-    assert!(out.contains("error[init-std] std 1.02 is outside the expected band 0.034..0.75 for fan_in 32, fan_out 64"), "{out}");
+    assert!(out.contains("error[init-std/std-out-of-band] std 1.02 is outside the expected band 0.034..0.75 for fan_in 32, fan_out 64"), "{out}");
     assert!(out.contains("  --> parameter fc1.weight\n"), "{out}");
     assert!(out.contains("  = help: drop the custom init"), "{out}");
     assert!(out.contains("Found 2 errors, 0 warnings in"), "{out}");
@@ -457,18 +457,34 @@ fn rules_lists_every_check_and_explain_prints_its_docs() {
             .any(|l| l.starts_with("init-std") && l.contains("model") && l.contains("deny")),
         "{out}"
     );
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start().starts_with("init-std/std-out-of-band") && l.contains("error")),
+        "rules lists each check's kinds: {out}"
+    );
     let out = stdout(&run(&["explain", "init-std"]));
     for section in [
         "## What it does",
         "## Why it matters",
-        "## How it decides",
-        "## Example",
-        "## How to fix",
+        "## Finding kinds",
         "## Options",
     ] {
         assert!(out.contains(section), "missing {section}");
     }
     assert!(out.contains("band_factor = 3.0"), "{out}");
+    assert!(
+        out.contains("mode = \"fan-in\"  # `fan-in` judges"),
+        "{out}"
+    );
+    let out = stdout(&run(&["explain", "init-std/std-out-of-band"]));
+    for section in [
+        "## Why it matters",
+        "## How it decides",
+        "## Example",
+        "## How to fix",
+    ] {
+        assert!(out.contains(section), "missing {section}");
+    }
     let o = run(&["explain", "init-sdt"]);
     let err = assert_input_error(&o);
     assert!(err.contains("did you mean init-std"), "{err}");
@@ -536,7 +552,8 @@ fn a_check_that_fails_internally_is_reported_and_the_others_still_run() {
         "{failed}"
     );
     let f = &failed["findings"][0];
-    assert_eq!(f["check"], "check-failed");
+    assert_eq!(f["check"], "overfit-batch");
+    assert_eq!(f["kind"], "check-failed");
     assert_eq!(f["severity"], "error");
     assert!(f["message"]
         .as_str()
@@ -579,7 +596,7 @@ fn a_text_report_written_to_a_file_leaves_its_summary_on_the_terminal() {
     assert!(stdout(&o).is_empty());
     assert!(std::fs::read_to_string(&out)
         .unwrap()
-        .contains("error[init-std]"));
+        .contains("error[init-std/"));
     assert!(
         stderr(&o).starts_with("Found 2 errors, 0 warnings in 10 checks"),
         "{}",

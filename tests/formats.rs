@@ -22,12 +22,21 @@ fn demo(format: &str, extra: &[&str]) -> (i32, String) {
     (o.status.code().unwrap(), stdout(&o))
 }
 
+/// Snapshots pin the structure and words of every format, not the digits that training on another CPU
+/// can move (a relative MSE of 0.832 here is 0.833 on another x86 CPU): decimals and sparklines are
+/// masked. Byte-identical reports are a same-machine property, tested in tests/cli.rs.
 #[test]
 fn every_format_matches_its_snapshot() {
     for format in ["text", "json", "sarif", "junit", "github", "gitlab"] {
         let (code, out) = demo(format, &[]);
         assert_eq!(code, 1, "{format}");
-        insta::assert_snapshot!(format!("demo_{format}"), out);
+        insta::with_settings!({filters => vec![
+            (r"\d+\.\d+(e-?\d+)?", "[num]"),
+            (r"\d+e-?\d+", "[num]"),
+            (r"[▁▂▃▄▅▆▇█]{2,}", "[curve]"),
+        ]}, {
+            insta::assert_snapshot!(format!("demo_{format}"), out);
+        });
     }
 }
 
@@ -82,14 +91,22 @@ fn sarif_validates_against_the_official_schema_and_points_into_the_config() {
         .unwrap()
         .starts_with("https://"));
     let rules = driver["rules"].as_array().unwrap();
-    assert_eq!(rules.len(), 10);
+    // One rule per finding kind of the checks that ran.
+    let kinds: usize = trainlint_checks::registry::all()
+        .iter()
+        .map(|c| c.info().kinds.len())
+        .sum();
+    assert_eq!(rules.len(), kinds);
+    assert!(rules
+        .iter()
+        .all(|r| r["id"].as_str().unwrap().contains('/')));
     assert!(rules
         .iter()
         .all(|r| r["fullDescription"]["text"].as_str().unwrap().len() > 50));
     let results = sarif["runs"][0]["results"].as_array().unwrap();
     let scale = results
         .iter()
-        .find(|r| r["ruleId"] == "loss-scale")
+        .find(|r| r["ruleId"] == "loss-scale/unbalanced-terms")
         .unwrap();
     let loc = &scale["locations"][0]["physicalLocation"];
     assert_eq!(
@@ -100,7 +117,10 @@ fn sarif_validates_against_the_official_schema_and_points_into_the_config() {
         loc["region"]["startLine"], 19,
         "the [checks.loss-scale] line"
     );
-    let init = results.iter().find(|r| r["ruleId"] == "init-std").unwrap();
+    let init = results
+        .iter()
+        .find(|r| r["ruleId"] == "init-std/std-out-of-band")
+        .unwrap();
     assert_eq!(
         init["locations"][0]["physicalLocation"]["artifactLocation"]["uri"],
         "examples/demo/model.pt"
@@ -136,7 +156,7 @@ fn github_annotations_point_at_files_and_escape_newlines() {
     let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("::error ")).collect();
     assert_eq!(errors.len(), 6);
     assert!(out.contains(
-        "::error file=examples/demo/trainlint.toml,line=19,title=trainlint loss-scale::"
+        "::error file=examples/demo/trainlint.toml,line=19,title=trainlint loss-scale/unbalanced-terms::"
     ));
     assert!(errors
         .iter()
@@ -235,10 +255,13 @@ fn a_baseline_hides_known_findings_reports_new_ones_and_stale_entries() {
     ]);
     assert_eq!(o.status.code(), Some(1));
     let out = stdout(&o);
-    assert!(out.contains("error[init-std] weight is all zeros"), "{out}");
+    assert!(
+        out.contains("error[init-std/constant-weights] weight is all zeros"),
+        "{out}"
+    );
     assert!(
         out.contains(
-            "warning: baseline entry init-std at parameter mid.weight (×1) no longer occurs"
+            "warning: baseline entry init-std/std-out-of-band at parameter mid.weight (×1) no longer occurs"
         ),
         "{out}"
     );

@@ -166,9 +166,61 @@ impl Curve {
     }
 }
 
+/// A documented example of a kind: the `trainlint check` arguments (relative to the repository root)
+/// that produce it on the project's fixtures, and the message it prints there. A test runs every
+/// example and compares the messages, so the docs cannot drift from the code.
+#[derive(Clone, Copy, Debug)]
+pub struct Example {
+    pub args: &'static str,
+    pub message: &'static str,
+}
+
+/// What one kind of problem is, in fixed sections; `trainlint explain KIND` and SARIF render it.
+#[derive(Debug)]
+pub struct KindInfo {
+    /// Stable id, `check-id/kind-name` (kebab-case); what users select, ignore and baseline.
+    pub id: &'static str,
+    /// The severity it is reported with (a `warn` level caps it at warning).
+    pub severity: Severity,
+    /// One line: what the finding says is wrong.
+    pub summary: &'static str,
+    /// Why it matters.
+    pub why: &'static str,
+    /// How the check decides, with its thresholds (option names in backticks).
+    pub how: &'static str,
+    /// How to fix it.
+    pub fix: &'static str,
+    /// A real finding of this kind; `None` only for kinds no fixture can produce (`check-failed`).
+    pub example: Option<Example>,
+}
+
+impl KindInfo {
+    /// The check id: the part of the kind id before the `/`.
+    pub fn check(&self) -> &'static str {
+        self.id.split_once('/').map(|(c, _)| c).unwrap_or(self.id)
+    }
+}
+
+/// One kind of problem, as a type: its fields are the numbers behind the finding; its message, help and
+/// JSON evidence are derived from them (evidence = the fields, serialised; `#[serde(skip)]` keeps a
+/// field out of it); its documentation is [`Violation::KIND`].
+pub trait Violation: Serialize {
+    const KIND: KindInfo;
+    /// The one-line message, with the evidence numbers.
+    fn message(&self) -> String;
+    /// The fix, in one line.
+    fn help(&self) -> String;
+    /// The severity, when it depends on the numbers (e.g. a ratio past the error threshold).
+    fn severity(&self) -> Severity {
+        Self::KIND.severity
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Finding {
     pub check: String,
+    /// The kind id (`check/kind`), what `--select`, `--ignore`, `[[ignore]]` and baselines name.
+    pub kind: &'static str,
     pub severity: Severity,
     pub message: String,
     pub location: Location,
@@ -178,44 +230,77 @@ pub struct Finding {
 }
 
 impl Finding {
-    pub fn new(check: &str, severity: Severity, message: impl Into<String>) -> Self {
+    /// A finding of kind `V` at `location`, with its message, help and evidence from `violation`.
+    pub fn new<V: Violation>(violation: &V, location: Location) -> Self {
+        let evidence = match serde_json::to_value(violation) {
+            Ok(Value::Object(map)) => map,
+            _ => Map::new(),
+        };
         Finding {
-            check: check.to_string(),
-            severity,
-            message: message.into(),
-            location: Location::default(),
-            help: String::new(),
-            evidence: Map::new(),
+            check: V::KIND.check().to_string(),
+            kind: V::KIND.id,
+            severity: violation.severity(),
+            message: violation.message(),
+            location,
+            help: violation.help(),
+            evidence,
         }
     }
-    pub fn error(check: &str, message: impl Into<String>) -> Self {
-        Self::new(check, Severity::Error, message)
-    }
-    pub fn warning(check: &str, message: impl Into<String>) -> Self {
-        Self::new(check, Severity::Warning, message)
-    }
-    pub fn at(mut self, location: Location) -> Self {
-        self.location = location;
-        self
-    }
-    pub fn help(mut self, help: impl Into<String>) -> Self {
-        self.help = help.into();
-        self
-    }
-    pub fn evidence(mut self, key: &str, value: impl Into<Value>) -> Self {
-        self.evidence.insert(key.to_string(), value.into());
-        self
+
+    /// The identity of a finding across runs: its kind and where it sits. Baselines, SARIF
+    /// fingerprints and `[[ignore]]` all use it.
+    pub fn identity(&self) -> (String, String) {
+        let kind = if self.kind == CheckFailed::KIND.id {
+            format!("{}:{}", self.kind, self.check)
+        } else {
+            self.kind.to_string()
+        };
+        (kind, self.location.to_string())
     }
 }
 
-/// Evidence that maps names (terms, init families) to numbers, as one JSON object.
-pub fn named_numbers<S: ToString>(pairs: impl IntoIterator<Item = (S, f64)>) -> Value {
-    Value::Object(
-        pairs
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.into()))
-            .collect(),
-    )
+/// A check could not run to the end (an error in the model, libtorch or the check itself). Not a verdict
+/// on the setup; the other checks still run.
+#[derive(Serialize)]
+pub struct CheckFailed {
+    #[serde(skip)]
+    pub check: String,
+    pub cause: String,
+}
+
+impl Violation for CheckFailed {
+    const KIND: KindInfo = KindInfo {
+        id: "check-failed",
+        severity: Severity::Error,
+        summary: "A check failed to run (an internal error, not a verdict on the setup)",
+        why: "A check that cannot run cannot vouch for the setup: the gate fails instead of passing \
+silently. The other checks still run and report.",
+        how: "Any error a check returns (the model raised an exception in forward, a libtorch error, an \
+unexpected shape) or a panic inside it is caught and reported as this kind, with the cause.",
+        fix: "Read the cause: usually the model rejects the sample batch in train mode, or the data \
+does not fit the configured loss. Select the check away (`--ignore ID`) if it cannot apply to this model.",
+        example: None,
+    };
+    fn message(&self) -> String {
+        format!("check {} failed: {}", self.check, self.cause)
+    }
+    fn help(&self) -> String {
+        "this is a problem running the check, not a verdict on your setup; the other checks still ran"
+            .to_string()
+    }
+}
+
+/// Serialise named numbers (terms, init families) as one JSON object: `#[serde(serialize_with = "as_map")]`.
+pub fn as_map<S: serde::Serializer, K: AsRef<str>>(
+    pairs: &[(K, f64)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = serializer.serialize_map(Some(pairs.len()))?;
+    for (k, v) in pairs {
+        map.serialize_entry(k.as_ref(), v)?;
+    }
+    map.end()
 }
 
 /// Format a number compactly for messages: 3 significant digits, scientific outside [1e-3, 1e4).

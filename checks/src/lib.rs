@@ -13,16 +13,17 @@ pub mod rules;
 pub mod stats;
 pub mod train;
 
-pub use finding::{Curve, Finding, Location, Severity};
-pub use options::{OptionSpec, OptionValue, Options};
+pub use finding::{CheckFailed, Curve, Example, Finding, KindInfo, Location, Severity, Violation};
+pub use options::{CheckOptions, NoOptions};
 pub use ports::{
     Context, Dataset, LossLog, Model, ModuleInfo, OutputActivation, Setup, TrainableModel,
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// How loudly a check speaks: off, findings capped at warnings, or findings as the check grades them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Allow,
@@ -81,13 +82,10 @@ impl Group {
     }
 }
 
-/// The documentation of a check, in fixed sections; `trainlint explain` and SARIF render it.
+/// The documentation of a check as a whole; each kind it reports documents itself ([`KindInfo`]).
 pub struct Docs {
     pub what: &'static str,
     pub why: &'static str,
-    pub how: &'static str,
-    pub example: &'static str,
-    pub fix: &'static str,
 }
 
 /// What a check declares about itself.
@@ -97,7 +95,8 @@ pub struct CheckInfo {
     pub default_level: Level,
     pub summary: &'static str,
     pub docs: Docs,
-    pub options: &'static [OptionSpec],
+    /// Every kind of finding the check reports.
+    pub kinds: &'static [&'static KindInfo],
     /// Whether the check trains an in-memory copy of the model (progress is shown for these).
     pub trains: bool,
 }
@@ -145,7 +144,57 @@ pub enum CheckError {
 
 pub type CheckOutput = Result<CheckResult, CheckError>;
 
-pub trait Check: Send + Sync {
+/// A check, written against its own typed options.
+pub trait Check: Send + Sync + 'static {
+    /// The check's options: a struct with `#[serde(default, deny_unknown_fields)]`, doc comments on
+    /// every field and its defaults in `Default` ([`NoOptions`] when it has none).
+    type Options: CheckOptions;
     fn info(&self) -> &'static CheckInfo;
-    fn run(&self, ctx: &Context, options: &Options) -> CheckOutput;
+    fn run(&self, ctx: &Context, options: &Self::Options) -> CheckOutput;
+}
+
+/// A check with its options type erased, as the registry holds it. Implemented for every [`Check`].
+pub trait Rule: Send + Sync {
+    fn info(&self) -> &'static CheckInfo;
+    /// The JSON Schema of the options (docs, defaults and bounds from the options struct).
+    fn options_schema(&self) -> Value;
+    /// The default options, as JSON.
+    fn default_options(&self) -> Value;
+    /// Whether `options` (a JSON object of the user's values) parse; the error says why not.
+    fn validate_options(&self, options: &Value) -> Result<(), String>;
+    /// Run with the user's option values over the defaults.
+    fn run_with(&self, ctx: &Context, options: &Value) -> CheckOutput;
+}
+
+impl<C: Check> Rule for C {
+    fn info(&self) -> &'static CheckInfo {
+        Check::info(self)
+    }
+    fn options_schema(&self) -> Value {
+        options::schema_of::<C::Options>()
+    }
+    fn default_options(&self) -> Value {
+        serde_json::to_value(C::Options::default()).expect("options serialise")
+    }
+    fn validate_options(&self, options: &Value) -> Result<(), String> {
+        options::parse::<C::Options>(options).map(|_| ())
+    }
+    fn run_with(&self, ctx: &Context, options: &Value) -> CheckOutput {
+        let options = options::parse::<C::Options>(options)
+            .map_err(|e| CheckError::Other(format!("invalid options: {e}")))?;
+        self.run(ctx, &options)
+    }
+}
+
+/// The shared preamble of checks that need both the model and the data sample.
+pub fn model_and_data<'a>(ctx: &Context<'a>) -> Result<(&'a dyn Model, &'a Dataset), CheckResult> {
+    match (ctx.model, ctx.data) {
+        (Some(m), Some(d)) => Ok((m, d)),
+        (None, _) => Err(CheckResult::skipped(
+            "needs a model: set [model] path (or pass --model)",
+        )),
+        (_, None) => Err(CheckResult::skipped(
+            "needs a data sample: set [data] path (or pass --data)",
+        )),
+    }
 }

@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 
 use toml_edit::{ImDocument, Item, TableLike, Value};
 use trainlint_checks::ports::{LossKind, OptimizerKind, Task};
-use trainlint_checks::{registry, Group, Level, OptionValue, Options, Setup, Severity};
+use trainlint_checks::registry::{self, Selector};
+use trainlint_checks::{Group, Level, Setup, Severity};
 
-pub use schema::{init_template, json_schema, SECTIONS};
+pub use schema::{check_options, init_template, json_schema, SECTIONS};
 
 /// A configuration error: a message, and where it points when it comes from a file.
 #[derive(Debug)]
@@ -68,16 +69,19 @@ impl ConfigError {
     }
 }
 
-/// Per-check configuration: a level and option values.
+/// Per-check configuration: a level and the user's option values (validated against the check's
+/// options schema; the check's defaults fill the rest).
 #[derive(Clone, Debug, Default)]
 pub struct CheckConfig {
     pub level: Option<Level>,
-    pub options: BTreeMap<String, OptionValue>,
+    pub options: serde_json::Map<String, serde_json::Value>,
 }
 
-/// An `[[ignore]]` entry: silence a check's findings (optionally at one location), with a reason.
+/// An `[[ignore]]` entry: silence a check's (or one finding kind's) findings, optionally at one
+/// location, with a reason.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Ignore {
+    /// A check id or a kind id.
     pub check: String,
     pub location: Option<String>,
     pub reason: String,
@@ -140,15 +144,31 @@ impl Settings {
         self.checks.get(id).and_then(|c| c.level).unwrap_or(default)
     }
 
-    pub fn options(&self, id: &str) -> Options {
-        let specs = registry::find(id).map(|c| c.info().options).unwrap_or(&[]);
-        Options::resolve(specs, self.checks.get(id).map(|c| &c.options))
+    /// The user's options for a check, as a JSON object (empty: every default).
+    pub fn options(&self, id: &str) -> serde_json::Value {
+        serde_json::Value::Object(
+            self.checks
+                .get(id)
+                .map(|c| c.options.clone())
+                .unwrap_or_default(),
+        )
     }
 
-    /// Whether `select` / `ignore` (ids, groups or `ALL`) keep a check.
+    fn selectors(list: &[String]) -> impl Iterator<Item = Selector> + '_ {
+        list.iter().filter_map(|s| Selector::parse(s))
+    }
+
+    /// Whether `select` / `ignore` (ALL, groups, check ids or kind ids) let a check run: some selector
+    /// reaches it, and no ignore names the whole check.
     pub fn selected(&self, id: &str, group: Group) -> bool {
-        let matches = |s: &String| s == "ALL" || s == id || s == group.as_str();
-        self.select.iter().any(matches) && !self.ignore.iter().any(matches)
+        Self::selectors(&self.select).any(|s| s.touches_check(id, group))
+            && !Self::selectors(&self.ignore).any(|s| s.covers_check(id, group))
+    }
+
+    /// Whether a finding of `kind` from check `id` is kept by `select` / `ignore`.
+    pub fn kind_selected(&self, kind: &str, id: &str, group: Group) -> bool {
+        Self::selectors(&self.select).any(|s| s.covers_kind(kind, id, group))
+            && !Self::selectors(&self.ignore).any(|s| s.covers_kind(kind, id, group))
     }
 }
 
@@ -293,10 +313,31 @@ impl Reader<'_> {
                     format!("{what}: expected a number, found {}", v.type_name()),
                 )
             })?;
-        if positive && !(x > 0.0 && x.is_finite()) {
+        if !x.is_finite() {
+            return Err(self.src.error(
+                v.span(),
+                format!("{what}: must be a finite number, found {x}"),
+            ));
+        }
+        if positive && x <= 0.0 {
             return Err(self.src.error(
                 v.span(),
                 format!("{what}: must be a positive number, found {x}"),
+            ));
+        }
+        Ok(x)
+    }
+    fn bounded(&self, item: &Item, what: &str, lo: f64, hi: f64) -> Result<f64, ConfigError> {
+        let x = self.float(item, what, false)?;
+        if x < lo || x > hi {
+            let range = if hi == f64::MAX {
+                format!("at least {lo}")
+            } else {
+                format!("within [{lo}, {hi}]")
+            };
+            return Err(self.src.error(
+                self.value(item, what)?.span(),
+                format!("{what}: must be {range}, found {x}"),
             ));
         }
         Ok(x)
@@ -393,7 +434,8 @@ pub fn load_file(path: &Path, settings: &mut Settings) -> Result<(), ConfigError
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let r = Reader { src };
     settings.config_path = Some(path.to_path_buf());
-    let section_names: Vec<&str> = SECTIONS.iter().map(|s| s.name).collect();
+    let mut section_names: Vec<&str> = SECTIONS.iter().map(|s| s.name).collect();
+    section_names.extend(["checks", "ignore"]);
     record_key_lines(&r, root, settings);
     for (key, item) in root.iter() {
         match key {
@@ -529,8 +571,10 @@ fn read_setup(r: &Reader, t: &dyn TableLike, setup: &mut Setup) -> Result<(), Co
                         .expect("validated")
             }
             "lr" => setup.lr = r.float(item, "setup.lr", true)?,
-            "momentum" => setup.momentum = r.float(item, "setup.momentum", false)?,
-            "weight_decay" => setup.weight_decay = r.float(item, "setup.weight_decay", false)?,
+            "momentum" => setup.momentum = r.bounded(item, "setup.momentum", 0.0, 1.0)?,
+            "weight_decay" => {
+                setup.weight_decay = r.bounded(item, "setup.weight_decay", 0.0, f64::MAX)?
+            }
             "batch_size" => setup.batch_size = r.uint(item, "setup.batch_size", 1)?,
             "shuffle" => setup.shuffle = r.boolean(item, "setup.shuffle")?,
             "temporal" => setup.temporal = r.boolean(item, "setup.temporal")?,
@@ -569,39 +613,70 @@ fn read_run(r: &Reader, t: &dyn TableLike, s: &mut Settings) -> Result<(), Confi
     Ok(())
 }
 
-/// Selectors are check ids, group names or `ALL`.
+/// Selectors are `ALL`, group names, check ids or finding-kind ids.
 pub fn validate_selectors(list: &[String]) -> Result<(), String> {
-    let ids = known_check_ids();
     for s in list {
-        let known =
-            s == "ALL" || ids.contains(&s.as_str()) || Group::ALL.iter().any(|g| g.as_str() == s);
-        if !known {
-            let mut candidates = ids.clone();
-            candidates.extend(Group::ALL.iter().map(|g| g.as_str()));
-            let hint = closest(s, candidates)
+        if Selector::parse(s).is_none() {
+            let hint = closest(s, Selector::vocabulary())
                 .map(|c| format!("; did you mean `{c}`?"))
                 .unwrap_or_default();
-            return Err(format!("unknown check or group `{s}`{hint}"));
+            return Err(format!("unknown check, kind or group `{s}`{hint}"));
         }
     }
     Ok(())
 }
 
-fn option_value(r: &Reader, item: &Item, what: &str) -> Result<OptionValue, ConfigError> {
+/// A check option's TOML value checked against its schema (type, choices, bounds), as JSON.
+fn option_value(
+    r: &Reader,
+    item: &Item,
+    what: &str,
+    schema: &serde_json::Value,
+) -> Result<serde_json::Value, ConfigError> {
+    use serde_json::json;
     let v = r.value(item, what)?;
-    Ok(match v {
-        Value::Float(f) => OptionValue::Float(*f.value()),
-        Value::Integer(i) => OptionValue::Int(*i.value()),
-        Value::Boolean(b) => OptionValue::Bool(*b.value()),
-        Value::String(s) => OptionValue::String(s.value().clone()),
-        Value::Array(_) => OptionValue::List(r.strings(item, what)?),
-        other => {
-            return Err(r.src.error(
-                other.span(),
-                format!("{what}: unsupported value {}", other.type_name()),
-            ))
+    let err = |message: String| r.src.error(v.span(), format!("{what}: {message}"));
+    let types: Vec<&str> = match &schema["type"] {
+        serde_json::Value::String(t) => vec![t.as_str()],
+        serde_json::Value::Array(ts) => ts.iter().filter_map(|t| t.as_str()).collect(),
+        _ => Vec::new(),
+    };
+    let choices: Vec<&str> = match (&schema["enum"], &schema["oneOf"]) {
+        (serde_json::Value::Array(e), _) => e.iter().filter_map(|c| c.as_str()).collect(),
+        (_, serde_json::Value::Array(o)) => o.iter().filter_map(|c| c["const"].as_str()).collect(),
+        _ => Vec::new(),
+    };
+    let value = if !choices.is_empty() {
+        let s = r.choice(item, what, &choices)?;
+        json!(s)
+    } else if types.contains(&"number") {
+        let x = r.float(item, what, false)?;
+        json!(x)
+    } else if types.contains(&"integer") {
+        let i = v
+            .as_integer()
+            .ok_or_else(|| err(format!("expected an integer, found {}", v.type_name())))?;
+        json!(i)
+    } else if types.contains(&"boolean") {
+        json!(r.boolean(item, what)?)
+    } else if types.contains(&"array") {
+        json!(r.strings(item, what)?)
+    } else {
+        json!(r.string(item, what)?)
+    };
+    if let Some(x) = value.as_f64() {
+        let bound = |key: &str| schema[key].as_f64();
+        if let Some(min) = bound("minimum").filter(|m| x < *m) {
+            return Err(err(format!("must be at least {min}, found {x}")));
         }
-    })
+        if let Some(min) = bound("exclusiveMinimum").filter(|m| x <= *m) {
+            return Err(err(format!("must be greater than {min}, found {x}")));
+        }
+        if let Some(max) = bound("maximum").filter(|m| x > *m) {
+            return Err(err(format!("must be at most {max}, found {x}")));
+        }
+    }
+    Ok(value)
 }
 
 fn read_checks(r: &Reader, t: &dyn TableLike, s: &mut Settings) -> Result<(), ConfigError> {
@@ -617,7 +692,11 @@ fn read_checks(r: &Reader, t: &dyn TableLike, s: &mut Settings) -> Result<(), Co
                 .error(span, format!("unknown check `{id}` in [checks]{hint}")));
         };
         let table = r.table(item, &format!("checks.{id}"))?;
-        let info = check.info();
+        let schema = check.options_schema();
+        let props = schema["properties"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
         let mut cfg = CheckConfig::default();
         for (key, item) in table.iter() {
             let what = format!("checks.{id}.{key}");
@@ -626,8 +705,8 @@ fn read_checks(r: &Reader, t: &dyn TableLike, s: &mut Settings) -> Result<(), Co
                 cfg.level = Level::parse(&level);
                 continue;
             }
-            let Some(spec) = info.options.iter().find(|o| o.name == key) else {
-                let mut known: Vec<&str> = info.options.iter().map(|o| o.name).collect();
+            let Some(prop) = props.get(key) else {
+                let mut known: Vec<&str> = props.keys().map(String::as_str).collect();
                 known.push("level");
                 return Err(unknown_key(
                     &r.src,
@@ -637,11 +716,12 @@ fn read_checks(r: &Reader, t: &dyn TableLike, s: &mut Settings) -> Result<(), Co
                     &known,
                 ));
             };
-            let value = option_value(r, item, &what)?;
-            let value = Options::coerce(spec, value)
-                .map_err(|m| r.src.error(item.span(), format!("{what}: {m}")))?;
+            let value = option_value(r, item, &what, prop)?;
             cfg.options.insert(key.to_string(), value);
         }
+        check
+            .validate_options(&serde_json::Value::Object(cfg.options.clone()))
+            .map_err(|m| r.src.error(item.span(), format!("checks.{id}: {m}")))?;
         s.checks.insert(id.to_string(), cfg);
     }
     Ok(())
@@ -664,7 +744,8 @@ fn read_ignores(r: &Reader, item: &Item, s: &mut Settings) -> Result<(), ConfigE
                 .error(item.span(), "ignore: expected [[ignore]] tables"))
         }
     };
-    let ids = known_check_ids();
+    let mut ids = known_check_ids();
+    ids.extend(registry::kinds().iter().map(|k| k.id));
     for t in tables {
         let line = r.src.line_of(
             t.iter()
@@ -683,7 +764,7 @@ fn read_ignores(r: &Reader, item: &Item, s: &mut Settings) -> Result<(), ConfigE
                             .unwrap_or_default();
                         return Err(r.src.error(
                             item.span(),
-                            format!("ignore.check: unknown check `{id}`{hint}"),
+                            format!("ignore.check: unknown check or kind `{id}`{hint}"),
                         ));
                     }
                     check = Some(id);
@@ -749,7 +830,7 @@ mod tests {
         assert!(!s.setup.shuffle);
         assert_eq!(s.setup.loss, Some(LossKind::Bce));
         assert_eq!(s.level("init-std", Level::Deny), Level::Warn);
-        assert_eq!(s.options("init-std").f64("band_factor"), 4.0);
+        assert_eq!(s.options("init-std")["band_factor"], 4.0);
         assert!(s.selected("init-std", Group::Model));
     }
 
@@ -784,10 +865,39 @@ mod tests {
         );
         let e = load("[checks.init-std]\nband_factor = true\n").unwrap_err();
         assert!(
-            e.message.contains("expected a number, found a boolean"),
+            e.message
+                .contains("checks.init-std.band_factor: expected a number, found boolean"),
             "{}",
             e.message
         );
+        // Bounds come from the options struct's schema; NaN never passes.
+        let e = load("[checks.overfit-batch]\nsteps = 0\n").unwrap_err();
+        assert!(
+            e.message.contains("must be at least 1, found 0"),
+            "{}",
+            e.message
+        );
+        assert_eq!((e.line, e.column), (2, 9));
+        let e = load("[checks.identity-overfit]\nlr = -0.1\n").unwrap_err();
+        assert!(
+            e.message.contains("must be greater than 0"),
+            "{}",
+            e.message
+        );
+        let e = load("[checks.init-std]\nmode = \"fixd\"\n").unwrap_err();
+        assert!(
+            e.message.contains("did you mean \"fixed\"?"),
+            "{}",
+            e.message
+        );
+        let e = load("[setup]\nmomentum = nan\n").unwrap_err();
+        assert!(
+            e.message.contains("must be a finite number"),
+            "{}",
+            e.message
+        );
+        let e = load("[setup]\nweight_decay = -1.0\n").unwrap_err();
+        assert!(e.message.contains("must be at least 0"), "{}", e.message);
         let e = load("[checks.init-stdd]\n").unwrap_err();
         assert!(
             e.message.contains("did you mean `init-std`?"),

@@ -2,7 +2,7 @@
 //! `trainlint schema`.
 use serde_json::{json, Map, Value};
 use trainlint_checks::ports::LossKind;
-use trainlint_checks::{registry, OptionValue};
+use trainlint_checks::{registry, Rule};
 
 pub struct Key {
     pub name: &'static str,
@@ -102,8 +102,8 @@ pub static SECTIONS: &[Section] = &[
         name: "run",
         doc: "Which checks run and what fails the run",
         keys: &[
-            key("select", "array", "[\"ALL\"]", "Check ids or groups to run (ALL = every check)"),
-            key("ignore", "array", "[]", "Check ids or groups to skip"),
+            key("select", "array", "[\"ALL\"]", "Checks, finding kinds or groups to run (ALL = every check)"),
+            key("ignore", "array", "[]", "Checks, finding kinds or groups to skip"),
             Key {
                 name: "fail_on",
                 kind: "string",
@@ -116,8 +116,74 @@ pub static SECTIONS: &[Section] = &[
     },
 ];
 
-fn option_default_toml(v: &OptionValue) -> String {
-    v.render()
+/// One option of a check, read from its options schema (so from the options struct's declaration).
+pub struct CheckOption {
+    pub name: String,
+    pub doc: String,
+    /// The default as TOML text.
+    pub default: String,
+    pub choices: Vec<String>,
+}
+
+/// A JSON default as TOML text (floats keep a decimal point, so the type reads right).
+fn toml_text(v: &Value) -> String {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let s = format!("{}", n.as_f64().unwrap_or_default());
+            if s.contains('.') || s.contains('e') {
+                s
+            } else {
+                format!("{s}.0")
+            }
+        }
+        Value::String(s) => format!("{s:?}"),
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(toml_text).collect::<Vec<_>>().join(", ")
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// A check's options with their docs, defaults and choices, in declaration order.
+pub fn check_options(check: &dyn Rule) -> Vec<CheckOption> {
+    let schema = check.options_schema();
+    let defaults = check.default_options();
+    let Some(props) = schema["properties"].as_object() else {
+        return Vec::new();
+    };
+    let mut names: Vec<&String> = props.keys().collect();
+    // Declaration order: the order the defaults serialise in (serde follows the struct's fields).
+    let order: Vec<&String> = defaults
+        .as_object()
+        .map(|d| d.keys().collect())
+        .unwrap_or_default();
+    names.sort_by_key(|n| order.iter().position(|o| o == n).unwrap_or(usize::MAX));
+    names
+        .into_iter()
+        .map(|name| {
+            let prop = &props[name];
+            let choices = match (&prop["enum"], &prop["oneOf"]) {
+                (Value::Array(e), _) => e
+                    .iter()
+                    .filter_map(|c| c.as_str())
+                    .map(String::from)
+                    .collect(),
+                (_, Value::Array(o)) => o
+                    .iter()
+                    .filter_map(|c| c["const"].as_str())
+                    .map(String::from)
+                    .collect(),
+                _ => Vec::new(),
+            };
+            CheckOption {
+                name: name.clone(),
+                doc: prop["description"].as_str().unwrap_or("").to_string(),
+                default: toml_text(&defaults[name]),
+                choices,
+            }
+        })
+        .collect()
 }
 
 /// A commented `trainlint.toml` with every option at its default; `filled` overrides values by
@@ -154,18 +220,13 @@ pub fn init_template(filled: &[(&str, String)]) -> String {
             info.id,
             info.default_level.as_str()
         ));
-        for o in info.options {
-            out.push_str(&format!(
-                "# {}\n{} = {}\n",
-                o.doc,
-                o.name,
-                option_default_toml(&o.default)
-            ));
+        for o in check_options(check.as_ref()) {
+            out.push_str(&format!("# {}\n{} = {}\n", o.doc, o.name, o.default));
         }
     }
     out.push_str(
         "\n# Silence a check, optionally at one location, with a reason:\n\
-         # [[ignore]]\n# check = \"init-std\"\n# location = \"head.weight\"\n# reason = \"zero-initialised output layer, on purpose\"\n",
+         # [[ignore]]\n# check = \"init-std/constant-weights\"\n# location = \"head.weight\"\n# reason = \"zero-initialised output layer, on purpose\"\n",
     );
     out
 }
@@ -215,19 +276,11 @@ pub fn json_schema() -> Value {
             "level".into(),
             json!({"type": "string", "enum": ["allow", "warn", "deny"], "default": info.default_level.as_str()}),
         );
-        for o in info.options {
-            let ty = match o.default {
-                OptionValue::Float(_) => json!("number"),
-                OptionValue::Int(_) => json!("integer"),
-                OptionValue::Bool(_) => json!("boolean"),
-                OptionValue::List(_) => json!("array"),
-                _ => json!("string"),
-            };
-            let mut s = json!({"type": ty, "description": o.doc, "default": o.default});
-            if !o.choices.is_empty() {
-                s["enum"] = json!(o.choices);
+        let schema = check.options_schema();
+        if let Some(props) = schema["properties"].as_object() {
+            for (name, prop) in props {
+                opts.insert(name.clone(), prop.clone());
             }
-            opts.insert(o.name.into(), s);
         }
         checks.insert(
             info.id.into(),
@@ -241,7 +294,7 @@ pub fn json_schema() -> Value {
     props.insert(
         "ignore".into(),
         json!({"type": "array", "items": {"type": "object", "required": ["check", "reason"], "additionalProperties": false,
-            "properties": {"check": {"type": "string"}, "location": {"type": "string"}, "reason": {"type": "string", "minLength": 1}}}}),
+            "properties": {"check": {"type": "string", "description": "A check id or a finding-kind id"}, "location": {"type": "string"}, "reason": {"type": "string", "minLength": 1}}}}),
     );
     json!({
         "$schema": "http://json-schema.org/draft-07/schema#",

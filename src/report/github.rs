@@ -32,7 +32,7 @@ pub fn render(report: &Report) -> String {
             out.push_str(&format!(
                 "::{command} file={},line={line},title={}::{}\n",
                 escape_property(&file),
-                escape_property(&format!("trainlint {}", f.check)),
+                escape_property(&format!("trainlint {}", f.kind)),
                 escape_data(&message)
             ));
         }

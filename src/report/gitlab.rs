@@ -15,8 +15,8 @@ pub fn render(report: &Report) -> String {
             }
             issues.push(json!({
                 "description": description,
-                "check_name": f.check,
-                "fingerprint": fingerprint(c.id, f),
+                "check_name": f.kind,
+                "fingerprint": fingerprint(f),
                 "severity": match f.severity { Severity::Error => "major", Severity::Warning => "minor" },
                 "location": {"path": path, "lines": {"begin": line}},
             }));

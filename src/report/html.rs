@@ -349,7 +349,7 @@ document.body.dataset.ready='1';});</script>",
             out.push_str(&format!(
                 "<div class=\"{class}\"><div><b>{}[{}]</b> {}</div>",
                 f.severity.as_str(),
-                esc(&f.check),
+                esc(f.kind),
                 esc(&f.message)
             ));
             if !f.location.is_empty() {

@@ -50,7 +50,7 @@ pub fn render(report: &Report) -> String {
             .findings
             .iter()
             .map(|f| {
-                let mut text = format!("{}[{}] {}", f.severity.as_str(), f.check, f.message);
+                let mut text = format!("{}[{}] {}", f.severity.as_str(), f.kind, f.message);
                 if !f.location.is_empty() {
                     text.push_str(&format!("\n  --> {}", f.location));
                 }

@@ -72,13 +72,10 @@ pub fn file_and_line(
 
 /// A stable fingerprint of a finding: its check, location and message with the numbers taken out, so
 /// that a rerun with slightly different numbers keeps the same identity.
-pub fn fingerprint(check: &str, f: &trainlint_checks::Finding) -> String {
-    let message: String = f
-        .message
-        .chars()
-        .filter(|c| !c.is_ascii_digit() && *c != '.')
-        .collect();
-    let text = format!("{check}\u{1f}{}\u{1f}{message}", f.location);
+/// A stable hash of a finding's identity (its kind and location), for SARIF fingerprints.
+pub fn fingerprint(f: &trainlint_checks::Finding) -> String {
+    let (kind, location) = f.identity();
+    let text = format!("{kind}\u{1f}{location}");
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for b in text.bytes() {
         hash ^= b as u64;

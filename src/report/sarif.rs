@@ -1,6 +1,6 @@
 //! `--output-format sarif`: SARIF 2.1.0 for GitHub code scanning and other viewers.
 use serde_json::{json, Value};
-use trainlint_checks::{registry, Level, Severity};
+use trainlint_checks::{registry, CheckFailed, KindInfo, Level, Severity, Violation};
 
 use super::{file_and_line, fingerprint, Report};
 
@@ -11,54 +11,62 @@ fn level(s: Severity) -> &'static str {
     }
 }
 
-fn rule(id: &str) -> Value {
-    match registry::find(id) {
-        Some(check) => {
-            let i = check.info();
-            let default = match i.default_level {
-                Level::Deny => "error",
-                Level::Warn => "warning",
-                Level::Allow => "none",
-            };
-            json!({
-                "id": i.id,
-                "name": i.id,
-                "shortDescription": {"text": i.summary},
-                "fullDescription": {"text": format!("{} {}", i.docs.what, i.docs.why)},
-                "help": {
-                    "text": format!("{}\n\nHow it decides: {}\n\nFix: {}", i.docs.what, i.docs.how, i.docs.fix),
-                    "markdown": format!("{}\n\n**How it decides:** {}\n\n**Fix:** {}\n\n**Example:** `{}`", i.docs.what, i.docs.how, i.docs.fix, i.docs.example),
-                },
-                "defaultConfiguration": {"level": default},
-                "properties": {"tags": [i.group.as_str()]},
-            })
-        }
-        None => json!({
-            "id": id,
-            "name": id,
-            "shortDescription": {"text": "A check failed internally"},
-            "fullDescription": {"text": "A check could not run to the end (an error inside it, not a verdict on the setup). The other checks still ran."},
-            "help": {"text": "Read the message for the cause; rerun with the input that made it fail, or report it."},
-            "defaultConfiguration": {"level": "error"},
-        }),
+/// A SARIF rule per finding kind: its docs are the kind's, its tags the check and group.
+fn rule(kind: &KindInfo) -> Value {
+    let check = registry::find(kind.check());
+    let default = match check.as_ref().map(|c| c.info().default_level) {
+        Some(Level::Warn) => "warning",
+        Some(Level::Allow) => "none",
+        _ => level(kind.severity),
+    };
+    let mut tags = vec![kind.check().to_string()];
+    if let Some(c) = &check {
+        tags.push(c.info().group.as_str().to_string());
     }
+    let example = kind
+        .example
+        .map(|e| {
+            format!(
+                "\n\n**Example** (`trainlint check {}`): {}",
+                e.args, e.message
+            )
+        })
+        .unwrap_or_default();
+    json!({
+        "id": kind.id,
+        "name": kind.id,
+        "shortDescription": {"text": kind.summary},
+        "fullDescription": {"text": format!("{} {}", kind.summary, kind.why)},
+        "help": {
+            "text": format!("{}\n\nHow it decides: {}\n\nFix: {}", kind.why, kind.how, kind.fix),
+            "markdown": format!("{}\n\n**How it decides:** {}\n\n**Fix:** {}{example}", kind.why, kind.how, kind.fix),
+        },
+        "defaultConfiguration": {"level": default},
+        "properties": {"tags": tags},
+    })
 }
 
 pub fn render(report: &Report) -> String {
-    let mut rule_ids: Vec<String> = report.checks.iter().map(|c| c.id.to_string()).collect();
+    // Every kind of every check that ran, then check-failed when a check failed.
+    let mut kinds: Vec<&'static KindInfo> = report
+        .checks
+        .iter()
+        .filter_map(|c| registry::find(c.id))
+        .flat_map(|c| c.info().kinds.iter().copied())
+        .collect();
     if report
         .checks
         .iter()
-        .any(|c| c.findings.iter().any(|f| f.check == "check-failed"))
+        .any(|c| c.findings.iter().any(|f| f.kind == CheckFailed::KIND.id))
     {
-        rule_ids.push("check-failed".into());
+        kinds.push(&CheckFailed::KIND);
     }
-    let rules: Vec<Value> = rule_ids.iter().map(|id| rule(id)).collect();
+    let rules: Vec<Value> = kinds.iter().map(|k| rule(k)).collect();
     let mut results = Vec::new();
     for c in &report.checks {
         for f in &c.findings {
             let (path, line) = file_and_line(report, c.id, f);
-            let rule_index = rule_ids.iter().position(|r| *r == f.check).unwrap_or(0);
+            let rule_index = kinds.iter().position(|k| k.id == f.kind).unwrap_or(0);
             let mut text = f.message.clone();
             if !f.location.is_empty() {
                 text.push_str(&format!(" ({})", f.location));
@@ -67,7 +75,7 @@ pub fn render(report: &Report) -> String {
                 text.push_str(&format!(". Fix: {}", f.help));
             }
             let mut result = json!({
-                "ruleId": f.check,
+                "ruleId": f.kind,
                 "ruleIndex": rule_index,
                 "level": level(f.severity),
                 "message": {"text": text},
@@ -77,7 +85,7 @@ pub fn render(report: &Report) -> String {
                         "region": {"startLine": line},
                     },
                 }],
-                "partialFingerprints": {"trainlintFinding/v1": fingerprint(c.id, f)},
+                "partialFingerprints": {"trainlintFinding/v1": fingerprint(f)},
                 "properties": {"evidence": f.evidence},
             });
             if !f.location.is_empty() {

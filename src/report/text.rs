@@ -80,8 +80,8 @@ pub fn render(report: &Report) -> String {
         out.push('\n');
         for f in &c.findings {
             let tag = match f.severity {
-                Severity::Error => format!("error[{}]", f.check).red().bold(),
-                Severity::Warning => format!("warning[{}]", f.check).yellow().bold(),
+                Severity::Error => format!("error[{}]", f.kind).red().bold(),
+                Severity::Warning => format!("warning[{}]", f.kind).yellow().bold(),
             };
             out.push_str(&format!("{tag} {}\n", f.message.bold()));
             if !f.location.is_empty() {
@@ -170,7 +170,7 @@ pub fn render(report: &Report) -> String {
             out.push_str(&format!(
                 "{} baseline entry {}{at} (×{}) no longer occurs; update the baseline\n",
                 "warning:".yellow().bold(),
-                e.check,
+                e.kind,
                 e.count
             ));
         }

@@ -1,85 +1,199 @@
 //! double-activation: the loss expects logits but gets probabilities, or the other way round.
+use serde::Serialize;
+
 use crate::activation::{is_probability, output_range};
-use crate::finding::{Finding, Location};
-use crate::options::Options;
+use crate::finding::{Example, KindInfo, Location, Severity, Violation};
 use crate::ports::LossKind;
-use crate::{Check, CheckInfo, CheckOutput, CheckResult, Context, Docs, Group, Level};
+use crate::{
+    Check, CheckInfo, CheckOutput, CheckResult, Context, Docs, Finding, Group, Level, NoOptions,
+};
 
 pub struct DoubleActivation;
 
-const ID: &str = "double-activation";
-
 static INFO: CheckInfo = CheckInfo {
-    id: ID,
+    id: "double-activation",
     group: Group::Loss,
     default_level: Level::Deny,
     summary: "The model's final activation and the loss do not apply the same squashing twice (or never)",
     docs: Docs {
         what: "Compares the model's final op (from the TorchScript graph) with the configured loss: \
 cross_entropy expects raw logits, bce_with_logits expects raw logits, bce expects probabilities in [0, 1], \
-nll expects log-probabilities.",
-        why: "cross_entropy applies log_softmax itself: feeding it softmax outputs squashes twice, the \
-gradients shrink by orders of magnitude and training stalls at a high loss. bce_with_logits applies a \
-sigmoid itself: after a sigmoid head the effective output lives in (0.5, 0.73) and cannot fit the \
-targets. bce on an unbounded output is undefined (log of a negative number) and crashes or returns NaN. \
-nll on anything but log_softmax outputs has no lower bound.",
-        how: "Errors: softmax (or sigmoid) output with cross_entropy; sigmoid (or softmax) output with \
-bce_with_logits; an output not bounded to [0, 1] with bce; an output other than log_softmax with nll. \
-Skipped when `setup.loss` is not set.",
-        example: "error[double-activation] the model ends in softmax but the loss is cross_entropy, which \
-applies log_softmax itself: the output is squashed twice",
-        fix: "Return raw logits from the model and let the loss apply the activation (or switch to the \
-loss that expects what the model returns: bce for sigmoid outputs, nll for log_softmax outputs).",
+nll expects log-probabilities. Skipped when `setup.loss` is not set.",
+        why: "A loss that applies the activation the model already applied (or expects one the model \
+never applies) trains a different function from the one intended, usually without any error.",
     },
-    options: &[],
+    kinds: &[&SquashedTwice::KIND, &NotProbabilities::KIND, &NotLogProbabilities::KIND],
     trains: false,
 };
 
+/// The model ends in softmax or sigmoid and the loss applies its own.
+#[derive(Serialize)]
+pub struct SquashedTwice {
+    pub activation: String,
+    pub loss: &'static str,
+}
+
+impl Violation for SquashedTwice {
+    const KIND: KindInfo = KindInfo {
+        id: "double-activation/squashed-twice",
+        severity: Severity::Error,
+        summary: "The model ends in softmax / sigmoid and the loss applies log_softmax / sigmoid itself",
+        why: "cross_entropy applies log_softmax itself: feeding it softmax outputs squashes twice, the \
+gradients shrink by orders of magnitude and training stalls at a high loss. bce_with_logits applies a \
+sigmoid itself: after a sigmoid head the effective output lives in (0.5, 0.73) and cannot fit the targets.",
+        how: "Error when the graph's final op is softmax or sigmoid and the loss is cross_entropy or \
+bce_with_logits.",
+        fix: "Return raw logits from the model and let the loss apply the activation, or switch to the \
+loss that expects probabilities (bce for a sigmoid head).",
+        example: Some(Example {
+            args: "--model fixtures/models/head_softmax.pt --data fixtures/data/targets_cls4.npz --loss cross_entropy",
+            message: "the model ends in softmax but the loss is cross_entropy, which applies log_softmax \
+itself: the output is squashed twice",
+        }),
+    };
+    fn message(&self) -> String {
+        let what = if self.loss == "cross_entropy" {
+            "log_softmax"
+        } else {
+            "a sigmoid"
+        };
+        format!(
+            "the model ends in {} but the loss is {}, which applies {what} itself: the output is squashed twice",
+            self.activation, self.loss
+        )
+    }
+    fn help(&self) -> String {
+        if self.loss == "cross_entropy" {
+            format!("remove the final {} and return logits", self.activation)
+        } else {
+            format!(
+                "remove the final {} (keep bce_with_logits), or switch the loss to bce",
+                self.activation
+            )
+        }
+    }
+}
+
+/// bce on an output that is not bounded to [0, 1].
+#[derive(Serialize)]
+pub struct NotProbabilities {
+    pub activation: String,
+    pub loss: &'static str,
+}
+
+impl Violation for NotProbabilities {
+    const KIND: KindInfo = KindInfo {
+        id: "double-activation/not-probabilities",
+        severity: Severity::Error,
+        summary: "The loss is bce, but the model's output is not bounded to [0, 1]",
+        why: "bce takes the log of the output and of one minus it: on an unbounded output it is \
+undefined (log of a negative number) and crashes or returns NaN as soon as an output leaves [0, 1].",
+        how: "Error when the loss is bce and the attainable range of the graph's final op is not \
+inside [0, 1] (sigmoid and softmax are; linear, relu, tanh are not).",
+        fix: "Use bce_with_logits on the raw output (numerically stabler), or end the model with a sigmoid.",
+        example: Some(Example {
+            args: "--model fixtures/models/head_linear.pt --data fixtures/data/targets_01.npz --loss bce",
+            message: "the loss is bce, which needs probabilities in [0, 1], but the model's output (linear) \
+is not bounded to [0, 1]",
+        }),
+    };
+    fn message(&self) -> String {
+        format!(
+            "the loss is bce, which needs probabilities in [0, 1], but the model's output ({}) is not bounded to [0, 1]",
+            self.activation
+        )
+    }
+    fn help(&self) -> String {
+        "use bce_with_logits on the raw output, or end the model with a sigmoid".to_string()
+    }
+}
+
+/// nll on anything but log_softmax outputs.
+#[derive(Serialize)]
+pub struct NotLogProbabilities {
+    pub activation: String,
+    pub loss: &'static str,
+}
+
+impl Violation for NotLogProbabilities {
+    const KIND: KindInfo = KindInfo {
+        id: "double-activation/not-log-probabilities",
+        severity: Severity::Error,
+        summary: "The loss is nll, but the model does not end in log_softmax",
+        why: "nll only picks the output at the target class and negates it: on anything but \
+log-probabilities it has no lower bound, and the model learns to blow that output up.",
+        how: "Error when the loss is nll and the graph's final op is not log_softmax.",
+        fix: "End the model with log_softmax, or use cross_entropy on raw logits.",
+        example: Some(Example {
+            args: "--model fixtures/models/head_linear.pt --data fixtures/data/targets_cls4.npz --loss nll",
+            message: "the loss is nll, which needs log-probabilities, but the model ends in linear, not \
+log_softmax",
+        }),
+    };
+    fn message(&self) -> String {
+        format!(
+            "the loss is nll, which needs log-probabilities, but the model ends in {}, not log_softmax",
+            self.activation
+        )
+    }
+    fn help(&self) -> String {
+        "end the model with log_softmax, or use cross_entropy on raw logits".to_string()
+    }
+}
+
 impl Check for DoubleActivation {
+    type Options = NoOptions;
+
     fn info(&self) -> &'static CheckInfo {
         &INFO
     }
 
-    fn run(&self, ctx: &Context, _options: &Options) -> CheckOutput {
+    fn run(&self, ctx: &Context, _options: &NoOptions) -> CheckOutput {
         let Some(model) = ctx.model else {
-            return Ok(CheckResult::skipped("no model"));
+            return Ok(CheckResult::skipped(
+                "needs a model: set [model] path (or pass --model)",
+            ));
         };
         let Some(loss) = ctx.setup.loss else {
-            return Ok(CheckResult::skipped("setup.loss is not set"));
+            return Ok(CheckResult::skipped(
+                "setup.loss is not set: add `loss = \"cross_entropy\"` (or your loss) to [setup], or pass --loss",
+            ));
         };
         let act = model.output_activation()?;
-        let op = act.op.as_str();
+        let activation = act.op.clone();
         let unit_interval = output_range(&act).is_some_and(|r| r.lo >= 0.0 && r.hi <= 1.0);
-        let problem = match loss {
-            LossKind::CrossEntropy if is_probability(op) => Some((
-                format!("the model ends in {op} but the loss is cross_entropy, which applies log_softmax itself: the output is squashed twice"),
-                format!("remove the final {op} and return logits"),
-            )),
-            LossKind::BceWithLogits if is_probability(op) => Some((
-                format!("the model ends in {op} but the loss is bce_with_logits, which applies a sigmoid itself: the output is squashed twice"),
-                format!("remove the final {op} (keep bce_with_logits), or switch the loss to bce"),
-            )),
-            LossKind::Bce if !unit_interval => Some((
-                format!("the loss is bce, which needs probabilities in [0, 1], but the model's output ({op}) is not bounded to [0, 1]"),
-                "use bce_with_logits on the raw output, or end the model with a sigmoid".to_string(),
-            )),
-            LossKind::Nll if op != "log_softmax" => Some((
-                format!("the loss is nll, which needs log-probabilities, but the model ends in {op}, not log_softmax"),
-                "end the model with log_softmax, or use cross_entropy on raw logits".to_string(),
-            )),
-            _ => None,
+        let at = Location {
+            module: Some("<root>".into()),
+            config_key: Some("setup.loss".into()),
+            ..Location::default()
         };
-        Ok(match problem {
-            Some((message, help)) => CheckResult::with_findings(vec![Finding::error(ID, message)
-                .at(Location {
-                    module: Some("<root>".into()),
-                    config_key: Some("setup.loss".into()),
-                    ..Location::default()
-                })
-                .help(help)
-                .evidence("activation", op)
-                .evidence("loss", loss.as_str())]),
-            None => CheckResult::passed(),
-        })
+        let loss_name = loss.as_str();
+        let finding = match loss {
+            LossKind::CrossEntropy | LossKind::BceWithLogits if is_probability(&act.op) => {
+                Finding::new(
+                    &SquashedTwice {
+                        activation,
+                        loss: loss_name,
+                    },
+                    at,
+                )
+            }
+            LossKind::Bce if !unit_interval => Finding::new(
+                &NotProbabilities {
+                    activation,
+                    loss: loss_name,
+                },
+                at,
+            ),
+            LossKind::Nll if act.op != "log_softmax" => Finding::new(
+                &NotLogProbabilities {
+                    activation,
+                    loss: loss_name,
+                },
+                at,
+            ),
+            _ => return Ok(CheckResult::passed()),
+        };
+        Ok(CheckResult::with_findings(vec![finding]))
     }
 }

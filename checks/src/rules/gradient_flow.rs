@@ -1,51 +1,197 @@
 //! gradient-flow: every trainable parameter receives a finite gradient from the loss.
-use crate::finding::{Finding, Location};
-use crate::options::{OptionSpec, Options};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::finding::{Example, KindInfo, Location, Severity, Violation};
 use crate::ports::Mode;
 use crate::train;
-use crate::{Check, CheckInfo, CheckOutput, CheckResult, Context, Curve, Docs, Group, Level};
+use crate::{
+    Check, CheckInfo, CheckOutput, CheckResult, Context, Curve, Docs, Finding, Group, Level,
+};
 
 pub struct GradientFlow;
 
-const ID: &str = "gradient-flow";
-
 static INFO: CheckInfo = CheckInfo {
-    id: ID,
+    id: "gradient-flow",
     group: Group::Gradient,
     default_level: Level::Deny,
     summary: "Every trainable parameter receives a finite gradient from the loss",
     docs: Docs {
-        what: "Runs one forward and backward pass of the configured loss on a batch of the sample, on a \
-copy of the model, and looks at the gradient of every trainable parameter.",
-        why: "A parameter that no gradient reaches never trains: a layer defined but forgotten in \
-forward, a branch cut off by .detach() or .item(), a module used only under torch.no_grad(). The loss \
-still falls (the rest of the model trains), so the bug hides for a whole run. A NaN or Inf gradient \
-poisons every parameter at the first optimizer step.",
-        how: "Error for trainable parameters whose gradient is undefined after backward (no autograd \
-path from the loss), listed by module; error for non-finite gradients; warning for whole weight \
-tensors whose gradient is exactly zero (e.g. multiplied by 0). Frozen parameters (requires_grad = \
-false) are not judged. Dead ReLU units, which give zero gradients to some entries only, are not \
-flagged. The batch is the first `batch` samples, in train mode.",
-        example: "error[gradient-flow] 2 of 6 trainable parameters get no gradient from the loss, so they \
-never train: aux.weight, aux.bias (module aux)",
-        fix: "Call every layer you define in forward (or delete it), and remove .detach() / .item() / \
-torch.no_grad() from the path between the parameters and the loss; check the inputs and the loss for \
-NaN / Inf.",
+        what: "Runs one forward and backward pass of the configured loss on the first `batch` samples, in \
+train mode, on a copy of the model, and looks at the gradient of every trainable parameter. Frozen \
+parameters (requires_grad = false) are not judged.",
+        why: "A parameter that no gradient reaches never trains, and a non-finite gradient poisons every \
+parameter at the first optimizer step; both hide behind a loss that still falls.",
     },
-    options: &[OptionSpec::int("batch", 32, "Samples in the forward/backward pass")],
+    kinds: &[&NoGradient::KIND, &NonFiniteGradient::KIND, &ZeroGradient::KIND],
     trains: false,
 };
 
+/// Options of gradient-flow.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct GradientFlowOptions {
+    /// Samples in the forward/backward pass.
+    #[schemars(range(min = 1))]
+    pub batch: usize,
+}
+
+impl Default for GradientFlowOptions {
+    fn default() -> Self {
+        GradientFlowOptions { batch: 32 }
+    }
+}
+
+/// Parameter names for a message: the first 8, a count of the rest, and their modules.
+fn list(names: &[String]) -> String {
+    let mut modules: Vec<String> = names
+        .iter()
+        .map(|n| crate::finding::display_module(n.rsplit_once('.').map(|(m, _)| m).unwrap_or("")))
+        .collect();
+    modules.dedup();
+    let shown: Vec<&str> = names.iter().take(8).map(String::as_str).collect();
+    let more = if names.len() > 8 {
+        format!(" and {} more", names.len() - 8)
+    } else {
+        String::new()
+    };
+    format!(
+        "{}{more} (module{} {})",
+        shown.join(", "),
+        if modules.len() == 1 { "" } else { "s" },
+        modules.join(", ")
+    )
+}
+
+/// Trainable parameters that no gradient reaches.
+#[derive(Serialize)]
+pub struct NoGradient {
+    pub no_gradient: Vec<String>,
+    pub trainable: usize,
+    /// The loss does not depend on any parameter at all.
+    #[serde(skip)]
+    pub loss_detached: Option<&'static str>,
+}
+
+impl Violation for NoGradient {
+    const KIND: KindInfo = KindInfo {
+        id: "gradient-flow/no-gradient",
+        severity: Severity::Error,
+        summary: "Trainable parameters get no gradient from the loss, so they never train",
+        why: "A parameter that no gradient reaches never trains: a layer defined but forgotten in \
+forward, a branch cut off by .detach() or .item(), a module used only under torch.no_grad(). The loss \
+still falls (the rest of the model trains), so the bug hides for a whole run.",
+        how: "Error for trainable parameters whose gradient is undefined after backward (no autograd \
+path from the loss), listed by module; when the loss itself has no graph, every trainable parameter is \
+named.",
+        fix: "Call every layer you define in forward (or delete it), and remove .detach() / .item() / \
+torch.no_grad() from the path between the parameters and the loss.",
+        example: Some(Example {
+            args: "--model fixtures/models/unused_layer.pt --data fixtures/data/regression.npz",
+            message: "2 of 6 trainable parameters get no gradient from the loss, so they never train: \
+aux.weight, aux.bias (module aux)",
+        }),
+    };
+    fn message(&self) -> String {
+        match self.loss_detached {
+            Some(loss) => format!(
+                "none of the {} trainable parameters gets a gradient: the {loss} loss does not depend on them \
+(the output is detached or constant)",
+                self.trainable
+            ),
+            None => format!(
+                "{} of {} trainable parameters get no gradient from the loss, so they never train: {}",
+                self.no_gradient.len(),
+                self.trainable,
+                list(&self.no_gradient)
+            ),
+        }
+    }
+    fn help(&self) -> String {
+        "call every layer you define in forward (or delete it), and remove .detach() / .item() / \
+torch.no_grad() between it and the loss"
+            .to_string()
+    }
+}
+
+/// Parameters whose gradient is NaN or Inf.
+#[derive(Serialize)]
+pub struct NonFiniteGradient {
+    pub non_finite: Vec<String>,
+}
+
+impl Violation for NonFiniteGradient {
+    const KIND: KindInfo = KindInfo {
+        id: "gradient-flow/non-finite-gradient",
+        severity: Severity::Error,
+        summary: "Parameters get NaN or Inf gradients on the sample batch",
+        why: "A NaN or Inf gradient poisons every parameter at the first optimizer step: the model is \
+lost before training starts.",
+        how: "Error for trainable parameters whose gradient norm is not finite after one backward pass.",
+        fix: "Look for NaN / Inf in the inputs, log(0) or division by zero in forward, or an exploding loss.",
+        example: None,
+    };
+    fn message(&self) -> String {
+        format!(
+            "{} parameters get NaN or Inf gradients: {}",
+            self.non_finite.len(),
+            list(&self.non_finite)
+        )
+    }
+    fn help(&self) -> String {
+        "look for NaN / Inf in the inputs, log(0) or division by zero in forward, or an exploding loss"
+            .to_string()
+    }
+}
+
+/// Whole weight tensors whose gradient is exactly zero.
+#[derive(Serialize)]
+pub struct ZeroGradient {
+    pub zero_gradient: Vec<String>,
+    pub loss: f64,
+}
+
+impl Violation for ZeroGradient {
+    const KIND: KindInfo = KindInfo {
+        id: "gradient-flow/zero-gradient",
+        severity: Severity::Warning,
+        summary: "Whole weight tensors get an exactly zero gradient on the sample batch",
+        why: "A weight whose every entry gets exactly zero gradient does not move: its path to the loss \
+is multiplied by 0 or saturated (a dead branch), even though autograd reaches it.",
+        how: "Warning for weight tensors with more than one entry whose gradient norm is exactly 0 after \
+one backward pass. Dead ReLU units, which zero some entries only, are not flagged.",
+        fix: "Check for a multiplication by 0 or a saturated activation on their path.",
+        example: Some(Example {
+            args: "--model fixtures/models/classifier_zero_logits.pt --data fixtures/data/classes4.npz",
+            message: "2 weight tensors get an exactly zero gradient on this batch: fc1.weight, fc2.weight \
+(modules fc1, fc2)",
+        }),
+    };
+    fn message(&self) -> String {
+        format!(
+            "{} weight tensors get an exactly zero gradient on this batch: {}",
+            self.zero_gradient.len(),
+            list(&self.zero_gradient)
+        )
+    }
+    fn help(&self) -> String {
+        "check for a multiplication by 0 or a saturated activation on their path".to_string()
+    }
+}
+
 impl Check for GradientFlow {
+    type Options = GradientFlowOptions;
+
     fn info(&self) -> &'static CheckInfo {
         &INFO
     }
 
-    fn run(&self, ctx: &Context, options: &Options) -> CheckOutput {
-        let (Some(model), Some(data)) = (ctx.model, ctx.data) else {
-            return Ok(CheckResult::skipped("needs a model and data"));
+    fn run(&self, ctx: &Context, options: &GradientFlowOptions) -> CheckOutput {
+        let (model, data) = match crate::model_and_data(ctx) {
+            Ok(md) => md,
+            Err(skip) => return Ok(skip),
         };
-        let n = data.len().min(options.usize("batch")).max(1) as i64;
+        let n = data.len().min(options.batch).max(1) as i64;
         let device = model.device();
         let x = data.inputs.f_narrow(0, 0, n)?.f_to_device(device)?;
         let y = data.targets.f_narrow(0, 0, n)?.f_to_device(device)?;
@@ -61,24 +207,17 @@ impl Check for GradientFlow {
         }
         let prediction = copy.forward(&x, Mode::Train)?;
         let loss = train::loss(loss_kind, &prediction, &y)?;
-        let at = |names: &[&str]| {
-            let first = names.first().copied().unwrap_or("");
-            Location::parameter(first)
-        };
+        let at = |names: &[String]| Location::parameter(names.first().map_or("", String::as_str));
         if !loss.requires_grad() {
-            let names: Vec<&str> = trainable.iter().map(|(n, _)| n.as_str()).collect();
-            return Ok(CheckResult::with_findings(vec![Finding::error(
-                ID,
-                format!(
-                    "none of the {} trainable parameters gets a gradient: the {} loss does not depend on them \
-(the output is detached or constant)",
-                    trainable.len(),
-                    loss_kind.as_str()
-                ),
-            )
-            .at(at(&names))
-            .help("remove .detach() / .item() / torch.no_grad() from the path between the parameters and the output")
-            .evidence("no_gradient", names.len())]));
+            let v = NoGradient {
+                no_gradient: trainable.iter().map(|(n, _)| n.clone()).collect(),
+                trainable: trainable.len(),
+                loss_detached: Some(loss_kind.as_str()),
+            };
+            return Ok(CheckResult::with_findings(vec![Finding::new(
+                &v,
+                at(&v.no_gradient),
+            )]));
         }
         loss.f_backward()?;
         let (mut missing, mut non_finite, mut zero) = (Vec::new(), Vec::new(), Vec::new());
@@ -87,7 +226,7 @@ impl Check for GradientFlow {
         for (name, p) in &trainable {
             let g = p.grad();
             if !g.defined() {
-                missing.push(name.as_str());
+                missing.push(name.clone());
                 continue;
             }
             let norm = g.f_norm()?.f_double_value(&[])?;
@@ -95,75 +234,30 @@ impl Check for GradientFlow {
             curve.y.push(norm);
             curve.labels.push(name.clone());
             if !norm.is_finite() {
-                non_finite.push(name.as_str());
+                non_finite.push(name.clone());
             } else if norm == 0.0 && name.ends_with("weight") && p.numel() > 1 {
-                zero.push(name.as_str());
+                zero.push(name.clone());
             }
         }
-        let list = |names: &[&str]| {
-            let mut modules: Vec<String> = names
-                .iter()
-                .map(|n| {
-                    crate::finding::display_module(n.rsplit_once('.').map(|(m, _)| m).unwrap_or(""))
-                })
-                .collect();
-            modules.dedup();
-            let shown: Vec<&str> = names.iter().take(8).copied().collect();
-            let more = if names.len() > 8 {
-                format!(" and {} more", names.len() - 8)
-            } else {
-                String::new()
-            };
-            format!(
-                "{}{more} (module{} {})",
-                shown.join(", "),
-                if modules.len() == 1 { "" } else { "s" },
-                modules.join(", ")
-            )
-        };
         let mut findings = Vec::new();
         if !missing.is_empty() {
-            findings.push(
-                Finding::error(
-                    ID,
-                    format!(
-                        "{} of {} trainable parameters get no gradient from the loss, so they never train: {}",
-                        missing.len(),
-                        trainable.len(),
-                        list(&missing)
-                    ),
-                )
-                .at(at(&missing))
-                .help("call every layer you define in forward (or delete it), and remove .detach() / .item() / torch.no_grad() between it and the loss")
-                .evidence("no_gradient", missing.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
-            );
+            let v = NoGradient {
+                no_gradient: missing,
+                trainable: trainable.len(),
+                loss_detached: None,
+            };
+            findings.push(Finding::new(&v, at(&v.no_gradient)));
         }
         if !non_finite.is_empty() {
-            findings.push(
-                Finding::error(ID, format!("{} parameters get NaN or Inf gradients: {}", non_finite.len(), list(&non_finite)))
-                    .at(at(&non_finite))
-                    .help("look for NaN / Inf in the inputs, log(0) or division by zero in forward, or an exploding loss")
-                    .evidence("non_finite", non_finite.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
-            );
+            let v = NonFiniteGradient { non_finite };
+            findings.push(Finding::new(&v, at(&v.non_finite)));
         }
         if !zero.is_empty() {
-            findings.push(
-                Finding::warning(
-                    ID,
-                    format!(
-                        "{} weight tensors get an exactly zero gradient on this batch: {}",
-                        zero.len(),
-                        list(&zero)
-                    ),
-                )
-                .at(at(&zero))
-                .help("check for a multiplication by 0 or a saturated activation on their path")
-                .evidence(
-                    "zero_gradient",
-                    zero.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-                )
-                .evidence("loss", loss.f_double_value(&[])?),
-            );
+            let v = ZeroGradient {
+                zero_gradient: zero,
+                loss: loss.f_double_value(&[])?,
+            };
+            findings.push(Finding::new(&v, at(&v.zero_gradient)));
         }
         Ok(CheckResult::with_findings(findings).curve(curve))
     }

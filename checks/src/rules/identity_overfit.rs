@@ -2,56 +2,119 @@
 use tch::Kind;
 
 use crate::activation::output_range;
-use crate::finding::{num, Finding, Location};
-use crate::options::{OptionSpec, Options};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::finding::{num, Example, KindInfo, Location, Severity, Violation};
 use crate::ports::{LossKind, Model, Task};
 use crate::train::{self, to_vec};
 use crate::{
-    Check, CheckError, CheckInfo, CheckOutput, CheckResult, Context, Curve, Docs, Group, Level,
+    Check, CheckError, CheckInfo, CheckOutput, CheckResult, Context, Curve, Docs, Finding, Group,
+    Level,
 };
 
 pub struct IdentityOverfit;
 
-const ID: &str = "identity-overfit";
-
 static INFO: CheckInfo = CheckInfo {
-    id: ID,
+    id: "identity-overfit",
     group: Group::Fit,
     default_level: Level::Deny,
     summary: "An image-to-image model can learn the identity on a small batch",
     docs: Docs {
         what: "Trains an in-memory copy of an image-to-image model (output shape = input shape) to \
-reproduce its own inputs on `samples` samples with Adam, and reports whether it gets there.",
+reproduce its own inputs on `samples` samples with Adam, and reports whether it gets there. Skipped when \
+the output shape differs from the input shape (classifiers).",
         why: "Any image-to-image network worth training (denoiser, super-resolution, segmentation \
 backbone with a matching head) can copy its input. If it cannot learn the identity on 8 images, it \
-cannot learn the harder task either: a bug (a detached path, a constant output, an output activation \
-that cannot represent the data) or a bottleneck that throws information away. Finding this in seconds \
-saves a day of training.",
+cannot learn the harder task either. Finding this in seconds saves a day of training.",
+    },
+    kinds: &[&CannotLearnIdentity::KIND],
+    trains: true,
+};
+
+/// Options of identity-overfit.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityOverfitOptions {
+    /// Samples in the batch.
+    #[schemars(range(min = 1))]
+    pub samples: usize,
+    /// Most Adam steps.
+    #[schemars(range(min = 1))]
+    pub steps: usize,
+    /// Adam learning rate (calibrated: at 1e-3 a small UNet needs ~800 steps to copy normalised images).
+    #[schemars(extend("exclusiveMinimum" = 0))]
+    pub lr: f64,
+    /// Relative MSE (MSE / Var(x)) to reach.
+    #[schemars(extend("exclusiveMinimum" = 0))]
+    pub target: f64,
+}
+
+impl Default for IdentityOverfitOptions {
+    fn default() -> Self {
+        IdentityOverfitOptions {
+            samples: 8,
+            steps: 500,
+            lr: 3e-3,
+            target: 1e-2,
+        }
+    }
+}
+
+/// The model cannot reproduce its inputs.
+#[derive(Serialize)]
+pub struct CannotLearnIdentity {
+    #[serde(skip)]
+    pub samples: usize,
+    pub relative_mse_start: f64,
+    pub relative_mse_end: f64,
+    #[serde(skip)]
+    pub target: f64,
+    pub psnr_db: f64,
+    pub steps: usize,
+    pub cause: String,
+}
+
+impl Violation for CannotLearnIdentity {
+    const KIND: KindInfo = KindInfo {
+        id: "identity-overfit/cannot-learn-identity",
+        severity: Severity::Error,
+        summary: "An image-to-image model cannot learn the identity on a small batch",
+        why: "A model that cannot copy 8 of its own inputs has a bug (a detached path, a constant output, \
+an output activation that cannot represent the data) or a bottleneck that throws information away; it \
+will not learn the harder task either.",
         how: "Relative MSE = MSE / Var(x) on the batch, trained with Adam (lr `lr`) for up to `steps` \
 steps, stopping early once it is ≤ `target`. Failing: the curve's start and end, the PSNR, and the \
 likely cause: no gradient reaches the parameters (every gradient is zero or the loss has no graph), an \
 output activation whose range cannot hold the inputs (named, with the share of inputs outside it), or a \
-plateau (a bottleneck or too little capacity; the narrowest layer is named). Skipped when the output \
-shape differs from the input shape (classifiers).",
-        example: "error[identity-overfit] the model cannot learn the identity on 8 samples: relative MSE \
-0.608 (needs ≤ 0.01) after 500 steps, from 1.29; PSNR 14.8 dB. Likely cause: a plateau, a bottleneck \
-or too little capacity: the narrowest layer down.2 has 1 channel for a 3-channel input",
+plateau (a bottleneck or too little capacity; the narrowest layer is named).",
         fix: "Make sure every output depends on the parameters (no .detach(), no multiplication by 0); \
 pick an output activation that covers the data range (or none); widen the bottleneck or add skip \
 connections.",
-    },
-    options: &[
-        OptionSpec::int("samples", 8, "Samples in the batch"),
-        OptionSpec::int("steps", 500, "Most Adam steps"),
-        OptionSpec::float(
-            "lr",
-            3e-3,
-            "Adam learning rate (calibrated: at 1e-3 a small UNet needs ~800 steps to copy normalised images)",
-        ),
-        OptionSpec::float("target", 1e-2, "Relative MSE (MSE / Var(x)) to reach"),
-    ],
-    trains: true,
-};
+        example: Some(Example {
+            args: "--model fixtures/models/ae_bottleneck.pt --data fixtures/data/textures.npz",
+            message: "the model cannot learn the identity on 8 samples: relative MSE 0.768 (needs ≤ 0.01) after 500 steps, from 1; PSNR 18.6 dB. Likely cause: a plateau, a bottleneck or too little capacity: the narrowest layer down.2 has 1 channel for a 3-channel input",
+        }),
+    };
+    fn message(&self) -> String {
+        format!(
+            "the model cannot learn the identity on {} samples: relative MSE {} (needs ≤ {}) after {} steps, \
+from {}; PSNR {} dB. Likely cause: {}",
+            self.samples,
+            num(self.relative_mse_end),
+            num(self.target),
+            self.steps,
+            num(self.relative_mse_start),
+            num(self.psnr_db),
+            self.cause
+        )
+    }
+    fn help(&self) -> String {
+        "check that the output depends on the parameters, that the output activation covers the data \
+range, and widen the bottleneck or add skip connections"
+            .to_string()
+    }
+}
 
 /// The dense layer with the fewest output channels, excluding the final projection.
 pub fn narrowest_layer(model: &dyn Model) -> Result<Option<(String, i64)>, CheckError> {
@@ -83,13 +146,16 @@ pub fn narrowest_layer(model: &dyn Model) -> Result<Option<(String, i64)>, Check
 }
 
 impl Check for IdentityOverfit {
+    type Options = IdentityOverfitOptions;
+
     fn info(&self) -> &'static CheckInfo {
         &INFO
     }
 
-    fn run(&self, ctx: &Context, options: &Options) -> CheckOutput {
-        let (Some(model), Some(data)) = (ctx.model, ctx.data) else {
-            return Ok(CheckResult::skipped("needs a model and data"));
+    fn run(&self, ctx: &Context, options: &IdentityOverfitOptions) -> CheckOutput {
+        let (model, data) = match crate::model_and_data(ctx) {
+            Ok(md) => md,
+            Err(skip) => return Ok(skip),
         };
         let task = ctx.setup.resolved_task(Some(data));
         let prediction = ctx.prediction()?;
@@ -108,7 +174,7 @@ impl Check for IdentityOverfit {
                 &in_shape[1..]
             )));
         }
-        let k = data.len().min(options.usize("samples")).max(1) as i64;
+        let k = data.len().min(options.samples).max(1) as i64;
         let x = data.inputs.f_narrow(0, 0, k)?.f_to_device(model.device())?;
         let var = x
             .f_to_kind(Kind::Double)?
@@ -119,15 +185,15 @@ impl Check for IdentityOverfit {
                 "the inputs are constant (zero variance)",
             ));
         }
-        let target = options.f64("target");
-        let steps = options.usize("steps");
+        let target = options.target;
+        let steps = options.steps;
         let mut copy = model.trainable_copy()?;
         let fit = train::fit_batch(
             copy.as_mut(),
             &x,
             &x,
             LossKind::Mse,
-            options.f64("lr"),
+            options.lr,
             steps,
             &|loss, _| loss / var <= target,
             ctx.progress,
@@ -179,25 +245,19 @@ impl Check for IdentityOverfit {
             }
         };
         curve.window = Some((0.0, (relative.len() - 1) as f64));
-        let f = Finding::error(
-            ID,
-            format!(
-                "the model cannot learn the identity on {k} samples: relative MSE {} (needs ≤ {}) after {} steps, from {}; \
-PSNR {} dB. Likely cause: {cause}",
-                num(end),
-                num(target),
-                relative.len() - 1,
-                num(start),
-                num(psnr)
-            ),
-        )
-        .at(Location::data(&data.input_key, Some((0, k as usize))))
-        .help("check that the output depends on the parameters, that the output activation covers the data range, and widen the bottleneck or add skip connections")
-        .evidence("relative_mse_start", start)
-        .evidence("relative_mse_end", end)
-        .evidence("psnr_db", psnr)
-        .evidence("steps", (relative.len() - 1) as u64)
-        .evidence("cause", cause.clone());
+        let violation = CannotLearnIdentity {
+            samples: k as usize,
+            relative_mse_start: start,
+            relative_mse_end: end,
+            target,
+            psnr_db: psnr,
+            steps: relative.len() - 1,
+            cause,
+        };
+        let f = Finding::new(
+            &violation,
+            Location::data(&data.input_key, Some((0, k as usize))),
+        );
         Ok(CheckResult::with_findings(vec![f]).curve(curve))
     }
 }

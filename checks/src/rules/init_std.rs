@@ -2,61 +2,279 @@
 
 use tch::{Kind, Tensor};
 
-use crate::finding::{named_numbers, num, Finding, Location};
-use crate::options::{OptionSpec, Options};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::finding::{as_map, num, Example, KindInfo, Location, Severity, Violation};
 use crate::ports::ModuleInfo;
-use crate::{Check, CheckError, CheckInfo, CheckOutput, CheckResult, Docs, Group, Level};
+use crate::{
+    Check, CheckError, CheckInfo, CheckOutput, CheckResult, Curve, Docs, Finding, Group, Level,
+};
 
 pub struct InitStd;
 
-const ID: &str = "init-std";
-
 static INFO: CheckInfo = CheckInfo {
-    id: ID,
+    id: "init-std",
     group: Group::Model,
     default_level: Level::Deny,
     summary: "Weight standard deviations fit the init families for each layer's fan-in and fan-out",
     docs: Docs {
         what: "Measures the standard deviation of every weight of Linear, Conv, ConvTranspose, recurrent, \
 embedding and normalisation layers and compares it with the initialisations that work for that shape.",
+        why: "Fixed bounds such as [0.01, 0.2] misjudge PyTorch's own defaults: Linear(8192, 10) has std \
+≈ 0.006 and Conv2d(1, 8, 1) std ≈ 0.58, both fine; the expected std depends on the layer's fan-in and \
+fan-out.",
+    },
+    kinds: &[
+        &NonFiniteWeights::KIND,
+        &StdOutOfBand::KIND,
+        &ConstantWeights::KIND,
+        &NormFarFromDefault::KIND,
+    ],
+    trains: false,
+};
+
+/// How init-std judges a std.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    FanIn,
+    Fixed,
+}
+
+/// Options of init-std.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct InitStdOptions {
+    /// `fan-in` judges each weight against the init families for its shape; `fixed` uses [min, max].
+    pub mode: Mode,
+    /// How far (×) outside the families' range a std may lie.
+    #[schemars(range(min = 1))]
+    pub band_factor: f64,
+    /// Lower std bound in fixed mode.
+    #[schemars(range(min = 0))]
+    pub min: f64,
+    /// Upper std bound in fixed mode.
+    #[schemars(extend("exclusiveMinimum" = 0))]
+    pub max: f64,
+    /// Largest mean |γ| or |β| of a normalisation layer.
+    #[schemars(extend("exclusiveMinimum" = 0))]
+    pub norm_max: f64,
+    /// Parameter names (or name prefixes) whose all-zero / constant weights are deliberate.
+    pub allow_constant: Vec<String>,
+}
+
+impl Default for InitStdOptions {
+    fn default() -> Self {
+        InitStdOptions {
+            mode: Mode::FanIn,
+            band_factor: 3.0,
+            min: 0.01,
+            max: 0.2,
+            norm_max: 10.0,
+            allow_constant: Vec::new(),
+        }
+    }
+}
+
+/// NaN or Inf values in a weight.
+#[derive(Serialize)]
+pub struct NonFiniteWeights {
+    pub non_finite: i64,
+    #[serde(skip)]
+    pub numel: i64,
+}
+
+impl Violation for NonFiniteWeights {
+    const KIND: KindInfo = KindInfo {
+        id: "init-std/non-finite-weights",
+        severity: Severity::Error,
+        summary: "A weight holds NaN or Inf values",
+        why: "NaN or Inf weights poison every output and every gradient: nothing trains.",
+        how: "Error for any judged weight (see std-out-of-band) with a non-finite value.",
+        fix: "Re-initialise the layer; check the code that set or loaded these weights.",
+        example: None,
+    };
+    fn message(&self) -> String {
+        format!(
+            "{} of {} values are NaN or Inf",
+            self.non_finite, self.numel
+        )
+    }
+    fn help(&self) -> String {
+        "re-initialise the layer; check the code that set these weights".to_string()
+    }
+}
+
+/// A weight's std outside the band its shape calls for.
+#[derive(Serialize)]
+pub struct StdOutOfBand {
+    pub std: f64,
+    pub band_low: f64,
+    pub band_high: f64,
+    /// Init family -> the std it gives this shape.
+    #[serde(serialize_with = "as_map")]
+    pub families: Vec<(&'static str, f64)>,
+    #[serde(skip)]
+    pub shape: String,
+    #[serde(skip)]
+    pub fixed: bool,
+}
+
+impl Violation for StdOutOfBand {
+    const KIND: KindInfo = KindInfo {
+        id: "init-std/std-out-of-band",
+        severity: Severity::Error,
+        summary: "A weight's standard deviation lies far outside every sane init for its shape",
         why: "A weight std far above the sane range makes activations and gradients explode layer after \
-layer; far below, they vanish and the first steps learn nothing. An all-zero or constant matrix makes \
-every unit compute the same thing (symmetry), so the units never learn different features. NaN or Inf \
-weights poison every output. Fixed bounds such as [0.01, 0.2] misjudge PyTorch's own defaults: \
-Linear(8192, 10) has std ≈ 0.006 and Conv2d(1, 8, 1) std ≈ 0.58, both fine.",
+layer; far below, they vanish and the first steps learn nothing.",
         how: "For Linear / Conv / ConvTranspose weights, fan_in = shape[1]·∏kernel and fan_out = \
 shape[0]·∏kernel. The expected stds are PyTorch's default √(1/(3·fan_in)), LeCun √(1/fan_in), He \
 √(2/fan_in), He with fan_out √(2/fan_out) (torchvision's ResNet, MobileNet) and Glorot \
 √(2/(fan_in+fan_out)); a std outside [smallest/`band_factor`, largest·`band_factor`] is an error. \
 Recurrent weights add PyTorch's U(±1/√hidden) (std 1/√(3·hidden)); embeddings are judged against \
-N(0,1), 1/√dim and 0.02 (BERT/GPT); normalisation layers against their 1/0 defaults (mean |γ| or |β| \
-above `norm_max` is an error). All-zero or constant weights and NaN/Inf are errors, except an all-zero \
-normalisation γ (zero-init of a residual branch's last norm) and names listed in `allow_constant`. With \
-`mode = \"fixed\"` the band is [`min`, `max`] instead.",
-        example: "error[init-std] parameter fc1.weight: std 1 is outside the expected band 0.0241..0.53 \
-for fan_in 64, fan_out 64 (PyTorch default 0.0722, LeCun 0.125, He 0.177, Glorot 0.125)",
+N(0,1), 1/√dim and 0.02 (BERT/GPT). With `mode = \"fixed\"` the band is [`min`, `max`] instead.",
         fix: "Remove the custom initialisation to keep PyTorch's default, or use nn.init.kaiming_normal_ \
-(ReLU networks) or nn.init.xavier_uniform_ (tanh / sigmoid). Replace zero or constant matrices with a \
-random init.",
-    },
-    options: &[
-        OptionSpec::choice(
-            "mode",
-            "fan-in",
-            &["fan-in", "fixed"],
-            "`fan-in` judges each weight against the init families for its shape; `fixed` uses [min, max]",
-        ),
-        OptionSpec::float("band_factor", 3.0, "How far (×) outside the families' range a std may lie"),
-        OptionSpec::float("min", 0.01, "Lower std bound in fixed mode"),
-        OptionSpec::float("max", 0.2, "Upper std bound in fixed mode"),
-        OptionSpec::float("norm_max", 10.0, "Largest mean |γ| or |β| of a normalisation layer"),
-        OptionSpec::list(
-            "allow_constant",
-            "Parameter names (or name prefixes) whose all-zero / constant weights are deliberate",
-        ),
-    ],
-    trains: false,
-};
+(ReLU networks) or nn.init.xavier_uniform_ (tanh / sigmoid).",
+        example: Some(Example {
+            args: "--model fixtures/models/mlp_std1.pt",
+            message: "std 1 is outside the expected band 0.0241..0.53 for fan_in 64, fan_out 64 (PyTorch \
+default 0.0722, LeCun 0.125, He 0.177, He fan_out 0.177, Glorot 0.125); 5.66× above the nearest init family",
+        }),
+    };
+    fn message(&self) -> String {
+        if self.fixed {
+            return format!(
+                "std {} is outside the fixed band {}..{} ({})",
+                num(self.std),
+                num(self.band_low),
+                num(self.band_high),
+                self.shape
+            );
+        }
+        let smallest = self
+            .families
+            .iter()
+            .map(|f| f.1)
+            .fold(f64::INFINITY, f64::min);
+        let largest = self.families.iter().map(|f| f.1).fold(0.0, f64::max);
+        let (direction, factor) = if self.std > self.band_high {
+            ("above", self.std / largest)
+        } else {
+            ("below", smallest / self.std.max(1e-300))
+        };
+        let listed = self
+            .families
+            .iter()
+            .map(|(n, v)| format!("{n} {}", num(*v)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "std {} is outside the expected band {}..{} for {} ({listed}); {}× {direction} the nearest init family",
+            num(self.std),
+            num(self.band_low),
+            num(self.band_high),
+            self.shape,
+            num(factor)
+        )
+    }
+    fn help(&self) -> String {
+        let he = self.families.iter().find(|f| f.0 == "He").map(|f| f.1);
+        format!(
+            "drop the custom init to keep PyTorch's default (std {}), or use nn.init.kaiming_normal_ (std {}) \
+for ReLU layers",
+            num(self.families[0].1),
+            num(he.unwrap_or(self.families[0].1))
+        )
+    }
+}
+
+/// An all-zero or constant weight matrix.
+#[derive(Serialize)]
+pub struct ConstantWeights {
+    pub std: f64,
+    pub value: f64,
+    #[serde(skip)]
+    pub layer: String,
+    #[serde(skip)]
+    pub parameter: String,
+}
+
+impl Violation for ConstantWeights {
+    const KIND: KindInfo = KindInfo {
+        id: "init-std/constant-weights",
+        severity: Severity::Error,
+        summary: "A weight matrix is all zeros or constant, so its units never differentiate",
+        why: "An all-zero or constant matrix makes every unit compute the same thing and receive the \
+same gradient (symmetry), so the units never learn different features.",
+        how: "Error for a judged dense weight (Linear, Conv, recurrent, embedding) whose values are all \
+equal, except names listed in `allow_constant`. Normalisation γ = 0 (zero-init of a residual \
+branch's last norm) is not judged here.",
+        fix: "Replace zero or constant matrices with a random init (e.g. nn.init.kaiming_uniform_); if the \
+zero init is deliberate, list the parameter in `allow_constant`.",
+        example: Some(Example {
+            args: "--model fixtures/models/mlp_zero_hidden.pt",
+            message: "weight is all zeros: every unit of this Linear computes the same output and receives \
+the same gradient, so they never differentiate",
+        }),
+    };
+    fn message(&self) -> String {
+        let what = if self.value == 0.0 {
+            "all zeros".to_string()
+        } else {
+            format!("constant ({})", num(self.value))
+        };
+        format!(
+            "weight is {what}: every unit of this {} computes the same output and receives the same gradient, \
+so they never differentiate",
+            self.layer
+        )
+    }
+    fn help(&self) -> String {
+        format!(
+            "initialise with a random init (e.g. nn.init.kaiming_uniform_); if the zero init is deliberate, \
+add \"{}\" to allow_constant",
+            self.parameter
+        )
+    }
+}
+
+/// A normalisation layer's γ or β far from its 1 / 0 default.
+#[derive(Serialize)]
+pub struct NormFarFromDefault {
+    pub mean_abs: f64,
+    pub default: f64,
+    #[serde(skip)]
+    pub layer: String,
+    #[serde(skip)]
+    pub norm_max: f64,
+}
+
+impl Violation for NormFarFromDefault {
+    const KIND: KindInfo = KindInfo {
+        id: "init-std/norm-far-from-default",
+        severity: Severity::Error,
+        summary: "A normalisation layer's γ or β lies far from its 1 / 0 default",
+        why: "Normalisation layers start at γ = 1, β = 0 so that the normalised activations keep unit \
+scale; a γ or β of hundreds rescales every activation behind it and destabilises the first steps.",
+        how: "Error when the mean |γ| or |β| of a normalisation layer exceeds `norm_max`.",
+        fix: "Reset normalisation layers to γ = 1, β = 0 (nn.init.ones_ / zeros_).",
+        example: None,
+    };
+    fn message(&self) -> String {
+        format!(
+            "{} {}: mean |value| {} is far from its default {} (limit {})",
+            self.layer,
+            if self.default == 1.0 { "γ" } else { "β" },
+            num(self.mean_abs),
+            self.default,
+            num(self.norm_max)
+        )
+    }
+    fn help(&self) -> String {
+        "reset normalisation layers to γ = 1, β = 0 (nn.init.ones_ / zeros_)".to_string()
+    }
+}
 
 /// What a layer's weight is expected to look like.
 enum Family {
@@ -178,170 +396,130 @@ fn module_of<'a>(modules: &'a [ModuleInfo], param: &'a str) -> (&'a str, &'a str
     (kind, leaf)
 }
 
+/// The finding for one judged parameter, if its values call for one; dense weights add a point to the
+/// per-layer curve.
+/// A parameter being judged: its name, its module's kind, its leaf name and its size.
+struct Param<'a> {
+    name: &'a str,
+    kind: &'a str,
+    leaf: &'a str,
+    numel: i64,
+}
+
+fn judge(
+    p: &Param,
+    family: Family,
+    s: &Stats,
+    options: &InitStdOptions,
+    curve: &mut Curve,
+) -> Option<Finding> {
+    let (name, kind, leaf) = (p.name, p.kind, p.leaf);
+    let at = Location::parameter(name);
+    if s.non_finite > 0 {
+        let v = NonFiniteWeights {
+            non_finite: s.non_finite,
+            numel: p.numel,
+        };
+        return Some(Finding::new(&v, at));
+    }
+    match family {
+        Family::Norm => {
+            let default = if leaf == "weight" { 1.0 } else { 0.0 };
+            (s.mean_abs > options.norm_max).then(|| {
+                let v = NormFarFromDefault {
+                    mean_abs: s.mean_abs,
+                    default,
+                    layer: kind.to_string(),
+                    norm_max: options.norm_max,
+                };
+                Finding::new(&v, at)
+            })
+        }
+        Family::Dense(families, shape) => {
+            if let Some(value) = s.constant {
+                let allowed = options
+                    .allow_constant
+                    .iter()
+                    .any(|p| name.starts_with(p.as_str()));
+                return (!allowed).then(|| {
+                    let v = ConstantWeights {
+                        std: 0.0,
+                        value,
+                        layer: kind.to_string(),
+                        parameter: name.to_string(),
+                    };
+                    Finding::new(&v, at)
+                });
+            }
+            let smallest = families.iter().map(|f| f.1).fold(f64::INFINITY, f64::min);
+            let largest = families.iter().map(|f| f.1).fold(0.0, f64::max);
+            let fixed = options.mode == Mode::Fixed;
+            let (lo, hi) = if fixed {
+                (options.min, options.max)
+            } else {
+                (
+                    smallest / options.band_factor,
+                    largest * options.band_factor,
+                )
+            };
+            curve.x.push(curve.y.len() as f64);
+            curve.y.push(s.std);
+            curve.labels.push(name.to_string());
+            curve.lower.push(lo);
+            curve.upper.push(hi);
+            (s.std < lo || s.std > hi).then(|| {
+                let v = StdOutOfBand {
+                    std: s.std,
+                    band_low: lo,
+                    band_high: hi,
+                    families,
+                    shape,
+                    fixed,
+                };
+                Finding::new(&v, at)
+            })
+        }
+    }
+}
+
 impl Check for InitStd {
+    type Options = InitStdOptions;
+
     fn info(&self) -> &'static CheckInfo {
         &INFO
     }
 
-    fn run(&self, ctx: &crate::Context, options: &Options) -> CheckOutput {
+    fn run(&self, ctx: &crate::Context, options: &InitStdOptions) -> CheckOutput {
         let Some(model) = ctx.model else {
-            return Ok(CheckResult::skipped("no model"));
+            return Ok(CheckResult::skipped(
+                "needs a model: set [model] path (or pass --model)",
+            ));
         };
-        let fixed = options.str("mode") == "fixed";
-        let band_factor = options.f64("band_factor");
-        let allow_constant = options.list("allow_constant");
         let modules = model.modules();
         let mut findings = Vec::new();
         let mut judged = 0usize;
-        let mut layer_curve =
-            crate::Curve::new("weight std by layer, against its expected band", Vec::new());
-        layer_curve.log_scale = true;
-        let params: Vec<(String, Tensor)> = model.parameters()?;
-        for (name, tensor) in &params {
+        let mut curve = Curve::new("weight std by layer, against its expected band", Vec::new());
+        curve.log_scale = true;
+        for (name, tensor) in &model.parameters()? {
             let (kind, leaf) = module_of(modules, name);
             let Some(family) = family_for(kind, leaf, &tensor.size()) else {
                 continue;
             };
             judged += 1;
-            let s = measure(tensor)?;
-            let at = Location::parameter(name);
-            if s.non_finite > 0 {
-                findings.push(
-                    Finding::error(
-                        ID,
-                        format!(
-                            "{} of {} values are NaN or Inf",
-                            s.non_finite,
-                            tensor.numel()
-                        ),
-                    )
-                    .at(at)
-                    .help("re-initialise the layer; check the code that set these weights")
-                    .evidence("non_finite", s.non_finite),
-                );
-                continue;
-            }
-            let allowed = allow_constant.iter().any(|p| name.starts_with(p.as_str()));
-            match family {
-                Family::Norm => {
-                    let default = if leaf == "weight" { 1.0 } else { 0.0 };
-                    if s.mean_abs > options.f64("norm_max") {
-                        findings.push(
-                            Finding::error(
-                                ID,
-                                format!(
-                                    "{kind} {}: mean |value| {} is far from its default {default} (limit {})",
-                                    if leaf == "weight" { "γ" } else { "β" },
-                                    num(s.mean_abs),
-                                    num(options.f64("norm_max"))
-                                ),
-                            )
-                            .at(at)
-                            .help("reset normalisation layers to γ = 1, β = 0 (nn.init.ones_ / zeros_)")
-                            .evidence("mean_abs", s.mean_abs)
-                            .evidence("default", default),
-                        );
-                    }
-                }
-                Family::Dense(families, shape_text) => {
-                    if let Some(value) = s.constant {
-                        if allowed {
-                            continue;
-                        }
-                        let what = if value == 0.0 {
-                            "all zeros".to_string()
-                        } else {
-                            format!("constant ({})", num(value))
-                        };
-                        findings.push(
-                            Finding::error(
-                                ID,
-                                format!(
-                                    "weight is {what}: every unit of this {kind} computes the same output and \
-receives the same gradient, so they never differentiate"
-                                ),
-                            )
-                            .at(at)
-                            .help(format!(
-                                "initialise with a random init (e.g. nn.init.kaiming_uniform_); if the zero init \
-is deliberate, add \"{name}\" to allow_constant"
-                            ))
-                            .evidence("std", 0.0)
-                            .evidence("value", value),
-                        );
-                        continue;
-                    }
-                    let smallest = families.iter().map(|f| f.1).fold(f64::INFINITY, f64::min);
-                    let largest = families.iter().map(|f| f.1).fold(0.0, f64::max);
-                    let (lo, hi) = if fixed {
-                        (options.f64("min"), options.f64("max"))
-                    } else {
-                        (smallest / band_factor, largest * band_factor)
-                    };
-                    layer_curve.x.push(layer_curve.y.len() as f64);
-                    layer_curve.y.push(s.std);
-                    layer_curve.labels.push(name.clone());
-                    layer_curve.lower.push(lo);
-                    layer_curve.upper.push(hi);
-                    if s.std >= lo && s.std <= hi {
-                        continue;
-                    }
-                    let listed = families
-                        .iter()
-                        .map(|(n, v)| format!("{n} {}", num(*v)))
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    let (direction, factor) = if s.std > hi {
-                        ("above", s.std / largest)
-                    } else {
-                        ("below", smallest / s.std.max(1e-300))
-                    };
-                    let message = if fixed {
-                        format!(
-                            "std {} is outside the fixed band {}..{} ({shape_text})",
-                            num(s.std),
-                            num(lo),
-                            num(hi)
-                        )
-                    } else {
-                        format!(
-                            "std {} is outside the expected band {}..{} for {shape_text} ({listed}); {}× {direction} the nearest init family",
-                            num(s.std),
-                            num(lo),
-                            num(hi),
-                            num(factor)
-                        )
-                    };
-                    let he = families
-                        .iter()
-                        .find(|f| f.0 == "He")
-                        .map(|f| f.1)
-                        .unwrap_or(largest);
-                    findings.push(
-                        Finding::error(ID, message)
-                            .at(at)
-                            .help(format!(
-                                "drop the custom init to keep PyTorch's default (std {}), or use \
-nn.init.kaiming_normal_ (std {}) for ReLU layers",
-                                num(families[0].1),
-                                num(he)
-                            ))
-                            .evidence("std", s.std)
-                            .evidence("band_low", lo)
-                            .evidence("band_high", hi)
-                            .evidence(
-                                "families",
-                                named_numbers(families.iter().map(|(n, v)| (n, *v))),
-                            ),
-                    );
-                }
-            }
+            let stats = measure(tensor)?;
+            let param = Param {
+                name,
+                kind,
+                leaf,
+                numel: tensor.numel() as i64,
+            };
+            findings.extend(judge(&param, family, &stats, options, &mut curve));
         }
         if judged == 0 {
             return Ok(CheckResult::skipped(
                 "no Linear, Conv, recurrent, embedding or normalisation layer found",
             ));
         }
-        Ok(CheckResult::with_findings(findings).curve(layer_curve))
+        Ok(CheckResult::with_findings(findings).curve(curve))
     }
 }

@@ -1,20 +1,21 @@
 //! loss-oscillation: the loss oscillates or diverges instead of descending, in the loss log and in a
 //! learning-rate probe on a copy of the model.
-use crate::finding::{num, Finding, Location};
-use crate::options::{OptionSpec, Options};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::finding::{num, Example, KindInfo, Location, Severity, Violation};
 use crate::ports::{LossLog, Mode};
-use crate::stats::{self, Oscillation, OscillationThresholds, Rng, Verdict};
+use crate::stats::{self, OscillationThresholds, Rng, Verdict};
 use crate::train;
 use crate::{
-    Check, CheckError, CheckInfo, CheckOutput, CheckResult, Context, Curve, Docs, Group, Level,
+    Check, CheckError, CheckInfo, CheckOutput, CheckResult, Context, Curve, Docs, Finding, Group,
+    Level,
 };
 
 pub struct LossOscillation;
 
-const ID: &str = "loss-oscillation";
-
 static INFO: CheckInfo = CheckInfo {
-    id: ID,
+    id: "loss-oscillation",
     group: Group::Loss,
     default_level: Level::Deny,
     summary: "The loss descends instead of oscillating or diverging (loss log and a learning-rate probe)",
@@ -26,57 +27,390 @@ measured after every step on one FIXED evaluation batch, which removes minibatch
 or blow up to Inf/NaN; too little capacity makes it bounce without descending. Minibatch losses are \
 noisy by nature (the slope changes sign ~67% of the time for pure noise), so a naive sign-change count \
 flags every healthy SGD run; trainlint separates the trend from the noise first.",
-        how: "Log (values in log space when all positive): the trend is a running median; the residual is \
-the rest. Divergence (error): a non-finite loss after finite ones, or the median of the last quarter \
-`divergence_rise` (ln 2: doubled) above the level at the start (the first 5% of the points, at least 5). Oscillation (warning): a zig-zag \
-(residual lag-1 autocorrelation ≤ `zigzag_autocorr`, robust residual amplitude ≥ `min_amplitude` and ≥ \
-`amplitude_to_descent` × the net descent), or no progress (net descent from the start < `min_progress`) \
-with swings ≥ `bounce_amplitude`. Give the log from the first step: a log that starts on a converged \
-plateau shows no progress by construction. Probe: divergence (error) when the evaluation loss becomes non-finite or ends \
-`probe_divergence`× above its start; unstable (warning) when it jumps `probe_spike`× above its start at any \
-step; oscillation (warning) when it made no progress (end ≥ 0.9 × start) with ≥ 30% of the steps going up, \
-or zig-zags (≥ 45% of the steps up).",
-        example: "warning[loss-oscillation] the loss oscillates without descending over steps 0..299: swings \
-±47% around its trend while the net descent is -4% (first quarter median 1.35, last 1.41)",
-        fix: "Lower the learning rate by 3–10× (or add warm-up / gradient clipping); if the loss bounces \
-at any learning rate, the model may lack capacity.",
     },
-    options: &[
-        OptionSpec::int("min_points", 30, "Fewest log rows to analyse"),
-        OptionSpec::float("zigzag_autocorr", -0.4, "Residual lag-1 autocorrelation at or below which swings are a zig-zag"),
-        OptionSpec::float("min_amplitude", 0.05, "Smallest residual amplitude (log units) ever flagged"),
-        OptionSpec::float("amplitude_to_descent", 0.5, "A zig-zag is flagged when its amplitude is this share of the descent"),
-        OptionSpec::float("min_progress", 0.4, "Net descent from the start (log units; 0.4 ≈ 1.5×) below which the log made no progress"),
-        OptionSpec::float("bounce_amplitude", 0.15, "Residual amplitude (log units) flagged when there is no progress"),
-        OptionSpec::float("divergence_rise", std::f64::consts::LN_2, "Rise of the trend (log units) that is divergence"),
-        OptionSpec::boolean("probe", true, "Run the learning-rate probe when a model and data are given"),
-        OptionSpec::int("probe_steps", 60, "Steps of the learning-rate probe"),
-        OptionSpec::float("probe_divergence", 2.0, "Probe loss ending this many times above its start is divergence"),
-        OptionSpec::float("probe_spike", 10.0, "Probe loss jumping this many times above its start is unstable"),
+    kinds: &[
+        &LogNonFinite::KIND,
+        &LogDiverges::KIND,
+        &LogOscillates::KIND,
+        &ProbeDiverges::KIND,
+        &ProbeSpikes::KIND,
+        &ProbeOscillates::KIND,
     ],
     trains: true,
 };
 
-fn thresholds(o: &Options) -> OscillationThresholds {
+/// Options of loss-oscillation.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct LossOscillationOptions {
+    /// Fewest log rows to analyse.
+    #[schemars(range(min = 3))]
+    pub min_points: usize,
+    /// Residual lag-1 autocorrelation at or below which swings are a zig-zag.
+    #[schemars(range(min = -1, max = 1))]
+    pub zigzag_autocorr: f64,
+    /// Smallest residual amplitude (log units) ever flagged.
+    #[schemars(range(min = 0))]
+    pub min_amplitude: f64,
+    /// A zig-zag is flagged when its amplitude is this share of the descent.
+    #[schemars(range(min = 0))]
+    pub amplitude_to_descent: f64,
+    /// Net descent from the start (log units; 0.4 ≈ 1.5×) below which the log made no progress.
+    #[schemars(range(min = 0))]
+    pub min_progress: f64,
+    /// Residual amplitude (log units) flagged when there is no progress.
+    #[schemars(range(min = 0))]
+    pub bounce_amplitude: f64,
+    /// Rise of the trend (log units) that is divergence.
+    #[schemars(extend("exclusiveMinimum" = 0))]
+    pub divergence_rise: f64,
+    /// Run the learning-rate probe when a model and data are given.
+    pub probe: bool,
+    /// Steps of the learning-rate probe.
+    #[schemars(range(min = 1))]
+    pub probe_steps: usize,
+    /// Probe loss ending this many times above its start is divergence.
+    #[schemars(range(min = 1))]
+    pub probe_divergence: f64,
+    /// Probe loss jumping this many times above its start is unstable.
+    #[schemars(range(min = 1))]
+    pub probe_spike: f64,
+}
+
+impl Default for LossOscillationOptions {
+    fn default() -> Self {
+        let t = OscillationThresholds::default();
+        LossOscillationOptions {
+            min_points: 30,
+            zigzag_autocorr: t.zigzag_autocorr,
+            min_amplitude: t.min_amplitude,
+            amplitude_to_descent: t.amplitude_to_descent,
+            min_progress: t.min_progress,
+            bounce_amplitude: t.bounce_amplitude,
+            divergence_rise: t.divergence_rise,
+            probe: true,
+            probe_steps: 60,
+            probe_divergence: 2.0,
+            probe_spike: 10.0,
+        }
+    }
+}
+
+const LOWER_LR: &str =
+    "lower the learning rate by 3–10× (or add warm-up); if it bounces at any learning rate, add capacity";
+
+/// The logged loss becomes NaN or Inf after finite values.
+#[derive(Serialize)]
+pub struct LogNonFinite {
+    #[serde(skip)]
+    pub value: f64,
+    pub diverged_at_step: f64,
+    pub largest_finite: f64,
+}
+
+impl Violation for LogNonFinite {
+    const KIND: KindInfo = KindInfo {
+        id: "loss-oscillation/log-non-finite",
+        severity: Severity::Error,
+        summary: "The logged loss becomes NaN or Inf after finite values",
+        why: "A loss that turns NaN or Inf poisons every parameter at the next step: the run is lost \
+from that step on, usually because the learning rate is too high for the model or a gradient exploded.",
+        how: "Error at the first non-finite value of the total-loss column after a finite one; the \
+window shows the 20 steps before it.",
+        fix: "Lower the learning rate by 3–10×, add gradient clipping, or warm up the learning rate.",
+        example: Some(Example {
+            args: "--log fixtures/logs/diverging.csv",
+            message: "the loss diverged: it becomes inf at step 277 (largest finite value before: 1.98e30)",
+        }),
+    };
+    fn message(&self) -> String {
+        format!(
+            "the loss diverged: it becomes {} at step {} (largest finite value before: {})",
+            self.value,
+            num(self.diverged_at_step),
+            num(self.largest_finite)
+        )
+    }
+    fn help(&self) -> String {
+        "lower the learning rate by 3–10×, add gradient clipping, or warm up the learning rate"
+            .into()
+    }
+}
+
+/// What the log analysis measured.
+#[derive(Serialize)]
+pub struct LogEvidence {
+    pub amplitude: f64,
+    pub descent: f64,
+    pub residual_autocorr: f64,
+    pub amplitude_growth: f64,
+    pub start_level: f64,
+    pub last_quarter_level: f64,
+    #[serde(skip)]
+    pub first_step: f64,
+    #[serde(skip)]
+    pub last_step: f64,
+}
+
+/// The logged loss trends upwards.
+#[derive(Serialize)]
+pub struct LogDiverges {
+    #[serde(flatten)]
+    pub log: LogEvidence,
+}
+
+impl Violation for LogDiverges {
+    const KIND: KindInfo = KindInfo {
+        id: "loss-oscillation/log-diverges",
+        severity: Severity::Error,
+        summary: "The logged loss rises over the run instead of descending",
+        why: "A loss whose level ends well above where it started is diverging: the learning rate is too \
+high for the model (or the loss is mis-specified), and training longer makes it worse.",
+        how: "The values are taken in log space when all positive. Error when the interquartile mean of \
+the last quarter lies `divergence_rise` (ln 2: doubled) above the level at the start (the interquartile \
+mean of the first 5% of the points, at least 5). Needs `min_points` finite rows.",
+        fix: "Lower the learning rate by 3–10× (or add warm-up); check the loss's sign and reduction.",
+        example: None,
+    };
+    fn message(&self) -> String {
+        let l = &self.log;
+        format!(
+            "the loss diverges over steps {}..{}: its level rose from {} (start) to {} (last quarter)",
+            num(l.first_step),
+            num(l.last_step),
+            num(l.start_level),
+            num(l.last_quarter_level)
+        )
+    }
+    fn help(&self) -> String {
+        LOWER_LR.into()
+    }
+}
+
+/// The logged loss zig-zags or bounces without descending.
+#[derive(Serialize)]
+pub struct LogOscillates {
+    #[serde(flatten)]
+    pub log: LogEvidence,
+    #[serde(skip)]
+    pub zigzag: bool,
+    #[serde(skip)]
+    pub log_space: bool,
+}
+
+impl Violation for LogOscillates {
+    const KIND: KindInfo = KindInfo {
+        id: "loss-oscillation/log-oscillates",
+        severity: Severity::Warning,
+        summary: "The logged loss zig-zags or bounces instead of descending",
+        why: "A loss that zig-zags step to step, or bounces around a level it does not leave, is the \
+classic sign of a learning rate too high for the model (or too little capacity); healthy minibatch noise \
+rides on a descending trend.",
+        how: "The values are taken in log space when all positive; the trend is a running interquartile \
+mean and the residual the rest. Warning for a zig-zag (residual lag-1 autocorrelation ≤ \
+`zigzag_autocorr`, robust residual amplitude ≥ `min_amplitude` and ≥ `amplitude_to_descent` × the net \
+descent), or for no progress (net descent from the start < `min_progress`) with swings ≥ \
+`bounce_amplitude`. A log that starts on a converged plateau shows no progress by construction: give it \
+from the first step.",
+        fix: "Lower the learning rate by 3–10× (or add warm-up / gradient clipping); if the loss bounces \
+at any learning rate, the model may lack capacity.",
+        example: Some(Example {
+            args: "--log fixtures/logs/high_lr_zigzag.csv",
+            message: "the loss oscillates without descending over steps 0..299: swings ±21.7% around its trend while the net descent is 13.8% (level at the start 1.65, last quarter 1.41)",
+        }),
+    };
+    fn message(&self) -> String {
+        let l = &self.log;
+        let what = if self.zigzag {
+            format!(
+                "zig-zags step to step (residual lag-1 autocorrelation {})",
+                num(l.residual_autocorr)
+            )
+        } else {
+            "oscillates without descending".to_string()
+        };
+        let (swing, descent) = if self.log_space {
+            (
+                format!("±{}%", num(100.0 * (l.amplitude.exp() - 1.0))),
+                100.0 * (1.0 - (-l.descent).exp()),
+            )
+        } else {
+            (format!("±{}", num(l.amplitude)), l.descent)
+        };
+        format!(
+            "the loss {what} over steps {}..{}: swings {swing} around its trend while the net descent is {}% \
+(level at the start {}, last quarter {})",
+            num(l.first_step),
+            num(l.last_step),
+            num(descent),
+            num(l.start_level),
+            num(l.last_quarter_level)
+        )
+    }
+    fn help(&self) -> String {
+        LOWER_LR.into()
+    }
+}
+
+/// What the learning-rate probe measured.
+#[derive(Serialize)]
+pub struct ProbeEvidence {
+    #[serde(skip)]
+    pub optimizer: &'static str,
+    #[serde(skip)]
+    pub lr: f64,
+    #[serde(skip)]
+    pub batch_size: usize,
+    pub probe_start: f64,
+    pub probe_end: f64,
+    pub probe_up_share: f64,
+    pub probe_steps: usize,
+}
+
+impl ProbeEvidence {
+    fn what(&self) -> String {
+        format!(
+            "{} at lr {} (batch {})",
+            self.optimizer,
+            num(self.lr),
+            self.batch_size
+        )
+    }
+    fn help(&self) -> String {
+        format!("lower setup.lr by 3–10× (try {})", num(self.lr / 10.0))
+    }
+}
+
+/// The probe's loss blows up.
+#[derive(Serialize)]
+pub struct ProbeDiverges {
+    #[serde(flatten)]
+    pub probe: ProbeEvidence,
+}
+
+impl Violation for ProbeDiverges {
+    const KIND: KindInfo = KindInfo {
+        id: "loss-oscillation/probe-diverges",
+        severity: Severity::Error,
+        summary: "The configured optimizer and learning rate make the loss diverge within a few dozen steps",
+        why: "If the loss on a fixed batch grows within 60 steps from the model's own start, the real \
+run will diverge or waste its first epochs recovering: the learning rate is too high for this model.",
+        how: "The probe trains a copy with the configured optimizer, lr and batch size for `probe_steps` \
+steps on random batches of the sample and measures the loss after each step on one fixed evaluation batch \
+(the first 64 samples). Error when that loss becomes non-finite or ends `probe_divergence`× above its \
+start. Skipped with `probe = false`.",
+        fix: "Lower setup.lr by 3–10× (or add warm-up / gradient clipping).",
+        example: Some(Example {
+            args: "fixtures/configs/adam_lr1.toml",
+            message: "learning-rate probe: adam at lr 1 (batch 16) diverges: the loss on a fixed evaluation batch went from 0.955 to 2.69 in 60 steps",
+        }),
+    };
+    fn message(&self) -> String {
+        let p = &self.probe;
+        format!(
+            "learning-rate probe: {} diverges: the loss on a fixed evaluation batch went from {} to {} in {} steps",
+            p.what(),
+            num(p.probe_start),
+            num(p.probe_end),
+            p.probe_steps
+        )
+    }
+    fn help(&self) -> String {
+        self.probe.help()
+    }
+}
+
+/// The probe's loss jumps far above its start at some step.
+#[derive(Serialize)]
+pub struct ProbeSpikes {
+    #[serde(flatten)]
+    pub probe: ProbeEvidence,
+    pub probe_peak: f64,
+    pub probe_peak_step: usize,
+}
+
+impl Violation for ProbeSpikes {
+    const KIND: KindInfo = KindInfo {
+        id: "loss-oscillation/probe-spikes",
+        severity: Severity::Warning,
+        summary: "The configured learning rate makes the loss spike far above its start",
+        why: "A loss that jumps 10× above its start, even if it recovers, shows a learning rate at the \
+edge of stability: weights are thrown far away and the run relies on luck to come back.",
+        how: "The same probe as probe-diverges. Warning when the evaluation loss jumps `probe_spike`× \
+above its start at any step and does not end diverged.",
+        fix: "Lower setup.lr by 3–10×, or warm the learning rate up over the first steps.",
+        example: Some(Example {
+            args: "fixtures/configs/bn_adam_lr1.toml",
+            message: "learning-rate probe: adam at lr 1 (batch 32) is unstable: the loss on a fixed evaluation batch jumped to 5210 (2230× its start 2.34) at step 1, and ended at 1.59 after 60 steps",
+        }),
+    };
+    fn message(&self) -> String {
+        let p = &self.probe;
+        format!(
+            "learning-rate probe: {} is unstable: the loss on a fixed evaluation batch jumped to {} ({}× its \
+start {}) at step {}, and ended at {} after {} steps",
+            p.what(),
+            num(self.probe_peak),
+            num(self.probe_peak / p.probe_start),
+            num(p.probe_start),
+            self.probe_peak_step,
+            num(p.probe_end),
+            p.probe_steps
+        )
+    }
+    fn help(&self) -> String {
+        self.probe.help()
+    }
+}
+
+/// The probe's loss goes up and down without progress.
+#[derive(Serialize)]
+pub struct ProbeOscillates {
+    #[serde(flatten)]
+    pub probe: ProbeEvidence,
+}
+
+impl Violation for ProbeOscillates {
+    const KIND: KindInfo = KindInfo {
+        id: "loss-oscillation/probe-oscillates",
+        severity: Severity::Warning,
+        summary: "The configured learning rate makes the loss go up and down instead of descending",
+        why: "On a fixed evaluation batch there is no minibatch noise: a loss that rises in a third of \
+the steps without net progress is bouncing across the valley, a learning rate too high for the model.",
+        how: "The same probe as probe-diverges. Warning when the evaluation loss made no progress (end ≥ \
+0.9 × start) with ≥ 30% of the steps going up (by more than 1%), or zig-zags (≥ 45% of the steps up).",
+        fix: "Lower setup.lr by 3–10×; if the loss bounces at any learning rate, add capacity.",
+        example: None,
+    };
+    fn message(&self) -> String {
+        let p = &self.probe;
+        format!(
+            "learning-rate probe: {} oscillates: the loss on a fixed evaluation batch went up in {}% of {} steps \
+and from {} to {}",
+            p.what(),
+            num(p.probe_up_share * 100.0),
+            p.probe_steps,
+            num(p.probe_start),
+            num(p.probe_end)
+        )
+    }
+    fn help(&self) -> String {
+        self.probe.help()
+    }
+}
+
+fn thresholds(o: &LossOscillationOptions) -> OscillationThresholds {
     OscillationThresholds {
-        zigzag_autocorr: o.f64("zigzag_autocorr"),
-        min_amplitude: o.f64("min_amplitude"),
-        amplitude_to_descent: o.f64("amplitude_to_descent"),
-        divergence_rise: o.f64("divergence_rise"),
-        min_progress: o.f64("min_progress"),
-        bounce_amplitude: o.f64("bounce_amplitude"),
+        zigzag_autocorr: o.zigzag_autocorr,
+        min_amplitude: o.min_amplitude,
+        amplitude_to_descent: o.amplitude_to_descent,
+        divergence_rise: o.divergence_rise,
+        min_progress: o.min_progress,
+        bounce_amplitude: o.bounce_amplitude,
     }
 }
 
-fn percent_swing(o: &Oscillation) -> String {
-    if o.log_space {
-        format!("±{}%", num(100.0 * (o.amplitude.exp() - 1.0)))
-    } else {
-        format!("±{}", num(o.amplitude))
-    }
-}
-
-fn analyse_log(log: &LossLog, options: &Options) -> (Vec<Finding>, Option<Curve>) {
+fn analyse_log(log: &LossLog, options: &LossOscillationOptions) -> (Vec<Finding>, Option<Curve>) {
     let Some(column) = log.total.clone().or_else(|| log.terms.first().cloned()) else {
         return (Vec::new(), None);
     };
@@ -100,21 +434,12 @@ fn analyse_log(log: &LossLog, options: &Options) -> (Vec<Finding>, Option<Curve>
             .fold(0.0, f64::max);
         let start = (at.saturating_sub(20)).max(first_finite.unwrap_or(0));
         curve.window = Some((steps[start], steps[at]));
-        let f = Finding::error(
-            ID,
-            format!(
-                "the loss diverged: it becomes {} at step {} (largest finite value before: {})",
-                values[at],
-                num(steps[at]),
-                num(before)
-            ),
-        )
-        .at(Location::log(&column, (steps[start], steps[at])))
-        .help(
-            "lower the learning rate by 3–10×, add gradient clipping, or warm up the learning rate",
-        )
-        .evidence("diverged_at_step", steps[at])
-        .evidence("largest_finite", before);
+        let v = LogNonFinite {
+            value: values[at],
+            diverged_at_step: steps[at],
+            largest_finite: before,
+        };
+        let f = Finding::new(&v, Location::log(&column, (steps[start], steps[at])));
         return (vec![f], Some(curve));
     }
     let finite: Vec<(f64, f64)> = steps
@@ -123,7 +448,7 @@ fn analyse_log(log: &LossLog, options: &Options) -> (Vec<Finding>, Option<Curve>
         .filter(|(_, v)| v.is_finite())
         .map(|(s, v)| (*s, *v))
         .collect();
-    if finite.len() < options.usize("min_points") {
+    if finite.len() < options.min_points {
         return (Vec::new(), Some(curve));
     }
     let ys: Vec<f64> = finite.iter().map(|p| p.1).collect();
@@ -135,64 +460,40 @@ fn analyse_log(log: &LossLog, options: &Options) -> (Vec<Finding>, Option<Curve>
         stats::interquartile_mean(&ys[..k]),
         stats::interquartile_mean(&ys[ys.len() - q..]),
     );
-    let evidence = |f: Finding| {
-        f.at(Location::log(&column, (first, last)))
-            .evidence("amplitude", o.amplitude)
-            .evidence("descent", o.descent)
-            .evidence("residual_autocorr", o.residual_autocorr)
-            .evidence("amplitude_growth", o.amplitude_growth)
-            .evidence("start_level", m_first)
-            .evidence("last_quarter_level", m_last)
+    let evidence = LogEvidence {
+        amplitude: o.amplitude,
+        descent: o.descent,
+        residual_autocorr: o.residual_autocorr,
+        amplitude_growth: o.amplitude_growth,
+        start_level: m_first,
+        last_quarter_level: m_last,
+        first_step: first,
+        last_step: last,
     };
-    let descent_pct = if o.log_space {
-        100.0 * (1.0 - (-o.descent).exp())
-    } else {
-        o.descent
-    };
+    let at = Location::log(&column, (first, last));
     let finding = match stats::judge_oscillation(&o, &thresholds(options)) {
         Verdict::Descending => None,
-        Verdict::Diverging => Some(evidence(Finding::error(
-            ID,
-            format!(
-                "the loss diverges over steps {}..{}: its level rose from {} (start) to {} (last quarter)",
-                num(first),
-                num(last),
-                num(m_first),
-                num(m_last)
-            ),
-        ))),
+        Verdict::Diverging => Some(Finding::new(&LogDiverges { log: evidence }, at)),
         Verdict::Oscillating => {
-            let kind = if o.residual_autocorr <= options.f64("zigzag_autocorr") {
-                format!("zig-zags step to step (residual lag-1 autocorrelation {})", num(o.residual_autocorr))
-            } else {
-                "oscillates without descending".to_string()
+            let v = LogOscillates {
+                log: evidence,
+                zigzag: o.residual_autocorr <= options.zigzag_autocorr,
+                log_space: o.log_space,
             };
-            Some(evidence(Finding::warning(
-                ID,
-                format!(
-                    "the loss {kind} over steps {}..{}: swings {} around its trend while the net descent is {}% \
-(level at the start {}, last quarter {})",
-                    num(first),
-                    num(last),
-                    percent_swing(&o),
-                    num(descent_pct),
-                    num(m_first),
-                    num(m_last)
-                ),
-            )))
+            Some(Finding::new(&v, at))
         }
     };
     if finding.is_some() {
         curve.window = Some((first, last));
     }
-    let findings = finding
-        .map(|f| f.help("lower the learning rate by 3–10× (or add warm-up); if it bounces at any learning rate, add capacity"))
-        .into_iter()
-        .collect();
+    let findings = finding.into_iter().collect();
     (findings, Some(curve))
 }
 
-fn probe(ctx: &Context, options: &Options) -> Result<(Vec<Finding>, Option<Curve>), CheckError> {
+fn probe(
+    ctx: &Context,
+    options: &LossOscillationOptions,
+) -> Result<(Vec<Finding>, Option<Curve>), CheckError> {
     let (Some(model), Some(data)) = (ctx.model, ctx.data) else {
         return Ok((Vec::new(), None));
     };
@@ -215,7 +516,7 @@ fn probe(ctx: &Context, options: &Options) -> Result<(Vec<Finding>, Option<Curve
     let eval_x = inputs.f_narrow(0, 0, eval_n)?;
     let eval_y = targets.f_narrow(0, 0, eval_n)?;
     let mut rng = Rng::new(setup.seed);
-    let steps = options.usize("probe_steps");
+    let steps = options.probe_steps;
     let mut curve = vec![train::evaluate(copy.as_mut(), loss_kind, &eval_x, &eval_y)?];
     for step in 0..steps {
         let idx = train::batch_indices(&mut rng, n, setup.batch_size.max(2)).f_to_device(device)?;
@@ -261,79 +562,48 @@ fn probe(ctx: &Context, options: &Options) -> Result<(Vec<Finding>, Option<Curve
         samples: Some((0, eval_n as usize)),
         ..Location::default()
     };
-    let what = format!(
-        "{} at lr {} (batch {})",
-        setup.optimizer.as_str(),
-        num(setup.lr),
-        setup.batch_size
-    );
-    let finding = if !end.is_finite() || end > options.f64("probe_divergence") * start {
-        Some(Finding::error(
-            ID,
-            format!(
-                "learning-rate probe: {what} diverges: the loss on a fixed evaluation batch went from {} to {} in {} steps",
-                num(start),
-                num(end),
-                curve.len() - 1
-            ),
-        ))
-    } else if peak >= options.f64("probe_spike") * start {
-        Some(Finding::warning(
-            ID,
-            format!(
-                "learning-rate probe: {what} is unstable: the loss on a fixed evaluation batch jumped to {} ({}× its start \
-{}) at step {peak_step}, and ended at {} after {} steps",
-                num(peak),
-                num(peak / start),
-                num(start),
-                num(end),
-                curve.len() - 1
-            ),
-        ))
+    let evidence = ProbeEvidence {
+        optimizer: setup.optimizer.as_str(),
+        lr: setup.lr,
+        batch_size: setup.batch_size,
+        probe_start: start,
+        probe_end: end,
+        probe_up_share: up_share,
+        probe_steps: curve.len() - 1,
+    };
+    let finding = if !end.is_finite() || end > options.probe_divergence * start {
+        Some(Finding::new(&ProbeDiverges { probe: evidence }, at))
+    } else if peak >= options.probe_spike * start {
+        let v = ProbeSpikes {
+            probe: evidence,
+            probe_peak: peak,
+            probe_peak_step: peak_step,
+        };
+        Some(Finding::new(&v, at))
     } else if (end >= 0.9 * start && up_share >= 0.3) || up_share >= 0.45 {
-        Some(Finding::warning(
-            ID,
-            format!(
-                "learning-rate probe: {what} oscillates: the loss on a fixed evaluation batch went up in {}% of {} steps \
-and from {} to {}",
-                num(up_share * 100.0),
-                curve.len() - 1,
-                num(start),
-                num(end)
-            ),
-        ))
+        Some(Finding::new(&ProbeOscillates { probe: evidence }, at))
     } else {
         None
     };
     if finding.is_some() {
         c.window = Some((0.0, (curve.len() - 1) as f64));
     }
-    let findings = finding
-        .map(|f| {
-            f.at(at)
-                .help(format!(
-                    "lower setup.lr by 3–10× (try {})",
-                    num(setup.lr / 10.0)
-                ))
-                .evidence("probe_start", start)
-                .evidence("probe_end", end)
-                .evidence("probe_up_share", up_share)
-        })
-        .into_iter()
-        .collect();
+    let findings = finding.into_iter().collect();
     Ok((findings, Some(c)))
 }
 
 impl Check for LossOscillation {
+    type Options = LossOscillationOptions;
+
     fn info(&self) -> &'static CheckInfo {
         &INFO
     }
 
-    fn run(&self, ctx: &Context, options: &Options) -> CheckOutput {
-        let run_probe = options.bool("probe") && ctx.model.is_some() && ctx.data.is_some();
+    fn run(&self, ctx: &Context, options: &LossOscillationOptions) -> CheckOutput {
+        let run_probe = options.probe && ctx.model.is_some() && ctx.data.is_some();
         if ctx.log.is_none() && !run_probe {
             return Ok(CheckResult::skipped(
-                "needs a loss log, or a model and data for the learning-rate probe",
+                "needs a loss log ([log] path or --log), or a model and data for the learning-rate probe",
             ));
         }
         let mut result = CheckResult::passed();

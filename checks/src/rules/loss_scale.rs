@@ -1,42 +1,127 @@
 //! loss-scale: the terms of a multi-term loss are on the same order of magnitude.
-use crate::finding::{named_numbers, num, Finding, Location};
-use crate::options::{OptionSpec, Options};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::finding::{as_map, num, Example, KindInfo, Location, Severity, Violation};
 use crate::stats;
-use crate::{Check, CheckInfo, CheckOutput, CheckResult, Context, Curve, Docs, Group, Level};
+use crate::{
+    Check, CheckInfo, CheckOutput, CheckResult, Context, Curve, Docs, Finding, Group, Level,
+};
 
 pub struct LossScale;
 
-const ID: &str = "loss-scale";
-
 static INFO: CheckInfo = CheckInfo {
-    id: ID,
+    id: "loss-scale",
     group: Group::Loss,
     default_level: Level::Deny,
     summary: "The terms of a multi-term loss are on the same order of magnitude",
     docs: Docs {
         what: "With two or more loss-term columns in the loss log (`log.terms`, or every `loss_*` column), \
-measures each term's typical magnitude (median |value|) over the early and the late window of the log, \
-the ratio between the largest and the smallest term, each term's share of the total, and the weights \
-that would bring them to the same order.",
-        why: "The optimizer follows the sum. A term 1000× larger than another owns the gradient: the small \
-term (often the one you care about, e.g. the pixel loss next to a perceptual loss) is effectively \
-switched off, and tuning its weight by small factors does nothing.",
+measures each term's typical magnitude over the early and the late window of the log. Skipped with fewer \
+than two terms.",
+        why: "The optimizer follows the sum: a term orders of magnitude larger than the others owns the \
+gradient.",
+    },
+    kinds: &[&UnbalancedTerms::KIND],
+    trains: false,
+};
+
+/// Options of loss-scale.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct LossScaleOptions {
+    /// Ratio of term magnitudes above which to warn.
+    #[schemars(range(min = 1))]
+    pub warn_ratio: f64,
+    /// Ratio of term magnitudes above which it is an error.
+    #[schemars(range(min = 1))]
+    pub error_ratio: f64,
+    /// Share of the log's rows in the early and in the late window.
+    #[schemars(extend("exclusiveMinimum" = 0), range(max = 1))]
+    pub window: f64,
+}
+
+impl Default for LossScaleOptions {
+    fn default() -> Self {
+        LossScaleOptions {
+            warn_ratio: 10.0,
+            error_ratio: 1000.0,
+            window: 0.2,
+        }
+    }
+}
+
+/// The loss terms differ by orders of magnitude.
+#[derive(Serialize)]
+pub struct UnbalancedTerms {
+    pub ratio: f64,
+    pub window: &'static str,
+    /// Term -> typical magnitude, largest first.
+    #[serde(serialize_with = "as_map")]
+    pub magnitudes: Vec<(String, f64)>,
+    #[serde(serialize_with = "as_map")]
+    pub shares: Vec<(String, f64)>,
+    #[serde(serialize_with = "as_map")]
+    pub suggested_weights: Vec<(String, f64)>,
+    #[serde(skip)]
+    pub error_ratio: f64,
+}
+
+impl Violation for UnbalancedTerms {
+    const KIND: KindInfo = KindInfo {
+        id: "loss-scale/unbalanced-terms",
+        severity: Severity::Warning,
+        summary: "The terms of a multi-term loss differ by orders of magnitude (a warning past `warn_ratio`, an error past `error_ratio`)",
+        why: "A term 1000× larger than another owns the gradient: the small term (often the one you care \
+about, e.g. the pixel loss next to a perceptual loss) is effectively switched off, and tuning its weight \
+by small factors does nothing.",
         how: "Magnitude = median |value| over the first and the last `window` share of the rows; ratio = \
 largest / smallest magnitude, the larger of the two windows. Warning when the ratio exceeds \
 `warn_ratio` (one order of magnitude), error past `error_ratio` (three orders). Suggested weights are \
-powers of ten that bring every term to the smallest term's order. Skipped with fewer than two terms.",
-        example: "error[loss-scale] loss terms differ by 1.3e4× (late window): loss_feature ~139 (100.0% of \
-the total), loss_mse ~0.0107 (0.0%)",
+powers of ten that bring every term to the smallest term's order.",
         fix: "Weight the terms so each contributes on the same order (multiply the large term by the \
 suggested weight), or normalise each term (mean instead of sum reduction).",
-    },
-    options: &[
-        OptionSpec::float("warn_ratio", 10.0, "Ratio of term magnitudes above which to warn"),
-        OptionSpec::float("error_ratio", 1000.0, "Ratio of term magnitudes above which it is an error"),
-        OptionSpec::float("window", 0.2, "Share of the log's rows in the early and in the late window"),
-    ],
-    trains: false,
-};
+        example: Some(Example {
+            args: "--log fixtures/logs/two_terms_4_orders.csv",
+            message: "loss terms differ by 8887× (early window): loss_feature ~306 (100% of the total), loss_mse ~0.0345 (0.0113% of the total)",
+        }),
+    };
+    fn severity(&self) -> Severity {
+        if self.ratio > self.error_ratio {
+            Severity::Error
+        } else {
+            Severity::Warning
+        }
+    }
+    fn message(&self) -> String {
+        let listing = self
+            .magnitudes
+            .iter()
+            .zip(&self.shares)
+            .map(|((t, m), (_, share))| {
+                format!("{t} ~{} ({}% of the total)", num(*m), num(100.0 * share))
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "loss terms differ by {}× ({} window): {listing}",
+            num(self.ratio),
+            self.window
+        )
+    }
+    fn help(&self) -> String {
+        let (big, big_w) = &self.suggested_weights[0];
+        format!(
+            "weight the terms to the same order: {} (e.g. multiply {big} by {})",
+            self.suggested_weights
+                .iter()
+                .map(|(t, w)| format!("{t} × {}", num(*w)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            num(*big_w)
+        )
+    }
+}
 
 /// Median |value| of the finite values in `rows`.
 fn magnitude(values: &[f64]) -> f64 {
@@ -53,13 +138,17 @@ fn power_of_ten(x: f64) -> f64 {
 }
 
 impl Check for LossScale {
+    type Options = LossScaleOptions;
+
     fn info(&self) -> &'static CheckInfo {
         &INFO
     }
 
-    fn run(&self, ctx: &Context, options: &Options) -> CheckOutput {
+    fn run(&self, ctx: &Context, options: &LossScaleOptions) -> CheckOutput {
         let Some(log) = ctx.log else {
-            return Ok(CheckResult::skipped("no loss log"));
+            return Ok(CheckResult::skipped(
+                "needs a loss log: set [log] path (or pass --log)",
+            ));
         };
         if log.terms.len() < 2 {
             return Ok(CheckResult::skipped(format!(
@@ -68,7 +157,7 @@ impl Check for LossScale {
             )));
         }
         let rows = log.steps.len();
-        let w = ((rows as f64 * options.f64("window")).ceil() as usize).clamp(1, rows);
+        let w = ((rows as f64 * options.window).ceil() as usize).clamp(1, rows);
         let windows = [("early", 0..w), ("late", rows - w..rows)];
         let mut worst = (0.0f64, "early", Vec::new());
         for (name, range) in windows.iter() {
@@ -115,70 +204,25 @@ impl Check for LossScale {
             .fold(f64::INFINITY, f64::min);
         let mut sorted = mags.clone();
         sorted.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let listing = sorted
-            .iter()
-            .map(|(t, m)| {
-                format!(
-                    "{t} ~{} ({}% of the total)",
-                    num(*m),
-                    num(100.0 * m / total)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
         let weights: Vec<(String, f64)> = sorted
             .iter()
             .map(|(t, m)| (t.clone(), power_of_ten(smallest / m)))
             .collect();
-        let severity = if ratio > options.f64("error_ratio") {
-            Some(true)
-        } else if ratio > options.f64("warn_ratio") {
-            Some(false)
+        let mut result = if ratio > options.warn_ratio {
+            let first = log.steps.first().copied().unwrap_or(0.0);
+            let last = log.steps.last().copied().unwrap_or(0.0);
+            let at = Location::log(&sorted[0].0, (first, last));
+            let v = UnbalancedTerms {
+                ratio,
+                window,
+                shares: sorted.iter().map(|(t, m)| (t.clone(), m / total)).collect(),
+                magnitudes: sorted,
+                suggested_weights: weights,
+                error_ratio: options.error_ratio,
+            };
+            CheckResult::with_findings(vec![Finding::new(&v, at)])
         } else {
-            None
-        };
-        let mut result = match severity {
-            None => CheckResult::passed(),
-            Some(is_error) => {
-                let message = format!(
-                    "loss terms differ by {}× ({window} window): {listing}",
-                    num(ratio)
-                );
-                let f = if is_error {
-                    Finding::error(ID, message)
-                } else {
-                    Finding::warning(ID, message)
-                };
-                let (big, big_w) = &weights[0];
-                let first = log.steps.first().copied().unwrap_or(0.0);
-                let last = log.steps.last().copied().unwrap_or(0.0);
-                let f = f
-                    .at(Location::log(big, (first, last)))
-                    .help(format!(
-                        "weight the terms to the same order: {} (e.g. multiply {big} by {})",
-                        weights
-                            .iter()
-                            .map(|(t, w)| format!("{t} × {}", num(*w)))
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        num(*big_w)
-                    ))
-                    .evidence("ratio", ratio)
-                    .evidence("window", window.to_string())
-                    .evidence(
-                        "magnitudes",
-                        named_numbers(sorted.iter().map(|(t, m)| (t, *m))),
-                    )
-                    .evidence(
-                        "shares",
-                        named_numbers(sorted.iter().map(|(t, m)| (t, m / total))),
-                    )
-                    .evidence(
-                        "suggested_weights",
-                        named_numbers(weights.iter().map(|(t, w)| (t, *w))),
-                    );
-                CheckResult::with_findings(vec![f])
-            }
+            CheckResult::passed()
         };
         for c in curves {
             result = result.curve(c);

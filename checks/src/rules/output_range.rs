@@ -1,19 +1,19 @@
 //! output-range: the output activation can reach the targets, and does not waste half its range.
 use tch::{Kind, Tensor};
 
-use crate::activation::output_range;
-use crate::finding::{num, Finding, Location};
-use crate::options::{OptionSpec, Options};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::activation::{output_range, Range};
+use crate::finding::{num, Example, KindInfo, Location, Severity, Violation};
 use crate::ports::Task;
 use crate::train::to_vec;
-use crate::{Check, CheckInfo, CheckOutput, CheckResult, Context, Docs, Group, Level};
+use crate::{Check, CheckInfo, CheckOutput, CheckResult, Context, Docs, Finding, Group, Level};
 
 pub struct OutputRange;
 
-const ID: &str = "output-range";
-
 static INFO: CheckInfo = CheckInfo {
-    id: ID,
+    id: "output-range",
     group: Group::Model,
     default_level: Level::Deny,
     summary: "The output activation's range matches the targets' range (and the logits cover every class)",
@@ -21,33 +21,204 @@ static INFO: CheckInfo = CheckInfo {
         what: "Reads the model's final op from the TorchScript graph (sigmoid, tanh, softmax, log_softmax, \
 relu, softplus, hardtanh / clamp with their bounds, or none), confirms its range on the data and on 10× \
 scaled inputs, and compares it with the range of the targets. For classification it compares the number \
-of logits with the classes in the targets.",
-        why: "A sigmoid cannot output -0.5 and a relu cannot output a negative number: when targets lie \
-outside the attainable range the loss can never reach zero, gradients saturate at the boundary and the \
-model looks under-powered when it is mis-specified (images in 0..255 against a sigmoid, [-1, 1] \
-normalised images against a sigmoid). A tanh for targets in [0, 1] wastes half its range and pushes \
-targets at 0 into the saturated tail. Fewer logits than classes make some labels impossible (and crash \
-cross_entropy).",
-        how: "Error when more than `max_outside` of the targets fall outside the attainable range \
-(closed bounds, so 0/1 masks pass a sigmoid). Warning when a bounded activation's targets use at most \
-`min_used_span` of its span. Classification: error when the largest class index ≥ the number of logits \
-(dim 1 of the output). Unbounded outputs (a linear or conv head) always pass.",
-        example: "error[output-range] sigmoid output lies in [0, 1] but 50.1% of the targets fall outside \
-it (targets span [-0.998, 0.999])",
-        fix: "Match the head to the targets: sigmoid for [0, 1], tanh for [-1, 1], no activation for \
-unbounded targets; or rescale the targets (divide 0..255 images by 255). Give the classifier one logit per \
-class.",
+of logits with the classes in the targets. Unbounded outputs (a linear or conv head) always pass.",
+        why: "A head that cannot produce the targets (or a classifier without a logit per class) can \
+never reach zero loss: the model looks under-powered when it is mis-specified.",
     },
-    options: &[
-        OptionSpec::float("max_outside", 0.0, "Share of targets allowed outside the attainable range"),
-        OptionSpec::float(
-            "min_used_span",
-            0.5,
-            "A bounded head whose targets use at most this share of its range is a warning",
-        ),
-    ],
+    kinds: &[&TooFewLogits::KIND, &TargetsOutsideRange::KIND, &WastedRange::KIND],
     trains: false,
 };
+
+/// Options of output-range.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutputRangeOptions {
+    /// Share of targets allowed outside the attainable range.
+    #[schemars(range(min = 0, max = 1))]
+    pub max_outside: f64,
+    /// A bounded head whose targets use at most this share of its range is a warning.
+    #[schemars(range(min = 0, max = 1))]
+    pub min_used_span: f64,
+}
+
+impl Default for OutputRangeOptions {
+    fn default() -> Self {
+        OutputRangeOptions {
+            max_outside: 0.0,
+            min_used_span: 0.5,
+        }
+    }
+}
+
+/// The classifier has fewer logits than the targets have classes.
+#[derive(Serialize)]
+pub struct TooFewLogits {
+    pub logits: i64,
+    pub max_class: i64,
+}
+
+impl Violation for TooFewLogits {
+    const KIND: KindInfo = KindInfo {
+        id: "output-range/too-few-logits",
+        severity: Severity::Error,
+        summary: "The classifier outputs fewer logits than the targets have classes",
+        why: "Classes without a logit can never be predicted, and cross_entropy crashes (or reads \
+garbage on some devices) on a class index past the last logit.",
+        how: "Classification only: error when the largest class index in the targets is ≥ the number \
+of logits (dim 1 of the output on the sample).",
+        fix: "Give the final layer one output per class.",
+        example: Some(Example {
+            args: "--model fixtures/models/head_linear.pt --data fixtures/data/targets_cls10.npz",
+            message: "the model outputs 4 logits but the targets hold class indices up to 9 (10 classes): \
+6 classes can never be predicted",
+        }),
+    };
+    fn message(&self) -> String {
+        format!(
+            "the model outputs {} logits but the targets hold class indices up to {} ({} classes): {} classes \
+can never be predicted",
+            self.logits,
+            self.max_class,
+            self.max_class + 1,
+            self.max_class + 1 - self.logits
+        )
+    }
+    fn help(&self) -> String {
+        format!(
+            "give the final layer {} outputs (one per class)",
+            self.max_class + 1
+        )
+    }
+}
+
+/// What output-range measured on a bounded head and the targets.
+#[derive(Serialize)]
+pub struct RangeEvidence {
+    pub activation: String,
+    pub range_low: f64,
+    pub range_high: f64,
+    pub target_min: f64,
+    pub target_max: f64,
+    pub observed_min: f64,
+    pub observed_max: f64,
+}
+
+impl RangeEvidence {
+    fn range(&self) -> Range {
+        Range {
+            lo: self.range_low,
+            hi: self.range_high,
+        }
+    }
+}
+
+/// Targets fall outside what the output activation can produce.
+#[derive(Serialize)]
+pub struct TargetsOutsideRange {
+    #[serde(flatten)]
+    pub range: RangeEvidence,
+    pub share_outside: f64,
+}
+
+impl Violation for TargetsOutsideRange {
+    const KIND: KindInfo = KindInfo {
+        id: "output-range/targets-outside-range",
+        severity: Severity::Error,
+        summary: "Targets fall outside the range the output activation can produce",
+        why: "A sigmoid cannot output -0.5 and a relu cannot output a negative number: the loss can never \
+reach zero, gradients saturate at the boundary and the model looks under-powered when it is \
+mis-specified (images in 0..255 against a sigmoid, [-1, 1] normalised images against a sigmoid).",
+        how: "Error when more than `max_outside` of the finite targets fall outside the attainable range \
+of the final op (closed bounds, so 0/1 masks pass a sigmoid).",
+        fix: "Match the head to the targets: sigmoid for [0, 1], tanh for [-1, 1], no activation for \
+unbounded targets; or rescale the targets (divide 0..255 images by 255).",
+        example: Some(Example {
+            args: "--model fixtures/models/head_sigmoid.pt --data fixtures/data/targets_pm1.npz",
+            message: "sigmoid output lies in [0, 1] but 50.1% of the targets fall outside it (targets span \
+[-0.998, 0.999])",
+        }),
+    };
+    fn message(&self) -> String {
+        let r = &self.range;
+        format!(
+            "{} output lies in {} but {}% of the targets fall outside it (targets span [{}, {}])",
+            r.activation,
+            r.range().describe(),
+            num(self.share_outside * 100.0),
+            num(r.target_min),
+            num(r.target_max)
+        )
+    }
+    fn help(&self) -> String {
+        let r = &self.range;
+        let tol = 1e-6 * (r.target_max - r.target_min).abs().max(1.0);
+        if r.target_max > 2.0 && r.target_min >= 0.0 && r.range_high <= 1.0 {
+            "the targets look like 0..255 pixels: divide them by 255, or drop the output activation"
+                .to_string()
+        } else if r.target_min < 0.0 && r.target_min >= -1.0 - tol && r.target_max <= 1.0 + tol {
+            format!(
+                "targets in [-1, 1] need tanh (or no activation), not {}",
+                r.activation
+            )
+        } else {
+            format!(
+                "remove the final {}, or rescale the targets into {}",
+                r.activation,
+                r.range().describe()
+            )
+        }
+    }
+}
+
+/// A bounded head whose targets use a small part of its range.
+#[derive(Serialize)]
+pub struct WastedRange {
+    #[serde(flatten)]
+    pub range: RangeEvidence,
+    pub used_span: f64,
+}
+
+impl Violation for WastedRange {
+    const KIND: KindInfo = KindInfo {
+        id: "output-range/wasted-range",
+        severity: Severity::Warning,
+        summary: "A bounded output activation whose targets use only part of its range",
+        why: "A tanh for targets in [0, 1] wastes half its range and pushes targets at 0 into the \
+saturated tail, where gradients vanish; learning the edge values is slow.",
+        how: "Warning when the targets of a bounded head (not softmax) span at most `min_used_span` of \
+the attainable range.",
+        fix: "Use the activation whose range the targets fill (sigmoid for [0, 1]), or rescale the targets \
+to cover the head's range.",
+        example: Some(Example {
+            args: "--model fixtures/models/head_tanh.pt --data fixtures/data/targets_01.npz",
+            message: "tanh output spans [-1, 1] but the targets only use [0, 1] (50% of it): the rest is \
+wasted and targets at the edge sit in the saturated tail",
+        }),
+    };
+    fn message(&self) -> String {
+        let r = &self.range;
+        format!(
+            "{} output spans {} but the targets only use [{}, {}] ({}% of it): the rest is wasted and targets \
+at the edge sit in the saturated tail",
+            r.activation,
+            r.range().describe(),
+            num(r.target_min),
+            num(r.target_max),
+            num(self.used_span * 100.0)
+        )
+    }
+    fn help(&self) -> String {
+        let r = &self.range;
+        if r.activation == "tanh" && r.target_min >= 0.0 {
+            "use sigmoid for targets in [0, 1], or rescale the targets to [-1, 1]".to_string()
+        } else {
+            format!(
+                "rescale the targets to cover {}, or pick a head that matches them",
+                r.range().describe()
+            )
+        }
+    }
+}
 
 fn min_max(t: &Tensor) -> Result<(f64, f64), crate::CheckError> {
     let t = t.f_to_kind(Kind::Double)?;
@@ -62,13 +233,16 @@ fn min_max(t: &Tensor) -> Result<(f64, f64), crate::CheckError> {
 }
 
 impl Check for OutputRange {
+    type Options = OutputRangeOptions;
+
     fn info(&self) -> &'static CheckInfo {
         &INFO
     }
 
-    fn run(&self, ctx: &Context, options: &Options) -> CheckOutput {
-        let (Some(model), Some(data)) = (ctx.model, ctx.data) else {
-            return Ok(CheckResult::skipped("needs a model and data"));
+    fn run(&self, ctx: &Context, options: &OutputRangeOptions) -> CheckOutput {
+        let (model, data) = match crate::model_and_data(ctx) {
+            Ok(md) => md,
+            Err(skip) => return Ok(skip),
         };
         let prediction = ctx.prediction()?;
         let target_at = Location::data(&data.target_key, None);
@@ -81,19 +255,10 @@ impl Check for OutputRange {
             let logits = prediction.size()[1];
             let max_class = data.targets.f_max()?.f_int64_value(&[])?;
             if max_class >= logits {
-                return Ok(CheckResult::with_findings(vec![Finding::error(
-                    ID,
-                    format!(
-                        "the model outputs {logits} logits but the targets hold class indices up to {max_class} \
-({} classes): {} classes can never be predicted",
-                        max_class + 1,
-                        max_class + 1 - logits
-                    ),
-                )
-                .at(target_at)
-                .help(format!("give the final layer {} outputs (one per class)", max_class + 1))
-                .evidence("logits", logits)
-                .evidence("max_class", max_class)]));
+                let v = TooFewLogits { logits, max_class };
+                return Ok(CheckResult::with_findings(vec![Finding::new(
+                    &v, target_at,
+                )]));
             }
             return Ok(CheckResult::passed());
         }
@@ -128,61 +293,34 @@ impl Check for OutputRange {
             .filter(|v| **v < range.lo - tol || **v > range.hi + tol)
             .count();
         let share = outside as f64 / finite.len() as f64;
-        let op = &activation.op;
-        let evidence = |f: Finding| {
-            f.at(target_at.clone())
-                .evidence("activation", op.as_str())
-                .evidence("range_low", range.lo)
-                .evidence("range_high", range.hi)
-                .evidence("target_min", t_lo)
-                .evidence("target_max", t_hi)
-                .evidence("observed_min", obs_lo.min(sc_lo))
-                .evidence("observed_max", obs_hi.max(sc_hi))
+        let evidence = RangeEvidence {
+            activation: activation.op.clone(),
+            range_low: range.lo,
+            range_high: range.hi,
+            target_min: t_lo,
+            target_max: t_hi,
+            observed_min: obs_lo.min(sc_lo),
+            observed_max: obs_hi.max(sc_hi),
         };
-        if share > options.f64("max_outside") {
-            let help = if t_hi > 2.0 && t_lo >= 0.0 && range.hi <= 1.0 {
-                "the targets look like 0..255 pixels: divide them by 255, or drop the output activation".to_string()
-            } else if t_lo < 0.0 && t_lo >= -1.0 - tol && t_hi <= 1.0 + tol {
-                format!("targets in [-1, 1] need tanh (or no activation), not {op}")
-            } else {
-                format!(
-                    "remove the final {op}, or rescale the targets into {}",
-                    range.describe()
-                )
+        if share > options.max_outside {
+            let v = TargetsOutsideRange {
+                range: evidence,
+                share_outside: share,
             };
-            return Ok(CheckResult::with_findings(vec![evidence(Finding::error(
-                ID,
-                format!(
-                    "{op} output lies in {} but {}% of the targets fall outside it (targets span [{}, {}])",
-                    range.describe(),
-                    num(share * 100.0),
-                    num(t_lo),
-                    num(t_hi)
-                ),
-            ))
-            .help(help)
-            .evidence("share_outside", share)]));
+            return Ok(CheckResult::with_findings(vec![Finding::new(
+                &v, target_at,
+            )]));
         }
-        if range.lo.is_finite() && range.hi.is_finite() && op != "softmax" {
+        if range.lo.is_finite() && range.hi.is_finite() && activation.op != "softmax" {
             let used = (t_hi - t_lo) / range.span();
-            if used <= options.f64("min_used_span") {
-                return Ok(CheckResult::with_findings(vec![evidence(Finding::warning(
-                    ID,
-                    format!(
-                        "{op} output spans {} but the targets only use [{}, {}] ({}% of it): the rest is wasted \
-and targets at the edge sit in the saturated tail",
-                        range.describe(),
-                        num(t_lo),
-                        num(t_hi),
-                        num(used * 100.0)
-                    ),
-                ))
-                .help(if op == "tanh" && t_lo >= 0.0 {
-                    "use sigmoid for targets in [0, 1], or rescale the targets to [-1, 1]".to_string()
-                } else {
-                    format!("rescale the targets to cover {}, or pick a head that matches them", range.describe())
-                })
-                .evidence("used_span", used)]));
+            if used <= options.min_used_span {
+                let v = WastedRange {
+                    range: evidence,
+                    used_span: used,
+                };
+                return Ok(CheckResult::with_findings(vec![Finding::new(
+                    &v, target_at,
+                )]));
             }
         }
         Ok(CheckResult::passed())

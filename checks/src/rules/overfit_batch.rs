@@ -1,18 +1,20 @@
 //! overfit-batch: the model can overfit one small batch of the real targets.
 use tch::{Kind, Tensor};
 
-use crate::finding::{num, Finding, Location};
-use crate::options::{OptionSpec, Options};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::finding::{num, Example, KindInfo, Location, Severity, Violation};
 use crate::ports::Task;
 use crate::train;
-use crate::{Check, CheckInfo, CheckOutput, CheckResult, Context, Curve, Docs, Group, Level};
+use crate::{
+    Check, CheckInfo, CheckOutput, CheckResult, Context, Curve, Docs, Finding, Group, Level,
+};
 
 pub struct OverfitBatch;
 
-const ID: &str = "overfit-batch";
-
 static INFO: CheckInfo = CheckInfo {
-    id: ID,
+    id: "overfit-batch",
     group: Group::Fit,
     default_level: Level::Deny,
     summary: "The model can overfit one small batch of the real targets",
@@ -20,28 +22,112 @@ static INFO: CheckInfo = CheckInfo {
         what: "Trains an in-memory copy of the model on `samples` samples of the real data and targets with \
 the configured loss and Adam, and reports whether it can memorise them.",
         why: "Overfitting a single batch is the first sanity check of every training setup (Karpathy's \
-recipe): a model that cannot memorise 16 samples has a bug between the output and the loss (detached \
-logits, logits multiplied by 0, wrong target format) or far too little capacity, and more data or more \
-steps will not fix it.",
-        how: "Adam (lr `lr`) for up to `steps` steps on a fixed batch, stopping early once the loss is ≤ \
-`loss_ratio` × its initial value and, for classification, the batch accuracy is 100%. Failing: the \
-curve's start and end, the accuracy, and the cause when the gradients tell it (no gradient reaches the \
-parameters).",
-        example: "error[overfit-batch] the model cannot overfit 16 samples: the loss went from 1.39 to 1.39 \
-(0% lower; needs ≤ 5% of the start) in 0 steps; batch accuracy 25%. Likely cause: no gradient reaches \
-the parameters: all 4 parameters got a zero gradient (the output path is detached, multiplied by 0, or \
-constant)",
-        fix: "Make the loss depend on the parameters (no .detach() or multiplication by 0 on the output), \
-check the target format against the loss, and give the model enough capacity.",
+recipe): a model that cannot memorise 16 samples has a bug between the output and the loss, or far too \
+little capacity, and more data or more steps will not fix it.",
     },
-    options: &[
-        OptionSpec::int("samples", 16, "Samples in the batch"),
-        OptionSpec::int("steps", 500, "Most Adam steps"),
-        OptionSpec::float("lr", 1e-3, "Adam learning rate"),
-        OptionSpec::float("loss_ratio", 0.05, "Loss to reach, as a share of the initial loss"),
-    ],
+    kinds: &[&CannotOverfit::KIND],
     trains: true,
 };
+
+/// Options of overfit-batch.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct OverfitBatchOptions {
+    /// Samples in the batch.
+    #[schemars(range(min = 1))]
+    pub samples: usize,
+    /// Most Adam steps.
+    #[schemars(range(min = 1))]
+    pub steps: usize,
+    /// Adam learning rate.
+    #[schemars(extend("exclusiveMinimum" = 0))]
+    pub lr: f64,
+    /// Loss to reach, as a share of the initial loss.
+    #[schemars(extend("exclusiveMinimum" = 0), range(max = 1))]
+    pub loss_ratio: f64,
+}
+
+impl Default for OverfitBatchOptions {
+    fn default() -> Self {
+        OverfitBatchOptions {
+            samples: 16,
+            steps: 500,
+            lr: 1e-3,
+            loss_ratio: 0.05,
+        }
+    }
+}
+
+/// The model does not memorise one small batch.
+#[derive(Serialize)]
+pub struct CannotOverfit {
+    #[serde(skip)]
+    pub samples: usize,
+    #[serde(skip)]
+    pub loss: &'static str,
+    pub loss_start: f64,
+    pub loss_end: f64,
+    #[serde(skip)]
+    pub loss_ratio: f64,
+    pub steps: usize,
+    /// Batch accuracy; `None` for tasks other than classification.
+    #[serde(serialize_with = "accuracy_or_one")]
+    pub accuracy: Option<f64>,
+    pub cause: String,
+}
+
+fn accuracy_or_one<S: serde::Serializer>(a: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(a.unwrap_or(1.0))
+}
+
+impl Violation for CannotOverfit {
+    const KIND: KindInfo = KindInfo {
+        id: "overfit-batch/cannot-overfit",
+        severity: Severity::Error,
+        summary: "The model cannot memorise one small batch of its real targets",
+        why: "A model that cannot memorise 16 samples has a bug between the output and the loss (detached \
+logits, logits multiplied by 0, wrong target format) or far too little capacity; training longer on more \
+data will not fix either.",
+        how: "Adam (lr `lr`) for up to `steps` steps on the first `samples` samples, stopping early once \
+the loss is ≤ `loss_ratio` × its initial value and, for classification, the batch accuracy is 100%. \
+Failing: the curve's start and end, the accuracy, and the cause when the gradients tell it (no gradient \
+reaches the parameters).",
+        fix: "Make the loss depend on the parameters (no .detach() or multiplication by 0 on the output), \
+check the target format against the loss, and give the model enough capacity.",
+        example: Some(Example {
+            args: "--model fixtures/models/classifier_zero_logits.pt --data fixtures/data/classes4.npz",
+            message: "the model cannot overfit 16 samples: the cross_entropy loss went from 1.39 to 1.39 (0% lower; needs ≤ 5% of the start) in 0 steps; batch accuracy 18.8%. Likely cause: no gradient reaches the parameters: all 4 parameters got a zero gradient (the output path is detached, multiplied by 0, or constant)",
+        }),
+    };
+    fn message(&self) -> String {
+        let lower = if self.loss_start != 0.0 {
+            100.0 * (1.0 - self.loss_end / self.loss_start)
+        } else {
+            0.0
+        };
+        let accuracy = self
+            .accuracy
+            .map(|a| format!("; batch accuracy {}%", num(a * 100.0)))
+            .unwrap_or_default();
+        format!(
+            "the model cannot overfit {} samples: the {} loss went from {} to {} ({}% lower; needs ≤ {}% of the \
+start) in {} steps{accuracy}. Likely cause: {}",
+            self.samples,
+            self.loss,
+            num(self.loss_start),
+            num(self.loss_end),
+            num(lower.max(0.0)),
+            num(self.loss_ratio * 100.0),
+            self.steps,
+            self.cause
+        )
+    }
+    fn help(&self) -> String {
+        "make the loss depend on the parameters (no .detach() or ×0 on the output), check the targets' \
+format, add capacity"
+            .to_string()
+    }
+}
 
 fn accuracy(prediction: &Tensor, targets: &Tensor) -> f64 {
     prediction
@@ -54,21 +140,24 @@ fn accuracy(prediction: &Tensor, targets: &Tensor) -> f64 {
 }
 
 impl Check for OverfitBatch {
+    type Options = OverfitBatchOptions;
+
     fn info(&self) -> &'static CheckInfo {
         &INFO
     }
 
-    fn run(&self, ctx: &Context, options: &Options) -> CheckOutput {
-        let (Some(model), Some(data)) = (ctx.model, ctx.data) else {
-            return Ok(CheckResult::skipped("needs a model and data"));
+    fn run(&self, ctx: &Context, options: &OverfitBatchOptions) -> CheckOutput {
+        let (model, data) = match crate::model_and_data(ctx) {
+            Ok(md) => md,
+            Err(skip) => return Ok(skip),
         };
         let classification = ctx.setup.resolved_task(Some(data)) == Task::Classification;
         let loss_kind = ctx.setup.resolved_loss(Some(data));
-        let k = data.len().min(options.usize("samples")).max(1) as i64;
+        let k = data.len().min(options.samples).max(1) as i64;
         let device = model.device();
         let x = data.inputs.f_narrow(0, 0, k)?.f_to_device(device)?;
         let y = data.targets.f_narrow(0, 0, k)?.f_to_device(device)?;
-        let ratio = options.f64("loss_ratio");
+        let ratio = options.loss_ratio;
         let initial = std::cell::Cell::new(None::<f64>);
         let last_accuracy = std::cell::Cell::new(0.0);
         let done = |loss: f64, prediction: &Tensor| {
@@ -88,8 +177,8 @@ impl Check for OverfitBatch {
             &x,
             &y,
             loss_kind,
-            options.f64("lr"),
-            options.usize("steps"),
+            options.lr,
+            options.steps,
             &done,
             ctx.progress,
         )?;
@@ -106,12 +195,6 @@ impl Check for OverfitBatch {
         if fit.reached {
             return Ok(CheckResult::passed().curve(curve));
         }
-        let acc = last_accuracy.get();
-        let accuracy_text = if classification {
-            format!("; batch accuracy {}%", num(acc * 100.0))
-        } else {
-            String::new()
-        };
         let cause = train::no_gradient_cause(&fit).unwrap_or_else(|| {
             if end > ratio * start {
                 "too little capacity, or a mismatch between the output and the targets".to_string()
@@ -119,31 +202,21 @@ impl Check for OverfitBatch {
                 "the loss fell, but not every sample is classified correctly".to_string()
             }
         });
-        let lower = if start != 0.0 {
-            100.0 * (1.0 - end / start)
-        } else {
-            0.0
-        };
         curve.window = Some((0.0, (fit.losses.len() - 1) as f64));
-        let f = Finding::error(
-            ID,
-            format!(
-                "the model cannot overfit {k} samples: the {} loss went from {} to {} ({}% lower; needs ≤ {}% of the start) \
-in {} steps{accuracy_text}. Likely cause: {cause}",
-                loss_kind.as_str(),
-                num(start),
-                num(end),
-                num(lower.max(0.0)),
-                num(ratio * 100.0),
-                fit.losses.len() - 1
-            ),
-        )
-        .at(Location::data(&data.target_key, Some((0, k as usize))))
-        .help("make the loss depend on the parameters (no .detach() or ×0 on the output), check the targets' format, add capacity")
-        .evidence("loss_start", start)
-        .evidence("loss_end", end)
-        .evidence("accuracy", acc)
-        .evidence("cause", cause.clone());
+        let violation = CannotOverfit {
+            samples: k as usize,
+            loss: loss_kind.as_str(),
+            loss_start: start,
+            loss_end: end,
+            loss_ratio: ratio,
+            steps: fit.losses.len() - 1,
+            accuracy: classification.then(|| last_accuracy.get()),
+            cause,
+        };
+        let f = Finding::new(
+            &violation,
+            Location::data(&data.target_key, Some((0, k as usize))),
+        );
         Ok(CheckResult::with_findings(vec![f]).curve(curve))
     }
 }

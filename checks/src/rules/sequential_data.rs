@@ -1,28 +1,99 @@
 //! sequential-data: the file's order is not i.i.d. while the loader does not shuffle.
 use tch::{Kind, Tensor};
 
-use crate::finding::{num, Finding, Location};
-use crate::options::{OptionSpec, Options};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::finding::{num, Example, KindInfo, Location, Severity, Violation};
 use crate::stats::{self, Rng};
 use crate::train::to_vec;
 use crate::{
-    Check, CheckError, CheckInfo, CheckOutput, CheckResult, Context, Curve, Docs, Group, Level,
+    Check, CheckError, CheckInfo, CheckOutput, CheckResult, Context, Curve, Docs, Finding, Group,
+    Level,
 };
 
 pub struct SequentialData;
 
-const ID: &str = "sequential-data";
-
 static INFO: CheckInfo = CheckInfo {
-    id: ID,
+    id: "sequential-data",
     group: Group::Data,
     default_level: Level::Deny,
     summary: "The data is not in sequential order (video frames, sorted classes) while the loader does not shuffle",
     docs: Docs {
         what: "When `setup.shuffle = false` and `setup.temporal = false`, tests whether the samples, in \
-file order (the order a non-shuffling loader feeds them), look i.i.d.: how much closer adjacent samples \
-are than random pairs, whether class labels come in long runs, whether float targets are autocorrelated, \
-and how many batches hold a single class.",
+file order (the order a non-shuffling loader feeds them), look i.i.d. Passes when `shuffle = true`; \
+skipped when `temporal = true`.",
+        why: "Without shuffling, each batch holds neighbouring frames of one video or a single class, \
+and each step's gradient points at that slice only.",
+    },
+    kinds: &[&UnshuffledOrder::KIND],
+    trains: false,
+};
+
+/// Options of sequential-data.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct SequentialDataOptions {
+    /// Adjacency ratio at or below which inputs are ordered.
+    #[schemars(extend("exclusiveMinimum" = 0), range(max = 1))]
+    pub max_adjacency_ratio: f64,
+    /// Significance level of the permutation test.
+    #[schemars(extend("exclusiveMinimum" = 0), range(max = 1))]
+    pub alpha: f64,
+    /// Random orders for the permutation p-value.
+    #[schemars(range(min = 10))]
+    pub permutations: usize,
+    /// Runs-test z at or below which class labels are ordered.
+    #[schemars(range(max = 0))]
+    pub runs_z: f64,
+    /// Lag-1 autocorrelation of float targets at or above which they are ordered.
+    #[schemars(extend("exclusiveMinimum" = 0), range(max = 1))]
+    pub max_autocorr: f64,
+    /// Use at most this many samples (the distance matrix is n×n).
+    #[schemars(range(min = 8))]
+    pub max_samples: usize,
+}
+
+impl Default for SequentialDataOptions {
+    fn default() -> Self {
+        SequentialDataOptions {
+            max_adjacency_ratio: 0.5,
+            alpha: 0.01,
+            permutations: 200,
+            runs_z: -4.0,
+            max_autocorr: 0.5,
+            max_samples: 1024,
+        }
+    }
+}
+
+/// The samples are in sequential order and the loader does not shuffle.
+#[derive(Serialize)]
+pub struct UnshuffledOrder {
+    /// The tests that found order, in words.
+    #[serde(skip)]
+    pub reasons: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adjacency_ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adjacency_p_value: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_runs: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_runs: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runs_z: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub single_class_batch_share: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_autocorr: Option<f64>,
+}
+
+impl Violation for UnshuffledOrder {
+    const KIND: KindInfo = KindInfo {
+        id: "sequential-data/unshuffled-order",
+        severity: Severity::Error,
+        summary: "The samples are in sequential order and the loader does not shuffle",
         why: "Without shuffling, each batch holds neighbouring frames of one video or a single class: the \
 gradient of each step points at that slice only, the model forgets what it saw a few batches ago, \
 BatchNorm statistics swing from batch to batch, and the loss curve looks fine per batch while the model \
@@ -32,23 +103,25 @@ fails on everything else.",
 orders; flagged when ≤ `max_adjacency_ratio` and p ≤ `alpha`. Class labels: Wald–Wolfowitz runs test, \
 flagged when z ≤ `runs_z`; the share of batches of `setup.batch_size` holding one class is reported. \
 Float targets: lag-1 autocorrelation (mean over up to 64 target dims), flagged when ≥ `max_autocorr` \
-and significant (r·√n ≥ 4). Passes when `shuffle = true`; skipped when `temporal = true`.",
-        example: "error[sequential-data] samples are in sequential order and the loader does not shuffle: \
-adjacent samples are 9.1× closer than random pairs (p = 0.005); 5 label runs where ~161 are expected \
-(z = -22.8); 100% of batches of 32 hold a single class",
+and significant (r·√n ≥ 4). Uses the first `max_samples` samples; needs at least 8.",
         fix: "Set shuffle=True in the DataLoader (or shuffle the file once); if the order matters for the \
 task (optical flow, odometry), set `temporal = true` and shuffle whole sequences instead.",
-    },
-    options: &[
-        OptionSpec::float("max_adjacency_ratio", 0.5, "Adjacency ratio at or below which inputs are ordered"),
-        OptionSpec::float("alpha", 0.01, "Significance level of the permutation test"),
-        OptionSpec::int("permutations", 200, "Random orders for the permutation p-value"),
-        OptionSpec::float("runs_z", -4.0, "Runs-test z at or below which class labels are ordered"),
-        OptionSpec::float("max_autocorr", 0.5, "Lag-1 autocorrelation of float targets at or above which they are ordered"),
-        OptionSpec::int("max_samples", 1024, "Use at most this many samples (distance matrix is n×n)"),
-    ],
-    trains: false,
-};
+        example: Some(Example {
+            args: "fixtures/configs/sorted_classes_no_shuffle.toml",
+            message: "samples are in sequential order and the loader does not shuffle: 5 label runs where ~159 are expected (z = -27.3); 57.1% of batches of 32 hold a single class",
+        }),
+    };
+    fn message(&self) -> String {
+        format!(
+            "samples are in sequential order and the loader does not shuffle: {}",
+            self.reasons.join("; ")
+        )
+    }
+    fn help(&self) -> String {
+        "set shuffle=True in the DataLoader (or shuffle the file); if order matters, set setup.temporal = true"
+            .to_string()
+    }
+}
 
 /// The evidence of order in a sample, each part computed when it applies.
 #[derive(Clone, Debug, Default)]
@@ -107,13 +180,17 @@ pub fn target_autocorrelation(targets: &[f64], n: usize) -> f64 {
 }
 
 impl Check for SequentialData {
+    type Options = SequentialDataOptions;
+
     fn info(&self) -> &'static CheckInfo {
         &INFO
     }
 
-    fn run(&self, ctx: &Context, options: &Options) -> CheckOutput {
+    fn run(&self, ctx: &Context, options: &SequentialDataOptions) -> CheckOutput {
         let Some(data) = ctx.data else {
-            return Ok(CheckResult::skipped("no data"));
+            return Ok(CheckResult::skipped(
+                "needs a data sample: set [data] path (or pass --data)",
+            ));
         };
         if ctx.setup.temporal {
             return Ok(CheckResult::skipped(
@@ -123,7 +200,7 @@ impl Check for SequentialData {
         if ctx.setup.shuffle {
             return Ok(CheckResult::passed());
         }
-        let n = data.len().min(options.usize("max_samples"));
+        let n = data.len().min(options.max_samples);
         if n < 8 {
             return Ok(CheckResult::skipped(format!(
                 "only {n} samples; at least 8 are needed"
@@ -137,7 +214,7 @@ impl Check for SequentialData {
             adjacency: Some(stats::adjacency(
                 &pairwise_distances(&inputs)?,
                 n,
-                options.usize("permutations"),
+                options.permutations,
                 &mut rng,
             )),
             ..OrderEvidence::default()
@@ -155,13 +232,21 @@ impl Check for SequentialData {
         } else {
             ev.target_autocorr = Some(target_autocorrelation(&to_vec(&targets)?, n));
         }
-        let mut reasons = Vec::new();
-        let mut finding_ev = serde_json::Map::new();
+        let mut v = UnshuffledOrder {
+            reasons: Vec::new(),
+            adjacency_ratio: None,
+            adjacency_p_value: None,
+            label_runs: None,
+            expected_runs: None,
+            runs_z: None,
+            single_class_batch_share: None,
+            target_autocorr: None,
+        };
         if let Some(a) = ev.adjacency {
-            finding_ev.insert("adjacency_ratio".into(), a.ratio.into());
-            finding_ev.insert("adjacency_p_value".into(), a.p_value.into());
-            if a.ratio <= options.f64("max_adjacency_ratio") && a.p_value <= options.f64("alpha") {
-                reasons.push(format!(
+            v.adjacency_ratio = Some(a.ratio);
+            v.adjacency_p_value = Some(a.p_value);
+            if a.ratio <= options.max_adjacency_ratio && a.p_value <= options.alpha {
+                v.reasons.push(format!(
                     "adjacent samples are {}× closer than random pairs (p = {})",
                     num(1.0 / a.ratio.max(1e-12)),
                     num(a.p_value)
@@ -169,13 +254,13 @@ impl Check for SequentialData {
             }
         }
         if let Some(r) = ev.runs {
-            finding_ev.insert("label_runs".into(), r.runs.into());
-            finding_ev.insert("expected_runs".into(), r.expected.into());
-            finding_ev.insert("runs_z".into(), r.z.into());
-            if r.z <= options.f64("runs_z") {
+            v.label_runs = Some(r.runs);
+            v.expected_runs = Some(r.expected);
+            v.runs_z = Some(r.z);
+            if r.z <= options.runs_z {
                 let share = ev.single_class_batches.unwrap_or(0.0);
-                finding_ev.insert("single_class_batch_share".into(), share.into());
-                reasons.push(format!(
+                v.single_class_batch_share = Some(share);
+                v.reasons.push(format!(
                     "{} label runs where ~{} are expected (z = {}); {}% of batches of {} hold a single class",
                     r.runs,
                     num(r.expected.round()),
@@ -186,9 +271,9 @@ impl Check for SequentialData {
             }
         }
         if let Some(ac) = ev.target_autocorr {
-            finding_ev.insert("target_autocorr".into(), ac.into());
-            if ac >= options.f64("max_autocorr") && ac * (n as f64).sqrt() >= 4.0 {
-                reasons.push(format!(
+            v.target_autocorr = Some(ac);
+            if ac >= options.max_autocorr && ac * (n as f64).sqrt() >= 4.0 {
+                v.reasons.push(format!(
                     "consecutive targets are correlated (lag-1 autocorrelation {})",
                     num(ac)
                 ));
@@ -199,20 +284,11 @@ impl Check for SequentialData {
             c.target = Some(1.0);
             c
         });
-        let mut result = if reasons.is_empty() {
+        let mut result = if v.reasons.is_empty() {
             CheckResult::passed()
         } else {
-            let mut f = Finding::error(
-                ID,
-                format!(
-                    "samples are in sequential order and the loader does not shuffle: {}",
-                    reasons.join("; ")
-                ),
-            )
-            .at(Location::data(&data.input_key, Some((0, n))))
-            .help("set shuffle=True in the DataLoader (or shuffle the file); if order matters, set setup.temporal = true");
-            f.evidence = finding_ev;
-            CheckResult::with_findings(vec![f])
+            let at = Location::data(&data.input_key, Some((0, n)));
+            CheckResult::with_findings(vec![Finding::new(&v, at)])
         };
         if let Some(c) = curve {
             result = result.curve(c);

@@ -1,23 +1,24 @@
 //! stale-batchnorm: BatchNorm running statistics are updated, will update, and match the data.
 use std::collections::HashMap;
 
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::finding::{num, Finding, Location};
-use crate::options::{OptionSpec, Options};
-use crate::ports::{Mode, ModuleInfo, NamedTensor};
+use crate::finding::{num, Example, KindInfo, Location, Severity, Violation};
+use crate::ports::{Dataset, Mode, ModuleInfo, NamedTensor};
 use crate::train::to_vec;
 use crate::{
-    Check, CheckError, CheckInfo, CheckOutput, CheckResult, Context, Curve, Docs, Group, Level,
+    Check, CheckError, CheckInfo, CheckOutput, CheckResult, Context, Curve, Docs, Finding, Group,
+    Level,
 };
 
 pub struct StaleBatchnorm;
 
-const ID: &str = "stale-batchnorm";
 const EPS: f64 = 1e-5;
 
 static INFO: CheckInfo = CheckInfo {
-    id: ID,
+    id: "stale-batchnorm",
     group: Group::Batchnorm,
     default_level: Level::Deny,
     summary: "BatchNorm running statistics are updated, will update, and match the data",
@@ -26,40 +27,316 @@ static INFO: CheckInfo = CheckInfo {
 that its running statistics were updated if the model was trained, that train-mode passes update them, \
 that they match the statistics the data sample produces, that train and eval outputs agree, and that \
 the batch size is not 1.",
-        why: "In eval mode BatchNorm normalises with its running statistics. Stats that were never updated \
-(still 0 / 1) or that cannot update (momentum 0, a layer stuck in eval mode, batch_norm called with \
-training=False) make the evaluated model differ from the trained one; stats computed on differently \
-scaled data (0..255 pixels vs 0..1) shift every activation; with batch size 1 the batch statistics are \
-degenerate and the output collapses to β.",
-        how: "Never updated (error): num_batches_tracked = 0 and running_mean = 0, running_var = 1 exactly, \
-while γ or β moved from 1 / 0 (a fresh model passes). Saved in eval mode inside a model saved in train \
-mode (error). Will not update (error): on a copy, two train-mode passes from known stats (0/1, then 1/2) \
-give each layer's effective momentum; 0 means the stats never move. Mismatch (error): from the same \
-passes, the per-channel mean and variance the data produce, against the stored ones: a mean gap above \
-`max_mean_gap` stored standard deviations or a variance ratio beyond `max_var_ratio`×, naming the worst \
-channels. Train/eval gap (warning): ‖y_train − y_eval‖ / ‖y_eval‖ above `max_output_gap` on the same \
-batch. Batch size 1 with BatchNorm (error).",
-        example: "error[stale-batchnorm] features.1 (BatchNorm2d): running statistics do not match the data: \
-channels 3, 7, 5 have data means 3.7, 1.81, 1.81 stored standard deviations from the running mean, and the \
-data's variance is 1.61e-5× the stored one; were the statistics computed on differently scaled data?",
-        fix: "Train with model.train() so BatchNorm updates its statistics (or recompute them with a few \
-train-mode passes over the data under torch.no_grad()); keep momentum > 0; preprocess the data exactly as \
-in training; use a batch size of at least 2 (better 16+) or GroupNorm / LayerNorm.",
+        why: "In eval mode BatchNorm normalises with its running statistics: statistics that are stale, \
+frozen or computed on other data make the evaluated model differ from the trained one.",
     },
-    options: &[
-        OptionSpec::float("max_mean_gap", 3.0, "Largest per-channel mean gap, in stored standard deviations"),
-        OptionSpec::float("max_var_ratio", 10.0, "Largest per-channel variance ratio (either way)"),
-        OptionSpec::float("max_output_gap", 0.5, "Largest relative gap between train- and eval-mode outputs"),
-        OptionSpec::int("batch", 64, "Samples in the probing passes"),
+    kinds: &[
+        &BatchSizeOne::KIND,
+        &SavedInEvalMode::KIND,
+        &NeverUpdated::KIND,
+        &WillNotUpdate::KIND,
+        &StatsMismatch::KIND,
+        &TrainEvalGap::KIND,
     ],
     trains: true,
 };
+
+/// Options of stale-batchnorm.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct StaleBatchnormOptions {
+    /// Largest per-channel mean gap, in stored standard deviations.
+    #[schemars(extend("exclusiveMinimum" = 0))]
+    pub max_mean_gap: f64,
+    /// Largest per-channel variance ratio (either way).
+    #[schemars(range(min = 1))]
+    pub max_var_ratio: f64,
+    /// Largest relative gap between train- and eval-mode outputs.
+    #[schemars(extend("exclusiveMinimum" = 0))]
+    pub max_output_gap: f64,
+    /// Samples in the probing passes.
+    #[schemars(range(min = 2))]
+    pub batch: usize,
+}
+
+impl Default for StaleBatchnormOptions {
+    fn default() -> Self {
+        StaleBatchnormOptions {
+            max_mean_gap: 3.0,
+            max_var_ratio: 10.0,
+            max_output_gap: 0.5,
+            batch: 64,
+        }
+    }
+}
+
+/// Training with batch size 1 through BatchNorm.
+#[derive(Serialize)]
+pub struct BatchSizeOne {
+    pub batch_size: usize,
+    #[serde(skip)]
+    pub layers: usize,
+}
+
+impl Violation for BatchSizeOne {
+    const KIND: KindInfo = KindInfo {
+        id: "stale-batchnorm/batch-size-one",
+        severity: Severity::Error,
+        summary: "The batch size is 1 while the model has BatchNorm layers",
+        why: "With one sample per batch, the batch statistics of a BatchNorm layer are degenerate \
+(variance 0 over a 1×1 map, or one sample's own statistics): the normalised output collapses to β and \
+the running statistics learn noise.",
+        how: "Error when `setup.batch_size` = 1 and the model has at least one BatchNorm layer.",
+        fix: "Use a batch size of at least 2 (better 16+), or replace BatchNorm with GroupNorm / LayerNorm.",
+        example: Some(Example {
+            args: "fixtures/configs/bn_batch_size_one.toml",
+            message: "batch_size = 1 with 2 BatchNorm layer(s): in training the batch statistics of one \
+sample are degenerate and the normalised output collapses to β",
+        }),
+    };
+    fn message(&self) -> String {
+        format!(
+            "batch_size = 1 with {} BatchNorm layer(s): in training the batch statistics of one sample are \
+degenerate and the normalised output collapses to β",
+            self.layers
+        )
+    }
+    fn help(&self) -> String {
+        "use a batch size of at least 2 (better 16+), or replace BatchNorm with GroupNorm / LayerNorm".into()
+    }
+}
+
+/// A BatchNorm saved in eval mode inside a model saved in train mode.
+#[derive(Serialize)]
+pub struct SavedInEvalMode {
+    pub module_training: bool,
+    pub root_training: bool,
+    #[serde(skip)]
+    pub layer: String,
+}
+
+impl Violation for SavedInEvalMode {
+    const KIND: KindInfo = KindInfo {
+        id: "stale-batchnorm/saved-in-eval-mode",
+        severity: Severity::Error,
+        summary: "A BatchNorm layer was saved in eval mode inside a model saved in train mode",
+        why: "A layer left in eval mode while the rest trains (frozen, or .eval() called on it) never \
+updates its statistics: at evaluation it normalises with numbers that do not describe the trained \
+features.",
+        how: "Error for each BatchNorm whose saved training flag is false while the root module's is true \
+(read from the TorchScript file before any mode change).",
+        fix: "Call model.train() on the whole model before training; freeze BatchNorm on purpose only for \
+fine-tuning with small batches.",
+        example: Some(Example {
+            args: "--model fixtures/models/bn_submodule_eval.pt --data fixtures/data/images.npz",
+            message: "features.4 (BatchNorm2d) was saved in eval mode inside a model saved in train mode: if \
+it stays in eval mode while training (frozen, or .eval() called on it), its statistics never update",
+        }),
+    };
+    fn message(&self) -> String {
+        format!(
+            "{} was saved in eval mode inside a model saved in train mode: if it stays in eval mode while \
+training (frozen, or .eval() called on it), its statistics never update",
+            self.layer
+        )
+    }
+    fn help(&self) -> String {
+        "call model.train() on the whole model before training; freeze BatchNorm on purpose only for \
+fine-tuning with small batches"
+            .into()
+    }
+}
+
+/// Running statistics still at their init while the affine parameters trained.
+#[derive(Serialize)]
+pub struct NeverUpdated {
+    pub num_batches_tracked: i64,
+    #[serde(skip)]
+    pub layer: String,
+}
+
+impl Violation for NeverUpdated {
+    const KIND: KindInfo = KindInfo {
+        id: "stale-batchnorm/never-updated",
+        severity: Severity::Error,
+        summary: "A trained BatchNorm layer's running statistics were never updated",
+        why: "Statistics still at 0 / 1 after training mean the layer trained in eval mode (or its stats \
+were reset): in evaluation it normalises with numbers that have nothing to do with the data.",
+        how: "Error when num_batches_tracked = 0 and running_mean = 0, running_var = 1 exactly, while γ or \
+β moved from 1 / 0 (a fresh, untrained model passes).",
+        fix: "Train with model.train() (not with BatchNorm in eval mode), or recompute the statistics with \
+a few train-mode passes over the data under torch.no_grad().",
+        example: Some(Example {
+            args: "--model fixtures/models/bn_never_updated.pt --data fixtures/data/images.npz",
+            message: "features.1 (BatchNorm2d) was never updated: num_batches_tracked = 0 and the running \
+statistics are still exactly 0 / 1, although its affine parameters were trained",
+        }),
+    };
+    fn message(&self) -> String {
+        format!(
+            "{} was never updated: num_batches_tracked = 0 and the running statistics are still exactly 0 / 1, \
+although its affine parameters were trained",
+            self.layer
+        )
+    }
+    fn help(&self) -> String {
+        "train with model.train() (not with BatchNorm in eval mode), or recompute the statistics with a few \
+train-mode passes"
+            .into()
+    }
+}
+
+/// Train-mode passes leave the running statistics unchanged.
+#[derive(Serialize)]
+pub struct WillNotUpdate {
+    pub effective_momentum: f64,
+    #[serde(skip)]
+    pub layer: String,
+}
+
+impl Violation for WillNotUpdate {
+    const KIND: KindInfo = KindInfo {
+        id: "stale-batchnorm/will-not-update",
+        severity: Severity::Error,
+        summary: "A BatchNorm layer's running statistics cannot update in training",
+        why: "With momentum 0, or batch_norm called with training=False (as in a model traced in eval \
+mode), the statistics stay at whatever they were: training cannot fix them.",
+        how: "On a copy, two train-mode passes from known statistics (0/1, then 1/2) give each layer's \
+effective momentum m (new = (1 − m)·old + m·batch); error when |m| < 1e-6.",
+        fix: "Give the layer a momentum > 0 (PyTorch's default is 0.1) and call it in training mode; \
+export with torch.jit.script, or trace in train mode.",
+        example: Some(Example {
+            args: "--model fixtures/models/bn_momentum0.pt --data fixtures/data/images.npz",
+            message: "features.1 (BatchNorm2d) will not update: train-mode passes leave its running \
+statistics unchanged (effective momentum 0: momentum=0, or batch_norm called with training=False, as in a \
+model traced in eval mode)",
+        }),
+    };
+    fn message(&self) -> String {
+        format!(
+            "{} will not update: train-mode passes leave its running statistics unchanged (effective momentum \
+0: momentum=0, or batch_norm called with training=False, as in a model traced in eval mode)",
+            self.layer
+        )
+    }
+    fn help(&self) -> String {
+        "give the layer a momentum > 0 (PyTorch's default is 0.1) and call it in training mode; export with \
+torch.jit.script, or trace in train mode"
+            .into()
+    }
+}
+
+/// Stored statistics far from what the data produce.
+#[derive(Serialize)]
+pub struct StatsMismatch {
+    pub worst_channels: Vec<usize>,
+    #[serde(skip)]
+    pub worst_gaps: Vec<f64>,
+    pub worst_mean_gap: f64,
+    pub extreme_var_ratio: f64,
+    pub data_mean: Vec<f64>,
+    pub stored_mean: Vec<f64>,
+    #[serde(skip)]
+    pub layer: String,
+}
+
+impl Violation for StatsMismatch {
+    const KIND: KindInfo = KindInfo {
+        id: "stale-batchnorm/stats-mismatch",
+        severity: Severity::Error,
+        summary: "A BatchNorm layer's stored statistics do not match the statistics the data produce",
+        why: "Statistics computed on differently scaled data (0..255 pixels vs 0..1, another \
+normalisation) shift and rescale every activation in evaluation: the model scores far worse than it \
+trained.",
+        how: "From the same two probing passes as will-not-update, on the first `batch` samples: the \
+per-channel mean and variance the data produce, against the stored ones. Error when a channel's mean gap \
+exceeds `max_mean_gap` stored standard deviations or its variance ratio lies beyond `max_var_ratio`× \
+either way; the three worst channels are named. Layers at their init statistics are not judged.",
+        fix: "Preprocess the data exactly as in training (e.g. the same /255 scaling), or recompute the \
+statistics on correctly scaled data.",
+        example: Some(Example {
+            args: "--model fixtures/models/bn_stats_255.pt --data fixtures/data/images01.npz",
+            message: "features.1 (BatchNorm2d): running statistics do not match the data: channels 3, 7, 5 have data means 3.7, 1.81, 1.81 stored standard deviations from the running mean, and the data's variance is 1.61e-5× the stored one; were the statistics computed on differently scaled data?",
+        }),
+    };
+    fn message(&self) -> String {
+        let list = |v: Vec<String>| v.join(", ");
+        format!(
+            "{}: running statistics do not match the data: channels {} have data means {} stored standard \
+deviations from the running mean, and the data's variance is {}× the stored one; were the statistics \
+computed on differently scaled data?",
+            self.layer,
+            list(self.worst_channels.iter().map(|c| c.to_string()).collect()),
+            list(self.worst_gaps.iter().map(|g| num(*g)).collect()),
+            num(self.extreme_var_ratio)
+        )
+    }
+    fn help(&self) -> String {
+        "preprocess the data exactly as in training (e.g. the same /255 scaling), or recompute the \
+statistics on correctly scaled data"
+            .into()
+    }
+}
+
+/// Train- and eval-mode outputs far apart on the same batch.
+#[derive(Serialize)]
+pub struct TrainEvalGap {
+    pub output_gap: f64,
+}
+
+impl Violation for TrainEvalGap {
+    const KIND: KindInfo = KindInfo {
+        id: "stale-batchnorm/train-eval-gap",
+        severity: Severity::Warning,
+        summary: "Train- and eval-mode outputs differ a lot on the same batch",
+        why: "When the running statistics describe the data, a BatchNorm network gives nearly the same \
+output in train and eval mode; a large gap means evaluation runs a different model from the one trained.",
+        how: "‖y_train − y_eval‖ / ‖y_eval‖ on the probing batch, judged only when the stored statistics \
+were trained and no other kind explains it; warning above `max_output_gap`.",
+        fix: "Recompute the BatchNorm statistics on data preprocessed as in training, or check for a \
+distribution shift.",
+        example: None,
+    };
+    fn message(&self) -> String {
+        format!(
+            "train- and eval-mode outputs differ by {}% on the same batch: the running statistics do not \
+represent this data",
+            num(self.output_gap * 100.0)
+        )
+    }
+    fn help(&self) -> String {
+        "recompute the BatchNorm statistics on data preprocessed as in training, or check for a distribution \
+shift"
+            .into()
+    }
+}
 
 struct Layer<'a> {
     info: &'a ModuleInfo,
     mean: String,
     var: String,
     tracked: String,
+    weight: String,
+    bias: String,
+}
+
+impl Layer<'_> {
+    fn name(&self) -> String {
+        format!(
+            "{} ({})",
+            crate::finding::display_module(&self.info.path),
+            self.info.kind
+        )
+    }
+    fn path(&self) -> &str {
+        &self.info.path
+    }
+    fn at_buffer(&self) -> Location {
+        Location {
+            buffer: Some(self.mean.clone()),
+            ..Location::module(&self.info.path)
+        }
+    }
 }
 
 fn find<'a>(named: &'a [NamedTensor], name: &str) -> Option<&'a Tensor> {
@@ -84,138 +361,177 @@ struct Measured {
     var: Vec<f64>,
 }
 
+/// Every BatchNorm layer: by module type, or by running_mean / running_var buffers.
+fn batchnorm_layers<'a>(modules: &'a [ModuleInfo], buffers: &[NamedTensor]) -> Vec<Layer<'a>> {
+    modules
+        .iter()
+        .filter_map(|m| {
+            let prefix = if m.path.is_empty() {
+                String::new()
+            } else {
+                format!("{}.", m.path)
+            };
+            let mean = format!("{prefix}running_mean");
+            let var = format!("{prefix}running_var");
+            let is_bn = m.kind.contains("BatchNorm")
+                || (find(buffers, &mean).is_some() && find(buffers, &var).is_some());
+            is_bn.then(|| Layer {
+                info: m,
+                tracked: format!("{prefix}num_batches_tracked"),
+                weight: format!("{prefix}weight"),
+                bias: format!("{prefix}bias"),
+                mean,
+                var,
+            })
+        })
+        .collect()
+}
+
+/// Whether a layer's stats are still exactly at their init (0 / 1, never tracked); and if so, whether
+/// its affine parameters moved (then it was trained without updating them).
+fn at_init_stats(
+    l: &Layer,
+    buffers: &[NamedTensor],
+    params: &[NamedTensor],
+) -> Result<Option<(i64, bool)>, CheckError> {
+    let (Some(mean), Some(var)) = (find(buffers, &l.mean), find(buffers, &l.var)) else {
+        return Ok(None);
+    };
+    let tracked = find(buffers, &l.tracked)
+        .map(|t| t.int64_value(&[]))
+        .unwrap_or(0);
+    if tracked != 0 || !all_equal(mean, 0.0)? || !all_equal(var, 1.0)? {
+        return Ok(None);
+    }
+    let gamma_moved = match find(params, &l.weight) {
+        Some(w) => !all_equal(w, 1.0)?,
+        None => false,
+    };
+    let beta_moved = match find(params, &l.bias) {
+        Some(b) => !all_equal(b, 0.0)?,
+        None => false,
+    };
+    Ok(Some((tracked, gamma_moved || beta_moved)))
+}
+
+/// A mismatch between a layer's stored statistics and the ones the data produce, if beyond the limits.
+fn stats_mismatch(
+    l: &Layer,
+    m: &Measured,
+    stored_mean: &[f64],
+    stored_var: &[f64],
+    options: &StaleBatchnormOptions,
+    curves: &mut Vec<Curve>,
+) -> Option<StatsMismatch> {
+    let gaps: Vec<f64> = (0..stored_mean.len())
+        .map(|c| (m.mean[c] - stored_mean[c]).abs() / (stored_var[c] + EPS).sqrt())
+        .collect();
+    let ratios: Vec<f64> = (0..stored_var.len())
+        .map(|c| (m.var[c] + EPS) / (stored_var[c] + EPS))
+        .collect();
+    let mut curve = Curve::new(
+        format!("{} mean gap per channel (stored std)", l.name()),
+        gaps.clone(),
+    );
+    curve.target = Some(options.max_mean_gap);
+    curve.labels = (0..gaps.len()).map(|c| format!("channel {c}")).collect();
+    curves.push(curve);
+    let worst_gap = gaps.iter().cloned().fold(0.0, f64::max);
+    let worst_ratio = ratios.iter().map(|r| r.ln().abs()).fold(0.0, f64::max);
+    if worst_gap <= options.max_mean_gap && worst_ratio <= options.max_var_ratio.ln() {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..gaps.len()).collect();
+    order.sort_by(|a, b| gaps[*b].total_cmp(&gaps[*a]));
+    let top: Vec<usize> = order.into_iter().take(3).collect();
+    let extreme_ratio = ratios
+        .iter()
+        .cloned()
+        .max_by(|a, b| a.ln().abs().total_cmp(&b.ln().abs()))
+        .unwrap_or(1.0);
+    Some(StatsMismatch {
+        worst_gaps: top.iter().map(|c| gaps[*c]).collect(),
+        worst_mean_gap: worst_gap,
+        extreme_var_ratio: extreme_ratio,
+        data_mean: top.iter().map(|c| m.mean[*c]).collect(),
+        stored_mean: top.iter().map(|c| stored_mean[*c]).collect(),
+        worst_channels: top,
+        layer: l.name(),
+    })
+}
+
+/// The relative gap between the train-mode output of the probe and the shared eval-mode prediction.
+fn train_eval_gap(ctx: &Context, train_output: &Tensor, n: usize) -> Result<f64, CheckError> {
+    let eval = ctx
+        .prediction()?
+        .f_narrow(0, 0, n as i64)?
+        .f_to_kind(Kind::Double)?;
+    let train = train_output
+        .f_to_kind(Kind::Double)?
+        .f_to_device(eval.device())?;
+    Ok((&train - &eval).f_norm()?.f_double_value(&[])?
+        / (eval.f_norm()?.f_double_value(&[])? + 1e-12))
+}
+
 impl Check for StaleBatchnorm {
+    type Options = StaleBatchnormOptions;
+
     fn info(&self) -> &'static CheckInfo {
         &INFO
     }
 
-    fn run(&self, ctx: &Context, options: &Options) -> CheckOutput {
+    fn run(&self, ctx: &Context, options: &StaleBatchnormOptions) -> CheckOutput {
         let Some(model) = ctx.model else {
-            return Ok(CheckResult::skipped("no model"));
+            return Ok(CheckResult::skipped(
+                "needs a model: set [model] path (or pass --model)",
+            ));
         };
         let buffers = model.buffers()?;
         let params = model.parameters()?;
         let modules = model.modules();
-        let layers: Vec<Layer> = modules
-            .iter()
-            .filter_map(|m| {
-                let prefix = if m.path.is_empty() {
-                    String::new()
-                } else {
-                    format!("{}.", m.path)
-                };
-                let mean = format!("{prefix}running_mean");
-                let var = format!("{prefix}running_var");
-                let is_bn = m.kind.contains("BatchNorm")
-                    || (find(&buffers, &mean).is_some() && find(&buffers, &var).is_some());
-                is_bn.then(|| Layer {
-                    info: m,
-                    tracked: format!("{prefix}num_batches_tracked"),
-                    mean,
-                    var,
-                })
-            })
-            .collect();
+        let layers = batchnorm_layers(modules, &buffers);
         if layers.is_empty() {
             return Ok(CheckResult::skipped("no BatchNorm layer"));
         }
         let mut findings = Vec::new();
-        let name = |l: &Layer| {
-            format!(
-                "{} ({})",
-                crate::finding::display_module(&l.info.path),
-                l.info.kind
-            )
-        };
-
         if ctx.setup.batch_size == 1 {
-            findings.push(
-                Finding::error(
-                    ID,
-                    format!(
-                        "batch_size = 1 with {} BatchNorm layer(s): in training the batch statistics of one sample are \
-degenerate and the normalised output collapses to β",
-                        layers.len()
-                    ),
-                )
-                .at(Location::config("setup.batch_size"))
-                .help("use a batch size of at least 2 (better 16+), or replace BatchNorm with GroupNorm / LayerNorm")
-                .evidence("batch_size", 1),
-            );
+            let v = BatchSizeOne {
+                batch_size: 1,
+                layers: layers.len(),
+            };
+            findings.push(Finding::new(&v, Location::config("setup.batch_size")));
         }
-
-        let root_training = modules.first().is_some_and(|m| m.training);
+        // Each layer is reported once, by the first kind that explains it.
         let mut reported: Vec<&str> = Vec::new();
-        for l in &layers {
-            if root_training && !l.info.training {
-                reported.push(&l.info.path);
-                findings.push(
-                    Finding::error(
-                        ID,
-                        format!(
-                            "{} was saved in eval mode inside a model saved in train mode: if it stays in eval mode \
-while training (frozen, or .eval() called on it), its statistics never update",
-                            name(l)
-                        ),
-                    )
-                    .at(Location::module(&l.info.path))
-                    .help("call model.train() on the whole model before training; freeze BatchNorm on purpose only for fine-tuning with small batches")
-                    .evidence("module_training", false)
-                    .evidence("root_training", true),
-                );
-            }
+        let root_training = modules.first().is_some_and(|m| m.training);
+        for l in layers.iter().filter(|l| root_training && !l.info.training) {
+            let v = SavedInEvalMode {
+                module_training: false,
+                root_training: true,
+                layer: l.name(),
+            };
+            findings.push(Finding::new(&v, Location::module(l.path())));
+            reported.push(l.path());
         }
-
-        // Never updated: the stats are still at their init although the affine parameters trained.
         let mut default_stats: Vec<&str> = Vec::new();
         for l in &layers {
-            let (Some(mean), Some(var)) = (find(&buffers, &l.mean), find(&buffers, &l.var)) else {
+            let Some((tracked, trained)) = at_init_stats(l, &buffers, &params)? else {
                 continue;
             };
-            let tracked = find(&buffers, &l.tracked)
-                .map(|t| t.int64_value(&[]))
-                .unwrap_or(0);
-            if tracked == 0 && all_equal(mean, 0.0)? && all_equal(var, 1.0)? {
-                default_stats.push(&l.info.path);
-                let prefix = if l.info.path.is_empty() {
-                    String::new()
-                } else {
-                    format!("{}.", l.info.path)
+            default_stats.push(l.path());
+            if trained && !reported.contains(&l.path()) {
+                let v = NeverUpdated {
+                    num_batches_tracked: tracked,
+                    layer: l.name(),
                 };
-                let gamma_moved = match find(&params, &format!("{prefix}weight")) {
-                    Some(w) => !all_equal(w, 1.0)?,
-                    None => false,
-                };
-                let beta_moved = match find(&params, &format!("{prefix}bias")) {
-                    Some(b) => !all_equal(b, 0.0)?,
-                    None => false,
-                };
-                if gamma_moved || beta_moved {
-                    findings.push(
-                        Finding::error(
-                            ID,
-                            format!(
-                                "{} was never updated: num_batches_tracked = 0 and the running statistics are still \
-exactly 0 / 1, although its affine parameters were trained",
-                                name(l)
-                            ),
-                        )
-                        .at(Location {
-                            buffer: Some(l.mean.clone()),
-                            ..Location::module(&l.info.path)
-                        })
-                        .help("train with model.train() (not with BatchNorm in eval mode), or recompute the statistics with a few train-mode passes")
-                        .evidence("num_batches_tracked", tracked),
-                    );
-                    reported.push(&l.info.path);
-                }
+                findings.push(Finding::new(&v, l.at_buffer()));
+                reported.push(l.path());
             }
         }
-
         let Some(data) = ctx.data else {
             return Ok(CheckResult::with_findings(findings));
         };
-        let n = data.len().min(options.usize("batch"));
+        let n = data.len().min(options.batch);
         if n < 2 {
             return Ok(CheckResult::with_findings(findings));
         }
@@ -224,140 +540,60 @@ exactly 0 / 1, although its affine parameters were trained",
             .f_narrow(0, 0, n as i64)?
             .f_to_device(model.device())?;
         let (measured, train_output) = probe(ctx, &layers, &x, root_training)?;
-
         for l in &layers {
-            let Some(m) = measured.get(l.info.path.as_str()) else {
+            let Some(m) = measured.get(l.path()) else {
                 continue;
             };
-            if reported.contains(&l.info.path.as_str()) {
-                continue;
-            }
-            if m.momentum.abs() < 1e-6 {
-                reported.push(&l.info.path);
-                findings.push(
-                    Finding::error(
-                        ID,
-                        format!(
-                            "{} will not update: train-mode passes leave its running statistics unchanged (effective \
-momentum 0: momentum=0, or batch_norm called with training=False, as in a model traced in eval mode)",
-                            name(l)
-                        ),
-                    )
-                    .at(Location {
-                        buffer: Some(l.mean.clone()),
-                        ..Location::module(&l.info.path)
-                    })
-                    .help("give the layer a momentum > 0 (PyTorch's default is 0.1) and call it in training mode; export with torch.jit.script, or trace in train mode")
-                    .evidence("effective_momentum", m.momentum),
-                );
+            if !reported.contains(&l.path()) && m.momentum.abs() < 1e-6 {
+                let v = WillNotUpdate {
+                    effective_momentum: m.momentum,
+                    layer: l.name(),
+                };
+                findings.push(Finding::new(&v, l.at_buffer()));
+                reported.push(l.path());
             }
         }
-
         // Mismatch with the data, for layers whose stored stats are real (updated, not at their init).
         let mut curves = Vec::new();
         for l in &layers {
             let (Some(m), Some(mean), Some(var)) = (
-                measured.get(l.info.path.as_str()),
+                measured.get(l.path()),
                 find(&buffers, &l.mean),
                 find(&buffers, &l.var),
             ) else {
                 continue;
             };
-            if reported.contains(&l.info.path.as_str())
-                || default_stats.contains(&l.info.path.as_str())
+            if reported.contains(&l.path())
+                || default_stats.contains(&l.path())
                 || m.momentum < 0.01
             {
                 continue;
             }
             let (stored_mean, stored_var) = (to_vec(mean)?, to_vec(var)?);
-            let gaps: Vec<f64> = (0..stored_mean.len())
-                .map(|c| (m.mean[c] - stored_mean[c]).abs() / (stored_var[c] + EPS).sqrt())
-                .collect();
-            let ratios: Vec<f64> = (0..stored_var.len())
-                .map(|c| (m.var[c] + EPS) / (stored_var[c] + EPS))
-                .collect();
-            let mut curve = Curve::new(
-                format!("{} mean gap per channel (stored std)", name(l)),
-                gaps.clone(),
-            );
-            curve.target = Some(options.f64("max_mean_gap"));
-            curve.labels = (0..gaps.len()).map(|c| format!("channel {c}")).collect();
-            curves.push(curve);
-            let worst_gap = gaps.iter().cloned().fold(0.0, f64::max);
-            let worst_ratio = ratios.iter().map(|r| r.ln().abs()).fold(0.0, f64::max);
-            if worst_gap <= options.f64("max_mean_gap")
-                && worst_ratio <= options.f64("max_var_ratio").ln()
-            {
-                continue;
+            if let Some(v) = stats_mismatch(l, m, &stored_mean, &stored_var, options, &mut curves) {
+                findings.push(Finding::new(&v, mismatch_location(l, data, n)));
+                reported.push(l.path());
             }
-            let mut order: Vec<usize> = (0..gaps.len()).collect();
-            order.sort_by(|a, b| gaps[*b].total_cmp(&gaps[*a]));
-            let top: Vec<usize> = order.into_iter().take(3).collect();
-            let extreme_ratio = ratios
-                .iter()
-                .cloned()
-                .max_by(|a, b| a.ln().abs().total_cmp(&b.ln().abs()))
-                .unwrap_or(1.0);
-            reported.push(&l.info.path);
-            findings.push(
-                Finding::error(
-                    ID,
-                    format!(
-                        "{}: running statistics do not match the data: channels {} have data means {} stored standard \
-deviations from the running mean, and the data's variance is {}× the stored one; were the statistics computed on \
-differently scaled data?",
-                        name(l),
-                        top.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", "),
-                        top.iter().map(|c| num(gaps[*c])).collect::<Vec<_>>().join(", "),
-                        num(extreme_ratio)
-                    ),
-                )
-                .at(Location {
-                    buffer: Some(l.mean.clone()),
-                    data_key: Some(data.input_key.clone()),
-                    samples: Some((0, n)),
-                    ..Location::module(&l.info.path)
-                })
-                .help("preprocess the data exactly as in training (e.g. the same /255 scaling), or recompute the statistics on correctly scaled data")
-                .evidence("worst_channels", top.iter().map(|c| *c as u64).collect::<Vec<_>>())
-                .evidence("worst_mean_gap", worst_gap)
-                .evidence("extreme_var_ratio", extreme_ratio)
-                .evidence("data_mean", top.iter().map(|c| m.mean[*c]).collect::<Vec<_>>())
-                .evidence("stored_mean", top.iter().map(|c| stored_mean[*c]).collect::<Vec<_>>()),
-            );
         }
-
         // Train/eval gap: only meaningful once the stats have been trained and nothing above explains it.
-        let trained_stats = default_stats.len() < layers.len();
-        if findings.is_empty() && trained_stats {
-            let eval = ctx
-                .prediction()?
-                .f_narrow(0, 0, n as i64)?
-                .f_to_kind(Kind::Double)?;
-            let train = train_output
-                .f_to_kind(Kind::Double)?
-                .f_to_device(eval.device())?;
-            let gap = (&train - &eval).f_norm()?.f_double_value(&[])?
-                / (eval.f_norm()?.f_double_value(&[])? + 1e-12);
-            if gap > options.f64("max_output_gap") {
-                findings.push(
-                    Finding::warning(
-                        ID,
-                        format!(
-                            "train- and eval-mode outputs differ by {}% on the same batch: the running statistics do \
-not represent this data",
-                            num(gap * 100.0)
-                        ),
-                    )
-                    .at(Location::data(&data.input_key, Some((0, n))))
-                    .help("recompute the BatchNorm statistics on data preprocessed as in training, or check for a distribution shift")
-                    .evidence("output_gap", gap),
-                );
+        if findings.is_empty() && default_stats.len() < layers.len() {
+            let gap = train_eval_gap(ctx, &train_output, n)?;
+            if gap > options.max_output_gap {
+                let at = Location::data(&data.input_key, Some((0, n)));
+                findings.push(Finding::new(&TrainEvalGap { output_gap: gap }, at));
             }
         }
         let mut result = CheckResult::with_findings(findings);
         result.curves = curves;
         Ok(result)
+    }
+}
+
+fn mismatch_location(l: &Layer, data: &Dataset, n: usize) -> Location {
+    Location {
+        data_key: Some(data.input_key.clone()),
+        samples: Some((0, n)),
+        ..l.at_buffer()
     }
 }
 
