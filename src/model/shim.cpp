@@ -142,10 +142,6 @@ void tl_silence_warnings() {
   c10::WarningUtils::set_warning_handler(&handler);
 }
 
-char* tl_is_training(const tl_module* m, int* out) { TL_GUARD({ *out = m->module.is_training() ? 1 : 0; }) }
-
-char* tl_set_training(tl_module* m, int on) { TL_GUARD({ m->module.train(on != 0); }) }
-
 // mode: -1 keeps the module's flags, 0 eval, 1 train (recursive, as nn.Module.train()).
 char* tl_forward(tl_module* m, const at::Tensor* input, int mode, int grad, const char* output_key,
                  at::Tensor** out) {
