@@ -1,4 +1,5 @@
 //! TorchScript models behind the checks' `Model` port, through the C++ shim in `shim.cpp`.
+use std::cell::OnceCell;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::path::{Path, PathBuf};
 
@@ -210,6 +211,8 @@ pub struct TorchScriptModel {
     device: Device,
     output_key: CString,
     modules: Vec<ModuleInfo>,
+    /// Resolving the final op freezes a clone of the module; several checks ask, it is done once.
+    output_activation: OnceCell<Result<OutputActivation, String>>,
 }
 
 impl TorchScriptModel {
@@ -235,6 +238,31 @@ impl TorchScriptModel {
             device: dev,
             output_key: CString::new(output).expect("output key without NUL"),
             modules,
+            output_activation: OnceCell::new(),
+        })
+    }
+
+    /// The final op of forward's graph. Freezes a clone of the module: `output_activation` caches it.
+    fn resolve_output_activation(&self) -> Result<OutputActivation, String> {
+        let index: c_int = self
+            .output_key
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let (mut op, mut lo, mut hi) = (std::ptr::null_mut(), f64::NAN, f64::NAN);
+        check(unsafe { tl_output_op(self.handle.0, index, &mut op, &mut lo, &mut hi) })?;
+        let name = unsafe { CStr::from_ptr(op) }.to_string_lossy().into_owned();
+        unsafe { tl_free_string(op) };
+        let op = name
+            .rsplit("::")
+            .next()
+            .unwrap_or(&name)
+            .trim_end_matches('_')
+            .to_string();
+        Ok(OutputActivation {
+            op,
+            clamp: (lo.is_finite() || hi.is_finite()).then_some((lo, hi)),
         })
     }
 }
@@ -289,27 +317,10 @@ impl Model for TorchScriptModel {
         &self.modules
     }
     fn output_activation(&self) -> Result<OutputActivation, CheckError> {
-        let index: c_int = self
-            .output_key
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let (mut op, mut lo, mut hi) = (std::ptr::null_mut(), f64::NAN, f64::NAN);
-        check(unsafe { tl_output_op(self.handle.0, index, &mut op, &mut lo, &mut hi) })
-            .map_err(CheckError::Model)?;
-        let name = unsafe { CStr::from_ptr(op) }.to_string_lossy().into_owned();
-        unsafe { tl_free_string(op) };
-        let op = name
-            .rsplit("::")
-            .next()
-            .unwrap_or(&name)
-            .trim_end_matches('_')
-            .to_string();
-        Ok(OutputActivation {
-            op,
-            clamp: (lo.is_finite() || hi.is_finite()).then_some((lo, hi)),
-        })
+        self.output_activation
+            .get_or_init(|| self.resolve_output_activation())
+            .clone()
+            .map_err(CheckError::Model)
     }
     fn predict(&self, input: &Tensor) -> Result<Tensor, CheckError> {
         // A copy keeps the user's module (and its BatchNorm flags) untouched.
