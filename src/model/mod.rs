@@ -30,6 +30,12 @@ extern "C" {
         output_key: *const c_char,
         out: *mut *mut torch_sys::C_tensor,
     ) -> *mut c_char;
+    fn tl_predict(
+        m: *mut RawModule,
+        input: *const torch_sys::C_tensor,
+        output_key: *const c_char,
+        out: *mut *mut torch_sys::C_tensor,
+    ) -> *mut c_char;
     fn tl_named_parameters(m: *const RawModule, ctx: *mut c_void, cb: TensorCb) -> *mut c_char;
     fn tl_named_buffers(m: *const RawModule, ctx: *mut c_void, cb: TensorCb) -> *mut c_char;
     fn tl_named_modules(m: *const RawModule, ctx: *mut c_void, cb: ModuleCb) -> *mut c_char;
@@ -169,6 +175,16 @@ impl Handle {
                 &mut out,
             )
         };
+        check(err).map_err(CheckError::Model)?;
+        Ok(unsafe { Tensor::from_ptr(out) })
+    }
+
+    /// An eval-mode forward without gradients. The shim flips the training flags for the call and
+    /// restores each module's own flag afterwards (exceptions included), so behind `&self` nothing
+    /// observable changes: parameters, buffers (eval-mode BatchNorm reads its stats) and flags stay.
+    fn predict(&self, input: &Tensor, output_key: &CString) -> Result<Tensor, CheckError> {
+        let mut out = std::ptr::null_mut();
+        let err = unsafe { tl_predict(self.0, input.as_ptr(), output_key.as_ptr(), &mut out) };
         check(err).map_err(CheckError::Model)?;
         Ok(unsafe { Tensor::from_ptr(out) })
     }
@@ -323,14 +339,8 @@ impl Model for TorchScriptModel {
             .map_err(CheckError::Model)
     }
     fn predict(&self, input: &Tensor) -> Result<Tensor, CheckError> {
-        // A copy keeps the user's module (and its BatchNorm flags) untouched.
-        let copy = self.handle.deepcopy()?;
-        copy.forward(
-            &input.to_device(self.device),
-            Mode::Eval,
-            Some(false),
-            &self.output_key,
-        )
+        self.handle
+            .predict(&input.to_device(self.device), &self.output_key)
     }
     fn trainable_copy(&self) -> Result<Box<dyn TrainableModel>, CheckError> {
         Ok(Box::new(TrainableCopy {

@@ -1,5 +1,6 @@
 // TorchScript introspection that tch's CModule does not offer: buffers, submodule kinds and training
-// flags, an independent deep copy, and the forward graph's final op.
+// flags, an independent deep copy, a forward that leaves the module's flags as it found them, and the
+// forward graph's final op.
 //
 // Every extern "C" entry returns NULL on success or a malloc'd error message the caller frees with
 // tl_free_string: an exception escaping into Rust would abort the process.
@@ -15,6 +16,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
+#include <vector>
 
 using torch::jit::Module;
 
@@ -83,6 +86,45 @@ static at::Tensor pick_output(const c10::IValue& out, const std::string& key) {
   TORCH_CHECK(false, "forward returned ", out.tagKind(), ", not a tensor, tuple or dict");
 }
 
+// ---------------------------------------------------------------- forward
+// Puts back every submodule's own training flag when it goes out of scope, exceptions included.
+// Module::train() is recursive, so restoring through it would erase a submodule saved in eval mode
+// inside a model saved in train mode; each flag is set on its own module instead.
+class TrainingFlagsRestorer {
+ public:
+  explicit TrainingFlagsRestorer(const Module& root) {
+    for (const Module& sub : root.modules()) {
+      if (sub.hasattr("training")) saved_.emplace_back(sub, sub.attr("training").toBool());
+    }
+  }
+  ~TrainingFlagsRestorer() {
+    for (auto& [sub, flag] : saved_) {
+      try {
+        sub.setattr("training", flag);
+      } catch (...) {
+        // setattr only throws for a missing or mistyped attribute, which the constructor ruled out.
+      }
+    }
+  }
+  TrainingFlagsRestorer(const TrainingFlagsRestorer&) = delete;
+  TrainingFlagsRestorer& operator=(const TrainingFlagsRestorer&) = delete;
+
+ private:
+  std::vector<std::pair<Module, bool>> saved_;
+};
+
+// mode: -1 keeps the module's flags, 0 eval, 1 train (recursive, as nn.Module.train()).
+// grad: -1 keeps the caller's grad mode (a no_grad guard on the Rust side holds), 0 off, 1 on.
+static at::Tensor run_forward(Module& module, const at::Tensor& input, int mode, int grad,
+                              const std::string& output_key) {
+  if (mode >= 0) module.train(mode == 1);
+  std::optional<at::AutoGradMode> grad_mode;
+  if (grad >= 0) grad_mode.emplace(grad != 0);
+  std::vector<c10::IValue> inputs{input};
+  c10::IValue result = module.forward(inputs);
+  return pick_output(result, output_key);
+}
+
 // Ops that pass a value through without changing its range: the activation sits before them.
 static bool passes_range_through(const std::string& kind) {
   static const char* ops[] = {"aten::view",      "aten::reshape", "aten::flatten",    "aten::squeeze",
@@ -142,17 +184,19 @@ void tl_silence_warnings() {
   c10::WarningUtils::set_warning_handler(&handler);
 }
 
-// mode: -1 keeps the module's flags, 0 eval, 1 train (recursive, as nn.Module.train()).
+// A forward in `mode` (see run_forward) that leaves the flags as it set them: for a trained copy.
 char* tl_forward(tl_module* m, const at::Tensor* input, int mode, int grad, const char* output_key,
                  at::Tensor** out) {
+  TL_GUARD({ *out = new at::Tensor(run_forward(m->module, *input, mode, grad, std::string(output_key))); })
+}
+
+// An eval-mode forward without gradients that leaves every module's training flag as it was, even
+// when forward throws. It runs on the module itself (no copy): eval-mode BatchNorm and Dropout change
+// no buffer; only a forward that assigns its own attributes would leave a trace.
+char* tl_predict(tl_module* m, const at::Tensor* input, const char* output_key, at::Tensor** out) {
   TL_GUARD({
-    if (mode >= 0) m->module.train(mode == 1);
-    // grad: -1 keeps the caller's grad mode (a no_grad guard on the Rust side holds), 0 off, 1 on.
-    std::optional<at::AutoGradMode> grad_mode;
-    if (grad >= 0) grad_mode.emplace(grad != 0);
-    std::vector<c10::IValue> inputs{*input};
-    c10::IValue result = m->module.forward(inputs);
-    *out = new at::Tensor(pick_output(result, std::string(output_key)));
+    TrainingFlagsRestorer restore(m->module);
+    *out = new at::Tensor(run_forward(m->module, *input, /*mode=*/0, /*grad=*/0, std::string(output_key)));
   })
 }
 
