@@ -39,9 +39,10 @@ extern "C" {
     fn tl_named_parameters(m: *const RawModule, ctx: *mut c_void, cb: TensorCb) -> *mut c_char;
     fn tl_named_buffers(m: *const RawModule, ctx: *mut c_void, cb: TensorCb) -> *mut c_char;
     fn tl_named_modules(m: *const RawModule, ctx: *mut c_void, cb: ModuleCb) -> *mut c_char;
+    fn tl_check_output(m: *const RawModule, output_key: *const c_char) -> *mut c_char;
     fn tl_output_op(
         m: *const RawModule,
-        output_index: c_int,
+        output_key: *const c_char,
         op: *mut *mut c_char,
         lo: *mut f64,
         hi: *mut f64,
@@ -60,6 +61,11 @@ pub enum ModelError {
     NoCuda(String),
     #[error("invalid device {0:?}: use cpu, cuda or cuda:N")]
     BadDevice(String),
+    #[error("model.output contains a NUL byte")]
+    OutputNul,
+    /// `model.output` names no output of this model; the message says which ones exist.
+    #[error("{0}")]
+    Output(String),
 }
 
 /// Take the shim's error message (NULL = success).
@@ -72,25 +78,33 @@ fn check(err: *mut c_char) -> Result<(), String> {
         .trim()
         .to_string();
     unsafe { tl_free_string(err) };
-    // libtorch messages can span lines (source excerpts); the first lines carry the cause.
-    Err(first_lines(&msg))
+    Err(user_message(&msg))
 }
 
-fn first_lines(msg: &str) -> String {
+/// A libtorch message cut down to what a user can act on: one line, no C++ stack.
+fn user_message(msg: &str) -> String {
+    // With TORCH_SHOW_CPP_STACKTRACES (or from some code paths) libtorch appends the C++ stack:
+    // "Exception raised from f at file.cpp:12 (most recent call first):" then "frame #0: ..." lines.
+    let msg = msg.split("Exception raised from").next().unwrap_or(msg);
+    let lines: Vec<&str> = msg
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("frame #"))
+        .collect();
     // The TorchScript interpreter prints a traceback and puts the cause on the last line.
     if msg.contains("Traceback of TorchScript") {
-        if let Some(last) = msg.lines().rev().map(str::trim).find(|l| !l.is_empty()) {
+        if let Some(last) = lines.last() {
             return last.to_string();
         }
     }
-    // miniz and friends append paragraphs of advice; the first sentence carries the cause.
-    let msg = msg.split(". This ").next().unwrap_or(msg);
-    msg.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(": ")
+    // miniz and friends append paragraphs of advice; the first sentence carries the cause. Messages can
+    // span lines (source excerpts); the first two carry the cause.
+    let joined = lines.iter().take(2).copied().collect::<Vec<_>>().join(": ");
+    joined
+        .split(". This ")
+        .next()
+        .unwrap_or(&joined)
+        .to_string()
 }
 
 extern "C" fn collect_tensor(ctx: *mut c_void, name: *const c_char, t: *mut torch_sys::C_tensor) {
@@ -232,18 +246,22 @@ pub struct TorchScriptModel {
 }
 
 impl TorchScriptModel {
-    /// `output` selects the prediction when forward returns a tuple (an index) or a dict (a key).
+    /// `output` selects the prediction when forward returns a tuple (an index) or a dict (a key); a
+    /// selector that names no output of the model is refused here, before any check runs.
     pub fn load(path: &Path, device: &str, output: &str) -> Result<Self, ModelError> {
         if !path.is_file() {
             return Err(ModelError::Missing(path.to_path_buf()));
         }
         let dev = parse_device(device)?;
+        let output_key = CString::new(output).map_err(|_| ModelError::OutputNul)?;
         let c_path = CString::new(path.to_string_lossy().as_bytes()).expect("path without NUL");
         let c_device = CString::new(device).expect("device without NUL");
         let mut raw = std::ptr::null_mut();
         check(unsafe { tl_load(c_path.as_ptr(), c_device.as_ptr(), &mut raw) })
             .map_err(|reason| classify_load_error(path, reason))?;
         let handle = Handle(raw);
+        check(unsafe { tl_check_output(handle.0, output_key.as_ptr()) })
+            .map_err(ModelError::Output)?;
         // Read the training flags now: later eval/train calls change them.
         let modules = handle.modules().map_err(|reason| ModelError::Load {
             path: path.to_path_buf(),
@@ -252,22 +270,25 @@ impl TorchScriptModel {
         Ok(TorchScriptModel {
             handle,
             device: dev,
-            output_key: CString::new(output).expect("output key without NUL"),
+            output_key,
             modules,
             output_activation: OnceCell::new(),
         })
     }
 
-    /// The final op of forward's graph. Freezes a clone of the module: `output_activation` caches it.
+    /// The final op of the output `model.output` selects, the same one `predict` returns. Freezes a
+    /// clone of the module: `output_activation` caches it.
     fn resolve_output_activation(&self) -> Result<OutputActivation, String> {
-        let index: c_int = self
-            .output_key
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
         let (mut op, mut lo, mut hi) = (std::ptr::null_mut(), f64::NAN, f64::NAN);
-        check(unsafe { tl_output_op(self.handle.0, index, &mut op, &mut lo, &mut hi) })?;
+        check(unsafe {
+            tl_output_op(
+                self.handle.0,
+                self.output_key.as_ptr(),
+                &mut op,
+                &mut lo,
+                &mut hi,
+            )
+        })?;
         let name = unsafe { CStr::from_ptr(op) }.to_string_lossy().into_owned();
         unsafe { tl_free_string(op) };
         let op = name
