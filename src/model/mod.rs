@@ -1,6 +1,13 @@
 //! TorchScript models behind the checks' `Model` port, through the C++ shim in `shim.cpp`.
+//!
+//! Ownership across the boundary: a module belongs to one [`Handle`] (freed on drop); every tensor the
+//! shim hands over is a `new at::Tensor` that [`Tensor::from_ptr`] takes over (tch deletes it); every
+//! string the shim returns is a [`ShimString`] (freed on drop). Callbacks get a context pointer that is
+//! a `&mut Vec` borrowed for the duration of the one call that invokes them.
+use std::cell::OnceCell;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
 
 use tch::{Device, Tensor};
 use trainlint_checks::ports::{Mode, NamedTensor};
@@ -11,16 +18,48 @@ struct RawModule {
     _private: [u8; 0],
 }
 
+/// A NUL-terminated string the shim allocated with `malloc` (an error message or an op name), owned
+/// here and freed exactly once, on drop.
+///
+/// Only the shim creates these: the externs below return `Option<ShimString>` where C returns a
+/// possibly-NULL `char*` (`#[repr(transparent)]` over `NonNull` keeps the ABI of a nullable pointer).
+#[repr(transparent)]
+struct ShimString(NonNull<c_char>);
+
+impl ShimString {
+    fn to_text(&self) -> String {
+        // SAFETY: the pointer came from the shim's `dup_message`: non-null, NUL-terminated, and alive
+        // until `drop` frees it; `&self` keeps it alive for this read.
+        unsafe { CStr::from_ptr(self.0.as_ptr()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+impl Drop for ShimString {
+    fn drop(&mut self) {
+        // SAFETY: the string was malloc'd by the shim and is owned by this value alone (the type is not
+        // Clone/Copy and never built from a borrowed pointer), so it is freed once, with free().
+        unsafe { tl_free_string(self.0.as_ptr()) }
+    }
+}
+
 type TensorCb = extern "C" fn(*mut c_void, *const c_char, *mut torch_sys::C_tensor);
 type ModuleCb = extern "C" fn(*mut c_void, *const c_char, *const c_char, c_int);
 
-extern "C" {
+// Every entry returning `Option<ShimString>` returns None on success and the error message otherwise.
+// SAFETY (of the block): these signatures match the `extern "C"` definitions in shim.cpp, compiled and
+// linked by build.rs; `tl_silence_warnings` takes nothing and has no precondition, so it is `safe`.
+unsafe extern "C" {
     fn tl_free_string(s: *mut c_char);
-    fn tl_silence_warnings();
-    fn tl_load(path: *const c_char, device: *const c_char, out: *mut *mut RawModule)
-        -> *mut c_char;
+    safe fn tl_silence_warnings();
+    fn tl_load(
+        path: *const c_char,
+        device: *const c_char,
+        out: *mut *mut RawModule,
+    ) -> Option<ShimString>;
     fn tl_free(m: *mut RawModule);
-    fn tl_deepcopy(m: *const RawModule, out: *mut *mut RawModule) -> *mut c_char;
+    fn tl_deepcopy(m: *const RawModule, out: *mut *mut RawModule) -> Option<ShimString>;
     fn tl_forward(
         m: *mut RawModule,
         input: *const torch_sys::C_tensor,
@@ -28,17 +67,28 @@ extern "C" {
         grad: c_int,
         output_key: *const c_char,
         out: *mut *mut torch_sys::C_tensor,
-    ) -> *mut c_char;
-    fn tl_named_parameters(m: *const RawModule, ctx: *mut c_void, cb: TensorCb) -> *mut c_char;
-    fn tl_named_buffers(m: *const RawModule, ctx: *mut c_void, cb: TensorCb) -> *mut c_char;
-    fn tl_named_modules(m: *const RawModule, ctx: *mut c_void, cb: ModuleCb) -> *mut c_char;
+    ) -> Option<ShimString>;
+    fn tl_predict(
+        m: *mut RawModule,
+        input: *const torch_sys::C_tensor,
+        output_key: *const c_char,
+        out: *mut *mut torch_sys::C_tensor,
+    ) -> Option<ShimString>;
+    fn tl_named_parameters(
+        m: *const RawModule,
+        ctx: *mut c_void,
+        cb: TensorCb,
+    ) -> Option<ShimString>;
+    fn tl_named_buffers(m: *const RawModule, ctx: *mut c_void, cb: TensorCb) -> Option<ShimString>;
+    fn tl_named_modules(m: *const RawModule, ctx: *mut c_void, cb: ModuleCb) -> Option<ShimString>;
+    fn tl_check_output(m: *const RawModule, output_key: *const c_char) -> Option<ShimString>;
     fn tl_output_op(
         m: *const RawModule,
-        output_index: c_int,
-        op: *mut *mut c_char,
+        output_key: *const c_char,
+        op: *mut Option<ShimString>,
         lo: *mut f64,
         hi: *mut f64,
-    ) -> *mut c_char;
+    ) -> Option<ShimString>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,45 +103,60 @@ pub enum ModelError {
     NoCuda(String),
     #[error("invalid device {0:?}: use cpu, cuda or cuda:N")]
     BadDevice(String),
+    #[error("model.output contains a NUL byte")]
+    OutputNul,
+    /// `model.output` names no output of this model; the message says which ones exist.
+    #[error("{0}")]
+    Output(String),
 }
 
-/// Take the shim's error message (NULL = success).
-fn check(err: *mut c_char) -> Result<(), String> {
-    if err.is_null() {
-        return Ok(());
+/// The shim's error, if any, as a message for the user.
+fn check(err: Option<ShimString>) -> Result<(), String> {
+    match err {
+        None => Ok(()),
+        Some(msg) => Err(user_message(&msg.to_text())),
     }
-    let msg = unsafe { CStr::from_ptr(err) }
-        .to_string_lossy()
-        .trim()
-        .to_string();
-    unsafe { tl_free_string(err) };
-    // libtorch messages can span lines (source excerpts); the first lines carry the cause.
-    Err(first_lines(&msg))
 }
 
-fn first_lines(msg: &str) -> String {
+/// A libtorch message cut down to what a user can act on: one line, no C++ stack.
+fn user_message(msg: &str) -> String {
+    // With TORCH_SHOW_CPP_STACKTRACES (or from some code paths) libtorch appends the C++ stack:
+    // "Exception raised from f at file.cpp:12 (most recent call first):" then "frame #0: ..." lines.
+    let msg = msg.split("Exception raised from").next().unwrap_or(msg);
+    let lines: Vec<&str> = msg
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("frame #"))
+        .collect();
     // The TorchScript interpreter prints a traceback and puts the cause on the last line.
     if msg.contains("Traceback of TorchScript") {
-        if let Some(last) = msg.lines().rev().map(str::trim).find(|l| !l.is_empty()) {
+        if let Some(last) = lines.last() {
             return last.to_string();
         }
     }
-    // miniz and friends append paragraphs of advice; the first sentence carries the cause.
-    let msg = msg.split(". This ").next().unwrap_or(msg);
-    msg.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(": ")
+    // miniz and friends append paragraphs of advice; the first sentence carries the cause. Messages can
+    // span lines (source excerpts); the first two carry the cause.
+    let joined = lines.iter().take(2).copied().collect::<Vec<_>>().join(": ");
+    joined
+        .split(". This ")
+        .next()
+        .unwrap_or(&joined)
+        .to_string()
 }
 
 extern "C" fn collect_tensor(ctx: *mut c_void, name: *const c_char, t: *mut torch_sys::C_tensor) {
-    let out = unsafe { &mut *(ctx as *mut Vec<NamedTensor>) };
-    let name = unsafe { CStr::from_ptr(name) }
-        .to_string_lossy()
-        .into_owned();
-    out.push((name, unsafe { Tensor::from_ptr(t) }));
+    // SAFETY: `ctx` is the `&mut Vec<NamedTensor>` that `Handle::tensors` passed for this very call and
+    // does not touch until the call returns; `name` is a NUL-terminated string the shim keeps alive
+    // during the callback (copied here); `t` is a `new at::Tensor` whose ownership the shim hands over,
+    // taken exactly once by `Tensor::from_ptr`.
+    let (out, name, tensor) = unsafe {
+        (
+            &mut *(ctx as *mut Vec<NamedTensor>),
+            CStr::from_ptr(name).to_string_lossy().into_owned(),
+            Tensor::from_ptr(t),
+        )
+    };
+    out.push((name, tensor));
 }
 
 extern "C" fn collect_module(
@@ -100,88 +165,156 @@ extern "C" fn collect_module(
     kind: *const c_char,
     training: c_int,
 ) {
-    let out = unsafe { &mut *(ctx as *mut Vec<ModuleInfo>) };
+    // SAFETY: `ctx` is the `&mut Vec<ModuleInfo>` that `Handle::modules` passed for this very call;
+    // `name` and `kind` are NUL-terminated strings alive for the duration of the callback (copied here).
+    let (out, path, kind) = unsafe {
+        (
+            &mut *(ctx as *mut Vec<ModuleInfo>),
+            CStr::from_ptr(name).to_string_lossy().into_owned(),
+            CStr::from_ptr(kind).to_string_lossy().into_owned(),
+        )
+    };
     out.push(ModuleInfo {
-        path: unsafe { CStr::from_ptr(name) }
-            .to_string_lossy()
-            .into_owned(),
-        kind: unsafe { CStr::from_ptr(kind) }
-            .to_string_lossy()
-            .into_owned(),
+        path,
+        kind,
         training: training != 0,
     });
 }
 
-/// An owned TorchScript module.
+/// An owned TorchScript module: the pointer is non-null, came from `tl_load` or `tl_deepcopy`, and is
+/// freed once, on drop. Not Send or Sync (raw pointer): libtorch modules are used from one thread here.
 struct Handle(*mut RawModule);
 
 impl Drop for Handle {
     fn drop(&mut self) {
+        // SAFETY: `self.0` is the module this handle owns (see the type's invariant); no other handle
+        // holds it, and nothing uses it after drop.
         unsafe { tl_free(self.0) }
     }
 }
 
 impl Handle {
+    fn load(path: &CStr, device: &CStr) -> Result<Handle, String> {
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: both strings are NUL-terminated and outlive the call; `raw` is a valid out-pointer
+        // that the shim sets to a new module only on success, which the Handle then owns.
+        unsafe { check(tl_load(path.as_ptr(), device.as_ptr(), &mut raw))? };
+        Ok(Handle(raw))
+    }
+
     fn tensors(&self, parameters: bool) -> Result<Vec<NamedTensor>, CheckError> {
         let mut out: Vec<NamedTensor> = Vec::new();
         let ctx = &mut out as *mut Vec<NamedTensor> as *mut c_void;
-        let err = unsafe {
-            if parameters {
-                tl_named_parameters(self.0, ctx, collect_tensor)
-            } else {
-                tl_named_buffers(self.0, ctx, collect_tensor)
-            }
+        let list = if parameters {
+            tl_named_parameters
+        } else {
+            tl_named_buffers
         };
-        check(err).map_err(CheckError::Model)?;
+        // SAFETY: `self.0` is a live module; `ctx` points to `out`, which outlives the call and is not
+        // used otherwise until it returns; `collect_tensor` reads `ctx` as exactly that type.
+        check(unsafe { list(self.0, ctx, collect_tensor) }).map_err(CheckError::Model)?;
         Ok(out)
     }
 
     fn modules(&self) -> Result<Vec<ModuleInfo>, String> {
         let mut out: Vec<ModuleInfo> = Vec::new();
         let ctx = &mut out as *mut Vec<ModuleInfo> as *mut c_void;
+        // SAFETY: as in `tensors`, with `collect_module` reading `ctx` as a `Vec<ModuleInfo>`.
         check(unsafe { tl_named_modules(self.0, ctx, collect_module) })?;
         Ok(out)
     }
 
+    /// A forward that sets `mode` on the module and leaves it so (for trained copies).
     /// `grad`: None keeps the caller's grad mode.
     fn forward(
-        &self,
+        &mut self,
         input: &Tensor,
         mode: Mode,
         grad: Option<bool>,
-        output_key: &CString,
+        output_key: &CStr,
     ) -> Result<Tensor, CheckError> {
         let mode = match mode {
             Mode::AsSaved => -1,
             Mode::Eval => 0,
             Mode::Train => 1,
         };
-        let mut out = std::ptr::null_mut();
         let grad = grad.map_or(-1, c_int::from);
-        let err = unsafe {
-            tl_forward(
+        let mut out = std::ptr::null_mut();
+        // SAFETY: `self.0` is a live module, borrowed mutably; `input` is a live tensor and `output_key`
+        // a NUL-terminated string, both outliving the call; on success the shim stores a `new
+        // at::Tensor` in `out`, whose ownership `Tensor::from_ptr` takes, once.
+        unsafe {
+            check(tl_forward(
                 self.0,
                 input.as_ptr(),
                 mode,
                 grad,
                 output_key.as_ptr(),
                 &mut out,
-            )
-        };
-        check(err).map_err(CheckError::Model)?;
-        Ok(unsafe { Tensor::from_ptr(out) })
+            ))
+            .map_err(CheckError::Model)?;
+            Ok(Tensor::from_ptr(out))
+        }
+    }
+
+    /// An eval-mode forward without gradients. The shim flips the training flags for the call and
+    /// restores each module's own flag afterwards (exceptions included), so behind `&self` nothing
+    /// observable changes: parameters, buffers (eval-mode BatchNorm reads its stats) and flags stay.
+    fn predict(&self, input: &Tensor, output_key: &CStr) -> Result<Tensor, CheckError> {
+        let mut out = std::ptr::null_mut();
+        // SAFETY: `self.0` is a live module; the shim's change to it is undone before it returns and
+        // no other reference into the module is in use meanwhile (Handle is neither Send nor Sync).
+        // `input` and `output_key` outlive the call; on success `out` holds a `new at::Tensor` that
+        // `Tensor::from_ptr` takes over, once.
+        unsafe {
+            check(tl_predict(
+                self.0,
+                input.as_ptr(),
+                output_key.as_ptr(),
+                &mut out,
+            ))
+            .map_err(CheckError::Model)?;
+            Ok(Tensor::from_ptr(out))
+        }
     }
 
     fn deepcopy(&self) -> Result<Handle, CheckError> {
         let mut out = std::ptr::null_mut();
-        check(unsafe { tl_deepcopy(self.0, &mut out) }).map_err(CheckError::Model)?;
+        // SAFETY: `self.0` is a live module; on success `out` holds a new, independent module that the
+        // returned Handle owns.
+        unsafe { check(tl_deepcopy(self.0, &mut out)) }.map_err(CheckError::Model)?;
         Ok(Handle(out))
+    }
+
+    /// Whether `output_key` names an output of forward, as far as the graph tells without running it.
+    fn check_output(&self, output_key: &CStr) -> Result<(), String> {
+        // SAFETY: `self.0` is a live module and `output_key` a NUL-terminated string outliving the call.
+        check(unsafe { tl_check_output(self.0, output_key.as_ptr()) })
+    }
+
+    /// The final op of the output `output_key` selects. Freezes a clone of the module: call it once.
+    fn output_op(&self, output_key: &CStr) -> Result<OutputActivation, String> {
+        let (mut op, mut lo, mut hi) = (None, f64::NAN, f64::NAN);
+        // SAFETY: `self.0` is a live module, `output_key` outlives the call, and the three out-pointers
+        // are valid; on success the shim stores a malloc'd op name in `op`, owned (and freed) by it.
+        check(unsafe { tl_output_op(self.0, output_key.as_ptr(), &mut op, &mut lo, &mut hi) })?;
+        let name = op.map(|s| s.to_text()).unwrap_or_default();
+        let op = name
+            .rsplit("::")
+            .next()
+            .unwrap_or(&name)
+            .trim_end_matches('_')
+            .to_string();
+        Ok(OutputActivation {
+            op,
+            clamp: (lo.is_finite() || hi.is_finite()).then_some((lo, hi)),
+        })
     }
 }
 
 /// Keep libtorch's warnings out of the terminal: the report is trainlint's output.
 pub fn silence_libtorch_warnings() {
-    unsafe { tl_silence_warnings() }
+    tl_silence_warnings()
 }
 
 pub fn parse_device(s: &str) -> Result<Device, ModelError> {
@@ -210,22 +343,32 @@ pub struct TorchScriptModel {
     device: Device,
     output_key: CString,
     modules: Vec<ModuleInfo>,
+    /// Resolving the final op freezes a clone of the module; several checks ask, it is done once.
+    output_activation: OnceCell<Result<OutputActivation, String>>,
 }
 
 impl TorchScriptModel {
-    /// `output` selects the prediction when forward returns a tuple (an index) or a dict (a key).
+    /// `output` selects the prediction when forward returns a tuple (an index) or a dict (a key); a
+    /// selector that names no output of the model is refused here, before any check runs.
     pub fn load(path: &Path, device: &str, output: &str) -> Result<Self, ModelError> {
         if !path.is_file() {
             return Err(ModelError::Missing(path.to_path_buf()));
         }
         let dev = parse_device(device)?;
-        let c_path = CString::new(path.to_string_lossy().as_bytes()).expect("path without NUL");
-        let c_device = CString::new(device).expect("device without NUL");
-        let mut raw = std::ptr::null_mut();
-        check(unsafe { tl_load(c_path.as_ptr(), c_device.as_ptr(), &mut raw) })
-            .map_err(|reason| classify_load_error(path, reason))?;
-        let handle = Handle(raw);
-        // Read the training flags now: later eval/train calls change them.
+        let output_key = CString::new(output).map_err(|_| ModelError::OutputNul)?;
+        // A path with a NUL byte is never a file (is_file above); parse_device accepted the device.
+        let (Ok(c_path), Ok(c_device)) = (
+            CString::new(path.as_os_str().as_encoded_bytes()),
+            CString::new(device),
+        ) else {
+            return Err(ModelError::Missing(path.to_path_buf()));
+        };
+        let handle =
+            Handle::load(&c_path, &c_device).map_err(|reason| classify_load_error(path, reason))?;
+        handle
+            .check_output(&output_key)
+            .map_err(ModelError::Output)?;
+        // Read the training flags now, as saved.
         let modules = handle.modules().map_err(|reason| ModelError::Load {
             path: path.to_path_buf(),
             reason,
@@ -233,8 +376,9 @@ impl TorchScriptModel {
         Ok(TorchScriptModel {
             handle,
             device: dev,
-            output_key: CString::new(output).expect("output key without NUL"),
+            output_key,
             modules,
+            output_activation: OnceCell::new(),
         })
     }
 }
@@ -288,38 +432,16 @@ impl Model for TorchScriptModel {
     fn modules(&self) -> &[ModuleInfo] {
         &self.modules
     }
+    /// The final op of the head `model.output` selects, the same one `predict` returns.
     fn output_activation(&self) -> Result<OutputActivation, CheckError> {
-        let index: c_int = self
-            .output_key
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let (mut op, mut lo, mut hi) = (std::ptr::null_mut(), f64::NAN, f64::NAN);
-        check(unsafe { tl_output_op(self.handle.0, index, &mut op, &mut lo, &mut hi) })
-            .map_err(CheckError::Model)?;
-        let name = unsafe { CStr::from_ptr(op) }.to_string_lossy().into_owned();
-        unsafe { tl_free_string(op) };
-        let op = name
-            .rsplit("::")
-            .next()
-            .unwrap_or(&name)
-            .trim_end_matches('_')
-            .to_string();
-        Ok(OutputActivation {
-            op,
-            clamp: (lo.is_finite() || hi.is_finite()).then_some((lo, hi)),
-        })
+        self.output_activation
+            .get_or_init(|| self.handle.output_op(&self.output_key))
+            .clone()
+            .map_err(CheckError::Model)
     }
     fn predict(&self, input: &Tensor) -> Result<Tensor, CheckError> {
-        // A copy keeps the user's module (and its BatchNorm flags) untouched.
-        let copy = self.handle.deepcopy()?;
-        copy.forward(
-            &input.to_device(self.device),
-            Mode::Eval,
-            Some(false),
-            &self.output_key,
-        )
+        self.handle
+            .predict(&input.to_device(self.device), &self.output_key)
     }
     fn trainable_copy(&self) -> Result<Box<dyn TrainableModel>, CheckError> {
         Ok(Box::new(TrainableCopy {
@@ -347,5 +469,60 @@ impl TrainableModel for TrainableCopy {
     }
     fn buffers(&self) -> Result<Vec<NamedTensor>, CheckError> {
         self.handle.tensors(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/models")
+            .join(name)
+    }
+
+    fn flags(model: &TorchScriptModel) -> Vec<(String, bool)> {
+        let now = model.handle.modules().unwrap();
+        now.into_iter().map(|m| (m.path, m.training)).collect()
+    }
+
+    #[test]
+    fn predict_restores_each_flag_even_when_forward_throws() {
+        // A model saved in train mode with one BatchNorm saved in eval mode: a recursive train(true)
+        // or a forgotten eval() would both show.
+        let model = TorchScriptModel::load(&fixture("bn_submodule_eval.pt"), "cpu", "").unwrap();
+        let saved: Vec<(String, bool)> = model
+            .modules()
+            .iter()
+            .map(|m| (m.path.clone(), m.training))
+            .collect();
+        assert!(saved.iter().any(|(_, t)| *t) && saved.iter().any(|(_, t)| !*t));
+
+        let images = Tensor::zeros([2, 3, 16, 16], (tch::Kind::Float, Device::Cpu));
+        assert_eq!(model.predict(&images).unwrap().size()[0], 2);
+        assert_eq!(flags(&model), saved);
+
+        let wrong = Tensor::zeros([2, 5], (tch::Kind::Float, Device::Cpu));
+        assert!(model.predict(&wrong).is_err());
+        assert_eq!(flags(&model), saved, "restored when forward throws");
+    }
+
+    #[test]
+    fn output_activation_is_resolved_once() {
+        let model = TorchScriptModel::load(&fixture("dict_heads.pt"), "cpu", "pred").unwrap();
+        assert!(model.output_activation.get().is_none(), "not at load");
+        let first = model.output_activation().unwrap();
+        assert_eq!(first.op, "linear");
+        assert!(model.output_activation.get().is_some());
+        assert_eq!(model.output_activation().unwrap(), first);
+    }
+
+    #[test]
+    fn user_messages_lose_the_cpp_stack() {
+        let raw = "shape mismatch\nException raised from check at /src/aten/x.cpp:12 (most recent call first):\nframe #0: c10::Error::Error() + 0x1\nframe #1: f + 0x2\n";
+        assert_eq!(user_message(raw), "shape mismatch");
+        let traced = "The following operation failed in the TorchScript interpreter.\nTraceback of TorchScript (most recent call last):\n  File \"code/x.py\", line 3\nRuntimeError: bad input\nException raised from f at a.cpp:1 (most recent call first):\nframe #0: g\n";
+        assert_eq!(user_message(traced), "RuntimeError: bad input");
     }
 }

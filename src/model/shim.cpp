@@ -1,5 +1,6 @@
 // TorchScript introspection that tch's CModule does not offer: buffers, submodule kinds and training
-// flags, an independent deep copy, and the forward graph's final op.
+// flags, an independent deep copy, a forward that leaves the module's flags as it found them, and the
+// forward graph's final op.
 //
 // Every extern "C" entry returns NULL on success or a malloc'd error message the caller frees with
 // tl_free_string: an exception escaping into Rust would abort the process.
@@ -10,11 +11,16 @@
 #include <torch/csrc/jit/ir/constants.h>
 #include <torch/script.h>
 
+#include <cctype>
 #include <cmath>
-#include <optional>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 using torch::jit::Module;
 
@@ -30,6 +36,11 @@ static char* dup_message(const std::string& s) {
   if (out != nullptr) std::memcpy(out, s.c_str(), s.size() + 1);
   return out;
 }
+
+// A `model.output` that names no output of this model: the user's mistake, reported as such.
+struct SelectorError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
 #define TL_GUARD(body)                                     \
   try {                                                    \
@@ -53,36 +64,116 @@ static std::string module_kind(const Module& m) {
   return dot == std::string::npos ? q : q.substr(dot + 1);
 }
 
+// ---------------------------------------------------------------- model.output: one reading of it
+// The forward pass (pick_output), the graph walk (producer_op) and the check at load
+// (tl_check_output) all resolve `model.output` with these two functions, so they agree on the head.
+
+// `key` as an index into a tuple or list of `n`: empty means the first; anything but 0..n-1 is an error.
+static size_t sequence_index(const std::string& key, size_t n, const char* what) {
+  if (n == 0) throw SelectorError(std::string("forward returns an empty ") + what);
+  if (key.empty()) return 0;
+  bool digits = key.size() <= 18;
+  for (char c : key) digits = digits && std::isdigit(static_cast<unsigned char>(c));
+  if (digits) {
+    size_t index = std::stoull(key);
+    if (index < n) return index;
+  }
+  std::ostringstream msg;
+  msg << "model.output = \"" << key << "\": forward returns a " << what << " of " << n << "; use ";
+  if (n == 1)
+    msg << "index 0";
+  else
+    msg << "an index 0.." << n - 1;
+  throw SelectorError(msg.str());
+}
+
+static std::string missing_key(const std::string& key, const std::vector<std::string>& keys) {
+  std::ostringstream msg;
+  msg << "model.output = \"" << key << "\": forward's output dict has no such key; its keys are ";
+  for (size_t i = 0; i < keys.size(); ++i) msg << (i ? ", " : "") << '"' << keys[i] << '"';
+  return msg.str();
+}
+
+// The position of `key` among a dict's keys in insertion order (empty key: the first entry), or
+// nullopt when a key cannot be read (not a constant string): only running forward can tell then.
+static std::optional<size_t> dict_position(const std::string& key,
+                                           const std::vector<std::optional<std::string>>& keys) {
+  if (keys.empty()) throw SelectorError("forward returns an empty dict");
+  if (key.empty()) return 0;
+  std::vector<std::string> known;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (!keys[i]) return std::nullopt;
+    if (*keys[i] == key) return i;
+    known.push_back(*keys[i]);
+  }
+  throw SelectorError(missing_key(key, known));
+}
+
 static at::Tensor pick_output(const c10::IValue& out, const std::string& key) {
   if (out.isTensor()) return out.toTensor();
   if (out.isTuple() || out.isList()) {
     auto elems = out.isTuple() ? out.toTupleRef().elements().vec() : out.toListRef().vec();
-    size_t index = 0;
-    if (!key.empty()) index = std::stoul(key);
-    TORCH_CHECK(index < elems.size(), "forward returned ", elems.size(), " values; output index ", index,
-                " does not exist");
+    size_t index = sequence_index(key, elems.size(), out.isTuple() ? "tuple" : "list");
     TORCH_CHECK(elems[index].isTensor(), "forward's output ", index, " is not a tensor");
     return elems[index].toTensor();
   }
   if (out.isGenericDict()) {
     auto dict = out.toGenericDict();
-    TORCH_CHECK(dict.size() > 0, "forward returned an empty dict");
-    if (key.empty()) {
-      auto first = dict.begin()->value();
-      TORCH_CHECK(first.isTensor(), "forward's first dict entry is not a tensor");
-      return first.toTensor();
-    }
+    std::vector<std::optional<std::string>> keys;
+    std::vector<c10::IValue> values;
     for (const auto& entry : dict) {
-      if (entry.key().isString() && entry.key().toStringRef() == key) {
-        TORCH_CHECK(entry.value().isTensor(), "forward's output '", key, "' is not a tensor");
-        return entry.value().toTensor();
-      }
+      keys.push_back(entry.key().isString() ? std::optional<std::string>(entry.key().toStringRef())
+                                            : std::nullopt);
+      values.push_back(entry.value());
     }
-    TORCH_CHECK(false, "forward's output dict has no key '", key, "'");
+    auto pos = dict_position(key, keys);
+    TORCH_CHECK(pos.has_value(), "model.output = \"", key, "\": forward's output dict has keys that are not strings");
+    TORCH_CHECK(values[*pos].isTensor(), "forward's output '", key, "' is not a tensor");
+    return values[*pos].toTensor();
   }
   TORCH_CHECK(false, "forward returned ", out.tagKind(), ", not a tensor, tuple or dict");
 }
 
+// ---------------------------------------------------------------- forward
+// Puts back every submodule's own training flag when it goes out of scope, exceptions included.
+// Module::train() is recursive, so restoring through it would erase a submodule saved in eval mode
+// inside a model saved in train mode; each flag is set on its own module instead.
+class TrainingFlagsRestorer {
+ public:
+  explicit TrainingFlagsRestorer(const Module& root) {
+    for (const Module& sub : root.modules()) {
+      if (sub.hasattr("training")) saved_.emplace_back(sub, sub.attr("training").toBool());
+    }
+  }
+  ~TrainingFlagsRestorer() {
+    for (auto& [sub, flag] : saved_) {
+      try {
+        sub.setattr("training", flag);
+      } catch (...) {
+        // setattr only throws for a missing or mistyped attribute, which the constructor ruled out.
+      }
+    }
+  }
+  TrainingFlagsRestorer(const TrainingFlagsRestorer&) = delete;
+  TrainingFlagsRestorer& operator=(const TrainingFlagsRestorer&) = delete;
+
+ private:
+  std::vector<std::pair<Module, bool>> saved_;
+};
+
+// mode: -1 keeps the module's flags, 0 eval, 1 train (recursive, as nn.Module.train()).
+// grad: -1 keeps the caller's grad mode (a no_grad guard on the Rust side holds), 0 off, 1 on.
+static at::Tensor run_forward(Module& module, const at::Tensor& input, int mode, int grad,
+                              const std::string& output_key) {
+  if (mode >= 0) module.train(mode == 1);
+  std::optional<at::AutoGradMode> grad_mode;
+  if (grad >= 0) grad_mode.emplace(grad != 0);
+  std::vector<c10::IValue> inputs{input};
+  c10::IValue result = module.forward(inputs);
+  return pick_output(result, output_key);
+}
+
+// ---------------------------------------------------------------- the forward graph's final op
 // Ops that pass a value through without changing its range: the activation sits before them.
 static bool passes_range_through(const std::string& kind) {
   static const char* ops[] = {"aten::view",      "aten::reshape", "aten::flatten",    "aten::squeeze",
@@ -98,6 +189,83 @@ static double constant_or_nan(torch::jit::Value* v) {
   auto iv = torch::jit::toIValue(v);
   if (iv && (iv->isDouble() || iv->isInt())) return iv->toScalar().toDouble();
   return std::nan("");
+}
+
+// The keys of a prim::DictConstruct, whose inputs are key, value, key, value...
+static std::vector<std::optional<std::string>> dict_construct_keys(torch::jit::Node* n) {
+  std::vector<std::optional<std::string>> keys;
+  for (size_t i = 0; i + 1 < n->inputs().size(); i += 2) {
+    auto iv = torch::jit::toIValue(n->inputs()[i]);
+    keys.push_back(iv && iv->isString() ? std::optional<std::string>(iv->toStringRef()) : std::nullopt);
+  }
+  return keys;
+}
+
+// The graph value that `model.output` picks out of `v`, the value forward returns, when `v` is built
+// by a tuple, list or dict construct; nullptr when it is not (nothing to pick yet) or when a dict key
+// cannot be read from the graph.
+static torch::jit::Value* select_in_construct(torch::jit::Value* v, const std::string& key) {
+  torch::jit::Node* n = v->node();
+  if (n->kind() == c10::prim::TupleConstruct || n->kind() == c10::prim::ListConstruct) {
+    const char* what = n->kind() == c10::prim::TupleConstruct ? "tuple" : "list";
+    return n->inputs()[sequence_index(key, n->inputs().size(), what)];
+  }
+  if (n->kind() == c10::prim::DictConstruct) {
+    auto pos = dict_position(key, dict_construct_keys(n));
+    return pos ? n->inputs()[2 * *pos + 1] : nullptr;
+  }
+  return nullptr;
+}
+
+// The op that produces `v`, walking back through shape-only ops and, for an `If` whose condition is not
+// constant, into both branches (the op they agree on). `key` is model.output until a tuple, list or
+// dict construct consumes it; nested containers below that give their first entry. `lo`/`hi` carry
+// constant clamp bounds.
+static std::string producer_op(torch::jit::Value* v, const std::string* key, double* lo, double* hi, int depth) {
+  if (depth > 64) return "unknown";
+  torch::jit::Node* n = v->node();
+  std::string kind = n->kind().toQualString();
+  if (kind == "prim::TupleConstruct" || kind == "prim::ListConstruct" || kind == "prim::DictConstruct") {
+    torch::jit::Value* picked = select_in_construct(v, key ? *key : std::string());
+    if (picked == nullptr) return "unknown";
+    return producer_op(picked, nullptr, lo, hi, depth + 1);
+  }
+  if (passes_range_through(kind) && !n->inputs().empty()) {
+    return producer_op(n->inputs()[0], key, lo, hi, depth + 1);
+  }
+  if (kind == "prim::If") {
+    size_t which = v->offset();
+    std::string agreed;
+    for (auto* block : n->blocks()) {
+      if (which >= block->outputs().size()) return kind;
+      std::string op = producer_op(block->outputs()[which], key, lo, hi, depth + 1);
+      if (!agreed.empty() && op != agreed) return kind;
+      agreed = op;
+    }
+    return agreed.empty() ? kind : agreed;
+  }
+  if ((kind == "aten::clamp" || kind == "aten::hardtanh") && n->inputs().size() >= 3) {
+    *lo = constant_or_nan(n->inputs()[1]);
+    *hi = constant_or_nan(n->inputs()[2]);
+  }
+  return kind;
+}
+
+// The forward graph with submodule calls inlined and, where freezing works, attributes folded into
+// constants, so `if self.act == "sigmoid"` resolves to its branch.
+static std::shared_ptr<torch::jit::Graph> resolved_forward_graph(const Module& m) {
+  try {
+    Module frozen = torch::jit::freeze_module(m.clone());
+    auto graph = frozen.get_method("forward").graph()->copy();
+    torch::jit::Inline(*graph);
+    torch::jit::ConstantPropagation(graph);
+    torch::jit::EliminateDeadCode(graph);
+    return graph;
+  } catch (...) {
+    auto graph = m.get_method("forward").graph()->copy();
+    torch::jit::Inline(*graph);
+    return graph;
+  }
 }
 
 extern "C" {
@@ -142,21 +310,19 @@ void tl_silence_warnings() {
   c10::WarningUtils::set_warning_handler(&handler);
 }
 
-char* tl_is_training(const tl_module* m, int* out) { TL_GUARD({ *out = m->module.is_training() ? 1 : 0; }) }
-
-char* tl_set_training(tl_module* m, int on) { TL_GUARD({ m->module.train(on != 0); }) }
-
-// mode: -1 keeps the module's flags, 0 eval, 1 train (recursive, as nn.Module.train()).
+// A forward in `mode` (see run_forward) that leaves the flags as it set them: for a trained copy.
 char* tl_forward(tl_module* m, const at::Tensor* input, int mode, int grad, const char* output_key,
                  at::Tensor** out) {
+  TL_GUARD({ *out = new at::Tensor(run_forward(m->module, *input, mode, grad, std::string(output_key))); })
+}
+
+// An eval-mode forward without gradients that leaves every module's training flag as it was, even
+// when forward throws. It runs on the module itself (no copy): eval-mode BatchNorm and Dropout change
+// no buffer; only a forward that assigns its own attributes would leave a trace.
+char* tl_predict(tl_module* m, const at::Tensor* input, const char* output_key, at::Tensor** out) {
   TL_GUARD({
-    if (mode >= 0) m->module.train(mode == 1);
-    // grad: -1 keeps the caller's grad mode (a no_grad guard on the Rust side holds), 0 off, 1 on.
-    std::optional<at::AutoGradMode> grad_mode;
-    if (grad >= 0) grad_mode.emplace(grad != 0);
-    std::vector<c10::IValue> inputs{*input};
-    c10::IValue result = m->module.forward(inputs);
-    *out = new at::Tensor(pick_output(result, std::string(output_key)));
+    TrainingFlagsRestorer restore(m->module);
+    *out = new at::Tensor(run_forward(m->module, *input, /*mode=*/0, /*grad=*/0, std::string(output_key)));
   })
 }
 
@@ -180,64 +346,37 @@ char* tl_named_modules(const tl_module* m, void* ctx, tl_module_cb cb) {
   })
 }
 
-// The op that produces `v`, walking back through shape-only ops and, for an `If` whose condition is not
-// constant, into both branches (the op they agree on). `lo`/`hi` carry constant clamp bounds.
-static std::string producer_op(torch::jit::Value* v, int output_index, double* lo, double* hi, int depth) {
-  if (depth > 64) return "unknown";
-  torch::jit::Node* n = v->node();
-  std::string kind = n->kind().toQualString();
-  if (kind == "prim::TupleConstruct" || kind == "prim::ListConstruct") {
-    size_t i = static_cast<size_t>(output_index) < n->inputs().size() ? output_index : 0;
-    return producer_op(n->inputs()[i], 0, lo, hi, depth + 1);
-  }
-  if (kind == "prim::DictConstruct") {
-    return producer_op(n->inputs().size() >= 2 ? n->inputs()[1] : n->inputs()[0], 0, lo, hi, depth + 1);
-  }
-  if (passes_range_through(kind) && !n->inputs().empty()) {
-    return producer_op(n->inputs()[0], output_index, lo, hi, depth + 1);
-  }
-  if (kind == "prim::If") {
-    size_t which = v->offset();
-    std::string agreed;
-    for (auto* block : n->blocks()) {
-      if (which >= block->outputs().size()) return kind;
-      std::string op = producer_op(block->outputs()[which], output_index, lo, hi, depth + 1);
-      if (!agreed.empty() && op != agreed) return kind;
-      agreed = op;
-    }
-    return agreed.empty() ? kind : agreed;
-  }
-  if ((kind == "aten::clamp" || kind == "aten::hardtanh") && n->inputs().size() >= 3) {
-    *lo = constant_or_nan(n->inputs()[1]);
-    *hi = constant_or_nan(n->inputs()[2]);
-  }
-  return kind;
-}
-
-// The forward graph with submodule calls inlined and, where freezing works, attributes folded into
-// constants, so `if self.act == "sigmoid"` resolves to its branch.
-static std::shared_ptr<torch::jit::Graph> resolved_forward_graph(const Module& m) {
+// Whether `output_key` names an output of forward, from the declared return type and the returning
+// construct, without running anything: a tuple's length is in its type, a dict's keys in its
+// prim::DictConstruct. Reports only a wrong selector; whatever it cannot tell here (a list's length, a
+// dict built step by step) the forward pass checks with the same rules.
+char* tl_check_output(const tl_module* m, const char* output_key) {
   try {
-    Module frozen = torch::jit::freeze_module(m.clone());
-    auto graph = frozen.get_method("forward").graph()->copy();
-    torch::jit::Inline(*graph);
-    torch::jit::ConstantPropagation(graph);
-    torch::jit::EliminateDeadCode(graph);
-    return graph;
+    const std::string key(output_key);
+    auto graph = m->module.get_method("forward").graph();
+    torch::jit::Value* v = graph->outputs()[0];
+    if (auto tuple = v->type()->cast<c10::TupleType>()) {
+      sequence_index(key, tuple->elements().size(), "tuple");
+    } else {
+      select_in_construct(v, key);
+    }
+    return nullptr;
+  } catch (const SelectorError& e) {
+    return dup_message(e.what());
   } catch (...) {
-    auto graph = m.get_method("forward").graph()->copy();
-    torch::jit::Inline(*graph);
-    return graph;
+    return nullptr;
   }
 }
 
-// The op that produces forward's returned value (entry `output_index` of a tuple).
-char* tl_output_op(const tl_module* m, int output_index, char** op, double* lo, double* hi) {
+// The op that produces the output `output_key` selects (as the forward pass does). Freezes a clone of
+// the module each call: the caller keeps the answer.
+char* tl_output_op(const tl_module* m, const char* output_key, char** op, double* lo, double* hi) {
   TL_GUARD({
     auto graph = resolved_forward_graph(m->module);
+    const std::string key(output_key);
     *lo = std::nan("");
     *hi = std::nan("");
-    *op = dup_message(producer_op(graph->outputs()[0], output_index, lo, hi, 0));
+    *op = dup_message(producer_op(graph->outputs()[0], &key, lo, hi, 0));
   })
 }
 
