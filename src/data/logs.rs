@@ -1,10 +1,15 @@
-//! Loss logs: CSV with a header row, or JSONL with one object per line. An optional `step` column is
-//! the x axis (the row number otherwise); the other numeric columns are losses.
-use std::collections::BTreeMap;
+//! Loss logs: CSV with a header row, or JSONL with one object per line, read as a stream. An
+//! optional `step` column is the x axis (the row number otherwise) and must increase row by row;
+//! the losses are the `loss` column (or `log.loss`) and the `loss_*` term columns (or `log.terms`).
+//! Other numeric columns are kept alongside.
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use trainlint_checks::LossLog;
 
+use super::paths::{describe_io, metadata, open_file, printable};
 use super::DataError;
 
 fn line_err(path: &Path, line: usize, reason: impl Into<String>) -> DataError {
@@ -13,46 +18,6 @@ fn line_err(path: &Path, line: usize, reason: impl Into<String>) -> DataError {
         line,
         reason: reason.into(),
     }
-}
-
-/// Rows of (column -> value), with each row's line number.
-type Rows = Vec<(usize, BTreeMap<String, f64>)>;
-
-fn parse_csv(path: &Path, text: &str) -> Result<(Vec<String>, Rows), DataError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(false)
-        .from_reader(text.as_bytes());
-    let header: Vec<String> = reader
-        .headers()
-        .map_err(|e| line_err(path, 1, format!("bad header: {e}")))?
-        .iter()
-        .map(|h| h.trim().to_string())
-        .collect();
-    let mut rows = Vec::new();
-    for record in reader.records() {
-        let record = record.map_err(|e| {
-            let line = e.position().map(|p| p.line() as usize).unwrap_or(0);
-            line_err(path, line, e.to_string())
-        })?;
-        let line = record.position().map(|p| p.line() as usize).unwrap_or(0);
-        let mut row = BTreeMap::new();
-        for (name, cell) in header.iter().zip(record.iter()) {
-            let cell = cell.trim();
-            if cell.is_empty() {
-                continue;
-            }
-            let value = parse_number(cell).ok_or_else(|| {
-                line_err(
-                    path,
-                    line,
-                    format!("column `{name}`: {cell:?} is not a number"),
-                )
-            })?;
-            row.insert(name.clone(), value);
-        }
-        rows.push((line, row));
-    }
-    Ok((header, rows))
 }
 
 fn parse_number(cell: &str) -> Option<f64> {
@@ -64,20 +29,173 @@ fn parse_number(cell: &str) -> Option<f64> {
     }
 }
 
-fn parse_jsonl(path: &Path, text: &str) -> Result<(Vec<String>, Rows), DataError> {
-    let mut columns: Vec<String> = Vec::new();
-    let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line_no = i + 1;
-        if line.trim().is_empty() {
+/// The log's columns as they stream in, one row at a time.
+struct Columns<'a> {
+    path: &'a Path,
+    names: Vec<String>,
+    index: HashMap<String, usize>,
+    values: Vec<Vec<f64>>,
+    rows: usize,
+    /// The `step` of each row, while every row so far has one.
+    steps: Vec<f64>,
+    /// The step and line of the last row, to check that steps increase.
+    last_step: Option<(f64, usize)>,
+    /// The first row without a step, an error once another row has one.
+    first_without_step: Option<usize>,
+}
+
+impl<'a> Columns<'a> {
+    fn new(path: &'a Path) -> Self {
+        Columns {
+            path,
+            names: Vec::new(),
+            index: HashMap::new(),
+            values: Vec::new(),
+            rows: 0,
+            steps: Vec::new(),
+            last_step: None,
+            first_without_step: None,
+        }
+    }
+
+    /// The column's slot, added (NaN in the rows before it) if it is new.
+    fn column(&mut self, name: &str) -> usize {
+        if let Some(&i) = self.index.get(name) {
+            return i;
+        }
+        self.names.push(name.to_string());
+        self.values.push(vec![f64::NAN; self.rows]);
+        self.index.insert(name.to_string(), self.names.len() - 1);
+        self.names.len() - 1
+    }
+
+    /// Add a row of (column, value); `step` goes to the x axis.
+    fn push(
+        &mut self,
+        line: usize,
+        cells: Vec<(usize, f64)>,
+        step: Option<f64>,
+    ) -> Result<(), DataError> {
+        let err = |reason: String| Err(line_err(self.path, line, reason));
+        match step {
+            Some(step) if !step.is_finite() => {
+                return err(format!("step {step} is not a finite number"))
+            }
+            Some(step) => {
+                if let Some(first) = self.first_without_step {
+                    return Err(line_err(
+                        self.path,
+                        first,
+                        "this row has no `step`, but other rows do",
+                    ));
+                }
+                if let Some((last, last_line)) = self.last_step {
+                    if step <= last {
+                        return err(format!(
+                            "step {step} does not increase (line {last_line} has step {last}); steps must increase row by row"
+                        ));
+                    }
+                }
+                self.last_step = Some((step, line));
+                self.steps.push(step);
+            }
+            None if self.last_step.is_some() => {
+                return err("this row has no `step`, but other rows do".into())
+            }
+            None => {
+                self.first_without_step.get_or_insert(line);
+            }
+        }
+        for column in &mut self.values {
+            column.push(f64::NAN);
+        }
+        for (i, value) in cells {
+            self.values[i][self.rows] = value;
+        }
+        self.rows += 1;
+        Ok(())
+    }
+}
+
+fn read_csv(path: &Path, file: File, tabs: bool, log: &mut Columns) -> Result<(), DataError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(false)
+        .delimiter(if tabs { b'\t' } else { b',' })
+        .from_reader(BufReader::new(file));
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| line_err(path, 1, format!("bad header: {e}")))?
+        .iter()
+        .map(|h| h.trim().to_string())
+        .collect();
+    let mut slots = Vec::new(); // None: the step column
+    for name in &header {
+        if header.iter().filter(|h| *h == name).count() > 1 {
+            return Err(line_err(
+                path,
+                1,
+                format!("column `{}` appears twice in the header", printable(name)),
+            ));
+        }
+        slots.push((name != "step").then(|| log.column(name)));
+    }
+    let mut record = csv::StringRecord::new();
+    loop {
+        match reader.read_record(&mut record) {
+            Ok(false) => return Ok(()),
+            Ok(true) => {}
+            Err(e) => {
+                let line = e.position().map(|p| p.line() as usize).unwrap_or(0);
+                return Err(line_err(path, line, printable(&e.to_string())));
+            }
+        }
+        let line = record.position().map(|p| p.line() as usize).unwrap_or(0);
+        let mut cells = Vec::new();
+        let mut step = None;
+        for ((name, slot), cell) in header.iter().zip(&slots).zip(record.iter()) {
+            let cell = cell.trim();
+            if cell.is_empty() {
+                continue;
+            }
+            let value = parse_number(cell).ok_or_else(|| {
+                line_err(
+                    path,
+                    line,
+                    format!("column `{}`: {cell:?} is not a number", printable(name)),
+                )
+            })?;
+            match slot {
+                Some(i) => cells.push((*i, value)),
+                None => step = Some(value),
+            }
+        }
+        log.push(line, cells, step)?;
+    }
+}
+
+fn read_jsonl(path: &Path, file: File, log: &mut Columns) -> Result<(), DataError> {
+    let mut reader = BufReader::new(file);
+    let mut buf = Vec::new();
+    let mut line_no = 0;
+    loop {
+        buf.clear();
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| line_err(path, line_no + 1, describe_io(&e)))?;
+        if n == 0 {
+            return Ok(());
+        }
+        line_no += 1;
+        if buf.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let value: serde_json::Value = serde_json::from_str(line)
+        let value: serde_json::Value = serde_json::from_slice(&buf)
             .map_err(|e| line_err(path, line_no, format!("invalid JSON: {e}")))?;
         let obj = value
             .as_object()
             .ok_or_else(|| line_err(path, line_no, "expected a JSON object"))?;
-        let mut row = BTreeMap::new();
+        let mut cells = Vec::new();
+        let mut step = None;
         for (k, v) in obj {
             // Non-numeric fields (a phase name, a timestamp string) are not losses.
             let number = match v {
@@ -86,103 +204,80 @@ fn parse_jsonl(path: &Path, text: &str) -> Result<(Vec<String>, Rows), DataError
                 serde_json::Value::Null => Some(f64::NAN),
                 _ => None,
             };
-            if let Some(x) = number {
-                if !columns.contains(k) {
-                    columns.push(k.clone());
-                }
-                row.insert(k.clone(), x);
+            match number {
+                Some(x) if k == "step" => step = Some(x),
+                Some(x) => cells.push((log.column(k), x)),
+                None => {}
             }
         }
-        rows.push((line_no, row));
+        log.push(line_no, cells, step)?;
     }
-    Ok((columns, rows))
 }
 
 /// Load a loss log. `total`: the total-loss column (default `loss` when present); `terms`: the
-/// loss-term columns (default every `loss_*` column).
+/// loss-term columns (default every `loss_*` column). One of them must exist and every loss column
+/// needs a finite value; a `step` column must increase row by row.
 pub fn load_log(path: &Path, total: Option<&str>, terms: &[String]) -> Result<LossLog, DataError> {
-    if !path.is_file() {
-        return Err(DataError::Missing(path.to_path_buf()));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| DataError::Unreadable {
+    let log_err = |reason: String| DataError::Log {
         path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+        reason,
+    };
+    if metadata(path)?.is_dir() {
+        return Err(log_err("is a folder, not a loss log (CSV or JSONL)".into()));
+    }
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let (columns, rows) = match ext.as_str() {
-        "jsonl" | "ndjson" | "json" => parse_jsonl(path, &text)?,
-        "csv" | "tsv" | "txt" => parse_csv(path, &text)?,
+    let mut log = Columns::new(path);
+    match ext.as_str() {
+        "jsonl" | "ndjson" | "json" => read_jsonl(path, open_file(path)?, &mut log)?,
+        "csv" | "txt" => read_csv(path, open_file(path)?, false, &mut log)?,
+        "tsv" => read_csv(path, open_file(path)?, true, &mut log)?,
         _ => {
-            return Err(DataError::Log {
-                path: path.to_path_buf(),
-                reason: "unsupported loss-log format (use .csv or .jsonl)".into(),
-            })
+            return Err(log_err(
+                "unsupported loss-log format (use .csv or .jsonl)".into(),
+            ))
         }
-    };
-    let log_err = |reason: String| DataError::Log {
-        path: path.to_path_buf(),
-        reason,
-    };
-    if rows.is_empty() {
+    }
+    if log.rows == 0 {
         return Err(log_err("the log has no rows".into()));
     }
-    let has_step = columns.iter().any(|c| c == "step");
-    let steps: Vec<f64> = rows
-        .iter()
-        .enumerate()
-        .map(|(i, (_, r))| {
-            if has_step {
-                r.get("step").copied().unwrap_or(f64::NAN)
-            } else {
-                i as f64
-            }
-        })
-        .collect();
-    let loss_columns: Vec<&String> = columns.iter().filter(|c| *c != "step").collect();
-    let mut values: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for c in &loss_columns {
-        values.insert(
-            (*c).clone(),
-            rows.iter()
-                .map(|(_, r)| r.get(*c).copied().unwrap_or(f64::NAN))
-                .collect(),
-        );
-    }
-    let present = || {
-        loss_columns
-            .iter()
-            .map(|c| format!("`{c}`"))
-            .collect::<Vec<_>>()
-            .join(", ")
+    let steps = if log.last_step.is_some() {
+        log.steps
+    } else {
+        (0..log.rows).map(|i| i as f64).collect()
     };
+    let present = log
+        .names
+        .iter()
+        .map(|c| format!("`{}`", printable(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let term_columns: Vec<String> = log
+        .names
+        .iter()
+        .filter(|c| c.starts_with("loss_"))
+        .cloned()
+        .collect(); // in file order
+    let values: BTreeMap<String, Vec<f64>> = log.names.into_iter().zip(log.values).collect();
     let total = match total {
         Some(name) if values.contains_key(name) => Some(name.to_string()),
-        Some(name) => {
-            return Err(log_err(format!(
-                "no column `{name}` (columns: {})",
-                present()
-            )))
-        }
+        Some(name) => return Err(log_err(format!("no column `{name}` (columns: {present})"))),
         None if values.contains_key("loss") => Some("loss".to_string()),
-        None if loss_columns.len() == 1 => Some(loss_columns[0].clone()),
         None => None,
     };
     let terms: Vec<String> = if terms.is_empty() {
-        loss_columns
-            .iter()
-            .filter(|c| c.starts_with("loss_") && Some(c.as_str()) != total.as_deref())
-            .map(|c| (*c).clone())
+        term_columns
+            .into_iter()
+            .filter(|c| Some(c.as_str()) != total.as_deref())
             .collect()
     } else {
         for t in terms {
             if !values.contains_key(t) {
                 return Err(log_err(format!(
-                    "no loss-term column `{t}` (columns: {})",
-                    present()
+                    "no loss-term column `{t}` (columns: {present})"
                 )));
             }
         }
@@ -190,9 +285,16 @@ pub fn load_log(path: &Path, total: Option<&str>, terms: &[String]) -> Result<Lo
     };
     if total.is_none() && terms.is_empty() {
         return Err(log_err(format!(
-            "no loss column found: name it `loss` or `loss_<term>`, or set log.loss (columns: {})",
-            present()
+            "no loss column found: name it `loss` or `loss_<term>`, or set log.loss (columns: {present})"
         )));
+    }
+    for column in total.iter().chain(&terms) {
+        if !values[column].iter().any(|v| v.is_finite()) {
+            return Err(log_err(format!(
+                "column `{}` has no finite value",
+                printable(column)
+            )));
+        }
     }
     Ok(LossLog {
         path: path.display().to_string(),
@@ -212,6 +314,11 @@ mod tests {
         let p = dir.path().join(name);
         std::fs::write(&p, text).unwrap();
         (dir, p)
+    }
+
+    fn error(name: &str, text: &str) -> String {
+        let (_d, p) = write(name, text);
+        load_log(&p, None, &[]).err().unwrap().to_string()
     }
 
     #[test]
@@ -235,27 +342,82 @@ mod tests {
     fn jsonl_without_steps_uses_row_numbers_and_skips_text_fields() {
         let (_d, p) = write(
             "log.jsonl",
-            "{\"loss\": 1.0, \"phase\": \"train\"}\n\n{\"loss\": 0.5}\n",
+            "{\"loss\": 1.0, \"phase\": \"train\"}\n\n{\"loss\": 0.5, \"lr\": 0.1}\n",
         );
         let log = load_log(&p, None, &[]).unwrap();
         assert_eq!(log.steps, vec![0.0, 1.0]);
         assert_eq!(log.columns["loss"], vec![1.0, 0.5]);
+        assert!(log.columns["lr"][0].is_nan(), "a column that starts late");
         assert!(!log.columns.contains_key("phase"));
     }
 
     #[test]
+    fn tab_separated_logs_split_on_tabs() {
+        let (_d, p) = write("log.tsv", "step\tloss\n0\t1.0\n1\t0.5\n");
+        assert_eq!(
+            load_log(&p, None, &[]).unwrap().columns["loss"],
+            vec![1.0, 0.5]
+        );
+    }
+
+    #[test]
     fn malformed_lines_name_their_line_number() {
-        let (_d, p) = write("log.csv", "step,loss\n0,1.0\n1,abc\n");
-        let e = load_log(&p, None, &[]).unwrap_err().to_string();
+        let e = error("log.csv", "step,loss\n0,1.0\n1,abc\n");
         assert!(
             e.ends_with("log.csv:3: column `loss`: \"abc\" is not a number"),
             "{e}"
         );
-        let (_d, p) = write("log.jsonl", "{\"loss\": 1.0}\n{\"loss\": 0.5,\n");
-        let e = load_log(&p, None, &[]).unwrap_err().to_string();
+        let e = error("log.jsonl", "{\"loss\": 1.0}\n{\"loss\": 0.5,\n");
         assert!(e.contains("log.jsonl:2: invalid JSON"), "{e}");
-        let (_d, p) = write("log.csv", "step,loss\n0,1.0\n1,2.0,3.0\n");
-        let e = load_log(&p, None, &[]).unwrap_err().to_string();
+        let e = error("log.csv", "step,loss\n0,1.0\n1,2.0,3.0\n");
         assert!(e.contains("log.csv:3:"), "{e}");
+        let e = error("log.csv", "step,loss,loss\n0,1.0,2.0\n");
+        assert!(e.contains("log.csv:1: column `loss` appears twice"), "{e}");
+    }
+
+    #[test]
+    fn another_single_column_is_not_taken_for_the_loss() {
+        let e = error("log.csv", "step,accuracy\n0,0.5\n1,0.6\n");
+        assert!(e.contains("no loss column found"), "{e}");
+        let (_d, p) = write("log.csv", "step,accuracy\n0,0.5\n1,0.6\n");
+        let log = load_log(&p, Some("accuracy"), &[]).unwrap();
+        assert_eq!(log.total.as_deref(), Some("accuracy"), "named in log.loss");
+        let (_d, p) = write("log.csv", "step,loss_a,loss_b\n0,0.5,1\n1,0.6,2\n");
+        let log = load_log(&p, None, &[]).unwrap();
+        assert_eq!((log.total, log.terms.len()), (None, 2));
+    }
+
+    #[test]
+    fn loss_columns_need_a_finite_value() {
+        let e = error("log.csv", "step,loss\n0,nan\n1,inf\n2,\n");
+        assert!(
+            e.ends_with("log.csv: column `loss` has no finite value"),
+            "{e}"
+        );
+        let e = error("log.csv", "step,loss,loss_a\n0,1,nan\n1,2,\n");
+        assert!(e.ends_with("column `loss_a` has no finite value"), "{e}");
+    }
+
+    #[test]
+    fn steps_must_increase_from_row_to_row() {
+        let e = error("log.csv", "step,loss\n0,1\n1,1\n1,1\n");
+        assert!(
+            e.contains("log.csv:4: step 1 does not increase (line 3 has step 1)"),
+            "{e}"
+        );
+        let e = error("log.csv", "step,loss\n0,1\n5,1\n3,1\n");
+        assert!(
+            e.contains("log.csv:4: step 3 does not increase (line 3 has step 5)"),
+            "{e}"
+        );
+        let e = error("log.csv", "step,loss\n0,1\n,1\n2,1\n");
+        assert!(e.contains("log.csv:3: this row has no `step`"), "{e}");
+        let e = error("log.jsonl", "{\"loss\": 1}\n{\"step\": 1, \"loss\": 1}\n");
+        assert!(e.contains("log.jsonl:1: this row has no `step`"), "{e}");
+        let e = error("log.csv", "step,loss\n0,1\nnan,1\n");
+        assert!(
+            e.contains("log.csv:3: step NaN is not a finite number"),
+            "{e}"
+        );
     }
 }

@@ -1,141 +1,308 @@
-//! NumPy's `.npy` format (versions 1–3) and `.npz` archives of them.
-use std::io::Read;
+//! NumPy's `.npy` format (versions 1–3), read from any stream: a file, or a member of an `.npz`
+//! archive as it inflates. Only the rows asked for are read.
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
 
 use tch::{Kind, Tensor};
 
-#[derive(Debug)]
-pub enum NpyError {
-    Dtype(String),
-    Format(String),
+use super::budget::{byte_size, Budget};
+use super::paths::{describe_io, open_file, printable, unreadable};
+use super::{read_error, tensor_from_bytes, ArrayInfo, ArraySource, DataError, ReadError};
+
+const MAGIC: &[u8] = b"\x93NUMPY";
+
+/// NumPy itself refuses headers over 10 000 bytes unless told otherwise; this leaves room.
+const MAX_HEADER_BYTES: usize = 1 << 20;
+
+/// An array's header: what the bytes after it should hold.
+#[derive(Clone, Debug)]
+pub struct Header {
+    pub descr: String,
+    pub kind: Option<Kind>,
+    pub big_endian: bool,
+    pub fortran: bool,
+    pub shape: Vec<i64>,
 }
 
-fn fmt_err(s: impl Into<String>) -> NpyError {
-    NpyError::Format(s.into())
-}
-
-/// (name without `.npy`, raw bytes) of every member of an npz archive, in archive order.
-pub fn parse_npz(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
-    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    for i in 0..zip.len() {
-        let mut f = zip.by_index(i).map_err(|e| e.to_string())?;
-        let name = f.name().trim_end_matches(".npy").to_string();
-        let mut raw = Vec::with_capacity(f.size() as usize);
-        f.read_to_end(&mut raw)
-            .map_err(|e| format!("member {name}: {e}"))?;
-        out.push((name, raw));
+impl Header {
+    pub fn info(&self, name: String) -> ArrayInfo {
+        ArrayInfo {
+            name,
+            dtype: self.descr.clone(),
+            kind: self.kind,
+            shape: self.shape.clone(),
+        }
     }
+}
+
+fn io_reason(e: io::Error) -> ReadError {
+    ReadError::Format(describe_io(&e))
+}
+
+/// Read up to `n` bytes; fewer only where the stream ends. The buffer grows with the bytes that
+/// arrive, never with what a header claims.
+fn read_up_to(r: &mut impl Read, n: u64) -> Result<Vec<u8>, ReadError> {
+    let mut out = Vec::new();
+    r.take(n).read_to_end(&mut out).map_err(io_reason)?;
     Ok(out)
 }
 
-struct Header {
-    descr: String,
-    fortran: bool,
-    shape: Vec<i64>,
+/// Read the magic, version and header of an array; the stream is left at its first data byte.
+pub fn read_header(r: &mut impl Read, budget: &mut Budget) -> Result<Header, ReadError> {
+    let prefix = read_up_to(r, 8)?;
+    if prefix.len() < 8 || &prefix[..6] != MAGIC {
+        return Err(ReadError::Format(
+            "not an .npy array (it does not start with \\x93NUMPY)".into(),
+        ));
+    }
+    let header_len = match prefix[6] {
+        1 => {
+            let b = read_up_to(r, 2)?;
+            b.get(..2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+        }
+        2 | 3 => {
+            let b = read_up_to(r, 4)?;
+            b.get(..4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        }
+        v => {
+            return Err(ReadError::Format(format!(
+                "unsupported .npy version {v} (1, 2 and 3 are read)"
+            )))
+        }
+    }
+    .ok_or_else(|| ReadError::Format("truncated header".into()))?;
+    if header_len > MAX_HEADER_BYTES {
+        return Err(ReadError::Format(format!(
+            "its header claims {header_len} bytes; .npy headers of numeric arrays are far smaller"
+        )));
+    }
+    budget.charge(header_len as u64 + 12)?;
+    let header = read_up_to(r, header_len as u64)?;
+    if header.len() < header_len {
+        return Err(ReadError::Format("truncated header".into()));
+    }
+    parse_header(&String::from_utf8_lossy(&header)).map_err(ReadError::Format)
 }
 
-fn header_value<'a>(header: &'a str, key: &str) -> Result<&'a str, NpyError> {
+fn header_value<'a>(header: &'a str, key: &str) -> Result<&'a str, String> {
     let pat = format!("'{key}':");
     let start = header
         .find(&pat)
-        .ok_or_else(|| fmt_err(format!("header lacks {key}")))?
+        .ok_or_else(|| format!("the header lacks `{key}`"))?
         + pat.len();
     Ok(header[start..].trim_start())
 }
 
-fn parse_header(h: &str) -> Result<Header, NpyError> {
-    let descr = header_value(h, "descr")?;
-    let descr = descr
+fn kind_of(code: &str) -> Option<Kind> {
+    Some(match code {
+        "f2" => Kind::Half,
+        "f4" => Kind::Float,
+        "f8" => Kind::Double,
+        "i1" => Kind::Int8,
+        "i2" => Kind::Int16,
+        "i4" => Kind::Int,
+        "i8" => Kind::Int64,
+        "u1" => Kind::Uint8,
+        "b1" | "?" => Kind::Bool,
+        _ => return None,
+    })
+}
+
+fn parse_header(h: &str) -> Result<Header, String> {
+    let descr = header_value(h, "descr")?
         .strip_prefix('\'')
         .and_then(|d| d.split('\'').next())
-        .ok_or_else(|| fmt_err("structured dtypes are not supported"))?
+        .ok_or("structured dtypes are not supported")?
         .to_string();
+    let (big_endian, code) = match descr.chars().next() {
+        Some('>') => (true, &descr[1..]),
+        Some('<' | '|' | '=') => (false, &descr[1..]),
+        _ => (false, descr.as_str()),
+    };
+    let kind = kind_of(code);
     let fortran = header_value(h, "fortran_order")?.starts_with("True");
-    let shape_text = header_value(h, "shape")?;
-    let inner = shape_text
+    let inner = header_value(h, "shape")?
         .strip_prefix('(')
         .and_then(|s| s.split(')').next())
-        .ok_or_else(|| fmt_err("bad shape"))?;
+        .ok_or("the header's shape is not a tuple")?;
     let shape = inner
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| {
-            s.trim_end_matches('L')
-                .parse::<i64>()
-                .map_err(|_| fmt_err(format!("bad shape entry {s}")))
+            s.trim_end_matches('L').parse::<i64>().map_err(|_| {
+                format!(
+                    "shape entry `{}` is not a whole number that fits 64 bits",
+                    printable(s)
+                )
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // The element count alone must fit; the byte size is checked with the element size.
+    byte_size(&shape, 1)?;
     Ok(Header {
-        descr,
+        descr: printable(&descr),
+        kind,
+        big_endian,
         fortran,
         shape,
     })
 }
 
-pub fn parse(bytes: &[u8]) -> Result<Tensor, NpyError> {
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err(fmt_err("not an .npy array (bad magic)"));
+/// The data of an array whose header was just read: the first `rows` rows (all for None). A
+/// C-order array stops being read after them; a Fortran-order one is read through (its rows are
+/// spread over the whole data) keeping only them.
+pub fn read_data(
+    r: &mut impl Read,
+    header: &Header,
+    rows: Option<i64>,
+    budget: &mut Budget,
+) -> Result<Tensor, ReadError> {
+    let kind = header
+        .kind
+        .ok_or_else(|| ReadError::Format(format!("unsupported dtype {}", header.descr)))?;
+    let elem = kind.elt_size_in_bytes() as u64;
+    let total = byte_size(&header.shape, elem)?;
+    let mut keep_shape = header.shape.clone();
+    if let (Some(rows), Some(first)) = (rows, keep_shape.first_mut()) {
+        *first = (*first).min(rows.max(0));
     }
-    let (header_len, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        ),
-        v => return Err(fmt_err(format!("unsupported .npy version {v}"))),
-    };
-    let header = bytes
-        .get(start..start + header_len)
-        .ok_or_else(|| fmt_err("truncated header"))?;
-    let header = parse_header(&String::from_utf8_lossy(header))?;
-    let (endian, code) = header.descr.split_at(1);
-    let (kind, size) = match code {
-        "f2" => (Kind::Half, 2),
-        "f4" => (Kind::Float, 4),
-        "f8" => (Kind::Double, 8),
-        "i1" => (Kind::Int8, 1),
-        "i2" => (Kind::Int16, 2),
-        "i4" => (Kind::Int, 4),
-        "i8" => (Kind::Int64, 8),
-        "u1" => (Kind::Uint8, 1),
-        "b1" => (Kind::Bool, 1),
-        _ => return Err(NpyError::Dtype(header.descr.clone())),
-    };
-    let numel: i64 = header.shape.iter().product();
-    let data = &bytes[start + header_len..];
-    let needed = numel as usize * size;
-    if data.len() < needed {
-        return Err(fmt_err(format!(
-            "truncated data: {} of {needed} bytes",
-            data.len()
-        )));
+    let keep = byte_size(&keep_shape, elem)?;
+    let mut data;
+    if header.fortran && header.shape.len() > 1 {
+        budget.charge(total)?;
+        let (n, k) = (header.shape[0] as u64, keep_shape[0] as u64);
+        let columns = (total / elem).checked_div(n).unwrap_or(0);
+        data = Vec::new();
+        for _ in 0..columns {
+            let got = r
+                .by_ref()
+                .take(k * elem)
+                .read_to_end(&mut data)
+                .map_err(io_reason)?;
+            let skipped = io::copy(&mut r.by_ref().take((n - k) * elem), &mut io::sink())
+                .map_err(io_reason)?;
+            if got as u64 + skipped < n * elem {
+                return Err(truncated(data.len() as u64, keep));
+            }
+        }
+    } else {
+        budget.charge(keep)?;
+        data = read_up_to(r, keep)?;
     }
-    let mut data = data[..needed].to_vec();
-    if endian == ">" && size > 1 {
+    if (data.len() as u64) < keep {
+        return Err(truncated(data.len() as u64, keep));
+    }
+    let size = elem as usize;
+    if header.big_endian && size > 1 {
         for chunk in data.chunks_mut(size) {
             chunk.reverse();
         }
     }
-    let stored_shape: Vec<i64> = if header.fortran {
-        header.shape.iter().rev().copied().collect()
-    } else {
-        header.shape.clone()
-    };
-    let t =
-        Tensor::f_from_data_size(&data, &stored_shape, kind).map_err(|e| fmt_err(e.to_string()))?;
-    if header.fortran && header.shape.len() > 1 {
-        let dims: Vec<i64> = (0..header.shape.len() as i64).rev().collect();
+    if kind == Kind::Bool {
+        // libtorch assumes bools are 0 or 1.
+        data.iter_mut().for_each(|b| *b = (*b != 0) as u8);
+    }
+    if header.fortran && keep_shape.len() > 1 {
+        let stored: Vec<i64> = keep_shape.iter().rev().copied().collect();
+        let t = tensor_from_bytes(&data, &stored, kind)?;
+        let dims: Vec<i64> = (0..keep_shape.len() as i64).rev().collect();
         return Ok(t.permute(dims.as_slice()).contiguous());
     }
-    Ok(t)
+    Ok(tensor_from_bytes(&data, &keep_shape, kind)?)
+}
+
+fn truncated(got: u64, needed: u64) -> ReadError {
+    ReadError::Format(format!("truncated data: {got} of {needed} bytes"))
+}
+
+/// `.npy` files, one array each, named by file stem.
+pub struct NpyFiles {
+    files: Vec<(PathBuf, Header)>,
+    infos: Vec<ArrayInfo>,
+}
+
+/// The `.npy` files of a folder, sorted by name.
+fn npy_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| unreadable(dir, describe_io(&e)))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn stem(path: &Path) -> String {
+    printable(path.file_stem().and_then(|s| s.to_str()).unwrap_or("array"))
+}
+
+impl NpyFiles {
+    fn new(paths: Vec<PathBuf>, budget: &mut Budget) -> Result<Self, DataError> {
+        let mut files = Vec::new();
+        let mut infos = Vec::new();
+        for path in paths {
+            let name = stem(&path);
+            let mut file = io::BufReader::new(open_file(&path)?);
+            let header = read_header(&mut file, budget).map_err(|e| read_error(&path, &name, e))?;
+            infos.push(header.info(name));
+            files.push((path, header));
+        }
+        Ok(NpyFiles { files, infos })
+    }
+
+    /// Every `.npy` file of a folder.
+    pub fn folder(dir: &Path, budget: &mut Budget) -> Result<Self, DataError> {
+        let files = npy_files(dir)?;
+        if files.is_empty() {
+            return Err(unreadable(dir, "the folder holds no .npy files"));
+        }
+        Self::new(files, budget)
+    }
+
+    /// One `.npy` file, then the other `.npy` files beside it.
+    pub fn with_siblings(path: &Path, budget: &mut Budget) -> Result<Self, DataError> {
+        let folder = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut files = vec![path.to_path_buf()];
+        files.extend(
+            npy_files(folder)?
+                .into_iter()
+                .filter(|s| s.file_name() != path.file_name()),
+        );
+        Self::new(files, budget)
+    }
+}
+
+impl ArraySource for NpyFiles {
+    fn arrays(&self) -> &[ArrayInfo] {
+        &self.infos
+    }
+
+    fn read(
+        &mut self,
+        index: usize,
+        rows: Option<i64>,
+        budget: &mut Budget,
+    ) -> Result<Tensor, DataError> {
+        let (path, _) = &self.files[index];
+        let name = &self.infos[index].name;
+        let mut file = io::BufReader::new(open_file(path)?);
+        read_header(&mut file, budget)
+            .and_then(|header| read_data(&mut file, &header, rows, budget))
+            .map_err(|e| read_error(path, name, e))
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn npy(descr: &str, fortran: bool, shape: &str, data: &[u8]) -> Vec<u8> {
+    pub fn npy(descr: &str, fortran: bool, shape: &str, data: &[u8]) -> Vec<u8> {
         let mut header = format!(
             "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}",
             if fortran { "True" } else { "False" }
@@ -151,37 +318,89 @@ mod tests {
         out
     }
 
+    /// Parse a whole `.npy` held in memory, `rows` rows of it.
+    pub fn parse(bytes: &[u8], rows: Option<i64>) -> Result<Tensor, ReadError> {
+        let mut budget = Budget::new(super::super::MAX_DATA_BYTES);
+        let mut r = bytes;
+        let header = read_header(&mut r, &mut budget)?;
+        read_data(&mut r, &header, rows, &mut budget)
+    }
+
+    fn reason(r: Result<Tensor, ReadError>) -> String {
+        match r {
+            Ok(t) => panic!("read a tensor of shape {:?}", t.size()),
+            Err(ReadError::Format(s)) => s,
+            Err(ReadError::TooLarge(o)) => panic!("over budget: {o:?}"),
+        }
+    }
+
     #[test]
     fn reads_little_and_big_endian_and_fortran_order() {
         let le: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]
             .iter()
             .flat_map(|v| v.to_le_bytes())
             .collect();
-        let t = parse(&npy("<f4", false, "(2, 3)", &le)).unwrap();
+        let t = parse(&npy("<f4", false, "(2, 3)", &le), None).unwrap();
         assert_eq!(t.size(), vec![2, 3]);
         assert_eq!(t.double_value(&[1, 0]), 4.0);
         let be: Vec<u8> = [1i32, -2].iter().flat_map(|v| v.to_be_bytes()).collect();
-        let t = parse(&npy(">i4", false, "(2,)", &be)).unwrap();
+        let t = parse(&npy(">i4", false, "(2,)", &be), None).unwrap();
         assert_eq!(t.int64_value(&[1]), -2);
         // Fortran order stores columns first: [[1, 2, 3], [4, 5, 6]] is stored 1 4 2 5 3 6.
         let f: Vec<u8> = [1.0f64, 4.0, 2.0, 5.0, 3.0, 6.0]
             .iter()
             .flat_map(|v| v.to_le_bytes())
             .collect();
-        let t = parse(&npy("<f8", true, "(2, 3)", &f)).unwrap();
+        let t = parse(&npy("<f8", true, "(2, 3)", &f), None).unwrap();
         assert_eq!(t.double_value(&[0, 1]), 2.0);
         assert_eq!(t.double_value(&[1, 0]), 4.0);
+        // Its first row alone: 1 2 3.
+        let t = parse(&npy("<f8", true, "(2, 3)", &f), Some(1)).unwrap();
+        assert_eq!(t.size(), vec![1, 3]);
+        assert_eq!(t.double_value(&[0, 2]), 3.0);
+    }
+
+    #[test]
+    fn reads_only_the_rows_asked_for() {
+        // The data stops after two of the declared 1000 rows: enough for two rows, not for all.
+        let bytes = npy("<f4", false, "(1000, 2)", &[0; 16]);
+        assert_eq!(parse(&bytes, Some(2)).unwrap().size(), vec![2, 2]);
+        assert_eq!(
+            reason(parse(&bytes, None)),
+            "truncated data: 16 of 8000 bytes"
+        );
     }
 
     #[test]
     fn rejects_unsupported_dtypes_and_truncation() {
-        assert!(
-            matches!(parse(&npy("<c8", false, "(1,)", &[0; 8])), Err(NpyError::Dtype(d)) if d == "<c8")
+        let bytes = npy("<c8", false, "(1,)", &[0; 8]);
+        let header = read_header(&mut &bytes[..], &mut Budget::new(1 << 20)).unwrap();
+        assert_eq!((header.kind, header.descr.as_str()), (None, "<c8"));
+        assert_eq!(
+            reason(parse(&npy("<f4", false, "(4,)", &[0; 8]), None)),
+            "truncated data: 8 of 16 bytes"
         );
-        assert!(matches!(
-            parse(&npy("<f4", false, "(4,)", &[0; 8])),
-            Err(NpyError::Format(_))
-        ));
-        assert!(matches!(parse(b"garbage!!!!!"), Err(NpyError::Format(_))));
+        assert!(reason(parse(b"garbage!!!!!", None)).starts_with("not an .npy array"));
+        assert!(reason(parse(b"\x93NUMPY\x01", None)).starts_with("not an .npy array"));
+    }
+
+    #[test]
+    fn shapes_that_overflow_or_are_negative_are_refused_before_any_data() {
+        for (shape, words) in [
+            ("(4611686018427387904, 4)", "is too large"),
+            ("(2305843009213693952, 1)", "is too large"), // 2^61 float64: 2^64 bytes
+            ("(-1, 2)", "has a negative dimension"),
+            ("(-2, -3)", "has a negative dimension"),
+            ("(1, 99999999999999999999)", "is not a whole number"),
+        ] {
+            let e = reason(parse(&npy("<f8", false, shape, &[0; 64]), None));
+            assert!(e.contains(words), "{shape}: {e}");
+        }
+    }
+
+    #[test]
+    fn bools_are_zero_or_one() {
+        let t = parse(&npy("|b1", false, "(3,)", &[0, 1, 7]), None).unwrap();
+        assert_eq!(t.to_kind(Kind::Uint8).int64_value(&[2]), 1);
     }
 }

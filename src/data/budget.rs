@@ -1,0 +1,68 @@
+//! How much array data one load may read, and checked byte sizes of declared shapes.
+
+/// The most array data (headers included) one `read_arrays` or `load_dataset` call inflates or
+/// reads: far above any sample an audit needs, far below what would take a machine down.
+pub const MAX_DATA_BYTES: u64 = 2 << 30;
+
+/// Bytes still allowed to be read in one load.
+pub struct Budget {
+    limit: u64,
+    used: u64,
+}
+
+/// Reading would pass the budget: `needed` bytes in all, over `limit`.
+#[derive(Debug)]
+pub struct OverBudget {
+    pub needed: u64,
+    pub limit: u64,
+}
+
+impl Budget {
+    pub fn new(limit: u64) -> Self {
+        Budget { limit, used: 0 }
+    }
+
+    /// Account for `bytes` about to be read, before reading them.
+    pub fn charge(&mut self, bytes: u64) -> Result<(), OverBudget> {
+        let needed = self.used.saturating_add(bytes);
+        if needed > self.limit {
+            return Err(OverBudget {
+                needed,
+                limit: self.limit,
+            });
+        }
+        self.used = needed;
+        Ok(())
+    }
+}
+
+/// The byte size of `shape` with `elem`-byte elements, refusing negative dimensions and sizes
+/// that do not fit 63 bits (what libtorch can index).
+pub fn byte_size(shape: &[i64], elem: u64) -> Result<u64, String> {
+    if shape.iter().any(|&d| d < 0) {
+        return Err(format!("shape {shape:?} has a negative dimension"));
+    }
+    shape
+        .iter()
+        .try_fold(elem, |acc, &d| acc.checked_mul(d as u64))
+        .filter(|&b| b <= i64::MAX as u64)
+        .ok_or_else(|| format!("shape {shape:?} is too large (its byte size overflows 64 bits)"))
+}
+
+/// `2 GiB`, `1.5 MiB`, `512 bytes`.
+pub fn bytes_text(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
+    for (unit, size) in UNITS {
+        if bytes >= size {
+            let value = bytes as f64 / size as f64;
+            let text = format!("{value:.1}");
+            return format!("{} {unit}", text.trim_end_matches(".0"));
+        }
+    }
+    format!("{bytes} bytes")
+}
