@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use trainlint_checks::ports::LossKind;
+use trainlint_checks::ports::parse_choice;
 use trainlint_checks::{registry, Context, Severity};
 
 use config::{ConfigError, Settings};
@@ -502,20 +502,11 @@ fn resolve_settings(args: &CheckArgs) -> Result<Settings, Fatal> {
         settings.threads = t;
     }
     if let Some(t) = &args.task {
-        settings.setup.task = config::parse_task(t).ok_or_else(|| {
-            Fatal::from(format!(
-                "--task: {t:?} is not one of {}",
-                config::TASKS.join(", ")
-            ))
-        })?;
+        settings.setup.task = parse_choice(t).map_err(|e| Fatal::from(format!("--task: {e}")))?;
     }
     if let Some(l) = &args.loss {
-        settings.setup.loss = Some(LossKind::parse(l).ok_or_else(|| {
-            Fatal::from(format!(
-                "--loss: {l:?} is not one of {}",
-                LossKind::NAMES.join(", ")
-            ))
-        })?);
+        settings.setup.loss =
+            Some(parse_choice(l).map_err(|e| Fatal::from(format!("--loss: {e}")))?);
     }
     if settings.model.is_none() && settings.data.is_none() && settings.log.is_none() {
         return Err(Fatal::from(

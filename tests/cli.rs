@@ -211,7 +211,7 @@ fn config_errors_point_at_file_line_and_column() {
     write(dir.path(), "trainlint.toml", "[setup]\nlr = -1\n");
     let err = stderr(&run(&["check", &cfg.display().to_string()]));
     assert!(
-        err.contains("trainlint.toml:2:6: setup.lr: must be a positive number, found -1"),
+        err.contains("trainlint.toml:2:6: setup.lr: must be greater than 0, found -1"),
         "{err}"
     );
 

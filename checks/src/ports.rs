@@ -4,6 +4,8 @@
 use std::cell::OnceCell;
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::CheckError;
@@ -99,7 +101,9 @@ pub struct LossLog {
     pub terms: Vec<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What the model is trained to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
 pub enum Task {
     Auto,
     ImageToImage,
@@ -107,7 +111,9 @@ pub enum Task {
     Regression,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The training loss, as PyTorch names its functional form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum LossKind {
     Mse,
     L1,
@@ -118,37 +124,46 @@ pub enum LossKind {
     Nll,
 }
 
-impl LossKind {
-    pub const NAMES: [&'static str; 7] = [
-        "mse",
-        "l1",
-        "smooth_l1",
-        "bce",
-        "bce_with_logits",
-        "cross_entropy",
-        "nll",
-    ];
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "mse" => LossKind::Mse,
-            "l1" => LossKind::L1,
-            "smooth_l1" => LossKind::SmoothL1,
-            "bce" => LossKind::Bce,
-            "bce_with_logits" => LossKind::BceWithLogits,
-            "cross_entropy" => LossKind::CrossEntropy,
-            "nll" => LossKind::Nll,
-            _ => return None,
+/// Parse a unit variant from its serde name; the error lists the accepted names.
+pub fn parse_choice<T: serde::de::DeserializeOwned + JsonSchema>(s: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| format!("{s:?} is not one of {}", choices::<T>().join(", ")))
+}
+
+/// The accepted names of an enum, from its schema.
+pub fn choices<T: JsonSchema>() -> Vec<String> {
+    let schema = crate::options::schema_of::<T>();
+    schema["enum"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
         })
-    }
+        .unwrap_or_default()
+}
+
+impl LossKind {
+    /// The name users write (the serde name; a test keeps the two equal).
     pub fn as_str(self) -> &'static str {
-        Self::NAMES[self as usize]
+        match self {
+            LossKind::Mse => "mse",
+            LossKind::L1 => "l1",
+            LossKind::SmoothL1 => "smooth_l1",
+            LossKind::Bce => "bce",
+            LossKind::BceWithLogits => "bce_with_logits",
+            LossKind::CrossEntropy => "cross_entropy",
+            LossKind::Nll => "nll",
+        }
     }
     pub fn is_classification(self) -> bool {
         matches!(self, LossKind::CrossEntropy | LossKind::Nll)
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The optimizer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     Sgd,
     Adam,
@@ -156,14 +171,6 @@ pub enum OptimizerKind {
 }
 
 impl OptimizerKind {
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "sgd" => OptimizerKind::Sgd,
-            "adam" => OptimizerKind::Adam,
-            "adamw" => OptimizerKind::AdamW,
-            _ => return None,
-        })
-    }
     pub fn as_str(self) -> &'static str {
         match self {
             OptimizerKind::Sgd => "sgd",
@@ -173,19 +180,34 @@ impl OptimizerKind {
     }
 }
 
-/// The training setup as the user described it.
-#[derive(Clone, Debug)]
+/// How the model is trained (`[setup]` in trainlint.toml).
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
 pub struct Setup {
+    /// auto: integer targets = classification; input shape = target shape = image-to-image; else regression.
     pub task: Task,
-    /// None: not configured (checks that need it infer or skip).
+    /// The training loss; unset: cross_entropy for classification, mse otherwise.
     pub loss: Option<LossKind>,
+    /// The optimizer.
     pub optimizer: OptimizerKind,
+    /// Learning rate.
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub lr: f64,
+    /// SGD momentum.
+    #[schemars(range(min = 0, max = 1))]
     pub momentum: f64,
+    /// Weight decay.
+    #[schemars(range(min = 0))]
     pub weight_decay: f64,
+    /// Batch size.
+    #[schemars(range(min = 1))]
     pub batch_size: usize,
+    /// Whether the data loader shuffles.
     pub shuffle: bool,
+    /// Whether the task needs the samples in order (optical flow, odometry).
     pub temporal: bool,
+    /// Seed for everything random (set from `[run] seed`).
+    #[serde(skip)]
     pub seed: u64,
 }
 
@@ -273,5 +295,26 @@ impl<'a> Context<'a> {
             })
             .as_ref()
             .map_err(|e| CheckError::Model(e.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_in_messages_are_the_names_users_write() {
+        for name in choices::<LossKind>() {
+            assert_eq!(parse_choice::<LossKind>(&name).unwrap().as_str(), name);
+        }
+        for name in choices::<OptimizerKind>() {
+            assert_eq!(parse_choice::<OptimizerKind>(&name).unwrap().as_str(), name);
+        }
+        assert_eq!(
+            choices::<Task>(),
+            ["auto", "image-to-image", "classification", "regression"]
+        );
+        let e = parse_choice::<LossKind>("mae").unwrap_err();
+        assert!(e.contains("mse, l1, smooth_l1"), "{e}");
     }
 }

@@ -1,17 +1,19 @@
 //! `trainlint.toml` or `[tool.trainlint]` in `pyproject.toml`, plus CLI overrides, into one validated
 //! [`Settings`]. Errors point at `file:line:col` with the offending text.
+mod file;
 mod schema;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use serde_json::json;
 use toml_edit::{ImDocument, Item, TableLike, Value};
-use trainlint_checks::ports::{LossKind, OptimizerKind, Task};
 use trainlint_checks::registry::{self, Selector};
 use trainlint_checks::{Group, Level, Setup, Severity};
 
-pub use schema::{check_options, init_template, json_schema, SECTIONS};
+pub use file::ConfigFile;
+pub use schema::{check_options, config_schema, init_template, json_schema};
 
 /// A configuration error: a message, and where it points when it comes from a file.
 #[derive(Debug)]
@@ -114,31 +116,57 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings {
+        let mut s = Settings {
             config_path: None,
             model: None,
             output: String::new(),
-            device: "cpu".into(),
+            device: String::new(),
             threads: 0,
             data: None,
-            inputs: "inputs".into(),
-            targets: "targets".into(),
-            max_samples: 256,
+            inputs: String::new(),
+            targets: String::new(),
+            max_samples: 0,
             log: None,
             log_loss: None,
             log_terms: Vec::new(),
             setup: Setup::default(),
-            select: vec!["ALL".into()],
+            select: Vec::new(),
             ignore: Vec::new(),
             fail_on: Severity::Error,
             checks: BTreeMap::new(),
             ignores: Vec::new(),
             key_lines: BTreeMap::new(),
-        }
+        };
+        // The defaults are the config file's: declared once, in `file.rs`.
+        s.apply(ConfigFile::default(), Path::new("."));
+        s
     }
 }
 
 impl Settings {
+    /// Take every value of a parsed config file; its relative paths resolve against `base`.
+    fn apply(&mut self, f: ConfigFile, base: &Path) {
+        let path = |p: Option<String>| p.map(|p| base.join(p));
+        self.model = path(f.model.path);
+        self.output = f.model.output.to_string();
+        self.device = f.model.device;
+        self.threads = f.model.threads;
+        self.data = path(f.data.path);
+        self.inputs = f.data.inputs;
+        self.targets = f.data.targets;
+        self.max_samples = f.data.max_samples;
+        self.log = path(f.log.path);
+        self.log_loss = f.log.loss;
+        self.log_terms = f.log.terms;
+        self.setup = Setup {
+            seed: f.run.seed,
+            ..f.setup
+        };
+        self.select = f.run.select;
+        self.ignore = f.run.ignore;
+        self.fail_on = f.run.fail_on.into();
+    }
+
     /// The level a check runs at: the config's, else its default.
     pub fn level(&self, id: &str, default: Level) -> Level {
         self.checks.get(id).and_then(|c| c.level).unwrap_or(default)
@@ -327,46 +355,6 @@ impl Reader<'_> {
         }
         Ok(x)
     }
-    fn bounded(&self, item: &Item, what: &str, lo: f64, hi: f64) -> Result<f64, ConfigError> {
-        let x = self.float(item, what, false)?;
-        if x < lo || x > hi {
-            let range = if hi == f64::MAX {
-                format!("at least {lo}")
-            } else {
-                format!("within [{lo}, {hi}]")
-            };
-            return Err(self.src.error(
-                self.value(item, what)?.span(),
-                format!("{what}: must be {range}, found {x}"),
-            ));
-        }
-        Ok(x)
-    }
-    fn uint(&self, item: &Item, what: &str, min: i64) -> Result<usize, ConfigError> {
-        let v = self.value(item, what)?;
-        let i = v.as_integer().ok_or_else(|| {
-            self.src.error(
-                v.span(),
-                format!("{what}: expected an integer, found {}", v.type_name()),
-            )
-        })?;
-        if i < min {
-            return Err(self.src.error(
-                v.span(),
-                format!("{what}: must be at least {min}, found {i}"),
-            ));
-        }
-        Ok(i as usize)
-    }
-    fn boolean(&self, item: &Item, what: &str) -> Result<bool, ConfigError> {
-        let v = self.value(item, what)?;
-        v.as_bool().ok_or_else(|| {
-            self.src.error(
-                v.span(),
-                format!("{what}: expected true or false, found {}", v.type_name()),
-            )
-        })
-    }
     fn strings(&self, item: &Item, what: &str) -> Result<Vec<String>, ConfigError> {
         let v = self.value(item, what)?;
         let arr = v.as_array().ok_or_else(|| {
@@ -388,9 +376,6 @@ impl Reader<'_> {
                 })
             })
             .collect()
-    }
-    fn path(&self, item: &Item, what: &str, base: &Path) -> Result<PathBuf, ConfigError> {
-        Ok(base.join(self.string(item, what)?))
     }
     fn table<'i>(&self, item: &'i Item, what: &str) -> Result<&'i dyn TableLike, ConfigError> {
         item.as_table_like().ok_or_else(|| {
@@ -434,22 +419,70 @@ pub fn load_file(path: &Path, settings: &mut Settings) -> Result<(), ConfigError
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let r = Reader { src };
     settings.config_path = Some(path.to_path_buf());
-    let mut section_names: Vec<&str> = SECTIONS.iter().map(|s| s.name).collect();
+    let schema = config_schema();
+    let sections = schema["properties"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let mut section_names: Vec<&str> = sections.keys().map(String::as_str).collect();
     section_names.extend(["checks", "ignore"]);
     record_key_lines(&r, root, settings);
+    let mut values = serde_json::Map::new();
     for (key, item) in root.iter() {
         match key {
-            "model" => read_model(&r, r.table(item, "model")?, settings, &base)?,
-            "data" => read_data(&r, r.table(item, "data")?, settings, &base)?,
-            "log" => read_log(&r, r.table(item, "log")?, settings, &base)?,
-            "setup" => read_setup(&r, r.table(item, "setup")?, &mut settings.setup)?,
-            "run" => read_run(&r, r.table(item, "run")?, settings)?,
             "checks" => read_checks(&r, r.table(item, "checks")?, settings)?,
             "ignore" => read_ignores(&r, item, settings)?,
-            _ => return Err(unknown_key(&r.src, root, key, "", &section_names)),
+            _ => match sections.get(key) {
+                Some(section) => {
+                    let table = r.table(item, key)?;
+                    values.insert(key.to_string(), read_section(&r, table, key, section)?);
+                }
+                None => return Err(unknown_key(&r.src, root, key, "", &section_names)),
+            },
         }
     }
+    // Every value was checked against the schema above; this cannot fail but says why if it does.
+    let file: ConfigFile = serde_json::from_value(serde_json::Value::Object(values))
+        .map_err(|e| ConfigError::plain(format!("{}: {e}", path.display())))?;
+    settings.apply(file, &base);
     Ok(())
+}
+
+/// One section's keys checked against its schema: unknown keys, types, choices and bounds, each error
+/// pointing at the key or value; plus the checks a schema cannot express (device, selectors).
+fn read_section(
+    r: &Reader,
+    t: &dyn TableLike,
+    section: &str,
+    schema: &serde_json::Value,
+) -> Result<serde_json::Value, ConfigError> {
+    let props = schema["properties"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let mut out = serde_json::Map::new();
+    for (key, item) in t.iter() {
+        let what = format!("{section}.{key}");
+        let Some(prop) = props.get(key) else {
+            let known: Vec<&str> = props.keys().map(String::as_str).collect();
+            return Err(unknown_key(&r.src, t, key, section, &known));
+        };
+        let value = typed_value(r, item, &what, prop)?;
+        let at = |m: String| r.src.error(item.span(), format!("{what}: {m}"));
+        match what.as_str() {
+            "model.device" => {
+                crate::model::parse_device(value.as_str().unwrap_or_default())
+                    .map_err(|e| at(e.to_string()))?;
+            }
+            "run.select" | "run.ignore" => {
+                let list: Vec<String> = serde_json::from_value(value.clone()).unwrap_or_default();
+                validate_selectors(&list).map_err(at)?;
+            }
+            _ => {}
+        }
+        out.insert(key.to_string(), value);
+    }
+    Ok(serde_json::Value::Object(out))
 }
 
 /// Remember the line of each `section.key` (and of each `[checks.ID]` table) for report locations.
@@ -465,154 +498,6 @@ fn record_key_lines(r: &Reader, root: &dyn TableLike, settings: &mut Settings) {
     }
 }
 
-fn keys_of(section: &str) -> Vec<&'static str> {
-    SECTIONS
-        .iter()
-        .find(|s| s.name == section)
-        .map(|s| s.keys.iter().map(|k| k.name).collect())
-        .unwrap_or_default()
-}
-
-fn read_model(
-    r: &Reader,
-    t: &dyn TableLike,
-    s: &mut Settings,
-    base: &Path,
-) -> Result<(), ConfigError> {
-    for (key, item) in t.iter() {
-        match key {
-            "path" => s.model = Some(r.path(item, "model.path", base)?),
-            "output" => {
-                let v = r.value(item, "model.output")?;
-                s.output = match (v.as_str(), v.as_integer()) {
-                    (Some(k), _) => k.to_string(),
-                    (_, Some(i)) if i >= 0 => i.to_string(),
-                    _ => {
-                        return Err(r.src.error(
-                            v.span(),
-                            "model.output: expected a tuple index or a dict key",
-                        ))
-                    }
-                };
-            }
-            "device" => {
-                let d = r.string(item, "model.device")?;
-                crate::model::parse_device(&d)
-                    .map_err(|e| r.src.error(item.span(), format!("model.device: {e}")))?;
-                s.device = d;
-            }
-            "threads" => s.threads = r.uint(item, "model.threads", 0)?,
-            _ => return Err(unknown_key(&r.src, t, key, "model", &keys_of("model"))),
-        }
-    }
-    Ok(())
-}
-
-fn read_data(
-    r: &Reader,
-    t: &dyn TableLike,
-    s: &mut Settings,
-    base: &Path,
-) -> Result<(), ConfigError> {
-    for (key, item) in t.iter() {
-        match key {
-            "path" => s.data = Some(r.path(item, "data.path", base)?),
-            "inputs" => s.inputs = r.string(item, "data.inputs")?,
-            "targets" => s.targets = r.string(item, "data.targets")?,
-            "max_samples" => s.max_samples = r.uint(item, "data.max_samples", 1)?,
-            _ => return Err(unknown_key(&r.src, t, key, "data", &keys_of("data"))),
-        }
-    }
-    Ok(())
-}
-
-fn read_log(
-    r: &Reader,
-    t: &dyn TableLike,
-    s: &mut Settings,
-    base: &Path,
-) -> Result<(), ConfigError> {
-    for (key, item) in t.iter() {
-        match key {
-            "path" => s.log = Some(r.path(item, "log.path", base)?),
-            "loss" => s.log_loss = Some(r.string(item, "log.loss")?),
-            "terms" => s.log_terms = r.strings(item, "log.terms")?,
-            _ => return Err(unknown_key(&r.src, t, key, "log", &keys_of("log"))),
-        }
-    }
-    Ok(())
-}
-
-pub const TASKS: [&str; 4] = ["auto", "image-to-image", "classification", "regression"];
-pub const OPTIMIZERS: [&str; 3] = ["sgd", "adam", "adamw"];
-
-pub fn parse_task(s: &str) -> Option<Task> {
-    Some(match s {
-        "auto" => Task::Auto,
-        "image-to-image" => Task::ImageToImage,
-        "classification" => Task::Classification,
-        "regression" => Task::Regression,
-        _ => return None,
-    })
-}
-
-fn read_setup(r: &Reader, t: &dyn TableLike, setup: &mut Setup) -> Result<(), ConfigError> {
-    for (key, item) in t.iter() {
-        match key {
-            "task" => {
-                setup.task = parse_task(&r.choice(item, "setup.task", &TASKS)?).expect("validated")
-            }
-            "loss" => {
-                setup.loss = LossKind::parse(&r.choice(item, "setup.loss", &LossKind::NAMES)?)
-            }
-            "optimizer" => {
-                setup.optimizer =
-                    OptimizerKind::parse(&r.choice(item, "setup.optimizer", &OPTIMIZERS)?)
-                        .expect("validated")
-            }
-            "lr" => setup.lr = r.float(item, "setup.lr", true)?,
-            "momentum" => setup.momentum = r.bounded(item, "setup.momentum", 0.0, 1.0)?,
-            "weight_decay" => {
-                setup.weight_decay = r.bounded(item, "setup.weight_decay", 0.0, f64::MAX)?
-            }
-            "batch_size" => setup.batch_size = r.uint(item, "setup.batch_size", 1)?,
-            "shuffle" => setup.shuffle = r.boolean(item, "setup.shuffle")?,
-            "temporal" => setup.temporal = r.boolean(item, "setup.temporal")?,
-            _ => return Err(unknown_key(&r.src, t, key, "setup", &keys_of("setup"))),
-        }
-    }
-    Ok(())
-}
-
-fn read_run(r: &Reader, t: &dyn TableLike, s: &mut Settings) -> Result<(), ConfigError> {
-    for (key, item) in t.iter() {
-        match key {
-            "select" | "ignore" => {
-                let list = r.strings(item, &format!("run.{key}"))?;
-                validate_selectors(&list)
-                    .map_err(|m| r.src.error(item.span(), format!("run.{key}: {m}")))?;
-                if key == "select" {
-                    s.select = list;
-                } else {
-                    s.ignore = list;
-                }
-            }
-            "fail_on" => {
-                s.fail_on = match r
-                    .choice(item, "run.fail_on", &["error", "warning"])?
-                    .as_str()
-                {
-                    "warning" => Severity::Warning,
-                    _ => Severity::Error,
-                }
-            }
-            "seed" => s.setup.seed = r.uint(item, "run.seed", 0)? as u64,
-            _ => return Err(unknown_key(&r.src, t, key, "run", &keys_of("run"))),
-        }
-    }
-    Ok(())
-}
-
 /// Selectors are `ALL`, group names, check ids or finding-kind ids.
 pub fn validate_selectors(list: &[String]) -> Result<(), String> {
     for s in list {
@@ -626,46 +511,84 @@ pub fn validate_selectors(list: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// A check option's TOML value checked against its schema (type, choices, bounds), as JSON.
-fn option_value(
+/// The branches of a schema: those of an `anyOf` / `oneOf` (without `null`), or the schema itself.
+fn branches(schema: &serde_json::Value) -> Vec<&serde_json::Value> {
+    for key in ["anyOf", "oneOf"] {
+        if let Some(list) = schema[key].as_array() {
+            return list.iter().filter(|b| b["type"] != "null").collect();
+        }
+    }
+    vec![schema]
+}
+
+fn types_of(schema: &serde_json::Value) -> Vec<&str> {
+    match &schema["type"] {
+        serde_json::Value::String(t) => vec![t.as_str()],
+        serde_json::Value::Array(ts) => ts.iter().filter_map(|t| t.as_str()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A TOML value checked against its schema (from a typed struct's declaration), as JSON: its type,
+/// its choices (with a "did you mean"), its bounds, and never NaN or ±Inf.
+fn typed_value(
     r: &Reader,
     item: &Item,
     what: &str,
     schema: &serde_json::Value,
 ) -> Result<serde_json::Value, ConfigError> {
-    use serde_json::json;
     let v = r.value(item, what)?;
     let err = |message: String| r.src.error(v.span(), format!("{what}: {message}"));
-    let types: Vec<&str> = match &schema["type"] {
-        serde_json::Value::String(t) => vec![t.as_str()],
-        serde_json::Value::Array(ts) => ts.iter().filter_map(|t| t.as_str()).collect(),
-        _ => Vec::new(),
+    let accepts = |b: &&serde_json::Value| {
+        let types = types_of(b);
+        match v {
+            Value::Integer(_) => types.contains(&"integer") || types.contains(&"number"),
+            Value::Float(_) => types.contains(&"number"),
+            Value::String(_) => types.contains(&"string"),
+            Value::Boolean(_) => types.contains(&"boolean"),
+            Value::Array(_) => types.contains(&"array"),
+            _ => false,
+        }
     };
-    let choices: Vec<&str> = match (&schema["enum"], &schema["oneOf"]) {
-        (serde_json::Value::Array(e), _) => e.iter().filter_map(|c| c.as_str()).collect(),
-        (_, serde_json::Value::Array(o)) => o.iter().filter_map(|c| c["const"].as_str()).collect(),
-        _ => Vec::new(),
+    let options = branches(schema);
+    let Some(branch) = options.iter().copied().find(|b| accepts(&b)) else {
+        let mut wanted: Vec<&str> = options.iter().flat_map(|b| types_of(b)).collect();
+        wanted.retain(|t| *t != "null");
+        wanted.dedup();
+        let wanted: Vec<String> = wanted
+            .iter()
+            .map(|t| match *t {
+                "integer" => "an integer".to_string(),
+                "array" => "a list of strings".to_string(),
+                "boolean" => "true or false".to_string(),
+                other => format!("a {other}"),
+            })
+            .collect();
+        return Err(err(format!(
+            "expected {}, found {}",
+            wanted.join(" or "),
+            v.type_name()
+        )));
     };
-    let value = if !choices.is_empty() {
-        let s = r.choice(item, what, &choices)?;
-        json!(s)
-    } else if types.contains(&"number") {
-        let x = r.float(item, what, false)?;
-        json!(x)
-    } else if types.contains(&"integer") {
-        let i = v
-            .as_integer()
-            .ok_or_else(|| err(format!("expected an integer, found {}", v.type_name())))?;
-        json!(i)
-    } else if types.contains(&"boolean") {
-        json!(r.boolean(item, what)?)
-    } else if types.contains(&"array") {
-        json!(r.strings(item, what)?)
-    } else {
-        json!(r.string(item, what)?)
+    let value = match v {
+        Value::Integer(i) if types_of(branch).contains(&"integer") => json!(*i.value()),
+        Value::Integer(_) | Value::Float(_) => json!(r.float(item, what, false)?),
+        Value::String(s) => {
+            let choices: Vec<&str> = branch["enum"]
+                .as_array()
+                .map(|e| e.iter().filter_map(|c| c.as_str()).collect())
+                .unwrap_or_default();
+            if choices.is_empty() {
+                json!(s.value())
+            } else {
+                json!(r.choice(item, what, &choices)?)
+            }
+        }
+        Value::Boolean(b) => json!(*b.value()),
+        _ => json!(r.strings(item, what)?),
     };
     if let Some(x) = value.as_f64() {
-        let bound = |key: &str| schema[key].as_f64();
+        let bound = |key: &str| branch[key].as_f64();
         if let Some(min) = bound("minimum").filter(|m| x < *m) {
             return Err(err(format!("must be at least {min}, found {x}")));
         }
@@ -716,7 +639,7 @@ fn read_checks(r: &Reader, t: &dyn TableLike, s: &mut Settings) -> Result<(), Co
                     &known,
                 ));
             };
-            let value = option_value(r, item, &what, prop)?;
+            let value = typed_value(r, item, &what, prop)?;
             cfg.options.insert(key.to_string(), value);
         }
         check
@@ -808,6 +731,69 @@ fn read_ignores(r: &Reader, item: &Item, s: &mut Settings) -> Result<(), ConfigE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use trainlint_checks::ports::LossKind;
+
+    #[test]
+    fn schema_defaults_are_the_code_defaults_and_the_init_template_reads_back_as_them() {
+        let schema = config_schema();
+        let defaults = serde_json::to_value(ConfigFile::default()).unwrap();
+        for (section, object) in schema["properties"].as_object().unwrap() {
+            for (key, prop) in object["properties"].as_object().unwrap() {
+                assert_eq!(prop["default"], defaults[section][key], "{section}.{key}");
+                assert!(
+                    prop["description"].as_str().is_some_and(|d| d.len() > 5),
+                    "{section}.{key} is undocumented"
+                );
+            }
+        }
+        // `trainlint init`'s template, read back, is exactly the defaults (and every check's options).
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("trainlint.toml");
+        std::fs::write(&p, init_template(&[])).unwrap();
+        let mut s = Settings::default();
+        load_file(&p, &mut s).unwrap();
+        let d = Settings::default();
+        assert_eq!(
+            (
+                &s.output,
+                &s.device,
+                s.threads,
+                &s.inputs,
+                &s.targets,
+                s.max_samples
+            ),
+            (
+                &d.output,
+                &d.device,
+                d.threads,
+                &d.inputs,
+                &d.targets,
+                d.max_samples
+            )
+        );
+        assert_eq!(
+            (&s.select, &s.ignore, s.fail_on),
+            (&d.select, &d.ignore, d.fail_on)
+        );
+        assert_eq!(format!("{:?}", s.setup), format!("{:?}", d.setup));
+        for check in registry::all() {
+            let id = check.info().id;
+            assert_eq!(
+                s.level(id, Level::Allow),
+                check.info().default_level,
+                "{id}"
+            );
+            let read = s.options(id);
+            let read = read.as_object().unwrap();
+            for (k, v) in check.default_options().as_object().unwrap() {
+                let same = match (v.as_f64(), read[k].as_f64()) {
+                    (Some(a), Some(b)) => (a - b).abs() <= 1e-12 * a.abs().max(1.0),
+                    _ => *v == read[k],
+                };
+                assert!(same, "{id}.{k}: template {} vs default {v}", read[k]);
+            }
+        }
+    }
 
     fn load(text: &str) -> Result<Settings, ConfigError> {
         let dir = tempfile::tempdir().unwrap();

@@ -1,120 +1,55 @@
 //! The configuration's keys in one table: it drives validation hints, `trainlint init` and
 //! `trainlint schema`.
 use serde_json::{json, Map, Value};
-use trainlint_checks::ports::LossKind;
 use trainlint_checks::{registry, Rule};
 
-pub struct Key {
-    pub name: &'static str,
-    /// JSON-schema type: string, number, integer, boolean, array.
-    pub kind: &'static str,
-    /// The default as TOML text; empty when there is none.
-    pub default: &'static str,
-    pub choices: &'static [&'static str],
-    pub doc: &'static str,
+/// The JSON Schema of the config file's sections, from their typed declarations (`file.rs`).
+pub fn config_schema() -> Value {
+    trainlint_checks::options::schema_of::<super::ConfigFile>()
 }
 
-pub struct Section {
-    pub name: &'static str,
-    pub doc: &'static str,
-    pub keys: &'static [Key],
+/// One documented key of a schema object, for the template and the reference.
+struct Documented {
+    name: String,
+    doc: String,
+    /// The default as TOML text; empty when there is none (an unset path).
+    default: String,
+    choices: Vec<String>,
 }
 
-const fn key(
-    name: &'static str,
-    kind: &'static str,
-    default: &'static str,
-    doc: &'static str,
-) -> Key {
-    Key {
-        name,
-        kind,
-        default,
-        choices: &[],
-        doc,
-    }
+fn documented(object: &Value) -> Vec<Documented> {
+    let Some(props) = object["properties"].as_object() else {
+        return Vec::new();
+    };
+    props
+        .iter()
+        .map(|(name, prop)| {
+            let branch = prop["anyOf"]
+                .as_array()
+                .and_then(|b| b.iter().find(|b| b["type"] != "null"))
+                .unwrap_or(prop);
+            let choices = branch["enum"]
+                .as_array()
+                .map(|e| {
+                    e.iter()
+                        .filter_map(|c| c.as_str())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let default = match &prop["default"] {
+                Value::Null => String::new(),
+                v => toml_text(v),
+            };
+            Documented {
+                name: name.clone(),
+                doc: prop["description"].as_str().unwrap_or("").to_string(),
+                default,
+                choices,
+            }
+        })
+        .collect()
 }
-
-pub static SECTIONS: &[Section] = &[
-    Section {
-        name: "model",
-        doc: "The TorchScript model (torch.jit.script(model).save(...) or torch.jit.trace)",
-        keys: &[
-            key("path", "string", "", "Path to the TorchScript file, relative to this file"),
-            key("output", "string", "\"\"", "Which output is the prediction when forward returns a tuple (index) or dict (key); empty: the first"),
-            key("device", "string", "\"cpu\"", "cpu, cuda or cuda:N"),
-            key("threads", "integer", "0", "libtorch CPU threads; 0 = the machine's cores"),
-        ],
-    },
-    Section {
-        name: "data",
-        doc: "A sample of training data: .npz, .npy or .safetensors, samples along dim 0 in loader order",
-        keys: &[
-            key("path", "string", "", "Path to the data sample, relative to this file"),
-            key("inputs", "string", "\"inputs\"", "Name of the input array"),
-            key("targets", "string", "\"targets\"", "Name of the target array (float: regression / image-to-image; integer: class indices)"),
-            key("max_samples", "integer", "256", "Use at most this many samples (the first ones)"),
-        ],
-    },
-    Section {
-        name: "log",
-        doc: "An optional loss log: CSV or JSONL with an optional `step` column",
-        keys: &[
-            key("path", "string", "", "Path to the loss log, relative to this file"),
-            key("loss", "string", "\"loss\"", "The total-loss column"),
-            key("terms", "array", "[]", "Loss-term columns; empty: every `loss_*` column"),
-        ],
-    },
-    Section {
-        name: "setup",
-        doc: "How the model is trained",
-        keys: &[
-            Key {
-                name: "task",
-                kind: "string",
-                default: "\"auto\"",
-                choices: &["auto", "image-to-image", "classification", "regression"],
-                doc: "auto: integer targets = classification; input shape = target shape = image-to-image; else regression",
-            },
-            Key {
-                name: "loss",
-                kind: "string",
-                default: "",
-                choices: &LossKind::NAMES,
-                doc: "The training loss; unset: cross_entropy for classification, mse otherwise",
-            },
-            Key {
-                name: "optimizer",
-                kind: "string",
-                default: "\"adam\"",
-                choices: &["sgd", "adam", "adamw"],
-                doc: "The optimizer",
-            },
-            key("lr", "number", "0.001", "Learning rate"),
-            key("momentum", "number", "0.9", "SGD momentum"),
-            key("weight_decay", "number", "0.0", "Weight decay"),
-            key("batch_size", "integer", "32", "Batch size"),
-            key("shuffle", "boolean", "true", "Whether the data loader shuffles"),
-            key("temporal", "boolean", "false", "Whether the task needs the samples in order (optical flow, odometry)"),
-        ],
-    },
-    Section {
-        name: "run",
-        doc: "Which checks run and what fails the run",
-        keys: &[
-            key("select", "array", "[\"ALL\"]", "Checks, finding kinds or groups to run (ALL = every check)"),
-            key("ignore", "array", "[]", "Checks, finding kinds or groups to skip"),
-            Key {
-                name: "fail_on",
-                kind: "string",
-                default: "\"error\"",
-                choices: &["error", "warning"],
-                doc: "Exit 1 when a finding at or above this severity remains",
-            },
-            key("seed", "integer", "0", "Seed for everything random; the same seed gives the same report"),
-        ],
-    },
-];
 
 /// One option of a check, read from its options schema (so from the options struct's declaration).
 pub struct CheckOption {
@@ -193,12 +128,14 @@ pub fn init_template(filled: &[(&str, String)]) -> String {
         "# trainlint configuration. Every option is shown at its default; `trainlint schema` prints the\n\
          # JSON Schema, `trainlint rules` lists the checks and `trainlint explain ID` documents one.\n",
     );
-    for section in SECTIONS {
-        out.push_str(&format!("\n# {}\n[{}]\n", section.doc, section.name));
-        for k in section.keys {
-            let full = format!("{}.{}", section.name, k.name);
+    let schema = config_schema();
+    for (section, object) in schema["properties"].as_object().into_iter().flatten() {
+        let doc = object["description"].as_str().unwrap_or("");
+        out.push_str(&format!("\n# {doc}\n[{section}]\n"));
+        for k in documented(object) {
+            let full = format!("{section}.{}", k.name);
             let doc = if k.choices.is_empty() {
-                k.doc.to_string()
+                k.doc
             } else {
                 format!("{} ({})", k.doc, k.choices.join(", "))
             };
@@ -231,43 +168,12 @@ pub fn init_template(filled: &[(&str, String)]) -> String {
     out
 }
 
-fn key_schema(k: &Key) -> Value {
-    let mut s = Map::new();
-    s.insert("description".into(), k.doc.into());
-    if k.kind == "array" {
-        s.insert("type".into(), "array".into());
-        s.insert("items".into(), json!({"type": "string"}));
-    } else {
-        s.insert("type".into(), k.kind.into());
-    }
-    if !k.choices.is_empty() {
-        s.insert("enum".into(), k.choices.into());
-    }
-    if let Ok(v) = format!("v = {}", k.default)
-        .parse::<toml::Table>()
-        .map(|t| t["v"].clone())
-    {
-        if let Ok(j) = serde_json::to_value(v) {
-            s.insert("default".into(), j);
-        }
-    }
-    Value::Object(s)
-}
-
 /// The JSON Schema of the configuration, for editors.
 pub fn json_schema() -> Value {
-    let mut props = Map::new();
-    for section in SECTIONS {
-        let keys: Map<String, Value> = section
-            .keys
-            .iter()
-            .map(|k| (k.name.to_string(), key_schema(k)))
-            .collect();
-        props.insert(
-            section.name.into(),
-            json!({"type": "object", "description": section.doc, "properties": keys, "additionalProperties": false}),
-        );
-    }
+    let mut props: Map<String, Value> = config_schema()["properties"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
     let mut checks = Map::new();
     for check in registry::all() {
         let info = check.info();
@@ -297,7 +203,7 @@ pub fn json_schema() -> Value {
             "properties": {"check": {"type": "string", "description": "A check id or a finding-kind id"}, "location": {"type": "string"}, "reason": {"type": "string", "minLength": 1}}}}),
     );
     json!({
-        "$schema": "http://json-schema.org/draft-07/schema#",
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "trainlint configuration",
         "type": "object",
         "properties": props,

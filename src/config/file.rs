@@ -1,0 +1,151 @@
+//! The configuration file's sections as typed structs: each key is declared once here, with its doc
+//! comment, its default (in `Default`) and its bounds. Validation, `trainlint schema`, `trainlint init`'s
+//! template and the README's reference all derive from these declarations.
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use trainlint_checks::{Setup, Severity};
+
+/// `trainlint.toml` (or `[tool.trainlint]` in pyproject.toml), less `[checks.*]` and `[[ignore]]`,
+/// whose shape depends on the checks.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConfigFile {
+    /// The TorchScript model (torch.jit.script(model).save(...) or torch.jit.trace)
+    pub model: ModelSection,
+    /// A sample of training data: .npz, .npy or .safetensors, samples along dim 0 in loader order
+    pub data: DataSection,
+    /// An optional loss log: CSV or JSONL with an optional `step` column
+    pub log: LogSection,
+    /// How the model is trained
+    pub setup: Setup,
+    /// Which checks run and what fails the run
+    pub run: RunSection,
+}
+
+/// Which output of forward is the prediction.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum OutputSelector {
+    /// A tuple index.
+    Index(u64),
+    /// A dict key; empty: the first output.
+    Key(String),
+}
+
+impl Default for OutputSelector {
+    fn default() -> Self {
+        OutputSelector::Key(String::new())
+    }
+}
+
+impl std::fmt::Display for OutputSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OutputSelector::Index(i) => write!(f, "{i}"),
+            OutputSelector::Key(k) => write!(f, "{k}"),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSection {
+    /// Path to the TorchScript file, relative to this file
+    pub path: Option<String>,
+    /// Which output is the prediction when forward returns a tuple (an index) or a dict (a key); empty: the first
+    pub output: OutputSelector,
+    /// cpu, cuda or cuda:N
+    pub device: String,
+    /// libtorch CPU threads; 0 = the machine's cores
+    #[schemars(range(min = 0, max = 1024))]
+    pub threads: usize,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        ModelSection {
+            path: None,
+            output: OutputSelector::default(),
+            device: "cpu".into(),
+            threads: 0,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataSection {
+    /// Path to the data sample, relative to this file
+    pub path: Option<String>,
+    /// Name of the input array
+    pub inputs: String,
+    /// Name of the target array (float: regression / image-to-image; integer: class indices)
+    pub targets: String,
+    /// Use at most this many samples (the first ones)
+    #[schemars(range(min = 1))]
+    pub max_samples: usize,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        DataSection {
+            path: None,
+            inputs: "inputs".into(),
+            targets: "targets".into(),
+            max_samples: 256,
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    /// Path to the loss log, relative to this file
+    pub path: Option<String>,
+    /// The total-loss column; unset: `loss`
+    pub loss: Option<String>,
+    /// Loss-term columns; empty: every `loss_*` column
+    pub terms: Vec<String>,
+}
+
+/// The severity at or above which findings fail the run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FailOn {
+    #[default]
+    Error,
+    Warning,
+}
+
+impl From<FailOn> for Severity {
+    fn from(f: FailOn) -> Severity {
+        match f {
+            FailOn::Error => Severity::Error,
+            FailOn::Warning => Severity::Warning,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunSection {
+    /// Checks, finding kinds or groups to run (ALL = every check)
+    pub select: Vec<String>,
+    /// Checks, finding kinds or groups to skip
+    pub ignore: Vec<String>,
+    /// Exit 1 when a finding at or above this severity remains
+    pub fail_on: FailOn,
+    /// Seed for everything random; the same seed gives the same report
+    pub seed: u64,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        RunSection {
+            select: vec!["ALL".into()],
+            ignore: Vec::new(),
+            fail_on: FailOn::Error,
+            seed: 0,
+        }
+    }
+}
