@@ -551,7 +551,7 @@ fn typed_value(
         }
     };
     let options = branches(schema);
-    let Some(branch) = options.iter().copied().find(|b| accepts(&b)) else {
+    let Some(branch) = options.iter().copied().find(|b| accepts(b)) else {
         let mut wanted: Vec<&str> = options.iter().flat_map(|b| types_of(b)).collect();
         wanted.retain(|t| *t != "null");
         wanted.dedup();

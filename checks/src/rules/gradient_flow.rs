@@ -129,7 +129,10 @@ impl Violation for NonFiniteGradient {
 lost before training starts.",
         how: "Error for trainable parameters whose gradient norm is not finite after one backward pass.",
         fix: "Look for NaN / Inf in the inputs, log(0) or division by zero in forward, or an exploding loss.",
-        example: None,
+        example: Some(Example {
+            args: "--model fixtures/models/sqrt_where_head.pt --data fixtures/data/regression.npz",
+            message: "4 parameters get NaN or Inf gradients: fc1.weight, fc1.bias, fc.weight, fc.bias (modules fc1, fc)",
+        }),
     };
     fn message(&self) -> String {
         format!(

@@ -93,7 +93,10 @@ impl Violation for NonFiniteWeights {
         why: "NaN or Inf weights poison every output and every gradient: nothing trains.",
         how: "Error for any judged weight (see std-out-of-band) with a non-finite value.",
         fix: "Re-initialise the layer; check the code that set or loaded these weights.",
-        example: None,
+        example: Some(Example {
+            args: "--model fixtures/models/mlp_nan.pt",
+            message: "3 of 4096 values are NaN or Inf",
+        }),
     };
     fn message(&self) -> String {
         format!(
@@ -259,7 +262,10 @@ impl Violation for NormFarFromDefault {
 scale; a γ or β of hundreds rescales every activation behind it and destabilises the first steps.",
         how: "Error when the mean |γ| or |β| of a normalisation layer exceeds `norm_max`.",
         fix: "Reset normalisation layers to γ = 1, β = 0 (nn.init.ones_ / zeros_).",
-        example: None,
+        example: Some(Example {
+            args: "--model fixtures/models/bn_gamma_100.pt",
+            message: "BatchNorm2d γ: mean |value| 100 is far from its default 1 (limit 10)",
+        }),
     };
     fn message(&self) -> String {
         format!(

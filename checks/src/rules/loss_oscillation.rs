@@ -170,7 +170,10 @@ high for the model (or the loss is mis-specified), and training longer makes it 
 the last quarter lies `divergence_rise` (ln 2: doubled) above the level at the start (the interquartile \
 mean of the first 5% of the points, at least 5). Needs `min_points` finite rows.",
         fix: "Lower the learning rate by 3–10× (or add warm-up); check the loss's sign and reduction.",
-        example: None,
+        example: Some(Example {
+            args: "--log fixtures/logs/rising.csv",
+            message: "the loss diverges over steps 0..199: its level rose from 7.16 (start) to 33.6 (last quarter)",
+        }),
     };
     fn message(&self) -> String {
         let l = &self.log;
@@ -380,7 +383,10 @@ the steps without net progress is bouncing across the valley, a learning rate to
         how: "The same probe as probe-diverges. Warning when the evaluation loss made no progress (end ≥ \
 0.9 × start) with ≥ 30% of the steps going up (by more than 1%), or zig-zags (≥ 45% of the steps up).",
         fix: "Lower setup.lr by 3–10×; if the loss bounces at any learning rate, add capacity.",
-        example: None,
+        example: Some(Example {
+            args: "fixtures/configs/sgd_probe_oscillates.toml",
+            message: "learning-rate probe: sgd at lr 0.3 (batch 32) oscillates: the loss on a fixed evaluation batch went up in 48.3% of 60 steps and from 0.955 to 0.94",
+        }),
     };
     fn message(&self) -> String {
         let p = &self.probe;

@@ -295,7 +295,10 @@ output in train and eval mode; a large gap means evaluation runs a different mod
 were trained and no other kind explains it; warning above `max_output_gap`.",
         fix: "Recompute the BatchNorm statistics on data preprocessed as in training, or check for a \
 distribution shift.",
-        example: None,
+        example: Some(Example {
+            args: "--model fixtures/models/bn_mlp_trained.pt --data fixtures/data/regression_half_scale.npz",
+            message: "train- and eval-mode outputs differ by 86.2% on the same batch: the running statistics do not represent this data",
+        }),
     };
     fn message(&self) -> String {
         format!(
