@@ -140,6 +140,9 @@ pub enum CheckError {
     Model(String),
     #[error("{0}")]
     Other(String),
+    /// The check does not apply to these inputs; the reason becomes the check's `skipped` status.
+    #[error("skipped: {0}")]
+    Skip(String),
 }
 
 pub type CheckOutput = Result<CheckResult, CheckError>;
@@ -149,7 +152,9 @@ pub trait Check: Send + Sync + 'static {
     /// The check's options: a struct with `#[serde(default, deny_unknown_fields)]`, doc comments on
     /// every field and its defaults in `Default` ([`NoOptions`] when it has none).
     type Options: CheckOptions;
-    fn info(&self) -> &'static CheckInfo;
+    const INFO: &'static CheckInfo;
+    /// The findings; `Err(CheckError::Skip)` (what `ctx.model()?` and friends return when an input
+    /// is missing) reports the check as skipped with the reason.
     fn run(&self, ctx: &Context, options: &Self::Options) -> CheckOutput;
 }
 
@@ -168,7 +173,7 @@ pub trait Rule: Send + Sync {
 
 impl<C: Check> Rule for C {
     fn info(&self) -> &'static CheckInfo {
-        Check::info(self)
+        C::INFO
     }
     fn options_schema(&self) -> Value {
         options::schema_of::<C::Options>()
@@ -182,19 +187,9 @@ impl<C: Check> Rule for C {
     fn run_with(&self, ctx: &Context, options: &Value) -> CheckOutput {
         let options = options::parse::<C::Options>(options)
             .map_err(|e| CheckError::Other(format!("invalid options: {e}")))?;
-        self.run(ctx, &options)
-    }
-}
-
-/// The shared preamble of checks that need both the model and the data sample.
-pub fn model_and_data<'a>(ctx: &Context<'a>) -> Result<(&'a dyn Model, &'a Dataset), CheckResult> {
-    match (ctx.model, ctx.data) {
-        (Some(m), Some(d)) => Ok((m, d)),
-        (None, _) => Err(CheckResult::skipped(
-            "needs a model: set [model] path (or pass --model)",
-        )),
-        (_, None) => Err(CheckResult::skipped(
-            "needs a data sample: set [data] path (or pass --data)",
-        )),
+        match self.run(ctx, &options) {
+            Err(CheckError::Skip(reason)) => Ok(CheckResult::skipped(reason)),
+            other => other,
+        }
     }
 }

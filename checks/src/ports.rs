@@ -282,6 +282,27 @@ impl<'a> Context<'a> {
         }
     }
 
+    /// The model, or a skip saying how to give one.
+    pub fn model(&self) -> Result<&'a dyn Model, CheckError> {
+        self.model.ok_or_else(|| {
+            CheckError::Skip("needs a model: set [model] path (or pass --model)".into())
+        })
+    }
+
+    /// The data sample, or a skip saying how to give one.
+    pub fn data(&self) -> Result<&'a Dataset, CheckError> {
+        self.data.ok_or_else(|| {
+            CheckError::Skip("needs a data sample: set [data] path (or pass --data)".into())
+        })
+    }
+
+    /// The loss log, or a skip saying how to give one.
+    pub fn log(&self) -> Result<&'a LossLog, CheckError> {
+        self.log.ok_or_else(|| {
+            CheckError::Skip("needs a loss log: set [log] path (or pass --log)".into())
+        })
+    }
+
     /// The shared eval-mode prediction on the data sample.
     pub fn prediction(&self) -> Result<&Tensor, CheckError> {
         let (Some(model), Some(data)) = (self.model, self.data) else {

@@ -1,12 +1,6 @@
 //! double-activation: the loss expects logits but gets probabilities, or the other way round.
-use serde::Serialize;
-
+use super::prelude::*;
 use crate::activation::{is_probability, output_range};
-use crate::finding::{Example, KindInfo, Location, Severity, Violation};
-use crate::ports::LossKind;
-use crate::{
-    Check, CheckInfo, CheckOutput, CheckResult, Context, Docs, Finding, Group, Level, NoOptions,
-};
 
 pub struct DoubleActivation;
 
@@ -144,16 +138,10 @@ log_softmax",
 impl Check for DoubleActivation {
     type Options = NoOptions;
 
-    fn info(&self) -> &'static CheckInfo {
-        &INFO
-    }
+    const INFO: &'static CheckInfo = &INFO;
 
     fn run(&self, ctx: &Context, _options: &NoOptions) -> CheckOutput {
-        let Some(model) = ctx.model else {
-            return Ok(CheckResult::skipped(
-                "needs a model: set [model] path (or pass --model)",
-            ));
-        };
+        let model = ctx.model()?;
         let Some(loss) = ctx.setup.loss else {
             return Ok(CheckResult::skipped(
                 "setup.loss is not set: add `loss = \"cross_entropy\"` (or your loss) to [setup], or pass --loss",

@@ -1,13 +1,6 @@
 //! gradient-flow: every trainable parameter receives a finite gradient from the loss.
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-
-use crate::finding::{Example, KindInfo, Location, Severity, Violation};
-use crate::ports::Mode;
+use super::prelude::*;
 use crate::train;
-use crate::{
-    Check, CheckInfo, CheckOutput, CheckResult, Context, Curve, Docs, Finding, Group, Level,
-};
 
 pub struct GradientFlow;
 
@@ -185,15 +178,10 @@ one backward pass. Dead ReLU units, which zero some entries only, are not flagge
 impl Check for GradientFlow {
     type Options = GradientFlowOptions;
 
-    fn info(&self) -> &'static CheckInfo {
-        &INFO
-    }
+    const INFO: &'static CheckInfo = &INFO;
 
     fn run(&self, ctx: &Context, options: &GradientFlowOptions) -> CheckOutput {
-        let (model, data) = match crate::model_and_data(ctx) {
-            Ok(md) => md,
-            Err(skip) => return Ok(skip),
-        };
+        let (model, data) = (ctx.model()?, ctx.data()?);
         let n = data.len().min(options.batch).max(1) as i64;
         let device = model.device();
         let x = data.inputs.f_narrow(0, 0, n)?.f_to_device(device)?;

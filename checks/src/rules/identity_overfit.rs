@@ -1,17 +1,8 @@
 //! identity-overfit: an image-to-image model can learn the identity on a small batch.
-use tch::Kind;
-
+use super::prelude::*;
 use crate::activation::output_range;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-
-use crate::finding::{num, Example, KindInfo, Location, Severity, Violation};
-use crate::ports::{LossKind, Model, Task};
 use crate::train::{self, to_vec};
-use crate::{
-    Check, CheckError, CheckInfo, CheckOutput, CheckResult, Context, Curve, Docs, Finding, Group,
-    Level,
-};
+use tch::Kind;
 
 pub struct IdentityOverfit;
 
@@ -148,15 +139,10 @@ pub fn narrowest_layer(model: &dyn Model) -> Result<Option<(String, i64)>, Check
 impl Check for IdentityOverfit {
     type Options = IdentityOverfitOptions;
 
-    fn info(&self) -> &'static CheckInfo {
-        &INFO
-    }
+    const INFO: &'static CheckInfo = &INFO;
 
     fn run(&self, ctx: &Context, options: &IdentityOverfitOptions) -> CheckOutput {
-        let (model, data) = match crate::model_and_data(ctx) {
-            Ok(md) => md,
-            Err(skip) => return Ok(skip),
-        };
+        let (model, data) = (ctx.model()?, ctx.data()?);
         let task = ctx.setup.resolved_task(Some(data));
         let prediction = ctx.prediction()?;
         let (in_shape, out_shape) = (data.inputs.size(), prediction.size());

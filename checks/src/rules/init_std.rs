@@ -1,15 +1,6 @@
 //! init-std: initial weight standard deviations judged against the init families for each shape.
-
+use super::prelude::*;
 use tch::{Kind, Tensor};
-
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-
-use crate::finding::{as_map, num, Example, KindInfo, Location, Severity, Violation};
-use crate::ports::ModuleInfo;
-use crate::{
-    Check, CheckError, CheckInfo, CheckOutput, CheckResult, Curve, Docs, Finding, Group, Level,
-};
 
 pub struct InitStd;
 
@@ -491,16 +482,10 @@ fn judge(
 impl Check for InitStd {
     type Options = InitStdOptions;
 
-    fn info(&self) -> &'static CheckInfo {
-        &INFO
-    }
+    const INFO: &'static CheckInfo = &INFO;
 
     fn run(&self, ctx: &crate::Context, options: &InitStdOptions) -> CheckOutput {
-        let Some(model) = ctx.model else {
-            return Ok(CheckResult::skipped(
-                "needs a model: set [model] path (or pass --model)",
-            ));
-        };
+        let model = ctx.model()?;
         let modules = model.modules();
         let mut findings = Vec::new();
         let mut judged = 0usize;

@@ -1,16 +1,8 @@
 //! loss-oscillation: the loss oscillates or diverges instead of descending, in the loss log and in a
 //! learning-rate probe on a copy of the model.
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-
-use crate::finding::{num, Example, KindInfo, Location, Severity, Violation};
-use crate::ports::{LossLog, Mode};
+use super::prelude::*;
 use crate::stats::{self, OscillationThresholds, Rng, Verdict};
 use crate::train;
-use crate::{
-    Check, CheckError, CheckInfo, CheckOutput, CheckResult, Context, Curve, Docs, Finding, Group,
-    Level,
-};
 
 pub struct LossOscillation;
 
@@ -601,9 +593,7 @@ fn probe(
 impl Check for LossOscillation {
     type Options = LossOscillationOptions;
 
-    fn info(&self) -> &'static CheckInfo {
-        &INFO
-    }
+    const INFO: &'static CheckInfo = &INFO;
 
     fn run(&self, ctx: &Context, options: &LossOscillationOptions) -> CheckOutput {
         let run_probe = options.probe && ctx.model.is_some() && ctx.data.is_some();

@@ -1,12 +1,6 @@
 //! loss-scale: the terms of a multi-term loss are on the same order of magnitude.
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-
-use crate::finding::{as_map, num, Example, KindInfo, Location, Severity, Violation};
+use super::prelude::*;
 use crate::stats;
-use crate::{
-    Check, CheckInfo, CheckOutput, CheckResult, Context, Curve, Docs, Finding, Group, Level,
-};
 
 pub struct LossScale;
 
@@ -140,16 +134,10 @@ fn power_of_ten(x: f64) -> f64 {
 impl Check for LossScale {
     type Options = LossScaleOptions;
 
-    fn info(&self) -> &'static CheckInfo {
-        &INFO
-    }
+    const INFO: &'static CheckInfo = &INFO;
 
     fn run(&self, ctx: &Context, options: &LossScaleOptions) -> CheckOutput {
-        let Some(log) = ctx.log else {
-            return Ok(CheckResult::skipped(
-                "needs a loss log: set [log] path (or pass --log)",
-            ));
-        };
+        let log = ctx.log()?;
         if log.terms.len() < 2 {
             return Ok(CheckResult::skipped(format!(
                 "the log has {} loss-term column(s); loss-scale compares two or more (`loss_*` columns or log.terms)",

@@ -7,5 +7,6 @@ pub mod loss_oscillation;
 pub mod loss_scale;
 pub mod output_range;
 pub mod overfit_batch;
+pub mod prelude;
 pub mod sequential_data;
 pub mod stale_batchnorm;

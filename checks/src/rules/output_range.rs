@@ -1,14 +1,8 @@
 //! output-range: the output activation can reach the targets, and does not waste half its range.
-use tch::{Kind, Tensor};
-
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-
+use super::prelude::*;
 use crate::activation::{output_range, Range};
-use crate::finding::{num, Example, KindInfo, Location, Severity, Violation};
-use crate::ports::Task;
 use crate::train::to_vec;
-use crate::{Check, CheckInfo, CheckOutput, CheckResult, Context, Docs, Finding, Group, Level};
+use tch::{Kind, Tensor};
 
 pub struct OutputRange;
 
@@ -235,15 +229,10 @@ fn min_max(t: &Tensor) -> Result<(f64, f64), crate::CheckError> {
 impl Check for OutputRange {
     type Options = OutputRangeOptions;
 
-    fn info(&self) -> &'static CheckInfo {
-        &INFO
-    }
+    const INFO: &'static CheckInfo = &INFO;
 
     fn run(&self, ctx: &Context, options: &OutputRangeOptions) -> CheckOutput {
-        let (model, data) = match crate::model_and_data(ctx) {
-            Ok(md) => md,
-            Err(skip) => return Ok(skip),
-        };
+        let (model, data) = (ctx.model()?, ctx.data()?);
         let prediction = ctx.prediction()?;
         let target_at = Location::data(&data.target_key, None);
         if ctx.setup.resolved_task(Some(data)) == Task::Classification {

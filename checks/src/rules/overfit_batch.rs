@@ -1,15 +1,7 @@
 //! overfit-batch: the model can overfit one small batch of the real targets.
-use tch::{Kind, Tensor};
-
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-
-use crate::finding::{num, Example, KindInfo, Location, Severity, Violation};
-use crate::ports::Task;
+use super::prelude::*;
 use crate::train;
-use crate::{
-    Check, CheckInfo, CheckOutput, CheckResult, Context, Curve, Docs, Finding, Group, Level,
-};
+use tch::{Kind, Tensor};
 
 pub struct OverfitBatch;
 
@@ -142,15 +134,10 @@ fn accuracy(prediction: &Tensor, targets: &Tensor) -> f64 {
 impl Check for OverfitBatch {
     type Options = OverfitBatchOptions;
 
-    fn info(&self) -> &'static CheckInfo {
-        &INFO
-    }
+    const INFO: &'static CheckInfo = &INFO;
 
     fn run(&self, ctx: &Context, options: &OverfitBatchOptions) -> CheckOutput {
-        let (model, data) = match crate::model_and_data(ctx) {
-            Ok(md) => md,
-            Err(skip) => return Ok(skip),
-        };
+        let (model, data) = (ctx.model()?, ctx.data()?);
         let classification = ctx.setup.resolved_task(Some(data)) == Task::Classification;
         let loss_kind = ctx.setup.resolved_loss(Some(data));
         let k = data.len().min(options.samples).max(1) as i64;

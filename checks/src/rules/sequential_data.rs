@@ -1,16 +1,8 @@
 //! sequential-data: the file's order is not i.i.d. while the loader does not shuffle.
-use tch::{Kind, Tensor};
-
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-
-use crate::finding::{num, Example, KindInfo, Location, Severity, Violation};
+use super::prelude::*;
 use crate::stats::{self, Rng};
 use crate::train::to_vec;
-use crate::{
-    Check, CheckError, CheckInfo, CheckOutput, CheckResult, Context, Curve, Docs, Finding, Group,
-    Level,
-};
+use tch::{Kind, Tensor};
 
 pub struct SequentialData;
 
@@ -182,16 +174,10 @@ pub fn target_autocorrelation(targets: &[f64], n: usize) -> f64 {
 impl Check for SequentialData {
     type Options = SequentialDataOptions;
 
-    fn info(&self) -> &'static CheckInfo {
-        &INFO
-    }
+    const INFO: &'static CheckInfo = &INFO;
 
     fn run(&self, ctx: &Context, options: &SequentialDataOptions) -> CheckOutput {
-        let Some(data) = ctx.data else {
-            return Ok(CheckResult::skipped(
-                "needs a data sample: set [data] path (or pass --data)",
-            ));
-        };
+        let data = ctx.data()?;
         if ctx.setup.temporal {
             return Ok(CheckResult::skipped(
                 "setup.temporal = true: the task needs the samples in order",

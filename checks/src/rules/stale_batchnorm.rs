@@ -1,17 +1,8 @@
 //! stale-batchnorm: BatchNorm running statistics are updated, will update, and match the data.
-use std::collections::HashMap;
-
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
-
-use crate::finding::{num, Example, KindInfo, Location, Severity, Violation};
-use crate::ports::{Dataset, Mode, ModuleInfo, NamedTensor};
+use super::prelude::*;
 use crate::train::to_vec;
-use crate::{
-    Check, CheckError, CheckInfo, CheckOutput, CheckResult, Context, Curve, Docs, Finding, Group,
-    Level,
-};
+use std::collections::HashMap;
+use tch::{Kind, Tensor};
 
 pub struct StaleBatchnorm;
 
@@ -479,16 +470,10 @@ fn train_eval_gap(ctx: &Context, train_output: &Tensor, n: usize) -> Result<f64,
 impl Check for StaleBatchnorm {
     type Options = StaleBatchnormOptions;
 
-    fn info(&self) -> &'static CheckInfo {
-        &INFO
-    }
+    const INFO: &'static CheckInfo = &INFO;
 
     fn run(&self, ctx: &Context, options: &StaleBatchnormOptions) -> CheckOutput {
-        let Some(model) = ctx.model else {
-            return Ok(CheckResult::skipped(
-                "needs a model: set [model] path (or pass --model)",
-            ));
-        };
+        let model = ctx.model()?;
         let buffers = model.buffers()?;
         let params = model.parameters()?;
         let modules = model.modules();
