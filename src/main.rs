@@ -85,7 +85,11 @@ enum Command {
         force: bool,
     },
     /// Print the JSON Schema of the configuration (for editor completion).
-    Schema,
+    Schema {
+        /// Print the README's configuration reference table instead.
+        #[arg(long)]
+        markdown: bool,
+    },
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -208,7 +212,11 @@ fn main() -> ExitCode {
             data,
             force,
         } => init(&dir, model, data, force),
-        Command::Schema => {
+        Command::Schema { markdown: true } => {
+            print!("{}", config::reference_markdown());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema { markdown: false } => {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&config::json_schema()).expect("schema serialises")

@@ -184,29 +184,29 @@ impl OptimizerKind {
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Setup {
-    /// auto: integer targets = classification; input shape = target shape = image-to-image; else regression.
+    /// auto: integer targets = classification; input shape = target shape = image-to-image; else regression
     pub task: Task,
-    /// The training loss; unset: cross_entropy for classification, mse otherwise.
+    /// The training loss; unset: cross_entropy for classification, mse otherwise
     pub loss: Option<LossKind>,
-    /// The optimizer.
+    /// The optimizer
     pub optimizer: OptimizerKind,
-    /// Learning rate.
+    /// Learning rate
     #[schemars(extend("exclusiveMinimum" = 0))]
     pub lr: f64,
-    /// SGD momentum.
+    /// SGD momentum
     #[schemars(range(min = 0, max = 1))]
     pub momentum: f64,
-    /// Weight decay.
+    /// Weight decay
     #[schemars(range(min = 0))]
     pub weight_decay: f64,
-    /// Batch size.
+    /// Batch size
     #[schemars(range(min = 1))]
     pub batch_size: usize,
-    /// Whether the data loader shuffles.
+    /// Whether the data loader shuffles
     pub shuffle: bool,
-    /// Whether the task needs the samples in order (optical flow, odometry).
+    /// Whether the task needs the samples in order (optical flow, odometry)
     pub temporal: bool,
-    /// Seed for everything random (set from `[run] seed`).
+    /// Seed for everything random (set from `[run] seed`)
     #[serde(skip)]
     pub seed: u64,
 }

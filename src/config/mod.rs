@@ -13,7 +13,7 @@ use trainlint_checks::registry::{self, Selector};
 use trainlint_checks::{Group, Level, Setup, Severity};
 
 pub use file::ConfigFile;
-pub use schema::{check_options, config_schema, init_template, json_schema};
+pub use schema::{check_options, config_schema, init_template, json_schema, reference_markdown};
 
 /// A configuration error: a message, and where it points when it comes from a file.
 #[derive(Debug)]

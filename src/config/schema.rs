@@ -121,6 +121,83 @@ pub fn check_options(check: &dyn Rule) -> Vec<CheckOption> {
         .collect()
 }
 
+/// The README's configuration reference: every key of every section with its default, accepted
+/// values and meaning, from the typed declarations (a test keeps the README in sync).
+pub fn reference_markdown() -> String {
+    let mut out =
+        String::from("| key | default | accepted | meaning |\n| --- | --- | --- | --- |\n");
+    let schema = config_schema();
+    for (section, object) in schema["properties"].as_object().into_iter().flatten() {
+        let props = object["properties"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        for k in documented(object) {
+            let prop = &props[&k.name];
+            let default = if k.default.is_empty() {
+                "unset".to_string()
+            } else {
+                format!("`{}`", k.default)
+            };
+            out.push_str(&format!(
+                "| `{section}.{}` | {default} | {} | {} |\n",
+                k.name,
+                accepted(prop, &k.choices),
+                k.doc.replace('|', "\\|")
+            ));
+        }
+    }
+    out
+}
+
+/// What a key accepts, in words: its choices, or its type with the bounds.
+fn accepted(prop: &Value, choices: &[String]) -> String {
+    if !choices.is_empty() {
+        return choices
+            .iter()
+            .map(|c| format!("`{c}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+    }
+    let branches: Vec<&Value> = match prop["anyOf"].as_array() {
+        Some(b) => b.iter().filter(|b| b["type"] != "null").collect(),
+        None => vec![prop],
+    };
+    branches
+        .iter()
+        .map(|b| {
+            let types: Vec<&str> = match &b["type"] {
+                Value::String(t) => vec![t.as_str()],
+                Value::Array(ts) => ts
+                    .iter()
+                    .filter_map(|t| t.as_str())
+                    .filter(|t| *t != "null")
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let mut text = match types.first().copied() {
+                Some("array") => "list of strings".to_string(),
+                Some(t) => t.to_string(),
+                None => String::new(),
+            };
+            match (
+                b["minimum"].as_f64(),
+                b["exclusiveMinimum"].as_f64(),
+                b["maximum"].as_f64(),
+            ) {
+                (Some(lo), _, Some(hi)) => text.push_str(&format!(" in [{lo}, {hi}]")),
+                (Some(lo), _, None) if lo != 0.0 || types.contains(&"number") => {
+                    text.push_str(&format!(" ≥ {lo}"))
+                }
+                (_, Some(lo), _) => text.push_str(&format!(" > {lo}")),
+                _ => {}
+            }
+            text
+        })
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
 /// A commented `trainlint.toml` with every option at its default; `filled` overrides values by
 /// `section.key` (e.g. `data.path`).
 pub fn init_template(filled: &[(&str, String)]) -> String {
