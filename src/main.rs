@@ -130,8 +130,8 @@ struct CheckArgs {
     /// Seed for everything random (default 0).
     #[arg(long)]
     seed: Option<u64>,
-    /// libtorch CPU threads (0 = the machine's cores).
-    #[arg(long)]
+    /// libtorch CPU threads (0 = the machine's cores; at most 1024).
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_threads)]
     threads: Option<usize>,
     /// The task: auto, image-to-image, classification, regression.
     #[arg(long)]
@@ -157,6 +157,23 @@ struct CheckArgs {
     /// Also write a self-contained HTML report with plots to FILE.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+}
+
+/// More libtorch threads than this is a typo, not a machine (and would overflow libtorch's int).
+const MAX_THREADS: usize = 1024;
+
+fn parse_threads(s: &str) -> Result<usize, String> {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("expected a whole number of threads (0 = the machine's cores)".into());
+    }
+    if s.starts_with('-') && digits.bytes().any(|b| b != b'0') {
+        return Err("the number of threads must be ≥ 0 (0 = the machine's cores)".into());
+    }
+    match digits.parse::<usize>() {
+        Ok(n) if n <= MAX_THREADS => Ok(n),
+        _ => Err(format!("at most {MAX_THREADS} threads")),
+    }
 }
 
 /// An error that stops the run before anything is judged: exit 2.
@@ -538,6 +555,12 @@ fn display_path(p: &Path) -> String {
 
 fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
     let settings = resolve_settings(&args)?;
+    if settings.threads > MAX_THREADS {
+        return Err(Fatal::from(format!(
+            "threads = {}: at most {MAX_THREADS}",
+            settings.threads
+        )));
+    }
     let threads = if settings.threads == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())
