@@ -6,6 +6,7 @@ mod model;
 mod progress;
 mod report;
 mod run;
+mod security;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -157,6 +158,10 @@ struct CheckArgs {
     /// Also write a self-contained HTML report with plots to FILE.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// Run the model even if its graph has side effects (file access, printing, unknown ops): only for
+    /// models you trust, since a TorchScript file is code.
+    #[arg(long)]
+    trust_model: bool,
 }
 
 /// More libtorch threads than this is a typo, not a machine (and would overflow libtorch's int).
@@ -571,10 +576,11 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
     tch::set_num_threads(threads as i32);
     model::silence_libtorch_warnings();
     let model = match &settings.model {
-        Some(p) => Some(model::TorchScriptModel::load(
+        Some(p) => Some(security::load_model(
             p,
             &settings.device,
             &settings.output,
+            args.trust_model,
         )?),
         None => None,
     };
