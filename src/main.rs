@@ -3,11 +3,13 @@ mod baseline;
 mod config;
 mod data;
 mod model;
+mod output;
 mod progress;
 mod report;
 mod run;
+mod security;
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -134,8 +136,8 @@ struct CheckArgs {
     /// Seed for everything random (default 0).
     #[arg(long)]
     seed: Option<u64>,
-    /// libtorch CPU threads (0 = the machine's cores).
-    #[arg(long)]
+    /// libtorch CPU threads (0 = the machine's cores; at most 1024).
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_threads)]
     threads: Option<usize>,
     /// The task: auto, image-to-image, classification, regression.
     #[arg(long)]
@@ -161,6 +163,27 @@ struct CheckArgs {
     /// Also write a self-contained HTML report with plots to FILE.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// Run the model even if its graph has side effects (file access, printing, unknown ops): only for
+    /// models you trust, since a TorchScript file is code.
+    #[arg(long)]
+    trust_model: bool,
+}
+
+/// More libtorch threads than this is a typo, not a machine (and would overflow libtorch's int).
+const MAX_THREADS: usize = 1024;
+
+fn parse_threads(s: &str) -> Result<usize, String> {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("expected a whole number of threads (0 = the machine's cores)".into());
+    }
+    if s.starts_with('-') && digits.bytes().any(|b| b != b'0') {
+        return Err("the number of threads must be ≥ 0 (0 = the machine's cores)".into());
+    }
+    match digits.parse::<usize>() {
+        Ok(n) if n <= MAX_THREADS => Ok(n),
+        _ => Err(format!("at most {MAX_THREADS} threads")),
+    }
 }
 
 /// An error that stops the run before anything is judged: exit 2.
@@ -536,7 +559,15 @@ fn display_path(p: &Path) -> String {
 }
 
 fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
+    // Model code can print; fd 1 points to stderr until the report is written to the real stdout.
+    let stdout = output::ReportStdout::capture();
     let settings = resolve_settings(&args)?;
+    if settings.threads > MAX_THREADS {
+        return Err(Fatal::from(format!(
+            "threads = {}: at most {MAX_THREADS}",
+            settings.threads
+        )));
+    }
     let threads = if settings.threads == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -544,13 +575,21 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
     } else {
         settings.threads
     };
+    // Everything that can refuse the run does so before the checks run and before anything is written.
+    let targets = plan_outputs(&args, &settings)?;
+    let target = |flag: &str| targets.iter().find(|t| t.flag == flag);
+    let old_baseline = match &args.baseline {
+        Some(path) => Some(baseline::read(path).map_err(Fatal::from)?),
+        None => None,
+    };
     tch::set_num_threads(threads as i32);
     model::silence_libtorch_warnings();
     let model = match &settings.model {
-        Some(p) => Some(model::TorchScriptModel::load(
+        Some(p) => Some(security::load_model(
             p,
             &settings.device,
             &settings.output,
+            args.trust_model,
         )?),
         None => None,
     };
@@ -598,17 +637,10 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
     ctx.progress = &on_step;
     let mut outcome = run::run_all(&ctx, &settings, &|id, trains| progress.start(id, trains));
     progress.finish();
-    if let Some(path) = &args.write_baseline {
-        let n = baseline::write(path, &outcome.runs).map_err(Fatal::from)?;
-        eprintln!("wrote {n} finding(s) to the baseline {}", path.display());
-    }
-    let baseline_outcome = match &args.baseline {
-        Some(path) => Some(baseline::apply(
-            &baseline::read(path).map_err(Fatal::from)?,
-            &mut outcome.runs,
-        )),
-        None => None,
-    };
+    let new_baseline = target("--write-baseline").map(|_| baseline::render(&outcome.runs));
+    let baseline_outcome = old_baseline
+        .as_ref()
+        .map(|b| baseline::apply(b, &mut outcome.runs));
     let inputs = report::Inputs {
         config: settings.config_path.as_deref().map(display_path),
         model: settings.model.as_deref().map(display_path),
@@ -633,26 +665,31 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
         Format::Github => report::github::render(&report),
         Format::Gitlab => report::gitlab::render(&report),
     };
-    match &args.output_file {
-        Some(path) => {
-            std::fs::write(path, &rendered)
-                .map_err(|e| Fatal::from(format!("cannot write {}: {e}", path.display())))?;
-            // The human report goes to the terminal; when the file already holds it, only its summary.
-            let text = report::text::render(&report);
-            if args.output_format == Format::Text {
-                eprintln!("{}", text.trim_end().lines().last().unwrap_or_default());
-            } else {
-                eprint!("{text}");
-            }
-        }
-        None => {
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(rendered.as_bytes());
-        }
+    let html = target("--report").map(|_| report::html::render(&report));
+    let mut files: Vec<(&output::Target, &[u8])> = Vec::new();
+    if let Some(t) = target("--output-file") {
+        files.push((t, rendered.as_bytes()));
     }
-    if let Some(path) = &args.report {
-        std::fs::write(path, report::html::render(&report))
-            .map_err(|e| Fatal::from(format!("cannot write {}: {e}", path.display())))?;
+    if let (Some(t), Some(html)) = (target("--report"), &html) {
+        files.push((t, html.as_bytes()));
+    }
+    if let (Some(t), Some((text, _))) = (target("--write-baseline"), &new_baseline) {
+        files.push((t, text.as_bytes()));
+    }
+    output::write_all(&files).map_err(Fatal::from)?;
+    if let (Some(t), Some((_, n))) = (target("--write-baseline"), &new_baseline) {
+        eprintln!("wrote {n} finding(s) to the baseline {}", t.shown.display());
+    }
+    if args.output_file.is_some() {
+        // The human report goes to the terminal; when the file already holds it, only its summary.
+        let text = report::text::render(&report);
+        if args.output_format == Format::Text {
+            eprintln!("{}", text.trim_end().lines().last().unwrap_or_default());
+        } else {
+            eprint!("{text}");
+        }
+    } else {
+        let _ = stdout.write(rendered.as_bytes());
     }
     if args.statistics {
         eprint!("{}", report::text::statistics(&report));
@@ -661,4 +698,27 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The output files, checked against the inputs and each other before anything runs.
+fn plan_outputs(args: &CheckArgs, settings: &Settings) -> Result<Vec<output::Target>, Fatal> {
+    let outputs: Vec<output::Output> = [
+        ("--output-file", &args.output_file),
+        ("--report", &args.report),
+        ("--write-baseline", &args.write_baseline),
+    ]
+    .into_iter()
+    .filter_map(|(flag, path)| path.as_deref().map(|path| output::Output { flag, path }))
+    .collect();
+    let inputs: Vec<output::Input> = [
+        ("the model", &settings.model),
+        ("the data", &settings.data),
+        ("the loss log", &settings.log),
+        ("the config file", &settings.config_path),
+        ("the --baseline file", &args.baseline),
+    ]
+    .into_iter()
+    .filter_map(|(role, path)| path.as_deref().map(|path| output::Input { role, path }))
+    .collect();
+    output::plan(&outputs, &inputs).map_err(Fatal::from)
 }

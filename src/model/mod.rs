@@ -46,6 +46,9 @@ impl Drop for ShimString {
 
 type TensorCb = extern "C" fn(*mut c_void, *const c_char, *mut torch_sys::C_tensor);
 type ModuleCb = extern "C" fn(*mut c_void, *const c_char, *const c_char, c_int);
+type SourceCb = extern "C" fn(*mut c_void, *const c_char, *const c_char, usize);
+type NodeCb =
+    extern "C" fn(*mut c_void, *const c_char, *const c_char, *const c_char, *const c_char);
 
 // Every entry returning `Option<ShimString>` returns None on success and the error message otherwise.
 // SAFETY (of the block): these signatures match the `extern "C"` definitions in shim.cpp, compiled and
@@ -81,6 +84,12 @@ unsafe extern "C" {
     ) -> Option<ShimString>;
     fn tl_named_buffers(m: *const RawModule, ctx: *mut c_void, cb: TensorCb) -> Option<ShimString>;
     fn tl_named_modules(m: *const RawModule, ctx: *mut c_void, cb: ModuleCb) -> Option<ShimString>;
+    fn tl_archive_sources(
+        path: *const c_char,
+        ctx: *mut c_void,
+        cb: SourceCb,
+    ) -> Option<ShimString>;
+    fn tl_graph_nodes(m: *const RawModule, ctx: *mut c_void, cb: NodeCb) -> Option<ShimString>;
     fn tl_check_output(m: *const RawModule, output_key: *const c_char) -> Option<ShimString>;
     fn tl_output_op(
         m: *const RawModule,
@@ -181,6 +190,92 @@ extern "C" fn collect_module(
     });
 }
 
+/// One source file (`code/…/*.py`) of a TorchScript archive, read without loading the model.
+pub struct SourceRecord {
+    pub name: String,
+    pub text: String,
+}
+
+/// One node of a graph the model can run: its op (`aten::from_file`), the op's schema when it has one,
+/// and where it sits: the method (or a compilation unit function's qualified name) and the module path
+/// ("" for the root, or for a function that no module owns).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GraphNode {
+    pub op: String,
+    pub schema: String,
+    pub method: String,
+    pub module: String,
+}
+
+extern "C" fn collect_source(
+    ctx: *mut c_void,
+    name: *const c_char,
+    text: *const c_char,
+    len: usize,
+) {
+    // SAFETY: `ctx` is the `&mut Vec<SourceRecord>` that `archive_sources` passed for this very call;
+    // `name` is NUL-terminated and `text` points to `len` readable bytes, both alive for the callback
+    // (copied here). A record of length 0 may come with a null pointer, so it is not dereferenced.
+    let (out, name, bytes) = unsafe {
+        (
+            &mut *(ctx as *mut Vec<SourceRecord>),
+            CStr::from_ptr(name).to_string_lossy().into_owned(),
+            if len == 0 || text.is_null() {
+                &[][..]
+            } else {
+                std::slice::from_raw_parts(text as *const u8, len)
+            },
+        )
+    };
+    out.push(SourceRecord {
+        name,
+        text: String::from_utf8_lossy(bytes).into_owned(),
+    });
+}
+
+extern "C" fn collect_node(
+    ctx: *mut c_void,
+    op: *const c_char,
+    schema: *const c_char,
+    method: *const c_char,
+    module: *const c_char,
+) {
+    // SAFETY: `ctx` is the `&mut Vec<GraphNode>` that `Handle::graph_nodes` passed for this very call;
+    // the four strings are NUL-terminated and alive for the duration of the callback (copied here).
+    let (out, node) = unsafe {
+        let text = |p: *const c_char| CStr::from_ptr(p).to_string_lossy().into_owned();
+        (
+            &mut *(ctx as *mut Vec<GraphNode>),
+            GraphNode {
+                op: text(op),
+                schema: text(schema),
+                method: text(method),
+                module: text(module),
+            },
+        )
+    };
+    out.push(node);
+}
+
+/// The source records of the TorchScript archive at `path`, read with libtorch's own archive reader
+/// and without running anything: `__setstate__` methods run *during* `torch::jit::load`, so they have
+/// to be found before it. Errors are those `TorchScriptModel::load` would give for the same file.
+pub fn archive_sources(path: &Path) -> Result<Vec<SourceRecord>, ModelError> {
+    if !path.is_file() {
+        return Err(ModelError::Missing(path.to_path_buf()));
+    }
+    let Ok(c_path) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return Err(ModelError::Missing(path.to_path_buf()));
+    };
+    let mut out: Vec<SourceRecord> = Vec::new();
+    let ctx = &mut out as *mut Vec<SourceRecord> as *mut c_void;
+    // SAFETY: `c_path` is NUL-terminated and outlives the call; `ctx` points to `out`, which outlives
+    // the call and is not used otherwise until it returns; `collect_source` reads it as that type.
+    check(unsafe { tl_archive_sources(c_path.as_ptr(), ctx, collect_source) })
+        .map_err(|reason| classify_load_error(path, reason))?;
+    Ok(out)
+}
+
 /// An owned TorchScript module: the pointer is non-null, came from `tl_load` or `tl_deepcopy`, and is
 /// freed once, on drop. Not Send or Sync (raw pointer): libtorch modules are used from one thread here.
 struct Handle(*mut RawModule);
@@ -221,6 +316,15 @@ impl Handle {
         let ctx = &mut out as *mut Vec<ModuleInfo> as *mut c_void;
         // SAFETY: as in `tensors`, with `collect_module` reading `ctx` as a `Vec<ModuleInfo>`.
         check(unsafe { tl_named_modules(self.0, ctx, collect_module) })?;
+        Ok(out)
+    }
+
+    fn graph_nodes(&self) -> Result<Vec<GraphNode>, String> {
+        let mut out: Vec<GraphNode> = Vec::new();
+        let ctx = &mut out as *mut Vec<GraphNode> as *mut c_void;
+        // SAFETY: as in `tensors`, with `collect_node` reading `ctx` as a `Vec<GraphNode>`. The shim
+        // walks copies of the graphs; nothing runs and the module is not changed.
+        check(unsafe { tl_graph_nodes(self.0, ctx, collect_node) })?;
         Ok(out)
     }
 
@@ -380,6 +484,14 @@ impl TorchScriptModel {
             modules,
             output_activation: OnceCell::new(),
         })
+    }
+}
+
+impl TorchScriptModel {
+    /// Every node of every graph the model can run (methods, hooks and functions of all modules, calls
+    /// inlined, nested blocks included), for the side-effect scan. Runs no model code.
+    pub fn graph_nodes(&self) -> Result<Vec<GraphNode>, String> {
+        self.handle.graph_nodes()
     }
 }
 

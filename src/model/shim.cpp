@@ -1,6 +1,7 @@
 // TorchScript introspection that tch's CModule does not offer: buffers, submodule kinds and training
 // flags, an independent deep copy, a forward that leaves the module's flags as it found them, and the
-// forward graph's final op.
+// forward graph's final op; and, for the side-effect scan of an untrusted model, its source records and
+// every node of every graph it holds.
 //
 // Every extern "C" entry returns NULL on success or a malloc'd error message the caller frees with
 // tl_free_string: an exception escaping into Rust would abort the process.
@@ -10,11 +11,14 @@
 #include <torch/csrc/jit/passes/inliner.h>
 #include <torch/csrc/jit/ir/constants.h>
 #include <torch/script.h>
+#include <caffe2/serialize/inline_container.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
@@ -30,6 +34,9 @@ struct tl_module {
 
 typedef void (*tl_tensor_cb)(void* ctx, const char* name, at::Tensor* tensor);
 typedef void (*tl_module_cb)(void* ctx, const char* name, const char* kind, int training);
+typedef void (*tl_source_cb)(void* ctx, const char* name, const char* text, size_t len);
+typedef void (*tl_node_cb)(void* ctx, const char* kind, const char* schema, const char* method,
+                           const char* module);
 
 static char* dup_message(const std::string& s) {
   char* out = static_cast<char*>(std::malloc(s.size() + 1));
@@ -268,6 +275,62 @@ static std::shared_ptr<torch::jit::Graph> resolved_forward_graph(const Module& m
   }
 }
 
+// ---------------------------------------------------------------- every node, for the side-effect scan
+// Calls `visit` on every node of `block` and of the blocks nested in it (If / Loop bodies) and of
+// subgraphs held as attributes (fusion groups), depth first.
+static void visit_nodes(torch::jit::Block* block, const std::function<void(torch::jit::Node*)>& visit,
+                        int depth = 0) {
+  TORCH_CHECK(depth < 256, "graph nested more than 256 blocks deep");
+  for (torch::jit::Node* n : block->nodes()) {
+    visit(n);
+    for (torch::jit::Block* sub : n->blocks()) visit_nodes(sub, visit, depth + 1);
+    if (n->hasAttribute(c10::attr::Subgraph) && n->kindOf(c10::attr::Subgraph) == torch::jit::AttributeKind::g)
+      visit_nodes(n->g(c10::attr::Subgraph)->block(), visit, depth + 1);
+  }
+}
+
+// Reports each node of `fn`'s graph as sitting in `method` of `module`, and, under the same place, the
+// nodes of the free functions and of the (non-module) class methods it calls, recursively: that is
+// where they run. Calls into submodules are not followed (each submodule is walked on its own, under its
+// own path), nor calls through interfaces (their implementations are walked as modules or through the
+// compilation unit).
+static void report_function(torch::jit::Function& fn, const std::string& method, const std::string& module,
+                            void* ctx, tl_node_cb cb, std::vector<const torch::jit::Function*>& stack) {
+  torch::jit::GraphFunction* graph_fn = torch::jit::tryToGraphFunction(fn);
+  if (graph_fn == nullptr) return;  // a builtin implemented in C++, not code from the archive
+  for (const torch::jit::Function* caller : stack)
+    if (caller == &fn) return;  // recursion: already being walked
+  TORCH_CHECK(stack.size() < 256, "calls nested more than 256 deep");
+  stack.push_back(&fn);
+  std::shared_ptr<torch::jit::Graph> graph = graph_fn->graph();
+  visit_nodes(graph->block(), [&](torch::jit::Node* n) {
+    std::string schema;
+    if (const c10::FunctionSchema* s = n->maybeSchema()) {
+      std::ostringstream text;
+      text << *s;
+      schema = text.str();
+    }
+    cb(ctx, n->kind().toQualString(), schema.c_str(), method.c_str(), module.c_str());
+    if (n->kind() == c10::prim::CallFunction && !n->inputs().empty()) {
+      if (auto callee = n->input(0)->type()->cast<c10::FunctionType>())
+        report_function(*callee->function(), method, module, ctx, cb, stack);
+    } else if (n->kind() == c10::prim::CallMethod && !n->inputs().empty()) {
+      auto cls = n->input(0)->type()->cast<c10::ClassType>();
+      if (cls && !cls->is_module()) {
+        if (torch::jit::Function* callee = cls->findMethod(n->s(c10::attr::name)))
+          report_function(*callee, method, module, ctx, cb, stack);
+      }
+    }
+  });
+  stack.pop_back();
+}
+
+static void report_function(torch::jit::Function& fn, const std::string& method, const std::string& module,
+                            void* ctx, tl_node_cb cb) {
+  std::vector<const torch::jit::Function*> stack;
+  report_function(fn, method, module, ctx, cb, stack);
+}
+
 extern "C" {
 
 void tl_free_string(char* s) { std::free(s); }
@@ -377,6 +440,47 @@ char* tl_output_op(const tl_module* m, const char* output_key, char** op, double
     *lo = std::nan("");
     *hi = std::nan("");
     *op = dup_message(producer_op(graph->outputs()[0], &key, lo, hi, 0));
+  })
+}
+
+// The source records (`*.py`) of a TorchScript archive, read with the reader torch::jit::load uses, so
+// both see the same files. Runs nothing: this is how `__setstate__`, which load runs, is found first.
+char* tl_archive_sources(const char* path, void* ctx, tl_source_cb cb) {
+  TL_GUARD({
+    caffe2::serialize::PyTorchStreamReader reader{std::string(path)};
+    for (const std::string& name : reader.getAllRecords()) {
+      if (name.size() < 3 || name.compare(name.size() - 3, 3, ".py") != 0) continue;
+      auto record = reader.getRecord(name);
+      cb(ctx, name.c_str(), static_cast<const char*>(std::get<0>(record).get()), std::get<1>(record));
+    }
+  })
+}
+
+// Every node of every graph the module can run: each method and forward hook of the module and of
+// each submodule (with its path; "" is the root) with the functions they call, then every function of
+// the compilation unit that is not one of those methods or hooks (free functions, class methods, what
+// no module method reaches), named by its qualified name with an empty module path.
+char* tl_graph_nodes(const tl_module* m, void* ctx, tl_node_cb cb) {
+  TL_GUARD({
+    std::vector<const torch::jit::Function*> walked;
+    for (const auto& sub : m->module.named_modules()) {
+      for (const torch::jit::Method& method : sub.value.get_methods()) {
+        walked.push_back(&method.function());
+        report_function(method.function(), method.name(), sub.name, ctx, cb);
+      }
+      for (torch::jit::Function* hook : sub.value.type()->getForwardPreHooks()) {
+        walked.push_back(hook);
+        report_function(*hook, "forward pre-hook " + hook->name(), sub.name, ctx, cb);
+      }
+      for (torch::jit::Function* hook : sub.value.type()->getForwardHooks()) {
+        walked.push_back(hook);
+        report_function(*hook, "forward hook " + hook->name(), sub.name, ctx, cb);
+      }
+    }
+    for (torch::jit::Function* fn : m->module._ivalue()->compilation_unit()->get_functions()) {
+      if (std::find(walked.begin(), walked.end(), fn) != walked.end()) continue;
+      report_function(*fn, fn->qualname().qualifiedName(), "", ctx, cb);
+    }
   })
 }
 

@@ -1,0 +1,331 @@
+//! Where trainlint's output goes, and what it never touches.
+//!
+//! - Every output file is planned before anything runs: its folder must exist and take a new file, and
+//!   it must not be one of the inputs (after resolving symlinks and hard links) nor another output.
+//! - Outputs are written only at the end, each to a temporary file in its own folder, then renamed over
+//!   the target: a failure leaves no half-written file and no new file behind.
+//! - Model code can print (TorchScript `print`, C++ writing to fd 1): while `check` runs, fd 1 points
+//!   to stderr, and the report goes to the real standard output, kept aside ([`ReportStdout`]).
+use std::ffi::{c_int, c_void};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+
+/// A file trainlint reads, under the name the user knows it by ("the model", "the --baseline file").
+pub struct Input<'a> {
+    pub role: &'a str,
+    pub path: &'a Path,
+}
+
+/// A file trainlint is asked to write, under its flag ("--output-file").
+pub struct Output<'a> {
+    pub flag: &'a str,
+    pub path: &'a Path,
+}
+
+/// An output that passed [`plan`]: the file to write, symlinks resolved.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub flag: String,
+    /// As the user gave it, for messages.
+    pub shown: PathBuf,
+    resolved: PathBuf,
+}
+
+/// Checks every output before anything runs. Refused: an output that is an input (or lies inside an
+/// input folder), two outputs on one file, a missing folder or one that takes no new file, a folder in
+/// place of a file. Each message is one line that names both roles.
+pub fn plan(outputs: &[Output], inputs: &[Input]) -> Result<Vec<Target>, String> {
+    let inputs: Vec<(&Input, PathBuf)> = inputs
+        .iter()
+        // An input that does not exist yet is compared by where it would be (`--baseline X
+        // --write-baseline X`); one whose folder does not exist either is reported when it is read.
+        .filter_map(|i| {
+            let resolved = i.path.canonicalize().or_else(|_| resolve(i.path));
+            resolved.ok().map(|c| (i, c))
+        })
+        .collect();
+    let mut planned: Vec<Target> = Vec::new();
+    for o in outputs {
+        let shown = o.path.display();
+        let resolved = resolve(o.path).map_err(|e| format!("{} {shown}: {e}", o.flag))?;
+        for (input, canonical) in &inputs {
+            if same_file(&resolved, canonical) {
+                return Err(format!(
+                    "{} {shown} is {}; trainlint never overwrites its inputs",
+                    o.flag, input.role
+                ));
+            }
+            if canonical.is_dir() && resolved.starts_with(canonical) {
+                return Err(format!(
+                    "{} {shown} lies inside {} ({}); trainlint never writes into its inputs",
+                    o.flag,
+                    input.role,
+                    input.path.display()
+                ));
+            }
+        }
+        if let Some(other) = planned.iter().find(|t| same_file(&resolved, &t.resolved)) {
+            return Err(format!(
+                "{} {shown} is also where {} goes; give each output its own file",
+                o.flag, other.flag
+            ));
+        }
+        writable(&resolved).map_err(|e| format!("{} {shown}: {e}", o.flag))?;
+        planned.push(Target {
+            flag: o.flag.to_string(),
+            shown: o.path.to_path_buf(),
+            resolved,
+        });
+    }
+    Ok(planned)
+}
+
+/// Where `path` will be written: symlinks resolved all the way, for a file that may not exist yet
+/// (its folder is canonicalized and the name appended).
+fn resolve(path: &Path) -> Result<PathBuf, String> {
+    let mut path = path.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let link = std::fs::read_link(&path).map_err(|e| e.to_string())?;
+                path = match path.parent() {
+                    Some(parent) => parent.join(link),
+                    None => link,
+                };
+            }
+            Ok(meta) if meta.is_dir() => return Err("is a folder, not a file".into()),
+            _ => {
+                let name = match path.components().next_back() {
+                    Some(Component::Normal(name)) => name.to_os_string(),
+                    _ => return Err("names no file".into()),
+                };
+                let parent = match path.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                    _ => PathBuf::from("."),
+                };
+                let folder = parent
+                    .canonicalize()
+                    .map_err(|_| format!("the folder {} does not exist", parent.display()))?;
+                if !folder.is_dir() {
+                    return Err(format!("{} is not a folder", parent.display()));
+                }
+                return Ok(folder.join(name));
+            }
+        }
+    }
+    Err("too many levels of symbolic links".into())
+}
+
+/// Same path, or the same file under another name (a hard link).
+fn same_file(a: &Path, b: &Path) -> bool {
+    if a == b {
+        return true;
+    }
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+/// Whether `target`'s folder takes a new file (permissions, read-only file systems): by creating one.
+fn writable(target: &Path) -> Result<(), String> {
+    let folder = target.parent().unwrap_or(Path::new("."));
+    let probe = temp_name(target, "probe");
+    match OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(format!("cannot write into {}: {e}", folder.display())),
+    }
+}
+
+/// A hidden name next to `target`, unique to this process.
+fn temp_name(target: &Path, what: &str) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    target.with_file_name(format!(".{name}.trainlint-{what}-{}", std::process::id()))
+}
+
+/// Writes every `(target, contents)` atomically: all go to temporary files first, and only when all
+/// of them are written are they renamed over their targets. On error nothing is left behind but the
+/// files already renamed (renames in one folder fail only when the folder itself goes away).
+pub fn write_all(files: &[(&Target, &[u8])]) -> Result<(), String> {
+    let mut staged: Vec<(PathBuf, &Target)> = Vec::new();
+    let cleanup = |staged: &[(PathBuf, &Target)]| {
+        for (temp, _) in staged {
+            let _ = std::fs::remove_file(temp);
+        }
+    };
+    for (target, contents) in files {
+        let temp = temp_name(&target.resolved, "tmp");
+        let written = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .and_then(|mut f| {
+                f.write_all(contents)?;
+                f.sync_all()
+            });
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&temp);
+            cleanup(&staged);
+            return Err(format!("cannot write {}: {e}", target.shown.display()));
+        }
+        staged.push((temp, target));
+    }
+    for (i, (temp, target)) in staged.iter().enumerate() {
+        if let Err(e) = std::fs::rename(temp, &target.resolved) {
+            cleanup(&staged[i..]);
+            return Err(format!("cannot write {}: {e}", target.shown.display()));
+        }
+    }
+    Ok(())
+}
+
+extern "C" {
+    fn dup2(old: c_int, new: c_int) -> c_int;
+    fn fflush(stream: *mut c_void) -> c_int;
+}
+
+/// The real standard output, set aside while fd 1 points to stderr: whatever model code prints goes
+/// to stderr, and only the report reaches stdout. Dropping it puts fd 1 back.
+pub struct ReportStdout {
+    saved: Option<OwnedFd>,
+}
+
+impl ReportStdout {
+    /// Redirects fd 1 to fd 2 until drop. Without a usable stdout (closed) nothing is redirected and
+    /// the report goes wherever fd 1 goes.
+    pub fn capture() -> ReportStdout {
+        let _ = io::stdout().flush();
+        let Ok(saved) = io::stdout().as_fd().try_clone_to_owned() else {
+            return ReportStdout { saved: None };
+        };
+        // SAFETY: dup2 on two open descriptors (1 is open: it was just duplicated; 2 is open or dup2
+        // fails and returns -1, leaving fd 1 as it was). Rust's stdout buffer was flushed above.
+        let redirected = unsafe { dup2(io::stderr().as_raw_fd(), io::stdout().as_raw_fd()) } >= 0;
+        ReportStdout {
+            saved: redirected.then_some(saved),
+        }
+    }
+
+    /// Writes the report to the real standard output.
+    pub fn write(&self, bytes: &[u8]) -> io::Result<()> {
+        match &self.saved {
+            Some(fd) => {
+                let mut out = File::from(fd.try_clone()?);
+                out.write_all(bytes)?;
+                out.flush()
+            }
+            None => {
+                let mut out = io::stdout().lock();
+                out.write_all(bytes)?;
+                out.flush()
+            }
+        }
+    }
+}
+
+impl Drop for ReportStdout {
+    fn drop(&mut self) {
+        let Some(saved) = &self.saved else {
+            return;
+        };
+        let _ = io::stdout().flush();
+        // SAFETY: fflush(NULL) flushes every C stdio stream (libtorch's C++ streams sit on them) and
+        // takes no pointer to dereference; dup2 gets two open descriptors (`saved` is owned here).
+        unsafe {
+            fflush(std::ptr::null_mut());
+            dup2(saved.as_raw_fd(), io::stdout().as_raw_fd());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_file_resolves_through_its_folder_and_a_symlink_to_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().canonicalize().unwrap();
+        assert_eq!(
+            resolve(&dir.path().join("new.json")).unwrap(),
+            real.join("new.json")
+        );
+        std::fs::write(real.join("model.pt"), b"x").unwrap();
+        std::os::unix::fs::symlink(real.join("model.pt"), real.join("link.json")).unwrap();
+        assert_eq!(
+            resolve(&real.join("link.json")).unwrap(),
+            real.join("model.pt")
+        );
+        // A dangling relative link resolves next to itself.
+        std::os::unix::fs::symlink("later.json", real.join("dangling")).unwrap();
+        assert_eq!(
+            resolve(&real.join("dangling")).unwrap(),
+            real.join("later.json")
+        );
+        assert!(resolve(&real.join("nodir/x.html"))
+            .unwrap_err()
+            .contains("does not exist"));
+        assert!(resolve(&real).unwrap_err().contains("folder"));
+    }
+
+    #[test]
+    fn writes_land_whole_and_leave_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.json");
+        std::fs::write(&a, b"old").unwrap();
+        let plans = plan(
+            &[
+                Output {
+                    flag: "-o",
+                    path: &a,
+                },
+                Output {
+                    flag: "--report",
+                    path: &dir.path().join("b.html"),
+                },
+            ],
+            &[],
+        )
+        .unwrap();
+        write_all(&[(&plans[0], b"new"), (&plans[1], b"html")]).unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), b"new");
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn a_hard_link_to_an_input_is_the_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("model.pt");
+        std::fs::write(&model, b"x").unwrap();
+        let alias = dir.path().join("report.json");
+        std::fs::hard_link(&model, &alias).unwrap();
+        let err = plan(
+            &[Output {
+                flag: "--output-file",
+                path: &alias,
+            }],
+            &[Input {
+                role: "the model",
+                path: &model,
+            }],
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("--output-file") && err.contains("the model"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,326 @@
+//! Hostile or careless invocations: outputs aimed at inputs, outputs that cannot be written, absurd
+//! thread counts, and models whose code has side effects (file access, printing, code run on load).
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::*;
+use sha2::{Digest, Sha256};
+
+/// A project folder with its own copies of the inputs: model.pt, data.npz, loss.csv and a
+/// trainlint.toml naming them, and an empty `sub/` folder.
+fn project() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = |from: &str, to: &str| {
+        std::fs::copy(fixture(from), dir.path().join(to)).unwrap();
+    };
+    copy("models/mlp_default.pt", "model.pt");
+    copy("data/regression.npz", "data.npz");
+    copy("logs/sgd_noisy_descent.csv", "loss.csv");
+    std::fs::write(
+        dir.path().join("trainlint.toml"),
+        "[model]\npath = \"model.pt\"\n\n[data]\npath = \"data.npz\"\n\n[log]\npath = \"loss.csv\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    dir
+}
+
+/// `trainlint check . --select init-std -q ARGS` in `dir` (init-std is quick and reads every input).
+fn check_in(dir: &Path, args: &[&str]) -> Output {
+    trainlint()
+        .current_dir(dir)
+        .args(["check", ".", "--select", "init-std", "-q", "--no-timings"])
+        .args(args)
+        .output()
+        .expect("trainlint runs")
+}
+
+/// Every file under `dir` (recursively) with the SHA-256 of its contents; links as their target.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path.strip_prefix(dir).unwrap().to_path_buf();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.file_type().is_symlink() {
+                out.insert(
+                    rel,
+                    format!("-> {}", std::fs::read_link(&path).unwrap().display()),
+                );
+            } else if meta.is_dir() {
+                out.insert(rel, "dir".into());
+                todo.push(path);
+            } else {
+                let hash = Sha256::digest(std::fs::read(&path).unwrap());
+                out.insert(rel, format!("{hash:x}"));
+            }
+        }
+    }
+    out
+}
+
+/// Exit 2 with exactly one line on stderr, `error: …`; returns that line.
+fn one_line_error(o: &Output) -> String {
+    let err = stderr(o);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "stderr: {err}\nstdout: {}",
+        stdout(o)
+    );
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    lines[0].to_string()
+}
+
+#[test]
+fn an_output_aimed_at_an_input_is_refused_before_anything_runs() {
+    let dir = project();
+    let p = dir.path();
+    std::os::unix::fs::symlink("model.pt", p.join("link.json")).unwrap();
+    std::fs::hard_link(p.join("data.npz"), p.join("alias.json")).unwrap();
+    let baseline = r#"{"version": 1, "entries": []}"#;
+    std::fs::write(p.join("b.json"), baseline).unwrap();
+    let data_abs = p.join("data.npz").display().to_string();
+    let cases: Vec<(Vec<&str>, [&str; 2])> = vec![
+        (vec!["-o", "model.pt"], ["--output-file", "the model"]),
+        (vec!["-o", "data.npz"], ["--output-file", "the data"]),
+        (vec!["-o", &data_abs], ["--output-file", "the data"]),
+        (vec!["-o", "sub/../data.npz"], ["--output-file", "the data"]),
+        (
+            vec!["-o", "trainlint.toml"],
+            ["--output-file", "the config file"],
+        ),
+        (vec!["--report", "loss.csv"], ["--report", "the loss log"]),
+        (
+            vec!["--write-baseline", "model.pt"],
+            ["--write-baseline", "the model"],
+        ),
+        (vec!["-o", "link.json"], ["--output-file", "the model"]),
+        (vec!["-o", "alias.json"], ["--output-file", "the data"]),
+        (
+            vec!["-o", "out.json", "--report", "out.json"],
+            ["--report", "--output-file"],
+        ),
+        (
+            vec!["-o", "out.json", "--report", "sub/../out.json"],
+            ["--report", "--output-file"],
+        ),
+        (
+            vec!["--write-baseline", "b.json", "--baseline", "b.json"],
+            ["--write-baseline", "--baseline"],
+        ),
+    ];
+    let before = snapshot(p);
+    for (args, [output_role, input_role]) in cases {
+        let o = check_in(p, &args);
+        let line = one_line_error(&o);
+        assert!(
+            line.contains(output_role) && line.contains(input_role),
+            "{args:?}: {line}"
+        );
+        assert!(
+            stdout(&o).is_empty(),
+            "{args:?}: nothing judged, nothing reported"
+        );
+        assert_eq!(snapshot(p), before, "{args:?} changed the folder");
+    }
+}
+
+#[test]
+fn a_run_that_fails_leaves_no_output_behind() {
+    let dir = project();
+    let p = dir.path();
+    std::fs::write(p.join("corrupt.json"), "{ not a baseline").unwrap();
+    std::fs::copy(fixture("data/images.npz"), p.join("images.npz")).unwrap();
+    let before = snapshot(p);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        // The last output cannot be written: the first must not be written either.
+        (vec!["-o", "out.json", "--report", "nodir/x.html"], "nodir"),
+        (vec!["-o", "out.json", "--report", "sub"], "folder"),
+        (
+            vec!["-o", "out.json", "--report", "model.pt/x.html"],
+            "--report",
+        ),
+        // An input that fails to read, after the checks today: no baseline written first.
+        (
+            vec!["--write-baseline", "new.json", "--baseline", "corrupt.json"],
+            "corrupt.json",
+        ),
+        (
+            vec!["--write-baseline", "new.json", "--baseline", "missing.json"],
+            "missing.json",
+        ),
+        // The model rejects the data.
+        (vec!["-o", "out.json", "--data", "images.npz"], "rejected"),
+    ];
+    for (args, says) in cases {
+        let o = check_in(p, &args);
+        let line = one_line_error(&o);
+        assert!(line.contains(says), "{args:?}: {line}");
+        assert_eq!(snapshot(p), before, "{args:?} left something behind");
+    }
+}
+
+#[test]
+fn outputs_are_written_whole_with_no_temporary_file_left() {
+    let dir = project();
+    let p = dir.path();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let real = elsewhere.path().join("report.json");
+    std::fs::write(&real, "old").unwrap();
+    std::os::unix::fs::symlink(&real, p.join("sub/latest.json")).unwrap();
+    let before = snapshot(p);
+    let o = check_in(
+        p,
+        &[
+            "--output-format",
+            "json",
+            "-o",
+            "sub/latest.json",
+            "--report",
+            "report.html",
+            "--write-baseline",
+            "baseline.json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // A link to a file that is no input is followed, and stays a link.
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&real).unwrap()).unwrap();
+    assert!(report.is_object());
+    let after = snapshot(p);
+    let new: Vec<&PathBuf> = after.keys().filter(|k| !before.contains_key(*k)).collect();
+    assert_eq!(
+        new,
+        [Path::new("baseline.json"), Path::new("report.html")],
+        "{after:?}"
+    );
+    assert_eq!(
+        after[Path::new("sub/latest.json")],
+        before[Path::new("sub/latest.json")]
+    );
+    // And the baseline just written can be read back.
+    let o = check_in(p, &["--baseline", "baseline.json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn thread_counts_out_of_range_are_refused_in_words() {
+    let dir = project();
+    for (value, says) in [
+        ("4294967296", "at most 1024"),
+        ("18446744073709551616", "at most 1024"),
+        ("1025", "at most 1024"),
+        ("-1", "≥ 0"),
+        ("two", "whole number"),
+    ] {
+        let o = check_in(dir.path(), &["--threads", value]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "--threads {value}: {err}");
+        assert!(
+            err.contains(says) && !err.contains("panicked"),
+            "--threads {value}: {err}"
+        );
+    }
+    let o = check_in(dir.path(), &["--threads", "2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+/// `trainlint check --model fixtures/untrusted/NAME.pt --data regression.npz` in a fresh folder, which
+/// is returned too: models that touch files do it in the working folder.
+fn untrusted(name: &str, extra: &[&str]) -> (Output, tempfile::TempDir) {
+    let cwd = tempfile::tempdir().unwrap();
+    let model = fixture(&format!("untrusted/{name}.pt"));
+    let data = fixture("data/regression.npz");
+    let o = trainlint()
+        .current_dir(cwd.path())
+        .args(["check", "--model", &model, "--data", &data, "-q"])
+        .args(["--select", "init-std", "--no-timings"])
+        .args(extra)
+        .output()
+        .expect("trainlint runs");
+    (o, cwd)
+}
+
+const PROBE: &str = "trainlint_untrusted_probe.bin";
+
+#[test]
+fn a_model_that_reads_files_is_refused_unless_trusted() {
+    let (o, cwd) = untrusted("reads_file", &[]);
+    let line = one_line_error(&o);
+    for part in [
+        "aten::from_file",
+        "file access",
+        "`forward` of module `body.probe`",
+        "--trust-model",
+    ] {
+        assert!(line.contains(part), "{part}: {line}");
+    }
+    assert!(!cwd.path().join(PROBE).exists(), "the model ran");
+
+    // Trusted, it runs, and does what the scan warned about: the file appears.
+    let (o, cwd) = untrusted("reads_file", &["--trust-model"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(cwd.path().join(PROBE).exists());
+}
+
+#[test]
+fn a_printing_model_is_refused_and_trusted_it_prints_to_stderr_only() {
+    let (o, _cwd) = untrusted("prints", &[]);
+    let line = one_line_error(&o);
+    assert!(
+        line.contains("prim::Print (printing) in `forward` of the root module"),
+        "{line}"
+    );
+
+    let (o, _cwd) = untrusted("prints", &["--trust-model", "--output-format", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let report: Result<serde_json::Value, _> = serde_json::from_slice(&o.stdout);
+    assert!(report.is_ok(), "stdout is not JSON: {}", stdout(&o));
+    assert!(
+        stderr(&o).contains("hello from the model"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_model_with_code_that_runs_on_load_is_refused_before_loading() {
+    let (o, _cwd) = untrusted("prints_on_load", &[]);
+    let line = one_line_error(&o);
+    assert!(
+        line.contains("__setstate__") && line.contains("--trust-model"),
+        "{line}"
+    );
+    assert!(!stderr(&o).contains("setstate ran") && !stdout(&o).contains("setstate ran"));
+
+    let (o, _cwd) = untrusted(
+        "prints_on_load",
+        &["--trust-model", "--output-format", "json"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).is_ok(),
+        "{}",
+        stdout(&o)
+    );
+    assert!(stderr(&o).contains("setstate ran on load"));
+}
+
+#[test]
+fn healthy_models_pass_the_scan() {
+    // Every fixtures/models/*.pt is scanned by the unit test in src/security.rs; here, the CLI path
+    // on a scripted and a traced model.
+    for model in ["mlp_default", "head_sigmoid_traced"] {
+        let model = fixture(&format!("models/{model}.pt"));
+        let o = run(&["check", "--model", &model, "--select", "init-std", "-q"]);
+        assert_ne!(o.status.code(), Some(2), "{}", stderr(&o));
+    }
+}
