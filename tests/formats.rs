@@ -316,3 +316,39 @@ fn completions_are_generated_for_common_shells() {
         assert!(stdout(&o).contains("trainlint"), "{shell}");
     }
 }
+
+/// Reports plot at most 2,000 points per curve (LTTB) while the statistics use every row: a 20,000-row
+/// zig-zag log is still judged a zig-zag, and its JSON stays small.
+#[test]
+fn long_logs_are_judged_on_every_row_and_plotted_from_two_thousand_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("step,loss\n");
+    for i in 0..20_000 {
+        let swing = if i % 2 == 0 { 1.6 } else { 0.6 };
+        csv.push_str(&format!(
+            "{i},{}\n",
+            swing * (1.0 + 0.2 * (i as f64 / 3000.0).sin())
+        ));
+    }
+    let log = write(dir.path(), "loss.csv", &csv);
+    let (_, report) = check_json(&[
+        "--log",
+        &log.display().to_string(),
+        "--select",
+        "loss-oscillation",
+    ]);
+    let entry = check_entry(&report, "loss-oscillation");
+    assert_eq!(
+        entry["findings"][0]["kind"], "loss-oscillation/log-oscillates",
+        "{entry}"
+    );
+    assert_eq!(
+        entry["findings"][0]["location"]["log_steps"],
+        serde_json::json!([0.0, 19999.0])
+    );
+    let curve = &entry["curves"][0];
+    assert_eq!(curve["y"].as_array().unwrap().len(), 2000);
+    assert_eq!(curve["x"][0], 0.0);
+    assert_eq!(curve["x"][1999], 19999.0);
+    assert!(serde_json::to_string(&report).unwrap().len() < 200_000);
+}

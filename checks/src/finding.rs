@@ -155,6 +155,19 @@ pub struct Curve {
 }
 
 impl Curve {
+    /// At most `max` points (LTTB), for reports: a 10M-row log plots as well from 2,000 points, and the
+    /// statistics behind the findings have already used every row. Per-point bands and labels (one
+    /// point per layer or channel) are never thinned.
+    pub fn downsampled(mut self, max: usize) -> Self {
+        if self.y.len() <= max || !self.labels.is_empty() || !self.lower.is_empty() {
+            return self;
+        }
+        let keep = crate::stats::lttb(&self.x, &self.y, max);
+        self.x = keep.iter().map(|&i| self.x[i]).collect();
+        self.y = keep.iter().map(|&i| self.y[i]).collect();
+        self
+    }
+
     pub fn new(name: impl Into<String>, y: Vec<f64>) -> Self {
         let x = (0..y.len()).map(|i| i as f64).collect();
         Curve {

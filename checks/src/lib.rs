@@ -147,6 +147,9 @@ pub enum CheckError {
 
 pub type CheckOutput = Result<CheckResult, CheckError>;
 
+/// The most points a curve keeps for the reports (JSON, HTML); the checks use every point.
+pub const MAX_CURVE_POINTS: usize = 2000;
+
 /// A check, written against its own typed options.
 pub trait Check: Send + Sync + 'static {
     /// The check's options: a struct with `#[serde(default, deny_unknown_fields)]`, doc comments on
@@ -189,6 +192,13 @@ impl<C: Check> Rule for C {
             .map_err(|e| CheckError::Other(format!("invalid options: {e}")))?;
         match self.run(ctx, &options) {
             Err(CheckError::Skip(reason)) => Ok(CheckResult::skipped(reason)),
+            Ok(mut result) => {
+                result.curves = std::mem::take(&mut result.curves)
+                    .into_iter()
+                    .map(|c| c.downsampled(MAX_CURVE_POINTS))
+                    .collect();
+                Ok(result)
+            }
             other => other,
         }
     }

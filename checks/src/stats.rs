@@ -208,6 +208,58 @@ pub fn adjacency(dist: &[f64], n: usize, permutations: usize, rng: &mut Rng) -> 
 }
 
 /// Least-squares slope of y against x.
+/// Largest-Triangle-Three-Buckets downsampling (Steinarsson 2013): the indices of at most `max` points
+/// of (x, y) that keep the curve's visual shape, its first and last point always among them. A
+/// non-finite y is kept whenever its bucket holds one, so a divergence stays visible.
+pub fn lttb(x: &[f64], y: &[f64], max: usize) -> Vec<usize> {
+    let n = x.len().min(y.len());
+    if n <= max {
+        return (0..n).collect();
+    }
+    if max < 3 {
+        return [0, n - 1].into_iter().take(max).collect();
+    }
+    let every = (n - 2) as f64 / (max - 2) as f64;
+    let mut picked = Vec::with_capacity(max);
+    picked.push(0);
+    let mut a = 0usize;
+    for i in 0..max - 2 {
+        let start = (i as f64 * every) as usize + 1;
+        let end = (((i + 1) as f64 * every) as usize + 1).min(n - 1);
+        // The next bucket's average is the third corner of the triangle.
+        let next_start = end;
+        let next_end = (((i + 2) as f64 * every) as usize + 1).min(n);
+        let (mut ax, mut ay, mut count) = (0.0, 0.0, 0.0);
+        for j in next_start..next_end.max(next_start + 1).min(n) {
+            if y[j].is_finite() {
+                ax += x[j];
+                ay += y[j];
+                count += 1.0;
+            }
+        }
+        let (cx, cy) = if count > 0.0 {
+            (ax / count, ay / count)
+        } else {
+            (x[n - 1], if y[n - 1].is_finite() { y[n - 1] } else { y[a] })
+        };
+        let mut best = (start, f64::NEG_INFINITY);
+        for j in start..end.max(start + 1) {
+            let area = if y[j].is_finite() {
+                ((x[a] - cx) * (y[j] - y[a]) - (x[a] - x[j]) * (cy - y[a])).abs()
+            } else {
+                f64::INFINITY
+            };
+            if area > best.1 {
+                best = (j, area);
+            }
+        }
+        picked.push(best.0);
+        a = best.0;
+    }
+    picked.push(n - 1);
+    picked
+}
+
 pub fn slope(x: &[f64], y: &[f64]) -> f64 {
     let (mx, my) = (mean(x), mean(y));
     let num: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
@@ -314,6 +366,21 @@ pub fn judge_oscillation(o: &Oscillation, t: &OscillationThresholds) -> Verdict 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn lttb_keeps_the_ends_the_size_and_the_peaks() {
+        let x: Vec<f64> = (0..10_000).map(|i| i as f64).collect();
+        let mut y: Vec<f64> = x.iter().map(|t| (t / 500.0).sin()).collect();
+        y[4321] = 50.0;
+        y[7777] = f64::INFINITY;
+        let keep = lttb(&x, &y, 2000);
+        assert_eq!(keep.len(), 2000);
+        assert_eq!((keep[0], keep[1999]), (0, 9999));
+        assert!(keep.windows(2).all(|w| w[0] < w[1]), "increasing indices");
+        assert!(keep.contains(&4321), "a spike survives");
+        assert!(keep.contains(&7777), "a non-finite value survives");
+        assert_eq!(lttb(&x[..10], &y[..10], 2000), (0..10).collect::<Vec<_>>());
+    }
 
     #[test]
     fn runs_test_matches_hand_computation_for_two_blocks() {
