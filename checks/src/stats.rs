@@ -72,12 +72,24 @@ pub fn median(x: &[f64]) -> f64 {
 /// The interquartile mean: the mean of the values between the 25th and 75th percentiles. Robust to
 /// spikes like the median, but centred on bimodal data (a ±a zig-zag) where the median jumps.
 pub fn interquartile_mean(x: &[f64]) -> f64 {
-    let (lo, hi) = (quantile(x, 0.25), quantile(x, 0.75));
-    let inner: Vec<f64> = x.iter().copied().filter(|v| *v >= lo && *v <= hi).collect();
-    if inner.is_empty() {
-        median(x)
+    // One sort serves both quartiles and the mean (the running trend calls this once per point).
+    let mut v: Vec<f64> = x.iter().copied().filter(|v| !v.is_nan()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| {
+        let pos = q * (v.len() - 1) as f64;
+        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+        v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+    };
+    let (lo, hi) = (at(0.25), at(0.75));
+    let start = v.partition_point(|a| *a < lo);
+    let end = v.partition_point(|a| *a <= hi);
+    if start < end {
+        mean(&v[start..end])
     } else {
-        mean(&inner)
+        at(0.5)
     }
 }
 
