@@ -76,10 +76,11 @@ enum Command {
         /// Folder to write trainlint.toml into.
         #[arg(default_value = ".")]
         dir: PathBuf,
-        /// The TorchScript model, relative to DIR or absolute.
+        /// The TorchScript model (relative to the working directory, like every path flag).
         #[arg(long)]
         model: Option<PathBuf>,
-        /// The data sample (.npz, .npy, .safetensors); its keys and a task guess are filled in.
+        /// The data sample (.npz, .npy, .safetensors), relative to the working directory; its keys and
+        /// a task guess are filled in.
         #[arg(long)]
         data: Option<PathBuf>,
         /// Overwrite an existing trainlint.toml.
@@ -438,18 +439,17 @@ fn init(
             target.display()
         )));
     }
+    // Paths on the command line mean what they mean to the shell (the working directory), as they do
+    // for `check`; the config stores them relative to its own folder, which is how it reads them back.
     let mut filled: Vec<(&str, String)> = Vec::new();
     if let Some(m) = &model {
-        filled.push(("model.path", format!("{:?}", m.display().to_string())));
+        let written = path_for_config(m, dir)?;
+        filled.push(("model.path", format!("{:?}", written.display().to_string())));
     }
     if let Some(d) = &data {
-        let full = if d.is_absolute() {
-            d.clone()
-        } else {
-            dir.join(d)
-        };
-        let arrays = data::read_arrays(&full)?;
-        filled.push(("data.path", format!("{:?}", d.display().to_string())));
+        let arrays = data::read_arrays(d)?;
+        let written = path_for_config(d, dir)?;
+        filled.push(("data.path", format!("{:?}", written.display().to_string())));
         let pick = |preferred: &[&str], want_int: Option<bool>| -> Option<&data::Array> {
             preferred
                 .iter()
@@ -494,6 +494,45 @@ fn init(
     Ok(ExitCode::SUCCESS)
 }
 
+/// A path given relative to the working directory, as a config file in `config_dir` must spell it:
+/// absolute paths stay absolute; relative ones become relative to `config_dir` (`../runs/model.pt`).
+fn path_for_config(path: &Path, config_dir: &Path) -> Result<PathBuf, Fatal> {
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    let (path, config_dir) = (absolute(path)?, absolute(config_dir)?);
+    Ok(relative_to(&path, &config_dir).unwrap_or(path))
+}
+
+/// `p` against the working directory, without `.` or `..`: lexically, so that a symlinked sample stays
+/// the link the user named (and a model may be exported after `init`).
+fn absolute(p: &Path) -> std::io::Result<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in std::path::absolute(p)?.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    Ok(out)
+}
+
+/// `path` relative to `base` (both absolute and normalised), or `None` when they share nothing but the
+/// root, where an absolute path says more than a chain of `..`.
+fn relative_to(path: &Path, base: &Path) -> Option<PathBuf> {
+    let (p, b): (Vec<_>, Vec<_>) = (path.components().collect(), base.components().collect());
+    let common = p.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    if common <= 1 {
+        return None;
+    }
+    let mut out: PathBuf = b[common..].iter().map(|_| "..").collect();
+    out.extend(&p[common..]);
+    Some(out)
+}
+
 fn resolve_settings(args: &CheckArgs) -> Result<Settings, Fatal> {
     let mut settings = Settings::default();
     let start = args.path.clone().unwrap_or_else(|| PathBuf::from("."));
@@ -524,6 +563,10 @@ fn resolve_settings(args: &CheckArgs) -> Result<Settings, Fatal> {
         };
     }
     if let Some(d) = &args.device {
+        // A typo is an error even without a model; whether CUDA is there matters only with one.
+        if let Err(e @ model::ModelError::BadDevice(_)) = model::parse_device(d) {
+            return Err(Fatal::from(format!("--device: {e}")));
+        }
         settings.device = d.clone();
     }
     if let Some(s) = args.seed {
@@ -582,6 +625,12 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
         Some(path) => Some(baseline::read(path).map_err(Fatal::from)?),
         None => None,
     };
+    if settings.model.is_none() && settings.device != "cpu" {
+        eprintln!(
+            "warning: device {} is unused: only a model runs on a device, and none is given (set [model] path or pass --model)",
+            settings.device
+        );
+    }
     tch::set_num_threads(threads as i32);
     model::silence_libtorch_warnings();
     let model = match &settings.model {
@@ -614,6 +663,14 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
     ctx.model = model.as_ref().map(|m| m as &dyn trainlint_checks::Model);
     ctx.data = dataset.as_ref();
     ctx.log = log.as_ref();
+    let data_warnings = dataset
+        .as_ref()
+        .map(|d| sample_warnings(d, ctx.model, &settings.setup))
+        .unwrap_or_default();
+    for w in &data_warnings {
+        ctx.sample_skips
+            .extend(w.skips.iter().map(|id| (*id, w.skip_reason.clone())));
+    }
     // The shared forward pass doubles as the input check: a model that rejects the data is an input
     // error (exit 2), not a verdict.
     if let (Some(_), Some(d)) = (&model, &dataset) {
@@ -646,7 +703,8 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
         model: settings.model.as_deref().map(display_path),
         data: settings.data.as_deref().map(display_path),
         log: settings.log.as_deref().map(display_path),
-        device: settings.device.clone(),
+        // Without a model nothing runs on a device: the report names none rather than claim one.
+        device: settings.model.as_ref().map(|_| settings.device.clone()),
     };
     let mut report = report::Report::new(
         inputs,
@@ -657,6 +715,13 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
         !args.no_timings,
     );
     report.baseline = baseline_outcome;
+    report.warnings = data_warnings
+        .into_iter()
+        .map(|w| report::Warning {
+            input: "data",
+            message: w.message,
+        })
+        .collect();
     let rendered = match args.output_format {
         Format::Text => report::text::render(&report),
         Format::Json => report::json::render(&report),
@@ -698,6 +763,89 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Something about the data sample that makes some checks meaningless or impossible: reported once
+/// (the report's `warnings`), and those checks skip with `skip_reason` instead of failing or passing
+/// trivially.
+struct SampleWarning {
+    message: String,
+    skips: Vec<&'static str>,
+    skip_reason: String,
+}
+
+/// The checks that run the model in training mode on the sample (BatchNorm then needs ≥ 2 samples);
+/// identity-overfit only for image-to-image, where it applies.
+fn train_mode_checks(image_to_image: bool) -> Vec<&'static str> {
+    let mut ids = vec!["overfit-batch", "gradient-flow", "loss-oscillation"];
+    if image_to_image {
+        ids.insert(0, "identity-overfit");
+    }
+    ids
+}
+
+/// The degenerate samples a new user saves by accident: one sample, or a single class. Found once,
+/// before the checks run. Skips are only added with a model, so that a missing model stays the reason
+/// its checks are skipped.
+fn sample_warnings(
+    data: &trainlint_checks::Dataset,
+    model: Option<&dyn trainlint_checks::Model>,
+    setup: &trainlint_checks::Setup,
+) -> Vec<SampleWarning> {
+    use trainlint_checks::ports::Task;
+    let n = data.len();
+    let task = setup.resolved_task(Some(data));
+    let has_batchnorm =
+        model.is_some_and(|m| m.modules().iter().any(|m| m.kind.contains("BatchNorm")));
+    if n == 1 {
+        let (message, skips) = if has_batchnorm {
+            let ids = train_mode_checks(task == Task::ImageToImage);
+            (
+                format!(
+                    "the data sample `{}` holds 1 sample: the model's BatchNorm layers cannot compute batch statistics from one sample in training mode, so {} are skipped and stale-batchnorm compares no statistics; save at least 2 samples (256 is typical)",
+                    data.path,
+                    ids.join(", ")
+                ),
+                ids,
+            )
+        } else {
+            (
+                format!(
+                    "the data sample `{}` holds 1 sample: fitting one sample proves little about the model, and sequential-data needs at least 8; save more samples (256 is typical)",
+                    data.path
+                ),
+                Vec::new(),
+            )
+        };
+        return vec![SampleWarning {
+            message,
+            skips,
+            skip_reason: "needs at least 2 samples: the model's BatchNorm layers cannot compute batch statistics from 1 sample in training mode".into(),
+        }];
+    }
+    let mut warnings = Vec::new();
+    if n > 1 && data.targets_are_classes() && task == Task::Classification {
+        let bounds = || -> Result<(i64, i64), tch::TchError> {
+            let classes = data.targets.f_to_kind(tch::Kind::Int64)?;
+            Ok((
+                classes.f_min()?.f_int64_value(&[])?,
+                classes.f_max()?.f_int64_value(&[])?,
+            ))
+        };
+        if let Some((class, _)) = bounds().ok().filter(|(lo, hi)| lo == hi) {
+            warnings.push(SampleWarning {
+                message: format!(
+                    "the targets `{}` hold a single class ({class}) in all {n} samples: a constant prediction fits them, so overfit-batch is skipped; save a sample with several classes (in loader order)",
+                    data.target_key
+                ),
+                skips: if model.is_some() { vec!["overfit-batch"] } else { Vec::new() },
+                skip_reason: format!(
+                    "the targets hold a single class ({class}): a constant prediction fits them, so overfitting them would pass without showing that the model learns"
+                ),
+            });
+        }
+    }
+    warnings
 }
 
 /// The output files, checked against the inputs and each other before anything runs.

@@ -495,7 +495,12 @@ fn init_writes_a_commented_config_with_detected_keys_and_task() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(fixture("data/images.npz"), dir.path().join("images.npz")).unwrap();
     let d = dir.path().display().to_string();
-    let o = run(&["init", &d, "--model", "model.pt", "--data", "images.npz"]);
+    // --model / --data are relative to the working directory, as for `check`.
+    let o = trainlint()
+        .current_dir(dir.path())
+        .args(["init", ".", "--model", "model.pt", "--data", "images.npz"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let text = std::fs::read_to_string(dir.path().join("trainlint.toml")).unwrap();
     assert!(text.contains("path = \"model.pt\""));

@@ -170,7 +170,7 @@ pub trait Rule: Send + Sync {
     fn default_options(&self) -> Value;
     /// Whether `options` (a JSON object of the user's values) parse; the error says why not.
     fn validate_options(&self, options: &Value) -> Result<(), String>;
-    /// Run with the user's option values over the defaults.
+    /// Run with the user's option values over the defaults; skipped when `ctx.sample_skips` names it.
     fn run_with(&self, ctx: &Context, options: &Value) -> CheckOutput;
 }
 
@@ -190,6 +190,9 @@ impl<C: Check> Rule for C {
     fn run_with(&self, ctx: &Context, options: &Value) -> CheckOutput {
         let options = options::parse::<C::Options>(options)
             .map_err(|e| CheckError::Other(format!("invalid options: {e}")))?;
+        if let Some(reason) = ctx.sample_skips.get(C::INFO.id) {
+            return Ok(CheckResult::skipped(reason.clone()));
+        }
         match self.run(ctx, &options) {
             Err(CheckError::Skip(reason)) => Ok(CheckResult::skipped(reason)),
             Ok(mut result) => {

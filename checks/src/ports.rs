@@ -268,6 +268,10 @@ pub struct Context<'a> {
     pub prediction: OnceCell<Result<Tensor, String>>,
     /// Called by checks that train, with (step, total steps, current loss), for progress display.
     pub progress: &'a dyn Fn(usize, usize, f64),
+    /// Checks that cannot use this data sample, by id, with the reason (a sample too small for
+    /// BatchNorm's batch statistics, a single class that any constant fits). The caller finds these
+    /// once, before the checks run; [`crate::Rule::run_with`] reports each such check as skipped.
+    pub sample_skips: BTreeMap<&'static str, String>,
 }
 
 impl<'a> Context<'a> {
@@ -279,6 +283,7 @@ impl<'a> Context<'a> {
             setup,
             prediction: OnceCell::new(),
             progress: &|_, _, _| {},
+            sample_skips: BTreeMap::new(),
         }
     }
 

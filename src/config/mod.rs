@@ -651,13 +651,14 @@ fn read_checks(r: &Reader, t: &dyn TableLike, s: &mut Settings) -> Result<(), Co
 }
 
 fn read_ignores(r: &Reader, item: &Item, s: &mut Settings) -> Result<(), ConfigError> {
-    let tables: Vec<&dyn TableLike> = match item {
-        Item::ArrayOfTables(a) => a.iter().map(|t| t as &dyn TableLike).collect(),
+    // Each entry with its own span: the `[[ignore]]` header (to its last value), or the inline table.
+    let tables: Vec<(Option<Range<usize>>, &dyn TableLike)> = match item {
+        Item::ArrayOfTables(a) => a.iter().map(|t| (t.span(), t as &dyn TableLike)).collect(),
         Item::Value(Value::Array(a)) => a
             .iter()
             .map(|v| {
                 v.as_inline_table()
-                    .map(|t| t as &dyn TableLike)
+                    .map(|t| (t.span(), t as &dyn TableLike))
                     .ok_or_else(|| r.src.error(v.span(), "ignore: expected a table"))
             })
             .collect::<Result<_, _>>()?,
@@ -669,7 +670,7 @@ fn read_ignores(r: &Reader, item: &Item, s: &mut Settings) -> Result<(), ConfigE
     };
     let mut ids = known_check_ids();
     ids.extend(registry::kinds().iter().map(|k| k.id));
-    for t in tables {
+    for (span, t) in tables {
         let line = r.src.line_of(
             t.iter()
                 .next()
@@ -711,12 +712,11 @@ fn read_ignores(r: &Reader, item: &Item, s: &mut Settings) -> Result<(), ConfigE
                 }
             }
         }
-        let missing = |what: &str| ConfigError {
-            message: format!("[[ignore]] needs `{what}`"),
-            file: Some(r.src.path.to_path_buf()),
-            line,
-            column: 1,
-            snippet: None,
+        // A missing key has no span of its own: point at the entry (its `[[ignore]]` header), with the
+        // same snippet and caret as every other config error.
+        let missing = |what: &str| {
+            r.src
+                .error(span.clone(), format!("[[ignore]] needs `{what}`"))
         };
         s.ignores.push(Ignore {
             check: check.ok_or_else(|| missing("check"))?,

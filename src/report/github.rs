@@ -15,6 +15,13 @@ pub fn escape_property(s: &str) -> String {
 
 pub fn render(report: &Report) -> String {
     let mut out = String::new();
+    for w in &report.warnings {
+        out.push_str(&format!(
+            "::warning title={}::{}\n",
+            escape_property(&format!("trainlint {}", w.input)),
+            escape_data(&w.message)
+        ));
+    }
     for c in &report.checks {
         for f in &c.findings {
             let (file, line) = file_and_line(report, c.id, f);

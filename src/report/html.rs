@@ -282,7 +282,10 @@ pub fn render(report: &Report) -> String {
         .into_iter()
         .map(|(label, v)| format!("{label} <code>{}</code>", esc(v)))
         .collect();
-    inputs.push(format!("device {} · seed {}", esc(&i.device), report.seed));
+    if let Some(device) = &i.device {
+        inputs.push(format!("device {}", esc(device)));
+    }
+    inputs.push(format!("seed {}", report.seed));
     let mut out = String::from("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
     out.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">");
     out.push_str(&format!(

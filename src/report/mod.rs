@@ -19,6 +19,9 @@ pub struct Report {
     pub tool: Tool,
     pub inputs: Inputs,
     pub seed: u64,
+    /// Problems with the inputs that limit what the checks can say (see [`Warning`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Warning>,
     pub summary: Summary,
     pub checks: Vec<CheckRun>,
     /// `[[ignore]]` entries that matched no finding: stale, worth deleting.
@@ -100,7 +103,18 @@ pub struct Inputs {
     pub data: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
-    pub device: String,
+    /// Where the model ran; absent without a model, where nothing runs on a device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+}
+
+/// A problem with an input that is not a finding about the setup (a sample of one, a single class):
+/// reported once, above the findings.
+#[derive(Serialize)]
+pub struct Warning {
+    /// The input it concerns: `data`.
+    pub input: &'static str,
+    pub message: String,
 }
 
 impl Inputs {
@@ -175,6 +189,7 @@ impl Report {
             },
             inputs,
             seed,
+            warnings: Vec::new(),
             summary: s,
             checks,
             unused_ignores,

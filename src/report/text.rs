@@ -71,8 +71,19 @@ pub fn render(report: &Report) -> String {
     for (label, v) in i.labeled() {
         header.push_str(&format!(" · {label} {v}"));
     }
-    header.push_str(&format!(" · device {} · seed {}", i.device, report.seed));
+    if let Some(device) = &i.device {
+        header.push_str(&format!(" · device {device}"));
+    }
+    header.push_str(&format!(" · seed {}", report.seed));
     out.push_str(&format!("{}\n", header.dimmed()));
+    for w in &report.warnings {
+        out.push_str(&format!(
+            "{} {}: {}\n",
+            "warning:".yellow().bold(),
+            w.input,
+            w.message
+        ));
+    }
     for c in &report.checks {
         if c.findings.is_empty() {
             continue;
@@ -145,6 +156,7 @@ pub fn render(report: &Report) -> String {
             format_duration(c.duration_ms)
         ));
     }
+    out.push_str(&missing_inputs(report));
     for i in &report.unused_ignores {
         let at = i
             .location
@@ -198,6 +210,50 @@ pub fn render(report: &Report) -> String {
     out
 }
 
+/// The inputs whose absence skipped checks, recognised by the skip reasons the checks give (a unit
+/// test keeps these in step with them), each with what to add.
+const MISSING_INPUTS: [(&str, &str); 4] = [
+    (
+        "needs a model",
+        "a model: set [model] path (or pass --model)",
+    ),
+    (
+        "needs a data sample",
+        "a data sample: set [data] path (or pass --data)",
+    ),
+    (
+        "needs a loss log",
+        "a loss log: set [log] path (or pass --log)",
+    ),
+    (
+        "setup.loss is not set",
+        "the loss: set `loss = \"…\"` in [setup] (or pass --loss)",
+    ),
+];
+
+/// "To run the skipped checks:", one line per missing input with the checks it would let run; empty
+/// when no check was skipped for a missing input. A check that needs two missing inputs names the
+/// first; adding it shows the next.
+fn missing_inputs(report: &Report) -> String {
+    let mut lines = String::new();
+    for (prefix, add) in MISSING_INPUTS {
+        let ids: Vec<&str> = report
+            .checks
+            .iter()
+            .filter(|c| c.status == Status::Skipped)
+            .filter(|c| c.reason.as_deref().is_some_and(|r| r.starts_with(prefix)))
+            .map(|c| c.id)
+            .collect();
+        if !ids.is_empty() {
+            lines.push_str(&format!("  add {add} → {}\n", ids.join(", ")));
+        }
+    }
+    if lines.is_empty() {
+        return lines;
+    }
+    format!("\nTo run the skipped checks:\n{lines}")
+}
+
 /// `--statistics`: the number of findings per check, most first, like `ruff --statistics`.
 pub fn statistics(report: &Report) -> String {
     let mut rows: Vec<(usize, usize, &str)> = report
@@ -246,6 +302,25 @@ pub fn format_duration(ms: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_inputs_recognise_the_skip_reasons_the_checks_give() {
+        use trainlint_checks::{CheckError, Context, Setup};
+        let setup = Setup::default();
+        let ctx = Context::new(&setup);
+        let reason = |r: Result<(), CheckError>| match r {
+            Err(CheckError::Skip(reason)) => reason,
+            other => panic!("not a skip: {other:?}"),
+        };
+        let reasons = [
+            reason(ctx.model().map(|_| ())),
+            reason(ctx.data().map(|_| ())),
+            reason(ctx.log().map(|_| ())),
+        ];
+        for ((prefix, _), reason) in MISSING_INPUTS.iter().zip(&reasons) {
+            assert!(reason.starts_with(prefix), "{reason} vs {prefix}");
+        }
+    }
 
     #[test]
     fn sparkline_spans_the_full_range_and_downsamples() {
