@@ -102,15 +102,13 @@ impl ArrayInfo {
 
 /// A data file (or folder) opened for reading: its arrays' descriptions, in file order, and their
 /// data on demand.
+/// An array read from a data file.
+type Loaded = Result<Tensor, DataError>;
+
 trait ArraySource {
     fn arrays(&self) -> &[ArrayInfo];
     /// The first `rows` entries along dim 0 of array `index` (all of it for None, or for a scalar).
-    fn read(
-        &mut self,
-        index: usize,
-        rows: Option<i64>,
-        budget: &mut Budget,
-    ) -> Result<Tensor, DataError>;
+    fn read(&mut self, index: usize, rows: Option<i64>, budget: &mut Budget) -> Loaded;
 }
 
 /// Open a data file or folder of `.npy` files; only headers are read here.

@@ -7,7 +7,7 @@ use tch::{Kind, Tensor};
 
 use super::budget::{byte_size, Budget};
 use super::paths::{describe_io, open_file, printable, unreadable};
-use super::{read_error, tensor_from_bytes, ArrayInfo, ArraySource, DataError, ReadError};
+use super::{read_error, tensor_from_bytes, ArrayInfo, ArraySource, DataError, Loaded, ReadError};
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 
@@ -283,12 +283,7 @@ impl ArraySource for NpyFiles {
         &self.infos
     }
 
-    fn read(
-        &mut self,
-        index: usize,
-        rows: Option<i64>,
-        budget: &mut Budget,
-    ) -> Result<Tensor, DataError> {
+    fn read(&mut self, index: usize, rows: Option<i64>, budget: &mut Budget) -> Loaded {
         let (path, _) = &self.files[index];
         let name = &self.infos[index].name;
         let mut file = io::BufReader::new(open_file(path)?);

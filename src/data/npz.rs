@@ -3,13 +3,12 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use tch::Tensor;
 use zip::result::ZipError;
 
 use super::budget::Budget;
 use super::npy::{read_data, read_header};
 use super::paths::{describe_io, open_file, printable, unreadable};
-use super::{read_error, ArrayInfo, ArraySource, DataError, ReadError};
+use super::{read_error, ArrayInfo, ArraySource, DataError, Loaded, ReadError};
 
 pub struct Npz {
     path: PathBuf,
@@ -75,12 +74,7 @@ impl ArraySource for Npz {
         &self.infos
     }
 
-    fn read(
-        &mut self,
-        index: usize,
-        rows: Option<i64>,
-        budget: &mut Budget,
-    ) -> Result<Tensor, DataError> {
+    fn read(&mut self, index: usize, rows: Option<i64>, budget: &mut Budget) -> Loaded {
         let name = &self.infos[index].name;
         let mut member = self
             .archive

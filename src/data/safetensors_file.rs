@@ -6,12 +6,12 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use tch::{Kind, Tensor};
+use tch::Kind;
 
 use super::budget::{byte_size, Budget};
 use super::npy::{read_data, Header};
 use super::paths::{describe_io, open_file, printable, unreadable};
-use super::{read_error, ArrayInfo, ArraySource, DataError, ReadError};
+use super::{read_error, ArrayInfo, ArraySource, DataError, Loaded, ReadError};
 
 /// The safetensors format's own limit on its header.
 const MAX_HEADER_BYTES: u64 = 100 << 20;
@@ -151,12 +151,7 @@ impl ArraySource for SafetensorsFile {
         &self.infos
     }
 
-    fn read(
-        &mut self,
-        index: usize,
-        rows: Option<i64>,
-        budget: &mut Budget,
-    ) -> Result<Tensor, DataError> {
+    fn read(&mut self, index: usize, rows: Option<i64>, budget: &mut Budget) -> Loaded {
         let (offset, header) = &self.tensors[index];
         let name = &self.infos[index].name;
         self.file
