@@ -497,6 +497,11 @@ fn probe(
     };
     let setup = ctx.setup;
     let loss_kind = setup.resolved_loss(Some(data));
+    if loss_kind.is_classification() {
+        // The probe trains on random batches, whose positions are not the data's samples: check every
+        // class index up front, so that the error names the sample in the file.
+        train::check_class_targets(&data.targets, train::class_count(ctx.prediction()?)?)?;
+    }
     let mut copy = model.trainable_copy()?;
     let opt = train::optimizer(
         copy.as_ref(),
