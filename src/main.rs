@@ -540,12 +540,27 @@ fn resolve_settings(args: &CheckArgs) -> Result<Settings, Fatal> {
             Some(parse_choice(l).map_err(|e| Fatal::from(format!("--loss: {e}")))?);
     }
     if settings.model.is_none() && settings.data.is_none() && settings.log.is_none() {
-        return Err(Fatal::from(
-            "nothing to check: no trainlint.toml or [tool.trainlint] found, and no --model, --data or --log given; \
-run `trainlint init --model MODEL.pt --data SAMPLE.npz` to write one, or pass --model / --data / --log",
-        ));
+        return Err(nothing_to_check(settings.config_path.as_deref()));
     }
     Ok(settings)
+}
+
+/// No model, data or log from the config (or no config at all) nor from the flags, and the next step.
+fn nothing_to_check(config: Option<&Path>) -> Fatal {
+    let (found, next) = match config {
+        Some(path) => (
+            format!("{} sets no model, data or log path", path.display()),
+            "set [model] path, [data] path or [log] path in it (`trainlint init --force` writes a \
+commented one)",
+        ),
+        None => (
+            "no trainlint.toml or [tool.trainlint] found".to_string(),
+            "run `trainlint init --model MODEL.pt --data SAMPLE.npz` to write one",
+        ),
+    };
+    Fatal::from(format!(
+        "nothing to check: {found}, and no --model, --data or --log given; {next}, or pass --model / --data / --log"
+    ))
 }
 
 /// A path as the user would type it: relative to the working directory when it lies below it.

@@ -112,3 +112,55 @@ fn a_zip_that_is_not_torchscript_says_so_in_words() {
     let err = assert_input_error(&check_model(&checkpoint));
     assert!(err.contains("torch.save checkpoint or state_dict"), "{err}");
 }
+
+#[test]
+fn an_empty_config_file_loads_as_defaults_and_then_there_is_nothing_to_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path(), "trainlint.toml", "");
+    // Passed explicitly, and found by the upward search.
+    for args in [vec!["check", cfg.to_str().unwrap()], vec!["check"]] {
+        let o = trainlint()
+            .current_dir(dir.path())
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = assert_input_error(&o);
+        assert!(!err.contains("no trainlint.toml"), "{err}");
+        assert!(
+            err.contains("nothing to check: ")
+                && err.contains("trainlint.toml sets no model, data or log path"),
+            "{err}"
+        );
+        assert!(err.contains("set [model] path"), "{err}");
+    }
+}
+
+#[test]
+fn a_pyproject_that_mentions_tool_trainlint_in_a_comment_does_not_stop_the_search() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "trainlint.toml",
+        &format!(
+            "[model]\npath = {:?}\n[data]\npath = {:?}\n",
+            fixture("models/mlp_default.pt"),
+            fixture("data/regression.npz")
+        ),
+    );
+    let pkg = dir.path().join("pkg");
+    std::fs::create_dir(&pkg).unwrap();
+    write(
+        &pkg,
+        "pyproject.toml",
+        "[project]\nname = \"pkg\"\n# trainlint reads [tool.trainlint] from the repository root\n",
+    );
+    let (code, report) = check_json(&[pkg.to_str().unwrap(), "--select", "init-std"]);
+    assert_eq!(code, 0, "{report}");
+    assert!(
+        report["inputs"]["config"]
+            .as_str()
+            .is_some_and(|c| c.ends_with("trainlint.toml")),
+        "{}",
+        report["inputs"]
+    );
+}

@@ -218,14 +218,25 @@ pub fn discover(start: &Path) -> Result<Option<PathBuf>, ConfigError> {
             return Ok(Some(toml));
         }
         let pyproject = dir.join("pyproject.toml");
-        if pyproject.is_file() {
-            let text = std::fs::read_to_string(&pyproject).unwrap_or_default();
-            if text.contains("[tool.trainlint") {
-                return Ok(Some(pyproject));
-            }
+        if pyproject.is_file() && has_trainlint_table(&pyproject) {
+            return Ok(Some(pyproject));
         }
     }
     Ok(None)
+}
+
+/// Whether a pyproject.toml configures trainlint: it has a `[tool.trainlint]` table (one named in a
+/// comment or a string does not count, and the search goes on upwards). A file that does not parse
+/// but names the table is taken, so that loading it reports the TOML error with its line.
+fn has_trainlint_table(pyproject: &Path) -> bool {
+    let text = std::fs::read_to_string(pyproject).unwrap_or_default();
+    match ImDocument::parse(text.as_str()) {
+        Ok(doc) => doc
+            .get("tool")
+            .and_then(|t| t.get("trainlint"))
+            .is_some_and(Item::is_table_like),
+        Err(_) => text.contains("[tool.trainlint"),
+    }
 }
 
 /// Turns byte spans into file:line:col errors.
@@ -890,6 +901,40 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn an_empty_config_file_loads_as_the_defaults() {
+        let s = load("").unwrap();
+        assert!(s.config_path.is_some());
+        assert_eq!((s.model, s.data, s.log), (None, None, None));
+        assert_eq!(s.setup.lr, Settings::default().setup.lr);
+    }
+
+    #[test]
+    fn a_pyproject_that_names_tool_trainlint_only_in_a_comment_does_not_stop_the_search() {
+        let root = tempfile::tempdir().unwrap();
+        let sub = root.path().join("pkg");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(
+            root.path().join("pyproject.toml"),
+            "[tool.trainlint]\nmodel = { path = \"m.pt\" }\n",
+        )
+        .unwrap();
+        let pyproject = sub.join("pyproject.toml");
+        std::fs::write(
+            &pyproject,
+            "# configure in the parent's [tool.trainlint]\n[project]\nname = \"x\"\n",
+        )
+        .unwrap();
+        let parent = root.path().canonicalize().unwrap().join("pyproject.toml");
+        assert_eq!(discover(&sub).unwrap(), Some(parent));
+        // A real table is found where it is; a broken file that names it is reported, not skipped.
+        let here = sub.canonicalize().unwrap().join("pyproject.toml");
+        std::fs::write(&pyproject, "[tool.trainlint.model]\npath = \"m.pt\"\n").unwrap();
+        assert_eq!(discover(&sub).unwrap(), Some(here.clone()));
+        std::fs::write(&pyproject, "[tool.trainlint\n").unwrap();
+        assert_eq!(discover(&sub).unwrap(), Some(here));
     }
 
     #[test]
