@@ -944,4 +944,110 @@ mod tests {
         let s = load("[[ignore]]\ncheck = \"init-std\"\nreason = \"zero-init head\"\n").unwrap();
         assert_eq!(s.ignores[0].check, "init-std");
     }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Valid configs to mutate: `init`'s template (every section and check) and a dense one.
+        fn seeds() -> Vec<String> {
+            vec![
+                init_template(&[]),
+                "[model]\npath = \"m.pt\"\noutput = 0\n[data]\npath = \"d.npz\"\n[setup]\nlr = 1e-3\n\
+                 loss = \"cross_entropy\"\n[run]\nselect = [\"ALL\"]\n[checks.init-std]\nlevel = \"warn\"\n\
+                 [[ignore]]\ncheck = \"init-std\"\nlocation = \"fc1\"\nreason = \"why\"\n"
+                    .to_string(),
+            ]
+        }
+
+        /// Pieces of TOML that stress the parser and the reader: headers, quotes, odd numbers.
+        const TOKENS: &[&str] = &[
+            "[",
+            "]",
+            "[[",
+            "]]",
+            "=",
+            "\"",
+            "'''",
+            "\n",
+            "{",
+            "}",
+            ",",
+            ".",
+            "#",
+            "\\u",
+            "é",
+            "\u{0}",
+            "[checks.",
+            "[[ignore]]",
+            "[tool.trainlint]",
+            "level = ",
+            "nan",
+            "inf",
+            "-1",
+            "0",
+            "1e309",
+            "99999999999999999999",
+            "true",
+            "[]",
+            "{}",
+            "\"x\"",
+            "path = ",
+            "select = ",
+            "1979-05-27",
+        ];
+
+        fn mutated() -> impl Strategy<Value = String> {
+            let edit = (
+                any::<bool>(),
+                any::<prop::sample::Index>(),
+                0..8usize,
+                0..TOKENS.len(),
+            );
+            (0..2usize, prop::collection::vec(edit, 1..10)).prop_map(|(seed, edits)| {
+                let mut chars: Vec<char> = seeds()[seed].chars().collect();
+                for (insert, at, len, token) in edits {
+                    let at = at.index(chars.len() + 1);
+                    if insert {
+                        chars.splice(at..at, TOKENS[token].chars());
+                    } else {
+                        let end = (at + len).min(chars.len());
+                        chars.drain(at..end);
+                    }
+                }
+                chars.into_iter().collect()
+            })
+        }
+
+        fn config_text() -> impl Strategy<Value = String> {
+            prop_oneof![any::<String>(), "[ -~\n]{0,300}", mutated(), mutated()]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Whatever the file holds, loading it gives settings or a ConfigError, never a panic; and
+            /// the error renders (its snippet slices the text at the error's span).
+            #[test]
+            fn arbitrary_and_mutated_configs_never_panic_the_loader(
+                text in config_text(),
+                as_pyproject in any::<bool>(),
+            ) {
+                let dir = tempfile::tempdir().unwrap();
+                let (name, text) = if as_pyproject {
+                    ("pyproject.toml", format!("[tool.trainlint]\n{text}"))
+                } else {
+                    ("trainlint.toml", text)
+                };
+                let path = dir.path().join(name);
+                std::fs::write(&path, &text).unwrap();
+                let _ = discover(dir.path());
+                let mut settings = Settings::default();
+                if let Err(e) = load_file(&path, &mut settings) {
+                    prop_assert!(!e.to_string().is_empty());
+                    let _ = e.render_snippet();
+                }
+            }
+        }
+    }
 }
