@@ -164,3 +164,105 @@ fn a_pyproject_that_mentions_tool_trainlint_in_a_comment_does_not_stop_the_searc
         report["inputs"]
     );
 }
+
+/// A safetensors sample for the 32-input classifier: 8 samples, these int64 class targets.
+fn class_sample(dir: &Path, targets: &[i64]) -> PathBuf {
+    let n = targets.len();
+    let inputs: Vec<u8> = (0..n * 32)
+        .flat_map(|i| ((i % 7) as f32 * 0.1 - 0.3).to_le_bytes())
+        .collect();
+    let header = format!(
+        r#"{{"inputs":{{"dtype":"F32","shape":[{n},32],"data_offsets":[0,{a}]}},"targets":{{"dtype":"I64","shape":[{n}],"data_offsets":[{a},{b}]}}}}"#,
+        a = inputs.len(),
+        b = inputs.len() + 8 * n
+    );
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    bytes.extend(inputs);
+    bytes.extend(targets.iter().flat_map(|t| t.to_le_bytes()));
+    let path = dir.join("classes.safetensors");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn class_indices_outside_the_logits_fail_in_words_without_a_cpp_stack() {
+    let dir = tempfile::tempdir().unwrap();
+    for (targets, bad) in [
+        ([0, 1, 2, -1, 0, 1, 2, 3], "class index -1 at sample 3"),
+        ([0, 1, 2, 3, 0, 4, 2, 3], "class index 4 at sample 5"),
+    ] {
+        let data = class_sample(dir.path(), &targets);
+        let (code, report) = check_json(&[
+            "--model",
+            &fixture("models/classifier.pt"),
+            "--data",
+            data.to_str().unwrap(),
+            "--select",
+            "overfit-batch,loss-oscillation,gradient-flow",
+        ]);
+        assert_eq!(code, 1);
+        for id in ["overfit-batch", "loss-oscillation", "gradient-flow"] {
+            let entry = check_entry(&report, id);
+            let reason = entry["reason"].as_str().unwrap_or_default();
+            assert_eq!(entry["status"], "failed", "{id}: {entry}");
+            assert_eq!(
+                reason,
+                format!("targets hold {bad}; class indices must be in 0..3 for K = 4 logits"),
+                "{id}"
+            );
+        }
+        let text = report.to_string();
+        assert!(
+            !text.contains("Exception raised from") && !text.contains("frame #"),
+            "{text}"
+        );
+    }
+}
+
+fn short_log(dir: &Path, rows: usize) -> PathBuf {
+    let mut text = String::from("step,loss\n");
+    for i in 0..rows {
+        text.push_str(&format!("{i},{}\n", 1.0 / (1.0 + i as f64)));
+    }
+    write(dir, "short.csv", &text)
+}
+
+#[test]
+fn a_log_shorter_than_min_points_is_skipped_or_labelled_not_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = short_log(dir.path(), 12);
+    let log = log.to_str().unwrap();
+    let (_, report) = check_json(&["--log", log, "--select", "loss-oscillation"]);
+    let entry = check_entry(&report, "loss-oscillation");
+    assert_eq!(entry["status"], "skipped", "{entry}");
+    assert_eq!(
+        entry["reason"],
+        "the loss log has 12 finite rows; loss-oscillation needs at least min_points = 30"
+    );
+
+    // With the probe, its verdict stands and the log's curve says it was not judged.
+    let mut args: Vec<String> = model_data("mlp_default", "regression.npz");
+    args.extend([
+        "--log".into(),
+        log.into(),
+        "--select".into(),
+        "loss-oscillation".into(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (_, report) = check_json(&args);
+    let entry = check_entry(&report, "loss-oscillation");
+    assert_eq!(entry["status"], "passed", "{entry}");
+    let curves = entry["curves"].as_array().unwrap();
+    assert!(
+        curves.iter().any(|c| c["name"]
+            .as_str()
+            .unwrap()
+            .contains("not judged: the loss log has 12 finite rows")),
+        "{entry}"
+    );
+    assert!(curves.iter().any(|c| c["name"]
+        .as_str()
+        .unwrap()
+        .starts_with("learning-rate probe")));
+}
