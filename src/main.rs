@@ -629,22 +629,33 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
     ctx.model = model.as_ref().map(|m| m as &dyn trainlint_checks::Model);
     ctx.data = dataset.as_ref();
     ctx.log = log.as_ref();
-    // The shared forward pass doubles as the input check: a model that rejects the data is an input
-    // error (exit 2), not a verdict.
+    // The shared forward pass doubles as the input check: a model that rejects the data, or answers
+    // with no sample axis, is an input error (exit 2), not a verdict.
     if let (Some(_), Some(d)) = (&model, &dataset) {
-        if let Err(e) = ctx.prediction() {
-            return Err(Fatal::from(format!(
-                "the model {} rejected data `{}` of shape {:?} from {}: {}",
-                settings
-                    .model
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-                d.input_key,
-                d.inputs.size(),
-                d.path,
-                e.to_string().trim_start_matches("model: ")
-            )));
+        let model_path = settings
+            .model
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        match ctx.prediction() {
+            Err(e) => {
+                return Err(Fatal::from(format!(
+                    "the model {model_path} rejected data `{}` of shape {:?} from {}: {}",
+                    d.input_key,
+                    d.inputs.size(),
+                    d.path,
+                    e.to_string().trim_start_matches("model: ")
+                )));
+            }
+            Ok(p) if p.dim() == 0 => {
+                return Err(Fatal::from(format!(
+                    "the model {model_path}'s output is a scalar (0-d) for data `{}` of shape {:?}; \
+trainlint needs one output per sample along dim 0",
+                    d.input_key,
+                    d.inputs.size(),
+                )));
+            }
+            Ok(_) => {}
         }
     }
     let progress = progress::Progress::new(!args.quiet);

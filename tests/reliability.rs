@@ -220,6 +220,24 @@ fn class_indices_outside_the_logits_fail_in_words_without_a_cpp_stack() {
     }
 }
 
+#[test]
+fn a_model_with_a_scalar_output_is_an_input_error_in_words() {
+    let o = run(&[
+        &["check"],
+        &model_data("scalar_output", "regression.npz")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()[..],
+    ]
+    .concat());
+    let err = assert_input_error(&o);
+    assert!(
+        err.contains("output is a scalar (0-d)")
+            && err.contains("trainlint needs one output per sample along dim 0"),
+        "{err}"
+    );
+}
+
 fn short_log(dir: &Path, rows: usize) -> PathBuf {
     let mut text = String::from("step,loss\n");
     for i in 0..rows {
