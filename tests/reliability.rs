@@ -284,3 +284,53 @@ fn a_log_shorter_than_min_points_is_skipped_or_labelled_not_passed() {
         .unwrap()
         .starts_with("learning-rate probe")));
 }
+
+#[test]
+fn a_check_past_its_timeout_is_reported_and_the_others_still_run() {
+    let started = std::time::Instant::now();
+    let mut args: Vec<String> = model_data("spins_when_training", "regression.npz");
+    args.extend(
+        [
+            "--select",
+            "init-std,overfit-batch,output-range",
+            "--timeout",
+            "2",
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, report) = check_json(&args);
+    let elapsed = started.elapsed();
+    assert_eq!(code, 1, "{report}");
+    let spun = check_entry(&report, "overfit-batch");
+    assert_eq!(spun["status"], "failed");
+    assert_eq!(spun["reason"], "timed out after 2 s");
+    let finding = &spun["findings"][0];
+    assert_eq!(finding["kind"], "check-failed");
+    assert_eq!(
+        finding["message"],
+        "check overfit-batch timed out after 2 s"
+    );
+    assert_eq!(finding["evidence"]["timeout_s"], 2.0);
+    // The checks before and after it ran, on a model the spinning thread never touches.
+    for id in ["init-std", "output-range"] {
+        assert_eq!(check_entry(&report, id)["status"], "passed", "{id}");
+    }
+    // The stuck thread is neither joined nor waited for at exit.
+    assert!(elapsed.as_secs() < 30, "took {elapsed:?}");
+}
+
+#[test]
+fn timeouts_leave_reports_byte_for_byte_the_same() {
+    let mut base: Vec<String> = model_data("cnn_bn", "images.npz");
+    base.extend(["-q".into()]);
+    let reports: Vec<String> = ["0", "600"]
+        .iter()
+        .map(|t| {
+            let mut args: Vec<&str> = base.iter().map(String::as_str).collect();
+            args.extend(["--timeout", t]);
+            check_json(&args).1.to_string()
+        })
+        .collect();
+    assert_eq!(reports[0], reports[1]);
+}

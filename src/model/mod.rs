@@ -281,8 +281,14 @@ pub fn archive_sources(path: &Path) -> Result<Vec<SourceRecord>, ModelError> {
 }
 
 /// An owned TorchScript module: the pointer is non-null, came from `tl_load` or `tl_deepcopy`, and is
-/// freed once, on drop. Not Send or Sync (raw pointer): libtorch modules are used from one thread here.
+/// freed once, on drop. Send but not Sync: a module may move to another thread with its handle (a
+/// check's worker thread), but is never used from two threads at once.
 struct Handle(*mut RawModule);
+
+// SAFETY: the handle owns its module alone (see above); libtorch modules carry no thread affinity, and
+// moving the handle moves the only way to reach the module, so no two threads use it at once. Not
+// Sync: `predict` changes the module's flags for the call behind `&self`.
+unsafe impl Send for Handle {}
 
 impl Drop for Handle {
     fn drop(&mut self) {
@@ -490,6 +496,22 @@ impl TorchScriptModel {
 }
 
 impl TorchScriptModel {
+    /// An independent copy (the module deep-copied, flags as saved), for a check that runs on a
+    /// thread of its own: nothing it does reaches this model.
+    pub fn independent_copy(&self) -> Result<TorchScriptModel, CheckError> {
+        let output_activation = OnceCell::new();
+        if let Some(resolved) = self.output_activation.get() {
+            let _ = output_activation.set(resolved.clone());
+        }
+        Ok(TorchScriptModel {
+            handle: self.handle.deepcopy()?,
+            device: self.device,
+            output_key: self.output_key.clone(),
+            modules: self.modules.clone(),
+            output_activation,
+        })
+    }
+
     /// Every node of every graph the model can run (methods, hooks and functions of all modules, calls
     /// inlined, nested blocks included), for the side-effect scan. Runs no model code.
     pub fn graph_nodes(&self) -> Result<Vec<GraphNode>, String> {
