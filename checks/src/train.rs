@@ -73,10 +73,16 @@ pub fn check_class_targets(targets: &Tensor, classes: i64) -> Result<(), CheckEr
     let bad = values
         .iter()
         .position(|&c| (c < 0 && c != IGNORE_INDEX) || c >= classes);
+    // Float targets reach the loss cast to integers; say so, or "class index 1" reads as a mistake.
+    let cast = if targets.is_floating_point() {
+        format!(" (the {:?} targets cast to integers)", targets.kind())
+    } else {
+        String::new()
+    };
     match bad {
         None => Ok(()),
         Some(i) => Err(CheckError::Other(format!(
-            "targets hold class index {} at sample {}; class indices must be in 0..{} for K = {classes} logits",
+            "targets hold class index {} at sample {}{cast}; class indices must be in 0..{} for K = {classes} logits",
             values[i],
             i / per_sample,
             classes - 1
