@@ -164,6 +164,10 @@ struct CheckArgs {
     /// Also write a self-contained HTML report with plots to FILE.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// Stop waiting for a check after SECONDS and report it as timed out (check-failed); the other
+    /// checks still run. Default: no limit, or 600 when the CI environment variable is set; 0 = no limit.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_timeout)]
+    timeout: Option<f64>,
     /// Run the model even if its graph has side effects (file access, printing, unknown ops): only for
     /// models you trust, since a TorchScript file is code.
     #[arg(long)]
@@ -185,6 +189,47 @@ fn parse_threads(s: &str) -> Result<usize, String> {
         Ok(n) if n <= MAX_THREADS => Ok(n),
         _ => Err(format!("at most {MAX_THREADS} threads")),
     }
+}
+
+fn parse_timeout(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
+        _ => Err("expected a number of seconds ≥ 0 (0 = no limit)".into()),
+    }
+}
+
+/// The per-check time limit without --timeout, when the CI environment variable is set.
+const CI_TIMEOUT_S: f64 = 600.0;
+
+/// Whether we run in CI: the CI environment variable is set, and not to "", "0" or "false".
+fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// The per-check time limit: --timeout, else 600 s in CI, else none; 0 means none.
+fn check_timeout(flag: Option<f64>) -> Option<std::time::Duration> {
+    flag.or_else(|| in_ci().then_some(CI_TIMEOUT_S))
+        .filter(|t| *t > 0.0)
+        .map(std::time::Duration::from_secs_f64)
+}
+
+extern "C" {
+    fn _exit(code: std::ffi::c_int) -> !;
+}
+
+/// The process's exit code. After a check timed out, its worker thread may still be inside libtorch:
+/// the process then ends here, without running exit handlers and libtorch's static destructors under
+/// that thread (which could crash or hang the exit). The report is written by then.
+fn exit_code(code: u8) -> ExitCode {
+    if run::checks_left_running() {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        // SAFETY: _exit takes any status and ends the process at once; Rust's buffered stdout was
+        // flushed above, and nothing else waits to be written.
+        unsafe { _exit(code.into()) }
+    }
+    ExitCode::from(code)
 }
 
 /// An error that stops the run before anything is judged: exit 2.
@@ -265,7 +310,7 @@ fn main() -> ExitCode {
             if let Some(d) = f.detail {
                 eprintln!("{d}");
             }
-            ExitCode::from(2)
+            exit_code(2)
         }
     }
 }
@@ -583,12 +628,27 @@ fn resolve_settings(args: &CheckArgs) -> Result<Settings, Fatal> {
             Some(parse_choice(l).map_err(|e| Fatal::from(format!("--loss: {e}")))?);
     }
     if settings.model.is_none() && settings.data.is_none() && settings.log.is_none() {
-        return Err(Fatal::from(
-            "nothing to check: no trainlint.toml or [tool.trainlint] found, and no --model, --data or --log given; \
-run `trainlint init --model MODEL.pt --data SAMPLE.npz` to write one, or pass --model / --data / --log",
-        ));
+        return Err(nothing_to_check(settings.config_path.as_deref()));
     }
     Ok(settings)
+}
+
+/// No model, data or log from the config (or no config at all) nor from the flags, and the next step.
+fn nothing_to_check(config: Option<&Path>) -> Fatal {
+    let (found, next) = match config {
+        Some(path) => (
+            format!("{} sets no model, data or log path", path.display()),
+            "set [model] path, [data] path or [log] path in it (`trainlint init --force` writes a \
+commented one)",
+        ),
+        None => (
+            "no trainlint.toml or [tool.trainlint] found".to_string(),
+            "run `trainlint init --model MODEL.pt --data SAMPLE.npz` to write one",
+        ),
+    };
+    Fatal::from(format!(
+        "nothing to check: {found}, and no --model, --data or --log given; {next}, or pass --model / --data / --log"
+    ))
 }
 
 /// A path as the user would type it: relative to the working directory when it lies below it.
@@ -611,6 +671,7 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
             settings.threads
         )));
     }
+    let timeout = check_timeout(args.timeout);
     let threads = if settings.threads == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -671,28 +732,53 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
         ctx.sample_skips
             .extend(w.skips.iter().map(|id| (*id, w.skip_reason.clone())));
     }
-    // The shared forward pass doubles as the input check: a model that rejects the data is an input
-    // error (exit 2), not a verdict.
+    // The shared forward pass doubles as the input check: a model that rejects the data, or answers
+    // with no sample axis, is an input error (exit 2), not a verdict.
     if let (Some(_), Some(d)) = (&model, &dataset) {
-        if let Err(e) = ctx.prediction() {
-            return Err(Fatal::from(format!(
-                "the model {} rejected data `{}` of shape {:?} from {}: {}",
-                settings
-                    .model
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-                d.input_key,
-                d.inputs.size(),
-                d.path,
-                e.to_string().trim_start_matches("model: ")
-            )));
+        let model_path = settings
+            .model
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        match ctx.prediction() {
+            Err(e) => {
+                return Err(Fatal::from(format!(
+                    "the model {model_path} rejected data `{}` of shape {:?} from {}: {}",
+                    d.input_key,
+                    d.inputs.size(),
+                    d.path,
+                    e.to_string().trim_start_matches("model: ")
+                )));
+            }
+            Ok(p) if p.dim() == 0 => {
+                return Err(Fatal::from(format!(
+                    "the model {model_path}'s output is a scalar (0-d) for data `{}` of shape {:?}; \
+trainlint needs one output per sample along dim 0",
+                    d.input_key,
+                    d.inputs.size(),
+                )));
+            }
+            Ok(_) => {}
         }
     }
     let progress = progress::Progress::new(!args.quiet);
     let on_step = |step: usize, total: usize, loss: f64| progress.step(step, total, loss);
     ctx.progress = &on_step;
-    let mut outcome = run::run_all(&ctx, &settings, &|id, trains| progress.start(id, trains));
+    let model_copy =
+        || -> Result<Box<dyn trainlint_checks::Model + Send>, trainlint_checks::CheckError> {
+            let original = model
+                .as_ref()
+                .ok_or_else(|| trainlint_checks::CheckError::Other("no model to copy".into()))?;
+            Ok(Box::new(original.independent_copy()?))
+        };
+    let isolation = timeout.map(|timeout| run::Isolation {
+        timeout,
+        threads,
+        model_copy: &model_copy,
+    });
+    let mut outcome = run::run_all(&ctx, &settings, isolation.as_ref(), &|id, trains| {
+        progress.start(id, trains)
+    });
     progress.finish();
     let new_baseline = target("--write-baseline").map(|_| baseline::render(&outcome.runs));
     let baseline_outcome = old_baseline
@@ -760,9 +846,9 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
         eprint!("{}", report::text::statistics(&report));
     }
     if !args.exit_zero && report.fails(settings.fail_on) {
-        return Ok(ExitCode::from(1));
+        return Ok(exit_code(1));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(exit_code(0))
 }
 
 /// Something about the data sample that makes some checks meaningless or impossible: reported once

@@ -12,9 +12,8 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(wanted: bool) -> Self {
-        let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false" && v != "0");
         Progress {
-            enabled: wanted && !ci && std::io::stderr().is_terminal(),
+            enabled: wanted && !crate::in_ci() && std::io::stderr().is_terminal(),
             bar: RefCell::new(None),
         }
     }

@@ -1,11 +1,21 @@
 //! Selects, orders, isolates and times the checks.
+//!
+//! With a time limit ([`Isolation`]), each check runs on a worker thread of its own, with its own copy
+//! of the model and shallow copies of the data, and the runner stops waiting when the limit passes.
+//! libtorch work cannot be cancelled, so a timed-out worker is left running: it only ever touches its
+//! own copies, and the process ends with `_exit` once the report is written
+//! ([`checks_left_running`]).
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tch::Tensor;
+use trainlint_checks::ports::{Dataset, Model};
 use trainlint_checks::{
-    registry, CheckError, CheckFailed, Context, Curve, Finding, Group, Level, Location, Rule,
-    Severity, Violation,
+    registry, CheckError, CheckFailed, CheckInfo, CheckOutput, Context, Curve, Finding, Group,
+    Level, Location, Rule, Severity, Violation,
 };
 
 use crate::config::{Ignore, Settings};
@@ -61,21 +71,147 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "panic".to_string())
 }
 
-/// Run one check in isolation: an error or a panic becomes a `check-failed` finding.
-pub fn run_one(
-    check: &dyn Rule,
-    level: Level,
+/// How checks run under a time limit: each on a worker thread, with a model of its own.
+pub struct Isolation<'a> {
+    pub timeout: Duration,
+    /// libtorch's CPU threads; libtorch keeps the setting per thread, so each worker sets it again.
+    pub threads: usize,
+    /// An independent copy of the model for one check: a check left running after its timeout keeps
+    /// using its copy and never touches the model the next checks use.
+    pub model_copy: &'a dyn Fn() -> Result<Box<dyn Model + Send>, CheckError>,
+}
+
+/// How a check ended.
+enum Ended {
+    Returned(CheckOutput),
+    Panicked(String),
+    TimedOut(Duration),
+}
+
+/// Whether a check that timed out may still be running on its worker thread (inside libtorch). The
+/// process must then end with `_exit` rather than run exit handlers and static destructors under it.
+static LEFT_RUNNING: AtomicBool = AtomicBool::new(false);
+
+pub fn checks_left_running() -> bool {
+    LEFT_RUNNING.load(Ordering::SeqCst)
+}
+
+/// Run one check on this thread. Every check starts from the same seed, so its result does not
+/// depend on which checks ran before.
+fn run_here(check: &dyn Rule, ctx: &Context, settings: &Settings) -> Ended {
+    let options = settings.options(check.info().id);
+    tch::manual_seed(settings.setup.seed as i64);
+    match catch_unwind(AssertUnwindSafe(|| check.run_with(ctx, &options))) {
+        Ok(output) => Ended::Returned(output),
+        Err(payload) => Ended::Panicked(panic_message(payload.as_ref())),
+    }
+}
+
+/// What a worker sends back: progress of a check that trains, then its end.
+enum Message {
+    Progress(usize, usize, f64),
+    Ended(Result<CheckOutput, String>),
+}
+
+/// Run one check on a worker thread with its own inputs; stop waiting after `isolation.timeout`.
+fn run_isolated(
+    check: Box<dyn Rule>,
     ctx: &Context,
+    settings: &Settings,
+    isolation: &Isolation,
+) -> Ended {
+    let model = match ctx.model {
+        Some(_) => match (isolation.model_copy)() {
+            Ok(copy) => Some(copy),
+            Err(e) => return Ended::Returned(Err(e)),
+        },
+        None => None,
+    };
+    // Shallow copies share the tensors' storage, which no check writes to.
+    let data = ctx.data.map(|d| Dataset {
+        path: d.path.clone(),
+        input_key: d.input_key.clone(),
+        target_key: d.target_key.clone(),
+        inputs: d.inputs.shallow_clone(),
+        targets: d.targets.shallow_clone(),
+    });
+    let log = ctx.log.cloned();
+    let setup = ctx.setup.clone();
+    let prediction = ctx
+        .prediction
+        .get()
+        .map(|p| p.as_ref().map(Tensor::shallow_clone).map_err(Clone::clone));
+    let options = settings.options(check.info().id);
+    let (seed, threads) = (settings.setup.seed as i64, isolation.threads as i32);
+    let (tx, rx) = mpsc::channel();
+    let worker = std::thread::Builder::new()
+        .name(format!("check {}", check.info().id))
+        // The TorchScript interpreter recurses; give workers the main thread's usual stack and more.
+        .stack_size(64 << 20)
+        .spawn(move || {
+            // Thread-local in libtorch: the OpenMP thread count and the warning handler.
+            tch::set_num_threads(threads);
+            crate::model::silence_libtorch_warnings();
+            tch::manual_seed(seed);
+            let progress_tx = tx.clone();
+            let progress = move |step: usize, total: usize, loss: f64| {
+                let _ = progress_tx.send(Message::Progress(step, total, loss));
+            };
+            let mut ctx = Context::new(&setup);
+            ctx.model = model.as_deref().map(|m| m as &dyn Model);
+            ctx.data = data.as_ref();
+            ctx.log = log.as_ref();
+            if let Some(p) = prediction {
+                let _ = ctx.prediction.set(p);
+            }
+            ctx.progress = &progress;
+            let output = catch_unwind(AssertUnwindSafe(|| check.run_with(&ctx, &options)));
+            let _ = tx.send(Message::Ended(
+                output.map_err(|payload| panic_message(payload.as_ref())),
+            ));
+        });
+    let worker = match worker {
+        Ok(w) => w,
+        Err(e) => {
+            return Ended::Returned(Err(CheckError::Other(format!(
+                "cannot start a thread for the check: {e}"
+            ))))
+        }
+    };
+    let deadline = Instant::now() + isolation.timeout;
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Message::Progress(step, total, loss)) => (ctx.progress)(step, total, loss),
+            Ok(Message::Ended(output)) => {
+                let _ = worker.join();
+                return match output {
+                    Ok(output) => Ended::Returned(output),
+                    Err(message) => Ended::Panicked(message),
+                };
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // Not joined: it may never return. It owns everything it uses.
+                LEFT_RUNNING.store(true, Ordering::SeqCst);
+                return Ended::TimedOut(isolation.timeout);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = worker.join();
+                return Ended::Panicked("the check's thread ended without a result".into());
+            }
+        }
+    }
+}
+
+/// The report entry of one check from how it ended: an error, a panic or a timeout becomes a
+/// `check-failed` finding.
+fn record(
+    info: &'static CheckInfo,
+    level: Level,
+    ended: Ended,
+    duration_ms: f64,
     settings: &Settings,
     used: &mut [bool],
 ) -> CheckRun {
-    let info = check.info();
-    let options = settings.options(info.id);
-    // Every check starts from the same seed, so its result does not depend on which checks ran before.
-    tch::manual_seed(settings.setup.seed as i64);
-    let start = Instant::now();
-    let outcome = catch_unwind(AssertUnwindSafe(|| check.run_with(ctx, &options)));
-    let duration_ms = start.elapsed().as_secs_f64() * 1000.0;
     let mut run = CheckRun {
         id: info.id,
         group: info.group,
@@ -87,8 +223,8 @@ pub fn run_one(
         curves: Vec::new(),
         ignored: 0,
     };
-    let failure = match outcome {
-        Ok(Ok(result)) => {
+    let failure = match ended {
+        Ended::Returned(Ok(result)) => {
             run.curves = result.curves;
             if let Some(reason) = result.skipped {
                 run.status = Status::Skipped;
@@ -108,21 +244,29 @@ pub fn run_one(
             }
             None
         }
-        Ok(Err(e)) => Some(match e {
-            CheckError::Model(m) => format!("the model failed: {m}"),
-            other => other.to_string(),
-        }),
-        Err(payload) => Some(format!(
-            "internal error: {}",
-            panic_message(payload.as_ref())
+        Ended::Returned(Err(e)) => Some((
+            match e {
+                CheckError::Model(m) => format!("the model failed: {m}"),
+                other => other.to_string(),
+            },
+            None,
+        )),
+        Ended::Panicked(message) => Some((format!("internal error: {message}"), None)),
+        Ended::TimedOut(limit) => Some((
+            format!(
+                "timed out after {} s",
+                trainlint_checks::finding::num(limit.as_secs_f64())
+            ),
+            Some(limit.as_secs_f64()),
         )),
     };
-    if let Some(cause) = failure {
+    if let Some((cause, timeout_s)) = failure {
         run.status = Status::Failed;
         run.reason = Some(cause.clone());
         let failed = CheckFailed {
             check: info.id.to_string(),
             cause,
+            timeout_s,
         };
         let mut f = Finding::new(&failed, Location::default());
         f.check = info.id.to_string();
@@ -132,6 +276,20 @@ pub fn run_one(
     }
     apply_ignores(&mut run, settings, used);
     run
+}
+
+/// Run one check in isolation: an error or a panic becomes a `check-failed` finding.
+pub fn run_one(
+    check: &dyn Rule,
+    level: Level,
+    ctx: &Context,
+    settings: &Settings,
+    used: &mut [bool],
+) -> CheckRun {
+    let start = Instant::now();
+    let ended = run_here(check, ctx, settings);
+    let duration_ms = start.elapsed().as_secs_f64() * 1000.0;
+    record(check.info(), level, ended, duration_ms, settings, used)
 }
 
 /// Drop findings matched by `[[ignore]]` entries (by check, and by location text when given).
@@ -181,21 +339,36 @@ pub struct Outcome {
     pub unused_ignores: Vec<Ignore>,
 }
 
-/// Run every selected check; `on_start` is told which check begins (for progress display).
+/// Run every selected check, each under `isolation`'s time limit when given; `on_start` is told which
+/// check begins (for progress display).
 pub fn run_all(
     ctx: &Context,
     settings: &Settings,
+    isolation: Option<&Isolation>,
     on_start: &dyn Fn(&'static str, bool),
 ) -> Outcome {
     // Silence the default panic printer while checks run: a panic is reported as check-failed.
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
+    if isolation.is_some() && ctx.model.is_some() && ctx.data.is_some() {
+        // Workers get the shared prediction ready-made: it is computed here, once, on this thread.
+        let _ = ctx.prediction();
+    }
     let mut used = vec![false; settings.ignores.len()];
     let runs = selected_checks(settings)
         .into_iter()
         .map(|(check, level)| {
             on_start(check.info().id, check.info().trains);
-            run_one(check.as_ref(), level, ctx, settings, &mut used)
+            match isolation {
+                None => run_one(check.as_ref(), level, ctx, settings, &mut used),
+                Some(isolation) => {
+                    let info = check.info();
+                    let start = Instant::now();
+                    let ended = run_isolated(check, ctx, settings, isolation);
+                    let duration_ms = start.elapsed().as_secs_f64() * 1000.0;
+                    record(info, level, ended, duration_ms, settings, &mut used)
+                }
+            }
         })
         .collect();
     std::panic::set_hook(previous);

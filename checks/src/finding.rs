@@ -279,6 +279,9 @@ pub struct CheckFailed {
     #[serde(skip)]
     pub check: String,
     pub cause: String,
+    /// The time limit the check ran past, in seconds (`--timeout`), when that is why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<f64>,
 }
 
 impl Violation for CheckFailed {
@@ -289,17 +292,27 @@ impl Violation for CheckFailed {
         why: "A check that cannot run cannot vouch for the setup: the gate fails instead of passing \
 silently. The other checks still run and report.",
         how: "Any error a check returns (the model raised an exception in forward, a libtorch error, an \
-unexpected shape) or a panic inside it is caught and reported as this kind, with the cause.",
+unexpected shape) or a panic inside it is caught and reported as this kind, with the cause; so is a check \
+that runs past `--timeout` (\"check ID timed out after N s\").",
         fix: "Read the cause: usually the model rejects the sample batch in train mode, or the data \
 does not fit the configured loss. Select the check away (`--ignore ID`) if it cannot apply to this model.",
         example: None,
     };
     fn message(&self) -> String {
-        format!("check {} failed: {}", self.check, self.cause)
+        match self.timeout_s {
+            Some(limit) => format!("check {} timed out after {} s", self.check, num(limit)),
+            None => format!("check {} failed: {}", self.check, self.cause),
+        }
     }
     fn help(&self) -> String {
-        "this is a problem running the check, not a verdict on your setup; the other checks still ran"
-            .to_string()
+        match self.timeout_s {
+            Some(_) => "the check was abandoned at the time limit (libtorch work cannot be stopped); raise \
+--timeout for a slow model, or --ignore the check; the other checks still ran"
+                .to_string(),
+            None => "this is a problem running the check, not a verdict on your setup; the other checks \
+still ran"
+                .to_string(),
+        }
     }
 }
 

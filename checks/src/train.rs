@@ -6,8 +6,17 @@ use crate::ports::{LossKind, Mode, OptimizerKind, TrainableModel};
 use crate::stats::Rng;
 use crate::CheckError;
 
+/// The target PyTorch's classification losses skip (`ignore_index`), the only negative index allowed.
+const IGNORE_INDEX: i64 = -100;
+
 /// The loss between a prediction and its target, as PyTorch's functional losses compute it.
+///
+/// Class indices are validated first ([`check_class_targets`]): libtorch answers an index outside the
+/// logits with a C++ error and its stack, not with words.
 pub fn loss(kind: LossKind, prediction: &Tensor, target: &Tensor) -> Result<Tensor, CheckError> {
+    if kind.is_classification() {
+        check_class_targets(target, class_count(prediction)?)?;
+    }
     let t = || target.to_kind(prediction.kind());
     let none: Option<&Tensor> = None;
     Ok(match kind {
@@ -29,6 +38,56 @@ pub fn loss(kind: LossKind, prediction: &Tensor, target: &Tensor) -> Result<Tens
             prediction.f_nll_loss(&target.to_kind(Kind::Int64), none, Reduction::Mean, -100)?
         }
     })
+}
+
+/// The number of logits K of a classification output: dim 1 of a batch `[N, K, …]`, dim 0 of a single
+/// sample `[K]`.
+pub fn class_count(prediction: &Tensor) -> Result<i64, CheckError> {
+    match prediction.size()[..] {
+        [] => Err(CheckError::Other(
+            "the model's output is a scalar (0-d); a classification loss needs logits per class"
+                .into(),
+        )),
+        [k] => Ok(k),
+        [_, k, ..] => Ok(k),
+    }
+}
+
+/// Every class index in `targets` names one of `classes` logits: 0..K-1, or -100 (PyTorch's
+/// `ignore_index`). The error names the first bad index and its sample (dim 0 of `targets`): pass the
+/// whole targets, or a batch that starts at sample 0, for the sample to be the data's.
+pub fn check_class_targets(targets: &Tensor, classes: i64) -> Result<(), CheckError> {
+    if targets.numel() == 0 {
+        return Ok(());
+    }
+    let flat = targets
+        .f_to_kind(Kind::Int64)?
+        .f_flatten(0, -1)?
+        .f_to_device(tch::Device::Cpu)?;
+    let values = Vec::<i64>::try_from(&flat)?;
+    let per_sample = match targets.size().first() {
+        Some(&n) if n > 0 => values.len() / n as usize,
+        _ => 1,
+    }
+    .max(1);
+    let bad = values
+        .iter()
+        .position(|&c| (c < 0 && c != IGNORE_INDEX) || c >= classes);
+    // Float targets reach the loss cast to integers; say so, or "class index 1" reads as a mistake.
+    let cast = if targets.is_floating_point() {
+        format!(" (the {:?} targets cast to integers)", targets.kind())
+    } else {
+        String::new()
+    };
+    match bad {
+        None => Ok(()),
+        Some(i) => Err(CheckError::Other(format!(
+            "targets hold class index {} at sample {}{cast}; class indices must be in 0..{} for K = {classes} logits",
+            values[i],
+            i / per_sample,
+            classes - 1
+        ))),
+    }
 }
 
 /// libtorch's optimizer of the configured kind over every parameter of `model`.
@@ -200,4 +259,62 @@ or constant)"
 detached, multiplied by 0, or constant)"
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logits(n: i64, k: i64) -> Tensor {
+        Tensor::zeros([n, k], (Kind::Float, tch::Device::Cpu))
+    }
+
+    #[test]
+    fn class_indices_outside_the_logits_are_refused_in_words() {
+        let prediction = logits(8, 4);
+        for (bad, at) in [(-1, 3), (4, 5), (7, 0)] {
+            let mut t = vec![0i64, 1, 2, 3, 0, 1, 2, 3];
+            t[at] = bad;
+            let err = loss(LossKind::CrossEntropy, &prediction, &Tensor::from_slice(&t))
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                err,
+                format!("targets hold class index {bad} at sample {at}; class indices must be in 0..3 for K = 4 logits")
+            );
+            let log_probs = prediction.log_softmax(1, Kind::Float);
+            let err = loss(LossKind::Nll, &log_probs, &Tensor::from_slice(&t)).unwrap_err();
+            assert!(matches!(err, CheckError::Other(_)), "{err}");
+        }
+    }
+
+    #[test]
+    fn valid_and_ignored_class_indices_reach_the_loss() {
+        let t = Tensor::from_slice(&[0i64, 3, -100, 2]);
+        let l = loss(LossKind::CrossEntropy, &logits(4, 4), &t).unwrap();
+        assert!((l.double_value(&[]) - 4f64.ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_sample_of_a_bad_index_in_dense_targets_is_its_dim_0() {
+        // Segmentation: [N, H, W] targets for [N, K, H, W] logits.
+        let mut t = vec![0i64; 3 * 2 * 2];
+        t[2 * 4 + 1] = 9;
+        let t = Tensor::from_slice(&t).reshape([3, 2, 2]);
+        let err = check_class_targets(&t, 4).unwrap_err().to_string();
+        assert!(err.contains("class index 9 at sample 2;"), "{err}");
+    }
+
+    #[test]
+    fn a_scalar_output_has_no_logits() {
+        let scalar = Tensor::from(1.5f32);
+        let err = loss(
+            LossKind::CrossEntropy,
+            &scalar,
+            &Tensor::from_slice(&[0i64]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("scalar (0-d)"), "{err}");
+    }
 }

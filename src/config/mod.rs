@@ -218,14 +218,25 @@ pub fn discover(start: &Path) -> Result<Option<PathBuf>, ConfigError> {
             return Ok(Some(toml));
         }
         let pyproject = dir.join("pyproject.toml");
-        if pyproject.is_file() {
-            let text = std::fs::read_to_string(&pyproject).unwrap_or_default();
-            if text.contains("[tool.trainlint") {
-                return Ok(Some(pyproject));
-            }
+        if pyproject.is_file() && has_trainlint_table(&pyproject) {
+            return Ok(Some(pyproject));
         }
     }
     Ok(None)
+}
+
+/// Whether a pyproject.toml configures trainlint: it has a `[tool.trainlint]` table (one named in a
+/// comment or a string does not count, and the search goes on upwards). A file that does not parse
+/// but names the table is taken, so that loading it reports the TOML error with its line.
+fn has_trainlint_table(pyproject: &Path) -> bool {
+    let text = std::fs::read_to_string(pyproject).unwrap_or_default();
+    match ImDocument::parse(text.as_str()) {
+        Ok(doc) => doc
+            .get("tool")
+            .and_then(|t| t.get("trainlint"))
+            .is_some_and(Item::is_table_like),
+        Err(_) => text.contains("[tool.trainlint"),
+    }
 }
 
 /// Turns byte spans into file:line:col errors.
@@ -893,10 +904,150 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_config_file_loads_as_the_defaults() {
+        let s = load("").unwrap();
+        assert!(s.config_path.is_some());
+        assert_eq!((s.model, s.data, s.log), (None, None, None));
+        assert_eq!(s.setup.lr, Settings::default().setup.lr);
+    }
+
+    #[test]
+    fn a_pyproject_that_names_tool_trainlint_only_in_a_comment_does_not_stop_the_search() {
+        let root = tempfile::tempdir().unwrap();
+        let sub = root.path().join("pkg");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(
+            root.path().join("pyproject.toml"),
+            "[tool.trainlint]\nmodel = { path = \"m.pt\" }\n",
+        )
+        .unwrap();
+        let pyproject = sub.join("pyproject.toml");
+        std::fs::write(
+            &pyproject,
+            "# configure in the parent's [tool.trainlint]\n[project]\nname = \"x\"\n",
+        )
+        .unwrap();
+        let parent = root.path().canonicalize().unwrap().join("pyproject.toml");
+        assert_eq!(discover(&sub).unwrap(), Some(parent));
+        // A real table is found where it is; a broken file that names it is reported, not skipped.
+        let here = sub.canonicalize().unwrap().join("pyproject.toml");
+        std::fs::write(&pyproject, "[tool.trainlint.model]\npath = \"m.pt\"\n").unwrap();
+        assert_eq!(discover(&sub).unwrap(), Some(here.clone()));
+        std::fs::write(&pyproject, "[tool.trainlint\n").unwrap();
+        assert_eq!(discover(&sub).unwrap(), Some(here));
+    }
+
+    #[test]
     fn ignores_need_a_reason() {
         let e = load("[[ignore]]\ncheck = \"init-std\"\n").unwrap_err();
         assert!(e.message.contains("needs `reason"), "{}", e.message);
         let s = load("[[ignore]]\ncheck = \"init-std\"\nreason = \"zero-init head\"\n").unwrap();
         assert_eq!(s.ignores[0].check, "init-std");
+    }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Valid configs to mutate: `init`'s template (every section and check) and a dense one.
+        fn seeds() -> Vec<String> {
+            vec![
+                init_template(&[]),
+                "[model]\npath = \"m.pt\"\noutput = 0\n[data]\npath = \"d.npz\"\n[setup]\nlr = 1e-3\n\
+                 loss = \"cross_entropy\"\n[run]\nselect = [\"ALL\"]\n[checks.init-std]\nlevel = \"warn\"\n\
+                 [[ignore]]\ncheck = \"init-std\"\nlocation = \"fc1\"\nreason = \"why\"\n"
+                    .to_string(),
+            ]
+        }
+
+        /// Pieces of TOML that stress the parser and the reader: headers, quotes, odd numbers.
+        const TOKENS: &[&str] = &[
+            "[",
+            "]",
+            "[[",
+            "]]",
+            "=",
+            "\"",
+            "'''",
+            "\n",
+            "{",
+            "}",
+            ",",
+            ".",
+            "#",
+            "\\u",
+            "é",
+            "\u{0}",
+            "[checks.",
+            "[[ignore]]",
+            "[tool.trainlint]",
+            "level = ",
+            "nan",
+            "inf",
+            "-1",
+            "0",
+            "1e309",
+            "99999999999999999999",
+            "true",
+            "[]",
+            "{}",
+            "\"x\"",
+            "path = ",
+            "select = ",
+            "1979-05-27",
+        ];
+
+        fn mutated() -> impl Strategy<Value = String> {
+            let edit = (
+                any::<bool>(),
+                any::<prop::sample::Index>(),
+                0..8usize,
+                0..TOKENS.len(),
+            );
+            (0..2usize, prop::collection::vec(edit, 1..10)).prop_map(|(seed, edits)| {
+                let mut chars: Vec<char> = seeds()[seed].chars().collect();
+                for (insert, at, len, token) in edits {
+                    let at = at.index(chars.len() + 1);
+                    if insert {
+                        chars.splice(at..at, TOKENS[token].chars());
+                    } else {
+                        let end = (at + len).min(chars.len());
+                        chars.drain(at..end);
+                    }
+                }
+                chars.into_iter().collect()
+            })
+        }
+
+        fn config_text() -> impl Strategy<Value = String> {
+            prop_oneof![any::<String>(), "[ -~\n]{0,300}", mutated(), mutated()]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Whatever the file holds, loading it gives settings or a ConfigError, never a panic; and
+            /// the error renders (its snippet slices the text at the error's span).
+            #[test]
+            fn arbitrary_and_mutated_configs_never_panic_the_loader(
+                text in config_text(),
+                as_pyproject in any::<bool>(),
+            ) {
+                let dir = tempfile::tempdir().unwrap();
+                let (name, text) = if as_pyproject {
+                    ("pyproject.toml", format!("[tool.trainlint]\n{text}"))
+                } else {
+                    ("trainlint.toml", text)
+                };
+                let path = dir.path().join(name);
+                std::fs::write(&path, &text).unwrap();
+                let _ = discover(dir.path());
+                let mut settings = Settings::default();
+                if let Err(e) = load_file(&path, &mut settings) {
+                    prop_assert!(!e.to_string().is_empty());
+                    let _ = e.render_snippet();
+                }
+            }
+        }
     }
 }

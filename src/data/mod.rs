@@ -7,7 +7,7 @@ mod budget;
 mod logs;
 mod npy;
 mod npz;
-mod paths;
+pub(crate) mod paths;
 mod safetensors_file;
 #[cfg(test)]
 mod tests;

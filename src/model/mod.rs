@@ -104,6 +104,12 @@ unsafe extern "C" {
 pub enum ModelError {
     #[error("model file {0} does not exist")]
     Missing(PathBuf),
+    /// The path is there but cannot be read: permission denied, a symlink loop, an I/O error.
+    #[error("cannot read model file {path}: {reason}")]
+    Unreadable { path: PathBuf, reason: String },
+    /// The path is a folder, a device or a pipe.
+    #[error("model path {path} is {what}, not a TorchScript model file")]
+    NotAFile { path: PathBuf, what: &'static str },
     #[error("{path} is not a TorchScript model ({reason}); export it with torch.jit.script(model).save(...) or torch.jit.trace(model, example).save(...)")]
     NotTorchScript { path: PathBuf, reason: String },
     #[error("cannot load {path}: {reason}")]
@@ -261,9 +267,7 @@ extern "C" fn collect_node(
 /// and without running anything: `__setstate__` methods run *during* `torch::jit::load`, so they have
 /// to be found before it. Errors are those `TorchScriptModel::load` would give for the same file.
 pub fn archive_sources(path: &Path) -> Result<Vec<SourceRecord>, ModelError> {
-    if !path.is_file() {
-        return Err(ModelError::Missing(path.to_path_buf()));
-    }
+    check_model_file(path)?;
     let Ok(c_path) = CString::new(path.as_os_str().as_encoded_bytes()) else {
         return Err(ModelError::Missing(path.to_path_buf()));
     };
@@ -277,8 +281,14 @@ pub fn archive_sources(path: &Path) -> Result<Vec<SourceRecord>, ModelError> {
 }
 
 /// An owned TorchScript module: the pointer is non-null, came from `tl_load` or `tl_deepcopy`, and is
-/// freed once, on drop. Not Send or Sync (raw pointer): libtorch modules are used from one thread here.
+/// freed once, on drop. Send but not Sync: a module may move to another thread with its handle (a
+/// check's worker thread), but is never used from two threads at once.
 struct Handle(*mut RawModule);
+
+// SAFETY: the handle owns its module alone (see above); libtorch modules carry no thread affinity, and
+// moving the handle moves the only way to reach the module, so no two threads use it at once. Not
+// Sync: `predict` changes the module's flags for the call behind `&self`.
+unsafe impl Send for Handle {}
 
 impl Drop for Handle {
     fn drop(&mut self) {
@@ -455,9 +465,7 @@ impl TorchScriptModel {
     /// `output` selects the prediction when forward returns a tuple (an index) or a dict (a key); a
     /// selector that names no output of the model is refused here, before any check runs.
     pub fn load(path: &Path, device: &str, output: &str) -> Result<Self, ModelError> {
-        if !path.is_file() {
-            return Err(ModelError::Missing(path.to_path_buf()));
-        }
+        check_model_file(path)?;
         let dev = parse_device(device)?;
         let output_key = CString::new(output).map_err(|_| ModelError::OutputNul)?;
         // A path with a NUL byte is never a file (is_file above); parse_device accepted the device.
@@ -488,6 +496,22 @@ impl TorchScriptModel {
 }
 
 impl TorchScriptModel {
+    /// An independent copy (the module deep-copied, flags as saved), for a check that runs on a
+    /// thread of its own: nothing it does reaches this model.
+    pub fn independent_copy(&self) -> Result<TorchScriptModel, CheckError> {
+        let output_activation = OnceCell::new();
+        if let Some(resolved) = self.output_activation.get() {
+            let _ = output_activation.set(resolved.clone());
+        }
+        Ok(TorchScriptModel {
+            handle: self.handle.deepcopy()?,
+            device: self.device,
+            output_key: self.output_key.clone(),
+            modules: self.modules.clone(),
+            output_activation,
+        })
+    }
+
     /// Every node of every graph the model can run (methods, hooks and functions of all modules, calls
     /// inlined, nested blocks included), for the side-effect scan. Runs no model code.
     pub fn graph_nodes(&self) -> Result<Vec<GraphNode>, String> {
@@ -495,39 +519,139 @@ impl TorchScriptModel {
     }
 }
 
-fn classify_load_error(path: &Path, reason: String) -> ModelError {
-    let not_script = [
-        "constants.pkl",
-        "PytorchStreamReader",
-        "central directory",
-        "archive",
-        "code/",
-    ];
-    let zip_magic = std::fs::read(path)
-        .map(|b| b.starts_with(b"PK\x03\x04"))
-        .unwrap_or(false);
-    let is_state_dict = zip_magic && reason.contains("constants.pkl");
-    if is_state_dict {
-        return ModelError::NotTorchScript {
-            path: path.to_path_buf(),
-            reason: "it looks like a torch.save checkpoint or state_dict, which holds weights but no code".into(),
-        };
-    }
-    if !zip_magic || not_script.iter().any(|s| reason.contains(s)) {
-        let why = if zip_magic {
-            format!("the archive is damaged or incomplete: {reason}")
-        } else {
-            "it is not a TorchScript zip archive (a pickle, a truncated file or another format)"
-                .into()
-        };
-        return ModelError::NotTorchScript {
-            path: path.to_path_buf(),
-            reason: why,
-        };
-    }
-    ModelError::Load {
+/// Whether `path` is a file trainlint can read, asked before libtorch reads it: libtorch's "open file
+/// failed" would otherwise be taken for a format problem. Only a path that is not there "does not
+/// exist"; a folder, a device, a symlink loop or a file without permission says what it is.
+fn check_model_file(path: &Path) -> Result<(), ModelError> {
+    let unreadable = |e: &std::io::Error| ModelError::Unreadable {
         path: path.to_path_buf(),
-        reason,
+        reason: crate::data::paths::describe_io(e),
+    };
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(match std::fs::symlink_metadata(path) {
+                Ok(_) => ModelError::Unreadable {
+                    path: path.to_path_buf(),
+                    reason: "it is a symbolic link to a file that does not exist".into(),
+                },
+                Err(_) => ModelError::Missing(path.to_path_buf()),
+            });
+        }
+        Err(e) => return Err(unreadable(&e)),
+    };
+    if meta.is_dir() {
+        return Err(ModelError::NotAFile {
+            path: path.to_path_buf(),
+            what: "a folder",
+        });
+    }
+    if !meta.is_file() {
+        return Err(ModelError::NotAFile {
+            path: path.to_path_buf(),
+            what: "not a regular file (a device, a pipe or a socket)",
+        });
+    }
+    std::fs::File::open(path).map_err(|e| unreadable(&e))?;
+    Ok(())
+}
+
+/// What a zip archive holds, from its entry names: a TorchScript model has `<name>/code/` and
+/// `<name>/constants.pkl`; `torch.save` writes `<name>/data.pkl` and tensors, and no code.
+#[derive(Debug, PartialEq)]
+enum ZipLayout {
+    TorchScript,
+    Checkpoint,
+    Other,
+}
+
+fn zip_layout<'a>(names: impl IntoIterator<Item = &'a str>) -> ZipLayout {
+    let (mut code, mut data_pkl) = (false, false);
+    for name in names {
+        let mut parts = name.splitn(3, '/');
+        let (Some(_top), Some(second)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        match (second, parts.next()) {
+            ("code", Some(_)) | ("constants.pkl", None) => code = true,
+            ("data.pkl", None) => data_pkl = true,
+            _ => {}
+        }
+    }
+    match (code, data_pkl) {
+        (true, _) => ZipLayout::TorchScript,
+        (false, true) => ZipLayout::Checkpoint,
+        (false, false) => ZipLayout::Other,
+    }
+}
+
+/// libtorch's message without its `[enforce fail at inline_container.cc:180] . ` source prefix.
+fn without_enforce_prefix(reason: &str) -> &str {
+    match reason.strip_prefix("[enforce fail at ") {
+        Some(rest) => rest
+            .split_once(']')
+            .map(|(_, tail)| tail.trim_start_matches([' ', '.']).trim_start())
+            .unwrap_or(reason),
+        None => reason,
+    }
+}
+
+/// Why libtorch could not load a file that exists and is readable, in words: what the file is (not a
+/// zip, a checkpoint, another zip, a damaged archive), from its bytes rather than from libtorch's text.
+fn classify_load_error(path: &Path, reason: String) -> ModelError {
+    let not_script = |why: String| ModelError::NotTorchScript {
+        path: path.to_path_buf(),
+        reason: why,
+    };
+    let mut magic = [0u8; 4];
+    let read = std::fs::File::open(path).and_then(|mut f| {
+        use std::io::Read;
+        f.read(&mut magic)
+    });
+    match read {
+        Err(e) => {
+            return ModelError::Unreadable {
+                path: path.to_path_buf(),
+                reason: crate::data::paths::describe_io(&e),
+            }
+        }
+        Ok(n) if n < 4 || &magic != b"PK\x03\x04" => return not_script(
+            "it is not a TorchScript zip archive (a pickle, a truncated file or another format)"
+                .into(),
+        ),
+        Ok(_) => {}
+    }
+    let reason = without_enforce_prefix(&reason).to_string();
+    let layout = std::fs::File::open(path)
+        .map_err(|e| e.to_string())
+        .and_then(|f| zip::ZipArchive::new(f).map_err(|e| e.to_string()))
+        .map(|archive| zip_layout(archive.file_names()));
+    match layout {
+        Err(_) => not_script(format!("the archive is damaged or incomplete: {reason}")),
+        Ok(ZipLayout::Checkpoint) => not_script(
+            "it looks like a torch.save checkpoint or state_dict, which holds weights but no code"
+                .into(),
+        ),
+        Ok(ZipLayout::Other) => not_script(
+            "it is a zip archive without code/ or constants.pkl, so it holds no TorchScript code"
+                .into(),
+        ),
+        Ok(ZipLayout::TorchScript) => {
+            let damaged = [
+                "PytorchStreamReader",
+                "central directory",
+                "archive",
+                "record",
+            ];
+            if damaged.iter().any(|s| reason.contains(s)) {
+                not_script(format!("the archive is damaged or incomplete: {reason}"))
+            } else {
+                ModelError::Load {
+                    path: path.to_path_buf(),
+                    reason,
+                }
+            }
+        }
     }
 }
 
@@ -628,6 +752,57 @@ mod tests {
         assert_eq!(first.op, "linear");
         assert!(model.output_activation.get().is_some());
         assert_eq!(model.output_activation().unwrap(), first);
+    }
+
+    #[test]
+    fn an_unreadable_model_says_why_and_a_missing_one_does_not_exist() {
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert_eq!(
+            crate::data::paths::describe_io(&denied),
+            "permission denied"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let e = check_model_file(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.ends_with("is a folder, not a TorchScript model file"),
+            "{e}"
+        );
+        let looped = dir.path().join("loop.pt");
+        std::os::unix::fs::symlink(&looped, &looped).unwrap();
+        let e = check_model_file(&looped).unwrap_err().to_string();
+        assert!(
+            e.starts_with("cannot read model file") && e.contains("symbolic links"),
+            "{e}"
+        );
+        let dangling = dir.path().join("dangling.pt");
+        std::os::unix::fs::symlink(dir.path().join("gone.pt"), &dangling).unwrap();
+        let e = check_model_file(&dangling).unwrap_err().to_string();
+        assert!(
+            e.contains("symbolic link to a file that does not exist"),
+            "{e}"
+        );
+        let e = check_model_file(&dir.path().join("gone.pt")).unwrap_err();
+        assert!(matches!(e, ModelError::Missing(_)), "{e}");
+    }
+
+    #[test]
+    fn a_zip_is_told_apart_by_its_entries() {
+        let script = [
+            "m/data.pkl",
+            "m/code/__torch__.py",
+            "m/constants.pkl",
+            "m/version",
+        ];
+        assert_eq!(zip_layout(script), ZipLayout::TorchScript);
+        let checkpoint = ["sd/data.pkl", "sd/byteorder", "sd/data/0", "sd/version"];
+        assert_eq!(zip_layout(checkpoint), ZipLayout::Checkpoint);
+        assert_eq!(zip_layout(["folder/notes.txt"]), ZipLayout::Other);
+        assert_eq!(zip_layout(["notes.txt", "data.pkl"]), ZipLayout::Other);
+        assert_eq!(
+            without_enforce_prefix("[enforce fail at inline_container.cc:180] . file in archive is not in a subdirectory: x"),
+            "file in archive is not in a subdirectory: x"
+        );
+        assert_eq!(without_enforce_prefix("plain"), "plain");
     }
 
     #[test]

@@ -14,7 +14,9 @@ static INFO: CheckInfo = CheckInfo {
     docs: Docs {
         what: "Analyses the loss log's total loss, and runs a learning-rate probe: a copy of the model \
 trained with the configured optimizer, learning rate and batch size for `probe_steps` steps, its loss \
-measured after every step on one FIXED evaluation batch, which removes minibatch noise.",
+measured after every step on one FIXED evaluation batch, which removes minibatch noise. A log with fewer \
+than `min_points` finite rows is not judged: without the probe the check is skipped with that reason; \
+with it, the probe's verdict stands and the log's curve is labelled as too short.",
         why: "A learning rate too high for the model makes the loss bounce or zig-zag around a high value, \
 or blow up to Inf/NaN; too little capacity makes it bounce without descending. Minibatch losses are \
 noisy by nature (the slope changes sign ~67% of the time for pure noise), so a naive sign-change count \
@@ -408,9 +410,29 @@ fn thresholds(o: &LossOscillationOptions) -> OscillationThresholds {
     }
 }
 
-fn analyse_log(log: &LossLog, options: &LossOscillationOptions) -> (Vec<Finding>, Option<Curve>) {
+/// What the log analysis found; `too_short` holds the number of finite rows when there were fewer
+/// than `min_points` (nothing was judged).
+struct LogAnalysis {
+    findings: Vec<Finding>,
+    curve: Option<Curve>,
+    too_short: Option<usize>,
+}
+
+fn too_short_reason(rows: usize, options: &LossOscillationOptions) -> String {
+    format!(
+        "the loss log has {rows} finite rows; loss-oscillation needs at least min_points = {}",
+        options.min_points
+    )
+}
+
+fn analyse_log(log: &LossLog, options: &LossOscillationOptions) -> LogAnalysis {
+    let judged = |findings, curve| LogAnalysis {
+        findings,
+        curve,
+        too_short: None,
+    };
     let Some(column) = log.total.clone().or_else(|| log.terms.first().cloned()) else {
-        return (Vec::new(), None);
+        return judged(Vec::new(), None);
     };
     let values = &log.columns[&column];
     let steps = &log.steps;
@@ -438,7 +460,7 @@ fn analyse_log(log: &LossLog, options: &LossOscillationOptions) -> (Vec<Finding>
             largest_finite: before,
         };
         let f = Finding::new(&v, Location::log(&column, (steps[start], steps[at])));
-        return (vec![f], Some(curve));
+        return judged(vec![f], Some(curve));
     }
     let finite: Vec<(f64, f64)> = steps
         .iter()
@@ -447,7 +469,16 @@ fn analyse_log(log: &LossLog, options: &LossOscillationOptions) -> (Vec<Finding>
         .map(|(s, v)| (*s, *v))
         .collect();
     if finite.len() < options.min_points {
-        return (Vec::new(), Some(curve));
+        curve.name = format!(
+            "{} (not judged: {})",
+            curve.name,
+            too_short_reason(finite.len(), options)
+        );
+        return LogAnalysis {
+            findings: Vec::new(),
+            curve: Some(curve),
+            too_short: Some(finite.len()),
+        };
     }
     let ys: Vec<f64> = finite.iter().map(|p| p.1).collect();
     let o = stats::measure_oscillation(&ys);
@@ -484,8 +515,7 @@ fn analyse_log(log: &LossLog, options: &LossOscillationOptions) -> (Vec<Finding>
     if finding.is_some() {
         curve.window = Some((first, last));
     }
-    let findings = finding.into_iter().collect();
-    (findings, Some(curve))
+    judged(finding.into_iter().collect(), Some(curve))
 }
 
 fn probe(
@@ -497,6 +527,11 @@ fn probe(
     };
     let setup = ctx.setup;
     let loss_kind = setup.resolved_loss(Some(data));
+    if loss_kind.is_classification() {
+        // The probe trains on random batches, whose positions are not the data's samples: check every
+        // class index up front, so that the error names the sample in the file.
+        train::check_class_targets(&data.targets, train::class_count(ctx.prediction()?)?)?;
+    }
     let mut copy = model.trainable_copy()?;
     let opt = train::optimizer(
         copy.as_ref(),
@@ -604,9 +639,13 @@ impl Check for LossOscillation {
         }
         let mut result = CheckResult::passed();
         if let Some(log) = ctx.log {
-            let (findings, curve) = analyse_log(log, options);
-            result.findings.extend(findings);
-            result.curves.extend(curve);
+            let analysis = analyse_log(log, options);
+            if let (Some(rows), false) = (analysis.too_short, run_probe) {
+                return Err(CheckError::Skip(too_short_reason(rows, options)));
+            }
+            // With the probe, its verdict stands; the log's curve says it was too short to judge.
+            result.findings.extend(analysis.findings);
+            result.curves.extend(analysis.curve);
         }
         if run_probe {
             let (findings, curve) = probe(ctx, options)?;
@@ -682,6 +721,37 @@ mod tests {
             caught * 100 >= 99 * trials,
             "only {caught} of {trials} zig-zags caught"
         );
+    }
+
+    fn short_log(rows: usize) -> LossLog {
+        let mut log = LossLog {
+            steps: (0..rows).map(|i| i as f64).collect(),
+            total: Some("loss".into()),
+            ..LossLog::default()
+        };
+        let values = (0..rows).map(|i| 1.0 / (1.0 + i as f64)).collect();
+        log.columns.insert("loss".into(), values);
+        log
+    }
+
+    #[test]
+    fn a_log_shorter_than_min_points_without_a_probe_is_skipped_with_the_reason() {
+        let setup = crate::ports::Setup::default();
+        let log = short_log(10);
+        let mut ctx = Context::new(&setup);
+        ctx.log = Some(&log);
+        match LossOscillation.run(&ctx, &LossOscillationOptions::default()) {
+            Err(CheckError::Skip(reason)) => assert_eq!(
+                reason,
+                "the loss log has 10 finite rows; loss-oscillation needs at least min_points = 30"
+            ),
+            other => panic!("not skipped: {other:?}"),
+        }
+        let log = short_log(30);
+        ctx.log = Some(&log);
+        assert!(LossOscillation
+            .run(&ctx, &LossOscillationOptions::default())
+            .is_ok());
     }
 
     #[test]
