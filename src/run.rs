@@ -137,6 +137,7 @@ fn run_isolated(
     });
     let log = ctx.log.cloned();
     let setup = ctx.setup.clone();
+    let sample_skips = ctx.sample_skips.clone();
     let prediction = ctx
         .prediction
         .get()
@@ -161,6 +162,7 @@ fn run_isolated(
             ctx.model = model.as_deref().map(|m| m as &dyn Model);
             ctx.data = data.as_ref();
             ctx.log = log.as_ref();
+            ctx.sample_skips = sample_skips;
             if let Some(p) = prediction {
                 let _ = ctx.prediction.set(p);
             }
