@@ -247,9 +247,12 @@ fn record(
             None
         }
         Ended::Returned(Err(e)) => Some((
+            // libtorch's errors (tch passes them on verbatim) lose their C++ stack here.
             match e {
-                CheckError::Model(m) => format!("the model failed: {m}"),
-                other => other.to_string(),
+                CheckError::Model(m) => {
+                    format!("the model failed: {}", crate::model::user_message(&m))
+                }
+                other => crate::model::user_message(&other.to_string()),
             },
             None,
         )),

@@ -134,7 +134,7 @@ fn check(err: Option<ShimString>) -> Result<(), String> {
 }
 
 /// A libtorch message cut down to what a user can act on: one line, no C++ stack.
-fn user_message(msg: &str) -> String {
+pub fn user_message(msg: &str) -> String {
     // With TORCH_SHOW_CPP_STACKTRACES (or from some code paths) libtorch appends the C++ stack:
     // "Exception raised from f at file.cpp:12 (most recent call first):" then "frame #0: ..." lines.
     let msg = msg.split("Exception raised from").next().unwrap_or(msg);
