@@ -90,6 +90,30 @@ impl<'a> Columns<'a> {
                     ));
                 }
                 if let Some((last, last_line)) = self.last_step {
+                    // Loggers such as Lightning's CSVLogger write train and validation metrics as
+                    // separate rows of one step: rows of a step merge while they fill different columns.
+                    if step == last && self.rows > 0 {
+                        let row = self.rows - 1;
+                        let known = |i: usize| self.values[i][row];
+                        if let Some((i, _)) = cells
+                            .iter()
+                            .find(|(i, v)| !v.is_nan() && !known(*i).is_nan() && known(*i) != *v)
+                        {
+                            return err(format!(
+                                "step {step} gives `{}` a second value (line {last_line} has another); steps must increase row by row",
+                                printable(&self.names[*i])
+                            ));
+                        }
+                        if !cells.iter().any(|(i, v)| !v.is_nan() && known(*i).is_nan()) {
+                            return err(format!(
+                                "step {step} repeats line {last_line} (a duplicate row); steps must increase row by row"
+                            ));
+                        }
+                        for (i, value) in cells.into_iter().filter(|(_, v)| !v.is_nan()) {
+                            self.values[i][row] = value;
+                        }
+                        return Ok(());
+                    }
                     if step <= last {
                         return err(format!(
                             "step {step} does not increase (line {last_line} has step {last}); steps must increase row by row"
@@ -399,10 +423,32 @@ mod tests {
     }
 
     #[test]
+    fn rows_of_one_step_merge_when_they_fill_different_columns() {
+        // Lightning's CSVLogger: a train row and a validation row per step.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metrics.csv");
+        std::fs::write(
+            &p,
+            "epoch,step,train_loss,val_loss\n0,0,1.5,\n0,0,,1.7\n0,1,1.2,\n0,1,,1.4\n0,2,0.9,\n",
+        )
+        .unwrap();
+        let log = load_log(&p, Some("train_loss"), &[]).unwrap();
+        assert_eq!(log.steps, vec![0.0, 1.0, 2.0]);
+        assert_eq!(log.columns["train_loss"], vec![1.5, 1.2, 0.9]);
+        assert_eq!(log.columns["val_loss"][..2], [1.7, 1.4]);
+        assert!(log.columns["val_loss"][2].is_nan());
+    }
+
+    #[test]
     fn steps_must_increase_from_row_to_row() {
         let e = error("log.csv", "step,loss\n0,1\n1,1\n1,1\n");
         assert!(
-            e.contains("log.csv:4: step 1 does not increase (line 3 has step 1)"),
+            e.contains("log.csv:4: step 1 repeats line 3 (a duplicate row)"),
+            "{e}"
+        );
+        let e = error("log.csv", "step,loss\n0,1\n1,1\n1,2\n");
+        assert!(
+            e.contains("log.csv:4: step 1 gives `loss` a second value"),
             "{e}"
         );
         let e = error("log.csv", "step,loss\n0,1\n5,1\n3,1\n");
