@@ -255,7 +255,20 @@ fn config_fatal(e: ConfigError) -> Fatal {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print as clap writes them; a usage error is one line and exit 2,
+        // like every other input error.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.render().to_string();
+            eprintln!(
+                "{}",
+                text.lines().next().unwrap_or("error: invalid arguments")
+            );
+            return ExitCode::from(2);
+        }
+    };
     match cli.color {
         ColorChoice::Always => colored::control::set_override(true),
         ColorChoice::Never => colored::control::set_override(false),

@@ -614,3 +614,18 @@ fn a_text_report_written_to_a_file_leaves_its_summary_on_the_terminal() {
         stderr(&o)
     );
 }
+
+#[test]
+fn usage_errors_are_one_line_with_exit_2_and_help_still_prints() {
+    for args in [
+        &["check", "--threads", "-1", "--log", "x.csv"][..],
+        &["chek"][..],
+        &["check", "--output-format", "yaml"][..],
+    ] {
+        let err = assert_input_error(&run(args));
+        assert!(!err.contains("For more information"), "{err}");
+    }
+    let o = run(&["check", "--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).contains("Usage: trainlint check"));
+}
