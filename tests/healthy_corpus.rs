@@ -1,0 +1,39 @@
+//! False alarms: healthy setups made by real PyTorch / torchvision that trainlint must not flag.
+//!
+//! The torchvision models are fresh, with their constructors' own inits untouched
+//! (`false_alarm_fixtures` in fixtures/make_fixtures.py): zero_init_residual ResNet, MobileNetV3-small,
+//! a ViT with its zero-initialised head, and GoogLeNet's std-0.01-conv-then-BatchNorm pattern.
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+fn run_checks(model: &str, data: &str, select: &str, setup: &str) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path(), "trainlint.toml", &format!("[setup]\n{setup}\n"));
+    let cfg = cfg.display().to_string();
+    let mut args: Vec<String> = vec![cfg, "--select".into(), select.into()];
+    args.extend(model_data(model, data));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, report) = check_json(&args);
+    assert!(code == 0 || code == 1, "{model}: exit {code}");
+    report
+}
+
+fn assert_status(report: &Value, model: &str, check: &str, status: &str) {
+    let e = check_entry(report, check);
+    assert_eq!(e["status"], status, "{model} / {check}: {e}");
+}
+
+#[test]
+fn multi_label_batches_are_judged_per_label() {
+    // 5 independent 0/1 labels per sample, bce_with_logits: the loss falls > 99%; an argmax "accuracy"
+    // against a [16, 5] target matrix read 0%.
+    let r = run_checks(
+        "mlp_multilabel",
+        "multilabel5.npz",
+        "overfit-batch",
+        "task = \"classification\"\nloss = \"bce_with_logits\"",
+    );
+    assert_status(&r, "mlp_multilabel", "overfit-batch", "passed");
+}
