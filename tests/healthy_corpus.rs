@@ -26,6 +26,13 @@ fn assert_status(report: &Value, model: &str, check: &str, status: &str) {
 }
 
 #[test]
+fn zero_init_residual_gamma_is_an_init_not_training() {
+    // Every block's bn2.weight is exactly 0, the stats 0 / 1, never tracked: a fresh model.
+    let r = run_checks("tv_resnet_zero_init", "images32.npz", "stale-batchnorm", "");
+    assert!(findings(&r, "stale-batchnorm").is_empty());
+}
+
+#[test]
 fn multi_label_batches_are_judged_per_label() {
     // 5 independent 0/1 labels per sample, bce_with_logits: the loss falls > 99%; an argmax "accuracy"
     // against a [16, 5] target matrix read 0%.
