@@ -33,6 +33,29 @@ fn zero_init_residual_gamma_is_an_init_not_training() {
 }
 
 #[test]
+fn zero_gated_residual_branches_get_a_gradient_after_one_step() {
+    // On the first backward pass conv1 / bn1 / conv2 of every block get exactly zero gradient (γ = 0
+    // multiplies their output); after one SGD step they do not. The same for ViT's zero head.
+    for model in ["tv_resnet_zero_init", "tv_vit_tiny"] {
+        let r = run_checks(model, "images32.npz", "gradient-flow", "");
+        assert!(findings(&r, "gradient-flow").is_empty(), "{model}");
+    }
+    // Logits multiplied by 0 stay at zero gradient after the step: still flagged.
+    let r = run_checks(
+        "classifier_zero_logits",
+        "classes4.npz",
+        "gradient-flow",
+        "",
+    );
+    let f = findings(&r, "gradient-flow");
+    assert_eq!(f.len(), 1);
+    assert_eq!(
+        f[0]["evidence"]["zero_gradient"],
+        serde_json::json!(["fc1.weight", "fc2.weight"])
+    );
+}
+
+#[test]
 fn multi_label_batches_are_judged_per_label() {
     // 5 independent 0/1 labels per sample, bce_with_logits: the loss falls > 99%; an argmax "accuracy"
     // against a [16, 5] target matrix read 0%.
