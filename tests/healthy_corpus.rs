@@ -8,6 +8,14 @@ mod common;
 use common::*;
 use serde_json::Value;
 
+/// The torchvision corpus: (fixture, has BatchNorm).
+const TORCHVISION: [(&str, bool); 4] = [
+    ("tv_resnet_zero_init", true),
+    ("tv_mobilenet_v3_small", true),
+    ("tv_vit_tiny", false),
+    ("tv_googlenet_pattern", true),
+];
+
 fn run_checks(model: &str, data: &str, select: &str, setup: &str) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write(dir.path(), "trainlint.toml", &format!("[setup]\n{setup}\n"));
@@ -23,6 +31,22 @@ fn run_checks(model: &str, data: &str, select: &str, setup: &str) -> Value {
 fn assert_status(report: &Value, model: &str, check: &str, status: &str) {
     let e = check_entry(report, check);
     assert_eq!(e["status"], status, "{model} / {check}: {e}");
+}
+
+#[test]
+fn fresh_torchvision_models_pass_init_std_stale_batchnorm_and_gradient_flow() {
+    for (model, batchnorm) in TORCHVISION {
+        let r = run_checks(
+            model,
+            "images32.npz",
+            "init-std,stale-batchnorm,gradient-flow",
+            "",
+        );
+        assert_status(&r, model, "init-std", "passed");
+        assert_status(&r, model, "gradient-flow", "passed");
+        let bn = if batchnorm { "passed" } else { "skipped" };
+        assert_status(&r, model, "stale-batchnorm", bn);
+    }
 }
 
 #[test]
@@ -53,6 +77,27 @@ fn zero_gated_residual_branches_get_a_gradient_after_one_step() {
         f[0]["evidence"]["zero_gradient"],
         serde_json::json!(["fc1.weight", "fc2.weight"])
     );
+}
+
+#[test]
+fn torchvision_init_conventions_are_not_std_errors() {
+    // MobileNetV3's classifier Linear(288, 512) ~ N(0, 0.01); GoogLeNet's trunc_normal(0.01) convs feeding
+    // BatchNorm; ViT's all-zero head. Each used to be an init-std error.
+    for model in [
+        "tv_mobilenet_v3_small",
+        "tv_googlenet_pattern",
+        "tv_vit_tiny",
+    ] {
+        let r = run_checks(model, "images32.npz", "init-std", "");
+        assert!(findings(&r, "init-std").is_empty(), "{model}");
+    }
+    // An all-zero hidden layer is still a symmetry error, and tiny stds are still flagged.
+    let r = run_checks("mlp_zero_hidden", "regression.npz", "init-std", "");
+    let f = findings(&r, "init-std");
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0]["kind"], "init-std/constant-weights");
+    let r = run_checks("mlp_std1e-5", "regression.npz", "init-std", "");
+    assert_eq!(findings(&r, "init-std").len(), 3);
 }
 
 #[test]
