@@ -1,5 +1,6 @@
 //! gradient-flow: every trainable parameter receives a finite gradient from the loss.
 use super::prelude::*;
+use crate::ports::{OptimizerKind, TrainableModel};
 use crate::train;
 
 pub struct GradientFlow;
@@ -155,7 +156,11 @@ impl Violation for ZeroGradient {
         why: "A weight whose every entry gets exactly zero gradient does not move: its path to the loss \
 is multiplied by 0 or saturated (a dead branch), even though autograd reaches it.",
         how: "Warning for weight tensors with more than one entry whose gradient norm is exactly 0 after \
-one backward pass. Dead ReLU units, which zero some entries only, are not flagged.",
+one backward pass and still exactly 0 after one SGD step (lr `setup.lr`) on the copy and a second \
+backward pass. The second look spares the branches gated by a zero-initialised parameter, whose weights \
+get a zero gradient on the first pass only: torchvision's zero_init_residual (γ = 0 in the last \
+BatchNorm of each residual block) and zero-initialised output layers (ViT's head). Dead ReLU units, \
+which zero some entries only, are not flagged.",
         fix: "Check for a multiplication by 0 or a saturated activation on their path.",
         example: Some(Example {
             args: "--model fixtures/models/classifier_zero_logits.pt --data fixtures/data/classes4.npz",
@@ -173,6 +178,36 @@ one backward pass. Dead ReLU units, which zero some entries only, are not flagge
     fn help(&self) -> String {
         "check for a multiplication by 0 or a saturated activation on their path".to_string()
     }
+}
+
+/// The parameters among `zero` whose gradient is still exactly zero after one SGD step (lr `lr`, from
+/// the gradients of the first backward pass) and a second forward / backward pass.
+fn still_zero_after_a_step(
+    model: &mut dyn TrainableModel,
+    zero: Vec<String>,
+    loss_kind: LossKind,
+    x: &tch::Tensor,
+    y: &tch::Tensor,
+    lr: f64,
+) -> Result<Vec<String>, CheckError> {
+    let opt = train::optimizer(model, OptimizerKind::Sgd, lr, 0.0, 0.0)?;
+    opt.step()?;
+    opt.zero_grad()?;
+    let prediction = model.forward(x, Mode::Train)?;
+    let loss = train::loss(loss_kind, &prediction, y)?;
+    if loss.requires_grad() {
+        loss.f_backward()?;
+    }
+    let norms = train::gradient_norms(model)?;
+    Ok(zero
+        .into_iter()
+        .filter(|name| {
+            norms
+                .iter()
+                .find(|(n, _)| n == name)
+                .is_none_or(|(_, g)| *g == 0.0)
+        })
+        .collect())
 }
 
 impl Check for GradientFlow {
@@ -229,6 +264,11 @@ impl Check for GradientFlow {
             } else if norm == 0.0 && name.ends_with("weight") && p.numel() > 1 {
                 zero.push(name.clone());
             }
+        }
+        // A branch gated by a zero-initialised parameter (zero_init_residual's γ = 0, a zero head) gets a
+        // zero gradient on the first pass only: judge the weights again after one SGD step.
+        if !zero.is_empty() && non_finite.is_empty() {
+            zero = still_zero_after_a_step(copy.as_mut(), zero, loss_kind, &x, &y, ctx.setup.lr)?;
         }
         let mut findings = Vec::new();
         if !missing.is_empty() {

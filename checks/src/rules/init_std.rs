@@ -42,7 +42,7 @@ pub struct InitStdOptions {
     /// How far (×) outside the families' range a std may lie.
     #[schemars(range(min = 1))]
     pub band_factor: f64,
-    /// Lower std bound in fixed mode.
+    /// Lower std bound in fixed mode; in fan-in mode, the classic N(0, min) init is never too small.
     #[schemars(range(min = 0))]
     pub min: f64,
     /// Upper std bound in fixed mode.
@@ -106,6 +106,10 @@ pub struct StdOutOfBand {
     pub std: f64,
     pub band_low: f64,
     pub band_high: f64,
+    /// The lower bound applied: `band_low`, lowered to the N(0, `min`) convention and, for a weight that
+    /// feeds a normalisation layer, to the std at which the norm still restores the scale.
+    #[serde(skip)]
+    pub accepted_low: f64,
     /// Init family -> the std it gives this shape.
     #[serde(serialize_with = "as_map")]
     pub families: Vec<(&'static str, f64)>,
@@ -127,7 +131,13 @@ shape[0]·∏kernel. The expected stds are PyTorch's default √(1/(3·fan_in)),
 √(2/fan_in), He with fan_out √(2/fan_out) (torchvision's ResNet, MobileNet) and Glorot \
 √(2/(fan_in+fan_out)); a std outside [smallest/`band_factor`, largest·`band_factor`] is an error. \
 Recurrent weights add PyTorch's U(±1/√hidden) (std 1/√(3·hidden)); embeddings are judged against \
-N(0,1), 1/√dim and 0.02 (BERT/GPT). With `mode = \"fixed\"` the band is [`min`, `max`] instead.",
+N(0,1), 1/√dim and 0.02 (BERT/GPT). Two healthy conventions lower the bound, never the upper one: the \
+classic N(0, `min`) init (0.01: torchvision's MobileNetV3 classifier, GoogLeNet, VGG-style heads) is \
+never too small, with 4 standard errors of room for the sampling noise of a measured std \
+(`min`·(1 − 4/√(2·numel))); and a Linear / Conv whose output goes straight into a normalisation layer \
+(the next module in the model's module order is a BatchNorm, LayerNorm, GroupNorm, InstanceNorm or \
+RMSNorm) is scale-invariant, so its std is only too small once fan_in·std² < 1e-3, where a unit input's \
+output variance nears the norm's ε. With `mode = \"fixed\"` the band is [`min`, `max`] instead.",
         fix: "Remove the custom initialisation to keep PyTorch's default, or use nn.init.kaiming_normal_ \
 (ReLU networks) or nn.init.xavier_uniform_ (tanh / sigmoid).",
         example: Some(Example {
@@ -202,8 +212,10 @@ impl Violation for ConstantWeights {
         why: "An all-zero or constant matrix makes every unit compute the same thing and receive the \
 same gradient (symmetry), so the units never learn different features.",
         how: "Error for a judged dense weight (Linear, Conv, recurrent, embedding) whose values are all \
-equal, except names listed in `allow_constant`. Normalisation γ = 0 (zero-init of a residual \
-branch's last norm) is not judged here.",
+equal, except names listed in `allow_constant`. Not judged here: normalisation γ = 0 (zero-init of a \
+residual branch's last norm, torchvision's zero_init_residual), and an all-zero final layer (the last \
+Linear / Conv in module order, e.g. torchvision's ViT head): its gradient δ·hᵀ differs per unit, so it \
+breaks no symmetry; only all-zero hidden layers keep their units identical.",
         fix: "Replace zero or constant matrices with a random init (e.g. nn.init.kaiming_uniform_); if the \
 zero init is deliberate, list the parameter in `allow_constant`.",
         example: Some(Example {
@@ -275,8 +287,9 @@ scale; a γ or β of hundreds rescales every activation behind it and destabilis
 
 /// What a layer's weight is expected to look like.
 enum Family {
-    /// Dense weights (Linear / Conv / recurrent / embedding): named reference stds.
-    Dense(Vec<(&'static str, f64)>, String),
+    /// Dense weights (Linear / Conv / recurrent / embedding): named reference stds, the shape in words
+    /// and the fan-in (`None` for embeddings, which have none).
+    Dense(Vec<(&'static str, f64)>, String, Option<f64>),
     /// Normalisation γ (defaults to 1) or β (defaults to 0).
     Norm,
 }
@@ -296,6 +309,7 @@ fn dense_families(shape: &[i64], kind: &str) -> Option<Family> {
                 ("BERT/GPT", 0.02),
             ],
             format!("embedding dim {}", dim as i64),
+            None,
         ));
     }
     if shape.len() < 2 {
@@ -322,6 +336,7 @@ fn dense_families(shape: &[i64], kind: &str) -> Option<Family> {
     Some(Family::Dense(
         families,
         format!("fan_in {}, fan_out {}", fan_in as i64, fan_out as i64),
+        Some(fan_in),
     ))
 }
 
@@ -426,6 +441,76 @@ struct Param<'a> {
     kind: &'a str,
     leaf: &'a str,
     numel: i64,
+    /// The last Linear / Conv module of the model (its output layer).
+    final_layer: bool,
+    /// The next module after this one is a normalisation layer.
+    pre_norm: bool,
+}
+
+/// Linear / Conv layers: the ones that can be an output layer or feed a normalisation layer.
+fn is_linear_or_conv(kind: &str) -> bool {
+    matches!(kind, "Linear" | "LazyLinear" | "Bilinear")
+        || kind.starts_with("Conv")
+        || kind.starts_with("LazyConv")
+}
+
+/// Normalisation layers that divide by their input's scale (LocalResponseNorm does not).
+fn is_scale_invariant_norm(kind: &str) -> bool {
+    [
+        "BatchNorm",
+        "SyncBatchNorm",
+        "LayerNorm",
+        "GroupNorm",
+        "InstanceNorm",
+        "RMSNorm",
+    ]
+    .iter()
+    .any(|n| kind.starts_with(n))
+}
+
+/// Whether the module at `path` feeds a normalisation layer: the next leaf module after it, in the
+/// model's module order (registration order, which torchvision's blocks follow), is one.
+fn feeds_norm(modules: &[ModuleInfo], path: &str) -> bool {
+    let Some(i) = modules.iter().position(|m| m.path == path) else {
+        return false;
+    };
+    let mut j = i + 1;
+    // Skip containers (a Sequential, a BasicConv2d): the next module lies inside them.
+    while j + 1 < modules.len()
+        && modules[j + 1]
+            .path
+            .starts_with(&format!("{}.", modules[j].path))
+    {
+        j += 1;
+    }
+    modules
+        .get(j)
+        .is_some_and(|m| is_scale_invariant_norm(&m.kind))
+}
+
+/// The path of the model's output layer: its last Linear / Conv module in module order.
+fn final_layer(modules: &[ModuleInfo]) -> Option<&str> {
+    modules
+        .iter()
+        .rev()
+        .find(|m| is_linear_or_conv(&m.kind))
+        .map(|m| m.path.as_str())
+}
+
+/// The output variance of a unit input through a pre-norm weight, fan_in·std², below which the norm's
+/// ε (1e-5 for BatchNorm, 1e-3 for torchvision's GoogLeNet) starts to swallow the signal.
+const PRE_NORM_MIN_VARIANCE: f64 = 1e-3;
+
+/// The std below which a fan-in-mode weight is too small: the families' bound `lo`, lowered to the
+/// N(0, `conventional`) init (less 4 standard errors of a std measured on `numel` values) and, for a
+/// weight that feeds a normalisation layer (`pre_norm_fan_in`), to √(1e-3 / fan_in).
+fn accepted_low(lo: f64, conventional: f64, numel: i64, pre_norm_fan_in: Option<f64>) -> f64 {
+    let noise = 4.0 / (2.0 * numel.max(1) as f64).sqrt();
+    let mut low = lo.min(conventional * (1.0 - noise).max(0.0));
+    if let Some(fan_in) = pre_norm_fan_in {
+        low = low.min((PRE_NORM_MIN_VARIANCE / fan_in.max(1.0)).sqrt());
+    }
+    low
 }
 
 fn judge(
@@ -457,12 +542,15 @@ fn judge(
                 Finding::new(&v, at)
             })
         }
-        Family::Dense(families, shape) => {
+        Family::Dense(families, shape, fan_in) => {
             if let Some(value) = s.constant {
-                let allowed = options
-                    .allow_constant
-                    .iter()
-                    .any(|p| name.starts_with(p.as_str()));
+                // torchvision's ViT (and many heads) zero-init the output layer: its gradient, δ·hᵀ,
+                // differs per unit, so the symmetry argument only holds for hidden layers.
+                let allowed = (value == 0.0 && p.final_layer)
+                    || options
+                        .allow_constant
+                        .iter()
+                        .any(|p| name.starts_with(p.as_str()));
                 return (!allowed).then(|| {
                     let v = ConstantWeights {
                         std: 0.0,
@@ -484,16 +572,22 @@ fn judge(
                     largest * options.band_factor,
                 )
             };
+            let accepted_low = if fixed {
+                lo
+            } else {
+                accepted_low(lo, options.min, p.numel, fan_in.filter(|_| p.pre_norm))
+            };
             curve.x.push(curve.y.len() as f64);
             curve.y.push(s.std);
             curve.labels.push(name.to_string());
-            curve.lower.push(lo);
+            curve.lower.push(accepted_low);
             curve.upper.push(hi);
-            (s.std < lo || s.std > hi).then(|| {
+            (s.std < accepted_low || s.std > hi).then(|| {
                 let v = StdOutOfBand {
                     std: s.std,
                     band_low: lo,
                     band_high: hi,
+                    accepted_low,
                     families,
                     shape,
                     fixed,
@@ -512,6 +606,7 @@ impl Check for InitStd {
     fn run(&self, ctx: &crate::Context, options: &InitStdOptions) -> CheckOutput {
         let model = ctx.model()?;
         let modules = model.modules();
+        let output_layer = final_layer(modules);
         let mut findings = Vec::new();
         let mut judged = 0usize;
         let mut curve = Curve::new("weight std by layer, against its expected band", Vec::new());
@@ -523,11 +618,15 @@ impl Check for InitStd {
             };
             judged += 1;
             let stats = measure(tensor)?;
+            let path = name.rsplit_once('.').map_or("", |(m, _)| m);
+            let linear_or_conv = is_linear_or_conv(kind);
             let param = Param {
                 name,
                 kind,
                 leaf,
                 numel: tensor.numel() as i64,
+                final_layer: linear_or_conv && output_layer == Some(path),
+                pre_norm: linear_or_conv && feeds_norm(modules, path),
             };
             findings.extend(judge(&param, family, &stats, options, &mut curve));
         }
@@ -537,5 +636,56 @@ impl Check for InitStd {
             ));
         }
         Ok(CheckResult::with_findings(findings).curve(curve))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn module(path: &str, kind: &str) -> ModuleInfo {
+        ModuleInfo {
+            path: path.into(),
+            kind: kind.into(),
+            training: true,
+        }
+    }
+
+    #[test]
+    fn the_n_0_001_convention_lowers_the_bound_with_room_for_sampling_noise() {
+        // Linear(288, 512): the families' bound is 0.0113; N(0, 0.01) measured on 147k values passes.
+        let low = accepted_low(0.0113, 0.01, 288 * 512, None);
+        assert!(low < 0.01 && low > 0.0099, "{low}");
+        // A bound already below 0.01 (wide layers) stays where the families put it.
+        assert_eq!(accepted_low(0.006, 0.01, 8192 * 10, None), 0.006);
+    }
+
+    #[test]
+    fn pre_norm_weights_are_too_small_only_once_the_norm_eps_would_dominate() {
+        let low = accepted_low(0.0266, 0.01, 864, Some(27.0));
+        assert!((low - (1e-3f64 / 27.0).sqrt()).abs() < 1e-12, "{low}");
+        // A std of 1e-5 before a norm is still far too small.
+        assert!(accepted_low(0.0266, 0.01, 864, Some(27.0)) > 100.0 * 1e-5);
+    }
+
+    #[test]
+    fn the_next_leaf_module_decides_whether_a_weight_feeds_a_norm() {
+        let modules = [
+            module("", "Net"),
+            module("conv1", "BasicConv2d"),
+            module("conv1.conv", "Conv2d"),
+            module("conv1.bn", "BatchNorm2d"),
+            module("down", "Sequential"),
+            module("down.0", "Conv2d"),
+            module("head", "Sequential"),
+            module("head.0", "BatchNorm1d"),
+            module("fc", "Linear"),
+            module("act", "ReLU"),
+        ];
+        assert!(feeds_norm(&modules, "conv1.conv"));
+        // The next leaf after down.0 is head.0, inside a container.
+        assert!(feeds_norm(&modules, "down.0"));
+        assert!(!feeds_norm(&modules, "fc"));
+        assert_eq!(final_layer(&modules), Some("fc"));
     }
 }

@@ -65,6 +65,9 @@ pub struct CannotOverfit {
     /// Batch accuracy; `None` for tasks other than classification.
     #[serde(serialize_with = "accuracy_or_one")]
     pub accuracy: Option<f64>,
+    /// The accuracy is per label (multi-label targets with bce / bce_with_logits).
+    #[serde(skip)]
+    pub per_label: bool,
     pub cause: String,
 }
 
@@ -83,7 +86,9 @@ data will not fix either.",
         how: "Adam (lr `lr`) for up to `steps` steps on the first `samples` samples, stopping early once \
 the loss is ≤ `loss_ratio` × its initial value and, for classification, the batch accuracy is 100%. \
 Failing: the curve's start and end, the accuracy, and the cause when the gradients tell it (no gradient \
-reaches the parameters).",
+reaches the parameters). The accuracy is the argmax's for class indices; for bce / bce_with_logits with \
+targets shaped like the output (multi-label 0/1 matrices, or one binary output) it is per label: a \
+logit > 0 (a probability > 0.5 for bce) predicts 1, against a target ≥ 0.5.",
         fix: "Make the loss depend on the parameters (no .detach() or multiplication by 0 on the output), \
 check the target format against the loss, and give the model enough capacity.",
         example: Some(Example {
@@ -99,7 +104,10 @@ check the target format against the loss, and give the model enough capacity.",
         };
         let accuracy = self
             .accuracy
-            .map(|a| format!("; batch accuracy {}%", num(a * 100.0)))
+            .map(|a| {
+                let what = if self.per_label { "per-label " } else { "" };
+                format!("; {what}batch accuracy {}%", num(a * 100.0))
+            })
             .unwrap_or_default();
         format!(
             "the model cannot overfit {} samples: the {} loss went from {} to {} ({}% lower; needs ≤ {}% of the \
@@ -121,10 +129,29 @@ format, add capacity"
     }
 }
 
-fn accuracy(prediction: &Tensor, targets: &Tensor) -> f64 {
-    prediction
-        .f_argmax(1, false)
-        .and_then(|p| p.f_eq_tensor(targets))
+/// Whether the targets are per-label 0/1 values (multi-label or binary) rather than class indices: a
+/// binary loss with targets shaped like the output.
+fn is_per_label(loss: LossKind, prediction_size: &[i64], targets: &Tensor) -> bool {
+    matches!(loss, LossKind::Bce | LossKind::BceWithLogits) && targets.size() == prediction_size
+}
+
+/// Batch accuracy: the argmax against class indices, or per label (`per_label`) with a threshold of 0
+/// on logits (`bce_with_logits`) or 0.5 on probabilities (`bce`) against targets ≥ 0.5.
+fn accuracy(prediction: &Tensor, targets: &Tensor, loss: LossKind, per_label: bool) -> f64 {
+    let predicted = if per_label {
+        let threshold = if loss == LossKind::Bce { 0.5 } else { 0.0 };
+        prediction.f_gt(threshold).and_then(|p| {
+            targets
+                .f_to_kind(Kind::Double)
+                .and_then(|t| t.f_ge(0.5))
+                .and_then(|t| p.f_eq_tensor(&t))
+        })
+    } else {
+        prediction
+            .f_argmax(1, false)
+            .and_then(|p| p.f_eq_tensor(targets))
+    };
+    predicted
         .and_then(|eq| eq.f_to_kind(Kind::Double))
         .and_then(|eq| eq.f_mean(Kind::Double))
         .and_then(|m| m.f_double_value(&[]))
@@ -147,11 +174,13 @@ impl Check for OverfitBatch {
         let ratio = options.loss_ratio;
         let initial = std::cell::Cell::new(None::<f64>);
         let last_accuracy = std::cell::Cell::new(0.0);
+        let per_label = std::cell::Cell::new(false);
         let done = |loss: f64, prediction: &Tensor| {
             let start = *initial.get().get_or_insert(loss);
             initial.set(Some(start));
             let acc = if classification {
-                accuracy(prediction, &y)
+                per_label.set(is_per_label(loss_kind, &prediction.size(), &y));
+                accuracy(prediction, &y, loss_kind, per_label.get())
             } else {
                 1.0
             };
@@ -185,6 +214,8 @@ impl Check for OverfitBatch {
         let cause = train::no_gradient_cause(&fit).unwrap_or_else(|| {
             if end > ratio * start {
                 "too little capacity, or a mismatch between the output and the targets".to_string()
+            } else if per_label.get() {
+                "the loss fell, but not every label is predicted correctly".to_string()
             } else {
                 "the loss fell, but not every sample is classified correctly".to_string()
             }
@@ -198,6 +229,7 @@ impl Check for OverfitBatch {
             loss_ratio: ratio,
             steps: fit.losses.len() - 1,
             accuracy: classification.then(|| last_accuracy.get()),
+            per_label: per_label.get(),
             cause,
         };
         let f = Finding::new(
@@ -205,5 +237,42 @@ impl Check for OverfitBatch {
             Location::data(&data.target_key, Some((0, k as usize))),
         );
         Ok(CheckResult::with_findings(vec![f]).curve(curve))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_label_accuracy_thresholds_logits_at_0_and_probabilities_at_half() {
+        let targets = Tensor::from_slice(&[1f32, 0., 1., 0., 0., 1.]).reshape([2, 3]);
+        let logits = Tensor::from_slice(&[2f32, -1., 0.5, -3., -0.1, 4.]).reshape([2, 3]);
+        assert!(is_per_label(
+            LossKind::BceWithLogits,
+            &logits.size(),
+            &targets
+        ));
+        assert_eq!(
+            accuracy(&logits, &targets, LossKind::BceWithLogits, true),
+            1.0
+        );
+        let probabilities = logits.sigmoid();
+        assert_eq!(accuracy(&probabilities, &targets, LossKind::Bce, true), 1.0);
+        // Probabilities judged as logits would all read 1: three of six labels are 0.
+        assert!(
+            (accuracy(&probabilities, &targets, LossKind::BceWithLogits, true) - 0.5).abs() < 1e-9
+        );
+        // Class indices keep the argmax.
+        let classes = Tensor::from_slice(&[0i64, 2]);
+        assert!(!is_per_label(
+            LossKind::CrossEntropy,
+            &logits.size(),
+            &classes
+        ));
+        assert_eq!(
+            accuracy(&logits, &classes, LossKind::CrossEntropy, false),
+            1.0
+        );
     }
 }

@@ -154,7 +154,9 @@ impl Violation for NeverUpdated {
         why: "Statistics still at 0 / 1 after training mean the layer trained in eval mode (or its stats \
 were reset): in evaluation it normalises with numbers that have nothing to do with the data.",
         how: "Error when num_batches_tracked = 0 and running_mean = 0, running_var = 1 exactly, while γ or \
-β moved from 1 / 0 (a fresh, untrained model passes).",
+β moved from 1 / 0 (a fresh, untrained model passes). A γ that is exactly 0 in every channel (with β \
+at 0) is an init, not training: torchvision's zero_init_residual zeroes the last BatchNorm γ of each \
+residual branch so every block starts as the identity.",
         fix: "Train with model.train() (not with BatchNorm in eval mode), or recompute the statistics with \
 a few train-mode passes over the data under torch.no_grad().",
         example: Some(Example {
@@ -397,8 +399,10 @@ fn at_init_stats(
     if tracked != 0 || !all_equal(mean, 0.0)? || !all_equal(var, 1.0)? {
         return Ok(None);
     }
+    // γ = 0 is an init, not training: torchvision's zero_init_residual (and Goyal et al.'s recipe)
+    // zeroes the last BatchNorm γ of every residual branch so that each block starts as the identity.
     let gamma_moved = match find(params, &l.weight) {
-        Some(w) => !all_equal(w, 1.0)?,
+        Some(w) => !all_equal(w, 1.0)? && !all_equal(w, 0.0)?,
         None => false,
     };
     let beta_moved = match find(params, &l.bias) {
