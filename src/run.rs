@@ -15,7 +15,7 @@ use tch::Tensor;
 use trainlint_checks::ports::{Dataset, Model};
 use trainlint_checks::{
     registry, CheckError, CheckFailed, CheckInfo, CheckOutput, Context, Curve, Finding, Group,
-    Level, Location, Rule, Severity, Violation,
+    Input, Level, Location, Rule, Severity, Violation,
 };
 
 use crate::config::{Ignore, Settings};
@@ -37,6 +37,9 @@ pub struct CheckRun {
     pub status: Status,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// When skipped for want of an input: which one.
+    #[serde(skip)]
+    pub missing: Option<Input>,
     pub duration_ms: f64,
     pub findings: Vec<Finding>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -224,6 +227,7 @@ fn record(
         findings: Vec::new(),
         curves: Vec::new(),
         ignored: 0,
+        missing: None,
     };
     let failure = match ended {
         Ended::Returned(Ok(result)) => {
@@ -231,6 +235,7 @@ fn record(
             if let Some(reason) = result.skipped {
                 run.status = Status::Skipped;
                 run.reason = Some(reason);
+                run.missing = result.missing;
             } else {
                 run.findings = result.findings;
                 run.findings

@@ -106,7 +106,44 @@ pub struct CheckInfo {
 pub struct CheckResult {
     pub findings: Vec<Finding>,
     pub skipped: Option<String>,
+    /// When skipped for want of an input: which one (the text report says how to add it).
+    pub missing: Option<Input>,
     pub curves: Vec<Curve>,
+}
+
+/// An input a check can lack. Its skip reason and the report's advice on adding it live here, once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Input {
+    Model,
+    Data,
+    Log,
+    Loss,
+}
+
+impl Input {
+    pub const ALL: [Input; 4] = [Input::Model, Input::Data, Input::Log, Input::Loss];
+
+    /// The skip reason of a check that lacks this input.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Input::Model => "needs a model: set [model] path (or pass --model)",
+            Input::Data => "needs a data sample: set [data] path (or pass --data)",
+            Input::Log => "needs a loss log: set [log] path (or pass --log)",
+            Input::Loss => {
+                "setup.loss is not set: add `loss = \"cross_entropy\"` (or your loss) to [setup], or pass --loss"
+            }
+        }
+    }
+
+    /// What to add, for the report's "To run the skipped checks" list.
+    pub fn to_add(self) -> &'static str {
+        match self {
+            Input::Model => "a model: set [model] path (or pass --model)",
+            Input::Data => "a data sample: set [data] path (or pass --data)",
+            Input::Log => "a loss log: set [log] path (or pass --log)",
+            Input::Loss => "the loss: set `loss = \"…\"` in [setup] (or pass --loss)",
+        }
+    }
 }
 
 impl CheckResult {
@@ -117,6 +154,13 @@ impl CheckResult {
         CheckResult {
             skipped: Some(reason.into()),
             ..Self::default()
+        }
+    }
+    /// Skipped for want of `input`, with `reason` (usually `input.reason()`).
+    pub fn missing(input: Input, reason: impl Into<String>) -> Self {
+        CheckResult {
+            missing: Some(input),
+            ..Self::skipped(reason)
         }
     }
     pub fn with_findings(findings: Vec<Finding>) -> Self {
@@ -143,6 +187,9 @@ pub enum CheckError {
     /// The check does not apply to these inputs; the reason becomes the check's `skipped` status.
     #[error("skipped: {0}")]
     Skip(String),
+    /// The check needs an input that was not given: skipped, with the input named.
+    #[error("skipped: {}", .0.reason())]
+    Missing(Input),
 }
 
 pub type CheckOutput = Result<CheckResult, CheckError>;
@@ -156,8 +203,8 @@ pub trait Check: Send + Sync + 'static {
     /// every field and its defaults in `Default` ([`NoOptions`] when it has none).
     type Options: CheckOptions;
     const INFO: &'static CheckInfo;
-    /// The findings; `Err(CheckError::Skip)` (what `ctx.model()?` and friends return when an input
-    /// is missing) reports the check as skipped with the reason.
+    /// The findings; `Err(CheckError::Missing)` (what `ctx.model()?` and friends return when an
+    /// input is missing) or `Err(CheckError::Skip)` reports the check as skipped with the reason.
     fn run(&self, ctx: &Context, options: &Self::Options) -> CheckOutput;
 }
 
@@ -195,6 +242,7 @@ impl<C: Check> Rule for C {
         }
         match self.run(ctx, &options) {
             Err(CheckError::Skip(reason)) => Ok(CheckResult::skipped(reason)),
+            Err(CheckError::Missing(input)) => Ok(CheckResult::missing(input, input.reason())),
             Ok(mut result) => {
                 result.curves = std::mem::take(&mut result.curves)
                     .into_iter()

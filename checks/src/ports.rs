@@ -8,7 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::CheckError;
+use crate::{CheckError, Input};
 
 /// A named tensor: a parameter or buffer path such as `encoder.0.weight`.
 pub type NamedTensor = (String, Tensor);
@@ -289,23 +289,17 @@ impl<'a> Context<'a> {
 
     /// The model, or a skip saying how to give one.
     pub fn model(&self) -> Result<&'a dyn Model, CheckError> {
-        self.model.ok_or_else(|| {
-            CheckError::Skip("needs a model: set [model] path (or pass --model)".into())
-        })
+        self.model.ok_or(CheckError::Missing(Input::Model))
     }
 
     /// The data sample, or a skip saying how to give one.
     pub fn data(&self) -> Result<&'a Dataset, CheckError> {
-        self.data.ok_or_else(|| {
-            CheckError::Skip("needs a data sample: set [data] path (or pass --data)".into())
-        })
+        self.data.ok_or(CheckError::Missing(Input::Data))
     }
 
     /// The loss log, or a skip saying how to give one.
     pub fn log(&self) -> Result<&'a LossLog, CheckError> {
-        self.log.ok_or_else(|| {
-            CheckError::Skip("needs a loss log: set [log] path (or pass --log)".into())
-        })
+        self.log.ok_or(CheckError::Missing(Input::Log))
     }
 
     /// The shared eval-mode prediction on the data sample.

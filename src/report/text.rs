@@ -1,7 +1,7 @@
 //! The human report: findings grouped by check, each with evidence, location and fix; then a table of
 //! check statuses and a summary line.
 use colored::Colorize;
-use trainlint_checks::{Curve, Severity};
+use trainlint_checks::{Curve, Input, Severity};
 
 use super::Report;
 use crate::run::Status;
@@ -212,40 +212,20 @@ pub fn render(report: &Report) -> String {
 
 /// The inputs whose absence skipped checks, recognised by the skip reasons the checks give (a unit
 /// test keeps these in step with them), each with what to add.
-const MISSING_INPUTS: [(&str, &str); 4] = [
-    (
-        "needs a model",
-        "a model: set [model] path (or pass --model)",
-    ),
-    (
-        "needs a data sample",
-        "a data sample: set [data] path (or pass --data)",
-    ),
-    (
-        "needs a loss log",
-        "a loss log: set [log] path (or pass --log)",
-    ),
-    (
-        "setup.loss is not set",
-        "the loss: set `loss = \"…\"` in [setup] (or pass --loss)",
-    ),
-];
-
 /// "To run the skipped checks:", one line per missing input with the checks it would let run; empty
 /// when no check was skipped for a missing input. A check that needs two missing inputs names the
 /// first; adding it shows the next.
 fn missing_inputs(report: &Report) -> String {
     let mut lines = String::new();
-    for (prefix, add) in MISSING_INPUTS {
+    for input in Input::ALL {
         let ids: Vec<&str> = report
             .checks
             .iter()
-            .filter(|c| c.status == Status::Skipped)
-            .filter(|c| c.reason.as_deref().is_some_and(|r| r.starts_with(prefix)))
+            .filter(|c| c.status == Status::Skipped && c.missing == Some(input))
             .map(|c| c.id)
             .collect();
         if !ids.is_empty() {
-            lines.push_str(&format!("  add {add} → {}\n", ids.join(", ")));
+            lines.push_str(&format!("  add {} → {}\n", input.to_add(), ids.join(", ")));
         }
     }
     if lines.is_empty() {
@@ -302,25 +282,6 @@ pub fn format_duration(ms: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn missing_inputs_recognise_the_skip_reasons_the_checks_give() {
-        use trainlint_checks::{CheckError, Context, Setup};
-        let setup = Setup::default();
-        let ctx = Context::new(&setup);
-        let reason = |r: Result<(), CheckError>| match r {
-            Err(CheckError::Skip(reason)) => reason,
-            other => panic!("not a skip: {other:?}"),
-        };
-        let reasons = [
-            reason(ctx.model().map(|_| ())),
-            reason(ctx.data().map(|_| ())),
-            reason(ctx.log().map(|_| ())),
-        ];
-        for ((prefix, _), reason) in MISSING_INPUTS.iter().zip(&reasons) {
-            assert!(reason.starts_with(prefix), "{reason} vs {prefix}");
-        }
-    }
 
     #[test]
     fn sparkline_spans_the_full_range_and_downsamples() {

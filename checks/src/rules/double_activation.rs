@@ -142,11 +142,7 @@ impl Check for DoubleActivation {
 
     fn run(&self, ctx: &Context, _options: &NoOptions) -> CheckOutput {
         let model = ctx.model()?;
-        let Some(loss) = ctx.setup.loss else {
-            return Ok(CheckResult::skipped(
-                "setup.loss is not set: add `loss = \"cross_entropy\"` (or your loss) to [setup], or pass --loss",
-            ));
-        };
+        let loss = ctx.setup.loss.ok_or(CheckError::Missing(Input::Loss))?;
         let act = model.output_activation()?;
         let activation = act.op.clone();
         let unit_interval = output_range(&act).is_some_and(|r| r.lo >= 0.0 && r.hi <= 1.0);

@@ -6,5 +6,5 @@ pub use crate::finding::{as_map, num, Example, KindInfo, Location, Severity, Vio
 pub use crate::ports::{Dataset, LossKind, LossLog, Mode, Model, ModuleInfo, NamedTensor, Task};
 pub use crate::{
     Check, CheckError, CheckInfo, CheckOutput, CheckResult, Context, Curve, Docs, Finding, Group,
-    Level, NoOptions,
+    Input, Level, NoOptions,
 };
