@@ -115,56 +115,41 @@ pub struct Settings {
 }
 
 impl Default for Settings {
+    /// The config file's defaults: declared once, in `file.rs`.
     fn default() -> Self {
-        let mut s = Settings {
-            config_path: None,
-            model: None,
-            output: String::new(),
-            device: String::new(),
-            threads: 0,
-            data: None,
-            inputs: String::new(),
-            targets: String::new(),
-            max_samples: 0,
-            log: None,
-            log_loss: None,
-            log_terms: Vec::new(),
-            setup: Setup::default(),
-            select: Vec::new(),
-            ignore: Vec::new(),
-            fail_on: Severity::Error,
-            checks: BTreeMap::new(),
-            ignores: Vec::new(),
-            key_lines: BTreeMap::new(),
-        };
-        // The defaults are the config file's: declared once, in `file.rs`.
-        s.apply(ConfigFile::default(), Path::new("."));
-        s
+        Settings::from_file(ConfigFile::default(), Path::new("."))
     }
 }
 
 impl Settings {
-    /// Take every value of a parsed config file; its relative paths resolve against `base`.
-    fn apply(&mut self, f: ConfigFile, base: &Path) {
+    /// The settings a parsed config file gives (no `[checks]` or `[[ignore]]` yet); its relative
+    /// paths resolve against `base`.
+    fn from_file(f: ConfigFile, base: &Path) -> Settings {
         let path = |p: Option<String>| p.map(|p| base.join(p));
-        self.model = path(f.model.path);
-        self.output = f.model.output.to_string();
-        self.device = f.model.device;
-        self.threads = f.model.threads;
-        self.data = path(f.data.path);
-        self.inputs = f.data.inputs;
-        self.targets = f.data.targets;
-        self.max_samples = f.data.max_samples;
-        self.log = path(f.log.path);
-        self.log_loss = f.log.loss;
-        self.log_terms = f.log.terms;
-        self.setup = Setup {
-            seed: f.run.seed,
-            ..f.setup
-        };
-        self.select = f.run.select;
-        self.ignore = f.run.ignore;
-        self.fail_on = f.run.fail_on.into();
+        Settings {
+            config_path: None,
+            model: path(f.model.path),
+            output: f.model.output.to_string(),
+            device: f.model.device,
+            threads: f.model.threads,
+            data: path(f.data.path),
+            inputs: f.data.inputs,
+            targets: f.data.targets,
+            max_samples: f.data.max_samples,
+            log: path(f.log.path),
+            log_loss: f.log.loss,
+            log_terms: f.log.terms,
+            setup: Setup {
+                seed: f.run.seed,
+                ..f.setup
+            },
+            select: f.run.select,
+            ignore: f.run.ignore,
+            fail_on: f.run.fail_on.into(),
+            checks: BTreeMap::new(),
+            ignores: Vec::new(),
+            key_lines: BTreeMap::new(),
+        }
     }
 
     /// The level a check runs at: the config's, else its default.
@@ -455,7 +440,14 @@ pub fn load_file(path: &Path, settings: &mut Settings) -> Result<(), ConfigError
     // Every value was checked against the schema above; this cannot fail but says why if it does.
     let file: ConfigFile = serde_json::from_value(serde_json::Value::Object(values))
         .map_err(|e| ConfigError::plain(format!("{}: {e}", path.display())))?;
-    settings.apply(file, &base);
+    // The tables read above (checks, ignores, key lines) join the sections' values.
+    *settings = Settings {
+        config_path: settings.config_path.take(),
+        checks: std::mem::take(&mut settings.checks),
+        ignores: std::mem::take(&mut settings.ignores),
+        key_lines: std::mem::take(&mut settings.key_lines),
+        ..Settings::from_file(file, &base)
+    };
     Ok(())
 }
 
@@ -585,10 +577,7 @@ fn typed_value(
         Value::Integer(i) if types_of(branch).contains(&"integer") => json!(*i.value()),
         Value::Integer(_) | Value::Float(_) => json!(r.float(item, what, false)?),
         Value::String(s) => {
-            let choices: Vec<&str> = branch["enum"]
-                .as_array()
-                .map(|e| e.iter().filter_map(|c| c.as_str()).collect())
-                .unwrap_or_default();
+            let choices = schema::choices(branch);
             if choices.is_empty() {
                 json!(s.value())
             } else {

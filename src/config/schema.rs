@@ -8,13 +8,23 @@ pub fn config_schema() -> Value {
     trainlint_checks::options::schema_of::<super::ConfigFile>()
 }
 
-/// One documented key of a schema object, for the template and the reference.
-struct Documented {
-    name: String,
-    doc: String,
+/// One documented key of a schema object (a config section or a check's options), read from its typed
+/// declaration: for the template, the reference and `explain`.
+pub struct Documented {
+    pub name: String,
+    pub doc: String,
     /// The default as TOML text; empty when there is none (an unset path).
-    default: String,
-    choices: Vec<String>,
+    pub default: String,
+    pub choices: Vec<String>,
+}
+
+/// The accepted strings of a schema: its `enum`, or the `const`s of a `oneOf` (unit variants with docs).
+pub fn choices(schema: &Value) -> Vec<&str> {
+    match (&schema["enum"], &schema["oneOf"]) {
+        (Value::Array(e), _) => e.iter().filter_map(|c| c.as_str()).collect(),
+        (_, Value::Array(o)) => o.iter().filter_map(|c| c["const"].as_str()).collect(),
+        _ => Vec::new(),
+    }
 }
 
 fn documented(object: &Value) -> Vec<Documented> {
@@ -28,15 +38,19 @@ fn documented(object: &Value) -> Vec<Documented> {
                 .as_array()
                 .and_then(|b| b.iter().find(|b| b["type"] != "null"))
                 .unwrap_or(prop);
-            let choices = branch["enum"]
-                .as_array()
-                .map(|e| {
-                    e.iter()
-                        .filter_map(|c| c.as_str())
-                        .map(String::from)
-                        .collect()
-                })
-                .unwrap_or_default();
+            let choices = match (&branch["enum"], &branch["oneOf"]) {
+                (Value::Array(e), _) => e
+                    .iter()
+                    .filter_map(|c| c.as_str())
+                    .map(String::from)
+                    .collect(),
+                (_, Value::Array(o)) => o
+                    .iter()
+                    .filter_map(|c| c["const"].as_str())
+                    .map(String::from)
+                    .collect(),
+                _ => Vec::new(),
+            };
             let default = match &prop["default"] {
                 Value::Null => String::new(),
                 v => toml_text(v),
@@ -49,15 +63,6 @@ fn documented(object: &Value) -> Vec<Documented> {
             }
         })
         .collect()
-}
-
-/// One option of a check, read from its options schema (so from the options struct's declaration).
-pub struct CheckOption {
-    pub name: String,
-    pub doc: String,
-    /// The default as TOML text.
-    pub default: String,
-    pub choices: Vec<String>,
 }
 
 /// A JSON default as TOML text (floats keep a decimal point, so the type reads right).
@@ -80,45 +85,10 @@ fn toml_text(v: &Value) -> String {
     }
 }
 
-/// A check's options with their docs, defaults and choices, in declaration order.
-pub fn check_options(check: &dyn Rule) -> Vec<CheckOption> {
-    let schema = check.options_schema();
-    let defaults = check.default_options();
-    let Some(props) = schema["properties"].as_object() else {
-        return Vec::new();
-    };
-    let mut names: Vec<&String> = props.keys().collect();
-    // Declaration order: the order the defaults serialise in (serde follows the struct's fields).
-    let order: Vec<&String> = defaults
-        .as_object()
-        .map(|d| d.keys().collect())
-        .unwrap_or_default();
-    names.sort_by_key(|n| order.iter().position(|o| o == n).unwrap_or(usize::MAX));
-    names
-        .into_iter()
-        .map(|name| {
-            let prop = &props[name];
-            let choices = match (&prop["enum"], &prop["oneOf"]) {
-                (Value::Array(e), _) => e
-                    .iter()
-                    .filter_map(|c| c.as_str())
-                    .map(String::from)
-                    .collect(),
-                (_, Value::Array(o)) => o
-                    .iter()
-                    .filter_map(|c| c["const"].as_str())
-                    .map(String::from)
-                    .collect(),
-                _ => Vec::new(),
-            };
-            CheckOption {
-                name: name.clone(),
-                doc: prop["description"].as_str().unwrap_or("").to_string(),
-                default: toml_text(&defaults[name]),
-                choices,
-            }
-        })
-        .collect()
+/// A check's options with their docs, defaults and choices, in declaration order (serde_json keeps
+/// the order schemars writes, the struct's).
+pub fn check_options(check: &dyn Rule) -> Vec<Documented> {
+    documented(&check.options_schema())
 }
 
 /// The README's configuration reference: every key of every section with its default, accepted
