@@ -3,7 +3,6 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
 use trainlint_checks::registry;
 
 /// Split a message into its words and its numbers.
@@ -107,12 +106,7 @@ fn every_documented_example_is_what_its_fixture_run_prints() {
         let mut args: Vec<&str> = example.args.split_whitespace().collect();
         args.extend(["--select", kind.id, "--threads", "1"]);
         let (_, report) = check_json(&args);
-        let found: Vec<&Value> = report["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|c| c["findings"].as_array().unwrap())
-            .collect();
+        let found = all_findings(&report);
         assert!(
             found.iter().all(|f| f["kind"] == kind.id),
             "--select {} let other kinds through: {found:?}",
@@ -174,20 +168,14 @@ fn json_findings_carry_check_and_kind_and_ignore_silences_exactly_one_kind() {
     let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
     a.extend(["--select", "batchnorm,init-std"]);
     let (_, report) = check_json(&a);
-    let kinds: Vec<String> = report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|c| c["findings"].as_array().unwrap())
-        .map(|f| {
-            assert!(f["check"].is_string() && f["kind"].is_string(), "{f}");
-            assert!(f["kind"]
-                .as_str()
-                .unwrap()
-                .starts_with(f["check"].as_str().unwrap()));
-            f["kind"].as_str().unwrap().to_string()
-        })
-        .collect();
+    for f in all_findings(&report) {
+        assert!(f["check"].is_string() && f["kind"].is_string(), "{f}");
+        assert!(f["kind"]
+            .as_str()
+            .unwrap()
+            .starts_with(f["check"].as_str().unwrap()));
+    }
+    let kinds = kinds_of(&report);
     assert!(
         kinds.contains(&"stale-batchnorm/never-updated".to_string()),
         "{kinds:?}"
@@ -195,13 +183,7 @@ fn json_findings_carry_check_and_kind_and_ignore_silences_exactly_one_kind() {
     let mut b = a.clone();
     b.extend(["--ignore", "stale-batchnorm/never-updated"]);
     let (_, ignored) = check_json(&b);
-    let left: Vec<String> = ignored["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|c| c["findings"].as_array().unwrap())
-        .map(|f| f["kind"].as_str().unwrap().to_string())
-        .collect();
+    let left = kinds_of(&ignored);
     let expected: Vec<String> = kinds
         .iter()
         .filter(|k| *k != "stale-batchnorm/never-updated")
@@ -219,14 +201,7 @@ fn json_findings_carry_check_and_kind_and_ignore_silences_exactly_one_kind() {
     let cfg = cfg.display().to_string();
     c.insert(0, &cfg);
     let (_, report) = check_json(&c);
-    let left: Vec<String> = report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|c| c["findings"].as_array().unwrap())
-        .map(|f| f["kind"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(left, expected);
+    assert_eq!(kinds_of(&report), expected);
 }
 
 #[test]

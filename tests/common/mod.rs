@@ -77,6 +77,24 @@ pub fn findings<'a>(report: &'a Value, id: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+/// Every finding of every check, in report order.
+pub fn all_findings(report: &Value) -> Vec<&Value> {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["findings"].as_array().unwrap())
+        .collect()
+}
+
+/// The kind of every finding, in report order.
+pub fn kinds_of(report: &Value) -> Vec<String> {
+    all_findings(report)
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// A bad-input run: exit 2, a one-line `error:` message, and no panic or backtrace.
 pub fn assert_input_error(o: &Output) -> String {
     let err = stderr(o);
