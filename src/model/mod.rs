@@ -670,9 +670,7 @@ impl TorchScriptModel {
     /// Every node of every graph the model can run (methods, hooks and functions of all modules, calls
     /// inlined, nested blocks included), for the side-effect scan. Runs no model code.
     pub fn graph_nodes(&self) -> Result<Vec<GraphNode>, String> {
-        self.handle()
-            .map_err(|e| e.to_string())?
-            .graph_nodes()
+        self.handle().map_err(|e| e.to_string())?.graph_nodes()
     }
 }
 
@@ -936,12 +934,22 @@ mod tests {
         let saved = flags(&model);
 
         let mut copy = model.trainable_copy().unwrap();
-        assert!(model.handle.borrow().is_none(), "released while the copy trains");
+        assert!(
+            model.handle.borrow().is_none(),
+            "released while the copy trains"
+        );
         train_a_little(copy.as_mut(), &images);
         assert_ne!(values(copy.parameters()), before, "the copy trained");
 
-        assert!(model.predict(&images).unwrap().allclose(&predicted, 0.0, 0.0, false));
-        assert_eq!(values(model.parameters()), before, "the model is the file's again");
+        assert!(model
+            .predict(&images)
+            .unwrap()
+            .allclose(&predicted, 0.0, 0.0, false));
+        assert_eq!(
+            values(model.parameters()),
+            before,
+            "the model is the file's again"
+        );
         assert_eq!(flags(&model), saved);
 
         // A worker's copy takes the module itself; this side loads it again when it next reads.
