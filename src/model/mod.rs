@@ -374,7 +374,29 @@ impl Handle {
     /// An eval-mode forward without gradients. The shim flips the training flags for the call and
     /// restores each module's own flag afterwards (exceptions included), so behind `&self` nothing
     /// observable changes: parameters, buffers (eval-mode BatchNorm reads its stats) and flags stay.
+    /// An eval-mode forward without gradients that leaves the module as it was: its training flags
+    /// (restored by the shim) and its buffers. A model traced in train mode keeps
+    /// `batch_norm(training=True)` in its graph, so even an eval-mode forward moves its running
+    /// statistics; they are put back, even when forward throws.
     fn predict(&self, input: &Tensor, output_key: &CStr) -> Result<Tensor, CheckError> {
+        let buffers = self.tensors(false)?;
+        let saved = buffers
+            .iter()
+            .map(|(_, b)| b.f_detach_copy())
+            .collect::<Result<Vec<_>, _>>()?;
+        let result = self.predict_moving_buffers(input, output_key);
+        let _guard = tch::no_grad_guard();
+        for ((_, b), s) in buffers.iter().zip(&saved) {
+            b.shallow_clone().f_copy_(s)?;
+        }
+        result
+    }
+
+    fn predict_moving_buffers(
+        &self,
+        input: &Tensor,
+        output_key: &CStr,
+    ) -> Result<Tensor, CheckError> {
         let mut out = std::ptr::null_mut();
         // SAFETY: `self.0` is a live module; the shim's change to it is undone before it returns and
         // no other reference into the module is in use meanwhile (Handle is neither Send nor Sync).
