@@ -31,7 +31,7 @@ TRACE_WARNING = (
 
 @contextlib.contextmanager
 def _torchscript_quietly(collected: list):
-    """PyTorch 2.9+ warns that torch.jit.script / trace are deprecated. That is a note for trainlint
+    """Recent PyTorch warns that torch.jit.script / trace are deprecated. That is a note for trainlint
     (which needs TorchScript, see the README's "TorchScript's future"), not something the user did
     wrong, so the warning is logged here instead of pointing at the user's code. Tracer warnings are
     kept, to be named in the trace fallback's own warning."""
@@ -40,7 +40,8 @@ def _torchscript_quietly(collected: list):
         yield
     for w in caught:
         text = str(w.message)
-        if issubclass(w.category, DeprecationWarning) and "torch.jit" in text:
+        # 2.9-2.14 raise a DeprecationWarning, 2.15 a FutureWarning (which Python shows by default).
+        if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning)) and "torch.jit" in text:
             log.info("PyTorch: %s (trainlint needs TorchScript for now; see its README)", text)
         elif issubclass(w.category, torch.jit.TracerWarning):
             collected.append(text.split("\n")[0])
@@ -129,6 +130,11 @@ def _modes(model):
 
 def _script_or_trace(model: torch.nn.Module, example: torch.Tensor) -> tuple[torch.jit.ScriptModule, str]:
     """torch.jit.script of a CPU copy in train mode; torch.jit.trace (train mode) when scripting fails."""
+    if not (hasattr(torch.jit, "script") and hasattr(torch.jit, "trace")):
+        raise ExportError(
+            f"this PyTorch ({torch.__version__}) has no TorchScript export, which trainlint reads; export from a "
+            f"PyTorch that has it (2.1 to 2.15 are tested; see trainlint's README, \"TorchScript's future\")"
+        )
     try:
         work = copy.deepcopy(model).cpu()
     except Exception as e:  # noqa: BLE001 - any failure to copy is the user's module's
