@@ -232,6 +232,17 @@ class Batches(Tmp):
         self.assertEqual(read_setup(self.tmp / "b")["setup"]["task"], "classification")
         audit(self.tmp / "b", "--select", "output-range")
 
+    def test_an_autoencoder_loader_names_its_targets(self):
+        images = torch.rand(32, 1, 8, 8)
+        model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1))
+        with self.assertRaisesRegex(ExportError, "inputs only.*targets=lambda batch: batch"):
+            export(model, DataLoader(images, batch_size=8), self.tmp)
+        export(model, DataLoader(images, batch_size=8), self.tmp, nn.MSELoss(), targets=lambda b: b)
+        data = np.load(self.tmp / "data.npz")
+        np.testing.assert_array_equal(data["inputs"], data["targets"])
+        self.assertEqual(read_setup(self.tmp)["setup"]["task"], "image-to-image")
+        audit(self.tmp, "--select", "identity-overfit")
+
     def test_tuple_batches_by_index_and_by_callable(self):
         x, y = torch.randn(24, 8), torch.randint(0, 3, (24,))
         ds = TensorDataset(torch.zeros(24), y, x)  # (weights, targets, inputs)

@@ -91,22 +91,22 @@ def _unwrap(model):
 
 def _first_samples(loader, n: int, inputs_sel, targets_sel):
     xs, ys, batch_size, count = [], [], None, 0
-    has_targets = True
     for batch in loader:
         x = pick(batch, inputs_sel, "inputs", INPUT_KEYS)
         if batch_size is None:
             batch_size = len(x)
-        try:
-            y = pick(batch, targets_sel, "targets", TARGET_KEYS) if has_targets else None
-        except ExportError:
-            if targets_sel is not None or xs:
-                raise
-            has_targets, y = False, None  # an inputs-only loader (autoencoders): identity checks still run
-        if y is not None and len(y) != len(x):
+        if targets_sel is None and (
+            isinstance(batch, torch.Tensor) or (isinstance(batch, (list, tuple)) and len(batch) == 1)
+        ):
+            raise ExportError(
+                "the loader yields inputs only, and trainlint needs targets; for an autoencoder (the input is "
+                "the target) pass targets=lambda batch: batch" + ("" if isinstance(batch, torch.Tensor) else "[0]")
+            )
+        y = pick(batch, targets_sel, "targets", TARGET_KEYS)
+        if len(y) != len(x):
             raise ExportError(f"a batch has {len(x)} inputs but {len(y)} targets; dim 0 must be the sample axis of both")
         xs.append(as_saved(x, "inputs"))
-        if y is not None:
-            ys.append(as_saved(y, "targets"))
+        ys.append(as_saved(y, "targets"))
         count += len(x)
         if count >= n:
             break
@@ -120,8 +120,7 @@ def _first_samples(loader, n: int, inputs_sel, targets_sel):
                 f"trainlint reads one array per key: pad them to one shape or use a loader that does"
             )
     x = np.concatenate(xs)[:n]
-    y = np.concatenate(ys)[:n] if ys else None
-    return x, y, batch_size
+    return x, np.concatenate(ys)[:n], batch_size
 
 
 def _modes(model):
@@ -288,10 +287,7 @@ def export(
         if example.dtype == torch.uint8:
             example = example.float()
         scripted, how = _script_or_trace(model, example)
-    if y is not None:
-        setup["task"] = task or _setup.task_of(torch.from_numpy(x), torch.from_numpy(y))
-    elif task is not None:
-        setup["task"] = task
+    setup["task"] = task or _setup.task_of(torch.from_numpy(x), torch.from_numpy(y))
     if loss is not None:
         setup["loss"] = loss
     if temporal is not None:
@@ -304,8 +300,7 @@ def export(
         os.replace(tmp_model, out / "model.pt")
     finally:
         tmp_model.unlink(missing_ok=True)
-    arrays = {"inputs": x} if y is None else {"inputs": x, "targets": y}
-    np.savez(out / "data.npz.tmp.npz", **arrays)
+    np.savez(out / "data.npz.tmp.npz", inputs=x, targets=y)
     os.replace(out / "data.npz.tmp.npz", out / "data.npz")
 
     order = ("task", "loss", "optimizer", "lr", "momentum", "weight_decay", "batch_size", "shuffle", "temporal")
@@ -314,8 +309,6 @@ def export(
         "data": {"path": "data.npz", "inputs": "inputs", "targets": "targets", "max_samples": len(x)},
         "setup": {k: setup[k] for k in order if k in setup},
     }
-    if y is None:
-        del config["data"]["targets"]
     log_path = None
     if log is None or log is True:
         log_path = out / "loss.csv"
