@@ -14,7 +14,11 @@ fn exported_folders() -> Vec<(String, String)> {
         let version = version.unwrap().path();
         for how in ["script", "trace"] {
             let folder = version.join(how);
-            assert!(folder.join("model.pt").is_file(), "{} has no model.pt", folder.display());
+            assert!(
+                folder.join("model.pt").is_file(),
+                "{} has no model.pt",
+                folder.display()
+            );
             let name = version.file_name().unwrap().to_string_lossy().into_owned();
             out.push((name, folder.display().to_string()));
         }
@@ -26,9 +30,12 @@ fn exported_folders() -> Vec<(String, String)> {
 #[test]
 fn exports_from_older_and_newer_torch_versions_are_committed() {
     let versions: BTreeSet<String> = exported_folders().into_iter().map(|(v, _)| v).collect();
-    // 2.13 is trainlint's own; 2.1 is the oldest tested (README: "TorchScript's future").
-    for needed in ["torch-2.1", "torch-2.13"] {
-        assert!(versions.contains(needed), "missing {needed} in {versions:?}");
+    // 2.13 is trainlint's own; 2.1 the oldest and 2.15 the newest tested (README: "TorchScript's future").
+    for needed in ["torch-2.1", "torch-2.13", "torch-2.15"] {
+        assert!(
+            versions.contains(needed),
+            "missing {needed} in {versions:?}"
+        );
     }
 }
 
@@ -41,7 +48,11 @@ fn every_exported_folder_audits_with_every_check_running() {
             torch.starts_with(&format!("{}.", version.trim_start_matches("torch-"))),
             "{folder} was written by torch {torch}"
         );
-        assert_eq!(how, folder.rsplit('/').next().unwrap(), "{folder}: exported with {how}");
+        assert_eq!(
+            how,
+            folder.rsplit('/').next().unwrap(),
+            "{folder}: exported with {how}"
+        );
 
         let (code, report) = check_json(&[&folder, "--threads", "1"]);
         assert!(code == 0 || code == 1, "{folder}: exit {code}");

@@ -202,6 +202,11 @@ class Audit:
     def config_path(self) -> Path:
         return self.out_dir / "trainlint.toml"
 
+    @property
+    def last_step(self):
+        """The step of the last `log_step`, None before the first."""
+        return None if self._logger is None else self._logger._last_step
+
     def log_step(self, step, loss, **terms) -> None:
         if self._logger is None:
             raise ExportError("export(..., log=False) writes no loss log")

@@ -57,5 +57,5 @@ class TrainlintCallback(pl.Callback):
         if loss is not None:
             # global_step counts optimizer steps; with gradient accumulation several batches share one.
             step = trainer.global_step
-            if self.audit._logger._last_step is None or step > self.audit._logger._last_step:
+            if self.audit.last_step is None or step > self.audit.last_step:
                 self.audit.log_step(step, loss)
