@@ -1010,6 +1010,20 @@ mod tests {
     }
 
     #[test]
+    fn predict_puts_back_the_statistics_a_train_mode_trace_moves() {
+        // torch.jit.trace in train mode records batch_norm(training=True): any forward updates the
+        // running statistics, whatever the module's flag says.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/torch_versions/torch-2.13/trace/model.pt");
+        let model = TorchScriptModel::load(&path, "cpu", "").unwrap();
+        let before = values(model.buffers());
+        assert!(before.iter().any(|(n, _)| n.ends_with("running_mean")));
+        let input = Tensor::randn([8, 1, 8, 8], (tch::Kind::Float, Device::Cpu)) * 3.0 + 1.0;
+        let _ = model.predict(&input);
+        assert_eq!(values(model.buffers()), before);
+    }
+
+    #[test]
     fn output_activation_is_resolved_once() {
         let model = TorchScriptModel::load(&fixture("dict_heads.pt"), "cpu", "pred").unwrap();
         assert!(model.output_activation.get().is_none(), "not at load");
