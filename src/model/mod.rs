@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 
 use tch::{Device, Tensor};
+use trainlint_checks::graph::ModuleGraph;
 use trainlint_checks::ports::{Mode, NamedTensor};
 use trainlint_checks::{CheckError, Model, ModuleInfo, OutputActivation, TrainableModel};
 
@@ -459,6 +460,8 @@ pub struct TorchScriptModel {
     modules: Vec<ModuleInfo>,
     /// Resolving the final op freezes a clone of the module; several checks ask, it is done once.
     output_activation: OnceCell<Result<OutputActivation, String>>,
+    /// The module graph without shapes, walked once for the checks that read it.
+    module_graph: OnceCell<Result<ModuleGraph, String>>,
 }
 
 impl TorchScriptModel {
@@ -491,6 +494,7 @@ impl TorchScriptModel {
             output_key,
             modules,
             output_activation: OnceCell::new(),
+            module_graph: OnceCell::new(),
         })
     }
 }
@@ -509,6 +513,7 @@ impl TorchScriptModel {
             output_key: self.output_key.clone(),
             modules: self.modules.clone(),
             output_activation,
+            module_graph: self.module_graph.clone(),
         })
     }
 
@@ -686,6 +691,11 @@ impl Model for TorchScriptModel {
             output_key: self.output_key.clone(),
         }))
     }
+
+    // ---- module graph
+    fn module_graph(&self, sample: Option<&Tensor>) -> Result<ModuleGraph, CheckError> {
+        self.graph_of(sample)
+    }
 }
 
 /// A deep copy of the module; training it never touches the original or the file.
@@ -705,6 +715,53 @@ impl TrainableModel for TrainableCopy {
     }
     fn buffers(&self) -> Result<Vec<NamedTensor>, CheckError> {
         self.handle.tensors(false)
+    }
+}
+
+// ---------------------------------------------------------------- module graph (graph view,
+// unused-parameters, shared-batchnorm)
+
+// SAFETY (of the block): the signature matches `tl_module_graph` in shim.cpp, compiled and linked by
+// build.rs.
+unsafe extern "C" {
+    fn tl_module_graph(
+        m: *mut RawModule,
+        input: *const torch_sys::C_tensor,
+        json: *mut Option<ShimString>,
+    ) -> Option<ShimString>;
+}
+
+impl Handle {
+    /// The module graph as the shim's JSON text. With an input, the shim runs one eval-mode forward
+    /// without gradients on the module and restores every training flag (as `predict`).
+    fn module_graph(&self, input: Option<&Tensor>) -> Result<String, String> {
+        let mut json = None;
+        let input = input.map_or(std::ptr::null(), |t| t.as_ptr());
+        // SAFETY: `self.0` is a live module; the shim changes its flags only for the forward and
+        // restores them before returning (as `predict`); `input` is null or a live tensor outliving
+        // the call; on success `json` holds a malloc'd string that `ShimString` owns and frees.
+        check(unsafe { tl_module_graph(self.0, input, &mut json) })?;
+        Ok(json.map(|s| s.to_text()).unwrap_or_default())
+    }
+}
+
+impl TorchScriptModel {
+    fn parse_graph(json: Result<String, String>) -> Result<ModuleGraph, String> {
+        serde_json::from_str(&json?).map_err(|e| format!("the module graph is malformed: {e}"))
+    }
+
+    /// The module graph, walked once and kept (without shapes); with a sample, walked again with one
+    /// forward for the output shapes.
+    fn graph_of(&self, sample: Option<&Tensor>) -> Result<ModuleGraph, CheckError> {
+        match sample {
+            None => self
+                .module_graph
+                .get_or_init(|| Self::parse_graph(self.handle.module_graph(None)))
+                .clone()
+                .map_err(CheckError::Model),
+            Some(x) => Self::parse_graph(self.handle.module_graph(Some(&x.to_device(self.device))))
+                .map_err(CheckError::Model),
+        }
     }
 }
 
