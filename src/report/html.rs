@@ -289,13 +289,20 @@ fn graph_section(graph: &crate::graph_view::Views) -> String {
 <span style=\"background:#e6e6e6;border-style:dashed\">never called</span><span style=\"background:#d8ecff\">final activation</span>\
 <span>double border: repeated blocks, click to expand</span><span>red dashed edge: .detach()</span> Click a finding to find its node.</p>",
     );
+    // Inline SVG in HTML needs neither the XML prolog nor the namespace (no address in the page).
+    let inline = |svg: String| -> String {
+        let svg = match svg.find("<svg") {
+            Some(i) => svg[i..].to_string(),
+            None => svg,
+        };
+        svg.replacen(" xmlns=\"http://www.w3.org/2000/svg\"", "", 1)
+    };
     out.push_str(&format!(
         "<div class=\"graph-view\" id=\"graph-collapsed\">{}</div>",
-        graph.collapsed.to_svg()
+        inline(graph.collapsed.to_svg())
     ));
     if let Some(full) = &graph.full {
-        let svg = full
-            .to_svg()
+        let svg = inline(full.to_svg())
             .replace("startarrow", "startarrowF")
             .replace("endarrow", "endarrowF")
             .replace("id=\"node-", "id=\"full-node-");
@@ -317,13 +324,13 @@ var col=document.getElementById('graph-collapsed'),full=document.getElementById(
 function show(expanded){if(!full)return;full.hidden=!expanded;col.hidden=expanded;line.hidden=!expanded;}\
 function names(n,p){var m=n.getAttribute('data-module')||'';var list=(n.getAttribute('data-collapsed')||'').split(' ').filter(Boolean);if(!list.length)list=[m];\
 return list.some(function(x){return x&&(x===p||p.indexOf(x+'.')===0||x.indexOf(p+'.')===0);});}\
-function highlight(paths){var views=[col];if(full)views.push(full);var hit=[];\
+function highlight(paths,expand){var views=expand&&full?[full]:[col];if(full&&!expand)views.push(full);var hit=[];\
 document.querySelectorAll('.graph g.node.hl').forEach(function(g){g.classList.remove('hl');});\
 for(var v=0;v<views.length&&!hit.length;v++){views[v].querySelectorAll('g.node').forEach(function(g){if(paths.some(function(p){return names(g,p);}))hit.push(g);});\
 if(hit.length)show(views[v]===full);}\
 hit.forEach(function(g){g.classList.add('hl');});document.body.dataset.highlighted=hit.length;\
 if(hit.length&&hit[0].scrollIntoView)hit[0].scrollIntoView({block:'center'});return hit.length;}\
-col.querySelectorAll('g.node[data-collapsed]').forEach(function(g){g.addEventListener('click',function(){show(true);highlight(g.getAttribute('data-collapsed').split(' '));});});\
+col.querySelectorAll('g.node[data-collapsed]').forEach(function(g){g.addEventListener('click',function(){highlight(g.getAttribute('data-collapsed').split(' '),true);});});\
 var t=document.getElementById('graph-toggle');if(t)t.addEventListener('click',function(){show(false);});\
 document.querySelectorAll('.finding[data-modules]').forEach(function(f){f.addEventListener('click',function(){\
 document.querySelectorAll('.finding.hl').forEach(function(x){x.classList.remove('hl');});f.classList.add('hl');\

@@ -29,8 +29,7 @@ forward is not the network the author meant.",
 #[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct UnusedParametersOptions {
-    /// Modules or parameters left unused on purpose (an auxiliary head used only in training code),
-    /// by dotted name; `*` matches any run of characters, e.g. `aux_head*`.
+    /// Modules or parameters unused on purpose, by dotted name (`*` matches any run of characters)
     pub allow: Vec<String>,
 }
 
