@@ -70,20 +70,39 @@ pub struct ViewInputs<'a> {
 /// Leaf kinds that are an activation, for the final-activation mark.
 fn is_activation(kind: &str) -> bool {
     [
-        "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "ReLU", "ReLU6", "Softplus", "Hardtanh",
-        "Hardsigmoid", "GELU", "SiLU", "LeakyReLU", "ELU",
+        "Sigmoid",
+        "Tanh",
+        "Softmax",
+        "LogSoftmax",
+        "ReLU",
+        "ReLU6",
+        "Softplus",
+        "Hardtanh",
+        "Hardsigmoid",
+        "GELU",
+        "SiLU",
+        "LeakyReLU",
+        "ELU",
     ]
     .contains(&kind)
 }
 
 /// A call's descendants as (path relative to it, kind), in call order: equal for identical blocks.
-fn signature(graph: &ModuleGraph, children: &BTreeMap<usize, Vec<usize>>, c: &CallSite) -> Vec<(String, String)> {
+fn signature(
+    graph: &ModuleGraph,
+    children: &BTreeMap<usize, Vec<usize>>,
+    c: &CallSite,
+) -> Vec<(String, String)> {
     let mut out = vec![(String::new(), c.kind.clone())];
     let mut stack: Vec<usize> = children.get(&c.id).cloned().unwrap_or_default();
     stack.reverse();
     while let Some(id) = stack.pop() {
         let d = &graph.calls[id];
-        let rel = d.module.strip_prefix(&c.module).unwrap_or(&d.module).to_string();
+        let rel = d
+            .module
+            .strip_prefix(&c.module)
+            .unwrap_or(&d.module)
+            .to_string();
         out.push((rel, d.kind.clone()));
         if let Some(k) = children.get(&id) {
             stack.extend(k.iter().rev());
@@ -113,7 +132,10 @@ fn repeated_runs(graph: &ModuleGraph) -> Vec<Vec<usize>> {
             continue;
         }
         if let Some((prefix, _)) = numbered(&c.module) {
-            siblings.entry((c.parent, prefix.to_string())).or_default().push(c.id);
+            siblings
+                .entry((c.parent, prefix.to_string()))
+                .or_default()
+                .push(c.id);
         }
     }
     let mut runs = Vec::new();
@@ -165,7 +187,7 @@ impl View {
         // Leaf call -> node id, through collapsed runs.
         let mut node_of: BTreeMap<usize, String> = BTreeMap::new();
         let mut nodes: Vec<ViewNode> = Vec::new();
-        let mut input_label = ViewNode {
+        nodes.push(ViewNode {
             id: "input".into(),
             module: String::new(),
             kind: "input".into(),
@@ -176,15 +198,17 @@ impl View {
             collapsed: Vec::new(),
             marks: BTreeSet::new(),
             notes: Vec::new(),
+        });
+        let runs = if inputs.collapse {
+            repeated_runs(graph)
+        } else {
+            Vec::new()
         };
-        input_label.marks.clear();
-        nodes.push(input_label);
-        let runs = if inputs.collapse { repeated_runs(graph) } else { Vec::new() };
         let mut run_of: BTreeMap<usize, usize> = BTreeMap::new();
         for (g, run) in runs.iter().enumerate() {
             for c in &graph.calls {
-                let inside = run.contains(&c.id)
-                    || graph.ancestors(c).iter().any(|a| run.contains(&a.id));
+                let inside =
+                    run.contains(&c.id) || graph.ancestors(c).iter().any(|a| run.contains(&a.id));
                 if inside {
                     run_of.insert(c.id, g);
                 }
@@ -208,7 +232,10 @@ impl View {
                         call: 1,
                         calls: 1,
                         in_loop: first.in_loop,
-                        collapsed: run.iter().map(|&id| graph.calls[id].module.clone()).collect(),
+                        collapsed: run
+                            .iter()
+                            .map(|&id| graph.calls[id].module.clone())
+                            .collect(),
                         marks: BTreeSet::new(),
                         notes: Vec::new(),
                     });
@@ -219,7 +246,10 @@ impl View {
                 continue;
             }
             let siblings = &calls_of[c.module.as_str()];
-            let call = siblings.iter().position(|s| s.id == c.id).map_or(1, |i| i + 1);
+            let call = siblings
+                .iter()
+                .position(|s| s.id == c.id)
+                .map_or(1, |i| i + 1);
             let mut marks = BTreeSet::new();
             if siblings.len() > 1 {
                 marks.insert("shared".to_string());
@@ -309,7 +339,7 @@ impl View {
                 .or_insert(e.detached);
         }
         // The final activation: an activation module whose output is the model's output.
-        for ((from, to), _) in &edges {
+        for (from, to) in edges.keys() {
             if to == "output" {
                 if let Some(n) = nodes.iter_mut().find(|n| &n.id == from) {
                     if is_activation(&n.kind) {
@@ -338,7 +368,9 @@ impl View {
                 && (n.module == path
                     || is_under(&n.module, path)
                     || is_under(path, &n.module)
-                    || n.collapsed.iter().any(|m| is_under(path, m) || is_under(m, path)));
+                    || n.collapsed
+                        .iter()
+                        .any(|m| is_under(path, m) || is_under(m, path)));
             if named {
                 n.marks.insert(mark.to_string());
                 if !note.is_empty() && !n.notes.iter().any(|x| x == note) {
@@ -394,11 +426,23 @@ impl View {
             "digraph model {\n  rankdir=TB;\n  node [shape=box, style=\"rounded,filled\", fillcolor=\"white\", fontname=\"Helvetica\"];\n",
         );
         for n in &self.nodes {
-            let label = Self::label(n).iter().map(|l| esc(l)).collect::<Vec<_>>().join("\\n");
+            let label = Self::label(n)
+                .iter()
+                .map(|l| esc(l))
+                .collect::<Vec<_>>()
+                .join("\\n");
             let marks: Vec<&str> = n.marks.iter().map(String::as_str).collect();
             let (fill, style) = colours(&n.marks);
-            let shape = if n.id == "input" || n.id == "output" { ", shape=oval" } else { "" };
-            let peripheries = if n.collapsed.is_empty() { "" } else { ", peripheries=2" };
+            let shape = if n.id == "input" || n.id == "output" {
+                ", shape=oval"
+            } else {
+                ""
+            };
+            let peripheries = if n.collapsed.is_empty() {
+                ""
+            } else {
+                ", peripheries=2"
+            };
             out.push_str(&format!(
                 "  {} [label=\"{label}\", class=\"{}\", fillcolor=\"{fill}\", style=\"{style}\"{shape}{peripheries}];\n",
                 n.id,
@@ -421,10 +465,18 @@ impl View {
 
     /// Mermaid flowchart (renders on GitHub and GitLab).
     pub fn to_mermaid(&self) -> String {
-        let esc = |s: &str| s.replace('"', "#quot;").replace('<', "#lt;").replace('>', "#gt;");
+        let esc = |s: &str| {
+            s.replace('"', "#quot;")
+                .replace('<', "#lt;")
+                .replace('>', "#gt;")
+        };
         let mut out = String::from("flowchart TD\n");
         for n in &self.nodes {
-            let label = Self::label(n).iter().map(|l| esc(l)).collect::<Vec<_>>().join("<br/>");
+            let label = Self::label(n)
+                .iter()
+                .map(|l| esc(l))
+                .collect::<Vec<_>>()
+                .join("<br/>");
             if n.id == "input" || n.id == "output" {
                 out.push_str(&format!("  {}([\"{label}\"])\n", n.id));
             } else if n.collapsed.is_empty() {
@@ -455,7 +507,10 @@ impl View {
                 .collect();
             if !ids.is_empty() {
                 let class = mark.replace('-', "_");
-                out.push_str(&format!("  classDef {class} {style}\n  class {} {class}\n", ids.join(",")));
+                out.push_str(&format!(
+                    "  classDef {class} {style}\n  class {} {class}\n",
+                    ids.join(",")
+                ));
             }
         }
         out
@@ -516,7 +571,8 @@ impl View {
                     format!(" data-collapsed=\"{}\"", attr(&n.collapsed.join(" ")))
                 }
             );
-            let elem = Element::create_with_properties(shape, look, Orientation::LeftToRight, size, props);
+            let elem =
+                Element::create_with_properties(shape, look, Orientation::LeftToRight, size, props);
             handles.insert(n.id.clone(), vg.add_node(elem));
         }
         for e in &self.edges {

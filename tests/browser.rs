@@ -213,13 +213,23 @@ fn the_model_graph_links_findings_to_nodes_in_chromium() {
     // Findings in report order: gradient-flow (right), unused-parameters (unused), shared-batchnorm (bn).
     for (i, module, nodes) in [(0, "right", 1), (1, "unused", 1), (2, "bn", 2)] {
         let at = PathBuf::from(format!("{}#graph-click={i}", page.display()));
-        let (dom, log) = headless(&browser, &dir.path().join(format!("p{i}")), &at, &["--dump-dom"]);
+        let (dom, log) = headless(
+            &browser,
+            &dir.path().join(format!("p{i}")),
+            &at,
+            &["--dump-dom"],
+        );
         assert!(dom.contains("data-ready=\"1\""), "not loaded: {log}");
         assert!(!dom.contains("data-errors"), "script errors: {dom}");
         assert!(
             dom.contains(&format!("data-highlighted=\"{nodes}\"")),
             "finding {i}: {}",
-            dom.split("<body").nth(1).unwrap_or("").chars().take(300).collect::<String>()
+            dom.split("<body")
+                .nth(1)
+                .unwrap_or("")
+                .chars()
+                .take(300)
+                .collect::<String>()
         );
         let lit: Vec<&str> = dom
             .split("<g ")
@@ -248,7 +258,14 @@ fn the_model_graph_links_findings_to_nodes_in_chromium() {
     let (dom, log) = headless(&browser, &dir.path().join("pr"), &at, &["--dump-dom"]);
     assert!(!dom.contains("data-errors"), "script errors: {log}");
     let full = dom.split("id=\"graph-full\"").nth(1).expect("a full graph");
-    assert!(!full.split('>').next().unwrap().contains("hidden"), "still hidden");
+    assert!(
+        !full.split('>').next().unwrap().contains("hidden"),
+        "still hidden"
+    );
     // layer1.1 and layer1.2, 6 leaf calls each (conv1, bn1, relu ×2, conv2, bn2).
-    assert!(dom.contains("data-highlighted=\"12\""), "{}", &dom[..dom.len().min(600)]);
+    assert!(
+        dom.contains("data-highlighted=\"12\""),
+        "{}",
+        &dom[..dom.len().min(600)]
+    );
 }

@@ -71,7 +71,11 @@ fn each_problem_shows_on_its_node() {
         .iter()
         .any(|e| e["from"] == uid || e["to"] == uid));
     // The detached branch: right -> head is dashed, left -> head is not.
-    let (right, left, head) = (node(&g, "right")[0], node(&g, "left")[0], node(&g, "head")[0]);
+    let (right, left, head) = (
+        node(&g, "right")[0],
+        node(&g, "left")[0],
+        node(&g, "head")[0],
+    );
     assert_eq!(edge(&g, id(right), id(head)).unwrap()["detached"], true);
     assert_eq!(edge(&g, id(left), id(head)).unwrap()["detached"], false);
     assert_eq!(edge(&g, id(bn[1]), id(right)).unwrap()["detached"], false);
@@ -159,7 +163,10 @@ fn repeated_blocks_collapse_with_a_count_and_svg_is_laid_out() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let svg = std::fs::read_to_string(&out).unwrap();
     assert!(svg.contains("<svg") && svg.trim_end().ends_with("</svg>"));
-    assert_eq!(svg.matches("class=\"node").count(), g["nodes"].as_array().unwrap().len());
+    assert_eq!(
+        svg.matches("class=\"node").count(),
+        g["nodes"].as_array().unwrap().len()
+    );
     let again = run(&["graph", "--model", &m, "--format", "svg"]);
     assert!(stdout(&again) == svg, "the layout is deterministic");
 }
@@ -186,7 +193,11 @@ fn graph_input_errors_are_one_line() {
         "json",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(stderr(&o).contains("warning: no output shapes"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("warning: no output shapes"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 fn check(select: &str, model: &str, data: Option<&str>) -> Value {
@@ -204,23 +215,37 @@ fn check(select: &str, model: &str, data: Option<&str>) -> Value {
 
 #[test]
 fn unused_parameters_names_the_uncalled_layer_and_gradient_flow_does_not_repeat_it() {
-    let r = check("unused-parameters,gradient-flow", "unused_layer", Some("regression.npz"));
+    let r = check(
+        "unused-parameters,gradient-flow",
+        "unused_layer",
+        Some("regression.npz"),
+    );
     let f = findings(&r, "unused-parameters");
     assert_eq!(f.len(), 1);
     assert_eq!(f[0]["location"]["module"], "aux");
-    assert_eq!(f[0]["evidence"]["parameters"], serde_json::json!(["aux.weight", "aux.bias"]));
+    assert_eq!(
+        f[0]["evidence"]["parameters"],
+        serde_json::json!(["aux.weight", "aux.bias"])
+    );
     assert_eq!(f[0]["evidence"]["elements"], 64 * 64 + 64);
     assert_eq!(f[0]["evidence"]["never_called"], true);
     assert_eq!(check_entry(&r, "gradient-flow")["status"], "passed");
 
     // Detached and unused in one model: each check reports its own cause.
-    let r = check("unused-parameters,gradient-flow", "graph_problems", Some("regression.npz"));
+    let r = check(
+        "unused-parameters,gradient-flow",
+        "graph_problems",
+        Some("regression.npz"),
+    );
     let f = findings(&r, "unused-parameters");
     assert_eq!(f.len(), 1);
     assert_eq!(f[0]["location"]["module"], "unused");
     let g = findings(&r, "gradient-flow");
     assert_eq!(g.len(), 1);
-    assert_eq!(g[0]["evidence"]["no_gradient"], serde_json::json!(["right.weight", "right.bias"]));
+    assert_eq!(
+        g[0]["evidence"]["no_gradient"],
+        serde_json::json!(["right.weight", "right.bias"])
+    );
 
     // A detached body is read by forward: gradient-flow's, not unused-parameters'.
     let r = check("unused-parameters", "partly_detached", None);
@@ -236,7 +261,13 @@ fn a_deliberately_unused_head_can_be_allowed_by_name() {
         "[checks.unused-parameters]\nallow = [\"au*\"]\n",
     );
     let m = fixture("models/unused_layer.pt");
-    let (code, r) = check_json(&[cfg.to_str().unwrap(), "--select", "unused-parameters", "--model", &m]);
+    let (code, r) = check_json(&[
+        cfg.to_str().unwrap(),
+        "--select",
+        "unused-parameters",
+        "--model",
+        &m,
+    ]);
     assert_eq!(code, 0, "{r}");
     assert_eq!(check_entry(&r, "unused-parameters")["status"], "passed");
     let cfg = write(
@@ -244,7 +275,13 @@ fn a_deliberately_unused_head_can_be_allowed_by_name() {
         "trainlint.toml",
         "[[ignore]]\ncheck = \"unused-parameters\"\nlocation = \"aux\"\nreason = \"auxiliary head, used in training code only\"\n",
     );
-    let (code, r) = check_json(&[cfg.to_str().unwrap(), "--select", "unused-parameters", "--model", &m]);
+    let (code, r) = check_json(&[
+        cfg.to_str().unwrap(),
+        "--select",
+        "unused-parameters",
+        "--model",
+        &m,
+    ]);
     assert_eq!(code, 0, "{r}");
     assert_eq!(check_entry(&r, "unused-parameters")["ignored"], 1);
 }
@@ -259,7 +296,12 @@ fn shared_batchnorm_names_the_module_and_both_call_sites() {
         assert_eq!(f[0]["severity"], "warning");
         let sites = f[0]["evidence"]["call_sites"].as_array().unwrap();
         assert_eq!(sites.len(), 2);
-        assert!(sites.iter().all(|s| s.as_str().unwrap().starts_with("encoder ")), "{sites:?}");
+        assert!(
+            sites
+                .iter()
+                .all(|s| s.as_str().unwrap().starts_with("encoder ")),
+            "{sites:?}"
+        );
         assert_ne!(sites[0], sites[1]);
     }
     let r = check("shared-batchnorm", "graph_problems", None);

@@ -101,7 +101,12 @@ impl Check for SharedBatchnorm {
         if !model.modules().iter().any(|m| is_batchnorm(&m.kind)) {
             return Ok(CheckResult::skipped("the model has no BatchNorm layer"));
         }
-        let graph = model.module_graph(None)?;
+        let graph = model.module_graph(None).map_err(|e| match e {
+            CheckError::Model(why) => {
+                CheckError::Skip(format!("the forward graph cannot be read ({why})"))
+            }
+            other => other,
+        })?;
         let buffers: Vec<String> = model.buffers()?.into_iter().map(|(n, _)| n).collect();
         let mut findings = Vec::new();
         for (module, calls) in graph.calls_by_module() {

@@ -145,7 +145,9 @@ pub fn unused_trainable(
     for (name, p) in params {
         if p.requires_grad() && !graph.may_use(name) {
             let module = name.rsplit_once('.').map_or("", |(m, _)| m).to_string();
-            out.entry(module).or_default().push((name.clone(), p.numel() as i64));
+            out.entry(module)
+                .or_default()
+                .push((name.clone(), p.numel() as i64));
         }
     }
     out
@@ -158,7 +160,12 @@ impl Check for UnusedParameters {
 
     fn run(&self, ctx: &Context, options: &UnusedParametersOptions) -> CheckOutput {
         let model = ctx.model()?;
-        let graph = model.module_graph(None)?;
+        let graph = model.module_graph(None).map_err(|e| match e {
+            CheckError::Model(why) => {
+                CheckError::Skip(format!("the forward graph cannot be read ({why})"))
+            }
+            other => other,
+        })?;
         if !graph.complete() {
             return Ok(CheckResult::skipped(format!(
                 "the forward graph cannot be followed everywhere ({})",
@@ -167,7 +174,9 @@ impl Check for UnusedParameters {
         }
         let params = model.parameters()?;
         if !params.iter().any(|(_, p)| p.requires_grad()) {
-            return Ok(CheckResult::skipped("the model has no trainable parameters"));
+            return Ok(CheckResult::skipped(
+                "the model has no trainable parameters",
+            ));
         }
         let called = graph.calls_by_module();
         let mut findings = Vec::new();
