@@ -1069,9 +1069,12 @@ fn graph(args: GraphArgs) -> Result<ExitCode, Fatal> {
             _ => GraphFormat::Dot,
         }
     });
-    if settings.threads > 0 && settings.threads <= MAX_THREADS {
-        tch::set_num_threads(settings.threads as i32);
-    }
+    // One small forward for the shapes: more threads only spin (config `threads` still applies).
+    let threads = match settings.threads {
+        0 => 1,
+        n => n.min(MAX_THREADS),
+    };
+    tch::set_num_threads(threads as i32);
     model::silence_libtorch_warnings();
     let model = security::load_model(
         &model_path,
