@@ -268,4 +268,18 @@ fn the_model_graph_links_findings_to_nodes_in_chromium() {
         "{}",
         &dom[..dom.len().min(600)]
     );
+    // A finding inside a collapsed block lights the layer itself, in the expanded graph.
+    let at = PathBuf::from(format!(
+        "{}#graph-highlight=layer2.2.bn1.weight",
+        page.display()
+    ));
+    let (dom, log) = headless(&browser, &dir.path().join("ph"), &at, &["--dump-dom"]);
+    assert!(!dom.contains("data-errors"), "script errors: {log}");
+    assert!(dom.contains("data-highlighted=\"1\""));
+    let lit: Vec<&str> = dom
+        .split("<g ")
+        .filter(|g| g.split('>').next().unwrap().contains(" hl\""))
+        .collect();
+    assert_eq!(lit.len(), 1);
+    assert!(lit[0].contains("id=\"full-node-") && lit[0].contains("data-module=\"layer2.2.bn1\""));
 }

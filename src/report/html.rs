@@ -317,8 +317,9 @@ fn graph_section(graph: &crate::graph_view::Views) -> String {
 }
 
 /// Click a collapsed block: show the full graph. Click a finding: highlight the nodes it names (in the
-/// full graph when the collapsed one hides them). `data-highlighted` counts the highlighted nodes. The
-/// page address can click for a test: `#graph-click=N` (the Nth finding with nodes), `#graph-expand`.
+/// full graph when the collapsed one shows them only inside collapsed blocks). `data-highlighted` counts the highlighted nodes. The
+/// page address can click for a test: `#graph-click=N` (the Nth finding with nodes), `#graph-expand`,
+/// `#graph-highlight=PATH,…` (as a finding naming those paths).
 const GRAPH_SCRIPT: &str = "<script>(function(){\
 var col=document.getElementById('graph-collapsed'),full=document.getElementById('graph-full'),line=document.getElementById('graph-toggle-line');\
 function show(expanded){if(!full)return;full.hidden=!expanded;col.hidden=expanded;line.hidden=!expanded;}\
@@ -327,6 +328,7 @@ return list.some(function(x){return x&&(x===p||p.indexOf(x+'.')===0||x.indexOf(p
 function highlight(paths,expand){var views=expand&&full?[full]:[col];if(full&&!expand)views.push(full);var hit=[];\
 document.querySelectorAll('.graph g.node.hl').forEach(function(g){g.classList.remove('hl');});\
 for(var v=0;v<views.length&&!hit.length;v++){views[v].querySelectorAll('g.node').forEach(function(g){if(paths.some(function(p){return names(g,p);}))hit.push(g);});\
+if(views[v]===col&&full&&hit.length&&hit.every(function(g){return g.hasAttribute('data-collapsed');}))hit=[];\
 if(hit.length)show(views[v]===full);}\
 hit.forEach(function(g){g.classList.add('hl');});document.body.dataset.highlighted=hit.length;\
 if(hit.length&&hit[0].scrollIntoView)hit[0].scrollIntoView({block:'center'});return hit.length;}\
@@ -337,6 +339,7 @@ document.querySelectorAll('.finding.hl').forEach(function(x){x.classList.remove(
 highlight(f.getAttribute('data-modules').split(' '));});});\
 window.trainlintHighlight=highlight;\
 var h=location.hash;if(h.indexOf('#graph-click=')===0){var f=document.querySelectorAll('.finding[data-modules]')[+h.slice(13)];if(f)f.click();}\
+if(h.indexOf('#graph-highlight=')===0)highlight(decodeURIComponent(h.slice(17)).split(','));\
 if(h==='#graph-expand'){var g=col.querySelector('g.node[data-collapsed]');if(g)g.dispatchEvent(new MouseEvent('click'));}})();</script>";
 
 /// The report, with the model graph (findings painted on it) when there is one.
