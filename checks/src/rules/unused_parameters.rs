@@ -13,8 +13,10 @@ static INFO: CheckInfo = CheckInfo {
     summary: "Every trainable parameter is read by forward",
     docs: Docs {
         what: "Walks forward's TorchScript graph with every submodule call followed (both branches of \
-every `if`, every loop body) and lists the trainable parameters that no path reads: the attribute is never \
-read and its module is never called. Frozen parameters (requires_grad = false) are not judged. \
+every `if`, every loop body) and lists the trainable parameters that no path reads as an attribute: usually a \
+module that is never called, sometimes a module that is called but never reads one of its own \
+parameters. A module that reads a list of tensors (an RNN's `_flat_weights`) counts as reading all its \
+parameters. Frozen parameters (requires_grad = false) are not judged. \
 Parameters that forward reads but whose gradient is cut (`.detach()`, a multiplication by 0) are \
 `gradient-flow`'s findings, not this check's; gradient-flow leaves the parameters reported here to it.",
         why: "A layer defined in `__init__` but never called in forward never trains, costs memory and \
