@@ -2,6 +2,7 @@
 mod baseline;
 mod config;
 mod data;
+mod graph_view;
 mod model;
 mod output;
 mod progress;
@@ -93,6 +94,9 @@ enum Command {
         #[arg(long)]
         markdown: bool,
     },
+    /// Draw the model's module graph: modules as nodes (type, output shape on the data sample), the
+    /// data flowing between them, unused, shared and repeated modules marked.
+    Graph(Box<GraphArgs>),
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -170,6 +174,42 @@ struct CheckArgs {
     timeout: Option<f64>,
     /// Run the model even if its graph has side effects (file access, printing, unknown ops): only for
     /// models you trust, since a TorchScript file is code.
+    #[arg(long)]
+    trust_model: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum GraphFormat {
+    Svg,
+    Dot,
+    Mermaid,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct GraphArgs {
+    /// A folder to search for trainlint.toml / pyproject.toml (upwards), or a config file.
+    path: Option<PathBuf>,
+    /// The TorchScript model (overrides the config).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// A data sample (.npz, .npy, .safetensors) for the output shapes (overrides the config).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// svg (laid out here), dot (Graphviz), mermaid, or json. Default: from the -o file's extension,
+    /// else dot.
+    #[arg(long, value_enum)]
+    format: Option<GraphFormat>,
+    /// Write the graph to this file instead of standard output.
+    #[arg(short = 'o', long = "output-file")]
+    output_file: Option<PathBuf>,
+    /// Draw every block instead of collapsing runs of identical ones (`layer1.0` … `layer1.3`).
+    #[arg(long)]
+    no_collapse: bool,
+    /// cpu, cuda or cuda:N.
+    #[arg(long)]
+    device: Option<String>,
+    /// Run the model even if its graph has side effects (only for models you trust).
     #[arg(long)]
     trust_model: bool,
 }
@@ -305,6 +345,7 @@ fn main() -> ExitCode {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Graph(args) => graph(*args),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(
@@ -829,7 +870,17 @@ trainlint needs one output per sample along dim 0",
         Format::Github => report::github::render(&report),
         Format::Gitlab => report::gitlab::render(&report),
     };
-    let html = target("--report").map(|_| report::html::render(&report));
+    let html = target("--report").map(|_| {
+        let view = model.as_ref().and_then(|m| {
+            let mut views = graph_view::views_of(m, dataset.as_ref()).ok()?;
+            graph_view::paint_findings(&mut views.collapsed, &report);
+            if let Some(full) = views.full.as_mut() {
+                graph_view::paint_findings(full, &report);
+            }
+            Some(views)
+        });
+        report::html::render_with_graph(&report, view.as_ref())
+    });
     let mut files: Vec<(&output::Target, &[u8])> = Vec::new();
     if let Some(t) = target("--output-file") {
         files.push((t, rendered.as_bytes()));
@@ -968,4 +1019,97 @@ fn plan_outputs(args: &CheckArgs, settings: &Settings) -> Result<Vec<output::Tar
     .filter_map(|(role, path)| path.as_deref().map(|path| output::Input { role, path }))
     .collect();
     output::plan(&outputs, &inputs).map_err(Fatal::from)
+}
+
+/// `trainlint graph`: the model's module graph as SVG, DOT, Mermaid or JSON.
+fn graph(args: GraphArgs) -> Result<ExitCode, Fatal> {
+    let stdout = output::ReportStdout::capture();
+    let as_check = CheckArgs {
+        path: args.path.clone(),
+        model: args.model.clone(),
+        data: args.data.clone(),
+        log: None,
+        select: None,
+        ignore: None,
+        fail_on: None,
+        exit_zero: false,
+        output_format: Format::Text,
+        output_file: args.output_file.clone(),
+        device: args.device.clone(),
+        seed: None,
+        threads: None,
+        task: None,
+        loss: None,
+        no_timings: false,
+        statistics: false,
+        write_baseline: None,
+        baseline: None,
+        quiet: true,
+        report: None,
+        timeout: None,
+        trust_model: args.trust_model,
+    };
+    let settings = resolve_settings(&as_check)?;
+    let Some(model_path) = settings.model.clone() else {
+        return Err(Fatal::from(
+            "graph needs a model: pass --model MODEL.pt or set [model] path in trainlint.toml",
+        ));
+    };
+    let targets = plan_outputs(&as_check, &settings)?;
+    let format = args.format.unwrap_or_else(|| {
+        match args
+            .output_file
+            .as_deref()
+            .and_then(|p| p.extension())
+            .and_then(|e| e.to_str())
+        {
+            Some("svg") => GraphFormat::Svg,
+            Some("json") => GraphFormat::Json,
+            Some("mmd" | "mermaid" | "md") => GraphFormat::Mermaid,
+            _ => GraphFormat::Dot,
+        }
+    });
+    // One small forward for the shapes: more threads only spin (config `threads` still applies).
+    let threads = match settings.threads {
+        0 => 1,
+        n => n.min(MAX_THREADS),
+    };
+    tch::set_num_threads(threads as i32);
+    model::silence_libtorch_warnings();
+    let model = security::load_model(
+        &model_path,
+        &settings.device,
+        &settings.output,
+        args.trust_model,
+    )?;
+    let dataset = match &settings.data {
+        Some(p) => Some(data::load_dataset(
+            p,
+            &settings.inputs,
+            &settings.targets,
+            settings.max_samples,
+        )?),
+        None => None,
+    };
+    let views = graph_view::views_of(&model, dataset.as_ref())
+        .map_err(|e| Fatal::from(format!("cannot draw {}: {e}", model_path.display())))?;
+    let view = match views.full {
+        Some(full) if args.no_collapse => full,
+        _ => views.collapsed,
+    };
+    let text = match format {
+        GraphFormat::Svg => view.to_svg(),
+        GraphFormat::Dot => view.to_dot(),
+        GraphFormat::Mermaid => view.to_mermaid(),
+        GraphFormat::Json => {
+            serde_json::to_string_pretty(&view).expect("the view serialises") + "\n"
+        }
+    };
+    match targets.iter().find(|t| t.flag == "--output-file") {
+        Some(t) => output::write_all(&[(t, text.as_bytes())]).map_err(Fatal::from)?,
+        None => {
+            let _ = stdout.write(text.as_bytes());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -178,3 +178,108 @@ fn the_console_check_catches_a_page_with_errors() {
     assert_eq!(lines.len(), 1, "{log}");
     assert!(lines[0].contains("Uncaught ReferenceError"));
 }
+
+/// The model graph in the HTML report: findings painted on their nodes; clicking a finding highlights
+/// its nodes, clicking a collapsed block expands it (the page's own click handlers, triggered from the
+/// address: `#graph-click=N`, `#graph-expand`).
+#[test]
+fn the_model_graph_links_findings_to_nodes_in_chromium() {
+    let Some(browser) = chromium() else {
+        assert!(
+            std::env::var_os("TRAINLINT_REQUIRE_BROWSER").is_none(),
+            "TRAINLINT_REQUIRE_BROWSER is set but no chromium was found"
+        );
+        eprintln!("skipped: no chromium on PATH");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("report.html");
+    let o = run(&[
+        "check",
+        "--model",
+        &fixture("models/graph_problems.pt"),
+        "--data",
+        &fixture("data/regression.npz"),
+        "--select",
+        "gradient-flow,unused-parameters,shared-batchnorm",
+        "--threads",
+        "1",
+        "--report",
+        page.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(!html.contains("http://") && !html.contains("https://"));
+    // Findings in report order: gradient-flow (right), unused-parameters (unused), shared-batchnorm (bn).
+    for (i, module, nodes) in [(0, "right", 1), (1, "unused", 1), (2, "bn", 2)] {
+        let at = PathBuf::from(format!("{}#graph-click={i}", page.display()));
+        let (dom, log) = headless(
+            &browser,
+            &dir.path().join(format!("p{i}")),
+            &at,
+            &["--dump-dom"],
+        );
+        assert!(dom.contains("data-ready=\"1\""), "not loaded: {log}");
+        assert!(!dom.contains("data-errors"), "script errors: {dom}");
+        assert!(
+            dom.contains(&format!("data-highlighted=\"{nodes}\"")),
+            "finding {i}: {}",
+            dom.split("<body")
+                .nth(1)
+                .unwrap_or("")
+                .chars()
+                .take(300)
+                .collect::<String>()
+        );
+        let lit: Vec<&str> = dom
+            .split("<g ")
+            .filter(|g| g.split('>').next().unwrap().contains(" hl\""))
+            .collect();
+        assert_eq!(lit.len(), nodes, "finding {i}");
+        assert!(lit
+            .iter()
+            .all(|g| g.contains(&format!("data-module=\"{module}\""))));
+        assert!(console_lines(&log).is_empty(), "{:?}", console_lines(&log));
+    }
+
+    // A collapsed ResNet: clicking a repeated block shows the full graph with its layers lit.
+    let page = dir.path().join("resnet.html");
+    let o = run(&[
+        "check",
+        "--model",
+        &fixture("models/graph_resnet34_tiny.pt"),
+        "--select",
+        "unused-parameters",
+        "--report",
+        page.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let at = PathBuf::from(format!("{}#graph-expand", page.display()));
+    let (dom, log) = headless(&browser, &dir.path().join("pr"), &at, &["--dump-dom"]);
+    assert!(!dom.contains("data-errors"), "script errors: {log}");
+    let full = dom.split("id=\"graph-full\"").nth(1).expect("a full graph");
+    assert!(
+        !full.split('>').next().unwrap().contains("hidden"),
+        "still hidden"
+    );
+    // layer1.1 and layer1.2, 6 leaf calls each (conv1, bn1, relu ×2, conv2, bn2).
+    assert!(
+        dom.contains("data-highlighted=\"12\""),
+        "{}",
+        &dom[..dom.len().min(600)]
+    );
+    // A finding inside a collapsed block lights the layer itself, in the expanded graph.
+    let at = PathBuf::from(format!(
+        "{}#graph-highlight=layer2.2.bn1.weight",
+        page.display()
+    ));
+    let (dom, log) = headless(&browser, &dir.path().join("ph"), &at, &["--dump-dom"]);
+    assert!(!dom.contains("data-errors"), "script errors: {log}");
+    assert!(dom.contains("data-highlighted=\"1\""));
+    let lit: Vec<&str> = dom
+        .split("<g ")
+        .filter(|g| g.split('>').next().unwrap().contains(" hl\""))
+        .collect();
+    assert_eq!(lit.len(), 1);
+    assert!(lit[0].contains("id=\"full-node-") && lit[0].contains("data-module=\"layer2.2.bn1\""));
+}

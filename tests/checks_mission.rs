@@ -503,6 +503,7 @@ fn traced_models_are_judged_like_scripted_ones() {
 // ---------------------------------------------------------------- gradient-flow
 #[test]
 fn gradient_flow_names_parameters_no_gradient_reaches() {
+    // A layer forward never calls is unused-parameters' finding (tests/graph.rs), not a second one here.
     let r = run_check(
         "gradient-flow",
         Some("unused_layer"),
@@ -510,12 +511,7 @@ fn gradient_flow_names_parameters_no_gradient_reaches() {
         None,
         "",
     );
-    let f = only_finding(&r, "gradient-flow", "error");
-    assert_eq!(
-        f["evidence"]["no_gradient"],
-        serde_json::json!(["aux.weight", "aux.bias"])
-    );
-    assert_eq!(f["location"]["module"], "aux");
+    assert_eq!(check_entry(&r, "gradient-flow")["status"], "passed");
     let r = run_check(
         "gradient-flow",
         Some("partly_detached"),

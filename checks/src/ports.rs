@@ -53,6 +53,18 @@ pub trait Model {
     fn predict(&self, input: &Tensor) -> Result<Tensor, CheckError>;
     /// An independent copy for checks that train or run train-mode passes.
     fn trainable_copy(&self) -> Result<Box<dyn TrainableModel>, CheckError>;
+
+    // ---- module graph (graph view, unused-parameters, shared-batchnorm)
+    /// The module-level dataflow graph of forward, with each call's output shape on `sample` when one
+    /// is given (an eval-mode forward that changes no state). Backends without a graph skip.
+    fn module_graph(
+        &self,
+        _sample: Option<&Tensor>,
+    ) -> Result<crate::graph::ModuleGraph, CheckError> {
+        Err(CheckError::Skip(
+            "this model backend has no forward graph".into(),
+        ))
+    }
 }
 
 pub trait TrainableModel {

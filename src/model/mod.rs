@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 
 use tch::{Device, Tensor};
+use trainlint_checks::graph::ModuleGraph;
 use trainlint_checks::ports::{Mode, NamedTensor};
 use trainlint_checks::{CheckError, Model, ModuleInfo, OutputActivation, TrainableModel};
 
@@ -375,16 +376,24 @@ impl Handle {
     /// restores each module's own flag afterwards (exceptions included), so behind `&self` nothing
     /// observable changes: parameters, buffers (eval-mode BatchNorm reads its stats) and flags stay.
     /// An eval-mode forward without gradients that leaves the module as it was: its training flags
-    /// (restored by the shim) and its buffers. A model traced in train mode keeps
-    /// `batch_norm(training=True)` in its graph, so even an eval-mode forward moves its running
-    /// statistics; they are put back, even when forward throws.
+    /// (restored by the shim) and its buffers (see `keeping_buffers`).
     fn predict(&self, input: &Tensor, output_key: &CStr) -> Result<Tensor, CheckError> {
+        self.keeping_buffers(|h| h.predict_moving_buffers(input, output_key))
+    }
+
+    /// Runs `f` and puts every buffer back as it was, even when `f` fails. A model traced in train
+    /// mode keeps `batch_norm(training=True)` in its graph, so even an eval-mode forward moves its
+    /// running statistics.
+    fn keeping_buffers<T>(
+        &self,
+        f: impl FnOnce(&Handle) -> Result<T, CheckError>,
+    ) -> Result<T, CheckError> {
         let buffers = self.tensors(false)?;
         let saved = buffers
             .iter()
             .map(|(_, b)| b.f_detach_copy())
             .collect::<Result<Vec<_>, _>>()?;
-        let result = self.predict_moving_buffers(input, output_key);
+        let result = f(self);
         let _guard = tch::no_grad_guard();
         for ((_, b), s) in buffers.iter().zip(&saved) {
             b.shallow_clone().f_copy_(s)?;
@@ -493,6 +502,8 @@ pub struct TorchScriptModel {
     bytes: u64,
     /// The size from which copies are loaded from the file instead of deep-copied.
     reload_above: u64,
+    /// The module graph without shapes, walked once for the checks that read it.
+    module_graph: OnceCell<Result<ModuleGraph, String>>,
 }
 
 /// What loading the model again needs: the file, the device, and the file's identity when it was
@@ -632,6 +643,7 @@ impl TorchScriptModel {
             output_activation: OnceCell::new(),
             bytes,
             reload_above: RELOAD_ABOVE_BYTES,
+            module_graph: OnceCell::new(),
         })
     }
 
@@ -686,6 +698,7 @@ impl TorchScriptModel {
             output_activation,
             bytes: self.bytes,
             reload_above: self.reload_above,
+            module_graph: self.module_graph.clone(),
         })
     }
 
@@ -867,6 +880,11 @@ impl Model for TorchScriptModel {
             output_key: self.output_key.clone(),
         }))
     }
+
+    // ---- module graph
+    fn module_graph(&self, sample: Option<&Tensor>) -> Result<ModuleGraph, CheckError> {
+        self.graph_of(sample)
+    }
 }
 
 /// A deep copy of the module; training it never touches the original or the file.
@@ -886,6 +904,64 @@ impl TrainableModel for TrainableCopy {
     }
     fn buffers(&self) -> Result<Vec<NamedTensor>, CheckError> {
         self.handle.tensors(false)
+    }
+}
+
+// ---------------------------------------------------------------- module graph (graph view,
+// unused-parameters, shared-batchnorm)
+
+// SAFETY (of the block): the signature matches `tl_module_graph` in shim.cpp, compiled and linked by
+// build.rs.
+unsafe extern "C" {
+    fn tl_module_graph(
+        m: *mut RawModule,
+        input: *const torch_sys::C_tensor,
+        json: *mut Option<ShimString>,
+    ) -> Option<ShimString>;
+}
+
+impl Handle {
+    /// The module graph as the shim's JSON text. With an input, the shim runs one eval-mode forward
+    /// without gradients on the module and restores every training flag (as `predict`).
+    fn module_graph(&self, input: Option<&Tensor>) -> Result<String, String> {
+        let mut json = None;
+        let input = input.map_or(std::ptr::null(), |t| t.as_ptr());
+        // SAFETY: `self.0` is a live module; the shim changes its flags only for the forward and
+        // restores them before returning (as `predict`); `input` is null or a live tensor outliving
+        // the call; on success `json` holds a malloc'd string that `ShimString` owns and frees.
+        check(unsafe { tl_module_graph(self.0, input, &mut json) })?;
+        Ok(json.map(|s| s.to_text()).unwrap_or_default())
+    }
+}
+
+impl TorchScriptModel {
+    fn parse_graph(json: Result<String, String>) -> Result<ModuleGraph, String> {
+        serde_json::from_str(&json?).map_err(|e| format!("the module graph is malformed: {e}"))
+    }
+
+    /// The module graph, walked once and kept (without shapes); with a sample, walked again with one
+    /// forward for the output shapes.
+    fn graph_of(&self, sample: Option<&Tensor>) -> Result<ModuleGraph, CheckError> {
+        match sample {
+            None => self
+                .module_graph
+                .get_or_init(|| {
+                    Self::parse_graph(
+                        self.handle()
+                            .map_err(|e| e.to_string())
+                            .and_then(|h| h.module_graph(None)),
+                    )
+                })
+                .clone()
+                .map_err(CheckError::Model),
+            Some(x) => {
+                let input = x.to_device(self.device);
+                let json = self.handle()?.keeping_buffers(|h| {
+                    h.module_graph(Some(&input)).map_err(CheckError::Model)
+                })?;
+                Self::parse_graph(Ok(json)).map_err(CheckError::Model)
+            }
+        }
     }
 }
 

@@ -485,3 +485,459 @@ char* tl_graph_nodes(const tl_module* m, void* ctx, tl_node_cb cb) {
 }
 
 }  // extern "C"
+
+// ================================================================ module graph (graph view, unused-parameters,
+// shared-batchnorm). A copy of forward's graph is inlined here call by call, so each submodule call site
+// is known with the module it calls (from the prim::GetAttr chain that produced the module value), the
+// call sites around it, whether it sits in a loop or a branch, and the values it returns. Dataflow
+// between leaf calls (modules that call no other module) is followed through every op in between;
+// `aten::detach` marks what flows through it. The attributes read on any path (both branches of every
+// If) are recorded. With an input, the inlined graph runs once (eval mode, no grad, flags restored) and
+// returns the outputs of the top-level calls as well, for their shapes.
+#include <torch/csrc/jit/runtime/interpreter.h>
+
+#include <map>
+#include <set>
+#include <unordered_map>
+
+namespace tl_graph {
+
+using torch::jit::Block;
+using torch::jit::Graph;
+using torch::jit::Node;
+using torch::jit::Value;
+
+// Where a value comes from: call ids (-1 is the model input) with whether every path from that call
+// passes through detach.
+using Producers = std::map<int, bool>;
+
+static void merge(Producers& into, const Producers& from) {
+  for (const auto& [id, detached] : from) {
+    auto it = into.find(id);
+    if (it == into.end()) into.emplace(id, detached);
+    else it->second = it->second && detached;
+  }
+}
+
+struct Call {
+  int id = 0;
+  int parent = -1;
+  std::string module, kind, method, where, branch, shape;
+  bool leaf = true;
+  bool in_loop = false;
+  std::vector<Value*> outputs;
+};
+
+static std::string json_string(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          out += buf;
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+  }
+  return out + "\"";
+}
+
+static std::string join_path(const std::string& a, const std::string& b) { return a.empty() ? b : a + "." + b; }
+
+// Where a call sits in the user's source, as `file:line:column` (the original Python when the archive has
+// debug info), or "" when the graph does not say.
+static std::string source_of(Node* n) {
+  auto range = n->sourceRange();
+  if (auto original = range.findSourceRangeThatGenerated()) range = *original;
+  if (auto flc = range.file_line_col()) {
+    const std::string& file = std::get<0>(*flc);
+    if (file.empty() || std::get<1>(*flc) == 0) return "";  // traced graphs say ":0:0"
+    auto slash = file.rfind('/');
+    return (slash == std::string::npos ? file : file.substr(slash + 1)) + ":" + std::to_string(std::get<1>(*flc)) +
+           ":" + std::to_string(std::get<2>(*flc));
+  }
+  return "";
+}
+
+static std::string shape_of(const c10::IValue& v, int depth = 0) {
+  if (v.isTensor()) {
+    std::string s = "[";
+    auto sizes = v.toTensor().sizes();
+    for (size_t i = 0; i < sizes.size(); ++i) s += (i ? ", " : "") + std::to_string(sizes[i]);
+    return s + "]";
+  }
+  if (depth < 2 && (v.isTuple() || v.isList())) {
+    std::vector<c10::IValue> items;
+    if (v.isTuple()) items = v.toTupleRef().elements().vec();
+    else items = v.toListRef().vec();
+    std::string s = "(";
+    for (size_t i = 0; i < items.size() && i < 4; ++i) s += (i ? ", " : "") + shape_of(items[i], depth + 1);
+    if (items.size() > 4) s += ", …";
+    return s + ")";
+  }
+  return "";
+}
+
+struct Walker {
+  Module root;
+  std::shared_ptr<Graph> graph;
+  std::unordered_map<Value*, std::string> module_of;
+  std::unordered_map<Value*, Producers> producers;
+  std::vector<Call> calls;
+  std::map<std::pair<int, int>, bool> edges;  // (from, to) -> detached on every path
+  std::set<std::string> reads;                // attributes read: "path.name"
+  std::set<std::string> list_reads;           // modules that read a list/tuple attribute (LSTM's _flat_weights)
+  std::set<std::string> opaque;               // modules used in ways the walk cannot follow
+  std::vector<std::string> unresolved;        // why the graph may be incomplete
+  std::vector<int> stack;                     // enclosing calls
+  std::vector<std::string> branch;            // "if-id:block" of the enclosing If blocks
+  Producers to_output;                        // what reaches forward's output
+  int ifs = 0;
+  int loops = 0;
+  size_t inlined = 0;
+
+  // The producers of each element of a tuple built in the graph, so unpacking it keeps them apart.
+  std::unordered_map<Value*, std::vector<Producers>> tuple_elems;
+
+  Producers of(Value* v) {
+    auto it = producers.find(v);
+    return it == producers.end() ? Producers{} : it->second;
+  }
+
+  // Tuple construction and unpacking keep each element's producers; other nodes join their inputs'.
+  bool tuples(Node* n) {
+    if (n->kind() == c10::prim::TupleConstruct) {
+      std::vector<Producers> elems;
+      Producers all;
+      for (Value* v : n->inputs()) {
+        elems.push_back(of(v));
+        merge(all, elems.back());
+      }
+      tuple_elems[n->output()] = elems;
+      producers[n->output()] = all;
+      return true;
+    }
+    auto it = n->inputs().empty() ? tuple_elems.end() : tuple_elems.find(n->input(0));
+    if (it == tuple_elems.end()) return false;
+    if (n->kind() == c10::prim::TupleUnpack && n->outputs().size() == it->second.size()) {
+      for (size_t i = 0; i < n->outputs().size(); ++i) producers[n->output(i)] = it->second[i];
+      return true;
+    }
+    if (n->kind() == c10::prim::TupleIndex && n->inputs().size() == 2) {
+      auto index = torch::jit::toIValue(n->input(1));
+      if (index && index->isInt()) {
+        int64_t i = index->toInt();
+        if (i < 0) i += static_cast<int64_t>(it->second.size());
+        if (i >= 0 && i < static_cast<int64_t>(it->second.size())) {
+          producers[n->output()] = it->second[i];
+          return true;
+        }
+      }
+    }
+    return false;
+  }
+
+  // After a leaf call: what it returns comes from the call, except values that do not depend on its
+  // inputs at all (a traced BatchNorm also returns its updated num_batches_tracked: state, not data).
+  void from_call(Value* v, int id) {
+    auto elems = tuple_elems.find(v);
+    if (elems != tuple_elems.end()) {
+      for (auto& e : elems->second) e = e.empty() ? Producers{} : Producers{{id, false}};
+    }
+    producers[v] = Producers{{id, false}};
+  }
+
+  std::optional<Module> module_at(const std::string& path) {
+    Module m = root;
+    size_t start = 0;
+    while (start < path.size()) {
+      size_t dot = path.find('.', start);
+      std::string part = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+      if (!m.hasattr(part)) return std::nullopt;
+      auto v = m.attr(part);
+      if (!v.isModule()) return std::nullopt;
+      m = v.toModule();
+      if (dot == std::string::npos) break;
+      start = dot + 1;
+    }
+    return m;
+  }
+
+  void range(Node* first, Node* stop) {
+    for (Node* n = first; n != stop;) {
+      Node* next = n->next();
+      node(n);
+      n = next;
+    }
+  }
+
+  void block(Block* b) { range(b->param_node()->next(), b->return_node()); }
+
+  void generic(Node* n) {
+    if (tuples(n)) return;
+    Producers in;
+    for (Value* v : n->inputs()) merge(in, of(v));
+    for (Block* b : n->blocks()) block(b);
+    if (n->kind() == c10::aten::detach)
+      for (auto& [id, detached] : in) detached = true;
+    for (Value* out : n->outputs()) producers[out] = in;
+  }
+
+  // What an inlined call's outputs were replaced by (the call node and its values are gone).
+  std::unordered_map<Value*, Value*> replaced;
+
+  Value* resolve(Value* v) {
+    for (auto it = replaced.find(v); it != replaced.end(); it = replaced.find(v)) v = it->second;
+    return v;
+  }
+
+  // Inlines call `n` and records what its outputs became; returns them.
+  std::vector<Value*> inline_call(Node* n, torch::jit::GraphFunction* fn) {
+    std::vector<Value*> old(n->outputs().begin(), n->outputs().end());
+    std::vector<Value*> outs = torch::jit::inlineCallTo(n, fn, /*inline_optimized_graph=*/false);
+    for (size_t i = 0; i < old.size() && i < outs.size(); ++i) {
+      // A freed value's address can come back for a new one: forget what was known about it.
+      producers.erase(old[i]);
+      tuple_elems.erase(old[i]);
+      module_of.erase(old[i]);
+      if (old[i] != outs[i]) replaced[old[i]] = outs[i];
+    }
+    return outs;
+  }
+
+  void node(Node* n) {
+    for (Value* out : n->outputs()) {
+      producers.erase(out);
+      tuple_elems.erase(out);
+      module_of.erase(out);
+      replaced.erase(out);
+    }
+    auto kind = n->kind();
+    if (kind == c10::prim::GetAttr) {
+      auto it = module_of.find(n->input(0));
+      if (it == module_of.end()) return generic(n);
+      std::string name = join_path(it->second, n->s(c10::attr::name));
+      auto cls = n->output()->type()->cast<c10::ClassType>();
+      if (cls && cls->is_module()) {
+        module_of[n->output()] = name;
+      } else {
+        reads.insert(name);
+        auto type = n->output()->type();
+        if (type->kind() == c10::TypeKind::ListType || type->kind() == c10::TypeKind::TupleType)
+          list_reads.insert(it->second);
+        if (n->output()->type()->cast<c10::InterfaceType>()) opaque.insert(name);
+      }
+      return;
+    }
+    if (kind == c10::prim::ModuleContainerIndex) {
+      auto it = module_of.find(n->input(0));
+      if (it != module_of.end()) opaque.insert(it->second);
+      else unresolved.push_back("a module container indexed at run time");
+      return generic(n);
+    }
+    if (kind == c10::prim::CallMethod) return call(n);
+    if (kind == c10::prim::If) {
+      Producers cond = of(n->input(0));
+      int id = ifs++;
+      std::vector<Producers> outs(n->outputs().size());
+      for (size_t b = 0; b < n->blocks().size(); ++b) {
+        branch.push_back(std::to_string(id) + ":" + std::to_string(b));
+        block(n->blocks()[b]);
+        branch.pop_back();
+        auto* blk = n->blocks()[b];
+        for (size_t i = 0; i < outs.size() && i < blk->outputs().size(); ++i) merge(outs[i], of(blk->outputs()[i]));
+      }
+      for (size_t i = 0; i < outs.size(); ++i) producers[n->outputs()[i]] = outs[i];
+      return;
+    }
+    if (kind == c10::prim::Loop && n->blocks().size() == 1) {
+      Block* body = n->blocks()[0];
+      // inputs: max trip count, condition, carried...; body inputs: iteration, carried...
+      for (size_t k = 0; k + 2 < n->inputs().size() && k + 1 < body->inputs().size(); ++k)
+        producers[body->inputs()[k + 1]] = of(n->inputs()[k + 2]);
+      ++loops;
+      block(body);
+      --loops;
+      for (size_t k = 0; k < n->outputs().size(); ++k) {
+        Producers p = k + 2 < n->inputs().size() ? of(n->inputs()[k + 2]) : Producers{};
+        if (k + 1 < body->outputs().size()) merge(p, of(body->outputs()[k + 1]));
+        producers[n->outputs()[k]] = p;
+      }
+      return;
+    }
+    generic(n);
+  }
+
+  void call(Node* n) {
+    auto cls = n->input(0)->type()->cast<c10::ClassType>();
+    auto it = module_of.find(n->input(0));
+    if (!cls || !cls->is_module()) {
+      if (it != module_of.end()) opaque.insert(it->second);  // an interface: the implementation is unknown
+      return generic(n);
+    }
+    if (it == module_of.end()) {
+      unresolved.push_back("a call on a module value the graph does not name");
+      return generic(n);
+    }
+    const std::string path = it->second;
+    const std::string method = n->s(c10::attr::name);
+    auto module = module_at(path);
+    torch::jit::Function* fn = module ? module->type()->findMethod(method) : nullptr;
+    torch::jit::GraphFunction* graph_fn = fn ? torch::jit::tryToGraphFunction(*fn) : nullptr;
+    if (graph_fn == nullptr || stack.size() > 200 || ++inlined > 100000) {
+      opaque.insert(path);
+      return generic(n);
+    }
+    // A module calling its own methods (BatchNorm's _check_input_dim, a helper of forward) stays one
+    // call: inline it in place.
+    bool own_method = stack.empty() ? path.empty() : calls[stack.back()].module == path;
+    if (own_method) {
+      Node* before = n->prev();
+      Node* after = n->next();
+      inline_call(n, graph_fn);
+      range(before->next(), after);
+      return;
+    }
+    Call c;
+    c.id = static_cast<int>(calls.size());
+    c.parent = stack.empty() ? -1 : stack.back();
+    c.module = path;
+    c.kind = module_kind(*module);
+    c.method = method;
+    c.where = source_of(n);
+    c.in_loop = loops > 0;
+    for (size_t i = 0; i < branch.size(); ++i) c.branch += (i ? "/" : "") + branch[i];
+    if (c.parent >= 0) calls[c.parent].leaf = false;
+    Producers args;
+    for (size_t i = 1; i < n->inputs().size(); ++i) merge(args, of(n->input(i)));
+    calls.push_back(c);
+
+    Node* before = n->prev();
+    Node* after = n->next();
+    std::vector<Value*> outs = inline_call(n, graph_fn);
+    stack.push_back(c.id);
+    range(before->next(), after);
+    stack.pop_back();
+    for (Value*& v : outs) v = resolve(v);
+    calls[c.id].outputs = outs;
+    if (calls[c.id].leaf) {
+      for (const auto& [from, detached] : args) {
+        auto e = edges.find({from, c.id});
+        if (e == edges.end()) edges.emplace(std::make_pair(from, c.id), detached);
+        else e->second = e->second && detached;
+      }
+      for (Value* v : outs) from_call(v, c.id);
+    }
+  }
+
+  // The outputs of every call whose value lives in the top-level block, returned next to forward's own
+  // output by one run of the inlined graph: their shapes on `input`.
+  void shapes(const at::Tensor& input) {
+    std::vector<std::pair<int, Value*>> wanted;
+    for (const Call& c : calls) {
+      if (c.outputs.size() != 1) continue;
+      Value* v = resolve(c.outputs[0]);
+      if (v->node()->owningBlock() == graph->block()) wanted.emplace_back(c.id, v);
+    }
+    if (wanted.empty()) return;
+    std::vector<Value*> values;
+    for (auto& w : wanted) values.push_back(w.second);
+    Node* extra = graph->createTuple(values);
+    extra->insertBefore(graph->return_node());
+    Node* both = graph->createTuple({graph->outputs()[0], extra->output()});
+    both->insertBefore(graph->return_node());
+    graph->eraseOutput(0);
+    graph->registerOutput(both->output());
+    TrainingFlagsRestorer restore(root);
+    root.train(false);
+    torch::NoGradGuard no_grad;
+    torch::jit::Code code(graph, "trainlint_graph_view");
+    torch::jit::InterpreterState state(code);
+    torch::jit::Stack stack{root._ivalue(), input};
+    state.run(stack);
+    auto result = stack.back().toTupleRef().elements()[1].toTupleRef().elements();
+    for (size_t i = 0; i < wanted.size() && i < result.size(); ++i) calls[wanted[i].first].shape = shape_of(result[i]);
+  }
+
+  std::string json(const std::string& shape_error) const {
+    std::ostringstream o;
+    o << "{\"calls\":[";
+    for (size_t i = 0; i < calls.size(); ++i) {
+      const Call& c = calls[i];
+      o << (i ? "," : "") << "{\"id\":" << c.id << ",\"parent\":" << (c.parent < 0 ? "null" : std::to_string(c.parent))
+        << ",\"module\":" << json_string(c.module) << ",\"kind\":" << json_string(c.kind)
+        << ",\"method\":" << json_string(c.method) << ",\"source\":" << json_string(c.where)
+        << ",\"branch\":" << json_string(c.branch) << ",\"leaf\":" << (c.leaf ? "true" : "false")
+        << ",\"in_loop\":" << (c.in_loop ? "true" : "false") << ",\"shape\":" << json_string(c.shape) << "}";
+    }
+    o << "],\"edges\":[";
+    bool first = true;
+    auto edge = [&](int from, int to, bool detached) {
+      o << (first ? "" : ",") << "{\"from\":" << (from < 0 ? "null" : std::to_string(from))
+        << ",\"to\":" << (to < 0 ? "null" : std::to_string(to)) << ",\"detached\":" << (detached ? "true" : "false") << "}";
+      first = false;
+    };
+    for (const auto& [key, detached] : edges) edge(key.first, key.second, detached);
+    for (const auto& [from, detached] : to_output) edge(from, -2, detached);
+    auto list = [&](const char* name, const auto& items) {
+      o << ",\"" << name << "\":[";
+      bool f = true;
+      for (const auto& s : items) {
+        o << (f ? "" : ",") << json_string(s);
+        f = false;
+      }
+      o << "]";
+    };
+    o << "]";
+    list("reads", reads);
+    list("list_reads", list_reads);
+    list("opaque", opaque);
+    list("unresolved", unresolved);
+    o << ",\"shape_error\":" << json_string(shape_error) << "}";
+    return o.str();
+  }
+};
+
+// The walk of forward (and, with an input, the shapes) as JSON.
+static std::string module_graph_json(Module& module, const at::Tensor* input) {
+  Walker w;
+  w.root = module;
+  w.graph = module.get_method("forward").graph()->copy();
+  // The model input is forward's first argument after self; later arguments count as inputs too.
+  Producers model_input{{-1, false}};
+  for (size_t i = 1; i < w.graph->inputs().size(); ++i) w.producers[w.graph->inputs()[i]] = model_input;
+  w.module_of[w.graph->inputs()[0]] = "";
+  w.block(w.graph->block());
+  for (Value* out : w.graph->outputs()) merge(w.to_output, w.of(out));
+  std::string shape_error;
+  if (input != nullptr) {
+    try {
+      w.shapes(*input);
+    } catch (const c10::Error& e) {
+      shape_error = e.what_without_backtrace();
+    } catch (const std::exception& e) {
+      shape_error = e.what();
+    }
+  }
+  return w.json(shape_error);
+}
+
+}  // namespace tl_graph
+
+extern "C" {
+
+// The module-level dataflow graph of forward as JSON (see tl_graph::Walker); `input` may be NULL (no
+// shapes). A forward that fails on `input` leaves the shapes out and says why in "shape_error".
+char* tl_module_graph(tl_module* m, const at::Tensor* input, char** json) {
+  TL_GUARD({ *json = dup_message(tl_graph::module_graph_json(m->module, input)); })
+}
+
+}  // extern "C"

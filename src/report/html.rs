@@ -32,6 +32,12 @@ margin:8px 0;background:#fdf3f3}.finding.warning{border-color:#b26a00;background
 fill:#505868}.axis{stroke:#9aa1ae}.grid{stroke:#eceef2}.line{fill:none;stroke:#1f6feb;stroke-width:1.8}
 .target{stroke:#2e7d32;stroke-dasharray:5 4}.window{fill:#c62828;opacity:.10}.band{fill:#2e7d32;opacity:.13}
 .dot{fill:#1f6feb}.dot.out{fill:#c62828}.bar{fill:#1f6feb}.title{font-weight:600;fill:#1d2330}
+section.graph{background:#fff;border-radius:8px;box-shadow:0 1px 2px #0002;padding:14px 18px;margin:18px 0}
+section.graph h2{margin:0 0 8px;font-size:17px}.graph-view{overflow:auto;max-height:900px;border:1px solid #eceef2}
+.graph-view svg{margin:0}.graph-view svg text{font:12px system-ui,sans-serif;fill:#1d2330}
+.graph g.node{cursor:pointer}.graph g.node.hl rect,.graph g.node.hl ellipse{stroke:#ff6d00;stroke-width:5}
+.graph .legend span{display:inline-block;padding:1px 8px;margin:0 6px 4px 0;border-radius:4px;border:1px solid #9aa1ae}
+.finding[data-modules]{cursor:pointer}.finding.hl{outline:2px solid #ff6d00}
 ";
 
 /// Maps data values to pixels on one axis, linearly or in log10.
@@ -274,7 +280,70 @@ fn single_value(c: &Curve) -> String {
     s
 }
 
-pub fn render(report: &Report) -> String {
+/// The model graph section: the collapsed view, the full one (hidden until a collapsed block or a
+/// finding inside one is clicked), a legend, and the script that links findings to nodes.
+fn graph_section(graph: &crate::graph_view::Views) -> String {
+    let mut out = String::from("<section class=\"graph\" id=\"graph\"><h2>Model graph</h2>");
+    out.push_str(
+        "<p class=\"legend\"><span style=\"background:#ffd6d6\">error</span><span style=\"background:#fff0c2\">warning / shared BatchNorm</span>\
+<span style=\"background:#e6e6e6;border-style:dashed\">never called</span><span style=\"background:#d8ecff\">final activation</span>\
+<span>double border: repeated blocks, click to expand</span><span>red dashed edge: .detach()</span> Click a finding to find its node.</p>",
+    );
+    // Inline SVG in HTML needs neither the XML prolog nor the namespace (no address in the page).
+    let inline = |svg: String| -> String {
+        let svg = match svg.find("<svg") {
+            Some(i) => svg[i..].to_string(),
+            None => svg,
+        };
+        svg.replacen(" xmlns=\"http://www.w3.org/2000/svg\"", "", 1)
+    };
+    out.push_str(&format!(
+        "<div class=\"graph-view\" id=\"graph-collapsed\">{}</div>",
+        inline(graph.collapsed.to_svg())
+    ));
+    if let Some(full) = &graph.full {
+        let svg = inline(full.to_svg())
+            .replace("startarrow", "startarrowF")
+            .replace("endarrow", "endarrowF")
+            .replace("id=\"node-", "id=\"full-node-");
+        out.push_str(&format!(
+            "<p id=\"graph-toggle-line\" hidden><button id=\"graph-toggle\" type=\"button\">collapse repeated blocks</button></p>\
+<div class=\"graph-view\" id=\"graph-full\" hidden>{svg}</div>"
+        ));
+    }
+    out.push_str(GRAPH_SCRIPT);
+    out.push_str("</section>");
+    out
+}
+
+/// Click a collapsed block: show the full graph. Click a finding: highlight the nodes it names (in the
+/// full graph when the collapsed one shows them only inside collapsed blocks). `data-highlighted` counts the highlighted nodes. The
+/// page address can click for a test: `#graph-click=N` (the Nth finding with nodes), `#graph-expand`,
+/// `#graph-highlight=PATH,…` (as a finding naming those paths).
+const GRAPH_SCRIPT: &str = "<script>(function(){\
+var col=document.getElementById('graph-collapsed'),full=document.getElementById('graph-full'),line=document.getElementById('graph-toggle-line');\
+function show(expanded){if(!full)return;full.hidden=!expanded;col.hidden=expanded;line.hidden=!expanded;}\
+function names(n,p){var m=n.getAttribute('data-module')||'';var list=(n.getAttribute('data-collapsed')||'').split(' ').filter(Boolean);if(!list.length)list=[m];\
+return list.some(function(x){return x&&(x===p||p.indexOf(x+'.')===0||x.indexOf(p+'.')===0);});}\
+function highlight(paths,expand){var views=expand&&full?[full]:[col];if(full&&!expand)views.push(full);var hit=[];\
+document.querySelectorAll('.graph g.node.hl').forEach(function(g){g.classList.remove('hl');});\
+for(var v=0;v<views.length&&!hit.length;v++){views[v].querySelectorAll('g.node').forEach(function(g){if(paths.some(function(p){return names(g,p);}))hit.push(g);});\
+if(views[v]===col&&full&&hit.length&&hit.every(function(g){return g.hasAttribute('data-collapsed');}))hit=[];\
+if(hit.length)show(views[v]===full);}\
+hit.forEach(function(g){g.classList.add('hl');});document.body.dataset.highlighted=hit.length;\
+if(hit.length&&hit[0].scrollIntoView)hit[0].scrollIntoView({block:'center'});return hit.length;}\
+col.querySelectorAll('g.node[data-collapsed]').forEach(function(g){g.addEventListener('click',function(){highlight(g.getAttribute('data-collapsed').split(' '),true);});});\
+var t=document.getElementById('graph-toggle');if(t)t.addEventListener('click',function(){show(false);});\
+document.querySelectorAll('.finding[data-modules]').forEach(function(f){f.addEventListener('click',function(){\
+document.querySelectorAll('.finding.hl').forEach(function(x){x.classList.remove('hl');});f.classList.add('hl');\
+highlight(f.getAttribute('data-modules').split(' '));});});\
+window.trainlintHighlight=highlight;\
+var h=location.hash;if(h.indexOf('#graph-click=')===0){var f=document.querySelectorAll('.finding[data-modules]')[+h.slice(13)];if(f)f.click();}\
+if(h.indexOf('#graph-highlight=')===0)highlight(decodeURIComponent(h.slice(17)).split(','));\
+if(h==='#graph-expand'){var g=col.querySelector('g.node[data-collapsed]');if(g)g.dispatchEvent(new MouseEvent('click'));}})();</script>";
+
+/// The report, with the model graph (findings painted on it) when there is one.
+pub fn render_with_graph(report: &Report, graph: Option<&crate::graph_view::Views>) -> String {
     let s = &report.summary;
     let i = &report.inputs;
     let mut inputs: Vec<String> = i
@@ -296,7 +365,7 @@ pub fn render(report: &Report) -> String {
     // Records script errors on the page itself, so a headless browser test can read them from the DOM.
     out.push_str(
         "<script>window.addEventListener('error',function(e){var b=document.body;if(b){b.dataset.errors=(b.dataset.errors||'')+e.message+';';}});\
-document.addEventListener('DOMContentLoaded',function(){document.body.dataset.charts=document.querySelectorAll('svg').length;\
+document.addEventListener('DOMContentLoaded',function(){document.body.dataset.charts=document.querySelectorAll('svg').length-document.querySelectorAll('.graph-view svg').length;\
 document.body.dataset.ready='1';});</script>",
     );
     out.push_str("</head><body>");
@@ -335,6 +404,7 @@ document.body.dataset.ready='1';});</script>",
         ));
     }
     out.push_str("</tbody></table>");
+    let graph_html = graph.map(graph_section);
     for c in &report.checks {
         if c.status == Status::Skipped && c.curves.is_empty() {
             continue;
@@ -349,8 +419,18 @@ document.body.dataset.ready='1';});</script>",
             } else {
                 "finding"
             };
+            let modules = if graph.is_some() {
+                crate::graph_view::finding_paths(f).join(" ")
+            } else {
+                String::new()
+            };
+            let modules = if modules.is_empty() {
+                String::new()
+            } else {
+                format!(" data-modules=\"{}\"", esc(&modules))
+            };
             out.push_str(&format!(
-                "<div class=\"{class}\"><div><b>{}[{}]</b> {}</div>",
+                "<div class=\"{class}\"{modules}><div><b>{}[{}]</b> {}</div>",
                 f.severity.as_str(),
                 esc(f.kind),
                 esc(&f.message)
@@ -380,6 +460,9 @@ document.body.dataset.ready='1';});</script>",
             }
         }
         out.push_str("</section>");
+    }
+    if let Some(g) = graph_html {
+        out.push_str(&g);
     }
     out.push_str("</main></body></html>\n");
     out

@@ -13,7 +13,8 @@ static INFO: CheckInfo = CheckInfo {
     docs: Docs {
         what: "Runs one forward and backward pass of the configured loss on the first `batch` samples, in \
 train mode, on a copy of the model, and looks at the gradient of every trainable parameter. Frozen \
-parameters (requires_grad = false) are not judged.",
+parameters (requires_grad = false) are not judged, nor are parameters forward never reads (those are \
+`unused-parameters` findings).",
         why: "A parameter that no gradient reaches never trains, and a non-finite gradient poisons every \
 parameter at the first optimizer step; both hide behind a loss that still falls.",
     },
@@ -81,9 +82,9 @@ named.",
         fix: "Call every layer you define in forward (or delete it), and remove .detach() / .item() / \
 torch.no_grad() from the path between the parameters and the loss.",
         example: Some(Example {
-            args: "--model fixtures/models/unused_layer.pt --data fixtures/data/regression.npz",
-            message: "2 of 6 trainable parameters get no gradient from the loss, so they never train: \
-aux.weight, aux.bias (module aux)",
+            args: "--model fixtures/models/partly_detached.pt --data fixtures/data/regression.npz",
+            message: "2 of 4 trainable parameters get no gradient from the loss, so they never train: \
+body.weight, body.bias (module body)",
         }),
     };
     fn message(&self) -> String {
@@ -224,8 +225,19 @@ impl Check for GradientFlow {
         let loss_kind = ctx.setup.resolved_loss(Some(data));
         let mut copy = model.trainable_copy()?;
         let params = copy.parameters()?;
-        let trainable: Vec<&(String, tch::Tensor)> =
-            params.iter().filter(|(_, p)| p.requires_grad()).collect();
+        // Parameters forward never reads are unused-parameters' findings (one root cause, one finding).
+        let unused = match model.module_graph(None) {
+            Ok(graph) => crate::rules::unused_parameters::unused_trainable(&graph, &params)
+                .into_values()
+                .flatten()
+                .map(|(name, _)| name)
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let trainable: Vec<&(String, tch::Tensor)> = params
+            .iter()
+            .filter(|(n, p)| p.requires_grad() && !unused.contains(n))
+            .collect();
         if trainable.is_empty() {
             return Ok(CheckResult::skipped(
                 "the model has no trainable parameters",

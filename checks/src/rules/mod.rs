@@ -9,4 +9,6 @@ pub mod output_range;
 pub mod overfit_batch;
 pub mod prelude;
 pub mod sequential_data;
+pub mod shared_batchnorm;
 pub mod stale_batchnorm;
+pub mod unused_parameters;

@@ -1,0 +1,148 @@
+//! shared-batchnorm: no BatchNorm module normalises two streams in one forward.
+use super::prelude::*;
+use crate::graph::{CallSite, ModuleGraph};
+
+pub struct SharedBatchnorm;
+
+static INFO: CheckInfo = CheckInfo {
+    id: "shared-batchnorm",
+    group: Group::Batchnorm,
+    default_level: Level::Warn,
+    summary: "No BatchNorm module is applied to two streams in one forward",
+    docs: Docs {
+        what: "Lists the call sites of every BatchNorm module (that tracks running statistics) in forward's \
+TorchScript graph, with every submodule call followed. A module reached from two places in one forward \
+(two calls in forward, or one call inside a container that forward calls twice) is applied to two \
+streams. Calls in the two branches of one `if` never run together and count once. A single call inside \
+a loop (the same block applied N times, a recurrence) is one call site and is not reported: the loop is \
+taken as deliberate weight sharing; a ModuleList iterated in forward holds different modules and is \
+not sharing at all.",
+        why: "Each call updates the running mean and variance with its own batch: two streams through one \
+BatchNorm (siamese branches, real and fake images through one discriminator call chain, source and \
+target domains) leave running statistics that average both, which match neither at eval time, and in \
+training each stream is normalised with its own batch statistics while eval uses the mixture.",
+    },
+    kinds: &[&CalledTwice::KIND],
+    trains: false,
+};
+
+/// A BatchNorm module with two or more call sites that run in one forward.
+#[derive(Serialize)]
+pub struct CalledTwice {
+    pub module: String,
+    pub kind: String,
+    /// Where each call comes from: the call in the model's own forward that reaches it.
+    pub call_sites: Vec<String>,
+}
+
+impl Violation for CalledTwice {
+    const KIND: KindInfo = KindInfo {
+        id: "shared-batchnorm/called-twice",
+        severity: Severity::Warning,
+        summary: "One BatchNorm module is called on two streams in one forward, mixing their statistics",
+        why: "The running statistics average every stream the module sees: at eval time they match none \
+of them. Siamese encoders and GAN discriminators that see real and fake batches separately are the \
+usual cases.",
+        how: "Warning for each BatchNorm module (kind *BatchNorm*, with running_mean / running_var \
+buffers) that has two or more call sites in forward's graph that can run in the same forward, named \
+with the call in forward that reaches each one.",
+        fix: "Give each stream its own BatchNorm (or use one forward on the concatenated batch if mixing \
+is intended), or replace BatchNorm by GroupNorm / LayerNorm in the shared part.",
+        example: Some(Example {
+            args: "--model fixtures/models/graph_siamese_bn.pt",
+            message: "BatchNorm1d encoder.1 is called 2 times in one forward (via encoder at \
+make_graph.py:57:36, encoder at make_graph.py:57:56): its running statistics mix both streams",
+        }),
+    };
+    fn message(&self) -> String {
+        format!(
+            "{} {} is called {} times in one forward (via {}): its running statistics mix both streams",
+            self.kind,
+            crate::finding::display_module(&self.module),
+            self.call_sites.len(),
+            self.call_sites.join(", ")
+        )
+    }
+    fn help(&self) -> String {
+        "give each stream its own BatchNorm, or replace it by GroupNorm / LayerNorm in the shared part"
+            .to_string()
+    }
+}
+
+/// The call in the model's own forward that leads to `call` (itself when forward calls it directly),
+/// as `module at file:line:column`, or `module call N` when the graph has no source lines.
+pub fn describe_call(graph: &ModuleGraph, call: &CallSite) -> String {
+    let top = graph.ancestors(call).first().copied().unwrap_or(call);
+    let module = crate::finding::display_module(&top.module);
+    if top.source.is_empty() {
+        let n = graph
+            .calls
+            .iter()
+            .filter(|c| c.module == top.module && c.id <= top.id)
+            .count();
+        format!("{module} call {n}")
+    } else {
+        format!("{module} at {}", top.source)
+    }
+}
+
+/// Whether a module kind is a BatchNorm that tracks statistics (not torchvision's FrozenBatchNorm2d).
+pub fn is_batchnorm(kind: &str) -> bool {
+    kind.contains("BatchNorm") && !kind.starts_with("Frozen")
+}
+
+impl Check for SharedBatchnorm {
+    type Options = NoOptions;
+
+    const INFO: &'static CheckInfo = &INFO;
+
+    fn run(&self, ctx: &Context, _options: &NoOptions) -> CheckOutput {
+        let model = ctx.model()?;
+        if !model.modules().iter().any(|m| is_batchnorm(&m.kind)) {
+            return Ok(CheckResult::skipped("the model has no BatchNorm layer"));
+        }
+        let graph = model.module_graph(None).map_err(|e| match e {
+            CheckError::Model(why) => {
+                CheckError::Skip(format!("the forward graph cannot be read ({why})"))
+            }
+            other => other,
+        })?;
+        let buffers: Vec<String> = model.buffers()?.into_iter().map(|(n, _)| n).collect();
+        let mut findings = Vec::new();
+        for (module, calls) in graph.calls_by_module() {
+            let kind = &calls[0].kind;
+            let running = |stat: &str| {
+                let name = if module.is_empty() {
+                    stat.to_string()
+                } else {
+                    format!("{module}.{stat}")
+                };
+                buffers.contains(&name)
+            };
+            if !is_batchnorm(kind) || !running("running_mean") {
+                continue;
+            }
+            // The largest set of calls that can all run in one forward, greedily in call order.
+            let mut together: Vec<&CallSite> = Vec::new();
+            for c in &calls {
+                if together.iter().all(|t| ModuleGraph::can_run_together(t, c)) {
+                    together.push(c);
+                }
+            }
+            if together.len() < 2 {
+                continue;
+            }
+            let v = CalledTwice {
+                module: module.to_string(),
+                kind: kind.clone(),
+                call_sites: together.iter().map(|c| describe_call(&graph, c)).collect(),
+            };
+            let at = Location {
+                module: Some(crate::finding::display_module(module)),
+                ..Location::default()
+            };
+            findings.push(Finding::new(&v, at));
+        }
+        Ok(CheckResult::with_findings(findings))
+    }
+}
