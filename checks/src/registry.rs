@@ -14,6 +14,8 @@ pub fn all() -> Vec<Box<dyn Rule>> {
         Box::new(rules::sequential_data::SequentialData),
         Box::new(rules::stale_batchnorm::StaleBatchnorm),
         Box::new(rules::gradient_flow::GradientFlow),
+        Box::new(rules::batch_independence::BatchIndependence),
+        Box::new(rules::lr_sharpness::LrSharpness),
     ]
 }
 
