@@ -86,7 +86,7 @@ across the batch (set models, in-batch contrastive logits) can ignore this check
         example: Some(Example {
             args: "--model fixtures/models/bi_gru_not_batch_first.pt --data fixtures/data/sequences.npz",
             message: "in eval mode, 6 of 12 (replaced, other) sample pairs in a batch of 4 are mixed: \
-replacing sample 0 changes the output of sample 1 by 0.57× its own change; only later samples are \
+replacing sample 2 changes the output of sample 3 by 0.648× its own change; only later samples are \
 affected, as by an RNN / LSTM / GRU running along the batch (batch_first=False fed [N, T, …] data)",
         }),
     };

@@ -96,7 +96,7 @@ usable lr (a fresh GoogLeNet-pattern network: λ ≈ 245, 6× SGD 0.1 / 0.9's bo
 and use a default init, which lower λ.",
         example: Some(Example {
             args: "fixtures/configs/sgd_lr_above_sharpness.toml",
-            message: "lr 2 is 5.6× the largest stable lr 0.355 for SGD (momentum 0): the loss's sharpness \
+            message: "lr 2 is 5.64× the largest stable lr 0.354 for SGD (momentum 0): the loss's sharpness \
 λ = 5.64 on 32 samples is above the stability bound 2(1+β)/lr = 1; expect the loss to oscillate or \
 diverge from the first steps",
         }),
