@@ -95,5 +95,9 @@ fn fresh_torchvision_models_keep_samples_apart_in_eval_mode() {
     let r = run_check("tv_vit_tiny", "images32.npz");
     let e = check_entry(&r, "batch-independence");
     assert_eq!(e["status"], "skipped", "{e}");
-    assert!(e.to_string().contains("no replaced sample changed its own output"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("no replaced sample changed its own output"),
+        "{e}"
+    );
 }

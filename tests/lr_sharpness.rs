@@ -45,10 +45,10 @@ fn an_sgd_lr_far_above_the_bound_is_flagged_with_lambda_and_the_stable_lr() {
     assert!(close(stable, 2.0 / lambda, 1e-9), "{e}");
     assert!(e["iterations"].as_u64().unwrap() <= 20, "{e}");
     assert!(
-        f[0]["help"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("lower lr to {}", trainlint_checks::finding::num(stable))),
+        f[0]["help"].as_str().unwrap().contains(&format!(
+            "lower lr to {}",
+            trainlint_checks::finding::num(stable)
+        )),
         "{}",
         f[0]["help"]
     );
@@ -83,14 +83,22 @@ fn the_same_setup_at_a_safe_lr_passes() {
 
 #[test]
 fn adam_and_normalised_networks_are_skipped_with_the_reason() {
-    let r = run_setup("mlp_default", "regression.npz", "optimizer = \"adam\"\nlr = 1.0");
+    let r = run_setup(
+        "mlp_default",
+        "regression.npz",
+        "optimizer = \"adam\"\nlr = 1.0",
+    );
     let e = check_entry(&r, "lr-sharpness");
     assert_eq!(e["status"], "skipped", "{e}");
     assert!(e.to_string().contains("preconditioned"), "{e}");
     // torchvision's ResNet at its usual SGD 0.1 / momentum 0.9, and GoogLeNet's pattern (λ ≈ 245 at
     // init, yet it trains well at lr 0.1): BatchNorm makes the bound meaningless, so no finding.
     for model in ["tv_resnet_zero_init", "tv_googlenet_pattern"] {
-        let r = run_setup(model, "images32.npz", "optimizer = \"sgd\"\nlr = 0.1\nmomentum = 0.9");
+        let r = run_setup(
+            model,
+            "images32.npz",
+            "optimizer = \"sgd\"\nlr = 0.1\nmomentum = 0.9",
+        );
         let e = check_entry(&r, "lr-sharpness");
         assert_eq!(e["status"], "skipped", "{model}: {e}");
         assert!(e.to_string().contains("scale-invariant"), "{model}: {e}");
@@ -118,7 +126,11 @@ fn healthy_sgd_setups_without_normalisation_pass() {
 fn an_op_without_double_backward_skips_instead_of_failing() {
     // MobileNetV3's hardsigmoid and ViT's CPU flash attention have no double backward in libtorch 2.13;
     // MobileNet also has BatchNorm, so try the ViT (LayerNorm only).
-    let r = run_setup("tv_vit_tiny", "images32.npz", "optimizer = \"sgd\"\nlr = 0.1");
+    let r = run_setup(
+        "tv_vit_tiny",
+        "images32.npz",
+        "optimizer = \"sgd\"\nlr = 0.1",
+    );
     let e = check_entry(&r, "lr-sharpness");
     assert_eq!(e["status"], "skipped", "{e}");
     assert!(e.to_string().contains("double backward"), "{e}");

@@ -144,7 +144,10 @@ fn replacement(all: &Tensor, batch: &Tensor, j: i64) -> Result<Option<Tensor>, C
         }
     }
     if own.is_floating_point() {
-        let scale = all.f_to_kind(Kind::Double)?.f_std(false)?.f_double_value(&[])?;
+        let scale = all
+            .f_to_kind(Kind::Double)?
+            .f_std(false)?
+            .f_double_value(&[])?;
         let scale = if scale.is_finite() && scale > 0.0 {
             scale
         } else {
@@ -218,7 +221,11 @@ impl Check for BatchIndependence {
                     continue;
                 }
                 judged += 1;
-                let leak = if d.is_finite() { d / own } else { f64::INFINITY };
+                let leak = if d.is_finite() {
+                    d / own
+                } else {
+                    f64::INFINITY
+                };
                 largest = largest.max(leak);
                 if leak > options.max_leak {
                     mixed.push((j as usize, i));

@@ -133,7 +133,11 @@ fn dot(a: &[Tensor], b: &[Tensor]) -> Result<f64, CheckError> {
 }
 
 /// The loss's Hessian times `v`, from the gradients `grads` built with create_graph.
-fn hessian_vector(grads: &[Tensor], params: &[Tensor], v: &[Tensor]) -> Result<Vec<Tensor>, CheckError> {
+fn hessian_vector(
+    grads: &[Tensor],
+    params: &[Tensor],
+    v: &[Tensor],
+) -> Result<Vec<Tensor>, CheckError> {
     let mut gv: Option<Tensor> = None;
     for (g, d) in grads.iter().zip(v) {
         if !g.defined() || !g.requires_grad() {
@@ -146,10 +150,7 @@ fn hessian_vector(grads: &[Tensor], params: &[Tensor], v: &[Tensor]) -> Result<V
         });
     }
     let Some(gv) = gv else {
-        return params
-            .iter()
-            .map(|p| Ok(p.f_zeros_like()?))
-            .collect();
+        return params.iter().map(|p| Ok(p.f_zeros_like()?)).collect();
     };
     let hv = Tensor::f_run_backward(&[gv], params, true, false)?;
     hv.into_iter()
@@ -272,7 +273,11 @@ sharpness, which needs the second-moment estimates of real training steps (not p
             )));
         }
         let (model, data) = (ctx.model()?, ctx.data()?);
-        if let Some(norm) = model.modules().iter().find(|m| normalises_features(&m.kind)) {
+        if let Some(norm) = model
+            .modules()
+            .iter()
+            .find(|m| normalises_features(&m.kind))
+        {
             return Err(CheckError::Skip(format!(
                 "the model normalises features ({} {}): the weights before a normalisation layer are \
 (nearly) scale-invariant and SGD on them self-stabilises, so the sharpness at init does not bound the \
