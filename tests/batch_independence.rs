@@ -66,6 +66,7 @@ fn the_same_architectures_written_right_pass() {
         ("bi_flattened", "sequences.npz"),
         ("bi_gru", "sequences.npz"),
         ("bi_transformer", "tokens.npz"),
+        ("bi_noisy_latent", "sequences.npz"),
         ("embedding", "tokens.npz"),
         ("cnn_bn", "images.npz"),
         ("resnet_bn", "images.npz"),

@@ -265,6 +265,7 @@ impl Check for LrSharpness {
 
     fn run(&self, ctx: &Context, options: &LrSharpnessOptions) -> CheckOutput {
         let setup = ctx.setup;
+        let (model, data) = (ctx.model()?, ctx.data()?);
         if setup.optimizer != OptimizerKind::Sgd {
             return Err(CheckError::Skip(format!(
                 "the optimizer is {}: the 2(1+β)/lr bound is SGD's; Adam's is on the preconditioned \
@@ -272,7 +273,6 @@ sharpness, which needs the second-moment estimates of real training steps (not p
                 setup.optimizer.as_str()
             )));
         }
-        let (model, data) = (ctx.model()?, ctx.data()?);
         if let Some(norm) = model
             .modules()
             .iter()
