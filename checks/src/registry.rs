@@ -16,6 +16,8 @@ pub fn all() -> Vec<Box<dyn Rule>> {
         Box::new(rules::gradient_flow::GradientFlow),
         Box::new(rules::unused_parameters::UnusedParameters),
         Box::new(rules::shared_batchnorm::SharedBatchnorm),
+        Box::new(rules::batch_independence::BatchIndependence),
+        Box::new(rules::lr_sharpness::LrSharpness),
     ]
 }
 

@@ -1,10 +1,12 @@
 //! One module per check. Each holds the check's documentation, options and logic.
+pub mod batch_independence;
 pub mod double_activation;
 pub mod gradient_flow;
 pub mod identity_overfit;
 pub mod init_std;
 pub mod loss_oscillation;
 pub mod loss_scale;
+pub mod lr_sharpness;
 pub mod output_range;
 pub mod overfit_batch;
 pub mod prelude;

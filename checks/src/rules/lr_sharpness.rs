@@ -1,0 +1,347 @@
+//! lr-sharpness: the learning rate against the stability bound of the loss's sharpness at init.
+use super::prelude::*;
+use crate::ports::OptimizerKind;
+use crate::train;
+use tch::Tensor;
+
+pub struct LrSharpness;
+
+static INFO: CheckInfo = CheckInfo {
+    id: "lr-sharpness",
+    group: Group::Fit,
+    default_level: Level::Warn,
+    summary: "The SGD learning rate is below the stability bound set by the loss's sharpness",
+    docs: Docs {
+        what: "Estimates the sharpness λ (the largest eigenvalue of the Hessian of the configured loss \
+with respect to the trainable parameters) on the first `batch` samples, by Lanczos iteration on \
+Hessian-vector products (double backward), and compares the configured SGD learning rate with the \
+stability bound: gradient descent on a quadratic of curvature λ diverges when lr > 2/λ, heavy-ball \
+momentum β moves the bound to 2(1+β)/λ. Skipped for Adam / AdamW and for models with BatchNorm / \
+GroupNorm / InstanceNorm.",
+        why: "A learning rate above the bound makes the first steps overshoot along the sharpest \
+direction: the loss oscillates or blows up before training starts. Sharpness usually rises during \
+training (progressive sharpening), so a lr above the bound at init only gets worse.",
+    },
+    kinds: &[&LrAboveBound::KIND],
+    trains: false,
+};
+
+/// Options of lr-sharpness.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct LrSharpnessOptions {
+    /// Samples in the batch whose loss is probed.
+    #[schemars(range(min = 1))]
+    pub batch: usize,
+    /// Most Lanczos steps (one Hessian-vector product each).
+    #[schemars(range(min = 2))]
+    pub iterations: usize,
+    /// Stop once λ changes by less than this fraction between iterations.
+    #[schemars(extend("exclusiveMinimum" = 0))]
+    pub tolerance: f64,
+    /// Warn when lr exceeds the largest stable lr by more than this factor.
+    #[schemars(range(min = 1))]
+    pub factor: f64,
+}
+
+impl Default for LrSharpnessOptions {
+    fn default() -> Self {
+        LrSharpnessOptions {
+            batch: 32,
+            iterations: 20,
+            tolerance: 1e-2,
+            factor: 2.0,
+        }
+    }
+}
+
+/// The learning rate is clearly above the stability bound 2(1+β)/λ.
+#[derive(Serialize)]
+pub struct LrAboveBound {
+    pub lr: f64,
+    pub momentum: f64,
+    /// Largest Hessian eigenvalue of the loss on the batch (plus the weight decay).
+    pub sharpness: f64,
+    /// 2(1+β)/lr: the largest sharpness that lr is stable on.
+    pub bound: f64,
+    /// 2(1+β)/λ: the largest stable learning rate.
+    pub max_stable_lr: f64,
+    pub batch: usize,
+    pub iterations: usize,
+}
+
+impl Violation for LrAboveBound {
+    const KIND: KindInfo = KindInfo {
+        id: "lr-sharpness/lr-above-stability-bound",
+        severity: Severity::Warning,
+        summary: "The SGD learning rate is clearly above the stability bound 2(1+β)/λ of the loss at init",
+        why: "On a quadratic of curvature λ, SGD with momentum β converges only for lr < 2(1+β)/λ (2/λ \
+without momentum). Above that, the step overshoots along the sharpest direction and the loss oscillates \
+or diverges from the first steps. Training usually sharpens the loss further (progressive sharpening), \
+so a lr above the bound at init predicts trouble; a lr below it is no guarantee.",
+        how: "One forward pass on a copy in train mode on the first `batch` samples (default 32; one \
+dropout mask, kept for every step), the loss's gradient with create_graph, then Lanczos iteration on Hessian-vector \
+products (double backward) from a seeded random direction: power iteration's Krylov refinement, one \
+product per step, which finds the top of the spectrum even when a negative eigenvalue of similar size \
+makes plain power iteration oscillate (seen on a fresh ResNet). Up to `iterations` steps (default 20), \
+stopping once the largest Ritz value changes by less than `tolerance` (1e-2). λ includes the weight decay. Warning when lr exceeds the largest \
+stable lr 2(1+β)/λ by more than `factor` (default 2): near the bound, large-lr training often \
+self-stabilises after a spike, so only a clear excess is flagged. Skipped for Adam / AdamW: their bound is on the \
+preconditioned sharpness (38/lr for β1 = 0.9, Cohen et al. 2022), which needs the second-moment \
+estimates of real training steps. Skipped for models with BatchNorm / GroupNorm / InstanceNorm: the \
+weights before a normalisation layer are (nearly) scale-invariant, SGD on them grows their norm and \
+lowers their curvature until stable (Arora et al. 2019), so the sharpness at init does not bound the \
+usable lr (a fresh GoogLeNet-pattern network: λ ≈ 245, 6× SGD 0.1 / 0.9's bound, and it trains well).",
+        fix: "Lower lr to the largest stable lr or below (or warm it up from there); normalise the inputs \
+and use a default init, which lower λ.",
+        example: Some(Example {
+            args: "fixtures/configs/sgd_lr_above_sharpness.toml",
+            message: "lr 2 is 5.64× the largest stable lr 0.354 for SGD (momentum 0): the loss's sharpness \
+λ = 5.64 on 32 samples is above the stability bound 2(1+β)/lr = 1; expect the loss to oscillate or \
+diverge from the first steps",
+        }),
+    };
+    fn message(&self) -> String {
+        format!(
+            "lr {} is {}× the largest stable lr {} for SGD (momentum {}): the loss's sharpness λ = {} on {} \
+samples is above the stability bound 2(1+β)/lr = {}; expect the loss to oscillate or diverge from the \
+first steps",
+            num(self.lr),
+            num(self.lr / self.max_stable_lr),
+            num(self.max_stable_lr),
+            num(self.momentum),
+            num(self.sharpness),
+            self.batch,
+            num(self.bound)
+        )
+    }
+    fn help(&self) -> String {
+        format!(
+            "lower lr to {} or below, or warm it up from there; sharpness usually rises during training",
+            num(self.max_stable_lr)
+        )
+    }
+}
+
+/// Σ⟨a, b⟩ over parameter-shaped tensors.
+fn dot(a: &[Tensor], b: &[Tensor]) -> Result<f64, CheckError> {
+    let mut s = 0.0;
+    for (x, y) in a.iter().zip(b) {
+        s += x.f_mul(y)?.f_sum(tch::Kind::Double)?.f_double_value(&[])?;
+    }
+    Ok(s)
+}
+
+/// The loss's Hessian times `v`, from the gradients `grads` built with create_graph.
+fn hessian_vector(
+    grads: &[Tensor],
+    params: &[Tensor],
+    v: &[Tensor],
+) -> Result<Vec<Tensor>, CheckError> {
+    let mut gv: Option<Tensor> = None;
+    for (g, d) in grads.iter().zip(v) {
+        if !g.defined() || !g.requires_grad() {
+            continue; // a gradient constant in the parameters: no curvature along it
+        }
+        let term = g.f_mul(d)?.f_sum(g.kind())?;
+        gv = Some(match gv {
+            None => term,
+            Some(acc) => acc.f_add(&term)?,
+        });
+    }
+    let Some(gv) = gv else {
+        return params.iter().map(|p| Ok(p.f_zeros_like()?)).collect();
+    };
+    let hv = Tensor::f_run_backward(&[gv], params, true, false)?;
+    hv.into_iter()
+        .zip(params)
+        .map(|(h, p)| {
+            Ok(if h.defined() {
+                h.f_detach()?
+            } else {
+                p.f_zeros_like()?
+            })
+        })
+        .collect()
+}
+
+/// The eigenvalues of the symmetric tridiagonal matrix with diagonal `alpha` and off-diagonal `beta`.
+fn tridiagonal_eigenvalues(alpha: &[f64], beta: &[f64]) -> Result<Vec<f64>, CheckError> {
+    let k = alpha.len();
+    let mut m = vec![0.0f64; k * k];
+    for i in 0..k {
+        m[i * k + i] = alpha[i];
+        if i + 1 < k {
+            m[i * k + i + 1] = beta[i];
+            m[(i + 1) * k + i] = beta[i];
+        }
+    }
+    let t = Tensor::from_slice(&m).f_reshape([k as i64, k as i64])?;
+    Ok(Vec::<f64>::try_from(&t.f_linalg_eigvalsh("L")?)?)
+}
+
+/// The largest eigenvalue of the Hessian by Lanczos iteration (a Krylov refinement of power iteration:
+/// the same one Hessian-vector product per step, but it finds the top of the spectrum even when a
+/// negative eigenvalue of similar size would make power iteration oscillate). Returns the estimate and
+/// the largest Ritz value after each step; each is a lower bound of the largest eigenvalue.
+fn largest_eigenvalue(
+    grads: &[Tensor],
+    params: &[Tensor],
+    options: &LrSharpnessOptions,
+) -> Result<(f64, Vec<f64>), CheckError> {
+    let scale = |v: &[Tensor], by: f64| -> Result<Vec<Tensor>, CheckError> {
+        v.iter()
+            .map(|t| Ok(t.f_mul_scalar(by)?))
+            .collect::<Result<Vec<_>, CheckError>>()
+    };
+    let mut v: Vec<Tensor> = params
+        .iter()
+        .map(|p| p.f_randn_like())
+        .collect::<Result<_, _>>()?;
+    let norm = dot(&v, &v)?.sqrt();
+    v = scale(&v, 1.0 / norm)?;
+    let mut previous: Option<Vec<Tensor>> = None;
+    let (mut alpha, mut beta) = (Vec::new(), Vec::new());
+    let mut estimates: Vec<f64> = Vec::new();
+    for _ in 0..options.iterations {
+        let mut w = hessian_vector(grads, params, &v)?;
+        let a = dot(&w, &v)?;
+        if !a.is_finite() {
+            return Err(CheckError::Skip(
+                "the Hessian-vector product is not finite".into(),
+            ));
+        }
+        alpha.push(a);
+        w = w
+            .iter()
+            .zip(&v)
+            .map(|(h, x)| Ok(h.f_sub(&x.f_mul_scalar(a)?)?))
+            .collect::<Result<_, CheckError>>()?;
+        if let (Some(p), Some(b)) = (&previous, beta.last()) {
+            w = w
+                .iter()
+                .zip(p)
+                .map(|(h, x)| Ok(h.f_sub(&x.f_mul_scalar(*b)?)?))
+                .collect::<Result<_, CheckError>>()?;
+        }
+        let top = tridiagonal_eigenvalues(&alpha, &beta)?
+            .into_iter()
+            .fold(f64::NEG_INFINITY, f64::max);
+        let last = estimates.last().copied();
+        estimates.push(top);
+        if let Some(p) = last {
+            if (top - p).abs() <= options.tolerance * top.abs().max(1e-12) {
+                break;
+            }
+        }
+        let b = dot(&w, &w)?.sqrt();
+        if !(b.is_finite() && b > 1e-12 * top.abs().max(1e-12)) {
+            break; // the Krylov space is exhausted: the Ritz values are exact
+        }
+        beta.push(b);
+        previous = Some(std::mem::replace(&mut v, scale(&w, 1.0 / b)?));
+    }
+    Ok((estimates.last().copied().unwrap_or(0.0), estimates))
+}
+
+/// BatchNorm, GroupNorm and InstanceNorm normalise the output of the conv / linear layer before them,
+/// which makes that layer's weights scale-invariant (or nearly, through eps).
+///
+/// The curvature along such weights scales as 1/‖w‖², but SGD's step on them is (nearly) orthogonal to w,
+/// so every step grows ‖w‖ and lowers that curvature: a too-large lr corrects itself (Arora et al. 2019,
+/// "Theoretical analysis of auto rate-tuning by batch normalization"). A fresh GoogLeNet-pattern network
+/// (std-0.01 convs into BatchNorm with eps 1e-3) has λ ≈ 245 on 32 samples, 6× SGD 0.1 / 0.9's bound of
+/// 38, and trains well at lr 0.1; excluding only the exactly invariant weights does not fix that.
+fn normalises_features(kind: &str) -> bool {
+    ["BatchNorm", "SyncBatchNorm", "GroupNorm", "InstanceNorm"]
+        .iter()
+        .any(|k| kind.starts_with(k))
+}
+
+impl Check for LrSharpness {
+    type Options = LrSharpnessOptions;
+
+    const INFO: &'static CheckInfo = &INFO;
+
+    fn run(&self, ctx: &Context, options: &LrSharpnessOptions) -> CheckOutput {
+        let setup = ctx.setup;
+        let (model, data) = (ctx.model()?, ctx.data()?);
+        if setup.optimizer != OptimizerKind::Sgd {
+            return Err(CheckError::Skip(format!(
+                "the optimizer is {}: the 2(1+β)/lr bound is SGD's; Adam's is on the preconditioned \
+sharpness, which needs the second-moment estimates of real training steps (not probed)",
+                setup.optimizer.as_str()
+            )));
+        }
+        if let Some(norm) = model
+            .modules()
+            .iter()
+            .find(|m| normalises_features(&m.kind))
+        {
+            return Err(CheckError::Skip(format!(
+                "the model normalises features ({} {}): the weights before a normalisation layer are \
+(nearly) scale-invariant and SGD on them self-stabilises, so the sharpness at init does not bound the \
+usable lr",
+                crate::finding::display_module(&norm.path),
+                norm.kind
+            )));
+        }
+        let n = data.len().min(options.batch).max(1) as i64;
+        let device = model.device();
+        let x = data.inputs.f_narrow(0, 0, n)?.f_to_device(device)?;
+        let y = data.targets.f_narrow(0, 0, n)?.f_to_device(device)?;
+        let loss_kind = setup.resolved_loss(Some(data));
+        let mut copy = model.trainable_copy()?;
+        let params: Vec<Tensor> = copy
+            .parameters()?
+            .into_iter()
+            .filter(|(_, p)| p.requires_grad())
+            .map(|(_, p)| p)
+            .collect();
+        if params.is_empty() {
+            return Err(CheckError::Skip(
+                "the model has no trainable parameters".into(),
+            ));
+        }
+        tch::manual_seed(setup.seed as i64);
+        let prediction = copy.forward(&x, Mode::Train)?;
+        let loss = train::loss(loss_kind, &prediction, &y)?;
+        if !loss.requires_grad() || !loss.f_double_value(&[])?.is_finite() {
+            return Err(CheckError::Skip(
+                "the loss on the batch has no gradient or is not finite".into(),
+            ));
+        }
+        let grads = Tensor::f_run_backward(&[&loss], &params, true, true)?;
+        let stable = 2.0 * (1.0 + setup.momentum);
+        // Some ops have no double backward (e.g. hardsigmoid's): the check cannot apply to them.
+        let (mut sharpness, estimates) =
+            largest_eigenvalue(&grads, &params, options).map_err(|e| match e {
+                CheckError::Torch(t) => CheckError::Skip(format!(
+                    "a Hessian-vector product (double backward) fails on this model: {}",
+                    t.to_string().lines().next().unwrap_or("")
+                )),
+                other => other,
+            })?;
+        sharpness += setup.weight_decay;
+        let iterations = estimates.len();
+        let mut curve = Curve::new("sharpness estimate per Lanczos step", estimates);
+        if sharpness <= 0.0 {
+            return Ok(CheckResult::passed().curve(curve));
+        }
+        let max_stable_lr = stable / sharpness;
+        curve.target = Some(stable / setup.lr);
+        if setup.lr <= options.factor * max_stable_lr {
+            return Ok(CheckResult::passed().curve(curve));
+        }
+        let v = LrAboveBound {
+            lr: setup.lr,
+            momentum: setup.momentum,
+            sharpness,
+            bound: stable / setup.lr,
+            max_stable_lr,
+            batch: n as usize,
+            iterations,
+        };
+        Ok(CheckResult::with_findings(vec![Finding::new(&v, Location::config("lr"))]).curve(curve))
+    }
+}

@@ -1,0 +1,137 @@
+//! lr-sharpness: an SGD lr far above 2/λ is flagged with λ, the bound and the largest stable lr; the
+//! same setup at a safe lr, Adam, and normalised networks are not.
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+fn run_config(config: &str) -> Value {
+    let cfg = fixture(config);
+    let args = vec![cfg.as_str(), "--select", "lr-sharpness"];
+    let (code, report) = check_json(&args);
+    assert!(code == 0 || code == 1, "{config}: exit {code}");
+    report
+}
+
+fn run_setup(model: &str, data: &str, setup: &str) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path(), "trainlint.toml", &format!("[setup]\n{setup}\n"));
+    let cfg = cfg.display().to_string();
+    let mut args: Vec<String> = vec![cfg, "--select".into(), "lr-sharpness".into()];
+    args.extend(model_data(model, data));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, report) = check_json(&args);
+    assert!(code == 0 || code == 1, "{model}: exit {code}");
+    report
+}
+
+fn close(x: f64, want: f64, rel: f64) -> bool {
+    (x - want).abs() <= rel * want.abs()
+}
+
+#[test]
+fn an_sgd_lr_far_above_the_bound_is_flagged_with_lambda_and_the_stable_lr() {
+    // fixtures/make_lr_sharpness.py: λ = 5.64 by PyTorch's own double backward; SGD at lr 2 diverges.
+    let r = run_config("configs/sgd_lr_above_sharpness.toml");
+    let f = findings(&r, "lr-sharpness");
+    assert_eq!(f.len(), 1, "{r}");
+    assert_eq!(f[0]["kind"], "lr-sharpness/lr-above-stability-bound");
+    assert_eq!(f[0]["severity"], "warning");
+    let e = &f[0]["evidence"];
+    let lambda = e["sharpness"].as_f64().unwrap();
+    assert!(close(lambda, 5.64, 0.05), "{e}");
+    assert!(close(e["bound"].as_f64().unwrap(), 1.0, 1e-9), "{e}");
+    let stable = e["max_stable_lr"].as_f64().unwrap();
+    assert!(close(stable, 2.0 / lambda, 1e-9), "{e}");
+    assert!(e["iterations"].as_u64().unwrap() <= 20, "{e}");
+    assert!(
+        f[0]["help"].as_str().unwrap().contains(&format!(
+            "lower lr to {}",
+            trainlint_checks::finding::num(stable)
+        )),
+        "{}",
+        f[0]["help"]
+    );
+}
+
+#[test]
+fn the_same_setup_at_a_safe_lr_passes() {
+    // lr 0.1 < 2/λ ≈ 0.35: PyTorch's SGD descends there.
+    let r = run_config("configs/sgd_lr_below_sharpness.toml");
+    assert_eq!(check_entry(&r, "lr-sharpness")["status"], "passed", "{r}");
+    // lr 0.6 is above the bound but within the factor 2 (the one-sided early warning): no finding.
+    let r = run_setup(
+        "mlp_default",
+        "regression.npz",
+        "optimizer = \"sgd\"\nlr = 0.6\nmomentum = 0.0",
+    );
+    assert_eq!(check_entry(&r, "lr-sharpness")["status"], "passed", "{r}");
+    // Momentum 0.9 moves the bound to 2·1.9/λ ≈ 0.67: lr 1 is only 1.5× it.
+    let r = run_setup(
+        "mlp_default",
+        "regression.npz",
+        "optimizer = \"sgd\"\nlr = 1.0\nmomentum = 0.9",
+    );
+    assert_eq!(check_entry(&r, "lr-sharpness")["status"], "passed", "{r}");
+    let r = run_setup(
+        "mlp_default",
+        "regression.npz",
+        "optimizer = \"sgd\"\nlr = 1.6\nmomentum = 0.9",
+    );
+    assert_eq!(findings(&r, "lr-sharpness").len(), 1, "{r}");
+}
+
+#[test]
+fn adam_and_normalised_networks_are_skipped_with_the_reason() {
+    let r = run_setup(
+        "mlp_default",
+        "regression.npz",
+        "optimizer = \"adam\"\nlr = 1.0",
+    );
+    let e = check_entry(&r, "lr-sharpness");
+    assert_eq!(e["status"], "skipped", "{e}");
+    assert!(e.to_string().contains("preconditioned"), "{e}");
+    // torchvision's ResNet at its usual SGD 0.1 / momentum 0.9, and GoogLeNet's pattern (λ ≈ 245 at
+    // init, yet it trains well at lr 0.1): BatchNorm makes the bound meaningless, so no finding.
+    for model in ["tv_resnet_zero_init", "tv_googlenet_pattern"] {
+        let r = run_setup(
+            model,
+            "images32.npz",
+            "optimizer = \"sgd\"\nlr = 0.1\nmomentum = 0.9",
+        );
+        let e = check_entry(&r, "lr-sharpness");
+        assert_eq!(e["status"], "skipped", "{model}: {e}");
+        assert!(e.to_string().contains("scale-invariant"), "{model}: {e}");
+    }
+}
+
+#[test]
+fn healthy_sgd_setups_without_normalisation_pass() {
+    for (model, data, setup) in [
+        ("classifier", "classes4.npz", "lr = 0.1\nmomentum = 0.9"),
+        ("embedding", "tokens.npz", "lr = 0.1\nmomentum = 0.9"),
+        ("bi_gru", "sequences.npz", "lr = 0.1\nmomentum = 0.9"),
+        ("mlp_default", "regression.npz", "lr = 0.01\nmomentum = 0.9"),
+    ] {
+        let r = run_setup(model, data, &format!("optimizer = \"sgd\"\n{setup}"));
+        assert_eq!(
+            check_entry(&r, "lr-sharpness")["status"],
+            "passed",
+            "{model}: {r}"
+        );
+    }
+}
+
+#[test]
+fn an_op_without_double_backward_skips_instead_of_failing() {
+    // MobileNetV3's hardsigmoid and ViT's CPU flash attention have no double backward in libtorch 2.13;
+    // MobileNet also has BatchNorm, so try the ViT (LayerNorm only).
+    let r = run_setup(
+        "tv_vit_tiny",
+        "images32.npz",
+        "optimizer = \"sgd\"\nlr = 0.1",
+    );
+    let e = check_entry(&r, "lr-sharpness");
+    assert_eq!(e["status"], "skipped", "{e}");
+    assert!(e.to_string().contains("double backward"), "{e}");
+}
