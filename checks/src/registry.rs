@@ -4,6 +4,7 @@ use crate::{CheckFailed, Group, KindInfo, Rule, Violation};
 
 pub fn all() -> Vec<Box<dyn Rule>> {
     vec![
+        Box::new(rules::nonfinite::Nonfinite),
         Box::new(rules::init_std::InitStd),
         Box::new(rules::identity_overfit::IdentityOverfit),
         Box::new(rules::overfit_batch::OverfitBatch),
@@ -14,6 +15,8 @@ pub fn all() -> Vec<Box<dyn Rule>> {
         Box::new(rules::sequential_data::SequentialData),
         Box::new(rules::stale_batchnorm::StaleBatchnorm),
         Box::new(rules::gradient_flow::GradientFlow),
+        Box::new(rules::initial_loss::InitialLoss),
+        Box::new(rules::input_normalization::InputNormalization),
     ]
 }
 
