@@ -477,8 +477,14 @@ fn a_loss_column_of_nan_and_inf_loads_and_nonfinite_names_the_first_bad_step() {
     assert_eq!(f.len(), 1, "{report}");
     assert_eq!(f[0]["kind"], "nonfinite/log");
     assert_eq!(f[0]["evidence"]["first_step"], 0.0);
-    assert_eq!(f[0]["evidence"]["rows"], 3, "the empty cell is missing, not NaN");
-    assert_eq!(check_entry(&report, "loss-oscillation")["status"], "skipped");
+    assert_eq!(
+        f[0]["evidence"]["rows"], 3,
+        "the empty cell is missing, not NaN"
+    );
+    assert_eq!(
+        check_entry(&report, "loss-oscillation")["status"],
+        "skipped"
+    );
     let p = write(
         dir.path(),
         "nan.jsonl",
@@ -487,7 +493,10 @@ fn a_loss_column_of_nan_and_inf_loads_and_nonfinite_names_the_first_bad_step() {
     let (code, report) = check_json(&["--log", &p.display().to_string()]);
     assert_eq!(code, 1, "{report}");
     let f = findings(&report, "nonfinite");
-    assert_eq!(f[0]["evidence"]["first_step"], 1.0, "null is a missing value");
+    assert_eq!(
+        f[0]["evidence"]["first_step"], 1.0,
+        "null is a missing value"
+    );
 }
 
 #[test]

@@ -28,8 +28,14 @@ fn nan_inputs_are_reported_once_with_the_samples() {
     let f = only_finding(&r);
     assert_eq!(f["kind"], "nonfinite/data");
     let e = &f["evidence"];
-    assert_eq!((e["key"].as_str(), e["samples"].as_i64()), (Some("inputs"), Some(3)));
-    assert_eq!((e["values"]["nan"].as_i64(), e["values"]["inf"].as_i64()), (Some(4), Some(1)));
+    assert_eq!(
+        (e["key"].as_str(), e["samples"].as_i64()),
+        (Some("inputs"), Some(3))
+    );
+    assert_eq!(
+        (e["values"]["nan"].as_i64(), e["values"]["inf"].as_i64()),
+        (Some(4), Some(1))
+    );
     assert_eq!(f["location"]["samples"], serde_json::json!([5, 6]));
 }
 
@@ -46,7 +52,10 @@ fn nan_weights_are_nonfinite_parameters_not_an_init_std_finding() {
     let (_, r) = nonfinite(&model_data("mlp_nan", "regression.npz"));
     let f = only_finding(&r);
     assert_eq!(f["kind"], "nonfinite/parameters");
-    assert_eq!(f["evidence"]["parameters"], serde_json::json!(["fc2.weight"]));
+    assert_eq!(
+        f["evidence"]["parameters"],
+        serde_json::json!(["fc2.weight"])
+    );
     assert_eq!(check_entry(&r, "init-std")["status"], "passed");
 }
 
@@ -67,7 +76,10 @@ fn the_first_op_that_makes_inf_is_named_with_its_module_and_line() {
     assert_eq!(e["op"], "aten::log");
     assert_eq!(e["module"], "head");
     assert!(
-        e["source"].as_str().unwrap().contains("torch.log(torch.relu("),
+        e["source"]
+            .as_str()
+            .unwrap()
+            .contains("torch.log(torch.relu("),
         "{e}"
     );
     // About half the samples have a negative pre-activation; all of those give -inf.
@@ -101,7 +113,11 @@ fn a_diverged_log_names_its_first_non_finite_step_in_csv_and_python_json() {
         assert!(e["last_finite"].as_f64().unwrap() > 1e10, "{log}: {e}");
     }
     // The finite healthy logs are clean.
-    for log in ["logs/sgd_noisy_descent.csv", "logs/rising.csv", "logs/two_terms_30x.csv"] {
+    for log in [
+        "logs/sgd_noisy_descent.csv",
+        "logs/rising.csv",
+        "logs/two_terms_30x.csv",
+    ] {
         let (_, r) = check_json(&["--select", "nonfinite", "--log", &fixture(log)]);
         assert!(findings(&r, "nonfinite").is_empty(), "{log}");
     }
@@ -110,7 +126,11 @@ fn a_diverged_log_names_its_first_non_finite_step_in_csv_and_python_json() {
 /// Runs `select` on a fixture pair with `loss` in [setup].
 fn run_on(select: &str, model: &str, data: &str, loss: &str) -> (i32, Value) {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write(dir.path(), "trainlint.toml", &format!("[setup]\nloss = \"{loss}\"\n"));
+    let cfg = write(
+        dir.path(),
+        "trainlint.toml",
+        &format!("[setup]\nloss = \"{loss}\"\n"),
+    );
     let mut args = vec![cfg.display().to_string(), "--select".into(), select.into()];
     args.extend(model_data(model, data));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -176,7 +196,10 @@ fn a_large_last_layer_is_judged_against_the_targets_mean_square() {
     let e = initial_loss("regression_hot_head", "regression.npz", "mse");
     let v = &e["findings"][0]["evidence"];
     let (loss, expected) = (v["loss"].as_f64().unwrap(), v["expected"].as_f64().unwrap());
-    assert!((expected - 0.95).abs() < 0.05, "mean² + variance of the targets: {expected}");
+    assert!(
+        (expected - 0.95).abs() < 0.05,
+        "mean² + variance of the targets: {expected}"
+    );
     assert!(loss > 6.25 * expected, "{loss}");
     assert!(v["output_scale"].as_f64().unwrap() > 2.0 * v["target_scale"].as_f64().unwrap());
 }
@@ -187,10 +210,19 @@ fn a_bias_far_from_the_prior_is_reported_with_the_prior_loss() {
     let f = &e["findings"][0];
     let v = &f["evidence"];
     assert!((v["expected"].as_f64().unwrap() - 2f64.ln()).abs() < 1e-9);
-    assert!((v["output_mean"].as_f64().unwrap() - 8.0).abs() < 0.5, "{v}");
+    assert!(
+        (v["output_mean"].as_f64().unwrap() - 8.0).abs() < 0.5,
+        "{v}"
+    );
     // 40% positives: a bias at log(0.4 / 0.6) gives the binary entropy H(0.4) ≈ 0.673.
-    assert!((v["prior_loss"].as_f64().unwrap() - 0.673).abs() < 0.05, "{v}");
-    assert!(f["help"].as_str().unwrap().contains("log(p / (1 - p))"), "{f}");
+    assert!(
+        (v["prior_loss"].as_f64().unwrap() - 0.673).abs() < 0.05,
+        "{v}"
+    );
+    assert!(
+        f["help"].as_str().unwrap().contains("log(p / (1 - p))"),
+        "{f}"
+    );
 }
 
 #[test]
@@ -227,13 +259,22 @@ fn physical_units_reach_a_first_layer_that_does_not_rescale_them() {
     let f = &e["findings"][0];
     assert_eq!(f["kind"], "input-normalization/raw-input-scale", "{e}");
     let v = &f["evidence"];
-    assert_eq!((v["layer"].as_str(), v["largest_feature"].as_i64()), (Some("fc1"), Some(3)));
+    assert_eq!(
+        (v["layer"].as_str(), v["largest_feature"].as_i64()),
+        (Some("fc1"), Some(3))
+    );
     assert!(v["first_layer_rms"].as_f64().unwrap() > 1e3, "{v}");
     assert!(v["standardised_rms"].as_f64().unwrap() < 2.0, "{v}");
     // initial-loss leaves the input scale to input-normalization: one root cause, one finding.
     let e = initial_loss("mlp_default", "regression_raw_units.npz", "mse");
     assert_eq!(e["status"], "skipped", "{e}");
-    assert!(e["reason"].as_str().unwrap().contains("input-normalization"), "{e}");
+    assert!(
+        e["reason"]
+            .as_str()
+            .unwrap()
+            .contains("input-normalization"),
+        "{e}"
+    );
     // BatchNorm on the raw features first: clean.
     let e = input_normalization("mlp_bn_first", "regression_raw_units.npz", "mse");
     assert_eq!(e["status"], "passed", "{e}");
@@ -243,7 +284,11 @@ fn physical_units_reach_a_first_layer_that_does_not_rescale_them() {
 fn raw_pixels_are_flagged_unless_the_model_divides_by_255() {
     let e = input_normalization("cnn_bn", "images_255.npz", "cross_entropy");
     let v = &e["findings"][0]["evidence"];
-    assert_eq!((v["layer"].as_str(), v["op"].as_str()), (Some("conv1"), Some("aten::conv2d")), "{e}");
+    assert_eq!(
+        (v["layer"].as_str(), v["op"].as_str()),
+        (Some("conv1"), Some("aten::conv2d")),
+        "{e}"
+    );
     assert!(v["first_layer_rms"].as_f64().unwrap() > 20.0, "{v}");
     let e = input_normalization("cnn_div255", "images_255.npz", "cross_entropy");
     assert_eq!(e["status"], "passed", "{e}");
@@ -258,4 +303,24 @@ fn every_healthy_fixture_is_clean_for_input_normalization() {
         let e = input_normalization(model, data, loss);
         assert!(e["findings"].as_array().unwrap().is_empty(), "{model}: {e}");
     }
+}
+
+#[test]
+fn a_checkpoint_declared_untrained_is_judged() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "trainlint.toml",
+        "[setup]\nloss = \"cross_entropy\"\n[checks.initial-loss]\nmodel_state = \"untrained\"\n",
+    );
+    let mut args = vec![
+        cfg.display().to_string(),
+        "--select".into(),
+        "initial-loss".into(),
+    ];
+    args.extend(model_data("cnn_bn_trained", "images.npz"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (_, r) = check_json(&args);
+    // Trained on this data: its loss is far below ln 10, judged and clean.
+    assert_eq!(check_entry(&r, "initial-loss")["status"], "passed", "{r}");
 }

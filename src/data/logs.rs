@@ -119,7 +119,10 @@ impl<'a> Columns<'a> {
                             if !value.is_nan() || was_missing {
                                 self.values[i][row] = value;
                             }
-                            if !value.is_finite() && was_missing && self.non_finite[i].last() != Some(&row) {
+                            if !value.is_finite()
+                                && was_missing
+                                && self.non_finite[i].last() != Some(&row)
+                            {
                                 self.non_finite[i].push(row);
                             }
                         }
@@ -499,7 +502,10 @@ mod tests {
         let e = error("log.jsonl", "{\"loss\": null}\n{\"loss\": null}\n");
         assert!(e.ends_with("column `loss` has no value"), "{e}");
         // Written NaN / Inf load, listed by row; empty cells and nulls are missing, not listed.
-        let (_d, p) = write("log.csv", "step,loss,loss_a\n0,nan,1\n1,inf,\n2,,-inf\n3,1.5,2\n");
+        let (_d, p) = write(
+            "log.csv",
+            "step,loss,loss_a\n0,nan,1\n1,inf,\n2,,-inf\n3,1.5,2\n",
+        );
         let log = load_log(&p, None, &[]).unwrap();
         assert_eq!(log.non_finite["loss"], vec![0, 1]);
         assert_eq!(log.non_finite["loss_a"], vec![2]);

@@ -28,16 +28,23 @@ training (Karpathy's recipe: \"verify loss @ init\").",
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct InitialLossOptions {
-    /// How many times the neutral loss the initial loss may reach (for MSE, on the root-mean-square
-    /// scale: the loss may reach ratio² times it).
+    /// How many times the neutral loss the initial loss may reach (mse: ratio² times, on the rms scale).
     #[schemars(range(min = 1))]
     pub ratio: f64,
     /// For classification losses, the least excess over the neutral loss, in nats, that is reported.
     #[schemars(range(min = 0))]
     pub min_excess: f64,
-    /// Whether the model is a trained checkpoint (then nothing is judged). Unset: trained when a
-    /// BatchNorm layer has counted batches (num_batches_tracked > 0).
-    pub trained: Option<bool>,
+    /// `auto`: a trained checkpoint (skipped) when a BatchNorm layer counted batches; `trained`; `untrained`.
+    pub model_state: ModelState,
+}
+
+/// Whether initial-loss judges the model as untrained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelState {
+    Auto,
+    Trained,
+    Untrained,
 }
 
 impl Default for InitialLossOptions {
@@ -45,7 +52,7 @@ impl Default for InitialLossOptions {
         InitialLossOptions {
             ratio: 2.5,
             min_excess: 1.0,
-            trained: None,
+            model_state: ModelState::Auto,
         }
     }
 }
@@ -86,7 +93,8 @@ smooth_l1 `ratio`×) the larger of the neutral loss and the loss of a unit error
 head with a small output never fires on small targets. When the inputs are floating point, the loss is \
 computed again on the sample standardised per feature (per channel for images): if that one is normal, \
 the raw input scale is the cause (input-normalization's finding), and initial-loss stays silent. Skipped \
-for trained checkpoints: a BatchNorm layer with num_batches_tracked > 0, or `trained = true`.",
+for trained checkpoints: a BatchNorm layer with num_batches_tracked > 0 (`model_state = \"auto\"`), or \
+`model_state = \"trained\"`; `\"untrained\"` judges any model.",
         fix: "Initialise the last layer small or at zero (nn.init.zeros_(head.weight), or std 0.01), and \
 set its bias to the log class prior (bias = log(p_k)) for unbalanced classes or to the targets' mean for \
 regression.",
@@ -236,18 +244,19 @@ fn judge(
         }
         scalar(t.f_std(false)?)
     };
-    let classification = |expected: f64, expected_as: String, prior_loss| -> Result<Judged, CheckError> {
-        Ok(Judged {
-            loss,
-            expected,
-            expected_as,
-            limit: (expected * options.ratio).max(expected + options.min_excess),
-            output_scale: 0.0,
-            output_mean: None,
-            target_scale: None,
-            prior_loss,
-        })
-    };
+    let classification =
+        |expected: f64, expected_as: String, prior_loss| -> Result<Judged, CheckError> {
+            Ok(Judged {
+                loss,
+                expected,
+                expected_as,
+                limit: (expected * options.ratio).max(expected + options.min_excess),
+                output_scale: 0.0,
+                output_mean: None,
+                target_scale: None,
+                prior_loss,
+            })
+        };
     match loss_kind {
         LossKind::CrossEntropy | LossKind::Nll => {
             let k = train::class_count(&prediction)?;
@@ -259,18 +268,24 @@ fn judge(
             )?;
             // Softmax ignores a shift shared by all classes: the spread across classes is the scale.
             j.output_scale = if prediction.dim() >= 2 && prediction.size()[1] > 1 {
-                scalar(prediction.f_var_dim(Some([1i64].as_slice()), false, false)?.f_mean(Kind::Float)?)?.sqrt()
+                scalar(
+                    prediction
+                        .f_var_dim(Some([1i64].as_slice()), false, false)?
+                        .f_mean(Kind::Float)?,
+                )?
+                .sqrt()
             } else {
                 std(&prediction)?
             };
             Ok(j)
         }
         LossKind::Bce | LossKind::BceWithLogits => {
-            let per_label = if prediction.numel() as i64 > prediction.size().first().copied().unwrap_or(1) {
-                " per label"
-            } else {
-                ""
-            };
+            let per_label =
+                if prediction.numel() as i64 > prediction.size().first().copied().unwrap_or(1) {
+                    " per label"
+                } else {
+                    ""
+                };
             let logits = if loss_kind == LossKind::Bce {
                 // Probabilities: their log-odds.
                 let p = prediction.f_clamp(1e-6, 1.0 - 1e-6)?;
@@ -288,7 +303,10 @@ fn judge(
             }
             .f_clamp(1e-12, 1.0 - 1e-12)?;
             let q = p.f_neg()?.f_add_scalar(1.0)?;
-            let entropy = p.f_mul(&p.f_log()?)?.f_add(&q.f_mul(&q.f_log()?)?)?.f_neg()?;
+            let entropy = p
+                .f_mul(&p.f_log()?)?
+                .f_add(&q.f_mul(&q.f_log()?)?)?
+                .f_neg()?;
             let prior = scalar(entropy.f_mean(Kind::Double)?)?;
             let neutral = std::f64::consts::LN_2;
             let mut j = classification(
@@ -339,19 +357,19 @@ impl Check for InitialLoss {
 
     fn run(&self, ctx: &Context, options: &InitialLossOptions) -> CheckOutput {
         let (model, data) = (ctx.model()?, ctx.data()?);
-        match options.trained {
-            Some(true) => {
+        match options.model_state {
+            ModelState::Trained => {
                 return Ok(CheckResult::skipped(
-                    "the model is a trained checkpoint (initial-loss.trained = true)",
+                    "the model is a trained checkpoint (initial-loss.model_state = \"trained\")",
                 ))
             }
-            Some(false) => {}
-            None => {
+            ModelState::Untrained => {}
+            ModelState::Auto => {
                 let tracked = batches_tracked(model)?;
                 if tracked > 0 {
                     return Ok(CheckResult::skipped(format!(
                         "the model is a trained checkpoint (its BatchNorm layers have tracked {tracked} \
-batches); set initial-loss.trained = false to judge it anyway"
+batches); set initial-loss.model_state = \"untrained\" to judge it anyway"
                     )));
                 }
             }
@@ -419,17 +437,28 @@ mod tests {
     fn neutral_outputs_give_the_expected_losses() {
         let o = InitialLossOptions::default();
         let y = Tensor::from_slice(&[0i64, 1, 2, 3, 0, 1, 2, 3]);
-        let j = judge(LossKind::CrossEntropy, &Tensor::zeros([8, 4], tch::kind::FLOAT_CPU), &y, &o)
-            .unwrap();
+        let j = judge(
+            LossKind::CrossEntropy,
+            &Tensor::zeros([8, 4], tch::kind::FLOAT_CPU),
+            &y,
+            &o,
+        )
+        .unwrap();
         assert!((j.loss - 4f64.ln()).abs() < 1e-6 && (j.expected - 4f64.ln()).abs() < 1e-9);
-        assert!((j.prior_loss.unwrap() - 4f64.ln()).abs() < 1e-9, "balanced: a uniform prior");
+        assert!(
+            (j.prior_loss.unwrap() - 4f64.ln()).abs() < 1e-9,
+            "balanced: a uniform prior"
+        );
         // Confident logits: 20 on a wrong class.
         let logits = Tensor::zeros([8, 4], tch::kind::FLOAT_CPU);
         let _ = logits.narrow(1, 0, 1).fill_(20.0);
         let y1 = Tensor::from_slice(&[1i64; 8]);
         let j = judge(LossKind::CrossEntropy, &logits, &y1, &o).unwrap();
         assert!(j.loss > j.limit, "{} vs {}", j.loss, j.limit);
-        assert!(j.prior_loss.unwrap() < 1e-6, "a single class: prior entropy 0");
+        assert!(
+            j.prior_loss.unwrap() < 1e-6,
+            "a single class: prior entropy 0"
+        );
         // MSE: small default outputs on small targets are fine; a loss of ratio² unit errors is not.
         let y = Tensor::from_slice(&[0.01f32, -0.02, 0.015, 0.0]).reshape([4, 1]);
         let p = Tensor::from_slice(&[0.3f32, -0.2, 0.1, 0.25]).reshape([4, 1]);
@@ -441,7 +470,8 @@ mod tests {
 
     #[test]
     fn standardising_centres_each_channel() {
-        let x = Tensor::from_slice(&[0f32, 255.0, 10.0, 20.0, 128.0, 64.0, 5.0, 15.0]).reshape([2, 2, 2]);
+        let x = Tensor::from_slice(&[0f32, 255.0, 10.0, 20.0, 128.0, 64.0, 5.0, 15.0])
+            .reshape([2, 2, 2]);
         let s = standardised(&x).unwrap();
         let m = s.mean_dim([0i64, 2].as_slice(), false, Kind::Float);
         assert!(m.abs().max().double_value(&[]) < 1e-5);

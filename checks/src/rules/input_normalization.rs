@@ -132,9 +132,14 @@ fn feature_rms(x: &Tensor) -> Result<Vec<f64>, CheckError> {
     let ms = if dims.is_empty() {
         x.f_square()?
     } else {
-        x.f_square()?.f_mean_dim(dims.as_slice(), false, Kind::Double)?
+        x.f_square()?
+            .f_mean_dim(dims.as_slice(), false, Kind::Double)?
     };
-    let v = Vec::<f64>::try_from(&ms.f_sqrt()?.f_flatten(0, -1)?.f_to_device(tch::Device::Cpu)?)?;
+    let v = Vec::<f64>::try_from(
+        &ms.f_sqrt()?
+            .f_flatten(0, -1)?
+            .f_to_device(tch::Device::Cpu)?,
+    )?;
     Ok(v)
 }
 

@@ -88,7 +88,9 @@ fn finite_samples(t: &Tensor) -> Result<Vec<bool>, CheckError> {
         return Ok(vec![true; n as usize]);
     }
     let per_sample = t.f_isfinite()?.f_reshape([n, -1])?.f_all_dim(1, false)?;
-    Ok(Vec::<bool>::try_from(&per_sample.f_to_device(tch::Device::Cpu)?)?)
+    Ok(Vec::<bool>::try_from(
+        &per_sample.f_to_device(tch::Device::Cpu)?,
+    )?)
 }
 
 /// NaN or Inf in the data sample's inputs or targets.
@@ -227,7 +229,8 @@ passes over clean data, or load a checkpoint from before the NaN batch.",
         )
     }
     fn help(&self) -> String {
-        "reset the running statistics (reset_running_stats()) and recompute them on clean data".to_string()
+        "reset the running statistics (reset_running_stats()) and recompute them on clean data"
+            .to_string()
     }
 }
 
@@ -534,7 +537,10 @@ fn judge_gradients(
     let index = Tensor::from_slice(rows);
     let device = model.device();
     let x = data.inputs.f_index_select(0, &index)?.f_to_device(device)?;
-    let y = data.targets.f_index_select(0, &index)?.f_to_device(device)?;
+    let y = data
+        .targets
+        .f_index_select(0, &index)?
+        .f_to_device(device)?;
     let loss_kind = ctx.setup.resolved_loss(Some(data));
     let mut copy = model.trainable_copy()?;
     let params = copy.parameters()?;
@@ -631,7 +637,10 @@ impl Check for Nonfinite {
             let state_ok = params.is_empty() && buffers.is_empty();
             if let Some((name, _, _)) = params.first() {
                 let at = Location::parameter(name);
-                findings.push(Finding::new(&NonFiniteParameters { parameters: params }, at));
+                findings.push(Finding::new(
+                    &NonFiniteParameters { parameters: params },
+                    at,
+                ));
             }
             if let Some((name, _, _)) = buffers.first() {
                 let module = name.rsplit_once('.').map(|(m, _)| m).unwrap_or("");
@@ -641,7 +650,8 @@ impl Check for Nonfinite {
                 };
                 findings.push(Finding::new(&NonFiniteBuffers { buffers }, at));
             }
-            if let (true, Some(data), Some((finite_inputs, finite_both))) = (state_ok, data, &rows) {
+            if let (true, Some(data), Some((finite_inputs, finite_both))) = (state_ok, data, &rows)
+            {
                 match judge_output(ctx, model, data, finite_inputs)? {
                     Some(f) => findings.push(f),
                     None => {
@@ -673,7 +683,10 @@ mod tests {
         let c = Count::of(&t).unwrap();
         assert_eq!((c.nan, c.inf), (1, 2));
         assert_eq!(c.words(), "1 NaN, 2 Inf");
-        assert_eq!(Count::of(&Tensor::from_slice(&[1i64, 2])).unwrap().total(), 0);
+        assert_eq!(
+            Count::of(&Tensor::from_slice(&[1i64, 2])).unwrap().total(),
+            0
+        );
         let x = Tensor::from_slice(&[1.0f32, 2.0, f32::NAN, 4.0, 5.0, 6.0]).reshape([3, 2]);
         assert_eq!(finite_samples(&x).unwrap(), vec![true, false, true]);
     }
