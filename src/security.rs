@@ -66,15 +66,9 @@ pub fn load_model(
     trust: bool,
 ) -> Result<TorchScriptModel, UntrustedModel> {
     if !trust {
-        let sources = model::archive_sources(path)?;
-        if let Some(record) = sources.iter().find(|r| r.text.contains("__setstate__")) {
-            return Err(UntrustedModel::SetState {
-                path: path.to_path_buf(),
-                record: record.name.clone(),
-            });
-        }
+        vet_archive(path)?;
     }
-    let loaded = TorchScriptModel::load(path, device, output)?;
+    let mut loaded = TorchScriptModel::load(path, device, output)?;
     if !trust {
         let nodes = loaded
             .graph_nodes()
@@ -82,15 +76,34 @@ pub fn load_model(
                 path: path.to_path_buf(),
                 reason,
             })?;
-        let refused = refused_ops(&nodes);
-        if !refused.is_empty() {
-            return Err(UntrustedModel::SideEffects {
-                path: path.to_path_buf(),
-                found: describe(&refused),
-            });
-        }
+        vet_graph(path, &nodes)?;
+        loaded.scan_when_loaded_again();
     }
     Ok(loaded)
+}
+
+/// Refuses an archive that defines `__setstate__` (code that runs while libtorch loads it).
+pub fn vet_archive(path: &Path) -> Result<(), UntrustedModel> {
+    let sources = model::archive_sources(path)?;
+    if let Some(record) = sources.iter().find(|r| r.text.contains("__setstate__")) {
+        return Err(UntrustedModel::SetState {
+            path: path.to_path_buf(),
+            record: record.name.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a loaded model whose graphs hold an op with side effects.
+pub fn vet_graph(path: &Path, nodes: &[GraphNode]) -> Result<(), UntrustedModel> {
+    let refused = refused_ops(nodes);
+    if !refused.is_empty() {
+        return Err(UntrustedModel::SideEffects {
+            path: path.to_path_buf(),
+            found: describe(&refused),
+        });
+    }
+    Ok(())
 }
 
 /// Why the policy refuses `node`, or None when it allows it.

@@ -6,6 +6,7 @@
 
 pub mod activation;
 pub mod finding;
+pub mod optim;
 pub mod options;
 pub mod ports;
 pub mod registry;

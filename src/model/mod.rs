@@ -4,7 +4,7 @@
 //! shim hands over is a `new at::Tensor` that [`Tensor::from_ptr`] takes over (tch deletes it); every
 //! string the shim returns is a [`ShimString`] (freed on drop). Callbacks get a context pointer that is
 //! a `&mut Vec` borrowed for the duration of the one call that invokes them.
-use std::cell::OnceCell;
+use std::cell::{OnceCell, Ref, RefCell};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
@@ -374,7 +374,29 @@ impl Handle {
     /// An eval-mode forward without gradients. The shim flips the training flags for the call and
     /// restores each module's own flag afterwards (exceptions included), so behind `&self` nothing
     /// observable changes: parameters, buffers (eval-mode BatchNorm reads its stats) and flags stay.
+    /// An eval-mode forward without gradients that leaves the module as it was: its training flags
+    /// (restored by the shim) and its buffers. A model traced in train mode keeps
+    /// `batch_norm(training=True)` in its graph, so even an eval-mode forward moves its running
+    /// statistics; they are put back, even when forward throws.
     fn predict(&self, input: &Tensor, output_key: &CStr) -> Result<Tensor, CheckError> {
+        let buffers = self.tensors(false)?;
+        let saved = buffers
+            .iter()
+            .map(|(_, b)| b.f_detach_copy())
+            .collect::<Result<Vec<_>, _>>()?;
+        let result = self.predict_moving_buffers(input, output_key);
+        let _guard = tch::no_grad_guard();
+        for ((_, b), s) in buffers.iter().zip(&saved) {
+            b.shallow_clone().f_copy_(s)?;
+        }
+        result
+    }
+
+    fn predict_moving_buffers(
+        &self,
+        input: &Tensor,
+        output_key: &CStr,
+    ) -> Result<Tensor, CheckError> {
         let mut out = std::ptr::null_mut();
         // SAFETY: `self.0` is a live module; the shim's change to it is undone before it returns and
         // no other reference into the module is in use meanwhile (Handle is neither Send nor Sync).
@@ -451,14 +473,111 @@ pub fn parse_device(s: &str) -> Result<Device, ModelError> {
     Ok(device)
 }
 
+/// A model at or above this size (parameters and buffers) is not kept in memory while a check trains
+/// a copy of it: the copy is loaded again from the file, and so is the model when a check next reads
+/// it. A 200 MB model trained with Adam then peaks near 4× its size (weights, gradients, two moments)
+/// instead of 5× or, with a worker thread per check, 6×.
+pub const RELOAD_ABOVE_BYTES: u64 = 64 << 20;
+
 /// A TorchScript model loaded from a file. The file is only read.
 pub struct TorchScriptModel {
-    handle: Handle,
+    /// The module; None while a check trains the copy of a large model (loaded again when read).
+    handle: RefCell<Option<Handle>>,
+    source: Source,
     device: Device,
     output_key: CString,
     modules: Vec<ModuleInfo>,
     /// Resolving the final op freezes a clone of the module; several checks ask, it is done once.
     output_activation: OnceCell<Result<OutputActivation, String>>,
+    /// Parameter and buffer bytes, as loaded.
+    bytes: u64,
+    /// The size from which copies are loaded from the file instead of deep-copied.
+    reload_above: u64,
+}
+
+/// What loading the model again needs: the file, the device, and the file's identity when it was
+/// first loaded, so a file changed during the audit is refused instead of audited half old, half new.
+#[derive(Clone)]
+struct Source {
+    path: PathBuf,
+    c_path: CString,
+    c_device: CString,
+    stamp: Option<Stamp>,
+    /// Whether a module loaded again goes through the side-effect scan (see `security`).
+    scan: bool,
+}
+
+/// A file's identity: device, inode, size, and modification and change times. The change time
+/// cannot be set by a user, and any write or rename over the path changes one of these.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(path: &Path) -> Option<Stamp> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata(path).ok()?;
+            Some(Stamp {
+                dev: m.dev(),
+                ino: m.ino(),
+                len: m.len(),
+                mtime: (m.mtime(), m.mtime_nsec()),
+                ctime: (m.ctime(), m.ctime_nsec()),
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            let m = std::fs::metadata(path).ok()?;
+            Some(Stamp {
+                dev: 0,
+                ino: 0,
+                len: m.len(),
+                mtime: m
+                    .modified()
+                    .ok()?
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| (d.as_secs() as i64, d.subsec_nanos() as i64))
+                    .unwrap_or_default(),
+                ctime: (0, 0),
+            })
+        }
+    }
+}
+
+impl Source {
+    /// The module loaded again from the same, unchanged file, vetted as the first load was.
+    fn load_again(&self) -> Result<Handle, CheckError> {
+        let changed = || {
+            CheckError::Other(format!(
+                "the model file {} changed during the audit; run trainlint again",
+                self.path.display()
+            ))
+        };
+        if self.stamp.is_none() || Stamp::of(&self.path) != self.stamp {
+            return Err(changed());
+        }
+        if self.scan {
+            crate::security::vet_archive(&self.path)
+                .map_err(|e| CheckError::Other(e.to_string()))?;
+        }
+        let handle = Handle::load(&self.c_path, &self.c_device).map_err(CheckError::Model)?;
+        if Stamp::of(&self.path) != self.stamp {
+            return Err(changed());
+        }
+        if self.scan {
+            let nodes = handle.graph_nodes().map_err(CheckError::Model)?;
+            crate::security::vet_graph(&self.path, &nodes)
+                .map_err(|e| CheckError::Other(e.to_string()))?;
+        }
+        Ok(handle)
+    }
 }
 
 impl TorchScriptModel {
@@ -475,6 +594,7 @@ impl TorchScriptModel {
         ) else {
             return Err(ModelError::Missing(path.to_path_buf()));
         };
+        let stamp = Stamp::of(path);
         let handle =
             Handle::load(&c_path, &c_device).map_err(|reason| classify_load_error(path, reason))?;
         handle
@@ -485,13 +605,65 @@ impl TorchScriptModel {
             path: path.to_path_buf(),
             reason,
         })?;
+        let bytes = [true, false]
+            .into_iter()
+            .map(|p| handle.tensors(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ModelError::Load {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?
+            .iter()
+            .flatten()
+            .map(|(_, t)| (t.numel() * t.kind().elt_size_in_bytes()) as u64)
+            .sum();
         Ok(TorchScriptModel {
-            handle,
+            handle: RefCell::new(Some(handle)),
+            source: Source {
+                path: path.to_path_buf(),
+                c_path,
+                c_device,
+                stamp,
+                scan: false,
+            },
             device: dev,
             output_key,
             modules,
             output_activation: OnceCell::new(),
+            bytes,
+            reload_above: RELOAD_ABOVE_BYTES,
         })
+    }
+
+    /// Loading the model again (for a large model's copies) repeats the side-effect scan.
+    pub(crate) fn scan_when_loaded_again(&mut self) {
+        self.source.scan = true;
+    }
+
+    /// The module, loaded again from the file when a large model's copy took its place.
+    fn handle(&self) -> Result<Ref<'_, Handle>, CheckError> {
+        if self.handle.borrow().is_none() {
+            let handle = self.source.load_again()?;
+            *self.handle.borrow_mut() = Some(handle);
+        }
+        Ref::filter_map(self.handle.borrow(), Option::as_ref)
+            .map_err(|_| CheckError::Other("the model is not loaded".into()))
+    }
+
+    /// A module for a copy: a deep copy, or for a large model the module itself (`take`, when nothing
+    /// else will read it) or the file loaded again, with the original released until it is read.
+    fn module_for_copy(&self, take: bool) -> Result<Handle, CheckError> {
+        if self.bytes < self.reload_above {
+            return self.handle()?.deepcopy();
+        }
+        let held = self.handle.borrow_mut().take();
+        match held {
+            Some(handle) if take => Ok(handle),
+            held => {
+                drop(held);
+                self.source.load_again()
+            }
+        }
     }
 }
 
@@ -503,19 +675,24 @@ impl TorchScriptModel {
         if let Some(resolved) = self.output_activation.get() {
             let _ = output_activation.set(resolved.clone());
         }
+        // The copy goes to a worker thread that this thread waits for: a large model moves there
+        // rather than being copied, and is loaded again here when a later check reads it.
         Ok(TorchScriptModel {
-            handle: self.handle.deepcopy()?,
+            handle: RefCell::new(Some(self.module_for_copy(true)?)),
+            source: self.source.clone(),
             device: self.device,
             output_key: self.output_key.clone(),
             modules: self.modules.clone(),
             output_activation,
+            bytes: self.bytes,
+            reload_above: self.reload_above,
         })
     }
 
     /// Every node of every graph the model can run (methods, hooks and functions of all modules, calls
     /// inlined, nested blocks included), for the side-effect scan. Runs no model code.
     pub fn graph_nodes(&self) -> Result<Vec<GraphNode>, String> {
-        self.handle.graph_nodes()
+        self.handle().map_err(|e| e.to_string())?.graph_nodes()
     }
 }
 
@@ -660,10 +837,10 @@ impl Model for TorchScriptModel {
         self.device
     }
     fn parameters(&self) -> Result<Vec<NamedTensor>, CheckError> {
-        self.handle.tensors(true)
+        self.handle()?.tensors(true)
     }
     fn buffers(&self) -> Result<Vec<NamedTensor>, CheckError> {
-        self.handle.tensors(false)
+        self.handle()?.tensors(false)
     }
     fn modules(&self) -> &[ModuleInfo] {
         &self.modules
@@ -671,17 +848,21 @@ impl Model for TorchScriptModel {
     /// The final op of the head `model.output` selects, the same one `predict` returns.
     fn output_activation(&self) -> Result<OutputActivation, CheckError> {
         self.output_activation
-            .get_or_init(|| self.handle.output_op(&self.output_key))
+            .get_or_init(|| {
+                self.handle()
+                    .map_err(|e| e.to_string())?
+                    .output_op(&self.output_key)
+            })
             .clone()
             .map_err(CheckError::Model)
     }
     fn predict(&self, input: &Tensor) -> Result<Tensor, CheckError> {
-        self.handle
+        self.handle()?
             .predict(&input.to_device(self.device), &self.output_key)
     }
     fn trainable_copy(&self) -> Result<Box<dyn TrainableModel>, CheckError> {
         Ok(Box::new(TrainableCopy {
-            handle: self.handle.deepcopy()?,
+            handle: self.module_for_copy(false)?,
             device: self.device,
             output_key: self.output_key.clone(),
         }))
@@ -731,7 +912,7 @@ mod tests {
     }
 
     fn flags(model: &TorchScriptModel) -> Vec<(String, bool)> {
-        let now = model.handle.modules().unwrap();
+        let now = model.handle().unwrap().modules().unwrap();
         now.into_iter().map(|m| (m.path, m.training)).collect()
     }
 
@@ -754,6 +935,104 @@ mod tests {
         let wrong = Tensor::zeros([2, 5], (tch::Kind::Float, Device::Cpu));
         assert!(model.predict(&wrong).is_err());
         assert_eq!(flags(&model), saved, "restored when forward throws");
+    }
+
+    /// Every parameter's values, to compare a model before and after a copy of it trained.
+    fn values(params: Result<Vec<NamedTensor>, CheckError>) -> Vec<(String, Vec<f32>)> {
+        params
+            .unwrap()
+            .into_iter()
+            .map(|(n, t)| (n, Vec::<f32>::try_from(t.flatten(0, -1)).unwrap()))
+            .collect()
+    }
+
+    fn train_a_little(copy: &mut dyn TrainableModel, input: &Tensor) {
+        let out = copy.forward(input, Mode::Train).unwrap();
+        out.square().sum(tch::Kind::Float).backward();
+        let _guard = tch::no_grad_guard();
+        for (_, p) in copy.parameters().unwrap() {
+            let g = p.grad();
+            if g.defined() {
+                let _ = p.shallow_clone().f_sub_(&(g * 0.5)).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_large_model_is_released_while_its_copy_trains_then_loaded_again_unchanged() {
+        let mut model = TorchScriptModel::load(&fixture("cnn_bn.pt"), "cpu", "").unwrap();
+        model.reload_above = 0;
+        let images = Tensor::randn([4, 3, 16, 16], (tch::Kind::Float, Device::Cpu));
+        let before = values(model.parameters());
+        let predicted = model.predict(&images).unwrap();
+        let saved = flags(&model);
+
+        let mut copy = model.trainable_copy().unwrap();
+        assert!(
+            model.handle.borrow().is_none(),
+            "released while the copy trains"
+        );
+        train_a_little(copy.as_mut(), &images);
+        assert_ne!(values(copy.parameters()), before, "the copy trained");
+
+        assert!(model
+            .predict(&images)
+            .unwrap()
+            .allclose(&predicted, 0.0, 0.0, false));
+        assert_eq!(
+            values(model.parameters()),
+            before,
+            "the model is the file's again"
+        );
+        assert_eq!(flags(&model), saved);
+
+        // A worker's copy takes the module itself; this side loads it again when it next reads.
+        let worker = model.independent_copy().unwrap();
+        assert!(model.handle.borrow().is_none());
+        assert_eq!(values(worker.parameters()), before);
+        assert_eq!(values(model.parameters()), before);
+    }
+
+    #[test]
+    fn a_small_model_is_deep_copied_and_stays_loaded() {
+        let model = TorchScriptModel::load(&fixture("cnn_bn.pt"), "cpu", "").unwrap();
+        assert!(model.bytes > 0 && model.bytes < RELOAD_ABOVE_BYTES);
+        let images = Tensor::randn([4, 3, 16, 16], (tch::Kind::Float, Device::Cpu));
+        let before = values(model.parameters());
+        let mut copy = model.trainable_copy().unwrap();
+        assert!(model.handle.borrow().is_some());
+        train_a_little(copy.as_mut(), &images);
+        assert_eq!(values(model.parameters()), before);
+    }
+
+    #[test]
+    fn a_model_file_changed_during_the_audit_is_refused_not_loaded_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.pt");
+        std::fs::copy(fixture("cnn_bn.pt"), &path).unwrap();
+        let mut model = TorchScriptModel::load(&path, "cpu", "").unwrap();
+        model.reload_above = 0;
+        let _copy = model.trainable_copy().unwrap();
+        // Same bytes, rewritten in place: the change time moves, so it is another file now.
+        std::fs::write(&path, std::fs::read(&path).unwrap()).unwrap();
+        let images = Tensor::randn([2, 3, 16, 16], (tch::Kind::Float, Device::Cpu));
+        let err = model.predict(&images).unwrap_err().to_string();
+        assert!(err.contains("changed during the audit"), "{err}");
+        assert!(model.trainable_copy().is_err());
+    }
+
+    #[test]
+    fn predict_puts_back_the_statistics_a_train_mode_trace_moves() {
+        // torch.jit.trace in train mode records batch_norm(training=True): any forward updates the
+        // running statistics, whatever the module's flag says.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/torch_versions/torch-2.13/trace/model.pt");
+        let model = TorchScriptModel::load(&path, "cpu", "").unwrap();
+        let before = values(model.buffers());
+        assert!(before.iter().any(|(n, _)| n.ends_with("running_mean")));
+        let input = Tensor::randn([8, 1, 8, 8], (tch::Kind::Float, Device::Cpu)) * 3.0 + 1.0;
+        let _ = model.predict(&input);
+        assert_eq!(values(model.buffers()), before);
     }
 
     #[test]

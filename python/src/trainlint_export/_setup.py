@@ -1,0 +1,205 @@
+"""[setup] read from the live objects: optimizer, loader, loss module, targets.
+
+Only keys and values that `trainlint schema` accepts are emitted; anything trainlint cannot express is
+either refused (an ExportError that says what to pass instead) or reported as a warning.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from ._errors import ExportError, ExportWarning
+
+# trainlint's `setup.loss` values, by loss module type and by torch.nn.functional name.
+LOSS_MODULES = {
+    "MSELoss": "mse",
+    "L1Loss": "l1",
+    "SmoothL1Loss": "smooth_l1",
+    "BCELoss": "bce",
+    "BCEWithLogitsLoss": "bce_with_logits",
+    "CrossEntropyLoss": "cross_entropy",
+    "NLLLoss": "nll",
+}
+LOSS_FUNCTIONS = {
+    "mse_loss": "mse",
+    "l1_loss": "l1",
+    "smooth_l1_loss": "smooth_l1",
+    "binary_cross_entropy": "bce",
+    "binary_cross_entropy_with_logits": "bce_with_logits",
+    "cross_entropy": "cross_entropy",
+    "nll_loss": "nll",
+}
+LOSS_NAMES = sorted(set(LOSS_MODULES.values()))
+OPTIMIZERS = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.AdamW: "adamw"}
+TASKS = ("image-to-image", "classification", "regression")
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, ExportWarning, stacklevel=4)
+
+
+def loss_name(loss_fn) -> str | None:
+    """trainlint's name for a loss module, a torch.nn.functional loss, or a name given as a string."""
+    if loss_fn is None:
+        return None
+    if isinstance(loss_fn, str):
+        if loss_fn not in LOSS_NAMES:
+            raise ExportError(f"loss_fn={loss_fn!r} is not a loss trainlint knows; use one of {', '.join(LOSS_NAMES)}")
+        return loss_fn
+    kind = type(loss_fn).__name__
+    if isinstance(loss_fn, torch.nn.Module):
+        name = next((LOSS_MODULES[c.__name__] for c in type(loss_fn).__mro__ if c.__name__ in LOSS_MODULES), None)
+        if name is None:
+            raise ExportError(
+                f"loss_fn is a {kind}, which trainlint cannot model; pass the name of the closest loss it knows "
+                f"(loss_fn=\"mse\", one of {', '.join(LOSS_NAMES)}) or loss_fn=None to let trainlint pick one by task"
+            )
+        _loss_caveats(loss_fn, name)
+        return name
+    fname = getattr(loss_fn, "__name__", None)
+    if callable(loss_fn) and fname in LOSS_FUNCTIONS:
+        return LOSS_FUNCTIONS[fname]
+    raise ExportError(
+        f"loss_fn {fname or kind!r} is not a loss trainlint knows; pass a torch.nn loss module, a "
+        f"torch.nn.functional loss, or a name: {', '.join(LOSS_NAMES)}"
+    )
+
+
+def _loss_caveats(loss_fn: torch.nn.Module, name: str) -> None:
+    reduction = getattr(loss_fn, "reduction", "mean")
+    if reduction != "mean":
+        # trainlint's probes average the loss over the batch; a summed loss takes steps `batch` times
+        # larger at the same lr, so the probe would understate the lr the training really uses.
+        _warn(
+            f"{type(loss_fn).__name__}(reduction={reduction!r}): trainlint trains its probes with the batch mean, so its "
+            f"learning-rate probe sees smaller steps than your training takes; the audit still runs"
+        )
+    ignored = []
+    if getattr(loss_fn, "weight", None) is not None:
+        ignored.append("weight")
+    if getattr(loss_fn, "pos_weight", None) is not None:
+        ignored.append("pos_weight")
+    if getattr(loss_fn, "label_smoothing", 0.0):
+        ignored.append(f"label_smoothing={loss_fn.label_smoothing}")
+    if name == "smooth_l1" and getattr(loss_fn, "beta", 1.0) != 1.0:
+        ignored.append(f"beta={loss_fn.beta}")
+    if ignored:
+        _warn(f"{type(loss_fn).__name__}: trainlint models {name} without {', '.join(ignored)}")
+
+
+def optimizer_setup(optimizer) -> dict:
+    """optimizer, lr, momentum, weight_decay from `optimizer.param_groups`."""
+    if optimizer is None:
+        return {}
+    inner = optimizer
+    # Lightning's LightningOptimizer and Accelerate's AcceleratedOptimizer wrap the real one.
+    for _ in range(4):
+        if any(c in OPTIMIZERS for c in type(inner).__mro__):
+            break
+        wrapped = getattr(inner, "optimizer", None) or getattr(inner, "_optimizer", None)
+        if wrapped is None or wrapped is inner:
+            break
+        inner = wrapped
+    if not isinstance(inner, torch.optim.Optimizer):
+        raise ExportError(f"optimizer is a {type(optimizer).__name__}, not a torch.optim.Optimizer")
+    name = next((OPTIMIZERS[c] for c in type(inner).__mro__ if c in OPTIMIZERS), None)
+    if name is None:
+        raise ExportError(
+            f"optimizer {type(inner).__name__} is not one trainlint can probe (it trains with SGD, Adam or AdamW); "
+            f"pass optimizer=None and set [setup] optimizer and lr by hand to the closest one"
+        )
+    groups = inner.param_groups
+    if not groups:
+        raise ExportError("the optimizer has no param_groups")
+    # Several groups (e.g. no weight decay on biases): trainlint has one lr and one weight decay, so
+    # take the group that holds the most parameters and say what was dropped.
+    main = max(groups, key=lambda g: sum(p.numel() for p in g["params"]))
+    differing = sorted(
+        {k for g in groups for k in ("lr", "momentum", "weight_decay") if k in g and _num(g[k]) != _num(main[k])}
+    )
+    if differing:
+        _warn(
+            f"the optimizer's {len(groups)} param groups differ in {', '.join(differing)}; trainlint uses the largest "
+            f"group's values (lr {_num(main['lr']):g})"
+        )
+    setup = {"optimizer": name, "lr": _num(main["lr"]), "weight_decay": _num(main.get("weight_decay", 0.0))}
+    if name == "sgd":
+        setup["momentum"] = _num(main.get("momentum", 0.0))
+        if main.get("nesterov"):
+            _warn("SGD(nesterov=True): trainlint probes plain momentum SGD")
+    elif main.get("amsgrad"):
+        _warn(f"{type(inner).__name__}(amsgrad=True): trainlint probes plain {name}")
+    if setup["lr"] <= 0:
+        raise ExportError(f"the optimizer's lr is {setup['lr']}; trainlint needs lr > 0")
+    return setup
+
+
+def _num(value) -> float:
+    # lr can be a tensor (capturable / fused optimizers, LR schedulers that set one).
+    return float(value.item() if isinstance(value, torch.Tensor) else value)
+
+
+def loader_setup(loader, shuffle: bool | None) -> dict:
+    """batch_size from the loader, shuffle from its sampler's type."""
+    setup = {}
+    batch_size = getattr(loader, "batch_size", None)
+    if batch_size is None:
+        batch_size = getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
+    if batch_size is not None:
+        setup["batch_size"] = int(batch_size)
+    if shuffle is None:
+        shuffle = sampler_shuffles(loader)
+    setup["shuffle"] = bool(shuffle)
+    return setup
+
+
+def sampler_shuffles(loader) -> bool:
+    from torch.utils.data import (
+        RandomSampler,
+        SequentialSampler,
+        SubsetRandomSampler,
+        WeightedRandomSampler,
+    )
+    from torch.utils.data.distributed import DistributedSampler
+
+    if isinstance(loader, torch.utils.data.DataLoader) and isinstance(loader.dataset, torch.utils.data.IterableDataset):
+        raise ExportError(
+            "the loader reads an IterableDataset, whose order the loader does not control; "
+            "say whether the stream is shuffled with export(..., shuffle=True/False)"
+        )
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    sampler = getattr(batch_sampler, "sampler", None) or getattr(loader, "sampler", None)
+    if isinstance(sampler, DistributedSampler):
+        return bool(sampler.shuffle)
+    if isinstance(sampler, (RandomSampler, SubsetRandomSampler, WeightedRandomSampler)):
+        return True
+    if isinstance(sampler, SequentialSampler):
+        return False
+    # Accelerate and Lightning wrap samplers; look one level in.
+    for attr in ("sampler", "base_sampler", "_sampler"):
+        inner = getattr(sampler, attr, None)
+        if inner is not None and inner is not sampler:
+            try:
+                return sampler_shuffles(_Holder(inner))
+            except ExportError:
+                break
+    raise ExportError(
+        f"cannot tell whether the loader shuffles: its sampler is a {type(sampler).__name__}; "
+        f"pass export(..., shuffle=True) or shuffle=False"
+    )
+
+
+class _Holder:
+    def __init__(self, sampler):
+        self.sampler = sampler
+        self.batch_sampler = None
+
+
+def task_of(inputs, targets) -> str:
+    """The rule of trainlint's `task = "auto"`, written out so the folder says what it means."""
+    if not (targets.dtype.is_floating_point or targets.dtype == torch.bool):
+        return "classification"
+    if tuple(inputs.shape) == tuple(targets.shape):
+        return "image-to-image"
+    return "regression"

@@ -1,0 +1,83 @@
+//! Models exported by other PyTorch versions than trainlint's libtorch 2.13: every folder under
+//! fixtures/torch_versions/ was written by trainlint-export (python/) with the torch version its name
+//! gives (fixtures/make_torch_versions.py), and must load and audit with every check running.
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+
+fn exported_folders() -> Vec<(String, String)> {
+    let root = root().join("fixtures/torch_versions");
+    let mut out = Vec::new();
+    for version in std::fs::read_dir(&root).expect("fixtures/torch_versions") {
+        let version = version.unwrap().path();
+        for how in ["script", "trace"] {
+            let folder = version.join(how);
+            assert!(
+                folder.join("model.pt").is_file(),
+                "{} has no model.pt",
+                folder.display()
+            );
+            let name = version.file_name().unwrap().to_string_lossy().into_owned();
+            out.push((name, folder.display().to_string()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn exports_from_older_and_newer_torch_versions_are_committed() {
+    let versions: BTreeSet<String> = exported_folders().into_iter().map(|(v, _)| v).collect();
+    // 2.13 is trainlint's own; 2.1 the oldest and 2.15 the newest tested (README: "TorchScript's future").
+    for needed in ["torch-2.1", "torch-2.13", "torch-2.15"] {
+        assert!(
+            versions.contains(needed),
+            "missing {needed} in {versions:?}"
+        );
+    }
+}
+
+#[test]
+fn every_exported_folder_audits_with_every_check_running() {
+    for (version, folder) in exported_folders() {
+        let stamp = std::fs::read_to_string(format!("{folder}/torch-version.txt")).unwrap();
+        let (torch, how) = stamp.trim().split_once('\n').expect("version and method");
+        assert!(
+            torch.starts_with(&format!("{}.", version.trim_start_matches("torch-"))),
+            "{folder} was written by torch {torch}"
+        );
+        assert_eq!(
+            how,
+            folder.rsplit('/').next().unwrap(),
+            "{folder}: exported with {how}"
+        );
+
+        let (code, report) = check_json(&[&folder, "--threads", "1"]);
+        assert!(code == 0 || code == 1, "{folder}: exit {code}");
+        for c in report["checks"].as_array().unwrap() {
+            let (id, status) = (c["id"].as_str().unwrap(), c["status"].as_str().unwrap());
+            assert_ne!(status, "failed", "{folder}: {id} failed: {}", c["reason"]);
+            // The folder has a model, data, setup and a loss log: only checks that do not apply skip
+            // (identity-overfit: a classifier; loss-scale: one loss column).
+            if status == "skipped" {
+                assert!(
+                    ["identity-overfit", "loss-scale"].contains(&id),
+                    "{folder}: {id} skipped: {}",
+                    c["reason"]
+                );
+            }
+        }
+        let kinds: Vec<&str> = all_findings(&report)
+            .iter()
+            .map(|f| f["kind"].as_str().unwrap())
+            .collect();
+        // A healthy model (default init, learnable data, SGD with momentum, shuffled), scripted or
+        // traced in train mode (batch_norm recorded with training = true: trainlint's shared
+        // eval-mode forward must put the running statistics back, or stale-batchnorm compares the
+        // data with statistics one batch old).
+        assert!(kinds.is_empty(), "{folder} ({how}): {kinds:?}");
+        assert_eq!(code, 0);
+    }
+}
