@@ -872,12 +872,12 @@ impl Model for TorchScriptModel {
         &self,
         input: &Tensor,
     ) -> Result<(Tensor, Option<NonFiniteOp>), CheckError> {
-        self.handle
+        self.handle()?
             .first_non_finite(&input.to_device(self.device), &self.output_key)
     }
     // ---- input-normalization (issue 10)
     fn layer_scales(&self, input: &Tensor) -> Result<Vec<LayerScale>, CheckError> {
-        self.handle.layer_scales(&input.to_device(self.device))
+        self.handle()?.layer_scales(&input.to_device(self.device))
     }
 }
 
@@ -1125,6 +1125,26 @@ impl Handle {
     /// forward graph with a probe after every op: the output, and the first op whose output held NaN
     /// or Inf.
     fn first_non_finite(
+        &self,
+        input: &Tensor,
+        output_key: &CStr,
+    ) -> Result<(Tensor, Option<NonFiniteOp>), CheckError> {
+        // As `predict`: a module traced in train mode moves its BatchNorm statistics even in eval
+        // mode; put the buffers back.
+        let buffers = self.tensors(false)?;
+        let saved = buffers
+            .iter()
+            .map(|(_, b)| b.f_detach_copy())
+            .collect::<Result<Vec<_>, _>>()?;
+        let result = self.first_non_finite_moving_buffers(input, output_key);
+        let _guard = tch::no_grad_guard();
+        for ((_, b), s) in buffers.iter().zip(&saved) {
+            b.shallow_clone().f_copy_(s)?;
+        }
+        result
+    }
+
+    fn first_non_finite_moving_buffers(
         &self,
         input: &Tensor,
         output_key: &CStr,
