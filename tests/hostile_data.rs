@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{fixture, run, stderr, write};
+use common::{check_entry, check_json, findings, fixture, run, stderr, write};
 
 /// No panic (101), no abort (134), no C++ backtrace; the message is one line.
 fn assert_no_crash(o: &Output) -> String {
@@ -447,22 +447,56 @@ fn a_log_needs_a_loss_column_not_just_any_column() {
 }
 
 #[test]
-fn a_loss_column_without_a_finite_value_is_an_error() {
+fn a_loss_column_without_any_value_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "empty.csv", "step,loss\n0,\n1,\n2,\n");
+    let err = assert_one_line_error(&check_log(&p));
+    assert!(err.contains("column `loss` has no value"), "{err}");
+    let p = write(
+        dir.path(),
+        "nulls.jsonl",
+        "{\"step\": 0, \"loss\": null}\n{\"step\": 1, \"loss\": null}\n",
+    );
+    let err = assert_one_line_error(&check_log(&p));
+    assert!(err.contains("column `loss` has no value"), "{err}");
+}
+
+#[test]
+fn a_loss_column_of_nan_and_inf_loads_and_nonfinite_names_the_first_bad_step() {
+    // NaN / Inf written in the log are what a diverged run logs: the log loads, `nonfinite` reports the
+    // first one, and the other log checks judge the (here no) finite rows.
     let dir = tempfile::tempdir().unwrap();
     let p = write(
         dir.path(),
         "nan.csv",
         "step,loss\n0,nan\n1,NaN\n2,inf\n3,\n",
     );
-    let err = assert_one_line_error(&check_log(&p));
-    assert!(err.contains("column `loss` has no finite value"), "{err}");
+    let (code, report) = check_json(&["--log", &p.display().to_string()]);
+    assert_eq!(code, 1, "{report}");
+    let f = findings(&report, "nonfinite");
+    assert_eq!(f.len(), 1, "{report}");
+    assert_eq!(f[0]["kind"], "nonfinite/log");
+    assert_eq!(f[0]["evidence"]["first_step"], 0.0);
+    assert_eq!(
+        f[0]["evidence"]["rows"], 3,
+        "the empty cell is missing, not NaN"
+    );
+    assert_eq!(
+        check_entry(&report, "loss-oscillation")["status"],
+        "skipped"
+    );
     let p = write(
         dir.path(),
         "nan.jsonl",
         "{\"step\": 0, \"loss\": null}\n{\"step\": 1, \"loss\": \"NaN\"}\n",
     );
-    let err = assert_one_line_error(&check_log(&p));
-    assert!(err.contains("column `loss` has no finite value"), "{err}");
+    let (code, report) = check_json(&["--log", &p.display().to_string()]);
+    assert_eq!(code, 1, "{report}");
+    let f = findings(&report, "nonfinite");
+    assert_eq!(
+        f[0]["evidence"]["first_step"], 1.0,
+        "null is a missing value"
+    );
 }
 
 #[test]

@@ -338,7 +338,7 @@ fn skipped_checks_are_grouped_by_the_input_that_would_run_them() {
     assert_eq!(
         lines,
         [
-            "  add a model: set [model] path (or pass --model) → init-std, identity-overfit, overfit-batch, output-range, double-activation, stale-batchnorm, gradient-flow, unused-parameters, shared-batchnorm, batch-independence, lr-sharpness",
+            "  add a model: set [model] path (or pass --model) → init-std, identity-overfit, overfit-batch, output-range, double-activation, stale-batchnorm, gradient-flow, unused-parameters, shared-batchnorm, batch-independence, lr-sharpness, initial-loss, input-normalization",
             "  add a loss log: set [log] path (or pass --log) → loss-scale, loss-oscillation",
         ],
         "{out}"

@@ -65,6 +65,48 @@ pub trait Model {
             "this model backend has no forward graph".into(),
         ))
     }
+
+    // ---- nonfinite (issue 10)
+    /// An eval-mode forward like [`Model::predict`] that also names the first op, in execution order,
+    /// whose output holds NaN or Inf (`None` when every op's output is finite, or when the backend
+    /// cannot look inside forward).
+    fn predict_tracing_non_finite(
+        &self,
+        input: &Tensor,
+    ) -> Result<(Tensor, Option<NonFiniteOp>), CheckError> {
+        Ok((self.predict(input)?, None))
+    }
+
+    // ---- input-normalization (issue 10)
+    /// A train-mode forward without gradients on an independent copy (BatchNorm normalises with the
+    /// batch's statistics; nothing of it reaches this model) that measures the output of every linear
+    /// / conv / matmul op, in execution order. Empty when the backend cannot look inside forward.
+    fn layer_scales(&self, input: &Tensor) -> Result<Vec<LayerScale>, CheckError> {
+        let _ = input;
+        Ok(Vec::new())
+    }
+}
+
+/// The output of one layer op of a forward pass.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerScale {
+    /// The root-mean-square of the op's output.
+    pub rms: f64,
+    /// The op's qualified name, e.g. `aten::linear`.
+    pub op: String,
+    /// The dotted path of the submodule whose code runs the op; empty for the root module.
+    pub module: String,
+}
+
+/// The first op of a forward pass whose output holds NaN or Inf.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NonFiniteOp {
+    /// The op's qualified name, e.g. `aten::log`.
+    pub op: String,
+    /// The dotted path of the submodule whose code runs the op; empty for the root module.
+    pub module: String,
+    /// The op's line of source code, when the model file holds it.
+    pub source: String,
 }
 
 pub trait TrainableModel {
@@ -111,6 +153,9 @@ pub struct LossLog {
     pub total: Option<String>,
     /// The columns holding the loss terms (two or more for a multi-term loss).
     pub terms: Vec<String>,
+    /// Column name -> the rows (indices into `steps`) whose value the file wrote as NaN or ±Inf; a
+    /// missing cell is NaN in `columns` but not listed here. Columns without such rows are absent.
+    pub non_finite: BTreeMap<String, Vec<usize>>,
 }
 
 /// What the model is trained to do.

@@ -4,6 +4,7 @@ use crate::{CheckFailed, Group, KindInfo, Rule, Violation};
 
 pub fn all() -> Vec<Box<dyn Rule>> {
     vec![
+        Box::new(rules::nonfinite::Nonfinite),
         Box::new(rules::init_std::InitStd),
         Box::new(rules::identity_overfit::IdentityOverfit),
         Box::new(rules::overfit_batch::OverfitBatch),
@@ -18,6 +19,8 @@ pub fn all() -> Vec<Box<dyn Rule>> {
         Box::new(rules::shared_batchnorm::SharedBatchnorm),
         Box::new(rules::batch_independence::BatchIndependence),
         Box::new(rules::lr_sharpness::LrSharpness),
+        Box::new(rules::initial_loss::InitialLoss),
+        Box::new(rules::input_normalization::InputNormalization),
     ]
 }
 

@@ -42,6 +42,9 @@ struct Columns<'a> {
     last_step: Option<(f64, usize)>,
     /// The first row without a step, an error once another row has one.
     first_without_step: Option<usize>,
+    /// Per column, the rows whose cell the file wrote as NaN or ±Inf (an empty cell or a JSON null is
+    /// a missing value, not listed).
+    non_finite: Vec<Vec<usize>>,
 }
 
 impl<'a> Columns<'a> {
@@ -55,6 +58,7 @@ impl<'a> Columns<'a> {
             steps: Vec::new(),
             last_step: None,
             first_without_step: None,
+            non_finite: Vec::new(),
         }
     }
 
@@ -65,6 +69,7 @@ impl<'a> Columns<'a> {
         }
         self.names.push(name.to_string());
         self.values.push(vec![f64::NAN; self.rows]);
+        self.non_finite.push(Vec::new());
         self.index.insert(name.to_string(), self.names.len() - 1);
         self.names.len() - 1
     }
@@ -109,8 +114,17 @@ impl<'a> Columns<'a> {
                                 "step {step} repeats line {last_line} (a duplicate row); steps must increase row by row"
                             ));
                         }
-                        for (i, value) in cells.into_iter().filter(|(_, v)| !v.is_nan()) {
-                            self.values[i][row] = value;
+                        for (i, value) in cells {
+                            let was_missing = self.values[i][row].is_nan();
+                            if !value.is_nan() || was_missing {
+                                self.values[i][row] = value;
+                            }
+                            if !value.is_finite()
+                                && was_missing
+                                && self.non_finite[i].last() != Some(&row)
+                            {
+                                self.non_finite[i].push(row);
+                            }
                         }
                         return Ok(());
                     }
@@ -135,6 +149,9 @@ impl<'a> Columns<'a> {
         }
         for (i, value) in cells {
             self.values[i][self.rows] = value;
+            if !value.is_finite() {
+                self.non_finite[i].push(self.rows);
+            }
         }
         self.rows += 1;
         Ok(())
@@ -214,6 +231,13 @@ fn read_jsonl(path: &Path, file: File, log: &mut Columns) -> Result<(), DataErro
             continue;
         }
         let value: serde_json::Value = serde_json::from_slice(&buf)
+            .or_else(|e| {
+                // Python's json.dumps writes NaN, Infinity and -Infinity bare (not JSON): read them
+                // as the strings "NaN", … which the number parser below accepts.
+                quote_bare_non_finite(&buf)
+                    .and_then(|fixed| serde_json::from_slice(&fixed).ok())
+                    .ok_or(e)
+            })
             .map_err(|e| line_err(path, line_no, format!("invalid JSON: {e}")))?;
         let obj = value
             .as_object()
@@ -225,7 +249,13 @@ fn read_jsonl(path: &Path, file: File, log: &mut Columns) -> Result<(), DataErro
             let number = match v {
                 serde_json::Value::Number(n) => n.as_f64(),
                 serde_json::Value::String(s) => parse_number(s).filter(|x| !x.is_finite()),
-                serde_json::Value::Null => Some(f64::NAN),
+                // A JSON null is a missing value (pandas writes NaN as null): the column, no cell.
+                serde_json::Value::Null => {
+                    if k != "step" {
+                        log.column(k);
+                    }
+                    None
+                }
                 _ => None,
             };
             match number {
@@ -238,9 +268,55 @@ fn read_jsonl(path: &Path, file: File, log: &mut Columns) -> Result<(), DataErro
     }
 }
 
+/// The line with Python's bare `NaN`, `Infinity` and `-Infinity` tokens (outside strings) quoted, or
+/// None when it holds none.
+fn quote_bare_non_finite(line: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(line.len() + 8);
+    let (mut in_string, mut escaped, mut changed) = (false, false, false);
+    let mut i = 0;
+    while i < line.len() {
+        let c = line[i];
+        if in_string {
+            out.push(c);
+            match c {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if c == b'"' {
+            in_string = true;
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let token = [&b"-Infinity"[..], b"Infinity", b"NaN"]
+            .into_iter()
+            .find(|t| line[i..].starts_with(t));
+        match token {
+            Some(t) => {
+                out.push(b'"');
+                out.extend_from_slice(t);
+                out.push(b'"');
+                i += t.len();
+                changed = true;
+            }
+            None => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    changed.then_some(out)
+}
+
 /// Load a loss log. `total`: the total-loss column (default `loss` when present); `terms`: the
 /// loss-term columns (default every `loss_*` column). One of them must exist and every loss column
-/// needs a finite value; a `step` column must increase row by row.
+/// needs a value (NaN and ±Inf count: the `nonfinite` check reports them, the other checks judge the
+/// finite rows); a `step` column must increase row by row.
 pub fn load_log(path: &Path, total: Option<&str>, terms: &[String]) -> Result<LossLog, DataError> {
     let log_err = |reason: String| DataError::Log {
         path: path.to_path_buf(),
@@ -285,6 +361,13 @@ pub fn load_log(path: &Path, total: Option<&str>, terms: &[String]) -> Result<Lo
         .filter(|c| c.starts_with("loss_"))
         .cloned()
         .collect(); // in file order
+    let non_finite: BTreeMap<String, Vec<usize>> = log
+        .names
+        .iter()
+        .cloned()
+        .zip(log.non_finite)
+        .filter(|(_, rows)| !rows.is_empty())
+        .collect();
     let values: BTreeMap<String, Vec<f64>> = log.names.into_iter().zip(log.values).collect();
     let total = match total {
         Some(name) if values.contains_key(name) => Some(name.to_string()),
@@ -313,9 +396,9 @@ pub fn load_log(path: &Path, total: Option<&str>, terms: &[String]) -> Result<Lo
         )));
     }
     for column in total.iter().chain(&terms) {
-        if !values[column].iter().any(|v| v.is_finite()) {
+        if !values[column].iter().any(|v| v.is_finite()) && !non_finite.contains_key(column) {
             return Err(log_err(format!(
-                "column `{}` has no finite value",
+                "column `{}` has no value",
                 printable(column)
             )));
         }
@@ -326,6 +409,7 @@ pub fn load_log(path: &Path, total: Option<&str>, terms: &[String]) -> Result<Lo
         columns: values,
         total,
         terms,
+        non_finite,
     })
 }
 
@@ -412,14 +496,39 @@ mod tests {
     }
 
     #[test]
-    fn loss_columns_need_a_finite_value() {
-        let e = error("log.csv", "step,loss\n0,nan\n1,inf\n2,\n");
-        assert!(
-            e.ends_with("log.csv: column `loss` has no finite value"),
-            "{e}"
+    fn loss_columns_need_a_value_but_nan_and_inf_are_values() {
+        let e = error("log.csv", "step,loss\n0,\n1,\n");
+        assert!(e.ends_with("log.csv: column `loss` has no value"), "{e}");
+        let e = error("log.jsonl", "{\"loss\": null}\n{\"loss\": null}\n");
+        assert!(e.ends_with("column `loss` has no value"), "{e}");
+        // Written NaN / Inf load, listed by row; empty cells and nulls are missing, not listed.
+        let (_d, p) = write(
+            "log.csv",
+            "step,loss,loss_a\n0,nan,1\n1,inf,\n2,,-inf\n3,1.5,2\n",
         );
-        let e = error("log.csv", "step,loss,loss_a\n0,1,nan\n1,2,\n");
-        assert!(e.ends_with("column `loss_a` has no finite value"), "{e}");
+        let log = load_log(&p, None, &[]).unwrap();
+        assert_eq!(log.non_finite["loss"], vec![0, 1]);
+        assert_eq!(log.non_finite["loss_a"], vec![2]);
+        assert_eq!(log.columns["loss"][3], 1.5);
+        let (_d, p) = write(
+            "log.jsonl",
+            "{\"loss\": null}\n{\"loss\": \"NaN\"}\n{\"loss\": 0.5}\n",
+        );
+        let log = load_log(&p, None, &[]).unwrap();
+        assert_eq!(log.non_finite["loss"], vec![1]);
+    }
+
+    #[test]
+    fn python_json_dumps_bare_nan_and_infinity_are_read() {
+        let (_d, p) = write(
+            "log.jsonl",
+            "{\"step\": 0, \"loss\": 1.5, \"tag\": \"NaN in a string\"}\n{\"step\": 1, \"loss\": NaN}\n{\"step\": 2, \"loss\": -Infinity}\n",
+        );
+        let log = load_log(&p, None, &[]).unwrap();
+        assert_eq!(log.non_finite["loss"], vec![1, 2]);
+        assert_eq!(log.columns["loss"][2], f64::NEG_INFINITY);
+        let e = error("log.jsonl", "{\"loss\": NaNa}\n");
+        assert!(e.contains("log.jsonl:1: invalid JSON"), "{e}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::ptr::NonNull;
 
 use tch::{Device, Tensor};
 use trainlint_checks::graph::ModuleGraph;
-use trainlint_checks::ports::{Mode, NamedTensor};
+use trainlint_checks::ports::{LayerScale, Mode, NamedTensor, NonFiniteOp};
 use trainlint_checks::{CheckError, Model, ModuleInfo, OutputActivation, TrainableModel};
 
 #[repr(C)]
@@ -885,6 +885,19 @@ impl Model for TorchScriptModel {
     fn module_graph(&self, sample: Option<&Tensor>) -> Result<ModuleGraph, CheckError> {
         self.graph_of(sample)
     }
+
+    // ---- nonfinite (issue 10)
+    fn predict_tracing_non_finite(
+        &self,
+        input: &Tensor,
+    ) -> Result<(Tensor, Option<NonFiniteOp>), CheckError> {
+        self.handle()?
+            .first_non_finite(&input.to_device(self.device), &self.output_key)
+    }
+    // ---- input-normalization (issue 10)
+    fn layer_scales(&self, input: &Tensor) -> Result<Vec<LayerScale>, CheckError> {
+        self.handle()?.layer_scales(&input.to_device(self.device))
+    }
 }
 
 /// A deep copy of the module; training it never touches the original or the file.
@@ -956,9 +969,9 @@ impl TorchScriptModel {
                 .map_err(CheckError::Model),
             Some(x) => {
                 let input = x.to_device(self.device);
-                let json = self.handle()?.keeping_buffers(|h| {
-                    h.module_graph(Some(&input)).map_err(CheckError::Model)
-                })?;
+                let json = self
+                    .handle()?
+                    .keeping_buffers(|h| h.module_graph(Some(&input)).map_err(CheckError::Model))?;
                 Self::parse_graph(Ok(json)).map_err(CheckError::Model)
             }
         }
@@ -1166,5 +1179,114 @@ mod tests {
         assert_eq!(user_message(raw), "shape mismatch");
         let traced = "The following operation failed in the TorchScript interpreter.\nTraceback of TorchScript (most recent call last):\n  File \"code/x.py\", line 3\nRuntimeError: bad input\nException raised from f at a.cpp:1 (most recent call first):\nframe #0: g\n";
         assert_eq!(user_message(traced), "RuntimeError: bad input");
+    }
+}
+
+// ================================================================ nonfinite (issue 10)
+// SAFETY (of the block): the signature matches `tl_first_nonfinite` in shim.cpp.
+unsafe extern "C" {
+    fn tl_first_nonfinite(
+        m: *mut RawModule,
+        input: *const torch_sys::C_tensor,
+        output_key: *const c_char,
+        found: *mut c_int,
+        op: *mut Option<ShimString>,
+        module: *mut Option<ShimString>,
+        source: *mut Option<ShimString>,
+        out: *mut *mut torch_sys::C_tensor,
+    ) -> Option<ShimString>;
+}
+
+impl Handle {
+    /// An eval-mode forward without gradients (flags restored as in `predict`) through a copy of the
+    /// forward graph with a probe after every op: the output, and the first op whose output held NaN
+    /// or Inf.
+    fn first_non_finite(
+        &self,
+        input: &Tensor,
+        output_key: &CStr,
+    ) -> Result<(Tensor, Option<NonFiniteOp>), CheckError> {
+        // As `predict`: a module traced in train mode moves its BatchNorm statistics even in eval
+        // mode; put the buffers back.
+        self.keeping_buffers(|h| h.first_non_finite_moving_buffers(input, output_key))
+    }
+
+    fn first_non_finite_moving_buffers(
+        &self,
+        input: &Tensor,
+        output_key: &CStr,
+    ) -> Result<(Tensor, Option<NonFiniteOp>), CheckError> {
+        let mut out = std::ptr::null_mut();
+        let mut found: c_int = 0;
+        let (mut op, mut module, mut source) = (None, None, None);
+        // SAFETY: as in `predict`: `self.0` is a live module whose flags the shim restores before it
+        // returns; `input` and `output_key` outlive the call; the out-pointers are valid; on success
+        // `out` holds a `new at::Tensor` taken over once, and the three strings (set when `found` is
+        // 1) are malloc'd and owned by their ShimString.
+        unsafe {
+            check(tl_first_nonfinite(
+                self.0,
+                input.as_ptr(),
+                output_key.as_ptr(),
+                &mut found,
+                &mut op,
+                &mut module,
+                &mut source,
+                &mut out,
+            ))
+            .map_err(CheckError::Model)?;
+            let output = Tensor::from_ptr(out);
+            let text = |s: Option<ShimString>| s.map(|s| s.to_text()).unwrap_or_default();
+            let first = (found == 1).then(|| NonFiniteOp {
+                op: text(op),
+                module: text(module),
+                source: text(source),
+            });
+            Ok((output, first))
+        }
+    }
+}
+
+// ================================================================ input-normalization (issue 10)
+type ScaleCb = extern "C" fn(*mut c_void, *const c_char, *const c_char, f64);
+
+// SAFETY (of the block): the signature matches `tl_layer_scales` in shim.cpp.
+unsafe extern "C" {
+    fn tl_layer_scales(
+        m: *const RawModule,
+        input: *const torch_sys::C_tensor,
+        ctx: *mut c_void,
+        cb: ScaleCb,
+    ) -> Option<ShimString>;
+}
+
+extern "C" fn collect_scale(ctx: *mut c_void, op: *const c_char, module: *const c_char, rms: f64) {
+    // SAFETY: `ctx` is the `&mut Vec<LayerScale>` that `layer_scales` lends for this one call; `op` and
+    // `module` are NUL-terminated strings the shim keeps alive during the callback.
+    let (out, op, module) = unsafe {
+        (
+            &mut *(ctx as *mut Vec<LayerScale>),
+            CStr::from_ptr(op),
+            CStr::from_ptr(module),
+        )
+    };
+    out.push(LayerScale {
+        rms,
+        op: op.to_string_lossy().into_owned(),
+        module: module.to_string_lossy().into_owned(),
+    });
+}
+
+impl Handle {
+    /// The rms of every layer op's output in a train-mode forward of a deep copy (the shim copies the
+    /// module: nothing reaches this one), in execution order.
+    fn layer_scales(&self, input: &Tensor) -> Result<Vec<LayerScale>, CheckError> {
+        let mut out: Vec<LayerScale> = Vec::new();
+        let ctx = &mut out as *mut Vec<LayerScale> as *mut c_void;
+        // SAFETY: `self.0` is a live module that the shim only reads (it runs a deep copy); `input`
+        // outlives the call; `ctx` points at `out`, borrowed for this call only.
+        check(unsafe { tl_layer_scales(self.0, input.as_ptr(), ctx, collect_scale) })
+            .map_err(CheckError::Model)?;
+        Ok(out)
     }
 }

@@ -941,3 +941,222 @@ char* tl_module_graph(tl_module* m, const at::Tensor* input, char** json) {
 }
 
 }  // extern "C"
+
+// ================================================================ nonfinite (issue 10): the first op
+// whose output holds NaN or Inf. A copy of the inlined forward graph gets a pass-through op,
+// trainlint::probe, after every node that produces a tensor (nested If / Loop blocks included, found
+// depth first); the probe records the first node, in execution order, whose output is non-finite. The
+// graph runs on the interpreter directly (no executor, so no pass removes or fuses the probes).
+#include <torch/csrc/jit/runtime/interpreter.h>
+#include <torch/library.h>
+
+namespace tl_probe {
+thread_local int64_t first_hit = -1;
+
+at::Tensor probe(const at::Tensor& x, int64_t id) {
+  if (first_hit < 0 && x.defined() && (x.is_floating_point() || x.is_complex()) && x.numel() > 0 &&
+      !x.isfinite().all().item<bool>()) {
+    first_hit = id;
+  }
+  return x;
+}
+}  // namespace tl_probe
+
+TORCH_LIBRARY(trainlint, m) { m.def("probe(Tensor(a) x, int id) -> Tensor(a)", tl_probe::probe); }
+
+// The dotted path of the submodule whose method the inlined node came from ("" for the root).
+static std::string node_module_path(torch::jit::Node* n) {
+  std::string path;
+  if (auto cs = n->callstack()) {
+    for (const auto& entry : (*cs)->vec()) {
+      const auto& info = std::get<2>(entry);
+      if (!info) continue;
+      std::string name = info->instance_name();
+      // A module's own helper methods (Conv2d._conv_forward) run under the instance name SELF.
+      if (name.empty() || name == "self" || name == "SELF") continue;
+      path += path.empty() ? name : "." + name;
+    }
+  }
+  return path;
+}
+
+// The line of source code the node comes from, trimmed, at most 120 characters.
+static std::string node_source(torch::jit::Node* n) {
+  std::string text;
+  try {
+    // The model's own Python line when the archive kept its debug records; else the serialized code.
+    torch::jit::SourceRange range = n->sourceRange();
+    if (auto original = range.findSourceRangeThatGenerated()) range = *original;
+    if (!range.source()) return "";
+    text = range.source()->get_line(range.source()->lineno_for_offset(range.start())).str();
+  } catch (...) {
+    return "";
+  }
+  auto nl = text.find('\n');
+  if (nl != std::string::npos) text = text.substr(0, nl);
+  auto start = text.find_first_not_of(" \t");
+  if (start == std::string::npos) return "";
+  text = text.substr(start);
+  if (text.size() > 120) text = text.substr(0, 117) + "...";
+  return text;
+}
+
+// An eval-mode forward without gradients, like tl_predict, through a probed copy of the forward graph:
+// `*out` is the selected output; when some op's output held NaN or Inf, `*found` is 1 and `op`,
+// `module` and `source` name the first such op (kind, submodule path, source line).
+static void first_nonfinite(tl_module* m, const at::Tensor* input, const char* output_key, int* found,
+                            char** op, char** module, char** source, at::Tensor** out) {
+  {
+    *found = 0;
+    TrainingFlagsRestorer restore(m->module);
+    m->module.train(false);
+    at::NoGradGuard no_grad;
+    auto graph = m->module.get_method("forward").graph()->copy();
+    torch::jit::Inline(*graph);
+    std::vector<torch::jit::Node*> nodes;
+    visit_nodes(graph->block(), [&](torch::jit::Node* n) {
+      if (n->kind() == c10::prim::Constant || n->kind() == c10::prim::GetAttr ||
+          n->kind() == c10::prim::Param || n->kind() == c10::prim::Return)
+        return;
+      nodes.push_back(n);
+    });
+    const c10::Symbol probe_kind = c10::Symbol::fromQualString("trainlint::probe");
+    struct Probed {
+      std::string op, module, source;
+    };
+    std::vector<Probed> probed;
+    for (torch::jit::Node* n : nodes) {
+      for (torch::jit::Value* v : n->outputs()) {
+        if (!v->type()->isSubtypeOf(*c10::TensorType::get())) continue;
+        torch::jit::WithInsertPoint guard(n->next());
+        torch::jit::Value* id = graph->insertConstant(static_cast<int64_t>(probed.size()));
+        torch::jit::Node* p = graph->create(probe_kind, {v, id}, 1);
+        p->insertAfter(id->node());
+        p->output()->setType(v->type());
+        v->replaceAllUsesAfterNodeWith(p, p->output());
+        probed.push_back({n->kind().toQualString(), node_module_path(n), node_source(n)});
+      }
+    }
+    torch::jit::Code code(graph, "trainlint_probe");
+    torch::jit::InterpreterState state(code);
+    torch::jit::Stack stack{m->module._ivalue(), *input};
+    tl_probe::first_hit = -1;
+    try {
+      state.run(stack);
+    } catch (...) {
+      tl_probe::first_hit = -1;
+      throw;
+    }
+    int64_t hit = tl_probe::first_hit;
+    tl_probe::first_hit = -1;
+    *out = new at::Tensor(pick_output(stack.back(), std::string(output_key)));
+    if (hit >= 0 && hit < static_cast<int64_t>(probed.size())) {
+      *found = 1;
+      *op = dup_message(probed[hit].op);
+      *module = dup_message(probed[hit].module);
+      *source = dup_message(probed[hit].source);
+    }
+  }
+}
+
+extern "C" {
+
+char* tl_first_nonfinite(tl_module* m, const at::Tensor* input, const char* output_key, int* found,
+                         char** op, char** module, char** source, at::Tensor** out) {
+  TL_GUARD(first_nonfinite(m, input, output_key, found, op, module, source, out))
+}
+
+}  // extern "C"
+
+// ================================================================ input-normalization (issue 10): the
+// scale of every layer's output. A probe after every linear / conv / matmul op of a copy of the inlined
+// forward graph records the root-mean-square of its output each time it runs, in execution order.
+namespace tl_probe {
+thread_local std::vector<std::pair<int64_t, double>>* layer_scales = nullptr;
+
+at::Tensor probe_scale(const at::Tensor& x, int64_t id) {
+  if (layer_scales != nullptr && x.defined() && x.is_floating_point() && x.numel() > 0) {
+    layer_scales->emplace_back(id, x.detach().to(at::kDouble).square().mean().sqrt().item<double>());
+  }
+  return x;
+}
+}  // namespace tl_probe
+
+TORCH_LIBRARY_FRAGMENT(trainlint, m) {
+  m.def("probe_scale(Tensor(a) x, int id) -> Tensor(a)", tl_probe::probe_scale);
+}
+
+static bool is_layer_op(const std::string& kind) {
+  static const char* const ops[] = {"aten::linear",          "aten::conv1d",         "aten::conv2d",
+                                    "aten::conv3d",          "aten::_convolution",   "aten::convolution",
+                                    "aten::conv_transpose1d", "aten::conv_transpose2d", "aten::conv_transpose3d",
+                                    "aten::addmm",           "aten::matmul",         "aten::mm",
+                                    "aten::bmm",             "aten::einsum"};
+  for (const char* op : ops)
+    if (kind == op) return true;
+  return false;
+}
+
+typedef void (*tl_scale_cb)(void* ctx, const char* op, const char* module, double rms);
+
+// Clears the recorder when the forward ends, exceptions included.
+struct LayerScaleRecorder {
+  explicit LayerScaleRecorder(std::vector<std::pair<int64_t, double>>* into) {
+    tl_probe::layer_scales = into;
+  }
+  ~LayerScaleRecorder() { tl_probe::layer_scales = nullptr; }
+  LayerScaleRecorder(const LayerScaleRecorder&) = delete;
+  LayerScaleRecorder& operator=(const LayerScaleRecorder&) = delete;
+};
+
+// A forward of a deep copy of the module in train mode (BatchNorm normalises with the batch's own
+// statistics) without gradients, through a copy of the forward graph with a probe after every layer op:
+// `cb` gets each layer op's output rms, op and submodule path, in execution order.
+static void layer_scales(const tl_module* m, const at::Tensor* input, void* ctx, tl_scale_cb cb) {
+  Module copy = [&] {
+    torch::NoGradGuard no_grad;
+    return m->module.deepcopy();
+  }();
+  copy.train(true);
+  at::NoGradGuard no_grad;
+  auto graph = copy.get_method("forward").graph()->copy();
+  torch::jit::Inline(*graph);
+  std::vector<torch::jit::Node*> nodes;
+  visit_nodes(graph->block(), [&](torch::jit::Node* n) {
+    if (is_layer_op(n->kind().toQualString())) nodes.push_back(n);
+  });
+  const c10::Symbol probe_kind = c10::Symbol::fromQualString("trainlint::probe_scale");
+  std::vector<std::pair<std::string, std::string>> probed;
+  for (torch::jit::Node* n : nodes) {
+    if (n->outputs().size() != 1) continue;
+    torch::jit::Value* v = n->output();
+    if (!v->type()->isSubtypeOf(*c10::TensorType::get())) continue;
+    torch::jit::WithInsertPoint guard(n->next());
+    torch::jit::Value* id = graph->insertConstant(static_cast<int64_t>(probed.size()));
+    torch::jit::Node* p = graph->create(probe_kind, {v, id}, 1);
+    p->insertAfter(id->node());
+    p->output()->setType(v->type());
+    v->replaceAllUsesAfterNodeWith(p, p->output());
+    probed.emplace_back(n->kind().toQualString(), node_module_path(n));
+  }
+  torch::jit::Code code(graph, "trainlint_probe_scale");
+  torch::jit::InterpreterState state(code);
+  torch::jit::Stack stack{copy._ivalue(), *input};
+  std::vector<std::pair<int64_t, double>> scales;
+  {
+    LayerScaleRecorder record(&scales);
+    state.run(stack);
+  }
+  for (const auto& [id, rms] : scales) {
+    if (id < 0 || id >= static_cast<int64_t>(probed.size())) continue;
+    cb(ctx, probed[id].first.c_str(), probed[id].second.c_str(), rms);
+  }
+}
+
+extern "C" {
+
+char* tl_layer_scales(const tl_module* m, const at::Tensor* input, void* ctx, tl_scale_cb cb) {
+  TL_GUARD(layer_scales(m, input, ctx, cb))
+}
+
+}  // extern "C"

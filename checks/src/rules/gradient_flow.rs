@@ -1,4 +1,4 @@
-//! gradient-flow: every trainable parameter receives a finite gradient from the loss.
+//! gradient-flow: every trainable parameter receives a gradient from the loss.
 use super::prelude::*;
 use crate::ports::{OptimizerKind, TrainableModel};
 use crate::train;
@@ -9,16 +9,17 @@ static INFO: CheckInfo = CheckInfo {
     id: "gradient-flow",
     group: Group::Gradient,
     default_level: Level::Deny,
-    summary: "Every trainable parameter receives a finite gradient from the loss",
+    summary: "Every trainable parameter receives a gradient from the loss",
     docs: Docs {
         what: "Runs one forward and backward pass of the configured loss on the first `batch` samples, in \
 train mode, on a copy of the model, and looks at the gradient of every trainable parameter. Frozen \
 parameters (requires_grad = false) are not judged, nor are parameters forward never reads (those are \
-`unused-parameters` findings).",
-        why: "A parameter that no gradient reaches never trains, and a non-finite gradient poisons every \
-parameter at the first optimizer step; both hide behind a loss that still falls.",
+`unused-parameters` findings). NaN / Inf gradients are the `nonfinite` check's finding: when any gradient \
+is non-finite, gradient-flow does not judge zero gradients on that pass.",
+        why: "A parameter that no gradient reaches never trains; the bug hides behind a loss that still \
+falls.",
     },
-    kinds: &[&NoGradient::KIND, &NonFiniteGradient::KIND, &ZeroGradient::KIND],
+    kinds: &[&NoGradient::KIND, &ZeroGradient::KIND],
     trains: false,
 };
 
@@ -105,39 +106,6 @@ body.weight, body.bias (module body)",
     fn help(&self) -> String {
         "call every layer you define in forward (or delete it), and remove .detach() / .item() / \
 torch.no_grad() between it and the loss"
-            .to_string()
-    }
-}
-
-/// Parameters whose gradient is NaN or Inf.
-#[derive(Serialize)]
-pub struct NonFiniteGradient {
-    pub non_finite: Vec<String>,
-}
-
-impl Violation for NonFiniteGradient {
-    const KIND: KindInfo = KindInfo {
-        id: "gradient-flow/non-finite-gradient",
-        severity: Severity::Error,
-        summary: "Parameters get NaN or Inf gradients on the sample batch",
-        why: "A NaN or Inf gradient poisons every parameter at the first optimizer step: the model is \
-lost before training starts.",
-        how: "Error for trainable parameters whose gradient norm is not finite after one backward pass.",
-        fix: "Look for NaN / Inf in the inputs, log(0) or division by zero in forward, or an exploding loss.",
-        example: Some(Example {
-            args: "--model fixtures/models/sqrt_where_head.pt --data fixtures/data/regression.npz",
-            message: "4 parameters get NaN or Inf gradients: fc1.weight, fc1.bias, fc.weight, fc.bias (modules fc1, fc)",
-        }),
-    };
-    fn message(&self) -> String {
-        format!(
-            "{} parameters get NaN or Inf gradients: {}",
-            self.non_finite.len(),
-            list(&self.non_finite)
-        )
-    }
-    fn help(&self) -> String {
-        "look for NaN / Inf in the inputs, log(0) or division by zero in forward, or an exploding loss"
             .to_string()
     }
 }
@@ -279,7 +247,11 @@ impl Check for GradientFlow {
         }
         // A branch gated by a zero-initialised parameter (zero_init_residual's γ = 0, a zero head) gets a
         // zero gradient on the first pass only: judge the weights again after one SGD step.
-        if !zero.is_empty() && non_finite.is_empty() {
+        if !non_finite.is_empty() {
+            // A NaN / Inf gradient is `nonfinite`'s finding, and an SGD step with it would make every
+            // weight NaN: the zero gradients of this pass are not judged.
+            zero.clear();
+        } else if !zero.is_empty() {
             zero = still_zero_after_a_step(copy.as_mut(), zero, loss_kind, &x, &y, ctx.setup.lr)?;
         }
         let mut findings = Vec::new();
@@ -290,10 +262,6 @@ impl Check for GradientFlow {
                 loss_detached: None,
             };
             findings.push(Finding::new(&v, at(&v.no_gradient)));
-        }
-        if !non_finite.is_empty() {
-            let v = NonFiniteGradient { non_finite };
-            findings.push(Finding::new(&v, at(&v.non_finite)));
         }
         if !zero.is_empty() {
             let v = ZeroGradient {

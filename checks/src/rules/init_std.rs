@@ -17,7 +17,6 @@ embedding and normalisation layers and compares it with the initialisations that
 fan-out.",
     },
     kinds: &[
-        &NonFiniteWeights::KIND,
         &StdOutOfBand::KIND,
         &ConstantWeights::KIND,
         &NormFarFromDefault::KIND,
@@ -65,38 +64,6 @@ impl Default for InitStdOptions {
             norm_max: 10.0,
             allow_constant: Vec::new(),
         }
-    }
-}
-
-/// NaN or Inf values in a weight.
-#[derive(Serialize)]
-pub struct NonFiniteWeights {
-    pub non_finite: i64,
-    #[serde(skip)]
-    pub numel: i64,
-}
-
-impl Violation for NonFiniteWeights {
-    const KIND: KindInfo = KindInfo {
-        id: "init-std/non-finite-weights",
-        severity: Severity::Error,
-        summary: "A weight holds NaN or Inf values",
-        why: "NaN or Inf weights poison every output and every gradient: nothing trains.",
-        how: "Error for any judged weight (see std-out-of-band) with a non-finite value.",
-        fix: "Re-initialise the layer; check the code that set or loaded these weights.",
-        example: Some(Example {
-            args: "--model fixtures/models/mlp_nan.pt",
-            message: "3 of 4096 values are NaN or Inf",
-        }),
-    };
-    fn message(&self) -> String {
-        format!(
-            "{} of {} values are NaN or Inf",
-            self.non_finite, self.numel
-        )
-    }
-    fn help(&self) -> String {
-        "re-initialise the layer; check the code that set these weights".to_string()
     }
 }
 
@@ -523,11 +490,9 @@ fn judge(
     let (name, kind, leaf) = (p.name, p.kind, p.leaf);
     let at = Location::parameter(name);
     if s.non_finite > 0 {
-        let v = NonFiniteWeights {
-            non_finite: s.non_finite,
-            numel: p.numel,
-        };
-        return Some(Finding::new(&v, at));
+        // NaN / Inf weights are `nonfinite`'s finding (one root cause, one finding); their std means
+        // nothing.
+        return None;
     }
     match family {
         Family::Norm => {
