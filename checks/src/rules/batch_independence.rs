@@ -182,6 +182,19 @@ impl Check for BatchIndependence {
         let x = all.f_narrow(0, 0, n)?;
         let mut copy = model.trainable_copy()?;
         let _no_grad = tch::no_grad_guard();
+        // Running statistics that an eval-mode forward moves are BatchNorm normalising with the
+        // batch's own statistics (batch_norm traced with training=True): samples mix by design.
+        // (The buffers share storage with the copy, so they show what the forward did.)
+        let live_stats: Vec<Tensor> = copy
+            .buffers()?
+            .into_iter()
+            .filter(|(name, _)| name.ends_with("running_mean") || name.ends_with("running_var"))
+            .map(|(_, b)| b)
+            .collect();
+        let before = live_stats
+            .iter()
+            .map(|b| b.f_detach_copy())
+            .collect::<Result<Vec<_>, _>>()?;
         // The same seed before every pass: a forward that draws noise in eval mode (a VAE's sampling,
         // dropout forced on) draws the same noise for every sample each time.
         let seed = ctx.setup.seed as i64;
@@ -190,6 +203,14 @@ impl Check for BatchIndependence {
             copy.forward(batch, Mode::Eval)
         };
         let base = forward(&x)?;
+        let after = &live_stats;
+        if before.iter().zip(after).any(|(a, b)| !a.equal(b)) {
+            return Err(CheckError::Skip(
+                "BatchNorm uses the batch's statistics even in eval mode (an eval-mode forward moved its \
+running statistics, as in a model traced in train mode): samples mix through it by design"
+                    .into(),
+            ));
+        }
         if base.dim() == 0 || base.size()[0] != n {
             return Err(CheckError::Skip(format!(
                 "the output's shape {:?} has no batch dim of {n} to pair outputs with samples",
