@@ -403,7 +403,7 @@ above its start at any step and does not end diverged, confirmed as for probe-di
         fix: "Lower setup.lr by 3–10×, or warm the learning rate up over the first steps.",
         example: Some(Example {
             args: "fixtures/configs/bn_adam_lr1.toml",
-            message: "learning-rate probe: adam at lr 1 (batch 32) is unstable: the loss on a fixed evaluation batch jumped to 5210 (2230× its start 2.34) at step 1, and ended at 1.59 after 60 steps; at lr 0.1 it went to 1.51 (peak 15, up in 35% of the steps)",
+            message: "learning-rate probe: adam at lr 1 (batch 32) is unstable: the loss on a fixed evaluation batch jumped to 5210 (2230× its start 2.34) at step 1, and ended at 1.59 after 60 steps; at lr 0.1 it went to 0.484 (peak 14.4, up in 28.3% of the steps)",
         }),
     };
     fn message(&self) -> String {
