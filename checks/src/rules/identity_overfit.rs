@@ -39,9 +39,7 @@ pub struct IdentityOverfitOptions {
     /// Relative MSE (MSE / Var(x)) to reach.
     #[schemars(extend("exclusiveMinimum" = 0))]
     pub target: f64,
-    /// A bounded output head whose range cannot hold the inputs: when clamping the inputs into the range
-    /// loses at most this share of their variance (noise straying past the bounds), the copy learns the
-    /// inputs mapped into the head's range instead; above it the head truly cannot represent the data.
+    /// Share of the inputs' variance a bounded head may lose to clamping and still learn them mapped into its range.
     #[schemars(range(min = 0, max = 1))]
     pub max_unrepresentable: f64,
 }

@@ -59,7 +59,7 @@ pub struct LossOscillationOptions {
     /// Rise of the trend (log units) that is divergence.
     #[schemars(extend("exclusiveMinimum" = 0))]
     pub divergence_rise: f64,
-    /// After the initial drop, the trend's up-and-down wander (log units, RMS) flagged without progress.
+    /// After the initial drop, the level's wander (log units, RMS) flagged without progress.
     #[schemars(range(min = 0))]
     pub min_wander: f64,
     /// The wander must also be this many times what the minibatch noise alone gives the trend.
@@ -76,9 +76,7 @@ pub struct LossOscillationOptions {
     /// Probe loss jumping this many times above its start is unstable.
     #[schemars(range(min = 1))]
     pub probe_spike: f64,
-    /// Adam / AdamW: a probe finding is confirmed by the same probe with the lr warmed up linearly over
-    /// this many steps (0: no such confirmation): a restarted Adam's first bias-corrected step moves every
-    /// weight by ~lr whatever its gradient (the optimizer's cold start).
+    /// Adam / AdamW: warm-up steps of the probe that confirms a finding is not the cold start (0: none).
     pub probe_warmup: usize,
 }
 

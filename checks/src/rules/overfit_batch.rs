@@ -34,12 +34,10 @@ pub struct OverfitBatchOptions {
     /// Adam learning rate.
     #[schemars(extend("exclusiveMinimum" = 0))]
     pub lr: f64,
-    /// Regression: the loss to reach, as a share of the loss of the best constant prediction (for
-    /// `mse`, Var(targets)).
+    /// Regression: the loss to reach, as a share of the best constant prediction's (mse: Var(targets)).
     #[schemars(extend("exclusiveMinimum" = 0), range(max = 1))]
     pub loss_ratio: f64,
-    /// Classification: the loss to reach (with every sample right), as a share of ln K, the loss of a
-    /// uniform guess over K classes (ln 2 per label for `bce` / `bce_with_logits`).
+    /// Classification: the loss to reach (every sample right), as a share of ln K (ln 2 per label).
     #[schemars(extend("exclusiveMinimum" = 0), range(max = 1))]
     pub class_loss_share: f64,
 }
