@@ -3,6 +3,8 @@
 //! The torchvision models are fresh, with their constructors' own inits untouched
 //! (`false_alarm_fixtures` in fixtures/make_fixtures.py): zero_init_residual ResNet, MobileNetV3-small,
 //! a ViT with its zero-initialised head, and GoogLeNet's std-0.01-conv-then-BatchNorm pattern.
+//! The corpus (`fixtures/make_trust.py`): every torchvision classification family, fresh and after a short
+//! normal training run with its real log, and the reproducers of each class of false alarm in issue 8.
 mod common;
 
 use common::*;
@@ -111,4 +113,271 @@ fn multi_label_batches_are_judged_per_label() {
         "task = \"classification\"\nloss = \"bce_with_logits\"",
     );
     assert_status(&r, "mlp_multilabel", "overfit-batch", "passed");
+}
+
+/// The torchvision corpus of fixtures/make_trust.py: (family, optimizer, lr) of its training run.
+const CORPUS: [(&str, &str, f64); 13] = [
+    ("resnet", "sgd", 0.02),
+    ("resnext", "adam", 2e-3),
+    ("mobilenet_v2", "adam", 2e-3),
+    ("mobilenet_v3", "adam", 2e-3),
+    ("efficientnet", "adam", 2e-3),
+    ("regnet", "adam", 2e-3),
+    ("shufflenet_v2", "adam", 2e-3),
+    ("squeezenet", "sgd", 0.01),
+    ("densenet", "sgd", 0.02),
+    ("mnasnet", "adam", 2e-3),
+    ("convnext", "adamw", 1e-3),
+    ("vit", "adamw", 1e-3),
+    ("swin", "adamw", 1e-3),
+];
+
+/// Every check on (model, data[, log]): the report's findings, as "check: kind: message" lines.
+fn every_finding(model: &str, data: &str, log: Option<&str>, setup: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path(), "trainlint.toml", &format!("[setup]\n{setup}\n"));
+    let cfg = cfg.display().to_string();
+    let mut args: Vec<String> = vec![cfg, "--select".into(), "ALL".into()];
+    args.extend(model_data(model, data));
+    if let Some(log) = log {
+        args.extend(["--log".into(), fixture(&format!("logs/{log}"))]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, report) = check_json(&args);
+    assert!(code == 0 || code == 1, "{model}: exit {code}");
+    for c in report["checks"].as_array().unwrap() {
+        assert_ne!(c["status"], "failed", "{model}: {c}");
+    }
+    all_findings(&report)
+        .iter()
+        .map(|f| format!("{}: {}: {}", f["check"], f["kind"], f["message"]))
+        .collect()
+}
+
+/// False alarms seen on the corpus and owned outside this file's checks: (model, kind). The test fails on
+/// any other finding, and when one of these disappears (then remove it here).
+const KNOWN: [(&str, &str); 1] = [
+    // MobileNetV3's BatchNorm momentum is 0.01: after 200 steps its running stats still lag the data.
+    ("tv/mobilenet_v3_trained", "stale-batchnorm/train-eval-gap"),
+];
+
+fn assert_silent(cases: &[(String, Vec<String>)]) {
+    let mut loud = Vec::new();
+    for (model, found) in cases {
+        for f in found {
+            if !KNOWN.iter().any(|(m, k)| m == model && f.contains(k)) {
+                loud.push((model, f));
+            }
+        }
+    }
+    assert!(loud.is_empty(), "false alarms: {loud:#?}");
+}
+
+// Every check on 26 models takes ~15 minutes on 2 busy cores: run with
+// `cargo test --test healthy_corpus -- --ignored`.
+#[test]
+#[ignore = "slow: every check on 13 fresh torchvision models; run with --ignored"]
+fn every_torchvision_family_fresh_is_silent_on_every_check() {
+    let cases: Vec<_> = CORPUS
+        .iter()
+        .map(|(name, _, _)| {
+            let model = format!("tv/{name}");
+            (
+                model.clone(),
+                every_finding(&model, "shapes16.npz", None, ""),
+            )
+        })
+        .collect();
+    assert_silent(&cases);
+}
+
+#[test]
+#[ignore = "slow: every check on 13 trained torchvision models with their logs; run with --ignored"]
+fn every_torchvision_family_trained_is_silent_with_its_real_log() {
+    let cases: Vec<_> = CORPUS
+        .iter()
+        .map(|(name, optimizer, lr)| {
+            let model = format!("tv/{name}_trained");
+            let setup = format!("optimizer = \"{optimizer}\"\nlr = {lr}\nbatch_size = 32");
+            let log = format!("tv/{name}.csv");
+            (
+                model.clone(),
+                every_finding(&model, "shapes16.npz", Some(&log), &setup),
+            )
+        })
+        .collect();
+    assert_silent(&cases);
+}
+
+// ---------------------------------------------------------------- issue 8's classes, on real reproducers
+
+#[test]
+fn a_frozen_first_layer_mlp_that_gets_every_sample_right_overfits() {
+    // Class 1: 100% batch accuracy while the cross-entropy falls from ln 5 = 1.61 to ~0.3 (19% of its
+    // start): "≤ 5% of the start" called it a failure; the bar is now absolute (≤ ln 5 / 4, all right).
+    let r = run_checks("mlp_frozen_first", "digits5.npz", "overfit-batch", "");
+    assert_status(&r, "mlp_frozen_first", "overfit-batch", "passed");
+    let y = check_entry(&r, "overfit-batch")["curves"][0]["y"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect::<Vec<_>>();
+    assert!(
+        (y[0] - 5f64.ln()).abs() < 0.15,
+        "starts near ln 5: {}",
+        y[0]
+    );
+    let end = *y.last().unwrap();
+    assert!(end <= 5f64.ln() / 4.0 && end > 0.05 * y[0], "end {end}");
+    // Logits multiplied by 0 still cannot overfit (tests/checks_mission.rs has the message).
+    let r = run_checks(
+        "classifier_zero_logits",
+        "classes4.npz",
+        "overfit-batch",
+        "",
+    );
+    assert_eq!(findings(&r, "overfit-batch").len(), 1);
+}
+
+#[test]
+fn a_trained_denoiser_near_its_floor_overfits_at_once() {
+    // Class 3: a trained UNet starts at MSE ~0.002 on [0, 1] targets and "only" fell ~20% in 500 steps;
+    // against the targets' own variance it is already fitted.
+    let r = run_checks(
+        "unet_denoiser_trained",
+        "denoise32.npz",
+        "overfit-batch",
+        "",
+    );
+    assert_status(&r, "unet_denoiser_trained", "overfit-batch", "passed");
+    let e = check_entry(&r, "overfit-batch");
+    let y = e["curves"][0]["y"].as_array().unwrap();
+    assert!(y[0].as_f64().unwrap() < 0.01, "{}", y[0]);
+    assert!(y.len() < 20, "passes within a few steps: {}", y.len());
+}
+
+#[test]
+fn a_sigmoid_denoiser_is_asked_only_for_what_its_head_can_represent() {
+    // Class 4: noisy [0, 1] inputs stray slightly outside the sigmoid's range: the copy learns the
+    // inputs mapped into (0, 1); the curve says so.
+    let r = run_checks(
+        "unet_sigmoid_denoiser_trained",
+        "denoise32.npz",
+        "identity-overfit",
+        "",
+    );
+    let e = check_entry(&r, "identity-overfit");
+    assert!(e["curves"][0]["name"]
+        .as_str()
+        .unwrap()
+        .contains("inputs mapped into sigmoid's [0, 1]"));
+    for f in findings(&r, "identity-overfit") {
+        assert!(
+            !f["message"]
+                .as_str()
+                .unwrap()
+                .contains("the output activation sigmoid"),
+            "{f}"
+        );
+    }
+    // A sigmoid head on inputs in [-1, 1] truly cannot represent them: still named as the cause
+    // (tests/checks_mission.rs, identity_sigmoid_head_on_signed_inputs_names_the_activation).
+}
+
+#[test]
+fn a_restarted_adam_on_a_trained_checkpoint_is_its_cold_start_not_the_lr() {
+    // Class 5: Adam's first bias-corrected step moves every weight of the trained UNet by ~lr and
+    // spikes the evaluation loss; warmed up over 10 steps the same lr is clean, and the real log descends.
+    let r = run_checks_log(
+        "unet_denoiser_trained",
+        "denoise32.npz",
+        "unet_denoiser.csv",
+        "loss-oscillation",
+        "optimizer = \"adam\"\nlr = 0.001\nbatch_size = 16",
+    );
+    assert!(findings(&r, "loss-oscillation").is_empty());
+    let curves = check_entry(&r, "loss-oscillation")["curves"]
+        .as_array()
+        .unwrap();
+    let curve = |suffix: &str| -> Vec<f64> {
+        let c = curves
+            .iter()
+            .find(|c| c["name"].as_str().unwrap().ends_with(suffix))
+            .unwrap_or_else(|| panic!("no curve {suffix}: {curves:?}"));
+        c["y"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    let cold = curve("batch 16)");
+    let peak = cold.iter().copied().fold(0.0, f64::max);
+    assert!(
+        peak >= 10.0 * cold[0],
+        "the cold start spikes: {peak} vs {}",
+        cold[0]
+    );
+    let warm = curve("(warmed up)");
+    let warm_peak = warm.iter().copied().fold(0.0, f64::max);
+    assert!(
+        warm_peak < 10.0 * warm[0],
+        "warmed up it does not: {warm_peak}"
+    );
+}
+
+#[test]
+fn a_high_lr_run_that_wanders_on_a_plateau_after_its_drop_is_flagged() {
+    // The miss: Adam at lr 0.3 drops 12.8 -> 3.7, then wanders between ~3.6 and ~5.5 for 350 steps.
+    let r = run_checks_log_only("adam_lr0.3_plateau.csv");
+    let f = findings(&r, "loss-oscillation");
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0]["kind"], "loss-oscillation/log-oscillates");
+    let m = f[0]["message"].as_str().unwrap();
+    assert!(
+        m.contains("wanders on a plateau after its initial drop"),
+        "{m}"
+    );
+    let e = &f[0]["evidence"];
+    assert!(e["wander"].as_f64().unwrap() >= 0.05, "{e}");
+    let from = e["plateau_from_step"].as_f64().unwrap();
+    assert!((10.0..=80.0).contains(&from), "{from}");
+}
+
+#[test]
+fn healthy_real_logs_are_silent() {
+    for log in [
+        "healthy_sgd_batch8.csv",
+        "healthy_adam_warmup_cosine.csv",
+        "healthy_converged_plateau.csv",
+        "mlp_converged.csv",
+        "unet_denoiser.csv",
+        "unet_sigmoid_denoiser.csv",
+        "sgd_noisy_descent.csv",
+        "spike_recovers.csv",
+    ] {
+        let r = run_checks_log_only(log);
+        assert!(findings(&r, "loss-oscillation").is_empty(), "{log}");
+    }
+}
+
+fn run_checks_log(model: &str, data: &str, log: &str, select: &str, setup: &str) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path(), "trainlint.toml", &format!("[setup]\n{setup}\n"));
+    let cfg = cfg.display().to_string();
+    let log = fixture(&format!("logs/{log}"));
+    let mut args: Vec<String> = vec![cfg, "--select".into(), select.into(), "--log".into(), log];
+    args.extend(model_data(model, data));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, report) = check_json(&args);
+    assert!(code == 0 || code == 1, "{model}: exit {code}");
+    report
+}
+
+fn run_checks_log_only(log: &str) -> Value {
+    let log = fixture(&format!("logs/{log}"));
+    let (code, report) = check_json(&["--select", "loss-oscillation", "--log", &log]);
+    assert!(code == 0 || code == 1, "{log}: exit {code}");
+    report
 }

@@ -297,6 +297,16 @@ pub struct Oscillation {
     pub amplitude_growth: f64,
     /// Whether the values were log-transformed.
     pub log_space: bool,
+    /// Where the plateau after the initial drop starts: the first point whose trend has come down half
+    /// of the way from the start to the trend's minimum.
+    pub plateau_start: usize,
+    /// On that plateau: how far its level goes up and down (block levels' RMS distance from the closest
+    /// non-increasing sequence): a healthy plateau's level only descends or stays.
+    pub wander: f64,
+    /// The wander that white minibatch noise alone gives the block levels: amplitude / √block.
+    pub wander_noise: f64,
+    /// Net descent over the plateau (its first 5% against its last quarter, as `descent`).
+    pub plateau_descent: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -320,6 +330,11 @@ pub struct OscillationThresholds {
     pub min_progress: f64,
     /// … and swings at least this large around the trend then count as oscillation.
     pub bounce_amplitude: f64,
+    /// After the initial drop, a trend that goes up and down by this much (log units, RMS) without
+    /// progress is wandering …
+    pub min_wander: f64,
+    /// … when it is also this many times what minibatch noise alone gives the trend.
+    pub wander_to_noise: f64,
 }
 
 impl Default for OscillationThresholds {
@@ -331,6 +346,8 @@ impl Default for OscillationThresholds {
             divergence_rise: std::f64::consts::LN_2,
             min_progress: 0.4,
             bounce_amplitude: 0.15,
+            min_wander: 0.05,
+            wander_to_noise: 2.0,
         }
     }
 }
@@ -351,13 +368,80 @@ pub fn measure_oscillation(values: &[f64]) -> Oscillation {
     let descent = interquartile_mean(&y[..start]) - interquartile_mean(&y[n - q..]);
     let half = n / 2;
     let first = iqr_std(&residual[..half]).max(1e-12);
+    let amplitude = iqr_std(&residual);
+    let (plateau_start, wander, wander_noise, plateau_descent) = plateau_wander(&y, &trend, window);
     Oscillation {
-        amplitude: iqr_std(&residual),
+        amplitude,
         descent,
         residual_autocorr: autocorrelation(&residual, 1),
         amplitude_growth: iqr_std(&residual[half..]) / first,
         log_space,
+        plateau_start,
+        wander,
+        wander_noise,
+        plateau_descent,
     }
+}
+
+/// The phase after the initial drop (from the first point whose trend is halfway from its start down to
+/// its minimum): where it starts, how far its level wanders, what noise alone would give, and its net
+/// descent. The level is the interquartile mean of consecutive blocks (1/12 of the phase, 5 to 25
+/// points); its wander is the RMS distance of those block levels from the closest non-increasing
+/// sequence; white minibatch noise of amplitude a gives block levels a spread of about a/√block.
+fn plateau_wander(y: &[f64], trend: &[f64], window: usize) -> (usize, f64, f64, f64) {
+    let n = y.len();
+    let low = trend.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = interquartile_mean(&trend[..(n / 20).clamp(1, n)]);
+    let halfway = low + 0.5 * (high - low).max(0.0);
+    let start = trend.iter().position(|t| *t <= halfway).unwrap_or(0);
+    let p = &y[start..];
+    let block = (p.len() / 12).clamp(5, 25);
+    let count = p.len() / block;
+    if count < 4 {
+        return (start, 0.0, 0.0, 0.0);
+    }
+    let levels: Vec<f64> = (0..count)
+        .map(|i| interquartile_mean(&p[i * block..(i + 1) * block]))
+        .collect();
+    let monotone = isotonic_non_increasing(&levels);
+    let wander = (levels
+        .iter()
+        .zip(&monotone)
+        .map(|(a, b)| (a - b).powi(2))
+        .sum::<f64>()
+        / count as f64)
+        .sqrt();
+    let smooth = running_iqm(p, window);
+    let residual: Vec<f64> = p.iter().zip(&smooth).map(|(a, b)| a - b).collect();
+    let noise = iqr_std(&residual) / (block as f64).sqrt();
+    let q = (p.len() / 4).max(1);
+    let k = (p.len() / 20).clamp(5, p.len());
+    let descent = interquartile_mean(&p[..k]) - interquartile_mean(&p[p.len() - q..]);
+    (start, wander, noise, descent)
+}
+
+/// The closest non-increasing sequence to `y` in least squares (pool adjacent violators).
+pub fn isotonic_non_increasing(y: &[f64]) -> Vec<f64> {
+    // Blocks of (sum, count); merge while a block's mean exceeds its predecessor's.
+    let mut blocks: Vec<(f64, usize)> = Vec::with_capacity(y.len());
+    for &v in y {
+        blocks.push((v, 1));
+        while blocks.len() > 1 {
+            let (s2, c2) = blocks[blocks.len() - 1];
+            let (s1, c1) = blocks[blocks.len() - 2];
+            if s2 / c2 as f64 > s1 / c1 as f64 {
+                blocks.pop();
+                let last = blocks.len() - 1;
+                blocks[last] = (s1 + s2, c1 + c2);
+            } else {
+                break;
+            }
+        }
+    }
+    blocks
+        .iter()
+        .flat_map(|(s, c)| std::iter::repeat_n(s / *c as f64, *c))
+        .collect()
 }
 
 pub fn judge_oscillation(o: &Oscillation, t: &OscillationThresholds) -> Verdict {
@@ -372,7 +456,17 @@ pub fn judge_oscillation(o: &Oscillation, t: &OscillationThresholds) -> Verdict 
     if o.descent < t.min_progress && o.amplitude >= t.bounce_amplitude {
         return Verdict::Oscillating;
     }
+    if is_wandering(o, t) {
+        return Verdict::Oscillating;
+    }
     Verdict::Descending
+}
+
+/// After its initial drop the trend goes up and down (beyond what the noise gives it) without progress.
+pub fn is_wandering(o: &Oscillation, t: &OscillationThresholds) -> bool {
+    o.plateau_descent < t.min_progress
+        && o.wander >= t.min_wander
+        && o.wander >= t.wander_to_noise * o.wander_noise
 }
 
 #[cfg(test)]
@@ -427,6 +521,18 @@ pub(crate) mod tests {
         let x: Vec<f64> = (0..20_000).map(|_| rng.normal()).collect();
         assert!((robust_std(&x) - 1.0).abs() < 0.03);
         assert!((std(&x) - 1.0).abs() < 0.03);
+    }
+
+    #[test]
+    fn isotonic_fit_pools_the_rises() {
+        assert_eq!(
+            isotonic_non_increasing(&[3.0, 1.0, 2.0, 0.0]),
+            vec![3.0, 1.5, 1.5, 0.0]
+        );
+        assert_eq!(
+            isotonic_non_increasing(&[1.0, 2.0, 3.0]),
+            vec![2.0, 2.0, 2.0]
+        );
     }
 
     #[test]

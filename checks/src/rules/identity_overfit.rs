@@ -1,6 +1,6 @@
 //! identity-overfit: an image-to-image model can learn the identity on a small batch.
 use super::prelude::*;
-use crate::activation::output_range;
+use crate::activation::{output_range, Range};
 use crate::train::{self, to_vec};
 use tch::Kind;
 
@@ -39,6 +39,9 @@ pub struct IdentityOverfitOptions {
     /// Relative MSE (MSE / Var(x)) to reach.
     #[schemars(extend("exclusiveMinimum" = 0))]
     pub target: f64,
+    /// Share of the inputs' variance a bounded head may lose to clamping and still learn them mapped into its range.
+    #[schemars(range(min = 0, max = 1))]
+    pub max_unrepresentable: f64,
 }
 
 impl Default for IdentityOverfitOptions {
@@ -48,6 +51,7 @@ impl Default for IdentityOverfitOptions {
             steps: 500,
             lr: 3e-3,
             target: 1e-2,
+            max_unrepresentable: 0.1,
         }
     }
 }
@@ -78,7 +82,12 @@ will not learn the harder task either.",
 steps, stopping early once it is ≤ `target`. Failing: the curve's start and end, the PSNR, and the \
 likely cause: no gradient reaches the parameters (every gradient is zero or the loss has no graph), an \
 output activation whose range cannot hold the inputs (named, with the share of inputs outside it), or a \
-plateau (a bottleneck or too little capacity; the narrowest layer is named).",
+plateau (a bottleneck or too little capacity; the narrowest layer is named). A bounded head (sigmoid, \
+tanh, relu …) is asked only for what it can represent: when clamping the inputs into its range loses at \
+most `max_unrepresentable` (10%) of their variance (noisy [0, 1] images straying past the bounds), the \
+copy learns the inputs clamped into the range (squeezed 10% inwards from two finite bounds) and the \
+relative MSE is measured against their variance; above that (a sigmoid head with inputs in [-1, 1] or \
+0..255) the head truly cannot represent the data and is named as the cause.",
         fix: "Make sure every output depends on the parameters (no .detach(), no multiplication by 0); \
 pick an output activation that covers the data range (or none); widen the bottleneck or add skip \
 connections.",
@@ -136,6 +145,24 @@ pub fn narrowest_layer(model: &dyn Model) -> Result<Option<(String, i64)>, Check
     Ok(widths.into_iter().min_by_key(|(_, w)| *w))
 }
 
+/// `x` clamped into a bounded head's range; a side bounded on both ends is squeezed 10% inwards, since
+/// sigmoid or tanh reach their bounds only with infinite logits.
+fn into_range(x: &tch::Tensor, r: Range) -> Result<tch::Tensor, CheckError> {
+    let lo = r.lo.is_finite().then_some(r.lo);
+    let hi = r.hi.is_finite().then_some(r.hi);
+    let clamped = x.f_clamp(lo.unwrap_or(f64::MIN), hi.unwrap_or(f64::MAX))?;
+    Ok(match (lo, hi) {
+        (Some(lo), Some(hi)) => {
+            let m = 0.1 * (hi - lo);
+            clamped
+                .f_sub_scalar(lo)?
+                .f_mul_scalar((hi - lo - 2.0 * m) / (hi - lo))?
+                .f_add_scalar(lo + m)?
+        }
+        _ => clamped,
+    })
+}
+
 impl Check for IdentityOverfit {
     type Options = IdentityOverfitOptions;
 
@@ -173,11 +200,37 @@ impl Check for IdentityOverfit {
         }
         let target = options.target;
         let steps = options.steps;
+        let act = model.output_activation()?;
+        let head = output_range(&act);
+        let values = to_vec(&x)?;
+        // A bounded head copies what it can represent: inputs that stray slightly past its bounds (noise
+        // on [0, 1] images) are mapped into its range; the question is whether information flows through.
+        let mapped = head.and_then(|r| {
+            let lost = values
+                .iter()
+                .map(|v| (v - v.clamp(r.lo, r.hi)).powi(2))
+                .sum::<f64>()
+                / values.len() as f64
+                / var;
+            (lost > 0.0 && lost <= options.max_unrepresentable).then_some(r)
+        });
+        let goal = match mapped {
+            Some(r) => into_range(&x, r)?,
+            None => x.shallow_clone(),
+        };
+        let var = if mapped.is_some() {
+            goal.f_to_kind(Kind::Double)?
+                .f_var(false)?
+                .f_double_value(&[])?
+                .max(1e-30)
+        } else {
+            var
+        };
         let mut copy = model.trainable_copy()?;
         let fit = train::fit_batch(
             copy.as_mut(),
             &x,
-            &x,
+            &goal,
             LossKind::Mse,
             options.lr,
             steps,
@@ -185,14 +238,21 @@ impl Check for IdentityOverfit {
             ctx.progress,
         )?;
         let relative: Vec<f64> = fit.losses.iter().map(|l| l / var).collect();
-        let mut curve = Curve::new("identity relative MSE", relative.clone());
+        let name = match mapped {
+            Some(r) => format!(
+                "identity relative MSE (inputs mapped into {}'s {})",
+                act.op,
+                r.describe()
+            ),
+            None => "identity relative MSE".to_string(),
+        };
+        let mut curve = Curve::new(name, relative.clone());
         curve.target = Some(target);
         curve.log_scale = true;
         if fit.reached {
             return Ok(CheckResult::passed().curve(curve));
         }
         let (start, end) = (relative[0], *relative.last().expect("at least one step"));
-        let values = to_vec(&x)?;
         let (lo, hi) = values
             .iter()
             .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
@@ -202,8 +262,7 @@ impl Check for IdentityOverfit {
         let cause = match train::no_gradient_cause(&fit) {
             Some(c) => c,
             None => {
-                let act = model.output_activation()?;
-                let outside = output_range(&act).map(|r| {
+                let outside = head.filter(|_| mapped.is_none()).map(|r| {
                     let n = values.iter().filter(|v| **v < r.lo || **v > r.hi).count();
                     (r, n as f64 / values.len() as f64)
                 });

@@ -1,6 +1,7 @@
 //! loss-oscillation: the loss oscillates or diverges instead of descending, in the loss log and in a
 //! learning-rate probe on a copy of the model.
 use super::prelude::*;
+use crate::ports::OptimizerKind;
 use crate::stats::{self, OscillationThresholds, Rng, Verdict};
 use crate::train;
 
@@ -58,6 +59,12 @@ pub struct LossOscillationOptions {
     /// Rise of the trend (log units) that is divergence.
     #[schemars(extend("exclusiveMinimum" = 0))]
     pub divergence_rise: f64,
+    /// After the initial drop, the level's wander (log units, RMS) flagged without progress.
+    #[schemars(range(min = 0))]
+    pub min_wander: f64,
+    /// The wander must also be this many times what the minibatch noise alone gives the trend.
+    #[schemars(range(min = 0))]
+    pub wander_to_noise: f64,
     /// Run the learning-rate probe when a model and data are given.
     pub probe: bool,
     /// Steps of the learning-rate probe.
@@ -69,6 +76,8 @@ pub struct LossOscillationOptions {
     /// Probe loss jumping this many times above its start is unstable.
     #[schemars(range(min = 1))]
     pub probe_spike: f64,
+    /// Adam / AdamW: warm-up steps of the probe that confirms a finding is not the cold start (0: none).
+    pub probe_warmup: usize,
 }
 
 impl Default for LossOscillationOptions {
@@ -82,10 +91,13 @@ impl Default for LossOscillationOptions {
             min_progress: t.min_progress,
             bounce_amplitude: t.bounce_amplitude,
             divergence_rise: t.divergence_rise,
+            min_wander: t.min_wander,
+            wander_to_noise: t.wander_to_noise,
             probe: true,
             probe_steps: 60,
             probe_divergence: 2.0,
             probe_spike: 10.0,
+            probe_warmup: 10,
         }
     }
 }
@@ -140,6 +152,10 @@ pub struct LogEvidence {
     pub amplitude_growth: f64,
     pub start_level: f64,
     pub last_quarter_level: f64,
+    /// After the initial drop: the trend's up-and-down wander (RMS, log units when `log_space`).
+    pub wander: f64,
+    /// The step where the plateau after the initial drop starts.
+    pub plateau_from_step: f64,
     #[serde(skip)]
     pub first_step: f64,
     #[serde(skip)]
@@ -191,6 +207,9 @@ pub struct LogOscillates {
     pub log: LogEvidence,
     #[serde(skip)]
     pub zigzag: bool,
+    /// No zig-zag and net progress, but a plateau after the initial drop whose trend wanders.
+    #[serde(skip)]
+    pub wandering: bool,
     #[serde(skip)]
     pub log_space: bool,
 }
@@ -206,9 +225,14 @@ rides on a descending trend.",
         how: "The values are taken in log space when all positive; the trend is a running interquartile \
 mean and the residual the rest. Warning for a zig-zag (residual lag-1 autocorrelation ≤ \
 `zigzag_autocorr`, robust residual amplitude ≥ `min_amplitude` and ≥ `amplitude_to_descent` × the net \
-descent), or for no progress (net descent from the start < `min_progress`) with swings ≥ \
-`bounce_amplitude`. A log that starts on a converged plateau shows no progress by construction: give it \
-from the first step.",
+descent), for no progress (net descent from the start < `min_progress`) with swings ≥ \
+`bounce_amplitude`, or for a plateau after the initial drop (from the first point whose trend is halfway \
+down from the start to its minimum) that makes no progress (< `min_progress`) while its trend goes up and \
+down: the level of consecutive blocks (1/12 of the plateau, 5 to 25 points) stays at an RMS distance ≥ \
+`min_wander` from the closest non-increasing sequence, and ≥ `wander_to_noise` × what white minibatch \
+noise alone gives block levels (residual amplitude / √block). A healthy converged plateau's level stays \
+flat under its noise; a learning rate too high keeps it wandering. A log that \
+starts on a converged plateau shows no progress by construction: give it from the first step.",
         fix: "Lower the learning rate by 3–10× (or add warm-up / gradient clipping); if the loss bounces \
 at any learning rate, the model may lack capacity.",
         example: Some(Example {
@@ -218,6 +242,26 @@ at any learning rate, the model may lack capacity.",
     };
     fn message(&self) -> String {
         let l = &self.log;
+        let pct = |x: f64| {
+            if self.log_space {
+                format!("±{}%", num(100.0 * (x.exp() - 1.0)))
+            } else {
+                format!("±{}", num(x))
+            }
+        };
+        if self.wandering {
+            return format!(
+                "the loss wanders on a plateau after its initial drop over steps {}..{}: its smoothed level \
+goes up and down by {} (RMS) without descending, with swings {} around it (level at the start {}, last \
+quarter {})",
+                num(l.plateau_from_step),
+                num(l.last_step),
+                pct(l.wander),
+                pct(l.amplitude),
+                num(l.start_level),
+                num(l.last_quarter_level)
+            );
+        }
         let what = if self.zigzag {
             format!(
                 "zig-zags step to step (residual lag-1 autocorrelation {})",
@@ -226,19 +270,17 @@ at any learning rate, the model may lack capacity.",
         } else {
             "oscillates without descending".to_string()
         };
-        let (swing, descent) = if self.log_space {
-            (
-                format!("±{}%", num(100.0 * (l.amplitude.exp() - 1.0))),
-                100.0 * (1.0 - (-l.descent).exp()),
-            )
+        let descent = if self.log_space {
+            100.0 * (1.0 - (-l.descent).exp())
         } else {
-            (format!("±{}", num(l.amplitude)), l.descent)
+            l.descent
         };
         format!(
-            "the loss {what} over steps {}..{}: swings {swing} around its trend while the net descent is {}% \
+            "the loss {what} over steps {}..{}: swings {} around its trend while the net descent is {}% \
 (level at the start {}, last quarter {})",
             num(l.first_step),
             num(l.last_step),
+            pct(l.amplitude),
             num(descent),
             num(l.start_level),
             num(l.last_quarter_level)
@@ -262,6 +304,11 @@ pub struct ProbeEvidence {
     pub probe_end: f64,
     pub probe_up_share: f64,
     pub probe_steps: usize,
+    /// The control: the same probe from the same start on the same batches at lr / 10.
+    pub control_lr: f64,
+    pub control_end: f64,
+    pub control_peak: f64,
+    pub control_up_share: f64,
 }
 
 impl ProbeEvidence {
@@ -275,6 +322,15 @@ impl ProbeEvidence {
     }
     fn help(&self) -> String {
         format!("lower setup.lr by 3–10× (try {})", num(self.lr / 10.0))
+    }
+    fn control(&self) -> String {
+        format!(
+            "; at lr {} it went to {} (peak {}, up in {}% of the steps)",
+            num(self.control_lr),
+            num(self.control_end),
+            num(self.control_peak),
+            num(self.control_up_share * 100.0)
+        )
     }
 }
 
@@ -295,21 +351,28 @@ run will diverge or waste its first epochs recovering: the learning rate is too 
         how: "The probe trains a copy with the configured optimizer, lr and batch size for `probe_steps` \
 steps on random batches of the sample and measures the loss after each step on one fixed evaluation batch \
 (the first 64 samples). Error when that loss becomes non-finite or ends `probe_divergence`× above its \
-start. Skipped with `probe = false`.",
+start. Every probe finding must survive two confirmations, run only when one is pending: with Adam / \
+AdamW, the same probe with the lr warmed up over `probe_warmup` steps must show a finding too (a \
+restarted Adam's first bias-corrected step moves every weight by ~lr and spikes any trained \
+checkpoint: that is the optimizer's cold start, not the lr); and the control, the same probe from the \
+same start on the same batches at lr / 10, must clearly do better (for divergence, end below half the \
+configured end; for a spike, a peak at most a third as high; for oscillation, 15 points fewer steps up \
+or an end 10% lower). Skipped with `probe = false`.",
         fix: "Lower setup.lr by 3–10× (or add warm-up / gradient clipping).",
         example: Some(Example {
             args: "fixtures/configs/adam_lr1.toml",
-            message: "learning-rate probe: adam at lr 1 (batch 16) diverges: the loss on a fixed evaluation batch went from 0.955 to 2.69 in 60 steps",
+            message: "learning-rate probe: adam at lr 1 (batch 16) diverges: the loss on a fixed evaluation batch went from 0.955 to 2.69 in 60 steps; at lr 0.1 it went to 0.129 (peak 35.1, up in 30% of the steps)",
         }),
     };
     fn message(&self) -> String {
         let p = &self.probe;
         format!(
-            "learning-rate probe: {} diverges: the loss on a fixed evaluation batch went from {} to {} in {} steps",
+            "learning-rate probe: {} diverges: the loss on a fixed evaluation batch went from {} to {} in {} steps{}",
             p.what(),
             num(p.probe_start),
             num(p.probe_end),
-            p.probe_steps
+            p.probe_steps,
+            p.control()
         )
     }
     fn help(&self) -> String {
@@ -334,25 +397,26 @@ impl Violation for ProbeSpikes {
         why: "A loss that jumps 10× above its start, even if it recovers, shows a learning rate at the \
 edge of stability: weights are thrown far away and the run relies on luck to come back.",
         how: "The same probe as probe-diverges. Warning when the evaluation loss jumps `probe_spike`× \
-above its start at any step and does not end diverged.",
+above its start at any step and does not end diverged, confirmed as for probe-diverges.",
         fix: "Lower setup.lr by 3–10×, or warm the learning rate up over the first steps.",
         example: Some(Example {
             args: "fixtures/configs/bn_adam_lr1.toml",
-            message: "learning-rate probe: adam at lr 1 (batch 32) is unstable: the loss on a fixed evaluation batch jumped to 5210 (2230× its start 2.34) at step 1, and ended at 1.59 after 60 steps",
+            message: "learning-rate probe: adam at lr 1 (batch 32) is unstable: the loss on a fixed evaluation batch jumped to 5210 (2230× its start 2.34) at step 1, and ended at 1.59 after 60 steps; at lr 0.1 it went to 0.484 (peak 14.4, up in 28.3% of the steps)",
         }),
     };
     fn message(&self) -> String {
         let p = &self.probe;
         format!(
             "learning-rate probe: {} is unstable: the loss on a fixed evaluation batch jumped to {} ({}× its \
-start {}) at step {}, and ended at {} after {} steps",
+start {}) at step {}, and ended at {} after {} steps{}",
             p.what(),
             num(self.probe_peak),
             num(self.probe_peak / p.probe_start),
             num(p.probe_start),
             self.probe_peak_step,
             num(p.probe_end),
-            p.probe_steps
+            p.probe_steps,
+            p.control()
         )
     }
     fn help(&self) -> String {
@@ -375,23 +439,26 @@ impl Violation for ProbeOscillates {
         why: "On a fixed evaluation batch there is no minibatch noise: a loss that rises in a third of \
 the steps without net progress is bouncing across the valley, a learning rate too high for the model.",
         how: "The same probe as probe-diverges. Warning when the evaluation loss made no progress (end ≥ \
-0.9 × start) with ≥ 30% of the steps going up (by more than 1%), or zig-zags (≥ 45% of the steps up).",
+0.9 × start) with ≥ 30% of the steps going up (by more than 1%), or zig-zags (≥ 45% of the steps up), \
+confirmed as for probe-diverges; not when the loss log is given and judged descending (a healthy log \
+outweighs a probe that only goes up and down).",
         fix: "Lower setup.lr by 3–10×; if the loss bounces at any learning rate, add capacity.",
         example: Some(Example {
             args: "fixtures/configs/sgd_probe_oscillates.toml",
-            message: "learning-rate probe: sgd at lr 0.3 (batch 32) oscillates: the loss on a fixed evaluation batch went up in 48.3% of 60 steps and from 0.955 to 0.94",
+            message: "learning-rate probe: sgd at lr 0.3 (batch 32) oscillates: the loss on a fixed evaluation batch went up in 48.3% of 60 steps and from 0.955 to 0.94; at lr 0.03 it went to 0.00291 (peak 0.955, up in 21.7% of the steps)",
         }),
     };
     fn message(&self) -> String {
         let p = &self.probe;
         format!(
             "learning-rate probe: {} oscillates: the loss on a fixed evaluation batch went up in {}% of {} steps \
-and from {} to {}",
+and from {} to {}{}",
             p.what(),
             num(p.probe_up_share * 100.0),
             p.probe_steps,
             num(p.probe_start),
-            num(p.probe_end)
+            num(p.probe_end),
+            p.control()
         )
     }
     fn help(&self) -> String {
@@ -407,6 +474,8 @@ fn thresholds(o: &LossOscillationOptions) -> OscillationThresholds {
         divergence_rise: o.divergence_rise,
         min_progress: o.min_progress,
         bounce_amplitude: o.bounce_amplitude,
+        min_wander: o.min_wander,
+        wander_to_noise: o.wander_to_noise,
     }
 }
 
@@ -414,6 +483,8 @@ fn thresholds(o: &LossOscillationOptions) -> OscillationThresholds {
 /// than `min_points` (nothing was judged).
 struct LogAnalysis {
     findings: Vec<Finding>,
+    /// Judged, and found descending.
+    descending: bool,
     curve: Option<Curve>,
     too_short: Option<usize>,
 }
@@ -426,7 +497,8 @@ fn too_short_reason(rows: usize, options: &LossOscillationOptions) -> String {
 }
 
 fn analyse_log(log: &LossLog, options: &LossOscillationOptions) -> LogAnalysis {
-    let judged = |findings, curve| LogAnalysis {
+    let judged = |findings: Vec<Finding>, curve| LogAnalysis {
+        descending: findings.is_empty(),
         findings,
         curve,
         too_short: None,
@@ -476,6 +548,7 @@ fn analyse_log(log: &LossLog, options: &LossOscillationOptions) -> LogAnalysis {
         );
         return LogAnalysis {
             findings: Vec::new(),
+            descending: false,
             curve: Some(curve),
             too_short: Some(finite.len()),
         };
@@ -496,6 +569,8 @@ fn analyse_log(log: &LossLog, options: &LossOscillationOptions) -> LogAnalysis {
         amplitude_growth: o.amplitude_growth,
         start_level: m_first,
         last_quarter_level: m_last,
+        wander: o.wander,
+        plateau_from_step: finite[o.plateau_start.min(finite.len() - 1)].0,
         first_step: first,
         last_step: last,
     };
@@ -504,9 +579,21 @@ fn analyse_log(log: &LossLog, options: &LossOscillationOptions) -> LogAnalysis {
         Verdict::Descending => None,
         Verdict::Diverging => Some(Finding::new(&LogDiverges { log: evidence }, at)),
         Verdict::Oscillating => {
+            let t = thresholds(options);
+            let zigzag = o.residual_autocorr <= options.zigzag_autocorr
+                && o.amplitude >= t.min_amplitude
+                && o.amplitude >= t.amplitude_to_descent * o.descent.max(0.0);
+            let bounce = o.descent < t.min_progress && o.amplitude >= t.bounce_amplitude;
+            let wandering = !zigzag && !bounce && stats::is_wandering(&o, &t);
+            let at = if wandering {
+                Location::log(&column, (evidence.plateau_from_step, last))
+            } else {
+                at
+            };
             let v = LogOscillates {
                 log: evidence,
                 zigzag: o.residual_autocorr <= options.zigzag_autocorr,
+                wandering,
                 log_space: o.log_space,
             };
             Some(Finding::new(&v, at))
@@ -518,12 +605,121 @@ fn analyse_log(log: &LossLog, options: &LossOscillationOptions) -> LogAnalysis {
     judged(finding.into_iter().collect(), Some(curve))
 }
 
+/// A probe run: the loss on the fixed evaluation batch before the first step and after each step.
+struct ProbeRun {
+    curve: Vec<f64>,
+    start: f64,
+    end: f64,
+    up_share: f64,
+    peak: f64,
+    peak_step: usize,
+}
+
+impl ProbeRun {
+    fn new(curve: Vec<f64>) -> Self {
+        let start = curve[0];
+        let end = *curve.last().expect("probe curve has its start");
+        let ups = curve.windows(2).filter(|w| w[1] > w[0] * 1.01).count();
+        let (peak_step, peak) =
+            curve
+                .iter()
+                .copied()
+                .enumerate()
+                .fold((0, f64::NEG_INFINITY), |best, (i, v)| {
+                    if v > best.1 || v.is_nan() {
+                        (i, v)
+                    } else {
+                        best
+                    }
+                });
+        let up_share = ups as f64 / (curve.len() - 1).max(1) as f64;
+        ProbeRun {
+            curve,
+            start,
+            end,
+            up_share,
+            peak,
+            peak_step,
+        }
+    }
+    fn diverges(&self, o: &LossOscillationOptions) -> bool {
+        !self.end.is_finite() || self.end > o.probe_divergence * self.start
+    }
+    fn spikes(&self, o: &LossOscillationOptions) -> bool {
+        self.peak >= o.probe_spike * self.start
+    }
+    fn oscillates(&self) -> bool {
+        (self.end >= 0.9 * self.start && self.up_share >= 0.3) || self.up_share >= 0.45
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum ProbeVerdict {
+    Diverges,
+    Spikes,
+    Oscillates,
+}
+
+/// Train a copy with the configured optimizer at `lr` (warmed up linearly over `warmup` steps) on random
+/// batches drawn with the setup's seed, and measure the evaluation loss.
+#[allow(clippy::too_many_arguments)]
+fn probe_run(
+    ctx: &Context,
+    model: &dyn Model,
+    inputs: &tch::Tensor,
+    targets: &tch::Tensor,
+    eval_n: i64,
+    lr: f64,
+    warmup: usize,
+    options: &LossOscillationOptions,
+    report: bool,
+) -> Result<ProbeRun, CheckError> {
+    let setup = ctx.setup;
+    let loss_kind = setup.resolved_loss(ctx.data);
+    let mut copy = model.trainable_copy()?;
+    let mut opt = train::optimizer(
+        copy.as_ref(),
+        setup.optimizer,
+        lr,
+        setup.momentum,
+        setup.weight_decay,
+    )?;
+    let n = inputs.size()[0] as usize;
+    let device = model.device();
+    let eval_x = inputs.f_narrow(0, 0, eval_n)?;
+    let eval_y = targets.f_narrow(0, 0, eval_n)?;
+    let mut rng = Rng::new(setup.seed);
+    let steps = options.probe_steps;
+    let mut curve = vec![train::evaluate(copy.as_mut(), loss_kind, &eval_x, &eval_y)?];
+    for step in 0..steps {
+        if step < warmup {
+            opt.set_learning_rate(lr * (step + 1) as f64 / (warmup + 1) as f64)?;
+        } else if step == warmup {
+            opt.set_learning_rate(lr)?;
+        }
+        let idx = train::batch_indices(&mut rng, n, setup.batch_size.max(2)).f_to_device(device)?;
+        let x = inputs.f_index_select(0, &idx)?;
+        let y = targets.f_index_select(0, &idx)?;
+        train::step(copy.as_mut(), &opt, loss_kind, &x, &y, Mode::Train)?;
+        let l = train::evaluate(copy.as_mut(), loss_kind, &eval_x, &eval_y)?;
+        curve.push(l);
+        if report {
+            (ctx.progress)(step + 1, steps, l);
+        }
+        if !l.is_finite() {
+            break;
+        }
+    }
+    Ok(ProbeRun::new(curve))
+}
+
 fn probe(
     ctx: &Context,
     options: &LossOscillationOptions,
-) -> Result<(Vec<Finding>, Option<Curve>), CheckError> {
+    log_descends: bool,
+) -> Result<(Vec<Finding>, Vec<Curve>), CheckError> {
     let (Some(model), Some(data)) = (ctx.model, ctx.data) else {
-        return Ok((Vec::new(), None));
+        return Ok((Vec::new(), Vec::new()));
     };
     let setup = ctx.setup;
     let loss_kind = setup.resolved_loss(Some(data));
@@ -532,63 +728,78 @@ fn probe(
         // class index up front, so that the error names the sample in the file.
         train::check_class_targets(&data.targets, train::class_count(ctx.prediction()?)?)?;
     }
-    let mut copy = model.trainable_copy()?;
-    let opt = train::optimizer(
-        copy.as_ref(),
-        setup.optimizer,
-        setup.lr,
-        setup.momentum,
-        setup.weight_decay,
-    )?;
-    let n = data.len();
     let device = model.device();
-    let eval_n = n.min(64) as i64;
+    let eval_n = data.len().min(64) as i64;
     // Move the sample to the model's device once, not on every step.
     let inputs = data.inputs.f_to_device(device)?;
     let targets = data.targets.f_to_device(device)?;
-    let eval_x = inputs.f_narrow(0, 0, eval_n)?;
-    let eval_y = targets.f_narrow(0, 0, eval_n)?;
-    let mut rng = Rng::new(setup.seed);
-    let steps = options.probe_steps;
-    let mut curve = vec![train::evaluate(copy.as_mut(), loss_kind, &eval_x, &eval_y)?];
-    for step in 0..steps {
-        let idx = train::batch_indices(&mut rng, n, setup.batch_size.max(2)).f_to_device(device)?;
-        let x = inputs.f_index_select(0, &idx)?;
-        let y = targets.f_index_select(0, &idx)?;
-        train::step(copy.as_mut(), &opt, loss_kind, &x, &y, Mode::Train)?;
-        let l = train::evaluate(copy.as_mut(), loss_kind, &eval_x, &eval_y)?;
-        curve.push(l);
-        (ctx.progress)(step + 1, steps, l);
-        if !l.is_finite() {
-            break;
+    let run = |lr, warmup, report| {
+        probe_run(
+            ctx, model, &inputs, &targets, eval_n, lr, warmup, options, report,
+        )
+    };
+    let main = run(setup.lr, 0, true)?;
+    let verdict = |r: &ProbeRun| {
+        if r.diverges(options) {
+            Some(ProbeVerdict::Diverges)
+        } else if r.spikes(options) {
+            Some(ProbeVerdict::Spikes)
+        } else if r.oscillates() && !log_descends {
+            // A healthy descending log outweighs a probe that only goes up and down.
+            Some(ProbeVerdict::Oscillates)
+        } else {
+            None
         }
-    }
-    let mut c = Curve::new(
+    };
+    let name = |lr: f64| {
         format!(
             "learning-rate probe ({} lr {}, batch {})",
             setup.optimizer.as_str(),
-            num(setup.lr),
+            num(lr),
             setup.batch_size
-        ),
-        curve.clone(),
-    );
+        )
+    };
+    let mut c = Curve::new(name(setup.lr), main.curve.clone());
     c.log_scale = true;
-    let start = curve[0];
-    let end = *curve.last().expect("probe curve has its start");
-    let ups = curve.windows(2).filter(|w| w[1] > w[0] * 1.01).count();
-    let (peak_step, peak) =
-        curve
-            .iter()
-            .copied()
-            .enumerate()
-            .fold((0, f64::NEG_INFINITY), |best, (i, v)| {
-                if v > best.1 {
-                    (i, v)
-                } else {
-                    best
-                }
-            });
-    let up_share = ups as f64 / (curve.len() - 1).max(1) as f64;
+    let Some(pending) = verdict(&main) else {
+        return Ok((Vec::new(), vec![c]));
+    };
+    // A finding is confirmed by two more runs, made only then (a healthy probe costs one run).
+    // 1. The optimizer's cold start: a restarted Adam's first bias-corrected step moves every weight by
+    //    ~lr whatever its gradient, which spikes any trained checkpoint. The same probe with the lr
+    //    warmed up over `probe_warmup` steps must show a finding too.
+    if matches!(setup.optimizer, OptimizerKind::Adam | OptimizerKind::AdamW)
+        && options.probe_warmup > 0
+    {
+        let warm = run(setup.lr, options.probe_warmup, false)?;
+        if verdict(&warm).is_none() {
+            let mut w = Curve::new(format!("{} (warmed up)", name(setup.lr)), warm.curve);
+            w.log_scale = true;
+            return Ok((Vec::new(), vec![c, w]));
+        }
+    }
+    // 2. The control: the same probe at lr / 10. The finding stands only when the lower lr clearly
+    //    behaves better; at a converged minimum both go up and down alike, and lowering the lr (the
+    //    finding's fix) would not help.
+    let control_lr = setup.lr / 10.0;
+    let control = run(control_lr, 0, false)?;
+    let confirmed = match pending {
+        ProbeVerdict::Diverges => {
+            control.end.is_finite() && (!main.end.is_finite() || control.end < 0.5 * main.end)
+        }
+        ProbeVerdict::Spikes => control.peak.is_finite() && main.peak >= 3.0 * control.peak,
+        ProbeVerdict::Oscillates => {
+            control.up_share <= main.up_share - 0.15 || control.end <= 0.9 * main.end
+        }
+    };
+    let mut control_curve = Curve::new(
+        format!("{} (control)", name(control_lr)),
+        control.curve.clone(),
+    );
+    control_curve.log_scale = true;
+    if !confirmed {
+        return Ok((Vec::new(), vec![c, control_curve]));
+    }
     let at = Location {
         config_key: Some("setup.lr".into()),
         data_key: Some(data.input_key.clone()),
@@ -599,30 +810,29 @@ fn probe(
         optimizer: setup.optimizer.as_str(),
         lr: setup.lr,
         batch_size: setup.batch_size,
-        probe_start: start,
-        probe_end: end,
-        probe_up_share: up_share,
-        probe_steps: curve.len() - 1,
+        probe_start: main.start,
+        probe_end: main.end,
+        probe_up_share: main.up_share,
+        probe_steps: main.curve.len() - 1,
+        control_lr,
+        control_end: control.end,
+        control_peak: control.peak,
+        control_up_share: control.up_share,
     };
-    let finding = if !end.is_finite() || end > options.probe_divergence * start {
-        Some(Finding::new(&ProbeDiverges { probe: evidence }, at))
-    } else if peak >= options.probe_spike * start {
-        let v = ProbeSpikes {
-            probe: evidence,
-            probe_peak: peak,
-            probe_peak_step: peak_step,
-        };
-        Some(Finding::new(&v, at))
-    } else if (end >= 0.9 * start && up_share >= 0.3) || up_share >= 0.45 {
-        Some(Finding::new(&ProbeOscillates { probe: evidence }, at))
-    } else {
-        None
+    let finding = match pending {
+        ProbeVerdict::Diverges => Finding::new(&ProbeDiverges { probe: evidence }, at),
+        ProbeVerdict::Spikes => {
+            let v = ProbeSpikes {
+                probe: evidence,
+                probe_peak: main.peak,
+                probe_peak_step: main.peak_step,
+            };
+            Finding::new(&v, at)
+        }
+        ProbeVerdict::Oscillates => Finding::new(&ProbeOscillates { probe: evidence }, at),
     };
-    if finding.is_some() {
-        c.window = Some((0.0, (curve.len() - 1) as f64));
-    }
-    let findings = finding.into_iter().collect();
-    Ok((findings, Some(c)))
+    c.window = Some((0.0, (main.curve.len() - 1) as f64));
+    Ok((vec![finding], vec![c, control_curve]))
 }
 
 impl Check for LossOscillation {
@@ -639,19 +849,21 @@ impl Check for LossOscillation {
             ));
         }
         let mut result = CheckResult::passed();
+        let mut log_descends = false;
         if let Some(log) = ctx.log {
             let analysis = analyse_log(log, options);
             if let (Some(rows), false) = (analysis.too_short, run_probe) {
                 return Err(CheckError::Skip(too_short_reason(rows, options)));
             }
             // With the probe, its verdict stands; the log's curve says it was too short to judge.
+            log_descends = analysis.descending;
             result.findings.extend(analysis.findings);
             result.curves.extend(analysis.curve);
         }
         if run_probe {
-            let (findings, curve) = probe(ctx, options)?;
+            let (findings, curves) = probe(ctx, options, log_descends)?;
             result.findings.extend(findings);
-            result.curves.extend(curve);
+            result.curves.extend(curves);
         }
         Ok(result)
     }

@@ -34,9 +34,12 @@ pub struct OverfitBatchOptions {
     /// Adam learning rate.
     #[schemars(extend("exclusiveMinimum" = 0))]
     pub lr: f64,
-    /// Loss to reach, as a share of the initial loss.
+    /// Regression: the loss to reach, as a share of the best constant prediction's (mse: Var(targets)).
     #[schemars(extend("exclusiveMinimum" = 0), range(max = 1))]
     pub loss_ratio: f64,
+    /// Classification: the loss to reach (every sample right), as a share of ln K (ln 2 per label).
+    #[schemars(extend("exclusiveMinimum" = 0), range(max = 1))]
+    pub class_loss_share: f64,
 }
 
 impl Default for OverfitBatchOptions {
@@ -46,6 +49,7 @@ impl Default for OverfitBatchOptions {
             steps: 500,
             lr: 1e-3,
             loss_ratio: 0.05,
+            class_loss_share: 0.25,
         }
     }
 }
@@ -59,8 +63,11 @@ pub struct CannotOverfit {
     pub loss: &'static str,
     pub loss_start: f64,
     pub loss_end: f64,
+    /// The loss the fit had to reach.
+    pub loss_needed: f64,
+    /// What `loss_needed` is measured against.
     #[serde(skip)]
-    pub loss_ratio: f64,
+    pub reference: Reference,
     pub steps: usize,
     /// Batch accuracy; `None` for tasks other than classification.
     #[serde(serialize_with = "accuracy_or_one")]
@@ -84,24 +91,23 @@ impl Violation for CannotOverfit {
 logits, logits multiplied by 0, wrong target format) or far too little capacity; training longer on more \
 data will not fix either.",
         how: "Adam (lr `lr`) for up to `steps` steps on the first `samples` samples, stopping early once \
-the loss is ≤ `loss_ratio` × its initial value and, for classification, the batch accuracy is 100%. \
-Failing: the curve's start and end, the accuracy, and the cause when the gradients tell it (no gradient \
-reaches the parameters). The accuracy is the argmax's for class indices; for bce / bce_with_logits with \
-targets shaped like the output (multi-label 0/1 matrices, or one binary output) it is per label: a \
-logit > 0 (a probability > 0.5 for bce) predicts 1, against a target ≥ 0.5.",
+the fit is reached, judged in absolute, scale-free terms (never as a share of the start, which a trained \
+checkpoint near its floor cannot meet): for classification, every sample right and the loss ≤ \
+`class_loss_share` × ln K (the loss of a uniform guess over K classes; ln 2 per label for bce / \
+bce_with_logits, above the targets' own entropy); for regression, the loss ≤ `loss_ratio` × the loss of \
+the best constant prediction (Var(targets) for mse: relative MSE ≤ 0.05). Failing: the curve's start \
+and end, the accuracy, and the cause when the gradients tell it (no gradient reaches the parameters). \
+The accuracy is the argmax's for class indices; for bce / bce_with_logits with targets shaped like the \
+output (multi-label 0/1 matrices, or one binary output) it is per label: a logit > 0 (a probability > 0.5 \
+for bce) predicts 1, against a target ≥ 0.5.",
         fix: "Make the loss depend on the parameters (no .detach() or multiplication by 0 on the output), \
 check the target format against the loss, and give the model enough capacity.",
         example: Some(Example {
             args: "--model fixtures/models/classifier_zero_logits.pt --data fixtures/data/classes4.npz",
-            message: "the model cannot overfit 16 samples: the cross_entropy loss went from 1.39 to 1.39 (0% lower; needs ≤ 5% of the start) in 0 steps; batch accuracy 18.8%. Likely cause: no gradient reaches the parameters: all 4 parameters got a zero gradient (the output path is detached, multiplied by 0, or constant)",
+            message: "the model cannot overfit 16 samples: the cross_entropy loss went from 1.39 to 1.39 in 0 steps (needs ≤ 0.347: 0.25 × ln 4, the loss of a uniform guess over 4 classes, with every sample right); batch accuracy 18.8%. Likely cause: no gradient reaches the parameters: all 4 parameters got a zero gradient (the output path is detached, multiplied by 0, or constant)",
         }),
     };
     fn message(&self) -> String {
-        let lower = if self.loss_start != 0.0 {
-            100.0 * (1.0 - self.loss_end / self.loss_start)
-        } else {
-            0.0
-        };
         let accuracy = self
             .accuracy
             .map(|a| {
@@ -110,15 +116,15 @@ check the target format against the loss, and give the model enough capacity.",
             })
             .unwrap_or_default();
         format!(
-            "the model cannot overfit {} samples: the {} loss went from {} to {} ({}% lower; needs ≤ {}% of the \
-start) in {} steps{accuracy}. Likely cause: {}",
+            "the model cannot overfit {} samples: the {} loss went from {} to {} in {} steps (needs ≤ {}: {}){accuracy}. \
+Likely cause: {}",
             self.samples,
             self.loss,
             num(self.loss_start),
             num(self.loss_end),
-            num(lower.max(0.0)),
-            num(self.loss_ratio * 100.0),
             self.steps,
+            num(self.loss_needed),
+            self.reference.describe(),
             self.cause
         )
     }
@@ -158,6 +164,91 @@ fn accuracy(prediction: &Tensor, targets: &Tensor, loss: LossKind, per_label: bo
         .unwrap_or(0.0)
 }
 
+/// What a fit is judged against: scale-free, so that a trained checkpoint that starts near its floor
+/// passes, and a fresh model is held to the same bar.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Reference {
+    /// Classification: `share` × ln K (K classes; K = 2 per label), the loss of a uniform guess.
+    Classes { k: i64, share: f64 },
+    /// Regression: `share` × the loss of the best constant prediction (Var(targets) for `mse`).
+    Constant { loss: f64, share: f64 },
+    /// Constant targets: `share` × the initial loss.
+    Start { share: f64 },
+}
+
+impl Reference {
+    fn describe(&self) -> String {
+        match *self {
+            Reference::Classes { k: 2, share } => {
+                format!("{} × ln 2, the loss of a coin toss per label", num(share))
+            }
+            Reference::Classes { k, share } => format!(
+                "{} × ln {k}, the loss of a uniform guess over {k} classes, with every sample right",
+                num(share)
+            ),
+            Reference::Constant { loss, share } => format!(
+                "{}% of {}, the loss of the best constant prediction",
+                num(share * 100.0),
+                num(loss)
+            ),
+            Reference::Start { share } => format!("{}% of the start", num(share * 100.0)),
+        }
+    }
+}
+
+/// The mean binary entropy of float targets in [0, 1]: the floor of `bce` (0 for 0/1 labels).
+fn target_entropy(targets: &Tensor) -> Result<f64, CheckError> {
+    let p = targets
+        .f_to_kind(Kind::Double)?
+        .f_clamp(1e-12, 1.0 - 1e-12)?;
+    let q = p.f_neg()?.f_add_scalar(1.0)?;
+    let h = p
+        .f_mul(&p.f_log()?)?
+        .f_add(&q.f_mul(&q.f_log()?)?)?
+        .f_neg()?;
+    let h = h.f_mean(Kind::Double)?.f_double_value(&[])?;
+    // Exactly 0/1 targets have no floor; the clamp leaves ~1e-11 per value.
+    Ok(if h < 1e-9 { 0.0 } else { h })
+}
+
+/// The loss of the best constant prediction of `targets` (its mean for `mse` and `bce`, its median for
+/// `l1` and `smooth_l1`), and the loss's floor (the targets' entropy for `bce`, else 0).
+fn constant_loss(loss: LossKind, targets: &Tensor) -> Result<(f64, f64), CheckError> {
+    let y = targets.f_to_kind(Kind::Double)?;
+    let values = train::to_vec(&y)?;
+    let mean = crate::stats::mean(&values);
+    let median = crate::stats::median(&values);
+    let n = values.len().max(1) as f64;
+    Ok(match loss {
+        LossKind::Mse => (
+            crate::stats::variance(&values) * (n - 1.0).max(0.0) / n,
+            0.0,
+        ),
+        LossKind::L1 => (
+            values.iter().map(|v| (v - median).abs()).sum::<f64>() / n,
+            0.0,
+        ),
+        LossKind::SmoothL1 => {
+            let huber = |d: f64| {
+                if d.abs() < 1.0 {
+                    0.5 * d * d
+                } else {
+                    d.abs() - 0.5
+                }
+            };
+            (
+                values.iter().map(|v| huber(v - median)).sum::<f64>() / n,
+                0.0,
+            )
+        }
+        _ => {
+            let p = mean.clamp(1e-12, 1.0 - 1e-12);
+            let h = -(p * p.ln() + (1.0 - p) * (1.0 - p).ln());
+            (h, target_entropy(&y)?)
+        }
+    })
+}
+
 impl Check for OverfitBatch {
     type Options = OverfitBatchOptions;
 
@@ -171,21 +262,44 @@ impl Check for OverfitBatch {
         let device = model.device();
         let x = data.inputs.f_narrow(0, 0, k)?.f_to_device(device)?;
         let y = data.targets.f_narrow(0, 0, k)?.f_to_device(device)?;
-        let ratio = options.loss_ratio;
-        let initial = std::cell::Cell::new(None::<f64>);
+        let per_label = is_per_label(loss_kind, &ctx.prediction()?.size(), &data.targets);
+        let binary = matches!(loss_kind, LossKind::Bce | LossKind::BceWithLogits);
+        // The loss to reach: absolute and scale-free (see `Reference`), never a share of the start.
+        let (floor, reference) = if classification {
+            let k = if binary {
+                2
+            } else {
+                train::class_count(ctx.prediction()?)?
+            };
+            let floor = if binary { target_entropy(&y)? } else { 0.0 };
+            let share = options.class_loss_share;
+            (floor, Reference::Classes { k, share })
+        } else {
+            let (loss, floor) = constant_loss(loss_kind, &y)?;
+            let share = options.loss_ratio;
+            if loss - floor > 1e-12 {
+                (floor, Reference::Constant { loss, share })
+            } else {
+                (floor, Reference::Start { share })
+            }
+        };
+        let needed = std::cell::Cell::new(f64::NAN);
         let last_accuracy = std::cell::Cell::new(0.0);
-        let per_label = std::cell::Cell::new(false);
         let done = |loss: f64, prediction: &Tensor| {
-            let start = *initial.get().get_or_insert(loss);
-            initial.set(Some(start));
+            if needed.get().is_nan() {
+                needed.set(match reference {
+                    Reference::Classes { k, share } => floor + share * (k.max(2) as f64).ln(),
+                    Reference::Constant { loss, share } => floor + share * (loss - floor),
+                    Reference::Start { share } => share * loss,
+                });
+            }
             let acc = if classification {
-                per_label.set(is_per_label(loss_kind, &prediction.size(), &y));
-                accuracy(prediction, &y, loss_kind, per_label.get())
+                accuracy(prediction, &y, loss_kind, per_label)
             } else {
                 1.0
             };
             last_accuracy.set(acc);
-            loss <= ratio * start && acc >= 1.0
+            loss <= needed.get() && acc >= 1.0
         };
         let mut copy = model.trainable_copy()?;
         let fit = train::fit_batch(
@@ -202,19 +316,17 @@ impl Check for OverfitBatch {
             format!("overfit {} loss", loss_kind.as_str()),
             fit.losses.clone(),
         );
-        let (start, end) = (
-            fit.losses[0],
-            *fit.losses.last().expect("at least one step"),
-        );
-        curve.target = Some(ratio * start);
+        let end = *fit.losses.last().expect("at least one step");
+        let start = fit.losses[0];
+        curve.target = Some(needed.get());
         curve.log_scale = true;
         if fit.reached {
             return Ok(CheckResult::passed().curve(curve));
         }
         let cause = train::no_gradient_cause(&fit).unwrap_or_else(|| {
-            if end > ratio * start {
+            if end > needed.get() {
                 "too little capacity, or a mismatch between the output and the targets".to_string()
-            } else if per_label.get() {
+            } else if per_label {
                 "the loss fell, but not every label is predicted correctly".to_string()
             } else {
                 "the loss fell, but not every sample is classified correctly".to_string()
@@ -226,10 +338,11 @@ impl Check for OverfitBatch {
             loss: loss_kind.as_str(),
             loss_start: start,
             loss_end: end,
-            loss_ratio: ratio,
+            loss_needed: needed.get(),
+            reference,
             steps: fit.losses.len() - 1,
             accuracy: classification.then(|| last_accuracy.get()),
-            per_label: per_label.get(),
+            per_label,
             cause,
         };
         let f = Finding::new(
