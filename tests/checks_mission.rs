@@ -385,13 +385,21 @@ fn oscillation_flags_a_real_high_lr_run_with_its_step_window() {
 }
 
 #[test]
-fn oscillation_flags_a_diverging_log_as_an_error() {
+fn a_log_that_diverges_to_inf_is_nonfinites_finding_only() {
+    // One root cause, one finding: nonfinite names the step; loss-oscillation does not judge the log.
     let r = osc_log("diverging.csv");
-    let f = only_finding(&r, "loss-oscillation", "error");
+    passed(&r, "loss-oscillation");
+    let curve = &check_entry(&r, "loss-oscillation")["curves"][0];
     assert!(
-        message(f).contains("diverged: it becomes inf at step 277"),
-        "{f}"
+        curve["name"]
+            .as_str()
+            .unwrap()
+            .contains("not judged: it becomes inf at step 277, reported by nonfinite"),
+        "{curve}"
     );
+    let r = run_check("nonfinite", None, None, Some("diverging.csv"), "");
+    let f = only_finding(&r, "nonfinite", "error");
+    assert!(message(f).contains("step 277"), "{f}");
 }
 
 #[test]

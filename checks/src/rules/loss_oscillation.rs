@@ -24,7 +24,6 @@ noisy by nature (the slope changes sign ~67% of the time for pure noise), so a n
 flags every healthy SGD run; trainlint separates the trend from the noise first.",
     },
     kinds: &[
-        &LogNonFinite::KIND,
         &LogDiverges::KIND,
         &LogOscillates::KIND,
         &ProbeDiverges::KIND,
@@ -104,44 +103,6 @@ impl Default for LossOscillationOptions {
 
 const LOWER_LR: &str =
     "lower the learning rate by 3–10× (or add warm-up); if it bounces at any learning rate, add capacity";
-
-/// The logged loss becomes NaN or Inf after finite values.
-#[derive(Serialize)]
-pub struct LogNonFinite {
-    #[serde(skip)]
-    pub value: f64,
-    pub diverged_at_step: f64,
-    pub largest_finite: f64,
-}
-
-impl Violation for LogNonFinite {
-    const KIND: KindInfo = KindInfo {
-        id: "loss-oscillation/log-non-finite",
-        severity: Severity::Error,
-        summary: "The logged loss becomes NaN or Inf after finite values",
-        why: "A loss that turns NaN or Inf poisons every parameter at the next step: the run is lost \
-from that step on, usually because the learning rate is too high for the model or a gradient exploded.",
-        how: "Error at the first non-finite value of the total-loss column after a finite one; the \
-window shows the 20 steps before it.",
-        fix: "Lower the learning rate by 3–10×, add gradient clipping, or warm up the learning rate.",
-        example: Some(Example {
-            args: "--log fixtures/logs/diverging.csv",
-            message: "the loss diverged: it becomes inf at step 277 (largest finite value before: 1.98e30)",
-        }),
-    };
-    fn message(&self) -> String {
-        format!(
-            "the loss diverged: it becomes {} at step {} (largest finite value before: {})",
-            self.value,
-            num(self.diverged_at_step),
-            num(self.largest_finite)
-        )
-    }
-    fn help(&self) -> String {
-        "lower the learning rate by 3–10×, add gradient clipping, or warm up the learning rate"
-            .into()
-    }
-}
 
 /// What the log analysis measured.
 #[derive(Serialize)]
@@ -401,7 +362,7 @@ above its start at any step and does not end diverged, confirmed as for probe-di
         fix: "Lower setup.lr by 3–10×, or warm the learning rate up over the first steps.",
         example: Some(Example {
             args: "fixtures/configs/bn_adam_lr1.toml",
-            message: "learning-rate probe: adam at lr 1 (batch 32) is unstable: the loss on a fixed evaluation batch jumped to 5210 (2230× its start 2.34) at step 1, and ended at 1.59 after 60 steps; at lr 0.1 it went to 0.484 (peak 14.4, up in 28.3% of the steps)",
+            message: "learning-rate probe: adam at lr 1 (batch 32) is unstable: the loss on a fixed evaluation batch jumped to 5210 (2230× its start 2.34) at step 1, and ended at ~1.8 after 60 steps; at lr 0.1 it went to 0.484 (peak 14.4, up in 28.3% of the steps)",
         }),
     };
     fn message(&self) -> String {
@@ -445,7 +406,7 @@ outweighs a probe that only goes up and down).",
         fix: "Lower setup.lr by 3–10×; if the loss bounces at any learning rate, add capacity.",
         example: Some(Example {
             args: "fixtures/configs/sgd_probe_oscillates.toml",
-            message: "learning-rate probe: sgd at lr 0.3 (batch 32) oscillates: the loss on a fixed evaluation batch went up in 48.3% of 60 steps and from 0.955 to 0.94; at lr 0.03 it went to 0.00291 (peak 0.955, up in 21.7% of the steps)",
+            message: "learning-rate probe: sgd at lr 0.3 (batch 32) oscillates: the loss on a fixed evaluation batch went up in 48.3% of 60 steps and from 0.955 to ~1.3; at lr 0.03 it went to 0.00291 (peak 0.955, up in 21.7% of the steps)",
         }),
     };
     fn message(&self) -> String {
@@ -519,20 +480,22 @@ fn analyse_log(log: &LossLog, options: &LossOscillationOptions) -> LogAnalysis {
             .map(|i| i + f)
     });
     if let Some(at) = blow_up {
-        let before = values[..at]
-            .iter()
-            .copied()
-            .filter(|v| v.is_finite())
-            .fold(0.0, f64::max);
+        // A loss that turns NaN / Inf is the `nonfinite` check's finding (one root cause, one
+        // finding); the rows before it are what a diverging run looked like, not a trend to judge.
         let start = (at.saturating_sub(20)).max(first_finite.unwrap_or(0));
         curve.window = Some((steps[start], steps[at]));
-        let v = LogNonFinite {
-            value: values[at],
-            diverged_at_step: steps[at],
-            largest_finite: before,
+        curve.name = format!(
+            "{} (not judged: it becomes {} at step {}, reported by nonfinite)",
+            curve.name,
+            values[at],
+            num(steps[at])
+        );
+        return LogAnalysis {
+            findings: Vec::new(),
+            descending: false,
+            curve: Some(curve),
+            too_short: None,
         };
-        let f = Finding::new(&v, Location::log(&column, (steps[start], steps[at])));
-        return judged(vec![f], Some(curve));
     }
     let finite: Vec<(f64, f64)> = steps
         .iter()
