@@ -6,8 +6,6 @@
 //! whole-tensor temporaries, so a large layer briefly costs twice its size again on top of the weights,
 //! gradients and both moments. Chunked, the step's temporaries stay at a few megabytes whatever the
 //! model, which keeps the audit of a 200 MB model under 1 GB.
-use std::cell::{Cell, RefCell};
-
 use tch::Tensor;
 
 use crate::ports::OptimizerKind;
@@ -24,8 +22,8 @@ pub struct Optimizer {
     betas: (f64, f64),
     eps: f64,
     /// Steps taken, for Adam's bias correction.
-    steps: Cell<i32>,
-    params: RefCell<Vec<Slot>>,
+    steps: i32,
+    params: Vec<Slot>,
     /// Elements per update chunk ([`CHUNK`]; smaller in tests).
     chunk: i64,
 }
@@ -46,33 +44,24 @@ impl Optimizer {
             weight_decay,
             betas: (0.9, 0.999),
             eps: 1e-8,
-            steps: Cell::new(0),
-            params: RefCell::new(Vec::new()),
+            steps: 0,
+            params: Vec::new(),
             chunk: CHUNK,
         }
     }
 
     /// Adds a parameter (a tensor sharing storage with the model's).
     pub fn add(&mut self, param: &Tensor) {
-        self.params.get_mut().push(Slot {
+        self.params.push(Slot {
             param: param.shallow_clone(),
             first: None,
             second: None,
         });
     }
 
-    /// Sets the learning rate for the next steps (a warmup); the state is kept.
-    pub fn set_learning_rate(&mut self, lr: f64) -> Result<(), CheckError> {
-        if !(lr.is_finite() && lr >= 0.0) {
-            return Err(CheckError::Other(format!("invalid learning rate {lr}")));
-        }
-        self.lr = lr;
-        Ok(())
-    }
-
     /// Zeroes every gradient, as `optimizer.zero_grad(set_to_none=False)` does.
     pub fn zero_grad(&self) -> Result<(), CheckError> {
-        for slot in self.params.borrow().iter() {
+        for slot in &self.params {
             let mut g = slot.param.grad();
             if g.defined() {
                 let _ = g.f_detach_()?;
@@ -82,14 +71,13 @@ impl Optimizer {
         Ok(())
     }
 
-    /// One update from the current gradients; a parameter without a gradient is left alone. Takes
-    /// `&self` (the state sits in cells) so that callers hold the optimizer as they held libtorch's.
-    pub fn step(&self) -> Result<(), CheckError> {
+    /// One update from the current gradients; a parameter without a gradient is left alone.
+    pub fn step(&mut self) -> Result<(), CheckError> {
         let _guard = tch::no_grad_guard();
-        self.steps.set(self.steps.get() + 1);
+        self.steps += 1;
         let (b1, b2) = self.betas;
-        let t = self.steps.get();
-        for slot in self.params.borrow_mut().iter_mut() {
+        let t = self.steps;
+        for slot in &mut self.params {
             let grad = slot.param.grad();
             if !grad.defined() {
                 continue;

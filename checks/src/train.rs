@@ -1,8 +1,6 @@
 //! Training helpers shared by the checks that train an in-memory copy: the configured loss, libtorch's
 //! own optimizers over the copy's parameters, and a fit loop that records the curve.
-use tch::{Kind, Reduction, Tensor};
-
-use crate::optim::Optimizer;
+use tch::{COptimizer, Kind, Reduction, Tensor};
 
 use crate::ports::{LossKind, Mode, OptimizerKind, TrainableModel};
 use crate::stats::Rng;
@@ -92,19 +90,22 @@ pub fn check_class_targets(targets: &Tensor, classes: i64) -> Result<(), CheckEr
     }
 }
 
-/// The configured optimizer (PyTorch's update rule, see [`crate::optim`]) over every trainable
-/// parameter of `model`.
+/// libtorch's optimizer of the configured kind over every parameter of `model`.
 pub fn optimizer(
     model: &dyn TrainableModel,
     kind: OptimizerKind,
     lr: f64,
     momentum: f64,
     weight_decay: f64,
-) -> Result<Optimizer, CheckError> {
-    let mut opt = Optimizer::new(kind, lr, momentum, weight_decay);
+) -> Result<COptimizer, CheckError> {
+    let mut opt = match kind {
+        OptimizerKind::Sgd => COptimizer::sgd(lr, momentum, 0.0, weight_decay, false)?,
+        OptimizerKind::Adam => COptimizer::adam(lr, 0.9, 0.999, weight_decay, 1e-8, false)?,
+        OptimizerKind::AdamW => COptimizer::adamw(lr, 0.9, 0.999, weight_decay, 1e-8, false)?,
+    };
     for (_, p) in model.parameters()? {
         if p.requires_grad() {
-            opt.add(&p);
+            opt.add_parameters(&p, 0)?;
         }
     }
     Ok(opt)
@@ -113,7 +114,7 @@ pub fn optimizer(
 /// One optimisation step on (inputs, targets); returns the loss before the step.
 pub fn step(
     model: &mut dyn TrainableModel,
-    opt: &Optimizer,
+    opt: &COptimizer,
     loss_kind: LossKind,
     inputs: &Tensor,
     targets: &Tensor,
