@@ -668,6 +668,10 @@ impl TorchScriptModel {
         if self.bytes < self.reload_above {
             return self.handle()?.deepcopy();
         }
+        // What checks read of the model besides its tensors is resolved now, once: read after the
+        // release, it would load the whole model again beside its training copy.
+        let _ = Model::output_activation(self);
+        let _ = self.graph_of(None);
         let held = self.handle.borrow_mut().take();
         match held {
             Some(handle) if take => Ok(handle),

@@ -191,10 +191,13 @@ impl Check for GradientFlow {
         let x = data.inputs.f_narrow(0, 0, n)?.f_to_device(device)?;
         let y = data.targets.f_narrow(0, 0, n)?.f_to_device(device)?;
         let loss_kind = ctx.setup.resolved_loss(Some(data));
+        // The graph first: a large model's copy takes its place in memory, and reading the model
+        // after that loads it again.
+        let graph = model.module_graph(None);
         let mut copy = model.trainable_copy()?;
         let params = copy.parameters()?;
         // Parameters forward never reads are unused-parameters' findings (one root cause, one finding).
-        let unused = match model.module_graph(None) {
+        let unused = match graph {
             Ok(graph) => crate::rules::unused_parameters::unused_trainable(&graph, &params)
                 .into_values()
                 .flatten()
