@@ -17,11 +17,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+from bench_pair import cache_root, run  # noqa: E402  (one way to time a child and read its peak RSS)
+
 # Hidden widths giving about 1M, 10M and 100M parameters for 3072 -> h -> h -> 10.
 WIDTH_FOR_MILLIONS = {1: 300, 10: 2250, 100: 8500}
 
@@ -45,17 +47,8 @@ def sample(n: int, path: Path) -> None:
 
 
 def audit(binary: Path, model: Path, data: Path, threads: int) -> tuple:
-    cmd = [str(binary), "check", "--model", str(model), "--data", str(data), "--threads", str(threads),
-           "--output-format", "json", "--exit-zero", "--quiet"]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    err = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
-    if os.waitstatus_to_exitcode(status) not in (0, 1):
-        sys.exit(f"bench_scaling: trainlint failed on {model.name}:\n{err[-2000:]}")
-    return wall, usage.ru_maxrss / 1024
+    return run([str(binary), "check", "--model", str(model), "--data", str(data), "--threads", str(threads),
+                "--output-format", "json", "--exit-zero", "--quiet"])
 
 
 def make(folder: Path, runs: list) -> None:
@@ -72,13 +65,6 @@ def make(folder: Path, runs: list) -> None:
         data = folder / f"data{n}.npz"
         if not data.exists():
             sample(n, data)
-
-
-def cache_root() -> Path:
-    if os.environ.get("TRAINLINT_CACHE"):
-        return Path(os.environ["TRAINLINT_CACHE"])
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "trainlint"
 
 
 def main() -> None:

@@ -757,15 +757,7 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
         )?),
         None => None,
     };
-    let dataset = match &settings.data {
-        Some(p) => Some(data::load_dataset(
-            p,
-            &settings.inputs,
-            &settings.targets,
-            settings.max_samples,
-        )?),
-        None => None,
-    };
+    let dataset = load_configured_data(&settings)?;
     let log = match &settings.log {
         Some(p) => Some(data::load_log(
             p,
@@ -1082,15 +1074,7 @@ fn graph(args: GraphArgs) -> Result<ExitCode, Fatal> {
         &settings.output,
         args.trust_model,
     )?;
-    let dataset = match &settings.data {
-        Some(p) => Some(data::load_dataset(
-            p,
-            &settings.inputs,
-            &settings.targets,
-            settings.max_samples,
-        )?),
-        None => None,
-    };
+    let dataset = load_configured_data(&settings)?;
     let views = graph_view::views_of(&model, dataset.as_ref())
         .map_err(|e| Fatal::from(format!("cannot draw {}: {e}", model_path.display())))?;
     let view = match views.full {
@@ -1112,4 +1096,16 @@ fn graph(args: GraphArgs) -> Result<ExitCode, Fatal> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The data sample `[data]` (or `--data`) names, if any, read within its configured keys and limit.
+fn load_configured_data(
+    settings: &Settings,
+) -> Result<Option<trainlint_checks::ports::Dataset>, Fatal> {
+    settings
+        .data
+        .as_ref()
+        .map(|p| data::load_dataset(p, &settings.inputs, &settings.targets, settings.max_samples))
+        .transpose()
+        .map_err(Fatal::from)
 }

@@ -951,6 +951,18 @@ char* tl_module_graph(tl_module* m, const at::Tensor* input, char** json) {
 #include <torch/library.h>
 
 namespace tl_probe {
+// Routes every later use of `v` (the output of `n`) through `kind(v, id)`, a pass-through op that
+// records what it sees under `id`.
+static void insert_probe(torch::jit::Graph& graph, torch::jit::Node* n, torch::jit::Value* v,
+                         c10::Symbol kind, int64_t id) {
+  torch::jit::WithInsertPoint guard(n->next());
+  torch::jit::Value* id_value = graph.insertConstant(id);
+  torch::jit::Node* p = graph.create(kind, {v, id_value}, 1);
+  p->insertAfter(id_value->node());
+  p->output()->setType(v->type());
+  v->replaceAllUsesAfterNodeWith(p, p->output());
+}
+
 thread_local int64_t first_hit = -1;
 
 at::Tensor probe(const at::Tensor& x, int64_t id) {
@@ -1028,12 +1040,7 @@ static void first_nonfinite(tl_module* m, const at::Tensor* input, const char* o
     for (torch::jit::Node* n : nodes) {
       for (torch::jit::Value* v : n->outputs()) {
         if (!v->type()->isSubtypeOf(*c10::TensorType::get())) continue;
-        torch::jit::WithInsertPoint guard(n->next());
-        torch::jit::Value* id = graph->insertConstant(static_cast<int64_t>(probed.size()));
-        torch::jit::Node* p = graph->create(probe_kind, {v, id}, 1);
-        p->insertAfter(id->node());
-        p->output()->setType(v->type());
-        v->replaceAllUsesAfterNodeWith(p, p->output());
+        tl_probe::insert_probe(*graph, n, v, probe_kind, static_cast<int64_t>(probed.size()));
         probed.push_back({n->kind().toQualString(), node_module_path(n), node_source(n)});
       }
     }
@@ -1131,12 +1138,7 @@ static void layer_scales(const tl_module* m, const at::Tensor* input, void* ctx,
     if (n->outputs().size() != 1) continue;
     torch::jit::Value* v = n->output();
     if (!v->type()->isSubtypeOf(*c10::TensorType::get())) continue;
-    torch::jit::WithInsertPoint guard(n->next());
-    torch::jit::Value* id = graph->insertConstant(static_cast<int64_t>(probed.size()));
-    torch::jit::Node* p = graph->create(probe_kind, {v, id}, 1);
-    p->insertAfter(id->node());
-    p->output()->setType(v->type());
-    v->replaceAllUsesAfterNodeWith(p, p->output());
+    tl_probe::insert_probe(*graph, n, v, probe_kind, static_cast<int64_t>(probed.size()));
     probed.emplace_back(n->kind().toQualString(), node_module_path(n));
   }
   torch::jit::Code code(graph, "trainlint_probe_scale");
