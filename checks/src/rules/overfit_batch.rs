@@ -97,6 +97,11 @@ checkpoint near its floor cannot meet): for classification, every sample right a
 bce_with_logits, above the targets' own entropy); for regression, the loss ≤ `loss_ratio` × the loss of \
 the best constant prediction (Var(targets) for mse: relative MSE ≤ 0.05). Failing: the curve's start \
 and end, the accuracy, and the cause when the gradients tell it (no gradient reaches the parameters). \
+With cross_entropy, a sample whose target logit sits exactly on a floor that several classes share (a \
+ReLU or clamp before the logits holds it at 0, as in SqueezeNet's head) gets no gradient that can raise \
+it and is dead for this fit; up to a \
+quarter of the batch dead is that head's known behaviour (shared weights revive such samples in \
+training), and the fit is judged on the live samples; more than a quarter is reported as the cause. \
 The accuracy is the argmax's for class indices; for bce / bce_with_logits with targets shaped like the \
 output (multi-label 0/1 matrices, or one binary output) it is per label: a logit > 0 (a probability > 0.5 \
 for bce) predicts 1, against a target ≥ 0.5.",
@@ -162,6 +167,60 @@ fn accuracy(prediction: &Tensor, targets: &Tensor, loss: LossKind, per_label: bo
         .and_then(|eq| eq.f_mean(Kind::Double))
         .and_then(|m| m.f_double_value(&[]))
         .unwrap_or(0.0)
+}
+
+/// A class-index fit seen per sample: how many samples are dead (their target's logit sits on a floor
+/// that several classes share, exactly: a ReLU or clamp before the logits holds it at 0, and no gradient
+/// can raise it), and over the others the mean cross-entropy and the accuracy. None when the prediction
+/// is not [N, K] or a target is ignored.
+fn live_fit(prediction: &Tensor, targets: &Tensor) -> Option<(usize, f64, f64)> {
+    if prediction.dim() != 2 || targets.dim() != 1 {
+        return None;
+    }
+    let p = prediction.f_detach().ok()?.f_to_kind(Kind::Double).ok()?;
+    let floor = p.f_amin([1].as_slice(), false).ok()?.f_unsqueeze(1).ok()?;
+    let tolerance = p
+        .f_abs()
+        .ok()?
+        .f_amax([1].as_slice(), true)
+        .ok()?
+        .f_mul_scalar(1e-7)
+        .ok()?
+        .f_add_scalar(1e-12)
+        .ok()?;
+    let on_floor = p
+        .f_sub(&floor)
+        .ok()?
+        .f_abs()
+        .ok()?
+        .f_le_tensor(&tolerance)
+        .ok()?;
+    let targets = targets.f_to_kind(Kind::Int64).ok()?.f_unsqueeze(1).ok()?;
+    let shared_floor = on_floor
+        .f_sum_dim_intlist([1].as_slice(), false, Kind::Int64)
+        .ok()?;
+    let target_on_floor = on_floor.f_gather(1, &targets, false).ok()?;
+    let ce = p
+        .f_log_softmax(1, Kind::Double)
+        .ok()?
+        .f_gather(1, &targets, false)
+        .ok()?;
+    let right = p.f_argmax(1, true).ok()?.f_eq_tensor(&targets).ok()?;
+    let shared_floor = train::to_vec(&shared_floor).ok()?;
+    let target_on_floor = train::to_vec(&target_on_floor).ok()?;
+    let ce = train::to_vec(&ce).ok()?;
+    let right = train::to_vec(&right).ok()?;
+    let (mut dead, mut loss, mut hits, mut live) = (0, 0.0, 0.0, 0.0);
+    for i in 0..ce.len() {
+        if target_on_floor[i] > 0.0 && shared_floor[i] >= 2.0 {
+            dead += 1;
+        } else {
+            live += 1.0;
+            loss -= ce[i];
+            hits += right[i];
+        }
+    }
+    (live > 0.0).then(|| (dead, loss / live, hits / live))
 }
 
 /// What a fit is judged against: scale-free, so that a trained checkpoint that starts near its floor
@@ -285,6 +344,8 @@ impl Check for OverfitBatch {
         };
         let needed = std::cell::Cell::new(f64::NAN);
         let last_accuracy = std::cell::Cell::new(0.0);
+        let last_dead = std::cell::Cell::new(0usize);
+        let per_sample = classification && loss_kind == LossKind::CrossEntropy && !per_label;
         let done = |loss: f64, prediction: &Tensor| {
             if needed.get().is_nan() {
                 needed.set(match reference {
@@ -299,7 +360,20 @@ impl Check for OverfitBatch {
                 1.0
             };
             last_accuracy.set(acc);
-            loss <= needed.get() && acc >= 1.0
+            if loss <= needed.get() && acc >= 1.0 {
+                return true;
+            }
+            // Dead samples (identical logits, no gradient): a minority is judged on the live ones.
+            match per_sample.then(|| live_fit(prediction, &y)).flatten() {
+                Some((dead, live_loss, live_acc)) => {
+                    last_dead.set(dead);
+                    dead > 0
+                        && 4 * dead <= k as usize
+                        && live_acc >= 1.0
+                        && live_loss <= needed.get()
+                }
+                None => false,
+            }
         };
         let mut copy = model.trainable_copy()?;
         let fit = train::fit_batch(
@@ -324,7 +398,13 @@ impl Check for OverfitBatch {
             return Ok(CheckResult::passed().curve(curve));
         }
         let cause = train::no_gradient_cause(&fit).unwrap_or_else(|| {
-            if end > needed.get() {
+            let dead = last_dead.get();
+            if 4 * dead > k as usize {
+                format!(
+                    "{dead} of {k} samples have their target's logit held on a floor shared by other \
+classes: a ReLU or clamp before the logits outputs 0 for it, so no gradient can raise it"
+                )
+            } else if end > needed.get() {
                 "too little capacity, or a mismatch between the output and the targets".to_string()
             } else if per_label {
                 "the loss fell, but not every label is predicted correctly".to_string()
