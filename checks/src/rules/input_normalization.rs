@@ -183,16 +183,16 @@ model (a BatchNorm on the inputs, or (x − mean) / std with stored statistics).
         example: Some(Example {
             args: "--model fixtures/models/mlp_default.pt --data fixtures/data/regression_mixed_scales.npz",
             message: "column 0 has std 9.46e-4 against 3.58 for column 31 (3551× smaller, in range too), and \
-the model does not rescale it: its contribution to the output is 3316× smaller than column 31's; 14 of the \
-32 columns are 100× or more below column 31",
+the model does not rescale it: its contribution to the output is 3316× smaller than column 31's; columns \
+100× or more below column 31: 14 of 32",
         }),
     };
     fn message(&self) -> String {
         let unit = if self.channels { "channel" } else { "column" };
         format!(
             "{unit} {} has std {} against {} for {unit} {} ({}× smaller, in range too), and the model does \
-not rescale it: its contribution to the output is {}× smaller than {unit} {}'s; {} of the {} {unit}s are \
-{}× or more below {unit} {}",
+not rescale it: its contribution to the output is {}× smaller than {unit} {}'s; {unit}s {}× or more below \
+{unit} {}: {} of {}",
             self.small_feature,
             num(self.small_std),
             num(self.large_std),
@@ -200,10 +200,10 @@ not rescale it: its contribution to the output is {}× smaller than {unit} {}'s;
             num(self.scale_ratio),
             num(self.contribution_ratio),
             self.large_feature,
-            self.features_below,
-            self.features,
             num(self.spread),
             self.large_feature,
+            self.features_below,
+            self.features,
         )
     }
     fn help(&self) -> String {
@@ -247,8 +247,11 @@ fn by_feature(x: &Tensor) -> Result<Tensor, CheckError> {
     })
 }
 
-/// Each feature's std and range (max − min) over the sample.
-fn feature_spread(x: &Tensor) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>), CheckError> {
+/// Per feature: std, range (max − min) and largest magnitude.
+type FeatureSpread = (Vec<f64>, Vec<f64>, Vec<f64>);
+
+/// Each feature's std, range (max − min) and largest magnitude over the sample.
+fn feature_spread(x: &Tensor) -> Result<FeatureSpread, CheckError> {
     let f = by_feature(x)?;
     let std = Vec::<f64>::try_from(&f.f_std_dim([1i64].as_slice(), false, false)?)?;
     let max = f.f_amax([1i64].as_slice(), false)?;
