@@ -48,8 +48,7 @@ pub struct InputNormalizationOptions {
     /// Samples in the forward passes.
     #[schemars(range(min = 2))]
     pub batch: usize,
-    /// How many times smaller (in std and in range) than the largest feature a feature must be, and
-    /// its contribution to the output than the largest feature's, to be reported.
+    /// Report a feature this many times below the largest in std, range and contribution to the output.
     #[schemars(range(min = 1))]
     pub spread: f64,
 }
