@@ -298,6 +298,47 @@ fn raw_pixels_are_flagged_unless_the_model_divides_by_255() {
 }
 
 #[test]
+fn features_orders_of_magnitude_apart_are_flagged_unless_the_model_standardises_them() {
+    // regression.npz's standardised columns times 10^linspace(-3, 0.5): stds 1e-3 .. 3.6, none large.
+    let e = input_normalization("mlp_default", "regression_mixed_scales.npz", "mse");
+    let f = e["findings"].as_array().unwrap();
+    assert_eq!(f.len(), 1, "{e}");
+    assert_eq!(
+        f[0]["kind"], "input-normalization/feature-scale-spread",
+        "{e}"
+    );
+    let v = &f[0]["evidence"];
+    assert_eq!(
+        (v["small_feature"].as_i64(), v["large_feature"].as_i64()),
+        (Some(0), Some(31)),
+        "{v}"
+    );
+    let ratio = v["scale_ratio"].as_f64().unwrap();
+    assert!((2000.0..5000.0).contains(&ratio), "{v}");
+    // A model that does not rescale: the contributions spread as much as the scales.
+    let contribution = v["contribution_ratio"].as_f64().unwrap();
+    assert!(
+        contribution > 0.3 * ratio && contribution < 3.0 * ratio,
+        "{v}"
+    );
+    assert!(
+        (12..=16).contains(&v["features_below"].as_i64().unwrap()),
+        "{v}"
+    );
+    // Models that standardise the features themselves (BatchNorm first, (x - mean) / std inside): clean.
+    for model in ["mlp_bn_first", "mlp_standardise"] {
+        let e = input_normalization(model, "regression_mixed_scales.npz", "mse");
+        assert_eq!(e["status"], "passed", "{model}: {e}");
+    }
+    // Healthy tabular data whose features vary 10×: clean.
+    let e = input_normalization("mlp_default", "regression_10x_scales.npz", "mse");
+    assert_eq!(e["status"], "passed", "{e}");
+    // Raw physical units give one finding (raw-input-scale), not a second one for the same cause.
+    let e = input_normalization("mlp_default", "regression_raw_units.npz", "mse");
+    assert_eq!(e["findings"].as_array().unwrap().len(), 1, "{e}");
+}
+
+#[test]
 fn every_healthy_fixture_is_clean_for_input_normalization() {
     for (model, data, loss) in HEALTHY {
         let e = input_normalization(model, data, loss);
