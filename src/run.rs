@@ -15,7 +15,7 @@ use tch::Tensor;
 use trainlint_checks::ports::{Dataset, Model};
 use trainlint_checks::{
     registry, CheckError, CheckFailed, CheckInfo, CheckOutput, Context, Curve, Finding, Group,
-    Input, Level, Location, Rule, Severity, Violation,
+    Input, Level, Location, Rule, Severity, TrainingRun, Violation,
 };
 
 use crate::config::{Ignore, Settings};
@@ -44,6 +44,9 @@ pub struct CheckRun {
     pub findings: Vec<Finding>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub curves: Vec<Curve>,
+    /// The trainings of a check that trains a copy: steps, input shape, ms per step.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub training: Vec<TrainingRun>,
     /// Findings silenced by `[[ignore]]` entries.
     #[serde(skip_serializing_if = "is_zero")]
     pub ignored: usize,
@@ -226,12 +229,14 @@ fn record(
         duration_ms,
         findings: Vec::new(),
         curves: Vec::new(),
+        training: Vec::new(),
         ignored: 0,
         missing: None,
     };
     let failure = match ended {
         Ended::Returned(Ok(result)) => {
             run.curves = result.curves;
+            run.training = result.training;
             if let Some(reason) = result.skipped {
                 run.status = Status::Skipped;
                 run.reason = Some(reason);

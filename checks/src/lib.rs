@@ -110,6 +110,25 @@ pub struct CheckResult {
     /// When skipped for want of an input: which one (the text report says how to add it).
     pub missing: Option<Input>,
     pub curves: Vec<Curve>,
+    /// The trainings the check ran (checks that train a copy), for the report's timing evidence.
+    pub training: Vec<TrainingRun>,
+}
+
+/// One training of an in-memory copy: how many optimizer steps on what input, and the wall time per
+/// step (steps × `ms_per_step` is the training's share of the check's duration).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TrainingRun {
+    /// What was trained (`identity`, `overfit`, `probe`, …).
+    pub name: String,
+    /// The shape of the batch it trained on (a crop's, when it trained on crops).
+    pub input_shape: Vec<i64>,
+    /// Optimizer steps taken.
+    pub steps: usize,
+    /// Forward passes, the evaluations included.
+    pub forwards: usize,
+    /// Wall milliseconds per optimizer step, the forwards between steps included (0 in reports
+    /// written without timings).
+    pub ms_per_step: f64,
 }
 
 /// An input a check can lack. Its skip reason and the report's advice on adding it live here, once.
@@ -172,6 +191,10 @@ impl CheckResult {
     }
     pub fn curve(mut self, curve: Curve) -> Self {
         self.curves.push(curve);
+        self
+    }
+    pub fn trained(mut self, run: TrainingRun) -> Self {
+        self.training.push(run);
         self
     }
 }

@@ -160,6 +160,9 @@ impl Report {
         if !timings {
             for c in &mut checks {
                 c.duration_ms = 0.0;
+                for t in &mut c.training {
+                    t.ms_per_step = 0.0;
+                }
             }
         }
         let mut s = Summary {

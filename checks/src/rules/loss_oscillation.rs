@@ -571,6 +571,8 @@ fn analyse_log(log: &LossLog, options: &LossOscillationOptions) -> LogAnalysis {
 /// A probe run: the loss on the fixed evaluation batch before the first step and after each step.
 struct ProbeRun {
     curve: Vec<f64>,
+    /// Steps, evaluations and time of the run (issue 11), set by [`probe_run`].
+    training: Option<crate::TrainingRun>,
     start: f64,
     end: f64,
     up_share: f64,
@@ -598,6 +600,7 @@ impl ProbeRun {
         let up_share = ups as f64 / (curve.len() - 1).max(1) as f64;
         ProbeRun {
             curve,
+            training: None,
             start,
             end,
             up_share,
@@ -640,6 +643,7 @@ fn probe_run(
     let setup = ctx.setup;
     let loss_kind = setup.resolved_loss(ctx.data);
     let mut copy = model.trainable_copy()?;
+    let started = std::time::Instant::now();
     let mut opt = train::optimizer(
         copy.as_ref(),
         setup.optimizer,
@@ -654,6 +658,8 @@ fn probe_run(
     let mut rng = Rng::new(setup.seed);
     let steps = options.probe_steps;
     let mut curve = vec![train::evaluate(copy.as_mut(), loss_kind, &eval_x, &eval_y)?];
+    let mut trained = 0;
+    let mut batch_shape = Vec::new();
     for step in 0..steps {
         if step < warmup {
             opt.set_learning_rate(lr * (step + 1) as f64 / (warmup + 1) as f64)?;
@@ -664,6 +670,10 @@ fn probe_run(
         let x = inputs.f_index_select(0, &idx)?;
         let y = targets.f_index_select(0, &idx)?;
         train::step(copy.as_mut(), &opt, loss_kind, &x, &y, Mode::Train)?;
+        trained += 1;
+        if batch_shape.is_empty() {
+            batch_shape = x.size();
+        }
         let l = train::evaluate(copy.as_mut(), loss_kind, &eval_x, &eval_y)?;
         curve.push(l);
         if report {
@@ -673,13 +683,26 @@ fn probe_run(
             break;
         }
     }
-    Ok(ProbeRun::new(curve))
+    let name = if warmup > 0 {
+        "probe (warmed up)"
+    } else if report {
+        "probe"
+    } else {
+        "probe (control)"
+    };
+    let forwards = trained + curve.len();
+    let mut run = ProbeRun::new(curve);
+    let mut t = train::training_run(name, inputs, forwards, trained, started);
+    t.input_shape = batch_shape;
+    run.training = Some(t);
+    Ok(run)
 }
 
 fn probe(
     ctx: &Context,
     options: &LossOscillationOptions,
     log_descends: bool,
+    training: &mut Vec<crate::TrainingRun>,
 ) -> Result<(Vec<Finding>, Vec<Curve>), CheckError> {
     let (Some(model), Some(data)) = (ctx.model, ctx.data) else {
         return Ok((Vec::new(), Vec::new()));
@@ -696,12 +719,25 @@ fn probe(
     // Move the sample to the model's device once, not on every step.
     let inputs = data.inputs.f_to_device(device)?;
     let targets = data.targets.f_to_device(device)?;
+    // A fully convolutional image-to-image model is probed on crops (issue 11): its per-position
+    // loss averages the same terms over fewer positions, at a fraction of the work per step.
+    // (No shared prediction, no crop: the probe never needed it.)
+    let full_output = ctx.prediction().map(|p| p.size()).unwrap_or_default();
+    let (inputs, targets, crops) = train::crop_fit_batch(
+        model,
+        &full_output,
+        inputs,
+        targets,
+        loss_kind.is_classification(),
+    )?;
+    let on = crops.map(|c| format!(", on {c} crops")).unwrap_or_default();
     let run = |lr, warmup, report| {
         probe_run(
             ctx, model, &inputs, &targets, eval_n, lr, warmup, options, report,
         )
     };
     let main = run(setup.lr, 0, true)?;
+    training.extend(main.training.clone());
     let verdict = |r: &ProbeRun| {
         if r.diverges(options) {
             Some(ProbeVerdict::Diverges)
@@ -716,7 +752,7 @@ fn probe(
     };
     let name = |lr: f64| {
         format!(
-            "learning-rate probe ({} lr {}, batch {})",
+            "learning-rate probe ({} lr {}, batch {}{on})",
             setup.optimizer.as_str(),
             num(lr),
             setup.batch_size
@@ -735,6 +771,7 @@ fn probe(
         && options.probe_warmup > 0
     {
         let warm = run(setup.lr, options.probe_warmup, false)?;
+        training.extend(warm.training.clone());
         if verdict(&warm).is_none() {
             let mut w = Curve::new(format!("{} (warmed up)", name(setup.lr)), warm.curve);
             w.log_scale = true;
@@ -746,6 +783,7 @@ fn probe(
     //    finding's fix) would not help.
     let control_lr = setup.lr / 10.0;
     let control = run(control_lr, 0, false)?;
+    training.extend(control.training.clone());
     let confirmed = match pending {
         ProbeVerdict::Diverges => {
             control.end.is_finite() && (!main.end.is_finite() || control.end < 0.5 * main.end)
@@ -824,7 +862,7 @@ impl Check for LossOscillation {
             result.curves.extend(analysis.curve);
         }
         if run_probe {
-            let (findings, curves) = probe(ctx, options, log_descends)?;
+            let (findings, curves) = probe(ctx, options, log_descends, &mut result.training)?;
             result.findings.extend(findings);
             result.curves.extend(curves);
         }

@@ -321,6 +321,10 @@ impl Check for OverfitBatch {
         let device = model.device();
         let x = data.inputs.f_narrow(0, 0, k)?.f_to_device(device)?;
         let y = data.targets.f_narrow(0, 0, k)?.f_to_device(device)?;
+        // A fully convolutional image-to-image model is fitted on crops (issue 11: the same kernels,
+        // a fraction of the work per step); the reference loss below is the crop's.
+        let (x, y, crops) =
+            train::crop_fit_batch(model, &ctx.prediction()?.size(), x, y, classification)?;
         let per_label = is_per_label(loss_kind, &ctx.prediction()?.size(), &data.targets);
         let binary = matches!(loss_kind, LossKind::Bce | LossKind::BceWithLogits);
         // The loss to reach: absolute and scale-free (see `Reference`), never a share of the start.
@@ -376,6 +380,7 @@ impl Check for OverfitBatch {
             }
         };
         let mut copy = model.trainable_copy()?;
+        let started = std::time::Instant::now();
         let fit = train::fit_batch(
             copy.as_mut(),
             &x,
@@ -386,8 +391,13 @@ impl Check for OverfitBatch {
             &done,
             ctx.progress,
         )?;
+        let steps = fit.losses.len() - 1;
+        let run = train::training_run("overfit", &x, fit.losses.len(), steps, started);
+        let on = crops
+            .map(|c| format!(" (on {c} crops)"))
+            .unwrap_or_default();
         let mut curve = Curve::new(
-            format!("overfit {} loss", loss_kind.as_str()),
+            format!("overfit {} loss{on}", loss_kind.as_str()),
             fit.losses.clone(),
         );
         let end = *fit.losses.last().expect("at least one step");
@@ -395,7 +405,7 @@ impl Check for OverfitBatch {
         curve.target = Some(needed.get());
         curve.log_scale = true;
         if fit.reached {
-            return Ok(CheckResult::passed().curve(curve));
+            return Ok(CheckResult::passed().curve(curve).trained(run));
         }
         let cause = train::no_gradient_cause(&fit).unwrap_or_else(|| {
             let dead = last_dead.get();
@@ -429,7 +439,9 @@ classes: a ReLU or clamp before the logits outputs 0 for it, so no gradient can 
             &violation,
             Location::data(&data.target_key, Some((0, k as usize))),
         );
-        Ok(CheckResult::with_findings(vec![f]).curve(curve))
+        Ok(CheckResult::with_findings(vec![f])
+            .curve(curve)
+            .trained(run))
     }
 }
 
