@@ -3,7 +3,7 @@
 //! resident set (`VmHWM`).
 //!
 //! Ignored by default: it needs the fixtures' torch venv (`./dev fixtures` creates it) and takes a few
-//! minutes on two busy cores. Run it with `cargo test --release --test memory -- --ignored`.
+//! minutes on two busy cores. Run it with `cargo test --test memory -- --ignored`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
