@@ -177,7 +177,7 @@ fn make_own(w: &mut [Tensor], others: &[&Tensor]) -> Result<(), CheckError> {
             .any(|o| o.data_ptr() == ptr);
         if shared || !w[i].is_contiguous() {
             let mut own = Tensor::f_empty(w[i].size(), (w[i].kind(), w[i].device()))?;
-            let _ = own.f_copy_(&w[i])?;
+            own.f_copy_(&w[i])?;
             w[i] = own;
         }
     }
