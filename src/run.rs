@@ -374,6 +374,8 @@ pub fn run_all(
         .into_iter()
         .map(|(check, level)| {
             on_start(check.info().id, check.info().trains);
+            // What the previous check freed goes back to the system before this one allocates.
+            crate::model::release_free_memory();
             match isolation {
                 None => run_one(check.as_ref(), level, ctx, settings, &mut used),
                 Some(isolation) => {

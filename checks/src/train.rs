@@ -1,6 +1,9 @@
-//! Training helpers shared by the checks that train an in-memory copy: the configured loss, libtorch's
-//! own optimizers over the copy's parameters, and a fit loop that records the curve.
-use tch::{COptimizer, Kind, Reduction, Tensor};
+//! Training helpers shared by the checks that train an in-memory copy: the configured loss, the
+//! optimizers (libtorch's update rules, in place: [`crate::optim`]) over the copy's parameters, and a fit
+//! loop that records the curve.
+use tch::{Kind, Reduction, Tensor};
+
+use crate::optim::Optimizer;
 
 use crate::ports::{LossKind, Mode, OptimizerKind, TrainableModel};
 use crate::stats::Rng;
@@ -90,22 +93,18 @@ pub fn check_class_targets(targets: &Tensor, classes: i64) -> Result<(), CheckEr
     }
 }
 
-/// libtorch's optimizer of the configured kind over every parameter of `model`.
+/// The optimizer of the configured kind (libtorch's update rules) over every parameter of `model`.
 pub fn optimizer(
     model: &dyn TrainableModel,
     kind: OptimizerKind,
     lr: f64,
     momentum: f64,
     weight_decay: f64,
-) -> Result<COptimizer, CheckError> {
-    let mut opt = match kind {
-        OptimizerKind::Sgd => COptimizer::sgd(lr, momentum, 0.0, weight_decay, false)?,
-        OptimizerKind::Adam => COptimizer::adam(lr, 0.9, 0.999, weight_decay, 1e-8, false)?,
-        OptimizerKind::AdamW => COptimizer::adamw(lr, 0.9, 0.999, weight_decay, 1e-8, false)?,
-    };
+) -> Result<Optimizer, CheckError> {
+    let mut opt = Optimizer::new(kind, lr, momentum, weight_decay)?;
     for (_, p) in model.parameters()? {
         if p.requires_grad() {
-            opt.add_parameters(&p, 0)?;
+            opt.add_parameter(&p)?;
         }
     }
     Ok(opt)
@@ -114,7 +113,7 @@ pub fn optimizer(
 /// One optimisation step on (inputs, targets); returns the loss before the step.
 pub fn step(
     model: &mut dyn TrainableModel,
-    opt: &COptimizer,
+    opt: &Optimizer,
     loss_kind: LossKind,
     inputs: &Tensor,
     targets: &Tensor,

@@ -1294,3 +1294,24 @@ impl Handle {
         Ok(out)
     }
 }
+
+// ---------------------------------------------------------------- memory between checks
+
+/// Returns the memory that the allocator keeps after a check frees it to the system.
+///
+/// libtorch allocates through glibc's malloc: tensors of some 128 KiB to 32 MiB end up in malloc's
+/// heaps once a free has raised its mmap threshold, and the heaps of the worker threads keep what they
+/// free. Across checks this added tens of megabytes to the peak of a 200 MB model's audit (whose
+/// training checks hold 4× the model); trimming once per check costs a fraction of a millisecond.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn malloc_trim(pad: usize) -> c_int;
+        }
+        // SAFETY: glibc's malloc_trim only hands free memory back to the system.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+}

@@ -171,6 +171,25 @@ fn hessian_vector(
         .collect()
 }
 
+/// Makes every tensor of `w` its own dense memory, so that it can be updated in place: a
+/// Hessian-vector product may hand back an expanded gradient, or one tensor for two parameters (or,
+/// in principle, a tensor of `others`).
+fn make_own(w: &mut [Tensor], others: &[&Tensor]) -> Result<(), CheckError> {
+    for i in 0..w.len() {
+        let ptr = w[i].data_ptr();
+        let shared = w[..i]
+            .iter()
+            .chain(others.iter().copied())
+            .any(|o| o.data_ptr() == ptr);
+        if shared || !w[i].is_contiguous() {
+            let mut own = Tensor::f_empty(w[i].size(), (w[i].kind(), w[i].device()))?;
+            own.f_copy_(&w[i])?;
+            w[i] = own;
+        }
+    }
+    Ok(())
+}
+
 /// The eigenvalues of the symmetric tridiagonal matrix with diagonal `alpha` and off-diagonal `beta`.
 fn tridiagonal_eigenvalues(alpha: &[f64], beta: &[f64]) -> Result<Vec<f64>, CheckError> {
     let k = alpha.len();
@@ -218,17 +237,16 @@ fn largest_eigenvalue(
             ));
         }
         alpha.push(a);
-        w = w
-            .iter()
-            .zip(&v)
-            .map(|(h, x)| Ok(h.f_sub(&x.f_mul_scalar(a)?)?))
-            .collect::<Result<_, CheckError>>()?;
+        // In place, one parameter at a time: on a large model every whole copy of the vectors counts.
+        let others: Vec<&Tensor> = v.iter().chain(previous.iter().flatten()).collect();
+        make_own(&mut w, &others)?;
+        for (h, x) in w.iter_mut().zip(&v) {
+            let _ = h.f_sub_(&x.f_mul_scalar(a)?)?;
+        }
         if let (Some(p), Some(b)) = (&previous, beta.last()) {
-            w = w
-                .iter()
-                .zip(p)
-                .map(|(h, x)| Ok(h.f_sub(&x.f_mul_scalar(*b)?)?))
-                .collect::<Result<_, CheckError>>()?;
+            for (h, x) in w.iter_mut().zip(p) {
+                let _ = h.f_sub_(&x.f_mul_scalar(*b)?)?;
+            }
         }
         let top = tridiagonal_eigenvalues(&alpha, &beta)?
             .into_iter()
@@ -245,7 +263,11 @@ fn largest_eigenvalue(
             break; // the Krylov space is exhausted: the Ritz values are exact
         }
         beta.push(b);
-        previous = Some(std::mem::replace(&mut v, scale(&w, 1.0 / b)?));
+        drop(previous.take()); // before w takes its place: three vectors, not four
+        for h in w.iter_mut() {
+            let _ = h.f_mul_scalar_(1.0 / b)?;
+        }
+        previous = Some(std::mem::replace(&mut v, w));
     }
     Ok((estimates.last().copied().unwrap_or(0.0), estimates))
 }
