@@ -140,3 +140,26 @@ fn an_op_without_double_backward_skips_instead_of_failing() {
     assert_eq!(e["status"], "skipped", "{e}");
     assert!(e.to_string().contains("double backward"), "{e}");
 }
+
+#[test]
+fn a_model_above_max_parameter_mib_is_skipped_with_the_memory_reason() {
+    // The products hold ~6x the parameters: above the option the check skips and says why (a 200 MB
+    // model would peak at 1.35 GB; tests/memory.rs measures it). The flagged setup, with a tiny limit:
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(fixture("configs/sgd_lr_above_sharpness.toml"))
+        .unwrap()
+        .replace("../", &format!("{}/", fixture("")))
+        + "[checks.lr-sharpness]\nmax_parameter_mib = 0.001\n";
+    let cfg = write(dir.path(), "trainlint.toml", &text);
+    let cfg = cfg.display().to_string();
+    let (code, r) = check_json(&[cfg.as_str(), "--select", "lr-sharpness"]);
+    assert_eq!(code, 0, "{r}");
+    let e = check_entry(&r, "lr-sharpness");
+    assert_eq!(e["status"], "skipped", "{e}");
+    let reason = e["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("above `max_parameter_mib` = 0.001")
+            && reason.contains("6× the parameters in memory"),
+        "{e}"
+    );
+}

@@ -95,4 +95,24 @@ fn a_200_mb_model_is_audited_within_1_gb() {
         peak <= LIMIT_KB,
         "the full audit of a 200 MB model peaked at {peak} KiB, above {LIMIT_KB}"
     );
+    // With SGD, lr-sharpness runs too; its Hessian-vector products would hold ~6x the model (1.35 GB
+    // here), so above `max_parameter_mib` it skips, and the audit stays within the bound.
+    std::fs::write(
+        dir.path().join("trainlint.toml"),
+        "[setup]\noptimizer = \"sgd\"\nlr = 0.01\nmomentum = 0.9\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new(bin);
+    cmd.current_dir(dir.path())
+        .env_remove("CI")
+        .args(["check", "--model", "big.pt", "--data", "big.npz", "--quiet"])
+        .args(["--select", "lr-sharpness,gradient-flow"])
+        .args(["--exit-zero", "--output-format", "json"]);
+    let (status, peak) = run_measuring_peak(cmd);
+    assert!(status.success(), "trainlint exited with {status}");
+    eprintln!("peak resident set with SGD (lr-sharpness): {peak} KiB");
+    assert!(
+        peak <= LIMIT_KB,
+        "lr-sharpness on a 200 MB model peaked at {peak} KiB, above {LIMIT_KB}"
+    );
 }

@@ -43,6 +43,10 @@ pub struct LrSharpnessOptions {
     /// Warn when lr exceeds the largest stable lr by more than this factor.
     #[schemars(range(min = 1))]
     pub factor: f64,
+    /// Skip models whose trainable parameters take more MiB than this: the Hessian-vector products
+    /// hold about 6× the parameters in memory.
+    #[schemars(extend("exclusiveMinimum" = 0))]
+    pub max_parameter_mib: f64,
 }
 
 impl Default for LrSharpnessOptions {
@@ -52,6 +56,7 @@ impl Default for LrSharpnessOptions {
             iterations: 20,
             tolerance: 1e-2,
             factor: 2.0,
+            max_parameter_mib: 128.0,
         }
     }
 }
@@ -97,7 +102,9 @@ step and 0.04× after 20 (Adam's v̂ grows as the loss oscillates and pulls P⁻
 loss-oscillation's probe runs Adam itself at the configured lr. Skipped for models with BatchNorm / GroupNorm / InstanceNorm: the \
 weights before a normalisation layer are (nearly) scale-invariant, SGD on them grows their norm and \
 lowers their curvature until stable (Arora et al. 2019), so the sharpness at init does not bound the \
-usable lr (a fresh GoogLeNet-pattern network: λ ≈ 245, 6× SGD 0.1 / 0.9's bound, and it trains well).",
+usable lr (a fresh GoogLeNet-pattern network: λ ≈ 245, 6× SGD 0.1 / 0.9's bound, and it trains well). \
+Skipped for models whose trainable parameters exceed `max_parameter_mib` (128): the products hold about \
+6× the parameters in memory (a 200 MB MLP peaked at 1.35 GB), above the 1 GB the rest of the audit keeps.",
         fix: "Lower lr to the largest stable lr or below (or warm it up from there); normalise the inputs \
 and use a default init, which lower λ.",
         example: Some(Example {
@@ -314,6 +321,21 @@ loss-oscillation's probe runs Adam instead",
 usable lr",
                 crate::finding::display_module(&norm.path),
                 norm.kind
+            )));
+        }
+        let mut bytes = 0f64;
+        for (_, p) in model.parameters()? {
+            if p.requires_grad() {
+                bytes += p.numel() as f64 * p.kind().elt_size_in_bytes() as f64;
+            }
+        }
+        let mib = bytes / (1u64 << 20) as f64;
+        if mib > options.max_parameter_mib {
+            return Err(CheckError::Skip(format!(
+                "the trainable parameters take {} MiB, above `max_parameter_mib` = {}: the Hessian-vector \
+products hold about 6× the parameters in memory (raise it to run the check)",
+                crate::finding::num(mib),
+                crate::finding::num(options.max_parameter_mib)
             )));
         }
         let n = data.len().min(options.batch).max(1) as i64;
