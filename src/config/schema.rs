@@ -178,7 +178,7 @@ pub fn init_template(filled: &[(&str, String)]) -> String {
     let schema = config_schema();
     for (section, object) in schema["properties"].as_object().into_iter().flatten() {
         let doc = object["description"].as_str().unwrap_or("");
-        out.push_str(&format!("\n# {doc}\n[{section}]\n"));
+        out.push_str(&format!("\n{}[{section}]\n", comment(doc)));
         for k in documented(object) {
             let full = format!("{section}.{}", k.name);
             let doc = if k.choices.is_empty() {
@@ -186,7 +186,7 @@ pub fn init_template(filled: &[(&str, String)]) -> String {
             } else {
                 format!("{} ({})", k.doc, k.choices.join(", "))
             };
-            out.push_str(&format!("# {doc}\n"));
+            out.push_str(&comment(&doc));
             match filled.iter().find(|(name, _)| *name == full) {
                 Some((_, value)) => out.push_str(&format!("{} = {}\n", k.name, value)),
                 None if k.default.is_empty() => out.push_str(&format!("# {} = \n", k.name)),
@@ -205,7 +205,7 @@ pub fn init_template(filled: &[(&str, String)]) -> String {
             info.default_level.as_str()
         ));
         for o in check_options(check.as_ref()) {
-            out.push_str(&format!("# {}\n{} = {}\n", o.doc, o.name, o.default));
+            out.push_str(&format!("{}{} = {}\n", comment(&o.doc), o.name, o.default));
         }
     }
     out.push_str(
@@ -256,4 +256,10 @@ pub fn json_schema() -> Value {
         "properties": props,
         "additionalProperties": false
     })
+}
+
+/// A TOML comment of `text`, every line of a multi-line doc commented.
+fn comment(text: &str) -> String {
+    text.lines().map(|l| format!("# {l}\n")).collect::<String>()
+        + if text.is_empty() { "# \n" } else { "" }
 }
