@@ -77,14 +77,19 @@ fn a_200_mb_model_is_audited_within_1_gb() {
     assert!(made.success(), "making the model failed");
     let model = dir.path().join("big.pt");
     assert!(std::fs::metadata(&model).unwrap().len() > 200_000_000);
-    let bin = Path::new(env!("CARGO_BIN_EXE_trainlint"));
-    let mut cmd = Command::new(bin);
-    cmd.current_dir(dir.path())
-        .env_remove("CI")
-        .args(["check", "--model", "big.pt", "--data", "big.npz", "--quiet"])
-        .args(["--exit-zero", "--output-format", "json"]);
-    let (status, peak) = run_measuring_peak(cmd);
-    assert!(status.success(), "trainlint exited with {status}");
+    // The audit of big.pt in `dir` with `extra` arguments: (exit status, peak resident set in KiB).
+    let audit = |extra: &[&str]| {
+        let mut cmd = Command::new(Path::new(env!("CARGO_BIN_EXE_trainlint")));
+        cmd.current_dir(dir.path())
+            .env_remove("CI")
+            .args(["check", "--model", "big.pt", "--data", "big.npz", "--quiet"])
+            .args(extra)
+            .args(["--exit-zero", "--output-format", "json"]);
+        let (status, peak) = run_measuring_peak(cmd);
+        assert!(status.success(), "trainlint exited with {status}");
+        peak
+    };
+    let peak = audit(&[]);
     eprintln!("peak resident set: {peak} KiB");
     // Sanity: the model itself is in memory at some point.
     assert!(
@@ -102,14 +107,7 @@ fn a_200_mb_model_is_audited_within_1_gb() {
         "[setup]\noptimizer = \"sgd\"\nlr = 0.01\nmomentum = 0.9\n",
     )
     .unwrap();
-    let mut cmd = Command::new(bin);
-    cmd.current_dir(dir.path())
-        .env_remove("CI")
-        .args(["check", "--model", "big.pt", "--data", "big.npz", "--quiet"])
-        .args(["--select", "lr-sharpness,gradient-flow"])
-        .args(["--exit-zero", "--output-format", "json"]);
-    let (status, peak) = run_measuring_peak(cmd);
-    assert!(status.success(), "trainlint exited with {status}");
+    let peak = audit(&["--select", "lr-sharpness,gradient-flow"]);
     eprintln!("peak resident set with SGD (lr-sharpness): {peak} KiB");
     assert!(
         peak <= LIMIT_KB,

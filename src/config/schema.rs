@@ -260,6 +260,8 @@ pub fn json_schema() -> Value {
 
 /// A TOML comment of `text`, every line of a multi-line doc commented.
 fn comment(text: &str) -> String {
-    text.lines().map(|l| format!("# {l}\n")).collect::<String>()
-        + if text.is_empty() { "# \n" } else { "" }
+    if text.is_empty() {
+        return "# \n".to_string();
+    }
+    text.lines().map(|l| format!("# {l}\n")).collect()
 }

@@ -405,9 +405,7 @@ fn at_init_stats(
     let (Some(mean), Some(var)) = (find(buffers, &l.mean), find(buffers, &l.var)) else {
         return Ok(None);
     };
-    let tracked = find(buffers, &l.tracked)
-        .map(|t| t.int64_value(&[]))
-        .unwrap_or(0);
+    let tracked = batches_tracked(l, buffers).unwrap_or(0);
     if tracked != 0 || !all_equal(mean, 0.0)? || !all_equal(var, 1.0)? {
         return Ok(None);
     }
@@ -483,11 +481,19 @@ const WARMING_UP: f64 = 0.05;
 /// The train/eval gap must exceed this multiple of the gap that batch statistics alone make.
 const NOISE_FACTOR: f64 = 4.0;
 
-/// The weight the init (0 / 1) still has in a layer's running statistics: (1 − m)^T after T updates
-/// with momentum m. None when the layer does not count its updates (the statistics are taken as stored).
-fn init_weight(l: &Layer, buffers: &[NamedTensor], momentum: f64) -> Option<f64> {
-    let t = find(buffers, &l.tracked)?.f_int64_value(&[]).ok()?;
-    (t > 0).then(|| (1.0 - momentum).clamp(0.0, 1.0).powf(t as f64))
+/// A layer's num_batches_tracked, when it keeps one.
+fn batches_tracked(l: &Layer, buffers: &[NamedTensor]) -> Option<i64> {
+    find(buffers, &l.tracked)?.f_int64_value(&[]).ok()
+}
+
+/// Whether a layer's running statistics are still warming up: after T updates with momentum m their
+/// init (0 / 1) still weighs (1 − m)^T, above [`WARMING_UP`]. A layer that does not count its updates
+/// is taken as stored, unless its momentum is too small (< 0.01) to have forgotten its init.
+fn still_warming_up(l: &Layer, buffers: &[NamedTensor], momentum: f64) -> bool {
+    match batches_tracked(l, buffers).filter(|t| *t > 0) {
+        Some(t) => (1.0 - momentum).clamp(0.0, 1.0).powf(t as f64) > WARMING_UP,
+        None => momentum < 0.01,
+    }
 }
 
 /// What the probing passes leave: the statistics the data produce, the train-mode output, and the copy.
@@ -593,23 +599,17 @@ impl Check for StaleBatchnorm {
                 reported.push(l.path());
             }
         }
-        // How much of their init the stored statistics still carry; layers that do not count their
-        // updates are taken as stored, unless their momentum is too small to have forgotten it.
-        let mut weights: HashMap<&str, f64> = HashMap::new();
-        let mut warming = false;
-        for l in &layers {
-            let Some(m) = measured.get(l.path()) else {
-                continue;
-            };
-            match init_weight(l, &buffers, m.momentum) {
-                Some(w) => {
-                    warming |= w > WARMING_UP && !default_stats.contains(&l.path());
-                    weights.insert(l.path(), w);
-                }
-                None if m.momentum < 0.01 && !default_stats.contains(&l.path()) => warming = true,
-                None => {}
-            }
-        }
+        // Layers with trained statistics that still carry much of their init: not judged yet.
+        let warming: Vec<&str> = layers
+            .iter()
+            .filter(|l| !default_stats.contains(&l.path()))
+            .filter(|l| {
+                measured
+                    .get(l.path())
+                    .is_some_and(|m| still_warming_up(l, &buffers, m.momentum))
+            })
+            .map(|l| l.path())
+            .collect();
         // Mismatch with the data, for layers whose stored stats are real (updated, not at their init).
         let mut curves = Vec::new();
         for l in &layers {
@@ -620,12 +620,10 @@ impl Check for StaleBatchnorm {
             ) else {
                 continue;
             };
-            let w = weights.get(l.path()).copied();
-            let still_warming = match w {
-                Some(w) => w > WARMING_UP,
-                None => m.momentum < 0.01,
-            };
-            if reported.contains(&l.path()) || default_stats.contains(&l.path()) || still_warming {
+            if reported.contains(&l.path())
+                || default_stats.contains(&l.path())
+                || warming.contains(&l.path())
+            {
                 continue;
             }
             let (stored_mean, stored_var) = (to_vec(mean)?, to_vec(var)?);
@@ -636,7 +634,8 @@ impl Check for StaleBatchnorm {
         }
         // Train/eval gap: only meaningful once the stats have been trained and nothing above explains
         // it, and only beyond what batch statistics alone make (halves need 2 samples each).
-        if findings.is_empty() && default_stats.len() < layers.len() && !warming && n >= 4 {
+        if findings.is_empty() && default_stats.len() < layers.len() && warming.is_empty() && n >= 4
+        {
             let eval = ctx.prediction()?.f_narrow(0, 0, n as i64)?;
             let gap = relative_gap(&probe.train_output, &eval)?;
             if gap > options.max_output_gap {
