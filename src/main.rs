@@ -295,6 +295,7 @@ fn config_fatal(e: ConfigError) -> Fatal {
 }
 
 fn main() -> ExitCode {
+    model::keep_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // --help and --version print as clap writes them; a usage error is one line and exit 2,
