@@ -428,14 +428,35 @@ fn learning_rate_probe_flags_adam_at_lr_one_and_passes_a_sane_lr() {
     );
     assert!(num(f, "probe_end") > 2.0 * num(f, "probe_start"));
     assert_eq!(f["location"]["config_key"], "setup.lr");
-    let r = probe("optimizer = \"adam\"\nlr = 1e-3\nbatch_size = 16");
+    let sane = "optimizer = \"adam\"\nlr = 1e-3\nbatch_size = 16";
+    let r = probe(sane);
     passed(&r, "loss-oscillation");
-    let curve = &check_entry(&r, "loss-oscillation")["curves"][0]["y"];
-    assert_eq!(
-        curve.as_array().unwrap().len(),
-        61,
-        "60 probe steps plus the start"
+    // The loss halves in a clean descent: the probe stops at a settled descent, on a step of 10
+    // from 20 on, and says so.
+    let early = &check_entry(&r, "loss-oscillation")["curves"][0];
+    let early_y = early["y"].as_array().unwrap();
+    let stopped = early_y.len() - 1;
+    assert!((20..60).contains(&stopped) && stopped % 10 == 0, "{early}");
+    assert!(
+        early["name"].as_str().unwrap().ends_with(&format!(
+            "(a settled descent: stopped at step {stopped} of 60)"
+        )),
+        "{early}"
     );
+    let last = early_y[stopped].as_f64().unwrap();
+    assert!(last <= 0.5 * early_y[0].as_f64().unwrap(), "{early}");
+    // Without the stop: all 60 steps, the same curve up to the stop.
+    let r = probe(&format!(
+        "{sane}\n[checks.loss-oscillation]\nprobe_early_stop = false"
+    ));
+    passed(&r, "loss-oscillation");
+    let full = &check_entry(&r, "loss-oscillation")["curves"][0];
+    let full_y = full["y"].as_array().unwrap();
+    assert_eq!(full_y.len(), 61, "60 probe steps plus the start: {full}");
+    for (a, b) in early_y.iter().zip(full_y) {
+        let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-6 * b.abs(), "{a} vs {b}");
+    }
 }
 
 #[test]

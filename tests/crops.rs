@@ -98,8 +98,17 @@ fn the_learning_rate_probe_reports_its_steps_and_evaluations() {
     assert_eq!(runs[0]["name"], "probe");
     // The batch: min(batch size, samples) = 8, on crops of the fully convolutional UNet.
     assert_eq!(shape(&runs[0]), [8, 3, 32, 32]);
-    assert_eq!(runs[0]["steps"], 60);
-    assert_eq!(runs[0]["forwards"], 121, "60 steps and 61 evaluations");
+    // 60 steps, or fewer when the loss settled into a clean descent (checked every 10 from 20 on).
+    let steps = runs[0]["steps"].as_u64().unwrap();
+    assert!(
+        steps == 60 || ((20..60).contains(&steps) && steps % 10 == 0),
+        "{e}"
+    );
+    assert_eq!(
+        runs[0]["forwards"],
+        2 * steps + 1,
+        "each step and an evaluation before the first and after each"
+    );
 }
 
 #[test]

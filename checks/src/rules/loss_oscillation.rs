@@ -77,6 +77,10 @@ pub struct LossOscillationOptions {
     pub probe_spike: f64,
     /// Adam / AdamW: warm-up steps of the probe that confirms a finding is not the cold start (0: none).
     pub probe_warmup: usize,
+    /// Stop the probe early once its loss has settled into a clean descent (checked every 10 steps
+    /// from step 20): at most half its start, never above 1.5× it, up in at most 15% of the steps,
+    /// and lower than 10 steps before. `false` always runs `probe_steps` steps.
+    pub probe_early_stop: bool,
 }
 
 impl Default for LossOscillationOptions {
@@ -97,6 +101,7 @@ impl Default for LossOscillationOptions {
             probe_divergence: 2.0,
             probe_spike: 10.0,
             probe_warmup: 10,
+            probe_early_stop: true,
         }
     }
 }
@@ -311,7 +316,9 @@ impl Violation for ProbeDiverges {
 run will diverge or waste its first epochs recovering: the learning rate is too high for this model.",
         how: "The probe trains a copy with the configured optimizer, lr and batch size for `probe_steps` \
 steps on random batches of the sample and measures the loss after each step on one fixed evaluation batch \
-(the first 64 samples). Error when that loss becomes non-finite or ends `probe_divergence`× above its \
+(the first 64 samples). With `probe_early_stop` it stops sooner once that loss has settled into a clean \
+descent (checked every 10 steps from step 20: at most half its start, never above 1.5× it, up in at \
+most 15% of the steps, lower than 10 steps before), which no finding can come from. Error when that loss becomes non-finite or ends `probe_divergence`× above its \
 start. Every probe finding must survive two confirmations, run only when one is pending: with Adam / \
 AdamW, the same probe with the lr warmed up over `probe_warmup` steps must show a finding too (a \
 restarted Adam's first bias-corrected step moves every weight by ~lr and spikes any trained \
@@ -571,6 +578,8 @@ fn analyse_log(log: &LossLog, options: &LossOscillationOptions) -> LogAnalysis {
 /// A probe run: the loss on the fixed evaluation batch before the first step and after each step.
 struct ProbeRun {
     curve: Vec<f64>,
+    /// The step after which the run stopped at a settled descent ([`settled_descent`]), if it did.
+    settled_at: Option<usize>,
     /// Steps, evaluations and time of the run (issue 11), set by [`probe_run`].
     training: Option<crate::TrainingRun>,
     start: f64,
@@ -600,6 +609,7 @@ impl ProbeRun {
         let up_share = ups as f64 / (curve.len() - 1).max(1) as f64;
         ProbeRun {
             curve,
+            settled_at: None,
             training: None,
             start,
             end,
@@ -619,6 +629,31 @@ impl ProbeRun {
     }
 }
 
+/// Every how many steps, from step [`SETTLE_FIRST`], the probe asks [`settled_descent`].
+const SETTLE_EVERY: usize = 10;
+const SETTLE_FIRST: usize = 20;
+
+/// Whether a probe curve (the start, then one loss per step) has settled into a clean descent that the
+/// remaining steps will not turn into a finding: every value finite, the last at most half the start,
+/// none above 1.5× the start, at most 15% of the steps up by more than 1% (the oscillation verdict
+/// needs 30–45%), and the last below the value [`SETTLE_EVERY`] steps earlier (still descending).
+/// To diverge (end above `probe_divergence` = 2× the start) from there the loss must grow 4×, to spike
+/// 20×; measured how often that happens on real probes in `scripts/probe_early_stop.py`.
+fn settled_descent(curve: &[f64]) -> bool {
+    let k = curve.len().saturating_sub(1);
+    if k < SETTLE_FIRST || k < SETTLE_EVERY || curve.iter().any(|v| !v.is_finite()) {
+        return false;
+    }
+    let start = curve[0];
+    let last = curve[k];
+    let ups = curve.windows(2).filter(|w| w[1] > w[0] * 1.01).count();
+    start > 0.0
+        && last <= 0.5 * start
+        && curve.iter().all(|&v| v <= 1.5 * start)
+        && ups as f64 <= 0.15 * k as f64
+        && last < curve[k - SETTLE_EVERY]
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum ProbeVerdict {
     Diverges,
@@ -627,7 +662,8 @@ enum ProbeVerdict {
 }
 
 /// Train a copy with the configured optimizer at `lr` (warmed up linearly over `warmup` steps) on random
-/// batches drawn with the setup's seed, and measure the evaluation loss.
+/// batches drawn with the setup's seed, and measure the evaluation loss. With `stop_settled`, stop at a
+/// [`settled_descent`] (only the main run does: its confirmations need their whole curves).
 #[allow(clippy::too_many_arguments)]
 fn probe_run(
     ctx: &Context,
@@ -639,6 +675,7 @@ fn probe_run(
     warmup: usize,
     options: &LossOscillationOptions,
     report: bool,
+    stop_settled: bool,
 ) -> Result<ProbeRun, CheckError> {
     let setup = ctx.setup;
     let loss_kind = setup.resolved_loss(ctx.data);
@@ -659,6 +696,7 @@ fn probe_run(
     let steps = options.probe_steps;
     let mut curve = vec![train::evaluate(copy.as_mut(), loss_kind, &eval_x, &eval_y)?];
     let mut trained = 0;
+    let mut settled_at = None;
     let mut batch_shape = Vec::new();
     for step in 0..steps {
         if step < warmup {
@@ -682,6 +720,14 @@ fn probe_run(
         if !l.is_finite() {
             break;
         }
+        let done = step + 1;
+        if stop_settled && done < steps && done % SETTLE_EVERY == 0 && settled_descent(&curve) {
+            settled_at = Some(done);
+            if report {
+                (ctx.progress)(steps, steps, l);
+            }
+            break;
+        }
     }
     let name = if warmup > 0 {
         "probe (warmed up)"
@@ -692,6 +738,7 @@ fn probe_run(
     };
     let forwards = trained + curve.len();
     let mut run = ProbeRun::new(curve);
+    run.settled_at = settled_at;
     let mut t = train::training_run(name, inputs, forwards, trained, started);
     t.input_shape = batch_shape;
     run.training = Some(t);
@@ -733,7 +780,16 @@ fn probe(
     let on = crops.map(|c| format!(", on {c} crops")).unwrap_or_default();
     let run = |lr, warmup, report| {
         probe_run(
-            ctx, model, &inputs, &targets, eval_n, lr, warmup, options, report,
+            ctx,
+            model,
+            &inputs,
+            &targets,
+            eval_n,
+            lr,
+            warmup,
+            options,
+            report,
+            report && options.probe_early_stop,
         )
     };
     let main = run(setup.lr, 0, true)?;
@@ -758,7 +814,16 @@ fn probe(
             setup.batch_size
         )
     };
-    let mut c = Curve::new(name(setup.lr), main.curve.clone());
+    let settled = main
+        .settled_at
+        .map(|k| {
+            format!(
+                " (a settled descent: stopped at step {k} of {})",
+                options.probe_steps
+            )
+        })
+        .unwrap_or_default();
+    let mut c = Curve::new(format!("{}{settled}", name(setup.lr)), main.curve.clone());
     c.log_scale = true;
     let Some(pending) = verdict(&main) else {
         return Ok((Vec::new(), vec![c]));
@@ -909,6 +974,55 @@ mod tests {
                     * (sign * amp + noise * rng.normal()).exp()
             })
             .collect()
+    }
+
+    /// A probe curve: the start, then `steps` losses from `f(step)`.
+    fn probe_curve(steps: usize, f: impl Fn(usize) -> f64) -> Vec<f64> {
+        (0..=steps).map(f).collect()
+    }
+
+    #[test]
+    fn a_clean_descent_to_half_its_start_is_settled_from_step_20_on() {
+        let halving = |t: usize| 2.0 * (-(t as f64) / 20.0).exp();
+        assert!(settled_descent(&probe_curve(20, halving)));
+        assert!(settled_descent(&probe_curve(30, halving)));
+        // Too early to judge, however clean.
+        assert!(!settled_descent(&probe_curve(19, halving)));
+        // Not yet down to half its start: 2 → 1.1 after 20 steps.
+        assert!(!settled_descent(
+            &probe_curve(20, |t| 2.0 - 0.045 * t as f64)
+        ));
+    }
+
+    #[test]
+    fn a_spike_a_bounce_an_upturn_or_a_nan_is_never_settled() {
+        let halving = |t: usize| 2.0 * (-(t as f64) / 20.0).exp();
+        // A spike to 1.6x the start on the way down.
+        let spike = probe_curve(30, |t| if t == 3 { 3.2 } else { halving(t) });
+        assert!(!settled_descent(&spike));
+        // 1.5x is still allowed: an Adam cold-start bump that the control would never confirm.
+        assert!(settled_descent(&probe_curve(30, |t| if t == 3 {
+            3.0
+        } else {
+            halving(t)
+        })));
+        // Up by more than 1% in 5 of 30 steps (17%): bouncing on the way down.
+        let bounce = probe_curve(30, |t| halving(t) * if t % 6 == 5 { 1.2 } else { 1.0 });
+        assert!(!settled_descent(&bounce));
+        // Down to a quarter, then creeping back up over the last 10 steps (each rise under 1%).
+        let low = 2.0 * 0.93f64.powi(20);
+        let upturn = probe_curve(30, |t| {
+            if t <= 20 {
+                2.0 * 0.93f64.powi(t as i32)
+            } else {
+                low + 0.002 * (t - 20) as f64
+            }
+        });
+        assert!(upturn[30] <= 1.0 && upturn.windows(2).all(|w| w[1] <= w[0] * 1.01));
+        assert!(!settled_descent(&upturn));
+        let mut nan = probe_curve(30, halving);
+        nan[12] = f64::NAN;
+        assert!(!settled_descent(&nan));
     }
 
     #[test]
