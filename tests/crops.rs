@@ -101,7 +101,7 @@ fn the_learning_rate_probe_reports_its_steps_and_evaluations() {
     // 60 steps, or fewer when the loss settled into a clean descent (checked every 10 from 20 on).
     let steps = runs[0]["steps"].as_u64().unwrap();
     assert!(
-        steps == 60 || ((20..60).contains(&steps) && steps % 10 == 0),
+        steps == 60 || ((20..60).contains(&steps) && steps.is_multiple_of(10)),
         "{e}"
     );
     assert_eq!(

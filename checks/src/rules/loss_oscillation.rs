@@ -721,7 +721,11 @@ fn probe_run(
             break;
         }
         let done = step + 1;
-        if stop_settled && done < steps && done % SETTLE_EVERY == 0 && settled_descent(&curve) {
+        if stop_settled
+            && done < steps
+            && done.is_multiple_of(SETTLE_EVERY)
+            && settled_descent(&curve)
+        {
             settled_at = Some(done);
             if report {
                 (ctx.progress)(steps, steps, l);
