@@ -14,7 +14,6 @@ Needs a release build (`cargo build --release`); standard library only.
 """
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile

@@ -342,16 +342,19 @@ pub fn crop_fit_batch(
         return Ok((inputs, targets, None));
     }
     match fully_convolutional_crop(model, &inputs, full_output)? {
-        Some(sides) => {
-            let label: Vec<String> = sides.iter().map(|v| v.to_string()).collect();
-            Ok((
-                crop(&inputs, &sides)?,
-                crop(&targets, &sides)?,
-                Some(label.join("×")),
-            ))
-        }
+        Some(sides) => Ok((
+            crop(&inputs, &sides)?,
+            crop(&targets, &sides)?,
+            Some(crop_label(&sides)),
+        )),
         None => Ok((inputs, targets, None)),
     }
+}
+
+/// A crop's sides as the reports name them: `32×32`.
+pub fn crop_label(sides: &[i64]) -> String {
+    let sides: Vec<String> = sides.iter().map(|v| v.to_string()).collect();
+    sides.join("×")
 }
 
 /// How much training a check did, for the JSON report (the compute floor is steps × ms per step).

@@ -1297,14 +1297,20 @@ impl Handle {
 
 // ---------------------------------------------------------------- memory between checks
 
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+unsafe extern "C" {
+    fn mallopt(param: c_int, value: c_int) -> c_int;
+    fn malloc_trim(pad: usize) -> c_int;
+}
+
 /// Fixes glibc malloc's thresholds at the top of the range it would reach on its own, so that the
 /// memory a training step frees is reused by the next step instead of being faulted in again.
 ///
 /// glibc starts with an mmap threshold of 128 KiB and a trim threshold of 128 KiB and raises them only
 /// as mapped chunks are freed: libtorch's activations of a few MiB kept being mapped, unmapped, trimmed
 /// and faulted back in, page by page. Measured on `resnet_bn.pt` + `cifar_like.npz` (2 threads, whole
-/// audit): 1.0 million page faults and 3.9–4.1 s before, 0.10 million and 2.8 s after, the same peak
-/// resident set; the 200 MB MLP of `tests/memory.rs` peaks at the same ~0.95 GB. Allocations above
+/// audit): ~1.0 million page faults and 3.9–4.5 s before, 0.10 million and 2.8–3.2 s after, the same
+/// peak resident set; the 200 MB MLP of `tests/memory.rs` peaks at the same ~0.95 GB. Allocations above
 /// 32 MiB are still mapped (a larger threshold fragments the heap: 1.14 GB on that MLP), and
 /// [`release_free_memory`] still hands free memory back between checks. Called once, at start-up.
 pub fn keep_freed_memory() {
@@ -1312,9 +1318,6 @@ pub fn keep_freed_memory() {
     {
         const M_TRIM_THRESHOLD: c_int = -1;
         const M_MMAP_THRESHOLD: c_int = -3;
-        unsafe extern "C" {
-            fn mallopt(param: c_int, value: c_int) -> c_int;
-        }
         // SAFETY: mallopt only sets two thresholds of glibc's allocator (32 MiB is the largest mmap
         // threshold every glibc accepts; the trim threshold is twice it, as glibc's own rule sets it).
         unsafe {
@@ -1326,19 +1329,14 @@ pub fn keep_freed_memory() {
 
 /// Returns the memory that the allocator keeps after a check frees it to the system.
 ///
-/// libtorch allocates through glibc's malloc: tensors of some 128 KiB to 32 MiB end up in malloc's
-/// heaps once a free has raised its mmap threshold, and the heaps of the worker threads keep what they
-/// free. Across checks this added tens of megabytes to the peak of a 200 MB model's audit (whose
-/// training checks hold 4× the model); trimming once per check costs a fraction of a millisecond.
+/// libtorch allocates through glibc's malloc: tensors up to 32 MiB live in malloc's heaps (see
+/// [`keep_freed_memory`]), and the heaps of the worker threads keep what they free. Across checks this
+/// added tens of megabytes to the peak of a 200 MB model's audit (whose training checks hold 4× the
+/// model); trimming once per check costs a fraction of a millisecond.
 pub fn release_free_memory() {
+    // SAFETY: glibc's malloc_trim only hands free memory back to the system.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        unsafe extern "C" {
-            fn malloc_trim(pad: usize) -> c_int;
-        }
-        // SAFETY: glibc's malloc_trim only hands free memory back to the system.
-        unsafe {
-            malloc_trim(0);
-        }
+    unsafe {
+        malloc_trim(0);
     }
 }

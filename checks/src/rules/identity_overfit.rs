@@ -270,10 +270,7 @@ impl Check for IdentityOverfit {
         );
         let relative: Vec<f64> = fit.losses.iter().map(|l| l / var).collect();
         // "32×32" for a fit on crops.
-        let crop_sides = sides.as_ref().map(|s| {
-            let s: Vec<String> = s.iter().map(|v| v.to_string()).collect();
-            s.join("×")
-        });
+        let crop_sides = sides.as_deref().map(train::crop_label);
         let on = crop_sides
             .as_ref()
             .map(|c| format!(", on {c} crops"))
