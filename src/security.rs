@@ -1,25 +1,37 @@
-//! A TorchScript file is code: before a model runs, its graphs are scanned for ops with side effects
-//! (file access, printing, network, ops from namespaces trainlint does not know), and a model that has
-//! any is refused unless the user passes `--trust-model`.
+//! A TorchScript file is code: before a model runs, trainlint reads what loading it would do and what
+//! its graphs can do, and refuses a model with side effects unless the user passes `--trust-model`.
 //!
-//! The policy lives here; `model` only lists what the archive holds (its source records, and every node
-//! of every graph with the method and module it sits in), without running any of it.
+//! The policy lives here; `model` only lists what the archive holds (its records, read by libtorch's own
+//! reader without running anything) and every node of every graph with the method and module it sits in.
 //!
-//! The policy, conservatively:
+//! Before libtorch loads the archive (`model::archive::inspect`):
+//! - always, `--trust-model` or not: records whose names libtorch cannot tell apart (it compares them
+//!   case-insensitively) and tensor records shorter than the storage their pickle declares (libtorch
+//!   would read past them) refuse the model as damaged;
+//! - unless trusted: a `__setstate__` in any source record libtorch could load (`*.py` in any case),
+//!   an object of a C++ custom class in a pickle (its native `__setstate__` runs on load) and a pickled
+//!   sparse tensor (rebuilt without checking its indices) refuse the model before it is loaded, and so
+//!   does a source record or pickle the scan cannot read.
+//!
+//! After loading, before anything runs, every node of every graph, conservatively:
 //! - ops from the namespaces `aten`, `prim` and `quantized` are allowed, except the ones below;
 //!   every other namespace (custom ops loaded from a shared library, `c10d`, `profiler`, `cuda`, …) is
 //!   refused, since trainlint cannot tell what it does;
 //! - within those namespaces, file access (`aten::from_file`, `aten::save`, and any op whose schema
 //!   takes a string argument named like a file or a path), printing (`prim::Print`, `aten::_print`)
 //!   and remote calls (`prim::rpc_async`, `prim::rpc_sync`, `prim::rpc_remote`) are refused;
+//! - ops that skip the invariant checks keeping libtorch inside its memory are refused: sparse
+//!   construction, every `_unsafe` / `unsafe_` op, `set_`, the `as_strided` family and nested tensors
+//!   viewed from a buffer;
+//! - constructing a C++ custom class (`torch.classes.*`) or calling one of its methods is refused: its
+//!   methods are native code (one of libtorch's own `dlopen`s a library found on `LD_LIBRARY_PATH`);
 //! - allowed on purpose: `prim::RaiseException` (an error, reported as one), `aten::warn` (goes through
 //!   libtorch's warning handler, which trainlint silences), in-process state such as
-//!   `aten::manual_seed` or `prim::SetAttr` (it touches the model's own in-memory copy only);
-//! - a `__setstate__` method anywhere in the archive refuses the model *before* it is loaded:
-//!   `torch::jit::load` runs it while loading, so it cannot be scanned first.
+//!   `aten::manual_seed` or `prim::SetAttr` (it touches the model's own in-memory copy only).
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use crate::model::archive;
 use crate::model::{self, GraphNode, ModelError, TorchScriptModel};
 
 /// Namespaces whose ops compute on tensors and values only (minus [`SIDE_EFFECT_OPS`]).
@@ -40,11 +52,13 @@ const SIDE_EFFECT_OPS: &[(&str, &str)] = &[
 pub enum UntrustedModel {
     #[error(transparent)]
     Model(#[from] ModelError),
-    #[error("refusing to load {path}: it defines __setstate__ (in {record}), which libtorch runs while loading the model, before trainlint can scan it; a TorchScript model is code: pass --trust-model to load it anyway")]
-    SetState { path: PathBuf, record: String },
+    #[error("refusing to load {path}: {what}, before trainlint can scan it; a TorchScript model is code: pass --trust-model to load it anyway")]
+    RunsOnLoad { path: PathBuf, what: String },
+    #[error("refusing to load {path}: the archive is damaged: {reason}")]
+    Damaged { path: PathBuf, reason: String },
     #[error("refusing to run {path}: a TorchScript model is code, and this one has side effects: {found}; pass --trust-model to run it anyway")]
     SideEffects { path: PathBuf, found: String },
-    #[error("cannot scan the graphs of {path} for side effects ({reason}); pass --trust-model to run it without the scan")]
+    #[error("cannot scan {path} for side effects ({reason}); pass --trust-model to run it without the scan")]
     Scan { path: PathBuf, reason: String },
 }
 
@@ -57,17 +71,15 @@ pub struct Refused {
     pub module: String,
 }
 
-/// Loads the model; unless `trust`, refuses one whose archive defines `__setstate__` (before loading)
-/// or whose graphs hold an op with side effects (after loading, before anything runs).
+/// Loads the model after [`vet_archive`]; unless `trust`, refuses one whose graphs hold an op with
+/// side effects (after loading, before anything runs).
 pub fn load_model(
     path: &Path,
     device: &str,
     output: &str,
     trust: bool,
 ) -> Result<TorchScriptModel, UntrustedModel> {
-    if !trust {
-        vet_archive(path)?;
-    }
+    vet_archive(path, trust)?;
     let mut loaded = TorchScriptModel::load(path, device, output)?;
     if !trust {
         let nodes = loaded
@@ -82,13 +94,30 @@ pub fn load_model(
     Ok(loaded)
 }
 
-/// Refuses an archive that defines `__setstate__` (code that runs while libtorch loads it).
-pub fn vet_archive(path: &Path) -> Result<(), UntrustedModel> {
-    let sources = model::archive_sources(path)?;
-    if let Some(record) = sources.iter().find(|r| r.text.contains("__setstate__")) {
-        return Err(UntrustedModel::SetState {
+/// Reads the archive before libtorch loads it: refuses damage whatever `trust` says, and unless
+/// `trust`, code that would run while loading and parts the scan cannot read.
+pub fn vet_archive(path: &Path, trust: bool) -> Result<(), UntrustedModel> {
+    let records = model::archive_records(path)?;
+    let found = archive::inspect(&records);
+    if let Some(reason) = found.damaged.into_iter().next() {
+        return Err(UntrustedModel::Damaged {
             path: path.to_path_buf(),
-            record: record.name.clone(),
+            reason,
+        });
+    }
+    if trust {
+        return Ok(());
+    }
+    if let Some(code) = found.runs_on_load.first() {
+        return Err(UntrustedModel::RunsOnLoad {
+            path: path.to_path_buf(),
+            what: code.describe(),
+        });
+    }
+    if let Some(reason) = found.unscanned.into_iter().next() {
+        return Err(UntrustedModel::Scan {
+            path: path.to_path_buf(),
+            reason,
         });
     }
     Ok(())
@@ -108,6 +137,15 @@ pub fn vet_graph(path: &Path, nodes: &[GraphNode]) -> Result<(), UntrustedModel>
 
 /// Why the policy refuses `node`, or None when it allows it.
 fn side_effect(node: &GraphNode) -> Option<String> {
+    if let Some(class) = node.op.strip_prefix("torch.classes.") {
+        let class = class.rsplit_once('.').map_or(class, |(class, _)| class);
+        return Some(format!(
+            "a method of the C++ custom class `torch.classes.{class}`, which runs native code"
+        ));
+    }
+    if let Some(why) = node.op.strip_prefix("aten::").and_then(unchecked) {
+        return Some(why.to_string());
+    }
     let namespace = node.op.split("::").next().unwrap_or_default();
     if !PURE_NAMESPACES.contains(&namespace) {
         return Some(format!("an op from the unknown namespace `{namespace}`"));
@@ -116,6 +154,28 @@ fn side_effect(node: &GraphNode) -> Option<String> {
         return Some(why.to_string());
     }
     path_argument(&node.schema).map(|arg| format!("file access: it takes a path `{arg}`"))
+}
+
+/// Why an aten op (`name` without the namespace) is refused for skipping the invariant checks that
+/// keep libtorch inside its memory: a sparse tensor with an out-of-range index, a view past its storage
+/// or offsets into a foreign buffer crash the process or read its heap.
+fn unchecked(name: &str) -> Option<&'static str> {
+    let sparse_construction = name.contains("sparse")
+        && (name.ends_with("_tensor") || name.contains("_tensor_") || name.contains("resize"));
+    if sparse_construction {
+        return Some("unchecked memory: it builds a sparse tensor without checking its indices");
+    }
+    if name.contains("unsafe") {
+        return Some("unchecked memory: an `unsafe` op skips its checks");
+    }
+    if matches!(
+        name,
+        "set_" | "as_strided" | "as_strided_" | "as_strided_scatter" | "as_strided_copy"
+    ) || name.starts_with("_nested_view_from")
+    {
+        return Some("unchecked memory: it points a tensor at storage it does not check");
+    }
+    None
 }
 
 /// The first string argument of `schema` named like a file or a path (`str filename`, `str? path`).
@@ -254,8 +314,45 @@ mod tests {
                 "",
             ),
             node("quantized::linear", "", "forward", ""),
+            node("aten::to_dense", "", "forward", ""),
+            node("aten::to_sparse", "", "forward", ""),
+            node("aten::chunk", "", "forward", ""),
+            node("aten::view", "", "forward", ""),
+            node("prim::CreateObject", "", "forward", ""),
+            node("prim::CallMethod", "", "forward", ""),
         ];
         assert_eq!(refused_ops(&allowed), vec![]);
+        let unchecked = [
+            "aten::sparse_coo_tensor",
+            "aten::_sparse_coo_tensor_unsafe",
+            "aten::_sparse_coo_tensor_with_dims_and_tensors",
+            "aten::sparse_csr_tensor",
+            "aten::sparse_compressed_tensor",
+            "aten::sparse_resize_",
+            "aten::_unsafe_index",
+            "aten::unsafe_split",
+            "aten::set_",
+            "aten::as_strided",
+            "aten::as_strided_",
+            "aten::_nested_view_from_buffer",
+        ];
+        for op in unchecked {
+            let found = refused_ops(&[node(op, "", "forward", "")]);
+            assert!(
+                found.len() == 1 && found[0].why.starts_with("unchecked memory"),
+                "{op}: {found:?}"
+            );
+        }
+        let custom = refused_ops(&[node(
+            "torch.classes._nnapi.Compilation.init",
+            "",
+            "forward",
+            "",
+        )]);
+        assert_eq!(
+            custom[0].why,
+            "a method of the C++ custom class `torch.classes._nnapi.Compilation`, which runs native code"
+        );
         let refused = [
             node("aten::from_file", "aten::from_file(str filename, bool? shared=None, int? size=0, *, ScalarType? dtype=None) -> Tensor", "forward", "body.reader"),
             node("prim::Print", "", "forward", ""),

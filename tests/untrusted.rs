@@ -324,3 +324,82 @@ fn healthy_models_pass_the_scan() {
         assert_ne!(o.status.code(), Some(2), "{}", stderr(&o));
     }
 }
+
+/// Issue 20, 1: libtorch finds source records case-insensitively, so a `__setstate__` stored as
+/// `code/__torch__.PY` ran on load (creating the probe file) before the scan refused the model.
+#[test]
+fn setstate_in_a_source_record_of_any_case_is_refused_before_loading() {
+    let (o, cwd) = untrusted("setstate_upper_py", &[]);
+    let line = one_line_error(&o);
+    assert!(
+        line.contains("__setstate__ (in code/__torch__.PY)") && line.contains("--trust-model"),
+        "{line}"
+    );
+    assert!(!cwd.path().join(PROBE).exists(), "__setstate__ ran on load");
+
+    // `trainlint graph` reads the model through the same gate.
+    let cwd = tempfile::tempdir().unwrap();
+    let o = trainlint()
+        .current_dir(cwd.path())
+        .args([
+            "graph",
+            "--model",
+            &fixture("untrusted/setstate_upper_py.pt"),
+        ])
+        .output()
+        .unwrap();
+    assert!(one_line_error(&o).contains("code/__torch__.PY"));
+    assert!(!cwd.path().join(PROBE).exists(), "__setstate__ ran on load");
+
+    // Trusted, libtorch runs it: the fixture really is the attack.
+    let (o, cwd) = untrusted("setstate_upper_py", &["--trust-model"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(cwd.path().join(PROBE).exists());
+}
+
+/// Issue 20, 2: constructing a C++ custom class and calling its methods (native code; this one
+/// dlopens a library from LD_LIBRARY_PATH) passed the scan.
+#[test]
+fn a_custom_class_construction_or_method_call_is_refused() {
+    let (o, _cwd) = untrusted("custom_class", &[]);
+    let line = one_line_error(&o);
+    for part in [
+        "torch.classes._nnapi.Compilation.__init__",
+        "torch.classes._nnapi.Compilation.init",
+        "C++ custom class `torch.classes._nnapi.Compilation`",
+        "`forward` of the root module",
+        "--trust-model",
+    ] {
+        assert!(line.contains(part), "{part}: {line}");
+    }
+    // Trusted, it runs (the branch that calls `init` is never taken for a non-empty batch).
+    let (o, _cwd) = untrusted("custom_class", &["--trust-model"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+/// Issue 20, 3: allowed aten ops alone crashed the process (SIGSEGV): a sparse COO tensor with an
+/// out-of-range index, densified.
+#[test]
+fn ops_that_skip_their_invariant_checks_are_refused() {
+    let (o, _cwd) = untrusted("sparse_oob", &["--select", "output-range"]);
+    let line = one_line_error(&o);
+    assert!(
+        line.contains("aten::sparse_coo_tensor (unchecked memory: it builds a sparse tensor without checking its indices) in `forward` of the root module"),
+        "{line}"
+    );
+}
+
+/// Issue 20, 4: a tensor record shorter than its storage's declared bytes loaded, and init-std read
+/// the rest from the heap (a std of 1e37 that changed from run to run). Refused before libtorch reads
+/// it, naming the record, with --trust-model too: trust covers the model's code, not a damaged file.
+#[test]
+fn a_record_shorter_than_its_storage_is_refused_even_when_trusted() {
+    for extra in [&[][..], &["--trust-model"]] {
+        let (o, _cwd) = untrusted("short_record", extra);
+        let line = one_line_error(&o);
+        assert!(
+            line.contains("the archive is damaged: record `data/0` holds 64 bytes, but data.pkl declares a storage of 128 bytes (32 × float32) in it"),
+            "{line}"
+        );
+    }
+}

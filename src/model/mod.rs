@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 
 use tch::{Device, Tensor};
+
+pub mod archive;
+mod pickle;
+pub use archive::ArchiveRecord;
 use trainlint_checks::graph::ModuleGraph;
 use trainlint_checks::ports::{LayerScale, Mode, NamedTensor, NonFiniteOp};
 use trainlint_checks::{CheckError, Model, ModuleInfo, OutputActivation, TrainableModel};
@@ -47,7 +51,7 @@ impl Drop for ShimString {
 
 type TensorCb = extern "C" fn(*mut c_void, *const c_char, *mut torch_sys::C_tensor);
 type ModuleCb = extern "C" fn(*mut c_void, *const c_char, *const c_char, c_int);
-type SourceCb = extern "C" fn(*mut c_void, *const c_char, *const c_char, usize);
+type RecordCb = extern "C" fn(*mut c_void, *const c_char, usize, u64, *const c_char, usize);
 type NodeCb =
     extern "C" fn(*mut c_void, *const c_char, *const c_char, *const c_char, *const c_char);
 
@@ -85,10 +89,11 @@ unsafe extern "C" {
     ) -> Option<ShimString>;
     fn tl_named_buffers(m: *const RawModule, ctx: *mut c_void, cb: TensorCb) -> Option<ShimString>;
     fn tl_named_modules(m: *const RawModule, ctx: *mut c_void, cb: ModuleCb) -> Option<ShimString>;
-    fn tl_archive_sources(
+    fn tl_archive_records(
         path: *const c_char,
+        max_read: u64,
         ctx: *mut c_void,
-        cb: SourceCb,
+        cb: RecordCb,
     ) -> Option<ShimString>;
     fn tl_graph_nodes(m: *const RawModule, ctx: *mut c_void, cb: NodeCb) -> Option<ShimString>;
     fn tl_check_output(m: *const RawModule, output_key: *const c_char) -> Option<ShimString>;
@@ -197,12 +202,6 @@ extern "C" fn collect_module(
     });
 }
 
-/// One source file (`code/…/*.py`) of a TorchScript archive, read without loading the model.
-pub struct SourceRecord {
-    pub name: String,
-    pub text: String,
-}
-
 /// One node of a graph the model can run: its op (`aten::from_file`), the op's schema when it has one,
 /// and where it sits: the method (or a compilation unit function's qualified name) and the module path
 /// ("" for the root, or for a function that no module owns).
@@ -214,30 +213,31 @@ pub struct GraphNode {
     pub module: String,
 }
 
-extern "C" fn collect_source(
+extern "C" fn collect_record(
     ctx: *mut c_void,
     name: *const c_char,
-    text: *const c_char,
+    name_len: usize,
+    size: u64,
+    bytes: *const c_char,
     len: usize,
 ) {
-    // SAFETY: `ctx` is the `&mut Vec<SourceRecord>` that `archive_sources` passed for this very call;
-    // `name` is NUL-terminated and `text` points to `len` readable bytes, both alive for the callback
-    // (copied here). A record of length 0 may come with a null pointer, so it is not dereferenced.
+    // SAFETY: `ctx` is the `&mut Vec<ArchiveRecord>` that `archive_records` passed for this very call;
+    // `name` points to `name_len` readable bytes and `bytes` (when not null) to `len`, both alive for
+    // the callback (copied here). A record of length 0 may come with a null pointer: not dereferenced.
     let (out, name, bytes) = unsafe {
         (
-            &mut *(ctx as *mut Vec<SourceRecord>),
-            CStr::from_ptr(name).to_string_lossy().into_owned(),
-            if len == 0 || text.is_null() {
-                &[][..]
-            } else {
-                std::slice::from_raw_parts(text as *const u8, len)
-            },
+            &mut *(ctx as *mut Vec<ArchiveRecord>),
+            std::slice::from_raw_parts(name as *const u8, name_len).to_vec(),
+            (!bytes.is_null()).then(|| {
+                if len == 0 {
+                    Vec::new()
+                } else {
+                    std::slice::from_raw_parts(bytes as *const u8, len).to_vec()
+                }
+            }),
         )
     };
-    out.push(SourceRecord {
-        name,
-        text: String::from_utf8_lossy(bytes).into_owned(),
-    });
+    out.push(ArchiveRecord { name, size, bytes });
 }
 
 extern "C" fn collect_node(
@@ -264,20 +264,40 @@ extern "C" fn collect_node(
     out.push(node);
 }
 
-/// The source records of the TorchScript archive at `path`, read with libtorch's own archive reader
-/// and without running anything: `__setstate__` methods run *during* `torch::jit::load`, so they have
-/// to be found before it. Errors are those `TorchScriptModel::load` would give for the same file.
-pub fn archive_sources(path: &Path) -> Result<Vec<SourceRecord>, ModelError> {
+/// Source records and pickles above this size are listed without their bytes, and refused by the scan:
+/// a healthy model's largest (`data.pkl` of a model with thousands of tensors) is a few hundred KB.
+pub const MAX_SCANNED_RECORD_BYTES: u64 = 64 << 20;
+
+/// Every record of the TorchScript archive at `path`, read with libtorch's own archive reader and
+/// without running anything: `__setstate__` methods run *during* `torch::jit::load`, and libtorch
+/// trusts each storage's declared size, so both have to be checked before it. Errors are those
+/// `TorchScriptModel::load` would give for the same file.
+pub fn archive_records(path: &Path) -> Result<Vec<ArchiveRecord>, ModelError> {
     check_model_file(path)?;
     let Ok(c_path) = CString::new(path.as_os_str().as_encoded_bytes()) else {
         return Err(ModelError::Missing(path.to_path_buf()));
     };
-    let mut out: Vec<SourceRecord> = Vec::new();
-    let ctx = &mut out as *mut Vec<SourceRecord> as *mut c_void;
+    let mut out: Vec<ArchiveRecord> = Vec::new();
+    let ctx = &mut out as *mut Vec<ArchiveRecord> as *mut c_void;
     // SAFETY: `c_path` is NUL-terminated and outlives the call; `ctx` points to `out`, which outlives
-    // the call and is not used otherwise until it returns; `collect_source` reads it as that type.
-    check(unsafe { tl_archive_sources(c_path.as_ptr(), ctx, collect_source) })
-        .map_err(|reason| classify_load_error(path, reason))?;
+    // the call and is not used otherwise until it returns; `collect_record` reads it as that type.
+    check(unsafe {
+        tl_archive_records(
+            c_path.as_ptr(),
+            MAX_SCANNED_RECORD_BYTES,
+            ctx,
+            collect_record,
+        )
+    })
+    .map_err(|reason| classify_load_error(path, reason))?;
+    // A checkpoint or another zip is not TorchScript: say so, as loading it would, before any scan.
+    let names: Vec<String> = out
+        .iter()
+        .map(|r| format!("archive/{}", String::from_utf8_lossy(&r.name)))
+        .collect();
+    if zip_layout(names.iter().map(String::as_str)) != ZipLayout::TorchScript {
+        return Err(classify_load_error(path, String::new()));
+    }
     Ok(out)
 }
 
@@ -574,10 +594,8 @@ impl Source {
         if self.stamp.is_none() || Stamp::of(&self.path) != self.stamp {
             return Err(changed());
         }
-        if self.scan {
-            crate::security::vet_archive(&self.path)
-                .map_err(|e| CheckError::Other(e.to_string()))?;
-        }
+        crate::security::vet_archive(&self.path, !self.scan)
+            .map_err(|e| CheckError::Other(e.to_string()))?;
         let handle = Handle::load(&self.c_path, &self.c_device).map_err(CheckError::Model)?;
         if Stamp::of(&self.path) != self.stamp {
             return Err(changed());

@@ -34,7 +34,9 @@ struct tl_module {
 
 typedef void (*tl_tensor_cb)(void* ctx, const char* name, at::Tensor* tensor);
 typedef void (*tl_module_cb)(void* ctx, const char* name, const char* kind, int training);
-typedef void (*tl_source_cb)(void* ctx, const char* name, const char* text, size_t len);
+// One record of an archive: its name, its size, and its bytes when it is source or a pickle (else NULL).
+typedef void (*tl_record_cb)(void* ctx, const char* name, size_t name_len, uint64_t size, const char* bytes,
+                             size_t len);
 typedef void (*tl_node_cb)(void* ctx, const char* kind, const char* schema, const char* method,
                            const char* module);
 
@@ -289,6 +291,17 @@ static void visit_nodes(torch::jit::Block* block, const std::function<void(torch
   }
 }
 
+// "torch.classes.ns.Class" when `cls` is a C++ custom class (registered with torch::class_, its methods
+// native code), nullopt for TorchScript classes and modules, whose code the scan reads.
+static std::optional<std::string> custom_class(const c10::ClassTypePtr& cls) {
+  if (!cls || cls->is_module() || !cls->name()) return std::nullopt;
+  const std::string q = cls->name()->qualifiedName();
+  const std::string prefix = "__torch__.torch.classes.";
+  if (q.compare(0, prefix.size(), prefix) == 0 || torch::getCustomClass(q) != nullptr)
+    return "torch.classes." + (q.compare(0, prefix.size(), prefix) == 0 ? q.substr(prefix.size()) : q);
+  return std::nullopt;
+}
+
 // Reports each node of `fn`'s graph as sitting in `method` of `module`, and, under the same place, the
 // nodes of the free functions and of the (non-module) class methods it calls, recursively: that is
 // where they run. Calls into submodules are not followed (each submodule is walked on its own, under its
@@ -311,12 +324,19 @@ static void report_function(torch::jit::Function& fn, const std::string& method,
       schema = text.str();
     }
     cb(ctx, n->kind().toQualString(), schema.c_str(), method.c_str(), module.c_str());
+    if (n->kind() == c10::prim::CreateObject && n->outputs().size() == 1) {
+      if (std::optional<std::string> name = custom_class(n->output()->type()->cast<c10::ClassType>()))
+        cb(ctx, (*name + ".__init__").c_str(), "", method.c_str(), module.c_str());
+    }
     if (n->kind() == c10::prim::CallFunction && !n->inputs().empty()) {
       if (auto callee = n->input(0)->type()->cast<c10::FunctionType>())
         report_function(*callee->function(), method, module, ctx, cb, stack);
     } else if (n->kind() == c10::prim::CallMethod && !n->inputs().empty()) {
       auto cls = n->input(0)->type()->cast<c10::ClassType>();
-      if (cls && !cls->is_module()) {
+      if (std::optional<std::string> name = custom_class(cls)) {
+        // A C++ custom class: its methods are native code, reported as "torch.classes.ns.Class.method".
+        cb(ctx, (*name + "." + n->s(c10::attr::name)).c_str(), "", method.c_str(), module.c_str());
+      } else if (cls && !cls->is_module()) {
         if (torch::jit::Function* callee = cls->findMethod(n->s(c10::attr::name)))
           report_function(*callee, method, module, ctx, cb, stack);
       }
@@ -445,13 +465,31 @@ char* tl_output_op(const tl_module* m, const char* output_key, char** op, double
 
 // The source records (`*.py`) of a TorchScript archive, read with the reader torch::jit::load uses, so
 // both see the same files. Runs nothing: this is how `__setstate__`, which load runs, is found first.
-char* tl_archive_sources(const char* path, void* ctx, tl_source_cb cb) {
+// Every record of the archive at `path` as libtorch's own reader lists it (its names, without the archive's
+// folder), with its size, and with its bytes when libtorch could read it as source or as a pickle: a name
+// ending in ".py" or ".pkl" in any case, since libtorch finds records by case-insensitive names. Source
+// and pickles above `max_read` bytes are listed without bytes. Runs nothing: no pickle is unpickled and
+// no source compiled.
+char* tl_archive_records(const char* path, uint64_t max_read, void* ctx, tl_record_cb cb) {
   TL_GUARD({
+    auto ends_with = [](const std::string& name, const char* suffix) {
+      size_t n = std::strlen(suffix);
+      if (name.size() < n) return false;
+      for (size_t i = 0; i < n; ++i)
+        if (std::tolower(static_cast<unsigned char>(name[name.size() - n + i])) != suffix[i]) return false;
+      return true;
+    };
     caffe2::serialize::PyTorchStreamReader reader{std::string(path)};
     for (const std::string& name : reader.getAllRecords()) {
-      if (name.size() < 3 || name.compare(name.size() - 3, 3, ".py") != 0) continue;
-      auto record = reader.getRecord(name);
-      cb(ctx, name.c_str(), static_cast<const char*>(std::get<0>(record).get()), std::get<1>(record));
+      uint64_t size = reader.getRecordSize(name);
+      if ((ends_with(name, ".py") || ends_with(name, ".pkl")) && size <= max_read) {
+        auto record = reader.getRecord(name);
+        const char* bytes = static_cast<const char*>(std::get<0>(record).get());
+        // An empty record may come without a buffer; NULL would mean "not read".
+        cb(ctx, name.c_str(), name.size(), size, bytes != nullptr ? bytes : "", std::get<1>(record));
+      } else {
+        cb(ctx, name.c_str(), name.size(), size, nullptr, 0);
+      }
     }
   })
 }
