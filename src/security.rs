@@ -9,7 +9,8 @@
 //!   case-insensitively) and tensor records shorter than the storage their pickle declares (libtorch
 //!   would read past them) refuse the model as damaged;
 //! - unless trusted: a `__setstate__` in any source record libtorch could load (`*.py` in any case),
-//!   an object of a C++ custom class in a pickle (its native `__setstate__` runs on load) and a pickled
+//!   an object of a C++ custom class in a pickle (its native `__setstate__` runs on load; libtorch's
+//!   quantized packed parameters excepted, see below) and a pickled
 //!   sparse tensor (rebuilt without checking its indices) refuse the model before it is loaded, and so
 //!   does a source record or pickle the scan cannot read.
 //!
@@ -25,6 +26,8 @@
 //!   viewed from a buffer;
 //! - constructing a C++ custom class (`torch.classes.*`) or calling one of its methods is refused: its
 //!   methods are native code (one of libtorch's own `dlopen`s a library found on `LD_LIBRARY_PATH`);
+//!   libtorch's quantized packed parameters (`torch.classes.quantized.*`) are allowed here and in the
+//!   pickles, as the `quantized::` ops that use them are;
 //! - allowed on purpose: `prim::RaiseException` (an error, reported as one), `aten::warn` (goes through
 //!   libtorch's warning handler, which trainlint silences), in-process state such as
 //!   `aten::manual_seed` or `prim::SetAttr` (it touches the model's own in-memory copy only).
@@ -135,10 +138,21 @@ pub fn vet_graph(path: &Path, nodes: &[GraphNode]) -> Result<(), UntrustedModel>
     Ok(())
 }
 
+/// Whether objects of the C++ custom class `torch.classes.<namespace>.…` may be loaded and called
+/// without `--trust-model`: libtorch's own quantized packed parameters (`quantized.LinearPackedParamsBase`
+/// and its kin, what every quantized model holds) run the same kernels as the `quantized::` ops the
+/// policy allows.
+pub fn allowed_custom_class(namespace_and_class: &str) -> bool {
+    namespace_and_class.starts_with("quantized.")
+}
+
 /// Why the policy refuses `node`, or None when it allows it.
 fn side_effect(node: &GraphNode) -> Option<String> {
     if let Some(class) = node.op.strip_prefix("torch.classes.") {
         let class = class.rsplit_once('.').map_or(class, |(class, _)| class);
+        if allowed_custom_class(class) {
+            return None;
+        }
         return Some(format!(
             "a method of the C++ custom class `torch.classes.{class}`, which runs native code"
         ));

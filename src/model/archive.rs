@@ -123,6 +123,9 @@ pub fn inspect(records: &[ArchiveRecord]) -> Inspection {
         };
         for (module, class) in &scan.globals {
             if let Some(ns) = module.strip_prefix("__torch__.torch.classes.") {
+                if crate::security::allowed_custom_class(&format!("{ns}.{class}")) {
+                    continue;
+                }
                 found.runs_on_load.push(RunsOnLoad::CustomClass {
                     class: format!("torch.classes.{ns}.{class}"),
                     record: name.clone(),

@@ -12,6 +12,8 @@ use std::ptr::NonNull;
 use tch::{Device, Tensor};
 
 pub mod archive;
+#[cfg(test)]
+mod fuzz;
 mod pickle;
 pub use archive::ArchiveRecord;
 use trainlint_checks::graph::ModuleGraph;
