@@ -6,8 +6,9 @@
 //!
 //! Before libtorch loads the archive (`model::archive::inspect`):
 //! - always, `--trust-model` or not: records whose names libtorch cannot tell apart (it compares them
-//!   case-insensitively) and tensor records shorter than the storage their pickle declares (libtorch
-//!   would read past them) refuse the model as damaged;
+//!   case-insensitively), tensor records shorter than the storage their pickle declares (libtorch
+//!   would read past them) and records that unpack to more than 16× the file (and 64 MiB beyond it: a
+//!   zip bomb) refuse the model as damaged;
 //! - unless trusted: a `__setstate__` in any source record libtorch could load (`*.py` in any case),
 //!   an object of a C++ custom class in a pickle (its native `__setstate__` runs on load; libtorch's
 //!   quantized packed parameters excepted, see below) and a pickled
@@ -101,7 +102,8 @@ pub fn load_model(
 /// `trust`, code that would run while loading and parts the scan cannot read.
 pub fn vet_archive(path: &Path, trust: bool) -> Result<(), UntrustedModel> {
     let records = model::archive_records(path)?;
-    let found = archive::inspect(&records);
+    let file_bytes = std::fs::metadata(path).map_or(0, |m| m.len());
+    let found = archive::inspect(&records, file_bytes);
     if let Some(reason) = found.damaged.into_iter().next() {
         return Err(UntrustedModel::Damaged {
             path: path.to_path_buf(),

@@ -403,3 +403,67 @@ fn a_record_shorter_than_its_storage_is_refused_even_when_trusted() {
         );
     }
 }
+
+/// A model archive whose records claim to unpack to far more than the file (a zip bomb) is refused
+/// before libtorch allocates for it: here a deflated record that declares 3.75 GB.
+#[test]
+fn an_archive_that_unpacks_to_far_more_than_its_file_is_refused() {
+    use std::io::{Read, Write};
+    let mut source =
+        zip::ZipArchive::new(std::fs::File::open(fixture("models/mlp_default.pt")).unwrap())
+            .unwrap();
+    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for i in 0..source.len() {
+        let mut entry = source.by_index(i).unwrap();
+        let name = entry.name().to_string();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).unwrap();
+        out.start_file(name, stored).unwrap();
+        out.write_all(&bytes).unwrap();
+    }
+    let deflated = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    out.start_file("mlp_default/extra/bomb", deflated).unwrap();
+    out.write_all(&[0u8; 4096]).unwrap();
+    let mut bytes = out.finish().unwrap().into_inner();
+    // Declare 0xF000_0000 bytes unpacked, in the local header (offset 22) and the central one (24).
+    let name = b"mlp_default/extra/bomb";
+    let mut patched = 0;
+    for at in 0..bytes.len().saturating_sub(50) {
+        let (signature, field) = match &bytes[at..at + 4] {
+            b"PK\x03\x04" => (30, 22),
+            b"PK\x01\x02" => (46, 24),
+            _ => continue,
+        };
+        if bytes[at + signature..].starts_with(name) {
+            bytes[at + field..at + field + 4].copy_from_slice(&0xF000_0000u32.to_le_bytes());
+            patched += 1;
+        }
+    }
+    assert_eq!(patched, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("bomb.pt");
+    std::fs::write(&model, &bytes).unwrap();
+    for extra in [&[][..], &["--trust-model"]] {
+        let o = trainlint()
+            .current_dir(dir.path())
+            .args([
+                "check",
+                "--model",
+                model.to_str().unwrap(),
+                "--select",
+                "init-std",
+                "-q",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        let line = one_line_error(&o);
+        assert!(
+            line.contains("its records unpack to 4026") && line.contains("(a zip bomb)"),
+            "{line}"
+        );
+    }
+}

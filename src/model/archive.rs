@@ -77,9 +77,25 @@ pub struct Inspection {
     pub unscanned: Vec<String>,
 }
 
-/// Reads the records as libtorch would use them while loading.
-pub fn inspect(records: &[ArchiveRecord]) -> Inspection {
+/// How much more than its file an archive may unpack to: `torch.jit.save` stores records
+/// uncompressed, so a healthy archive unpacks to about its own size.
+fn unpack_limit(file_bytes: u64) -> u64 {
+    file_bytes
+        .saturating_mul(16)
+        .max(file_bytes.saturating_add(64 << 20))
+}
+
+/// Reads the records as libtorch would use them while loading; `file_bytes` is the archive's size.
+pub fn inspect(records: &[ArchiveRecord], file_bytes: u64) -> Inspection {
     let mut found = Inspection::default();
+    let unpacked = records
+        .iter()
+        .fold(0u64, |sum, r| sum.saturating_add(r.size));
+    if unpacked > unpack_limit(file_bytes) {
+        found.damaged.push(format!(
+            "its records unpack to {unpacked} bytes from a file of {file_bytes} bytes, which loading would have to hold in memory (a zip bomb)"
+        ));
+    }
     let mut by_name: std::collections::HashMap<Vec<u8>, &ArchiveRecord> =
         std::collections::HashMap::with_capacity(records.len());
     for record in records {
@@ -182,7 +198,7 @@ mod tests {
             record("code/__torch__.py", 5, Some(b"x = 1")),
             record("code/__torch__.PY", 5, Some(b"y = 1")),
         ];
-        let found = inspect(&records);
+        let found = inspect(&records, 1 << 20);
         assert_eq!(found.damaged.len(), 1, "{found:?}");
         assert!(found.damaged[0].contains("`code/__torch__.py` and `code/__torch__.PY`"));
     }
@@ -190,7 +206,10 @@ mod tests {
     #[test]
     fn setstate_is_found_in_source_of_any_case() {
         for name in ["code/__torch__.py", "code/__torch__.PY", "code/x/y.Py"] {
-            let found = inspect(&[record(name, 20, Some(b"def __setstate__(self):"))]);
+            let found = inspect(
+                &[record(name, 20, Some(b"def __setstate__(self):"))],
+                1 << 20,
+            );
             assert_eq!(
                 found.runs_on_load,
                 vec![RunsOnLoad::SetState {
@@ -199,13 +218,13 @@ mod tests {
             );
         }
         // Source too large to read is not vouched for.
-        let found = inspect(&[record("code/big.py", 1 << 40, None)]);
+        let found = inspect(&[record("code/big.py", 1 << 40, None)], 1 << 20);
         assert!(found.unscanned[0].contains("code/big.py"), "{found:?}");
     }
 
     #[test]
     fn a_pickle_that_cannot_be_read_is_unscanned() {
-        let found = inspect(&[record("data.pkl", 3, Some(b"abc"))]);
+        let found = inspect(&[record("data.pkl", 3, Some(b"abc"))], 1 << 20);
         assert_eq!(found.unscanned.len(), 1);
         assert!(found.unscanned[0].starts_with("pickle `data.pkl` cannot be read"));
     }

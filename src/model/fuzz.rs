@@ -119,7 +119,7 @@ proptest! {
         std::fs::write(&path, &bytes).unwrap();
         match archive_records(&path) {
             Ok(records) => {
-                let found = archive::inspect(&records);
+                let found = archive::inspect(&records, bytes.len() as u64);
                 let lines = found.damaged.iter().chain(&found.unscanned);
                 for line in lines {
                     prop_assert!(!line.contains('\n'), "{line}");
