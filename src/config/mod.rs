@@ -1,6 +1,8 @@
 //! `trainlint.toml` or `[tool.trainlint]` in `pyproject.toml`, plus CLI overrides, into one validated
 //! [`Settings`]. Errors point at `file:line:col` with the offending text.
 mod file;
+#[cfg(test)]
+mod fuzz_corpus;
 mod schema;
 
 use std::collections::BTreeMap;
