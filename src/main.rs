@@ -168,8 +168,9 @@ struct CheckArgs {
     /// Also write a self-contained HTML report with plots to FILE.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
-    /// Stop waiting for a check after SECONDS and report it as timed out (check-failed); the other
-    /// checks still run. Default: no limit, or 600 when the CI environment variable is set; 0 = no limit.
+    /// Stop waiting for a check after SECONDS (0.001 to 1000000) and report it as timed out
+    /// (check-failed); the other checks still run. Default: no limit, or 600 when the CI environment
+    /// variable is set; 0 = no limit.
     #[arg(long, value_name = "SECONDS", allow_hyphen_values = true, value_parser = parse_timeout)]
     timeout: Option<f64>,
     /// Run the model even if its graph has side effects (file access, printing, unknown ops): only for
@@ -390,7 +391,8 @@ fn print(text: &str) -> Result<ExitCode, Fatal> {
 
 /// `--help` and `--version`, as clap renders them, through [`output::print`].
 fn print_clap_help(e: &clap::Error) -> ExitCode {
-    let text = if std::io::stdout().is_terminal() {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let text = if std::io::stdout().is_terminal() && !no_color {
         e.render().ansi().to_string()
     } else {
         e.render().to_string()
@@ -789,10 +791,10 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
         None => None,
     };
     if settings.model.is_none() && settings.device != "cpu" {
-        eprintln!(
-            "warning: device {} is unused: only a model runs on a device, and none is given (set [model] path or pass --model)",
+        output::eprint(&format!(
+            "warning: device {} is unused: only a model runs on a device, and none is given (set [model] path or pass --model)\n",
             settings.device
-        );
+        ));
     }
     tch::set_num_threads(threads as i32);
     model::silence_libtorch_warnings();

@@ -436,6 +436,45 @@ mod tests {
     }
 
     #[test]
+    fn replace_swaps_a_link_for_a_file_and_refuses_an_input_behind_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("model.pt");
+        std::fs::write(&model, b"weights").unwrap();
+        let config = dir.path().join("trainlint.toml");
+        std::os::unix::fs::symlink("model.pt", &config).unwrap();
+        let input = Input {
+            role: "the model",
+            path: &model,
+        };
+        let err = replace(&config, b"[setup]\n", std::slice::from_ref(&input)).unwrap_err();
+        assert!(err.contains("is the model"), "{err}");
+        // Not named as an input, the link itself is replaced: its target keeps its bytes.
+        replace(&config, b"[setup]\n", &[]).unwrap();
+        assert_eq!(std::fs::read(&model).unwrap(), b"weights");
+        assert!(std::fs::symlink_metadata(&config).unwrap().is_file());
+        assert_eq!(std::fs::read(&config).unwrap(), b"[setup]\n");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn a_character_device_is_planned_in_place_without_a_probe() {
+        let null = Path::new("/dev/null");
+        if !std::fs::metadata(null).is_ok_and(|m| m.file_type().is_char_device()) {
+            return;
+        }
+        let plans = plan(
+            &[Output {
+                flag: "-o",
+                path: null,
+            }],
+            &[],
+        )
+        .unwrap();
+        assert!(plans[0].special);
+        assert_eq!(plans[0].resolved, null);
+    }
+
+    #[test]
     fn a_hard_link_to_an_input_is_the_input() {
         let dir = tempfile::tempdir().unwrap();
         let model = dir.path().join("model.pt");

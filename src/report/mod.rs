@@ -283,3 +283,21 @@ impl Report {
             .any(|f| f.severity >= fail_on)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hidden_characters_print_as_their_escapes_and_the_rest_as_itself() {
+        assert!(matches!(visible("loss_é ✓\tx\n"), Cow::Borrowed(_)));
+        assert_eq!(
+            visible("\u{1b}[31mred\u{7}\r\u{9b}\u{0}"),
+            "\\x1b[31mred\\x07\\x0d\\u{9b}\\x00"
+        );
+        assert_eq!(
+            visible("a\u{fdd0}\u{fffe}\u{ffff}\u{1fffe}\u{10ffff}b\u{fffd}"),
+            "a\\u{fdd0}\\u{fffe}\\u{ffff}\\u{1fffe}\\u{10ffff}b\u{fffd}"
+        );
+    }
+}

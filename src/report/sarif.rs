@@ -139,3 +139,22 @@ pub fn render(report: &Report) -> String {
     });
     serde_json::to_string_pretty(&sarif).expect("SARIF serialises") + "\n"
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+
+    #[test]
+    fn uris_percent_encode_every_byte_but_the_unreserved_ones_and_slashes() {
+        let raw = std::ffi::OsStr::from_bytes(b"runs/a b%\xff:\xc3\xa9#?.pt");
+        assert_eq!(
+            uri_of(std::path::Path::new(raw)),
+            "runs/a%20b%25%FF%3A%C3%A9%23%3F.pt"
+        );
+        assert_eq!(
+            uri_of(std::path::Path::new("fixtures/m_1-2~x.pt")),
+            "fixtures/m_1-2~x.pt"
+        );
+    }
+}
