@@ -40,6 +40,25 @@ pub struct Target {
     resolved: PathBuf,
     /// A character device or a named pipe: written into in place, never replaced by a rename.
     special: bool,
+    /// `/dev/stdout` or `/dev/stderr` (or their `/dev/fd`, `/proc/self/fd` names): written to the
+    /// process's own stream, which while `check` runs is not what fd 1 is (see [`ReportStdout`]).
+    stream: Option<Stream>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// The standard stream a path names, if any: opened by name it would be a new file description (at
+/// offset 0 of a redirected file) or, for stdout while `check` runs, stderr.
+fn standard_stream(path: &Path) -> Option<Stream> {
+    match path.to_str()? {
+        "/dev/stdout" | "/dev/fd/1" | "/proc/self/fd/1" => Some(Stream::Stdout),
+        "/dev/stderr" | "/dev/fd/2" | "/proc/self/fd/2" => Some(Stream::Stderr),
+        _ => None,
+    }
 }
 
 /// What kind of node an existing output path is, when it is not a regular file: `Ok(true)` for the
@@ -78,7 +97,9 @@ pub fn plan(outputs: &[Output], inputs: &[Input]) -> Result<Vec<Target>, String>
     let mut planned: Vec<Target> = Vec::new();
     for o in outputs {
         let shown = o.path.display();
-        let special = special_kind(o.path).map_err(|e| format!("{} {shown} {e}", o.flag))?;
+        let stream = standard_stream(o.path);
+        let special = stream.is_some()
+            || special_kind(o.path).map_err(|e| format!("{} {shown} {e}", o.flag))?;
         // A device or a pipe is opened by the name given (`/dev/stdout` links to no path).
         let resolved = if special {
             o.path.to_path_buf()
@@ -115,6 +136,7 @@ pub fn plan(outputs: &[Output], inputs: &[Input]) -> Result<Vec<Target>, String>
             shown: o.path.to_path_buf(),
             resolved,
             special,
+            stream,
         });
     }
     Ok(planned)
@@ -221,13 +243,25 @@ pub fn write_all(files: &[(&Target, &[u8])]) -> Result<(), String> {
     for (target, contents) in files.iter().filter(|(t, _)| t.special) {
         // No create, no truncate: the node stays what it is. A pipe without a reader waits for one,
         // as the shell's `>` does.
-        let written = OpenOptions::new()
-            .write(true)
-            .open(&target.resolved)
-            .and_then(|mut f| f.write_all(contents));
+        let cannot = |e: io::Error| format!("cannot write {}: {e}", target.shown.display());
+        let written = match target.stream {
+            Some(Stream::Stdout) => match real_stdout() {
+                Some(fd) => write_stdout(fd.as_fd(), contents),
+                None => print(contents),
+            },
+            Some(Stream::Stderr) => match io::stderr().lock().write_all(contents) {
+                Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(cannot(e)),
+                _ => Ok(()),
+            },
+            None => OpenOptions::new()
+                .write(true)
+                .open(&target.resolved)
+                .and_then(|mut f| f.write_all(contents))
+                .map_err(cannot),
+        };
         if let Err(e) = written {
             cleanup(&staged);
-            return Err(format!("cannot write {}: {e}", target.shown.display()));
+            return Err(e);
         }
     }
     for (i, (temp, target)) in staged.iter().enumerate() {
@@ -303,6 +337,9 @@ impl ReportStdout {
         // SAFETY: dup2 on two open descriptors (1 is open: it was just duplicated; 2 is open or dup2
         // fails and returns -1, leaving fd 1 as it was). Rust's stdout buffer was flushed above.
         let redirected = unsafe { dup2(io::stderr().as_raw_fd(), io::stdout().as_raw_fd()) } >= 0;
+        if redirected {
+            *REAL_STDOUT.lock().unwrap_or_else(|p| p.into_inner()) = saved.try_clone().ok();
+        }
         ReportStdout {
             saved: redirected.then_some(saved),
         }
@@ -315,6 +352,17 @@ impl ReportStdout {
             None => print(bytes),
         }
     }
+}
+
+/// The real standard output while a [`ReportStdout`] holds it aside, for `-o /dev/stdout`.
+static REAL_STDOUT: Mutex<Option<OwnedFd>> = Mutex::new(None);
+
+fn real_stdout() -> Option<OwnedFd> {
+    REAL_STDOUT
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .and_then(|fd| fd.try_clone().ok())
 }
 
 /// The first failure to write standard output, for commands that end without asking (see
@@ -367,6 +415,7 @@ impl Drop for ReportStdout {
         let Some(saved) = &self.saved else {
             return;
         };
+        REAL_STDOUT.lock().unwrap_or_else(|p| p.into_inner()).take();
         let _ = io::stdout().flush();
         // SAFETY: fflush(NULL) flushes every C stdio stream (libtorch's C++ streams sit on them) and
         // takes no pointer to dereference; dup2 gets two open descriptors (`saved` is owned here).

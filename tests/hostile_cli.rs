@@ -159,6 +159,73 @@ fn an_output_onto_a_pipe_or_a_character_device_is_written_into_never_replaced() 
 }
 
 #[test]
+fn an_output_named_dev_stdout_or_dev_stderr_goes_to_that_stream_in_place() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = project();
+    let p = dir.path();
+    let args = [
+        "check",
+        ".",
+        "--select",
+        "init-std",
+        "-q",
+        "--output-format",
+        "json",
+        "-o",
+    ];
+    // A pipe: while the checks run fd 1 is stderr, yet the report reaches the real stdout.
+    let o = trainlint_std()
+        .current_dir(p)
+        .args(args)
+        .arg("/dev/stdout")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {} / {}", stdout(&o), stderr(&o)));
+    assert_eq!(report["checks"][0]["id"], "init-std");
+    // Redirected files: written where the stream stands, never renamed over (what was there stays,
+    // and the stream still writes into the same file).
+    for stream in ["/dev/stdout", "/dev/stderr"] {
+        let logs = tempfile::tempdir().unwrap();
+        let (out, err) = (logs.path().join("out.txt"), logs.path().join("err.txt"));
+        std::fs::write(&out, "earlier output\n").unwrap();
+        std::fs::write(&err, "earlier errors\n").unwrap();
+        let inodes = || {
+            (
+                std::fs::metadata(&out).unwrap().ino(),
+                std::fs::metadata(&err).unwrap().ino(),
+            )
+        };
+        let before = inodes();
+        let append = |path: &Path| std::fs::OpenOptions::new().append(true).open(path).unwrap();
+        let status = trainlint_std()
+            .current_dir(p)
+            .args(args)
+            .arg(stream)
+            .stdout(append(&out))
+            .stderr(append(&err))
+            .status()
+            .unwrap();
+        let (out_text, err_text) = (
+            std::fs::read_to_string(&out).unwrap(),
+            std::fs::read_to_string(&err).unwrap(),
+        );
+        assert_eq!(status.code(), Some(0), "{stream}: {err_text}");
+        assert_eq!(inodes(), before, "{stream} was replaced");
+        let (written, other) = if stream == "/dev/stdout" {
+            (&out_text, &err_text)
+        } else {
+            (&err_text, &out_text)
+        };
+        let (earlier, rest) = written.split_once('\n').unwrap();
+        assert!(earlier.starts_with("earlier"), "{stream}: {written}");
+        assert!(rest.contains("\"checks\""), "{stream}: {written}");
+        assert!(other.starts_with("earlier"), "{stream}: {other}");
+    }
+}
+
+#[test]
 fn init_force_never_writes_through_a_link_into_an_input() {
     let dir = project();
     let p = dir.path();
