@@ -159,6 +159,48 @@ fn an_output_onto_a_pipe_or_a_character_device_is_written_into_never_replaced() 
 }
 
 #[test]
+fn sockets_and_block_devices_are_refused_as_outputs() {
+    let dir = project();
+    let p = dir.path();
+    let _listener = std::os::unix::net::UnixListener::bind(p.join("report.sock")).unwrap();
+    let before = snapshot_kinds(p);
+    let line = one_line_error(&check_in(p, &["-o", "report.sock"]));
+    assert!(
+        line.contains("--output-file report.sock is a socket; trainlint writes reports to files"),
+        "{line}"
+    );
+    assert_eq!(snapshot_kinds(p), before);
+    // A block device (a disk): only now that a socket is known to be refused before anything is
+    // written is one safe to aim at.
+    let disk = std::fs::read_dir("/dev")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.file_type().is_block_device()));
+    if let Some(disk) = disk {
+        let line = one_line_error(&check_in(p, &["-o", disk.to_str().unwrap()]));
+        assert!(line.contains("is a block device"), "{line}");
+        assert!(std::fs::metadata(&disk)
+            .unwrap()
+            .file_type()
+            .is_block_device());
+    }
+}
+
+/// Every entry of `dir` with its file type (sockets and pipes included, which `snapshot` cannot hash).
+fn snapshot_kinds(dir: &Path) -> BTreeMap<PathBuf, String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                PathBuf::from(e.file_name()),
+                format!("{:?}", e.file_type().unwrap()),
+            )
+        })
+        .collect()
+}
+
+#[test]
 fn an_output_named_dev_stdout_or_dev_stderr_goes_to_that_stream_in_place() {
     use std::os::unix::fs::MetadataExt;
     let dir = project();
