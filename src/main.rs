@@ -139,7 +139,7 @@ struct CheckArgs {
     #[arg(long)]
     device: Option<String>,
     /// Seed for everything random (default 0).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_seed)]
     seed: Option<u64>,
     /// libtorch CPU threads (0 = the machine's cores; at most 1024).
     #[arg(long, allow_negative_numbers = true, value_parser = parse_threads)]
@@ -168,9 +168,10 @@ struct CheckArgs {
     /// Also write a self-contained HTML report with plots to FILE.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
-    /// Stop waiting for a check after SECONDS and report it as timed out (check-failed); the other
-    /// checks still run. Default: no limit, or 600 when the CI environment variable is set; 0 = no limit.
-    #[arg(long, value_name = "SECONDS", value_parser = parse_timeout)]
+    /// Stop waiting for a check after SECONDS (0.001 to 1000000) and report it as timed out
+    /// (check-failed); the other checks still run. Default: no limit, or 600 when the CI environment
+    /// variable is set; 0 = no limit.
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true, value_parser = parse_timeout)]
     timeout: Option<f64>,
     /// Run the model even if its graph has side effects (file access, printing, unknown ops): only for
     /// models you trust, since a TorchScript file is code.
@@ -231,10 +232,27 @@ fn parse_threads(s: &str) -> Result<usize, String> {
     }
 }
 
+fn parse_seed(s: &str) -> Result<u64, String> {
+    s.parse::<u64>().map_err(|_| {
+        format!(
+            "the seed must be a non-negative whole number (0 to {})",
+            u64::MAX
+        )
+    })
+}
+
+/// The longest --timeout: 1e6 s (11.6 days) is no limit in practice, and keeps deadlines far from
+/// what `Duration` and `Instant` can hold (1e30 or 2^64 seconds overflowed them).
+const MAX_TIMEOUT_S: f64 = 1e6;
+/// The shortest: below a millisecond every check would time out before it starts.
+const MIN_TIMEOUT_S: f64 = 1e-3;
+
 fn parse_timeout(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
-        _ => Err("expected a number of seconds ≥ 0 (0 = no limit)".into()),
+    match s.trim().parse::<f64>() {
+        Ok(t) if t == 0.0 || (MIN_TIMEOUT_S..=MAX_TIMEOUT_S).contains(&t) => Ok(t.abs()),
+        _ => Err(format!(
+            "expected a number of seconds from {MIN_TIMEOUT_S} to {MAX_TIMEOUT_S:.0} (0 = no limit)"
+        )),
     }
 }
 
@@ -298,15 +316,13 @@ fn main() -> ExitCode {
     model::keep_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        // --help and --version print as clap writes them; a usage error is one line and exit 2,
-        // like every other input error.
-        Err(e) if !e.use_stderr() => e.exit(),
+        // --help and --version print as clap writes them (or fail like any other output); a usage
+        // error is one line and exit 2, like every other input error.
+        Err(e) if !e.use_stderr() => return print_clap_help(&e),
         Err(e) => {
             let text = e.render().to_string();
-            eprintln!(
-                "{}",
-                text.lines().next().unwrap_or("error: invalid arguments")
-            );
+            let line = text.lines().next().unwrap_or("error: invalid arguments");
+            output::eprint(&format!("{}\n", report::visible(line)));
             return ExitCode::from(2);
         }
     };
@@ -321,12 +337,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(args) => check(*args),
         Command::Rules { markdown } => {
-            if markdown {
-                print!("{}", rules_markdown());
+            let text = if markdown {
+                rules_markdown()
             } else {
-                print!("{}", rules_table());
-            }
-            Ok(ExitCode::SUCCESS)
+                rules_table()
+            };
+            print(&text)
         }
         Command::Explain { id } => explain(&id),
         Command::Init {
@@ -335,37 +351,57 @@ fn main() -> ExitCode {
             data,
             force,
         } => init(&dir, model, data, force),
-        Command::Schema { markdown: true } => {
-            print!("{}", config::reference_markdown());
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Schema { markdown: false } => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&config::json_schema()).expect("schema serialises")
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Schema { markdown: true } => print(&config::reference_markdown()),
+        Command::Schema { markdown: false } => print(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&config::json_schema()).expect("schema serialises")
+        )),
         Command::Graph(args) => graph(*args),
         Command::Completions { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "trainlint",
-                &mut std::io::stdout(),
-            );
-            Ok(ExitCode::SUCCESS)
+            // Into memory first: clap_complete panics when its writer fails.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "trainlint", &mut script);
+            print(&String::from_utf8_lossy(&script))
         }
     };
+    // Output lost on the way to stdout fails the command, even where it was not asked about.
+    let result = result.and_then(|code| match output::stdout_failure() {
+        Some(message) => Err(Fatal::from(message)),
+        None => Ok(code),
+    });
     match result {
         Ok(code) => code,
         Err(f) => {
-            eprintln!("error: {}", f.message);
+            // Messages quote file contents and model code: never raw control characters.
+            output::eprint(&format!("error: {}\n", report::visible(&f.message)));
             if let Some(d) = f.detail {
-                eprintln!("{d}");
+                output::eprint(&format!("{}\n", report::visible(&d)));
             }
             exit_code(2)
+        }
+    }
+}
+
+/// A command's whole output on stdout; exit 0, or 2 when it could not be written.
+fn print(text: &str) -> Result<ExitCode, Fatal> {
+    output::print(text.as_bytes()).map_err(Fatal::from)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--help` and `--version`, as clap renders them, through [`output::print`].
+fn print_clap_help(e: &clap::Error) -> ExitCode {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let text = if std::io::stdout().is_terminal() && !no_color {
+        e.render().ansi().to_string()
+    } else {
+        e.render().to_string()
+    };
+    match output::print(text.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            output::eprint(&format!("error: {message}\n"));
+            ExitCode::from(2)
         }
     }
 }
@@ -460,8 +496,7 @@ fn explain_kind(k: &trainlint_checks::KindInfo) -> String {
 
 fn explain(id: &str) -> Result<ExitCode, Fatal> {
     if let Some(k) = registry::find_kind(id) {
-        print!("{}", explain_kind(k));
-        return Ok(ExitCode::SUCCESS);
+        return print(&explain_kind(k));
     }
     let Some(check) = registry::find(id) else {
         let mut ids: Vec<&str> = registry::all().iter().map(|c| c.info().id).collect();
@@ -519,8 +554,7 @@ fn explain(id: &str) -> Result<ExitCode, Fatal> {
             o.name, o.default, o.doc
         ));
     }
-    print!("{out}");
-    Ok(ExitCode::SUCCESS)
+    print(&out)
 }
 
 fn init(
@@ -533,7 +567,8 @@ fn init(
         return Err(Fatal::from(format!("{} is not a folder", dir.display())));
     }
     let target = dir.join("trainlint.toml");
-    if target.exists() && !force {
+    // A link counts as there even when it dangles: writing would create its target.
+    if std::fs::symlink_metadata(&target).is_ok() && !force {
         return Err(Fatal::from(format!(
             "{} exists; pass --force to overwrite it",
             target.display()
@@ -589,9 +624,12 @@ fn init(
         }
     }
     let text = config::init_template(&filled);
-    std::fs::write(&target, text)?;
-    println!("wrote {}", target.display());
-    Ok(ExitCode::SUCCESS)
+    let inputs: Vec<output::Input> = [("the model", &model), ("the data", &data)]
+        .into_iter()
+        .filter_map(|(role, path)| path.as_deref().map(|path| output::Input { role, path }))
+        .collect();
+    output::replace(&target, text.as_bytes(), &inputs).map_err(Fatal::from)?;
+    print(&format!("wrote {}\n", target.display()))
 }
 
 /// A path given relative to the working directory, as a config file in `config_dir` must spell it:
@@ -708,11 +746,16 @@ commented one)",
 
 /// A path as the user would type it: relative to the working directory when it lies below it.
 fn display_path(p: &Path) -> String {
+    relative_path(p).display().to_string()
+}
+
+/// [`display_path`] as a path, every byte kept.
+fn relative_path(p: &Path) -> PathBuf {
     let cwd = std::env::current_dir().ok();
     let cwd = cwd.as_deref().and_then(|c| c.canonicalize().ok());
     match cwd.as_deref().and_then(|c| p.strip_prefix(c).ok()) {
-        Some(rel) => rel.display().to_string(),
-        None => p.display().to_string(),
+        Some(rel) => rel.to_path_buf(),
+        None => p.to_path_buf(),
     }
 }
 
@@ -725,6 +768,12 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
             "threads = {}: at most {MAX_THREADS}",
             settings.threads
         )));
+    }
+    if run::selected_checks(&settings).is_empty() {
+        // ruff runs nothing, silently, on an empty selection; a gate that checks nothing deserves a word.
+        output::eprint(
+            "warning: no check is selected (select / --select, ignore / --ignore and the levels leave none): nothing is checked; select = [\"ALL\"] runs every check\n",
+        );
     }
     let timeout = check_timeout(args.timeout);
     let threads = if settings.threads == 0 {
@@ -742,10 +791,10 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
         None => None,
     };
     if settings.model.is_none() && settings.device != "cpu" {
-        eprintln!(
-            "warning: device {} is unused: only a model runs on a device, and none is given (set [model] path or pass --model)",
+        output::eprint(&format!(
+            "warning: device {} is unused: only a model runs on a device, and none is given (set [model] path or pass --model)\n",
             settings.device
-        );
+        ));
     }
     tch::set_num_threads(threads as i32);
     model::silence_libtorch_warnings();
@@ -838,6 +887,15 @@ trainlint needs one output per sample along dim 0",
         log: settings.log.as_deref().map(display_path),
         // Without a model nothing runs on a device: the report names none rather than claim one.
         device: settings.model.as_ref().map(|_| settings.device.clone()),
+        raw: [
+            ("config", &settings.config_path),
+            ("model", &settings.model),
+            ("data", &settings.data),
+            ("log", &settings.log),
+        ]
+        .into_iter()
+        .filter_map(|(label, p)| p.as_deref().map(|p| (label, relative_path(p))))
+        .collect(),
     };
     let mut report = report::Report::new(
         inputs,
@@ -886,21 +944,26 @@ trainlint needs one output per sample along dim 0",
     }
     output::write_all(&files).map_err(Fatal::from)?;
     if let (Some(t), Some((_, n))) = (target("--write-baseline"), &new_baseline) {
-        eprintln!("wrote {n} finding(s) to the baseline {}", t.shown.display());
+        output::eprint(&format!(
+            "wrote {n} finding(s) to the baseline {}\n",
+            t.shown.display()
+        ));
     }
     if args.output_file.is_some() {
         // The human report goes to the terminal; when the file already holds it, only its summary.
         let text = report::text::render(&report);
         if args.output_format == Format::Text {
-            eprintln!("{}", text.trim_end().lines().last().unwrap_or_default());
+            let summary = text.trim_end().lines().last().unwrap_or_default();
+            output::eprint(&format!("{summary}\n"));
         } else {
-            eprint!("{text}");
+            output::eprint(&text);
         }
     } else {
-        let _ = stdout.write(rendered.as_bytes());
+        // A report that does not arrive must not let the gate pass: exit 2.
+        stdout.write(rendered.as_bytes()).map_err(Fatal::from)?;
     }
     if args.statistics {
-        eprint!("{}", report::text::statistics(&report));
+        output::eprint(&report::text::statistics(&report));
     }
     if !args.exit_zero && report.fails(settings.fail_on) {
         return Ok(exit_code(1));

@@ -3,15 +3,21 @@
 //! - Every output file is planned before anything runs: its folder must exist and take a new file, and
 //!   it must not be one of the inputs (after resolving symlinks and hard links) nor another output.
 //! - Outputs are written only at the end, each to a temporary file in its own folder, then renamed over
-//!   the target: a failure leaves no half-written file and no new file behind.
+//!   the target: a failure leaves no half-written file and no new file behind. A character device
+//!   (`/dev/null`, a terminal) or a named pipe is written into in place, never replaced; a block device
+//!   or a socket is refused.
+//! - A report that cannot be written to standard output (a full disk, a descriptor not open for
+//!   writing) is an error, never a silent exit 0; a reader that stopped reading (a closed pipe, `| head`)
+//!   ends the run quietly with the exit code it would have had.
 //! - Model code can print (TorchScript `print`, C++ writing to fd 1): while `check` runs, fd 1 points
 //!   to stderr, and the report goes to the real standard output, kept aside ([`ReportStdout`]).
 use std::ffi::{c_int, c_void};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
 
 /// A file trainlint reads, under the name the user knows it by ("the model", "the --baseline file").
 pub struct Input<'a> {
@@ -32,6 +38,47 @@ pub struct Target {
     /// As the user gave it, for messages.
     pub shown: PathBuf,
     resolved: PathBuf,
+    /// A character device or a named pipe: written into in place, never replaced by a rename.
+    special: bool,
+    /// `/dev/stdout` or `/dev/stderr` (or their `/dev/fd`, `/proc/self/fd` names): written to the
+    /// process's own stream, which while `check` runs is not what fd 1 is (see [`ReportStdout`]).
+    stream: Option<Stream>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// The standard stream a path names, if any: opened by name it would be a new file description (at
+/// offset 0 of a redirected file) or, for stdout while `check` runs, stderr.
+fn standard_stream(path: &Path) -> Option<Stream> {
+    match path.to_str()? {
+        "/dev/stdout" | "/dev/fd/1" | "/proc/self/fd/1" => Some(Stream::Stdout),
+        "/dev/stderr" | "/dev/fd/2" | "/proc/self/fd/2" => Some(Stream::Stderr),
+        _ => None,
+    }
+}
+
+/// What kind of node an existing output path is, when it is not a regular file: `Ok(true)` for the
+/// ones written into in place (character devices, named pipes), an error for those that take no
+/// report (block devices: writing would overwrite a disk; sockets: nothing to open).
+fn special_kind(path: &Path) -> Result<bool, String> {
+    // `metadata` follows every link, `/proc/self/fd/N` ones included, whose targets are no paths.
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(false);
+    };
+    let kind = meta.file_type();
+    if kind.is_char_device() || kind.is_fifo() {
+        Ok(true)
+    } else if kind.is_block_device() {
+        Err("is a block device; trainlint writes reports to files, character devices (/dev/null) and pipes only".into())
+    } else if kind.is_socket() {
+        Err("is a socket; trainlint writes reports to files, character devices (/dev/null) and pipes only".into())
+    } else {
+        Ok(false)
+    }
 }
 
 /// Checks every output before anything runs. Refused: an output that is an input (or lies inside an
@@ -50,7 +97,15 @@ pub fn plan(outputs: &[Output], inputs: &[Input]) -> Result<Vec<Target>, String>
     let mut planned: Vec<Target> = Vec::new();
     for o in outputs {
         let shown = o.path.display();
-        let resolved = resolve(o.path).map_err(|e| format!("{} {shown}: {e}", o.flag))?;
+        let stream = standard_stream(o.path);
+        let special = stream.is_some()
+            || special_kind(o.path).map_err(|e| format!("{} {shown} {e}", o.flag))?;
+        // A device or a pipe is opened by the name given (`/dev/stdout` links to no path).
+        let resolved = if special {
+            o.path.to_path_buf()
+        } else {
+            resolve(o.path).map_err(|e| format!("{} {shown}: {e}", o.flag))?
+        };
         for (input, canonical) in &inputs {
             if same_file(&resolved, canonical) {
                 return Err(format!(
@@ -73,11 +128,15 @@ pub fn plan(outputs: &[Output], inputs: &[Input]) -> Result<Vec<Target>, String>
                 o.flag, other.flag
             ));
         }
-        writable(&resolved).map_err(|e| format!("{} {shown}: {e}", o.flag))?;
+        if !special {
+            writable(&resolved).map_err(|e| format!("{} {shown}: {e}", o.flag))?;
+        }
         planned.push(Target {
             flag: o.flag.to_string(),
             shown: o.path.to_path_buf(),
             resolved,
+            special,
+            stream,
         });
     }
     Ok(planned)
@@ -155,6 +214,8 @@ fn temp_name(target: &Path, what: &str) -> PathBuf {
 /// Writes every `(target, contents)` atomically: all go to temporary files first, and only when all
 /// of them are written are they renamed over their targets. On error nothing is left behind but the
 /// files already renamed (renames in one folder fail only when the folder itself goes away).
+/// Character devices and named pipes are written into in place once the files are staged: renaming
+/// over them would replace the node (`/dev/null` for the whole system, when run as root).
 pub fn write_all(files: &[(&Target, &[u8])]) -> Result<(), String> {
     let mut staged: Vec<(PathBuf, &Target)> = Vec::new();
     let cleanup = |staged: &[(PathBuf, &Target)]| {
@@ -162,7 +223,7 @@ pub fn write_all(files: &[(&Target, &[u8])]) -> Result<(), String> {
             let _ = std::fs::remove_file(temp);
         }
     };
-    for (target, contents) in files {
+    for (target, contents) in files.iter().filter(|(t, _)| !t.special) {
         let temp = temp_name(&target.resolved, "tmp");
         let written = OpenOptions::new()
             .write(true)
@@ -179,6 +240,30 @@ pub fn write_all(files: &[(&Target, &[u8])]) -> Result<(), String> {
         }
         staged.push((temp, target));
     }
+    for (target, contents) in files.iter().filter(|(t, _)| t.special) {
+        // No create, no truncate: the node stays what it is. A pipe without a reader waits for one,
+        // as the shell's `>` does.
+        let cannot = |e: io::Error| format!("cannot write {}: {e}", target.shown.display());
+        let written = match target.stream {
+            Some(Stream::Stdout) => match real_stdout() {
+                Some(fd) => write_stdout(fd.as_fd(), contents),
+                None => print(contents),
+            },
+            Some(Stream::Stderr) => match io::stderr().lock().write_all(contents) {
+                Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(cannot(e)),
+                _ => Ok(()),
+            },
+            None => OpenOptions::new()
+                .write(true)
+                .open(&target.resolved)
+                .and_then(|mut f| f.write_all(contents))
+                .map_err(cannot),
+        };
+        if let Err(e) = written {
+            cleanup(&staged);
+            return Err(e);
+        }
+    }
     for (i, (temp, target)) in staged.iter().enumerate() {
         if let Err(e) = std::fs::rename(temp, &target.resolved) {
             cleanup(&staged[i..]);
@@ -186,6 +271,48 @@ pub fn write_all(files: &[(&Target, &[u8])]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Writes `contents` as the file `path` names, replacing that name itself (temporary file, then rename):
+/// a symbolic link there is replaced, never written through, and a hard link is split off. Refused
+/// when `path` is one of `inputs` under another name (a link to the model), or names something that
+/// is no file (a folder, a device, a pipe). For `trainlint init --force`.
+pub fn replace(path: &Path, contents: &[u8], inputs: &[Input]) -> Result<(), String> {
+    let shown = path.display();
+    if let Ok(target) = path.canonicalize().or_else(|_| resolve(path)) {
+        for input in inputs {
+            let input_path = input.path.canonicalize().or_else(|_| resolve(input.path));
+            if input_path.is_ok_and(|i| same_file(&target, &i)) {
+                return Err(format!(
+                    "{shown} is {} ({}) under another name; trainlint never overwrites its inputs",
+                    input.role,
+                    input.path.display()
+                ));
+            }
+        }
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        let kind = meta.file_type();
+        if !kind.is_file() && !kind.is_symlink() {
+            return Err(format!(
+                "{shown} is not a regular file (a folder, a device, a pipe or a socket)"
+            ));
+        }
+    }
+    let temp = temp_name(path, "tmp");
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temp)
+        .and_then(|mut f| {
+            f.write_all(contents)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&temp, path));
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&temp);
+        format!("cannot write {shown}: {e}")
+    })
 }
 
 extern "C" {
@@ -210,26 +337,77 @@ impl ReportStdout {
         // SAFETY: dup2 on two open descriptors (1 is open: it was just duplicated; 2 is open or dup2
         // fails and returns -1, leaving fd 1 as it was). Rust's stdout buffer was flushed above.
         let redirected = unsafe { dup2(io::stderr().as_raw_fd(), io::stdout().as_raw_fd()) } >= 0;
+        if redirected {
+            *REAL_STDOUT.lock().unwrap_or_else(|p| p.into_inner()) = saved.try_clone().ok();
+        }
         ReportStdout {
             saved: redirected.then_some(saved),
         }
     }
 
-    /// Writes the report to the real standard output.
-    pub fn write(&self, bytes: &[u8]) -> io::Result<()> {
+    /// Writes the report to the real standard output (see [`print`] for what a failure means).
+    pub fn write(&self, bytes: &[u8]) -> Result<(), String> {
         match &self.saved {
-            Some(fd) => {
-                let mut out = File::from(fd.try_clone()?);
-                out.write_all(bytes)?;
-                out.flush()
-            }
-            None => {
-                let mut out = io::stdout().lock();
-                out.write_all(bytes)?;
-                out.flush()
-            }
+            Some(fd) => write_stdout(fd.as_fd(), bytes),
+            None => print(bytes),
         }
     }
+}
+
+/// The real standard output while a [`ReportStdout`] holds it aside, for `-o /dev/stdout`.
+static REAL_STDOUT: Mutex<Option<OwnedFd>> = Mutex::new(None);
+
+fn real_stdout() -> Option<OwnedFd> {
+    REAL_STDOUT
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .and_then(|fd| fd.try_clone().ok())
+}
+
+/// The first failure to write standard output, for commands that end without asking (see
+/// [`stdout_failure`]).
+static STDOUT_FAILURE: Mutex<Option<String>> = Mutex::new(None);
+
+/// Writes `bytes` to standard output. Unlike `print!`, a failure neither panics nor passes unseen
+/// (Rust's own stdout reports success on a descriptor that is not open for writing): it is returned as
+/// a one-line message, and remembered for [`stdout_failure`]. A reader that went away (a closed pipe:
+/// `trainlint rules | head -1`) is no failure: what it wanted, it read.
+pub fn print(bytes: &[u8]) -> Result<(), String> {
+    let _ = io::stdout().flush();
+    write_stdout(io::stdout().as_fd(), bytes)
+}
+
+fn write_stdout(fd: std::os::fd::BorrowedFd, bytes: &[u8]) -> Result<(), String> {
+    let written = fd
+        .try_clone_to_owned()
+        .map(File::from)
+        .and_then(|mut out| out.write_all(bytes).and_then(|()| out.flush()));
+    match written {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => {
+            let message = format!("cannot write to standard output: {e}");
+            let mut failure = STDOUT_FAILURE.lock().unwrap_or_else(|p| p.into_inner());
+            failure.get_or_insert_with(|| message.clone());
+            Err(message)
+        }
+    }
+}
+
+/// Whether something this process meant for standard output was lost (the message of the first
+/// failure): a command whose output did not arrive must not exit 0.
+pub fn stdout_failure() -> Option<String> {
+    STDOUT_FAILURE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
+/// Writes to standard error, and goes on if it cannot (`2>&1 | head -1` closed it): there is nowhere
+/// left to say so, and the exit code still says how the run ended.
+pub fn eprint(text: &str) {
+    let _ = io::stderr().lock().write_all(text.as_bytes());
 }
 
 impl Drop for ReportStdout {
@@ -237,6 +415,7 @@ impl Drop for ReportStdout {
         let Some(saved) = &self.saved else {
             return;
         };
+        REAL_STDOUT.lock().unwrap_or_else(|p| p.into_inner()).take();
         let _ = io::stdout().flush();
         // SAFETY: fflush(NULL) flushes every C stdio stream (libtorch's C++ streams sit on them) and
         // takes no pointer to dereference; dup2 gets two open descriptors (`saved` is owned here).
@@ -303,6 +482,45 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn replace_swaps_a_link_for_a_file_and_refuses_an_input_behind_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("model.pt");
+        std::fs::write(&model, b"weights").unwrap();
+        let config = dir.path().join("trainlint.toml");
+        std::os::unix::fs::symlink("model.pt", &config).unwrap();
+        let input = Input {
+            role: "the model",
+            path: &model,
+        };
+        let err = replace(&config, b"[setup]\n", std::slice::from_ref(&input)).unwrap_err();
+        assert!(err.contains("is the model"), "{err}");
+        // Not named as an input, the link itself is replaced: its target keeps its bytes.
+        replace(&config, b"[setup]\n", &[]).unwrap();
+        assert_eq!(std::fs::read(&model).unwrap(), b"weights");
+        assert!(std::fs::symlink_metadata(&config).unwrap().is_file());
+        assert_eq!(std::fs::read(&config).unwrap(), b"[setup]\n");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn a_character_device_is_planned_in_place_without_a_probe() {
+        let null = Path::new("/dev/null");
+        if !std::fs::metadata(null).is_ok_and(|m| m.file_type().is_char_device()) {
+            return;
+        }
+        let plans = plan(
+            &[Output {
+                flag: "-o",
+                path: null,
+            }],
+            &[],
+        )
+        .unwrap();
+        assert!(plans[0].special);
+        assert_eq!(plans[0].resolved, null);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `trainlint.toml` or `[tool.trainlint]` in `pyproject.toml`, plus CLI overrides, into one validated
 //! [`Settings`]. Errors point at `file:line:col` with the offending text.
 mod file;
+#[cfg(test)]
+mod fuzz_corpus;
 mod schema;
 
 use std::collections::BTreeMap;
@@ -55,10 +57,13 @@ impl ConfigError {
         }
     }
 
-    /// The source line with a caret under the offending text, as cargo-deny shows it.
+    /// The source line with a caret under the offending text, as cargo-deny shows it. Control
+    /// characters in the line print as their symbols (`␀`, `␛`): one column each, so the caret stays
+    /// under its character, and the terminal gets no raw NUL or escape sequence.
     pub fn render_snippet(&self) -> Option<String> {
         let (text, start, len) = self.snippet.as_ref()?;
         let gutter = self.line.to_string().len();
+        let text: String = text.chars().map(control_picture).collect();
         Some(format!(
             "{:gutter$} |\n{} | {}\n{:gutter$} | {}{}",
             "",
@@ -68,6 +73,45 @@ impl ConfigError {
             " ".repeat(*start),
             "^".repeat((*len).max(1)),
         ))
+    }
+}
+
+/// A character as one printable column: C0 controls and DEL as their Unicode control pictures
+/// (U+2400..U+2421), other characters a report would escape as U+FFFD; tab and the rest as they are.
+fn control_picture(c: char) -> char {
+    match c as u32 {
+        0x09 => c,
+        u @ 0..=0x1f => char::from_u32(0x2400 + u).unwrap_or('\u{fffd}'),
+        0x7f => '\u{2421}',
+        _ if crate::report::is_hidden_char(c) => '\u{fffd}',
+        _ => c,
+    }
+}
+
+/// Why toml_edit refused `text`, in one line: its message (some span lines, some are empty), led by the
+/// character it stopped at when that is a control character, which TOML allows nowhere raw.
+fn toml_reason(text: &str, span: Option<Range<usize>>, message: &str) -> String {
+    let message = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let at = span
+        .and_then(|s| text.get(s.start..))
+        .and_then(|rest| rest.chars().next());
+    let culprit = match at {
+        Some('\0') => Some("NUL character (U+0000) not allowed".to_string()),
+        Some(c) if c.is_control() && !matches!(c, '\t' | '\n' | '\r') => {
+            Some(format!("control character U+{:04X} not allowed", c as u32))
+        }
+        _ => None,
+    };
+    match (culprit, message.is_empty()) {
+        (Some(c), true) => c,
+        (Some(c), false) => format!("{c}; {message}"),
+        (None, true) => "syntax error".to_string(),
+        (None, false) => message,
     }
 }
 
@@ -185,7 +229,8 @@ impl Settings {
     }
 }
 
-/// Find the configuration from `start` (a directory or a config file) upwards, like ruff.
+/// Find the configuration from `start` (a directory or a config file) upwards, like ruff. A config
+/// path that is no regular file (`/dev/zero`, a pipe) is refused, not read nor searched above.
 pub fn discover(start: &Path) -> Result<Option<PathBuf>, ConfigError> {
     if start.is_file() {
         return Ok(Some(start.to_path_buf()));
@@ -196,18 +241,39 @@ pub fn discover(start: &Path) -> Result<Option<PathBuf>, ConfigError> {
             start.display()
         )));
     }
+    if !start.is_dir() {
+        return Err(not_a_regular_file(start));
+    }
     let start = start.canonicalize().unwrap_or_else(|_| start.to_path_buf());
     for dir in start.ancestors() {
         let toml = dir.join("trainlint.toml");
         if toml.is_file() {
             return Ok(Some(toml));
         }
+        if toml.exists() {
+            return Err(not_a_regular_file(&toml));
+        }
         let pyproject = dir.join("pyproject.toml");
+        if pyproject.exists() && !pyproject.is_file() {
+            return Err(not_a_regular_file(&pyproject));
+        }
         if pyproject.is_file() && has_trainlint_table(&pyproject) {
             return Ok(Some(pyproject));
         }
     }
     Ok(None)
+}
+
+fn not_a_regular_file(path: &Path) -> ConfigError {
+    let what = if path.is_dir() {
+        "a folder"
+    } else {
+        "a device, a pipe or a socket"
+    };
+    ConfigError::plain(format!(
+        "{} is not a regular file ({what}); a config is a trainlint.toml or a pyproject.toml",
+        path.display()
+    ))
 }
 
 /// Whether a pyproject.toml configures trainlint: it has a `[tool.trainlint]` table (one named in a
@@ -391,8 +457,8 @@ pub fn load_file(path: &Path, settings: &mut Settings) -> Result<(), ConfigError
         .map_err(|e| ConfigError::plain(format!("cannot read {}: {e}", path.display())))?;
     let src = Source { path, text: &text };
     let doc = ImDocument::parse(text.as_str()).map_err(|e| {
-        let msg = e.message().trim().to_string();
-        src.error(e.span(), format!("invalid TOML: {msg}"))
+        let reason = toml_reason(&text, e.span(), e.message());
+        src.error(e.span(), format!("invalid TOML: {reason}"))
     })?;
     let is_pyproject = path.file_name().is_some_and(|n| n == "pyproject.toml");
     let root: &dyn TableLike = if is_pyproject {
@@ -504,6 +570,12 @@ fn record_key_lines(r: &Reader, root: &dyn TableLike, settings: &mut Settings) {
 /// Selectors are `ALL`, group names, check ids or finding-kind ids.
 pub fn validate_selectors(list: &[String]) -> Result<(), String> {
     for s in list {
+        if s.trim().is_empty() {
+            return Err(
+                "an empty selector; name a check, a finding kind, a group, or ALL (`trainlint rules` lists them)"
+                    .into(),
+            );
+        }
         if Selector::parse(s).is_none() {
             let hint = closest(s, Selector::vocabulary())
                 .map(|c| format!("; did you mean `{c}`?"))

@@ -1,9 +1,19 @@
 //! `--output-format github`: GitHub Actions workflow commands, which annotate the run and the PR.
 use super::{file_and_line, Report};
 
-/// Escape a workflow command's message (GitHub's own rules: %, CR, LF).
+/// Escape a workflow command's message (GitHub's own rules: %, CR, LF); control characters other
+/// than these (ESC, which the log viewer would interpret) print as their visible escapes.
 pub fn escape_data(s: &str) -> String {
-    s.replace('%', "%25")
+    let visible: String = s
+        .chars()
+        .map(|c| match c {
+            '\r' | '\n' => c.to_string(),
+            c if super::is_hidden_char(c) => super::escaped_char(c),
+            c => c.to_string(),
+        })
+        .collect();
+    visible
+        .replace('%', "%25")
         .replace('\r', "%0D")
         .replace('\n', "%0A")
 }

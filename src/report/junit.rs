@@ -4,6 +4,10 @@ use trainlint_checks::Severity;
 use super::Report;
 use crate::run::Status;
 
+/// Text as XML character data or an attribute value: markup characters as entities, and the
+/// characters XML does not allow (C0 controls but tab, LF and CR; U+FFFE, U+FFFF) or discourages (C1
+/// controls, noncharacters) as their visible escapes (`\x1b`, `\u{ffff}`), so that the document stays
+/// well-formed whatever a column name or an exception message holds.
 pub fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -13,7 +17,7 @@ pub fn xml_escape(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
-            c if (c as u32) < 0x20 && c != '\n' && c != '\t' && c != '\r' => {}
+            c if super::is_hidden_char(c) => out.push_str(&super::escaped_char(c)),
             c => out.push(c),
         }
     }

@@ -7,6 +7,8 @@ pub mod junit;
 pub mod sarif;
 pub mod text;
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 use trainlint_checks::Severity;
 
@@ -35,6 +37,44 @@ pub struct Report {
     pub key_lines: std::collections::BTreeMap<String, usize>,
 }
 
+/// Whether `c` must not reach a terminal or a document as itself: control characters (C0 but tab and
+/// line feed, DEL, C1: they drive terminals, `ESC [` and `CSI` among them) and Unicode noncharacters
+/// (U+FDD0..U+FDEF, U+xxFFFE, U+xxFFFF: not allowed or discouraged in XML, meaningless as text).
+pub fn is_hidden_char(c: char) -> bool {
+    let u = c as u32;
+    (c.is_control() && c != '\n' && c != '\t')
+        || (0xFDD0..=0xFDEF).contains(&u)
+        || (u & 0xFFFE) == 0xFFFE
+}
+
+/// The way a hidden character is written instead: `\x1b` below U+0080, `\u{ffff}` above.
+pub fn escaped_char(c: char) -> String {
+    let u = c as u32;
+    if u < 0x80 {
+        format!("\\x{u:02x}")
+    } else {
+        format!("\\u{{{u:x}}}")
+    }
+}
+
+/// Text from the user's files or from model code (exception messages, column names, keys) made safe to
+/// print: every [`is_hidden_char`] becomes its visible escape (`ESC [31m` prints as `\x1b[31m`), so
+/// that the text neither drives the terminal nor hides what it says.
+pub fn visible(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(is_hidden_char) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if is_hidden_char(c) {
+            out.push_str(&escaped_char(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// Where a finding points in the user's files: the config line that configures what it is about,
 /// else the model, data or log file it concerns (line 1).
 pub fn file_and_line(
@@ -42,35 +82,46 @@ pub fn file_and_line(
     check: &str,
     f: &trainlint_checks::Finding,
 ) -> (String, usize) {
+    let (input, line) = source_of(report, check, f);
+    let path = input
+        .and_then(|label| report.inputs.shown(label))
+        .unwrap_or("trainlint.toml");
+    (path.to_string(), line)
+}
+
+/// [`file_and_line`] with the input named by its label (`config`, `model`, `data`, `log`; `None`
+/// when no input was given), so that a format can spell the path itself (SARIF's URIs).
+pub fn source_of(
+    report: &Report,
+    check: &str,
+    f: &trainlint_checks::Finding,
+) -> (Option<&'static str>, usize) {
     let i = &report.inputs;
-    if let Some(config) = &i.config {
+    if i.config.is_some() {
         let keys = [
             f.location.config_key.clone(),
             Some(format!("checks.{check}")),
         ];
         for key in keys.into_iter().flatten() {
             if let Some(line) = report.key_lines.get(&key) {
-                return (config.clone(), *line);
+                return (Some("config"), *line);
             }
         }
     }
     let l = &f.location;
     let by_kind = if l.log_column.is_some() {
-        i.log.clone()
+        "log"
     } else if l.data_key.is_some() && l.module.is_none() {
-        i.data.clone()
+        "data"
     } else if l.module.is_some() || l.parameter.is_some() || l.buffer.is_some() {
-        i.model.clone()
+        "model"
     } else {
-        None
+        ""
     };
-    let path = by_kind
-        .or_else(|| i.model.clone())
-        .or_else(|| i.data.clone())
-        .or_else(|| i.log.clone())
-        .or_else(|| i.config.clone())
-        .unwrap_or_else(|| "trainlint.toml".to_string());
-    (path, 1)
+    let label = [by_kind, "model", "data", "log", "config"]
+        .into_iter()
+        .find(|label| i.shown(label).is_some());
+    (label, 1)
 }
 
 /// A stable fingerprint of a finding: its check, location and message with the numbers taken out, so
@@ -106,6 +157,10 @@ pub struct Inputs {
     /// Where the model ran; absent without a model, where nothing runs on a device.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// The inputs' paths as the file system spells them (bytes that need not be UTF-8), relative to
+    /// the working directory like the strings above, by label: for formats that can carry them whole.
+    #[serde(skip)]
+    pub raw: Vec<(&'static str, std::path::PathBuf)>,
 }
 
 /// A problem with an input that is not a finding about the setup (a sample of one, a single class):
@@ -118,6 +173,25 @@ pub struct Warning {
 }
 
 impl Inputs {
+    /// The input with this label (`config`, `model`, `data`, `log`) as shown in reports.
+    pub fn shown(&self, label: &str) -> Option<&str> {
+        match label {
+            "config" => self.config.as_deref(),
+            "model" => self.model.as_deref(),
+            "data" => self.data.as_deref(),
+            "log" => self.log.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The input with this label as the file system spells it, when known.
+    pub fn raw(&self, label: &str) -> Option<&std::path::Path> {
+        self.raw
+            .iter()
+            .find(|(l, _)| *l == label)
+            .map(|(_, p)| p.as_path())
+    }
+
     /// The inputs that were given, with their labels, in report order.
     pub fn labeled(&self) -> Vec<(&'static str, &str)> {
         [
@@ -207,5 +281,23 @@ impl Report {
             .iter()
             .flat_map(|c| &c.findings)
             .any(|f| f.severity >= fail_on)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hidden_characters_print_as_their_escapes_and_the_rest_as_itself() {
+        assert!(matches!(visible("loss_é ✓\tx\n"), Cow::Borrowed(_)));
+        assert_eq!(
+            visible("\u{1b}[31mred\u{7}\r\u{9b}\u{0}"),
+            "\\x1b[31mred\\x07\\x0d\\u{9b}\\x00"
+        );
+        assert_eq!(
+            visible("a\u{fdd0}\u{fffe}\u{ffff}\u{1fffe}\u{10ffff}b\u{fffd}"),
+            "a\\u{fdd0}\\u{fffe}\\u{ffff}\\u{1fffe}\\u{10ffff}b\u{fffd}"
+        );
     }
 }

@@ -2,7 +2,7 @@
 use serde_json::{json, Value};
 use trainlint_checks::{registry, CheckFailed, KindInfo, Level, Severity, Violation};
 
-use super::{file_and_line, fingerprint, Report};
+use super::{file_and_line, fingerprint, source_of, Report};
 
 fn level(s: Severity) -> &'static str {
     match s {
@@ -46,6 +46,27 @@ fn rule(kind: &KindInfo) -> Value {
     })
 }
 
+/// A path as a URI reference (RFC 3986): its raw bytes, so that a file name that is not UTF-8
+/// survives, percent-encoded but for the unreserved characters and `/`.
+fn uri_of(path: &std::path::Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    percent_encode(path.as_os_str().as_bytes())
+}
+
+fn percent_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                out.push(b as char)
+            }
+            // `:` too: in a relative reference's first segment it would read as a scheme.
+            b => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
 pub fn render(report: &Report) -> String {
     // Every kind of every check that ran, then check-failed when a check failed.
     let mut kinds: Vec<&'static KindInfo> = report
@@ -66,6 +87,13 @@ pub fn render(report: &Report) -> String {
     for c in &report.checks {
         for f in &c.findings {
             let (path, line) = file_and_line(report, c.id, f);
+            let uri = match source_of(report, c.id, f)
+                .0
+                .and_then(|l| report.inputs.raw(l))
+            {
+                Some(raw) => uri_of(raw),
+                None => percent_encode(path.as_bytes()),
+            };
             let rule_index = kinds.iter().position(|k| k.id == f.kind).unwrap_or(0);
             let mut text = f.message.clone();
             if !f.location.is_empty() {
@@ -81,7 +109,7 @@ pub fn render(report: &Report) -> String {
                 "message": {"text": text},
                 "locations": [{
                     "physicalLocation": {
-                        "artifactLocation": {"uri": path.replace('\\', "/")},
+                        "artifactLocation": {"uri": uri},
                         "region": {"startLine": line},
                     },
                 }],
@@ -110,4 +138,23 @@ pub fn render(report: &Report) -> String {
         }],
     });
     serde_json::to_string_pretty(&sarif).expect("SARIF serialises") + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+
+    #[test]
+    fn uris_percent_encode_every_byte_but_the_unreserved_ones_and_slashes() {
+        let raw = std::ffi::OsStr::from_bytes(b"runs/a b%\xff:\xc3\xa9#?.pt");
+        assert_eq!(
+            uri_of(std::path::Path::new(raw)),
+            "runs/a%20b%25%FF%3A%C3%A9%23%3F.pt"
+        );
+        assert_eq!(
+            uri_of(std::path::Path::new("fixtures/m_1-2~x.pt")),
+            "fixtures/m_1-2~x.pt"
+        );
+    }
 }

@@ -3,7 +3,7 @@
 use colored::Colorize;
 use trainlint_checks::{Curve, Input, Severity};
 
-use super::Report;
+use super::{visible, Report};
 use crate::run::Status;
 
 /// A compact sparkline of a curve (at most `width` characters), log-scaled when the curve spans
@@ -56,7 +56,7 @@ fn curve_line(c: &Curve) -> String {
         .unwrap_or_default();
     format!(
         "{} {} ({} → {} over {} points{target})",
-        c.name,
+        visible(&c.name),
         sparkline(&c.y, 48),
         trainlint_checks::finding::num(first),
         trainlint_checks::finding::num(last),
@@ -69,10 +69,10 @@ pub fn render(report: &Report) -> String {
     let i = &report.inputs;
     let mut header = format!("trainlint {}", report.tool.version);
     for (label, v) in i.labeled() {
-        header.push_str(&format!(" · {label} {v}"));
+        header.push_str(&format!(" · {label} {}", visible(v)));
     }
     if let Some(device) = &i.device {
-        header.push_str(&format!(" · device {device}"));
+        header.push_str(&format!(" · device {}", visible(device)));
     }
     header.push_str(&format!(" · seed {}", report.seed));
     out.push_str(&format!("{}\n", header.dimmed()));
@@ -81,7 +81,7 @@ pub fn render(report: &Report) -> String {
             "{} {}: {}\n",
             "warning:".yellow().bold(),
             w.input,
-            w.message
+            visible(&w.message)
         ));
     }
     for c in &report.checks {
@@ -94,12 +94,20 @@ pub fn render(report: &Report) -> String {
                 Severity::Error => format!("error[{}]", f.kind).red().bold(),
                 Severity::Warning => format!("warning[{}]", f.kind).yellow().bold(),
             };
-            out.push_str(&format!("{tag} {}\n", f.message.bold()));
+            out.push_str(&format!("{tag} {}\n", visible(&f.message).bold()));
             if !f.location.is_empty() {
-                out.push_str(&format!("  {} {}\n", "-->".blue().bold(), f.location));
+                out.push_str(&format!(
+                    "  {} {}\n",
+                    "-->".blue().bold(),
+                    visible(&f.location.to_string())
+                ));
             }
             if !f.help.is_empty() {
-                out.push_str(&format!("  {} {}\n", "= help:".cyan().bold(), f.help));
+                out.push_str(&format!(
+                    "  {} {}\n",
+                    "= help:".cyan().bold(),
+                    visible(&f.help)
+                ));
             }
         }
         for curve in c
@@ -140,7 +148,7 @@ pub fn render(report: &Report) -> String {
                     s.yellow().to_string()
                 }
             }
-            Status::Skipped => format!("skipped: {}", c.reason.as_deref().unwrap_or(""))
+            Status::Skipped => format!("skipped: {}", visible(c.reason.as_deref().unwrap_or("")))
                 .dimmed()
                 .to_string(),
             Status::Failed => "failed".red().bold().to_string(),
@@ -161,14 +169,14 @@ pub fn render(report: &Report) -> String {
         let at = i
             .location
             .as_deref()
-            .map(|l| format!(" at {l}"))
+            .map(|l| format!(" at {}", visible(l)))
             .unwrap_or_default();
         out.push_str(&format!(
             "{} [[ignore]] for {}{at} (config line {}) matched no finding; remove it (reason was: {})\n",
             "warning:".yellow().bold(),
-            i.check,
+            visible(&i.check),
             i.line,
-            i.reason
+            visible(&i.reason)
         ));
     }
     if let Some(b) = &report.baseline {
@@ -177,12 +185,12 @@ pub fn render(report: &Report) -> String {
             let at = if e.location.is_empty() {
                 String::new()
             } else {
-                format!(" at {}", e.location)
+                format!(" at {}", visible(&e.location))
             };
             out.push_str(&format!(
                 "{} baseline entry {}{at} (×{}) no longer occurs; update the baseline\n",
                 "warning:".yellow().bold(),
-                e.kind,
+                visible(&e.kind),
                 e.count
             ));
         }
