@@ -9,6 +9,7 @@ mod progress;
 mod report;
 mod run;
 mod security;
+mod threads;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -776,13 +777,8 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
         );
     }
     let timeout = check_timeout(args.timeout);
-    let threads = if settings.threads == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    } else {
-        settings.threads
-    };
+    let thread_plan = threads::plan(settings.threads);
+    let threads = thread_plan.threads;
     // Everything that can refuse the run does so before the checks run and before anything is written.
     let targets = plan_outputs(&args, &settings)?;
     let target = |flag: &str| targets.iter().find(|t| t.flag == flag);
@@ -906,6 +902,13 @@ trainlint needs one output per sample along dim 0",
         !args.no_timings,
     );
     report.baseline = baseline_outcome;
+    if !args.no_timings {
+        report.threads = Some(report::Threads {
+            count: threads,
+            reason: thread_plan.reason,
+            openmp_wait_policy: threads::openmp_wait_policy(),
+        });
+    }
     report.warnings = data_warnings
         .into_iter()
         .map(|w| report::Warning {

@@ -32,9 +32,21 @@ pub struct Report {
     /// With `--baseline`: how many findings the baseline hid, and its entries that no longer occur.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline: Option<crate::baseline::BaselineOutcome>,
+    /// The libtorch threads the checks ran with and why; like every timing, absent with `--no-timings`
+    /// (it depends on the machine and on how busy it was).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<Threads>,
     /// The config line of each key, for file:line locations (not part of the JSON report).
     #[serde(skip)]
     pub key_lines: std::collections::BTreeMap<String, usize>,
+}
+
+/// How many CPU threads libtorch used, why, and how its OpenMP threads waited.
+#[derive(Serialize)]
+pub struct Threads {
+    pub count: usize,
+    pub reason: String,
+    pub openmp_wait_policy: String,
 }
 
 /// Whether `c` must not reach a terminal or a document as itself: control characters (C0 but tab and
@@ -271,6 +283,7 @@ impl Report {
             checks,
             unused_ignores,
             baseline: None,
+            threads: None,
             key_lines,
         }
     }

@@ -1,0 +1,306 @@
+//! How many CPU threads libtorch gets, and how its OpenMP threads wait.
+//!
+//! On a busy machine (a shared CI runner, a laptop that is also training) libtorch's OpenMP threads
+//! spin at every barrier for cores that other processes hold: an audit that takes 2 s idle took 216 s
+//! beside four CPU-bound processes on 2 cores. Two remedies, both decided here:
+//! - the OpenMP runtime waits passively (`OMP_WAIT_POLICY=PASSIVE`) unless the user chose a policy.
+//!   libgomp reads its environment once, in a constructor that runs when it is loaded with libtorch,
+//!   before `main`: the variable is set from the executable's `.preinit_array`, which the dynamic
+//!   loader runs before any shared library's constructor;
+//! - the thread count comes from the CPUs the process may really use: its CPU affinity, its cgroup's
+//!   CPU quota (v2 `cpu.max`, v1 `cpu.cfs_quota_us`, the smallest along the hierarchy, as Go 1.25's
+//!   container-aware GOMAXPROCS and the JVM read them), less the CPUs other processes are busy on
+//!   (runnable tasks in `/proc/stat`, sampled). `--threads` and `threads` in the config win.
+use std::ffi::{c_char, c_int};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether [`set_passive_openmp`] set the wait policy (not the user).
+static SET_BY_TRAINLINT: AtomicBool = AtomicBool::new(false);
+
+unsafe extern "C" {
+    fn getenv(name: *const c_char) -> *const c_char;
+    fn setenv(name: *const c_char, value: *const c_char, overwrite: c_int) -> c_int;
+}
+
+/// Runs before libgomp's constructor (see the module docs): `OMP_WAIT_POLICY=PASSIVE` unless set.
+extern "C" fn set_passive_openmp(
+    _argc: c_int,
+    _argv: *const *const c_char,
+    _env: *const *const c_char,
+) {
+    // SAFETY: the names and value are NUL-terminated literals; nothing else runs yet (no thread, no
+    // reader of the environment), so changing the environment races with nothing.
+    unsafe {
+        if getenv(c"OMP_WAIT_POLICY".as_ptr()).is_null()
+            && setenv(c"OMP_WAIT_POLICY".as_ptr(), c"PASSIVE".as_ptr(), 0) == 0
+        {
+            SET_BY_TRAINLINT.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+#[used]
+#[unsafe(link_section = ".preinit_array")]
+static PREINIT: extern "C" fn(c_int, *const *const c_char, *const *const c_char) =
+    set_passive_openmp;
+
+/// The OpenMP wait policy libgomp read at start-up, and who chose it. The variable set before the
+/// libraries' constructors is no longer in the environment by `main` (the C library's own start-up
+/// points `environ` back at the one the process was given), but libgomp read it, as
+/// `OMP_DISPLAY_ENV=TRUE` shows (tests/threads.rs).
+pub fn openmp_wait_policy() -> String {
+    if SET_BY_TRAINLINT.load(Ordering::Relaxed) {
+        return "passive (set by trainlint)".into();
+    }
+    match std::env::var("OMP_WAIT_POLICY") {
+        Ok(v) => format!("{} (from the environment)", v.to_ascii_lowercase()),
+        Err(_) => "the OpenMP default".into(),
+    }
+}
+
+/// What the process may use, and what the thread count was decided from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThreadPlan {
+    pub threads: usize,
+    /// One line: why this many.
+    pub reason: String,
+}
+
+/// The CPUs this process may run on (`sched_getaffinity`), or the online CPUs when that fails.
+fn affinity_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// The CPUs the machine has online (`sysconf(_SC_NPROCESSORS_ONLN)`).
+fn online_cpus() -> usize {
+    // SAFETY: sysconf has no preconditions and only reads a configuration value.
+    let n = unsafe { libc_sysconf(84) }; // _SC_NPROCESSORS_ONLN on Linux
+    if n > 0 {
+        n as usize
+    } else {
+        affinity_cpus()
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "sysconf"]
+    fn libc_sysconf(name: std::ffi::c_int) -> std::ffi::c_long;
+}
+
+/// A cgroup CPU limit in CPUs (quota / period), from the `cpu.max` text of cgroup v2 ("max 100000" or
+/// "150000 100000").
+fn parse_cpu_max(text: &str) -> Option<f64> {
+    let mut parts = text.split_whitespace();
+    let quota = parts.next()?;
+    let period: f64 = parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(100_000.0);
+    if quota == "max" || period <= 0.0 {
+        return None;
+    }
+    let quota: f64 = quota.parse().ok()?;
+    (quota > 0.0).then_some(quota / period)
+}
+
+/// A cgroup v1 limit from `cpu.cfs_quota_us` (−1: none) and `cpu.cfs_period_us`.
+fn parse_cfs(quota: &str, period: &str) -> Option<f64> {
+    let quota: f64 = quota.trim().parse().ok()?;
+    let period: f64 = period.trim().parse().ok()?;
+    (quota > 0.0 && period > 0.0).then_some(quota / period)
+}
+
+/// Where a cgroup hierarchy is mounted, from `/proc/self/mountinfo`: (mount point, root within the
+/// hierarchy) of the cgroup2 mount (`v2`) or of the v1 mount whose options include `cpu`.
+fn cgroup_mount(mountinfo: &str, v2: bool) -> Option<(PathBuf, String)> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let fields: Vec<&str> = left.split(' ').collect();
+        let mut right = right.split(' ');
+        let fstype = right.next()?;
+        let super_options = right.nth(1).unwrap_or_default();
+        let (root, mount_point) = (fields.get(3)?, fields.get(4)?);
+        let wanted = if v2 {
+            fstype == "cgroup2"
+        } else {
+            fstype == "cgroup" && super_options.split(',').any(|o| o == "cpu")
+        };
+        wanted.then(|| (PathBuf::from(mount_point), root.to_string()))
+    })
+}
+
+/// This process's cgroup path in the v2 hierarchy (`0::/path`) or in the v1 `cpu` one.
+fn cgroup_path(proc_cgroup: &str, v2: bool) -> Option<String> {
+    proc_cgroup.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let wanted = if v2 {
+            id == "0" && controllers.is_empty()
+        } else {
+            controllers.split(',').any(|c| c == "cpu")
+        };
+        wanted.then(|| path.to_string())
+    })
+}
+
+/// The smallest CPU quota from this process's cgroup up to the hierarchy's root, in CPUs.
+fn cgroup_cpu_limit() -> Option<f64> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let proc_cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let mut limits = Vec::new();
+    for v2 in [true, false] {
+        let (Some((mount, root)), Some(path)) =
+            (cgroup_mount(&mountinfo, v2), cgroup_path(&proc_cgroup, v2))
+        else {
+            continue;
+        };
+        // Inside a container the mount's root is the container's own cgroup.
+        let relative = path.strip_prefix(root.as_str()).unwrap_or(&path);
+        let mut dir = mount.join(relative.trim_start_matches('/'));
+        loop {
+            let limit = if v2 {
+                std::fs::read_to_string(dir.join("cpu.max"))
+                    .ok()
+                    .and_then(|t| parse_cpu_max(&t))
+            } else {
+                match (
+                    std::fs::read_to_string(dir.join("cpu.cfs_quota_us")),
+                    std::fs::read_to_string(dir.join("cpu.cfs_period_us")),
+                ) {
+                    (Ok(q), Ok(p)) => parse_cfs(&q, &p),
+                    _ => None,
+                }
+            };
+            limits.extend(limit);
+            if dir == mount || !dir.pop() || !dir.starts_with(&mount) {
+                break;
+            }
+        }
+    }
+    limits.into_iter().reduce(f64::min)
+}
+
+/// Runnable tasks on the machine besides this one: the median of a few samples of `procs_running`
+/// in `/proc/stat` (which counts this process's running thread too).
+fn other_runnable() -> Option<f64> {
+    let sample = || -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        stat.lines()
+            .find_map(|l| l.strip_prefix("procs_running "))
+            .and_then(|n| n.trim().parse::<f64>().ok())
+    };
+    let mut samples = Vec::new();
+    for i in 0..5 {
+        if i > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(4));
+        }
+        samples.extend(sample());
+    }
+    if samples.is_empty() {
+        return None;
+    }
+    samples.sort_by(f64::total_cmp);
+    Some((samples[samples.len() / 2] - 1.0).max(0.0))
+}
+
+/// The thread count: `configured` (0 = decide), else the CPUs the process may use (affinity and
+/// cgroup quota), less those other processes keep busy, at least 1.
+pub fn plan(configured: usize) -> ThreadPlan {
+    if configured > 0 {
+        return ThreadPlan {
+            threads: configured,
+            reason: "set by --threads or `threads` in the config".into(),
+        };
+    }
+    decide(
+        affinity_cpus(),
+        cgroup_cpu_limit(),
+        online_cpus(),
+        other_runnable(),
+    )
+}
+
+fn decide(affinity: usize, quota: Option<f64>, online: usize, busy: Option<f64>) -> ThreadPlan {
+    let mut threads = affinity.max(1);
+    let mut why = vec![format!(
+        "{affinity} CPU{} in the affinity mask",
+        if affinity == 1 { "" } else { "s" }
+    )];
+    if let Some(quota) = quota {
+        let cpus = (quota.ceil() as usize).max(1);
+        if cpus < threads {
+            threads = cpus;
+        }
+        why.push(format!("a cgroup CPU quota of {quota:.2}"));
+    }
+    if let Some(busy) = busy {
+        let free = (online as f64 - busy).floor().max(1.0) as usize;
+        if free < threads {
+            threads = free;
+            why.push(format!(
+                "{busy:.0} runnable task{} of other processes on {online} online CPUs",
+                if busy == 1.0 { "" } else { "s" }
+            ));
+        }
+    }
+    ThreadPlan {
+        threads,
+        reason: why.join(", "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_limits_are_read_as_go_and_the_jvm_read_them() {
+        assert_eq!(parse_cpu_max("max 100000\n"), None);
+        assert_eq!(parse_cpu_max("150000 100000\n"), Some(1.5));
+        assert_eq!(parse_cpu_max("50000 100000"), Some(0.5));
+        assert_eq!(parse_cfs("-1\n", "100000\n"), None);
+        assert_eq!(parse_cfs("200000\n", "100000\n"), Some(2.0));
+        let mountinfo = "\
+30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate
+31 23 0:27 /docker/abc /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct";
+        assert_eq!(
+            cgroup_mount(mountinfo, true),
+            Some((PathBuf::from("/sys/fs/cgroup"), "/".into()))
+        );
+        assert_eq!(
+            cgroup_mount(mountinfo, false),
+            Some((
+                PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"),
+                "/docker/abc".into()
+            ))
+        );
+        let cgroup = "12:cpu,cpuacct:/docker/abc\n0::/user.slice/x.scope\n";
+        assert_eq!(
+            cgroup_path(cgroup, true).as_deref(),
+            Some("/user.slice/x.scope")
+        );
+        assert_eq!(cgroup_path(cgroup, false).as_deref(), Some("/docker/abc"));
+    }
+
+    #[test]
+    fn the_count_is_the_smallest_of_affinity_quota_and_free_cpus() {
+        assert_eq!(decide(8, None, 8, Some(0.0)).threads, 8);
+        assert_eq!(decide(8, Some(1.5), 8, Some(0.0)).threads, 2);
+        assert_eq!(decide(8, Some(0.5), 8, None).threads, 1);
+        // Four CPU-bound processes on 2 cores: one thread, and the reason says why.
+        let busy = decide(2, None, 2, Some(4.0));
+        assert_eq!(busy.threads, 1);
+        assert!(
+            busy.reason
+                .contains("4 runnable tasks of other processes on 2 online CPUs"),
+            "{}",
+            busy.reason
+        );
+        // A quota on a large busy host: the free CPUs of the host do not raise the quota.
+        assert_eq!(decide(64, Some(2.0), 64, Some(40.0)).threads, 2);
+        assert_eq!(plan(3).threads, 3);
+    }
+}

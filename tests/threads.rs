@@ -1,0 +1,89 @@
+//! The thread policy (issue 21): libtorch's OpenMP threads wait passively unless the user chose a
+//! policy, in effect from start-up (libgomp reads its environment before `main`), and the thread count
+//! and its reason are in the JSON report.
+mod common;
+
+use common::*;
+
+/// libgomp prints the settings it read at start-up with OMP_DISPLAY_ENV.
+fn openmp_settings(env: &[(&str, &str)]) -> String {
+    let mut cmd = trainlint();
+    cmd.env_remove("OMP_WAIT_POLICY")
+        .env("OMP_DISPLAY_ENV", "TRUE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let o = cmd.arg("--version").output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    stderr(&o)
+}
+
+#[test]
+fn openmp_waits_passively_from_start_up_unless_the_user_chose() {
+    let settings = openmp_settings(&[]);
+    assert!(
+        settings.contains("OMP_WAIT_POLICY = 'PASSIVE'"),
+        "{settings}"
+    );
+    let settings = openmp_settings(&[("OMP_WAIT_POLICY", "active")]);
+    assert!(
+        settings.contains("OMP_WAIT_POLICY = 'ACTIVE'"),
+        "{settings}"
+    );
+}
+
+#[test]
+fn the_report_says_how_many_threads_ran_and_why() {
+    let o = run(&[
+        "check",
+        "examples/demo",
+        "--select",
+        "init-std",
+        "--output-format",
+        "json",
+        "--threads",
+        "3",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let threads = &report["threads"];
+    assert_eq!(threads["count"], 3, "{threads}");
+    assert_eq!(
+        threads["reason"],
+        "set by --threads or `threads` in the config"
+    );
+    assert!(
+        threads["openmp_wait_policy"]
+            .as_str()
+            .unwrap()
+            .starts_with("passive"),
+        "{threads}"
+    );
+    let o = run(&[
+        "check",
+        "examples/demo",
+        "--select",
+        "init-std",
+        "--output-format",
+        "json",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (count, reason) = (
+        report["threads"]["count"].as_u64().unwrap(),
+        report["threads"]["reason"].as_str().unwrap(),
+    );
+    let cpus = std::thread::available_parallelism().unwrap().get() as u64;
+    assert!((1..=cpus).contains(&count), "{count} of {cpus}");
+    assert!(reason.contains("in the affinity mask"), "{reason}");
+    // Machine-dependent, so absent with --no-timings, like every timing.
+    let o = run(&[
+        "check",
+        "examples/demo",
+        "--select",
+        "init-std",
+        "--output-format",
+        "json",
+        "--no-timings",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(report.get("threads").is_none());
+}
