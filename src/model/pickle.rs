@@ -238,6 +238,11 @@ impl Machine {
                 ));
             }
         }
+        // libtorch reads the two globals after this one in a way of its own (its
+        // `skip_next_read_global`): TorchScript never writes it, so the scan does not follow it.
+        if module == "torch._tensor" && name == "_rebuild_from_type_v2" {
+            return Err("a tensor subclass (torch._tensor._rebuild_from_type_v2)".into());
+        }
         if module == "__main__" && name == "IntList" {
             self.keeps_argument.push(self.globals);
         }
@@ -572,6 +577,7 @@ mod tests {
             b"\x80\x02R.",
             b"\x80\x02)Q.",
             b"\x80\x02ctorch\nSecretStorage\n.",
+            b"\x80\x02ctorch._tensor\n_rebuild_from_type_v2\n.",
             b"\x80\x02cbuiltins\nlen",
             b"\x80\x02\x8a\x04\x00\x00\x00\x00.",
             b"\x80\x02X\xff\xff\xff\xff.",
