@@ -63,9 +63,28 @@ pub fn render(runs: &[CheckRun]) -> (String, usize) {
     (text, total)
 }
 
+/// The largest baseline file read: tens of thousands of entries take a few MiB.
+pub const MAX_BASELINE_BYTES: u64 = 64 << 20;
+
 pub fn read(path: &Path) -> Result<Baseline, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read baseline {}: {e}", path.display()))?;
+    use std::io::Read;
+    let cannot = |why: String| format!("cannot read baseline {}: {why}", path.display());
+    // A FIFO would block the run and a device (`/dev/zero`) never ends: only a regular file is read.
+    let file = crate::data::paths::open_regular(path, "the --baseline file").map_err(|e| match e {
+        crate::data::DataError::Unreadable { reason, .. } => cannot(reason),
+        crate::data::DataError::Missing(_) => cannot("it does not exist".into()),
+        other => cannot(other.to_string()),
+    })?;
+    let mut text = String::new();
+    file.take(MAX_BASELINE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| cannot(crate::data::paths::describe_io(&e)))?;
+    if text.len() as u64 > MAX_BASELINE_BYTES {
+        return Err(cannot(format!(
+            "it is larger than {} MiB, the most trainlint reads of a baseline",
+            MAX_BASELINE_BYTES >> 20
+        )));
+    }
     let b: Baseline = serde_json::from_str(&text)
         .map_err(|e| format!("{} is not a trainlint baseline: {e}", path.display()))?;
     if b.version != VERSION {
