@@ -241,7 +241,8 @@ struct LineLimit<R> {
     inner: R,
     since_newline: usize,
     in_quotes: bool,
-    /// The physical line being read (1-based).
+    /// The line being read (1-based; a quoted field's line breaks do not count, so this is where
+    /// the record starts).
     line: usize,
     /// The line that passed the limit.
     too_long: Option<usize>,
@@ -253,12 +254,10 @@ impl<R: Read> Read for LineLimit<R> {
         for &b in &buf[..n] {
             match b {
                 b'"' => self.in_quotes = !self.in_quotes,
-                b'\n' => {
+                b'\n' if !self.in_quotes => {
                     self.line += 1;
-                    if !self.in_quotes {
-                        self.since_newline = 0;
-                        continue;
-                    }
+                    self.since_newline = 0;
+                    continue;
                 }
                 _ => {}
             }

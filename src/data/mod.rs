@@ -130,6 +130,11 @@ trait ArraySource {
     fn info(&mut self, index: usize, budget: &mut Budget) -> Result<ArrayInfo, DataError>;
     /// The first `rows` entries along dim 0 of array `index` (all of it for None, or for a scalar).
     fn read(&mut self, index: usize, rows: Option<i64>, budget: &mut Budget) -> Loaded;
+    /// Check the file the user named, when it is one array among others (an `.npy` file and its
+    /// siblings): it is read even when the run needs only its siblings.
+    fn check_named(&mut self, _budget: &mut Budget) -> Result<(), DataError> {
+        Ok(())
+    }
 }
 
 /// Open a data file or folder of `.npy` files; nothing but the list of arrays is read here.
@@ -294,6 +299,7 @@ fn load_dataset_within(
     budget: &mut Budget,
 ) -> Result<Dataset, DataError> {
     let mut source = open(path)?;
+    source.check_named(budget)?;
     let mut sample_array = |key: &str| -> Result<(usize, ArrayInfo), DataError> {
         let index = find(&mut *source, path, key, budget)?;
         let info = source.info(index, budget)?;
@@ -345,7 +351,7 @@ fn load_dataset_within(
                     path: path.to_path_buf(),
                     key: info.name.clone(),
                     rows: keep,
-                    to: format!("{to:?}").to_lowercase(),
+                    to: kind_name(to).into(),
                     needed: o.needed,
                     limit: o.limit,
                 })?;
@@ -363,6 +369,14 @@ fn load_dataset_within(
         inputs,
         targets,
     })
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Float => "float32",
+        Kind::Int64 => "int64",
+        _ => "another dtype",
+    }
 }
 
 /// A libtorch error's first line: the rest is a C++ backtrace.

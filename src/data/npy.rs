@@ -271,6 +271,8 @@ pub struct NpyFiles {
     names: Vec<String>,
     /// What the files are to the user, for messages about one that is not a regular file.
     role: &'static str,
+    /// The first file is the one the user named (its siblings follow).
+    named: bool,
 }
 
 /// The `.npy` files of a folder, sorted by name.
@@ -307,9 +309,14 @@ pub fn siblings_for(path: &Path, keys: &[&str]) -> Vec<PathBuf> {
 }
 
 impl NpyFiles {
-    fn new(files: Vec<PathBuf>, role: &'static str) -> Self {
+    fn new(files: Vec<PathBuf>, role: &'static str, named: bool) -> Self {
         let names = files.iter().map(|p| stem(p)).collect();
-        NpyFiles { files, names, role }
+        NpyFiles {
+            files,
+            names,
+            role,
+            named,
+        }
     }
 
     /// Every `.npy` file of a folder.
@@ -318,7 +325,7 @@ impl NpyFiles {
         if files.is_empty() {
             return Err(unreadable(dir, "the folder holds no .npy files"));
         }
-        Ok(Self::new(files, "this .npy file of the data folder"))
+        Ok(Self::new(files, "this .npy file of the data folder", false))
     }
 
     /// One `.npy` file, then the other `.npy` files beside it.
@@ -329,7 +336,7 @@ impl NpyFiles {
                 .into_iter()
                 .filter(|s| s.file_name() != path.file_name()),
         );
-        Ok(Self::new(files, "this sibling .npy file of the data"))
+        Ok(Self::new(files, "this sibling .npy file of the data", true))
     }
 
     /// The file of array `index`, opened at its first data byte, and its header.
@@ -339,7 +346,7 @@ impl NpyFiles {
         budget: &mut Budget,
     ) -> Result<(io::BufReader<std::fs::File>, Header), DataError> {
         let path = &self.files[index];
-        let role = if index == 0 && self.role.contains("sibling") {
+        let role = if index == 0 && self.named {
             "the data file"
         } else {
             self.role
@@ -363,6 +370,13 @@ impl ArraySource for NpyFiles {
     fn info(&mut self, index: usize, budget: &mut Budget) -> Result<ArrayInfo, DataError> {
         let (_, header) = self.open_array(index, budget)?;
         Ok(header.info(printable(&self.names[index])))
+    }
+
+    fn check_named(&mut self, budget: &mut Budget) -> Result<(), DataError> {
+        if self.named {
+            self.open_array(0, budget)?;
+        }
+        Ok(())
     }
 
     fn read(&mut self, index: usize, rows: Option<i64>, budget: &mut Budget) -> Loaded {

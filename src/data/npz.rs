@@ -291,9 +291,13 @@ fn verify_rest(r: &mut Counting<impl Read>, declared: u64) -> Result<(), ReadErr
         })
     })?;
     if r.count != declared {
+        let found = if r.count > declared {
+            "more".to_string()
+        } else {
+            format!("only {}", r.count)
+        };
         return Err(ReadError::Format(format!(
-            "its zip entry declares {declared} bytes, but {} inflate from it; the archive is damaged or crafted",
-            r.count
+            "its zip entry declares {declared} bytes, but {found} inflate from it; the archive is damaged or crafted"
         )));
     }
     Ok(())

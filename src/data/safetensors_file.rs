@@ -233,7 +233,7 @@ impl<'de> Deserialize<'de> for Entries {
                     }
                     if out.len() == MAX_ENTRIES {
                         return Err(serde::de::Error::custom(format!(
-                            "it lists more than {MAX_ENTRIES} tensors, the most trainlint reads"
+                            "lists more than {MAX_ENTRIES} tensors, the most trainlint reads"
                         )));
                     }
                     out.push((key, map.next_value::<RawEntry>()?));
