@@ -85,8 +85,19 @@ pub fn read(path: &Path) -> Result<Baseline, String> {
             MAX_BASELINE_BYTES >> 20
         )));
     }
-    let b: Baseline = serde_json::from_str(&text)
-        .map_err(|e| format!("{} is not a trainlint baseline: {e}", path.display()))?;
+    let b: Baseline = serde_json::from_str(&text).map_err(|e| {
+        // serde quotes the offending value: keep the message one short line.
+        let why = e.to_string();
+        let why = match why.char_indices().nth(200) {
+            Some((cut, _)) => format!("{}…", &why[..cut]),
+            None => why,
+        };
+        format!(
+            "{} is not a trainlint baseline: {}",
+            path.display(),
+            crate::data::paths::printable(&why)
+        )
+    })?;
     if b.version != VERSION {
         return Err(format!(
             "{}: baseline version {} is not {VERSION} (version 1 keyed findings by check, not by kind): \
@@ -133,4 +144,47 @@ pub fn apply(baseline: &Baseline, runs: &mut [CheckRun]) -> BaselineOutcome {
         })
         .collect();
     BaselineOutcome { hidden, stale }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use crate::data::fuzz::{apply, corpus, mutated, one_line};
+
+    #[test]
+    fn the_seed_baselines_read_or_say_why() {
+        for (name, bytes) in corpus("baseline") {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join(&name);
+            std::fs::write(&p, &bytes).unwrap();
+            let r = super::read(&p);
+            assert_eq!(r.is_ok(), name != "version1.json", "{name}: {:?}", r.err());
+        }
+    }
+
+    #[test]
+    fn a_huge_value_in_a_baseline_is_not_echoed_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b.json");
+        let text = format!("{{\"version\": \"{}\", \"entries\": []}}", "v".repeat(100_000));
+        std::fs::write(&p, text).unwrap();
+        let e = super::read(&p).unwrap_err();
+        assert!(e.len() < 400 && e.contains("is not a trainlint baseline: invalid type"), "{e}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// The `--baseline` parser: mutated seeds end in Ok or a one-line Err.
+        #[test]
+        fn fuzz_baseline((seed, edits) in mutated()) {
+            let seeds = corpus("baseline");
+            let (name, bytes) = &seeds[seed % seeds.len()];
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join(name);
+            std::fs::write(&p, apply(bytes.clone(), &edits)).unwrap();
+            one_line(super::read(&p))?;
+        }
+    }
 }

@@ -4,6 +4,8 @@
 //! amount actually present, and no more than [`MAX_DATA_BYTES`] of it in one call, so a hostile
 //! or damaged file ends in a [`DataError`], never in an abort or a libtorch backtrace.
 mod budget;
+#[cfg(test)]
+pub(crate) mod fuzz;
 mod logs;
 mod npy;
 mod npz;
