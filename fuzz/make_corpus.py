@@ -74,7 +74,7 @@ with open(path("csv", "terms.csv"), "w") as f:
 with open(path("csv", "lightning.csv"), "w") as f:
     f.write("epoch,step,train_loss,val_loss\n0,0,1.5,\n0,0,,1.7\n0,1,1.2,\n0,1,,1.4\n")
 with open(path("csv", "quoted.csv"), "w") as f:
-    f.write('"step","loss","note"\n0,1.0,"a, b"\n1,0.5,"line ""two"""\n')
+    f.write('"step","loss","loss_b"\n0,1.0,"2.5"\n1,0.5," 3 "\n')
 with open(path("csv", "no_steps.tsv"), "w") as f:
     f.write("loss\tacc\n1.0\t0.1\n0.5\t0.2\n")
 

@@ -70,11 +70,12 @@ pub fn read(path: &Path) -> Result<Baseline, String> {
     use std::io::Read;
     let cannot = |why: String| format!("cannot read baseline {}: {why}", path.display());
     // A FIFO would block the run and a device (`/dev/zero`) never ends: only a regular file is read.
-    let file = crate::data::paths::open_regular(path, "the --baseline file").map_err(|e| match e {
-        crate::data::DataError::Unreadable { reason, .. } => cannot(reason),
-        crate::data::DataError::Missing(_) => cannot("it does not exist".into()),
-        other => cannot(other.to_string()),
-    })?;
+    let file =
+        crate::data::paths::open_regular(path, "the --baseline file").map_err(|e| match e {
+            crate::data::DataError::Unreadable { reason, .. } => cannot(reason),
+            crate::data::DataError::Missing(_) => cannot("it does not exist".into()),
+            other => cannot(other.to_string()),
+        })?;
     let mut text = String::new();
     file.take(MAX_BASELINE_BYTES + 1)
         .read_to_string(&mut text)
@@ -167,10 +168,16 @@ mod tests {
     fn a_huge_value_in_a_baseline_is_not_echoed_whole() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("b.json");
-        let text = format!("{{\"version\": \"{}\", \"entries\": []}}", "v".repeat(100_000));
+        let text = format!(
+            "{{\"version\": \"{}\", \"entries\": []}}",
+            "v".repeat(100_000)
+        );
         std::fs::write(&p, text).unwrap();
         let e = super::read(&p).unwrap_err();
-        assert!(e.len() < 400 && e.contains("is not a trainlint baseline: invalid type"), "{e}");
+        assert!(
+            e.len() < 400 && e.contains("is not a trainlint baseline: invalid type"),
+            "{e}"
+        );
     }
 
     proptest! {

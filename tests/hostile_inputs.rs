@@ -71,8 +71,17 @@ fn one_line_error(e: &Ended) -> String {
 
 /// A normal run: exit 0 or 1, in time, without a crash.
 fn ran(e: &Ended) {
-    assert!(!e.timed_out, "killed after its time limit; stderr: {}", e.stderr);
-    assert!(matches!(e.code, Some(0 | 1)), "exit {:?}: {}", e.code, e.stderr);
+    assert!(
+        !e.timed_out,
+        "killed after its time limit; stderr: {}",
+        e.stderr
+    );
+    assert!(
+        matches!(e.code, Some(0 | 1)),
+        "exit {:?}: {}",
+        e.code,
+        e.stderr
+    );
 }
 
 fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
@@ -248,7 +257,14 @@ fn an_output_onto_a_sibling_npy_the_run_reads_is_refused() {
     for flag in ["-o", "--report", "--write-baseline"] {
         let e = bounded(
             d,
-            &["check", "--no-timings", "--data", "inputs.npy", flag, "targets.npy"],
+            &[
+                "check",
+                "--no-timings",
+                "--data",
+                "inputs.npy",
+                flag,
+                "targets.npy",
+            ],
             60,
         );
         let err = one_line_error(&e);
@@ -263,7 +279,14 @@ fn an_output_onto_a_sibling_npy_the_run_reads_is_refused() {
     file(d, "other.npy", &good_targets());
     ran(&bounded(
         d,
-        &["check", "--no-timings", "--data", "inputs.npy", "-o", "other.npy"],
+        &[
+            "check",
+            "--no-timings",
+            "--data",
+            "inputs.npy",
+            "-o",
+            "other.npy",
+        ],
         60,
     ));
 }
@@ -351,7 +374,13 @@ fn a_log_whose_columns_each_fill_a_few_rows_is_stored_sparsely() {
     // columns, a few MB as the values written.
     let dir = tempfile::tempdir().unwrap();
     let text: String = (0..100_000)
-        .map(|i| format!("{{\"step\": {i}, \"loss\": {}, \"m{}\": 1}}\n", 1.0 / (1.0 + i as f64), i % 4000))
+        .map(|i| {
+            format!(
+                "{{\"step\": {i}, \"loss\": {}, \"m{}\": 1}}\n",
+                1.0 / (1.0 + i as f64),
+                i % 4000
+            )
+        })
         .collect();
     write(dir.path(), "sparse.jsonl", &text);
     ran(&bounded(
@@ -366,9 +395,17 @@ fn a_log_line_past_the_line_limit_is_refused_with_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let long = "9".repeat(2 << 20);
-    write(d, "long.jsonl", &format!("{{\"loss\": 1.0}}\n{{\"loss\": 1.0, \"x\": [{long}]}}\n"));
+    write(
+        d,
+        "long.jsonl",
+        &format!("{{\"loss\": 1.0}}\n{{\"loss\": 1.0, \"x\": [{long}]}}\n"),
+    );
     write(d, "long.csv", &format!("step,loss\n0,1.0\n1,{long}\n"));
-    write(d, "quoted.csv", &format!("step,loss\n0,\"{}\"\n", "1\n".repeat(1 << 20)));
+    write(
+        d,
+        "quoted.csv",
+        &format!("step,loss\n0,\"{}\"\n", "1\n".repeat(1 << 20)),
+    );
     for (name, line) in [("long.jsonl", 2), ("long.csv", 3), ("quoted.csv", 2)] {
         let err = one_line_error(&bounded(d, &["check", "--no-timings", "--log", name], 60));
         assert!(
@@ -385,7 +422,11 @@ fn a_csv_header_with_a_hundred_thousand_columns_is_refused_quickly() {
     // The duplicate-name check compared every column with every other: minutes for 200 000.
     let dir = tempfile::tempdir().unwrap();
     let header: Vec<String> = (0..100_000).map(|i| format!("c{i}")).collect();
-    write(dir.path(), "wide.csv", &format!("{},loss\n", header.join(",")));
+    write(
+        dir.path(),
+        "wide.csv",
+        &format!("{},loss\n", header.join(",")),
+    );
     let err = one_line_error(&bounded(
         dir.path(),
         &["check", "--no-timings", "--log", "wide.csv"],
@@ -401,7 +442,11 @@ fn a_csv_header_with_a_hundred_thousand_columns_is_refused_quickly() {
 fn a_non_numeric_log_cell_is_echoed_cut_short() {
     let dir = tempfile::tempdir().unwrap();
     let cell = "x".repeat(100_000);
-    write(dir.path(), "cell.csv", &format!("step,loss\n0,1.0\n1,{cell}\n"));
+    write(
+        dir.path(),
+        "cell.csv",
+        &format!("step,loss\n0,1.0\n1,{cell}\n"),
+    );
     let err = one_line_error(&bounded(
         dir.path(),
         &["check", "--no-timings", "--log", "cell.csv"],
@@ -426,7 +471,11 @@ fn a_log_whose_loss_is_never_finite_is_an_error_whatever_checks_run() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write(d, "nan.csv", "step,loss\n0,nan\n1,NaN\n2,inf\n3,\n");
-    write(d, "nan.jsonl", "{\"step\": 0, \"loss\": NaN}\n{\"step\": 1, \"loss\": null}\n");
+    write(
+        d,
+        "nan.jsonl",
+        "{\"step\": 0, \"loss\": NaN}\n{\"step\": 1, \"loss\": null}\n",
+    );
     for name in ["nan.csv", "nan.jsonl"] {
         for select in ["loss-oscillation,loss-scale", "nonfinite"] {
             let err = one_line_error(&bounded(
@@ -472,7 +521,7 @@ fn a_small_uint8_or_int8_npz_is_refused_before_it_widens_past_the_budget() {
         assert!(std::fs::metadata(&p).unwrap().len() < 1 << 20);
         let err = one_line_error(&check_data(dir.path(), "small.npz"));
         assert!(
-            err.contains(&format!("array `inputs` in small.npz needs"))
+            err.contains("array `inputs` in small.npz needs")
                 && err.contains(&format!("in memory as {to} (its first 256 samples, read and converted), over the limit of 1 GiB")),
             "{descr}: {err}"
         );
@@ -512,7 +561,10 @@ fn a_safetensors_header_with_too_many_entries_is_refused_with_the_limit() {
         &safetensors(&format!("{{{pad}}}"), &[]),
     );
     let err = one_line_error(&check_data(dir.path(), "big.safetensors"));
-    assert!(err.contains("(the most trainlint reads is 16 MiB)"), "{err}");
+    assert!(
+        err.contains("(the most trainlint reads is 16 MiB)"),
+        "{err}"
+    );
 }
 
 // ---- 16: one key, two members ----
@@ -590,7 +642,10 @@ fn npz_members_whose_sizes_or_crc_lie_are_refused() {
             &zip(&[member, Member::stored("targets.npy", good_targets())]),
         );
         let err = one_line_error(&check_data(dir.path(), "lies.npz"));
-        assert!(err.contains("array `inputs`") && err.contains(words), "{what}: {err}");
+        assert!(
+            err.contains("array `inputs`") && err.contains(words),
+            "{what}: {err}"
+        );
     }
 }
 
@@ -608,5 +663,8 @@ fn a_broken_unrelated_sibling_npy_does_not_fail_the_run() {
     // A broken sibling that is needed still fails, naming it.
     file(d, "targets.npy", b"broken");
     let err = one_line_error(&check_data(d, "inputs.npy"));
-    assert!(err.contains("targets.npy") && err.contains("not an .npy array"), "{err}");
+    assert!(
+        err.contains("targets.npy") && err.contains("not an .npy array"),
+        "{err}"
+    );
 }

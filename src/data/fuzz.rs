@@ -77,10 +77,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
         (any::<usize>(), 0u8..8).prop_map(|(at, bit)| Mutation::FlipBit(at, bit)),
         any::<usize>().prop_map(Mutation::Truncate),
-        (
-            any::<usize>(),
-            prop::collection::vec(any::<u8>(), 1..16)
-        )
+        (any::<usize>(), prop::collection::vec(any::<u8>(), 1..16))
             .prop_map(|(at, bytes)| Mutation::Insert(at, bytes)),
         (any::<usize>(), 1usize..32).prop_map(|(at, n)| Mutation::Remove(at, n)),
         (

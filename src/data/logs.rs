@@ -298,7 +298,11 @@ fn read_csv(path: &Path, file: File, tabs: bool, log: &mut Columns) -> Result<()
         Err(e) => {
             return Err(match reader.get_ref().too_long {
                 Some(line) => too_long(path, line),
-                None => line_err(path, 1, format!("bad header: {}", printable(&e.to_string()))),
+                None => line_err(
+                    path,
+                    1,
+                    format!("bad header: {}", printable(&e.to_string())),
+                ),
             })
         }
     };
@@ -643,10 +647,16 @@ mod tests {
         let log = load_log(&p, None, &[]).unwrap();
         assert_eq!(log.steps, vec![0.0, 1.0]);
         assert_eq!(log.columns["loss"], vec![1.0, 0.5]);
-        assert!(log.columns["loss_b"][0].is_nan(), "a column that starts late");
+        assert!(
+            log.columns["loss_b"][0].is_nan(),
+            "a column that starts late"
+        );
         assert_eq!(log.columns["loss_b"][1], 0.1);
         assert!(!log.columns.contains_key("phase"));
-        assert!(!log.columns.contains_key("lr"), "only loss columns are handed on");
+        assert!(
+            !log.columns.contains_key("lr"),
+            "only loss columns are handed on"
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use trainlint_checks::Dataset;
 pub use logs::load_log;
 
 use budget::{Budget, OverBudget, MAX_DATA_BYTES};
-use paths::{printable, unreadable};
+use paths::{excerpt, unreadable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
@@ -190,7 +190,7 @@ fn read_arrays_within(path: &Path, budget: &mut Budget) -> Result<Vec<Array>, Da
         supported(path, &info)?;
         let tensor = source.read(index, None, budget)?;
         arrays.push(Array {
-            name: info.name,
+            name: paths::printable(name),
             tensor,
         });
     }
@@ -224,12 +224,12 @@ fn find(
         [index] => Ok(index),
         [] => Err(DataError::MissingKey {
             path: path.to_path_buf(),
-            key: printable(key),
+            key: excerpt(key),
             present: listing(source, budget),
         }),
         _ => Err(DataError::Ambiguous {
             path: path.to_path_buf(),
-            key: printable(key),
+            key: excerpt(key),
             stored: matches
                 .iter()
                 .map(|&i| source.stored_as(i))
@@ -251,7 +251,7 @@ fn listing(source: &mut dyn ArraySource, budget: &Budget) -> String {
     let mut parts: Vec<String> = (0..count.min(SHOWN))
         .map(|i| match source.info(i, &mut scratch) {
             Ok(info) => info.listing(),
-            Err(_) => format!("`{}`", printable(&source.names()[i])),
+            Err(_) => format!("`{}`", excerpt(&source.names()[i])),
         })
         .collect();
     if count > SHOWN {

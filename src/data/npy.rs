@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 use super::budget::{byte_size, Budget};
-use super::paths::{describe_io, open_regular, printable, unreadable};
+use super::paths::{describe_io, excerpt, open_regular, unreadable};
 use super::{read_error, torch_reason, ArrayInfo, ArraySource, DataError, Loaded, ReadError};
 
 const MAGIC: &[u8] = b"\x93NUMPY";
@@ -148,7 +148,7 @@ fn parse_header(h: &str) -> Result<Header, String> {
             s.trim_end_matches('L').parse::<i64>().map_err(|_| {
                 format!(
                     "shape entry `{}` is not a whole number that fits 64 bits",
-                    printable(s)
+                    excerpt(s)
                 )
             })
         })
@@ -156,7 +156,7 @@ fn parse_header(h: &str) -> Result<Header, String> {
     // The element count alone must fit; the byte size is checked with the element size.
     byte_size(&shape, 1)?;
     Ok(Header {
-        descr: printable(&descr),
+        descr: excerpt(&descr),
         kind,
         big_endian,
         fortran,
@@ -193,10 +193,14 @@ pub fn read_data(
         keep_shape.clone()
     };
     budget.charge(if fortran { total.max(keep) } else { keep })?;
-    let tensor = Tensor::f_empty(stored.as_slice(), (kind, Device::Cpu))
-        .map_err(|e| ReadError::Format(format!("cannot allocate {keep} bytes: {}", torch_reason(&e))))?;
+    let mut tensor = Tensor::f_empty(stored.as_slice(), (kind, Device::Cpu)).map_err(|e| {
+        ReadError::Format(format!(
+            "cannot allocate {keep} bytes: {}",
+            torch_reason(&e)
+        ))
+    })?;
     {
-        let data = tensor_bytes(&tensor, keep);
+        let data = tensor_bytes(&mut tensor, keep);
         if fortran {
             let (n, k) = (header.shape[0] as u64, keep_shape[0] as u64);
             let columns = (total / elem).checked_div(n).unwrap_or(0);
@@ -237,7 +241,7 @@ pub fn read_data(
 }
 
 /// The memory of a fresh contiguous CPU tensor of `bytes` bytes, to fill.
-fn tensor_bytes(tensor: &Tensor, bytes: u64) -> &mut [u8] {
+fn tensor_bytes(tensor: &mut Tensor, bytes: u64) -> &mut [u8] {
     if bytes == 0 {
         return &mut [];
     }
@@ -353,7 +357,7 @@ impl NpyFiles {
         };
         let mut file = io::BufReader::new(open_regular(path, role)?);
         let header = read_header(&mut file, budget)
-            .map_err(|e| read_error(path, &printable(&self.names[index]), e))?;
+            .map_err(|e| read_error(path, &excerpt(&self.names[index]), e))?;
         Ok((file, header))
     }
 }
@@ -364,12 +368,12 @@ impl ArraySource for NpyFiles {
     }
 
     fn stored_as(&self, index: usize) -> String {
-        format!("`{}`", printable(&self.files[index].display().to_string()))
+        format!("`{}`", excerpt(&self.files[index].display().to_string()))
     }
 
     fn info(&mut self, index: usize, budget: &mut Budget) -> Result<ArrayInfo, DataError> {
         let (_, header) = self.open_array(index, budget)?;
-        Ok(header.info(printable(&self.names[index])))
+        Ok(header.info(excerpt(&self.names[index])))
     }
 
     fn check_named(&mut self, budget: &mut Budget) -> Result<(), DataError> {
@@ -382,7 +386,7 @@ impl ArraySource for NpyFiles {
     fn read(&mut self, index: usize, rows: Option<i64>, budget: &mut Budget) -> Loaded {
         let (mut file, header) = self.open_array(index, budget)?;
         read_data(&mut file, &header, rows, budget)
-            .map_err(|e| read_error(&self.files[index], &printable(&self.names[index]), e))
+            .map_err(|e| read_error(&self.files[index], &excerpt(&self.names[index]), e))
     }
 }
 

@@ -13,7 +13,7 @@ use zip::CompressionMethod;
 
 use super::budget::{bytes_text, Budget};
 use super::npy::{read_data, read_header, Header};
-use super::paths::{describe_io, open_file, printable, unreadable};
+use super::paths::{describe_io, excerpt, open_regular, unreadable};
 use super::{read_error, ArrayInfo, ArraySource, DataError, Loaded, ReadError};
 
 /// The most members an archive may list: an `.npz` holds a few arrays. The zip reader keeps every
@@ -158,9 +158,10 @@ fn read_local_header(file: &mut File, at: u64) -> Result<LocalHeader, String> {
 
 impl Npz {
     pub fn open(path: &Path) -> Result<Self, DataError> {
-        let mut raw = open_file(path)?;
+        let mut raw = open_regular(path, "the data file")?;
         check_directory(&mut raw).map_err(|why| unreadable(path, why))?;
-        let file = BufReader::new(open_file(path)?);
+        // A handle of its own (not a clone, which would share the offset the zip reader seeks).
+        let file = BufReader::new(open_regular(path, "the data file")?);
         let archive = zip::ZipArchive::new(file).map_err(|e| {
             let why = match e {
                 ZipError::InvalidArchive(_) => {
@@ -282,13 +283,13 @@ fn verify_rest(r: &mut Counting<impl Read>, declared: u64) -> Result<(), ReadErr
         return Ok(());
     }
     io::copy(&mut r.by_ref().take(left + 1), &mut io::sink()).map_err(|e| {
-        ReadError::Format(if e.kind() == io::ErrorKind::InvalidData
-            && e.to_string().contains("checksum")
-        {
-            "its data does not match its CRC-32 (the archive is damaged)".into()
-        } else {
-            describe_io(&e)
-        })
+        ReadError::Format(
+            if e.kind() == io::ErrorKind::InvalidData && e.to_string().contains("checksum") {
+                "its data does not match its CRC-32 (the archive is damaged)".into()
+            } else {
+                describe_io(&e)
+            },
+        )
     })?;
     if r.count != declared {
         let found = if r.count > declared {
@@ -309,11 +310,11 @@ impl ArraySource for Npz {
     }
 
     fn stored_as(&self, index: usize) -> String {
-        format!("`{}`", printable(&self.stored[index]))
+        format!("`{}`", excerpt(&self.stored[index]))
     }
 
     fn info(&mut self, index: usize, budget: &mut Budget) -> Result<ArrayInfo, DataError> {
-        let name = printable(&self.names[index]);
+        let name = excerpt(&self.names[index]);
         let path = self.path.clone();
         let (_, header, _) = self
             .open_member(index, budget)
@@ -322,7 +323,7 @@ impl ArraySource for Npz {
     }
 
     fn read(&mut self, index: usize, rows: Option<i64>, budget: &mut Budget) -> Loaded {
-        let name = printable(&self.names[index]);
+        let name = excerpt(&self.names[index]);
         let path = self.path.clone();
         let (member, header, declared) = self
             .open_member(index, budget)

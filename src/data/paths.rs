@@ -38,10 +38,6 @@ pub fn metadata(path: &Path) -> Result<Metadata, DataError> {
     })
 }
 
-pub fn open_file(path: &Path) -> Result<File, DataError> {
-    File::open(path).map_err(|e| unreadable(path, describe_io(&e)))
-}
-
 /// Linux's `O_NONBLOCK` (the same value on x86-64 and aarch64): opening a FIFO with it returns at
 /// once instead of waiting for a writer; a regular file ignores it.
 const O_NONBLOCK: i32 = 0o4000;

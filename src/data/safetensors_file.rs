@@ -12,7 +12,7 @@ use tch::Kind;
 
 use super::budget::{byte_size, bytes_text, Budget};
 use super::npy::{read_data, Header};
-use super::paths::{describe_io, open_file, printable, unreadable};
+use super::paths::{describe_io, excerpt, open_regular, unreadable};
 use super::{read_error, ArrayInfo, ArraySource, DataError, Loaded, ReadError};
 
 /// The most header trainlint reads: the format allows 100 MB, but a data file's header lists a few
@@ -247,10 +247,12 @@ impl<'de> Deserialize<'de> for Entries {
 
 /// One tensor's entry of the header: (dtype, shape, data offsets).
 fn tensor_entry(name: &str, entry: &RawEntry) -> Result<(String, Vec<i64>, u64, u64), String> {
-    let name = printable(name);
+    let name = excerpt(name);
     let what = |field: &str| format!("tensor `{name}` in the header has no valid `{field}`");
     if entry.malformed {
-        return Err(format!("tensor `{name}` in the header is not a JSON object"));
+        return Err(format!(
+            "tensor `{name}` in the header is not a JSON object"
+        ));
     }
     let dtype = match &entry.dtype {
         Some(Scalar::Text(t)) => t.clone(),
@@ -275,13 +277,13 @@ fn tensor_entry(name: &str, entry: &RawEntry) -> Result<(String, Vec<i64>, u64, 
         Some(Numbers(Some(o))) if o.len() == 2 => (o[0], o[1]),
         _ => return Err(what("data_offsets (two byte offsets)")),
     };
-    Ok((printable(&dtype), shape, offsets.0, offsets.1))
+    Ok((excerpt(&dtype), shape, offsets.0, offsets.1))
 }
 
 impl SafetensorsFile {
     pub fn open(path: &Path) -> Result<Self, DataError> {
         let bad = |why: String| unreadable(path, format!("not a .safetensors file: {why}"));
-        let mut file = open_file(path)?;
+        let mut file = open_regular(path, "the data file")?;
         let file_len = file
             .metadata()
             .map_err(|e| unreadable(path, describe_io(&e)))?
@@ -311,7 +313,10 @@ impl SafetensorsFile {
         let Entries(entries) = serde_json::from_slice(&text).map_err(|e| {
             let why = e.to_string();
             if why.contains("tensors, the most") {
-                bad(format!("the header {}", why.split(" at line").next().unwrap_or(&why)))
+                bad(format!(
+                    "the header {}",
+                    why.split(" at line").next().unwrap_or(&why)
+                ))
             } else if e.is_data() && why.starts_with("invalid type") {
                 bad("the header is not a JSON object".into())
             } else {
@@ -328,10 +333,10 @@ impl SafetensorsFile {
             if !seen.insert(name.as_str()) {
                 return Err(bad(format!(
                     "tensor `{}` is listed twice in the header",
-                    printable(name)
+                    excerpt(name)
                 )));
             }
-            let shown = printable(name);
+            let shown = excerpt(name);
             if begin > end || end > data_len {
                 return Err(bad(format!(
                     "tensor `{shown}` lies at bytes {begin}..{end} of the data, beyond the end of the file ({data_len} bytes of data)"
@@ -374,16 +379,16 @@ impl ArraySource for SafetensorsFile {
     }
 
     fn stored_as(&self, index: usize) -> String {
-        format!("tensor `{}`", printable(&self.names[index]))
+        format!("tensor `{}`", excerpt(&self.names[index]))
     }
 
     fn info(&mut self, index: usize, _budget: &mut Budget) -> Result<ArrayInfo, DataError> {
-        Ok(self.tensors[index].1.info(printable(&self.names[index])))
+        Ok(self.tensors[index].1.info(excerpt(&self.names[index])))
     }
 
     fn read(&mut self, index: usize, rows: Option<i64>, budget: &mut Budget) -> Loaded {
         let (offset, header) = &self.tensors[index];
-        let name = &printable(&self.names[index]);
+        let name = &excerpt(&self.names[index]);
         self.file
             .seek(SeekFrom::Start(*offset))
             .map_err(|e| ReadError::Format(describe_io(&e)))
