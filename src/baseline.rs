@@ -151,7 +151,7 @@ pub fn apply(baseline: &Baseline, runs: &mut [CheckRun]) -> BaselineOutcome {
 mod tests {
     use proptest::prelude::*;
 
-    use crate::data::fuzz::{apply, corpus, mutated, one_line};
+    use crate::data::fuzz::{apply, config, corpus, mutated, one_line};
 
     #[test]
     fn the_seed_baselines_read_or_say_why() {
@@ -181,7 +181,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 400, failure_persistence: None, ..ProptestConfig::default() })]
+        #![proptest_config(config())]
 
         /// The `--baseline` parser: mutated seeds end in Ok or a one-line Err.
         #[test]
