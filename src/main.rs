@@ -1006,11 +1006,8 @@ fn plan_outputs(args: &CheckArgs, settings: &Settings) -> Result<Vec<output::Tar
     let siblings: Vec<std::path::PathBuf> = settings
         .data
         .as_deref()
-        .map(|d| data::files_read(d, &settings.inputs, &settings.targets))
-        .unwrap_or_default()
-        .into_iter()
-        .skip(1)
-        .collect();
+        .map(|d| data::siblings_read(d, &settings.inputs, &settings.targets))
+        .unwrap_or_default();
     let mut inputs: Vec<output::Input> = [
         ("the model", &settings.model),
         ("the data", &settings.data),

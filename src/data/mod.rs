@@ -163,15 +163,15 @@ fn extension(path: &Path) -> String {
         .to_ascii_lowercase()
 }
 
-/// Every file a `check` run with these keys reads from `path`: the path itself and, for an `.npy`
-/// file, the sibling `.npy` files that hold the input and target arrays. Outputs must not be any
-/// of them.
-pub fn files_read(path: &Path, input_key: &str, target_key: &str) -> Vec<PathBuf> {
-    let mut files = vec![path.to_path_buf()];
+/// The files besides `path` that a run with these keys reads: for an `.npy` data file, the
+/// sibling `.npy` files that hold the input and target arrays (none for other data). Outputs must
+/// not be any of them.
+pub fn siblings_read(path: &Path, input_key: &str, target_key: &str) -> Vec<PathBuf> {
     if path.is_file() && extension(path) == "npy" {
-        files.extend(npy::siblings_for(path, &[input_key, target_key]));
+        npy::siblings_for(path, &[input_key, target_key])
+    } else {
+        Vec::new()
     }
-    files
 }
 
 /// Every array in a data file, in the file's order. A `.npy` file holds one array: its sibling `.npy`
