@@ -516,13 +516,17 @@ fn small_int_npz(descr: &str, rows: usize) -> Vec<u8> {
 fn a_small_uint8_or_int8_npz_is_refused_before_it_widens_past_the_budget() {
     // 256 MiB of uint8 zeros in about 250 KB: 1 GiB more as float32; as int8, 2 GiB as int64.
     let dir = tempfile::tempdir().unwrap();
-    for (descr, to) in [("|u1", "float32"), ("|i1", "int64")] {
+    for (descr, total, to) in [
+        ("|u1", "1.3 GiB", "1 GiB as float32"),
+        ("|i1", "2.3 GiB", "2 GiB as int64"),
+    ] {
         let p = file(dir.path(), "small.npz", &small_int_npz(descr, 300));
         assert!(std::fs::metadata(&p).unwrap().len() < 1 << 20);
         let err = one_line_error(&check_data(dir.path(), "small.npz"));
         assert!(
-            err.contains("array `inputs` in small.npz needs")
-                && err.contains(&format!("in memory as {to} (its first 256 samples, read and converted), over the limit of 1 GiB")),
+            err.contains(&format!(
+                "array `inputs` in small.npz needs {total} in memory for its first 256 samples (256 MiB as read ({descr}), {to}), over the limit of 1 GiB"
+            )),
             "{descr}: {err}"
         );
     }

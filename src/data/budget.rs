@@ -27,6 +27,18 @@ impl Budget {
         self.limit
     }
 
+    /// Whether `bytes` more would stay within the budget, without accounting for them.
+    pub fn check(&self, bytes: u64) -> Result<(), OverBudget> {
+        let needed = self.used.saturating_add(bytes);
+        if needed > self.limit {
+            return Err(OverBudget {
+                needed,
+                limit: self.limit,
+            });
+        }
+        Ok(())
+    }
+
     /// Account for `bytes` about to be read, before reading them.
     pub fn charge(&mut self, bytes: u64) -> Result<(), OverBudget> {
         let needed = self.used.saturating_add(bytes);

@@ -57,12 +57,15 @@ pub enum DataError {
         needed: u64,
         limit: u64,
     },
-    #[error("array `{key}` in {path} needs {} in memory as {to} (its first {rows} samples, read and converted), over the limit of {}; keep fewer samples (data.max_samples) or save a smaller file", budget::bytes_text(*.needed), budget::bytes_text(*.limit))]
+    #[error("array `{key}` in {path} needs {} in memory for its first {rows} samples ({} as read ({dtype}), {} as {to}), over the limit of {}; keep fewer samples (data.max_samples) or save a smaller file", budget::bytes_text(*.needed), budget::bytes_text(*.read), budget::bytes_text(*.converted), budget::bytes_text(*.limit))]
     TooLargeConverted {
         path: PathBuf,
         key: String,
         rows: i64,
+        dtype: String,
+        read: u64,
         to: String,
+        converted: u64,
         needed: u64,
         limit: u64,
     },
@@ -345,18 +348,26 @@ fn load_dataset_within(
         let mut kept = info.shape.clone();
         kept[0] = keep;
         if to != kind {
-            let widened = budget::byte_size(&kept, to.elt_size_in_bytes() as u64)
-                .map_err(|e| unreadable(path, format!("array `{}`: {e}", info.name)))?;
-            budget
-                .charge(widened)
-                .map_err(|o| DataError::TooLargeConverted {
+            let size = |k: Kind| {
+                budget::byte_size(&kept, k.elt_size_in_bytes() as u64)
+                    .map_err(|e| unreadable(path, format!("array `{}`: {e}", info.name)))
+            };
+            let (read, converted) = (size(kind)?, size(to)?);
+            // Both copies are in memory at once, the one read and the one converted.
+            budget.check(read.saturating_add(converted)).map_err(|o| {
+                DataError::TooLargeConverted {
                     path: path.to_path_buf(),
                     key: info.name.clone(),
                     rows: keep,
+                    dtype: info.dtype.clone(),
+                    read,
                     to: kind_name(to).into(),
+                    converted,
                     needed: o.needed,
                     limit: o.limit,
-                })?;
+                }
+            })?;
+            budget.charge(converted).expect("checked with more");
         }
         let raw = source.read(index, Some(keep), budget)?;
         raw.f_to_kind(to)

@@ -302,7 +302,7 @@ fn a_sample_is_charged_as_converted() {
         .unwrap()
         .to_string();
     assert!(
-        e.contains("needs") && e.contains("in memory as float32 (its first 64 samples, read and converted), over the limit of 200 KiB"),
+        e.contains("in memory for its first 64 samples (64 KiB as read (|u1), 256 KiB as float32), over the limit of 200 KiB"),
         "{e}"
     );
     let d = load_dataset_within(&p, "inputs", "targets", 64, &mut Budget::new(400 << 10)).unwrap();
