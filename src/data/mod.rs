@@ -57,17 +57,12 @@ pub enum DataError {
         needed: u64,
         limit: u64,
     },
-    #[error("array `{key}` in {path} needs {} in memory for its first {rows} samples ({} as read ({dtype}), {} as {to}), over the limit of {}; keep fewer samples (data.max_samples) or save a smaller file", budget::bytes_text(*.needed), budget::bytes_text(*.read), budget::bytes_text(*.converted), budget::bytes_text(*.limit))]
+    /// `needs` says how much memory, for what: what is read and what it is converted to.
+    #[error("array `{key}` in {path} needs {needs}; keep fewer samples (data.max_samples) or save a smaller file")]
     TooLargeConverted {
         path: PathBuf,
         key: String,
-        rows: i64,
-        dtype: String,
-        read: u64,
-        to: String,
-        converted: u64,
-        needed: u64,
-        limit: u64,
+        needs: String,
     },
     #[error("{path}: array `{key}` is stored twice, as {stored}; np.load and trainlint could read different ones: keep one")]
     Ambiguous {
@@ -358,13 +353,15 @@ fn load_dataset_within(
                 DataError::TooLargeConverted {
                     path: path.to_path_buf(),
                     key: info.name.clone(),
-                    rows: keep,
-                    dtype: info.dtype.clone(),
-                    read,
-                    to: kind_name(to).into(),
-                    converted,
-                    needed: o.needed,
-                    limit: o.limit,
+                    needs: format!(
+                        "{} in memory for its first {keep} samples ({} as read ({}), {} as {}), over the limit of {}",
+                        budget::bytes_text(o.needed),
+                        budget::bytes_text(read),
+                        info.dtype,
+                        budget::bytes_text(converted),
+                        kind_name(to),
+                        budget::bytes_text(o.limit)
+                    ),
                 }
             })?;
             budget.charge(converted).expect("checked with more");
