@@ -63,11 +63,42 @@ pub fn render(runs: &[CheckRun]) -> (String, usize) {
     (text, total)
 }
 
+/// The largest baseline file read: tens of thousands of entries take a few MiB.
+pub const MAX_BASELINE_BYTES: u64 = 64 << 20;
+
 pub fn read(path: &Path) -> Result<Baseline, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read baseline {}: {e}", path.display()))?;
-    let b: Baseline = serde_json::from_str(&text)
-        .map_err(|e| format!("{} is not a trainlint baseline: {e}", path.display()))?;
+    use std::io::Read;
+    let cannot = |why: String| format!("cannot read baseline {}: {why}", path.display());
+    // A FIFO would block the run and a device (`/dev/zero`) never ends: only a regular file is read.
+    let file =
+        crate::data::paths::open_regular(path, "the --baseline file").map_err(|e| match e {
+            crate::data::DataError::Unreadable { reason, .. } => cannot(reason),
+            crate::data::DataError::Missing(_) => cannot("it does not exist".into()),
+            other => cannot(other.to_string()),
+        })?;
+    let mut text = String::new();
+    file.take(MAX_BASELINE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| cannot(crate::data::paths::describe_io(&e)))?;
+    if text.len() as u64 > MAX_BASELINE_BYTES {
+        return Err(cannot(format!(
+            "it is larger than {} MiB, the most trainlint reads of a baseline",
+            MAX_BASELINE_BYTES >> 20
+        )));
+    }
+    let b: Baseline = serde_json::from_str(&text).map_err(|e| {
+        // serde quotes the offending value: keep the message one short line.
+        let why = e.to_string();
+        let why = match why.char_indices().nth(200) {
+            Some((cut, _)) => format!("{}…", &why[..cut]),
+            None => why,
+        };
+        format!(
+            "{} is not a trainlint baseline: {}",
+            path.display(),
+            crate::data::paths::printable(&why)
+        )
+    })?;
     if b.version != VERSION {
         return Err(format!(
             "{}: baseline version {} is not {VERSION} (version 1 keyed findings by check, not by kind): \
@@ -114,4 +145,53 @@ pub fn apply(baseline: &Baseline, runs: &mut [CheckRun]) -> BaselineOutcome {
         })
         .collect();
     BaselineOutcome { hidden, stale }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use crate::data::fuzz::{apply, config, corpus, mutated, one_line};
+
+    #[test]
+    fn the_seed_baselines_read_or_say_why() {
+        for (name, bytes) in corpus("baseline") {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join(&name);
+            std::fs::write(&p, &bytes).unwrap();
+            let r = super::read(&p);
+            assert_eq!(r.is_ok(), name != "version1.json", "{name}: {:?}", r.err());
+        }
+    }
+
+    #[test]
+    fn a_huge_value_in_a_baseline_is_not_echoed_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b.json");
+        let text = format!(
+            "{{\"version\": \"{}\", \"entries\": []}}",
+            "v".repeat(100_000)
+        );
+        std::fs::write(&p, text).unwrap();
+        let e = super::read(&p).unwrap_err();
+        assert!(
+            e.len() < 400 && e.contains("is not a trainlint baseline: invalid type"),
+            "{e}"
+        );
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        /// The `--baseline` parser: mutated seeds end in Ok or a one-line Err.
+        #[test]
+        fn fuzz_baseline((seed, edits) in mutated()) {
+            let seeds = corpus("baseline");
+            let (name, bytes) = &seeds[seed % seeds.len()];
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join(name);
+            std::fs::write(&p, apply(bytes.clone(), &edits)).unwrap();
+            one_line(super::read(&p))?;
+        }
+    }
 }

@@ -1067,7 +1067,14 @@ fn plan_outputs(args: &CheckArgs, settings: &Settings) -> Result<Vec<output::Tar
     .into_iter()
     .filter_map(|(flag, path)| path.as_deref().map(|path| output::Output { flag, path }))
     .collect();
-    let inputs: Vec<output::Input> = [
+    // Every file the run reads is an input: an `.npy` data file's siblings that hold the inputs
+    // and targets too.
+    let siblings: Vec<std::path::PathBuf> = settings
+        .data
+        .as_deref()
+        .map(|d| data::siblings_read(d, &settings.inputs, &settings.targets))
+        .unwrap_or_default();
+    let mut inputs: Vec<output::Input> = [
         ("the model", &settings.model),
         ("the data", &settings.data),
         ("the loss log", &settings.log),
@@ -1077,6 +1084,10 @@ fn plan_outputs(args: &CheckArgs, settings: &Settings) -> Result<Vec<output::Tar
     .into_iter()
     .filter_map(|(role, path)| path.as_deref().map(|path| output::Input { role, path }))
     .collect();
+    inputs.extend(siblings.iter().map(|path| output::Input {
+        role: "a sibling .npy file the data is read from",
+        path,
+    }));
     output::plan(&outputs, &inputs).map_err(Fatal::from)
 }
 

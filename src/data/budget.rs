@@ -1,8 +1,9 @@
 //! How much array data one load may read, and checked byte sizes of declared shapes.
 
-/// The most array data (headers included) one `read_arrays` or `load_dataset` call inflates or
-/// reads: far above any sample an audit needs, far below what would take a machine down.
-pub const MAX_DATA_BYTES: u64 = 2 << 30;
+/// The most array data (headers included, and a sample's converted copy) one `read_arrays` or
+/// `load_dataset` call inflates, reads or converts: far above any sample an audit needs, well below
+/// what would take a machine down.
+pub const MAX_DATA_BYTES: u64 = 1 << 30;
 
 /// Bytes still allowed to be read in one load.
 pub struct Budget {
@@ -20,6 +21,22 @@ pub struct OverBudget {
 impl Budget {
     pub fn new(limit: u64) -> Self {
         Budget { limit, used: 0 }
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Whether `bytes` more would stay within the budget, without accounting for them.
+    pub fn check(&self, bytes: u64) -> Result<(), OverBudget> {
+        let needed = self.used.saturating_add(bytes);
+        if needed > self.limit {
+            return Err(OverBudget {
+                needed,
+                limit: self.limit,
+            });
+        }
+        Ok(())
     }
 
     /// Account for `bytes` about to be read, before reading them.

@@ -2,15 +2,25 @@
 //! optional `step` column is the x axis (the row number otherwise) and must increase row by row;
 //! the losses are the `loss` column (or `log.loss`) and the `loss_*` term columns (or `log.terms`).
 //! Other numeric columns are kept alongside.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 
 use trainlint_checks::LossLog;
 
-use super::paths::{describe_io, metadata, open_file, printable};
+use super::budget::bytes_text;
+use super::paths::{describe_io, excerpt, metadata, open_regular, printable};
 use super::DataError;
+
+/// The most columns a log may have (`step` included): far more than any logger writes per step,
+/// few enough that a header or a key per line cannot blow up memory or time.
+pub const MAX_COLUMNS: usize = 4096;
+/// The longest line (a CSV record, a JSONL object) read.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+/// The most values a log may hold: every cell written, plus one per row for its step. Each costs
+/// 12 bytes as read (a row index and the value), and the loss columns 8 bytes per row once filled.
+pub const MAX_VALUES: usize = 16 << 20;
 
 fn line_err(path: &Path, line: usize, reason: impl Into<String>) -> DataError {
     DataError::Line {
@@ -29,22 +39,51 @@ fn parse_number(cell: &str) -> Option<f64> {
     }
 }
 
+/// A column as read: only the rows that have a value, with their row numbers; a log where each
+/// column fills a few rows costs its values, not its rows times its columns.
+#[derive(Default)]
+struct Column {
+    rows: Vec<u32>,
+    values: Vec<f64>,
+    /// The rows whose cell the file wrote as NaN or ±Inf (an empty cell or a JSON null is a missing
+    /// value, not listed).
+    non_finite: Vec<usize>,
+}
+
+impl Column {
+    /// The value in `row`, NaN when missing; only the last row is asked for while reading.
+    fn last_value(&self, row: usize) -> f64 {
+        match (self.rows.last(), self.values.last()) {
+            (Some(&r), Some(&v)) if r as usize == row => v,
+            _ => f64::NAN,
+        }
+    }
+
+    /// Every row's value, NaN where missing.
+    fn dense(&self, rows: usize) -> Vec<f64> {
+        let mut out = vec![f64::NAN; rows];
+        for (&r, &v) in self.rows.iter().zip(&self.values) {
+            out[r as usize] = v;
+        }
+        out
+    }
+}
+
 /// The log's columns as they stream in, one row at a time.
 struct Columns<'a> {
     path: &'a Path,
     names: Vec<String>,
     index: HashMap<String, usize>,
-    values: Vec<Vec<f64>>,
+    columns: Vec<Column>,
     rows: usize,
+    /// Values held so far (cells and steps), against [`MAX_VALUES`].
+    values: usize,
     /// The `step` of each row, while every row so far has one.
     steps: Vec<f64>,
     /// The step and line of the last row, to check that steps increase.
     last_step: Option<(f64, usize)>,
     /// The first row without a step, an error once another row has one.
     first_without_step: Option<usize>,
-    /// Per column, the rows whose cell the file wrote as NaN or ±Inf (an empty cell or a JSON null is
-    /// a missing value, not listed).
-    non_finite: Vec<Vec<usize>>,
 }
 
 impl<'a> Columns<'a> {
@@ -53,25 +92,49 @@ impl<'a> Columns<'a> {
             path,
             names: Vec::new(),
             index: HashMap::new(),
-            values: Vec::new(),
+            columns: Vec::new(),
             rows: 0,
+            values: 0,
             steps: Vec::new(),
             last_step: None,
             first_without_step: None,
-            non_finite: Vec::new(),
         }
     }
 
-    /// The column's slot, added (NaN in the rows before it) if it is new.
-    fn column(&mut self, name: &str) -> usize {
+    /// The column's slot, added if it is new; a column past [`MAX_COLUMNS`] is refused at `line`.
+    fn column(&mut self, name: &str, line: usize) -> Result<usize, DataError> {
         if let Some(&i) = self.index.get(name) {
-            return i;
+            return Ok(i);
+        }
+        // `step` is a column of the file too, kept apart.
+        if self.names.len() + 1 >= MAX_COLUMNS {
+            return Err(line_err(
+                self.path,
+                line,
+                format!(
+                    "column `{}` would be column {} of the log; trainlint reads at most {MAX_COLUMNS} columns",
+                    excerpt(name),
+                    self.names.len() + 2
+                ),
+            ));
         }
         self.names.push(name.to_string());
-        self.values.push(vec![f64::NAN; self.rows]);
-        self.non_finite.push(Vec::new());
+        self.columns.push(Column::default());
         self.index.insert(name.to_string(), self.names.len() - 1);
-        self.names.len() - 1
+        Ok(self.names.len() - 1)
+    }
+
+    /// Count `n` more values held, refusing a log past [`MAX_VALUES`].
+    fn count(&mut self, line: usize, n: usize) -> Result<(), DataError> {
+        self.values += n;
+        if self.values > MAX_VALUES {
+            return Err(line_err(
+                self.path,
+                line,
+                format!("the log holds more than {MAX_VALUES} values (cells and steps); trainlint reads at most that many"),
+            ));
+        }
+        Ok(())
     }
 
     /// Add a row of (column, value); `step` goes to the x axis.
@@ -99,14 +162,14 @@ impl<'a> Columns<'a> {
                     // separate rows of one step: rows of a step merge while they fill different columns.
                     if step == last && self.rows > 0 {
                         let row = self.rows - 1;
-                        let known = |i: usize| self.values[i][row];
+                        let known = |i: usize| self.columns[i].last_value(row);
                         if let Some((i, _)) = cells
                             .iter()
                             .find(|(i, v)| !v.is_nan() && !known(*i).is_nan() && known(*i) != *v)
                         {
                             return err(format!(
                                 "step {step} gives `{}` a second value (line {last_line} has another); steps must increase row by row",
-                                printable(&self.names[*i])
+                                excerpt(&self.names[*i])
                             ));
                         }
                         if !cells.iter().any(|(i, v)| !v.is_nan() && known(*i).is_nan()) {
@@ -114,16 +177,22 @@ impl<'a> Columns<'a> {
                                 "step {step} repeats line {last_line} (a duplicate row); steps must increase row by row"
                             ));
                         }
+                        self.count(line, cells.len())?;
                         for (i, value) in cells {
-                            let was_missing = self.values[i][row].is_nan();
-                            if !value.is_nan() || was_missing {
-                                self.values[i][row] = value;
+                            let column = &mut self.columns[i];
+                            let has_row = column.rows.last() == Some(&(row as u32));
+                            let was_missing = column.last_value(row).is_nan();
+                            if !has_row {
+                                column.rows.push(row as u32);
+                                column.values.push(value);
+                            } else if !value.is_nan() || was_missing {
+                                *column.values.last_mut().expect("the row's value") = value;
                             }
                             if !value.is_finite()
                                 && was_missing
-                                && self.non_finite[i].last() != Some(&row)
+                                && column.non_finite.last() != Some(&row)
                             {
-                                self.non_finite[i].push(row);
+                                column.non_finite.push(row);
                             }
                         }
                         return Ok(());
@@ -144,13 +213,20 @@ impl<'a> Columns<'a> {
                 self.first_without_step.get_or_insert(line);
             }
         }
-        for column in &mut self.values {
-            column.push(f64::NAN);
-        }
+        self.count(line, cells.len() + 1)?;
+        let row = self.rows;
         for (i, value) in cells {
-            self.values[i][self.rows] = value;
+            let column = &mut self.columns[i];
+            if column.rows.last() == Some(&(row as u32)) {
+                // The same column twice in one row: the last value stands.
+                *column.values.last_mut().expect("the row's value") = value;
+                column.non_finite.retain(|&r| r != row);
+            } else {
+                column.rows.push(row as u32);
+                column.values.push(value);
+            }
             if !value.is_finite() {
-                self.non_finite[i].push(self.rows);
+                column.non_finite.push(row);
             }
         }
         self.rows += 1;
@@ -158,27 +234,103 @@ impl<'a> Columns<'a> {
     }
 }
 
+/// A reader that refuses a line (outside CSV quotes) longer than [`MAX_LINE_BYTES`], so one huge
+/// line cannot make the CSV reader buffer it whole. Quotes are tracked as RFC 4180 writes them
+/// (`""` inside a quoted field toggles twice).
+struct LineLimit<R> {
+    inner: R,
+    since_newline: usize,
+    in_quotes: bool,
+    /// The line being read (1-based; a quoted field's line breaks do not count, so this is where
+    /// the record starts).
+    line: usize,
+    /// The line that passed the limit.
+    too_long: Option<usize>,
+}
+
+impl<R: Read> Read for LineLimit<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for &b in &buf[..n] {
+            match b {
+                b'"' => self.in_quotes = !self.in_quotes,
+                b'\n' if !self.in_quotes => {
+                    self.line += 1;
+                    self.since_newline = 0;
+                    continue;
+                }
+                _ => {}
+            }
+            self.since_newline += 1;
+            if self.since_newline > MAX_LINE_BYTES {
+                self.too_long = Some(self.line);
+                return Err(io::Error::other("line too long"));
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn too_long(path: &Path, line: usize) -> DataError {
+    line_err(
+        path,
+        line,
+        format!(
+            "the line is longer than {}, the most trainlint reads in one line of a log",
+            bytes_text(MAX_LINE_BYTES as u64)
+        ),
+    )
+}
+
 fn read_csv(path: &Path, file: File, tabs: bool, log: &mut Columns) -> Result<(), DataError> {
     let mut reader = csv::ReaderBuilder::new()
         .flexible(false)
         .delimiter(if tabs { b'\t' } else { b',' })
-        .from_reader(BufReader::new(file));
-    let header: Vec<String> = reader
-        .headers()
-        .map_err(|e| line_err(path, 1, format!("bad header: {e}")))?
-        .iter()
-        .map(|h| h.trim().to_string())
-        .collect();
+        .from_reader(LineLimit {
+            inner: BufReader::new(file),
+            since_newline: 0,
+            in_quotes: false,
+            line: 1,
+            too_long: None,
+        });
+    let header: Vec<String> = match reader.headers() {
+        Ok(h) => h.iter().map(|h| h.trim().to_string()).collect(),
+        Err(e) => {
+            return Err(match reader.get_ref().too_long {
+                Some(line) => too_long(path, line),
+                None => line_err(
+                    path,
+                    1,
+                    format!("bad header: {}", printable(&e.to_string())),
+                ),
+            })
+        }
+    };
+    if header.len() > MAX_COLUMNS {
+        return Err(line_err(
+            path,
+            1,
+            format!(
+                "the header has {} columns; trainlint reads at most {MAX_COLUMNS}",
+                header.len()
+            ),
+        ));
+    }
+    let mut seen = HashSet::new();
     let mut slots = Vec::new(); // None: the step column
     for name in &header {
-        if header.iter().filter(|h| *h == name).count() > 1 {
+        if !seen.insert(name.as_str()) {
             return Err(line_err(
                 path,
                 1,
-                format!("column `{}` appears twice in the header", printable(name)),
+                format!("column `{}` appears twice in the header", excerpt(name)),
             ));
         }
-        slots.push((name != "step").then(|| log.column(name)));
+        slots.push(if name == "step" {
+            None
+        } else {
+            Some(log.column(name, 1)?)
+        });
     }
     let mut record = csv::StringRecord::new();
     loop {
@@ -186,6 +338,9 @@ fn read_csv(path: &Path, file: File, tabs: bool, log: &mut Columns) -> Result<()
             Ok(false) => return Ok(()),
             Ok(true) => {}
             Err(e) => {
+                if let Some(line) = reader.get_ref().too_long {
+                    return Err(too_long(path, line));
+                }
                 let line = e.position().map(|p| p.line() as usize).unwrap_or(0);
                 return Err(line_err(path, line, printable(&e.to_string())));
             }
@@ -202,7 +357,11 @@ fn read_csv(path: &Path, file: File, tabs: bool, log: &mut Columns) -> Result<()
                 line_err(
                     path,
                     line,
-                    format!("column `{}`: {cell:?} is not a number", printable(name)),
+                    format!(
+                        "column `{}`: \"{}\" is not a number",
+                        excerpt(name),
+                        excerpt(cell)
+                    ),
                 )
             })?;
             match slot {
@@ -220,13 +379,18 @@ fn read_jsonl(path: &Path, file: File, log: &mut Columns) -> Result<(), DataErro
     let mut line_no = 0;
     loop {
         buf.clear();
-        let n = reader
+        let n = (&mut reader)
+            .take(MAX_LINE_BYTES as u64 + 1)
             .read_until(b'\n', &mut buf)
             .map_err(|e| line_err(path, line_no + 1, describe_io(&e)))?;
         if n == 0 {
             return Ok(());
         }
         line_no += 1;
+        let body = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        if body.len() > MAX_LINE_BYTES {
+            return Err(too_long(path, line_no));
+        }
         if buf.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
@@ -252,7 +416,7 @@ fn read_jsonl(path: &Path, file: File, log: &mut Columns) -> Result<(), DataErro
                 // A JSON null is a missing value (pandas writes NaN as null): the column, no cell.
                 serde_json::Value::Null => {
                     if k != "step" {
-                        log.column(k);
+                        log.column(k, line_no)?;
                     }
                     None
                 }
@@ -260,7 +424,7 @@ fn read_jsonl(path: &Path, file: File, log: &mut Columns) -> Result<(), DataErro
             };
             match number {
                 Some(x) if k == "step" => step = Some(x),
-                Some(x) => cells.push((log.column(k), x)),
+                Some(x) => cells.push((log.column(k, line_no)?, x)),
                 None => {}
             }
         }
@@ -331,10 +495,11 @@ pub fn load_log(path: &Path, total: Option<&str>, terms: &[String]) -> Result<Lo
         .unwrap_or("")
         .to_ascii_lowercase();
     let mut log = Columns::new(path);
+    let open = || open_regular(path, "the loss log");
     match ext.as_str() {
-        "jsonl" | "ndjson" | "json" => read_jsonl(path, open_file(path)?, &mut log)?,
-        "csv" | "txt" => read_csv(path, open_file(path)?, false, &mut log)?,
-        "tsv" => read_csv(path, open_file(path)?, true, &mut log)?,
+        "jsonl" | "ndjson" | "json" => read_jsonl(path, open()?, &mut log)?,
+        "csv" | "txt" => read_csv(path, open()?, false, &mut log)?,
+        "tsv" => read_csv(path, open()?, true, &mut log)?,
         _ => {
             return Err(log_err(
                 "unsupported loss-log format (use .csv or .jsonl)".into(),
@@ -344,47 +509,48 @@ pub fn load_log(path: &Path, total: Option<&str>, terms: &[String]) -> Result<Lo
     if log.rows == 0 {
         return Err(log_err("the log has no rows".into()));
     }
+    let rows = log.rows;
     let steps = if log.last_step.is_some() {
         log.steps
     } else {
-        (0..log.rows).map(|i| i as f64).collect()
+        (0..rows).map(|i| i as f64).collect()
     };
-    let present = log
-        .names
-        .iter()
-        .map(|c| format!("`{}`", printable(c)))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let term_columns: Vec<String> = log
-        .names
-        .iter()
-        .filter(|c| c.starts_with("loss_"))
-        .cloned()
-        .collect(); // in file order
-    let non_finite: BTreeMap<String, Vec<usize>> = log
-        .names
-        .iter()
-        .cloned()
-        .zip(log.non_finite)
-        .filter(|(_, rows)| !rows.is_empty())
-        .collect();
-    let values: BTreeMap<String, Vec<f64>> = log.names.into_iter().zip(log.values).collect();
+    let present = {
+        const SHOWN: usize = 12;
+        let mut shown: Vec<String> = log
+            .names
+            .iter()
+            .take(SHOWN)
+            .map(|c| format!("`{}`", excerpt(c)))
+            .collect();
+        if log.names.len() > SHOWN {
+            shown.push(format!("… {} more", log.names.len() - SHOWN));
+        }
+        shown.join(", ")
+    };
     let total = match total {
-        Some(name) if values.contains_key(name) => Some(name.to_string()),
-        Some(name) => return Err(log_err(format!("no column `{name}` (columns: {present})"))),
-        None if values.contains_key("loss") => Some("loss".to_string()),
+        Some(name) if log.index.contains_key(name) => Some(name.to_string()),
+        Some(name) => {
+            return Err(log_err(format!(
+                "no column `{}` (columns: {present})",
+                excerpt(name)
+            )))
+        }
+        None if log.index.contains_key("loss") => Some("loss".to_string()),
         None => None,
     };
     let terms: Vec<String> = if terms.is_empty() {
-        term_columns
-            .into_iter()
-            .filter(|c| Some(c.as_str()) != total.as_deref())
-            .collect()
+        log.names
+            .iter()
+            .filter(|c| c.starts_with("loss_") && Some(c.as_str()) != total.as_deref())
+            .cloned()
+            .collect() // in file order
     } else {
         for t in terms {
-            if !values.contains_key(t) {
+            if !log.index.contains_key(t) {
                 return Err(log_err(format!(
-                    "no loss-term column `{t}` (columns: {present})"
+                    "no loss-term column `{}` (columns: {present})",
+                    excerpt(t)
                 )));
             }
         }
@@ -395,18 +561,44 @@ pub fn load_log(path: &Path, total: Option<&str>, terms: &[String]) -> Result<Lo
             "no loss column found: name it `loss` or `loss_<term>`, or set log.loss (columns: {present})"
         )));
     }
-    for column in total.iter().chain(&terms) {
-        if !values[column].iter().any(|v| v.is_finite()) && !non_finite.contains_key(column) {
+    // Only the loss columns are handed on (the checks judge nothing else), each filled to every row.
+    let loss_columns: Vec<&String> = {
+        let mut seen = HashSet::new();
+        total
+            .iter()
+            .chain(&terms)
+            .filter(|c| seen.insert(c.as_str()))
+            .collect()
+    };
+    if loss_columns.len().saturating_mul(rows) > MAX_VALUES {
+        return Err(log_err(format!(
+            "{} loss columns of {rows} rows are more than {MAX_VALUES} values; trainlint reads at most that many (name fewer columns in log.loss_terms)",
+            loss_columns.len()
+        )));
+    }
+    let mut columns = BTreeMap::new();
+    let mut non_finite = BTreeMap::new();
+    for name in loss_columns {
+        let column = &log.columns[log.index[name.as_str()]];
+        if column.values.is_empty() {
+            return Err(log_err(format!("column `{}` has no value", excerpt(name))));
+        }
+        if !column.values.iter().any(|v| v.is_finite()) {
             return Err(log_err(format!(
-                "column `{}` has no value",
-                printable(column)
+                "column `{}` has no finite value (its {} values are NaN or ±Inf): the run diverged before its first logged step, so there is no loss curve to audit",
+                excerpt(name),
+                column.values.len()
             )));
+        }
+        columns.insert(name.clone(), column.dense(rows));
+        if !column.non_finite.is_empty() {
+            non_finite.insert(name.clone(), column.non_finite.clone());
         }
     }
     Ok(LossLog {
         path: path.display().to_string(),
         steps,
-        columns: values,
+        columns,
         total,
         terms,
         non_finite,
@@ -450,13 +642,21 @@ mod tests {
     fn jsonl_without_steps_uses_row_numbers_and_skips_text_fields() {
         let (_d, p) = write(
             "log.jsonl",
-            "{\"loss\": 1.0, \"phase\": \"train\"}\n\n{\"loss\": 0.5, \"lr\": 0.1}\n",
+            "{\"loss\": 1.0, \"phase\": \"train\"}\n\n{\"loss\": 0.5, \"loss_b\": 0.1, \"lr\": 0.1}\n",
         );
         let log = load_log(&p, None, &[]).unwrap();
         assert_eq!(log.steps, vec![0.0, 1.0]);
         assert_eq!(log.columns["loss"], vec![1.0, 0.5]);
-        assert!(log.columns["lr"][0].is_nan(), "a column that starts late");
+        assert!(
+            log.columns["loss_b"][0].is_nan(),
+            "a column that starts late"
+        );
+        assert_eq!(log.columns["loss_b"][1], 0.1);
         assert!(!log.columns.contains_key("phase"));
+        assert!(
+            !log.columns.contains_key("lr"),
+            "only loss columns are handed on"
+        );
     }
 
     #[test]
@@ -541,7 +741,7 @@ mod tests {
             "epoch,step,train_loss,val_loss\n0,0,1.5,\n0,0,,1.7\n0,1,1.2,\n0,1,,1.4\n0,2,0.9,\n",
         )
         .unwrap();
-        let log = load_log(&p, Some("train_loss"), &[]).unwrap();
+        let log = load_log(&p, Some("train_loss"), &["val_loss".to_string()]).unwrap();
         assert_eq!(log.steps, vec![0.0, 1.0, 2.0]);
         assert_eq!(log.columns["train_loss"], vec![1.5, 1.2, 0.9]);
         assert_eq!(log.columns["val_loss"][..2], [1.7, 1.4]);

@@ -4,6 +4,8 @@
 //! amount actually present, and no more than [`MAX_DATA_BYTES`] of it in one call, so a hostile
 //! or damaged file ends in a [`DataError`], never in an abort or a libtorch backtrace.
 mod budget;
+#[cfg(test)]
+pub(crate) mod fuzz;
 mod logs;
 mod npy;
 mod npz;
@@ -20,7 +22,7 @@ use trainlint_checks::Dataset;
 pub use logs::load_log;
 
 use budget::{Budget, OverBudget, MAX_DATA_BYTES};
-use paths::unreadable;
+use paths::{excerpt, unreadable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
@@ -54,6 +56,19 @@ pub enum DataError {
         key: String,
         needed: u64,
         limit: u64,
+    },
+    /// `needs` says how much memory, for what: what is read and what it is converted to.
+    #[error("array `{key}` in {path} needs {needs}; keep fewer samples (data.max_samples) or save a smaller file")]
+    TooLargeConverted {
+        path: PathBuf,
+        key: String,
+        needs: String,
+    },
+    #[error("{path}: array `{key}` is stored twice, as {stored}; np.load and trainlint could read different ones: keep one")]
+    Ambiguous {
+        path: PathBuf,
+        key: String,
+        stored: String,
     },
     #[error("{path}: `{inputs}` has {n_inputs} samples but `{targets}` has {n_targets} (dim 0 must match)")]
     SampleCount {
@@ -100,38 +115,60 @@ impl ArrayInfo {
     }
 }
 
-/// A data file (or folder) opened for reading: its arrays' descriptions, in file order, and their
-/// data on demand.
 /// An array read from a data file.
 type Loaded = Result<Tensor, DataError>;
 
+/// A data file (or folder) opened for reading: its arrays' names, in file order, then each array's
+/// header and data on demand, so an array the run does not need is never read.
 trait ArraySource {
-    fn arrays(&self) -> &[ArrayInfo];
+    /// Each array's name, as `np.load(f)[name]` (or `safetensors`) knows it, in file order. Two
+    /// entries may share a name (an `.npz` holding `x.npy` and `x`); such a name is ambiguous.
+    fn names(&self) -> &[String];
+    /// How array `index` is stored, for messages: `` `x.npy` `` (an archive member, a file).
+    fn stored_as(&self, index: usize) -> String;
+    /// The header of array `index`.
+    fn info(&mut self, index: usize, budget: &mut Budget) -> Result<ArrayInfo, DataError>;
     /// The first `rows` entries along dim 0 of array `index` (all of it for None, or for a scalar).
     fn read(&mut self, index: usize, rows: Option<i64>, budget: &mut Budget) -> Loaded;
+    /// Check the file the user named, when it is one array among others (an `.npy` file and its
+    /// siblings): it is read even when the run needs only its siblings.
+    fn check_named(&mut self, _budget: &mut Budget) -> Result<(), DataError> {
+        Ok(())
+    }
 }
 
-/// Open a data file or folder of `.npy` files; only headers are read here.
-fn open(path: &Path, budget: &mut Budget) -> Result<Box<dyn ArraySource>, DataError> {
+/// Open a data file or folder of `.npy` files; nothing but the list of arrays is read here.
+fn open(path: &Path) -> Result<Box<dyn ArraySource>, DataError> {
     let meta = paths::metadata(path)?;
     if meta.is_dir() {
-        return Ok(Box::new(npy::NpyFiles::folder(path, budget)?));
+        return Ok(Box::new(npy::NpyFiles::folder(path)?));
     }
     if !meta.is_file() {
         return Err(unreadable(path, "it is not a regular file"));
     }
-    let ext = path
-        .extension()
+    match extension(path).as_str() {
+        "npy" => Ok(Box::new(npy::NpyFiles::with_siblings(path)?)),
+        "npz" => Ok(Box::new(npz::Npz::open(path)?)),
+        "safetensors" => Ok(Box::new(safetensors_file::SafetensorsFile::open(path)?)),
+        _ => Err(DataError::Format(path.to_path_buf())),
+    }
+}
+
+fn extension(path: &Path) -> String {
+    path.extension()
         .and_then(|e| e.to_str())
         .unwrap_or("")
-        .to_ascii_lowercase();
-    match ext.as_str() {
-        "npy" => Ok(Box::new(npy::NpyFiles::with_siblings(path, budget)?)),
-        "npz" => Ok(Box::new(npz::Npz::open(path, budget)?)),
-        "safetensors" => Ok(Box::new(safetensors_file::SafetensorsFile::open(
-            path, budget,
-        )?)),
-        _ => Err(DataError::Format(path.to_path_buf())),
+        .to_ascii_lowercase()
+}
+
+/// The files besides `path` that a run with these keys reads: for an `.npy` data file, the
+/// sibling `.npy` files that hold the input and target arrays (none for other data). Outputs must
+/// not be any of them.
+pub fn siblings_read(path: &Path, input_key: &str, target_key: &str) -> Vec<PathBuf> {
+    if path.is_file() && extension(path) == "npy" {
+        npy::siblings_for(path, &[input_key, target_key])
+    } else {
+        Vec::new()
     }
 }
 
@@ -142,20 +179,20 @@ pub fn read_arrays(path: &Path) -> Result<Vec<Array>, DataError> {
 }
 
 fn read_arrays_within(path: &Path, budget: &mut Budget) -> Result<Vec<Array>, DataError> {
-    let mut source = open(path, budget)?;
-    let infos = source.arrays().to_vec();
-    infos
-        .iter()
-        .enumerate()
-        .map(|(i, info)| {
-            supported(path, info)?;
-            let tensor = source.read(i, None, budget)?;
-            Ok(Array {
-                name: info.name.clone(),
-                tensor,
-            })
-        })
-        .collect()
+    let mut source = open(path)?;
+    let names = source.names().to_vec();
+    let mut arrays = Vec::new();
+    for name in &names {
+        let index = find(&mut *source, path, name, budget)?;
+        let info = source.info(index, budget)?;
+        supported(path, &info)?;
+        let tensor = source.read(index, None, budget)?;
+        arrays.push(Array {
+            name: paths::printable(name),
+            tensor,
+        });
+    }
+    Ok(arrays)
 }
 
 fn supported(path: &Path, info: &ArrayInfo) -> Result<Kind, DataError> {
@@ -166,9 +203,79 @@ fn supported(path: &Path, info: &ArrayInfo) -> Result<Kind, DataError> {
     })
 }
 
+/// The index of the one array named `key`; a name that two arrays share is refused, since the
+/// reader (`np.load`) and trainlint could each pick another.
+fn find(
+    source: &mut dyn ArraySource,
+    path: &Path,
+    key: &str,
+    budget: &mut Budget,
+) -> Result<usize, DataError> {
+    let matches: Vec<usize> = source
+        .names()
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| *n == key)
+        .map(|(i, _)| i)
+        .collect();
+    match matches[..] {
+        [index] => Ok(index),
+        [] => Err(DataError::MissingKey {
+            path: path.to_path_buf(),
+            key: excerpt(key),
+            present: listing(source, budget),
+        }),
+        _ => Err(DataError::Ambiguous {
+            path: path.to_path_buf(),
+            key: excerpt(key),
+            stored: matches
+                .iter()
+                .map(|&i| source.stored_as(i))
+                .collect::<Vec<_>>()
+                .join(" and "),
+        }),
+    }
+}
+
+/// The arrays of a file for a message: the first few, with their declared shapes where their
+/// headers read (from a budget of their own, so a listing never refuses the run's reads).
+fn listing(source: &mut dyn ArraySource, budget: &Budget) -> String {
+    const SHOWN: usize = 12;
+    let count = source.names().len();
+    if count == 0 {
+        return "no arrays".into();
+    }
+    let mut scratch = Budget::new(budget.limit().min(16 << 20));
+    let mut parts: Vec<String> = (0..count.min(SHOWN))
+        .map(|i| match source.info(i, &mut scratch) {
+            Ok(info) => info.listing(),
+            Err(_) => format!("`{}`", excerpt(&source.names()[i])),
+        })
+        .collect();
+    if count > SHOWN {
+        parts.push(format!("… {} more", count - SHOWN));
+    }
+    parts.join(", ")
+}
+
+/// The kind a sample array is handed to the checks in: float and uint8 (image) inputs become
+/// float32, what models take, without rescaling; other integer inputs (token ids for embeddings)
+/// become int64. Targets: float32 when floating, int64 (class indices) otherwise.
+fn sample_kind(kind: Kind, is_input: bool) -> Kind {
+    let floating = matches!(
+        kind,
+        Kind::Half | Kind::BFloat16 | Kind::Float | Kind::Double
+    );
+    match kind {
+        _ if floating => Kind::Float,
+        Kind::Uint8 | Kind::Bool if is_input => Kind::Float,
+        _ => Kind::Int64,
+    }
+}
+
 /// The data sample: inputs and targets by key, checked for emptiness and matching sample counts.
 /// `max_samples` keeps the first N samples (the order a non-shuffling loader would feed them); only
-/// those rows are read from the file.
+/// those rows are read from the file, and the budget counts them both as read and as converted.
 pub fn load_dataset(
     path: &Path,
     input_key: &str,
@@ -191,27 +298,11 @@ fn load_dataset_within(
     max_samples: usize,
     budget: &mut Budget,
 ) -> Result<Dataset, DataError> {
-    let mut source = open(path, budget)?;
-    let infos = source.arrays().to_vec();
-    let find = |key: &str| -> Result<usize, DataError> {
-        let index =
-            infos
-                .iter()
-                .position(|a| a.name == key)
-                .ok_or_else(|| DataError::MissingKey {
-                    path: path.to_path_buf(),
-                    key: key.to_string(),
-                    present: if infos.is_empty() {
-                        "no arrays".into()
-                    } else {
-                        infos
-                            .iter()
-                            .map(ArrayInfo::listing)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    },
-                })?;
-        let info = &infos[index];
+    let mut source = open(path)?;
+    source.check_named(budget)?;
+    let mut sample_array = |key: &str| -> Result<(usize, ArrayInfo), DataError> {
+        let index = find(&mut *source, path, key, budget)?;
+        let info = source.info(index, budget)?;
         if info.shape.is_empty() {
             return Err(DataError::Scalar {
                 path: path.to_path_buf(),
@@ -225,11 +316,12 @@ fn load_dataset_within(
                 shape: info.shape.clone(),
             });
         }
-        supported(path, info)?;
-        Ok(index)
+        supported(path, &info)?;
+        Ok((index, info))
     };
-    let (i, t) = (find(input_key)?, find(target_key)?);
-    let (n_in, n_t) = (infos[i].shape[0], infos[t].shape[0]);
+    let (i, input_info) = sample_array(input_key)?;
+    let (t, target_info) = sample_array(target_key)?;
+    let (n_in, n_t) = (input_info.shape[0], target_info.shape[0]);
     if n_in != n_t {
         return Err(DataError::SampleCount {
             path: path.to_path_buf(),
@@ -243,20 +335,43 @@ fn load_dataset_within(
         .unwrap_or(i64::MAX)
         .min(n_in)
         .max(1);
-    // Float and uint8 (image) inputs become float32, what models take, without rescaling; other
-    // integer inputs (token ids for embeddings) become int64.
-    let inputs = source.read(i, Some(keep), budget)?;
-    let inputs = match inputs.kind() {
-        Kind::Uint8 | Kind::Bool => inputs.to_kind(Kind::Float),
-        _ if inputs.is_floating_point() => inputs.to_kind(Kind::Float),
-        _ => inputs.to_kind(Kind::Int64),
+    let mut sample = |index: usize, info: &ArrayInfo, is_input: bool| -> Loaded {
+        let kind = supported(path, info)?;
+        let to = sample_kind(kind, is_input);
+        // The converted copy is charged before anything is read: a small file of uint8 or int8
+        // must not widen past the budget (4 and 8 times its bytes).
+        let mut kept = info.shape.clone();
+        kept[0] = keep;
+        if to != kind {
+            let size = |k: Kind| {
+                budget::byte_size(&kept, k.elt_size_in_bytes() as u64)
+                    .map_err(|e| unreadable(path, format!("array `{}`: {e}", info.name)))
+            };
+            let (read, converted) = (size(kind)?, size(to)?);
+            // Both copies are in memory at once, the one read and the one converted.
+            budget.check(read.saturating_add(converted)).map_err(|o| {
+                DataError::TooLargeConverted {
+                    path: path.to_path_buf(),
+                    key: info.name.clone(),
+                    needs: format!(
+                        "{} in memory for its first {keep} samples ({} as read ({}), {} as {}), over the limit of {}",
+                        budget::bytes_text(o.needed),
+                        budget::bytes_text(read),
+                        info.dtype,
+                        budget::bytes_text(converted),
+                        kind_name(to),
+                        budget::bytes_text(o.limit)
+                    ),
+                }
+            })?;
+            budget.charge(converted).expect("checked with more");
+        }
+        let raw = source.read(index, Some(keep), budget)?;
+        raw.f_to_kind(to)
+            .map_err(|e| unreadable(path, format!("array `{}`: {}", info.name, torch_reason(&e))))
     };
-    let targets = source.read(t, Some(keep), budget)?;
-    let targets = if targets.is_floating_point() {
-        targets.to_kind(Kind::Float)
-    } else {
-        targets.to_kind(Kind::Int64)
-    };
+    let inputs = sample(i, &input_info, true)?;
+    let targets = sample(t, &target_info, false)?;
     Ok(Dataset {
         path: path.display().to_string(),
         input_key: input_key.to_string(),
@@ -264,6 +379,19 @@ fn load_dataset_within(
         inputs,
         targets,
     })
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Float => "float32",
+        Kind::Int64 => "int64",
+        _ => "another dtype",
+    }
+}
+
+/// A libtorch error's first line: the rest is a C++ backtrace.
+fn torch_reason(e: &tch::TchError) -> String {
+    e.to_string().lines().next().unwrap_or("").to_string()
 }
 
 /// Why an array could not be read, before the file and array names are attached.
@@ -295,21 +423,4 @@ fn read_error(path: &Path, key: &str, e: ReadError) -> DataError {
             limit: o.limit,
         },
     }
-}
-
-/// A tensor from bytes that exactly fill `shape` of `kind`; anything else is refused here rather
-/// than handed to libtorch, which would read past the buffer.
-fn tensor_from_bytes(bytes: &[u8], shape: &[i64], kind: Kind) -> Result<Tensor, String> {
-    let elem = kind.elt_size_in_bytes() as u64;
-    let needed = budget::byte_size(shape, elem)?;
-    if bytes.len() as u64 != needed {
-        return Err(format!(
-            "{} bytes of data for shape {shape:?} ({needed} bytes)",
-            bytes.len()
-        ));
-    }
-    Tensor::f_from_data_size(bytes, shape, kind).map_err(|e| {
-        // A libtorch message carries a C++ backtrace after its first line.
-        e.to_string().lines().next().unwrap_or("").to_string()
-    })
 }

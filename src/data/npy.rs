@@ -3,11 +3,11 @@
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::budget::{byte_size, Budget};
-use super::paths::{describe_io, open_file, printable, unreadable};
-use super::{read_error, tensor_from_bytes, ArrayInfo, ArraySource, DataError, Loaded, ReadError};
+use super::paths::{describe_io, excerpt, open_regular, unreadable};
+use super::{read_error, torch_reason, ArrayInfo, ArraySource, DataError, Loaded, ReadError};
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 
@@ -22,9 +22,19 @@ pub struct Header {
     pub big_endian: bool,
     pub fortran: bool,
     pub shape: Vec<i64>,
+    /// The bytes before the data: magic, version, header length and header.
+    pub data_offset: u64,
 }
 
 impl Header {
+    /// The bytes of the whole array as stored (header and data); None for a dtype not read.
+    pub fn stored_size(&self) -> Option<u64> {
+        let elem = self.kind?.elt_size_in_bytes() as u64;
+        byte_size(&self.shape, elem)
+            .ok()?
+            .checked_add(self.data_offset)
+    }
+
     pub fn info(&self, name: String) -> ArrayInfo {
         ArrayInfo {
             name,
@@ -55,6 +65,7 @@ pub fn read_header(r: &mut impl Read, budget: &mut Budget) -> Result<Header, Rea
             "not an .npy array (it does not start with \\x93NUMPY)".into(),
         ));
     }
+    let length_bytes = if prefix[6] == 1 { 2 } else { 4 };
     let header_len = match prefix[6] {
         1 => {
             let b = read_up_to(r, 2)?;
@@ -83,7 +94,9 @@ pub fn read_header(r: &mut impl Read, budget: &mut Budget) -> Result<Header, Rea
     if header.len() < header_len {
         return Err(ReadError::Format("truncated header".into()));
     }
-    parse_header(&String::from_utf8_lossy(&header)).map_err(ReadError::Format)
+    let mut parsed = parse_header(&String::from_utf8_lossy(&header)).map_err(ReadError::Format)?;
+    parsed.data_offset = 8 + length_bytes + header_len as u64;
+    Ok(parsed)
 }
 
 fn header_value<'a>(header: &'a str, key: &str) -> Result<&'a str, String> {
@@ -135,7 +148,7 @@ fn parse_header(h: &str) -> Result<Header, String> {
             s.trim_end_matches('L').parse::<i64>().map_err(|_| {
                 format!(
                     "shape entry `{}` is not a whole number that fits 64 bits",
-                    printable(s)
+                    excerpt(s)
                 )
             })
         })
@@ -143,17 +156,19 @@ fn parse_header(h: &str) -> Result<Header, String> {
     // The element count alone must fit; the byte size is checked with the element size.
     byte_size(&shape, 1)?;
     Ok(Header {
-        descr: printable(&descr),
+        descr: excerpt(&descr),
         kind,
         big_endian,
         fortran,
         shape,
+        data_offset: 0,
     })
 }
 
 /// The data of an array whose header was just read: the first `rows` rows (all for None). A
 /// C-order array stops being read after them; a Fortran-order one is read through (its rows are
-/// spread over the whole data) keeping only them.
+/// spread over the whole data) keeping only them. The bytes go straight into the tensor's memory,
+/// which the budget allowed before it was allocated, and which holds only the bytes that arrive.
 pub fn read_data(
     r: &mut impl Read,
     header: &Header,
@@ -170,58 +185,98 @@ pub fn read_data(
         *first = (*first).min(rows.max(0));
     }
     let keep = byte_size(&keep_shape, elem)?;
-    let mut data;
-    if header.fortran && header.shape.len() > 1 {
-        budget.charge(total)?;
-        let (n, k) = (header.shape[0] as u64, keep_shape[0] as u64);
-        let columns = (total / elem).checked_div(n).unwrap_or(0);
-        data = Vec::new();
-        for _ in 0..columns {
-            let got = r
-                .by_ref()
-                .take(k * elem)
-                .read_to_end(&mut data)
-                .map_err(io_reason)?;
-            let skipped = io::copy(&mut r.by_ref().take((n - k) * elem), &mut io::sink())
-                .map_err(io_reason)?;
-            if got as u64 + skipped < n * elem {
-                return Err(truncated(data.len() as u64, keep));
+    let fortran = header.fortran && header.shape.len() > 1;
+    // A Fortran-order array is stored transposed: read as such, then permuted.
+    let stored: Vec<i64> = if fortran {
+        keep_shape.iter().rev().copied().collect()
+    } else {
+        keep_shape.clone()
+    };
+    budget.charge(if fortran { total.max(keep) } else { keep })?;
+    let mut tensor = Tensor::f_empty(stored.as_slice(), (kind, Device::Cpu)).map_err(|e| {
+        ReadError::Format(format!(
+            "cannot allocate {keep} bytes: {}",
+            torch_reason(&e)
+        ))
+    })?;
+    {
+        let data = tensor_bytes(&mut tensor, keep);
+        if fortran {
+            let (n, k) = (header.shape[0] as u64, keep_shape[0] as u64);
+            let columns = (total / elem).checked_div(n).unwrap_or(0);
+            let (kept, skip) = ((k * elem) as usize, (n - k) * elem);
+            for column in 0..columns as usize {
+                let got = fill(r, &mut data[column * kept..(column + 1) * kept])?;
+                let skipped =
+                    io::copy(&mut r.by_ref().take(skip), &mut io::sink()).map_err(io_reason)?;
+                if got < kept || skipped < skip {
+                    return Err(truncated((column * kept + got) as u64, keep));
+                }
+            }
+        } else {
+            let got = fill(r, data)?;
+            if (got as u64) < keep {
+                return Err(truncated(got as u64, keep));
             }
         }
-    } else {
-        budget.charge(keep)?;
-        data = read_up_to(r, keep)?;
-    }
-    if (data.len() as u64) < keep {
-        return Err(truncated(data.len() as u64, keep));
-    }
-    let size = elem as usize;
-    if header.big_endian && size > 1 {
-        for chunk in data.chunks_mut(size) {
-            chunk.reverse();
+        let size = elem as usize;
+        if header.big_endian && size > 1 {
+            for chunk in data.chunks_mut(size) {
+                chunk.reverse();
+            }
+        }
+        if kind == Kind::Bool {
+            // libtorch assumes bools are 0 or 1.
+            data.iter_mut().for_each(|b| *b = (*b != 0) as u8);
         }
     }
-    if kind == Kind::Bool {
-        // libtorch assumes bools are 0 or 1.
-        data.iter_mut().for_each(|b| *b = (*b != 0) as u8);
-    }
-    if header.fortran && keep_shape.len() > 1 {
-        let stored: Vec<i64> = keep_shape.iter().rev().copied().collect();
-        let t = tensor_from_bytes(&data, &stored, kind)?;
+    if fortran {
         let dims: Vec<i64> = (0..keep_shape.len() as i64).rev().collect();
-        return Ok(t.permute(dims.as_slice()).contiguous());
+        return tensor
+            .f_permute(dims.as_slice())
+            .and_then(|t| t.f_contiguous())
+            .map_err(|e| ReadError::Format(torch_reason(&e)));
     }
-    Ok(tensor_from_bytes(&data, &keep_shape, kind)?)
+    Ok(tensor)
+}
+
+/// The memory of a fresh contiguous CPU tensor of `bytes` bytes, to fill.
+fn tensor_bytes(tensor: &mut Tensor, bytes: u64) -> &mut [u8] {
+    if bytes == 0 {
+        return &mut [];
+    }
+    // SAFETY: `tensor` was just allocated by `f_empty` as a contiguous CPU tensor of exactly
+    // `bytes` bytes (its shape and kind give them), nothing else refers to its storage, and the
+    // slice is dropped before the tensor is used or moved.
+    unsafe { std::slice::from_raw_parts_mut(tensor.data_ptr() as *mut u8, bytes as usize) }
+}
+
+/// Read into `buf` until it is full or the stream ends; the bytes read.
+fn fill(r: &mut impl Read, buf: &mut [u8]) -> Result<usize, ReadError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_reason(e)),
+        }
+    }
+    Ok(filled)
 }
 
 fn truncated(got: u64, needed: u64) -> ReadError {
     ReadError::Format(format!("truncated data: {got} of {needed} bytes"))
 }
 
-/// `.npy` files, one array each, named by file stem.
+/// `.npy` files, one array each, named by file stem; each is opened only when its array is needed.
 pub struct NpyFiles {
-    files: Vec<(PathBuf, Header)>,
-    infos: Vec<ArrayInfo>,
+    files: Vec<PathBuf>,
+    names: Vec<String>,
+    /// What the files are to the user, for messages about one that is not a regular file.
+    role: &'static str,
+    /// The first file is the one the user named (its siblings follow).
+    named: bool,
 }
 
 /// The `.npy` files of a folder, sorted by name.
@@ -236,60 +291,102 @@ fn npy_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 }
 
 fn stem(path: &Path) -> String {
-    printable(path.file_stem().and_then(|s| s.to_str()).unwrap_or("array"))
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "array".into())
+}
+
+/// The folder of an `.npy` file.
+fn folder_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// The sibling `.npy` files of `path` that hold one of `keys`.
+pub fn siblings_for(path: &Path, keys: &[&str]) -> Vec<PathBuf> {
+    npy_files(folder_of(path))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| s.file_name() != path.file_name() && keys.contains(&stem(s).as_str()))
+        .collect()
 }
 
 impl NpyFiles {
-    fn new(paths: Vec<PathBuf>, budget: &mut Budget) -> Result<Self, DataError> {
-        let mut files = Vec::new();
-        let mut infos = Vec::new();
-        for path in paths {
-            let name = stem(&path);
-            let mut file = io::BufReader::new(open_file(&path)?);
-            let header = read_header(&mut file, budget).map_err(|e| read_error(&path, &name, e))?;
-            infos.push(header.info(name));
-            files.push((path, header));
+    fn new(files: Vec<PathBuf>, role: &'static str, named: bool) -> Self {
+        let names = files.iter().map(|p| stem(p)).collect();
+        NpyFiles {
+            files,
+            names,
+            role,
+            named,
         }
-        Ok(NpyFiles { files, infos })
     }
 
     /// Every `.npy` file of a folder.
-    pub fn folder(dir: &Path, budget: &mut Budget) -> Result<Self, DataError> {
+    pub fn folder(dir: &Path) -> Result<Self, DataError> {
         let files = npy_files(dir)?;
         if files.is_empty() {
             return Err(unreadable(dir, "the folder holds no .npy files"));
         }
-        Self::new(files, budget)
+        Ok(Self::new(files, "this .npy file of the data folder", false))
     }
 
     /// One `.npy` file, then the other `.npy` files beside it.
-    pub fn with_siblings(path: &Path, budget: &mut Budget) -> Result<Self, DataError> {
-        let folder = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+    pub fn with_siblings(path: &Path) -> Result<Self, DataError> {
         let mut files = vec![path.to_path_buf()];
         files.extend(
-            npy_files(folder)?
+            npy_files(folder_of(path))?
                 .into_iter()
                 .filter(|s| s.file_name() != path.file_name()),
         );
-        Self::new(files, budget)
+        Ok(Self::new(files, "this sibling .npy file of the data", true))
+    }
+
+    /// The file of array `index`, opened at its first data byte, and its header.
+    fn open_array(
+        &self,
+        index: usize,
+        budget: &mut Budget,
+    ) -> Result<(io::BufReader<std::fs::File>, Header), DataError> {
+        let path = &self.files[index];
+        let role = if index == 0 && self.named {
+            "the data file"
+        } else {
+            self.role
+        };
+        let mut file = io::BufReader::new(open_regular(path, role)?);
+        let header = read_header(&mut file, budget)
+            .map_err(|e| read_error(path, &excerpt(&self.names[index]), e))?;
+        Ok((file, header))
     }
 }
 
 impl ArraySource for NpyFiles {
-    fn arrays(&self) -> &[ArrayInfo] {
-        &self.infos
+    fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    fn stored_as(&self, index: usize) -> String {
+        format!("`{}`", excerpt(&self.files[index].display().to_string()))
+    }
+
+    fn info(&mut self, index: usize, budget: &mut Budget) -> Result<ArrayInfo, DataError> {
+        let (_, header) = self.open_array(index, budget)?;
+        Ok(header.info(excerpt(&self.names[index])))
+    }
+
+    fn check_named(&mut self, budget: &mut Budget) -> Result<(), DataError> {
+        if self.named {
+            self.open_array(0, budget)?;
+        }
+        Ok(())
     }
 
     fn read(&mut self, index: usize, rows: Option<i64>, budget: &mut Budget) -> Loaded {
-        let (path, _) = &self.files[index];
-        let name = &self.infos[index].name;
-        let mut file = io::BufReader::new(open_file(path)?);
-        read_header(&mut file, budget)
-            .and_then(|header| read_data(&mut file, &header, rows, budget))
-            .map_err(|e| read_error(path, name, e))
+        let (mut file, header) = self.open_array(index, budget)?;
+        read_data(&mut file, &header, rows, budget)
+            .map_err(|e| read_error(&self.files[index], &excerpt(&self.names[index]), e))
     }
 }
 

@@ -38,8 +38,67 @@ pub fn metadata(path: &Path) -> Result<Metadata, DataError> {
     })
 }
 
-pub fn open_file(path: &Path) -> Result<File, DataError> {
-    File::open(path).map_err(|e| unreadable(path, describe_io(&e)))
+/// Linux's `O_NONBLOCK` (the same value on x86-64 and aarch64): opening a FIFO with it returns at
+/// once instead of waiting for a writer; a regular file ignores it.
+const O_NONBLOCK: i32 = 0o4000;
+
+/// Open a file the run reads, refusing anything but a regular file: a FIFO would block the run
+/// forever and a device (`/dev/zero`, `/dev/urandom`) never ends. The file is opened without waiting
+/// and checked on the opened descriptor, so a path swapped after a check cannot slip through.
+/// `role` names the file in the message ("the loss log", "sibling .npy").
+pub fn open_regular(path: &Path, role: &str) -> Result<File, DataError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => DataError::Missing(path.to_path_buf()),
+            _ => unreadable(path, describe_io(&e)),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| unreadable(path, describe_io(&e)))?;
+    if meta.is_dir() {
+        return Err(unreadable(path, format!("{role} is a folder, not a file")));
+    }
+    if !meta.is_file() {
+        return Err(unreadable(
+            path,
+            format!(
+                "{role} is not a regular file (a {}); trainlint reads only regular files",
+                file_type_name(&meta)
+            ),
+        ));
+    }
+    Ok(file)
+}
+
+/// What a non-regular file is, in words.
+fn file_type_name(meta: &Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_fifo() {
+        "FIFO"
+    } else if t.is_char_device() {
+        "character device"
+    } else if t.is_block_device() {
+        "block device"
+    } else if t.is_socket() {
+        "socket"
+    } else {
+        "special file"
+    }
+}
+
+/// A value from a file, cut short for a one-line message: at most 40 characters, then `…` and the
+/// value's full size in bytes; control characters escaped.
+pub fn excerpt(value: &str) -> String {
+    const KEEP: usize = 40;
+    match value.char_indices().nth(KEEP) {
+        None => printable(value),
+        Some((cut, _)) => format!("{}… ({} bytes)", printable(&value[..cut]), value.len()),
+    }
 }
 
 /// Text from a file, safe to put in a one-line message: control characters are escaped.

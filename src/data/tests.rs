@@ -250,3 +250,65 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_archive_directory_listing_millions_of_members_is_refused_before_it_is_read() {
+    // A zip64 end record claiming 10 million members: the zip reader would keep an entry for each.
+    let mut bytes = Vec::new();
+    let record_at = bytes.len() as u64;
+    bytes.extend(b"PK\x06\x06");
+    bytes.extend(44u64.to_le_bytes());
+    bytes.extend([45, 0, 45, 0]);
+    bytes.extend([0; 8]);
+    bytes.extend(10_000_000u64.to_le_bytes());
+    bytes.extend(10_000_000u64.to_le_bytes());
+    bytes.extend((460_000_000u64).to_le_bytes());
+    bytes.extend(0u64.to_le_bytes());
+    bytes.extend(b"PK\x06\x07");
+    bytes.extend(0u32.to_le_bytes());
+    bytes.extend(record_at.to_le_bytes());
+    bytes.extend(1u32.to_le_bytes());
+    bytes.extend(b"PK\x05\x06");
+    bytes.extend([0; 4]);
+    bytes.extend([0xFF; 4]);
+    bytes.extend([0xFF; 8]);
+    bytes.extend([0; 2]);
+    let dir = tempfile::tempdir().unwrap();
+    let p = file(dir.path(), "many.npz", &bytes);
+    let e = read_arrays(&p).err().unwrap().to_string();
+    assert!(
+        e.contains("its zip directory lists 10000000 members in 4 GiB; an .npz holds at most 65536 members in 16 MiB"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_sample_is_charged_as_converted() {
+    // 64 rows of 1 KiB uint8: 64 KiB read, 256 KiB more as float32.
+    let dir = tempfile::tempdir().unwrap();
+    let p = file(
+        dir.path(),
+        "u8.npz",
+        &npz(&[
+            (
+                "inputs.npy",
+                npy("|u1", false, "(64, 1024)", &[1; 64 << 10]),
+            ),
+            ("targets.npy", npy("|u1", false, "(64,)", &[1; 64])),
+        ]),
+    );
+    let e = load_dataset_within(&p, "inputs", "targets", 64, &mut Budget::new(200 << 10))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("in memory for its first 64 samples (64 KiB as read (|u1), 256 KiB as float32), over the limit of 200 KiB"),
+        "{e}"
+    );
+    let d = load_dataset_within(&p, "inputs", "targets", 64, &mut Budget::new(400 << 10)).unwrap();
+    assert_eq!(
+        (d.inputs.kind(), d.targets.kind()),
+        (Kind::Float, Kind::Int64)
+    );
+    assert_eq!(d.inputs.double_value(&[63, 1023]), 1.0);
+}
