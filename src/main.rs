@@ -2,6 +2,8 @@
 mod baseline;
 mod config;
 mod data;
+#[cfg(test)]
+mod fuzz;
 mod graph_view;
 mod model;
 mod output;

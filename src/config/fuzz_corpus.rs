@@ -5,30 +5,13 @@
 //! the bytes, finding and loading the file gives settings or a [`ConfigError`], never a panic, and the
 //! error renders as one message line plus a snippet free of control characters.
 //!
-//! Bounded for CI (256 cases); a new seed is a file dropped into the corpus.
-use std::path::{Path, PathBuf};
+//! Bounded for CI (256 cases, `PROPTEST_CASES` for more); a new seed is a file dropped into the corpus.
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
-use proptest::sample::Index;
-use proptest::test_runner::Config;
 
 use super::{discover, load_file, Settings};
-
-/// The corpus files of one kind, in name order.
-fn corpus(kind: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(kind);
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
-    paths.sort();
-    assert!(paths.len() >= 4, "{}: a handful of seeds", dir.display());
-    paths.iter().map(|p| std::fs::read(p).unwrap()).collect()
-}
+use crate::fuzz::{apply, config, corpus, mutated};
 
 /// Bytes that stress the parser and the reader when dropped anywhere.
 fn tokens() -> Vec<Vec<u8>> {
@@ -73,74 +56,6 @@ fn tokens() -> Vec<Vec<u8>> {
     t
 }
 
-#[derive(Debug, Clone)]
-enum Mutation {
-    FlipBit(Index, u8),
-    Truncate(Index),
-    Delete(Index, usize),
-    InsertBytes(Index, Vec<u8>),
-    InsertToken(Index, Index),
-    /// Copies the line at the first index to the start of the line at the second.
-    DuplicateLine(Index, Index),
-}
-
-fn mutation() -> impl Strategy<Value = Mutation> {
-    prop_oneof![
-        3 => (any::<Index>(), 0..8u8).prop_map(|(at, bit)| Mutation::FlipBit(at, bit)),
-        1 => any::<Index>().prop_map(Mutation::Truncate),
-        2 => (any::<Index>(), 1..16usize).prop_map(|(at, n)| Mutation::Delete(at, n)),
-        2 => (any::<Index>(), prop::collection::vec(any::<u8>(), 1..8))
-            .prop_map(|(at, b)| Mutation::InsertBytes(at, b)),
-        3 => (any::<Index>(), any::<Index>()).prop_map(|(at, t)| Mutation::InsertToken(at, t)),
-        2 => (any::<Index>(), any::<Index>()).prop_map(|(from, to)| Mutation::DuplicateLine(from, to)),
-    ]
-}
-
-fn apply(bytes: &mut Vec<u8>, m: &Mutation, tokens: &[Vec<u8>]) {
-    let at = |i: &Index, len: usize| i.index(len + 1);
-    match m {
-        Mutation::FlipBit(i, bit) if !bytes.is_empty() => {
-            let i = i.index(bytes.len());
-            bytes[i] ^= 1 << bit;
-        }
-        Mutation::FlipBit(..) => {}
-        Mutation::Truncate(i) => bytes.truncate(at(i, bytes.len())),
-        Mutation::Delete(i, n) => {
-            let start = at(i, bytes.len());
-            let end = (start + n).min(bytes.len());
-            bytes.drain(start..end);
-        }
-        Mutation::InsertBytes(i, b) => {
-            let i = at(i, bytes.len());
-            bytes.splice(i..i, b.iter().copied());
-        }
-        Mutation::InsertToken(i, t) => {
-            let i = at(i, bytes.len());
-            bytes.splice(i..i, t.get(tokens).iter().copied());
-        }
-        Mutation::DuplicateLine(from, to) => {
-            let starts: Vec<usize> = std::iter::once(0)
-                .chain(
-                    bytes
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, b)| **b == b'\n')
-                        .map(|(i, _)| i + 1),
-                )
-                .collect();
-            let line = *from.get(&starts);
-            let end = bytes[line..]
-                .iter()
-                .position(|b| *b == b'\n')
-                .map(|p| line + p + 1)
-                .unwrap_or(bytes.len());
-            let copy = bytes[line..end].to_vec();
-            let dest = *to.get(&starts);
-            bytes.splice(dest..dest, copy);
-        }
-    }
-}
-
 /// Finds and loads `bytes` written as `name` in a fresh folder; the error, if any, must render.
 fn load_bytes(name: &str, bytes: &[u8]) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
@@ -164,45 +79,38 @@ fn load_bytes(name: &str, bytes: &[u8]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// Every seed with the name it is read under, read once.
+/// Every seed with the name it is read under: `fuzz/corpus/config/*` as `trainlint.toml`,
+/// `fuzz/corpus/pyproject/*` as `pyproject.toml`, read once.
 fn seeds() -> &'static [(&'static str, Vec<u8>)] {
     static SEEDS: OnceLock<Vec<(&'static str, Vec<u8>)>> = OnceLock::new();
     SEEDS.get_or_init(|| {
-        let mut all: Vec<(&'static str, Vec<u8>)> = corpus("config")
-            .into_iter()
-            .map(|b| ("trainlint.toml", b))
-            .collect();
-        all.extend(
-            corpus("pyproject")
-                .into_iter()
-                .map(|b| ("pyproject.toml", b)),
-        );
-        all
+        [
+            ("config", "trainlint.toml"),
+            ("pyproject", "pyproject.toml"),
+        ]
+        .into_iter()
+        .flat_map(|(kind, name)| corpus(kind).into_iter().map(move |(_, b)| (name, b)))
+        .collect()
     })
 }
 
 #[test]
 fn every_seed_loads_or_refuses_in_words() {
+    assert!(seeds().len() >= 8, "a handful of seeds of each kind");
     for (name, bytes) in seeds() {
         load_bytes(name, bytes).unwrap();
     }
 }
 
 proptest! {
-    #![proptest_config(Config { cases: 256, failure_persistence: None, ..Config::default() })]
+    #![proptest_config(config(256))]
 
     /// Mutated seeds give settings or a ConfigError, never a panic.
     #[test]
-    fn mutated_seeds_never_panic_the_loader(
-        seed in any::<Index>(),
-        mutations in prop::collection::vec(mutation(), 1..8),
-    ) {
-        let (name, seed) = seed.get(seeds());
-        let mut bytes = seed.clone();
+    fn fuzz_config((seed, edits) in mutated()) {
+        let (name, bytes) = &seeds()[seed % seeds().len()];
         let tokens = tokens();
-        for m in &mutations {
-            apply(&mut bytes, m, &tokens);
-        }
-        load_bytes(name, &bytes)?;
+        let tokens: Vec<&[u8]> = tokens.iter().map(Vec::as_slice).collect();
+        load_bytes(name, &apply(bytes.clone(), &edits, &tokens))?;
     }
 }
