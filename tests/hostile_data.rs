@@ -3,10 +3,10 @@
 //! files are generated here, small, so no blob is committed.
 mod common;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
+use common::archives::{deflated_zeros, f32_bytes, file, npy, safetensors, zip, Member};
 use common::{check_json, findings, fixture, run, stderr, write};
 
 /// No panic (101), no abort (134), no C++ backtrace; the message is one line.
@@ -50,152 +50,13 @@ fn check_log(path: &Path) -> Output {
     ])
 }
 
-/// An `.npy` file (version 1) with the header text as given, so the shape may lie.
-fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend((header.len() as u16).to_le_bytes());
-    out.extend(header.as_bytes());
-    out.extend(data);
-    out
-}
-
-fn f32_bytes(n: usize) -> Vec<u8> {
-    (0..n).flat_map(|i| (i as f32).to_le_bytes()).collect()
-}
-
-/// One member of a hand-built zip archive. `declared_size` is what the headers claim the member
-/// inflates to (written as zip64 when it does not fit 32 bits); `compressed` is stored as is.
-struct Member<'a> {
-    name: &'a str,
-    method: u16,
-    compressed: Vec<u8>,
-    declared_size: u64,
-    crc: u32,
-}
-
-impl<'a> Member<'a> {
-    fn stored(name: &'a str, data: Vec<u8>) -> Self {
-        Member {
-            name,
-            method: 0,
-            crc: crc32fast::hash(&data),
-            declared_size: data.len() as u64,
-            compressed: data,
-        }
-    }
-}
-
-/// A zip archive, written byte by byte so the sizes in it can lie.
-fn zip(members: &[Member]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut central = Vec::new();
-    for m in members {
-        let offset = out.len() as u32;
-        let zip64 = m.declared_size >= u32::MAX as u64;
-        let extra: Vec<u8> = if zip64 {
-            let mut e = vec![0x01, 0x00, 16, 0];
-            e.extend(m.declared_size.to_le_bytes());
-            e.extend((m.compressed.len() as u64).to_le_bytes());
-            e
-        } else {
-            Vec::new()
-        };
-        let (usize32, csize32) = if zip64 {
-            (u32::MAX, u32::MAX)
-        } else {
-            (m.declared_size as u32, m.compressed.len() as u32)
-        };
-        let version: u16 = if zip64 { 45 } else { 20 };
-        let mut fields = Vec::new();
-        fields.extend(version.to_le_bytes()); // version needed
-        fields.extend(0u16.to_le_bytes()); // flags
-        fields.extend(m.method.to_le_bytes());
-        fields.extend(0u16.to_le_bytes()); // time
-        fields.extend(0x21u16.to_le_bytes()); // date: 1980-01-01
-        fields.extend(m.crc.to_le_bytes());
-        fields.extend(csize32.to_le_bytes());
-        fields.extend(usize32.to_le_bytes());
-        fields.extend((m.name.len() as u16).to_le_bytes());
-        fields.extend((extra.len() as u16).to_le_bytes());
-        out.extend(0x04034b50u32.to_le_bytes());
-        out.extend(&fields);
-        out.extend(m.name.as_bytes());
-        out.extend(&extra);
-        out.extend(&m.compressed);
-
-        central.extend(0x02014b50u32.to_le_bytes());
-        central.extend(version.to_le_bytes()); // version made by
-        central.extend(&fields);
-        central.extend(0u16.to_le_bytes()); // comment length
-        central.extend(0u16.to_le_bytes()); // disk
-        central.extend(0u16.to_le_bytes()); // internal attributes
-        central.extend(0u32.to_le_bytes()); // external attributes
-        central.extend(offset.to_le_bytes());
-        central.extend(m.name.as_bytes());
-        central.extend(&extra);
-    }
-    let cd_offset = out.len() as u32;
-    out.extend(&central);
-    out.extend(0x06054b50u32.to_le_bytes());
-    out.extend(0u16.to_le_bytes());
-    out.extend(0u16.to_le_bytes());
-    out.extend((members.len() as u16).to_le_bytes());
-    out.extend((members.len() as u16).to_le_bytes());
-    out.extend((central.len() as u32).to_le_bytes());
-    out.extend(cd_offset.to_le_bytes());
-    out.extend(0u16.to_le_bytes());
-    out
-}
-
-/// A deflate stream of `prefix` then `zeros_mib` MiB of zero bytes, built in milliseconds: one
-/// sync-flushed MiB of zeros encodes to the same bytes whatever zeros came before, so it repeats.
-fn deflated_zeros(prefix: &[u8], zeros_mib: usize) -> Vec<u8> {
-    use flate2::{Compress, Compression, FlushCompress};
-    let mut c = Compress::new(Compression::best(), false);
-    let mut out = Vec::with_capacity(1 << 20);
-    let mut chunk = |input: &[u8], flush: FlushCompress, out: &mut Vec<u8>| {
-        let start = out.len();
-        let mut consumed = 0;
-        loop {
-            out.reserve(64 << 10);
-            let before = c.total_in();
-            c.compress_vec(&input[consumed..], out, flush).unwrap();
-            consumed += (c.total_in() - before) as usize;
-            if consumed == input.len() && out.len() < out.capacity() {
-                break;
-            }
-        }
-        out[start..].to_vec()
-    };
-    let zeros = vec![0u8; 1 << 20];
-    chunk(prefix, FlushCompress::Sync, &mut out);
-    chunk(&zeros, FlushCompress::Sync, &mut out);
-    let repeat = chunk(&zeros, FlushCompress::Sync, &mut out);
-    for _ in 2..zeros_mib {
-        out.extend(&repeat);
-    }
-    chunk(&[], FlushCompress::Finish, &mut out);
-    out
-}
-
-fn file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::File::create(&p).unwrap().write_all(bytes).unwrap();
-    p
-}
-
 #[test]
 fn an_npz_member_that_claims_a_tebibyte_does_not_abort() {
     // 9 KB on disk; the zip64 header says `inputs.npy` inflates to 1 TiB. Sizes in a file are
     // claims, not facts: allocating them up front aborted the process.
     let dir = tempfile::tempdir().unwrap();
     let mut inputs = Member::stored("inputs.npy", npy("<f4", "(64, 32)", &f32_bytes(64 * 32)));
-    inputs.declared_size = 1 << 40;
+    (inputs.size, inputs.local_size) = (1 << 40, 1 << 40);
     let targets = Member::stored("targets.npy", npy("<f4", "(64, 1)", &f32_bytes(64)));
     let p = file(dir.path(), "claims.npz", &zip(&[inputs, targets]));
     let o = check_data(&p);
@@ -217,7 +78,8 @@ fn a_zip_bomb_npz_is_read_only_as_far_as_the_samples_need() {
         name,
         method: 8,
         compressed,
-        declared_size: size,
+        size,
+        local_size: size,
         crc: 0, // never reached: the reader stops long before the end
     };
     let p = file(
@@ -262,7 +124,8 @@ fn reading_all_arrays_stops_at_the_inflation_cap() {
             name: "x.npy",
             method: 8,
             compressed: deflated_zeros(&header, 4),
-            declared_size: header.len() as u64 + (4 << 30),
+            size: header.len() as u64 + (4 << 30),
+            local_size: header.len() as u64 + (4 << 30),
             crc: 0,
         }]),
     );
@@ -337,14 +200,6 @@ fn files_that_are_not_archives_say_so_in_words() {
     let p = file(dir.path(), "text.safetensors", b"just some text");
     let err = assert_one_line_error(&check_data(&p));
     assert!(err.contains("not a .safetensors file"), "{err}");
-}
-
-/// A .safetensors file: 8-byte header length, the JSON header, the data.
-fn safetensors(header: &str, data: &[u8]) -> Vec<u8> {
-    let mut out = (header.len() as u64).to_le_bytes().to_vec();
-    out.extend(header.as_bytes());
-    out.extend(data);
-    out
 }
 
 #[test]
