@@ -907,15 +907,39 @@ pub fn drawing_left_running() -> bool {
     LEFT_RUNNING.load(Ordering::SeqCst)
 }
 
+/// Why a drawing gave no picture.
+#[derive(Debug)]
+pub enum Stopped {
+    /// It ran past the time limit (the worker is left to run).
+    TimedOut(Duration),
+    /// It failed, or panicked (an internal error, with its message).
+    Failed(String),
+}
+
+/// `work`, a panic in it turned into [`Stopped::Failed`].
+fn guarded<T>(work: impl FnOnce() -> Result<T, String>) -> Result<T, Stopped> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        Ok(out) => out.map_err(Stopped::Failed),
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into());
+            Err(Stopped::Failed(format!("internal error: {message}")))
+        }
+    }
+}
+
 /// Runs `work` under the checks' time limit (`--timeout`): on a worker thread, waited for at most
-/// `limit`; without a limit, here. `Err(limit)` when it ran past it (the worker is then left to run).
+/// `limit`; without a limit, here.
 pub fn within_limit<T: Send + 'static>(
     limit: Option<Duration>,
     threads: usize,
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, Duration> {
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, Stopped> {
     let Some(limit) = limit else {
-        return Ok(work());
+        return guarded(work);
     };
     let (tx, rx) = mpsc::channel();
     let worker = std::thread::Builder::new()
@@ -926,27 +950,27 @@ pub fn within_limit<T: Send + 'static>(
             // Thread-local in libtorch: the OpenMP thread count and the warning handler.
             tch::set_num_threads(threads as i32);
             crate::model::silence_libtorch_warnings();
-            let _ = tx.send(work());
+            let _ = tx.send(guarded(work));
         });
     let worker = match worker {
         Ok(w) => w,
-        // No thread to spare: no drawing either, reported as the limit would be.
-        Err(_) => return Err(limit),
+        Err(e) => return Err(Stopped::Failed(format!("cannot start a thread: {e}"))),
     };
     match rx.recv_timeout(limit) {
         Ok(out) => {
             let _ = worker.join();
-            Ok(out)
+            out
         }
         Err(mpsc::RecvTimeoutError::Timeout) => {
             LEFT_RUNNING.store(true, Ordering::SeqCst);
-            Err(limit)
+            Err(Stopped::TimedOut(limit))
         }
-        // The work panicked: its message is on stderr already.
-        Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
-            Ok(()) => Err(limit),
-            Err(payload) => std::panic::resume_unwind(payload),
-        },
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            let _ = worker.join();
+            Err(Stopped::Failed(
+                "the drawing's thread ended without a result".into(),
+            ))
+        }
     }
 }
 
@@ -973,29 +997,31 @@ pub fn draw_for_report(
     threads: usize,
 ) -> Option<ReportGraph> {
     let sample = sample_of(data).ok()?;
-    let draw = move |model: &dyn trainlint_checks::Model| -> Option<Drawn> {
-        let mut views = views_of_sample(model, sample.as_ref()).ok()?;
+    let draw = move |model: &dyn trainlint_checks::Model| -> Result<Drawn, String> {
+        let mut views = views_of_sample(model, sample.as_ref())?;
         paint_all(&mut views.collapsed, &paints);
         if let Some(full) = views.full.as_mut() {
             paint_all(full, &paints);
         }
-        Some(Drawn {
+        Ok(Drawn {
             collapsed_svg: views.collapsed.to_svg(),
             full_svg: views.full.as_ref().map(View::to_svg),
         })
     };
     let drawn = match limit {
-        None => draw(model),
+        None => guarded(|| draw(model)),
         Some(_) => {
             // The worker gets a model of its own: one left running never touches this one.
             let copy = model.independent_copy().ok()?;
-            match within_limit(limit, threads, move || draw(&copy)) {
-                Ok(drawn) => drawn,
-                Err(limit) => return Some(ReportGraph::TimedOut(limit)),
-            }
+            within_limit(limit, threads, move || draw(&copy))
         }
     };
-    drawn.map(|d| ReportGraph::Drawn(Box::new(d)))
+    match drawn {
+        Ok(d) => Some(ReportGraph::Drawn(Box::new(d))),
+        Err(Stopped::TimedOut(limit)) => Some(ReportGraph::TimedOut(limit)),
+        // As before the time limit: a graph that cannot be read leaves the section out.
+        Err(Stopped::Failed(_)) => None,
+    }
 }
 
 /// The module and parameter paths a finding names: its location and its evidence's lists of names.

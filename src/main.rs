@@ -1102,15 +1102,18 @@ fn graph(args: GraphArgs) -> Result<ExitCode, Fatal> {
             }
         })
     };
-    let text = graph_view::within_limit(check_timeout(args.timeout), threads, draw)
-        .map_err(|limit| {
-            Fatal::from(format!(
+    let text = graph_view::within_limit(check_timeout(args.timeout), threads, draw).map_err(
+        |stopped| match stopped {
+            graph_view::Stopped::TimedOut(limit) => Fatal::from(format!(
                 "cannot draw {}: timed out after {} s; raise --timeout (0 = no limit)",
                 model_path.display(),
                 trainlint_checks::finding::num(limit.as_secs_f64())
-            ))
-        })?
-        .map_err(|e| Fatal::from(format!("cannot draw {}: {e}", model_path.display())))?;
+            )),
+            graph_view::Stopped::Failed(e) => {
+                Fatal::from(format!("cannot draw {}: {e}", model_path.display()))
+            }
+        },
+    )?;
     match targets.iter().find(|t| t.flag == "--output-file") {
         Some(t) => output::write_all(&[(t, text.as_bytes())]).map_err(Fatal::from)?,
         None => {
