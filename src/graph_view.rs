@@ -2,13 +2,19 @@
 //!
 //! Nodes are the calls of leaf modules (modules that call no other module), in call order, with their
 //! type and output shape; edges are the data flowing between them, dashed where `.detach()` cuts the
-//! gradient. Runs of identical numbered blocks (`layer1.0` … `layer1.3`) collapse into one node with a
-//! count; modules with trainable parameters that forward never calls appear on their own, marked
-//! unused; modules called more than once are marked shared. Layout (SVG) is layout-rs's.
+//! gradient. Runs of identical numbered blocks (`layer1.0` … `layer1.3`, or 8 and more identical single
+//! layers) collapse into one node with a count; modules with trainable parameters that forward never
+//! calls appear on their own, marked unused; modules called more than once are marked shared. Past
+//! [`MAX_NODES`] nodes the rest is one node, "N more modules not drawn", so that any model's picture
+//! is laid out in bounded time. Layout (SVG) is layout-rs's.
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use serde::Serialize;
-use trainlint_checks::graph::{is_under, CallSite, ModuleGraph};
+use tch::Tensor;
+use trainlint_checks::graph::{CallSite, ModuleGraph};
 use trainlint_checks::rules::shared_batchnorm::is_batchnorm;
 use trainlint_checks::ModuleInfo;
 
@@ -34,9 +40,19 @@ pub struct ViewNode {
     /// `unused`, `shared`, `shared-batchnorm`, `final-activation`, and the marks findings paint
     /// (`finding`, `error`, `warning`).
     pub marks: BTreeSet<String>,
-    /// Finding messages painted on this node.
+    /// Finding messages painted on this node (the first few).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// For the node past the drawing limit (`more`): the modules not drawn, and the nodes they would
+    /// have taken.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub omitted: usize,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub omitted_nodes: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -52,6 +68,9 @@ pub struct ViewEdge {
 pub struct View {
     pub nodes: Vec<ViewNode>,
     pub edges: Vec<ViewEdge>,
+    /// The modules past the drawing limit, which the `more` node stands for (for painting findings).
+    #[serde(skip)]
+    pub omitted_modules: Vec<String>,
 }
 
 /// What the view is built from besides the graph.
@@ -87,6 +106,19 @@ fn is_activation(kind: &str) -> bool {
     .contains(&kind)
 }
 
+/// At most this many nodes (besides input and output) are drawn; past it one node says how many
+/// modules are not drawn. layout-rs's time grows with the square of the nodes it lays out (fillers of
+/// long edges included, see [`LAYOUT_BUDGET`]): a 300-node chain takes 0.03 s in a debug build, and
+/// within [`LAYOUT_BUDGET`] the worst pictures measured take ~3 s there. A collapsed run counts as one node.
+pub const MAX_NODES: usize = 300;
+
+/// Runs of identical single layers collapse from this length on (runs of blocks from 2): a handful of
+/// equal layers in a row reads better drawn, thousands do not.
+const MIN_LAYER_RUN: usize = 8;
+
+/// Finding notes kept on one node (its marks still take every finding).
+const MAX_NOTES: usize = 20;
+
 /// A call's descendants as (path relative to it, kind), in call order: equal for identical blocks.
 fn signature(
     graph: &ModuleGraph,
@@ -117,7 +149,13 @@ fn numbered(path: &str) -> Option<(&str, u64)> {
     last.parse().ok().map(|n| (prefix, n))
 }
 
-/// Runs of at least two consecutive numbered sibling calls with the same structure: each run's call ids.
+/// The call ids of a call's containers (`ancestors`), without building the call sites' list.
+fn ancestor_ids(graph: &ModuleGraph, call: &CallSite) -> Vec<usize> {
+    graph.ancestors(call).iter().map(|a| a.id).collect()
+}
+
+/// Runs of consecutive numbered sibling calls with the same structure: at least two blocks, or at
+/// least [`MIN_LAYER_RUN`] single layers. Each run's call ids; no run lies inside another.
 fn repeated_runs(graph: &ModuleGraph) -> Vec<Vec<usize>> {
     let mut children: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for c in &graph.calls {
@@ -125,22 +163,19 @@ fn repeated_runs(graph: &ModuleGraph) -> Vec<Vec<usize>> {
             children.entry(p).or_default().push(c.id);
         }
     }
-    // Siblings: same parent call and same prefix, non-leaf calls only (blocks, not single layers).
-    let mut siblings: BTreeMap<(Option<usize>, String), Vec<usize>> = BTreeMap::new();
+    // Siblings: same parent call, same prefix, and both blocks or both single layers.
+    let mut siblings: BTreeMap<(Option<usize>, String, bool), Vec<usize>> = BTreeMap::new();
     for c in &graph.calls {
-        if c.leaf {
-            continue;
-        }
         if let Some((prefix, _)) = numbered(&c.module) {
             siblings
-                .entry((c.parent, prefix.to_string()))
+                .entry((c.parent, prefix.to_string(), c.leaf))
                 .or_default()
                 .push(c.id);
         }
     }
     let mut runs = Vec::new();
-    let mut covered: BTreeSet<usize> = BTreeSet::new();
-    for ids in siblings.values() {
+    for ((_, _, leaf), ids) in &siblings {
+        let shortest = if *leaf { MIN_LAYER_RUN } else { 2 };
         let mut run: Vec<usize> = Vec::new();
         let mut last: Option<(u64, Vec<(String, String)>)> = None;
         for &id in ids {
@@ -149,7 +184,7 @@ fn repeated_runs(graph: &ModuleGraph) -> Vec<Vec<usize>> {
             let sig = signature(graph, &children, c);
             let continues = last.as_ref().is_some_and(|(m, s)| n == m + 1 && *s == sig);
             if !continues {
-                if run.len() >= 2 {
+                if run.len() >= shortest {
                     runs.push(std::mem::take(&mut run));
                 }
                 run.clear();
@@ -157,163 +192,217 @@ fn repeated_runs(graph: &ModuleGraph) -> Vec<Vec<usize>> {
             run.push(id);
             last = Some((n, sig));
         }
-        if run.len() >= 2 {
+        if run.len() >= shortest {
             runs.push(run);
         }
     }
-    // Outer runs first; a run inside another is hidden by it.
+    // Outer runs first; a run inside another is hidden by it. The blocks of one run share their
+    // containers, so the first block's say whether the run lies inside a kept one.
     runs.sort_by_key(|r| graph.ancestors(&graph.calls[r[0]]).len());
     let mut kept = Vec::new();
+    let mut in_kept: BTreeSet<usize> = BTreeSet::new();
     for run in runs {
-        if run.iter().any(|id| covered.contains(id)) {
+        let inside = ancestor_ids(graph, &graph.calls[run[0]])
+            .iter()
+            .any(|a| in_kept.contains(a));
+        if inside || run.iter().any(|id| in_kept.contains(id)) {
             continue;
         }
-        for &id in &run {
-            covered.insert(id);
-            for c in &graph.calls {
-                if graph.ancestors(c).iter().any(|a| a.id == id) {
-                    covered.insert(c.id);
-                }
-            }
-        }
+        in_kept.extend(run.iter().copied());
         kept.push(run);
     }
     kept
 }
 
+/// What one node of the view stands for, before the cut at [`MAX_NODES`].
+enum Entry<'a> {
+    /// A leaf call.
+    Call(&'a CallSite),
+    /// A collapsed run (index into the runs).
+    Run(usize),
+    /// A module with unused trainable parameters that forward never calls.
+    Unused(&'a str),
+}
+
+fn plain_node(id: &str, kind: &str) -> ViewNode {
+    ViewNode {
+        id: id.into(),
+        module: String::new(),
+        kind: kind.into(),
+        shape: String::new(),
+        call: 1,
+        calls: 1,
+        in_loop: false,
+        collapsed: Vec::new(),
+        marks: BTreeSet::new(),
+        notes: Vec::new(),
+        omitted: 0,
+        omitted_nodes: 0,
+    }
+}
+
 impl View {
     pub fn build(graph: &ModuleGraph, inputs: &ViewInputs) -> View {
         let calls_of = graph.calls_by_module();
-        // Leaf call -> node id, through collapsed runs.
-        let mut node_of: BTreeMap<usize, String> = BTreeMap::new();
-        let mut nodes: Vec<ViewNode> = Vec::new();
-        nodes.push(ViewNode {
-            id: "input".into(),
-            module: String::new(),
-            kind: "input".into(),
-            shape: inputs.input_shape.clone(),
-            call: 1,
-            calls: 1,
-            in_loop: false,
-            collapsed: Vec::new(),
-            marks: BTreeSet::new(),
-            notes: Vec::new(),
-        });
+        // Which call of its module each call is (1-based).
+        let mut call_number: BTreeMap<usize, usize> = BTreeMap::new();
+        for sites in calls_of.values() {
+            for (i, s) in sites.iter().enumerate() {
+                call_number.insert(s.id, i + 1);
+            }
+        }
         let runs = if inputs.collapse {
             repeated_runs(graph)
         } else {
             Vec::new()
         };
+        // Call -> the run it lies in (itself a block of it, or under one). A container's call comes
+        // before the calls inside it, so one pass in call order sees the container's run first.
         let mut run_of: BTreeMap<usize, usize> = BTreeMap::new();
         for (g, run) in runs.iter().enumerate() {
-            for c in &graph.calls {
-                let inside =
-                    run.contains(&c.id) || graph.ancestors(c).iter().any(|a| run.contains(&a.id));
-                if inside {
-                    run_of.insert(c.id, g);
-                }
+            for &id in run {
+                run_of.insert(id, g);
             }
         }
+        for c in &graph.calls {
+            if let Some(g) = c.parent.and_then(|p| run_of.get(&p).copied()) {
+                run_of.insert(c.id, g);
+            }
+        }
+        // The nodes in call order, then the uncalled modules.
+        let mut entries: Vec<Entry> = Vec::new();
         let mut emitted_runs: BTreeSet<usize> = BTreeSet::new();
         for c in &graph.calls {
             if let Some(&g) = run_of.get(&c.id) {
-                if c.leaf {
-                    node_of.insert(c.id, format!("g{g}"));
-                }
                 if emitted_runs.insert(g) {
-                    let run = &runs[g];
+                    entries.push(Entry::Run(g));
+                }
+            } else if c.leaf {
+                entries.push(Entry::Call(c));
+            }
+        }
+        let called = entries.len();
+        entries.extend(
+            inputs
+                .unused
+                .keys()
+                .filter(|m| !calls_of.contains_key(m.as_str()))
+                .map(|m| Entry::Unused(m.as_str())),
+        );
+        // The cut: calls first, but uncalled modules (each an error) keep a quarter of the room.
+        let uncalled = entries.len() - called;
+        let uncalled_kept = uncalled.min((MAX_NODES / 4).max(MAX_NODES.saturating_sub(called)));
+        let called_kept = called.min(MAX_NODES - uncalled_kept);
+        let kept = |i: usize| {
+            if i < called {
+                i < called_kept
+            } else {
+                i - called < uncalled_kept
+            }
+        };
+
+        let kinds: BTreeMap<&str, &str> = inputs
+            .modules
+            .iter()
+            .map(|m| (m.path.as_str(), m.kind.as_str()))
+            .collect();
+        let mut input = plain_node("input", "input");
+        input.shape = inputs.input_shape.clone();
+        let mut nodes: Vec<ViewNode> = vec![input];
+        // Leaf call -> node id (through collapsed runs; "more" past the cut).
+        let mut node_of: BTreeMap<usize, String> = BTreeMap::new();
+        let mut omitted_modules: BTreeSet<String> = BTreeSet::new();
+        let mut omitted_nodes = 0;
+        let mut drawn_modules: BTreeSet<&str> = BTreeSet::new();
+        let mut run_node: BTreeMap<usize, String> = BTreeMap::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let keep = kept(i);
+            if !keep {
+                omitted_nodes += 1;
+            }
+            match entry {
+                Entry::Run(g) => {
+                    let run = &runs[*g];
+                    let id = if keep { format!("g{g}") } else { "more".into() };
+                    run_node.insert(*g, id.clone());
+                    let blocks = run.iter().map(|&id| graph.calls[id].module.clone());
+                    if !keep {
+                        omitted_modules.extend(blocks);
+                        continue;
+                    }
                     let first = &graph.calls[run[0]];
                     let last = &graph.calls[run[run.len() - 1]];
-                    nodes.push(ViewNode {
-                        id: format!("g{g}"),
-                        module: first.module.clone(),
-                        kind: first.kind.clone(),
-                        shape: last.shape.clone(),
-                        call: 1,
-                        calls: 1,
-                        in_loop: first.in_loop,
-                        collapsed: run
-                            .iter()
-                            .map(|&id| graph.calls[id].module.clone())
-                            .collect(),
-                        marks: BTreeSet::new(),
-                        notes: Vec::new(),
-                    });
+                    drawn_modules.insert(&first.module);
+                    let mut n = plain_node(&id, &first.kind);
+                    n.module = first.module.clone();
+                    n.shape = last.shape.clone();
+                    n.in_loop = first.in_loop;
+                    n.collapsed = blocks.collect();
+                    nodes.push(n);
                 }
-                continue;
-            }
-            if !c.leaf {
-                continue;
-            }
-            let siblings = &calls_of[c.module.as_str()];
-            let call = siblings
-                .iter()
-                .position(|s| s.id == c.id)
-                .map_or(1, |i| i + 1);
-            let mut marks = BTreeSet::new();
-            if siblings.len() > 1 {
-                marks.insert("shared".to_string());
-                let together = siblings
-                    .iter()
-                    .any(|s| s.id != c.id && ModuleGraph::can_run_together(s, c));
-                if is_batchnorm(&c.kind) && together {
-                    marks.insert("shared-batchnorm".to_string());
+                Entry::Call(c) => {
+                    if !keep {
+                        node_of.insert(c.id, "more".into());
+                        omitted_modules.insert(c.module.clone());
+                        continue;
+                    }
+                    let siblings = &calls_of[c.module.as_str()];
+                    let mut marks = BTreeSet::new();
+                    if siblings.len() > 1 {
+                        marks.insert("shared".to_string());
+                        let together = is_batchnorm(&c.kind)
+                            && siblings
+                                .iter()
+                                .any(|s| s.id != c.id && ModuleGraph::can_run_together(s, c));
+                        if together {
+                            marks.insert("shared-batchnorm".to_string());
+                        }
+                    }
+                    if inputs.unused.contains_key(&c.module) {
+                        marks.insert("unused".to_string());
+                    }
+                    let id = format!("c{}", c.id);
+                    node_of.insert(c.id, id.clone());
+                    drawn_modules.insert(&c.module);
+                    let mut n = plain_node(&id, &c.kind);
+                    n.module = c.module.clone();
+                    n.shape = c.shape.clone();
+                    n.call = call_number.get(&c.id).copied().unwrap_or(1);
+                    n.calls = siblings.len();
+                    n.in_loop = c.in_loop;
+                    n.marks = marks;
+                    nodes.push(n);
+                }
+                Entry::Unused(module) => {
+                    if !keep {
+                        omitted_modules.insert(module.to_string());
+                        continue;
+                    }
+                    let mut n = plain_node(&format!("u{}", i - called), "");
+                    n.module = module.to_string();
+                    n.kind = kinds.get(module).copied().unwrap_or_default().to_string();
+                    n.call = 0;
+                    n.calls = 0;
+                    n.marks.insert("unused".to_string());
+                    nodes.push(n);
                 }
             }
-            if inputs.unused.contains_key(&c.module) {
-                marks.insert("unused".to_string());
+        }
+        for c in graph.calls.iter().filter(|c| c.leaf) {
+            if let Some(id) = run_of.get(&c.id).and_then(|g| run_node.get(g)) {
+                node_of.insert(c.id, id.clone());
             }
-            node_of.insert(c.id, format!("c{}", c.id));
-            nodes.push(ViewNode {
-                id: format!("c{}", c.id),
-                module: c.module.clone(),
-                kind: c.kind.clone(),
-                shape: c.shape.clone(),
-                call,
-                calls: siblings.len(),
-                in_loop: c.in_loop,
-                collapsed: Vec::new(),
-                marks,
-                notes: Vec::new(),
-            });
         }
-        // Modules with unused trainable parameters that forward never calls: drawn apart.
-        for (i, module) in inputs
-            .unused
-            .keys()
-            .filter(|m| !calls_of.contains_key(m.as_str()))
-            .enumerate()
-        {
-            let kind = inputs
-                .modules
-                .iter()
-                .find(|m| &m.path == module)
-                .map_or_else(String::new, |m| m.kind.clone());
-            nodes.push(ViewNode {
-                id: format!("u{i}"),
-                module: module.clone(),
-                kind,
-                shape: String::new(),
-                call: 0,
-                calls: 0,
-                in_loop: false,
-                collapsed: Vec::new(),
-                marks: ["unused".to_string()].into(),
-                notes: Vec::new(),
-            });
+        // A module with one call drawn and another past the cut is drawn.
+        omitted_modules.retain(|m| !drawn_modules.contains(m.as_str()));
+        if omitted_nodes > 0 {
+            let mut more = plain_node("more", "more");
+            more.omitted = omitted_modules.len();
+            more.omitted_nodes = omitted_nodes;
+            more.marks.insert("omitted".to_string());
+            nodes.push(more);
         }
-        let mut output = ViewNode {
-            id: "output".into(),
-            module: String::new(),
-            kind: "output".into(),
-            shape: String::new(),
-            call: 1,
-            calls: 1,
-            in_loop: false,
-            collapsed: Vec::new(),
-            marks: BTreeSet::new(),
-            notes: Vec::new(),
-        };
+        let mut output = plain_node("output", "output");
         if let Some(op) = &inputs.final_op {
             output.notes.push(format!("final op: {op}"));
         }
@@ -352,40 +441,80 @@ impl View {
             .into_iter()
             .map(|((from, to), detached)| ViewEdge { from, to, detached })
             .collect();
-        View { nodes, edges }
+        View {
+            nodes,
+            edges,
+            omitted_modules: omitted_modules.into_iter().collect(),
+        }
     }
 
-    /// Paints a finding on the nodes its location names: a module (or a module above a collapsed
-    /// block's layers) or a parameter's module. Returns whether a node took it.
-    pub fn paint(&mut self, path: &str, mark: &str, note: &str) -> bool {
-        let path = if path == "<root>" { "" } else { path };
-        let mut hit = false;
-        for n in &mut self.nodes {
-            if n.id == "input" || n.id == "output" {
-                continue;
-            }
-            let named = !path.is_empty()
-                && (n.module == path
-                    || is_under(&n.module, path)
-                    || is_under(path, &n.module)
-                    || n.collapsed
-                        .iter()
-                        .any(|m| is_under(path, m) || is_under(m, path)));
-            if named {
-                n.marks.insert(mark.to_string());
-                if !note.is_empty() && !n.notes.iter().any(|x| x == note) {
-                    n.notes.push(note.to_string());
+    /// The module paths each node stands for (its module, a collapsed run's blocks, the modules past
+    /// the drawing limit) -> the nodes, so that painting a path costs lookups, not a scan of the view.
+    fn paint_index(&self) -> BTreeMap<String, Vec<usize>> {
+        let mut index: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let names: Box<dyn Iterator<Item = &String>> = match n.id.as_str() {
+                "input" | "output" => continue,
+                "more" => Box::new(self.omitted_modules.iter()),
+                _ => Box::new(std::iter::once(&n.module).chain(n.collapsed.iter())),
+            };
+            for m in names {
+                let at = index.entry(m.clone()).or_default();
+                if at.last() != Some(&i) {
+                    at.push(i);
                 }
-                hit = true;
             }
         }
-        hit
+        index
+    }
+
+    /// Paints a finding on the nodes that name `path` (a module or a parameter): the module itself,
+    /// one above it (a collapsed block's layers) or one below it. Returns whether a node took it.
+    fn paint_indexed(
+        &mut self,
+        index: &BTreeMap<String, Vec<usize>>,
+        path: &str,
+        mark: &str,
+        note: &str,
+    ) -> bool {
+        let path = if path == "<root>" { "" } else { path };
+        if path.is_empty() {
+            return false;
+        }
+        let mut hit: BTreeSet<usize> = BTreeSet::new();
+        let above = std::iter::once("")
+            .chain(path.match_indices('.').map(|(i, _)| &path[..i]))
+            .chain(std::iter::once(path));
+        for m in above {
+            hit.extend(index.get(m).into_iter().flatten());
+        }
+        // Below: the paths that start with `path.` sort between `path.` and `path/` ('/' follows '.').
+        let (low, high) = (format!("{path}."), format!("{path}/"));
+        for (_, at) in index.range(low..high) {
+            hit.extend(at);
+        }
+        for &i in &hit {
+            let n = &mut self.nodes[i];
+            n.marks.insert(mark.to_string());
+            if !note.is_empty() && n.notes.len() < MAX_NOTES && !n.notes.iter().any(|x| x == note) {
+                n.notes.push(note.to_string());
+            }
+        }
+        !hit.is_empty()
     }
 
     fn label(n: &ViewNode) -> Vec<String> {
         let mut lines = Vec::new();
         match n.id.as_str() {
             "input" | "output" => lines.push(n.kind.clone()),
+            "more" => {
+                if n.omitted > 0 {
+                    lines.push(format!("{} more modules not drawn", n.omitted));
+                } else {
+                    lines.push(format!("{} more calls not drawn", n.omitted_nodes));
+                }
+                lines.push(format!("(the graph is drawn up to {MAX_NODES} nodes)"));
+            }
             _ if !n.collapsed.is_empty() => {
                 lines.push(format!(
                     "{} … {} ×{}",
@@ -498,6 +627,7 @@ impl View {
             ("warning", "fill:#fff0c2,stroke:#b80"),
             ("shared", "fill:#fff0c2"),
             ("final-activation", "fill:#d8ecff"),
+            ("omitted", "fill:#f4f4f4,stroke:#888,stroke-dasharray:5 5"),
         ] {
             let ids: Vec<&str> = self
                 .nodes
@@ -534,6 +664,10 @@ impl View {
                 .replace('>', "&gt;")
         };
         let mut vg = VisualGraph::new(Orientation::TopToBottom);
+        // layout-rs re-checks the whole graph for cycles after each edge by enumerating paths: time
+        // exponential in the number of paths (a residual chain of 40 nodes took minutes). The edges go
+        // in acyclic and in an order that keeps its own check trivial (below), so the re-check is off.
+        vg.dag.set_validate(false);
         let mut handles = BTreeMap::new();
         for n in &self.nodes {
             let label = Self::label(n).join("\n");
@@ -545,7 +679,7 @@ impl View {
             let (fill, _) = colours(&n.marks);
             let line = if n.marks.contains("error") {
                 "#cc0000"
-            } else if n.marks.contains("unused") {
+            } else if n.marks.contains("unused") || n.marks.contains("omitted") {
                 "#888888"
             } else {
                 "#333333"
@@ -573,10 +707,15 @@ impl View {
             );
             let elem =
                 Element::create_with_properties(shape, look, Orientation::LeftToRight, size, props);
-            handles.insert(n.id.clone(), vg.add_node(elem));
+            handles.insert(n.id.clone(), (handles.len(), vg.add_node(elem)));
         }
+        // Every edge points forward in node order (call order): a back edge (a loop's recurrence) is
+        // turned round with its arrow reversed, as layout-rs would. Added by target, each new edge's
+        // target has no successor yet, so layout-rs's cycle test (a path search from the target) ends
+        // at once instead of walking every path of the graph.
+        let mut ordered = Vec::new();
         for e in &self.edges {
-            let (Some(&a), Some(&b)) = (handles.get(&e.from), handles.get(&e.to)) else {
+            let (Some(&(i, a)), Some(&(j, b))) = (handles.get(&e.from), handles.get(&e.to)) else {
                 continue;
             };
             let arrow = if e.detached {
@@ -593,12 +732,75 @@ impl View {
             } else {
                 Arrow::simple("")
             };
+            if i < j {
+                ordered.push((j, i, arrow, a, b));
+            } else {
+                ordered.push((i, j, arrow.reverse(), b, a));
+            }
+        }
+        ordered.sort_by_key(|(to, from, ..)| (*to, *from));
+        let kept = within_layout_budget(
+            self.nodes.len(),
+            &ordered.iter().map(|e| (e.1, e.0)).collect::<Vec<_>>(),
+        );
+        for (k, (_, _, arrow, a, b)) in ordered.into_iter().enumerate() {
+            if !kept[k] {
+                continue;
+            }
             vg.add_edge(arrow, a, b);
         }
         let mut svg = SVGWriter::new();
         vg.do_it(false, false, false, &mut svg);
         stable_styles(svg.finalize())
     }
+}
+
+/// Nodes plus the filler nodes of edges that span several ranks that a layout may hold: layout-rs's
+/// time grows with the square of that count (it looks a node's rank up by scanning every rank).
+const LAYOUT_BUDGET: usize = 1000;
+
+/// Which of the forward edges `(from, to)` (node positions, sorted by target) the layout keeps: all,
+/// unless their filler nodes (an edge spanning r ranks of the longest-path ranking, layout-rs's, needs
+/// r - 1) push the layout past [`LAYOUT_BUDGET`]; then the longest edges go first. A residual stream
+/// drawn with every earlier layer's edge would otherwise need ~N²/2 fillers.
+fn within_layout_budget(nodes: usize, edges: &[(usize, usize)]) -> Vec<bool> {
+    let mut kept = vec![true; edges.len()];
+    for _ in 0..64 {
+        let mut rank = vec![0usize; nodes];
+        for (k, &(from, to)) in edges.iter().enumerate() {
+            if kept[k] {
+                rank[to] = rank[to].max(rank[from] + 1);
+            }
+        }
+        let span = |k: usize| rank[edges[k].1].saturating_sub(rank[edges[k].0] + 1);
+        let fillers: usize = (0..edges.len()).filter(|&k| kept[k]).map(span).sum();
+        if nodes + fillers <= LAYOUT_BUDGET {
+            return kept;
+        }
+        let mut longest: Vec<usize> = (0..edges.len())
+            .filter(|&k| kept[k] && span(k) > 0)
+            .collect();
+        longest.sort_by_key(|&k| (std::cmp::Reverse(span(k)), k));
+        let mut excess = nodes + fillers - LAYOUT_BUDGET;
+        for k in longest {
+            kept[k] = false;
+            excess = excess.saturating_sub(span(k));
+            if excess == 0 {
+                break;
+            }
+        }
+    }
+    // Still over (the ranks moved as edges went): only edges between neighbouring ranks.
+    let mut rank = vec![0usize; nodes];
+    for (k, &(from, to)) in edges.iter().enumerate() {
+        if kept[k] {
+            rank[to] = rank[to].max(rank[from] + 1);
+        }
+    }
+    for (k, &(from, to)) in edges.iter().enumerate() {
+        kept[k] = kept[k] && rank[to] == rank[from] + 1;
+    }
+    kept
 }
 
 /// layout-rs writes its font classes from a hash map, in an order that changes from run to run: sort
@@ -620,7 +822,9 @@ fn stable_styles(svg: String) -> String {
 
 /// Fill colour and DOT style for a node's marks.
 fn colours(marks: &BTreeSet<String>) -> (&'static str, &'static str) {
-    if marks.contains("unused") {
+    if marks.contains("omitted") && !marks.contains("error") && !marks.contains("warning") {
+        ("#f4f4f4", "rounded,filled,dashed")
+    } else if marks.contains("unused") {
         ("#e6e6e6", "rounded,filled,dashed")
     } else if marks.contains("error") {
         ("#ffd6d6", "rounded,filled")
@@ -645,24 +849,25 @@ pub struct Views {
     pub full: Option<View>,
 }
 
-/// The views of `model`, from one walk of its graph, with output shapes on the first samples of
-/// `data` when given (a sample the model rejects draws the graph without shapes and says so on
-/// stderr).
-pub fn views_of(
+/// The first samples of `data` (at most 8), for the output shapes.
+pub fn sample_of(data: Option<&trainlint_checks::Dataset>) -> Result<Option<Tensor>, String> {
+    match data {
+        Some(d) if !d.is_empty() => d
+            .inputs
+            .f_narrow(0, 0, d.len().min(8) as i64)
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        _ => Ok(None),
+    }
+}
+
+/// The views of `model`, from one walk of its graph, with output shapes on `sample` when given (a
+/// sample the model rejects draws the graph without shapes and says so on stderr).
+pub fn views_of_sample(
     model: &dyn trainlint_checks::Model,
-    data: Option<&trainlint_checks::Dataset>,
+    sample: Option<&Tensor>,
 ) -> Result<Views, String> {
-    let sample = match data {
-        Some(d) if !d.is_empty() => Some(
-            d.inputs
-                .f_narrow(0, 0, d.len().min(8) as i64)
-                .map_err(|e| e.to_string())?,
-        ),
-        _ => None,
-    };
-    let graph = model
-        .module_graph(sample.as_ref())
-        .map_err(|e| e.to_string())?;
+    let graph = model.module_graph(sample).map_err(|e| e.to_string())?;
     if !graph.shape_error.is_empty() {
         eprintln!(
             "warning: no output shapes: the model rejected the sample: {}",
@@ -675,7 +880,6 @@ pub fn views_of(
         .map(|(m, ps)| (m, ps.into_iter().map(|(n, _)| n).collect()))
         .collect();
     let input_shape = sample
-        .as_ref()
         .map(|s| format!("{:?}", s.size()))
         .unwrap_or_default();
     let mut inputs = ViewInputs {
@@ -693,6 +897,131 @@ pub fn views_of(
         None
     };
     Ok(Views { collapsed, full })
+}
+
+/// Whether a drawing that ran past its time limit may still be running on its worker thread (inside
+/// libtorch): the process must then end with `_exit`, as after a check that timed out.
+static LEFT_RUNNING: AtomicBool = AtomicBool::new(false);
+
+pub fn drawing_left_running() -> bool {
+    LEFT_RUNNING.load(Ordering::SeqCst)
+}
+
+/// Why a drawing gave no picture.
+#[derive(Debug)]
+pub enum Stopped {
+    /// It ran past the time limit (the worker is left to run).
+    TimedOut(Duration),
+    /// It failed, or panicked (an internal error, with its message).
+    Failed(String),
+}
+
+/// `work`, a panic in it turned into [`Stopped::Failed`].
+fn guarded<T>(work: impl FnOnce() -> Result<T, String>) -> Result<T, Stopped> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        Ok(out) => out.map_err(Stopped::Failed),
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into());
+            Err(Stopped::Failed(format!("internal error: {message}")))
+        }
+    }
+}
+
+/// Runs `work` under the checks' time limit (`--timeout`): on a worker thread, waited for at most
+/// `limit`; without a limit, here.
+pub fn within_limit<T: Send + 'static>(
+    limit: Option<Duration>,
+    threads: usize,
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, Stopped> {
+    let Some(limit) = limit else {
+        return guarded(work);
+    };
+    let (tx, rx) = mpsc::channel();
+    let worker = std::thread::Builder::new()
+        .name("graph".into())
+        // The TorchScript interpreter recurses (the shapes' forward): as the checks' workers.
+        .stack_size(64 << 20)
+        .spawn(move || {
+            // Thread-local in libtorch: the OpenMP thread count and the warning handler.
+            tch::set_num_threads(threads as i32);
+            crate::model::silence_libtorch_warnings();
+            let _ = tx.send(guarded(work));
+        });
+    let worker = match worker {
+        Ok(w) => w,
+        Err(e) => return Err(Stopped::Failed(format!("cannot start a thread: {e}"))),
+    };
+    match rx.recv_timeout(limit) {
+        Ok(out) => {
+            let _ = worker.join();
+            out
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            LEFT_RUNNING.store(true, Ordering::SeqCst);
+            Err(Stopped::TimedOut(limit))
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            let _ = worker.join();
+            Err(Stopped::Failed(
+                "the drawing's thread ended without a result".into(),
+            ))
+        }
+    }
+}
+
+/// The HTML report's graph: the views with the findings painted, laid out.
+pub struct Drawn {
+    pub collapsed_svg: String,
+    pub full_svg: Option<String>,
+}
+
+/// What the HTML report shows of the model graph.
+pub enum ReportGraph {
+    Drawn(Box<Drawn>),
+    /// Walking, painting and laying out the graph ran past the time limit.
+    TimedOut(Duration),
+}
+
+/// The report's graph of `model`: walked, painted with `paints` and laid out within `limit` (the
+/// checks' `--timeout`); None when the graph cannot be read.
+pub fn draw_for_report(
+    model: &crate::model::TorchScriptModel,
+    data: Option<&trainlint_checks::Dataset>,
+    paints: Vec<Paint>,
+    limit: Option<Duration>,
+    threads: usize,
+) -> Option<ReportGraph> {
+    let sample = sample_of(data).ok()?;
+    let draw = move |model: &dyn trainlint_checks::Model| -> Result<Drawn, String> {
+        let mut views = views_of_sample(model, sample.as_ref())?;
+        paint_all(&mut views.collapsed, &paints);
+        if let Some(full) = views.full.as_mut() {
+            paint_all(full, &paints);
+        }
+        Ok(Drawn {
+            collapsed_svg: views.collapsed.to_svg(),
+            full_svg: views.full.as_ref().map(View::to_svg),
+        })
+    };
+    let drawn = match limit {
+        None => guarded(|| draw(model)),
+        Some(_) => {
+            // The worker gets a model of its own: one left running never touches this one.
+            let copy = model.independent_copy().ok()?;
+            within_limit(limit, threads, move || draw(&copy))
+        }
+    };
+    match drawn {
+        Ok(d) => Some(ReportGraph::Drawn(Box::new(d))),
+        Err(Stopped::TimedOut(limit)) => Some(ReportGraph::TimedOut(limit)),
+        // As before the time limit: a graph that cannot be read leaves the section out.
+        Err(Stopped::Failed(_)) => None,
+    }
 }
 
 /// The module and parameter paths a finding names: its location and its evidence's lists of names.
@@ -718,18 +1047,175 @@ pub fn finding_paths(f: &trainlint_checks::Finding) -> Vec<String> {
     paths
 }
 
-/// Paints every finding of the report on the nodes its paths name.
-pub fn paint_findings(view: &mut View, report: &crate::report::Report) {
+/// A finding as the graph paints it: the paths it names, its mark and its note.
+#[derive(Clone, Debug)]
+pub struct Paint {
+    pub paths: Vec<String>,
+    pub mark: &'static str,
+    pub note: String,
+}
+
+/// The paint of every finding of the report.
+pub fn paints_of(report: &crate::report::Report) -> Vec<Paint> {
+    let mut out = Vec::new();
     for run in &report.checks {
         for f in &run.findings {
             let mark = match f.severity {
                 trainlint_checks::Severity::Error => "error",
                 _ => "warning",
             };
-            let note = format!("{}: {}", f.kind, f.message);
-            for p in finding_paths(f) {
-                view.paint(&p, mark, &note);
+            out.push(Paint {
+                paths: finding_paths(f),
+                mark,
+                note: format!("{}: {}", f.kind, f.message),
+            });
+        }
+    }
+    out
+}
+
+/// Paints findings on the view, the view indexed once.
+pub fn paint_all(view: &mut View, paints: &[Paint]) {
+    let index = view.paint_index();
+    for p in paints {
+        for path in &p.paths {
+            view.paint_indexed(&index, path, p.mark, &p.note);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trainlint_checks::graph::Edge;
+
+    /// A forward that calls `kinds.len()` single layers `layers.0`, `layers.1`… in a chain.
+    fn chain(kinds: &[&str]) -> ModuleGraph {
+        let mut g = ModuleGraph::default();
+        for (i, kind) in kinds.iter().enumerate() {
+            g.calls.push(CallSite {
+                id: i,
+                parent: None,
+                module: format!("layers.{i}"),
+                kind: kind.to_string(),
+                method: "forward".into(),
+                source: String::new(),
+                branch: String::new(),
+                leaf: true,
+                in_loop: false,
+                shape: String::new(),
+            });
+            g.edges.push(Edge {
+                from: i.checked_sub(1),
+                to: Some(i),
+                detached: false,
+            });
+        }
+        g.edges.push(Edge {
+            from: Some(kinds.len() - 1),
+            to: None,
+            detached: false,
+        });
+        g
+    }
+
+    fn inputs(collapse: bool) -> ViewInputs<'static> {
+        ViewInputs {
+            modules: &[],
+            unused: BTreeMap::new(),
+            final_op: None,
+            input_shape: String::new(),
+            collapse,
+        }
+    }
+
+    #[test]
+    fn past_the_limit_one_node_counts_the_rest_and_takes_their_findings() {
+        let kinds: Vec<&str> = (0..1000).map(|i| ["ReLU", "Tanh"][i % 2]).collect();
+        let mut view = View::build(&chain(&kinds), &inputs(true));
+        assert_eq!(view.nodes.len(), MAX_NODES + 3);
+        let more = view.nodes.iter().find(|n| n.id == "more").unwrap();
+        assert_eq!((more.omitted, more.omitted_nodes), (700, 700));
+        assert_eq!(View::label(more)[0], "700 more modules not drawn");
+        let last = format!("c{}", MAX_NODES - 1);
+        assert!(view.edges.iter().any(|e| e.from == last && e.to == "more"));
+        assert!(view
+            .edges
+            .iter()
+            .any(|e| e.from == "more" && e.to == "output"));
+        // A finding on a module past the limit paints the note's node; one above all paints all.
+        paint_all(
+            &mut view,
+            &[Paint {
+                paths: vec!["layers.900.weight".into()],
+                mark: "error",
+                note: "x".into(),
+            }],
+        );
+        let painted: Vec<&str> = view
+            .nodes
+            .iter()
+            .filter(|n| n.marks.contains("error"))
+            .map(|n| n.id.as_str())
+            .collect();
+        assert_eq!(painted, ["more"]);
+        let notes: Vec<Paint> = (0..50)
+            .map(|i| Paint {
+                paths: vec!["layers".into()],
+                mark: "warning",
+                note: format!("note {i}"),
+            })
+            .collect();
+        paint_all(&mut view, &notes);
+        let warned = view.nodes.iter().filter(|n| n.marks.contains("warning"));
+        assert_eq!(warned.clone().count(), MAX_NODES + 1);
+        assert!(warned.clone().all(|n| n.notes.len() <= MAX_NOTES));
+    }
+
+    #[test]
+    fn runs_of_identical_layers_collapse_from_eight_on() {
+        let view = View::build(&chain(&["ReLU"; 7]), &inputs(true));
+        assert!(view.nodes.iter().all(|n| n.collapsed.is_empty()));
+        let view = View::build(&chain(&["ReLU"; 8]), &inputs(true));
+        assert_eq!(view.nodes.len(), 3);
+        assert_eq!(view.nodes[1].collapsed.len(), 8);
+        assert_eq!(view.edges.len(), 2, "input -> run -> output");
+    }
+
+    #[test]
+    fn the_layout_keeps_its_filler_nodes_within_budget() {
+        // 300 nodes, each fed by the 32 before it (a residual stream): ~150,000 fillers in full.
+        let nodes: usize = 300;
+        let mut edges = Vec::new();
+        for to in 1..nodes {
+            for from in to.saturating_sub(32)..to {
+                edges.push((from, to));
             }
         }
+        let kept = within_layout_budget(nodes, &edges);
+        let mut rank = vec![0usize; nodes];
+        for (k, &(from, to)) in edges.iter().enumerate() {
+            if kept[k] {
+                rank[to] = rank[to].max(rank[from] + 1);
+            }
+        }
+        let fillers: usize = edges
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| kept[*k])
+            .map(|(_, &(from, to))| rank[to] - rank[from] - 1)
+            .sum();
+        assert!(nodes + fillers <= LAYOUT_BUDGET, "{fillers} fillers");
+        // The chain itself stays.
+        assert!(edges
+            .iter()
+            .enumerate()
+            .all(|(k, &(from, to))| to != from + 1 || kept[k]));
+        // A small graph keeps every edge.
+        assert!(
+            within_layout_budget(4, &[(0, 1), (1, 2), (0, 2), (2, 3), (0, 3)])
+                .iter()
+                .all(|k| *k)
+        );
     }
 }

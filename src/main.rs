@@ -216,6 +216,10 @@ struct GraphArgs {
     /// Run the model even if its graph has side effects (only for models you trust).
     #[arg(long)]
     trust_model: bool,
+    /// Stop drawing after SECONDS and exit with an error (as check's --timeout). Default: no limit,
+    /// or 600 when the CI environment variable is set; 0 = no limit.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_timeout)]
+    timeout: Option<f64>,
 }
 
 /// More libtorch threads than this is a typo, not a machine (and would overflow libtorch's int).
@@ -282,7 +286,7 @@ extern "C" {
 /// the process then ends here, without running exit handlers and libtorch's static destructors under
 /// that thread (which could crash or hang the exit). The report is written by then.
 fn exit_code(code: u8) -> ExitCode {
-    if run::checks_left_running() {
+    if run::checks_left_running() || graph_view::drawing_left_running() {
         use std::io::Write;
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
@@ -927,15 +931,18 @@ trainlint needs one output per sample along dim 0",
         Format::Gitlab => report::gitlab::render(&report),
     };
     let html = target("--report").map(|_| {
-        let view = model.as_ref().and_then(|m| {
-            let mut views = graph_view::views_of(m, dataset.as_ref()).ok()?;
-            graph_view::paint_findings(&mut views.collapsed, &report);
-            if let Some(full) = views.full.as_mut() {
-                graph_view::paint_findings(full, &report);
-            }
-            Some(views)
+        // The graph is drawn under the checks' time limit; past it, the report says so.
+        let graph = model.as_ref().and_then(|m| {
+            let paints = graph_view::paints_of(&report);
+            graph_view::draw_for_report(m, dataset.as_ref(), paints, timeout, threads)
         });
-        report::html::render_with_graph(&report, view.as_ref())
+        if let Some(graph_view::ReportGraph::TimedOut(limit)) = &graph {
+            eprintln!(
+                "warning: the model graph is not in the report: timed out after {} s (--timeout)",
+                trainlint_checks::finding::num(limit.as_secs_f64())
+            );
+        }
+        report::html::render_with_graph(&report, graph.as_ref())
     });
     let mut files: Vec<(&output::Target, &[u8])> = Vec::new();
     if let Some(t) = target("--output-file") {
@@ -1118,7 +1125,7 @@ fn graph(args: GraphArgs) -> Result<ExitCode, Fatal> {
         baseline: None,
         quiet: true,
         report: None,
-        timeout: None,
+        timeout: args.timeout,
         trust_model: args.trust_model,
     };
     let settings = resolve_settings(&as_check)?;
@@ -1155,20 +1162,37 @@ fn graph(args: GraphArgs) -> Result<ExitCode, Fatal> {
         args.trust_model,
     )?;
     let dataset = load_configured_data(&settings)?;
-    let views = graph_view::views_of(&model, dataset.as_ref())
+    let sample = graph_view::sample_of(dataset.as_ref())
         .map_err(|e| Fatal::from(format!("cannot draw {}: {e}", model_path.display())))?;
-    let view = match views.full {
-        Some(full) if args.no_collapse => full,
-        _ => views.collapsed,
+    let no_collapse = args.no_collapse;
+    // Walking and laying out the graph run under the checks' time limit (--timeout).
+    let draw = move || -> Result<String, String> {
+        let views = graph_view::views_of_sample(&model, sample.as_ref())?;
+        let view = match views.full {
+            Some(full) if no_collapse => full,
+            _ => views.collapsed,
+        };
+        Ok(match format {
+            GraphFormat::Svg => view.to_svg(),
+            GraphFormat::Dot => view.to_dot(),
+            GraphFormat::Mermaid => view.to_mermaid(),
+            GraphFormat::Json => {
+                serde_json::to_string_pretty(&view).expect("the view serialises") + "\n"
+            }
+        })
     };
-    let text = match format {
-        GraphFormat::Svg => view.to_svg(),
-        GraphFormat::Dot => view.to_dot(),
-        GraphFormat::Mermaid => view.to_mermaid(),
-        GraphFormat::Json => {
-            serde_json::to_string_pretty(&view).expect("the view serialises") + "\n"
-        }
-    };
+    let text = graph_view::within_limit(check_timeout(args.timeout), threads, draw).map_err(
+        |stopped| match stopped {
+            graph_view::Stopped::TimedOut(limit) => Fatal::from(format!(
+                "cannot draw {}: timed out after {} s; raise --timeout (0 = no limit)",
+                model_path.display(),
+                trainlint_checks::finding::num(limit.as_secs_f64())
+            )),
+            graph_view::Stopped::Failed(e) => {
+                Fatal::from(format!("cannot draw {}: {e}", model_path.display()))
+            }
+        },
+    )?;
     match targets.iter().find(|t| t.flag == "--output-file") {
         Some(t) => output::write_all(&[(t, text.as_bytes())]).map_err(Fatal::from)?,
         None => {

@@ -80,9 +80,17 @@ impl ModuleGraph {
     /// owned by a module that reads its tensors as a list, or under a module the graph cannot follow.
     pub fn may_use(&self, name: &str) -> bool {
         let owner = name.rsplit_once('.').map_or("", |(m, _)| m);
-        self.reads.contains(name)
-            || self.list_reads.contains(owner)
-            || self.opaque.iter().any(|o| is_under(name, o))
+        self.reads.contains(name) || self.list_reads.contains(owner) || self.opaque_above(name)
+    }
+
+    /// Whether `name` is an opaque module or sits under one: its own path and each path above it looked
+    /// up, so that 10,000 parameters against 10,000 opaque modules cost 10,000 lookups, not 10⁸.
+    fn opaque_above(&self, name: &str) -> bool {
+        self.opaque.contains("")
+            || self.opaque.contains(name)
+            || name
+                .match_indices('.')
+                .any(|(i, _)| self.opaque.contains(&name[..i]))
     }
 
     /// Whether the walk followed every call (no module value it could not name).

@@ -549,12 +549,19 @@ using torch::jit::Value;
 // passes through detach.
 using Producers = std::map<int, bool>;
 
+// At most this many producers per value: the most recent calls (highest ids) are kept. A residual stream
+// (`x = x + layer(x)` over N layers) otherwise carries every earlier call to every later one, N²/2 edges
+// (50 million for 10,000 layers); the edges only draw the graph, and the newest inputs are the ones it shows.
+// DenseNet's largest dense block concatenates 48 layers: its oldest inputs lose their edges, nothing else.
+static constexpr size_t kMaxProducers = 32;
+
 static void merge(Producers& into, const Producers& from) {
   for (const auto& [id, detached] : from) {
     auto it = into.find(id);
     if (it == into.end()) into.emplace(id, detached);
     else it->second = it->second && detached;
   }
+  while (into.size() > kMaxProducers) into.erase(into.begin());
 }
 
 struct Call {
@@ -693,16 +700,27 @@ struct Walker {
     producers[v] = Producers{{id, false}};
   }
 
+  // Submodules by path, each parent's children listed once: `Module::attr` scans the class's attributes
+  // by name, so looking up each of a Sequential's 10,000 children that way costs 10,000² string compares.
+  std::unordered_map<std::string, Module> submodules;
+  std::set<std::string> listed;  // paths whose children are in `submodules`
+
   std::optional<Module> module_at(const std::string& path) {
+    if (path.empty()) return root;
+    auto hit = submodules.find(path);
+    if (hit != submodules.end()) return hit->second;
     Module m = root;
+    std::string at;
     size_t start = 0;
-    while (start < path.size()) {
+    while (start <= path.size()) {
       size_t dot = path.find('.', start);
       std::string part = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
-      if (!m.hasattr(part)) return std::nullopt;
-      auto v = m.attr(part);
-      if (!v.isModule()) return std::nullopt;
-      m = v.toModule();
+      if (listed.insert(at).second)
+        for (const auto& child : m.named_children()) submodules.emplace(join_path(at, child.name), child.value);
+      at = join_path(at, part);
+      auto it = submodules.find(at);
+      if (it == submodules.end()) return std::nullopt;
+      m = it->second;
       if (dot == std::string::npos) break;
       start = dot + 1;
     }
@@ -727,6 +745,14 @@ struct Walker {
     if (n->kind() == c10::aten::detach)
       for (auto& [id, detached] : in) detached = true;
     for (Value* out : n->outputs()) producers[out] = in;
+    // An op that writes into an input (`outs.append(y)`, a list of futures filled in a loop, `x.add_(y)`)
+    // passes what it reads on to that input's later uses.
+    if (const c10::FunctionSchema* schema = n->maybeSchema()) {
+      for (size_t i = 0; i < schema->arguments().size() && i < n->inputs().size(); ++i) {
+        const c10::AliasInfo* alias = schema->arguments()[i].alias_info();
+        if (alias != nullptr && alias->isWrite()) merge(producers[n->input(i)], in);
+      }
+    }
   }
 
   // What an inlined call's outputs were replaced by (the call node and its values are gone).
@@ -782,6 +808,8 @@ struct Walker {
       return generic(n);
     }
     if (kind == c10::prim::CallMethod) return call(n);
+    if (n->hasAttribute(c10::attr::Subgraph) && n->kindOf(c10::attr::Subgraph) == torch::jit::AttributeKind::g)
+      return subgraph(n);
     if (kind == c10::prim::If) {
       Producers cond = of(n->input(0));
       int id = ifs++;
@@ -812,6 +840,26 @@ struct Walker {
       return;
     }
     generic(n);
+  }
+
+  // A node that runs a graph of its own: `torch.jit.fork(self.head, x)` is a prim::fork whose Subgraph
+  // calls the head, with the fork's inputs as the subgraph's; its output (a future) carries what the
+  // subgraph returns, and `aten::wait` passes that on like any other op. The subgraph is walked in place
+  // (its calls inlined into it, on a private copy), so its calls, reads and dataflow count as forward's.
+  void subgraph(Node* n) {
+    std::shared_ptr<Graph> g = n->g(c10::attr::Subgraph)->copy();
+    n->g_(c10::attr::Subgraph, g);
+    for (size_t i = 0; i < g->inputs().size() && i < n->inputs().size(); ++i) {
+      Value* outer = n->input(i);
+      Value* inner = g->inputs()[i];
+      auto m = module_of.find(outer);
+      if (m != module_of.end()) module_of[inner] = m->second;
+      producers[inner] = of(outer);
+    }
+    block(g->block());
+    Producers out;
+    for (Value* v : g->outputs()) merge(out, of(v));
+    for (Value* v : n->outputs()) producers[v] = out;
   }
 
   void call(Node* n) {

@@ -282,12 +282,24 @@ fn single_value(c: &Curve) -> String {
 
 /// The model graph section: the collapsed view, the full one (hidden until a collapsed block or a
 /// finding inside one is clicked), a legend, and the script that links findings to nodes.
-fn graph_section(graph: &crate::graph_view::Views) -> String {
+fn graph_section(graph: &crate::graph_view::ReportGraph) -> String {
+    use crate::graph_view::ReportGraph;
     let mut out = String::from("<section class=\"graph\" id=\"graph\"><h2>Model graph</h2>");
+    let graph = match graph {
+        ReportGraph::Drawn(drawn) => drawn,
+        ReportGraph::TimedOut(limit) => {
+            out.push_str(&format!(
+                "<p class=\"reason\">Not drawn: timed out after {} s (--timeout).</p></section>",
+                trainlint_checks::finding::num(limit.as_secs_f64())
+            ));
+            return out;
+        }
+    };
     out.push_str(
         "<p class=\"legend\"><span style=\"background:#ffd6d6\">error</span><span style=\"background:#fff0c2\">warning / shared BatchNorm</span>\
 <span style=\"background:#e6e6e6;border-style:dashed\">never called</span><span style=\"background:#d8ecff\">final activation</span>\
-<span>double border: repeated blocks, click to expand</span><span>red dashed edge: .detach()</span> Click a finding to find its node.</p>",
+<span>double border: repeated blocks, click to expand</span><span>red dashed edge: .detach()</span>\
+<span style=\"background:#f4f4f4;border-style:dashed\">modules past the drawing limit</span> Click a finding to find its node.</p>",
     );
     // Inline SVG in HTML needs neither the XML prolog nor the namespace (no address in the page).
     let inline = |svg: String| -> String {
@@ -299,10 +311,10 @@ fn graph_section(graph: &crate::graph_view::Views) -> String {
     };
     out.push_str(&format!(
         "<div class=\"graph-view\" id=\"graph-collapsed\">{}</div>",
-        inline(graph.collapsed.to_svg())
+        inline(graph.collapsed_svg.clone())
     ));
-    if let Some(full) = &graph.full {
-        let svg = inline(full.to_svg())
+    if let Some(full) = &graph.full_svg {
+        let svg = inline(full.clone())
             .replace("startarrow", "startarrowF")
             .replace("endarrow", "endarrowF")
             .replace("id=\"node-", "id=\"full-node-");
@@ -343,7 +355,10 @@ if(h.indexOf('#graph-highlight=')===0)highlight(decodeURIComponent(h.slice(17)).
 if(h==='#graph-expand'){var g=col.querySelector('g.node[data-collapsed]');if(g)g.dispatchEvent(new MouseEvent('click'));}})();</script>";
 
 /// The report, with the model graph (findings painted on it) when there is one.
-pub fn render_with_graph(report: &Report, graph: Option<&crate::graph_view::Views>) -> String {
+pub fn render_with_graph(
+    report: &Report,
+    graph: Option<&crate::graph_view::ReportGraph>,
+) -> String {
     let s = &report.summary;
     let i = &report.inputs;
     let mut inputs: Vec<String> = i
@@ -419,7 +434,8 @@ document.body.dataset.ready='1';});</script>",
             } else {
                 "finding"
             };
-            let modules = if graph.is_some() {
+            let drawn = matches!(graph, Some(crate::graph_view::ReportGraph::Drawn(_)));
+            let modules = if drawn {
                 crate::graph_view::finding_paths(f).join(" ")
             } else {
                 String::new()

@@ -107,7 +107,8 @@ impl Check for SharedBatchnorm {
             }
             other => other,
         })?;
-        let buffers: Vec<String> = model.buffers()?.into_iter().map(|(n, _)| n).collect();
+        let buffers: std::collections::BTreeSet<String> =
+            model.buffers()?.into_iter().map(|(n, _)| n).collect();
         let mut findings = Vec::new();
         for (module, calls) in graph.calls_by_module() {
             let kind = &calls[0].kind;

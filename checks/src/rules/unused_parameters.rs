@@ -181,6 +181,11 @@ impl Check for UnusedParameters {
             ));
         }
         let called = graph.calls_by_module();
+        let kinds: BTreeMap<&str, &str> = model
+            .modules()
+            .iter()
+            .map(|m| (m.path.as_str(), m.kind.as_str()))
+            .collect();
         let mut findings = Vec::new();
         for (module, unused) in unused_trainable(&graph, &params) {
             let names: Vec<String> = unused
@@ -191,20 +196,16 @@ impl Check for UnusedParameters {
             if names.is_empty() {
                 continue;
             }
-            let kind = model
-                .modules()
-                .iter()
-                .find(|m| m.path == module)
-                .map_or_else(String::new, |m| m.kind.clone());
+            let kind = kinds.get(module.as_str()).copied().unwrap_or_default();
             let elements = unused
                 .iter()
-                .filter(|(n, _)| names.contains(n))
+                .filter(|(n, _)| !allowed(&options.allow, n))
                 .map(|(_, k)| k)
                 .sum();
             let v = NeverUsed {
                 never_called: !called.contains_key(module.as_str()),
                 module: module.clone(),
-                kind,
+                kind: kind.to_string(),
                 parameters: names,
                 elements,
             };
