@@ -657,8 +657,11 @@ impl View {
         use layout::std_shapes::shapes::{Arrow, Element, LineEndKind, ShapeKind};
         use layout::topo::layout::VisualGraph;
 
+        // Module names are the user's strings: characters XML forbids are written visibly, as in every
+        // XML output (layout-rs escapes only `<`, `>` and `&` in labels).
         let attr = |s: &str| {
-            s.replace('&', "&amp;")
+            crate::report::visible(s)
+                .replace('&', "&amp;")
                 .replace('"', "&quot;")
                 .replace('<', "&lt;")
                 .replace('>', "&gt;")
@@ -670,7 +673,11 @@ impl View {
         vg.dag.set_validate(false);
         let mut handles = BTreeMap::new();
         for n in &self.nodes {
-            let label = Self::label(n).join("\n");
+            let label = Self::label(n)
+                .iter()
+                .map(|line| crate::report::visible(line).into_owned())
+                .collect::<Vec<_>>()
+                .join("\n");
             let shape = if n.id == "input" || n.id == "output" {
                 ShapeKind::new_circle(&label)
             } else {
@@ -1170,6 +1177,20 @@ mod tests {
         let warned = view.nodes.iter().filter(|n| n.marks.contains("warning"));
         assert_eq!(warned.clone().count(), MAX_NODES + 1);
         assert!(warned.clone().all(|n| n.notes.len() <= MAX_NOTES));
+    }
+
+    #[test]
+    fn module_names_with_characters_xml_forbids_give_well_formed_svg() {
+        let mut graph = chain(&["ReLU", "Tanh"]);
+        graph.calls[0].module = "bad\u{ffff}\u{1b}[2J<&>".into();
+        graph.calls[1].kind = "Odd\u{fdd0}Kind".into();
+        let svg = View::build(&graph, &inputs(false)).to_svg();
+        let hidden: Vec<char> = svg
+            .chars()
+            .filter(|c| crate::report::is_hidden_char(*c) && *c != '\r')
+            .collect();
+        assert!(hidden.is_empty(), "{hidden:?}");
+        assert!(svg.contains("bad\\u{ffff}\\x1b[2J&lt;&amp;&gt;"), "{svg}");
     }
 
     #[test]
