@@ -335,5 +335,186 @@ class Cosmetics(Tmp):
             self.assertEqual(tomllib.load(f)["setup"]["lr"], 0.2)
 
 
+def lightning():
+    try:
+        import lightning.pytorch as pl
+    except ImportError:
+        import pytorch_lightning as pl
+    return pl
+
+
+def fit(pl, module, callback, loader, steps=6):
+    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
+    trainer.fit(module, loader)
+    return trainer
+
+
+@unittest.skipUnless(REQUIRE or installed("pytorch_lightning") or installed("lightning"), "Lightning not installed")
+class LightningScripts(Tmp):
+    def test_a_warmup_scheduler_records_the_peak(self):
+        pl = lightning()
+        from trainlint_export.lightning import TrainlintCallback
+
+        class Module(pl.LightningModule):
+            def __init__(self):
+                super().__init__()
+                self.net = Mlp()
+                self.loss_fn = nn.CrossEntropyLoss()
+
+            def forward(self, x):
+                return self.net(x)
+
+            def training_step(self, batch, batch_idx):
+                x, y = batch
+                return self.loss_fn(self(x), y)
+
+            def configure_optimizers(self):
+                opt = torch.optim.AdamW(self.parameters(), lr=1e-3)
+                warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, s / 4))
+                return {"optimizer": opt, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
+
+        callback = TrainlintCallback(self.tmp, samples=32)
+        fit(pl, Module(), callback, DataLoader(classification_data(), batch_size=8, shuffle=True))
+        self.assertIsNone(callback.error)
+        self.assertEqual(read_setup(self.tmp)["setup"]["lr"], 1e-3)
+        self.assertEqual(len(log_rows(self.tmp / "loss.csv")), 6)
+
+    def test_the_quickstart_autoencoder_without_forward_trains_on(self):
+        pl = lightning()
+        from trainlint_export.lightning import TrainlintCallback
+
+        class LitAutoEncoder(pl.LightningModule):  # Lightning's README quickstart
+            def __init__(self):
+                super().__init__()
+                self.encoder = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+                self.decoder = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 8))
+
+            def training_step(self, batch, batch_idx):
+                x, _ = batch
+                z = self.encoder(x)
+                x_hat = self.decoder(z)
+                return F.mse_loss(x_hat, x)
+
+            def configure_optimizers(self):
+                return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+        callback = TrainlintCallback(self.tmp / "audit")
+        module = LitAutoEncoder()
+        with self.assertWarnsRegex(ExportWarning, "no audit folder was written.*several modules.*model=lambda"):
+            trainer = fit(pl, module, callback, DataLoader(classification_data(), batch_size=8))
+        self.assertEqual(trainer.global_step, 6)
+        self.assertFalse((self.tmp / "audit").exists())
+
+        # Named, it exports.
+        callback = TrainlintCallback(self.tmp / "named", model=lambda m: nn.Sequential(m.encoder, m.decoder),
+                                     targets=lambda b: b[0])
+        fit(pl, LitAutoEncoder(), callback, DataLoader(classification_data(), batch_size=8))
+        self.assertIsNone(callback.error)
+        self.assertIn("the module passed as model=", config_text(self.tmp / "named"))
+        self.assertEqual(read_setup(self.tmp / "named")["setup"]["task"], "image-to-image")
+
+    def test_the_training_path_is_audited_not_the_inference_forward(self):
+        pl = lightning()
+        from trainlint_export.lightning import TrainlintCallback
+
+        class Module(pl.LightningModule):
+            def __init__(self):
+                super().__init__()
+                self.net = Mlp()
+                self.loss_fn = nn.CrossEntropyLoss()
+
+            def forward(self, x):  # for inference: probabilities
+                return torch.softmax(self.net(x), dim=1)
+
+            def training_step(self, batch, batch_idx):
+                x, y = batch
+                logits = self.net(x)
+                return self.loss_fn(logits, y)
+
+            def configure_optimizers(self):
+                return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+        callback = TrainlintCallback(self.tmp)
+        fit(pl, Module(), callback, DataLoader(classification_data(), batch_size=8, shuffle=True))
+        code, report = audit(self.tmp, "--select", "double-activation")
+        self.assertEqual(checks(report)["double-activation"]["status"], "passed", report)
+        self.assertIn("self.net, the module Module.training_step calls", config_text(self.tmp))
+
+
+@unittest.skipUnless(REQUIRE or installed("transformers"), "transformers not installed")
+class HuggingFaceScripts(Tmp):
+    def tiny_bert(self):
+        from transformers import BertConfig, BertForSequenceClassification
+
+        torch.manual_seed(0)
+        config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=32, max_position_embeddings=32, num_labels=3)
+        return BertForSequenceClassification(config)
+
+    def dataset(self):
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(1, 64, (48, 12), generator=g)
+        labels = torch.randint(0, 3, (48,), generator=g)
+
+        class Tokens(Dataset):
+            def __len__(self):
+                return len(ids)
+
+            def __getitem__(self, i):
+                return {"input_ids": ids[i], "labels": labels[i]}
+
+        return Tokens()
+
+    def args(self, **kw):
+        from transformers import TrainingArguments
+
+        return TrainingArguments(output_dir=str(self.tmp / "hf"), max_steps=4, per_device_train_batch_size=8,
+                                 learning_rate=5e-4, logging_steps=1, report_to=[], save_strategy="no",
+                                 use_cpu=True, disable_tqdm=True, **kw)
+
+    def test_a_transformers_5_model_from_a_config_exports_its_logits(self):
+        from transformers import Trainer
+
+        from trainlint_export.huggingface import TrainlintCallback
+
+        model = self.tiny_bert()
+        callback = TrainlintCallback(self.tmp / "audit", loss_fn=nn.CrossEntropyLoss())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Trainer(model=model, args=self.args(warmup_steps=2), train_dataset=self.dataset(),
+                    callbacks=[callback]).train()
+        self.assertIsNone(callback.error)
+        config = read_setup(self.tmp / "audit")
+        self.assertNotIn("output", config["model"])  # the wrapper returns the logits tensor
+        self.assertEqual((config["setup"]["lr"], config["setup"]["task"]), (5e-4, "classification"))
+        text = config_text(self.tmp / "audit")
+        self.assertIn("BertForSequenceClassification called as model(input_ids=inputs)", text)
+        self.assertIn("# lr = 0.0005: the peak", text)
+        loaded = torch.jit.load(str(self.tmp / "audit" / "model.pt"))
+        ids = torch.from_numpy(np.load(self.tmp / "audit" / "data.npz")["inputs"][:4])
+        self.assertEqual(tuple(loaded(ids).shape), (4, 3))
+        self.assertEqual(len(log_rows(self.tmp / "audit" / "loss.csv")), 4)
+        audit(self.tmp / "audit", "--select", "output-range,double-activation")
+
+    def test_a_model_that_cannot_be_exported_does_not_stop_training(self):
+        from transformers import Trainer
+
+        from trainlint_export.huggingface import TrainlintCallback
+
+        callback = TrainlintCallback(self.tmp / "audit", output="scores")
+        with self.assertWarnsRegex(ExportWarning, "no audit folder was written.*scores"):
+            trainer = Trainer(model=self.tiny_bert(), args=self.args(), train_dataset=self.dataset(),
+                              callbacks=[callback])
+            trainer.train()
+        self.assertEqual(trainer.state.global_step, 4)
+        self.assertFalse((self.tmp / "audit").exists())
+
+    def test_the_extra_installs_accelerate(self):
+        with open(Path(__file__).resolve().parents[1] / "pyproject.toml", "rb") as f:
+            extras = tomllib.load(f)["project"]["optional-dependencies"]
+        self.assertTrue(any(r.startswith("accelerate") for r in extras["huggingface"]), extras)
+
+
 if __name__ == "__main__":
     unittest.main()
