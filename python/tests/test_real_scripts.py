@@ -294,7 +294,20 @@ class Augmented(Dataset):
         return self.x[i] + 0.1 * torch.randn(8), i % 3
 
 
+class Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        g = torch.Generator().manual_seed(1)
+        for i in range(40):
+            yield torch.randn(8, generator=g), i % 3
+
+
 class LoaderStateLeftAlone(Tmp):
+    def test_a_stream_read_by_persistent_workers_is_left_without_an_iterator(self):
+        loader = DataLoader(Stream(), batch_size=8, num_workers=1, persistent_workers=True)
+        export(Mlp(), loader, self.tmp, shuffle=False, samples=16)
+        self.assertIsNone(loader._iterator)
+        self.assertEqual(sum(len(x) for x, _ in loader), 40)
+
     def epochs(self, loader, n=2):
         return [torch.cat([x for x, _ in loader]) for _ in range(n)]
 

@@ -458,7 +458,14 @@ def write_audit(model, loader, out_dir, *, loss_fn=None, optimizer=None, samples
     stage.mkdir()
     try:
         with _rng_untouched(loader):
-            x, y, first_batch = _first_samples(_private_loader(loader), samples, inputs, targets)
+            twin = _private_loader(loader)
+            try:
+                x, y, first_batch = _first_samples(twin, samples, inputs, targets)
+            finally:
+                # The copy of a loader of an IterableDataset keeps its workers; stop them now.
+                kept = twin.__dict__.get("_iterator") if twin is not loader else None
+                if kept is not None and hasattr(kept, "_shutdown_workers"):
+                    kept._shutdown_workers()
             if "batch_size" not in setup and first_batch:
                 setup["batch_size"] = int(first_batch)
             example = torch.from_numpy(x[: max(1, min(len(x), setup.get("batch_size", 1)))])

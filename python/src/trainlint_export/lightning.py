@@ -34,6 +34,15 @@ def _has_forward(module) -> bool:
     return owner not in (torch.nn.Module, pl.LightningModule)
 
 
+def _loss_or_metric(name: str, module: torch.nn.Module) -> bool:
+    """A module training_step calls on the prediction, not to make it: a loss or a torchmetrics metric."""
+    return (
+        isinstance(module, torch.nn.modules.loss._Loss)
+        or name in ("loss_fn", "criterion", "loss", "loss_func", "loss_module")
+        or type(module).__module__.split(".")[0] == "torchmetrics"
+    )
+
+
 def trained_module(pl_module) -> tuple[torch.nn.Module | None, str]:
     """What `training_step` trains, read from its source: `self(...)` / `self.forward(...)` is the
     module's forward; otherwise the one submodule it calls (`self.net(x)`), if there is exactly one
@@ -57,8 +66,7 @@ def trained_module(pl_module) -> tuple[torch.nn.Module | None, str]:
                 calls_forward = True
             else:
                 sub = getattr(pl_module, f.attr, None)
-                is_loss = isinstance(sub, torch.nn.modules.loss._Loss)
-                if isinstance(sub, torch.nn.Module) and not is_loss and f.attr not in called:
+                if isinstance(sub, torch.nn.Module) and not _loss_or_metric(f.attr, sub) and f.attr not in called:
                     called.append(f.attr)
     if calls_forward and _has_forward(pl_module):
         return pl_module, f"{cls}.forward, which training_step calls"
