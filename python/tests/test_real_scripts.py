@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from test_export import REQUIRE, Mlp, Tmp, audit, checks, classification_data, installed, read_setup
 from trainlint_export import ExportError, ExportWarning, export
@@ -254,6 +254,11 @@ class ModelsAsTheyTrain(Tmp):
             warnings.simplefilter("error", ExportWarning)
             export(Mlp(bn=True), DataLoader(classification_data(), batch_size=8), self.tmp / "train")
         self.assertNotIn("eval mode", config_text(self.tmp / "train"))
+
+    def test_the_output_check_accepts_batchnorm_with_batches_of_one(self):
+        # The check runs the saved model; BatchNorm in train mode refuses one sample, eval mode does not.
+        model = nn.Sequential(nn.Linear(8, 4), nn.BatchNorm1d(4), nn.Linear(4, 3))
+        self.assertEqual(export(model, DataLoader(classification_data(), batch_size=1), self.tmp).exported_with, "script")
 
     def test_output_is_checked_against_what_forward_returns(self):
         class Pair(nn.Module):

@@ -244,7 +244,11 @@ def _checked_output(path: Path, example: torch.Tensor, output):
     write (None: forward returns one tensor, or the first entry is meant)."""
     try:
         with _torchscript_quietly([]), torch.no_grad():
-            result = torch.jit.load(str(path))(example.cpu())
+            loaded = torch.jit.load(str(path))
+            try:
+                result = loaded(example.cpu())
+            except Exception:  # noqa: BLE001 - e.g. BatchNorm in train mode on a batch of one sample
+                result = loaded.eval()(example.cpu())
     except Exception as e:  # noqa: BLE001
         raise ExportError(
             f"the exported model fails on a batch of the loader's inputs of shape {tuple(example.shape)} "
