@@ -432,6 +432,31 @@ class LightningScripts(Tmp):
         self.assertIn("the module passed as model=", config_text(self.tmp / "named"))
         self.assertEqual(read_setup(self.tmp / "named")["setup"]["task"], "image-to-image")
 
+    def test_a_forward_training_step_may_bypass_is_exported_with_a_warning_and_a_note(self):
+        pl = lightning()
+        from trainlint_export.lightning import TrainlintCallback
+
+        class TwoStage(pl.LightningModule):
+            def __init__(self):
+                super().__init__()
+                self.backbone = nn.Sequential(nn.Linear(8, 16), nn.ReLU())
+                self.head = nn.Linear(16, 3)
+
+            def forward(self, x):
+                return self.head(self.backbone(x))
+
+            def training_step(self, batch, batch_idx):
+                x, y = batch
+                return F.cross_entropy(self.head(self.backbone(x)), y)
+
+            def configure_optimizers(self):
+                return torch.optim.SGD(self.parameters(), lr=0.05)
+
+        callback = TrainlintCallback(self.tmp)
+        with self.assertWarnsRegex(ExportWarning, "exported TwoStage.forward, which may not be what trains.*several modules .self.head, self.backbone."):
+            fit(pl, TwoStage(), callback, DataLoader(classification_data(), batch_size=8))
+        self.assertRegex(config_text(self.tmp), r"# model.pt: TwoStage.forward, which may not be what trains")
+
     def test_the_training_path_is_audited_not_the_inference_forward(self):
         pl = lightning()
         from trainlint_export.lightning import TrainlintCallback

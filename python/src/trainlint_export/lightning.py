@@ -55,9 +55,8 @@ def trained_module(pl_module) -> tuple[torch.nn.Module | None, str]:
         why = f"the source of {cls}.training_step cannot be read, so what it trains is unknown"
         return (pl_module, f"{cls}.forward ({why})") if _has_forward(pl_module) else (None, why)
     calls_forward, called = False, []
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call):
-            continue
+    calls = sorted((n for n in ast.walk(tree) if isinstance(n, ast.Call)), key=lambda n: (n.lineno, n.col_offset))
+    for node in calls:  # in source order
         f = node.func
         if isinstance(f, ast.Name) and f.id == "self":
             calls_forward = True
