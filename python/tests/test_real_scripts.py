@@ -130,6 +130,14 @@ class WarmupSchedules(Tmp):
         self.assertEqual(read_setup(self.tmp)["setup"]["lr"], 0.4)
         self.assertIn("OneCycleLR's max_lr", config_text(self.tmp))
 
+    def test_cyclic_lr_records_its_max_lr_when_the_scheduler_is_given(self):
+        model = Mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        sched = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=0.01, max_lr=0.3, step_size_up=20)
+        export(model, self.loader(), self.tmp, optimizer=opt, scheduler=sched)
+        self.assertEqual(read_setup(self.tmp)["setup"]["lr"], 0.3)
+        self.assertIn("CyclicLR's max_lr", config_text(self.tmp))
+
     def test_a_lambda_that_peaks_above_its_base_with_the_scheduler_and_run_length(self):
         model = Mlp()
         opt = torch.optim.SGD(model.parameters(), lr=0.1)

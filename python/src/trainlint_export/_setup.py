@@ -148,7 +148,7 @@ SCHEDULE_STEPS = 100_000
 def peak_lr(group: dict, index: int, scheduler=None, total_steps=None) -> tuple[float, str | None]:
     """The lr trainlint's probe should train with: the peak of the schedule, not the lr at this moment
     (a warmup starts at 0 or at a fraction of it). Read from the param group's `max_lr` (OneCycleLR) and
-    `initial_lr` (every torch scheduler sets it), the scheduler's `base_lrs`, and for a LambdaLR its
+    `initial_lr` (every torch scheduler sets it), the scheduler's `max_lrs` (CyclicLR) and `base_lrs`, and for a LambdaLR its
     functions' values over the run when `total_steps` is known. Returns the lr and a note that says which lr was taken and why, when it is not the current."""
     current = _num(group["lr"])
     found = []  # (lr, where it was read)
@@ -156,6 +156,9 @@ def peak_lr(group: dict, index: int, scheduler=None, total_steps=None) -> tuple[
         found.append((_num(group["max_lr"]), "OneCycleLR's max_lr"))
     if "initial_lr" in group:
         found.append((_num(group["initial_lr"]), "the param group's initial_lr, the schedule's base lr"))
+    max_lrs = getattr(scheduler, "max_lrs", None)  # CyclicLR keeps its peaks on the scheduler
+    if isinstance(max_lrs, (list, tuple)) and index < len(max_lrs):
+        found.append((_num(max_lrs[index]), f"{type(scheduler).__name__}'s max_lr"))
     base_lrs = getattr(scheduler, "base_lrs", None)
     if isinstance(base_lrs, (list, tuple)) and index < len(base_lrs):
         found.append((_num(base_lrs[index]), f"{type(scheduler).__name__}'s base lr"))
