@@ -88,6 +88,16 @@ class ScriptOrSaveFailsFallsBackToTrace(Tmp):
         self.assertEqual({p.name: p.read_bytes() for p in target.iterdir()}, before)
         self.assertEqual(os.listdir(target.parent), ["audit"])
 
+    def test_an_unwritable_folder_is_an_export_error(self):
+        (self.tmp / "file").write_text("")
+        with self.assertRaisesRegex(ExportError, "cannot write the audit folder .*file/audit"):
+            export(Mlp(), DataLoader(classification_data(), batch_size=8), self.tmp / "file" / "audit")
+        self.assertEqual(os.listdir(self.tmp), ["file"])
+        with mock.patch("numpy.savez", side_effect=OSError(errno.ENOSPC, "No space left on device")):
+            with self.assertRaisesRegex(ExportError, "cannot write the audit folder .*No space left"):
+                export(Mlp(), DataLoader(classification_data(), batch_size=8), self.tmp / "full" / "audit")
+        self.assertEqual(os.listdir(self.tmp), ["file"])
+
     def test_a_failing_save_of_the_trace_too_leaves_nothing(self):
         full = OSError(errno.ENOSPC, "No space left on device")
         with mock.patch.object(torch.jit.ScriptModule, "save", side_effect=full), \

@@ -457,10 +457,10 @@ def write_audit(model, loader, out_dir, *, loss_fn=None, optimizer=None, samples
     while not parent.exists():
         made.append(parent)
         parent = parent.parent
-    out.parent.mkdir(parents=True, exist_ok=True)
     stage = out.parent / f".{out.name}.trainlint-export-{secrets.token_hex(4)}"
-    stage.mkdir()
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage.mkdir()
         with _rng_untouched(loader):
             twin = _private_loader(loader)
             try:
@@ -497,11 +497,13 @@ def write_audit(model, loader, out_dir, *, loss_fn=None, optimizer=None, samples
             stage.rmdir()
         else:
             os.rename(stage, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(stage, ignore_errors=True)
         for folder in made:
             with contextlib.suppress(OSError):
                 folder.rmdir()
+        if isinstance(e, OSError):
+            raise ExportError(f"cannot write the audit folder {out} ({type(e).__name__}: {e})") from e
         raise
 
     log_path = None
