@@ -36,7 +36,7 @@ TASKS = ("image-to-image", "classification", "regression")
 
 
 def _warn(message: str) -> None:
-    warnings.warn(message, ExportWarning, stacklevel=4)
+    warnings.warn(message, ExportWarning, stacklevel=5)
 
 
 def loss_name(loss_fn) -> str | None:
@@ -88,10 +88,11 @@ def _loss_caveats(loss_fn: torch.nn.Module, name: str) -> None:
         _warn(f"{type(loss_fn).__name__}: trainlint models {name} without {', '.join(ignored)}")
 
 
-def optimizer_setup(optimizer) -> dict:
-    """optimizer, lr, momentum, weight_decay from `optimizer.param_groups`."""
+def optimizer_setup(optimizer, scheduler=None, total_steps=None) -> tuple[dict, str | None]:
+    """optimizer, lr, momentum, weight_decay from `optimizer.param_groups`, and a note for the config
+    when the lr written is not the optimizer's lr at this moment (the peak of a warmup schedule)."""
     if optimizer is None:
-        return {}
+        return {}, None
     inner = optimizer
     # Lightning's LightningOptimizer and Accelerate's AcceleratedOptimizer wrap the real one.
     for _ in range(4):
@@ -114,16 +115,18 @@ def optimizer_setup(optimizer) -> dict:
         raise ExportError("the optimizer has no param_groups")
     # Several groups (e.g. no weight decay on biases): trainlint has one lr and one weight decay, so
     # take the group that holds the most parameters and say what was dropped.
-    main = max(groups, key=lambda g: sum(p.numel() for p in g["params"]))
+    index = max(range(len(groups)), key=lambda i: sum(p.numel() for p in groups[i]["params"]))
+    main = groups[index]
+    lr, note = peak_lr(main, index, scheduler, total_steps)
     differing = sorted(
         {k for g in groups for k in ("lr", "momentum", "weight_decay") if k in g and _num(g[k]) != _num(main[k])}
     )
     if differing:
         _warn(
             f"the optimizer's {len(groups)} param groups differ in {', '.join(differing)}; trainlint uses the largest "
-            f"group's values (lr {_num(main['lr']):g})"
+            f"group's values (lr {lr:g})"
         )
-    setup = {"optimizer": name, "lr": _num(main["lr"]), "weight_decay": _num(main.get("weight_decay", 0.0))}
+    setup = {"optimizer": name, "lr": lr, "weight_decay": _num(main.get("weight_decay", 0.0))}
     if name == "sgd":
         setup["momentum"] = _num(main.get("momentum", 0.0))
         if main.get("nesterov"):
@@ -131,8 +134,56 @@ def optimizer_setup(optimizer) -> dict:
     elif main.get("amsgrad"):
         _warn(f"{type(inner).__name__}(amsgrad=True): trainlint probes plain {name}")
     if setup["lr"] <= 0:
-        raise ExportError(f"the optimizer's lr is {setup['lr']}; trainlint needs lr > 0")
-    return setup
+        raise ExportError(
+            f"the optimizer's lr is {setup['lr']} and no schedule gives a larger one; trainlint needs lr > 0 "
+            f"(pass scheduler= to export, or set [setup] lr by hand)"
+        )
+    return setup, note
+
+
+# Evaluating a LambdaLR's functions over more steps than this is no longer cheap.
+SCHEDULE_STEPS = 100_000
+
+
+def peak_lr(group: dict, index: int, scheduler=None, total_steps=None) -> tuple[float, str | None]:
+    """The lr trainlint's probe should train with: the peak of the schedule, not the lr at this moment
+    (a warmup starts at 0 or at a fraction of it). Read from the param group's `max_lr` (OneCycleLR) and
+    `initial_lr` (every torch scheduler sets it), the scheduler's `max_lrs` (CyclicLR) and `base_lrs`, and for a LambdaLR its
+    functions' values over the run when `total_steps` is known. Returns the lr and a note that says which lr was taken and why, when it is not the current."""
+    current = _num(group["lr"])
+    found = []  # (lr, where it was read)
+    if "max_lr" in group:
+        found.append((_num(group["max_lr"]), "OneCycleLR's max_lr"))
+    if "initial_lr" in group:
+        found.append((_num(group["initial_lr"]), "the param group's initial_lr, the schedule's base lr"))
+    max_lrs = getattr(scheduler, "max_lrs", None)  # CyclicLR keeps its peaks on the scheduler
+    if isinstance(max_lrs, (list, tuple)) and index < len(max_lrs):
+        found.append((_num(max_lrs[index]), f"{type(scheduler).__name__}'s max_lr"))
+    base_lrs = getattr(scheduler, "base_lrs", None)
+    if isinstance(base_lrs, (list, tuple)) and index < len(base_lrs):
+        found.append((_num(base_lrs[index]), f"{type(scheduler).__name__}'s base lr"))
+        lambdas = getattr(scheduler, "lr_lambdas", None)
+        if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR) and lambdas and index < len(lambdas):
+            steps = total_steps if isinstance(total_steps, int) and 0 < total_steps <= SCHEDULE_STEPS else None
+            if steps:
+                try:
+                    top = max(float(lambdas[index](s)) for s in range(steps))
+                    found.append((_num(base_lrs[index]) * top, f"the largest lr of the LambdaLR over {steps} steps"))
+                except Exception:  # noqa: BLE001 - the user's function; the other readings stand
+                    pass
+    lr, where = current, None
+    for value, source in found:
+        if value > lr and value > 0:
+            lr, where = value, source
+    if where is None:
+        return current, None
+    from ._export import short_float  # noqa: PLC0415 - one formatting rule for the whole config
+
+    state = "0 (a warmup's start)" if current == 0 else f"{short_float(current)}, lower while the schedule warms up or decays"
+    return lr, (
+        f"lr = {short_float(lr)}: the peak of the lr schedule ({where}); trainlint's lr probe trains at it. "
+        f"At export the optimizer's lr was {state}"
+    )
 
 
 def _num(value) -> float:
