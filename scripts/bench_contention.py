@@ -54,7 +54,8 @@ def main():
     for pair in a.env:
         name, _, value = pair.partition("=")
         env[name] = value
-    cmd = [a.binary, "check", a.case, "-q", "--no-timings", *a.extra]
+    # Without --no-timings: a reproducible report keeps the thread count the load would lower.
+    cmd = [a.binary, "check", a.case, "-q", *a.extra]
     idle, busy = [], []
     for _ in range(a.runs):
         idle.append(audit(cmd, env))

@@ -783,7 +783,7 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
         );
     }
     let timeout = check_timeout(args.timeout);
-    let thread_plan = threads::plan(settings.threads);
+    let thread_plan = threads::plan(settings.threads, !args.no_timings);
     let threads = thread_plan.threads;
     // Everything that can refuse the run does so before the checks run and before anything is written.
     let targets = plan_outputs(&args, &settings)?;

@@ -10,7 +10,8 @@
 //! - the thread count comes from the CPUs the process may really use: its CPU affinity, its cgroup's
 //!   CPU quota (v2 `cpu.max`, v1 `cpu.cfs_quota_us`, the smallest along the hierarchy, as Go 1.25's
 //!   container-aware GOMAXPROCS and the JVM read them), less the CPUs other processes are busy on
-//!   (runnable tasks in `/proc/stat`, sampled). `--threads` and `threads` in the config win.
+//!   (runnable tasks in `/proc/stat`, sampled; not with `--no-timings`, whose report must not depend on
+//!   the moment). `--threads` and `threads` in the config win.
 use std::ffi::{c_char, c_int};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -207,8 +208,11 @@ fn other_runnable() -> Option<f64> {
 }
 
 /// The thread count: `configured` (0 = decide), else the CPUs the process may use (affinity and
-/// cgroup quota), less those other processes keep busy, at least 1.
-pub fn plan(configured: usize) -> ThreadPlan {
+/// cgroup quota), less those other processes keep busy when `follow_load`, at least 1.
+///
+/// Following the load makes the count, and with it the last digits of what libtorch computes, depend
+/// on the moment: a reproducible report (`--no-timings`) does not follow it.
+pub fn plan(configured: usize, follow_load: bool) -> ThreadPlan {
     if configured > 0 {
         return ThreadPlan {
             threads: configured,
@@ -219,7 +223,7 @@ pub fn plan(configured: usize) -> ThreadPlan {
         affinity_cpus(),
         cgroup_cpu_limit(),
         online_cpus(),
-        other_runnable(),
+        follow_load.then(other_runnable).flatten(),
     )
 }
 
@@ -301,6 +305,6 @@ mod tests {
         );
         // A quota on a large busy host: the free CPUs of the host do not raise the quota.
         assert_eq!(decide(64, Some(2.0), 64, Some(40.0)).threads, 2);
-        assert_eq!(plan(3).threads, 3);
+        assert_eq!(plan(3, true).threads, 3);
     }
 }

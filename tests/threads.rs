@@ -87,3 +87,43 @@ fn the_report_says_how_many_threads_ran_and_why() {
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(report.get("threads").is_none());
 }
+
+/// Following the machine's load would make the thread count, and so the last digits libtorch
+/// computes, depend on the moment: a `--no-timings` report stays byte for byte the same beside
+/// CPU-bound work and without it.
+#[test]
+fn a_reproducible_report_does_not_follow_the_load() {
+    let args = [
+        "check",
+        "--model",
+        &fixture("models/cnn_bn.pt"),
+        "--data",
+        &fixture("data/images.npz"),
+        "--select",
+        "overfit-batch,loss-oscillation,gradient-flow",
+        "--output-format",
+        "json",
+        "--no-timings",
+    ];
+    let quiet = run(&args);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let hogs: Vec<_> = (0..2 * cpus)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let busy = run(&args);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in hogs {
+        h.join().unwrap();
+    }
+    assert_eq!(stdout(&quiet), stdout(&busy));
+}
