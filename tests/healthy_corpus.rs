@@ -496,3 +496,21 @@ fn run_checks_log_only(log: &str) -> Value {
     assert!(code == 0 || code == 1, "{log}: exit {code}");
     report
 }
+
+/// Issue 22, 8: linear probing as it is usually written (the backbone `.eval()` and
+/// `requires_grad_(False)`, the root in train mode, only the head trains) is frozen by design, not
+/// stale: no `saved-in-eval-mode`, no `will-not-update`. A BatchNorm in eval mode whose parameters
+/// still train stays an error (bn_submodule_eval.pt, the detection fixture).
+#[test]
+fn a_frozen_batchnorm_backbone_is_not_stale() {
+    let r = run_checks("frozen_bn_probe", "images.npz", "stale-batchnorm", "");
+    assert_status(&r, "frozen_bn_probe", "stale-batchnorm", "passed");
+    let r = run_checks("bn_submodule_eval", "images.npz", "stale-batchnorm", "");
+    let kinds: Vec<&str> = check_entry(&r, "stale-batchnorm")["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["stale-batchnorm/saved-in-eval-mode"]);
+}

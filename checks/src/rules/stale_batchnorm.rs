@@ -116,7 +116,9 @@ impl Violation for SavedInEvalMode {
 updates its statistics: at evaluation it normalises with numbers that do not describe the trained \
 features.",
         how: "Error for each BatchNorm whose saved training flag is false while the root module's is true \
-(read from the TorchScript file before any mode change).",
+(read from the TorchScript file before any mode change), unless the layer is frozen by design: its \
+affine parameters exist and none requires grad (linear probing, a frozen backbone), where statistics \
+that stay put are the point.",
         fix: "Call model.train() on the whole model before training; freeze BatchNorm on purpose only for \
 fine-tuning with small batches.",
         example: Some(Example {
@@ -196,7 +198,8 @@ impl Violation for WillNotUpdate {
         why: "With momentum 0, or batch_norm called with training=False (as in a model traced in eval \
 mode), the statistics stay at whatever they were: training cannot fix them.",
         how: "On a copy, two train-mode passes from known statistics (0/1, then 1/2) give each layer's \
-effective momentum m (new = (1 − m)·old + m·batch); error when |m| < 1e-6.",
+effective momentum m (new = (1 − m)·old + m·batch); error when |m| < 1e-6, unless the layer is frozen \
+by design (saved in eval mode with affine parameters none of which requires grad).",
         fix: "Give the layer a momentum > 0 (PyTorch's default is 0.1) and call it in training mode; \
 export with torch.jit.script, or trace in train mode.",
         example: Some(Example {
@@ -370,6 +373,20 @@ struct Measured {
 }
 
 /// Every BatchNorm layer: by module type, or by running_mean / running_var buffers.
+/// A layer frozen by design: its affine parameters exist and none of them trains (`requires_grad =
+/// False`, as in linear probing or fine-tuning a head on a frozen backbone). Its statistics are meant
+/// to stay what they are, so eval mode is no mistake there.
+fn frozen(layer: &Layer, params: &[NamedTensor]) -> bool {
+    let own: Vec<&Tensor> = ["weight", "bias"]
+        .iter()
+        .filter_map(|p| {
+            let name = format!("{}.{p}", layer.path());
+            params.iter().find(|(n, _)| *n == name).map(|(_, t)| t)
+        })
+        .collect();
+    !own.is_empty() && own.iter().all(|t| !t.requires_grad())
+}
+
 fn batchnorm_layers<'a>(modules: &'a [ModuleInfo], buffers: &[NamedTensor]) -> Vec<Layer<'a>> {
     modules
         .iter()
@@ -549,7 +566,10 @@ impl Check for StaleBatchnorm {
         // Each layer is reported once, by the first kind that explains it.
         let mut reported: Vec<&str> = Vec::new();
         let root_training = modules.first().is_some_and(|m| m.training);
-        for l in layers.iter().filter(|l| root_training && !l.info.training) {
+        let in_eval = layers
+            .iter()
+            .filter(|l| root_training && !l.info.training && !frozen(l, &params));
+        for l in in_eval {
             let v = SavedInEvalMode {
                 module_training: false,
                 root_training: true,
@@ -590,7 +610,8 @@ impl Check for StaleBatchnorm {
             let Some(m) = measured.get(l.path()) else {
                 continue;
             };
-            if !reported.contains(&l.path()) && m.momentum.abs() < 1e-6 {
+            let frozen_by_design = !l.info.training && frozen(l, &params);
+            if !reported.contains(&l.path()) && m.momentum.abs() < 1e-6 && !frozen_by_design {
                 let v = WillNotUpdate {
                     effective_momentum: m.momentum,
                     layer: l.name(),
