@@ -211,6 +211,14 @@ fn temp_name(target: &Path, what: &str) -> PathBuf {
     target.with_file_name(format!(".{name}.trainlint-{what}-{}", std::process::id()))
 }
 
+/// Creates `temp` (which must not exist) with `contents`, synced to disk: the first half of an atomic
+/// write, whose rename follows once everything is staged.
+fn write_new(temp: &Path, contents: &[u8]) -> io::Result<()> {
+    let mut f = OpenOptions::new().write(true).create_new(true).open(temp)?;
+    f.write_all(contents)?;
+    f.sync_all()
+}
+
 /// Writes every `(target, contents)` atomically: all go to temporary files first, and only when all
 /// of them are written are they renamed over their targets. On error nothing is left behind but the
 /// files already renamed (renames in one folder fail only when the folder itself goes away).
@@ -225,15 +233,7 @@ pub fn write_all(files: &[(&Target, &[u8])]) -> Result<(), String> {
     };
     for (target, contents) in files.iter().filter(|(t, _)| !t.special) {
         let temp = temp_name(&target.resolved, "tmp");
-        let written = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp)
-            .and_then(|mut f| {
-                f.write_all(contents)?;
-                f.sync_all()
-            });
-        if let Err(e) = written {
+        if let Err(e) = write_new(&temp, contents) {
             let _ = std::fs::remove_file(&temp);
             cleanup(&staged);
             return Err(format!("cannot write {}: {e}", target.shown.display()));
@@ -300,15 +300,7 @@ pub fn replace(path: &Path, contents: &[u8], inputs: &[Input]) -> Result<(), Str
         }
     }
     let temp = temp_name(path, "tmp");
-    let written = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&temp)
-        .and_then(|mut f| {
-            f.write_all(contents)?;
-            f.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&temp, path));
+    let written = write_new(&temp, contents).and_then(|()| std::fs::rename(&temp, path));
     written.map_err(|e| {
         let _ = std::fs::remove_file(&temp);
         format!("cannot write {shown}: {e}")

@@ -22,6 +22,7 @@ static SET_BY_TRAINLINT: AtomicBool = AtomicBool::new(false);
 unsafe extern "C" {
     fn getenv(name: *const c_char) -> *const c_char;
     fn setenv(name: *const c_char, value: *const c_char, overwrite: c_int) -> c_int;
+    fn sysconf(name: c_int) -> std::ffi::c_long;
 }
 
 /// Runs before libgomp's constructor (see the module docs): `OMP_WAIT_POLICY=PASSIVE` unless set.
@@ -78,17 +79,12 @@ fn affinity_cpus() -> usize {
 /// The CPUs the machine has online (`sysconf(_SC_NPROCESSORS_ONLN)`).
 fn online_cpus() -> usize {
     // SAFETY: sysconf has no preconditions and only reads a configuration value.
-    let n = unsafe { libc_sysconf(84) }; // _SC_NPROCESSORS_ONLN on Linux
+    let n = unsafe { sysconf(84) }; // _SC_NPROCESSORS_ONLN on Linux
     if n > 0 {
         n as usize
     } else {
         affinity_cpus()
     }
-}
-
-unsafe extern "C" {
-    #[link_name = "sysconf"]
-    fn libc_sysconf(name: std::ffi::c_int) -> std::ffi::c_long;
 }
 
 /// A cgroup CPU limit in CPUs (quota / period), from the `cpu.max` text of cgroup v2 ("max 100000" or

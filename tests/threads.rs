@@ -32,20 +32,25 @@ fn openmp_waits_passively_from_start_up_unless_the_user_chose() {
     );
 }
 
-#[test]
-fn the_report_says_how_many_threads_ran_and_why() {
-    let o = run(&[
+/// The JSON report's `threads` block of an init-std run on the demo with `extra` arguments.
+fn threads_block(extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
         "check",
         "examples/demo",
         "--select",
         "init-std",
         "--output-format",
         "json",
-        "--threads",
-        "3",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let o = run(&args);
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let threads = &report["threads"];
+    report["threads"].clone()
+}
+
+#[test]
+fn the_report_says_how_many_threads_ran_and_why() {
+    let threads = threads_block(&["--threads", "3"]);
     assert_eq!(threads["count"], 3, "{threads}");
     assert_eq!(
         threads["reason"],
@@ -58,34 +63,16 @@ fn the_report_says_how_many_threads_ran_and_why() {
             .starts_with("passive"),
         "{threads}"
     );
-    let o = run(&[
-        "check",
-        "examples/demo",
-        "--select",
-        "init-std",
-        "--output-format",
-        "json",
-    ]);
-    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let threads = threads_block(&[]);
     let (count, reason) = (
-        report["threads"]["count"].as_u64().unwrap(),
-        report["threads"]["reason"].as_str().unwrap(),
+        threads["count"].as_u64().unwrap(),
+        threads["reason"].as_str().unwrap(),
     );
     let cpus = std::thread::available_parallelism().unwrap().get() as u64;
     assert!((1..=cpus).contains(&count), "{count} of {cpus}");
     assert!(reason.contains("in the affinity mask"), "{reason}");
     // Machine-dependent, so absent with --no-timings, like every timing.
-    let o = run(&[
-        "check",
-        "examples/demo",
-        "--select",
-        "init-std",
-        "--output-format",
-        "json",
-        "--no-timings",
-    ]);
-    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(report.get("threads").is_none());
+    assert!(threads_block(&["--no-timings"]).is_null());
 }
 
 /// Following the machine's load would make the thread count, and so the last digits libtorch
