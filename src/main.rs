@@ -147,6 +147,10 @@ struct CheckArgs {
     /// libtorch CPU threads (0 = the machine's cores; at most 1024).
     #[arg(long, allow_negative_numbers = true, value_parser = parse_threads)]
     threads: Option<usize>,
+    /// Seconds each check that trains may spend before it reports itself undecided (skipped, never
+    /// passed); default 60, 0 = no limit.
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true, value_parser = parse_budget)]
+    check_budget: Option<f64>,
     /// The task: auto, image-to-image, classification, regression.
     #[arg(long)]
     task: Option<String>,
@@ -236,6 +240,15 @@ fn parse_threads(s: &str) -> Result<usize, String> {
     match digits.parse::<usize>() {
         Ok(n) if n <= MAX_THREADS => Ok(n),
         _ => Err(format!("at most {MAX_THREADS} threads")),
+    }
+}
+
+fn parse_budget(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(t) if t == 0.0 || (MIN_TIMEOUT_S..=MAX_TIMEOUT_S).contains(&t) => Ok(t.abs()),
+        _ => Err(format!(
+            "the check budget must be 0 (no limit) or between {MIN_TIMEOUT_S} and {MAX_TIMEOUT_S} seconds"
+        )),
     }
 }
 
@@ -720,6 +733,9 @@ fn resolve_settings(args: &CheckArgs) -> Result<Settings, Fatal> {
     if let Some(t) = args.threads {
         settings.threads = t;
     }
+    if let Some(b) = args.check_budget {
+        settings.setup.check_budget = b;
+    }
     if let Some(t) = &args.task {
         settings.setup.task = parse_choice(t).map_err(|e| Fatal::from(format!("--task: {e}")))?;
     }
@@ -1117,6 +1133,7 @@ fn graph(args: GraphArgs) -> Result<ExitCode, Fatal> {
         device: args.device.clone(),
         seed: None,
         threads: None,
+        check_budget: None,
         task: None,
         loss: None,
         no_timings: false,

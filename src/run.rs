@@ -37,6 +37,9 @@ pub struct CheckRun {
     pub status: Status,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What a check that ran says beside its status (a part of its input it could not judge).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     /// When skipped for want of an input: which one.
     #[serde(skip)]
     pub missing: Option<Input>,
@@ -226,6 +229,7 @@ fn record(
         level,
         status: Status::Passed,
         reason: None,
+        note: None,
         duration_ms,
         findings: Vec::new(),
         curves: Vec::new(),
@@ -242,6 +246,7 @@ fn record(
                 run.reason = Some(reason);
                 run.missing = result.missing;
             } else {
+                run.note = result.note;
                 run.findings = result.findings;
                 run.findings
                     .retain(|f| settings.kind_selected(f.kind, info.id, info.group));

@@ -364,12 +364,23 @@ fn samples_a_relu_on_the_logits_holds_at_zero_are_judged_apart() {
 fn a_restarted_adam_on_a_trained_checkpoint_is_its_cold_start_not_the_lr() {
     // Class 5: Adam's first bias-corrected step moves every weight of the trained UNet by ~lr and
     // spikes the evaluation loss; warmed up over 10 steps the same lr is clean, and the real log descends.
+    let setup = "optimizer = \"adam\"\nlr = 0.001\nbatch_size = 16";
+    // The real log descends cleanly: by default it stands for the probe, which does not run.
     let r = run_checks_log(
         "unet_denoiser_trained",
         "denoise32.npz",
         "unet_denoiser.csv",
         "loss-oscillation",
-        "optimizer = \"adam\"\nlr = 0.001\nbatch_size = 16",
+        setup,
+    );
+    assert_log_stands_for_the_probe(&r);
+    // Run anyway, the probe is judged silent too.
+    let r = run_checks_log(
+        "unet_denoiser_trained",
+        "denoise32.npz",
+        "unet_denoiser.csv",
+        "loss-oscillation",
+        &format!("{setup}\n{PROBE_WITH_LOG}"),
     );
     assert!(findings(&r, "loss-oscillation").is_empty());
     let curves = check_entry(&r, "loss-oscillation")["curves"]
@@ -414,6 +425,14 @@ fn a_probe_at_a_converged_minimum_is_noise_not_instability() {
         "mlp_converged_run.csv",
         "loss-oscillation",
         setup,
+    );
+    assert_log_stands_for_the_probe(&r);
+    let r = run_checks_log(
+        "mlp_converged",
+        "digits256.npz",
+        "mlp_converged_run.csv",
+        "loss-oscillation",
+        &format!("{setup}\n{PROBE_WITH_LOG}"),
     );
     assert!(findings(&r, "loss-oscillation").is_empty());
     let probe = check_entry(&r, "loss-oscillation")["curves"]
@@ -475,6 +494,31 @@ fn healthy_real_logs_are_silent() {
         let r = run_checks_log_only(log);
         assert!(findings(&r, "loss-oscillation").is_empty(), "{log}");
     }
+}
+
+/// Appended to a `[setup]` table: run the lr probe even when the log descends cleanly.
+const PROBE_WITH_LOG: &str = "[checks.loss-oscillation]\nprobe_with_log = true";
+
+/// Issue 21: a log that descends cleanly at the configured lr stands for the probe: silent, no probe
+/// curve, no training, and a note that says why.
+fn assert_log_stands_for_the_probe(r: &Value) {
+    let e = check_entry(r, "loss-oscillation");
+    assert_eq!(e["status"], "passed", "{e}");
+    assert!(
+        e["note"]
+            .as_str()
+            .unwrap()
+            .starts_with("the learning-rate probe was not needed: the loss log descends from"),
+        "{e}"
+    );
+    assert!(e.get("training").is_none(), "{e}");
+    assert!(
+        e["curves"].as_array().unwrap().iter().all(|c| !c["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("learning-rate probe")),
+        "{e}"
+    );
 }
 
 fn run_checks_log(model: &str, data: &str, log: &str, select: &str, setup: &str) -> Value {

@@ -113,6 +113,9 @@ pub struct CheckResult {
     pub curves: Vec<Curve>,
     /// The trainings the check ran (checks that train a copy), for the report's timing evidence.
     pub training: Vec<TrainingRun>,
+    /// What a check that ran wants said beside its status: part of its input it could not judge, or
+    /// work it did not need to do (e.g. "the loss log was not judged: 24 points, needs 30").
+    pub note: Option<String>,
 }
 
 /// One training of an in-memory copy: how many optimizer steps on what input, and the wall time per
@@ -192,6 +195,10 @@ impl CheckResult {
     }
     pub fn curve(mut self, curve: Curve) -> Self {
         self.curves.push(curve);
+        self
+    }
+    pub fn noted(mut self, note: impl Into<String>) -> Self {
+        self.note = Some(note.into());
         self
     }
     pub fn trained(mut self, run: TrainingRun) -> Self {

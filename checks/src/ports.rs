@@ -266,6 +266,10 @@ pub struct Setup {
     /// Seed for everything random (set from `[run] seed`)
     #[serde(skip)]
     pub seed: u64,
+    /// Seconds each check that trains may spend before it reports its verdict undecided (set from
+    /// `[run] check_budget`; 0: no limit)
+    #[serde(skip)]
+    pub check_budget: f64,
 }
 
 impl Default for Setup {
@@ -281,6 +285,7 @@ impl Default for Setup {
             shuffle: true,
             temporal: false,
             seed: 0,
+            check_budget: 0.0,
         }
     }
 }

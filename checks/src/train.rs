@@ -110,6 +110,90 @@ pub fn optimizer(
     Ok(opt)
 }
 
+/// A check's time budget (`run.check_budget`, seconds; 0: none), shared by every training the check
+/// runs. A check asks it before each step; when the budget is spent, or when the steps the check still
+/// needs before it can reach any verdict cannot fit at the measured time per step, the answer is an
+/// undecided skip that says how far the check got, never a pass.
+pub struct Budget {
+    limit: Option<std::time::Duration>,
+    started: std::time::Instant,
+}
+
+impl Budget {
+    /// Starts the clock (at the start of the check).
+    pub fn start(seconds: f64) -> Budget {
+        Budget {
+            // Beyond 1e6 s (11.6 days) is no limit: it also keeps `Duration` far from overflowing.
+            limit: (seconds > 0.0 && seconds <= 1e6)
+                .then(|| std::time::Duration::from_secs_f64(seconds)),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// No limit (the checks' unit tests).
+    pub fn unlimited() -> Budget {
+        Budget::start(0.0)
+    }
+
+    /// Before step `done + 1` of a training of `what` that has run `done` steps since `since` and cannot
+    /// decide before step `needed`: Ok to go on, or the undecided skip.
+    pub fn allow(
+        &self,
+        what: &str,
+        done: usize,
+        needed: usize,
+        since: std::time::Instant,
+    ) -> Result<(), CheckError> {
+        let Some(limit) = self.limit else {
+            return Ok(());
+        };
+        let spent = self.started.elapsed();
+        let per_step = if done > 0 {
+            since.elapsed().as_secs_f64() / done as f64
+        } else {
+            0.0
+        };
+        // The first step carries one-off costs (the graph executor's profiling runs): project from
+        // the second on.
+        let projected = if done >= 2 {
+            spent.as_secs_f64() + needed.saturating_sub(done) as f64 * per_step
+        } else {
+            spent.as_secs_f64()
+        };
+        if spent <= limit && projected <= limit.as_secs_f64() {
+            return Ok(());
+        }
+        let pace = if done > 0 {
+            format!(" at {} per step", seconds(per_step))
+        } else {
+            String::new()
+        };
+        let reached = if spent > limit {
+            format!("the {} budget ran out", seconds(limit.as_secs_f64()))
+        } else {
+            format!(
+                "it cannot reach a verdict before step {needed}, {} from now, within the {} budget",
+                seconds(projected - spent.as_secs_f64()),
+                seconds(limit.as_secs_f64())
+            )
+        };
+        Err(CheckError::Skip(format!(
+            "undecided: {what} ran {done} steps{pace} and {reached} (raise run.check_budget or pass --check-budget; 0 = no limit)"
+        )))
+    }
+}
+
+/// Seconds for messages: "850 ms", "4.2 s", "61 s".
+fn seconds(s: f64) -> String {
+    if s < 1.0 {
+        format!("{:.0} ms", s * 1000.0)
+    } else if s < 10.0 {
+        format!("{s:.1} s")
+    } else {
+        format!("{s:.0} s")
+    }
+}
+
 /// One optimisation step on (inputs, targets); returns the loss before the step.
 pub fn step(
     model: &mut dyn TrainableModel,
@@ -187,7 +271,8 @@ pub struct Fit {
 }
 
 /// Train `model` on one fixed batch with Adam until `done(loss, prediction)` holds or `max_steps`
-/// pass. `progress` receives (step, max_steps, loss).
+/// pass. `progress` receives (step, max_steps, loss). The fit can succeed at any step, so the budget
+/// stops it only once spent (an undecided skip named after `what`).
 #[allow(clippy::too_many_arguments)]
 pub fn fit_batch(
     model: &mut dyn TrainableModel,
@@ -198,8 +283,11 @@ pub fn fit_batch(
     max_steps: usize,
     done: &dyn Fn(f64, &Tensor) -> bool,
     progress: &dyn Fn(usize, usize, f64),
+    budget: &Budget,
+    what: &str,
 ) -> Result<Fit, CheckError> {
     let opt = optimizer(model, OptimizerKind::Adam, lr, 0.0, 0.0)?;
+    let started = std::time::Instant::now();
     let mut fit = Fit {
         losses: Vec::new(),
         first_gradients: Vec::new(),
@@ -207,6 +295,7 @@ pub fn fit_batch(
         reached: false,
     };
     for step in 0..=max_steps {
+        budget.allow(what, step, step + 1, started)?;
         opt.zero_grad()?;
         let prediction = model.forward(inputs, Mode::Train)?;
         let l = loss(loss_kind, &prediction, targets)?;

@@ -137,6 +137,9 @@ pub struct RunSection {
     pub fail_on: FailOn,
     /// Seed for everything random; the same seed gives the same report
     pub seed: u64,
+    /// Seconds each check that trains may spend; past it, it is skipped as undecided (never passed); 0 = no limit
+    #[schemars(range(min = 0, max = 1000000))]
+    pub check_budget: f64,
 }
 
 impl Default for RunSection {
@@ -146,6 +149,7 @@ impl Default for RunSection {
             ignore: Vec::new(),
             fail_on: FailOn::Error,
             seed: 0,
+            check_budget: 60.0,
         }
     }
 }

@@ -185,6 +185,7 @@ impl Settings {
             log_terms: f.log.terms,
             setup: Setup {
                 seed: f.run.seed,
+                check_budget: f.run.check_budget,
                 ..f.setup
             },
             select: f.run.select,

@@ -65,6 +65,15 @@ pub fn render(report: &Report) -> String {
             escape_data(c.reason.as_deref().unwrap_or(""))
         ));
     }
+    for c in report.checks.iter().filter(|c| c.reason.is_none()) {
+        if let Some(note) = &c.note {
+            out.push_str(&format!(
+                "::notice title={}::{}\n",
+                escape_property(&format!("trainlint {}", c.id)),
+                escape_data(note)
+            ));
+        }
+    }
     let s = &report.summary;
     out.push_str(&format!(
         "::notice title=trainlint::{} errors, {} warnings in {} checks ({} passed, {} skipped, {} failed)\n",

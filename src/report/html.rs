@@ -403,8 +403,14 @@ document.body.dataset.ready='1';});</script>",
     out.push_str("<table><thead><tr><th>check</th><th>group</th><th>status</th><th>findings</th><th>time</th></tr></thead><tbody>");
     for c in &report.checks {
         let status = match c.status {
-            Status::Passed => "passed".to_string(),
-            Status::Findings => "findings".to_string(),
+            Status::Passed => match &c.note {
+                Some(note) => format!("passed · {note}"),
+                None => "passed".to_string(),
+            },
+            Status::Findings => match &c.note {
+                Some(note) => format!("findings · {note}"),
+                None => "findings".to_string(),
+            },
             Status::Skipped => format!("skipped: {}", c.reason.as_deref().unwrap_or("")),
             Status::Failed => "failed".to_string(),
         };

@@ -65,7 +65,13 @@ pub fn render(report: &Report) -> String {
             })
             .collect();
         match c.status {
-            Status::Passed => out.push_str(&format!("{open}/>\n")),
+            Status::Passed => match &c.note {
+                Some(note) => out.push_str(&format!(
+                    "{open}>\n      <system-out>{}</system-out>\n    </testcase>\n",
+                    xml_escape(note)
+                )),
+                None => out.push_str(&format!("{open}/>\n")),
+            },
             Status::Skipped => out.push_str(&format!(
                 "{open}>\n      <skipped message=\"{}\"/>\n    </testcase>\n",
                 xml_escape(c.reason.as_deref().unwrap_or(""))

@@ -153,6 +153,12 @@ pub fn render(report: &Report) -> String {
                 .to_string(),
             Status::Failed => "failed".red().bold().to_string(),
         };
+        let status = match &c.note {
+            Some(note) if c.status != Status::Skipped => {
+                format!("{status} {}", format!("· {}", visible(note)).dimmed())
+            }
+            _ => status,
+        };
         let ignored = if c.ignored > 0 {
             format!(" ({} ignored)", c.ignored)
         } else {

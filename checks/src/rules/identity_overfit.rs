@@ -260,6 +260,8 @@ impl Check for IdentityOverfit {
             steps,
             &|loss, _| loss / var <= target,
             ctx.progress,
+            &train::Budget::start(ctx.setup.check_budget),
+            "learning the identity",
         )?;
         let run = train::training_run(
             "identity",

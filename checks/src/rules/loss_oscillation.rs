@@ -3,7 +3,7 @@
 use super::prelude::*;
 use crate::ports::OptimizerKind;
 use crate::stats::{self, OscillationThresholds, Rng, Verdict};
-use crate::train;
+use crate::train::{self, Budget};
 
 pub struct LossOscillation;
 
@@ -17,7 +17,11 @@ static INFO: CheckInfo = CheckInfo {
 trained with the configured optimizer, learning rate and batch size for `probe_steps` steps, its loss \
 measured after every step on one FIXED evaluation batch, which removes minibatch noise. A log with fewer \
 than `min_points` finite rows is not judged: without the probe the check is skipped with that reason; \
-with it, the probe's verdict stands and the log's curve is labelled as too short.",
+with it, the probe's verdict stands and the check's note says the log was not judged. A log judged \
+without a finding whose last quarter sits at most half as high as its start already shows that the \
+configured lr trains: the probe is then not run (`probe_with_log = true` runs it anyway), and the note \
+says so. Every training the check runs counts against `run.check_budget`: a probe that cannot finish \
+within it is reported undecided (skipped), never passed.",
         why: "A learning rate too high for the model makes the loss bounce or zig-zag around a high value, \
 or blow up to Inf/NaN; too little capacity makes it bounce without descending. Minibatch losses are \
 noisy by nature (the slope changes sign ~67% of the time for pure noise), so a naive sign-change count \
@@ -66,6 +70,10 @@ pub struct LossOscillationOptions {
     pub wander_to_noise: f64,
     /// Run the learning-rate probe when a model and data are given.
     pub probe: bool,
+    /// Run the probe even when the loss log already shows a healthy descent at the configured lr
+    /// (judged without a finding, its last quarter at most half its start); `false` lets such a log
+    /// stand for the probe and spares its cost.
+    pub probe_with_log: bool,
     /// Steps of the learning-rate probe.
     #[schemars(range(min = 1))]
     pub probe_steps: usize,
@@ -97,6 +105,7 @@ impl Default for LossOscillationOptions {
             min_wander: t.min_wander,
             wander_to_noise: t.wander_to_noise,
             probe: true,
+            probe_with_log: false,
             probe_steps: 60,
             probe_divergence: 2.0,
             probe_spike: 10.0,
@@ -319,7 +328,9 @@ steps on random batches of the sample and measures the loss after each step on o
 (the first 64 samples). With `probe_early_stop` it stops sooner once that loss has settled into a clean \
 descent (checked every 10 steps from step 20: at most half its start, never above 1.5× it, up in at \
 most 15% of the steps, lower than 10 steps before); such a curve carries no finding, and on 1,196 real \
-probes none that stopped would have had one after 60 steps. Error when that loss becomes non-finite or \
+probes none that stopped would have had one after 60 steps. It also stops once that loss has stayed \
+above `probe_spike`× its start for 10 steps in a row (a run that holds a finding whatever follows), and \
+then runs the control below for as many steps. Error when that loss becomes non-finite or \
 ends `probe_divergence`× above its start. Every probe finding must survive two confirmations, run only when one is pending: with Adam / \
 AdamW, the same probe with the lr warmed up over `probe_warmup` steps must show a finding too (a \
 restarted Adam's first bias-corrected step moves every weight by ~lr and spikes any trained \
@@ -330,7 +341,7 @@ or an end 10% lower). Skipped with `probe = false`.",
         fix: "Lower setup.lr by 3–10× (or add warm-up / gradient clipping).",
         example: Some(Example {
             args: "fixtures/configs/adam_lr1.toml",
-            message: "learning-rate probe: adam at lr 1 (batch 16) diverges: the loss on a fixed evaluation batch went from 0.955 to 2.69 in 60 steps; at lr 0.1 it went to 0.129 (peak 35.1, up in 30% of the steps)",
+            message: "learning-rate probe: adam at lr 1 (batch 16) diverges: the loss on a fixed evaluation batch went from 0.955 to 1.13e5 in 10 steps; at lr 0.1 it went to 0.872 (peak 35.1, up in 40% of the steps)",
         }),
     };
     fn message(&self) -> String {
@@ -454,6 +465,9 @@ struct LogAnalysis {
     findings: Vec<Finding>,
     /// Judged, and found descending.
     descending: bool,
+    /// Judged without a finding, and its last quarter's level at most half its start's: (start
+    /// level, last-quarter level, first step, last step) of a log that can stand for the probe.
+    healthy: Option<(f64, f64, f64, f64)>,
     curve: Option<Curve>,
     too_short: Option<usize>,
 }
@@ -468,6 +482,7 @@ fn too_short_reason(rows: usize, options: &LossOscillationOptions) -> String {
 fn analyse_log(log: &LossLog, options: &LossOscillationOptions) -> LogAnalysis {
     let judged = |findings: Vec<Finding>, curve| LogAnalysis {
         descending: findings.is_empty(),
+        healthy: None,
         findings,
         curve,
         too_short: None,
@@ -501,6 +516,7 @@ fn analyse_log(log: &LossLog, options: &LossOscillationOptions) -> LogAnalysis {
         return LogAnalysis {
             findings: Vec::new(),
             descending: false,
+            healthy: None,
             curve: Some(curve),
             too_short: None,
         };
@@ -520,6 +536,7 @@ fn analyse_log(log: &LossLog, options: &LossOscillationOptions) -> LogAnalysis {
         return LogAnalysis {
             findings: Vec::new(),
             descending: false,
+            healthy: None,
             curve: Some(curve),
             too_short: Some(finite.len()),
         };
@@ -573,7 +590,12 @@ fn analyse_log(log: &LossLog, options: &LossOscillationOptions) -> LogAnalysis {
     if finding.is_some() {
         curve.window = Some((first, last));
     }
-    judged(finding.into_iter().collect(), Some(curve))
+    let healthy = (finding.is_none() && m_first > 0.0 && m_last <= 0.5 * m_first)
+        .then_some((m_first, m_last, first, last));
+    LogAnalysis {
+        healthy,
+        ..judged(finding.into_iter().collect(), Some(curve))
+    }
 }
 
 /// A probe run: the loss on the fixed evaluation batch before the first step and after each step.
@@ -581,6 +603,8 @@ struct ProbeRun {
     curve: Vec<f64>,
     /// The step after which the run stopped at a settled descent ([`settled_descent`]), if it did.
     settled_at: Option<usize>,
+    /// The step after which the run stopped at a sustained divergence ([`sustained_divergence`]).
+    diverged_at: Option<usize>,
     /// Steps, evaluations and time of the run (issue 11), set by [`probe_run`].
     training: Option<crate::TrainingRun>,
     start: f64,
@@ -611,6 +635,7 @@ impl ProbeRun {
         ProbeRun {
             curve,
             settled_at: None,
+            diverged_at: None,
             training: None,
             start,
             end,
@@ -660,6 +685,27 @@ fn settled_descent(curve: &[f64]) -> bool {
         && last < curve[k - SETTLE_EVERY]
 }
 
+/// Steps in a row that a probe's loss must stay above `probe_spike` × its start for its run to stop
+/// as diverged ([`sustained_divergence`]).
+const SUSTAINED: usize = 10;
+
+/// Whether a probe curve (the start, then one loss per step) has diverged for good: its last
+/// [`SUSTAINED`] values all above `spike` × the start. Such a run already holds a finding whatever
+/// follows (its peak is past `probe_spike`), and an end that stayed that high is divergence: the
+/// remaining steps could only turn it into a spike that recovers, which the control and the warm-up
+/// run judge the same way. Stopping there spares the rest of the run and lets the control run as
+/// few steps.
+fn sustained_divergence(curve: &[f64], spike: f64) -> bool {
+    let k = curve.len().saturating_sub(1);
+    let start = curve[0];
+    k >= SUSTAINED
+        && start > 0.0
+        && start.is_finite()
+        && curve[k + 1 - SUSTAINED..]
+            .iter()
+            .all(|&v| v.is_finite() && v > spike * start)
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum ProbeVerdict {
     Diverges,
@@ -679,8 +725,10 @@ fn probe_run(
     eval_n: i64,
     lr: f64,
     warmup: usize,
+    steps: usize,
     options: &LossOscillationOptions,
     report: bool,
+    budget: &Budget,
 ) -> Result<ProbeRun, CheckError> {
     let setup = ctx.setup;
     let loss_kind = setup.resolved_loss(ctx.data);
@@ -698,12 +746,33 @@ fn probe_run(
     let eval_x = inputs.f_narrow(0, 0, eval_n)?;
     let eval_y = targets.f_narrow(0, 0, eval_n)?;
     let mut rng = Rng::new(setup.seed);
-    let steps = options.probe_steps;
     let mut curve = vec![train::evaluate(copy.as_mut(), loss_kind, &eval_x, &eval_y)?];
     let mut trained = 0;
     let mut settled_at = None;
+    let mut diverged_at = None;
     let mut batch_shape = Vec::new();
+    let name = if warmup > 0 {
+        "probe (warmed up)"
+    } else if report {
+        "probe"
+    } else {
+        "probe (control)"
+    };
+    // The earliest step this run could end with what its check needs: the main run stops at a
+    // sustained divergence or a settled descent; the others need their whole curves unless they
+    // diverge.
+    let needed = if options.probe_early_stop {
+        SUSTAINED.min(steps)
+    } else {
+        steps
+    };
     for step in 0..steps {
+        budget.allow(
+            &format!("the learning-rate {name}"),
+            step,
+            if report { needed } else { steps },
+            started,
+        )?;
         if step < warmup {
             opt.set_learning_rate(lr * (step + 1) as f64 / (warmup + 1) as f64)?;
         } else if step == warmup {
@@ -726,6 +795,16 @@ fn probe_run(
             break;
         }
         let done = step + 1;
+        if options.probe_early_stop
+            && done < steps
+            && sustained_divergence(&curve, options.probe_spike)
+        {
+            diverged_at = Some(done);
+            if report {
+                (ctx.progress)(steps, steps, l);
+            }
+            break;
+        }
         if report
             && options.probe_early_stop
             && done < steps
@@ -739,16 +818,10 @@ fn probe_run(
             break;
         }
     }
-    let name = if warmup > 0 {
-        "probe (warmed up)"
-    } else if report {
-        "probe"
-    } else {
-        "probe (control)"
-    };
     let forwards = trained + curve.len();
     let mut run = ProbeRun::new(curve);
     run.settled_at = settled_at;
+    run.diverged_at = diverged_at;
     let mut t = train::training_run(name, inputs, forwards, trained, started);
     t.input_shape = batch_shape;
     run.training = Some(t);
@@ -788,12 +861,13 @@ fn probe(
         loss_kind.is_classification(),
     )?;
     let on = crops.map(|c| format!(", on {c} crops")).unwrap_or_default();
-    let run = |lr, warmup, report| {
+    let budget = Budget::start(setup.check_budget);
+    let run = |lr, warmup, steps, report| {
         probe_run(
-            ctx, model, &inputs, &targets, eval_n, lr, warmup, options, report,
+            ctx, model, &inputs, &targets, eval_n, lr, warmup, steps, options, report, &budget,
         )
     };
-    let main = run(setup.lr, 0, true)?;
+    let main = run(setup.lr, 0, options.probe_steps, true)?;
     training.extend(main.training.clone());
     let verdict = |r: &ProbeRun| {
         if r.diverges(options) {
@@ -815,15 +889,18 @@ fn probe(
             setup.batch_size
         )
     };
-    let settled = main
-        .settled_at
-        .map(|k| {
-            format!(
-                " (a settled descent: stopped at step {k} of {})",
-                options.probe_steps
-            )
-        })
-        .unwrap_or_default();
+    let settled = match (main.settled_at, main.diverged_at) {
+        (Some(k), _) => format!(
+            " (a settled descent: stopped at step {k} of {})",
+            options.probe_steps
+        ),
+        (None, Some(k)) => format!(
+            " (diverged: above {}× its start for {SUSTAINED} steps, stopped at step {k} of {})",
+            num(options.probe_spike),
+            options.probe_steps
+        ),
+        (None, None) => String::new(),
+    };
     let mut c = Curve::new(format!("{}{settled}", name(setup.lr)), main.curve.clone());
     c.log_scale = true;
     let Some(pending) = verdict(&main) else {
@@ -836,7 +913,7 @@ fn probe(
     if matches!(setup.optimizer, OptimizerKind::Adam | OptimizerKind::AdamW)
         && options.probe_warmup > 0
     {
-        let warm = run(setup.lr, options.probe_warmup, false)?;
+        let warm = run(setup.lr, options.probe_warmup, options.probe_steps, false)?;
         training.extend(warm.training.clone());
         if verdict(&warm).is_none() {
             let mut w = Curve::new(format!("{} (warmed up)", name(setup.lr)), warm.curve);
@@ -847,8 +924,10 @@ fn probe(
     // 2. The control: the same probe at lr / 10. The finding stands only when the lower lr clearly
     //    behaves better; at a converged minimum both go up and down alike, and lowering the lr (the
     //    finding's fix) would not help.
+    //    It runs as many steps as the main run did (fewer when that one stopped at a sustained
+    //    divergence), so that both ends are compared at the same step.
     let control_lr = setup.lr / 10.0;
-    let control = run(control_lr, 0, false)?;
+    let control = run(control_lr, 0, main.curve.len() - 1, false)?;
     training.extend(control.training.clone());
     let confirmed = match pending {
         ProbeVerdict::Diverges => {
@@ -917,13 +996,38 @@ impl Check for LossOscillation {
         }
         let mut result = CheckResult::passed();
         let mut log_descends = false;
+        let mut run_probe = run_probe;
         if let Some(log) = ctx.log {
             let analysis = analyse_log(log, options);
-            if let (Some(rows), false) = (analysis.too_short, run_probe) {
-                return Err(CheckError::Skip(too_short_reason(rows, options)));
+            match (analysis.too_short, run_probe) {
+                (Some(rows), false) => {
+                    return Err(CheckError::Skip(too_short_reason(rows, options)))
+                }
+                // With the probe, its verdict stands; the log's part is said to be unjudged.
+                (Some(rows), true) => {
+                    result.note = Some(format!(
+                        "the loss log was not judged: {rows} finite rows, needs min_points = {}; \
+the learning-rate probe ran",
+                        options.min_points
+                    ))
+                }
+                (None, _) => {}
             }
-            // With the probe, its verdict stands; the log's curve says it was too short to judge.
             log_descends = analysis.descending;
+            // A log of the run that descends cleanly already shows that the configured lr trains:
+            // the probe would pay a training to say less.
+            if let (Some((from, to, first, last)), true, false) =
+                (analysis.healthy, run_probe, options.probe_with_log)
+            {
+                run_probe = false;
+                result.note = Some(format!(
+                    "the learning-rate probe was not needed: the loss log descends from {} to {} over steps {}..{} without a finding (probe_with_log = true runs it anyway)",
+                    num(from),
+                    num(to),
+                    num(first),
+                    num(last)
+                ));
+            }
             result.findings.extend(analysis.findings);
             result.curves.extend(analysis.curve);
         }

@@ -220,7 +220,9 @@ fn largest_eigenvalue(
     grads: &[Tensor],
     params: &[Tensor],
     options: &LrSharpnessOptions,
+    budget: &crate::train::Budget,
 ) -> Result<(f64, Vec<f64>), CheckError> {
+    let started = std::time::Instant::now();
     let scale = |v: &[Tensor], by: f64| -> Result<Vec<Tensor>, CheckError> {
         v.iter()
             .map(|t| Ok(t.f_mul_scalar(by)?))
@@ -235,7 +237,9 @@ fn largest_eigenvalue(
     let mut previous: Option<Vec<Tensor>> = None;
     let (mut alpha, mut beta) = (Vec::new(), Vec::new());
     let mut estimates: Vec<f64> = Vec::new();
-    for _ in 0..options.iterations {
+    for i in 0..options.iterations {
+        // Two products before the first convergence test.
+        budget.allow("the Lanczos iteration", i, 2, started)?;
         let mut w = hessian_vector(grads, params, &v)?;
         let a = dot(&w, &v)?;
         if !a.is_finite() {
@@ -366,14 +370,19 @@ products hold about 6× the parameters in memory (raise it to run the check)",
         let grads = Tensor::f_run_backward(&[&loss], &params, true, true)?;
         let stable = 2.0 * (1.0 + setup.momentum);
         // Some ops have no double backward (e.g. hardsigmoid's): the check cannot apply to them.
-        let (mut sharpness, estimates) =
-            largest_eigenvalue(&grads, &params, options).map_err(|e| match e {
-                CheckError::Torch(t) => CheckError::Skip(format!(
-                    "a Hessian-vector product (double backward) fails on this model: {}",
-                    t.to_string().lines().next().unwrap_or("")
-                )),
-                other => other,
-            })?;
+        let (mut sharpness, estimates) = largest_eigenvalue(
+            &grads,
+            &params,
+            options,
+            &crate::train::Budget::start(ctx.setup.check_budget),
+        )
+        .map_err(|e| match e {
+            CheckError::Torch(t) => CheckError::Skip(format!(
+                "a Hessian-vector product (double backward) fails on this model: {}",
+                t.to_string().lines().next().unwrap_or("")
+            )),
+            other => other,
+        })?;
         sharpness += setup.weight_decay;
         let iterations = estimates.len();
         let mut curve = Curve::new("sharpness estimate per Lanczos step", estimates);

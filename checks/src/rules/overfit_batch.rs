@@ -390,6 +390,8 @@ impl Check for OverfitBatch {
             options.steps,
             &done,
             ctx.progress,
+            &train::Budget::start(ctx.setup.check_budget),
+            "overfitting the batch",
         )?;
         let steps = fit.losses.len() - 1;
         let run = train::training_run("overfit", &x, fit.losses.len(), steps, started);

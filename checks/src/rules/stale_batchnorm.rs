@@ -702,7 +702,13 @@ fn probe<'a>(
     } else {
         Mode::Train
     };
+    let budget = crate::train::Budget::start(ctx.setup.check_budget);
+    let started = std::time::Instant::now();
+    let mut passes = 0;
     let mut run_pass = |start: f64| -> Result<(Vec<LayerStats>, Tensor), CheckError> {
+        // Both passes are needed to measure the momentum.
+        budget.allow("the BatchNorm statistics passes", passes, 2, started)?;
+        passes += 1;
         let _guard = tch::no_grad_guard();
         for l in layers {
             if let (Some(mean), Some(var)) = (find(&buffers, &l.mean), find(&buffers, &l.var)) {
