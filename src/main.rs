@@ -736,6 +736,15 @@ fn resolve_settings(args: &CheckArgs) -> Result<Settings, Fatal> {
     if let Some(b) = args.check_budget {
         settings.setup.check_budget = b;
     }
+    // The training keys the config left unset: the checks that train assume their defaults, and say so.
+    settings.setup.assumed = ["optimizer", "lr", "batch_size", "momentum"]
+        .into_iter()
+        .filter(|k| !settings.key_lines.contains_key(&format!("setup.{k}")))
+        .filter(|k| {
+            *k != "momentum"
+                || settings.setup.optimizer == trainlint_checks::ports::OptimizerKind::Sgd
+        })
+        .collect();
     if let Some(t) = &args.task {
         settings.setup.task = parse_choice(t).map_err(|e| Fatal::from(format!("--task: {e}")))?;
     }
@@ -938,6 +947,9 @@ trainlint needs one output per sample along dim 0",
             message: w.message,
         })
         .collect();
+    if let Some(w) = assumed_warning(&settings, &report) {
+        report.warnings.push(w);
+    }
     let rendered = match args.output_format {
         Format::Text => report::text::render(&report),
         Format::Json => report::json::render(&report),
@@ -1002,6 +1014,41 @@ trainlint needs one output per sample along dim 0",
 /// Something about the data sample that makes some checks meaningless or impossible: reported once
 /// (the report's `warnings`), and those checks skip with `skip_reason` instead of failing or passing
 /// trivially.
+/// When a check that trains ran (or tried to) on setup values the config left unset: which, and what
+/// was assumed in their place, once, above the findings.
+fn assumed_warning(settings: &Settings, report: &report::Report) -> Option<report::Warning> {
+    let s = &settings.setup;
+    let trained = report.checks.iter().any(|c| {
+        registry::find(c.id).is_some_and(|r| r.info().trains) && c.status != run::Status::Skipped
+    });
+    if s.assumed.is_empty() || !trained {
+        return None;
+    }
+    let value = |k: &str| match k {
+        "optimizer" => s.optimizer.as_str().to_string(),
+        "lr" => trainlint_checks::finding::num(s.lr),
+        "batch_size" => s.batch_size.to_string(),
+        _ => trainlint_checks::finding::num(s.momentum),
+    };
+    let list: Vec<String> = s
+        .assumed
+        .iter()
+        .map(|k| format!("{k} = {}", value(k)))
+        .collect();
+    Some(report::Warning {
+        input: "config",
+        message: format!(
+            "[setup] does not set {}: the checks that train assumed {}; set the training run's values",
+            s.assumed
+                .iter()
+                .map(|k| k.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            list.join(", ")
+        ),
+    })
+}
+
 struct SampleWarning {
     message: String,
     skips: Vec<&'static str>,

@@ -409,6 +409,49 @@ fn oscillation_passes_noisy_descent_and_a_recovered_spike() {
     passed(&osc_log("spike_recovers.csv"), "loss-oscillation");
 }
 
+/// Issue 22, 7: SGD at lr 5 on raw-scale digits blew up to ~6e4 and then sat at ln 10 for the rest of
+/// the run (the real log of fixtures/make_collapse.py). With the data, the flat end is recognised as the
+/// loss of a constant output: an error, where it used to pass as a plateau or get a warning.
+#[test]
+fn a_log_that_blows_up_and_then_rests_on_chance_is_a_collapse() {
+    for (log, momentum) in [
+        ("collapsed_sgd_lr5.csv", "0.0"),
+        ("collapsed_sgd_lr5_momentum.csv", "0.9"),
+    ] {
+        // The data alone gives K (10 classes in the targets); the probe is left out to judge the log.
+        let r = run_check(
+            "loss-oscillation",
+            None,
+            Some("digits_raw256"),
+            Some(log),
+            &format!("optimizer = \"sgd\"\nlr = 5.0\nmomentum = {momentum}"),
+        );
+        let f = only_finding(&r, "loss-oscillation", "error");
+        assert_eq!(f["kind"], "loss-oscillation/log-collapsed", "{log}: {f}");
+        assert!(num(f, "peak") > 1e4, "{f}");
+        assert!((num(f, "constant_loss") - 10f64.ln()).abs() < 0.01, "{f}");
+        let level = num(f, "last_quarter_level");
+        assert!(level > 0.8 * 10f64.ln() && level < 1.25 * 10f64.ln(), "{f}");
+        assert!(message(f).contains("(ln 10 = 2.3)"), "{f}");
+    }
+    // Without the data there is no constant output to compare with: the log alone is judged as before,
+    // and the rest at ln 10 after the blow-up is not called a collapse.
+    let r = osc_log("collapsed_sgd_lr5.csv");
+    assert!(
+        !kinds_of(&r).contains(&"loss-oscillation/log-collapsed".to_string()),
+        "{r}"
+    );
+    // The control: the same model and data trained with Adam at 1e-3 descends below ln 10: silent.
+    let r = run_check(
+        "loss-oscillation",
+        Some("mlp_digits"),
+        Some("digits_raw256"),
+        Some("digits_adam_lr1e-3.csv"),
+        "optimizer = \"adam\"\nlr = 1e-3",
+    );
+    passed(&r, "loss-oscillation");
+}
+
 #[test]
 fn learning_rate_probe_flags_adam_at_lr_one_and_passes_a_sane_lr() {
     let probe = |setup: &str| {

@@ -270,6 +270,10 @@ pub struct Setup {
     /// `[run] check_budget`; 0: no limit)
     #[serde(skip)]
     pub check_budget: f64,
+    /// The training keys (`optimizer`, `lr`, `batch_size`, `momentum`) the config left unset, whose
+    /// defaults the checks that train assume: messages that rest on them say so.
+    #[serde(skip)]
+    pub assumed: Vec<&'static str>,
 }
 
 impl Default for Setup {
@@ -286,6 +290,7 @@ impl Default for Setup {
             temporal: false,
             seed: 0,
             check_budget: 0.0,
+            assumed: Vec::new(),
         }
     }
 }
@@ -308,6 +313,25 @@ impl Setup {
                 Task::ImageToImage
             }
             _ => Task::Regression,
+        }
+    }
+
+    /// " (assumed: setup.optimizer and setup.lr are not set)" for those of `keys` the config left
+    /// unset; empty when it set them all.
+    pub fn assumed_note(&self, keys: &[&str]) -> String {
+        let unset: Vec<String> = keys
+            .iter()
+            .filter(|k| self.assumed.contains(k))
+            .map(|k| format!("setup.{k}"))
+            .collect();
+        match unset.len() {
+            0 => String::new(),
+            1 => format!(" (assumed: {} is not set)", unset[0]),
+            n => format!(
+                " (assumed: {} and {} are not set)",
+                unset[..n - 1].join(", "),
+                unset[n - 1]
+            ),
         }
     }
 

@@ -217,7 +217,7 @@ fn scalar(t: Tensor) -> Result<f64, CheckError> {
 
 /// The entropy of the class prior of `targets` (classes 0..k, -100 ignored): the loss of a bias at
 /// log(prior).
-fn prior_entropy(targets: &Tensor, k: i64) -> Result<f64, CheckError> {
+pub(crate) fn prior_entropy(targets: &Tensor, k: i64) -> Result<f64, CheckError> {
     let t = targets.f_to_kind(Kind::Int64)?.f_flatten(0, -1)?;
     let t = t.f_masked_select(&t.f_ge(0)?)?;
     let counts = t.f_bincount::<&Tensor>(None, k)?.f_to_kind(Kind::Double)?;

@@ -29,6 +29,7 @@ flags every healthy SGD run; trainlint separates the trend from the noise first.
     },
     kinds: &[
         &LogDiverges::KIND,
+        &LogCollapsed::KIND,
         &LogOscillates::KIND,
         &ProbeDiverges::KIND,
         &ProbeSpikes::KIND,
@@ -175,6 +176,127 @@ mean of the first 5% of the points, at least 5). Needs `min_points` finite rows.
     }
 }
 
+/// The logged loss blew up and then sat on the loss of a constant output: the run collapsed.
+#[derive(Serialize)]
+pub struct LogCollapsed {
+    #[serde(flatten)]
+    pub log: LogEvidence,
+    /// The highest logged loss and its step.
+    pub peak: f64,
+    pub peak_step: f64,
+    /// What a model that gives every input the same output scores (ln K, the class prior's entropy, the
+    /// targets' variance), and how it was computed.
+    pub constant_loss: f64,
+    pub constant_as: String,
+}
+
+impl Violation for LogCollapsed {
+    const KIND: KindInfo = KindInfo {
+        id: "loss-oscillation/log-collapsed",
+        severity: Severity::Error,
+        summary: "The logged loss blew up, then sat on the loss of a constant output: training collapsed",
+        why: "A loss that explodes and then rests exactly where a model that ignores its input would \
+score (ln K for K balanced classes, the targets' variance for mse) has not recovered: the blow-up killed \
+the model (dead ReLUs, saturated units) and it now predicts the same for every input. The flat end looks \
+calm, and without this check such a run passes as a plateau.",
+        how: "Needs the data sample (for the constant output's loss: the entropy of the class prior to \
+ln K for cross_entropy / nll, with K from the model's logits or the targets; the targets' variance per \
+output for mse). Error when the log peaks at 10× that loss or more before its last quarter, and its last \
+quarter's level (interquartile mean) sits within 0.8–1.25× of it without descending (at least 97% of the \
+third quarter's). Replaces the log's other verdicts.",
+        fix: "Lower the learning rate by 10× or more (or clip gradients, warm up) and restart from a fresh \
+init: the collapsed weights do not recover.",
+        example: Some(Example {
+            args: "fixtures/configs/collapsed.toml",
+            message: "the loss collapsed over steps 0..299: it blew up to 6.29e4 at step 1, then sat at 2.34 (last quarter), the loss of a constant output (ln 10 = 2.3): the model stopped learning and gives every input (nearly) the same output",
+        }),
+    };
+    fn message(&self) -> String {
+        format!(
+            "the loss collapsed over steps {}..{}: it blew up to {} at step {}, then sat at {} (last quarter), \
+the loss of a constant output ({}): the model stopped learning and gives every input (nearly) the same output",
+            num(self.log.first_step),
+            num(self.log.last_step),
+            num(self.peak),
+            num(self.peak_step),
+            num(self.log.last_quarter_level),
+            self.constant_as
+        )
+    }
+    fn help(&self) -> String {
+        "lower the learning rate by 10× or more (or clip gradients, warm up) and restart from a fresh init"
+            .into()
+    }
+}
+
+/// What a model that gives every input the same output scores on this data: the floor a collapsed
+/// run sits on. (lo, hi): the best constant's loss and the uniform one's (equal but for classes).
+struct ConstantLoss {
+    lo: f64,
+    hi: f64,
+    what: String,
+}
+
+fn constant_output_loss(ctx: &Context) -> Option<ConstantLoss> {
+    let data = ctx.data?;
+    match ctx.setup.resolved_loss(Some(data)) {
+        LossKind::CrossEntropy | LossKind::Nll if data.targets_are_classes() => {
+            let from_logits = ctx
+                .model
+                .and_then(|_| ctx.prediction().ok())
+                .and_then(|p| train::class_count(p).ok());
+            let k = match from_logits {
+                Some(k) => k,
+                None => data.targets.f_max().ok()?.f_int64_value(&[]).ok()? + 1,
+            };
+            if k < 2 {
+                return None;
+            }
+            let prior = super::initial_loss::prior_entropy(&data.targets, k).ok()?;
+            let uniform = (k as f64).ln();
+            if !prior.is_finite() || prior <= 0.0 {
+                return None;
+            }
+            let what = if (uniform - prior).abs() <= 0.01 * uniform {
+                format!("ln {k} = {}", num(uniform))
+            } else {
+                format!(
+                    "{} for the class prior, ln {k} = {} for uniform outputs",
+                    num(prior),
+                    num(uniform)
+                )
+            };
+            Some(ConstantLoss {
+                lo: prior,
+                hi: uniform,
+                what,
+            })
+        }
+        LossKind::Mse if data.targets.is_floating_point() && data.len() >= 2 => {
+            let n = data.len() as i64;
+            let y = data
+                .targets
+                .f_to_kind(tch::Kind::Double)
+                .ok()?
+                .f_reshape([n, -1])
+                .ok()?;
+            let v = y
+                .f_var_dim(Some([0i64].as_slice()), false, false)
+                .ok()?
+                .f_mean(tch::Kind::Double)
+                .ok()?
+                .f_double_value(&[])
+                .ok()?;
+            (v.is_finite() && v > 0.0).then(|| ConstantLoss {
+                lo: v,
+                hi: v,
+                what: format!("the targets' variance, {}", num(v)),
+            })
+        }
+        _ => None,
+    }
+}
+
 /// The logged loss zig-zags or bounces without descending.
 #[derive(Serialize)]
 pub struct LogOscillates {
@@ -275,6 +397,9 @@ pub struct ProbeEvidence {
     pub lr: f64,
     #[serde(skip)]
     pub batch_size: usize,
+    /// " (assumed: …)" when the config left the optimizer, lr or batch size unset.
+    #[serde(skip)]
+    pub assumed: String,
     pub probe_start: f64,
     pub probe_end: f64,
     pub probe_up_share: f64,
@@ -289,10 +414,11 @@ pub struct ProbeEvidence {
 impl ProbeEvidence {
     fn what(&self) -> String {
         format!(
-            "{} at lr {} (batch {})",
+            "{} at lr {} (batch {}){}",
             self.optimizer,
             num(self.lr),
-            self.batch_size
+            self.batch_size,
+            self.assumed
         )
     }
     fn help(&self) -> String {
@@ -479,7 +605,11 @@ fn too_short_reason(rows: usize, options: &LossOscillationOptions) -> String {
     )
 }
 
-fn analyse_log(log: &LossLog, options: &LossOscillationOptions) -> LogAnalysis {
+fn analyse_log(
+    log: &LossLog,
+    options: &LossOscillationOptions,
+    constant: Option<&ConstantLoss>,
+) -> LogAnalysis {
     let judged = |findings: Vec<Finding>, curve| LogAnalysis {
         descending: findings.is_empty(),
         healthy: None,
@@ -563,6 +693,36 @@ fn analyse_log(log: &LossLog, options: &LossOscillationOptions) -> LogAnalysis {
         last_step: last,
     };
     let at = Location::log(&column, (first, last));
+    // A blow-up, then a flat rest on a constant output's loss: collapsed, whatever the trend says.
+    let n = ys.len();
+    let (peak_i, peak) =
+        ys.iter()
+            .copied()
+            .enumerate()
+            .fold(
+                (0, f64::NEG_INFINITY),
+                |b, (i, v)| if v > b.1 { (i, v) } else { b },
+            );
+    let third = stats::interquartile_mean(&ys[n / 2..n - q]);
+    if let Some(c) = constant {
+        if n - q > n / 2
+            && peak >= 10.0 * c.hi
+            && peak_i < n - q
+            && m_last >= 0.8 * c.lo
+            && m_last <= 1.25 * c.hi
+            && m_last >= 0.97 * third
+        {
+            let v = LogCollapsed {
+                peak,
+                peak_step: finite[peak_i].0,
+                constant_loss: c.lo,
+                constant_as: c.what.clone(),
+                log: evidence,
+            };
+            curve.window = Some((first, last));
+            return judged(vec![Finding::new(&v, at)], Some(curve));
+        }
+    }
     let finding = match stats::judge_oscillation(&o, &thresholds(options)) {
         Verdict::Descending => None,
         Verdict::Diverging => Some(Finding::new(&LogDiverges { log: evidence }, at)),
@@ -954,6 +1114,7 @@ fn probe(
     };
     let evidence = ProbeEvidence {
         optimizer: setup.optimizer.as_str(),
+        assumed: setup.assumed_note(&["optimizer", "lr", "batch_size"]),
         lr: setup.lr,
         batch_size: setup.batch_size,
         probe_start: main.start,
@@ -998,7 +1159,8 @@ impl Check for LossOscillation {
         let mut log_descends = false;
         let mut run_probe = run_probe;
         if let Some(log) = ctx.log {
-            let analysis = analyse_log(log, options);
+            let constant = constant_output_loss(ctx);
+            let analysis = analyse_log(log, options, constant.as_ref());
             match (analysis.too_short, run_probe) {
                 (Some(rows), false) => {
                     return Err(CheckError::Skip(too_short_reason(rows, options)))
@@ -1165,6 +1327,76 @@ mod tests {
         let values = (0..rows).map(|i| 1.0 / (1.0 + i as f64)).collect();
         log.columns.insert("loss".into(), values);
         log
+    }
+
+    fn log_of(values: Vec<f64>) -> LossLog {
+        let mut log = LossLog {
+            steps: (0..values.len()).map(|i| i as f64).collect(),
+            total: Some("loss".into()),
+            ..LossLog::default()
+        };
+        log.columns.insert("loss".into(), values);
+        log
+    }
+
+    fn collapsed(values: Vec<f64>, constant: f64) -> bool {
+        let c = ConstantLoss {
+            lo: constant,
+            hi: constant,
+            what: String::new(),
+        };
+        let a = analyse_log(
+            &log_of(values),
+            &LossOscillationOptions::default(),
+            Some(&c),
+        );
+        a.findings
+            .iter()
+            .any(|f| f.kind == "loss-oscillation/log-collapsed")
+    }
+
+    #[test]
+    fn a_collapse_needs_a_blow_up_then_a_flat_rest_on_the_constant_outputs_loss() {
+        let mut rng = Rng::new(7);
+        let noisy = |rng: &mut Rng, level: f64| level * (0.05 * rng.normal()).exp();
+        // mse on targets of variance 0.8: a blow-up at step 3, then flat at 0.8.
+        let rest = |rng: &mut Rng, peak: f64| -> Vec<f64> {
+            (0..200)
+                .map(|t| match t {
+                    0..=2 => 1.0,
+                    3 => peak,
+                    _ => noisy(rng, 0.8),
+                })
+                .collect()
+        };
+        assert!(collapsed(rest(&mut rng, 50.0), 0.8));
+        // A spike short of 10× the constant loss is not a blow-up.
+        assert!(!collapsed(rest(&mut rng, 7.0), 0.8));
+        // A run that never moved from the constant's loss did not collapse (nothing blew up).
+        let flat: Vec<f64> = (0..200).map(|_| noisy(&mut rng, 0.8)).collect();
+        assert!(!collapsed(flat, 0.8));
+        // A blow-up that the run recovers from, descending well below the constant's loss.
+        let recovers: Vec<f64> = (0..200)
+            .map(|t| match t {
+                3 => 50.0,
+                _ => noisy(&mut rng, 0.8 * (-(t as f64) / 60.0).exp() + 0.05),
+            })
+            .collect();
+        assert!(!collapsed(recovers, 0.8));
+        // Still descending at the end, even if near the constant's loss: not (yet) a collapse.
+        let descending: Vec<f64> = (0..200)
+            .map(|t| match t {
+                3 => 50.0,
+                _ => 1.2 - 0.3 * t as f64 / 200.0,
+            })
+            .collect();
+        assert!(!collapsed(descending, 0.8));
+        // Healthy noisy descents never collapse, whatever the constant's loss is set to.
+        for _ in 0..300 {
+            let curve = super::tests::descending(&mut rng);
+            let c = curve[0];
+            assert!(!collapsed(curve, c));
+        }
     }
 
     #[test]

@@ -307,11 +307,12 @@ impl Check for LrSharpness {
         let (model, data) = (ctx.model()?, ctx.data()?);
         if setup.optimizer != OptimizerKind::Sgd {
             return Err(CheckError::Skip(format!(
-                "the optimizer is {}: the 2(1+β)/lr bound is SGD's; Adam's (38/lr on the sharpness \
+                "the optimizer is {}{}: the 2(1+β)/lr bound is SGD's; Adam's (38/lr on the sharpness \
 preconditioned by its second moments) holds only once training settles, and before that it does not \
 separate good from bad lr (measured: healthy lrs sit 200× above it, diverging ones below it); \
 loss-oscillation's probe runs Adam instead",
-                setup.optimizer.as_str()
+                setup.optimizer.as_str(),
+                setup.assumed_note(&["optimizer"])
             )));
         }
         if let Some(norm) = model
