@@ -1014,13 +1014,27 @@ trainlint needs one output per sample along dim 0",
 /// Something about the data sample that makes some checks meaningless or impossible: reported once
 /// (the report's `warnings`), and those checks skip with `skip_reason` instead of failing or passing
 /// trivially.
-/// When a check that trains ran (or tried to) on setup values the config left unset: which, and what
+/// When a check that trains ran (or skipped for an assumed value) on setup values the config left unset: which, and what
 /// was assumed in their place, once, above the findings.
 fn assumed_warning(settings: &Settings, report: &report::Report) -> Option<report::Warning> {
     let s = &settings.setup;
-    let trained = report.checks.iter().any(|c| {
-        registry::find(c.id).is_some_and(|r| r.info().trains) && c.status != run::Status::Skipped
-    });
+    // A check whose verdict rests on the training setup ran (or skipped for what it assumed), not one
+    // skipped for want of a model or data.
+    const USE_SETUP: [&str; 4] = [
+        "loss-oscillation",
+        "lr-sharpness",
+        "stale-batchnorm",
+        "sequential-data",
+    ];
+    let trained = settings.model.is_some()
+        && report.checks.iter().any(|c| {
+            USE_SETUP.contains(&c.id)
+                && c.missing.is_none()
+                && (c.status != run::Status::Skipped
+                    || c.reason
+                        .as_deref()
+                        .is_some_and(|r| r.contains("(assumed: ")))
+        });
     if s.assumed.is_empty() || !trained {
         return None;
     }
@@ -1038,7 +1052,7 @@ fn assumed_warning(settings: &Settings, report: &report::Report) -> Option<repor
     Some(report::Warning {
         input: "config",
         message: format!(
-            "[setup] does not set {}: the checks that train assumed {}; set the training run's values",
+            "[setup] does not set {}: the checks that use them assumed {}; set the training run's values",
             s.assumed
                 .iter()
                 .map(|k| k.to_string())
