@@ -87,7 +87,7 @@ def audit(binary, args, threads) -> tuple:
     if proc.returncode != 0:
         sys.exit(f"bench_field: {' '.join(cmd)} exited with {proc.returncode}:\n{proc.stderr.decode()[-2000:]}")
     report = json.loads(proc.stdout)
-    found = sorted(f"{f['check']}/{f['kind']}" for c in report["checks"] for f in c["findings"])
+    found = sorted(f["kind"] for c in report["checks"] for f in c["findings"])
     return wall, found
 
 
