@@ -442,6 +442,23 @@ fn a_log_that_blows_up_and_then_rests_on_chance_is_a_collapse() {
         !kinds_of(&r).contains(&"loss-oscillation/log-collapsed".to_string()),
         "{r}"
     );
+    // Issue 23, 4: the probe at that lr collapses the same way (no log needed): an error, not the
+    // recovered spike it used to pass for.
+    let r = run_check(
+        "loss-oscillation",
+        Some("mlp_digits"),
+        Some("digits_raw256"),
+        None,
+        "optimizer = \"sgd\"\nlr = 5.0\nmomentum = 0.0\nbatch_size = 32",
+    );
+    let f = only_finding(&r, "loss-oscillation", "error");
+    assert_eq!(f["kind"], "loss-oscillation/probe-collapses", "{f}");
+    assert!(
+        num(f, "probe_peak") > 100.0 * num(f, "constant_loss"),
+        "{f}"
+    );
+    let end = num(f, "probe_end");
+    assert!(end > 0.8 * 10f64.ln() && end < 1.25 * 10f64.ln(), "{f}");
     // The control: the same model and data trained with Adam at 1e-3 descends below ln 10: silent.
     let r = run_check(
         "loss-oscillation",

@@ -33,6 +33,7 @@ flags every healthy SGD run; trainlint separates the trend from the noise first.
         &LogOscillates::KIND,
         &ProbeDiverges::KIND,
         &ProbeSpikes::KIND,
+        &ProbeCollapses::KIND,
         &ProbeOscillates::KIND,
     ],
     trains: true,
@@ -530,6 +531,59 @@ start {}) at step {}, and ended at {} after {} steps{}",
     }
 }
 
+/// The probe's loss blew up and then came to rest on the loss of a constant output.
+#[derive(Serialize)]
+pub struct ProbeCollapses {
+    #[serde(flatten)]
+    pub probe: ProbeEvidence,
+    pub probe_peak: f64,
+    pub probe_peak_step: usize,
+    pub constant_loss: f64,
+    pub constant_as: String,
+}
+
+impl Violation for ProbeCollapses {
+    const KIND: KindInfo = KindInfo {
+        id: "loss-oscillation/probe-collapses",
+        severity: Severity::Error,
+        summary: "The configured learning rate blows the model up, and it ends giving every input the same output",
+        why: "A probe whose evaluation loss explodes and then rests on the loss of a constant output (ln K, \
+the targets' variance) has not recovered from a spike: the model died (dead ReLUs, saturated units) and now \
+scores what ignoring the input scores. The real run would sit there too, looking calm.",
+        how: "The same probe as probe-diverges, with the data sample's constant-output loss as for \
+log-collapsed. Error when the evaluation loss peaks at 10× that loss or more before its last step and ends \
+within 0.95–1.1× of it (the best constant's loss to the uniform one's), not descending over its last 10 \
+steps. With Adam / AdamW the warmed-up rerun must \
+show a finding too; the lr / 10 control is run and reported but not required to do better (a collapse is \
+no converged minimum's noise, and at lr / 10 the model may still collapse).",
+        fix: "Lower setup.lr by 10× or more (or clip gradients, warm up) until the probe no longer blows up.",
+        example: Some(Example {
+            args: "fixtures/configs/collapsed.toml",
+            message: "learning-rate probe: sgd at lr 5 (batch 32) collapses: the loss on a fixed evaluation batch blew up to 4.98e5 at step 2, then came to rest at 2.34 after 60 steps, the loss of a constant output (ln 10 = 2.3); at lr 0.5 it went to 2.32 (peak 1024, up in 11.7% of the steps)",
+        }),
+    };
+    fn message(&self) -> String {
+        let p = &self.probe;
+        format!(
+            "learning-rate probe: {} collapses: the loss on a fixed evaluation batch blew up to {} at step {}, \
+then came to rest at {} after {} steps, the loss of a constant output ({}){}",
+            p.what(),
+            num(self.probe_peak),
+            self.probe_peak_step,
+            num(p.probe_end),
+            p.probe_steps,
+            self.constant_as,
+            p.control()
+        )
+    }
+    fn help(&self) -> String {
+        format!(
+            "lower setup.lr by 10× or more (try {}), or clip gradients / warm up",
+            num(self.probe.lr / 10.0)
+        )
+    }
+}
+
 /// The probe's loss goes up and down without progress.
 #[derive(Serialize)]
 pub struct ProbeOscillates {
@@ -868,6 +922,7 @@ fn sustained_divergence(curve: &[f64], spike: f64) -> bool {
 
 #[derive(Clone, Copy, PartialEq)]
 enum ProbeVerdict {
+    Collapses,
     Diverges,
     Spikes,
     Oscillates,
@@ -991,6 +1046,7 @@ fn probe_run(
 fn probe(
     ctx: &Context,
     options: &LossOscillationOptions,
+    constant: Option<&ConstantLoss>,
     log_descends: bool,
     training: &mut Vec<crate::TrainingRun>,
 ) -> Result<(Vec<Finding>, Vec<Curve>), CheckError> {
@@ -1029,8 +1085,26 @@ fn probe(
     };
     let main = run(setup.lr, 0, options.probe_steps, true)?;
     training.extend(main.training.clone());
+    // Blown up, then at rest on what a constant output scores: collapsed (checked first: such a curve
+    // also spikes, and may look like a descent from a high start). The fixed evaluation batch has no
+    // minibatch noise, so the band is narrower than the log's: a model still learning its way back
+    // below the constant's loss (5% under it) is a spike it recovers from.
+    let collapses = |r: &ProbeRun| {
+        let k = r.curve.len() - 1;
+        constant.is_some_and(|c| {
+            k >= SETTLE_EVERY
+                && r.peak.is_finite()
+                && r.peak >= 10.0 * c.hi
+                && r.peak_step < k
+                && r.end >= 0.95 * c.lo
+                && r.end <= 1.1 * c.hi
+                && r.end >= 0.97 * r.curve[k - SETTLE_EVERY]
+        })
+    };
     let verdict = |r: &ProbeRun| {
-        if r.diverges(options) {
+        if collapses(r) {
+            Some(ProbeVerdict::Collapses)
+        } else if r.diverges(options) {
             Some(ProbeVerdict::Diverges)
         } else if r.spikes(options) {
             Some(ProbeVerdict::Spikes)
@@ -1090,6 +1164,7 @@ fn probe(
     let control = run(control_lr, 0, main.curve.len() - 1, false)?;
     training.extend(control.training.clone());
     let confirmed = match pending {
+        ProbeVerdict::Collapses => true,
         ProbeVerdict::Diverges => {
             control.end.is_finite() && (!main.end.is_finite() || control.end < 0.5 * main.end)
         }
@@ -1127,6 +1202,17 @@ fn probe(
         control_up_share: control.up_share,
     };
     let finding = match pending {
+        ProbeVerdict::Collapses => {
+            let c = constant.expect("a collapse is judged against the constant output's loss");
+            let v = ProbeCollapses {
+                probe: evidence,
+                probe_peak: main.peak,
+                probe_peak_step: main.peak_step,
+                constant_loss: c.lo,
+                constant_as: c.what.clone(),
+            };
+            Finding::new(&v, at)
+        }
         ProbeVerdict::Diverges => Finding::new(&ProbeDiverges { probe: evidence }, at),
         ProbeVerdict::Spikes => {
             let v = ProbeSpikes {
@@ -1158,8 +1244,9 @@ impl Check for LossOscillation {
         let mut result = CheckResult::passed();
         let mut log_descends = false;
         let mut run_probe = run_probe;
+        // What a model that ignores its input scores on this data: where a collapsed run rests.
+        let constant = constant_output_loss(ctx);
         if let Some(log) = ctx.log {
-            let constant = constant_output_loss(ctx);
             let analysis = analyse_log(log, options, constant.as_ref());
             match (analysis.too_short, run_probe) {
                 (Some(rows), false) => {
@@ -1194,7 +1281,13 @@ the learning-rate probe ran",
             result.curves.extend(analysis.curve);
         }
         if run_probe {
-            let (findings, curves) = probe(ctx, options, log_descends, &mut result.training)?;
+            let (findings, curves) = probe(
+                ctx,
+                options,
+                constant.as_ref(),
+                log_descends,
+                &mut result.training,
+            )?;
             result.findings.extend(findings);
             result.curves.extend(curves);
         }
