@@ -390,3 +390,39 @@ fn calls_in_exclusive_branches_are_not_a_shared_batchnorm() {
     assert_eq!(refine[0]["in_loop"], true);
     assert_eq!(refine[0]["calls"], 1);
 }
+
+/// Issue 23, 5: calls in the same branch of an `if` count apart, whichever branch comes first; an `if`
+/// on a bool attribute that forward never assigns runs the branch its saved value picks.
+#[test]
+fn two_calls_in_one_branch_are_a_shared_batchnorm_and_fixed_conditions_pick_their_branch() {
+    for model in ["graph_bn_branch_runtime", "graph_bn_branch_attr_on"] {
+        let r = check("shared-batchnorm", model, None);
+        let f = findings(&r, "shared-batchnorm");
+        assert_eq!(f.len(), 1, "{model}: {r}");
+        assert_eq!(
+            f[0]["evidence"]["call_sites"].as_array().unwrap().len(),
+            2,
+            "{model}"
+        );
+        let message = f[0]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("BatchNorm1d bn is called 2 times in one forward"),
+            "{message}"
+        );
+    }
+    // concat = False: the branch with two calls never runs, and nothing else is lost: every layer is
+    // still read (no unused parameter).
+    let r = check(
+        "shared-batchnorm,unused-parameters",
+        "graph_bn_branch_attr_off",
+        None,
+    );
+    assert!(findings(&r, "shared-batchnorm").is_empty(), "{r}");
+    assert!(findings(&r, "unused-parameters").is_empty(), "{r}");
+    let g = graph_json("graph_bn_branch_attr_off", None);
+    let bn = node(&g, "bn");
+    assert!(
+        bn.iter().all(|n| !marks(n).contains(&"shared-batchnorm")),
+        "{bn:?}"
+    );
+}

@@ -98,8 +98,18 @@ impl ModuleGraph {
         self.unresolved.is_empty()
     }
 
-    /// Whether two call sites can both run in one forward: not in different branches of the same `if`.
+    /// Whether a call sits in the branch of an `if` whose condition was fixed when the model was saved
+    /// (a bool attribute such as `self.concat`) and that therefore never runs.
+    pub fn is_dead(c: &CallSite) -> bool {
+        c.branch.split('/').any(|s| s.ends_with(":dead"))
+    }
+
+    /// Whether two call sites can both run in one forward: neither in a branch that never runs, and
+    /// not in different branches of the same `if`.
     pub fn can_run_together(a: &CallSite, b: &CallSite) -> bool {
+        if Self::is_dead(a) || Self::is_dead(b) {
+            return false;
+        }
         let branches = |c: &CallSite| -> BTreeMap<String, String> {
             c.branch
                 .split('/')
@@ -154,6 +164,11 @@ mod tests {
         assert!(ModuleGraph::can_run_together(&a, &c));
         assert!(ModuleGraph::can_run_together(&a, &d));
         assert!(!ModuleGraph::can_run_together(&b, &d));
+        // A branch that a fixed condition rules out runs with nothing, not even its own calls.
+        let e = call(4, "bn", "2:dead");
+        let f = call(5, "bn", "2:dead");
+        assert!(!ModuleGraph::can_run_together(&e, &f));
+        assert!(!ModuleGraph::can_run_together(&c, &e));
     }
 
     #[test]

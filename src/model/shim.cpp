@@ -648,6 +648,43 @@ struct Walker {
   int ifs = 0;
   int loops = 0;
   size_t inlined = 0;
+  // Bools known when the graph is walked: constants, a module's bool attribute (`self.concat`), and
+  // `not` of those. An `if` on one runs one branch only: the other is labelled "id:dead".
+  std::unordered_map<Value*, bool> known_bool;
+  // Attribute names that some method assigns (prim::SetAttr): their values are not fixed.
+  std::set<std::string> assigned;
+
+  std::optional<bool> bool_of(Value* v) {
+    auto it = known_bool.find(v);
+    if (it != known_bool.end()) return it->second;
+    if (v->node()->kind() == c10::prim::Constant) {
+      auto c = torch::jit::toIValue(v);
+      if (c && c->isBool()) return c->toBool();
+    }
+    return std::nullopt;
+  }
+
+  // The value of bool attribute `name` of the module at `path` (path "" is the root), if it is one.
+  std::optional<bool> bool_attribute(const std::string& path, const std::string& name) {
+    try {
+      Module m = root;
+      size_t start = 0;
+      while (start < path.size()) {
+        size_t dot = path.find('.', start);
+        std::string part = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+        auto sub = m.attr(part);
+        if (!sub.isModule()) return std::nullopt;
+        m = sub.toModule();
+        if (dot == std::string::npos) break;
+        start = dot + 1;
+      }
+      if (!m.hasattr(name)) return std::nullopt;
+      auto v = m.attr(name);
+      if (v.isBool()) return v.toBool();
+    } catch (...) {
+    }
+    return std::nullopt;
+  }
 
   // The producers of each element of a tuple built in the graph, so unpacking it keeps them apart.
   std::unordered_map<Value*, std::vector<Producers>> tuple_elems;
@@ -794,6 +831,9 @@ struct Walker {
         module_of[n->output()] = name;
       } else {
         reads.insert(name);
+        if (!assigned.count(n->s(c10::attr::name))) {
+          if (auto b = bool_attribute(it->second, n->s(c10::attr::name))) known_bool[n->output()] = *b;
+        }
         auto type = n->output()->type();
         if (type->kind() == c10::TypeKind::ListType || type->kind() == c10::TypeKind::TupleType)
           list_reads.insert(it->second);
@@ -810,14 +850,25 @@ struct Walker {
     if (kind == c10::prim::CallMethod) return call(n);
     if (n->hasAttribute(c10::attr::Subgraph) && n->kindOf(c10::attr::Subgraph) == torch::jit::AttributeKind::g)
       return subgraph(n);
+    if (kind == c10::aten::__not__ && n->inputs().size() == 1) {
+      if (auto b = bool_of(n->input(0))) known_bool[n->output()] = !*b;
+      return generic(n);
+    }
     if (kind == c10::prim::If) {
       Producers cond = of(n->input(0));
       int id = ifs++;
+      // On a condition fixed when the model was saved (`if self.concat:`) one block runs: it is walked
+      // unconditionally, the other under a "dead" label (its calls never run; what it reads still counts
+      // as read, so a layer kept for another configuration is not called unused).
+      std::optional<bool> fixed = n->blocks().size() == 2 ? bool_of(n->input(0)) : std::nullopt;
       std::vector<Producers> outs(n->outputs().size());
       for (size_t b = 0; b < n->blocks().size(); ++b) {
-        branch.push_back(std::to_string(id) + ":" + std::to_string(b));
+        bool taken = fixed && b == (*fixed ? 0u : 1u);
+        bool dead = fixed && !taken;
+        if (!taken) branch.push_back(std::to_string(id) + ":" + (dead ? std::string("dead") : std::to_string(b)));
         block(n->blocks()[b]);
-        branch.pop_back();
+        if (!taken) branch.pop_back();
+        if (dead) continue;
         auto* blk = n->blocks()[b];
         for (size_t i = 0; i < outs.size() && i < blk->outputs().size(); ++i) merge(outs[i], of(blk->outputs()[i]));
       }
@@ -1001,6 +1052,14 @@ static std::string module_graph_json(Module& module, const at::Tensor* input) {
   Producers model_input{{-1, false}};
   for (size_t i = 1; i < w.graph->inputs().size(); ++i) w.producers[w.graph->inputs()[i]] = model_input;
   w.module_of[w.graph->inputs()[0]] = "";
+  // Attribute names that any method of any module assigns: those are not fixed, whatever their value now.
+  for (const auto& sub : module.modules()) {
+    for (const auto& method : sub.get_methods()) {
+      visit_nodes(method.graph()->block(), [&](Node* n) {
+        if (n->kind() == c10::prim::SetAttr) w.assigned.insert(n->s(c10::attr::name));
+      });
+    }
+  }
   w.block(w.graph->block());
   for (Value* out : w.graph->outputs()) merge(w.to_output, w.of(out));
   std::string shape_error;

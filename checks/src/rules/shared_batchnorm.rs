@@ -13,7 +13,9 @@ static INFO: CheckInfo = CheckInfo {
         what: "Lists the call sites of every BatchNorm module (that tracks running statistics) in forward's \
 TorchScript graph, with every submodule call followed. A module reached from two places in one forward \
 (two calls in forward, or one call inside a container that forward calls twice) is applied to two \
-streams. Calls in the two branches of one `if` never run together and count once. A single call inside \
+streams. Calls in the two branches of one `if` never run together and count once, and calls in the same \
+branch count apart; an `if` on a bool attribute that forward never assigns (`if self.concat:`) runs the \
+branch its saved value picks, and calls in the other never run. A single call inside \
 a loop (the same block applied N times, a recurrence) is one call site and is not reported: the loop is \
 taken as deliberate weight sharing; a ModuleList iterated in forward holds different modules and is \
 not sharing at all.",
@@ -124,10 +126,20 @@ impl Check for SharedBatchnorm {
                 continue;
             }
             // The largest set of calls that can all run in one forward, greedily in call order.
+            // The most calls that can run in one forward: each call as a seed, then every call that
+            // can run with all chosen so far (the first call may sit in the branch that is not taken
+            // twice: `if concat: bn(a); bn(b) else: bn(c)`).
             let mut together: Vec<&CallSite> = Vec::new();
-            for c in &calls {
-                if together.iter().all(|t| ModuleGraph::can_run_together(t, c)) {
-                    together.push(c);
+            for seed in calls.iter().filter(|c| !ModuleGraph::is_dead(c)) {
+                let mut set: Vec<&CallSite> = vec![seed];
+                for c in &calls {
+                    if c.id != seed.id && set.iter().all(|t| ModuleGraph::can_run_together(t, c)) {
+                        set.push(c);
+                    }
+                }
+                if set.len() > together.len() {
+                    set.sort_by_key(|c| c.id);
+                    together = set;
                 }
             }
             if together.len() < 2 {
