@@ -29,6 +29,7 @@ frozen or computed on other data make the evaluated model differ from the traine
         &WillNotUpdate::KIND,
         &StatsMismatch::KIND,
         &TrainEvalGap::KIND,
+        &EvalModeWorse::KIND,
     ],
     trains: true,
 };
@@ -322,6 +323,73 @@ shift"
     }
 }
 
+/// In eval mode the model predicts far worse than in train mode on the same samples.
+#[derive(Serialize)]
+pub struct EvalModeWorse {
+    pub samples: usize,
+    pub eval_loss: f64,
+    pub train_mode_loss: f64,
+    /// Classification: the share of samples each mode gets right.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_accuracy: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_mode_accuracy: Option<f64>,
+    /// The layers whose running statistics still carry this much of their init (0 / 1), largest first.
+    pub init_weight: f64,
+    pub layers_warming: usize,
+    #[serde(skip)]
+    pub loss: &'static str,
+}
+
+impl Violation for EvalModeWorse {
+    const KIND: KindInfo = KindInfo {
+        id: "stale-batchnorm/eval-mode-worse",
+        severity: Severity::Error,
+        summary: "In eval mode the model predicts far worse than in train mode: its running statistics are stale",
+        why: "Evaluation and inference run BatchNorm on its running statistics. After a short run with a \
+small momentum (torchvision's MobileNetV3 and EfficientNet use 0.01, MNASNet 0.0003) they still hold much \
+of their start values, and the model that trains well predicts at chance in eval mode: every validation \
+number and the deployed model are wrong, while the training loss looks healthy.",
+        how: "Judged when the stored statistics were trained (batches tracked, not at their init) and some \
+layers' init still weighs more than 5% ((1 − m)^T after T updates of momentum m), where stats-mismatch \
+and train-eval-gap do not judge the statistics themselves: the consequence is judged instead. The \
+configured loss of the eval-mode output on the probing batch against the train-mode output's (batch \
+statistics) on the same samples. Error when eval mode is worse by at least 0.5 nats and 30% (cross-entropy \
+/ nll, and its accuracy at least 25 points lower), or at least 2× and by 10% of the targets' variance \
+(other losses). A fresh model, whose statistics are at their init, is not judged.",
+        fix: "Train longer before evaluating, raise the BatchNorm momentum, or recompute the statistics \
+(torch.optim.swa_utils.update_bn, or a few forward passes in train mode with momentum=None) before \
+evaluating or exporting.",
+        example: Some(Example {
+            args: "--model fixtures/models/tv/mobilenet_v3_trained.pt --data fixtures/data/shapes16.npz",
+            message: "in eval mode the model predicts far worse than in train mode on the same 64 samples: \
+cross_entropy 2.4 vs 1.47, accuracy 6.25% vs 45.3%; its running statistics still carry up to 13.4% of \
+their init in 19 layers",
+        }),
+    };
+    fn message(&self) -> String {
+        let acc = match (self.eval_accuracy, self.train_mode_accuracy) {
+            (Some(e), Some(t)) => format!(", accuracy {}% vs {}%", num(e * 100.0), num(t * 100.0)),
+            _ => String::new(),
+        };
+        format!(
+            "in eval mode the model predicts far worse than in train mode on the same {} samples: {} {} vs {}{acc}; \
+its running statistics still carry up to {}% of their init in {} layers",
+            self.samples,
+            self.loss,
+            num(self.eval_loss),
+            num(self.train_mode_loss),
+            num(self.init_weight * 100.0),
+            self.layers_warming
+        )
+    }
+    fn help(&self) -> String {
+        "train longer before evaluating, raise the BatchNorm momentum, or recompute the statistics \
+(torch.optim.swa_utils.update_bn) before evaluating or exporting"
+            .into()
+    }
+}
+
 struct Layer<'a> {
     info: &'a ModuleInfo,
     mean: String,
@@ -485,6 +553,25 @@ fn stats_mismatch(
     })
 }
 
+/// Whether a layer's stored variances lie outside what any blend of its init (1) and of the data's
+/// variance gives, by more than `max_var_ratio` in most channels: warm-up cannot explain them, a
+/// different scale can (`update_bn` fed raw 0..255 pixels while training saw [0, 1]).
+fn outside_every_blend(m: &Measured, stored_var: &[f64], options: &StaleBatchnormOptions) -> bool {
+    let mut outside: Vec<f64> = stored_var
+        .iter()
+        .zip(&m.var)
+        .map(|(&s, &d)| {
+            let (lo, hi) = (d.min(1.0), d.max(1.0));
+            ((s + EPS) / (hi + EPS)).max((lo + EPS) / (s + EPS))
+        })
+        .collect();
+    if outside.is_empty() {
+        return false;
+    }
+    outside.sort_by(f64::total_cmp);
+    outside[outside.len() / 2] > options.max_var_ratio
+}
+
 /// ‖a − b‖ / ‖b‖, with `b` the reference.
 fn relative_gap(a: &Tensor, b: &Tensor) -> Result<f64, CheckError> {
     let a = a.f_to_kind(Kind::Double)?;
@@ -508,9 +595,87 @@ fn batches_tracked(l: &Layer, buffers: &[NamedTensor]) -> Option<i64> {
 /// is taken as stored, unless its momentum is too small (< 0.01) to have forgotten its init.
 fn still_warming_up(l: &Layer, buffers: &[NamedTensor], momentum: f64) -> bool {
     match batches_tracked(l, buffers).filter(|t| *t > 0) {
-        Some(t) => (1.0 - momentum).clamp(0.0, 1.0).powf(t as f64) > WARMING_UP,
+        Some(t) => init_weight(momentum, t) > WARMING_UP,
         None => momentum < 0.01,
     }
+}
+
+/// How much of their init (0 / 1) running statistics still carry after `t` updates of momentum `m`.
+fn init_weight(momentum: f64, t: i64) -> f64 {
+    (1.0 - momentum).clamp(0.0, 1.0).powf(t as f64)
+}
+
+/// Issue 23: where the statistics are still warming up, judge what they do. The configured loss (and,
+/// for class targets, the accuracy) of the eval-mode output against the train-mode output's on the same
+/// samples; None when eval mode is not clearly worse, or the loss cannot be computed on these outputs.
+fn eval_mode_worse(
+    ctx: &Context,
+    data: &Dataset,
+    train_output: &Tensor,
+    n: usize,
+    (init, layers_warming): (f64, usize),
+) -> Result<Option<EvalModeWorse>, CheckError> {
+    let kind = ctx.setup.resolved_loss(Some(data));
+    let eval = ctx.prediction()?.f_narrow(0, 0, n as i64)?;
+    let y = data
+        .targets
+        .f_narrow(0, 0, n as i64)?
+        .f_to_device(eval.device())?;
+    let value = |p: &Tensor| -> Option<f64> {
+        let _guard = tch::no_grad_guard();
+        crate::train::loss(kind, &p.to_kind(tch::Kind::Float), &y)
+            .ok()?
+            .f_double_value(&[])
+            .ok()
+            .filter(|v| v.is_finite())
+    };
+    let (Some(eval_loss), Some(train_loss)) = (value(&eval), value(train_output)) else {
+        return Ok(None);
+    };
+    let classes = kind.is_classification() && data.targets_are_classes() && eval.dim() >= 2;
+    let accuracy = |p: &Tensor| -> Option<f64> {
+        let right = p.f_argmax(1, false).ok()?.f_eq_tensor(&y).ok()?;
+        right
+            .f_to_kind(tch::Kind::Double)
+            .ok()?
+            .f_mean(tch::Kind::Double)
+            .ok()?
+            .f_double_value(&[])
+            .ok()
+    };
+    let (eval_acc, train_acc) = if classes {
+        (accuracy(&eval), accuracy(train_output))
+    } else {
+        (None, None)
+    };
+    let worse = match (eval_acc, train_acc) {
+        (Some(e), Some(t)) => {
+            eval_loss >= train_loss + 0.5 && eval_loss >= 1.3 * train_loss && t - e >= 0.25
+        }
+        _ if classes => false,
+        _ => {
+            let variance = y
+                .f_to_kind(tch::Kind::Double)
+                .ok()
+                .and_then(|t| t.f_var(false).ok())
+                .and_then(|v| v.f_double_value(&[]).ok())
+                .unwrap_or(0.0);
+            kind == LossKind::Mse
+                && variance > 0.0
+                && eval_loss >= 2.0 * train_loss
+                && eval_loss - train_loss >= 0.1 * variance
+        }
+    };
+    Ok(worse.then(|| EvalModeWorse {
+        samples: n,
+        eval_loss,
+        train_mode_loss: train_loss,
+        eval_accuracy: eval_acc,
+        train_mode_accuracy: train_acc,
+        init_weight: init,
+        layers_warming,
+        loss: kind.as_str(),
+    }))
 }
 
 /// What the probing passes leave: the statistics the data produce, the train-mode output, and the copy.
@@ -641,16 +806,42 @@ impl Check for StaleBatchnorm {
             ) else {
                 continue;
             };
-            if reported.contains(&l.path())
-                || default_stats.contains(&l.path())
-                || warming.contains(&l.path())
-            {
+            if reported.contains(&l.path()) || default_stats.contains(&l.path()) {
                 continue;
             }
             let (stored_mean, stored_var) = (to_vec(mean)?, to_vec(var)?);
+            // A layer still warming up holds a blend of its init and of the data: judged only on a
+            // variance that no such blend gives (statistics recomputed on data of another scale).
+            if warming.contains(&l.path()) && !outside_every_blend(m, &stored_var, options) {
+                continue;
+            }
             if let Some(v) = stats_mismatch(l, m, &stored_mean, &stored_var, options, &mut curves) {
                 findings.push(Finding::new(&v, mismatch_location(l, data, n)));
                 reported.push(l.path());
+            }
+        }
+        // Statistics still warming up are not judged themselves: what they do is. Eval mode far worse
+        // than train mode on the same samples is stale statistics, whatever the momentum.
+        if findings.is_empty()
+            && default_stats.len() < layers.len()
+            && !warming.is_empty()
+            && n >= 4
+        {
+            let init = layers
+                .iter()
+                .filter(|l| warming.contains(&l.path()))
+                .filter_map(|l| {
+                    let m = measured.get(l.path())?.momentum;
+                    batches_tracked(l, &buffers).map(|t| init_weight(m, t))
+                })
+                .fold(0.0, f64::max);
+            if let Some(v) =
+                eval_mode_worse(ctx, data, &probe.train_output, n, (init, warming.len()))?
+            {
+                findings.push(Finding::new(
+                    &v,
+                    Location::data(&data.input_key, Some((0, n))),
+                ));
             }
         }
         // Train/eval gap: only meaningful once the stats have been trained and nothing above explains
