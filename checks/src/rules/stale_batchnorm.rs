@@ -249,8 +249,11 @@ trained.",
         how: "From the same two probing passes as will-not-update, on the first `batch` samples: the \
 per-channel mean and variance the data produce, against the stored ones. Error when a channel's mean gap \
 exceeds `max_mean_gap` stored standard deviations or its variance ratio lies beyond `max_var_ratio`× \
-either way; the three worst channels are named. Layers at their init statistics are not judged, nor \
-layers still warming up (their init (0 / 1) weighs more than 5% after T updates: (1 − m)^T > 0.05).",
+either way; the three worst channels are named. Layers at their init statistics are not judged. Layers \
+still warming up (their init (0 / 1) weighs more than 5% after T updates: (1 − m)^T > 0.05) are judged \
+only when most channels' stored variance lies beyond `max_var_ratio`× of every blend of the init's \
+variance (1) and the data's: no warm-up gives that, a different scale does; eval-mode-worse judges what \
+their statistics do.",
         fix: "Preprocess the data exactly as in training (e.g. the same /255 scaling), or recompute the \
 statistics on correctly scaled data.",
         example: Some(Example {
@@ -298,7 +301,8 @@ statistics themselves: the same samples' train-mode outputs in the whole batch a
 when the stored statistics were trained and no other kind explains it, and not while any layer's \
 statistics are still warming up: after T updates of momentum m their init (0 / 1) still weighs \
 (1 − m)^T; above 5% they describe the start values and the weights of many steps ago (torchvision's \
-MNASNet, m = 0.0003, or MobileNetV3, m = 0.01, after a short run). stats-mismatch skips such layers too.",
+MNASNet, m = 0.0003, or MobileNetV3, m = 0.01, after a short run): eval-mode-worse judges those by the \
+loss and accuracy each mode gives.",
         fix: "Recompute the BatchNorm statistics on data preprocessed as in training, or check for a \
 distribution shift.",
         example: Some(Example {
