@@ -74,6 +74,10 @@ pub struct LrAboveBound {
     pub max_stable_lr: f64,
     pub batch: usize,
     pub iterations: usize,
+    /// Between the bound and `factor` × it: what showed that this lr does not self-stabilise (the
+    /// loss log, or a short SGD run at the lr on the same batch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirmed_by: Option<String>,
 }
 
 impl Violation for LrAboveBound {
@@ -92,7 +96,10 @@ product per step, which finds the top of the spectrum even when a negative eigen
 makes plain power iteration oscillate (seen on a fresh ResNet). Up to `iterations` steps (default 20), \
 stopping once the largest Ritz value changes by less than `tolerance` (1e-2). λ includes the weight decay. Warning when lr exceeds the largest \
 stable lr 2(1+β)/λ by more than `factor` (default 2): near the bound, large-lr training often \
-self-stabilises after a spike, so only a clear excess is flagged. Skipped for Adam / AdamW: their bound, \
+self-stabilises after a spike, so a smaller excess is flagged only when the run's evidence shows it does \
+not: the loss log becomes non-finite or its last quarter sits 2× above its start, or 30 steps of SGD at \
+the configured lr on the same batch (a copy) end non-finite, 2× above their start, or go up in 40% of the \
+steps without 10% progress. Skipped for Adam / AdamW: their bound, \
 38/lr for β1 = 0.9 on the sharpness preconditioned by the second moments (the largest eigenvalue of \
 P⁻¹H, P = diag(√v̂ + ε); Cohen et al. 2022), describes training that has settled at the edge of \
 stability, and measured before that it does not separate good from bad learning rates: with v̂ from 1, 5 \
@@ -126,7 +133,11 @@ first steps",
             num(self.sharpness),
             self.batch,
             num(self.bound)
-        )
+        ) + &self
+            .confirmed_by
+            .as_ref()
+            .map(|c| format!(" ({c})"))
+            .unwrap_or_default()
     }
     fn help(&self) -> String {
         format!(
@@ -134,6 +145,94 @@ first steps",
             num(self.max_stable_lr)
         )
     }
+}
+
+/// The loss log's total turns non-finite after finite values, or its last quarter's level (interquartile
+/// mean) sits more than 2× above its start's (the first 5%, at least 5 points): why, or None.
+fn log_diverges(ctx: &Context) -> Option<String> {
+    let log = ctx.log?;
+    let column = log.total.clone().or_else(|| log.terms.first().cloned())?;
+    let values = log.columns.get(&column)?;
+    let first = values.iter().position(|v| v.is_finite())?;
+    if let Some(at) = values[first..].iter().position(|v| !v.is_finite()) {
+        return Some(format!(
+            "the loss log turns {} at step {}",
+            values[first + at],
+            crate::finding::num(log.steps[first + at])
+        ));
+    }
+    let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    if finite.len() < 20 {
+        return None;
+    }
+    let k = (finite.len() / 20).max(5);
+    let start = crate::stats::interquartile_mean(&finite[..k]);
+    let end = crate::stats::interquartile_mean(&finite[finite.len() - finite.len() / 4..]);
+    (start > 0.0 && end > 2.0 * start).then(|| {
+        format!(
+            "the loss log rises from {} to {} (last quarter)",
+            crate::finding::num(start),
+            crate::finding::num(end)
+        )
+    })
+}
+
+/// 30 steps of SGD at the configured lr, momentum and weight decay on a copy, on the batch the sharpness
+/// was measured on: why they show the lr failing (non-finite, ending 2× above the start, or going up in
+/// 40% of the steps without 10% progress), or None.
+fn short_run_fails(
+    ctx: &Context,
+    model: &dyn Model,
+    x: &Tensor,
+    y: &Tensor,
+    loss_kind: LossKind,
+) -> Result<Option<String>, CheckError> {
+    const STEPS: usize = 30;
+    let setup = ctx.setup;
+    let mut copy = model.trainable_copy()?;
+    let opt = train::optimizer(
+        copy.as_ref(),
+        OptimizerKind::Sgd,
+        setup.lr,
+        setup.momentum,
+        setup.weight_decay,
+    )?;
+    let budget = train::Budget::start(setup.check_budget);
+    let started = std::time::Instant::now();
+    let mut losses = Vec::with_capacity(STEPS + 1);
+    for step in 0..=STEPS {
+        budget.allow("the confirming SGD run", step, STEPS + 1, started)?;
+        tch::manual_seed(setup.seed as i64);
+        let l = train::step(copy.as_mut(), &opt, loss_kind, x, y, Mode::Train)?;
+        losses.push(l);
+        if !l.is_finite() {
+            break;
+        }
+    }
+    let (start, end) = (losses[0], *losses.last().expect("one step at least"));
+    let n = crate::finding::num;
+    if !end.is_finite() {
+        return Ok(Some(format!(
+            "{} SGD steps at this lr on the same batch end at {end}",
+            losses.len() - 1
+        )));
+    }
+    if start > 0.0 && end > 2.0 * start {
+        return Ok(Some(format!(
+            "{STEPS} SGD steps at this lr on the same batch take the loss from {} to {}",
+            n(start),
+            n(end)
+        )));
+    }
+    let ups = losses.windows(2).filter(|w| w[1] > w[0] * 1.01).count();
+    if ups * 10 >= STEPS * 4 && end >= 0.9 * start {
+        return Ok(Some(format!(
+            "{STEPS} SGD steps at this lr on the same batch go up in {ups} of them, from {} to {}",
+            n(start),
+            n(end)
+        )));
+    }
+    Ok(None)
 }
 
 /// Σ⟨a, b⟩ over parameter-shaped tensors.
@@ -392,10 +491,24 @@ products hold about 6× the parameters in memory (raise it to run the check)",
         }
         let max_stable_lr = stable / sharpness;
         curve.target = Some(stable / setup.lr);
-        if setup.lr <= options.factor * max_stable_lr {
+        if setup.lr <= max_stable_lr {
             return Ok(CheckResult::passed().curve(curve));
         }
+        // Near the bound SGD may self-stabilise: only the run's evidence says it does not (issue 23).
+        let mut confirmed_by = None;
+        if setup.lr <= options.factor * max_stable_lr {
+            drop(grads);
+            drop(params);
+            confirmed_by = match log_diverges(ctx) {
+                Some(why) => Some(why),
+                None => short_run_fails(ctx, model, &x, &y, loss_kind)?,
+            };
+            if confirmed_by.is_none() {
+                return Ok(CheckResult::passed().curve(curve));
+            }
+        }
         let v = LrAboveBound {
+            confirmed_by,
             lr: setup.lr,
             momentum: setup.momentum,
             sharpness,
