@@ -470,6 +470,39 @@ fn a_log_that_blows_up_and_then_rests_on_chance_is_a_collapse() {
     passed(&r, "loss-oscillation");
 }
 
+/// Issue 23, 3: Adam at lr 0.2 on a tanh MLP; its real log drops, then rests near 3.0 with no zig-zag
+/// and no divergence, and the probe at lr 0.2 alone only bounces. The control at lr / 10 from the same
+/// start on the same batches gets well below both: that is the finding (fixtures/make_plateau.py).
+#[test]
+fn a_log_resting_high_while_a_lower_lr_keeps_descending_is_flagged() {
+    let setup = "optimizer = \"adam\"\nlr = 0.2\nbatch_size = 32";
+    let r = run_check(
+        "loss-oscillation",
+        Some("mlp_tanh"),
+        Some("digits1024"),
+        Some("adam_lr0.2_plateau.csv"),
+        setup,
+    );
+    let f = only_finding(&r, "loss-oscillation", "warning");
+    assert_eq!(f["kind"], "loss-oscillation/stalls-at-high-lr", "{f}");
+    let (level, control) = (num(f, "log_level"), num(f, "control_end"));
+    assert!(control <= 0.7 * level, "{f}");
+    assert!((num(f, "control_lr") - 0.02).abs() < 1e-12);
+    // The log alone is judged as before: calm, no finding (the probe is what shows the lr).
+    let r = osc_log("adam_lr0.2_plateau.csv");
+    assert!(findings(&r, "loss-oscillation").is_empty(), "{r}");
+    // A log that rests because it converged (the digits MLP trained to its floor with Adam at 1e-3):
+    // the control gains nothing over the configured lr, and the check stays silent.
+    let r = run_check(
+        "loss-oscillation",
+        Some("mlp_converged"),
+        Some("digits256"),
+        Some("mlp_converged_run.csv"),
+        "optimizer = \"adam\"\nlr = 1e-3\nbatch_size = 32",
+    );
+    passed(&r, "loss-oscillation");
+}
+
 /// Issue 22, 7: a setup value the config leaves unset is reported as assumed, never as the user's.
 #[test]
 fn setup_values_the_config_leaves_unset_are_reported_as_assumed() {

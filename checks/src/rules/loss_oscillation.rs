@@ -34,6 +34,7 @@ flags every healthy SGD run; trainlint separates the trend from the noise first.
         &ProbeDiverges::KIND,
         &ProbeSpikes::KIND,
         &ProbeCollapses::KIND,
+        &LogStallsHighLr::KIND,
         &ProbeOscillates::KIND,
     ],
     trains: true,
@@ -584,6 +585,63 @@ then came to rest at {} after {} steps, the loss of a constant output ({}){}",
     }
 }
 
+/// The logged loss rests on a plateau while the same probe at lr / 10 gets well below it.
+#[derive(Serialize)]
+pub struct LogStallsHighLr {
+    #[serde(flatten)]
+    pub probe: ProbeEvidence,
+    /// The log's level over its last quarter, and the step its second half starts at.
+    pub log_level: f64,
+    pub log_from_step: f64,
+    #[serde(skip)]
+    pub column: String,
+}
+
+impl Violation for LogStallsHighLr {
+    const KIND: KindInfo = KindInfo {
+        id: "loss-oscillation/stalls-at-high-lr",
+        severity: Severity::Warning,
+        summary: "The logged loss stops descending early while a 10× lower learning rate keeps going",
+        why: "A learning rate too high for the model often shows no divergence and no zig-zag: after a \
+fast first drop the loss rests, noisy, on a plateau far above what the model reaches at a lower lr. The \
+log looks calm and the probe at the configured lr only bounces, so neither is a finding alone; the \
+probe at lr / 10 from the same start on the same batches, ending well below both, is the evidence.",
+        how: "When the log, judged without a finding, no longer descends in its second half (the \
+interquartile mean of its last quarter at least 90% of its second quarter's) and the probe at the \
+configured lr neither finds anything nor settles into a clean descent, the control probe at lr / 10 is \
+run for as many steps. Warning when it ends at most 0.7× the log's last-quarter level and 0.9× the \
+configured probe's (the interquartile mean of its last quarter: a bouncing probe's last value is noise). Converged runs rest too, but a checkpoint at its minimum gains little from a \
+lower lr.",
+        fix: "Lower setup.lr by 3–10× (or decay it after the first drop), and compare the plateau.",
+        example: Some(Example {
+            args: "fixtures/configs/adam_plateau.toml",
+            message: "the logged loss rests at 2.98 from step 200 on, while the learning-rate probe at lr 0.02 \
+(adam, batch 32) reaches 1.85 on a fixed evaluation batch, where the configured lr 0.2 reaches 2.71 in 60 \
+steps: the lr is too high for the model to descend further",
+        }),
+    };
+    fn message(&self) -> String {
+        let p = &self.probe;
+        format!(
+            "the logged loss rests at {} from step {} on, while the learning-rate probe at lr {} ({}, batch {}) \
+reaches {} on a fixed evaluation batch, where the configured lr {} reaches {} in {} steps: the lr is too \
+high for the model to descend further",
+            num(self.log_level),
+            num(self.log_from_step),
+            num(p.control_lr),
+            p.optimizer,
+            p.batch_size,
+            num(p.control_end),
+            num(p.lr),
+            num(p.probe_end),
+            p.probe_steps
+        )
+    }
+    fn help(&self) -> String {
+        self.probe.help()
+    }
+}
+
 /// The probe's loss goes up and down without progress.
 #[derive(Serialize)]
 pub struct ProbeOscillates {
@@ -648,6 +706,9 @@ struct LogAnalysis {
     /// Judged without a finding, and its last quarter's level at most half its start's: (start
     /// level, last-quarter level, first step, last step) of a log that can stand for the probe.
     healthy: Option<(f64, f64, f64, f64)>,
+    /// Judged without a finding, but its second half no longer descends (its last quarter at least
+    /// 90% of its second quarter): the level it rests on and the step its second half starts at.
+    stalled: Option<(f64, f64)>,
     curve: Option<Curve>,
     too_short: Option<usize>,
 }
@@ -667,6 +728,7 @@ fn analyse_log(
     let judged = |findings: Vec<Finding>, curve| LogAnalysis {
         descending: findings.is_empty(),
         healthy: None,
+        stalled: None,
         findings,
         curve,
         too_short: None,
@@ -701,6 +763,7 @@ fn analyse_log(
             findings: Vec::new(),
             descending: false,
             healthy: None,
+            stalled: None,
             curve: Some(curve),
             too_short: None,
         };
@@ -721,6 +784,7 @@ fn analyse_log(
             findings: Vec::new(),
             descending: false,
             healthy: None,
+            stalled: None,
             curve: Some(curve),
             too_short: Some(finite.len()),
         };
@@ -804,10 +868,16 @@ fn analyse_log(
     if finding.is_some() {
         curve.window = Some((first, last));
     }
-    let healthy = (finding.is_none() && m_first > 0.0 && m_last <= 0.5 * m_first)
+    // Still descending in its second half, or resting there (converged, or stalled too high: the
+    // probe and its control tell which).
+    let second = stats::interquartile_mean(&ys[n / 4..(n / 2).max(n / 4 + 1)]);
+    let rests = m_last >= 0.9 * second;
+    let healthy = (finding.is_none() && m_first > 0.0 && m_last <= 0.5 * m_first && !rests)
         .then_some((m_first, m_last, first, last));
+    let stalled = (finding.is_none() && rests).then_some((m_last, finite[n / 2].0));
     LogAnalysis {
         healthy,
+        stalled,
         ..judged(finding.into_iter().collect(), Some(curve))
     }
 }
@@ -1048,6 +1118,7 @@ fn probe(
     options: &LossOscillationOptions,
     constant: Option<&ConstantLoss>,
     log_descends: bool,
+    stalled: Option<(f64, f64)>,
     training: &mut Vec<crate::TrainingRun>,
 ) -> Result<(Vec<Finding>, Vec<Curve>), CheckError> {
     let (Some(model), Some(data)) = (ctx.model, ctx.data) else {
@@ -1137,7 +1208,60 @@ fn probe(
     };
     let mut c = Curve::new(format!("{}{settled}", name(setup.lr)), main.curve.clone());
     c.log_scale = true;
+    let at = Location {
+        config_key: Some("setup.lr".into()),
+        data_key: Some(data.input_key.clone()),
+        samples: Some((0, eval_n as usize)),
+        ..Location::default()
+    };
+    let evidence = |main: &ProbeRun, control_lr: f64, control: &ProbeRun| ProbeEvidence {
+        optimizer: setup.optimizer.as_str(),
+        assumed: setup.assumed_note(&["optimizer", "lr", "batch_size"]),
+        lr: setup.lr,
+        batch_size: setup.batch_size,
+        probe_start: main.start,
+        probe_end: main.end,
+        probe_up_share: main.up_share,
+        probe_steps: main.curve.len() - 1,
+        control_lr,
+        control_end: control.end,
+        control_peak: control.peak,
+        control_up_share: control.up_share,
+    };
     let Some(pending) = verdict(&main) else {
+        // A log that rests on a plateau while the probe at the configured lr neither finds anything
+        // nor settles: the control at lr / 10 says whether a lower lr gets well below it (issue 23).
+        if let (Some((level, from)), None) = (stalled, main.settled_at) {
+            let control_lr = setup.lr / 10.0;
+            let control = run(control_lr, 0, main.curve.len() - 1, false)?;
+            training.extend(control.training.clone());
+            let mut control_curve = Curve::new(
+                format!("{} (control)", name(control_lr)),
+                control.curve.clone(),
+            );
+            control_curve.log_scale = true;
+            // The configured probe bounces: its level is the interquartile mean of its last quarter,
+            // not its last value (which moves with the thread count's rounding).
+            let k = main.curve.len();
+            let main_level = stats::interquartile_mean(&main.curve[k - (k / 4).max(1)..]);
+            if control.end.is_finite()
+                && control.end <= 0.7 * level
+                && control.end <= 0.9 * main_level
+            {
+                let column = ctx
+                    .log
+                    .and_then(|l| l.total.clone().or_else(|| l.terms.first().cloned()))
+                    .unwrap_or_default();
+                let v = LogStallsHighLr {
+                    probe: evidence(&main, control_lr, &control),
+                    log_level: level,
+                    log_from_step: from,
+                    column,
+                };
+                return Ok((vec![Finding::new(&v, at)], vec![c, control_curve]));
+            }
+            return Ok((Vec::new(), vec![c, control_curve]));
+        }
         return Ok((Vec::new(), vec![c]));
     };
     // A finding is confirmed by two more runs, made only then (a healthy probe costs one run).
@@ -1181,26 +1305,7 @@ fn probe(
     if !confirmed {
         return Ok((Vec::new(), vec![c, control_curve]));
     }
-    let at = Location {
-        config_key: Some("setup.lr".into()),
-        data_key: Some(data.input_key.clone()),
-        samples: Some((0, eval_n as usize)),
-        ..Location::default()
-    };
-    let evidence = ProbeEvidence {
-        optimizer: setup.optimizer.as_str(),
-        assumed: setup.assumed_note(&["optimizer", "lr", "batch_size"]),
-        lr: setup.lr,
-        batch_size: setup.batch_size,
-        probe_start: main.start,
-        probe_end: main.end,
-        probe_up_share: main.up_share,
-        probe_steps: main.curve.len() - 1,
-        control_lr,
-        control_end: control.end,
-        control_peak: control.peak,
-        control_up_share: control.up_share,
-    };
+    let evidence = evidence(&main, control_lr, &control);
     let finding = match pending {
         ProbeVerdict::Collapses => {
             let c = constant.expect("a collapse is judged against the constant output's loss");
@@ -1244,6 +1349,7 @@ impl Check for LossOscillation {
         let mut result = CheckResult::passed();
         let mut log_descends = false;
         let mut run_probe = run_probe;
+        let mut stalled = None;
         // What a model that ignores its input scores on this data: where a collapsed run rests.
         let constant = constant_output_loss(ctx);
         if let Some(log) = ctx.log {
@@ -1263,6 +1369,7 @@ the learning-rate probe ran",
                 (None, _) => {}
             }
             log_descends = analysis.descending;
+            stalled = analysis.stalled;
             // A log of the run that descends cleanly already shows that the configured lr trains:
             // the probe would pay a training to say less.
             if let (Some((from, to, first, last)), true, false) =
@@ -1286,6 +1393,7 @@ the learning-rate probe ran",
                 options,
                 constant.as_ref(),
                 log_descends,
+                stalled,
                 &mut result.training,
             )?;
             result.findings.extend(findings);
