@@ -80,13 +80,17 @@ pub fn class_count(prediction: &Tensor) -> Result<i64, CheckError> {
 /// `ignore_index`). The error names the first bad index and its sample (dim 0 of `targets`): pass the
 /// whole targets, or a batch that starts at sample 0, for the sample to be the data's.
 ///
-/// Float targets `[N, K, …]` with K = `classes` are class probabilities, not indices: they are
+/// Float targets `[N, K, …]` with K = `classes` ≥ 2 are class probabilities, not indices: they are
 /// checked as such ([`probability_problem`]), a skip with the reason when they are not.
 pub fn check_class_targets(targets: &Tensor, classes: i64) -> Result<(), CheckError> {
     if targets.numel() == 0 {
         return Ok(());
     }
-    if targets.is_floating_point() && targets.dim() >= 2 && targets.size()[1] == classes {
+    if targets.is_floating_point()
+        && targets.dim() >= 2
+        && targets.size()[1] == classes
+        && classes >= 2
+    {
         return match probability_problem(targets)? {
             None => Ok(()),
             Some(problem) => Err(not_probabilities(classes, &problem)),
@@ -129,11 +133,16 @@ pub fn check_class_targets(targets: &Tensor, classes: i64) -> Result<(), CheckEr
 pub const PROBABILITY_SUM_TOLERANCE: f64 = 1e-3;
 
 /// Whether a classification loss reads `target` as class probabilities rather than class indices:
-/// floating point with as many dims as the logits (`[N, K, …]`; indices have no class dim). PyTorch's
+/// floating point with as many dims as the logits and K ≥ 2 (`[N, K, …]`; indices have no class dim). PyTorch's
 /// cross_entropy decides the same way (a float target of the input's shape); a float target of
 /// another shape, e.g. `[N]`, holds indices and is cast to integers.
 pub fn holds_probabilities(prediction: &Tensor, target: &Tensor) -> bool {
-    target.is_floating_point() && target.dim() >= 2 && target.dim() == prediction.dim()
+    // One class along dim 1 is no distribution (cross_entropy over it is 0 whatever the model does):
+    // such targets stay indices, validated in words.
+    target.is_floating_point()
+        && target.dim() >= 2
+        && target.dim() == prediction.dim()
+        && target.size()[1] >= 2
 }
 
 /// Why `targets` (`[N, K, …]`) are not class probabilities along dim 1, in words naming the first
