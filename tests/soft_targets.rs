@@ -265,3 +265,24 @@ fn classification_on_float_targets_that_are_not_probabilities_is_skipped_in_word
         }
     }
 }
+
+#[test]
+fn a_hot_head_is_still_a_high_initial_loss_on_soft_targets() {
+    // classifier_hot_head.pt divides its logits by 0.05: confidently wrong from step 0.
+    let mut args = model_data("classifier_hot_head", "soft4_smoothed.npz");
+    args.extend(["--select".to_string(), "initial-loss".to_string()]);
+    let (_, report) = check_json(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let f = findings(&report, "initial-loss");
+    assert_eq!(f.len(), 1, "{}", check_entry(&report, "initial-loss"));
+    let e = &f[0]["evidence"];
+    // Smoothed rows sum to 1: uniform logits still score ln 4.
+    assert!(
+        (e["expected"].as_f64().unwrap() - 4f64.ln()).abs() < 1e-9,
+        "{e}"
+    );
+    assert!(e["loss"].as_f64().unwrap() > 2.5 * 4f64.ln(), "{e}");
+    // A bias at the log prior scores the entropy of the mean target: below ln 4 (the classes are not
+    // exactly balanced), above the smoothed rows' own entropy 0.349.
+    let prior = e["prior_loss"].as_f64().unwrap();
+    assert!(prior < 4f64.ln() && prior > 1.3, "{e}");
+}
