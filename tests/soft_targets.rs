@@ -286,3 +286,59 @@ fn a_hot_head_is_still_a_high_initial_loss_on_soft_targets() {
     let prior = e["prior_loss"].as_f64().unwrap();
     assert!(prior < 4f64.ln() && prior > 1.3, "{e}");
 }
+
+/// A safetensors sample of float32 `inputs` [n, d] and one-hot float32 `targets` [n, k].
+fn one_hot_sample(dir: &std::path::Path, n: usize, d: usize, k: usize) -> std::path::PathBuf {
+    let inputs: Vec<u8> = (0..n * d)
+        .flat_map(|i| ((i % 7) as f32 * 0.1 - 0.3).to_le_bytes())
+        .collect();
+    let targets: Vec<u8> = (0..n * k)
+        .flat_map(|i| (if i % k == (i / k) % k { 1f32 } else { 0f32 }).to_le_bytes())
+        .collect();
+    let header = format!(
+        r#"{{"inputs":{{"dtype":"F32","shape":[{n},{d}],"data_offsets":[0,{a}]}},"targets":{{"dtype":"F32","shape":[{n},{k}],"data_offsets":[{a},{b}]}}}}"#,
+        a = inputs.len(),
+        b = inputs.len() + targets.len()
+    );
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    bytes.extend(inputs);
+    bytes.extend(targets);
+    let path = dir.join("one_hot.safetensors");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn probabilities_over_more_classes_than_logits_are_too_few_logits() {
+    // head_linear.pt: 16 inputs, 4 logits; the targets are one-hot over 10 classes.
+    let dir = tempfile::tempdir().unwrap();
+    let data = one_hot_sample(dir.path(), 12, 16, 10);
+    let (code, report) = check_json(&[
+        "--model",
+        &fixture("models/head_linear.pt"),
+        "--data",
+        data.to_str().unwrap(),
+        "--select",
+        "output-range,overfit-batch,initial-loss",
+    ]);
+    assert_eq!(code, 1);
+    let f = findings(&report, "output-range");
+    assert_eq!(f.len(), 1, "{}", check_entry(&report, "output-range"));
+    assert_eq!(f[0]["kind"], "output-range/too-few-logits");
+    assert_eq!(
+        f[0]["message"],
+        "the model outputs 4 logits but the targets hold class probabilities over 10 classes: 6 classes can never be predicted"
+    );
+    for id in ["overfit-batch", "initial-loss"] {
+        let entry = check_entry(&report, id);
+        assert_eq!(entry["status"], "skipped", "{id}: {entry}");
+        assert!(
+            entry["reason"]
+                .as_str()
+                .unwrap()
+                .contains("each sample's targets have shape [10] and the model's output [4]"),
+            "{id}: {entry}"
+        );
+    }
+}
