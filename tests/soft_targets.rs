@@ -342,3 +342,28 @@ fn probabilities_over_more_classes_than_logits_are_too_few_logits() {
         );
     }
 }
+
+#[test]
+fn nll_on_log_softmax_outputs_trains_on_probabilities_too() {
+    // nll_loss takes class indices only; with probabilities trainlint computes −Σ t · log p, the
+    // cross_entropy of the same logits, with the same floor.
+    let smoothed_entropy = -(0.925f64 * 0.925f64.ln() + 3.0 * 0.025 * 0.025f64.ln());
+    for (data, floor) in [
+        ("soft4_onehot.npz", 0.0),
+        ("soft4_smoothed.npz", smoothed_entropy),
+    ] {
+        let (code, report) = audit("soft_log_softmax", data, &["--loss", "nll"]);
+        assert_eq!(code, 0, "{data}: {:?}", statuses(&report));
+        assert_healthy(&report, data);
+        // log_softmax feeds nll: no double activation.
+        assert_eq!(
+            check_entry(&report, "double-activation")["status"],
+            "passed"
+        );
+        let target = overfit_target(&report);
+        assert!(
+            (target - (floor + QUARTER_LN_4)).abs() < 1e-4,
+            "{data}: {target}"
+        );
+    }
+}
