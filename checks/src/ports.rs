@@ -140,6 +140,40 @@ impl Dataset {
             Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8 | Kind::Bool
         )
     }
+
+    /// Whether the targets are class probabilities (issue 22, 4): float `[N, K, …]` with K ≥ 2 classes
+    /// along dim 1, every value in [0, 1] and each sample's K values (each position's, for dense
+    /// targets) summing to 1 ± [`crate::train::PROBABILITY_SUM_TOLERANCE`]: one-hot, label-smoothed,
+    /// mixup / cutmix or distillation targets, which cross_entropy reads as probabilities.
+    pub fn targets_are_probabilities(&self) -> bool {
+        let t = &self.targets;
+        if !t.is_floating_point() || t.dim() < 2 || t.size()[1] < 2 || t.numel() == 0 {
+            return false;
+        }
+        // The first sample decides most float targets (regression values, images) cheaply.
+        let is_probabilities =
+            |t: &Tensor| matches!(crate::train::probability_problem(t), Ok(None));
+        t.f_narrow(0, 0, 1)
+            .is_ok_and(|first| is_probabilities(&first))
+            && is_probabilities(t)
+    }
+
+    /// Why the classification loss `loss` cannot read these targets, in one line, or None: float targets
+    /// with a class dim (as many dims as `prediction`, the model's output on the inputs) that are not
+    /// class probabilities, or not shaped like the output. The checks that compute the loss skip with
+    /// this reason; a caller can refuse the run with it before any check runs.
+    pub fn class_probability_problem(&self, loss: LossKind, prediction: &Tensor) -> Option<String> {
+        if !loss.is_classification()
+            || !crate::train::holds_probabilities(prediction, &self.targets)
+        {
+            return None;
+        }
+        match crate::train::check_probability_targets(prediction, &self.targets) {
+            Ok(()) => None,
+            Err(CheckError::Skip(reason)) => Some(reason),
+            Err(e) => Some(e.to_string()),
+        }
+    }
 }
 
 /// A loss log: one x axis (the `step` column or the row number) and named loss columns.
@@ -296,8 +330,9 @@ impl Default for Setup {
 }
 
 impl Setup {
-    /// The task, with `auto` resolved from the data: integer targets are classes; equal input and
-    /// target shapes with 3+ dims are image-to-image; the rest regression.
+    /// The task, with `auto` resolved from the data: integer targets are classes, and so are float
+    /// rows of class probabilities when no loss is named ([`Dataset::targets_are_probabilities`]);
+    /// equal input and target shapes with 3+ dims are image-to-image; the rest regression.
     pub fn resolved_task(&self, data: Option<&Dataset>) -> Task {
         if self.task != Task::Auto {
             return self.task;
@@ -309,6 +344,9 @@ impl Setup {
         }
         match data {
             Some(d) if d.targets_are_classes() => Task::Classification,
+            // Rows of class probabilities with no loss named: cross_entropy's soft targets. A named
+            // regression or binary loss keeps them float targets (a one-hot matrix for bce).
+            Some(d) if self.loss.is_none() && d.targets_are_probabilities() => Task::Classification,
             Some(d) if d.inputs.size() == d.targets.size() && d.inputs.dim() >= 3 => {
                 Task::ImageToImage
             }
@@ -422,5 +460,70 @@ mod tests {
         );
         let e = parse_choice::<LossKind>("mae").unwrap_err();
         assert!(e.contains("mse, l1, smooth_l1"), "{e}");
+    }
+
+    fn dataset(targets: Tensor) -> Dataset {
+        let n = targets.size()[0];
+        Dataset {
+            path: "mem".into(),
+            input_key: "inputs".into(),
+            target_key: "targets".into(),
+            inputs: Tensor::zeros([n, 5], (Kind::Float, Device::Cpu)),
+            targets,
+        }
+    }
+
+    #[test]
+    fn auto_reads_rows_of_class_probabilities_as_classification_with_cross_entropy() {
+        let one_hot = Tensor::from_slice(&[0i64, 2, 1, 1])
+            .one_hot(3)
+            .to_kind(Kind::Float);
+        let smoothed = &one_hot * 0.9 + 0.1 / 3.0;
+        let auto = Setup::default();
+        for t in [one_hot.shallow_clone(), smoothed] {
+            let d = dataset(t);
+            assert!(d.targets_are_probabilities());
+            assert_eq!(auto.resolved_task(Some(&d)), Task::Classification);
+            assert_eq!(auto.resolved_loss(Some(&d)), LossKind::CrossEntropy);
+        }
+        // A named binary or regression loss keeps them float targets.
+        let bce = Setup {
+            loss: Some(LossKind::BceWithLogits),
+            ..Setup::default()
+        };
+        assert_eq!(
+            bce.resolved_task(Some(&dataset(one_hot.shallow_clone()))),
+            Task::Regression
+        );
+        // Rows that do not sum to 1, values outside [0, 1], one column, no class dim: regression.
+        for t in [
+            Tensor::from_slice(&[0.2f32, 0.3, 0.9, 0.1]).reshape([2, 2]),
+            Tensor::from_slice(&[1.5f32, -0.5, 0.5, 0.5]).reshape([2, 2]),
+            Tensor::ones([4, 1], (Kind::Float, Device::Cpu)),
+            Tensor::from_slice(&[0.5f32, 1.0]),
+        ] {
+            let d = dataset(t);
+            assert!(!d.targets_are_probabilities());
+            assert_eq!(auto.resolved_task(Some(&d)), Task::Regression);
+        }
+    }
+
+    #[test]
+    fn a_classification_loss_on_float_rows_that_are_not_probabilities_is_named() {
+        let d = dataset(Tensor::from_slice(&[0.2f32, 0.3, 0.9, 0.1]).reshape([2, 2]));
+        let logits = Tensor::zeros([2, 2], (Kind::Float, Device::Cpu));
+        let problem = d
+            .class_probability_problem(LossKind::CrossEntropy, &logits)
+            .unwrap();
+        assert!(
+            problem.contains("the 2 probabilities of sample 0 sum to 0.5"),
+            "{problem}"
+        );
+        assert_eq!(d.class_probability_problem(LossKind::Mse, &logits), None);
+        let ok = dataset(Tensor::from_slice(&[0.2f32, 0.8, 0.9, 0.1]).reshape([2, 2]));
+        assert_eq!(
+            ok.class_probability_problem(LossKind::CrossEntropy, &logits),
+            None
+        );
     }
 }

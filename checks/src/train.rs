@@ -15,9 +15,15 @@ const IGNORE_INDEX: i64 = -100;
 /// The loss between a prediction and its target, as PyTorch's functional losses compute it.
 ///
 /// Class indices are validated first ([`check_class_targets`]): libtorch answers an index outside the
-/// logits with a C++ error and its stack, not with words.
+/// logits with a C++ error and its stack, not with words. Float targets shaped like the logits are
+/// class probabilities ([`holds_probabilities`]: one-hot, label-smoothed, mixup or distillation
+/// targets): cross_entropy reads them as such, nll as −Σ t·log p over the classes; targets that are not
+/// probabilities make the check skip with the reason ([`check_probability_targets`]).
 pub fn loss(kind: LossKind, prediction: &Tensor, target: &Tensor) -> Result<Tensor, CheckError> {
-    if kind.is_classification() {
+    let soft = kind.is_classification() && holds_probabilities(prediction, target);
+    if soft {
+        check_probability_targets(prediction, target)?;
+    } else if kind.is_classification() {
         check_class_targets(target, class_count(prediction)?)?;
     }
     let t = || target.to_kind(prediction.kind());
@@ -30,16 +36,30 @@ pub fn loss(kind: LossKind, prediction: &Tensor, target: &Tensor) -> Result<Tens
         LossKind::BceWithLogits => {
             prediction.f_binary_cross_entropy_with_logits(&t(), none, none, Reduction::Mean)?
         }
+        // A float target of the logits' shape is what libtorch reads as class probabilities.
+        LossKind::CrossEntropy if soft => {
+            prediction.f_cross_entropy_loss(&t(), none, Reduction::Mean, IGNORE_INDEX, 0.0)?
+        }
         LossKind::CrossEntropy => prediction.f_cross_entropy_loss(
             &target.to_kind(Kind::Int64),
             none,
             Reduction::Mean,
-            -100,
+            IGNORE_INDEX,
             0.0,
         )?,
-        LossKind::Nll => {
-            prediction.f_nll_loss(&target.to_kind(Kind::Int64), none, Reduction::Mean, -100)?
-        }
+        // nll_loss takes indices only: with probabilities, −Σ_k t_k · log p_k per sample (and
+        // position), averaged as cross_entropy averages it.
+        LossKind::Nll if soft => t()
+            .f_mul(prediction)?
+            .f_sum_dim_intlist([1i64].as_slice(), false, prediction.kind())?
+            .f_mean(prediction.kind())?
+            .f_neg()?,
+        LossKind::Nll => prediction.f_nll_loss(
+            &target.to_kind(Kind::Int64),
+            none,
+            Reduction::Mean,
+            IGNORE_INDEX,
+        )?,
     })
 }
 
@@ -59,9 +79,22 @@ pub fn class_count(prediction: &Tensor) -> Result<i64, CheckError> {
 /// Every class index in `targets` names one of `classes` logits: 0..K-1, or -100 (PyTorch's
 /// `ignore_index`). The error names the first bad index and its sample (dim 0 of `targets`): pass the
 /// whole targets, or a batch that starts at sample 0, for the sample to be the data's.
+///
+/// Float targets `[N, K, …]` with K = `classes` ≥ 2 are class probabilities, not indices: they are
+/// checked as such ([`probability_problem`]), a skip with the reason when they are not.
 pub fn check_class_targets(targets: &Tensor, classes: i64) -> Result<(), CheckError> {
     if targets.numel() == 0 {
         return Ok(());
+    }
+    if targets.is_floating_point()
+        && targets.dim() >= 2
+        && targets.size()[1] == classes
+        && classes >= 2
+    {
+        return match probability_problem(targets)? {
+            None => Ok(()),
+            Some(problem) => Err(not_probabilities(classes, &problem)),
+        };
     }
     let flat = targets
         .f_to_kind(Kind::Int64)?
@@ -91,6 +124,140 @@ pub fn check_class_targets(targets: &Tensor, classes: i64) -> Result<(), CheckEr
             classes - 1
         ))),
     }
+}
+
+// ---- class-probability (soft) targets (issue 22, 4)
+
+/// How far the K probabilities of one sample (of one position, for dense targets) may sum from 1:
+/// float32 rows of one-hot, label-smoothed or mixed targets sum to 1 within ~1e-6.
+pub const PROBABILITY_SUM_TOLERANCE: f64 = 1e-3;
+
+/// Whether a classification loss reads `target` as class probabilities rather than class indices:
+/// floating point with as many dims as the logits and K ≥ 2 (`[N, K, …]`; indices have no class dim). PyTorch's
+/// cross_entropy decides the same way (a float target of the input's shape); a float target of
+/// another shape, e.g. `[N]`, holds indices and is cast to integers.
+pub fn holds_probabilities(prediction: &Tensor, target: &Tensor) -> bool {
+    // One class along dim 1 is no distribution (cross_entropy over it is 0 whatever the model does):
+    // such targets stay indices, validated in words.
+    target.is_floating_point()
+        && target.dim() >= 2
+        && target.dim() == prediction.dim()
+        && target.size()[1] >= 2
+}
+
+/// Why `targets` (`[N, K, …]`) are not class probabilities along dim 1, in words naming the first
+/// offending sample, or None when they are: every value finite and in [0, 1], each sample's (each
+/// position's) K values summing to 1 ± [`PROBABILITY_SUM_TOLERANCE`].
+pub fn probability_problem(targets: &Tensor) -> Result<Option<String>, CheckError> {
+    let size = targets.size();
+    if size.len() < 2 {
+        return Ok(Some(format!(
+            "they have shape {size:?}, without a class dim"
+        )));
+    }
+    let t = targets
+        .f_to_kind(Kind::Double)?
+        .f_to_device(tch::Device::Cpu)?;
+    let n = size[0].max(1);
+    // The sample (dim 0) of the first true entry of `mask`, with the entry's flat index.
+    let first = |mask: &Tensor| -> Result<Option<(i64, i64)>, CheckError> {
+        let m = mask.f_flatten(0, -1)?;
+        if m.numel() == 0 || m.f_any()?.f_int64_value(&[])? == 0 {
+            return Ok(None);
+        }
+        let i = m
+            .f_to_kind(Kind::Int64)?
+            .f_argmax(0, false)?
+            .f_int64_value(&[])?;
+        let per_sample = (m.numel() as i64 / n).max(1);
+        Ok(Some((i / per_sample, i)))
+    };
+    let flat = t.f_flatten(0, -1)?;
+    if let Some((sample, i)) = first(&t.f_isfinite()?.f_logical_not()?)? {
+        let v = flat.f_double_value(&[i])?;
+        return Ok(Some(format!("sample {sample} holds {v}")));
+    }
+    if let Some((sample, i)) = first(&t.f_lt(0.0)?.f_logical_or(&t.f_gt(1.0)?)?)? {
+        let v = flat.f_double_value(&[i])?;
+        return Ok(Some(format!(
+            "sample {sample} holds {}, outside [0, 1]",
+            crate::finding::num(v)
+        )));
+    }
+    let sums = t.f_sum_dim_intlist([1i64].as_slice(), false, Kind::Double)?;
+    let off = sums
+        .f_sub_scalar(1.0)?
+        .f_abs()?
+        .f_gt(PROBABILITY_SUM_TOLERANCE)?;
+    if let Some((sample, i)) = first(&off)? {
+        let s = sums.f_flatten(0, -1)?.f_double_value(&[i])?;
+        return Ok(Some(format!(
+            "the {} probabilities of sample {sample} sum to {}",
+            size[1],
+            crate::finding::num(s)
+        )));
+    }
+    Ok(None)
+}
+
+/// The skip of a check whose classification loss would read float targets with `classes` values along
+/// dim 1 as class probabilities that they are not: libtorch computes a meaningless loss on them (or
+/// fails in C++).
+fn not_probabilities(classes: i64, problem: &str) -> CheckError {
+    CheckError::Skip(format!(
+        "the float targets have a class dim (K = {classes} values per sample), so cross_entropy / nll \
+read them as class probabilities, but {problem} (each sample's K values must lie in [0, 1] and sum to 1 \
+± {PROBABILITY_SUM_TOLERANCE}); give class indices as integers, or rows of class probabilities"
+    ))
+}
+
+/// Float targets shaped like the logits hold valid class probabilities: the same shape as the
+/// prediction, and [`probability_problem`] finds nothing. Otherwise a skip with the reason.
+pub fn check_probability_targets(prediction: &Tensor, target: &Tensor) -> Result<(), CheckError> {
+    let (t, p) = (target.size(), prediction.size());
+    if t != p {
+        return Err(CheckError::Skip(format!(
+            "the float targets have a class dim, so cross_entropy / nll read them as class probabilities, \
+but each sample's targets have shape {:?} and the model's output {:?}: the targets need one probability \
+per logit (or give class indices as integers)",
+            t.get(1..).unwrap_or_default(),
+            p.get(1..).unwrap_or_default()
+        )));
+    }
+    match probability_problem(target)? {
+        None => Ok(()),
+        Some(problem) => Err(not_probabilities(t.get(1).copied().unwrap_or(1), &problem)),
+    }
+}
+
+/// −Σ_k p_k ln p_k along dim 1 (0 · ln 0 = 0), per sample and position.
+fn entropy_along_classes(p: &Tensor) -> Result<Tensor, CheckError> {
+    let plogp = p.f_mul(&p.f_clamp_min(1e-300)?.f_log()?)?;
+    Ok(plogp
+        .f_sum_dim_intlist([1i64].as_slice(), false, Kind::Double)?
+        .f_neg()?)
+}
+
+/// The mean entropy of class-probability targets, in nats: the floor of cross_entropy on them (its
+/// value when the predicted probabilities equal the targets; 0 for one-hot targets).
+pub fn mean_target_entropy(targets: &Tensor) -> Result<f64, CheckError> {
+    let p = targets.f_to_kind(Kind::Double)?;
+    let h = entropy_along_classes(&p)?
+        .f_mean(Kind::Double)?
+        .f_double_value(&[])?;
+    // One-hot targets have no floor; rounding leaves ~1e-16.
+    Ok(if h < 1e-9 { 0.0 } else { h })
+}
+
+/// The entropy of the mean of class-probability targets (over samples and positions), in nats: the
+/// cross_entropy of the best constant prediction, the soft targets' class prior.
+pub fn probability_prior_entropy(targets: &Tensor) -> Result<f64, CheckError> {
+    let p = targets.f_to_kind(Kind::Double)?;
+    let dims: Vec<i64> = std::iter::once(0).chain(2..p.dim() as i64).collect();
+    let mean = p.f_mean_dim(dims.as_slice(), true, Kind::Double)?;
+    Ok(entropy_along_classes(&mean)?
+        .f_sum(Kind::Double)?
+        .f_double_value(&[])?)
 }
 
 /// The optimizer of the configured kind (libtorch's update rules) over every parameter of `model`.
@@ -519,6 +686,131 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("scalar (0-d)"), "{err}");
+    }
+
+    // ---- issue 22, 4: class-probability targets
+    fn one_hot(classes: &[i64], k: i64) -> Tensor {
+        Tensor::from_slice(classes).one_hot(k).to_kind(Kind::Float)
+    }
+
+    fn logits_4x3() -> Tensor {
+        Tensor::from_slice(&[2f32, -1., 0.5, 0.1, 0.2, 0.3, -3., 4., 1., 0., 0., 7.])
+            .reshape([4, 3])
+    }
+
+    #[test]
+    fn one_hot_probabilities_give_the_loss_of_their_class_indices() {
+        let logits = logits_4x3();
+        let classes = [0i64, 2, 1, 2];
+        let soft = one_hot(&classes, 3);
+        let hard = Tensor::from_slice(&classes);
+        for kind in [LossKind::CrossEntropy, LossKind::Nll] {
+            let p = if kind == LossKind::Nll {
+                logits.log_softmax(1, Kind::Float)
+            } else {
+                logits.shallow_clone()
+            };
+            let a = loss(kind, &p, &soft).unwrap().double_value(&[]);
+            let b = loss(kind, &p, &hard).unwrap().double_value(&[]);
+            assert!((a - b).abs() < 1e-6, "{kind:?}: {a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn label_smoothed_probabilities_give_pytorchs_label_smoothing_loss() {
+        let logits = logits_4x3();
+        let classes = [0i64, 2, 1, 2];
+        let smoothed = one_hot(&classes, 3) * 0.9 + 0.1 / 3.0;
+        let ours = loss(LossKind::CrossEntropy, &logits, &smoothed)
+            .unwrap()
+            .double_value(&[]);
+        let torch = logits
+            .cross_entropy_loss(
+                &Tensor::from_slice(&classes),
+                None::<&Tensor>,
+                Reduction::Mean,
+                -100,
+                0.1,
+            )
+            .double_value(&[]);
+        assert!((ours - torch).abs() < 1e-6, "{ours} vs {torch}");
+        // nll with probabilities: −Σ t·log p, averaged over samples.
+        let log_probs = logits.log_softmax(1, Kind::Float);
+        let nll = loss(LossKind::Nll, &log_probs, &smoothed)
+            .unwrap()
+            .double_value(&[]);
+        assert!((nll - ours).abs() < 1e-6, "{nll} vs {ours}");
+    }
+
+    #[test]
+    fn float_targets_with_a_class_dim_that_are_not_probabilities_skip_in_words() {
+        let logits = logits_4x3();
+        let sums_to_2 =
+            Tensor::from_slice(&[1f32, 1., 0., 0., 0., 1., 0., 1., 0., 0., 0., 1.]).reshape([4, 3]);
+        let negative = one_hot(&[0, 1, 2, 0], 3) * 2.0 - 0.5;
+        for (targets, problem) in [
+            (&sums_to_2, "the 3 probabilities of sample 0 sum to 2"),
+            (&negative, "sample 0 holds 1.5, outside [0, 1]"),
+        ] {
+            for kind in [LossKind::CrossEntropy, LossKind::Nll] {
+                match loss(kind, &logits, targets) {
+                    Err(CheckError::Skip(reason)) => {
+                        assert!(
+                            reason.contains("read them as class probabilities"),
+                            "{reason}"
+                        );
+                        assert!(reason.contains(problem), "{reason}");
+                    }
+                    other => panic!("{kind:?}: {:?}", other.map(|t| t.double_value(&[]))),
+                }
+            }
+            // The probe validates the whole targets up front with check_class_targets.
+            let err = check_class_targets(targets, 3).unwrap_err();
+            assert!(matches!(err, CheckError::Skip(_)), "{err}");
+        }
+        let nan = one_hot(&[0, 1, 2, 0], 3);
+        let _ = nan.get(2).get(1).fill_(f64::NAN);
+        assert!(probability_problem(&nan)
+            .unwrap()
+            .unwrap()
+            .starts_with("sample 2 holds NaN"));
+        // Not shaped like the logits: one probability per logit is needed.
+        let err = loss(LossKind::CrossEntropy, &logits, &one_hot(&[0, 1, 2, 3], 5)).unwrap_err();
+        assert!(
+            matches!(&err, CheckError::Skip(r) if r.contains("one probability per logit")),
+            "{err}"
+        );
+        // Float class indices (no class dim) are still cast to integers.
+        let l = loss(
+            LossKind::CrossEntropy,
+            &logits,
+            &Tensor::from_slice(&[0f32, 2., 1., 2.]),
+        )
+        .unwrap();
+        assert!(l.double_value(&[]).is_finite());
+    }
+
+    #[test]
+    fn dense_probabilities_are_checked_per_position_and_their_entropies_are_in_nats() {
+        // [N=2, K=2, H=1, W=2]: every position's two values sum to 1.
+        let t =
+            Tensor::from_slice(&[0.5f32, 1., 0.5, 0., 0.9, 0.2, 0.1, 0.8]).reshape([2, 2, 1, 2]);
+        assert_eq!(probability_problem(&t).unwrap(), None);
+        let h = |p: f64| -(p * p.ln() + (1.0 - p) * (1.0 - p).ln());
+        let mean = (h(0.5) + 0.0 + h(0.9) + h(0.2)) / 4.0;
+        assert!((mean_target_entropy(&t).unwrap() - mean).abs() < 1e-6);
+        // The mean distribution: class 0 has (0.5 + 1 + 0.9 + 0.2) / 4 = 0.65.
+        assert!((probability_prior_entropy(&t).unwrap() - h(0.65)).abs() < 1e-6);
+        assert_eq!(mean_target_entropy(&one_hot(&[0, 1, 1], 2)).unwrap(), 0.0);
+        let logits = Tensor::zeros([2, 2, 1, 2], (Kind::Float, tch::Device::Cpu));
+        let l = loss(LossKind::CrossEntropy, &logits, &t).unwrap();
+        assert!((l.double_value(&[]) - 2f64.ln()).abs() < 1e-6);
+        let bad = t.copy();
+        let _ = bad.get(1).get(0).get(0).get(1).fill_(0.5);
+        assert_eq!(
+            probability_problem(&bad).unwrap().unwrap(),
+            "the 2 probabilities of sample 1 sum to 1.3"
+        );
     }
 
     // ---- issue 11

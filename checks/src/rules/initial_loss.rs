@@ -13,8 +13,9 @@ static INFO: CheckInfo = CheckInfo {
     docs: Docs {
         what: "Computes the configured loss of the untrained model's eval-mode output on the data sample \
 and compares it with the loss of a neutral output: ln K for K-class cross-entropy (uniform \
-probabilities), ln 2 per label for binary cross-entropy (probability ½), and for regression losses the \
-loss of an all-zero output (mean² + variance of the targets for MSE). Trained checkpoints are skipped.",
+probabilities; also for class-probability targets, whose rows sum to 1), ln 2 per label for binary \
+cross-entropy (probability ½), and for regression losses the loss of an all-zero output (mean² + variance \
+of the targets for MSE). Trained checkpoints are skipped.",
         why: "A freshly initialised model should be unsure. An initial loss far above the neutral value \
 means the model starts confidently wrong (a last layer initialised too large, a bias far from the \
 prior): the first hundreds of steps only undo the init, and the large early gradients can destabilise \
@@ -215,8 +216,8 @@ fn scalar(t: Tensor) -> Result<f64, CheckError> {
     Ok(t.f_to_kind(Kind::Double)?.f_double_value(&[])?)
 }
 
-/// The entropy of the class prior of `targets` (classes 0..k, -100 ignored): the loss of a bias at
-/// log(prior).
+/// The entropy of the class prior of class-index `targets` (classes 0..k, -100 ignored): the loss of a
+/// bias at log(prior). Class-probability targets: [`train::probability_prior_entropy`].
 pub(crate) fn prior_entropy(targets: &Tensor, k: i64) -> Result<f64, CheckError> {
     let t = targets.f_to_kind(Kind::Int64)?.f_flatten(0, -1)?;
     let t = t.f_masked_select(&t.f_ge(0)?)?;
@@ -260,7 +261,13 @@ fn judge(
     match loss_kind {
         LossKind::CrossEntropy | LossKind::Nll => {
             let k = train::class_count(&prediction)?;
-            let prior = prior_entropy(targets, k)?;
+            // Class probabilities sum to 1 per sample, so uniform logits still score ln K; a bias at
+            // the log prior scores the entropy of the mean target.
+            let prior = if train::holds_probabilities(&prediction, targets) {
+                train::probability_prior_entropy(targets)?
+            } else {
+                prior_entropy(targets, k)?
+            };
             let mut j = classification(
                 (k as f64).ln(),
                 format!("ln {k}"),

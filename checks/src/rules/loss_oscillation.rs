@@ -242,19 +242,29 @@ struct ConstantLoss {
 fn constant_output_loss(ctx: &Context) -> Option<ConstantLoss> {
     let data = ctx.data?;
     match ctx.setup.resolved_loss(Some(data)) {
-        LossKind::CrossEntropy | LossKind::Nll if data.targets_are_classes() => {
+        LossKind::CrossEntropy | LossKind::Nll
+            if data.targets_are_classes() || data.targets_are_probabilities() =>
+        {
+            // Class probabilities (one-hot, smoothed, mixup): the best constant output predicts their
+            // mean, and scores its entropy; a uniform one still scores ln K (each row sums to 1).
+            let soft = !data.targets_are_classes();
             let from_logits = ctx
                 .model
                 .and_then(|_| ctx.prediction().ok())
                 .and_then(|p| train::class_count(p).ok());
             let k = match from_logits {
                 Some(k) => k,
+                None if soft => data.targets.size()[1],
                 None => data.targets.f_max().ok()?.f_int64_value(&[]).ok()? + 1,
             };
             if k < 2 {
                 return None;
             }
-            let prior = super::initial_loss::prior_entropy(&data.targets, k).ok()?;
+            let prior = if soft {
+                train::probability_prior_entropy(&data.targets).ok()?
+            } else {
+                super::initial_loss::prior_entropy(&data.targets, k).ok()?
+            };
             let uniform = (k as f64).ln();
             if !prior.is_finite() || prior <= 0.0 {
                 return None;

@@ -49,6 +49,9 @@ impl Default for OutputRangeOptions {
 pub struct TooFewLogits {
     pub logits: i64,
     pub max_class: i64,
+    /// The targets are class probabilities (one column per class), not class indices.
+    #[serde(skip)]
+    pub probabilities: bool,
 }
 
 impl Violation for TooFewLogits {
@@ -68,12 +71,18 @@ of logits (dim 1 of the output on the sample).",
         }),
     };
     fn message(&self) -> String {
+        let held = if self.probabilities {
+            format!("class probabilities over {} classes", self.max_class + 1)
+        } else {
+            format!(
+                "class indices up to {} ({} classes)",
+                self.max_class,
+                self.max_class + 1
+            )
+        };
         format!(
-            "the model outputs {} logits but the targets hold class indices up to {} ({} classes): {} classes \
-can never be predicted",
+            "the model outputs {} logits but the targets hold {held}: {} classes can never be predicted",
             self.logits,
-            self.max_class,
-            self.max_class + 1,
             self.max_class + 1 - self.logits
         )
     }
@@ -242,9 +251,27 @@ impl Check for OutputRange {
                 ));
             }
             let logits = prediction.size()[1];
-            let max_class = data.targets.f_max()?.f_int64_value(&[])?;
+            let probabilities =
+                data.targets_are_probabilities() && data.targets.dim() == prediction.dim();
+            if !probabilities {
+                // Float targets with a class dim that are not probabilities: no classes to count.
+                let loss = ctx.setup.resolved_loss(Some(data));
+                if let Some(reason) = data.class_probability_problem(loss, prediction) {
+                    return Ok(CheckResult::skipped(reason));
+                }
+            }
+            // Class probabilities name their classes by position: K columns are classes 0..K-1.
+            let max_class = if probabilities {
+                data.targets.size()[1] - 1
+            } else {
+                data.targets.f_max()?.f_int64_value(&[])?
+            };
             if max_class >= logits {
-                let v = TooFewLogits { logits, max_class };
+                let v = TooFewLogits {
+                    logits,
+                    max_class,
+                    probabilities,
+                };
                 return Ok(CheckResult::with_findings(vec![Finding::new(
                     &v, target_at,
                 )]));

@@ -12,7 +12,10 @@ static INFO: CheckInfo = CheckInfo {
     summary: "The model can overfit one small batch of the real targets",
     docs: Docs {
         what: "Trains an in-memory copy of the model on `samples` samples of the real data and targets with \
-the configured loss and Adam, and reports whether it can memorise them.",
+the configured loss and Adam, and reports whether it can memorise them. With class-probability targets \
+(one-hot, label-smoothed or mixup rows, cross_entropy's soft targets) the loss cannot fall below the \
+targets' mean entropy: the fit is judged on the excess over it, and a sample is right when the predicted \
+class holds the target's largest probability (within 0.1, for mixed rows with two top classes).",
         why: "Overfitting a single batch is the first sanity check of every training setup (Karpathy's \
 recipe): a model that cannot memorise 16 samples has a bug between the output and the loss, or far too \
 little capacity, and more data or more steps will not fix it.",
@@ -146,6 +149,26 @@ fn is_per_label(loss: LossKind, prediction_size: &[i64], targets: &Tensor) -> bo
     matches!(loss, LossKind::Bce | LossKind::BceWithLogits) && targets.size() == prediction_size
 }
 
+/// How far below a class-probability target's largest probability the predicted class's may be and
+/// still count as right: a mixup row near λ = ½ has two top classes, either of which is a fit.
+const TOP_CLASS_MARGIN: f64 = 0.1;
+
+/// Batch accuracy on class-probability targets: the share of samples (and positions) whose predicted
+/// class (the argmax over dim 1) holds the target's largest probability, within [`TOP_CLASS_MARGIN`].
+fn top_class_accuracy(prediction: &Tensor, targets: &Tensor) -> f64 {
+    let right = || -> Result<f64, tch::TchError> {
+        let t = targets.f_to_kind(Kind::Double)?;
+        let predicted = prediction.f_argmax(1, true)?;
+        let held = t.f_gather(1, &predicted, false)?;
+        let top = t.f_amax([1i64].as_slice(), true)?;
+        held.f_ge_tensor(&top.f_sub_scalar(TOP_CLASS_MARGIN)?)?
+            .f_to_kind(Kind::Double)?
+            .f_mean(Kind::Double)?
+            .f_double_value(&[])
+    };
+    right().unwrap_or(0.0)
+}
+
 /// Batch accuracy: the argmax against class indices, or per label (`per_label`) with a threshold of 0
 /// on logits (`bce_with_logits`) or 0.5 on probabilities (`bce`) against targets ≥ 0.5.
 fn accuracy(prediction: &Tensor, targets: &Tensor, loss: LossKind, per_label: bool) -> f64 {
@@ -229,6 +252,8 @@ fn live_fit(prediction: &Tensor, targets: &Tensor) -> Option<(usize, f64, f64)> 
 pub enum Reference {
     /// Classification: `share` × ln K (K classes; K = 2 per label), the loss of a uniform guess.
     Classes { k: i64, share: f64 },
+    /// Class-probability targets: their mean entropy (the loss's floor) + `share` × ln K.
+    Probabilities { k: i64, share: f64, entropy: f64 },
     /// Regression: `share` × the loss of the best constant prediction (Var(targets) for `mse`).
     Constant { loss: f64, share: f64 },
     /// Constant targets: `share` × the initial loss.
@@ -243,6 +268,12 @@ impl Reference {
             }
             Reference::Classes { k, share } => format!(
                 "{} × ln {k}, the loss of a uniform guess over {k} classes, with every sample right",
+                num(share)
+            ),
+            Reference::Probabilities { k, share, entropy } => format!(
+                "the targets' mean entropy {} (the loss of predicting them exactly) + {} × ln {k}, with \
+every sample's top class right",
+                num(entropy),
                 num(share)
             ),
             Reference::Constant { loss, share } => format!(
@@ -315,8 +346,11 @@ impl Check for OverfitBatch {
 
     fn run(&self, ctx: &Context, options: &OverfitBatchOptions) -> CheckOutput {
         let (model, data) = (ctx.model()?, ctx.data()?);
-        let classification = ctx.setup.resolved_task(Some(data)) == Task::Classification;
         let loss_kind = ctx.setup.resolved_loss(Some(data));
+        // cross_entropy / nll fit classes whatever the task says (an exporter that wrote soft targets
+        // as `task = "regression"`).
+        let classification = ctx.setup.resolved_task(Some(data)) == Task::Classification
+            || loss_kind.is_classification();
         let k = data.len().min(options.samples).max(1) as i64;
         let device = model.device();
         let x = data.inputs.f_narrow(0, 0, k)?.f_to_device(device)?;
@@ -327,6 +361,10 @@ impl Check for OverfitBatch {
             train::crop_fit_batch(model, &ctx.prediction()?.size(), x, y, classification)?;
         let per_label = is_per_label(loss_kind, &ctx.prediction()?.size(), &data.targets);
         let binary = matches!(loss_kind, LossKind::Bce | LossKind::BceWithLogits);
+        // Class probabilities (one-hot, label-smoothed, mixup): the loss's floor is their entropy.
+        let soft = classification
+            && loss_kind.is_classification()
+            && train::holds_probabilities(ctx.prediction()?, &y);
         // The loss to reach: absolute and scale-free (see `Reference`), never a share of the start.
         let (floor, reference) = if classification {
             let k = if binary {
@@ -334,9 +372,14 @@ impl Check for OverfitBatch {
             } else {
                 train::class_count(ctx.prediction()?)?
             };
-            let floor = if binary { target_entropy(&y)? } else { 0.0 };
             let share = options.class_loss_share;
-            (floor, Reference::Classes { k, share })
+            if soft {
+                let entropy = train::mean_target_entropy(&y)?;
+                (entropy, Reference::Probabilities { k, share, entropy })
+            } else {
+                let floor = if binary { target_entropy(&y)? } else { 0.0 };
+                (floor, Reference::Classes { k, share })
+            }
         } else {
             let (loss, floor) = constant_loss(loss_kind, &y)?;
             let share = options.loss_ratio;
@@ -349,16 +392,21 @@ impl Check for OverfitBatch {
         let needed = std::cell::Cell::new(f64::NAN);
         let last_accuracy = std::cell::Cell::new(0.0);
         let last_dead = std::cell::Cell::new(0usize);
-        let per_sample = classification && loss_kind == LossKind::CrossEntropy && !per_label;
+        let per_sample =
+            classification && loss_kind == LossKind::CrossEntropy && !per_label && !soft;
         let done = |loss: f64, prediction: &Tensor| {
             if needed.get().is_nan() {
                 needed.set(match reference {
-                    Reference::Classes { k, share } => floor + share * (k.max(2) as f64).ln(),
+                    Reference::Classes { k, share } | Reference::Probabilities { k, share, .. } => {
+                        floor + share * (k.max(2) as f64).ln()
+                    }
                     Reference::Constant { loss, share } => floor + share * (loss - floor),
                     Reference::Start { share } => share * loss,
                 });
             }
-            let acc = if classification {
+            let acc = if soft {
+                top_class_accuracy(prediction, &y)
+            } else if classification {
                 accuracy(prediction, &y, loss_kind, per_label)
             } else {
                 1.0
@@ -481,5 +529,29 @@ mod tests {
             accuracy(&logits, &classes, LossKind::CrossEntropy, false),
             1.0
         );
+    }
+
+    #[test]
+    fn soft_targets_are_right_when_the_predicted_class_holds_the_top_probability() {
+        // One-hot, label-smoothed, and a mixup row near λ = ½ whose runner-up class is predicted.
+        let targets = Tensor::from_slice(&[
+            1f32, 0., 0., //
+            0.025, 0.025, 0.95, //
+            0.48, 0.52, 0., //
+            0.7, 0.3, 0.,
+        ])
+        .reshape([4, 3]);
+        let logits = Tensor::from_slice(&[
+            3f32, 0., 0., //
+            0., 0., 2., //
+            1., 0.5, 0., //
+            0., 1., 0.,
+        ])
+        .reshape([4, 3]);
+        // The last sample's predicted class holds 0.3 against a top of 0.7: wrong.
+        assert!((top_class_accuracy(&logits, &targets) - 0.75).abs() < 1e-12);
+        let dense = targets.reshape([1, 4, 3]).permute([0, 2, 1]);
+        let dense_logits = logits.reshape([1, 4, 3]).permute([0, 2, 1]);
+        assert!((top_class_accuracy(&dense_logits, &dense) - 0.75).abs() < 1e-12);
     }
 }

@@ -205,8 +205,16 @@ impl Check for SequentialData {
             )),
             ..OrderEvidence::default()
         };
-        if data.targets_are_classes() {
-            let labels: Vec<i64> = to_vec(&targets.f_flatten(0, -1)?)?
+        let class_labels = if data.targets_are_classes() {
+            Some(targets.shallow_clone())
+        } else if data.targets_are_probabilities() {
+            // Class probabilities (one-hot, smoothed, mixup): each sample's label is its top class.
+            Some(targets.f_argmax(1, false)?)
+        } else {
+            None
+        };
+        if let Some(class_labels) = class_labels {
+            let labels: Vec<i64> = to_vec(&class_labels.f_flatten(0, -1)?)?
                 .iter()
                 .map(|v| *v as i64)
                 .collect();

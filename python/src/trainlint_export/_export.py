@@ -477,7 +477,7 @@ def write_audit(model, loader, out_dir, *, loss_fn=None, optimizer=None, samples
                 example = example.float()
             how = _script_or_trace(model, example, stage / "model.pt", notes, warn_eval)
             output = _checked_output(stage / "model.pt", example, output)
-        setup["task"] = task or _setup.task_of(torch.from_numpy(x), torch.from_numpy(y))
+        setup["task"] = task or _setup.task_of(torch.from_numpy(x), torch.from_numpy(y), loss)
         if loss is not None:
             setup["loss"] = loss
         if temporal is not None:

@@ -247,10 +247,51 @@ class _Holder:
         self.batch_sampler = None
 
 
-def task_of(inputs, targets) -> str:
-    """The rule of trainlint's `task = "auto"`, written out so the folder says what it means."""
+# How far the class probabilities of one sample may sum from 1: trainlint's PROBABILITY_SUM_TOLERANCE.
+PROBABILITY_SUM_TOLERANCE = 1e-3
+
+
+def probability_problem(targets) -> str | None:
+    """Why float targets [N, K, ...] are not class probabilities along dim 1, or None when they are (the
+    rule of trainlint's `Dataset::targets_are_probabilities`: finite, in [0, 1], each sample's K values
+    summing to 1 within PROBABILITY_SUM_TOLERANCE): one-hot, label-smoothed, mixup / cutmix or
+    distillation targets, which CrossEntropyLoss reads as probabilities."""
+    if targets.dim() < 2:
+        return f"they have shape {list(targets.shape)}, without a class dim"
+    if targets.shape[1] < 2:
+        return f"they have {targets.shape[1]} class along dim 1"
+    t = targets.double()
+    if not torch.isfinite(t).all():
+        return "they hold NaN or Inf"
+    if (t < 0).any() or (t > 1).any():
+        return f"they span [{t.min().item():.3g}, {t.max().item():.3g}], outside [0, 1]"
+    sums = t.sum(dim=1)
+    off = (sums - 1).abs()
+    if (off > PROBABILITY_SUM_TOLERANCE).any():
+        i = int(off.flatten().argmax())
+        return f"a sample's probabilities sum to {sums.flatten()[i].item():.4g}"
+    return None
+
+
+def task_of(inputs, targets, loss: str | None = None) -> str:
+    """The rule of trainlint's `task = "auto"`, written out so the folder says what it means: integer
+    targets are class indices; float targets with a class-index loss (cross_entropy, nll), or rows of
+    class probabilities with no loss named, are classification (soft targets); then image-to-image for
+    equal shapes, else regression."""
     if not (targets.dtype.is_floating_point or targets.dtype == torch.bool):
         return "classification"
+    if targets.dtype.is_floating_point:
+        if loss in ("cross_entropy", "nll"):
+            problem = probability_problem(targets)
+            if problem is not None and targets.dim() >= 2:
+                _warn(
+                    f"{loss} with float targets of shape {list(targets.shape)}: trainlint reads float targets with a "
+                    f"class dim as class probabilities, but {problem}; the checks that compute the loss will be "
+                    f"skipped (give class indices as integers, or rows that sum to 1)"
+                )
+            return "classification"
+        if loss is None and probability_problem(targets) is None:
+            return "classification"
     if tuple(inputs.shape) == tuple(targets.shape):
         return "image-to-image"
     return "regression"
