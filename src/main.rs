@@ -633,7 +633,16 @@ fn init(
             filled.push(("data.targets", format!("{:?}", t.name)));
         }
         if let (Some(i), Some(t)) = (inputs, targets) {
-            let task = if !t.tensor.is_floating_point() {
+            // Float rows of class probabilities (one-hot, label-smoothed, mixup) are classification
+            // too, as `task = "auto"` reads them (checked before the image-to-image shape rule).
+            let probabilities = t.tensor.is_floating_point()
+                && t.tensor.dim() >= 2
+                && t.tensor.size()[1] >= 2
+                && matches!(
+                    trainlint_checks::train::probability_problem(&t.tensor),
+                    Ok(None)
+                );
+            let task = if !t.tensor.is_floating_point() || probabilities {
                 "classification"
             } else if i.tensor.size() == t.tensor.size() && i.tensor.dim() >= 3 {
                 "image-to-image"
@@ -1119,9 +1128,15 @@ fn sample_warnings(
         }];
     }
     let mut warnings = Vec::new();
-    if n > 1 && data.targets_are_classes() && task == Task::Classification {
+    let probabilities = data.targets_are_probabilities();
+    if n > 1 && (data.targets_are_classes() || probabilities) && task == Task::Classification {
         let bounds = || -> Result<(i64, i64), tch::TchError> {
-            let classes = data.targets.f_to_kind(tch::Kind::Int64)?;
+            // Class probabilities: each sample's top class.
+            let classes = if probabilities {
+                data.targets.f_argmax(1, false)?
+            } else {
+                data.targets.f_to_kind(tch::Kind::Int64)?
+            };
             Ok((
                 classes.f_min()?.f_int64_value(&[])?,
                 classes.f_max()?.f_int64_value(&[])?,

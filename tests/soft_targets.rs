@@ -367,3 +367,57 @@ fn nll_on_log_softmax_outputs_trains_on_probabilities_too() {
         );
     }
 }
+
+/// `trainlint init` reads probability rows as `task = "auto"` does: classification, not regression.
+#[test]
+fn init_writes_classification_for_probability_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.npz");
+    std::fs::copy(fixture("data/soft4_smoothed.npz"), &data).unwrap();
+    let o = run(&[
+        "init",
+        dir.path().to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(dir.path().join("trainlint.toml")).unwrap();
+    assert!(text.contains("task = \"classification\""), "{text}");
+}
+
+/// One-hot rows that all name the same class are a single class, as integer targets would be: a data
+/// warning, and overfit-batch skips instead of passing trivially.
+#[test]
+fn one_hot_rows_of_a_single_class_are_a_data_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut targets = vec![0f32; 64 * 4];
+    for row in targets.chunks_mut(4) {
+        row[2] = 1.0;
+    }
+    let inputs: Vec<f32> = (0..64 * 32)
+        .map(|i| ((i * 7919) % 97) as f32 / 97.0)
+        .collect();
+    let x = tch::Tensor::from_slice(&inputs).reshape([64, 32]);
+    let y = tch::Tensor::from_slice(&targets).reshape([64, 4]);
+    let path = dir.path().join("one.npz");
+    tch::Tensor::write_npz(&[("inputs", &x), ("targets", &y)], &path).unwrap();
+    let model = fixture("models/soft_classifier.pt");
+    let (_, report) = check_json(&[
+        "--model",
+        &model,
+        "--data",
+        path.to_str().unwrap(),
+        "--select",
+        "overfit-batch",
+    ]);
+    let warnings = report["warnings"].as_array().expect("warnings");
+    assert!(
+        warnings.iter().any(|w| w["input"] == "data"
+            && w["message"]
+                .as_str()
+                .unwrap()
+                .contains("hold a single class (2)")),
+        "{warnings:?}"
+    );
+    assert_eq!(check_entry(&report, "overfit-batch")["status"], "skipped");
+}

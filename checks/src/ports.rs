@@ -275,7 +275,7 @@ impl OptimizerKind {
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Setup {
-    /// auto: integer targets = classification; input shape = target shape = image-to-image; else regression
+    /// auto: integer targets or class-probability rows = classification; input shape = target shape = image-to-image; else regression
     pub task: Task,
     /// The training loss; unset: cross_entropy for classification, mse otherwise
     pub loss: Option<LossKind>,

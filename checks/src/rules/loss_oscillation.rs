@@ -1398,16 +1398,25 @@ the learning-rate probe ran",
             result.curves.extend(analysis.curve);
         }
         if run_probe {
-            let (findings, curves) = probe(
+            match probe(
                 ctx,
                 options,
                 constant.as_ref(),
                 log_descends,
                 stalled,
                 &mut result.training,
-            )?;
-            result.findings.extend(findings);
-            result.curves.extend(curves);
+            ) {
+                Ok((findings, curves)) => {
+                    result.findings.extend(findings);
+                    result.curves.extend(curves);
+                }
+                // The log's verdict stands when the probe cannot run (targets its loss cannot take,
+                // a spent budget): the note says why the probe is missing.
+                Err(CheckError::Skip(why)) if ctx.log.is_some() => {
+                    result.note = Some(format!("the learning-rate probe did not run: {why}"));
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(result)
     }
