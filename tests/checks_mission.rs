@@ -223,6 +223,23 @@ fn output_range_errors_on_fewer_logits_than_classes() {
     assert_eq!(num(f, "max_class"), 9.0);
 }
 
+/// Issue 23, 7: one logit with bce_with_logits on float 0/1 targets [N, 1] is the standard binary setup:
+/// each target has its own output, no classes are counted. The same targets under cross_entropy would
+/// need two logits, and stay an error.
+#[test]
+fn a_binary_classifier_with_one_logit_and_bce_is_not_too_few_logits() {
+    for task in ["task = \"classification\"\n", ""] {
+        let r = run_check(
+            "output-range",
+            Some("binary_one_logit"),
+            Some("binary01"),
+            None,
+            &format!("{task}loss = \"bce_with_logits\""),
+        );
+        passed(&r, "output-range");
+    }
+}
+
 #[test]
 fn output_range_passes_matching_heads() {
     passed(&range("sigmoid", "targets_01"), "output-range");

@@ -61,8 +61,9 @@ impl Violation for TooFewLogits {
         summary: "The classifier outputs fewer logits than the targets have classes",
         why: "Classes without a logit can never be predicted, and cross_entropy crashes (or reads \
 garbage on some devices) on a class index past the last logit.",
-        how: "Classification only: error when the largest class index in the targets is ≥ the number \
-of logits (dim 1 of the output on the sample).",
+        how: "Classification with cross_entropy / nll only (with bce / bce_with_logits each target has \
+its own output, so a binary task has one logit): error when the largest class index in the targets is ≥ \
+the number of logits (dim 1 of the output on the sample).",
         fix: "Give the final layer one output per class.",
         example: Some(Example {
             args: "--model fixtures/models/head_linear.pt --data fixtures/data/targets_cls10.npz",
@@ -244,7 +245,11 @@ impl Check for OutputRange {
         let (model, data) = (ctx.model()?, ctx.data()?);
         let prediction = ctx.prediction()?;
         let target_at = Location::data(&data.target_key, None);
-        if ctx.setup.resolved_task(Some(data)) == Task::Classification {
+        // Classes are counted for the losses that index logits by class (cross_entropy, nll); with bce
+        // each target belongs to its own output, so one logit for a binary task is right (issue 23).
+        if ctx.setup.resolved_task(Some(data)) == Task::Classification
+            && ctx.setup.resolved_loss(Some(data)).is_classification()
+        {
             if prediction.dim() < 2 {
                 return Ok(CheckResult::skipped(
                     "classification output has no class dimension",
