@@ -762,3 +762,62 @@ fn gradient_flow_passes_healthy_models_including_batchnorm_nets() {
         );
     }
 }
+
+/// Issue 22, 13: the cause of a failed fit names what the shapes and scales show, instead of "too
+/// little capacity, or a mismatch".
+#[test]
+fn a_failed_fit_names_a_broadcast_shape_and_raw_scales() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tch::Tensor::read_npz(fixture("data/regression.npz")).unwrap();
+    let get = |name: &str| {
+        data.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.shallow_clone())
+            .unwrap()
+    };
+    let (x, y) = (get("inputs"), get("targets"));
+    let cases = [
+        (
+            "flat.npz",
+            x.shallow_clone(),
+            y.squeeze_dim(1),
+            "the output is [16, 1] and the targets [16], which broadcast to [16, 16] in mse",
+        ),
+        (
+            "raw.npz",
+            x.shallow_clone(),
+            &y * 1000.0 + 5000.0,
+            "the targets are at raw scale (rms",
+        ),
+    ];
+    for (file, inputs, targets, cause) in cases {
+        let path = dir.path().join(file);
+        tch::Tensor::write_npz(&[("inputs", &inputs), ("targets", &targets)], &path).unwrap();
+        let model = fixture("models/mlp_default.pt");
+        let (_, r) = check_json(&[
+            "--model",
+            &model,
+            "--data",
+            path.to_str().unwrap(),
+            "--select",
+            "overfit-batch",
+        ]);
+        let f = only_finding(&r, "overfit-batch", "error");
+        assert!(
+            message(f).contains(&format!("Likely cause: {cause}")),
+            "{file}: {f}"
+        );
+    }
+    let r = run_check(
+        "overfit-batch",
+        Some("mlp_default"),
+        Some("regression_raw_units"),
+        None,
+        "",
+    );
+    let f = only_finding(&r, "overfit-batch", "error");
+    assert!(
+        message(f).contains("Likely cause: the inputs are at raw scale"),
+        "{f}"
+    );
+}

@@ -339,6 +339,77 @@ fn constant_loss(loss: LossKind, targets: &Tensor) -> Result<(f64, f64), CheckEr
     })
 }
 
+/// A cause that the shapes or scales name outright (issue 22, 13): an output and targets of different
+/// shapes that the elementwise loss broadcasts against each other (`[N, 1]` vs `[N]`), or targets (or
+/// inputs) at a raw scale far from the untrained output's. None when neither applies.
+fn shape_or_scale_cause(
+    prediction: &Result<Tensor, CheckError>,
+    x: &Tensor,
+    y: &Tensor,
+    loss: LossKind,
+) -> Option<String> {
+    let prediction = prediction.as_ref().ok()?;
+    if loss.is_classification() {
+        return None;
+    }
+    let (p, t) = (prediction.size(), y.size());
+    let n = t.first().copied().unwrap_or(0);
+    let p_batch: Vec<i64> = std::iter::once(n)
+        .chain(p.iter().skip(1).copied())
+        .collect();
+    if p_batch != t {
+        let shape = |s: &[i64]| {
+            let v: Vec<String> = s.iter().map(|d| d.to_string()).collect();
+            format!("[{}]", v.join(", "))
+        };
+        let broadcast = Tensor::f_empty(p_batch.as_slice(), (tch::Kind::Float, tch::Device::Cpu))
+            .ok()
+            .and_then(|a| {
+                a.f_add(&Tensor::f_empty(t.as_slice(), (tch::Kind::Float, tch::Device::Cpu)).ok()?)
+                    .ok()
+            })
+            .map(|b| format!(", which broadcast to {}", shape(&b.size())))
+            .unwrap_or_default();
+        return Some(format!(
+            "the output is {} and the targets {}{broadcast} in {}: each output is compared with every \
+target, not with its own; give both the same shape (e.g. targets.unsqueeze(1) or output.squeeze(1))",
+            shape(&p_batch),
+            shape(&t),
+            loss.as_str()
+        ));
+    }
+    let rms = |v: &Tensor| -> Option<f64> {
+        v.f_to_kind(tch::Kind::Double)
+            .ok()?
+            .f_square()
+            .ok()?
+            .f_mean(tch::Kind::Double)
+            .ok()?
+            .f_double_value(&[])
+            .ok()
+            .map(f64::sqrt)
+    };
+    let (out, target) = (rms(prediction)?, rms(y)?);
+    if target > 10.0 && target > 30.0 * out.max(1e-12) {
+        return Some(format!(
+            "the targets are at raw scale (rms {}) while the untrained output is at {}: each Adam step \
+moves the output by about the lr, so the fit cannot get there; standardise the targets (and invert it on \
+the predictions)",
+            num(target),
+            num(out)
+        ));
+    }
+    let input = rms(x)?;
+    if input > 100.0 {
+        return Some(format!(
+            "the inputs are at raw scale (rms {}): the first layer's outputs start far too large and \
+its gradients swamp the rest; normalise the inputs (input-normalization says which)",
+            num(input)
+        ));
+    }
+    None
+}
+
 impl Check for OverfitBatch {
     type Options = OverfitBatchOptions;
 
@@ -465,7 +536,11 @@ impl Check for OverfitBatch {
 classes: a ReLU or clamp before the logits outputs 0 for it, so no gradient can raise it"
                 )
             } else if end > needed.get() {
-                "too little capacity, or a mismatch between the output and the targets".to_string()
+                shape_or_scale_cause(&ctx.prediction().map(|p| p.shallow_clone()), &x, &y, loss_kind)
+                    .unwrap_or_else(|| {
+                        "too little capacity, or a mismatch between the output and the targets"
+                            .to_string()
+                    })
             } else if per_label {
                 "the loss fell, but not every label is predicted correctly".to_string()
             } else {
