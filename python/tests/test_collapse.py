@@ -78,5 +78,31 @@ class CollapsedRun(Tmp):
         self.assertNotIn("loss-oscillation/log-collapsed", kinds(report))
 
 
+class ShortLog(Tmp):
+    def test_a_short_log_beside_the_probe_is_said_to_be_unjudged(self):
+        # Issue 22, 9: Hugging Face's logging_steps make short logs common: 24 rows < min_points 30.
+        # The probe's verdict stands; the report says the log was not judged, and how many rows it had.
+        model = mlp()
+        loader = DataLoader(digits(), batch_size=32, shuffle=True)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        audit_dir = export(model, loader, self.tmp / "audit", nn.CrossEntropyLoss(), opt,
+                           log=self.tmp / "audit" / "loss.csv")
+        step = 0
+        for _ in range(3):
+            for x, y in loader:
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                audit_dir.log_step(step, loss)
+                step += 1
+        self.assertEqual(step, 24)
+        code, report = audit(self.tmp / "audit", "--select", "loss-oscillation")
+        entry = checks(report)["loss-oscillation"]
+        self.assertEqual(entry["status"], "passed", entry)
+        self.assertEqual(entry["note"], "the loss log was not judged: 24 finite rows, needs min_points = 30; "
+                                        "the learning-rate probe ran")
+
+
 if __name__ == "__main__":
     unittest.main()
