@@ -856,7 +856,7 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
     ctx.model = model.as_ref().map(|m| m as &dyn trainlint_checks::Model);
     ctx.data = dataset.as_ref();
     ctx.log = log.as_ref();
-    let data_warnings = dataset
+    let mut data_warnings = dataset
         .as_ref()
         .map(|d| sample_warnings(d, ctx.model, &settings.setup))
         .unwrap_or_default();
@@ -890,7 +890,14 @@ trainlint needs one output per sample along dim 0",
                     d.inputs.size(),
                 )));
             }
-            Ok(_) => {}
+            Ok(p) => {
+                let p = p.shallow_clone();
+                if let Some(w) = class_index_warning(d, &p, &settings.setup) {
+                    ctx.sample_skips
+                        .extend(w.skips.iter().map(|id| (*id, w.skip_reason.clone())));
+                    data_warnings.push(w);
+                }
+            }
         }
     }
     let progress = progress::Progress::new(!args.quiet);
@@ -1068,6 +1075,55 @@ fn assumed_warning(settings: &Settings, report: &report::Report) -> Option<repor
                 .collect::<Vec<_>>()
                 .join(", "),
             list.join(", ")
+        ),
+    })
+}
+
+/// Class indices past the model's logits (labels numbered 1..K, say): output-range reports them as a
+/// finding, once; the checks that compute the loss skip, naming them, instead of each failing on the
+/// loss (issue 23).
+fn class_index_warning(
+    data: &trainlint_checks::Dataset,
+    prediction: &tch::Tensor,
+    setup: &trainlint_checks::Setup,
+) -> Option<SampleWarning> {
+    if !setup.resolved_loss(Some(data)).is_classification()
+        || !data.targets_are_classes()
+        || prediction.dim() < 2
+    {
+        return None;
+    }
+    let k = prediction.size()[1];
+    let t = data.targets.f_to_kind(tch::Kind::Int64).ok()?;
+    // -100 is PyTorch's ignore_index: not a class.
+    let valid = t.f_masked_select(&t.f_ne(-100).ok()?).ok()?;
+    if valid.numel() == 0 {
+        return None;
+    }
+    let max = valid.f_max().ok()?.f_int64_value(&[]).ok()?;
+    let min = valid.f_min().ok()?.f_int64_value(&[]).ok()?;
+    if max < k {
+        return None;
+    }
+    let hint = if min >= 1 && max == k {
+        " (labels numbered 1..K: subtract 1 from them)"
+    } else {
+        ""
+    };
+    Some(SampleWarning {
+        message: format!(
+            "the targets `{}` hold class indices up to {max} but the model outputs {k} logits{hint}: output-range reports it, and the checks that compute the loss skip",
+            data.target_key
+        ),
+        skips: vec![
+            "overfit-batch",
+            "loss-oscillation",
+            "gradient-flow",
+            "initial-loss",
+            "lr-sharpness",
+        ],
+        skip_reason: format!(
+            "the targets hold class index {max}, past the {k} logits{hint}: the loss cannot be computed (output-range reports it)"
         ),
     })
 }

@@ -821,3 +821,52 @@ fn a_failed_fit_names_a_broadcast_shape_and_raw_scales() {
         "{f}"
     );
 }
+
+/// Issue 23, 10: labels numbered 1..K are one data finding (output-range), said once; the checks that
+/// compute the loss skip, naming it, instead of four check-failed errors.
+#[test]
+fn labels_numbered_from_one_are_reported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tch::Tensor::read_npz(fixture("data/classes4.npz")).unwrap();
+    let get = |name: &str| {
+        data.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.shallow_clone())
+            .unwrap()
+    };
+    let path = dir.path().join("labels1k.npz");
+    let shifted = get("targets") + 1;
+    tch::Tensor::write_npz(&[("inputs", &get("inputs")), ("targets", &shifted)], &path).unwrap();
+    let model = fixture("models/classifier.pt");
+    let (code, r) = check_json(&["--model", &model, "--data", path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert_eq!(r["summary"]["failed"], 0, "{r}");
+    let f = only_finding(&r, "output-range", "error");
+    assert_eq!(f["kind"], "output-range/too-few-logits");
+    assert!(
+        message(f).ends_with("1 class can never be predicted"),
+        "{f}"
+    );
+    for id in [
+        "overfit-batch",
+        "loss-oscillation",
+        "gradient-flow",
+        "initial-loss",
+    ] {
+        let e = check_entry(&r, id);
+        assert_eq!(e["status"], "skipped", "{id}: {e}");
+        assert!(
+            e["reason"]
+                .as_str()
+                .unwrap()
+                .contains("(labels numbered 1..K: subtract 1 from them)"),
+            "{e}"
+        );
+    }
+    let warnings = r["warnings"].to_string();
+    assert_eq!(
+        warnings.matches("labels numbered 1..K").count(),
+        1,
+        "{warnings}"
+    );
+}

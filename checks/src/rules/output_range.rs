@@ -81,10 +81,11 @@ the number of logits (dim 1 of the output on the sample).",
                 self.max_class + 1
             )
         };
+        let missing = self.max_class + 1 - self.logits;
         format!(
-            "the model outputs {} logits but the targets hold {held}: {} classes can never be predicted",
+            "the model outputs {} logits but the targets hold {held}: {missing} {} never be predicted",
             self.logits,
-            self.max_class + 1 - self.logits
+            if missing == 1 { "class can" } else { "classes can" }
         )
     }
     fn help(&self) -> String {
