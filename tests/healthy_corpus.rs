@@ -611,3 +611,39 @@ fn a_frozen_batchnorm_backbone_is_not_stale() {
         .collect();
     assert_eq!(kinds, ["stale-batchnorm/saved-in-eval-mode"]);
 }
+
+/// Issue 23, 8: DeepLab-style segmentation, logits at 1/4 of the side and upsampled: the loss falls
+/// 12× below the bar with ~99% of pixels right, but no upsampled logit follows every boundary pixel.
+/// Dense class targets need 95% of positions right; per-pixel noise still cannot be fitted.
+#[test]
+fn segmentation_with_upsampled_logits_overfits_without_every_boundary_pixel() {
+    let r = run_checks("deeplabish", "seg32.npz", "overfit-batch", "");
+    assert_status(&r, "deeplabish", "overfit-batch", "passed");
+    let dir = tempfile::tempdir().unwrap();
+    let data = tch::Tensor::read_npz(fixture("data/seg32.npz")).unwrap();
+    let inputs = data
+        .iter()
+        .find(|(n, _)| n == "inputs")
+        .map(|(_, t)| t.shallow_clone())
+        .unwrap();
+    tch::manual_seed(23);
+    let noise = tch::Tensor::randint(3, [64, 32, 32], (tch::Kind::Int64, tch::Device::Cpu));
+    let path = dir.path().join("seg_noise.npz");
+    tch::Tensor::write_npz(&[("inputs", &inputs), ("targets", &noise)], &path).unwrap();
+    let model = fixture("models/deeplabish.pt");
+    let (_, r) = check_json(&[
+        "--model",
+        &model,
+        "--data",
+        path.to_str().unwrap(),
+        "--select",
+        "overfit-batch",
+    ]);
+    let f = findings(&r, "overfit-batch");
+    assert_eq!(f.len(), 1, "{r}");
+    assert!(
+        f[0]["evidence"]["accuracy"].as_f64().unwrap() < 0.8,
+        "{}",
+        f[0]
+    );
+}

@@ -43,6 +43,10 @@ pub struct OverfitBatchOptions {
     /// Classification: the loss to reach (every sample right), as a share of ln K (ln 2 per label).
     #[schemars(extend("exclusiveMinimum" = 0), range(max = 1))]
     pub class_loss_share: f64,
+    /// Dense class targets (segmentation, one class per position): the share of positions that must be
+    /// right. Logits predicted at a reduced resolution and upsampled cannot follow every boundary pixel.
+    #[schemars(range(min = 0, max = 1))]
+    pub dense_accuracy: f64,
 }
 
 impl Default for OverfitBatchOptions {
@@ -53,6 +57,7 @@ impl Default for OverfitBatchOptions {
             lr: 1e-3,
             loss_ratio: 0.05,
             class_loss_share: 0.25,
+            dense_accuracy: 0.95,
         }
     }
 }
@@ -98,7 +103,9 @@ the fit is reached, judged in absolute, scale-free terms (never as a share of th
 checkpoint near its floor cannot meet): for classification, every sample right and the loss ≤ \
 `class_loss_share` × ln K (the loss of a uniform guess over K classes; ln 2 per label for bce / \
 bce_with_logits, above the targets' own entropy); for regression, the loss ≤ `loss_ratio` × the loss of \
-the best constant prediction (Var(targets) for mse: relative MSE ≤ 0.05). Failing: the curve's start \
+the best constant prediction (Var(targets) for mse: relative MSE ≤ 0.05). Dense class targets (a class per \
+pixel, segmentation) need `dense_accuracy` (95%) of the positions right, not every one: logits predicted at \
+a reduced resolution and upsampled (DeepLab) cannot follow every boundary pixel. Failing: the curve's start \
 and end, the accuracy, and the cause when the gradients tell it (no gradient reaches the parameters). \
 With cross_entropy, a sample whose target logit sits exactly on a floor that several classes share (a \
 ReLU or clamp before the logits holds it at 0, as in SqueezeNet's head) gets no gradient that can raise \
@@ -465,6 +472,9 @@ impl Check for OverfitBatch {
         let last_dead = std::cell::Cell::new(0usize);
         let per_sample =
             classification && loss_kind == LossKind::CrossEntropy && !per_label && !soft;
+        // One class index per position (segmentation): judged by the share of positions right.
+        let dense =
+            classification && loss_kind.is_classification() && !per_label && !soft && y.dim() >= 2;
         let done = |loss: f64, prediction: &Tensor| {
             if needed.get().is_nan() {
                 needed.set(match reference {
@@ -483,7 +493,8 @@ impl Check for OverfitBatch {
                 1.0
             };
             last_accuracy.set(acc);
-            if loss <= needed.get() && acc >= 1.0 {
+            let accuracy_needed = if dense { options.dense_accuracy } else { 1.0 };
+            if loss <= needed.get() && acc >= accuracy_needed {
                 return true;
             }
             // Dead samples (identical logits, no gradient): a minority is judged on the live ones.
