@@ -40,6 +40,10 @@ pub struct Location {
     /// A key of the configuration (e.g. `batch_size`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config_key: Option<String>,
+    /// The type of the module a parameter belongs to, given where its path alone does not say what it
+    /// is: a layer of an `nn.Sequential` is named by its index (`0.weight`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module_kind: Option<String>,
 }
 
 impl Location {
@@ -47,6 +51,19 @@ impl Location {
         Location {
             module: Some(display_module(path)),
             ..Self::default()
+        }
+    }
+    /// A parameter of a module of type `kind`; the type is shown when the module's own name is an index
+    /// (`0.weight` in an `nn.Sequential` reads as "parameter 0.weight (Linear)").
+    pub fn parameter_of(name: &str, kind: &str) -> Self {
+        let module = name.rsplit_once('.').map(|(m, _)| m).unwrap_or("");
+        let indexed = module
+            .rsplit('.')
+            .next()
+            .is_some_and(|last| !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()));
+        Location {
+            module_kind: (indexed && !kind.is_empty()).then(|| kind.to_string()),
+            ..Self::parameter(name)
         }
     }
     pub fn parameter(name: &str) -> Self {
@@ -95,7 +112,10 @@ impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut parts = Vec::new();
         if let Some(p) = &self.parameter {
-            parts.push(format!("parameter {p}"));
+            match &self.module_kind {
+                Some(kind) => parts.push(format!("parameter {p} ({kind})")),
+                None => parts.push(format!("parameter {p}")),
+            }
         } else if let Some(b) = &self.buffer {
             parts.push(format!("buffer {b}"));
         } else if let Some(m) = &self.module {
@@ -352,6 +372,25 @@ pub fn num(x: f64) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_parameter_of_an_indexed_layer_says_its_type() {
+        // Issue 22, 13: `nn.Sequential`'s first layer is named `0`: the type says what it is.
+        assert_eq!(
+            Location::parameter_of("0.weight", "Linear").to_string(),
+            "parameter 0.weight (Linear)"
+        );
+        assert_eq!(
+            Location::parameter_of("features.3.bias", "Conv2d").to_string(),
+            "parameter features.3.bias (Conv2d)"
+        );
+        // A named layer says what it is already.
+        assert_eq!(
+            Location::parameter_of("encoder.fc.weight", "Linear").to_string(),
+            "parameter encoder.fc.weight"
+        );
+    }
+
     use super::*;
 
     #[test]

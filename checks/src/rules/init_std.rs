@@ -488,7 +488,7 @@ fn judge(
     curve: &mut Curve,
 ) -> Option<Finding> {
     let (name, kind, leaf) = (p.name, p.kind, p.leaf);
-    let at = Location::parameter(name);
+    let at = Location::parameter_of(name, kind);
     if s.non_finite > 0 {
         // NaN / Inf weights are `nonfinite`'s finding (one root cause, one finding); their std means
         // nothing.
