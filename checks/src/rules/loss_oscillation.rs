@@ -603,8 +603,6 @@ pub struct LogStallsHighLr {
     /// The log's level over its last quarter, and the step its second half starts at.
     pub log_level: f64,
     pub log_from_step: f64,
-    #[serde(skip)]
-    pub column: String,
 }
 
 impl Violation for LogStallsHighLr {
@@ -1238,18 +1236,26 @@ fn probe(
         control_peak: control.peak,
         control_up_share: control.up_share,
     };
+    // The control: the same probe at lr / 10, from the same start on the same batches, for as many steps
+    // as the main run took (fewer when that one stopped at a sustained divergence), so that both ends
+    // are compared at the same step; with its curve for the report.
+    let control_lr = setup.lr / 10.0;
+    let control_run =
+        |training: &mut Vec<crate::TrainingRun>| -> Result<(ProbeRun, Curve), CheckError> {
+            let control = run(control_lr, 0, main.curve.len() - 1, false)?;
+            training.extend(control.training.clone());
+            let mut curve = Curve::new(
+                format!("{} (control)", name(control_lr)),
+                control.curve.clone(),
+            );
+            curve.log_scale = true;
+            Ok((control, curve))
+        };
     let Some(pending) = verdict(&main) else {
         // A log that rests on a plateau while the probe at the configured lr neither finds anything
         // nor settles: the control at lr / 10 says whether a lower lr gets well below it (issue 23).
         if let (Some((level, from)), None) = (stalled, main.settled_at) {
-            let control_lr = setup.lr / 10.0;
-            let control = run(control_lr, 0, main.curve.len() - 1, false)?;
-            training.extend(control.training.clone());
-            let mut control_curve = Curve::new(
-                format!("{} (control)", name(control_lr)),
-                control.curve.clone(),
-            );
-            control_curve.log_scale = true;
+            let (control, control_curve) = control_run(training)?;
             // The configured probe bounces: its level is the interquartile mean of its last quarter,
             // not its last value (which moves with the thread count's rounding).
             let k = main.curve.len();
@@ -1258,15 +1264,10 @@ fn probe(
                 && control.end <= 0.7 * level
                 && control.end <= 0.9 * main_level
             {
-                let column = ctx
-                    .log
-                    .and_then(|l| l.total.clone().or_else(|| l.terms.first().cloned()))
-                    .unwrap_or_default();
                 let v = LogStallsHighLr {
                     probe: evidence(&main, control_lr, &control),
                     log_level: level,
                     log_from_step: from,
-                    column,
                 };
                 return Ok((vec![Finding::new(&v, at)], vec![c, control_curve]));
             }
@@ -1292,11 +1293,7 @@ fn probe(
     // 2. The control: the same probe at lr / 10. The finding stands only when the lower lr clearly
     //    behaves better; at a converged minimum both go up and down alike, and lowering the lr (the
     //    finding's fix) would not help.
-    //    It runs as many steps as the main run did (fewer when that one stopped at a sustained
-    //    divergence), so that both ends are compared at the same step.
-    let control_lr = setup.lr / 10.0;
-    let control = run(control_lr, 0, main.curve.len() - 1, false)?;
-    training.extend(control.training.clone());
+    let (control, control_curve) = control_run(training)?;
     let confirmed = match pending {
         ProbeVerdict::Collapses => true,
         ProbeVerdict::Diverges => {
@@ -1307,11 +1304,6 @@ fn probe(
             control.up_share <= main.up_share - 0.15 || control.end <= 0.9 * main.end
         }
     };
-    let mut control_curve = Curve::new(
-        format!("{} (control)", name(control_lr)),
-        control.curve.clone(),
-    );
-    control_curve.log_scale = true;
     if !confirmed {
         return Ok((Vec::new(), vec![c, control_curve]));
     }

@@ -178,7 +178,12 @@ fn top_class_accuracy(prediction: &Tensor, targets: &Tensor) -> f64 {
 
 /// Batch accuracy: the argmax against class indices, or per label (`per_label`) with a threshold of 0
 /// on logits (`bce_with_logits`) or 0.5 on probabilities (`bce`) against targets ≥ 0.5.
-fn accuracy(prediction: &Tensor, targets: &Tensor, loss: LossKind, per_label: bool) -> f64 {
+pub(crate) fn accuracy(
+    prediction: &Tensor,
+    targets: &Tensor,
+    loss: LossKind,
+    per_label: bool,
+) -> f64 {
     let predicted = if per_label {
         let threshold = if loss == LossKind::Bce { 0.5 } else { 0.0 };
         prediction.f_gt(threshold).and_then(|p| {

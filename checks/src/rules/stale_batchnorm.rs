@@ -637,18 +637,10 @@ fn eval_mode_worse(
         return Ok(None);
     };
     let classes = kind.is_classification() && data.targets_are_classes() && eval.dim() >= 2;
-    let accuracy = |p: &Tensor| -> Option<f64> {
-        let right = p.f_argmax(1, false).ok()?.f_eq_tensor(&y).ok()?;
-        right
-            .f_to_kind(tch::Kind::Double)
-            .ok()?
-            .f_mean(tch::Kind::Double)
-            .ok()?
-            .f_double_value(&[])
-            .ok()
-    };
+    // The argmax's accuracy, as overfit-batch counts it.
     let (eval_acc, train_acc) = if classes {
-        (accuracy(&eval), accuracy(train_output))
+        let accuracy = |p: &Tensor| super::overfit_batch::accuracy(p, &y, kind, false);
+        (Some(accuracy(&eval)), Some(accuracy(train_output)))
     } else {
         (None, None)
     };
