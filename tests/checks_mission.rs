@@ -768,14 +768,10 @@ fn gradient_flow_passes_healthy_models_including_batchnorm_nets() {
 #[test]
 fn a_failed_fit_names_a_broadcast_shape_and_raw_scales() {
     let dir = tempfile::tempdir().unwrap();
-    let data = tch::Tensor::read_npz(fixture("data/regression.npz")).unwrap();
-    let get = |name: &str| {
-        data.iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, t)| t.shallow_clone())
-            .unwrap()
-    };
-    let (x, y) = (get("inputs"), get("targets"));
+    let (x, y) = (
+        fixture_array("data/regression.npz", "inputs"),
+        fixture_array("data/regression.npz", "targets"),
+    );
     let cases = [
         (
             "flat.npz",
@@ -791,17 +787,8 @@ fn a_failed_fit_names_a_broadcast_shape_and_raw_scales() {
         ),
     ];
     for (file, inputs, targets, cause) in cases {
-        let path = dir.path().join(file);
-        tch::Tensor::write_npz(&[("inputs", &inputs), ("targets", &targets)], &path).unwrap();
-        let model = fixture("models/mlp_default.pt");
-        let (_, r) = check_json(&[
-            "--model",
-            &model,
-            "--data",
-            path.to_str().unwrap(),
-            "--select",
-            "overfit-batch",
-        ]);
+        let path = write_sample(dir.path(), file, &inputs, &targets);
+        let (_, r) = check_model_on("mlp_default", &path, "overfit-batch");
         let f = only_finding(&r, "overfit-batch", "error");
         assert!(
             message(f).contains(&format!("Likely cause: {cause}")),
@@ -827,18 +814,10 @@ fn a_failed_fit_names_a_broadcast_shape_and_raw_scales() {
 #[test]
 fn labels_numbered_from_one_are_reported_once() {
     let dir = tempfile::tempdir().unwrap();
-    let data = tch::Tensor::read_npz(fixture("data/classes4.npz")).unwrap();
-    let get = |name: &str| {
-        data.iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, t)| t.shallow_clone())
-            .unwrap()
-    };
-    let path = dir.path().join("labels1k.npz");
-    let shifted = get("targets") + 1;
-    tch::Tensor::write_npz(&[("inputs", &get("inputs")), ("targets", &shifted)], &path).unwrap();
-    let model = fixture("models/classifier.pt");
-    let (code, r) = check_json(&["--model", &model, "--data", path.to_str().unwrap()]);
+    let shifted = fixture_array("data/classes4.npz", "targets") + 1;
+    let inputs = fixture_array("data/classes4.npz", "inputs");
+    let path = write_sample(dir.path(), "labels1k.npz", &inputs, &shifted);
+    let (code, r) = check_model_on("classifier", &path, "ALL");
     assert_eq!(code, 1);
     assert_eq!(r["summary"]["failed"], 0, "{r}");
     let f = only_finding(&r, "output-range", "error");

@@ -620,25 +620,11 @@ fn segmentation_with_upsampled_logits_overfits_without_every_boundary_pixel() {
     let r = run_checks("deeplabish", "seg32.npz", "overfit-batch", "");
     assert_status(&r, "deeplabish", "overfit-batch", "passed");
     let dir = tempfile::tempdir().unwrap();
-    let data = tch::Tensor::read_npz(fixture("data/seg32.npz")).unwrap();
-    let inputs = data
-        .iter()
-        .find(|(n, _)| n == "inputs")
-        .map(|(_, t)| t.shallow_clone())
-        .unwrap();
+    let inputs = fixture_array("data/seg32.npz", "inputs");
     tch::manual_seed(23);
     let noise = tch::Tensor::randint(3, [64, 32, 32], (tch::Kind::Int64, tch::Device::Cpu));
-    let path = dir.path().join("seg_noise.npz");
-    tch::Tensor::write_npz(&[("inputs", &inputs), ("targets", &noise)], &path).unwrap();
-    let model = fixture("models/deeplabish.pt");
-    let (_, r) = check_json(&[
-        "--model",
-        &model,
-        "--data",
-        path.to_str().unwrap(),
-        "--select",
-        "overfit-batch",
-    ]);
+    let path = write_sample(dir.path(), "seg_noise.npz", &inputs, &noise);
+    let (_, r) = check_model_on("deeplabish", &path, "overfit-batch");
     let f = findings(&r, "overfit-batch");
     assert_eq!(f.len(), 1, "{r}");
     assert!(

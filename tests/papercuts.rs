@@ -17,21 +17,6 @@ fn sample(dir: &Path, name: &str, n: i64, targets: &Tensor) -> String {
     p.display().to_string()
 }
 
-fn statuses(report: &Value) -> Vec<(String, String, String)> {
-    report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            (
-                c["id"].as_str().unwrap().to_string(),
-                c["status"].as_str().unwrap().to_string(),
-                c["reason"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect()
-}
-
 // 1. `init` reads --model / --data like `check` does: against the working directory.
 #[test]
 fn init_resolves_its_paths_against_the_working_directory_and_check_finds_them() {

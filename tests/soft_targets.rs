@@ -16,21 +16,6 @@ fn audit(model: &str, data: &str, extra: &[&str]) -> (i32, Value) {
     check_json(&args)
 }
 
-fn statuses(report: &Value) -> Vec<(String, String, String)> {
-    report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            (
-                c["id"].as_str().unwrap().to_string(),
-                c["status"].as_str().unwrap().to_string(),
-                c["reason"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect()
-}
-
 /// The loss overfit-batch had to reach (its curve's target).
 fn overfit_target(report: &Value) -> f64 {
     let curves = check_entry(report, "overfit-batch")["curves"]
@@ -399,17 +384,8 @@ fn one_hot_rows_of_a_single_class_are_a_data_warning() {
         .collect();
     let x = tch::Tensor::from_slice(&inputs).reshape([64, 32]);
     let y = tch::Tensor::from_slice(&targets).reshape([64, 4]);
-    let path = dir.path().join("one.npz");
-    tch::Tensor::write_npz(&[("inputs", &x), ("targets", &y)], &path).unwrap();
-    let model = fixture("models/soft_classifier.pt");
-    let (_, report) = check_json(&[
-        "--model",
-        &model,
-        "--data",
-        path.to_str().unwrap(),
-        "--select",
-        "overfit-batch",
-    ]);
+    let path = write_sample(dir.path(), "one.npz", &x, &y);
+    let (_, report) = check_model_on("soft_classifier", &path, "overfit-batch");
     let warnings = report["warnings"].as_array().expect("warnings");
     assert!(
         warnings.iter().any(|w| w["input"] == "data"

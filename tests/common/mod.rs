@@ -115,3 +115,55 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&p, text).unwrap();
     p
 }
+
+/// (id, status, reason) of every check in a JSON report, in report order.
+pub fn statuses(report: &Value) -> Vec<(String, String, String)> {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["id"].as_str().unwrap().to_string(),
+                c["status"].as_str().unwrap().to_string(),
+                c["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Array `name` of a committed .npz fixture (`rel` under fixtures/, e.g. `data/classes4.npz`).
+pub fn fixture_array(rel: &str, name: &str) -> tch::Tensor {
+    tch::Tensor::read_npz(fixture(rel))
+        .unwrap()
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, t)| t)
+        .unwrap_or_else(|| panic!("{rel} has no array {name}"))
+}
+
+/// A data sample written at run time: `inputs` and `targets` in DIR/FILE (.npz); its path.
+pub fn write_sample(
+    dir: &Path,
+    file: &str,
+    inputs: &tch::Tensor,
+    targets: &tch::Tensor,
+) -> PathBuf {
+    let path = dir.join(file);
+    tch::Tensor::write_npz(&[("inputs", inputs), ("targets", targets)], &path).unwrap();
+    path
+}
+
+/// `check --select SELECT` of fixture model `models/MODEL.pt` on the data file `data`: exit code and
+/// the JSON report.
+pub fn check_model_on(model: &str, data: &Path, select: &str) -> (i32, Value) {
+    let model = fixture(&format!("models/{model}.pt"));
+    check_json(&[
+        "--model",
+        &model,
+        "--data",
+        data.to_str().unwrap(),
+        "--select",
+        select,
+    ])
+}
