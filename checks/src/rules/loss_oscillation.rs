@@ -421,6 +421,10 @@ pub struct ProbeEvidence {
     pub control_end: f64,
     pub control_peak: f64,
     pub control_up_share: f64,
+    /// A restart (issue 23, 9): the probe began from a checkpoint that already fits the sample, and was
+    /// judged against what a constant output scores (this loss), not against its own start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart_constant_loss: Option<f64>,
 }
 
 impl ProbeEvidence {
@@ -437,13 +441,24 @@ impl ProbeEvidence {
         format!("lower setup.lr by 3–10× (try {})", num(self.lr / 10.0))
     }
     fn control(&self) -> String {
-        format!(
-            "; at lr {} it went to {} (peak {}, up in {}% of the steps)",
-            num(self.control_lr),
-            num(self.control_end),
-            num(self.control_peak),
-            num(self.control_up_share * 100.0)
-        )
+        let restart = self
+            .restart_constant_loss
+            .map(|c| {
+                format!(
+                    "; restarted from a checkpoint that already fits the sample, it rose past the loss of a \
+constant output ({})",
+                    num(c)
+                )
+            })
+            .unwrap_or_default();
+        restart
+            + &format!(
+                "; at lr {} it went to {} (peak {}, up in {}% of the steps)",
+                num(self.control_lr),
+                num(self.control_end),
+                num(self.control_peak),
+                num(self.control_up_share * 100.0)
+            )
     }
 }
 
@@ -469,10 +484,15 @@ most 15% of the steps, lower than 10 steps before); such a curve carries no find
 probes none that stopped would have had one after 60 steps. It also stops once that loss has stayed \
 above `probe_spike`× its start for 10 steps in a row (a run that holds a finding whatever follows), and \
 then runs the control below for as many steps. Error when that loss becomes non-finite or \
-ends `probe_divergence`× above its start. Every probe finding must survive two confirmations, run only when one is pending: with Adam / \
-AdamW, the same probe with the lr warmed up over `probe_warmup` steps must show a finding too (a \
-restarted Adam's first bias-corrected step moves every weight by ~lr and spikes any trained \
-checkpoint: that is the optimizer's cold start, not the lr); and the control, the same probe from the \
+ends `probe_divergence`× above its start. A probe that starts at most half as high as a constant output \
+scores (the loss of log-collapsed) restarts a trained checkpoint at the lr its schedule began with: it \
+bounces out of a minimum reached at a decayed lr, and a lower lr always has the lower noise floor there. \
+Such a restart holds a finding only when its loss rises past that constant's loss (the peak for a spike, \
+the last quarter's level for divergence and oscillation), as a fresh run at a too-high lr would. Every \
+probe finding must survive two confirmations, run only when one is pending: with Adam / AdamW, and for \
+a restart with any optimizer, the same probe with the lr warmed up over `probe_warmup` steps must show a \
+finding too (a restarted Adam's first bias-corrected step moves every weight by ~lr and spikes any \
+trained checkpoint: that is the optimizer's cold start, not the lr); and the control, the same probe from the \
 same start on the same batches at lr / 10, must clearly do better (for divergence, end below half the \
 configured end; for a spike, a peak at most a third as high; for oscillation, 15 points fewer steps up \
 or an end 10% lower). Skipped with `probe = false`.",
@@ -899,6 +919,9 @@ struct ProbeRun {
     diverged_at: Option<usize>,
     /// Steps, evaluations and time of the run (issue 11), set by [`probe_run`].
     training: Option<crate::TrainingRun>,
+    /// A restart ([`restart`]): the losses of the best and of the uniform constant output, which the
+    /// run must rise past to hold a finding.
+    restart: Option<(f64, f64)>,
     start: f64,
     end: f64,
     up_share: f64,
@@ -929,6 +952,7 @@ impl ProbeRun {
             settled_at: None,
             diverged_at: None,
             training: None,
+            restart: None,
             start,
             end,
             up_share,
@@ -937,14 +961,41 @@ impl ProbeRun {
         }
     }
     fn diverges(&self, o: &LossOscillationOptions) -> bool {
-        !self.end.is_finite() || self.end > o.probe_divergence * self.start
+        !self.end.is_finite()
+            || (self.end > o.probe_divergence * self.start
+                && self.restart.is_none_or(|(lo, _)| self.tail_level() >= lo))
     }
     fn spikes(&self, o: &LossOscillationOptions) -> bool {
         self.peak >= o.probe_spike * self.start
+            && self.restart.is_none_or(|(_, hi)| self.peak >= hi)
     }
     fn oscillates(&self) -> bool {
-        (self.end >= 0.9 * self.start && self.up_share >= 0.3) || self.up_share >= 0.45
+        ((self.end >= 0.9 * self.start && self.up_share >= 0.3) || self.up_share >= 0.45)
+            && self.restart.is_none_or(|(lo, _)| self.tail_level() >= lo)
     }
+    /// The level of the last quarter of the curve (its interquartile mean: a bouncing probe's last
+    /// value moves with the thread count's rounding).
+    fn tail_level(&self) -> f64 {
+        let k = self.curve.len();
+        stats::interquartile_mean(&self.curve[k - (k / 4).max(1)..])
+    }
+}
+
+/// The share of a constant output's loss below which a probe's start is a restart ([`restart`]).
+const RESTART_SHARE: f64 = 0.5;
+
+/// Whether a probe starting at `start` restarts a checkpoint that already fits the sample: its loss at
+/// most half what the best constant output scores (a fresh model starts near or above it). The
+/// configured lr is where such a model's schedule began, not where it ended: a minimum reached at a
+/// decayed lr is sharper than the peak lr tolerates (its sharpness nears 2 / the last lr), so the first
+/// steps at the peak lr always bounce out of it, and near any minimum a lower lr has a lower noise
+/// floor. Neither says the lr is too high. What does is the consequence that a fresh run would meet:
+/// the loss rising past what a constant output scores (the model loses what it learned). Returns the
+/// best and the uniform constant's losses, the levels a restart's level and peak must pass.
+fn restart(start: f64, constant: Option<&ConstantLoss>) -> Option<(f64, f64)> {
+    constant
+        .filter(|c| start.is_finite() && start <= RESTART_SHARE * c.lo)
+        .map(|c| (c.lo, c.hi))
 }
 
 /// How many steps of a probe curve went up by more than 1% (the oscillation verdict's count).
@@ -987,15 +1038,17 @@ const SUSTAINED: usize = 10;
 /// remaining steps could only turn it into a spike that recovers, which the control and the warm-up
 /// run judge the same way. Stopping there spares the rest of the run and lets the control run as
 /// few steps.
-fn sustained_divergence(curve: &[f64], spike: f64) -> bool {
+fn sustained_divergence(curve: &[f64], spike: f64, restart: Option<(f64, f64)>) -> bool {
     let k = curve.len().saturating_sub(1);
     let start = curve[0];
+    // A restart holds a finding only past the constant output's loss.
+    let above = (spike * start).max(restart.map_or(0.0, |(_, hi)| hi));
     k >= SUSTAINED
         && start > 0.0
         && start.is_finite()
         && curve[k + 1 - SUSTAINED..]
             .iter()
-            .all(|&v| v.is_finite() && v > spike * start)
+            .all(|&v| v.is_finite() && v > above)
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -1020,6 +1073,7 @@ fn probe_run(
     warmup: usize,
     steps: usize,
     options: &LossOscillationOptions,
+    constant: Option<&ConstantLoss>,
     report: bool,
     budget: &Budget,
 ) -> Result<ProbeRun, CheckError> {
@@ -1040,6 +1094,7 @@ fn probe_run(
     let eval_y = targets.f_narrow(0, 0, eval_n)?;
     let mut rng = Rng::new(setup.seed);
     let mut curve = vec![train::evaluate(copy.as_mut(), loss_kind, &eval_x, &eval_y)?];
+    let restart = restart(curve[0], constant);
     let mut trained = 0;
     let mut settled_at = None;
     let mut diverged_at = None;
@@ -1090,7 +1145,7 @@ fn probe_run(
         let done = step + 1;
         if options.probe_early_stop
             && done < steps
-            && sustained_divergence(&curve, options.probe_spike)
+            && sustained_divergence(&curve, options.probe_spike, restart)
         {
             diverged_at = Some(done);
             if report {
@@ -1113,6 +1168,7 @@ fn probe_run(
     }
     let forwards = trained + curve.len();
     let mut run = ProbeRun::new(curve);
+    run.restart = restart;
     run.settled_at = settled_at;
     run.diverged_at = diverged_at;
     let mut t = train::training_run(name, inputs, forwards, trained, started);
@@ -1159,7 +1215,8 @@ fn probe(
     let budget = Budget::start(setup.check_budget);
     let run = |lr, warmup, steps, report| {
         probe_run(
-            ctx, model, &inputs, &targets, eval_n, lr, warmup, steps, options, report, &budget,
+            ctx, model, &inputs, &targets, eval_n, lr, warmup, steps, options, constant, report,
+            &budget,
         )
     };
     let main = run(setup.lr, 0, options.probe_steps, true)?;
@@ -1235,6 +1292,7 @@ fn probe(
         control_end: control.end,
         control_peak: control.peak,
         control_up_share: control.up_share,
+        restart_constant_loss: main.restart.map(|(lo, _)| lo),
     };
     // The control: the same probe at lr / 10, from the same start on the same batches, for as many steps
     // as the main run took (fewer when that one stopped at a sustained divergence), so that both ends
@@ -1260,9 +1318,12 @@ fn probe(
             // not its last value (which moves with the thread count's rounding).
             let k = main.curve.len();
             let main_level = stats::interquartile_mean(&main.curve[k - (k / 4).max(1)..]);
+            // A restart ([`restart`]) from below the plateau says nothing of it by sinking further at
+            // lr / 10 (the lower noise floor): the configured lr must carry it back up to the plateau.
             if control.end.is_finite()
                 && control.end <= 0.7 * level
                 && control.end <= 0.9 * main_level
+                && (main.restart.is_none() || main_level >= 0.9 * level)
             {
                 let v = LogStallsHighLr {
                     probe: evidence(&main, control_lr, &control),
@@ -1279,7 +1340,10 @@ fn probe(
     // 1. The optimizer's cold start: a restarted Adam's first bias-corrected step moves every weight by
     //    ~lr whatever its gradient, which spikes any trained checkpoint. The same probe with the lr
     //    warmed up over `probe_warmup` steps must show a finding too.
-    if matches!(setup.optimizer, OptimizerKind::Adam | OptimizerKind::AdamW)
+    //    A restart with any optimizer is confirmed the same way: a minimum reached at a decayed lr is
+    //    left gracefully when the lr ramps up to its peak, as the real run's schedule began from init.
+    if (matches!(setup.optimizer, OptimizerKind::Adam | OptimizerKind::AdamW)
+        || main.restart.is_some())
         && options.probe_warmup > 0
     {
         let warm = run(setup.lr, options.probe_warmup, options.probe_steps, false)?;
@@ -1417,6 +1481,47 @@ the learning-rate probe ran",
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restart_is_judged_against_the_constant_outputs_loss() {
+        let ln10 = 10f64.ln();
+        let c = ConstantLoss {
+            lo: 2.2,
+            hi: ln10,
+            what: String::new(),
+        };
+        // A fresh start (near the constant's loss) is no restart; a start at half of it or lower is.
+        assert_eq!(restart(2.4, Some(&c)), None);
+        assert_eq!(restart(1.2, Some(&c)), None);
+        assert_eq!(restart(0.4, Some(&c)), Some((2.2, ln10)));
+        assert_eq!(restart(f64::NAN, Some(&c)), None);
+        assert_eq!(restart(0.4, None), None);
+        let o = LossOscillationOptions::default();
+        let run = |curve: Vec<f64>, restarted: bool| {
+            let mut r = ProbeRun::new(curve);
+            r.restart = restarted.then_some((2.2, ln10));
+            r
+        };
+        // Bouncing 3-17x above a start of 0.1 and ending 5x above it: below ln 10 a restart's bounce.
+        let bounce = [0.1, 0.5, 1.7, 0.4, 1.2, 0.3, 0.9, 0.5, 0.6, 0.45, 0.5];
+        let fresh = run(bounce.to_vec(), false);
+        assert!(fresh.spikes(&o) && fresh.diverges(&o) && fresh.oscillates());
+        let restarted = run(bounce.to_vec(), true);
+        assert!(!restarted.spikes(&o) && !restarted.diverges(&o) && !restarted.oscillates());
+        // Past the constant's loss, the same verdicts stand.
+        let lost = [0.1, 3.0, 9.0, 2.8, 4.0, 3.1, 3.5, 2.9, 3.4, 3.2, 3.6];
+        let restarted = run(lost.to_vec(), true);
+        assert!(restarted.spikes(&o) && restarted.diverges(&o) && restarted.oscillates());
+        let nan = run(vec![0.1, 0.5, f64::NAN], true);
+        assert!(nan.diverges(&o));
+        // A restart stops as diverged only once 10 steps in a row sit above the constant's loss.
+        let mut curve = vec![0.1];
+        curve.extend([1.5; 10]);
+        assert!(sustained_divergence(&curve, 10.0, None));
+        assert!(!sustained_divergence(&curve, 10.0, Some((2.2, ln10))));
+        curve.extend([2.5; 10]);
+        assert!(sustained_divergence(&curve, 10.0, Some((2.2, ln10))));
+    }
 
     fn verdict(values: &[f64]) -> Verdict {
         stats::judge_oscillation(
