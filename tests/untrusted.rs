@@ -396,3 +396,50 @@ fn an_archive_that_unpacks_to_far_more_than_its_file_is_refused() {
         );
     }
 }
+
+/// Issue 24, 6: a model whose top module has no `forward` (its method renamed in the archive's code)
+/// is refused at load with libtorch's reason in one line. The output check used to take any error
+/// other than a wrong `model.output` for success and leave it to a later step.
+#[test]
+fn a_model_without_forward_is_refused_at_load_in_one_line() {
+    use std::io::{Read, Write};
+    let mut source =
+        zip::ZipArchive::new(std::fs::File::open(fixture("models/mlp_default.pt")).unwrap())
+            .unwrap();
+    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let mut renamed = false;
+    for i in 0..source.len() {
+        let mut entry = source.by_index(i).unwrap();
+        let name = entry.name().to_string();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).unwrap();
+        if name == "mlp_default/code/__torch__.py" {
+            let code = String::from_utf8(bytes).unwrap();
+            assert!(code.contains("def forward("));
+            bytes = code
+                .replacen("def forward(", "def forwarx(", 1)
+                .into_bytes();
+            renamed = true;
+        }
+        out.start_file(name, stored).unwrap();
+        out.write_all(&bytes).unwrap();
+    }
+    assert!(renamed);
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("noforward.pt");
+    std::fs::write(&model, out.finish().unwrap().into_inner()).unwrap();
+    let data = fixture("data/regression.npz");
+    let o = trainlint()
+        .current_dir(dir.path())
+        .args(["check", "--model", "noforward.pt", "--data", &data])
+        .output()
+        .unwrap();
+    let line = one_line_error(&o);
+    assert!(
+        line.starts_with("error: cannot load noforward.pt: ")
+            && line.contains("Method 'forward' is not defined"),
+        "{line}"
+    );
+}

@@ -98,7 +98,11 @@ unsafe extern "C" {
         cb: RecordCb,
     ) -> Option<ShimString>;
     fn tl_graph_nodes(m: *const RawModule, ctx: *mut c_void, cb: NodeCb) -> Option<ShimString>;
-    fn tl_check_output(m: *const RawModule, output_key: *const c_char) -> Option<ShimString>;
+    fn tl_check_output(
+        m: *const RawModule,
+        output_key: *const c_char,
+        selector: *mut c_int,
+    ) -> Option<ShimString>;
     fn tl_output_op(
         m: *const RawModule,
         output_key: *const c_char,
@@ -454,9 +458,13 @@ impl Handle {
     }
 
     /// Whether `output_key` names an output of forward, as far as the graph tells without running it.
-    fn check_output(&self, output_key: &CStr) -> Result<(), String> {
-        // SAFETY: `self.0` is a live module and `output_key` a NUL-terminated string outliving the call.
-        check(unsafe { tl_check_output(self.0, output_key.as_ptr()) })
+    /// `Err((true, why))`: the selector names no output; `Err((false, why))`: the graph cannot be read.
+    fn check_output(&self, output_key: &CStr) -> Result<(), (bool, String)> {
+        let mut selector: c_int = 0;
+        // SAFETY: `self.0` is a live module, `output_key` a NUL-terminated string outliving the call,
+        // and `selector` a valid out-pointer.
+        check(unsafe { tl_check_output(self.0, output_key.as_ptr(), &mut selector) })
+            .map_err(|why| (selector != 0, why))
     }
 
     /// The final op of the output `output_key` selects. Freezes a clone of the module: call it once.
@@ -630,7 +638,16 @@ impl TorchScriptModel {
             Handle::load(&c_path, &c_device).map_err(|reason| classify_load_error(path, reason))?;
         handle
             .check_output(&output_key)
-            .map_err(ModelError::Output)?;
+            .map_err(|(selector, reason)| {
+                if selector {
+                    ModelError::Output(reason)
+                } else {
+                    ModelError::Load {
+                        path: path.to_path_buf(),
+                        reason,
+                    }
+                }
+            })?;
         // Read the training flags now, as saved.
         let modules = handle.modules().map_err(|reason| ModelError::Load {
             path: path.to_path_buf(),

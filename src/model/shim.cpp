@@ -433,10 +433,14 @@ char* tl_named_modules(const tl_module* m, void* ctx, tl_module_cb cb) {
 // construct, without running anything: a tuple's length is in its type, a dict's keys in its
 // prim::DictConstruct. Reports only a wrong selector; whatever it cannot tell here (a list's length, a
 // dict built step by step) the forward pass checks with the same rules.
-char* tl_check_output(const tl_module* m, const char* output_key) {
+// `*selector` is set to 1 when the message is the user's `model.output` naming no output, and left 0
+// when the graph cannot be read (no forward method, a libtorch error): both are errors.
+char* tl_check_output(const tl_module* m, const char* output_key, int* selector) {
+  *selector = 0;
   try {
     const std::string key(output_key);
     auto graph = m->module.get_method("forward").graph();
+    if (graph->outputs().empty()) return dup_message("forward returns nothing");
     torch::jit::Value* v = graph->outputs()[0];
     if (auto tuple = v->type()->cast<c10::TupleType>()) {
       sequence_index(key, tuple->elements().size(), "tuple");
@@ -445,9 +449,14 @@ char* tl_check_output(const tl_module* m, const char* output_key) {
     }
     return nullptr;
   } catch (const SelectorError& e) {
+    *selector = 1;
+    return dup_message(e.what());
+  } catch (const c10::Error& e) {
+    return dup_message(e.what_without_backtrace());
+  } catch (const std::exception& e) {
     return dup_message(e.what());
   } catch (...) {
-    return nullptr;
+    return dup_message("unknown C++ exception in libtorch");
   }
 }
 
