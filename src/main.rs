@@ -496,7 +496,7 @@ fn explain_kind(k: &trainlint_checks::KindInfo) -> String {
         Some(e) => format!(
             "\n## Example\n$ trainlint check {}\n{}[{}] {}\n",
             e.args,
-            k.severity.as_str(),
+            e.severity.as_str(),
             k.id,
             e.message
         ),

@@ -124,13 +124,22 @@ fn every_documented_example_is_what_its_fixture_run_prints() {
             .iter()
             .map(|f| f["message"].as_str().unwrap())
             .collect();
-        if !messages
+        // The documented line, severity included (`explain` prints the example's severity).
+        let matching: Vec<&str> = found
             .iter()
-            .any(|m| same_message(example.message, m).is_ok())
-        {
+            .filter(|f| same_message(example.message, f["message"].as_str().unwrap()).is_ok())
+            .map(|f| f["severity"].as_str().unwrap())
+            .collect();
+        if matching.is_empty() {
             failures.push(format!(
                 "{}: documented\n  {}\nfixture run printed\n  {messages:#?}",
                 kind.id, example.message
+            ));
+        } else if !matching.contains(&example.severity.as_str()) {
+            failures.push(format!(
+                "{}: documented as {}, the fixture run reports {matching:?}",
+                kind.id,
+                example.severity.as_str()
             ));
         }
     }

@@ -204,6 +204,9 @@ impl Curve {
 /// example and compares the messages, so the docs cannot drift from the code.
 #[derive(Clone, Copy, Debug)]
 pub struct Example {
+    /// The severity the documented run reports (tests/kinds.rs runs it): a kind graded by its
+    /// measure (loss-scale's ratio) may report more than its `KindInfo::severity`.
+    pub severity: Severity,
     pub args: &'static str,
     pub message: &'static str,
 }

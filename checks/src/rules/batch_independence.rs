@@ -86,6 +86,7 @@ head).",
 and set batch_first=True on RNN / attention / Transformer layers fed [N, T, …]. A model meant to look \
 across the batch (set models, in-batch contrastive logits) can ignore this check.",
         example: Some(Example {
+            severity: Severity::Error,
             args: "--model fixtures/models/bi_gru_not_batch_first.pt --data fixtures/data/sequences.npz",
             message: "in eval mode, 6 of 12 (replaced, other) sample pairs in a batch of 4 are mixed: \
 replacing sample 2 changes the output of sample 3 by 0.648× its own change; only later samples are \

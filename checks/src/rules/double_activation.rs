@@ -40,6 +40,7 @@ bce_with_logits.",
         fix: "Return raw logits from the model and let the loss apply the activation, or switch to the \
 loss that expects probabilities (bce for a sigmoid head).",
         example: Some(Example {
+            severity: Severity::Error,
             args: "--model fixtures/models/head_softmax.pt --data fixtures/data/targets_cls4.npz --loss cross_entropy",
             message: "the model ends in softmax but the loss is cross_entropy, which applies log_softmax \
 itself: the output is squashed twice",
@@ -86,6 +87,7 @@ undefined (log of a negative number) and crashes or returns NaN as soon as an ou
 inside [0, 1] (sigmoid and softmax are; linear, relu, tanh are not).",
         fix: "Use bce_with_logits on the raw output (numerically stabler), or end the model with a sigmoid.",
         example: Some(Example {
+            severity: Severity::Error,
             args: "--model fixtures/models/head_linear.pt --data fixtures/data/targets_01.npz --loss bce",
             message: "the loss is bce, which needs probabilities in [0, 1], but the model's output (linear) \
 is not bounded to [0, 1]",
@@ -119,6 +121,7 @@ log-probabilities it has no lower bound, and the model learns to blow that outpu
         how: "Error when the loss is nll and the graph's final op is not log_softmax.",
         fix: "End the model with log_softmax, or use cross_entropy on raw logits.",
         example: Some(Example {
+            severity: Severity::Error,
             args: "--model fixtures/models/head_linear.pt --data fixtures/data/targets_cls4.npz --loss nll",
             message: "the loss is nll, which needs log-probabilities, but the model ends in linear, not \
 log_softmax",

@@ -83,6 +83,7 @@ named.",
         fix: "Call every layer you define in forward (or delete it), and remove .detach() / .item() / \
 torch.no_grad() from the path between the parameters and the loss.",
         example: Some(Example {
+            severity: Severity::Error,
             args: "--model fixtures/models/partly_detached.pt --data fixtures/data/regression.npz",
             message: "2 of 4 trainable parameters get no gradient from the loss, so they never train: \
 body.weight, body.bias (module body)",
@@ -132,6 +133,7 @@ BatchNorm of each residual block) and zero-initialised output layers (ViT's head
 which zero some entries only, are not flagged.",
         fix: "Check for a multiplication by 0 or a saturated activation on their path.",
         example: Some(Example {
+            severity: Severity::Warning,
             args: "--model fixtures/models/classifier_zero_logits.pt --data fixtures/data/classes4.npz",
             message: "2 weight tensors get an exactly zero gradient on this batch: fc1.weight, fc2.weight \
 (modules fc1, fc2)",

@@ -97,6 +97,7 @@ relative MSE is measured against their variance; above that (a sigmoid head with
 pick an output activation that covers the data range (or none); widen the bottleneck or add skip \
 connections.",
         example: Some(Example {
+            severity: Severity::Error,
             args: "--model fixtures/models/ae_bottleneck.pt --data fixtures/data/textures.npz",
             message: "the model cannot learn the identity on 8 samples: relative MSE 0.768 (needs ≤ 0.01) after 500 steps, from 1; PSNR 18.6 dB. Likely cause: a plateau, a bottleneck or too little capacity: the narrowest layer down.2 has 1 channel for a 3-channel input",
         }),

@@ -108,6 +108,7 @@ output variance nears the norm's ε. With `mode = \"fixed\"` the band is [`min`,
         fix: "Remove the custom initialisation to keep PyTorch's default, or use nn.init.kaiming_normal_ \
 (ReLU networks) or nn.init.xavier_uniform_ (tanh / sigmoid).",
         example: Some(Example {
+            severity: Severity::Error,
             args: "--model fixtures/models/mlp_std1.pt",
             message: "std 1 is outside the expected band 0.0241..0.53 for fan_in 64, fan_out 64 (PyTorch \
 default 0.0722, LeCun 0.125, He 0.177, He fan_out 0.177, Glorot 0.125); 5.66× above the nearest init family",
@@ -186,6 +187,7 @@ breaks no symmetry; only all-zero hidden layers keep their units identical.",
         fix: "Replace zero or constant matrices with a random init (e.g. nn.init.kaiming_uniform_); if the \
 zero init is deliberate, list the parameter in `allow_constant`.",
         example: Some(Example {
+            severity: Severity::Error,
             args: "--model fixtures/models/mlp_zero_hidden.pt",
             message: "weight is all zeros: every unit of this Linear computes the same output and receives \
 the same gradient, so they never differentiate",
@@ -233,6 +235,7 @@ scale; a γ or β of hundreds rescales every activation behind it and destabilis
         how: "Error when the mean |γ| or |β| of a normalisation layer exceeds `norm_max`.",
         fix: "Reset normalisation layers to γ = 1, β = 0 (nn.init.ones_ / zeros_).",
         example: Some(Example {
+            severity: Severity::Error,
             args: "--model fixtures/models/bn_gamma_100.pt",
             message: "BatchNorm2d γ: mean |value| 100 is far from its default 1 (limit 10)",
         }),

@@ -100,6 +100,7 @@ for trained checkpoints: a BatchNorm layer with num_batches_tracked > 0 (`model_
 set its bias to the log class prior (bias = log(p_k)) for unbalanced classes or to the targets' mean for \
 regression.",
         example: Some(Example {
+            severity: Severity::Warning,
             args: "--model fixtures/models/classifier_hot_head.pt --data fixtures/data/classes4.npz",
             message: "the initial cross_entropy loss is 4.57, 3.3× the neutral 1.39 (ln 4): the logits \
 have std 3.62 across classes, so the untrained model is confidently wrong",

@@ -99,6 +99,7 @@ unit-scale values and passes; integer inputs (token ids for an embedding) are no
 0..255 images, ToTensor's / 255 and Normalize(mean, std)), or rescale inside the model (x / 255, or a \
 BatchNorm / LayerNorm on the inputs).",
         example: Some(Example {
+            severity: Severity::Warning,
             args: "--model fixtures/models/mlp_default.pt --data fixtures/data/regression_raw_units.npz",
             message: "the first layer `fc1` (aten::linear) gets raw-scale inputs: its output rms is 1.05e4 \
 on the sample as given, against 0.594 on the same sample standardised; the largest feature (column 3) has \
@@ -180,6 +181,7 @@ than 8.",
 the training set's statistics; a log transform first for heavy-tailed positive features), or inside the \
 model (a BatchNorm on the inputs, or (x − mean) / std with stored statistics).",
         example: Some(Example {
+            severity: Severity::Warning,
             args: "--model fixtures/models/mlp_default.pt --data fixtures/data/regression_mixed_scales.npz",
             message: "column 0 has std 9.46e-4 against 3.58 for column 31 (3551× smaller, in range too), and \
 the model does not rescale it: its contribution to the output is 3316× smaller than column 31's; columns \

@@ -159,6 +159,7 @@ the last quarter lies `divergence_rise` (ln 2: doubled) above the level at the s
 mean of the first 5% of the points, at least 5). Needs `min_points` finite rows.",
         fix: "Lower the learning rate by 3–10× (or add warm-up); check the loss's sign and reduction.",
         example: Some(Example {
+            severity: Severity::Error,
             args: "--log fixtures/logs/rising.csv",
             message: "the loss diverges over steps 0..199: its level rose from 7.16 (start) to 33.6 (last quarter)",
         }),
@@ -209,6 +210,7 @@ third quarter's). Replaces the log's other verdicts.",
         fix: "Lower the learning rate by 10× or more (or clip gradients, warm up) and restart from a fresh \
 init: the collapsed weights do not recover.",
         example: Some(Example {
+            severity: Severity::Error,
             args: "fixtures/configs/collapsed.toml",
             message: "the loss collapsed over steps 0..299: it blew up to 6.29e4 at step 1, then sat at 2.34 (last quarter), the loss of a constant output (ln 10 = 2.3): the model stopped learning and gives every input (nearly) the same output",
         }),
@@ -345,6 +347,7 @@ starts on a converged plateau shows no progress by construction: give it from th
         fix: "Lower the learning rate by 3–10× (or add warm-up / gradient clipping); if the loss bounces \
 at any learning rate, the model may lack capacity.",
         example: Some(Example {
+            severity: Severity::Warning,
             args: "--log fixtures/logs/high_lr_zigzag.csv",
             message: "the loss oscillates without descending over steps 0..299: swings ±21.7% around its trend while the net descent is 13.8% (level at the start 1.65, last quarter 1.41)",
         }),
@@ -498,6 +501,7 @@ configured end; for a spike, a peak at most a third as high; for oscillation, 15
 or an end 10% lower). Skipped with `probe = false`.",
         fix: "Lower setup.lr by 3–10× (or add warm-up / gradient clipping).",
         example: Some(Example {
+            severity: Severity::Error,
             args: "fixtures/configs/adam_lr1.toml",
             message: "learning-rate probe: adam at lr 1 (batch 16) diverges: the loss on a fixed evaluation batch went from 0.955 to 1.13e5 in 10 steps; at lr 0.1 it went to 0.872 (peak 35.1, up in 40% of the steps)",
         }),
@@ -538,6 +542,7 @@ edge of stability: weights are thrown far away and the run relies on luck to com
 above its start at any step and does not end diverged, confirmed as for probe-diverges.",
         fix: "Lower setup.lr by 3–10×, or warm the learning rate up over the first steps.",
         example: Some(Example {
+            severity: Severity::Warning,
             args: "fixtures/configs/bn_adam_lr1.toml",
             message: "learning-rate probe: adam at lr 1 (batch 32) is unstable: the loss on a fixed evaluation batch jumped to 5210 (2230× its start 2.34) at step 1, and ended at ~1.8 after 60 steps; at lr 0.1 it went to 0.484 (peak 14.4, up in 28.3% of the steps)",
         }),
@@ -589,6 +594,7 @@ show a finding too; the lr / 10 control is run and reported but not required to 
 no converged minimum's noise, and at lr / 10 the model may still collapse).",
         fix: "Lower setup.lr by 10× or more (or clip gradients, warm up) until the probe no longer blows up.",
         example: Some(Example {
+            severity: Severity::Error,
             args: "fixtures/configs/collapsed.toml",
             message: "learning-rate probe: sgd at lr 5 (batch 32) collapses: the loss on a fixed evaluation batch blew up to 4.98e5 at step 2, then came to rest at 2.34 after 60 steps, the loss of a constant output (ln 10 = 2.3); at lr 0.5 it went to 2.32 (peak 1024, up in 11.7% of the steps)",
         }),
@@ -642,6 +648,7 @@ configured probe's (the interquartile mean of its last quarter: a bouncing probe
 lower lr.",
         fix: "Lower setup.lr by 3–10× (or decay it after the first drop), and compare the plateau.",
         example: Some(Example {
+            severity: Severity::Warning,
             args: "fixtures/configs/adam_plateau.toml",
             message: "the logged loss rests at 2.98 from step 200 on, while the learning-rate probe at lr 0.02 \
 (adam, batch 32) reaches 1.85 on a fixed evaluation batch, where the configured lr 0.2 reaches 2.71 in 60 \
@@ -690,6 +697,7 @@ confirmed as for probe-diverges; not when the loss log is given and judged desce
 outweighs a probe that only goes up and down).",
         fix: "Lower setup.lr by 3–10×; if the loss bounces at any learning rate, add capacity.",
         example: Some(Example {
+            severity: Severity::Warning,
             args: "fixtures/configs/sgd_probe_oscillates.toml",
             message: "learning-rate probe: sgd at lr 0.3 (batch 32) oscillates: the loss on a fixed evaluation batch went up in 48.3% of 60 steps and from 0.955 to ~1.3; at lr 0.03 it went to 0.00291 (peak 0.955, up in 21.7% of the steps)",
         }),

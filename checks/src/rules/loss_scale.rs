@@ -76,6 +76,7 @@ powers of ten that bring every term to the smallest term's order.",
         fix: "Weight the terms so each contributes on the same order (multiply the large term by the \
 suggested weight), or normalise each term (mean instead of sum reduction).",
         example: Some(Example {
+            severity: Severity::Error,
             args: "--log fixtures/logs/two_terms_4_orders.csv",
             message: "loss terms differ by 8887× (early window): loss_feature ~306 (100% of the total), loss_mse ~0.0345 (0.0113% of the total)",
         }),

@@ -115,6 +115,7 @@ Skipped for models whose trainable parameters exceed `max_parameter_mib` (128): 
         fix: "Lower lr to the largest stable lr or below (or warm it up from there); normalise the inputs \
 and use a default init, which lower λ.",
         example: Some(Example {
+            severity: Severity::Warning,
             args: "fixtures/configs/sgd_lr_above_sharpness.toml",
             message: "lr 2 is 5.64× the largest stable lr 0.354 for SGD (momentum 0): the loss's sharpness \
 λ = 5.64 on 32 samples is above the stability bound 2(1+β)/lr = 1; expect the loss to oscillate or \

@@ -117,6 +117,7 @@ NaN and Inf values.",
         fix: "Find where the values come from (a missing value, log(0), x / std with std = 0 in \
 preprocessing) and fill, clip or drop those samples before training; torch.nan_to_num is a last resort.",
         example: Some(Example {
+            severity: Severity::Error,
             args: "--model fixtures/models/mlp_default.pt --data fixtures/data/regression_nan_inputs.npz",
             message: "3 of 64 samples of `inputs` hold NaN or Inf (4 NaN, 1 Inf), the first at sample 5",
         }),
@@ -179,6 +180,7 @@ with the counts. The output and gradients are then not judged: they are NaN beca
         fix: "Re-initialise the layers or load a checkpoint from before the run diverged; check the code \
 that set or loaded these weights.",
         example: Some(Example {
+            severity: Severity::Error,
             args: "--model fixtures/models/mlp_nan.pt",
             message: "1 parameter holds NaN or Inf: fc2.weight (3 NaN of 4096 values)",
         }),
@@ -216,6 +218,7 @@ them on.",
         fix: "Reset the statistics (module.reset_running_stats()) and recompute them with a few train-mode \
 passes over clean data, or load a checkpoint from before the NaN batch.",
         example: Some(Example {
+            severity: Severity::Error,
             args: "--model fixtures/models/bn_nan_stats.pt",
             message: "1 buffer holds NaN or Inf: bn.running_var (2 NaN of 64 values)",
         }),
@@ -277,6 +280,7 @@ source line. Not judged when the parameters or buffers are non-finite (reported 
 1e-6))), use the fused stable forms (log_softmax, logsigmoid, BCEWithLogitsLoss), or remove an \
 activation that feeds log.",
         example: Some(Example {
+            severity: Severity::Error,
             args: "--model fixtures/models/log_relu_head.pt --data fixtures/data/regression.npz",
             message: "the eval-mode output holds NaN or Inf on 30 of 64 samples with finite inputs (30 \
 Inf); the first op to produce them is aten::log in module `head` (`return torch.log(torch.relu(self.fc(x)))`)",
@@ -337,6 +341,7 @@ gradient-flow reports why).",
         fix: "Look for sqrt / pow with a fractional exponent at 0 (add an epsilon), torch.where or masking \
 that hides a NaN branch (compute the unsafe branch on safe values), and divisions in the loss.",
         example: Some(Example {
+            severity: Severity::Error,
             args: "--model fixtures/models/sqrt_where_head.pt --data fixtures/data/regression.npz",
             message: "4 of 4 trainable parameters get NaN or Inf gradients from one backward pass of the mse \
 loss (1.21) on 32 samples whose forward is finite: fc1.weight, fc1.bias, fc.weight, fc.bias",
@@ -399,6 +404,7 @@ rows are non-finite, and the last finite value before it.",
         fix: "Find what changed at that step: lower the learning rate, add gradient clipping \
 (clip_grad_norm_), look for a NaN batch in the data, or guard log / sqrt / division in the loss.",
         example: Some(Example {
+            severity: Severity::Error,
             args: "--log fixtures/logs/loss_nan.csv",
             message: "the logged `loss` is inf from step 4 (first of 36 non-finite rows of 40; the last \
 finite value was 2.90e15)",

@@ -66,6 +66,7 @@ its own output, so a binary task has one logit): error when the largest class in
 the number of logits (dim 1 of the output on the sample).",
         fix: "Give the final layer one output per class.",
         example: Some(Example {
+            severity: Severity::Error,
             args: "--model fixtures/models/head_linear.pt --data fixtures/data/targets_cls10.npz",
             message: "the model outputs 4 logits but the targets hold class indices up to 9 (10 classes): \
 6 classes can never be predicted",
@@ -138,6 +139,7 @@ of the final op (closed bounds, so 0/1 masks pass a sigmoid).",
         fix: "Match the head to the targets: sigmoid for [0, 1], tanh for [-1, 1], no activation for \
 unbounded targets; or rescale the targets (divide 0..255 images by 255).",
         example: Some(Example {
+            severity: Severity::Error,
             args: "--model fixtures/models/head_sigmoid.pt --data fixtures/data/targets_pm1.npz",
             message: "sigmoid output lies in [0, 1] but 50.1% of the targets fall outside it (targets span \
 [-0.998, 0.999])",
@@ -195,6 +197,7 @@ the attainable range.",
         fix: "Use the activation whose range the targets fill (sigmoid for [0, 1]), or rescale the targets \
 to cover the head's range.",
         example: Some(Example {
+            severity: Severity::Warning,
             args: "--model fixtures/models/head_tanh.pt --data fixtures/data/targets_01.npz",
             message: "tanh output spans [-1, 1] but the targets only use [0, 1] (50% of it): the rest is \
 wasted and targets at the edge sit in the saturated tail",

@@ -118,6 +118,7 @@ for bce) predicts 1, against a target ≥ 0.5.",
         fix: "Make the loss depend on the parameters (no .detach() or multiplication by 0 on the output), \
 check the target format against the loss, and give the model enough capacity.",
         example: Some(Example {
+            severity: Severity::Error,
             args: "--model fixtures/models/classifier_zero_logits.pt --data fixtures/data/classes4.npz",
             message: "the model cannot overfit 16 samples: the cross_entropy loss went from 1.39 to 1.39 in 0 steps (needs ≤ 0.347: 0.25 × ln 4, the loss of a uniform guess over 4 classes, with every sample right); batch accuracy 18.8%. Likely cause: no gradient reaches the parameters: all 4 parameters got a zero gradient (the output path is detached, multiplied by 0, or constant)",
         }),

@@ -99,6 +99,7 @@ and significant (r·√n ≥ 4). Uses the first `max_samples` samples; needs at 
         fix: "Set shuffle=True in the DataLoader (or shuffle the file once); if the order matters for the \
 task (optical flow, odometry), set `temporal = true` and shuffle whole sequences instead.",
         example: Some(Example {
+            severity: Severity::Error,
             args: "fixtures/configs/sorted_classes_no_shuffle.toml",
             message: "samples are in sequential order and the loader does not shuffle: 5 label runs where ~159 are expected (z = -27.3); 57.1% of batches of 32 hold a single class",
         }),

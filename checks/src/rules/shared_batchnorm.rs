@@ -51,6 +51,7 @@ with the call in forward that reaches each one.",
         fix: "Give each stream its own BatchNorm (or use one forward on the concatenated batch if mixing \
 is intended), or replace BatchNorm by GroupNorm / LayerNorm in the shared part.",
         example: Some(Example {
+            severity: Severity::Warning,
             args: "--model fixtures/models/graph_siamese_bn.pt",
             message: "BatchNorm1d encoder.1 is called 2 times in one forward (via encoder at \
 make_graph.py:57:36, encoder at make_graph.py:57:56): its running statistics mix both streams",

@@ -82,6 +82,7 @@ the running statistics learn noise.",
         how: "Error when `setup.batch_size` = 1 and the model has at least one BatchNorm layer.",
         fix: "Use a batch size of at least 2 (better 16+), or replace BatchNorm with GroupNorm / LayerNorm.",
         example: Some(Example {
+            severity: Severity::Error,
             args: "fixtures/configs/bn_batch_size_one.toml",
             message: "batch_size = 1 with 2 BatchNorm layer(s): in training the batch statistics of one \
 sample are degenerate and the normalised output collapses to β",
@@ -123,6 +124,7 @@ that stay put are the point.",
         fix: "Call model.train() on the whole model before training; freeze BatchNorm on purpose only for \
 fine-tuning with small batches.",
         example: Some(Example {
+            severity: Severity::Error,
             args: "--model fixtures/models/bn_submodule_eval.pt --data fixtures/data/images.npz",
             message: "features.4 (BatchNorm2d) was saved in eval mode inside a model saved in train mode: if \
 it stays in eval mode while training (frozen, or .eval() called on it), its statistics never update",
@@ -164,6 +166,7 @@ residual branch so every block starts as the identity.",
         fix: "Train with model.train() (not with BatchNorm in eval mode), or recompute the statistics with \
 a few train-mode passes over the data under torch.no_grad().",
         example: Some(Example {
+            severity: Severity::Error,
             args: "--model fixtures/models/bn_never_updated.pt --data fixtures/data/images.npz",
             message: "features.1 (BatchNorm2d) was never updated: num_batches_tracked = 0 and the running \
 statistics are still exactly 0 / 1, although its affine parameters were trained",
@@ -204,6 +207,7 @@ by design (saved in eval mode with affine parameters none of which requires grad
         fix: "Give the layer a momentum > 0 (PyTorch's default is 0.1) and call it in training mode; \
 export with torch.jit.script, or trace in train mode.",
         example: Some(Example {
+            severity: Severity::Error,
             args: "--model fixtures/models/bn_momentum0.pt --data fixtures/data/images.npz",
             message: "features.1 (BatchNorm2d) will not update: train-mode passes leave its running \
 statistics unchanged (effective momentum 0: momentum=0, or batch_norm called with training=False, as in a \
@@ -257,6 +261,7 @@ their statistics do.",
         fix: "Preprocess the data exactly as in training (e.g. the same /255 scaling), or recompute the \
 statistics on correctly scaled data.",
         example: Some(Example {
+            severity: Severity::Error,
             args: "--model fixtures/models/bn_stats_255.pt --data fixtures/data/images01.npz",
             message: "features.1 (BatchNorm2d): running statistics do not match the data: channels 3, 7, 5 have data means 3.7, 1.81, 1.81 stored standard deviations from the running mean, and the data's variance is 1.61e-5× the stored one; were the statistics computed on differently scaled data?",
         }),
@@ -306,6 +311,7 @@ loss and accuracy each mode gives.",
         fix: "Recompute the BatchNorm statistics on data preprocessed as in training, or check for a \
 distribution shift.",
         example: Some(Example {
+            severity: Severity::Warning,
             args: "--model fixtures/models/bn_mlp_trained.pt --data fixtures/data/regression_half_scale.npz",
             message: "train- and eval-mode outputs differ by 86.2% on the same batch, 9.18× the 9.38% that \
 batch statistics alone explain: the running statistics do not represent this data",
@@ -365,6 +371,7 @@ statistics) on the same samples. Error when eval mode is worse by at least 0.5 n
 (torch.optim.swa_utils.update_bn, or a few forward passes in train mode with momentum=None) before \
 evaluating or exporting.",
         example: Some(Example {
+            severity: Severity::Error,
             args: "--model fixtures/models/tv/mobilenet_v3_trained.pt --data fixtures/data/shapes16.npz",
             message: "in eval mode the model predicts far worse than in train mode on the same 64 samples: \
 cross_entropy 2.4 vs 1.47, accuracy 6.25% vs 45.3%; its running statistics still carry up to 13.4% of \

@@ -64,6 +64,7 @@ resolved.",
 purpose) list it in `[checks.unused-parameters] allow` or an `[[ignore]]` entry with its module as \
 location.",
         example: Some(Example {
+            severity: Severity::Error,
             args: "--model fixtures/models/unused_layer.pt",
             message: "module aux (Linear) is never called in forward: its 2 trainable parameters \
 (4160 values) never train: aux.weight, aux.bias",
