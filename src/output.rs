@@ -396,6 +396,17 @@ pub fn stdout_failure() -> Option<String> {
         .clone()
 }
 
+/// Flushes Rust's stdout and stderr and every C stdio stream (libtorch's C++ streams sit on them):
+/// before the process ends with `_exit`, which flushes nothing.
+pub fn flush_all() {
+    let _ = io::stdout().flush();
+    let _ = io::stderr().flush();
+    // SAFETY: fflush(NULL) flushes every C stdio stream and takes no pointer to dereference.
+    unsafe {
+        fflush(std::ptr::null_mut());
+    }
+}
+
 /// Writes to standard error, and goes on if it cannot (`2>&1 | head -1` closed it): there is nowhere
 /// left to say so, and the exit code still says how the run ended.
 pub fn eprint(text: &str) {
