@@ -1,0 +1,159 @@
+"""Spike for issue 25: export an MLP and a BN conv net with torch.export (train and eval IR), save .pt2,
+and write PyTorch reference numbers for the C++ interpreter prototype (interp.cpp).
+
+Run: /root/.cache/trainlint/fixtures-venv/bin/python spikes/pt2/export_models.py  (writes spikes/pt2/out/)
+Everything written is small (KBs). Deterministic (seeded).
+"""
+import json
+import os
+import struct
+import sys
+
+import torch
+import torch.nn as nn
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
+os.makedirs(OUT, exist_ok=True)
+torch.manual_seed(0)
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class ConvBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.pool(self.relu(self.bn(self.conv(x))))
+        return self.fc(torch.flatten(x, 1))
+
+
+def write_tensor(path, t):
+    """Raw little-endian f32 with a tiny header: ndim(u32), dims(i64 each), then data. The real reader
+    reads the .pt2 data/weights/* raw storages directly (see FINDINGS.md); this is only for the references."""
+    t = t.detach().contiguous().to(torch.float32)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<I", t.dim()))
+        for d in t.shape:
+            f.write(struct.pack("<q", d))
+        f.write(t.numpy().tobytes())
+
+
+def loss_fn(out, y):
+    return nn.functional.cross_entropy(out, y)
+
+
+def export_one(name, model, x, y):
+    d = os.path.join(OUT, name)
+    os.makedirs(d, exist_ok=True)
+    batch = torch.export.Dim("batch", min=2, max=1024)
+    dyn = {"x": {0: batch}}
+
+    # Keep the initial state so every reference below starts from the same weights.
+    init_state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    # --- train-mode export (the training IR: torch.export.export returns it; no run_decompositions)
+    model.train()
+    ep_train = torch.export.export(model, (x,), dynamic_shapes=dyn)
+    torch.export.save(ep_train, os.path.join(d, "train.pt2"))
+    # the same program decomposed to the core ATen IR, for the findings (what run_decompositions changes)
+    ep_train_core = ep_train.run_decompositions()
+    torch.export.save(ep_train_core, os.path.join(d, "train_core.pt2"))
+    model.load_state_dict(init_state)  # export does not mutate, but be safe
+
+    # --- eval-mode export
+    model.eval()
+    ep_eval = torch.export.export(model, (x,), dynamic_shapes=dyn)
+    torch.export.save(ep_eval, os.path.join(d, "eval.pt2"))
+    model.load_state_dict(init_state)
+
+    # --- TorchScript twin for the speed comparison
+    model.train()
+    ts = torch.jit.script(model)
+    ts.save(os.path.join(d, "model_ts.pt"))
+
+    with open(os.path.join(d, "graphs.txt"), "w") as f:
+        for tag, ep in (("train", ep_train), ("train_core", ep_train_core), ("eval", ep_eval)):
+            f.write(f"===== {tag}\n{ep.graph_module.code}\n{ep.graph_signature}\n\n")
+
+    ref = {"torch": torch.__version__, "params": [], "buffers": []}
+    write_tensor(os.path.join(d, "x.bin"), x)
+    write_tensor(os.path.join(d, "y.bin"), y.to(torch.float32))
+
+    # forward + grads in train mode on the eager module
+    model.load_state_dict(init_state)
+    model.train()
+    params = dict(model.named_parameters())
+    out = model(x)
+    loss = loss_fn(out, y)
+    grads = torch.autograd.grad(loss, list(params.values()))
+    write_tensor(os.path.join(d, "ref_out_train.bin"), out)
+    ref["loss_train"] = loss.item()
+    for (pn, p), g in zip(params.items(), grads):
+        ref["params"].append(pn)
+        write_tensor(os.path.join(d, f"ref_grad.{pn}.bin"), g)
+    for bn, b in model.named_buffers():
+        ref["buffers"].append(bn)
+        write_tensor(os.path.join(d, f"ref_buf_after.{bn}.bin"), b.to(torch.float32))
+
+    # the same grads through the exported program's module (the spec of what the interpreter must match)
+    model.load_state_dict(init_state)
+    m2 = ep_train.module()
+    out2 = m2(x)
+    g2 = torch.autograd.grad(loss_fn(out2, y), [p for _, p in m2.named_parameters()])
+    ref["ep_module_vs_eager_max_grad_diff"] = max((a - b).abs().max().item() for a, b in zip(grads, g2))
+
+    # eval-mode forward
+    model.load_state_dict(init_state)
+    model.eval()
+    with torch.no_grad():
+        write_tensor(os.path.join(d, "ref_out_eval.bin"), model(x))
+
+    # 8 Adam steps (lr 1e-2), train mode, same batch each step; loss recorded before each step
+    model.load_state_dict(init_state)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    curve = []
+    for _ in range(8):
+        opt.zero_grad()
+        l = loss_fn(model(x), y)
+        l.backward()
+        opt.step()
+        curve.append(l.item())
+    ref["adam_curve"] = curve
+    model.load_state_dict(init_state)
+    with open(os.path.join(d, "ref.json"), "w") as f:
+        json.dump(ref, f, indent=1)
+    print(name, "exported; loss", ref["loss_train"], "curve", [round(c, 5) for c in curve])
+
+
+def main():
+    torch.manual_seed(0)
+    mlp = MLP()
+    x = torch.randn(6, 8)
+    y = torch.randint(0, 4, (6,))
+    export_one("mlp", mlp, x, y)
+
+    torch.manual_seed(1)
+    cnn = ConvBN()
+    x = torch.randn(4, 3, 8, 8)
+    y = torch.randint(0, 5, (4,))
+    export_one("convbn", cnn, x, y)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

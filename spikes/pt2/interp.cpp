@@ -1,0 +1,531 @@
+// Spike for issue 25: interpret a torch.export program (lowered by lower.py from the .pt2) node by node
+// through c10::Dispatcher::findSchemaOrThrow(...).callBoxed(stack), with parameters as leaf tensors that
+// require grad, and check forward, gradients, BatchNorm buffers, eval forward and an 8-step Adam curve
+// against PyTorch's reference numbers (export_models.py). Also times forward+backward against TorchScript.
+//
+// Usage: interp MODELDIR [--bench]   (MODELDIR = spikes/pt2/out/<model>, after export_models.py + lower.py)
+#include <ATen/ScalarOps.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/script.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <functional>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+using c10::IValue;
+
+[[noreturn]] static void die(const std::string& m) {
+  std::fprintf(stderr, "error: %s\n", m.c_str());
+  std::exit(2);
+}
+
+static std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  if (s.empty()) return out;
+  std::string cur;
+  for (char c : s) {
+    if (c == sep) {
+      out.push_back(cur);
+      cur.clear();
+    } else {
+      cur.push_back(c);
+    }
+  }
+  out.push_back(cur);
+  return out;
+}
+
+static std::string read_file(const std::string& p) {
+  std::ifstream f(p, std::ios::binary);
+  if (!f) die("cannot read " + p);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// Reference tensors from export_models.py: u32 ndim, i64 dims, f32 data.
+static at::Tensor read_ref(const std::string& p) {
+  std::string b = read_file(p);
+  uint32_t nd;
+  std::memcpy(&nd, b.data(), 4);
+  std::vector<int64_t> dims(nd);
+  std::memcpy(dims.data(), b.data() + 4, 8 * nd);
+  size_t off = 4 + 8 * nd;
+  at::Tensor t = at::empty(dims, at::kFloat);
+  if (b.size() - off != (size_t)t.numel() * 4) die("bad ref " + p);
+  std::memcpy(t.data_ptr(), b.data() + off, b.size() - off);
+  return t;
+}
+
+// How one schema argument is produced at run time.
+struct ArgPlan {
+  enum Kind { Const, Slot, SymList, TensorList, OptTensorList } kind;
+  IValue value;                                // Const
+  int slot = -1;                               // Slot
+  std::vector<std::pair<int, int64_t>> items;  // SymList (slot or -1, int), TensorList/OptTensorList (slot or -1)
+};
+
+struct OutPlan {
+  enum Kind { Skip, One, ListSplit } kind;
+  std::vector<int> slots;
+};
+
+struct PNode {
+  std::string qualname, overload;
+  c10::OperatorHandle op;
+  std::vector<ArgPlan> args;
+  std::vector<OutPlan> outs;
+  PNode(c10::OperatorHandle h) : op(std::move(h)) {}
+};
+
+struct Program {
+  std::unordered_map<std::string, int> slot_of;
+  int nslots = 0;
+  struct In {
+    std::string kind, fqn;
+    int slot;
+  };
+  std::vector<In> inputs;
+  std::vector<PNode> nodes;
+  std::vector<std::pair<int, std::string>> buffer_mutations;
+  int user_out = -1, user_in = -1;
+  std::map<std::string, at::Tensor> params, buffers;  // by FQN, in signature order
+  std::vector<std::string> param_order;
+  std::vector<IValue> env;
+  bool copy_back_buffers = false;  // true reproduces the in-place copy failure
+
+  int slot(const std::string& name) {
+    auto it = slot_of.find(name);
+    if (it != slot_of.end()) return it->second;
+    slot_of[name] = nslots;
+    return nslots++;
+  }
+  int existing(const std::string& name) {
+    auto it = slot_of.find(name);
+    if (it == slot_of.end()) die("use of undefined value " + name);
+    return it->second;
+  }
+
+  // Converts one serialized value to a plan for a schema argument of type `ty`.
+  ArgPlan plan_arg(const std::string& tok, const c10::Argument& a) {
+    ArgPlan p;
+    p.kind = ArgPlan::Const;
+    c10::TypePtr ty = a.real_type();
+    if (auto opt = ty->cast<c10::OptionalType>()) ty = opt->getElementType();
+    auto colon = tok.find(':');
+    std::string k = tok.substr(0, colon), v = colon == std::string::npos ? "" : tok.substr(colon + 1);
+    bool wants_tensor = ty->kind() == c10::TypeKind::TensorType;
+    if (k == "N") {
+      p.value = IValue();
+    } else if (k == "T") {
+      p.kind = ArgPlan::Slot;
+      p.slot = existing(v);
+    } else if (k == "OT") {
+      if (v == "_") {
+        p.value = IValue();
+      } else {
+        p.kind = ArgPlan::Slot;
+        p.slot = existing(v);
+      }
+    } else if ((k == "I" || k == "F" || k == "B") && wants_tensor) {
+      // A Python number passed where the schema wants a Tensor (e.g. add_.Tensor(buf, 1)): TorchScript
+      // and Python wrap it as a 0-dim "wrapped number" tensor so type promotion ignores it.
+      c10::Scalar s = k == "I" ? c10::Scalar((int64_t)std::stoll(v))
+                      : k == "F" ? c10::Scalar(std::stod(v))
+                                 : c10::Scalar(v == "1");
+      at::Tensor t = at::scalar_to_tensor(s);
+      t.unsafeGetTensorImpl()->set_wrapped_number(true);
+      p.value = t;
+    } else if (k == "I") {
+      int64_t i = std::stoll(v);
+      if (ty->kind() == c10::TypeKind::FloatType)
+        p.value = (double)i;
+      else
+        p.value = i;
+    } else if (k == "F") {
+      p.value = std::stod(v);
+    } else if (k == "B") {
+      p.value = v == "1";
+    } else if (k == "S") {
+      p.kind = ArgPlan::Slot;
+      p.slot = existing(v);
+    } else if (k == "IL") {
+      c10::List<int64_t> l;
+      for (auto& e : split(v, ',')) l.push_back(std::stoll(e));
+      p.value = l;
+    } else if (k == "FL") {
+      c10::List<double> l;
+      for (auto& e : split(v, ',')) l.push_back(std::stod(e));
+      p.value = l;
+    } else if (k == "BL") {
+      c10::List<bool> l;
+      for (auto& e : split(v, ',')) l.push_back(e == "1");
+      p.value = l;
+    } else if (k == "SL") {
+      p.kind = ArgPlan::SymList;
+      for (auto& e : split(v, ','))
+        p.items.push_back(e[0] == 'n' ? std::make_pair(existing(e.substr(1)), (int64_t)0)
+                                      : std::make_pair(-1, (int64_t)std::stoll(e.substr(1))));
+    } else if (k == "TL" || k == "OTL") {
+      p.kind = k == "TL" ? ArgPlan::TensorList : ArgPlan::OptTensorList;
+      for (auto& e : split(v, ',')) p.items.push_back({e == "_" ? -1 : existing(e), 0});
+    } else if (k == "ST" || k == "MF" || k == "LY") {
+      p.value = (int64_t)std::stoll(v);  // already in c10's numbering (lower.py translates)
+    } else if (k == "DV") {
+      p.value = c10::Device(v);
+    } else {
+      die("value kind " + k + " not supported by the spike");
+    }
+    return p;
+  }
+
+  void load(const std::string& dir) {
+    std::ifstream f(dir + "/prog.txt");
+    if (!f) die("cannot read " + dir + "/prog.txt");
+    std::string line;
+    while (std::getline(f, line)) {
+      std::istringstream is(line);
+      std::string rec;
+      is >> rec;
+      if (rec == "schema" || rec == "storage") continue;
+      if (rec == "input") {
+        std::string kind, name;
+        is >> kind >> name;
+        In in{kind, "", slot(name)};
+        if (kind == "user") {
+          user_in = in.slot;
+        } else {
+          std::string file;
+          int dtype, nd;
+          is >> in.fqn >> file >> dtype >> nd;
+          std::vector<int64_t> sizes(nd), strides;
+          for (auto& s : sizes) is >> s;
+          is >> nd;
+          strides.resize(nd);
+          for (auto& s : strides) is >> s;
+          int64_t offset;
+          is >> offset;
+          // The real reader: raw bytes of the whole untyped storage, then as_strided(sizes, strides, offset).
+          std::string bytes = read_file(dir + "/" + file);
+          auto st = (c10::ScalarType)dtype;
+          int64_t esz = c10::elementSize(st);
+          if (bytes.size() % esz) die("storage size not a multiple of the element size");
+          at::Tensor storage = at::empty({(int64_t)(bytes.size() / esz)}, at::TensorOptions().dtype(st));
+          std::memcpy(storage.data_ptr(), bytes.data(), bytes.size());
+          at::Tensor t = storage.as_strided(sizes, strides, offset).clone();
+          if (kind == "param") {
+            t.requires_grad_(true);  // leaf
+            params[in.fqn] = t;
+            param_order.push_back(in.fqn);
+          } else {
+            buffers[in.fqn] = t;
+          }
+        }
+        inputs.push_back(in);
+      } else if (rec == "node") {
+        std::string q, ov;
+        int nin;
+        is >> q >> ov >> nin;
+        std::map<std::string, std::string> named;
+        for (int i = 0; i < nin; i++) {
+          std::string an, av;
+          is >> an >> av;
+          named[an] = av;
+        }
+        PNode n(c10::Dispatcher::singleton().findSchemaOrThrow(q.c_str(), ov == "default" ? "" : ov.c_str()));
+        n.qualname = q;
+        n.overload = ov;
+        const auto& schema = n.op.schema();
+        for (const auto& a : schema.arguments()) {
+          auto it = named.find(a.name());
+          if (it != named.end()) {
+            n.args.push_back(plan_arg(it->second, a));
+            named.erase(it);
+          } else if (a.default_value()) {
+            ArgPlan p;
+            p.kind = ArgPlan::Const;
+            p.value = *a.default_value();
+            n.args.push_back(p);
+          } else {
+            die(q + "." + ov + ": missing argument " + a.name());
+          }
+        }
+        if (!named.empty()) die(q + "." + ov + ": unknown argument " + named.begin()->first);
+        int nout;
+        is >> nout;
+        if ((size_t)nout != schema.returns().size()) die(q + ": output count differs from the schema");
+        for (int i = 0; i < nout; i++) {
+          std::string o;
+          is >> o;
+          OutPlan op;
+          if (o == "N") {
+            op.kind = OutPlan::Skip;
+          } else if (o.rfind("T:", 0) == 0 || o.rfind("S:", 0) == 0) {
+            op.kind = OutPlan::One;
+            op.slots.push_back(slot(o.substr(2)));
+          } else if (o.rfind("TL:", 0) == 0) {
+            op.kind = OutPlan::ListSplit;
+            for (auto& e : split(o.substr(3), ',')) op.slots.push_back(slot(e));
+          } else {
+            die("output kind " + o + " not supported");
+          }
+          n.outs.push_back(op);
+        }
+        nodes.push_back(std::move(n));
+      } else if (rec == "output") {
+        std::string kind, name;
+        is >> kind >> name;
+        if (kind == "user") {
+          user_out = existing(name);
+        } else {
+          std::string fqn;
+          is >> fqn;
+          buffer_mutations.push_back({existing(name), fqn});
+        }
+      }
+    }
+    env.resize(nslots);
+  }
+
+  std::vector<at::Tensor> param_list() {
+    std::vector<at::Tensor> v;
+    for (auto& n : param_order) v.push_back(params[n]);
+    return v;
+  }
+
+  at::Tensor run(const at::Tensor& x) {
+    for (auto& in : inputs) {
+      if (in.kind == "user")
+        env[in.slot] = x;
+      else if (in.kind == "param")
+        env[in.slot] = params[in.fqn];
+      else
+        env[in.slot] = buffers[in.fqn];
+    }
+    torch::jit::Stack stack;
+    for (auto& n : nodes) {
+      stack.clear();
+      stack.reserve(n.args.size());
+      for (auto& a : n.args) {
+        switch (a.kind) {
+          case ArgPlan::Const:
+            stack.push_back(a.value);
+            break;
+          case ArgPlan::Slot:
+            stack.push_back(env[a.slot]);
+            break;
+          case ArgPlan::SymList: {
+            c10::List<int64_t> l;
+            for (auto& [s, i] : a.items) l.push_back(s < 0 ? i : env[s].toInt());
+            stack.push_back(l);
+            break;
+          }
+          case ArgPlan::TensorList: {
+            c10::List<at::Tensor> l;
+            for (auto& it : a.items) l.push_back(env[it.first].toTensor());
+            stack.push_back(l);
+            break;
+          }
+          case ArgPlan::OptTensorList: {
+            c10::List<std::optional<at::Tensor>> l;
+            for (auto& it : a.items)
+              l.push_back(it.first < 0 ? std::optional<at::Tensor>() : env[it.first].toTensor());
+            stack.push_back(l);
+            break;
+          }
+        }
+      }
+      n.op.callBoxed(stack);
+      for (size_t i = 0; i < n.outs.size(); i++) {
+        auto& o = n.outs[i];
+        if (o.kind == OutPlan::One) {
+          // SymInt returns come back as SymInt IValues; keep plain ints in the env.
+          env[o.slots[0]] = stack[i].isSymInt() ? IValue(stack[i].toSymInt().expect_int()) : stack[i];
+        } else if (o.kind == OutPlan::ListSplit) {
+          auto l = stack[i].toTensorList();
+          for (size_t j = 0; j < o.slots.size(); j++) env[o.slots[j]] = l.get(j);
+        }
+      }
+    }
+    // Functional IR (run_decompositions): buffer mutations are graph outputs; rebind the buffer to the new
+    // value. Copying in place (buffers[fqn].copy_(new)) bumps the version of a tensor that
+    // _native_batch_norm_legit_functional saved for backward, and backward then fails (see FINDINGS.md).
+    // Training IR (torch.export.export): batch_norm / add_ mutate the buffers in place; this list is empty.
+    for (auto& [s, fqn] : buffer_mutations) {
+      if (copy_back_buffers) {
+        at::NoGradGuard ng;
+        buffers[fqn].copy_(env[s].toTensor().detach());
+      } else {
+        buffers[fqn] = env[s].toTensor().detach();
+      }
+    }
+    at::Tensor out = env[user_out].toTensor();
+    for (auto& e : env) e = IValue();  // drop intermediates (the autograd graph keeps what it needs)
+    return out;
+  }
+};
+
+struct Err {
+  double abs, rel, scale;
+};
+static Err err(const at::Tensor& a, const at::Tensor& b) {
+  at::Tensor d = (a.detach().to(at::kFloat) - b.to(at::kFloat)).abs();
+  double m = d.max().item<double>();
+  double s = b.to(at::kFloat).abs().max().item<double>();
+  return {m, s > 0 ? m / s : m, s};
+}
+
+static double worst = 0;
+static void report(const std::string& what, Err e) {
+  std::printf("  %-40s max_abs %.3e  max_rel %.3e  (ref max %.3e)\n", what.c_str(), e.abs, e.rel, e.scale);
+  // A reference that is itself rounding noise (e.g. the grad of a conv bias followed by BatchNorm, exactly 0
+  // in real arithmetic) has no meaningful relative error.
+  if (e.scale > 1e-6) worst = std::max(worst, e.rel);
+}
+
+static int real_main(int argc, char** argv);
+int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  try {
+    return real_main(argc, argv);
+  } catch (const c10::Error& e) {
+    die(e.what_without_backtrace());
+  }
+}
+
+static int real_main(int argc, char** argv) {
+  if (argc < 2) die("usage: interp MODELDIR [--bench]");
+  std::string d = argv[1];
+  bool bench = false, copy_back = false;
+  for (int i = 2; i < argc; i++) {
+    bench |= std::string(argv[i]) == "--bench";
+    copy_back |= std::string(argv[i]) == "--copy-back";  // in-place buffer copy-back: shows why we rebind
+  }
+  at::set_num_threads(1);
+  at::Tensor x = read_ref(d + "/x.bin");
+  at::Tensor y = read_ref(d + "/y.bin").to(at::kLong);
+  std::ifstream rf(d + "/ref.json");
+  std::string refjson((std::istreambuf_iterator<char>(rf)), std::istreambuf_iterator<char>());
+  // The tiny bit of ref.json we need: the Adam curve (8 floats after "adam_curve": [).
+  std::vector<double> ref_curve;
+  {
+    auto p = refjson.find("\"adam_curve\"");
+    p = refjson.find('[', p);
+    auto q = refjson.find(']', p);
+    for (auto& e : split(refjson.substr(p + 1, q - p - 1), ',')) ref_curve.push_back(std::stod(e));
+  }
+
+  for (std::string ir : {"train", "train_core"}) {
+    std::printf("[%s] %s IR\n", d.c_str(), ir.c_str());
+    Program prog;
+    prog.load(d + "/low_" + ir);
+    prog.copy_back_buffers = copy_back;
+    std::printf("  %zu nodes, %zu params, %zu buffers, %zu buffer-mutation outputs\n", prog.nodes.size(),
+                prog.params.size(), prog.buffers.size(), prog.buffer_mutations.size());
+    at::Tensor out = prog.run(x);
+    report("forward (train mode) vs PyTorch", err(out, read_ref(d + "/ref_out_train.bin")));
+    at::Tensor loss = at::cross_entropy_loss(out, y);
+    std::printf("  loss %.7f (grad_fn %s)\n", loss.item<double>(), loss.grad_fn() ? loss.grad_fn()->name().c_str() : "none");
+    auto grads = torch::autograd::grad({loss}, prog.param_list());
+    for (size_t i = 0; i < grads.size(); i++)
+      report("grad " + prog.param_order[i], err(grads[i], read_ref(d + "/ref_grad." + prog.param_order[i] + ".bin")));
+    for (auto& [fqn, b] : prog.buffers)
+      report("buffer after 1 fwd " + fqn, err(b, read_ref(d + "/ref_buf_after." + fqn + ".bin")));
+
+    // dynamic batch: another batch size through the same program
+    at::Tensor x7 = at::randn([&] { auto s = x.sizes().vec(); s[0] = 7; return s; }());
+    at::Tensor o7 = prog.run(x7);
+    std::printf("  batch 7 -> output %s\n", c10::str(o7.sizes()).c_str());
+
+    // 8 Adam steps, lr 1e-2, from the stored weights (reload so BN buffers/params are fresh)
+    Program p2;
+    p2.load(d + "/low_" + ir);
+    torch::optim::Adam opt(p2.param_list(), torch::optim::AdamOptions(1e-2));
+    std::vector<double> curve;
+    for (int i = 0; i < 8; i++) {
+      opt.zero_grad();
+      at::Tensor l = at::cross_entropy_loss(p2.run(x), y);
+      l.backward();
+      opt.step();
+      curve.push_back(l.item<double>());
+    }
+    double cm = 0;
+    std::printf("  adam curve:");
+    for (size_t i = 0; i < 8; i++) {
+      std::printf(" %.6f", curve[i]);
+      cm = std::max(cm, std::abs(curve[i] - ref_curve[i]));
+    }
+    std::printf("\n");
+    report("adam 8-step loss curve vs PyTorch", {cm, cm / ref_curve[0], ref_curve[0]});
+  }
+
+  {
+    std::printf("[%s] eval IR\n", d.c_str());
+    Program ev;
+    ev.load(d + "/low_eval");
+    at::NoGradGuard ng;
+    report("forward (eval mode) vs PyTorch", err(ev.run(x), read_ref(d + "/ref_out_eval.bin")));
+  }
+  std::printf("[%s] worst relative error: %.3e\n", d.c_str(), worst);
+
+  if (bench) {
+    // Interleaved rounds (the machine is shared): each round times every variant for `iters` iterations;
+    // we report the median and the minimum over rounds of the per-iteration mean.
+    const int rounds = 7, iters = 30;
+    for (int64_t b : {(int64_t)0, (int64_t)32}) {
+      at::Tensor xb = x;
+      if (b) {
+        auto s = x.sizes().vec();
+        s[0] = b;
+        if (s.size() == 4) s[2] = s[3] = 32;
+        xb = at::randn(s);
+      }
+      at::Tensor yb = at::randint(0, y.max().item<int64_t>() + 1, {xb.size(0)}, at::kLong);
+      torch::jit::Module ts = torch::jit::load(d + "/model_ts.pt");
+      ts.train();
+      std::vector<at::Tensor> tsp;
+      for (const auto& p : ts.parameters()) tsp.push_back(p);
+      Program pt, pc;
+      pt.load(d + "/low_train");
+      pc.load(d + "/low_train_core");
+      auto ptp = pt.param_list(), pcp = pc.param_list();
+      std::vector<std::pair<std::string, std::function<void()>>> variants = {
+          {"fwd+bwd torchscript", [&] { auto g = torch::autograd::grad({at::cross_entropy_loss(ts.forward({xb}).toTensor(), yb)}, tsp); }},
+          {"fwd+bwd interp train IR", [&] { auto g = torch::autograd::grad({at::cross_entropy_loss(pt.run(xb), yb)}, ptp); }},
+          {"fwd+bwd interp core IR", [&] { auto g = torch::autograd::grad({at::cross_entropy_loss(pc.run(xb), yb)}, pcp); }},
+          {"fwd no_grad torchscript", [&] { at::NoGradGuard ng; ts.forward({xb}); }},
+          {"fwd no_grad interp train IR", [&] { at::NoGradGuard ng; pt.run(xb); }},
+      };
+      std::vector<std::vector<double>> ms(variants.size());
+      for (auto& v : variants)
+        for (int i = 0; i < 10; i++) v.second();  // warm-up (TorchScript's profiling executor optimizes here)
+      for (int r = 0; r < rounds; r++)
+        for (size_t k = 0; k < variants.size(); k++) {
+          auto t0 = std::chrono::steady_clock::now();
+          for (int i = 0; i < iters; i++) variants[k].second();
+          auto t1 = std::chrono::steady_clock::now();
+          ms[k].push_back(std::chrono::duration<double, std::milli>(t1 - t0).count() / iters);
+        }
+      std::printf("[bench %s] input %s, 1 thread, %d rounds x %d iters, ms/iter median (min)\n", d.c_str(),
+                  c10::str(xb.sizes()).c_str(), rounds, iters);
+      std::vector<double> med(variants.size());
+      for (size_t k = 0; k < variants.size(); k++) {
+        auto v = ms[k];
+        std::sort(v.begin(), v.end());
+        med[k] = v[v.size() / 2];
+        double base = k < 3 ? med[0] : med[3];
+        std::printf("  %-30s %8.3f (%8.3f)  %.2fx of torchscript\n", variants[k].first.c_str(), med[k], v[0], med[k] / base);
+      }
+    }
+  }
+  return 0;
+}
