@@ -4,6 +4,7 @@ and write PyTorch reference numbers for the C++ interpreter prototype (interp.cp
 Run: /root/.cache/trainlint/fixtures-venv/bin/python spikes/pt2/export_models.py  (writes spikes/pt2/out/)
 Everything written is small (KBs). Deterministic (seeded).
 """
+import copy
 import json
 import os
 import struct
@@ -42,6 +43,31 @@ class ConvBN(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
+class Probe(nn.Module):
+    """More op patterns: in-place relu_, max_pool2d, chunk (a list return), cat (a list argument), a buffer
+    and a plain tensor attribute (a tensor constant), LayerNorm, SymInt arithmetic on the batch size
+    (`_operator.mul` node), reshape with SymInt lists, dropout (RNG), sum.dim_IntList."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.ln = nn.LayerNorm(8)
+        self.fc = nn.Linear(8 * 4 * 4 // 2, 5)
+        self.drop = nn.Dropout(0.5)
+        self.register_buffer("scale", torch.tensor(2.0))
+        self.const = torch.linspace(-1, 1, 5)  # not a parameter nor a buffer: a tensor constant
+
+    def forward(self, x):
+        x = torch.relu_(self.conv(x))
+        x = nn.functional.max_pool2d(x, 2)
+        a, b = x.chunk(2, dim=1)
+        x = torch.cat([b, a], 1) * self.scale
+        x = self.ln(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        n = x.shape[0]
+        x = self.drop(x.reshape(n * 2, -1))
+        return self.fc(x).reshape(n, 2, 5).sum(1) + self.const
+
+
 def write_tensor(path, t):
     """Raw little-endian f32 with a tiny header: ndim(u32), dims(i64 each), then data. The real reader
     reads the .pt2 data/weights/* raw storages directly (see FINDINGS.md); this is only for the references."""
@@ -57,14 +83,14 @@ def loss_fn(out, y):
     return nn.functional.cross_entropy(out, y)
 
 
-def export_one(name, model, x, y):
-    d = os.path.join(OUT, name)
+def export_one(name, model, x, y, root=OUT):
+    d = os.path.join(root, name)
     os.makedirs(d, exist_ok=True)
     batch = torch.export.Dim("batch", min=2, max=1024)
     dyn = {"x": {0: batch}}
 
     # Keep the initial state so every reference below starts from the same weights.
-    init_state = {k: v.clone() for k, v in model.state_dict().items()}
+    init_state = copy.deepcopy(model.state_dict())  # keeps _metadata (MNASNet checks its version)
 
     # --- train-mode export (the training IR: torch.export.export returns it; no run_decompositions)
     model.train()
@@ -98,6 +124,7 @@ def export_one(name, model, x, y):
     model.load_state_dict(init_state)
     model.train()
     params = dict(model.named_parameters())
+    torch.manual_seed(123)
     out = model(x)
     loss = loss_fn(out, y)
     grads = torch.autograd.grad(loss, list(params.values()))
@@ -113,6 +140,7 @@ def export_one(name, model, x, y):
     # the same grads through the exported program's module (the spec of what the interpreter must match)
     model.load_state_dict(init_state)
     m2 = ep_train.module()
+    torch.manual_seed(123)
     out2 = m2(x)
     g2 = torch.autograd.grad(loss_fn(out2, y), [p for _, p in m2.named_parameters()])
     ref["ep_module_vs_eager_max_grad_diff"] = max((a - b).abs().max().item() for a, b in zip(grads, g2))
@@ -128,6 +156,7 @@ def export_one(name, model, x, y):
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     curve = []
+    torch.manual_seed(123)
     for _ in range(8):
         opt.zero_grad()
         l = loss_fn(model(x), y)
@@ -153,6 +182,12 @@ def main():
     x = torch.randn(4, 3, 8, 8)
     y = torch.randint(0, 5, (4,))
     export_one("convbn", cnn, x, y)
+
+    torch.manual_seed(2)
+    probe = Probe()
+    x = torch.randn(4, 3, 8, 8)
+    y = torch.randint(0, 5, (4,))
+    export_one("probe", probe, x, y)
 
 
 if __name__ == "__main__":

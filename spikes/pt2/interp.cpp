@@ -16,6 +16,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <unordered_map>
@@ -81,10 +82,10 @@ struct OutPlan {
 
 struct PNode {
   std::string qualname, overload;
-  c10::OperatorHandle op;
+  std::optional<c10::OperatorHandle> op;  // empty for a symop
+  char symop = 0;                         // '+', '-', '*', '/', '%', 'n' (neg): Python int ops on SymInts
   std::vector<ArgPlan> args;
   std::vector<OutPlan> outs;
-  PNode(c10::OperatorHandle h) : op(std::move(h)) {}
 };
 
 struct Program {
@@ -98,7 +99,7 @@ struct Program {
   std::vector<PNode> nodes;
   std::vector<std::pair<int, std::string>> buffer_mutations;
   int user_out = -1, user_in = -1;
-  std::map<std::string, at::Tensor> params, buffers;  // by FQN, in signature order
+  std::map<std::string, at::Tensor> params, buffers, constants;  // by FQN
   std::vector<std::string> param_order;
   std::vector<IValue> env;
   bool copy_back_buffers = false;  // true reproduces the in-place copy failure
@@ -226,11 +227,43 @@ struct Program {
             t.requires_grad_(true);  // leaf
             params[in.fqn] = t;
             param_order.push_back(in.fqn);
+          } else if (kind == "constant") {
+            constants[in.fqn] = t;
           } else {
             buffers[in.fqn] = t;
           }
         }
         inputs.push_back(in);
+      } else if (rec == "symop") {
+        std::string name;
+        int nin;
+        is >> name >> nin;
+        static const std::map<std::string, char> ops = {{"add", '+'}, {"sub", '-'}, {"mul", '*'},
+                                                        {"floordiv", '/'}, {"mod", '%'}, {"neg", 'n'}};
+        PNode n;
+        n.qualname = "_operator." + name;
+        n.symop = ops.at(name);
+        for (int i = 0; i < nin; i++) {
+          std::string an, av;
+          is >> an >> av;
+          ArgPlan p;
+          p.kind = ArgPlan::Const;
+          if (av.rfind("S:", 0) == 0) {
+            p.kind = ArgPlan::Slot;
+            p.slot = existing(av.substr(2));
+          } else if (av.rfind("I:", 0) == 0) {
+            p.value = (int64_t)std::stoll(av.substr(2));
+          } else {
+            die(n.qualname + ": operand " + av + " is not an int");
+          }
+          n.args.push_back(p);
+        }
+        int nout;
+        std::string o;
+        is >> nout >> o;
+        if (nout != 1 || o.rfind("S:", 0) != 0) die(n.qualname + ": expected one SymInt output");
+        n.outs.push_back({OutPlan::One, {slot(o.substr(2))}});
+        nodes.push_back(std::move(n));
       } else if (rec == "node") {
         std::string q, ov;
         int nin;
@@ -241,10 +274,11 @@ struct Program {
           is >> an >> av;
           named[an] = av;
         }
-        PNode n(c10::Dispatcher::singleton().findSchemaOrThrow(q.c_str(), ov == "default" ? "" : ov.c_str()));
+        PNode n;
+        n.op = c10::Dispatcher::singleton().findSchemaOrThrow(q.c_str(), ov == "default" ? "" : ov.c_str());
         n.qualname = q;
         n.overload = ov;
-        const auto& schema = n.op.schema();
+        const auto& schema = n.op->schema();
         for (const auto& a : schema.arguments()) {
           auto it = named.find(a.name());
           if (it != named.end()) {
@@ -308,11 +342,31 @@ struct Program {
         env[in.slot] = x;
       else if (in.kind == "param")
         env[in.slot] = params[in.fqn];
+      else if (in.kind == "constant")
+        env[in.slot] = constants[in.fqn];
       else
         env[in.slot] = buffers[in.fqn];
     }
     torch::jit::Stack stack;
     for (auto& n : nodes) {
+      if (n.symop) {
+        auto arg = [&](size_t i) { return n.args[i].kind == ArgPlan::Slot ? env[n.args[i].slot].toInt() : n.args[i].value.toInt(); };
+        int64_t a = arg(0), r = 0;
+        if (n.symop == 'n') {
+          r = -a;
+        } else {
+          int64_t b = arg(1);
+          switch (n.symop) {
+            case '+': r = a + b; break;
+            case '-': r = a - b; break;
+            case '*': r = a * b; break;
+            case '/': r = a / b - ((a % b != 0) && ((a < 0) != (b < 0))); break;  // Python floor division
+            case '%': r = ((a % b) + b) % b; break;
+          }
+        }
+        env[n.outs[0].slots[0]] = r;
+        continue;
+      }
       stack.clear();
       stack.reserve(n.args.size());
       for (auto& a : n.args) {
@@ -344,7 +398,7 @@ struct Program {
           }
         }
       }
-      n.op.callBoxed(stack);
+      n.op->callBoxed(stack);
       for (size_t i = 0; i < n.outs.size(); i++) {
         auto& o = n.outs[i];
         if (o.kind == OutPlan::One) {
@@ -410,7 +464,7 @@ static int real_main(int argc, char** argv) {
     bench |= std::string(argv[i]) == "--bench";
     copy_back |= std::string(argv[i]) == "--copy-back";  // in-place buffer copy-back: shows why we rebind
   }
-  at::set_num_threads(1);
+  at::set_num_threads(std::getenv("INTERP_THREADS") ? std::atoi(std::getenv("INTERP_THREADS")) : 1);
   at::Tensor x = read_ref(d + "/x.bin");
   at::Tensor y = read_ref(d + "/y.bin").to(at::kLong);
   std::ifstream rf(d + "/ref.json");
@@ -431,6 +485,7 @@ static int real_main(int argc, char** argv) {
     prog.copy_back_buffers = copy_back;
     std::printf("  %zu nodes, %zu params, %zu buffers, %zu buffer-mutation outputs\n", prog.nodes.size(),
                 prog.params.size(), prog.buffers.size(), prog.buffer_mutations.size());
+    at::manual_seed(123);  // same seed as export_models.py before the forward (dropout's RNG)
     at::Tensor out = prog.run(x);
     report("forward (train mode) vs PyTorch", err(out, read_ref(d + "/ref_out_train.bin")));
     at::Tensor loss = at::cross_entropy_loss(out, y);
@@ -451,6 +506,7 @@ static int real_main(int argc, char** argv) {
     p2.load(d + "/low_" + ir);
     torch::optim::Adam opt(p2.param_list(), torch::optim::AdamOptions(1e-2));
     std::vector<double> curve;
+    at::manual_seed(123);
     for (int i = 0; i < 8; i++) {
       opt.zero_grad();
       at::Tensor l = at::cross_entropy_loss(p2.run(x), y);
@@ -486,7 +542,6 @@ static int real_main(int argc, char** argv) {
       if (b) {
         auto s = x.sizes().vec();
         s[0] = b;
-        if (s.size() == 4) s[2] = s[3] = 32;
         xb = at::randn(s);
       }
       at::Tensor yb = at::randint(0, y.max().item<int64_t>() + 1, {xb.size(0)}, at::kLong);

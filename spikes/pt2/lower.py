@@ -7,9 +7,10 @@ This is a stand-in for the Rust serde reader: everything it touches is what the 
 prog.txt, one record per line, tokens separated by single spaces (names never contain spaces):
   schema MAJOR MINOR
   storage FILE NBYTES
-  input param|buffer GRAPHNAME FQN STORAGEFILE DTYPE NDIM SIZES.. NDIM STRIDES.. OFFSET
+  input param|buffer|constant GRAPHNAME FQN STORAGEFILE DTYPE NDIM SIZES.. NDIM STRIDES.. OFFSET
   input user GRAPHNAME
   node NS::NAME OVERLOAD NIN (ARGNAME VALUE)*NIN NOUT VALUE*NOUT
+  symop add|sub|mul|floordiv|mod|neg NIN (ARGNAME VALUE)*NIN NOUT VALUE*NOUT   (Python int ops on SymInts)
   output user NAME | output buffer_mutation NAME FQN
 VALUE: N | T:name | I:int | F:float | B:0|1 | S:symname | IL:a,b | FL:a,b | BL:0,1 | SL:i8,nsym | TL:a,b
        | OTL:a,_,b | OT:name|OT:_ | ST:c10code | MF:c10code | LY:c10code | DV:type[:index] | STR:%xx-escaped
@@ -26,6 +27,9 @@ SUPPORTED_MAJOR = 8  # schema.py SCHEMA_VERSION = (8, 20) in torch 2.13
 SCALAR_TYPE = {1: 0, 2: 1, 3: 2, 4: 3, 5: 4, 6: 5, 7: 6, 8: 7, 9: 8, 10: 9, 11: 10, 12: 11, 13: 15}
 MEMORY_FORMAT = {1: 0, 2: 2, 3: 3, 4: 1}  # Contiguous, ChannelsLast, ChannelsLast3d, Preserve
 LAYOUT = {7: 0, 1: 1, 2: 3, 3: 4, 4: 5, 5: 6, 6: 2}  # Strided, Sparse(COO), SparseCsr, Csc, Bsr, Bsc, Mkldnn
+
+
+SYM_OPS = {"add", "sub", "mul", "floordiv", "mod", "neg"}
 
 
 class Refuse(Exception):
@@ -137,7 +141,7 @@ def main(path, outdir):
             lines.append(f"input buffer {v['arg']['name']} {fqn} " + payload(fqn, wcfg if fqn in wcfg else ccfg))
         elif k == "tensor_constant":
             fqn = v["tensor_constant_name"]
-            lines.append(f"input buffer {v['arg']['name']} {fqn} " + payload(fqn, ccfg))
+            lines.append(f"input constant {v['arg']['name']} {fqn} " + payload(fqn, ccfg))
         elif k == "user_input":
             (ak, av), = v["arg"].items()
             if ak != "as_tensor":
@@ -148,10 +152,15 @@ def main(path, outdir):
 
     for n in g["nodes"]:
         t = n["target"]
-        if not t.startswith("torch.ops.aten."):
+        if t.startswith("_operator.") and t[len("_operator."):] in SYM_OPS:
+            # Python arithmetic on SymInts (e.g. `n * 2` on the batch size): `_operator.mul`, inputs named
+            # by position, SymInt output. The interpreter computes these itself.
+            toks = ["symop", t[len("_operator."):], str(len(n["inputs"]))]
+        elif t.startswith("torch.ops.aten."):
+            _, _, ns, name, overload = t.split(".")
+            toks = ["node", f"{ns}::{name}", overload, str(len(n["inputs"]))]
+        else:
             raise Refuse(f"node target {t} is not an ATen op")
-        _, _, ns, name, overload = t.split(".")
-        toks = ["node", f"{ns}::{name}", overload, str(len(n["inputs"]))]
         for a in n["inputs"]:
             toks += [a["name"], enc(a["arg"])]
         toks.append(str(len(n["outputs"])))
