@@ -16,6 +16,9 @@ import torch.nn as nn
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
 os.makedirs(OUT, exist_ok=True)
 torch.manual_seed(0)
+# One intra-op thread: results are then bitwise reproducible, and interp.cpp (1 thread by default) can be
+# compared bit for bit (with 2 threads both sides still agree bitwise; mixing 1 and 2 gives ~1e-7 noise).
+torch.set_num_threads(1)
 
 
 class MLP(nn.Module):
