@@ -71,6 +71,24 @@ class Probe(nn.Module):
         return self.fc(x).reshape(n, 2, 5).sum(1) + self.const
 
 
+class NoGradBlock(nn.Module):
+    """`with torch.no_grad():` inside forward (a teacher / target branch): the training IR holds it as
+    torch.ops.higher_order.wrap_with_set_grad_enabled(False, subgraph, ...). t's parameters get no
+    gradient."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(8, 16)
+        self.t = nn.Linear(16, 16)
+        self.b = nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        with torch.no_grad():
+            g = self.t(h)
+        return self.b(h * torch.sigmoid(g))  # gated by the teacher, which gets no gradient
+
+
 def write_tensor(path, t):
     """Raw little-endian f32 with a tiny header: ndim(u32), dims(i64 each), then data. The real reader
     reads the .pt2 data/weights/* raw storages directly (see FINDINGS.md); this is only for the references."""
@@ -130,7 +148,9 @@ def export_one(name, model, x, y, root=OUT):
     torch.manual_seed(123)
     out = model(x)
     loss = loss_fn(out, y)
-    grads = torch.autograd.grad(loss, list(params.values()))
+    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    ref["no_grad_params"] = [pn for pn, g in zip(params, grads) if g is None]
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params.values(), grads)]
     write_tensor(os.path.join(d, "ref_out_train.bin"), out)
     ref["loss_train"] = loss.item()
     for (pn, p), g in zip(params.items(), grads):
@@ -145,7 +165,8 @@ def export_one(name, model, x, y, root=OUT):
     m2 = ep_train.module()
     torch.manual_seed(123)
     out2 = m2(x)
-    g2 = torch.autograd.grad(loss_fn(out2, y), [p for _, p in m2.named_parameters()])
+    g2 = torch.autograd.grad(loss_fn(out2, y), [p for _, p in m2.named_parameters()], allow_unused=True)
+    g2 = [torch.zeros_like(p) if g is None else g for (_, p), g in zip(m2.named_parameters(), g2)]
     ref["ep_module_vs_eager_max_grad_diff"] = max((a - b).abs().max().item() for a, b in zip(grads, g2))
 
     # eval-mode forward
@@ -191,6 +212,12 @@ def main():
     x = torch.randn(4, 3, 8, 8)
     y = torch.randint(0, 5, (4,))
     export_one("probe", probe, x, y)
+
+    torch.manual_seed(3)
+    ng = NoGradBlock()
+    x = torch.randn(6, 8)
+    y = torch.randint(0, 4, (6,))
+    export_one("nograd", ng, x, y)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,11 @@ struct PNode {
   char symop = 0;                         // '+', '-', '*', '/', '%', 'n' (neg): Python int ops on SymInts
   std::vector<ArgPlan> args;
   std::vector<OutPlan> outs;
+  // higher_order.wrap_with_set_grad_enabled: outer slots -> subgraph input slots, body under the grad
+  // mode, subgraph output slots -> `outs`.
+  bool hop = false, grad_enabled = true;
+  std::vector<int> hop_outer_in, hop_inner_in, hop_inner_out;
+  std::vector<PNode> body;
 };
 
 struct Program {
@@ -102,6 +107,8 @@ struct Program {
   std::map<std::string, at::Tensor> params, buffers, constants;  // by FQN
   std::vector<std::string> param_order;
   std::vector<IValue> env;
+  std::vector<PNode> open_hops;  // while parsing a hop's body
+  std::vector<PNode>& current() { return open_hops.empty() ? nodes : open_hops.back().body; }
   bool copy_back_buffers = false;  // true reproduces the in-place copy failure
 
   int slot(const std::string& name) {
@@ -234,6 +241,49 @@ struct Program {
           }
         }
         inputs.push_back(in);
+      } else if (rec == "hop") {
+        std::string kind;
+        int en, nargs;
+        is >> kind >> en >> nargs;
+        if (kind != "set_grad") die("hop " + kind + " not supported");
+        PNode h;
+        h.qualname = "higher_order.wrap_with_set_grad_enabled";
+        h.hop = true;
+        h.grad_enabled = en != 0;
+        for (int i = 0; i < nargs; i++) {
+          std::string a;
+          is >> a;
+          if (a.rfind("T:", 0) != 0) die("hop argument " + a + " is not a tensor");
+          h.hop_outer_in.push_back(existing(a.substr(2)));
+        }
+        int nin;
+        is >> nin;
+        for (int i = 0; i < nin; i++) {
+          std::string a;
+          is >> a;
+          h.hop_inner_in.push_back(slot(a.substr(2)));
+        }
+        if (h.hop_inner_in.size() != h.hop_outer_in.size()) die("hop arity mismatch");
+        open_hops.push_back(std::move(h));
+      } else if (rec == "endhop") {
+        if (open_hops.empty()) die("endhop without hop");
+        PNode h = std::move(open_hops.back());
+        open_hops.pop_back();
+        int nsub, nout;
+        is >> nsub;
+        for (int i = 0; i < nsub; i++) {
+          std::string a;
+          is >> a;
+          h.hop_inner_out.push_back(existing(a.substr(2)));
+        }
+        is >> nout;
+        if (nout != nsub) die("hop output count mismatch");
+        for (int i = 0; i < nout; i++) {
+          std::string o;
+          is >> o;
+          h.outs.push_back({OutPlan::One, {slot(o.substr(2))}});
+        }
+        current().push_back(std::move(h));
       } else if (rec == "symop") {
         std::string name;
         int nin;
@@ -263,7 +313,7 @@ struct Program {
         is >> nout >> o;
         if (nout != 1 || o.rfind("S:", 0) != 0) die(n.qualname + ": expected one SymInt output");
         n.outs.push_back({OutPlan::One, {slot(o.substr(2))}});
-        nodes.push_back(std::move(n));
+        current().push_back(std::move(n));
       } else if (rec == "node") {
         std::string q, ov;
         int nin;
@@ -314,7 +364,7 @@ struct Program {
           }
           n.outs.push_back(op);
         }
-        nodes.push_back(std::move(n));
+        current().push_back(std::move(n));
       } else if (rec == "output") {
         std::string kind, name;
         is >> kind >> name;
@@ -336,19 +386,18 @@ struct Program {
     return v;
   }
 
-  at::Tensor run(const at::Tensor& x) {
-    for (auto& in : inputs) {
-      if (in.kind == "user")
-        env[in.slot] = x;
-      else if (in.kind == "param")
-        env[in.slot] = params[in.fqn];
-      else if (in.kind == "constant")
-        env[in.slot] = constants[in.fqn];
-      else
-        env[in.slot] = buffers[in.fqn];
-    }
+  void run_nodes(std::vector<PNode>& list) {
     torch::jit::Stack stack;
-    for (auto& n : nodes) {
+    for (auto& n : list) {
+      if (n.hop) {
+        for (size_t i = 0; i < n.hop_outer_in.size(); i++) env[n.hop_inner_in[i]] = env[n.hop_outer_in[i]];
+        {
+          at::AutoGradMode mode(n.grad_enabled);
+          run_nodes(n.body);
+        }
+        for (size_t i = 0; i < n.outs.size(); i++) env[n.outs[i].slots[0]] = env[n.hop_inner_out[i]];
+        continue;
+      }
       if (n.symop) {
         auto arg = [&](size_t i) { return n.args[i].kind == ArgPlan::Slot ? env[n.args[i].slot].toInt() : n.args[i].value.toInt(); };
         int64_t a = arg(0), r = 0;
@@ -410,6 +459,20 @@ struct Program {
         }
       }
     }
+  }
+
+  at::Tensor run(const at::Tensor& x) {
+    for (auto& in : inputs) {
+      if (in.kind == "user")
+        env[in.slot] = x;
+      else if (in.kind == "param")
+        env[in.slot] = params[in.fqn];
+      else if (in.kind == "constant")
+        env[in.slot] = constants[in.fqn];
+      else
+        env[in.slot] = buffers[in.fqn];
+    }
+    run_nodes(nodes);
     // Functional IR (run_decompositions): buffer mutations are graph outputs; rebind the buffer to the new
     // value. Copying in place (buffers[fqn].copy_(new)) bumps the version of a tensor that
     // _native_batch_norm_legit_functional saved for backward, and backward then fails (see FINDINGS.md).
@@ -490,9 +553,14 @@ static int real_main(int argc, char** argv) {
     report("forward (train mode) vs PyTorch", err(out, read_ref(d + "/ref_out_train.bin")));
     at::Tensor loss = at::cross_entropy_loss(out, y);
     std::printf("  loss %.7f (grad_fn %s)\n", loss.item<double>(), loss.grad_fn() ? loss.grad_fn()->name().c_str() : "none");
-    auto grads = torch::autograd::grad({loss}, prog.param_list());
-    for (size_t i = 0; i < grads.size(); i++)
-      report("grad " + prog.param_order[i], err(grads[i], read_ref(d + "/ref_grad." + prog.param_order[i] + ".bin")));
+    auto plist = prog.param_list();
+    auto grads = torch::autograd::grad({loss}, plist, {}, std::nullopt, false, /*allow_unused=*/true);
+    for (size_t i = 0; i < grads.size(); i++) {
+      // no gradient (a parameter used only under no_grad): PyTorch's reference wrote zeros
+      bool none = !grads[i].defined();
+      report("grad " + prog.param_order[i] + (none ? " (none)" : ""),
+             err(none ? at::zeros_like(plist[i]) : grads[i], read_ref(d + "/ref_grad." + prog.param_order[i] + ".bin")));
+    }
     for (auto& [fqn, b] : prog.buffers)
       report("buffer after 1 fwd " + fqn, err(b, read_ref(d + "/ref_buf_after." + fqn + ".bin")));
 
@@ -525,12 +593,12 @@ static int real_main(int argc, char** argv) {
           opt.step();
           continue;
         }
-        auto gs = torch::autograd::grad({l}, ps);
+        auto gs = torch::autograd::grad({l}, ps, {}, std::nullopt, false, true);
         at::NoGradGuard ng;
         const double b1 = 0.9, b2 = 0.999, lr = 1e-2, eps = 1e-8;  // Python floats are doubles
         double bc1 = 1 - std::pow(b1, step), bc2 = 1 - std::pow(b2, step);
         for (size_t i = 0; i < ps.size(); i++) {
-          if (!ps[i].requires_grad()) continue;
+          if (!ps[i].requires_grad() || !gs[i].defined()) continue;  // torch.optim skips grad None
           m1[i].lerp_(gs[i], 1 - b1);
           m2[i].mul_(b2).addcmul_(gs[i], gs[i], 1 - b2);
           at::Tensor denom = (m2[i].sqrt() / std::pow(bc2, 0.5)).add_(eps);

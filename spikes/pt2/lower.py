@@ -11,6 +11,8 @@ prog.txt, one record per line, tokens separated by single spaces (names never co
   input user GRAPHNAME
   node NS::NAME OVERLOAD NIN (ARGNAME VALUE)*NIN NOUT VALUE*NOUT
   symop add|sub|mul|floordiv|mod|neg NIN (ARGNAME VALUE)*NIN NOUT VALUE*NOUT   (Python int ops on SymInts)
+  hop set_grad 0|1 NARGS VALUE*NARGS NSUBIN VALUE*NSUBIN   (the subgraph's nodes follow, then)
+  endhop NSUBOUT VALUE*NSUBOUT NOUT VALUE*NOUT
   output user NAME | output buffer_mutation NAME FQN
 VALUE: N | T:name | I:int | F:float | B:0|1 | S:symname | IL:a,b | FL:a,b | BL:0,1 | SL:i8,nsym | TL:a,b
        | OTL:a,_,b | OT:name|OT:_ | ST:c10code | MF:c10code | LY:c10code | DV:type[:index] | STR:%xx-escaped
@@ -42,12 +44,13 @@ def symint(s):
     raise Refuse(f"symbolic size in stored tensor metadata: {s}")
 
 
-def enc(arg):
+def enc(arg, rn=lambda n: n):
+    """Encodes one serialized Argument; `rn` renames values (a subgraph's values get a prefix)."""
     (k, v), = arg.items()  # a union: exactly one key
     if k == "as_none":
         return "N"
     if k == "as_tensor":
-        return "T:" + v["name"]
+        return "T:" + rn(v["name"])
     if k == "as_int":
         return f"I:{v}"
     if k == "as_float":
@@ -61,15 +64,15 @@ def enc(arg):
     if k == "as_bools":
         return "BL:" + ",".join("1" if b else "0" for b in v)
     if k == "as_sym_int":
-        return ("S:" + v["as_name"]) if "as_name" in v else f"I:{v['as_int']}"
+        return ("S:" + rn(v["as_name"])) if "as_name" in v else f"I:{v['as_int']}"
     if k == "as_sym_ints":
-        return "SL:" + ",".join(("n" + e["as_name"]) if "as_name" in e else f"i{e['as_int']}" for e in v)
+        return "SL:" + ",".join(("n" + rn(e["as_name"])) if "as_name" in e else f"i{e['as_int']}" for e in v)
     if k == "as_tensors":
-        return "TL:" + ",".join(t["name"] for t in v)
+        return "TL:" + ",".join(rn(t["name"]) for t in v)
     if k == "as_optional_tensors":
-        return "OTL:" + ",".join(e["as_tensor"]["name"] if "as_tensor" in e else "_" for e in v)
+        return "OTL:" + ",".join(rn(e["as_tensor"]["name"]) if "as_tensor" in e else "_" for e in v)
     if k == "as_optional_tensor":
-        return "OT:" + (v["as_tensor"]["name"] if "as_tensor" in v else "_")
+        return "OT:" + (rn(v["as_tensor"]["name"]) if "as_tensor" in v else "_")
     if k == "as_scalar_type":
         return f"ST:{SCALAR_TYPE[v]}"
     if k == "as_memory_format":
@@ -81,6 +84,41 @@ def enc(arg):
     if k == "as_string":
         return "STR:" + urllib.parse.quote(v, safe="")
     raise Refuse(f"argument kind {k} is not supported by the spike")
+
+
+def lower_nodes(nodes, prefix, lines):
+    rn = lambda name: prefix + name
+    for n in nodes:
+        t = n["target"]
+        if t.startswith("_operator.") and t[len("_operator."):] in SYM_OPS:
+            # Python arithmetic on SymInts (e.g. `n * 2` on the batch size): `_operator.mul`, inputs named
+            # by position, SymInt output. The interpreter computes these itself.
+            toks = ["symop", t[len("_operator."):], str(len(n["inputs"]))]
+        elif t == "torch.ops.higher_order.wrap_with_set_grad_enabled":
+            # `with torch.no_grad():` inside forward: (enabled, subgraph, *tensors) -> outputs. Inputs are
+            # unnamed; the subgraph's values get a prefix so they cannot clash with the outer graph's.
+            ins = n["inputs"]
+            enabled = ins[0]["arg"]["as_bool"]
+            sub = ins[1]["arg"]["as_graph"]["graph"]
+            sp = f"{prefix}{n.get('name') or ins[1]['arg']['as_graph']['name']}/"
+            args = [enc(a["arg"], rn) for a in ins[2:]]
+            subin = [enc(a, lambda x: sp + x) for a in sub["inputs"]]
+            lines.append(" ".join(["hop", "set_grad", "1" if enabled else "0", str(len(args))] + args + [str(len(subin))] + subin))
+            lower_nodes(sub["nodes"], sp, lines)
+            subout = [enc(a, lambda x: sp + x) for a in sub["outputs"]]
+            outs = [enc(o, rn) for o in n["outputs"]]
+            lines.append(" ".join(["endhop", str(len(subout))] + subout + [str(len(outs))] + outs))
+            continue
+        elif t.startswith("torch.ops.aten."):
+            _, _, ns, name, overload = t.split(".")
+            toks = ["node", f"{ns}::{name}", overload, str(len(n["inputs"]))]
+        else:
+            raise Refuse(f"node target {t} is not supported by the spike")
+        for a in n["inputs"]:
+            toks += [a["name"], enc(a["arg"], rn)]
+        toks.append(str(len(n["outputs"])))
+        toks += [enc(o, rn) for o in n["outputs"]]
+        lines.append(" ".join(toks))
 
 
 def main(path, outdir):
@@ -150,22 +188,7 @@ def main(path, outdir):
         else:
             raise Refuse(f"input spec {k} not supported by the spike")
 
-    for n in g["nodes"]:
-        t = n["target"]
-        if t.startswith("_operator.") and t[len("_operator."):] in SYM_OPS:
-            # Python arithmetic on SymInts (e.g. `n * 2` on the batch size): `_operator.mul`, inputs named
-            # by position, SymInt output. The interpreter computes these itself.
-            toks = ["symop", t[len("_operator."):], str(len(n["inputs"]))]
-        elif t.startswith("torch.ops.aten."):
-            _, _, ns, name, overload = t.split(".")
-            toks = ["node", f"{ns}::{name}", overload, str(len(n["inputs"]))]
-        else:
-            raise Refuse(f"node target {t} is not an ATen op")
-        for a in n["inputs"]:
-            toks += [a["name"], enc(a["arg"])]
-        toks.append(str(len(n["outputs"])))
-        toks += [enc(o) for o in n["outputs"]]
-        lines.append(" ".join(toks))
+    lower_nodes(g["nodes"], "", lines)
 
     for spec in gm["signature"]["output_specs"]:
         (k, v), = spec.items()
