@@ -89,6 +89,40 @@ class NoGradBlock(nn.Module):
         return self.b(h * torch.sigmoid(g))  # gated by the teacher, which gets no gradient
 
 
+class TiedFrozen(nn.Module):
+    """A weight shared by two layers (one Parameter, two FQNs: `dec.weight` is `enc.weight`) and a frozen
+    layer (requires_grad False). Export makes the tied weight two graph inputs backed by one storage file."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Linear(8, 8)
+        self.dec = nn.Linear(8, 8)
+        self.dec.weight = self.enc.weight
+        self.frozen = nn.Linear(8, 8)
+        self.frozen.requires_grad_(False)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.frozen(torch.relu(self.dec(torch.relu(self.enc(x)))))))
+
+
+class AutocastBlock(nn.Module):
+    """`with torch.autocast("cpu", dtype=torch.bfloat16):` inside forward: the training IR holds it as
+    torch.ops.higher_order.wrap_with_autocast("cpu", bfloat16, True, True, subgraph, ...)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(8, 16)
+        self.m = nn.Linear(16, 16)
+        self.b = nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h = torch.relu(self.m(h))
+        return self.b(h.float())
+
+
 def write_tensor(path, t):
     """Raw little-endian f32 with a tiny header: ndim(u32), dims(i64 each), then data. The real reader
     reads the .pt2 data/weights/* raw storages directly (see FINDINGS.md); this is only for the references."""
@@ -144,7 +178,8 @@ def export_one(name, model, x, y, root=OUT):
     # forward + grads in train mode on the eager module
     model.load_state_dict(init_state)
     model.train()
-    params = dict(model.named_parameters())
+    # named_parameters() lists a tied weight once (under its first FQN); frozen ones get no gradient
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     torch.manual_seed(123)
     out = model(x)
     loss = loss_fn(out, y)
@@ -165,9 +200,11 @@ def export_one(name, model, x, y, root=OUT):
     m2 = ep_train.module()
     torch.manual_seed(123)
     out2 = m2(x)
-    g2 = torch.autograd.grad(loss_fn(out2, y), [p for _, p in m2.named_parameters()], allow_unused=True)
-    g2 = [torch.zeros_like(p) if g is None else g for (_, p), g in zip(m2.named_parameters(), g2)]
-    ref["ep_module_vs_eager_max_grad_diff"] = max((a - b).abs().max().item() for a, b in zip(grads, g2))
+    p2 = {n: p for n, p in m2.named_parameters() if p.requires_grad}
+    g2 = torch.autograd.grad(loss_fn(out2, y), list(p2.values()), allow_unused=True)
+    g2 = {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(p2.items(), g2)}
+    ref["ep_module_params"] = list(p2)
+    ref["ep_module_vs_eager_max_grad_diff"] = max((g - g2[n]).abs().max().item() for n, g in zip(params, grads))
 
     # eval-mode forward
     model.load_state_dict(init_state)
@@ -218,6 +255,18 @@ def main():
     x = torch.randn(6, 8)
     y = torch.randint(0, 4, (6,))
     export_one("nograd", ng, x, y)
+
+    torch.manual_seed(4)
+    tf = TiedFrozen()
+    x = torch.randn(6, 8)
+    y = torch.randint(0, 4, (6,))
+    export_one("tiedfrozen", tf, x, y)
+
+    torch.manual_seed(5)
+    ac = AutocastBlock()
+    x = torch.randn(6, 8)
+    y = torch.randint(0, 4, (6,))
+    export_one("autocast", ac, x, y)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,13 @@
 //
 // Usage: interp MODELDIR [--bench]   (MODELDIR = spikes/pt2/out/<model>, after export_models.py + lower.py)
 #include <ATen/ScalarOps.h>
+#include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/script.h>
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <functional>
 #include <cstdio>
@@ -89,6 +91,8 @@ struct PNode {
   // higher_order.wrap_with_set_grad_enabled: outer slots -> subgraph input slots, body under the grad
   // mode, subgraph output slots -> `outs`.
   bool hop = false, grad_enabled = true;
+  bool autocast = false, autocast_enabled = false, autocast_cache = true;  // wrap_with_autocast (CPU)
+  c10::ScalarType autocast_dtype = c10::kBFloat16;
   std::vector<int> hop_outer_in, hop_inner_in, hop_inner_out;
   std::vector<PNode> body;
 };
@@ -105,11 +109,16 @@ struct Program {
   std::vector<std::pair<int, std::string>> buffer_mutations;
   int user_out = -1, user_in = -1;
   std::map<std::string, at::Tensor> params, buffers, constants;  // by FQN
-  std::vector<std::string> param_order;
+  std::vector<std::string> param_order;               // trainable, one FQN per leaf (tied: the first)
+  std::map<std::string, at::Tensor> by_view;           // storage view -> leaf, for tied parameters
+  int user_dtype = -1;
+  std::vector<std::string> user_dims;                  // ints or symbol names
+  std::map<std::string, std::pair<int64_t, int64_t>> ranges;
   std::vector<IValue> env;
   std::vector<PNode> open_hops;  // while parsing a hop's body
   std::vector<PNode>& current() { return open_hops.empty() ? nodes : open_hops.back().body; }
-  bool copy_back_buffers = false;  // true reproduces the in-place copy failure
+  bool copy_back_buffers = false;
+  bool untie = false;  // true: a leaf per FQN even when two share a storage view (shows why we tie)  // true reproduces the in-place copy failure
 
   int slot(const std::string& name) {
     auto it = slot_of.find(name);
@@ -211,6 +220,10 @@ struct Program {
         In in{kind, "", slot(name)};
         if (kind == "user") {
           user_in = in.slot;
+          int nd;
+          is >> user_dtype >> nd;
+          user_dims.resize(nd);
+          for (auto& d : user_dims) is >> d;
         } else {
           std::string file;
           int dtype, nd;
@@ -222,18 +235,37 @@ struct Program {
           for (auto& s : strides) is >> s;
           int64_t offset;
           is >> offset;
-          // The real reader: raw bytes of the whole untyped storage, then as_strided(sizes, strides, offset).
+          int rg = 0;
+          if (kind == "param") is >> rg;
+          // The real reader: raw bytes of the whole untyped storage, then as_strided(sizes, strides, offset),
+          // after checking that the view stays inside the storage (as_strided does not check).
           std::string bytes = read_file(dir + "/" + file);
           auto st = (c10::ScalarType)dtype;
           int64_t esz = c10::elementSize(st);
           if (bytes.size() % esz) die("storage size not a multiple of the element size");
-          at::Tensor storage = at::empty({(int64_t)(bytes.size() / esz)}, at::TensorOptions().dtype(st));
+          int64_t numel = bytes.size() / esz, last = offset, any_empty = 0;
+          if (offset < 0 || sizes.size() != strides.size()) die(in.fqn + ": bad tensor metadata");
+          for (size_t i = 0; i < sizes.size(); i++) {
+            if (sizes[i] < 0 || strides[i] < 0) die(in.fqn + ": negative size or stride");
+            if (sizes[i] == 0) any_empty = 1;
+            else last += (sizes[i] - 1) * strides[i];
+          }
+          if (!any_empty && last >= numel) die(in.fqn + ": the tensor reaches past its storage");
+          // Tied parameters: two FQNs (two graph inputs) on the same storage view are one leaf.
+          std::string view_key = file + "|" + std::to_string(dtype) + "|" + c10::str(sizes) + "|" + c10::str(strides) + "|" + std::to_string(offset);
+          if (kind == "param" && by_view.count(view_key) && !untie) {
+            params[in.fqn] = by_view[view_key];
+            inputs.push_back(in);
+            continue;
+          }
+          at::Tensor storage = at::empty({numel}, at::TensorOptions().dtype(st));
           std::memcpy(storage.data_ptr(), bytes.data(), bytes.size());
           at::Tensor t = storage.as_strided(sizes, strides, offset).clone();
           if (kind == "param") {
-            t.requires_grad_(true);  // leaf
+            t.requires_grad_(rg != 0);  // a leaf; frozen parameters keep requires_grad=False
             params[in.fqn] = t;
-            param_order.push_back(in.fqn);
+            by_view[view_key] = t;
+            if (rg) param_order.push_back(in.fqn);  // what gets gradients and optimizer steps
           } else if (kind == "constant") {
             constants[in.fqn] = t;
           } else {
@@ -241,15 +273,33 @@ struct Program {
           }
         }
         inputs.push_back(in);
+      } else if (rec == "range") {
+        std::string sym;
+        int64_t lo, hi;
+        is >> sym >> lo >> hi;
+        ranges[sym] = {lo, hi};
       } else if (rec == "hop") {
         std::string kind;
         int en, nargs;
-        is >> kind >> en >> nargs;
-        if (kind != "set_grad") die("hop " + kind + " not supported");
         PNode h;
-        h.qualname = "higher_order.wrap_with_set_grad_enabled";
+        is >> kind;
+        if (kind == "set_grad") {
+          is >> en;
+          h.qualname = "higher_order.wrap_with_set_grad_enabled";
+          h.grad_enabled = en != 0;
+        } else if (kind == "autocast") {
+          int dt, cache;
+          is >> dt >> en >> cache;
+          h.qualname = "higher_order.wrap_with_autocast";
+          h.autocast = true;
+          h.autocast_dtype = (c10::ScalarType)dt;
+          h.autocast_enabled = en != 0;
+          h.autocast_cache = cache != 0;
+        } else {
+          die("hop " + kind + " not supported");
+        }
+        is >> nargs;
         h.hop = true;
-        h.grad_enabled = en != 0;
         for (int i = 0; i < nargs; i++) {
           std::string a;
           is >> a;
@@ -391,7 +441,28 @@ struct Program {
     for (auto& n : list) {
       if (n.hop) {
         for (size_t i = 0; i < n.hop_outer_in.size(); i++) env[n.hop_inner_in[i]] = env[n.hop_outer_in[i]];
-        {
+        if (n.autocast) {
+          // what torch.autocast's __enter__/__exit__ do, for CPU
+          bool prev = at::autocast::is_autocast_enabled(at::kCPU), prev_cache = at::autocast::is_autocast_cache_enabled();
+          auto prev_dtype = at::autocast::get_autocast_dtype(at::kCPU);
+          at::autocast::set_autocast_enabled(at::kCPU, n.autocast_enabled);
+          at::autocast::set_autocast_dtype(at::kCPU, n.autocast_dtype);
+          at::autocast::increment_nesting();
+          at::autocast::set_autocast_cache_enabled(n.autocast_cache);
+          auto restore = [&] {
+            if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+            at::autocast::set_autocast_enabled(at::kCPU, prev);
+            at::autocast::set_autocast_dtype(at::kCPU, prev_dtype);
+            at::autocast::set_autocast_cache_enabled(prev_cache);
+          };
+          try {
+            run_nodes(n.body);
+          } catch (...) {
+            restore();
+            throw;
+          }
+          restore();
+        } else {
           at::AutoGradMode mode(n.grad_enabled);
           run_nodes(n.body);
         }
@@ -461,7 +532,34 @@ struct Program {
     }
   }
 
+  // The guard the exported program does not run for us: dtype, rank, static dims, symbol ranges.
+  std::string check_input(const at::Tensor& x) {
+    if ((int)x.scalar_type() != user_dtype)
+      return "input dtype " + std::string(c10::toString(x.scalar_type())) + " differs from the program's";
+    if (x.dim() != (int64_t)user_dims.size())
+      return "input has " + std::to_string(x.dim()) + " dims, the program takes " + std::to_string(user_dims.size());
+    std::map<std::string, int64_t> bound;
+    for (size_t i = 0; i < user_dims.size(); i++) {
+      const auto& d = user_dims[i];
+      int64_t n = x.size(i);
+      if (std::isdigit((unsigned char)d[0])) {
+        if (n != std::stoll(d))
+          return "input dim " + std::to_string(i) + " is " + std::to_string(n) + ", the program was exported for " + d;
+        continue;
+      }
+      if (bound.count(d) && bound[d] != n) return "input dims that must be equal differ";
+      bound[d] = n;
+      auto r = ranges.find(d);
+      if (r != ranges.end() && (n < r->second.first || (r->second.second >= 0 && n > r->second.second)))
+        return "input dim " + std::to_string(i) + " is " + std::to_string(n) + ", outside the exported range [" +
+               std::to_string(r->second.first) + ", " + std::to_string(r->second.second) + "]";
+    }
+    return "";
+  }
+
   at::Tensor run(const at::Tensor& x) {
+    std::string bad = check_input(x);
+    if (!bad.empty()) die(bad);
     for (auto& in : inputs) {
       if (in.kind == "user")
         env[in.slot] = x;
@@ -522,10 +620,11 @@ int main(int argc, char** argv) {
 static int real_main(int argc, char** argv) {
   if (argc < 2) die("usage: interp MODELDIR [--bench]");
   std::string d = argv[1];
-  bool bench = false, copy_back = false;
+  bool bench = false, copy_back = false, untie = false;
   for (int i = 2; i < argc; i++) {
     bench |= std::string(argv[i]) == "--bench";
     copy_back |= std::string(argv[i]) == "--copy-back";  // in-place buffer copy-back: shows why we rebind
+    untie |= std::string(argv[i]) == "--untie";          // a leaf per FQN: shows why tied weights are one
   }
   at::set_num_threads(std::getenv("INTERP_THREADS") ? std::atoi(std::getenv("INTERP_THREADS")) : 1);
   at::Tensor x = read_ref(d + "/x.bin");
@@ -544,6 +643,7 @@ static int real_main(int argc, char** argv) {
   for (std::string ir : {"train", "train_core"}) {
     std::printf("[%s] %s IR\n", d.c_str(), ir.c_str());
     Program prog;
+    prog.untie = untie;  // before load: it decides how parameters are bound
     prog.load(d + "/low_" + ir);
     prog.copy_back_buffers = copy_back;
     std::printf("  %zu nodes, %zu params, %zu buffers, %zu buffer-mutation outputs\n", prog.nodes.size(),
@@ -574,6 +674,7 @@ static int real_main(int argc, char** argv) {
     // differs in rounding: exp_avg.lerp_(g, 1 - b1) where libtorch does exp_avg.mul_(b1).add_(g, 1 - b1).
     for (int variant = 0; variant < 2; variant++) {
       Program p2;
+      p2.untie = untie;
       p2.load(d + "/low_" + ir);
       auto ps = p2.param_list();
       torch::optim::Adam opt(ps, torch::optim::AdamOptions(1e-2));
@@ -627,6 +728,23 @@ static int real_main(int argc, char** argv) {
     ev.load(d + "/low_eval");
     at::NoGradGuard ng;
     report("forward (eval mode) vs PyTorch", err(ev.run(x), read_ref(d + "/ref_out_eval.bin")));
+  }
+  {
+    // The input checks the exported program needs (PyTorch's module() runs them in Python).
+    Program g;
+    g.load(d + "/low_train");
+    auto s = x.sizes().vec();
+    std::vector<std::pair<std::string, at::Tensor>> cases;
+    if (s.size() >= 2) {
+      auto w = s;
+      w[1] += 1;
+      cases.push_back({"wider dim 1", at::randn(w)});
+    }
+    auto b1 = s;
+    b1[0] = 1;
+    cases.push_back({"batch 1", at::randn(b1)});
+    cases.push_back({"float64", x.to(at::kDouble)});
+    for (auto& [what, t] : cases) std::printf("  guard, %s: %s\n", what.c_str(), g.check_input(t).c_str());
   }
   std::printf("[%s] worst relative error: %.3e\n", d.c_str(), worst);
 

@@ -7,11 +7,14 @@ This is a stand-in for the Rust serde reader: everything it touches is what the 
 prog.txt, one record per line, tokens separated by single spaces (names never contain spaces):
   schema MAJOR MINOR
   storage FILE NBYTES
-  input param|buffer|constant GRAPHNAME FQN STORAGEFILE DTYPE NDIM SIZES.. NDIM STRIDES.. OFFSET
-  input user GRAPHNAME
+  input param GRAPHNAME FQN STORAGEFILE DTYPE NDIM SIZES.. NDIM STRIDES.. OFFSET REQUIRES_GRAD
+  input buffer|constant GRAPHNAME FQN STORAGEFILE DTYPE NDIM SIZES.. NDIM STRIDES.. OFFSET
+  input user GRAPHNAME DTYPE NDIM DIM*NDIM         (DIM: an int, or a symbol of range_constraints)
+  range SYMBOL MIN MAX                               (MAX -1: unbounded)
   node NS::NAME OVERLOAD NIN (ARGNAME VALUE)*NIN NOUT VALUE*NOUT
   symop add|sub|mul|floordiv|mod|neg NIN (ARGNAME VALUE)*NIN NOUT VALUE*NOUT   (Python int ops on SymInts)
   hop set_grad 0|1 NARGS VALUE*NARGS NSUBIN VALUE*NSUBIN   (the subgraph's nodes follow, then)
+  hop autocast C10DTYPE ENABLED CACHE NARGS VALUE*NARGS NSUBIN VALUE*NSUBIN   (CPU autocast)
   endhop NSUBOUT VALUE*NSUBOUT NOUT VALUE*NOUT
   output user NAME | output buffer_mutation NAME FQN
 VALUE: N | T:name | I:int | F:float | B:0|1 | S:symname | IL:a,b | FL:a,b | BL:0,1 | SL:i8,nsym | TL:a,b
@@ -20,6 +23,7 @@ VALUE: N | T:name | I:int | F:float | B:0|1 | S:symname | IL:a,b | FL:a,b | BL:0
 """
 import json
 import os
+import re
 import sys
 import urllib.parse
 import zipfile
@@ -94,16 +98,24 @@ def lower_nodes(nodes, prefix, lines):
             # Python arithmetic on SymInts (e.g. `n * 2` on the batch size): `_operator.mul`, inputs named
             # by position, SymInt output. The interpreter computes these itself.
             toks = ["symop", t[len("_operator."):], str(len(n["inputs"]))]
-        elif t == "torch.ops.higher_order.wrap_with_set_grad_enabled":
-            # `with torch.no_grad():` inside forward: (enabled, subgraph, *tensors) -> outputs. Inputs are
-            # unnamed; the subgraph's values get a prefix so they cannot clash with the outer graph's.
+        elif t in ("torch.ops.higher_order.wrap_with_set_grad_enabled", "torch.ops.higher_order.wrap_with_autocast"):
+            # `with torch.no_grad():` / `with torch.autocast(...):` inside forward: (mode args, subgraph,
+            # *tensors) -> outputs. Inputs are unnamed; the subgraph's values get a prefix so they cannot
+            # clash with the outer graph's.
             ins = n["inputs"]
-            enabled = ins[0]["arg"]["as_bool"]
-            sub = ins[1]["arg"]["as_graph"]["graph"]
-            sp = f"{prefix}{n.get('name') or ins[1]['arg']['as_graph']['name']}/"
-            args = [enc(a["arg"], rn) for a in ins[2:]]
+            gi = next(i for i, a in enumerate(ins) if "as_graph" in a["arg"])
+            if t.endswith("set_grad_enabled"):
+                head = ["set_grad", "1" if ins[0]["arg"]["as_bool"] else "0"]
+            else:
+                device, dtype, en, cache = (next(iter(a["arg"].values())) for a in ins[:4])
+                if device != "cpu":
+                    raise Refuse(f"autocast on {device}")
+                head = ["autocast", str(SCALAR_TYPE[dtype]), "1" if en else "0", "1" if cache else "0"]
+            sub = ins[gi]["arg"]["as_graph"]["graph"]
+            sp = f"{prefix}{n.get('name') or ins[gi]['arg']['as_graph']['name']}/"
+            args = [enc(a["arg"], rn) for a in ins[gi + 1:]]
             subin = [enc(a, lambda x: sp + x) for a in sub["inputs"]]
-            lines.append(" ".join(["hop", "set_grad", "1" if enabled else "0", str(len(args))] + args + [str(len(subin))] + subin))
+            lines.append(" ".join(["hop"] + head + [str(len(args))] + args + [str(len(subin))] + subin))
             lower_nodes(sub["nodes"], sp, lines)
             subout = [enc(a, lambda x: sp + x) for a in sub["outputs"]]
             outs = [enc(o, rn) for o in n["outputs"]]
@@ -173,7 +185,9 @@ def main(path, outdir):
     for spec in gm["signature"]["input_specs"]:
         (k, v), = spec.items()
         if k == "parameter":
-            lines.append(f"input param {v['arg']['name']} {v['parameter_name']} " + payload(v["parameter_name"], wcfg))
+            fqn = v["parameter_name"]
+            rg = int(bool(wcfg[fqn]["tensor_meta"]["requires_grad"]))  # a frozen parameter keeps False
+            lines.append(f"input param {v['arg']['name']} {fqn} " + payload(fqn, wcfg) + f" {rg}")
         elif k == "buffer":
             fqn = v["buffer_name"]
             lines.append(f"input buffer {v['arg']['name']} {fqn} " + payload(fqn, wcfg if fqn in wcfg else ccfg))
@@ -184,7 +198,18 @@ def main(path, outdir):
             (ak, av), = v["arg"].items()
             if ak != "as_tensor":
                 raise Refuse(f"non-tensor user input {ak}")
-            lines.append(f"input user {av['name']}")
+            # What the input must look like: dtype, rank, static dims and symbols (checked by interp).
+            tm = g["tensor_values"][av["name"]]
+            dims = []
+            for d in tm["sizes"]:
+                if "as_int" in d:
+                    dims.append(str(d["as_int"]))
+                else:
+                    m = re.fullmatch(r"Symbol\('(\w+)'.*\)", d["as_expr"]["expr_str"])
+                    if not m:
+                        raise Refuse(f"input dim {d['as_expr']['expr_str']} is not a plain symbol")
+                    dims.append(m.group(1))
+            lines.append(f"input user {av['name']} {SCALAR_TYPE[tm['dtype']]} {len(dims)} {' '.join(dims)}")
         else:
             raise Refuse(f"input spec {k} not supported by the spike")
 
@@ -198,6 +223,9 @@ def main(path, outdir):
             lines.append(f"output buffer_mutation {v['arg']['name']} {v['buffer_name']}")
         else:
             raise Refuse(f"output spec {k} not supported by the spike")
+    for sym, r in ep["range_constraints"].items():
+        lo, hi = r["min_val"], r["max_val"]
+        lines.append(f"range {sym} {lo if lo is not None else 0} {hi if hi is not None else -1}")
     with open(os.path.join(outdir, "prog.txt"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
