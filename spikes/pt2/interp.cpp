@@ -95,6 +95,11 @@ struct PNode {
   c10::ScalarType autocast_dtype = c10::kBFloat16;
   std::vector<int> hop_outer_in, hop_inner_in, hop_inner_out;
   std::vector<PNode> body;
+  // higher_order.cond: pred slot, operands in hop_outer_in, two branches (each a PNode holding
+  // hop_inner_in / body / hop_inner_out)
+  bool cond = false;
+  int cond_pred = -1;
+  std::vector<PNode> branches;
 };
 
 struct Program {
@@ -315,6 +320,51 @@ struct Program {
         }
         if (h.hop_inner_in.size() != h.hop_outer_in.size()) die("hop arity mismatch");
         open_hops.push_back(std::move(h));
+      } else if (rec == "cond") {
+        std::string pred, ops;
+        int nout;
+        is >> pred >> ops >> nout;
+        PNode c;
+        c.qualname = "higher_order.cond";
+        c.cond = true;
+        c.cond_pred = existing(pred.substr(2));
+        for (auto& e : split(ops.substr(3), ',')) c.hop_outer_in.push_back(existing(e));
+        for (int i = 0; i < nout; i++) {
+          std::string o;
+          is >> o;
+          c.outs.push_back({OutPlan::One, {slot(o.substr(2))}});
+        }
+        open_hops.push_back(std::move(c));
+      } else if (rec == "branch") {
+        if (open_hops.empty() || !open_hops.back().cond) die("branch outside cond");
+        PNode b;
+        int nin;
+        is >> nin;
+        for (int i = 0; i < nin; i++) {
+          std::string a;
+          is >> a;
+          b.hop_inner_in.push_back(slot(a.substr(2)));
+        }
+        if (b.hop_inner_in.size() != open_hops.back().hop_outer_in.size()) die("cond arity mismatch");
+        open_hops.push_back(std::move(b));
+      } else if (rec == "endbranch") {
+        PNode b = std::move(open_hops.back());
+        open_hops.pop_back();
+        int nsub;
+        is >> nsub;
+        for (int i = 0; i < nsub; i++) {
+          std::string a;
+          is >> a;
+          b.hop_inner_out.push_back(existing(a.substr(2)));
+        }
+        if (open_hops.empty() || !open_hops.back().cond || b.hop_inner_out.size() != open_hops.back().outs.size())
+          die("cond branch outputs mismatch");
+        open_hops.back().branches.push_back(std::move(b));
+      } else if (rec == "endcond") {
+        PNode c = std::move(open_hops.back());
+        open_hops.pop_back();
+        if (!c.cond || c.branches.size() != 2) die("cond needs two branches");
+        current().push_back(std::move(c));
       } else if (rec == "endhop") {
         if (open_hops.empty()) die("endhop without hop");
         PNode h = std::move(open_hops.back());
@@ -439,6 +489,14 @@ struct Program {
   void run_nodes(std::vector<PNode>& list) {
     torch::jit::Stack stack;
     for (auto& n : list) {
+      if (n.cond) {
+        // the branch the predicate picks runs inline; autograd records its ops as in eager
+        PNode& br = n.branches[env[n.cond_pred].toTensor().item<bool>() ? 0 : 1];
+        for (size_t i = 0; i < n.hop_outer_in.size(); i++) env[br.hop_inner_in[i]] = env[n.hop_outer_in[i]];
+        run_nodes(br.body);
+        for (size_t i = 0; i < n.outs.size(); i++) env[n.outs[i].slots[0]] = env[br.hop_inner_out[i]];
+        continue;
+      }
       if (n.hop) {
         for (size_t i = 0; i < n.hop_outer_in.size(); i++) env[n.hop_inner_in[i]] = env[n.hop_outer_in[i]];
         if (n.autocast) {

@@ -16,6 +16,8 @@ prog.txt, one record per line, tokens separated by single spaces (names never co
   hop set_grad 0|1 NARGS VALUE*NARGS NSUBIN VALUE*NSUBIN   (the subgraph's nodes follow, then)
   hop autocast C10DTYPE ENABLED CACHE NARGS VALUE*NARGS NSUBIN VALUE*NSUBIN   (CPU autocast)
   endhop NSUBOUT VALUE*NSUBOUT NOUT VALUE*NOUT
+  cond T:PRED TL:OPERANDS NOUT VALUE*NOUT, then twice (true, false): branch NSUBIN VALUE*NSUBIN, the
+       branch's nodes, endbranch NSUBOUT VALUE*NSUBOUT; then endcond           (torch.cond)
   output user NAME | output buffer_mutation NAME FQN
 VALUE: N | T:name | I:int | F:float | B:0|1 | S:symname | IL:a,b | FL:a,b | BL:0,1 | SL:i8,nsym | TL:a,b
        | OTL:a,_,b | OT:name|OT:_ | ST:c10code | MF:c10code | LY:c10code | DV:type[:index] | STR:%xx-escaped
@@ -120,6 +122,25 @@ def lower_nodes(nodes, prefix, lines):
             subout = [enc(a, lambda x: sp + x) for a in sub["outputs"]]
             outs = [enc(o, rn) for o in n["outputs"]]
             lines.append(" ".join(["endhop", str(len(subout))] + subout + [str(len(outs))] + outs))
+            continue
+        elif t == "torch.ops.higher_order.cond":
+            # torch.cond(pred, true_fn, false_fn, operands): (pred tensor, true graph, false graph,
+            # [operands]) -> outputs. Both branches are lowered; the interpreter runs the one pred selects.
+            ins = n["inputs"]
+            pred = enc(ins[0]["arg"], rn)
+            ops = enc(ins[3]["arg"], rn)  # TL:a,b
+            outs = [enc(o, rn) for o in n["outputs"]]
+            base = f"{prefix}{n.get('name') or 'cond'}"
+            lines.append(f"cond {pred} {ops} {len(outs)} " + " ".join(outs))
+            for bi, which in ((1, "true"), (2, "false")):
+                sub = ins[bi]["arg"]["as_graph"]["graph"]
+                sp = f"{base}/{which}/"
+                subin = [enc(a, lambda x: sp + x) for a in sub["inputs"]]
+                lines.append(" ".join(["branch", str(len(subin))] + subin))
+                lower_nodes(sub["nodes"], sp, lines)
+                subout = [enc(a, lambda x: sp + x) for a in sub["outputs"]]
+                lines.append(" ".join(["endbranch", str(len(subout))] + subout))
+            lines.append("endcond")
             continue
         elif t.startswith("torch.ops.aten."):
             _, _, ns, name, overload = t.split(".")
