@@ -49,7 +49,8 @@ class ConvBN(nn.Module):
 class Probe(nn.Module):
     """More op patterns: in-place relu_, max_pool2d, chunk (a list return), cat (a list argument), a buffer
     and a plain tensor attribute (a tensor constant), LayerNorm, SymInt arithmetic on the batch size
-    (`_operator.mul` node), reshape with SymInt lists, dropout (RNG), sum.dim_IntList."""
+    (`_operator.mul` node), gelu(approximate="tanh") (a string argument), reshape with SymInt lists,
+    dropout (RNG), sum.dim_IntList."""
 
     def __init__(self):
         super().__init__()
@@ -66,6 +67,7 @@ class Probe(nn.Module):
         a, b = x.chunk(2, dim=1)
         x = torch.cat([b, a], 1) * self.scale
         x = self.ln(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        x = nn.functional.gelu(x, approximate="tanh")  # a string argument
         n = x.shape[0]
         x = self.drop(x.reshape(n * 2, -1))
         return self.fc(x).reshape(n, 2, 5).sum(1) + self.const

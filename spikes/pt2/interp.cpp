@@ -204,6 +204,17 @@ struct Program {
       p.value = (int64_t)std::stoll(v);  // already in c10's numbering (lower.py translates)
     } else if (k == "DV") {
       p.value = c10::Device(v);
+    } else if (k == "STR") {  // %XX-escaped by lower.py (e.g. gelu's approximate="tanh")
+      std::string out;
+      for (size_t i = 0; i < v.size(); i++) {
+        if (v[i] == '%' && i + 2 < v.size()) {
+          out.push_back((char)std::stoi(v.substr(i + 1, 2), nullptr, 16));
+          i += 2;
+        } else {
+          out.push_back(v[i]);
+        }
+      }
+      p.value = out;
     } else {
       die("value kind " + k + " not supported by the spike");
     }
