@@ -3,7 +3,9 @@
 // require grad, and check forward, gradients, BatchNorm buffers, eval forward and an 8-step Adam curve
 // against PyTorch's reference numbers (export_models.py). Also times forward+backward against TorchScript.
 //
-// Usage: interp MODELDIR [--bench]   (MODELDIR = spikes/pt2/out/<model>, after export_models.py + lower.py)
+// Usage: interp MODELDIR [--bench] [--copy-back] [--untie]
+//   MODELDIR = spikes/pt2/out/<model>, after export_models.py + lower.py (run.sh does all). INTERP_THREADS=n
+//   sets the intra-op threads (default 1, as the references). --copy-back / --untie show two failure modes.
 #include <ATen/ScalarOps.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
