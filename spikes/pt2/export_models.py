@@ -140,6 +140,21 @@ class CondNet(nn.Module):
         return self.h(z)
 
 
+class GRUNet(nn.Module):
+    """A bidirectional GRU over a (batch, time, features) sequence, then a linear head on the last step:
+    aten.gru.input with a list of weight tensors and two outputs, and a zero initial state made inside
+    the graph (aten.zeros with dtype/layout/device arguments)."""
+
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(5, 8, batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):
+        out, _ = self.gru(x)
+        return self.fc(out[:, -1])
+
+
 def write_tensor(path, t):
     """Raw little-endian f32 with a tiny header: ndim(u32), dims(i64 each), then data. The real reader
     reads the .pt2 data/weights/* raw storages directly (see FINDINGS.md); this is only for the references."""
@@ -294,6 +309,12 @@ def main():
     x = torch.randn(6, 8) + 0.5
     y = torch.randint(0, 4, (6,))
     export_one("cond", cn, x, y)
+
+    torch.manual_seed(7)
+    gn = GRUNet()
+    x = torch.randn(4, 6, 5)
+    y = torch.randint(0, 3, (4,))
+    export_one("gru", gn, x, y)
 
 
 if __name__ == "__main__":
