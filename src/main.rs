@@ -844,7 +844,7 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
         ));
     }
     tch::set_num_threads(threads as i32);
-    model::silence_libtorch_warnings();
+    model::prepare_libtorch();
     let model = match &settings.model {
         Some(p) => Some(security::load_model(
             p,
@@ -1314,7 +1314,7 @@ fn graph(args: GraphArgs) -> Result<ExitCode, Fatal> {
         n => n.min(MAX_THREADS),
     };
     tch::set_num_threads(threads as i32);
-    model::silence_libtorch_warnings();
+    model::prepare_libtorch();
     let model = security::load_model(
         &model_path,
         &settings.device,
