@@ -131,7 +131,10 @@ pub enum ModelError {
     #[error("{path} is a torch.export program ({summary}); trainlint runs TorchScript models for now: save one with torch.jit.script(model).save(\"model.pt\")")]
     ExportedProgram { path: PathBuf, summary: String },
     #[error("{path} cannot be read as a torch.export program: {source}")]
-    Pt2 { path: PathBuf, source: pt2::Pt2Error },
+    Pt2 {
+        path: PathBuf,
+        source: pt2::Pt2Error,
+    },
     #[error("device {0} requested but CUDA is not available to libtorch on this machine")]
     NoCuda(String),
     #[error("invalid device {0:?}: use cpu, cuda or cuda:N")]
@@ -805,9 +808,11 @@ fn refuse_exported_program(path: &Path) -> Result<(), ModelError> {
         std::fs::File::open(path)
             .map_err(|e| e.to_string())
             .and_then(|f| zip::ZipArchive::new(f).map_err(|e| e.to_string()))
-            .map_or(true, |zip| zip_layout(zip.file_names()) != ZipLayout::TorchScript)
+            .map_or(true, |zip| {
+                zip_layout(zip.file_names()) != ZipLayout::TorchScript
+            })
     };
-    if !by_content && !(named_pt2 && not_torchscript()) {
+    if !(by_content || named_pt2 && not_torchscript()) {
         return Ok(());
     }
     Err(match pt2::read(path) {

@@ -43,7 +43,11 @@ pub enum Pt2Error {
     #[error("member `{0}` is missing")]
     MissingMember(String),
     #[error("member `{member}` is {size} bytes, more than trainlint reads ({limit} bytes)")]
-    MemberTooLarge { member: String, size: u64, limit: u64 },
+    MemberTooLarge {
+        member: String,
+        size: u64,
+        limit: u64,
+    },
     #[error("member `{member}` holds {found:?}, expected {expected:?}")]
     Marker {
         member: String,
@@ -160,6 +164,8 @@ pub struct GraphArgument {
 
 /// A node's input or output value (`Argument` in the schema: all 31 variants). The variants that
 /// carry symbolic or opaque objects keep their JSON as is; a later stage refuses what it cannot run.
+// The variant names are the schema's (`as_tensor`, ...), so that serde reads them as written.
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Argument {
@@ -551,9 +557,8 @@ impl Program {
             .iter()
             .map(|w| w.fqn.rsplit_once('.').map_or("", |(m, _)| m))
             .collect();
-        let plural = |n: usize, one: &str, many: &str| {
-            format!("{n} {}", if n == 1 { one } else { many })
-        };
+        let plural =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
         let mut s = format!(
             "schema {}.{}, {}, {} in {}",
             self.schema.major,
@@ -652,7 +657,9 @@ impl<R: Read + std::io::Seek> Reader<R> {
         let mut roots: Vec<String> = Vec::new();
         let mut records = Vec::with_capacity(zip.len());
         for i in 0..zip.len() {
-            let entry = zip.by_index_raw(i).map_err(|e| Pt2Error::Damaged(e.to_string()))?;
+            let entry = zip
+                .by_index_raw(i)
+                .map_err(|e| Pt2Error::Damaged(e.to_string()))?;
             let name = entry.name().to_string();
             let (root, rest) = name.split_once('/').unwrap_or(("", &name));
             if !roots.iter().any(|r| r == root) {
@@ -693,7 +700,9 @@ impl<R: Read + std::io::Seek> Reader<R> {
     }
 
     fn has(&self, member: &str) -> bool {
-        self.zip.index_for_name(&(self.root.clone() + member)).is_some()
+        self.zip
+            .index_for_name(&(self.root.clone() + member))
+            .is_some()
     }
 
     /// The member's bytes, at most `limit`, exactly as many as its header declares.
@@ -904,10 +913,17 @@ impl<R: Read + std::io::Seek> Reader<R> {
                 fqn: fqn.clone(),
                 what,
             };
-            let dtype = kind_of(tm.dtype)
-                .ok_or_else(|| bad(format!("dtype code {}, which trainlint does not read", tm.dtype)))?;
+            let dtype = kind_of(tm.dtype).ok_or_else(|| {
+                bad(format!(
+                    "dtype code {}, which trainlint does not read",
+                    tm.dtype
+                ))
+            })?;
             if tm.layout != LAYOUT_STRIDED {
-                return Err(bad(format!("layout code {} (only strided tensors are read)", tm.layout)));
+                return Err(bad(format!(
+                    "layout code {} (only strided tensors are read)",
+                    tm.layout
+                )));
             }
             if tm.device.kind != "cpu" && tm.device.kind != "cuda" {
                 return Err(bad(format!("device {:?}", tm.device.kind)));
@@ -925,7 +941,8 @@ impl<R: Read + std::io::Seek> Reader<R> {
             };
             let sizes = ints(&tm.sizes, "size")?;
             let strides = ints(&tm.strides, "stride")?;
-            let storage_offset = ints(std::slice::from_ref(&tm.storage_offset), "storage offset")?[0];
+            let storage_offset =
+                ints(std::slice::from_ref(&tm.storage_offset), "storage offset")?[0];
             if sizes.len() != strides.len() {
                 return Err(bad(format!(
                     "{} sizes but {} strides",
@@ -978,7 +995,15 @@ impl<R: Read + std::io::Seek> Reader<R> {
                 });
                 continue;
             }
-            let tensor = tensor_from_storage(fqn, &meta.path_name, bytes, dtype, &sizes, &strides, storage_offset)?;
+            let tensor = tensor_from_storage(
+                fqn,
+                &storage,
+                bytes,
+                dtype,
+                &sizes,
+                &strides,
+                storage_offset,
+            )?;
             let tensor = if tm.requires_grad && is_float(dtype) {
                 tensor.set_requires_grad(true)
             } else {
@@ -1032,7 +1057,7 @@ fn tensor_from_storage(
         fqn: fqn.into(),
         what,
     };
-    if has % elt != 0 {
+    if !has.is_multiple_of(elt) {
         return Err(bad(format!(
             "a storage `{storage}` of {has} bytes, not a whole number of {elt}-byte elements"
         )));
@@ -1062,7 +1087,9 @@ fn tensor_from_storage(
         });
     }
     if dtype == Kind::Bool && bytes.iter().any(|&b| b > 1) {
-        return Err(bad(format!("a bool storage `{storage}` with bytes other than 0 and 1")));
+        return Err(bad(format!(
+            "a bool storage `{storage}` with bytes other than 0 and 1"
+        )));
     }
     let base = Tensor::f_from_data_size(bytes, &[(has / elt) as i64], dtype)
         .map_err(|e| bad(super::user_message(&e.to_string())))?;
@@ -1082,7 +1109,10 @@ fn check_graph(graph: &Graph, defined: &mut HashSet<String>, top: bool) -> Resul
     for node in &graph.nodes {
         let label = node.name.clone().unwrap_or_else(|| node.target.clone());
         if Target::parse(&node.target).is_none() {
-            return Err(Pt2Error::Unsupported(format!("node target {:?}", node.target)));
+            return Err(Pt2Error::Unsupported(format!(
+                "node target {:?}",
+                node.target
+            )));
         }
         for input in &node.inputs {
             if let Argument::AsGraph(sub) = &input.arg {
@@ -1136,7 +1166,9 @@ fn check_signature(graph: &Graph, signature: &GraphSignature) -> Result<()> {
                     "a custom object input (TorchBind, native code)".into(),
                 ))
             }
-            InputSpec::Token(_) => return Err(Pt2Error::Unsupported("an effect token input".into())),
+            InputSpec::Token(_) => {
+                return Err(Pt2Error::Unsupported("an effect token input".into()))
+            }
             InputSpec::ConstantInput(_) => {
                 return Err(Pt2Error::Unsupported("a non-tensor constant input".into()))
             }
@@ -1277,7 +1309,8 @@ mod tests {
 
     #[test]
     fn floats_accept_the_schema_strings_for_non_finite_values() {
-        let v: Vec<Float> = serde_json::from_str(r#"[1.5, "Infinity", "-Infinity", "NaN"]"#).unwrap();
+        let v: Vec<Float> =
+            serde_json::from_str(r#"[1.5, "Infinity", "-Infinity", "NaN"]"#).unwrap();
         assert_eq!(v[0].0, 1.5);
         assert_eq!(v[1].0, f64::INFINITY);
         assert_eq!(v[2].0, f64::NEG_INFINITY);
@@ -1313,7 +1346,10 @@ mod tests {
                 }
             ]
         );
-        assert_eq!(split_outside_brackets("a[1,2],b(3,4),c"), ["a[1,2]", "b(3,4)", "c"]);
+        assert_eq!(
+            split_outside_brackets("a[1,2],b(3,4),c"),
+            ["a[1,2]", "b(3,4)", "c"]
+        );
         assert!(parse_module_stack("n", "only,two").is_err());
     }
 
@@ -1323,10 +1359,22 @@ mod tests {
         let ok = tensor_from_storage("w", "s", &bytes, Kind::Float, &[2, 2], &[2, 1], 0).unwrap();
         assert_eq!(ok.size(), [2, 2]);
         // offset 1 + (2-1)*2 + (2-1)*1 = 4: element 4 is past the end
-        let e = tensor_from_storage("w", "s", &bytes, Kind::Float, &[2, 2], &[2, 1], 1).unwrap_err();
-        assert!(matches!(e, Pt2Error::OutOfBounds { needed: 20, has: 16, .. }), "{e}");
+        let e =
+            tensor_from_storage("w", "s", &bytes, Kind::Float, &[2, 2], &[2, 1], 1).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Pt2Error::OutOfBounds {
+                    needed: 20,
+                    has: 16,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         // a stride that reaches far
-        let e = tensor_from_storage("w", "s", &bytes, Kind::Float, &[2], &[i64::MAX], 0).unwrap_err();
+        let e =
+            tensor_from_storage("w", "s", &bytes, Kind::Float, &[2], &[i64::MAX], 0).unwrap_err();
         assert!(matches!(e, Pt2Error::OutOfBounds { .. }), "{e}");
         // sizes at i64::MAX do not overflow the check
         let e = tensor_from_storage(
@@ -1340,7 +1388,8 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, Pt2Error::OutOfBounds { .. }), "{e}");
-        let e = tensor_from_storage("w", "s", &bytes[..15], Kind::Float, &[1], &[1], 0).unwrap_err();
+        let e =
+            tensor_from_storage("w", "s", &bytes[..15], Kind::Float, &[1], &[1], 0).unwrap_err();
         assert!(e.to_string().contains("not a whole number"), "{e}");
         let e = tensor_from_storage("w", "s", &[2u8], Kind::Bool, &[1], &[1], 0).unwrap_err();
         assert!(e.to_string().contains("bool storage"), "{e}");
@@ -1394,10 +1443,15 @@ mod tests {
     #[test]
     fn fixtures_read_as_pytorch_wrote_them() {
         for name in ["mlp", "convbn", "tied"] {
-            let p = read(&fixture(&format!("{name}.pt2"))).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let p =
+                read(&fixture(&format!("{name}.pt2"))).unwrap_or_else(|e| panic!("{name}: {e}"));
             let text = std::fs::read_to_string(fixture(&format!("{name}.expected.json"))).unwrap();
             let want: Expected = serde_json::from_str(&text).unwrap();
-            assert_eq!((p.schema.major, p.schema.minor), want.schema_version, "{name}");
+            assert_eq!(
+                (p.schema.major, p.schema.minor),
+                want.schema_version,
+                "{name}"
+            );
             assert_eq!(p.node_count(), want.nodes, "{name}");
             assert_eq!(p.graph.nodes.len(), want.nodes, "{name}");
             let got: Vec<&Weight> = p
@@ -1419,10 +1473,19 @@ mod tests {
                 assert_eq!(w.sizes, e.shape, "{name} {}", e.name);
                 assert_eq!(w.tensor.size(), e.shape, "{name} {}", e.name);
                 assert_eq!(w.requires_grad, e.requires_grad, "{name} {}", e.name);
-                assert_eq!(w.tensor.requires_grad(), e.requires_grad, "{name} {}", e.name);
-                let values: Vec<f64> = Vec::try_from(w.tensor.to_kind(Kind::Double).reshape([-1]))
-                    .unwrap();
-                assert_eq!(values, e.values, "{name} {}: values differ from PyTorch's", e.name);
+                assert_eq!(
+                    w.tensor.requires_grad(),
+                    e.requires_grad,
+                    "{name} {}",
+                    e.name
+                );
+                let values: Vec<f64> =
+                    Vec::try_from(w.tensor.to_kind(Kind::Double).reshape([-1])).unwrap();
+                assert_eq!(
+                    values, e.values,
+                    "{name} {}: values differ from PyTorch's",
+                    e.name
+                );
             }
             let mut paths: Vec<String> = p.modules.iter().map(|m| m.path.clone()).collect();
             paths.sort();
@@ -1469,13 +1532,23 @@ mod tests {
         assert_eq!(stack[1].path, "bn");
         assert_eq!(stack[1].class, "torch.nn.modules.batchnorm.BatchNorm2d");
         assert_eq!(p.buffers().count(), 3);
-        assert!(p.called_modules.iter().any(|m| m == "bn"), "{:?}", p.called_modules);
+        assert!(
+            p.called_modules.iter().any(|m| m == "bn"),
+            "{:?}",
+            p.called_modules
+        );
     }
 
     #[test]
     fn the_mlp_fixture_reads() {
         let p = read(&fixture("mlp.pt2")).unwrap();
-        assert_eq!(p.schema, SchemaVersion { major: 8, minor: 20 });
+        assert_eq!(
+            p.schema,
+            SchemaVersion {
+                major: 8,
+                minor: 20
+            }
+        );
         assert_eq!(p.node_count(), 3);
         assert_eq!(
             p.summary(),
