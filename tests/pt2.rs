@@ -112,6 +112,10 @@ fn check_refuses_each_exported_program_with_what_it_holds() {
             "tied",
             "schema 8.20, 7 nodes, 8 parameters in 4 modules, final op aten.linear",
         ),
+        (
+            "nograd",
+            "schema 8.20, 7 nodes, 6 parameters in 3 modules, final op aten.linear",
+        ),
     ] {
         copy_fixture(dir.path(), name, "model.pt2");
         let line = refused(dir.path(), "model.pt2");
@@ -254,6 +258,21 @@ fn damaged_or_hostile_programs_give_their_reason_in_one_line() {
             },
             huge: None,
             says: "reads `nowhere`, which no earlier node or input defines",
+        },
+        Case {
+            what: "a subgraph node reading a value its subgraph does not define",
+            fixture: "nograd",
+            edit: |mut m| {
+                edit_json(&mut m, "models/model.json", |v| {
+                    let hop = &mut v["graph_module"]["graph"]["nodes"][2];
+                    assert_eq!(hop["inputs"][1]["name"], "");
+                    hop["inputs"][1]["arg"]["as_graph"]["graph"]["nodes"][0]["inputs"][0]["arg"] =
+                        serde_json::json!({"as_tensor": {"name": "x"}});
+                });
+                m
+            },
+            huge: None,
+            says: "reads `x`, which no earlier node or input defines",
         },
         Case {
             what: "a node target outside torch.ops",

@@ -813,7 +813,7 @@ impl<R: Read + std::io::Seek> Reader<R> {
                     .ok_or_else(|| Pt2Error::Unsupported(format!("node target {:?}", n.target)))
             })
             .collect::<Result<Vec<_>>>()?;
-        check_graph(&graph, &mut HashSet::new(), true)?;
+        check_graph(&graph, &mut HashSet::new())?;
         let mut modules: Vec<ModuleFrame> = Vec::new();
         collect_modules(&graph, &mut modules)?;
         check_signature(&graph, &signature)?;
@@ -1100,9 +1100,8 @@ fn tensor_from_storage(
 }
 
 /// Every value a node reads is defined before it (by the graph's inputs or an earlier node);
-/// subgraphs are checked in their own scope. `top` marks the top-level graph.
-fn check_graph(graph: &Graph, defined: &mut HashSet<String>, top: bool) -> Result<()> {
-    let _ = top;
+/// subgraphs are checked in their own scope (a subgraph sees only its own inputs).
+fn check_graph(graph: &Graph, defined: &mut HashSet<String>) -> Result<()> {
     for input in &graph.inputs {
         defined.extend(input.defined_names().into_iter().map(str::to_string));
     }
@@ -1116,7 +1115,7 @@ fn check_graph(graph: &Graph, defined: &mut HashSet<String>, top: bool) -> Resul
         }
         for input in &node.inputs {
             if let Argument::AsGraph(sub) = &input.arg {
-                check_graph(&sub.graph, &mut HashSet::new(), false)?;
+                check_graph(&sub.graph, &mut HashSet::new())?;
                 continue;
             }
             for name in input.arg.tensor_names() {
@@ -1412,6 +1411,7 @@ mod tests {
     struct Expected {
         schema_version: (i64, i64),
         nodes: usize,
+        nodes_with_subgraphs: usize,
         parameters: Vec<ExpectedTensor>,
         module_paths: Vec<String>,
         final_op: String,
@@ -1442,7 +1442,7 @@ mod tests {
     /// final op and the tied weights.
     #[test]
     fn fixtures_read_as_pytorch_wrote_them() {
-        for name in ["mlp", "convbn", "tied"] {
+        for name in ["mlp", "convbn", "tied", "nograd"] {
             let p =
                 read(&fixture(&format!("{name}.pt2"))).unwrap_or_else(|e| panic!("{name}: {e}"));
             let text = std::fs::read_to_string(fixture(&format!("{name}.expected.json"))).unwrap();
@@ -1452,8 +1452,8 @@ mod tests {
                 want.schema_version,
                 "{name}"
             );
-            assert_eq!(p.node_count(), want.nodes, "{name}");
             assert_eq!(p.graph.nodes.len(), want.nodes, "{name}");
+            assert_eq!(p.node_count(), want.nodes_with_subgraphs, "{name}");
             let got: Vec<&Weight> = p
                 .weights
                 .iter()
@@ -1537,6 +1537,33 @@ mod tests {
             "{:?}",
             p.called_modules
         );
+    }
+
+    #[test]
+    fn a_no_grad_block_is_a_nested_graph() {
+        let p = read(&fixture("nograd.pt2")).unwrap();
+        let hop = p
+            .targets
+            .iter()
+            .position(|t| *t == Target::HigherOrder("wrap_with_set_grad_enabled".into()))
+            .expect("the no_grad block");
+        let sub = p.graph.nodes[hop]
+            .inputs
+            .iter()
+            .find_map(|a| match &a.arg {
+                Argument::AsGraph(g) => Some(&g.graph),
+                _ => None,
+            })
+            .expect("its subgraph");
+        let inner: Vec<String> = sub
+            .nodes
+            .iter()
+            .map(|n| Target::parse(&n.target).unwrap().short())
+            .collect();
+        assert_eq!(inner, ["aten.linear", "aten.sigmoid"]);
+        assert_eq!(p.node_count(), p.graph.nodes.len() + 2);
+        // `t` is called only inside the block: its module comes from the subgraph's nodes.
+        assert!(p.modules.iter().any(|m| m.path == "t"), "{:?}", p.modules);
     }
 
     #[test]
