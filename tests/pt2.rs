@@ -275,6 +275,36 @@ fn damaged_or_hostile_programs_give_their_reason_in_one_line() {
             says: "reads `x`, which no earlier node or input defines",
         },
         Case {
+            what: "a node redefining a value",
+            fixture: "mlp",
+            edit: |mut m| {
+                edit_json(&mut m, "models/model.json", |v| {
+                    v["graph_module"]["graph"]["nodes"][1]["outputs"][0] =
+                        serde_json::json!({"as_tensor": {"name": "linear"}});
+                });
+                m
+            },
+            huge: None,
+            says: "defines `linear`, which an earlier node or input already defines",
+        },
+        Case {
+            what: "subgraphs nested 20,000 deep",
+            fixture: "mlp",
+            edit: |mut m| {
+                let json = member(&mut m, "models/model.json");
+                let text = String::from_utf8(json.clone()).unwrap();
+                let open = r#"{"as_graph": {"name": "g", "graph": {"inputs": [], "outputs": [], "nodes": [{"target": "torch.ops.higher_order.cond", "outputs": [], "inputs": [{"name": "", "arg": "#;
+                let close = "}]}]}}}";
+                let deep = format!("{}{{\"as_none\": true}}{}", open.repeat(20_000), close.repeat(20_000));
+                let first_arg = r#"{"as_tensor": {"name": "x"}}"#;
+                assert!(text.contains(first_arg));
+                *json = text.replacen(first_arg, &deep, 1).into_bytes();
+                m
+            },
+            huge: None,
+            says: "recursion limit exceeded",
+        },
+        Case {
             what: "a node target outside torch.ops",
             fixture: "mlp",
             edit: |mut m| {
@@ -379,4 +409,26 @@ fn a_pt2_that_is_no_zip_says_so() {
         ),
         "{line}"
     );
+}
+
+#[test]
+fn a_configured_model_path_and_the_graph_command_refuse_it_too() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_fixture(dir.path(), "tied", "m.pt2");
+    write(dir.path(), "trainlint.toml", "[model]\npath = \"m.pt2\"\n");
+    let summary = "m.pt2 is a torch.export program (schema 8.20, 7 nodes, 8 parameters in 4 modules, final op aten.linear)";
+    for args in [
+        vec!["check", "--no-timings"],
+        vec!["graph", "--model", "m.pt2"],
+    ] {
+        let before = snapshot(dir.path());
+        let o = trainlint()
+            .current_dir(dir.path())
+            .args(&args)
+            .output()
+            .unwrap();
+        let line = one_line_error(&o);
+        assert!(line.contains(summary), "{args:?}: {line}");
+        assert_eq!(snapshot(dir.path()), before, "{args:?}");
+    }
 }

@@ -68,6 +68,8 @@ pub enum Pt2Error {
     Unsupported(String),
     #[error("node `{node}` reads `{value}`, which no earlier node or input defines")]
     UndefinedValue { node: String, value: String },
+    #[error("node `{node}` defines `{value}`, which an earlier node or input already defines")]
+    Redefined { node: String, value: String },
     #[error("node `{node}` has a malformed nn_module_stack entry {entry:?}")]
     ModuleStack { node: String, entry: String },
     #[error("tensor {fqn} is stored as a pickle (a tensor subclass or custom object), which trainlint never unpickles")]
@@ -1128,7 +1130,14 @@ fn check_graph(graph: &Graph, defined: &mut HashSet<String>) -> Result<()> {
             }
         }
         for output in &node.outputs {
-            defined.extend(output.defined_names().into_iter().map(str::to_string));
+            for name in output.defined_names() {
+                if !defined.insert(name.to_string()) {
+                    return Err(Pt2Error::Redefined {
+                        node: label,
+                        value: name.into(),
+                    });
+                }
+            }
         }
     }
     for output in &graph.outputs {
