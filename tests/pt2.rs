@@ -221,6 +221,20 @@ fn damaged_or_hostile_programs_give_their_reason_in_one_line() {
             says: "tensor fc2.bias has a negative size -4",
         },
         Case {
+            what: "an empty tensor whose shape overflows",
+            fixture: "mlp",
+            edit: |mut m| {
+                edit_json(&mut m, "model_weights_config.json", |v| {
+                    let meta = &mut v["config"]["fc2.bias"]["tensor_meta"];
+                    meta["sizes"] = serde_json::json!([{"as_int": 0}, {"as_int": i64::MAX}, {"as_int": 2}]);
+                    meta["strides"] = serde_json::json!([{"as_int": 1}, {"as_int": 1}, {"as_int": 1}]);
+                });
+                m
+            },
+            huge: None,
+            says: "tensor fc2.bias has a shape [0, 9223372036854775807, 2] whose element count overflows 64 bits",
+        },
+        Case {
             what: "an unknown schema major version",
             fixture: "mlp",
             edit: |mut m| {

@@ -1007,7 +1007,9 @@ impl<R: Read + std::io::Seek> Reader<R> {
                 storage_offset,
             )?;
             let tensor = if tm.requires_grad && is_float(dtype) {
-                tensor.set_requires_grad(true)
+                tensor
+                    .f_set_requires_grad(true)
+                    .map_err(|e| bad(super::user_message(&e.to_string())))?
             } else {
                 tensor
             };
@@ -1064,8 +1066,20 @@ fn tensor_from_storage(
             "a storage `{storage}` of {has} bytes, not a whole number of {elt}-byte elements"
         )));
     }
+    // libtorch computes contiguous strides as products of sizes, even for an empty tensor.
+    if sizes
+        .iter()
+        .filter(|&&s| s != 0)
+        .try_fold(1i64, |n, &s| n.checked_mul(s))
+        .is_none()
+    {
+        return Err(bad(format!(
+            "a shape {sizes:?} whose element count overflows 64 bits"
+        )));
+    }
     if sizes.contains(&0) {
-        return Ok(Tensor::zeros(sizes, (dtype, tch::Device::Cpu)));
+        return Tensor::f_zeros(sizes, (dtype, tch::Device::Cpu))
+            .map_err(|e| bad(super::user_message(&e.to_string())));
     }
     // Sizes, strides and the offset are non-negative i64s (checked by the caller); checked u128
     // arithmetic, so a hostile view cannot wrap around to a small number.
@@ -1097,7 +1111,7 @@ fn tensor_from_storage(
         .map_err(|e| bad(super::user_message(&e.to_string())))?;
     base.f_as_strided(sizes, strides, offset)
         .and_then(|v| v.f_contiguous())
-        .map(|v| v.copy())
+        .and_then(|v| v.f_detach_copy())
         .map_err(|e| bad(super::user_message(&e.to_string())))
 }
 
@@ -1384,18 +1398,29 @@ mod tests {
         let e =
             tensor_from_storage("w", "s", &bytes, Kind::Float, &[2], &[i64::MAX], 0).unwrap_err();
         assert!(matches!(e, Pt2Error::OutOfBounds { .. }), "{e}");
-        // sizes at i64::MAX do not overflow the check
+        // sizes, strides and offset at i64::MAX do not overflow the check
+        let e = tensor_from_storage(
+            "w",
+            "s",
+            &bytes,
+            Kind::Float,
+            &[i64::MAX, 1],
+            &[i64::MAX, i64::MAX],
+            i64::MAX,
+        )
+        .unwrap_err();
+        assert!(matches!(e, Pt2Error::OutOfBounds { .. }), "{e}");
         let e = tensor_from_storage(
             "w",
             "s",
             &bytes,
             Kind::Float,
             &[i64::MAX, i64::MAX],
-            &[i64::MAX, i64::MAX],
-            i64::MAX,
+            &[1, 1],
+            0,
         )
         .unwrap_err();
-        assert!(matches!(e, Pt2Error::OutOfBounds { .. }), "{e}");
+        assert!(e.to_string().contains("overflows 64 bits"), "{e}");
         let e =
             tensor_from_storage("w", "s", &bytes[..15], Kind::Float, &[1], &[1], 0).unwrap_err();
         assert!(e.to_string().contains("not a whole number"), "{e}");
@@ -1404,6 +1429,18 @@ mod tests {
         // an empty tensor reads nothing
         let empty = tensor_from_storage("w", "s", &[], Kind::Float, &[0, 3], &[3, 1], 0).unwrap();
         assert_eq!(empty.size(), [0, 3]);
+        // an empty tensor whose other dims overflow (libtorch's zeros() would throw)
+        let e = tensor_from_storage(
+            "w",
+            "s",
+            &[],
+            Kind::Float,
+            &[0, i64::MAX, i64::MAX],
+            &[1, 1, 1],
+            0,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("overflows 64 bits"), "{e}");
     }
 
     #[test]
