@@ -725,7 +725,8 @@ impl<R: Read + std::io::Seek> Reader<R> {
                 limit,
             });
         }
-        let mut bytes = Vec::with_capacity(size as usize);
+        // The declared size is checked against the file by `archive::inspect`; still, grow as read.
+        let mut bytes = Vec::with_capacity(size.min(1 << 26) as usize);
         (&mut entry)
             .take(size)
             .read_to_end(&mut bytes)
