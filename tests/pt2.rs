@@ -446,3 +446,20 @@ fn a_configured_model_path_and_the_graph_command_refuse_it_too() {
         assert_eq!(snapshot(dir.path()), before, "{args:?}");
     }
 }
+
+#[test]
+fn a_zip_directory_larger_than_a_program_needs_is_refused_before_it_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.pt2");
+    write_zip(&path, &members("mlp"), None);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let end = bytes.len() - 22;
+    assert_eq!(&bytes[end..end + 4], b"PK\x05\x06");
+    bytes[end + 12..end + 16].copy_from_slice(&(32u32 << 20).to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    let line = refused(dir.path(), "model.pt2");
+    assert!(
+        line.contains("its zip directory lists 13 members in 33554432 bytes; a program needs at most 65536 members in 16777216 bytes"),
+        "{line}"
+    );
+}

@@ -620,9 +620,14 @@ const LAYOUT_STRIDED: i64 = 7;
 /// one folder with an `archive_format` member. A file that is not a readable zip is not one (callers
 /// may still go by the `.pt2` extension).
 pub fn is_pt2(path: &Path) -> bool {
-    let Ok(file) = std::fs::File::open(path) else {
+    let Ok(mut file) = std::fs::File::open(path) else {
         return false;
     };
+    // Any model file passes here before libtorch reads it: never let the zip reader allocate for a
+    // directory larger than a program needs (such a file is left to the TorchScript checks).
+    if check_directory(&mut file).is_err() {
+        return false;
+    }
     let Ok(zip) = zip::ZipArchive::new(file) else {
         return false;
     };
@@ -638,13 +643,60 @@ pub fn is_pt2(path: &Path) -> bool {
 
 /// Reads the `.pt2` at `path`.
 pub fn read(path: &Path) -> Result<Program> {
-    let file = std::fs::File::open(path).map_err(|e| Pt2Error::Io(e.to_string()))?;
+    let mut file = std::fs::File::open(path).map_err(|e| Pt2Error::Io(e.to_string()))?;
+    check_directory(&mut file).map_err(Pt2Error::Damaged)?;
     let file_bytes = file
         .metadata()
         .map_err(|e| Pt2Error::Io(e.to_string()))?
         .len();
     let zip = zip::ZipArchive::new(file).map_err(|e| Pt2Error::NotZip(e.to_string()))?;
     Reader::new(zip, file_bytes)?.program()
+}
+
+/// The most members a program's zip may list (resnet18's has 72; a TorchScript archive one per
+/// tensor), and the most bytes of central directory: the zip reader keeps every entry in memory.
+const MAX_MEMBERS: u64 = 65_536;
+const MAX_DIRECTORY_BYTES: u64 = 16 << 20;
+
+/// Refuses a zip whose end-of-central-directory record (or its zip64 record) lists more members, or
+/// a larger directory, than [`MAX_MEMBERS`] / [`MAX_DIRECTORY_BYTES`], before the zip reader
+/// allocates for them. (The same check as `data::npz`'s, with a program's limits.) A file without
+/// such a record is left to the zip reader, which refuses it.
+fn check_directory(file: &mut std::fs::File) -> Result<(), String> {
+    use std::io::{Seek, SeekFrom};
+    let le = |b: &[u8]| b.iter().rev().fold(0u64, |n, &x| n << 8 | u64::from(x));
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    let tail_len = len.min(22 + 65_535);
+    let mut tail = vec![0u8; tail_len as usize];
+    file.seek(SeekFrom::Start(len - tail_len))
+        .and_then(|_| file.read_exact(&mut tail))
+        .map_err(|e| e.to_string())?;
+    let Some(end) = (0..tail.len().saturating_sub(21))
+        .rev()
+        .find(|&i| tail[i..].starts_with(b"PK\x05\x06"))
+    else {
+        return Ok(());
+    };
+    let (mut members, mut size) = (le(&tail[end + 10..end + 12]), le(&tail[end + 12..end + 16]));
+    if end >= 20 && tail[end - 20..].starts_with(b"PK\x06\x07") {
+        let at = le(&tail[end - 12..end - 4]);
+        let mut record = [0u8; 56];
+        if file
+            .seek(SeekFrom::Start(at))
+            .and_then(|_| file.read_exact(&mut record))
+            .is_ok()
+            && record.starts_with(b"PK\x06\x06")
+        {
+            members = members.max(le(&record[32..40]));
+            size = size.max(le(&record[40..48]));
+        }
+    }
+    if members > MAX_MEMBERS || size > MAX_DIRECTORY_BYTES {
+        return Err(format!(
+            "its zip directory lists {members} members in {size} bytes; a program needs at most {MAX_MEMBERS} members in {MAX_DIRECTORY_BYTES} bytes"
+        ));
+    }
+    Ok(())
 }
 
 struct Reader<R: Read + std::io::Seek> {
