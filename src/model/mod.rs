@@ -15,6 +15,7 @@ pub mod archive;
 #[cfg(test)]
 mod fuzz;
 mod pickle;
+pub mod pt2;
 pub use archive::ArchiveRecord;
 use trainlint_checks::graph::ModuleGraph;
 use trainlint_checks::ports::{LayerScale, Mode, NamedTensor, NonFiniteOp};
@@ -127,6 +128,14 @@ pub enum ModelError {
     NotTorchScript { path: PathBuf, reason: String },
     #[error("cannot load {path}: {reason}")]
     Load { path: PathBuf, reason: String },
+    /// A `torch.export` program, read by [`pt2::read`] but not run yet (issue 25).
+    #[error("{path} is a torch.export program ({summary}); trainlint runs TorchScript models for now: save one with torch.jit.script(model).save(\"model.pt\")")]
+    ExportedProgram { path: PathBuf, summary: String },
+    #[error("{path} cannot be read as a torch.export program: {source}")]
+    Pt2 {
+        path: PathBuf,
+        source: pt2::Pt2Error,
+    },
     #[error("device {0} requested but CUDA is not available to libtorch on this machine")]
     NoCuda(String),
     #[error("invalid device {0:?}: use cpu, cuda or cuda:N")]
@@ -787,7 +796,38 @@ fn check_model_file(path: &Path) -> Result<(), ModelError> {
         });
     }
     std::fs::File::open(path).map_err(|e| unreadable(&e))?;
-    Ok(())
+    refuse_exported_program(path)
+}
+
+/// A `torch.export` program (a `.pt2` zip by its content, or a `.pt2` file that is no TorchScript zip) is
+/// read and refused with what it holds, or with why it cannot be read: nothing runs it yet.
+fn refuse_exported_program(path: &Path) -> Result<(), ModelError> {
+    let named_pt2 = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("pt2"));
+    let by_content = pt2::is_pt2(path);
+    // A TorchScript model saved as `x.pt2` still loads as one.
+    let not_torchscript = || {
+        std::fs::File::open(path)
+            .map_err(|e| e.to_string())
+            .and_then(|f| zip::ZipArchive::new(f).map_err(|e| e.to_string()))
+            .map_or(true, |zip| {
+                zip_layout(zip.file_names()) != ZipLayout::TorchScript
+            })
+    };
+    if !(by_content || named_pt2 && not_torchscript()) {
+        return Ok(());
+    }
+    Err(match pt2::read(path) {
+        Ok(program) => ModelError::ExportedProgram {
+            path: path.to_path_buf(),
+            summary: program.summary(),
+        },
+        Err(source) => ModelError::Pt2 {
+            path: path.to_path_buf(),
+            source,
+        },
+    })
 }
 
 /// What a zip archive holds, from its entry names: a TorchScript model has `<name>/code/` and
