@@ -1038,31 +1038,33 @@ trainlint needs one output per sample along dim 0",
     Ok(exit_code(0))
 }
 
-/// Something about the data sample that makes some checks meaningless or impossible: reported once
-/// (the report's `warnings`), and those checks skip with `skip_reason` instead of failing or passing
-/// trivially.
-/// When a check that trains ran (or skipped for an assumed value) on setup values the config left unset: which, and what
-/// was assumed in their place, once, above the findings.
+/// When a check ran (or skipped for an assumed value) whose verdict rests on `[setup]` values the config
+/// left unset (`CheckInfo::setup`): which, and what was assumed in their place, once, above the findings.
 fn assumed_warning(settings: &Settings, report: &report::Report) -> Option<report::Warning> {
     let s = &settings.setup;
-    // A check whose verdict rests on the training setup ran (or skipped for what it assumed), not one
-    // skipped for want of a model or data.
-    const USE_SETUP: [&str; 4] = [
-        "loss-oscillation",
-        "lr-sharpness",
-        "stale-batchnorm",
-        "sequential-data",
-    ];
-    let trained = settings.model.is_some()
-        && report.checks.iter().any(|c| {
-            USE_SETUP.contains(&c.id)
+    // The setup values that a check whose verdict rests on them used: it ran, or skipped for what it
+    // assumed (not one skipped for want of a model or data).
+    let used: Vec<&str> = report
+        .checks
+        .iter()
+        .filter(|c| {
+            settings.model.is_some()
                 && c.missing.is_none()
                 && (c.status != run::Status::Skipped
                     || c.reason
                         .as_deref()
                         .is_some_and(|r| r.contains("(assumed: ")))
-        });
-    if s.assumed.is_empty() || !trained {
+        })
+        .filter_map(|c| registry::find(c.id))
+        .flat_map(|check| check.info().setup.iter().copied())
+        .collect();
+    let assumed: Vec<&str> = s
+        .assumed
+        .iter()
+        .copied()
+        .filter(|k| used.contains(k))
+        .collect();
+    if assumed.is_empty() {
         return None;
     }
     let value = |k: &str| match k {
@@ -1071,8 +1073,7 @@ fn assumed_warning(settings: &Settings, report: &report::Report) -> Option<repor
         "batch_size" => s.batch_size.to_string(),
         _ => trainlint_checks::finding::num(s.momentum),
     };
-    let list: Vec<String> = s
-        .assumed
+    let list: Vec<String> = assumed
         .iter()
         .map(|k| format!("{k} = {}", value(k)))
         .collect();
@@ -1080,11 +1081,7 @@ fn assumed_warning(settings: &Settings, report: &report::Report) -> Option<repor
         input: "config",
         message: format!(
             "[setup] does not set {}: the checks that use them assumed {}; set the training run's values",
-            s.assumed
-                .iter()
-                .map(|k| k.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
+            assumed.join(", "),
             list.join(", ")
         ),
     })
@@ -1139,6 +1136,9 @@ fn class_index_warning(
     })
 }
 
+/// Something about the data sample that makes some checks meaningless or impossible: reported once
+/// (the report's `warnings`), and those checks skip with `skip_reason` instead of failing or passing
+/// trivially.
 struct SampleWarning {
     message: String,
     skips: Vec<&'static str>,

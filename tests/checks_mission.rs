@@ -541,15 +541,29 @@ fn setup_values_the_config_leaves_unset_are_reported_as_assumed() {
         None,
         "",
     );
+    // Only what a check that ran rests on (`CheckInfo::setup`): lr-sharpness uses no batch size.
     assert_eq!(
         config_warnings(&r),
-        ["[setup] does not set optimizer, lr, batch_size: the checks that use them assumed optimizer = adam, \
-lr = 0.001, batch_size = 32; set the training run's values"]
+        ["[setup] does not set optimizer, lr: the checks that use them assumed optimizer = adam, \
+lr = 0.001; set the training run's values"]
     );
     let reason = check_entry(&r, "lr-sharpness")["reason"].as_str().unwrap();
     assert!(
         reason.starts_with("the optimizer is adam (assumed: setup.optimizer is not set): "),
         "{reason}"
+    );
+    // The learning-rate probe trains on batches of the setup's size: that is assumed too.
+    let r = run_check(
+        "loss-oscillation",
+        Some("mlp_default"),
+        Some("regression"),
+        None,
+        "",
+    );
+    assert_eq!(
+        config_warnings(&r),
+        ["[setup] does not set optimizer, lr, batch_size: the checks that use them assumed optimizer = adam, \
+lr = 0.001, batch_size = 32; set the training run's values"]
     );
     // SGD without its momentum: the momentum is assumed, and said to be.
     let r = run_check(

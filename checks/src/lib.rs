@@ -101,6 +101,9 @@ pub struct CheckInfo {
     pub kinds: &'static [&'static KindInfo],
     /// Whether the check trains an in-memory copy of the model (progress is shown for these).
     pub trains: bool,
+    /// The `[setup]` values its verdict rests on: when the config leaves one unset and the check ran,
+    /// the report says what was assumed in its place.
+    pub setup: &'static [&'static str],
 }
 
 /// What a check found: findings, or the reason it could not apply, plus curves worth plotting.

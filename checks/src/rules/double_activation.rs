@@ -18,6 +18,7 @@ never applies) trains a different function from the one intended, usually withou
     },
     kinds: &[&SquashedTwice::KIND, &NotProbabilities::KIND, &NotLogProbabilities::KIND],
     trains: false,
+    setup: &[],
 };
 
 /// The model ends in softmax or sigmoid and the loss applies its own.

@@ -21,6 +21,7 @@ falls.",
     },
     kinds: &[&NoGradient::KIND, &ZeroGradient::KIND],
     trains: false,
+    setup: &[],
 };
 
 /// Options of gradient-flow.

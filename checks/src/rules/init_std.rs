@@ -22,6 +22,7 @@ fan-out.",
         &NormFarFromDefault::KIND,
     ],
     trains: false,
+    setup: &[],
 };
 
 /// How init-std judges a std.

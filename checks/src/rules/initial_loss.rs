@@ -23,6 +23,7 @@ training (Karpathy's recipe: \"verify loss @ init\").",
     },
     kinds: &[&HighInitialLoss::KIND],
     trains: false,
+    setup: &[],
 };
 
 /// Options of initial-loss.

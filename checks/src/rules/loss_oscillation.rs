@@ -38,6 +38,7 @@ flags every healthy SGD run; trainlint separates the trend from the noise first.
         &ProbeOscillates::KIND,
     ],
     trains: true,
+    setup: &["optimizer", "lr", "batch_size", "momentum"],
 };
 
 /// Options of loss-oscillation.

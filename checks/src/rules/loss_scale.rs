@@ -18,6 +18,7 @@ gradient.",
     },
     kinds: &[&UnbalancedTerms::KIND],
     trains: false,
+    setup: &[],
 };
 
 /// Options of loss-scale.

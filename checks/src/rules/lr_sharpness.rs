@@ -25,6 +25,7 @@ training (progressive sharpening), so a lr above the bound at init only gets wor
     },
     kinds: &[&LrAboveBound::KIND],
     trains: false,
+    setup: &["optimizer", "lr", "momentum"],
 };
 
 /// Options of lr-sharpness.

@@ -20,6 +20,7 @@ and each step's gradient points at that slice only.",
     },
     kinds: &[&UnshuffledOrder::KIND],
     trains: false,
+    setup: &["batch_size", "shuffle"],
 };
 
 /// Options of sequential-data.

@@ -26,6 +26,7 @@ training each stream is normalised with its own batch statistics while eval uses
     },
     kinds: &[&CalledTwice::KIND],
     trains: false,
+    setup: &[],
 };
 
 /// A BatchNorm module with two or more call sites that run in one forward.
