@@ -12,6 +12,7 @@ mod report;
 mod run;
 mod security;
 mod threads;
+mod zipdir;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

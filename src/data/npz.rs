@@ -70,33 +70,11 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// directory, than an `.npz` could need, before the zip reader allocates for them. An archive
 /// without such a record is left to the zip reader, which refuses it.
 fn check_directory(file: &mut File) -> Result<(), String> {
-    let len = file.metadata().map_err(|e| describe_io(&e))?.len();
-    let tail_len = len.min(22 + 65_535);
-    let mut tail = vec![0u8; tail_len as usize];
-    file.seek(SeekFrom::Start(len - tail_len))
-        .and_then(|_| file.read_exact(&mut tail))
-        .map_err(|e| describe_io(&e))?;
-    let Some(end) = (0..tail.len().saturating_sub(21))
-        .rev()
-        .find(|&i| tail[i..].starts_with(b"PK\x05\x06"))
+    let Some((members, size)) =
+        crate::zipdir::declared_directory(file).map_err(|e| describe_io(&e))?
     else {
         return Ok(());
     };
-    let (mut members, mut size) = (u16_at(&tail, end + 10), u32_at(&tail, end + 12));
-    // Zip64: the locator just before the record points to the zip64 record, which holds the counts.
-    if end >= 20 && tail[end - 20..].starts_with(b"PK\x06\x07") {
-        let at = u64_at(&tail, end - 20 + 8);
-        let mut record = [0u8; 56];
-        if file
-            .seek(SeekFrom::Start(at))
-            .and_then(|_| file.read_exact(&mut record))
-            .is_ok()
-            && record.starts_with(b"PK\x06\x06")
-        {
-            members = members.max(u64_at(&record, 32));
-            size = size.max(u64_at(&record, 40));
-        }
-    }
     if members > MAX_MEMBERS || size > MAX_DIRECTORY_BYTES {
         return Err(format!(
             "its zip directory lists {members} members in {}; an .npz holds at most {MAX_MEMBERS} members in {}",

@@ -663,34 +663,11 @@ const MAX_DIRECTORY_BYTES: u64 = 16 << 20;
 /// allocates for them. (The same check as `data::npz`'s, with a program's limits.) A file without
 /// such a record is left to the zip reader, which refuses it.
 fn check_directory(file: &mut std::fs::File) -> Result<(), String> {
-    use std::io::{Seek, SeekFrom};
-    let le = |b: &[u8]| b.iter().rev().fold(0u64, |n, &x| n << 8 | u64::from(x));
-    let len = file.metadata().map_err(|e| e.to_string())?.len();
-    let tail_len = len.min(22 + 65_535);
-    let mut tail = vec![0u8; tail_len as usize];
-    file.seek(SeekFrom::Start(len - tail_len))
-        .and_then(|_| file.read_exact(&mut tail))
-        .map_err(|e| e.to_string())?;
-    let Some(end) = (0..tail.len().saturating_sub(21))
-        .rev()
-        .find(|&i| tail[i..].starts_with(b"PK\x05\x06"))
+    let Some((members, size)) =
+        crate::zipdir::declared_directory(file).map_err(|e| e.to_string())?
     else {
         return Ok(());
     };
-    let (mut members, mut size) = (le(&tail[end + 10..end + 12]), le(&tail[end + 12..end + 16]));
-    if end >= 20 && tail[end - 20..].starts_with(b"PK\x06\x07") {
-        let at = le(&tail[end - 12..end - 4]);
-        let mut record = [0u8; 56];
-        if file
-            .seek(SeekFrom::Start(at))
-            .and_then(|_| file.read_exact(&mut record))
-            .is_ok()
-            && record.starts_with(b"PK\x06\x06")
-        {
-            members = members.max(le(&record[32..40]));
-            size = size.max(le(&record[40..48]));
-        }
-    }
     if members > MAX_MEMBERS || size > MAX_DIRECTORY_BYTES {
         return Err(format!(
             "its zip directory lists {members} members in {size} bytes; a program needs at most {MAX_MEMBERS} members in {MAX_DIRECTORY_BYTES} bytes"
