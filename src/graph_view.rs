@@ -956,7 +956,7 @@ pub fn within_limit<T: Send + 'static>(
         .spawn(move || {
             // Thread-local in libtorch: the OpenMP thread count and the warning handler.
             tch::set_num_threads(threads as i32);
-            crate::model::prepare_libtorch();
+            crate::model::silence_libtorch_warnings();
             let _ = tx.send(guarded(work));
         });
     let worker = match worker {

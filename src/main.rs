@@ -845,7 +845,7 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
         ));
     }
     tch::set_num_threads(threads as i32);
-    model::prepare_libtorch();
+    model::silence_libtorch_warnings();
     let model = match &settings.model {
         Some(p) => Some(security::load_model(
             p,
@@ -1315,7 +1315,7 @@ fn graph(args: GraphArgs) -> Result<ExitCode, Fatal> {
         n => n.min(MAX_THREADS),
     };
     tch::set_num_threads(threads as i32);
-    model::prepare_libtorch();
+    model::silence_libtorch_warnings();
     let model = security::load_model(
         &model_path,
         &settings.device,

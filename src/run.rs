@@ -161,7 +161,7 @@ fn run_isolated(
         .spawn(move || {
             // Thread-local in libtorch: the OpenMP thread count and the warning handler.
             tch::set_num_threads(threads);
-            crate::model::prepare_libtorch();
+            crate::model::silence_libtorch_warnings();
             tch::manual_seed(seed);
             let progress_tx = tx.clone();
             let progress = move |step: usize, total: usize, loss: f64| {

@@ -64,7 +64,6 @@ type NodeCb =
 unsafe extern "C" {
     fn tl_free_string(s: *mut c_char);
     safe fn tl_silence_warnings();
-    safe fn tl_plain_graph_executor();
     fn tl_load(
         path: *const c_char,
         device: *const c_char,
@@ -497,11 +496,9 @@ impl Handle {
     }
 }
 
-/// Set libtorch up for an audit: its warnings kept out of the terminal (the report is trainlint's
-/// output), and TorchScript graphs run without the profiling executor's optimisation passes.
-pub fn prepare_libtorch() {
-    tl_silence_warnings();
-    tl_plain_graph_executor();
+/// Keep libtorch's warnings out of the terminal: the report is trainlint's output.
+pub fn silence_libtorch_warnings() {
+    tl_silence_warnings()
 }
 
 pub fn parse_device(s: &str) -> Result<Device, ModelError> {

@@ -9,7 +9,6 @@
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <torch/csrc/jit/passes/freeze_module.h>
 #include <torch/csrc/jit/passes/inliner.h>
-#include <torch/csrc/jit/python/update_graph_executor_opt.h>
 #include <torch/csrc/jit/ir/constants.h>
 #include <torch/script.h>
 #include <caffe2/serialize/inline_container.h>
@@ -264,14 +263,6 @@ static std::string producer_op(torch::jit::Value* v, const std::string* key, dou
 // The forward graph with submodule calls inlined and, where freezing works, attributes folded into
 // constants, so `if self.act == "sigmoid"` resolves to its branch.
 static std::shared_ptr<torch::jit::Graph> resolved_forward_graph(const Module& m) {
-  // The analysis reads the graph that freezing gives with the executor's optimisation on (the flag is
-  // thread-local; audits turn it off for running graphs, tl_plain_graph_executor): with it off, the
-  // sigmoid head of conv_sigmoid.pt was not found. On for this analysis, as it always was.
-  struct Optimize {
-    bool was = torch::jit::getGraphExecutorOptimize();
-    Optimize() { torch::jit::setGraphExecutorOptimize(true); }
-    ~Optimize() { torch::jit::setGraphExecutorOptimize(was); }
-  } optimize;
   try {
     Module frozen = torch::jit::freeze_module(m.clone());
     auto graph = frozen.get_method("forward").graph()->copy();
@@ -401,12 +392,6 @@ void tl_silence_warnings() {
   static SilentHandler handler;
   c10::WarningUtils::set_warning_handler(&handler);
 }
-
-// Run TorchScript graphs as they are, without the profiling executor's profiling runs and optimisation
-// passes: an audit runs each graph a few hundred times at most, on CPU where no fuser is enabled, so the
-// passes cost more than they save (torchvision DenseNet's first forward: 66 -> 20 ms; audits 2-8%
-// faster, reports the same byte for byte), and a stranger's graph goes through fewer of the JIT's passes.
-void tl_plain_graph_executor() { torch::jit::setGraphExecutorOptimize(false); }
 
 // A forward in `mode` (see run_forward) that leaves the flags as it set them: for a trained copy.
 char* tl_forward(tl_module* m, const at::Tensor* input, int mode, int grad, const char* output_key,
