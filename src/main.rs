@@ -20,7 +20,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use trainlint_checks::ports::parse_choice;
-use trainlint_checks::{registry, Context, Severity};
+use trainlint_checks::{registry, Context};
 
 use config::{ConfigError, Settings};
 
@@ -53,12 +53,6 @@ enum Format {
     Junit,
     Github,
     Gitlab,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum FailOn {
-    Error,
-    Warning,
 }
 
 #[derive(Subcommand)]
@@ -129,7 +123,7 @@ struct CheckArgs {
     ignore: Option<Vec<String>>,
     /// Exit 1 when a finding at or above this severity remains.
     #[arg(long, value_enum)]
-    fail_on: Option<FailOn>,
+    fail_on: Option<config::FailOn>,
     /// Exit 0 even when there are findings (input errors still exit 2).
     #[arg(long)]
     exit_zero: bool,
@@ -736,10 +730,7 @@ fn resolve_settings(args: &CheckArgs) -> Result<Settings, Fatal> {
         settings.ignore = s.clone();
     }
     if let Some(f) = args.fail_on {
-        settings.fail_on = match f {
-            FailOn::Error => Severity::Error,
-            FailOn::Warning => Severity::Warning,
-        };
+        settings.fail_on = f.into();
     }
     if let Some(d) = &args.device {
         // A typo is an error even without a model; whether CUDA is there matters only with one.

@@ -108,8 +108,10 @@ pub struct LogSection {
     pub terms: Vec<String>,
 }
 
-/// The severity at or above which findings fail the run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// The severity at or above which findings fail the run (`[run] fail_on` and `--fail-on`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum FailOn {
     #[default]

@@ -14,7 +14,7 @@ use toml_edit::{ImDocument, Item, TableLike, Value};
 use trainlint_checks::registry::{self, Selector};
 use trainlint_checks::{Group, Level, Setup, Severity};
 
-pub use file::ConfigFile;
+pub use file::{ConfigFile, FailOn};
 pub use schema::{check_options, config_schema, init_template, json_schema, reference_markdown};
 
 /// A configuration error: a message, and where it points when it comes from a file.
