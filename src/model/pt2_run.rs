@@ -12,12 +12,15 @@
 use std::ffi::{c_char, c_int, CString};
 use std::fmt::Write as _;
 use std::ptr::NonNull;
+use std::sync::Arc;
 
-use tch::Tensor;
+use tch::{Device, Tensor};
+use trainlint_checks::ports::{Mode, NamedTensor};
+use trainlint_checks::{CheckError, Model, ModuleInfo, OutputActivation, TrainableModel};
 
 use super::pt2::{
     Argument, Graph, InputSpec, Node, OptionalTensorArgument, OutputSpec, Program, SymInt,
-    SymIntArgument, Target,
+    SymIntArgument, Target, WeightRole,
 };
 use super::{check, ShimString};
 
@@ -505,6 +508,10 @@ pub struct Interpreter {
 // SAFETY: the compiled program is immutable after compile (each run keeps its values in a local
 // environment), and libtorch's dispatcher is thread-safe; trainlint runs one forward at a time anyway.
 unsafe impl Send for Interpreter {}
+// SAFETY: `tl_pt2_run` only reads the compiled program (each run keeps its values in its own
+// environment and stack; `OperatorHandle::callBoxed` is const and the dispatcher thread-safe), so
+// runs from several threads on one program do not race on it.
+unsafe impl Sync for Interpreter {}
 
 impl Drop for Interpreter {
     fn drop(&mut self) {
@@ -557,6 +564,322 @@ impl Interpreter {
         }
         // SAFETY: see above: a fresh heap tensor, owned by nobody else.
         Ok(unsafe { Tensor::from_ptr(out) })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The program behind the `Model` port.
+
+/// Shape-only ops the output's range passes through (as the TorchScript side's `passes_range_through`).
+const PASSES_RANGE_THROUGH: [&str; 15] = [
+    "view",
+    "reshape",
+    "flatten",
+    "squeeze",
+    "unsqueeze",
+    "contiguous",
+    "permute",
+    "transpose",
+    "clone",
+    "to",
+    "dropout",
+    "feature_dropout",
+    "type_as",
+    "detach",
+    "alias",
+];
+
+/// One parameter, buffer or constant of a [`Pt2Model`], in the order of [`Program::weights`].
+struct Slot {
+    fqn: String,
+    role: WeightRole,
+    /// The first FQN of a tied group holds the tensor; the others point at it.
+    tied_to: Option<usize>,
+}
+
+/// A `torch.export` program behind trainlint's [`Model`] port.
+///
+/// The training IR is specialised to the mode it was exported in (train, for `torch.export.export`
+/// of a module in train mode). When the program holds ops whose behaviour depends on that mode
+/// (`batch_norm(training=True)`, `dropout(train=True)`, ...), an eval-mode forward cannot be run from
+/// it: [`Model::predict`] and eval-mode forwards skip with that reason instead of guessing.
+pub struct Pt2Model {
+    interp: Arc<Interpreter>,
+    slots: Arc<Vec<Slot>>,
+    tensors: Vec<Tensor>,
+    modules: Vec<ModuleInfo>,
+    output: OutputActivation,
+    /// The first op that runs differently in train and eval mode (`aten.batch_norm`), if any.
+    train_only: Option<String>,
+}
+
+impl Pt2Model {
+    /// Compiles `program` (refusing ops outside the allowlist unless `trusted`) and takes its weights.
+    pub fn new(program: Program, trusted: bool) -> Result<Pt2Model, String> {
+        let interp = Arc::new(Interpreter::new(&program, trusted)?);
+        let output = output_activation(&program);
+        let train_only = mode_dependent_op(&program.graph);
+        let mut modules: Vec<ModuleInfo> = Vec::new();
+        for frame in &program.modules {
+            if modules.iter().all(|m| m.path != frame.path) {
+                modules.push(ModuleInfo {
+                    path: frame.path.clone(),
+                    kind: frame
+                        .class
+                        .rsplit('.')
+                        .next()
+                        .unwrap_or(&frame.class)
+                        .to_string(),
+                    // the program is specialised to the mode it was exported in: train
+                    training: true,
+                });
+            }
+        }
+        if modules.first().is_none_or(|m| !m.path.is_empty()) {
+            modules.insert(
+                0,
+                ModuleInfo {
+                    path: String::new(),
+                    kind: "Module".into(),
+                    training: true,
+                },
+            );
+        }
+        let mut slots = Vec::new();
+        let mut tensors = Vec::new();
+        for (i, w) in program.weights.into_iter().enumerate() {
+            let tied_to = tensors[..i]
+                .iter()
+                .position(|t: &Tensor| same_tensor(t, &w.tensor));
+            slots.push(Slot {
+                fqn: w.fqn,
+                role: w.role,
+                tied_to,
+            });
+            tensors.push(w.tensor);
+        }
+        Ok(Pt2Model {
+            interp,
+            slots: Arc::new(slots),
+            tensors,
+            modules,
+            output,
+            train_only,
+        })
+    }
+
+    fn eval_refused(&self) -> Option<CheckError> {
+        self.train_only.as_ref().map(|op| {
+            CheckError::Skip(format!(
+                "the .pt2 program is specialised to train mode ({op} runs in train mode), so no \
+                 eval-mode forward can be run from it"
+            ))
+        })
+    }
+
+    fn named(&self, tensors: &[Tensor], parameters: bool) -> Vec<NamedTensor> {
+        named(&self.slots, tensors, parameters)
+    }
+}
+
+/// Parameters (or buffers) with their FQNs; a tied group is listed once, under its first FQN (as
+/// `named_parameters()` does).
+fn named(slots: &[Slot], tensors: &[Tensor], parameters: bool) -> Vec<NamedTensor> {
+    slots
+        .iter()
+        .zip(tensors)
+        .filter(|(s, _)| s.tied_to.is_none())
+        .filter(|(s, _)| match s.role {
+            WeightRole::Parameter => parameters,
+            WeightRole::Buffer { .. } => !parameters,
+            WeightRole::Constant => false,
+        })
+        .map(|(s, t)| (s.fqn.clone(), t.shallow_clone()))
+        .collect()
+}
+
+fn same_tensor(a: &Tensor, b: &Tensor) -> bool {
+    a.data_ptr() == b.data_ptr() && a.size() == b.size() && a.stride() == b.stride()
+}
+
+/// The first op (short name) that takes `training=True` / `train=True`: it runs differently in eval.
+fn mode_dependent_op(graph: &Graph) -> Option<String> {
+    for node in &graph.nodes {
+        for input in &node.inputs {
+            match &input.arg {
+                Argument::AsBool(true) if input.name == "training" || input.name == "train" => {
+                    return Some(
+                        parse_target(&node.target).map_or(node.target.clone(), |t| t.short()),
+                    );
+                }
+                Argument::AsGraph(sub) => {
+                    if let Some(op) = mode_dependent_op(&sub.graph) {
+                        return Some(op);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    None
+}
+
+/// The op that produces the program's output, through shape-only ops; clamp bounds when constant.
+fn output_activation(program: &Program) -> OutputActivation {
+    let unknown = OutputActivation {
+        op: "unknown".into(),
+        clamp: None,
+    };
+    let Some(mut value) = program.signature.output_specs.iter().find_map(|s| match s {
+        OutputSpec::UserOutput {
+            arg: Argument::AsTensor(t),
+        } => Some(t.name.clone()),
+        _ => None,
+    }) else {
+        return unknown;
+    };
+    for _ in 0..64 {
+        let Some(node) = program.graph.nodes.iter().find(|n| {
+            n.outputs
+                .iter()
+                .any(|o| matches!(o, Argument::AsTensor(t) if t.name == value))
+        }) else {
+            return unknown;
+        };
+        let op = match parse_target(&node.target) {
+            Some(Target::Op { name, .. }) => name.trim_end_matches('_').to_string(),
+            Some(Target::HigherOrder(name)) => name,
+            _ => return unknown,
+        };
+        if PASSES_RANGE_THROUGH.contains(&op.as_str()) {
+            if let Some(Argument::AsTensor(t)) = node.inputs.first().map(|a| &a.arg) {
+                value = t.name.clone();
+                continue;
+            }
+        }
+        let bound = |names: &[&str]| {
+            node.inputs
+                .iter()
+                .find(|a| names.contains(&a.name.as_str()))
+                .and_then(|a| match &a.arg {
+                    Argument::AsFloat(f) => Some(f.0),
+                    Argument::AsInt(i) => Some(*i as f64),
+                    _ => None,
+                })
+        };
+        let clamp = match op.as_str() {
+            "hardtanh" => Some((
+                bound(&["min_val"]).unwrap_or(-1.0),
+                bound(&["max_val"]).unwrap_or(1.0),
+            )),
+            "clamp" => {
+                let (lo, hi) = (bound(&["min"]), bound(&["max"]));
+                (lo.is_some() || hi.is_some())
+                    .then(|| (lo.unwrap_or(f64::NAN), hi.unwrap_or(f64::NAN)))
+            }
+            _ => None,
+        };
+        return OutputActivation { op, clamp };
+    }
+    unknown
+}
+
+/// Fresh tensors for a trainable copy: parameters as new leaves (requires_grad as stored), buffers
+/// and constants cloned; a tied group stays one tensor.
+fn copy_weights(slots: &[Slot], tensors: &[Tensor]) -> Vec<Tensor> {
+    let mut out: Vec<Tensor> = Vec::with_capacity(tensors.len());
+    for (slot, t) in slots.iter().zip(tensors) {
+        let copy = match slot.tied_to {
+            Some(first) => out[first].shallow_clone(),
+            None => {
+                let c = t.detach().copy();
+                if slot.role == WeightRole::Parameter {
+                    c.set_requires_grad(t.requires_grad())
+                } else {
+                    c
+                }
+            }
+        };
+        out.push(copy);
+    }
+    out
+}
+
+fn run_on(
+    interp: &Interpreter,
+    tensors: &[Tensor],
+    input: &Tensor,
+    grad: bool,
+) -> Result<Tensor, CheckError> {
+    let weights: Vec<&Tensor> = tensors.iter().collect();
+    interp
+        .run(&input.to_device(Device::Cpu), &weights, grad)
+        .map_err(CheckError::Model)
+}
+
+impl Model for Pt2Model {
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+    fn parameters(&self) -> Result<Vec<NamedTensor>, CheckError> {
+        Ok(self.named(&self.tensors, true))
+    }
+    fn buffers(&self) -> Result<Vec<NamedTensor>, CheckError> {
+        Ok(self.named(&self.tensors, false))
+    }
+    fn modules(&self) -> &[ModuleInfo] {
+        &self.modules
+    }
+    fn output_activation(&self) -> Result<OutputActivation, CheckError> {
+        Ok(self.output.clone())
+    }
+    /// Eval mode, no gradients, no state change: buffers run on copies.
+    fn predict(&self, input: &Tensor) -> Result<Tensor, CheckError> {
+        if let Some(skip) = self.eval_refused() {
+            return Err(skip);
+        }
+        let tensors: Vec<Tensor> = self
+            .slots
+            .iter()
+            .zip(&self.tensors)
+            .map(|(s, t)| match s.role {
+                WeightRole::Parameter => t.shallow_clone(),
+                _ => t.detach().copy(),
+            })
+            .collect();
+        run_on(&self.interp, &tensors, input, false)
+    }
+    fn trainable_copy(&self) -> Result<Box<dyn TrainableModel>, CheckError> {
+        Ok(Box::new(Pt2Copy {
+            interp: Arc::clone(&self.interp),
+            slots: Arc::clone(&self.slots),
+            tensors: copy_weights(&self.slots, &self.tensors),
+            eval_refused: self.eval_refused().map(|e| e.to_string()),
+        }))
+    }
+}
+
+/// An independent copy of a [`Pt2Model`]'s weights, run by the same compiled program.
+struct Pt2Copy {
+    interp: Arc<Interpreter>,
+    slots: Arc<Vec<Slot>>,
+    tensors: Vec<Tensor>,
+    eval_refused: Option<String>,
+}
+
+impl TrainableModel for Pt2Copy {
+    fn forward(&mut self, input: &Tensor, mode: Mode) -> Result<Tensor, CheckError> {
+        if let (Mode::Eval, Some(reason)) = (mode, &self.eval_refused) {
+            let reason = reason.strip_prefix("skipped: ").unwrap_or(reason);
+            return Err(CheckError::Skip(reason.to_string()));
+        }
+        run_on(&self.interp, &self.tensors, input, true)
+    }
+    fn parameters(&self) -> Result<Vec<NamedTensor>, CheckError> {
+        Ok(named(&self.slots, &self.tensors, true))
+    }
+    fn buffers(&self) -> Result<Vec<NamedTensor>, CheckError> {
+        Ok(named(&self.slots, &self.tensors, false))
     }
 }
 

@@ -8,6 +8,7 @@ use tch::{Kind, Tensor};
 
 use super::*;
 use crate::model::pt2;
+use trainlint_checks::ports::{Mode, NamedTensor};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -168,5 +169,143 @@ fn a_broken_lowered_program_is_an_error_not_an_abort() {
         let res = check(unsafe { tl_pt2_compile(c_text.as_ptr(), &mut raw) });
         assert!(res.is_err(), "{text}");
         assert!(raw.is_null());
+    }
+}
+
+fn model(name: &str) -> Pt2Model {
+    Pt2Model::new(pt2::read(&fixture(&format!("{name}.pt2"))).unwrap(), false).unwrap()
+}
+
+fn refs(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(&format!("{name}.ref.json"))).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn the_model_port_names_modules_parameters_and_the_output_op() {
+    let m = model("convbn");
+    let modules: Vec<(&str, &str, bool)> = m
+        .modules()
+        .iter()
+        .map(|m| (m.path.as_str(), m.kind.as_str(), m.training))
+        .collect();
+    assert_eq!(
+        modules,
+        [
+            ("", "ConvBN", true),
+            ("conv", "Conv2d", true),
+            ("bn", "BatchNorm2d", true),
+            ("relu", "ReLU", true),
+            ("pool", "AdaptiveAvgPool2d", true),
+            ("head", "Linear", true),
+        ]
+    );
+    let names = |v: Vec<NamedTensor>| v.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+    assert_eq!(
+        names(m.parameters().unwrap()),
+        [
+            "conv.weight",
+            "conv.bias",
+            "bn.weight",
+            "bn.bias",
+            "head.weight",
+            "head.bias"
+        ]
+    );
+    assert_eq!(
+        names(m.buffers().unwrap()),
+        [
+            "bn.running_mean",
+            "bn.running_var",
+            "bn.num_batches_tracked"
+        ]
+    );
+    assert_eq!(m.output_activation().unwrap().op, "linear");
+    assert_eq!(m.device(), tch::Device::Cpu);
+    // A tied weight is one parameter, listed under its first FQN, as named_parameters() lists it.
+    let tied = model("tied");
+    let params = names(tied.parameters().unwrap());
+    assert!(
+        params.contains(&"enc.weight".to_string()) && !params.contains(&"dec.weight".to_string())
+    );
+}
+
+#[test]
+fn a_train_mode_program_skips_eval_forwards_with_the_reason() {
+    let m = model("convbn");
+    let r = refs("convbn");
+    let x = tensor(&r["x"], &shape(&r["x_shape"]));
+    let Err(CheckError::Skip(reason)) = m.predict(&x) else {
+        panic!("predict on a train-mode BatchNorm program must skip");
+    };
+    assert!(
+        reason.contains("aten.batch_norm runs in train mode"),
+        "{reason}"
+    );
+    let mut copy = m.trainable_copy().unwrap();
+    assert!(matches!(
+        copy.forward(&x, Mode::Eval),
+        Err(CheckError::Skip(_))
+    ));
+    // Without mode-dependent ops, train and eval are the same program: predict runs, without grad.
+    let mlp = model("mlp");
+    let r = refs("mlp");
+    let out = mlp
+        .predict(&tensor(&r["x"], &shape(&r["x_shape"])))
+        .unwrap();
+    assert!(!out.requires_grad());
+    assert_eq!(
+        rel_err(&out, &tensor(&r["out"], &shape(&r["out_shape"]))),
+        0.0
+    );
+}
+
+#[test]
+fn a_trainable_copy_trains_apart_from_the_model_with_pytorchs_gradients() {
+    tch::set_num_threads(1);
+    for name in ["convbn", "tied", "nograd"] {
+        let m = model(name);
+        let r = refs(name);
+        let x = tensor(&r["x"], &shape(&r["x_shape"]));
+        let before: Vec<Tensor> = m.buffers().unwrap().iter().map(|(_, b)| b.copy()).collect();
+        let mut copy = m.trainable_copy().unwrap();
+        let out = copy.forward(&x, Mode::Train).unwrap();
+        let out_shape = shape(&r["out_shape"]);
+        assert_eq!(rel_err(&out, &tensor(&r["out"], &out_shape)), 0.0, "{name}");
+        let loss = (&out * tensor(&r["loss_weight"], &out_shape)).sum(Kind::Float);
+        let params = copy.parameters().unwrap();
+        let trainable: Vec<&NamedTensor> =
+            params.iter().filter(|(_, p)| p.requires_grad()).collect();
+        let leaves: Vec<Tensor> = trainable.iter().map(|(_, p)| p.shallow_clone()).collect();
+        let grads = Tensor::run_backward(&[&loss], &leaves, false, false);
+        for ((fqn, p), g) in trainable.iter().zip(&grads) {
+            let want = &r["grads"][fqn];
+            if want.is_null() {
+                assert!(!g.defined(), "{name}: {fqn}");
+            } else {
+                assert_eq!(
+                    rel_err(g, &tensor(want, &p.size())),
+                    0.0,
+                    "{name}: grad {fqn}"
+                );
+            }
+        }
+        // The copy's buffers moved as PyTorch's did; the model's did not.
+        for (fqn, b) in copy.buffers().unwrap() {
+            let want = tensor(&r["buffers_after"][&fqn], &b.size());
+            assert_eq!(rel_err(&b, &want), 0.0, "{name}: buffer {fqn}");
+        }
+        for ((fqn, b), old) in m.buffers().unwrap().iter().zip(&before) {
+            assert!(b.equal(old), "{name}: the model's {fqn} changed");
+        }
+        // Stepping the copy leaves the model's parameters alone.
+        let _guard = tch::no_grad_guard();
+        let (fqn, p) = &copy.parameters().unwrap()[0];
+        let original = m.parameters().unwrap()[0].1.copy();
+        let _ = p.shallow_clone().f_add_(&Tensor::ones_like(p)).unwrap();
+        assert!(
+            m.parameters().unwrap()[0].1.equal(&original),
+            "{name}: {fqn} shared"
+        );
     }
 }
