@@ -309,3 +309,90 @@ fn a_trainable_copy_trains_apart_from_the_model_with_pytorchs_gradients() {
         );
     }
 }
+
+/// A reference tensor of the spike (`spikes/pt2/export_models.py`): u32 ndim, i64 dims, f32 data.
+fn spike_ref(path: &std::path::Path) -> Option<Tensor> {
+    let b = std::fs::read(path).ok()?;
+    let nd = u32::from_le_bytes(b[..4].try_into().unwrap()) as usize;
+    let dims: Vec<i64> = (0..nd)
+        .map(|i| i64::from_le_bytes(b[4 + 8 * i..12 + 8 * i].try_into().unwrap()))
+        .collect();
+    let data: Vec<f32> = b[4 + 8 * nd..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    Some(Tensor::from_slice(&data).reshape(&dims))
+}
+
+/// The spike's eight models (committed under spikes/pt2/out/ with PyTorch's numbers): besides the
+/// fixtures' features, CPU autocast blocks, torch.cond, SymInt arithmetic on the batch, a GRU,
+/// dropout (same seed, same draws), layer_norm, tied + frozen weights. Through the Model port:
+/// train-mode forward, every gradient of cross-entropy, the buffers after it, a batch of 7
+/// through the dynamic batch dim, and the eval program's forward through `predict`.
+#[test]
+fn the_spikes_models_match_pytorch_through_the_model_port() {
+    tch::set_num_threads(1);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("spikes/pt2/out");
+    for name in [
+        "mlp",
+        "convbn",
+        "probe",
+        "gru",
+        "nograd",
+        "autocast",
+        "cond",
+        "tiedfrozen",
+    ] {
+        let dir = root.join(name);
+        let m = Pt2Model::new(pt2::read(&dir.join("train.pt2")).unwrap(), false).unwrap();
+        let x = spike_ref(&dir.join("x.bin")).unwrap();
+        let y = spike_ref(&dir.join("y.bin")).unwrap().to_kind(Kind::Int64);
+        let mut copy = m.trainable_copy().unwrap();
+        tch::manual_seed(123);
+        let out = copy.forward(&x, Mode::Train).unwrap();
+        let mut worst = rel_err(&out, &spike_ref(&dir.join("ref_out_train.bin")).unwrap());
+        let loss = out.cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, -100, 0.0);
+        let params = copy.parameters().unwrap();
+        let trainable: Vec<&NamedTensor> =
+            params.iter().filter(|(_, p)| p.requires_grad()).collect();
+        let leaves: Vec<Tensor> = trainable.iter().map(|(_, p)| p.shallow_clone()).collect();
+        let grads = Tensor::run_backward(&[&loss], &leaves, false, false);
+        let mut checked = 0;
+        for ((fqn, p), g) in trainable.iter().zip(&grads) {
+            let want = spike_ref(&dir.join(format!("ref_grad.{fqn}.bin")))
+                .unwrap_or_else(|| panic!("{name}: no reference for {fqn}"));
+            // No gradient (used only under no_grad): the spike's reference holds zeros.
+            let got = if g.defined() {
+                g.shallow_clone()
+            } else {
+                p.zeros_like()
+            };
+            worst = worst.max(rel_err(&got, &want));
+            checked += 1;
+        }
+        assert!(checked > 0, "{name}");
+        for (fqn, b) in copy.buffers().unwrap() {
+            let want = spike_ref(&dir.join(format!("ref_buf_after.{fqn}.bin"))).unwrap();
+            worst = worst.max(rel_err(&b, &want));
+        }
+        let x7 = Tensor::randn(
+            [7].into_iter()
+                .chain(x.size()[1..].iter().copied())
+                .collect::<Vec<_>>(),
+            (Kind::Float, tch::Device::Cpu),
+        );
+        assert_eq!(
+            copy.forward(&x7, Mode::Train).unwrap().size()[0],
+            7,
+            "{name}"
+        );
+        let eval = Pt2Model::new(pt2::read(&dir.join("eval.pt2")).unwrap(), false).unwrap();
+        let out_eval = eval.predict(&x).unwrap();
+        worst = worst.max(rel_err(
+            &out_eval,
+            &spike_ref(&dir.join("ref_out_eval.bin")).unwrap(),
+        ));
+        eprintln!("{name}: {checked} gradients, worst relative error vs PyTorch {worst:e}");
+        assert!(worst < 1e-6, "{name}: off by {worst:e}");
+    }
+}
