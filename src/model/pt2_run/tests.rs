@@ -396,3 +396,107 @@ fn the_spikes_models_match_pytorch_through_the_model_port() {
         assert!(worst < 1e-6, "{name}: off by {worst:e}");
     }
 }
+
+/// What one check said: its findings' kinds and locations, or why it skipped, or its error.
+fn outcome(
+    rule: &dyn trainlint_checks::Rule,
+    model: &dyn Model,
+    data: &trainlint_checks::ports::Dataset,
+    setup: &trainlint_checks::ports::Setup,
+) -> String {
+    let mut ctx = trainlint_checks::ports::Context::new(setup);
+    ctx.model = Some(model);
+    ctx.data = Some(data);
+    tch::manual_seed(setup.seed as i64);
+    match rule.run_with(&ctx, &rule.default_options()) {
+        Ok(r) => match r.skipped {
+            Some(why) => format!("skipped: {why}"),
+            None => {
+                let mut f: Vec<String> = r
+                    .findings
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "{} at {}",
+                            f.kind,
+                            serde_json::to_string(&f.location).unwrap()
+                        )
+                    })
+                    .collect();
+                f.sort();
+                format!("ran: [{}]", f.join("; "))
+            }
+        },
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+/// The .pt2 and its TorchScript twin (same class, same weights: `fixtures/make_pt2.py`) through every
+/// check, at the port, with two setups (the default Adam without a loss; cross-entropy with SGD):
+/// every check gives the same findings (kinds and locations) or the same skip on both, except the
+/// ones the .pt2 cannot feed yet, which skip with the reason: the module graph (unused-parameters,
+/// shared-batchnorm), and, for a program with train-mode BatchNorm, every eval-mode forward.
+#[test]
+fn a_pt2_and_its_torchscript_twin_get_the_same_findings() {
+    use trainlint_checks::ports::{LossKind, OptimizerKind, Setup};
+    tch::set_num_threads(1);
+    const NO_GRAPH: &str = "skipped: this model backend has no forward graph";
+    const TRAIN_ONLY: &str = "skipped: the .pt2 program is specialised to train mode (aten.batch_norm runs in train mode), so no eval-mode forward can be run from it";
+    let sgd = Setup {
+        loss: Some(LossKind::CrossEntropy),
+        optimizer: OptimizerKind::Sgd,
+        ..Setup::default()
+    };
+    let mut same = 0;
+    for (name, shape, classes) in [
+        ("mlp", vec![64i64, 8], 4i64),
+        ("tied", vec![64, 8], 3),
+        ("nograd", vec![64, 8], 4),
+        ("convbn", vec![64, 3, 8, 8], 5),
+    ] {
+        let pt2m = model(name);
+        let ts =
+            crate::model::TorchScriptModel::load(&fixture(&format!("{name}.twin.pt")), "cpu", "")
+                .unwrap();
+        tch::manual_seed(3);
+        let data = trainlint_checks::ports::Dataset {
+            path: "generated".into(),
+            input_key: "x".into(),
+            target_key: "y".into(),
+            inputs: Tensor::randn(&shape, (Kind::Float, tch::Device::Cpu)),
+            targets: Tensor::randint(classes, [shape[0]], (Kind::Int64, tch::Device::Cpu)),
+        };
+        for setup in [&Setup::default(), &sgd] {
+            let mut differ = Vec::new();
+            for rule in trainlint_checks::registry::all() {
+                let id = rule.info().id;
+                let a = outcome(rule.as_ref(), &ts, &data, setup);
+                let b = outcome(rule.as_ref(), &pt2m, &data, setup);
+                eprintln!("{name} {id}\n  torchscript: {a}\n  pt2:         {b}");
+                if a == b {
+                    same += 1;
+                    continue;
+                }
+                assert!(
+                    b == NO_GRAPH || b == TRAIN_ONLY,
+                    "{name} {id}: torchscript {a}, pt2 {b}"
+                );
+                assert!(!a.starts_with("error"), "{name} {id}: {a}");
+                differ.push((id, b == NO_GRAPH));
+            }
+            let no_graph: Vec<&str> = differ.iter().filter(|d| d.1).map(|d| d.0).collect();
+            if name == "convbn" {
+                assert_eq!(
+                    no_graph,
+                    ["unused-parameters", "shared-batchnorm"],
+                    "{name}"
+                );
+                assert!(differ.iter().any(|d| !d.1), "{name}: eval forwards skip");
+            } else {
+                assert_eq!(no_graph, ["unused-parameters"], "{name}");
+                assert_eq!(differ.len(), 1, "{name}: {differ:?}");
+            }
+        }
+    }
+    eprintln!("{same} (model, setup, check) outcomes identical");
+}
