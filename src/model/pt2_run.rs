@@ -85,35 +85,93 @@ fn c10_layout(code: i64) -> Option<i64> {
     })
 }
 
-/// The op that a program calls and the interpreter refuses: outside `aten` (custom and library
-/// namespaces run arbitrary registered code, and most are absent from libtorch), or a higher-order op
-/// it does not run. `trusted` (`--trust-model`) lets other namespaces through to the dispatcher.
-pub fn refused_op(program: &Program, trusted: bool) -> Option<String> {
-    fn walk(graph: &Graph, trusted: bool) -> Option<String> {
-        for node in &graph.nodes {
-            if let Some(bad) = refused_target(&node.target, trusted) {
-                return Some(bad);
+/// The first op that the program calls and the interpreter refuses, with why, in the words of
+/// [`crate::security`]: an op outside `aten` (custom and library namespaces run arbitrary registered
+/// code, and most are absent from libtorch) unless `trusted` (`--trust-model`); an `aten` op that the
+/// TorchScript policy refuses (file access, printing, unchecked memory such as `as_strided`) unless
+/// `trusted`; a higher-order op or `_operator` the interpreter does not run, trusted or not.
+/// The third field: whether `--trust-model` would let it run.
+pub fn refused_op(program: &Program, trusted: bool) -> Option<(String, String, bool)> {
+    let mut nodes = Vec::new();
+    if let Some(bad) = walk(&program.graph, trusted, &mut nodes) {
+        return Some(bad);
+    }
+    if trusted {
+        return None;
+    }
+    crate::security::refused_ops(&nodes)
+        .into_iter()
+        .next()
+        .map(|r| {
+            let place = if r.module.is_empty() {
+                String::new()
+            } else {
+                format!(" in module `{}`", r.module)
+            };
+            (r.op, format!("{}{place}", r.why), true)
+        })
+}
+
+/// Checks the targets of `graph` (subgraphs included) and collects its ops as the TorchScript policy
+/// reads them: the qualified name, a schema listing the string arguments (the policy refuses one named
+/// like a file or a path) and the innermost module of the node's `nn_module_stack`.
+fn walk(
+    graph: &Graph,
+    trusted: bool,
+    nodes: &mut Vec<super::GraphNode>,
+) -> Option<(String, String, bool)> {
+    for node in &graph.nodes {
+        match parse_target(&node.target) {
+            Some(Target::Op { namespace, name, overload }) => {
+                if namespace != "aten" && !trusted {
+                    return Some((
+                        node.target.clone(),
+                        format!("an op from the unknown namespace `{namespace}`"),
+                        true,
+                    ));
+                }
+                let strings: Vec<String> = node
+                    .inputs
+                    .iter()
+                    .filter(|a| matches!(a.arg, Argument::AsString(_) | Argument::AsStrings(_)))
+                    .map(|a| format!("str {}", a.name))
+                    .collect();
+                let module = node
+                    .metadata
+                    .get("nn_module_stack")
+                    .and_then(|s| s.rsplit(';').next())
+                    .and_then(|frame| frame.split(',').nth(1))
+                    .unwrap_or_default()
+                    .to_string();
+                nodes.push(super::GraphNode {
+                    op: format!("{namespace}::{name}"),
+                    schema: format!("{namespace}::{name}.{overload}({})", strings.join(", ")),
+                    method: "forward".into(),
+                    module,
+                });
             }
-            for input in &node.inputs {
-                if let Argument::AsGraph(g) = &input.arg {
-                    if let Some(bad) = walk(&g.graph, trusted) {
-                        return Some(bad);
-                    }
+            Some(Target::HigherOrder(name)) if HIGHER_ORDER_OPS.contains(&name.as_str()) => {}
+            Some(Target::SymOp(name)) if SYM_OPS.contains(&name.as_str()) => {}
+            _ => {
+                return Some((
+                    node.target.clone(),
+                    format!(
+                        "trainlint runs the aten ops and the higher-order ops {} of a torch.export program",
+                        HIGHER_ORDER_OPS.join(", ")
+                    ),
+                    false,
+                ))
+            }
+        }
+        for input in &node.inputs {
+            if let Argument::AsGraph(g) = &input.arg {
+                if let Some(bad) = walk(&g.graph, trusted, nodes) {
+                    return Some(bad);
                 }
             }
         }
-        None
     }
-    walk(&program.graph, trusted)
-}
-
-fn refused_target(target: &str, trusted: bool) -> Option<String> {
-    match parse_target(target) {
-        Some(Target::Op { namespace, .. }) if namespace == "aten" || trusted => None,
-        Some(Target::HigherOrder(name)) if HIGHER_ORDER_OPS.contains(&name.as_str()) => None,
-        Some(Target::SymOp(name)) if SYM_OPS.contains(&name.as_str()) => None,
-        _ => Some(target.to_string()),
-    }
+    None
 }
 
 fn parse_target(s: &str) -> Option<Target> {
@@ -243,11 +301,13 @@ fn enc(arg: &Argument, rn: &dyn Fn(&str) -> Result<String, String>) -> Result<St
 
 /// The program in `pt2_shim.cpp`'s line format, or why it cannot run. `trusted`: `--trust-model`.
 pub fn lower(program: &Program, trusted: bool) -> Result<String, String> {
-    if let Some(op) = refused_op(program, trusted) {
-        return Err(format!(
-            "refusing to run {op}: only aten ops and the higher-order ops {} run without --trust-model",
-            HIGHER_ORDER_OPS.join(", ")
-        ));
+    if let Some((op, why, trust_helps)) = refused_op(program, trusted) {
+        let hint = if trust_helps {
+            "; pass --trust-model to run it anyway"
+        } else {
+            ""
+        };
+        return Err(format!("refusing to run {op}: {why}{hint}"));
     }
     let mut lines = Vec::new();
     let mut users = 0;

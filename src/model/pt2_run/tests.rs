@@ -141,17 +141,77 @@ fn ops_outside_aten_are_refused_unless_trusted() {
     let err = Interpreter::new(&program, false).err().unwrap();
     assert_eq!(
         err,
-        "refusing to run torch.ops.evil.exec.default: only aten ops and the higher-order ops \
-         wrap_with_set_grad_enabled, wrap_with_autocast, cond run without --trust-model"
+        "refusing to run torch.ops.evil.exec.default: an op from the unknown namespace `evil`; \
+         pass --trust-model to run it anyway"
     );
     // Trusted, it reaches the dispatcher, which does not know the op: an error, not an abort.
     let err = Interpreter::new(&program, true).err().unwrap();
     assert!(err.contains("evil::exec"), "{err}");
+    // A higher-order op the interpreter does not run is refused, trusted or not.
     program.graph.nodes[0].target = "torch.ops.higher_order.map_impl".into();
-    assert!(Interpreter::new(&program, true)
+    for trusted in [false, true] {
+        let err = Interpreter::new(&program, trusted).err().unwrap();
+        assert!(
+            err.starts_with(
+                "refusing to run torch.ops.higher_order.map_impl: trainlint runs the aten ops"
+            ) && !err.contains("--trust-model"),
+            "{err}"
+        );
+    }
+}
+
+/// The TorchScript policy (src/security.rs) holds inside aten too: unchecked memory and file access
+/// are refused without --trust-model, naming the op, why and the module.
+#[test]
+fn aten_ops_the_torchscript_policy_refuses_are_refused_here() {
+    let mut program = pt2::read(&fixture("mlp.pt2")).unwrap();
+    program.graph.nodes[0].target = "torch.ops.aten.as_strided.default".into();
+    let err = Interpreter::new(&program, false).err().unwrap();
+    assert_eq!(
+        err,
+        "refusing to run aten::as_strided: unchecked memory: it points a tensor at storage it does \
+         not check in module `fc1`; pass --trust-model to run it anyway"
+    );
+    let mut program = pt2::read(&fixture("mlp.pt2")).unwrap();
+    program.graph.nodes[0].target = "torch.ops.aten.from_file.default".into();
+    assert!(Interpreter::new(&program, false)
         .err()
         .unwrap()
-        .contains("higher_order.map_impl"));
+        .contains("aten::from_file: file access"));
+    // Any aten op given a string argument named like a path.
+    let mut program = pt2::read(&fixture("mlp.pt2")).unwrap();
+    program.graph.nodes[0].inputs.push(pt2::NamedArgument {
+        name: "filename".into(),
+        arg: pt2::Argument::AsString("/etc/passwd".into()),
+        kind: Some(2),
+    });
+    let err = Interpreter::new(&program, false).err().unwrap();
+    assert!(
+        err.contains("file access: it takes a path `filename`"),
+        "{err}"
+    );
+    // In a subgraph too (nograd's no_grad block).
+    let mut program = pt2::read(&fixture("nograd.pt2")).unwrap();
+    let hop = program
+        .graph
+        .nodes
+        .iter_mut()
+        .find(|n| n.target.contains("higher_order"))
+        .unwrap();
+    let pt2::Argument::AsGraph(sub) = &mut hop
+        .inputs
+        .iter_mut()
+        .find(|a| matches!(a.arg, pt2::Argument::AsGraph(_)))
+        .unwrap()
+        .arg
+    else {
+        unreachable!()
+    };
+    sub.graph.nodes[0].target = "torch.ops.aten._unsafe_view.default".into();
+    assert!(Interpreter::new(&program, false)
+        .err()
+        .unwrap()
+        .contains("aten::_unsafe_view: unchecked memory"));
 }
 
 #[test]
