@@ -728,6 +728,19 @@ impl Pt2Model {
         })
     }
 
+    /// A model of its own for a check run in isolation (`run::Isolation::model_copy`): the same
+    /// compiled program, every weight cloned (tied groups stay one tensor).
+    pub fn independent_copy(&self) -> Pt2Model {
+        Pt2Model {
+            interp: Arc::clone(&self.interp),
+            slots: Arc::clone(&self.slots),
+            tensors: copy_weights(&self.slots, &self.tensors),
+            modules: self.modules.clone(),
+            output: self.output.clone(),
+            train_only: self.train_only.clone(),
+        }
+    }
+
     fn eval_refused(&self) -> Option<CheckError> {
         self.train_only.as_ref().map(|op| {
             CheckError::Skip(format!(

@@ -560,3 +560,29 @@ fn a_pt2_and_its_torchscript_twin_get_the_same_findings() {
     }
     eprintln!("{same} (model, setup, check) outcomes identical");
 }
+
+#[test]
+fn an_independent_copy_shares_nothing_and_can_move_to_a_worker_thread() {
+    fn send<T: Send>(t: T) -> T {
+        t
+    }
+    let m = model("tied");
+    let copy = send(m.independent_copy());
+    let (name, p) = &copy.parameters().unwrap()[0];
+    assert_eq!(name, "enc.weight");
+    let original = m.parameters().unwrap()[0].1.copy();
+    {
+        let _guard = tch::no_grad_guard();
+        let _ = p.shallow_clone().f_add_(&Tensor::ones_like(p)).unwrap();
+    }
+    assert!(m.parameters().unwrap()[0].1.equal(&original));
+    // The copy's tied weight is still one tensor (its own): the program reads both FQNs from it.
+    let at = |fqn: &str| copy.slots.iter().position(|s| s.fqn == fqn).unwrap();
+    let (enc, dec) = (at("enc.weight"), at("dec.weight"));
+    assert_eq!(copy.tensors[enc].data_ptr(), copy.tensors[dec].data_ptr());
+    assert_ne!(copy.tensors[enc].data_ptr(), m.tensors[enc].data_ptr());
+    let r = refs("tied");
+    let x = tensor(&r["x"], &shape(&r["x_shape"]));
+    let worker = std::thread::spawn(move || copy.predict(&x).map(|o| o.size()));
+    assert_eq!(worker.join().unwrap().unwrap(), [3, 3]);
+}
