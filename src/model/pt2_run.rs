@@ -583,16 +583,17 @@ impl Drop for Interpreter {
 impl Interpreter {
     /// Lowers and compiles `program`; refuses ops outside the allowlist unless `trusted`.
     pub fn new(program: &Program, trusted: bool) -> Result<Interpreter, String> {
-        let text = lower(program, trusted)?;
+        Interpreter::compile(lower(program, trusted)?, program.weights.len())
+    }
+
+    /// Compiles a lowered program that takes `weights` weight tensors.
+    fn compile(text: String, weights: usize) -> Result<Interpreter, String> {
         let c_text = CString::new(text).map_err(|_| "a NUL byte in the program".to_string())?;
         let mut raw: *mut RawProgram = std::ptr::null_mut();
         // SAFETY: `c_text` is NUL-terminated and outlives the call; `raw` is written on success only.
         check(unsafe { tl_pt2_compile(c_text.as_ptr(), &mut raw) })?;
         let raw = NonNull::new(raw).ok_or("the shim compiled no program")?;
-        Ok(Interpreter {
-            raw,
-            weights: program.weights.len(),
-        })
+        Ok(Interpreter { raw, weights })
     }
 
     /// The program's output on `input`, with `weights` bound to its parameters, buffers and constants

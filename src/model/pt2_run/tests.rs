@@ -586,3 +586,33 @@ fn an_independent_copy_shares_nothing_and_can_move_to_a_worker_thread() {
     let worker = std::thread::spawn(move || copy.predict(&x).map(|o| o.size()));
     assert_eq!(worker.join().unwrap().unwrap(), [3, 3]);
 }
+
+/// Values of the wrong type for an op's schema (what a hostile file can make the lowering emit, since
+/// the lowering does not know the schemas): an error from the run, never an abort.
+#[test]
+fn arguments_of_the_wrong_type_are_errors_not_aborts() {
+    let x = Tensor::ones([2, 8], (Kind::Float, tch::Device::Cpu));
+    let w = Tensor::ones([4, 8], (Kind::Float, tch::Device::Cpu));
+    let head = "input user x 6 2 s0 8\ninput weight w 0\n";
+    for body in [
+        // a tensor where the schema wants an int list
+        "node aten::view default 2 self T:x size T:w 1 T:y\n",
+        // an int where the schema wants a tensor list
+        "node aten::cat default 2 tensors I:3 dim I:0 1 T:y\n",
+        // a string where the schema wants a tensor
+        "node aten::linear default 2 input STR:abc weight T:w 1 T:y\n",
+        // a SymInt slot holding a tensor
+        "node aten::view default 2 self T:x size SL:nw,i4 1 T:y\n",
+        // a tensor list whose items are ints
+        "node aten::sym_size int 2 self T:x dim I:0 1 S:n\nnode aten::cat default 2 tensors TL:n dim I:0 1 T:y\n",
+        // a cond whose predicate has many elements
+        "cond T:x TL:w 1 T:y\nbranch 1 T:a\nendbranch 1 T:a\nbranch 1 T:b\nendbranch 1 T:b\nendcond\n",
+        // the output is not a tensor
+        "node aten::sym_size int 2 self T:x dim I:0 1 S:y\n",
+    ] {
+        let text = format!("{head}{body}output user y\n");
+        let result = Interpreter::compile(text.clone(), 1).and_then(|i| i.run(&x, &[&w], true));
+        let err = result.err().unwrap_or_else(|| panic!("{body}: no error"));
+        eprintln!("{err}");
+    }
+}
