@@ -18,6 +18,7 @@ fn main() {
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .file("src/model/shim.cpp")
+        .file("src/model/pt2_shim.cpp")
         .compile("trainlint_shim");
     // The static shim needs these after it on the link line, or c10 symbols stay unresolved.
     println!("cargo:rustc-link-search=native={}", lib.display());
@@ -27,5 +28,6 @@ fn main() {
     // Applies to every binary, test, bench and example of this package.
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     println!("cargo:rerun-if-changed=src/model/shim.cpp");
+    println!("cargo:rerun-if-changed=src/model/pt2_shim.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
 }

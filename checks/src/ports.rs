@@ -389,7 +389,7 @@ pub struct Context<'a> {
     pub log: Option<&'a LossLog>,
     pub setup: &'a Setup,
     /// The eval-mode prediction on the whole sample, computed once and shared by read-only checks.
-    pub prediction: OnceCell<Result<Tensor, String>>,
+    pub prediction: OnceCell<Result<Tensor, PredictionError>>,
     /// Called by checks that train, with (step, total steps, current loss), for progress display.
     pub progress: &'a dyn Fn(usize, usize, f64),
     /// Checks that cannot use this data sample, by id, with the reason (a sample too small for
@@ -435,11 +435,26 @@ impl<'a> Context<'a> {
             .get_or_init(|| {
                 model
                     .predict(&data.inputs.to_device(model.device()))
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| match e {
+                        CheckError::Skip(reason) => PredictionError::Skip(reason),
+                        other => PredictionError::Failed(other.to_string()),
+                    })
             })
             .as_ref()
-            .map_err(|e| CheckError::Model(e.clone()))
+            .map_err(|e| match e {
+                PredictionError::Skip(reason) => CheckError::Skip(reason.clone()),
+                PredictionError::Failed(msg) => CheckError::Model(msg.clone()),
+            })
     }
+}
+
+/// Why the shared prediction is missing: the model cannot give one for a reason that makes the
+/// checks that need it skip (a `.pt2` program specialised to train mode has no eval-mode forward),
+/// or the forward failed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PredictionError {
+    Skip(String),
+    Failed(String),
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod archive;
 mod fuzz;
 mod pickle;
 pub mod pt2;
+pub mod pt2_run;
 pub use archive::ArchiveRecord;
 use trainlint_checks::graph::ModuleGraph;
 use trainlint_checks::ports::{LayerScale, Mode, NamedTensor, NonFiniteOp};

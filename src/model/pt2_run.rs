@@ -1,0 +1,964 @@
+//! Running a `torch.export` program (issue 25, stage 2): the typed [`Program`] that [`super::pt2`] read
+//! is lowered here to the line format of `pt2_shim.cpp` (ops checked against the allowlist, the file's
+//! enum codes translated to c10's), which the shim compiles once (every op's schema resolved through
+//! the dispatcher) and runs node by node with `callBoxed`, so autograd records the ops as in eager
+//! PyTorch. The weights stay Rust tensors: each run binds the array it is given, so one compiled program
+//! serves the model and every trainable copy.
+//!
+//! Not wired into `trainlint check` yet: [`super::refuse_exported_program`] still refuses `.pt2` files,
+//! so outside the tests nothing calls this module. Not provided yet, so the checks that need it skip
+//! with the reason: the module graph (unused-parameters, shared-batchnorm, the graph view), layer
+//! scales (input-normalization sees none) and the op that first goes non-finite (nonfinite names
+//! none); an eval-mode forward of a program exported in train mode with BatchNorm or dropout.
+#![cfg_attr(not(test), allow(dead_code))]
+
+use std::ffi::{c_char, c_int, CString};
+use std::fmt::Write as _;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use tch::{Device, Tensor};
+use trainlint_checks::ports::{Mode, NamedTensor};
+use trainlint_checks::{CheckError, Model, ModuleInfo, OutputActivation, TrainableModel};
+
+use super::pt2::{
+    Argument, Graph, InputSpec, Node, OptionalTensorArgument, OutputSpec, Program, SymInt,
+    SymIntArgument, Target, WeightRole,
+};
+use super::{check, ShimString};
+
+#[repr(C)]
+struct RawProgram {
+    _private: [u8; 0],
+}
+
+// SAFETY (of the block): these signatures match the `extern "C"` definitions in pt2_shim.cpp, compiled
+// and linked by build.rs; every entry catches all C++ exceptions and returns them as a message.
+unsafe extern "C" {
+    fn tl_pt2_compile(text: *const c_char, out: *mut *mut RawProgram) -> Option<ShimString>;
+    fn tl_pt2_free(p: *mut RawProgram);
+    fn tl_pt2_run(
+        p: *mut RawProgram,
+        input: *const torch_sys::C_tensor,
+        weights: *const *const torch_sys::C_tensor,
+        nweights: usize,
+        grad: c_int,
+        out: *mut *mut torch_sys::C_tensor,
+    ) -> Option<ShimString>;
+}
+
+/// The higher-order ops the interpreter runs (everything else outside `aten` is refused).
+pub const HIGHER_ORDER_OPS: [&str; 3] =
+    ["wrap_with_set_grad_enabled", "wrap_with_autocast", "cond"];
+
+/// `_operator` arithmetic on SymInts the interpreter computes itself.
+const SYM_OPS: [&str; 6] = ["add", "sub", "mul", "floordiv", "mod", "neg"];
+
+/// The schema's `ScalarType` code → c10's (`c10/core/ScalarType.h`).
+fn c10_scalar_type(code: i64) -> Option<i64> {
+    Some(match code {
+        1..=12 => code - 1,
+        13 => 15,
+        _ => return None,
+    })
+}
+
+/// The schema's `MemoryFormat` → c10's (Contiguous, ChannelsLast, ChannelsLast3d, Preserve).
+fn c10_memory_format(code: i64) -> Option<i64> {
+    Some(match code {
+        1 => 0,
+        2 => 2,
+        3 => 3,
+        4 => 1,
+        _ => return None,
+    })
+}
+
+/// The schema's `Layout` → c10's (Strided, Sparse, SparseCsr, SparseCsc, SparseBsr, SparseBsc, Mkldnn).
+fn c10_layout(code: i64) -> Option<i64> {
+    Some(match code {
+        7 => 0,
+        1 => 1,
+        2 => 3,
+        3 => 4,
+        4 => 5,
+        5 => 6,
+        6 => 2,
+        _ => return None,
+    })
+}
+
+/// The first op that the program calls and the interpreter refuses, with why, in the words of
+/// [`crate::security`]: an op outside `aten` (custom and library namespaces run arbitrary registered
+/// code, and most are absent from libtorch) unless `trusted` (`--trust-model`); an `aten` op that the
+/// TorchScript policy refuses (file access, printing, unchecked memory such as `as_strided`) unless
+/// `trusted`; a higher-order op or `_operator` the interpreter does not run, trusted or not.
+/// The third field: whether `--trust-model` would let it run.
+pub fn refused_op(program: &Program, trusted: bool) -> Option<(String, String, bool)> {
+    let mut nodes = Vec::new();
+    if let Some(bad) = walk(&program.graph, trusted, &mut nodes) {
+        return Some(bad);
+    }
+    if trusted {
+        return None;
+    }
+    crate::security::refused_ops(&nodes)
+        .into_iter()
+        .next()
+        .map(|r| {
+            let place = if r.module.is_empty() {
+                String::new()
+            } else {
+                format!(" in module `{}`", r.module)
+            };
+            (r.op, format!("{}{place}", r.why), true)
+        })
+}
+
+/// Checks the targets of `graph` (subgraphs included) and collects its ops as the TorchScript policy
+/// reads them: the qualified name, a schema listing the string arguments (the policy refuses one named
+/// like a file or a path) and the innermost module of the node's `nn_module_stack`.
+fn walk(
+    graph: &Graph,
+    trusted: bool,
+    nodes: &mut Vec<super::GraphNode>,
+) -> Option<(String, String, bool)> {
+    for node in &graph.nodes {
+        match parse_target(&node.target) {
+            Some(Target::Op { namespace, name, overload }) => {
+                if namespace != "aten" && !trusted {
+                    return Some((
+                        node.target.clone(),
+                        format!("an op from the unknown namespace `{namespace}`"),
+                        true,
+                    ));
+                }
+                let strings: Vec<String> = node
+                    .inputs
+                    .iter()
+                    .filter(|a| matches!(a.arg, Argument::AsString(_) | Argument::AsStrings(_)))
+                    .map(|a| format!("str {}", a.name))
+                    .collect();
+                let module = node
+                    .metadata
+                    .get("nn_module_stack")
+                    .and_then(|s| s.rsplit(';').next())
+                    .and_then(|frame| frame.split(',').nth(1))
+                    .unwrap_or_default()
+                    .to_string();
+                nodes.push(super::GraphNode {
+                    op: format!("{namespace}::{name}"),
+                    schema: format!("{namespace}::{name}.{overload}({})", strings.join(", ")),
+                    method: "forward".into(),
+                    module,
+                });
+            }
+            Some(Target::HigherOrder(name)) if HIGHER_ORDER_OPS.contains(&name.as_str()) => {}
+            Some(Target::SymOp(name)) if SYM_OPS.contains(&name.as_str()) => {}
+            _ => {
+                return Some((
+                    node.target.clone(),
+                    format!(
+                        "trainlint runs the aten ops and the higher-order ops {} of a torch.export program",
+                        HIGHER_ORDER_OPS.join(", ")
+                    ),
+                    false,
+                ))
+            }
+        }
+        for input in &node.inputs {
+            if let Argument::AsGraph(g) = &input.arg {
+                if let Some(bad) = walk(&g.graph, trusted, nodes) {
+                    return Some(bad);
+                }
+            }
+        }
+    }
+    None
+}
+
+fn parse_target(s: &str) -> Option<Target> {
+    if let Some(name) = s.strip_prefix("torch.ops.higher_order.") {
+        return Some(Target::HigherOrder(name.into()));
+    }
+    if let Some(name) = s.strip_prefix("_operator.") {
+        return Some(Target::SymOp(name.into()));
+    }
+    let parts: Vec<&str> = s.strip_prefix("torch.ops.")?.split('.').collect();
+    match parts[..] {
+        [ns, name, overload] if [ns, name, overload].iter().all(|p| !p.is_empty()) => {
+            Some(Target::Op {
+                namespace: ns.into(),
+                name: name.into(),
+                overload: overload.into(),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// A value name as the line format carries it: a token without spaces, commas or colons.
+fn name(n: &str) -> Result<&str, String> {
+    let ok = !n.is_empty()
+        && n != "_"
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok {
+        Ok(n)
+    } else {
+        Err(format!("value name {n:?} is not supported"))
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// One serialized value in the line format; `rn` renames (a subgraph's values get a prefix).
+fn enc(arg: &Argument, rn: &dyn Fn(&str) -> Result<String, String>) -> Result<String, String> {
+    let list = |items: Vec<String>| items.join(",");
+    Ok(match arg {
+        Argument::AsNone(_) => "N".into(),
+        Argument::AsTensor(t) => format!("T:{}", rn(&t.name)?),
+        Argument::AsInt(i) => format!("I:{i}"),
+        Argument::AsFloat(f) => format!("F:{:?}", f.0),
+        Argument::AsBool(b) => format!("B:{}", u8::from(*b)),
+        Argument::AsInts(v) => format!("IL:{}", list(v.iter().map(i64::to_string).collect())),
+        Argument::AsFloats(v) => format!(
+            "FL:{}",
+            list(v.iter().map(|f| format!("{:?}", f.0)).collect())
+        ),
+        Argument::AsBools(v) => format!(
+            "BL:{}",
+            list(v.iter().map(|b| u8::from(*b).to_string()).collect())
+        ),
+        Argument::AsSymInt(SymIntArgument::AsName(n)) => format!("S:{}", rn(n)?),
+        Argument::AsSymInt(SymIntArgument::AsInt(i)) => format!("I:{i}"),
+        Argument::AsSymInts(v) => {
+            let items: Result<Vec<String>, String> = v
+                .iter()
+                .map(|e| match e {
+                    SymIntArgument::AsName(n) => Ok(format!("n{}", rn(n)?)),
+                    SymIntArgument::AsInt(i) => Ok(format!("i{i}")),
+                })
+                .collect();
+            format!("SL:{}", list(items?))
+        }
+        Argument::AsTensors(v) => {
+            let items: Result<Vec<String>, String> = v.iter().map(|t| rn(&t.name)).collect();
+            format!("TL:{}", list(items?))
+        }
+        Argument::AsOptionalTensors(v) => {
+            let items: Result<Vec<String>, String> = v
+                .iter()
+                .map(|t| match t {
+                    OptionalTensorArgument::AsTensor(t) => rn(&t.name),
+                    OptionalTensorArgument::AsNone(_) => Ok("_".into()),
+                })
+                .collect();
+            format!("OTL:{}", list(items?))
+        }
+        Argument::AsOptionalTensor(OptionalTensorArgument::AsTensor(t)) => {
+            format!("OT:{}", rn(&t.name)?)
+        }
+        Argument::AsOptionalTensor(OptionalTensorArgument::AsNone(_)) => "OT:_".into(),
+        Argument::AsScalarType(c) => format!(
+            "ST:{}",
+            c10_scalar_type(*c).ok_or(format!("unknown scalar type code {c}"))?
+        ),
+        Argument::AsMemoryFormat(c) => format!(
+            "MF:{}",
+            c10_memory_format(*c).ok_or(format!("unknown memory format code {c}"))?
+        ),
+        Argument::AsLayout(c) => {
+            format!(
+                "LY:{}",
+                c10_layout(*c).ok_or(format!("unknown layout code {c}"))?
+            )
+        }
+        Argument::AsDevice(d) => {
+            if d.kind != "cpu" {
+                return Err(format!(
+                    "device {} (trainlint runs .pt2 programs on the CPU)",
+                    d.kind
+                ));
+            }
+            "DV:cpu".into()
+        }
+        Argument::AsString(s) => format!("STR:{}", percent_encode(s)),
+        other => {
+            let json = format!("{other:?}");
+            let kind = json.split(['(', ' ']).next().unwrap_or("?");
+            return Err(format!("argument kind {kind} is not supported"));
+        }
+    })
+}
+
+/// The program in `pt2_shim.cpp`'s line format, or why it cannot run. `trusted`: `--trust-model`.
+pub fn lower(program: &Program, trusted: bool) -> Result<String, String> {
+    if let Some((op, why, trust_helps)) = refused_op(program, trusted) {
+        let hint = if trust_helps {
+            "; pass --trust-model to run it anyway"
+        } else {
+            ""
+        };
+        return Err(format!("refusing to run {op}: {why}{hint}"));
+    }
+    let mut lines = Vec::new();
+    let mut users = 0;
+    for spec in &program.signature.input_specs {
+        let weight_input = match spec {
+            InputSpec::Parameter { arg, .. }
+            | InputSpec::Buffer { arg, .. }
+            | InputSpec::TensorConstant { arg, .. } => &arg.name,
+            InputSpec::UserInput { arg } => {
+                users += 1;
+                let Argument::AsTensor(t) = arg else {
+                    return Err("a user input that is not a tensor is not supported".into());
+                };
+                let meta = program
+                    .graph
+                    .tensor_values
+                    .get(&t.name)
+                    .ok_or(format!("no metadata for the input {}", t.name))?;
+                let dtype = c10_scalar_type(meta.dtype)
+                    .ok_or(format!("unknown scalar type code {}", meta.dtype))?;
+                let mut dims = Vec::new();
+                for d in &meta.sizes {
+                    dims.push(match d {
+                        SymInt::AsInt(i) => i.to_string(),
+                        SymInt::AsExpr(e) => symbol(&e.expr_str)
+                            .ok_or(format!("input dim {} is not a plain symbol", e.expr_str))?,
+                    });
+                }
+                lines.push(format!(
+                    "input user {} {dtype} {} {}",
+                    name(&t.name)?,
+                    dims.len(),
+                    dims.join(" ")
+                ));
+                continue;
+            }
+            other => return Err(format!("graph input {other:?} is not supported")),
+        };
+        let index = program
+            .weights
+            .iter()
+            .position(|w| &w.graph_input == weight_input)
+            .ok_or(format!("no weight for the graph input {weight_input}"))?;
+        lines.push(format!("input weight {} {index}", name(weight_input)?));
+    }
+    if users != 1 {
+        return Err(format!(
+            "{users} user inputs: trainlint runs programs of one input tensor"
+        ));
+    }
+    for (sym, range) in &program.range_constraints {
+        lines.push(format!(
+            "range {} {} {}",
+            name(sym)?,
+            range.min_val.unwrap_or(0),
+            range.max_val.unwrap_or(-1)
+        ));
+    }
+    lower_nodes(&program.graph.nodes, "", &mut lines)?;
+    let mut outputs = 0;
+    for spec in &program.signature.output_specs {
+        match spec {
+            OutputSpec::UserOutput {
+                arg: Argument::AsTensor(t),
+            } => {
+                outputs += 1;
+                lines.push(format!("output user {}", name(&t.name)?));
+            }
+            OutputSpec::BufferMutation { buffer_name, .. } => {
+                return Err(format!(
+                    "the buffer {buffer_name} is written back as an output (a functional IR): export with torch.export.export and do not call run_decompositions()"
+                ))
+            }
+            other => return Err(format!("graph output {other:?} is not supported")),
+        }
+    }
+    if outputs != 1 {
+        return Err(format!(
+            "{outputs} tensor outputs: trainlint runs programs of one output tensor"
+        ));
+    }
+    Ok(lines.join("\n") + "\n")
+}
+
+/// `s77` of `Symbol('s77', positive=True, integer=True)`.
+fn symbol(expr: &str) -> Option<String> {
+    let rest = expr.strip_prefix("Symbol('")?;
+    let (sym, _) = rest.split_once('\'')?;
+    name(sym).ok().map(str::to_string)
+}
+
+fn lower_nodes(nodes: &[Node], prefix: &str, lines: &mut Vec<String>) -> Result<(), String> {
+    let rn = &prefixed(prefix.to_string());
+    for (i, node) in nodes.iter().enumerate() {
+        let node_name = node.name.clone().unwrap_or_else(|| format!("node{i}"));
+        let target = parse_target(&node.target).ok_or(format!("node target {}", node.target))?;
+        let mut toks: Vec<String> = match &target {
+            Target::Op {
+                namespace,
+                name: op,
+                overload,
+            } => vec![
+                "node".into(),
+                format!("{namespace}::{op}"),
+                overload.clone(),
+                node.inputs.len().to_string(),
+            ],
+            Target::SymOp(op) => vec!["symop".into(), op.clone(), node.inputs.len().to_string()],
+            Target::HigherOrder(hop) if hop == "cond" => {
+                lower_cond(node, &format!("{prefix}{}", name(&node_name)?), lines)?;
+                continue;
+            }
+            Target::HigherOrder(hop) => {
+                lower_wrap(node, hop, &format!("{prefix}{}", name(&node_name)?), lines)?;
+                continue;
+            }
+        };
+        for input in &node.inputs {
+            toks.push(name(&input.name)?.to_string());
+            toks.push(enc(&input.arg, rn).map_err(|e| format!("{}: {e}", node.target))?);
+        }
+        toks.push(node.outputs.len().to_string());
+        for out in &node.outputs {
+            toks.push(enc(out, rn).map_err(|e| format!("{}: {e}", node.target))?);
+        }
+        lines.push(toks.join(" "));
+    }
+    Ok(())
+}
+
+/// A subgraph's renaming: its values get the prefix `sp` so they cannot clash with the outer graph's.
+fn prefixed(sp: String) -> impl Fn(&str) -> Result<String, String> {
+    move |n: &str| name(n).map(|n| format!("{sp}{n}"))
+}
+
+fn lower_wrap(node: &Node, hop: &str, path: &str, lines: &mut Vec<String>) -> Result<(), String> {
+    let rn = &prefixed(
+        path.rsplit_once('/')
+            .map_or(String::new(), |(p, _)| format!("{p}/")),
+    );
+    let ins = &node.inputs;
+    let gi = ins
+        .iter()
+        .position(|a| matches!(a.arg, Argument::AsGraph(_)))
+        .ok_or(format!("higher_order.{hop} without a subgraph"))?;
+    let Argument::AsGraph(sub) = &ins[gi].arg else {
+        unreachable!()
+    };
+    let mut head: Vec<String> = match (hop, &ins[..gi]) {
+        ("wrap_with_set_grad_enabled", [en]) => match en.arg {
+            Argument::AsBool(b) => vec!["set_grad".into(), u8::from(b).to_string()],
+            _ => return Err("higher_order.wrap_with_set_grad_enabled: no mode".into()),
+        },
+        ("wrap_with_autocast", [device, dtype, enabled, cache]) => {
+            match &device.arg {
+                Argument::AsString(d) if d == "cpu" => {}
+                Argument::AsDevice(d) if d.kind == "cpu" => {}
+                other => return Err(format!("autocast on {other:?}: only CPU autocast runs")),
+            }
+            let dtype = match dtype.arg {
+                Argument::AsScalarType(c) => c10_scalar_type(c),
+                Argument::AsNone(_) => Some(15), // CPU autocast's default, bfloat16
+                _ => None,
+            }
+            .ok_or("higher_order.wrap_with_autocast: bad dtype")?;
+            let flag = |a: &Argument| match a {
+                Argument::AsBool(b) => Ok(u8::from(*b).to_string()),
+                _ => Err("higher_order.wrap_with_autocast: bad flag".to_string()),
+            };
+            vec![
+                "autocast".into(),
+                dtype.to_string(),
+                flag(&enabled.arg)?,
+                flag(&cache.arg)?,
+            ]
+        }
+        _ => return Err(format!("higher_order.{hop} with unexpected arguments")),
+    };
+    let inner = format!("{path}/");
+    let args: Result<Vec<String>, String> = ins[gi + 1..].iter().map(|a| enc(&a.arg, rn)).collect();
+    let args = args?;
+    let subin: Result<Vec<String>, String> = sub
+        .graph
+        .inputs
+        .iter()
+        .map(|a| enc(a, &prefixed(inner.clone())))
+        .collect();
+    let subin = subin?;
+    let mut toks = vec!["hop".to_string()];
+    toks.append(&mut head);
+    toks.push(args.len().to_string());
+    toks.extend(args);
+    toks.push(subin.len().to_string());
+    toks.extend(subin);
+    lines.push(toks.join(" "));
+    lower_nodes(&sub.graph.nodes, &inner, lines)?;
+    let subout: Result<Vec<String>, String> = sub
+        .graph
+        .outputs
+        .iter()
+        .map(|a| enc(a, &prefixed(inner.clone())))
+        .collect();
+    let subout = subout?;
+    let outs: Result<Vec<String>, String> = node.outputs.iter().map(|a| enc(a, rn)).collect();
+    let outs = outs?;
+    let mut toks = vec!["endhop".to_string(), subout.len().to_string()];
+    toks.extend(subout);
+    toks.push(outs.len().to_string());
+    toks.extend(outs);
+    lines.push(toks.join(" "));
+    Ok(())
+}
+
+fn lower_cond(node: &Node, path: &str, lines: &mut Vec<String>) -> Result<(), String> {
+    let rn = &prefixed(
+        path.rsplit_once('/')
+            .map_or(String::new(), |(p, _)| format!("{p}/")),
+    );
+    let [pred, t, f, ops] = &node.inputs[..] else {
+        return Err("higher_order.cond with unexpected arguments".into());
+    };
+    let (Argument::AsGraph(t), Argument::AsGraph(f)) = (&t.arg, &f.arg) else {
+        return Err("higher_order.cond without its two branches".into());
+    };
+    let outs: Result<Vec<String>, String> = node.outputs.iter().map(|a| enc(a, rn)).collect();
+    let outs = outs?;
+    lines.push(format!(
+        "cond {} {} {} {}",
+        enc(&pred.arg, rn)?,
+        enc(&ops.arg, rn)?,
+        outs.len(),
+        outs.join(" ")
+    ));
+    for (branch, which) in [(t, "true"), (f, "false")] {
+        let inner = format!("{path}/{which}/");
+        let rin = &prefixed(inner.clone());
+        let subin: Result<Vec<String>, String> =
+            branch.graph.inputs.iter().map(|a| enc(a, rin)).collect();
+        let subin = subin?;
+        lines.push(format!("branch {} {}", subin.len(), subin.join(" ")));
+        lower_nodes(&branch.graph.nodes, &inner, lines)?;
+        let subout: Result<Vec<String>, String> =
+            branch.graph.outputs.iter().map(|a| enc(a, rin)).collect();
+        let subout = subout?;
+        lines.push(format!("endbranch {} {}", subout.len(), subout.join(" ")));
+    }
+    lines.push("endcond".into());
+    Ok(())
+}
+
+/// A lowered program, compiled by the shim: every op's schema resolved. Runs on any weight array in
+/// the order of [`Program::weights`].
+pub struct Interpreter {
+    raw: NonNull<RawProgram>,
+    weights: usize,
+}
+
+// SAFETY: the compiled program is immutable after compile (each run keeps its values in a local
+// environment), and libtorch's dispatcher is thread-safe; trainlint runs one forward at a time anyway.
+unsafe impl Send for Interpreter {}
+// SAFETY: `tl_pt2_run` only reads the compiled program (each run keeps its values in its own
+// environment and stack; `OperatorHandle::callBoxed` is const and the dispatcher thread-safe), so
+// runs from several threads on one program do not race on it.
+unsafe impl Sync for Interpreter {}
+
+impl Drop for Interpreter {
+    fn drop(&mut self) {
+        // SAFETY: `raw` came from tl_pt2_compile and is freed once, here.
+        unsafe { tl_pt2_free(self.raw.as_ptr()) }
+    }
+}
+
+impl Interpreter {
+    /// Lowers and compiles `program`; refuses ops outside the allowlist unless `trusted`.
+    pub fn new(program: &Program, trusted: bool) -> Result<Interpreter, String> {
+        Interpreter::compile(lower(program, trusted)?, program.weights.len())
+    }
+
+    /// Compiles a lowered program that takes `weights` weight tensors.
+    fn compile(text: String, weights: usize) -> Result<Interpreter, String> {
+        let c_text = CString::new(text).map_err(|_| "a NUL byte in the program".to_string())?;
+        let mut raw: *mut RawProgram = std::ptr::null_mut();
+        // SAFETY: `c_text` is NUL-terminated and outlives the call; `raw` is written on success only.
+        check(unsafe { tl_pt2_compile(c_text.as_ptr(), &mut raw) })?;
+        let raw = NonNull::new(raw).ok_or("the shim compiled no program")?;
+        Ok(Interpreter { raw, weights })
+    }
+
+    /// The program's output on `input`, with `weights` bound to its parameters, buffers and constants
+    /// (live: BatchNorm's running stats move in place in train mode). `grad`: record for autograd.
+    pub fn run(&self, input: &Tensor, weights: &[&Tensor], grad: bool) -> Result<Tensor, String> {
+        if weights.len() != self.weights {
+            return Err(format!(
+                "{} weights given, the program takes {}",
+                weights.len(),
+                self.weights
+            ));
+        }
+        let ptrs: Vec<*const torch_sys::C_tensor> = weights.iter().map(|w| w.as_ptr()).collect();
+        let mut out: *mut torch_sys::C_tensor = std::ptr::null_mut();
+        // SAFETY: the tensors behind `input` and `ptrs` are alive for the call (borrowed); the shim
+        // reads them and writes `out` with a `new at::Tensor` on success, taken once by from_ptr.
+        check(unsafe {
+            tl_pt2_run(
+                self.raw.as_ptr(),
+                input.as_ptr(),
+                ptrs.as_ptr(),
+                ptrs.len(),
+                c_int::from(grad),
+                &mut out,
+            )
+        })?;
+        if out.is_null() {
+            return Err("the program returned nothing".into());
+        }
+        // SAFETY: see above: a fresh heap tensor, owned by nobody else.
+        Ok(unsafe { Tensor::from_ptr(out) })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The program behind the `Model` port.
+
+/// Shape-only ops the output's range passes through (as the TorchScript side's `passes_range_through`).
+const PASSES_RANGE_THROUGH: [&str; 15] = [
+    "view",
+    "reshape",
+    "flatten",
+    "squeeze",
+    "unsqueeze",
+    "contiguous",
+    "permute",
+    "transpose",
+    "clone",
+    "to",
+    "dropout",
+    "feature_dropout",
+    "type_as",
+    "detach",
+    "alias",
+];
+
+/// One parameter, buffer or constant of a [`Pt2Model`], in the order of [`Program::weights`].
+struct Slot {
+    fqn: String,
+    role: WeightRole,
+    /// The first FQN of a tied group holds the tensor; the others point at it.
+    tied_to: Option<usize>,
+}
+
+/// A `torch.export` program behind trainlint's [`Model`] port.
+///
+/// The training IR is specialised to the mode it was exported in (train, for `torch.export.export`
+/// of a module in train mode). When the program holds ops whose behaviour depends on that mode
+/// (`batch_norm(training=True)`, `dropout(train=True)`, ...), an eval-mode forward cannot be run from
+/// it: [`Model::predict`] and eval-mode forwards skip with that reason instead of guessing.
+pub struct Pt2Model {
+    interp: Arc<Interpreter>,
+    slots: Arc<Vec<Slot>>,
+    tensors: Vec<Tensor>,
+    modules: Vec<ModuleInfo>,
+    output: OutputActivation,
+    /// The first op that runs differently in train and eval mode (`aten.batch_norm`), if any.
+    train_only: Option<String>,
+}
+
+impl Pt2Model {
+    /// Compiles `program` (refusing ops outside the allowlist unless `trusted`) and takes its weights.
+    pub fn new(program: Program, trusted: bool) -> Result<Pt2Model, String> {
+        let interp = Arc::new(Interpreter::new(&program, trusted)?);
+        let output = output_activation(&program);
+        let train_only = mode_dependent_op(&program.graph);
+        let mut modules: Vec<ModuleInfo> = Vec::new();
+        for frame in &program.modules {
+            if modules.iter().all(|m| m.path != frame.path) {
+                modules.push(ModuleInfo {
+                    path: frame.path.clone(),
+                    kind: frame
+                        .class
+                        .rsplit('.')
+                        .next()
+                        .unwrap_or(&frame.class)
+                        .to_string(),
+                    // the program is specialised to the mode it was exported in: train
+                    training: true,
+                });
+            }
+        }
+        if modules.first().is_none_or(|m| !m.path.is_empty()) {
+            modules.insert(
+                0,
+                ModuleInfo {
+                    path: String::new(),
+                    kind: "Module".into(),
+                    training: true,
+                },
+            );
+        }
+        let mut slots = Vec::new();
+        let mut tensors = Vec::new();
+        for (i, w) in program.weights.into_iter().enumerate() {
+            let tied_to = tensors[..i]
+                .iter()
+                .position(|t: &Tensor| same_tensor(t, &w.tensor));
+            slots.push(Slot {
+                fqn: w.fqn,
+                role: w.role,
+                tied_to,
+            });
+            tensors.push(w.tensor);
+        }
+        Ok(Pt2Model {
+            interp,
+            slots: Arc::new(slots),
+            tensors,
+            modules,
+            output,
+            train_only,
+        })
+    }
+
+    /// A model of its own for a check run in isolation (`run::Isolation::model_copy`): the same
+    /// compiled program, every weight cloned (tied groups stay one tensor).
+    pub fn independent_copy(&self) -> Pt2Model {
+        Pt2Model {
+            interp: Arc::clone(&self.interp),
+            slots: Arc::clone(&self.slots),
+            tensors: copy_weights(&self.slots, &self.tensors),
+            modules: self.modules.clone(),
+            output: self.output.clone(),
+            train_only: self.train_only.clone(),
+        }
+    }
+
+    fn eval_refused(&self) -> Option<CheckError> {
+        self.train_only.as_ref().map(|op| {
+            CheckError::Skip(format!(
+                "the .pt2 program is specialised to train mode ({op} runs in train mode), so no \
+                 eval-mode forward can be run from it"
+            ))
+        })
+    }
+
+    fn named(&self, tensors: &[Tensor], parameters: bool) -> Vec<NamedTensor> {
+        named(&self.slots, tensors, parameters)
+    }
+}
+
+/// Parameters (or buffers) with their FQNs; a tied group is listed once, under its first FQN (as
+/// `named_parameters()` does).
+fn named(slots: &[Slot], tensors: &[Tensor], parameters: bool) -> Vec<NamedTensor> {
+    slots
+        .iter()
+        .zip(tensors)
+        .filter(|(s, _)| s.tied_to.is_none())
+        .filter(|(s, _)| match s.role {
+            WeightRole::Parameter => parameters,
+            WeightRole::Buffer { .. } => !parameters,
+            WeightRole::Constant => false,
+        })
+        .map(|(s, t)| (s.fqn.clone(), t.shallow_clone()))
+        .collect()
+}
+
+fn same_tensor(a: &Tensor, b: &Tensor) -> bool {
+    a.data_ptr() == b.data_ptr() && a.size() == b.size() && a.stride() == b.stride()
+}
+
+/// The first op (short name) that takes `training=True` / `train=True`: it runs differently in eval.
+fn mode_dependent_op(graph: &Graph) -> Option<String> {
+    for node in &graph.nodes {
+        for input in &node.inputs {
+            match &input.arg {
+                Argument::AsBool(true) if input.name == "training" || input.name == "train" => {
+                    return Some(
+                        parse_target(&node.target).map_or(node.target.clone(), |t| t.short()),
+                    );
+                }
+                Argument::AsGraph(sub) => {
+                    if let Some(op) = mode_dependent_op(&sub.graph) {
+                        return Some(op);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    None
+}
+
+/// The op that produces the program's output, through shape-only ops; clamp bounds when constant.
+fn output_activation(program: &Program) -> OutputActivation {
+    let unknown = OutputActivation {
+        op: "unknown".into(),
+        clamp: None,
+    };
+    let Some(mut value) = program.signature.output_specs.iter().find_map(|s| match s {
+        OutputSpec::UserOutput {
+            arg: Argument::AsTensor(t),
+        } => Some(t.name.clone()),
+        _ => None,
+    }) else {
+        return unknown;
+    };
+    for _ in 0..64 {
+        let Some(node) = program.graph.nodes.iter().find(|n| {
+            n.outputs
+                .iter()
+                .any(|o| matches!(o, Argument::AsTensor(t) if t.name == value))
+        }) else {
+            return unknown;
+        };
+        let op = match parse_target(&node.target) {
+            Some(Target::Op { name, .. }) => name.trim_end_matches('_').to_string(),
+            Some(Target::HigherOrder(name)) => name,
+            _ => return unknown,
+        };
+        if PASSES_RANGE_THROUGH.contains(&op.as_str()) {
+            if let Some(Argument::AsTensor(t)) = node.inputs.first().map(|a| &a.arg) {
+                value = t.name.clone();
+                continue;
+            }
+        }
+        let bound = |names: &[&str]| {
+            node.inputs
+                .iter()
+                .find(|a| names.contains(&a.name.as_str()))
+                .and_then(|a| match &a.arg {
+                    Argument::AsFloat(f) => Some(f.0),
+                    Argument::AsInt(i) => Some(*i as f64),
+                    _ => None,
+                })
+        };
+        let clamp = match op.as_str() {
+            "hardtanh" => Some((
+                bound(&["min_val"]).unwrap_or(-1.0),
+                bound(&["max_val"]).unwrap_or(1.0),
+            )),
+            "clamp" => {
+                let (lo, hi) = (bound(&["min"]), bound(&["max"]));
+                (lo.is_some() || hi.is_some())
+                    .then(|| (lo.unwrap_or(f64::NAN), hi.unwrap_or(f64::NAN)))
+            }
+            _ => None,
+        };
+        return OutputActivation { op, clamp };
+    }
+    unknown
+}
+
+/// Fresh tensors for a trainable copy: parameters as new leaves (requires_grad as stored), buffers
+/// and constants cloned; a tied group stays one tensor.
+fn copy_weights(slots: &[Slot], tensors: &[Tensor]) -> Vec<Tensor> {
+    let mut out: Vec<Tensor> = Vec::with_capacity(tensors.len());
+    for (slot, t) in slots.iter().zip(tensors) {
+        let copy = match slot.tied_to {
+            Some(first) => out[first].shallow_clone(),
+            None => {
+                let c = t.detach().copy();
+                if slot.role == WeightRole::Parameter {
+                    c.set_requires_grad(t.requires_grad())
+                } else {
+                    c
+                }
+            }
+        };
+        out.push(copy);
+    }
+    out
+}
+
+fn run_on(
+    interp: &Interpreter,
+    tensors: &[Tensor],
+    input: &Tensor,
+    grad: bool,
+) -> Result<Tensor, CheckError> {
+    let weights: Vec<&Tensor> = tensors.iter().collect();
+    interp
+        .run(&input.to_device(Device::Cpu), &weights, grad)
+        .map_err(CheckError::Model)
+}
+
+impl Model for Pt2Model {
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+    fn parameters(&self) -> Result<Vec<NamedTensor>, CheckError> {
+        Ok(self.named(&self.tensors, true))
+    }
+    fn buffers(&self) -> Result<Vec<NamedTensor>, CheckError> {
+        Ok(self.named(&self.tensors, false))
+    }
+    fn modules(&self) -> &[ModuleInfo] {
+        &self.modules
+    }
+    fn output_activation(&self) -> Result<OutputActivation, CheckError> {
+        Ok(self.output.clone())
+    }
+    /// Eval mode, no gradients, no state change: buffers run on copies.
+    fn predict(&self, input: &Tensor) -> Result<Tensor, CheckError> {
+        if let Some(skip) = self.eval_refused() {
+            return Err(skip);
+        }
+        let tensors: Vec<Tensor> = self
+            .slots
+            .iter()
+            .zip(&self.tensors)
+            .map(|(s, t)| match s.role {
+                WeightRole::Parameter => t.shallow_clone(),
+                _ => t.detach().copy(),
+            })
+            .collect();
+        run_on(&self.interp, &tensors, input, false)
+    }
+    fn trainable_copy(&self) -> Result<Box<dyn TrainableModel>, CheckError> {
+        Ok(Box::new(Pt2Copy {
+            interp: Arc::clone(&self.interp),
+            slots: Arc::clone(&self.slots),
+            tensors: copy_weights(&self.slots, &self.tensors),
+            eval_refused: self.eval_refused().map(|e| e.to_string()),
+        }))
+    }
+}
+
+/// An independent copy of a [`Pt2Model`]'s weights, run by the same compiled program.
+struct Pt2Copy {
+    interp: Arc<Interpreter>,
+    slots: Arc<Vec<Slot>>,
+    tensors: Vec<Tensor>,
+    eval_refused: Option<String>,
+}
+
+impl TrainableModel for Pt2Copy {
+    fn forward(&mut self, input: &Tensor, mode: Mode) -> Result<Tensor, CheckError> {
+        if let (Mode::Eval, Some(reason)) = (mode, &self.eval_refused) {
+            let reason = reason.strip_prefix("skipped: ").unwrap_or(reason);
+            return Err(CheckError::Skip(reason.to_string()));
+        }
+        run_on(&self.interp, &self.tensors, input, true)
+    }
+    fn parameters(&self) -> Result<Vec<NamedTensor>, CheckError> {
+        Ok(named(&self.slots, &self.tensors, true))
+    }
+    fn buffers(&self) -> Result<Vec<NamedTensor>, CheckError> {
+        Ok(named(&self.slots, &self.tensors, false))
+    }
+}
+
+#[cfg(test)]
+mod tests;
