@@ -295,11 +295,9 @@ extern "C" {
 /// that thread (which could crash or hang the exit). The report is written by then.
 fn exit_code(code: u8) -> ExitCode {
     if run::checks_left_running() || graph_view::drawing_left_running() {
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-        let _ = std::io::stderr().flush();
-        // SAFETY: _exit takes any status and ends the process at once; Rust's buffered stdout was
-        // flushed above, and nothing else waits to be written.
+        output::flush_all();
+        // SAFETY: _exit takes any status and ends the process at once; every stream was flushed
+        // above, and nothing else waits to be written.
         unsafe { _exit(code.into()) }
     }
     ExitCode::from(code)
@@ -1034,14 +1032,15 @@ trainlint needs one output per sample along dim 0",
 /// left unset (`CheckInfo::setup`): which, and what was assumed in their place, once, above the findings.
 fn assumed_warning(settings: &Settings, report: &report::Report) -> Option<report::Warning> {
     let s = &settings.setup;
+    // Without a model nothing trains, and nothing is assumed aloud.
+    settings.model.as_ref()?;
     // The setup values that a check whose verdict rests on them used: it ran, or skipped for what it
     // assumed (not one skipped for want of a model or data).
     let used: Vec<&str> = report
         .checks
         .iter()
         .filter(|c| {
-            settings.model.is_some()
-                && c.missing.is_none()
+            c.missing.is_none()
                 && (c.status != run::Status::Skipped
                     || c.reason
                         .as_deref()

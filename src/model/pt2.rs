@@ -1011,40 +1011,31 @@ impl<R: Read + std::io::Seek> Reader<R> {
                     first_view.insert(storage.clone(), (fqn.clone(), key.clone()));
                 }
             }
-            if let Some((tensor, names)) = views.get_mut(&key) {
+            // A tied weight (the same view of the same storage) is the first name's tensor.
+            let tensor = if let Some((tensor, names)) = views.get_mut(&key) {
                 names.push(fqn.clone());
-                out.push(Weight {
-                    fqn: fqn.clone(),
-                    role,
-                    graph_input: arg.name.clone(),
-                    dtype,
-                    sizes,
-                    strides,
-                    storage_offset,
-                    requires_grad: tm.requires_grad,
-                    storage: meta.path_name.clone(),
-                    tensor: tensor.shallow_clone(),
-                });
-                continue;
-            }
-            let tensor = tensor_from_storage(
-                fqn,
-                &storage,
-                bytes,
-                dtype,
-                &sizes,
-                &strides,
-                storage_offset,
-            )?;
-            let tensor = if tm.requires_grad && is_float(dtype) {
-                tensor
-                    .f_set_requires_grad(true)
-                    .map_err(|e| bad(super::user_message(&e.to_string())))?
+                tensor.shallow_clone()
             } else {
+                let tensor = tensor_from_storage(
+                    fqn,
+                    &storage,
+                    bytes,
+                    dtype,
+                    &sizes,
+                    &strides,
+                    storage_offset,
+                )?;
+                let tensor = if tm.requires_grad && is_float(dtype) {
+                    tensor
+                        .f_set_requires_grad(true)
+                        .map_err(|e| bad(super::user_message(&e.to_string())))?
+                } else {
+                    tensor
+                };
+                views.insert(key.clone(), (tensor.shallow_clone(), vec![fqn.clone()]));
+                order.push(key);
                 tensor
             };
-            views.insert(key.clone(), (tensor.shallow_clone(), vec![fqn.clone()]));
-            order.push(key);
             out.push(Weight {
                 fqn: fqn.clone(),
                 role,

@@ -1325,8 +1325,7 @@ fn probe(
             let (control, control_curve) = control_run(training)?;
             // The configured probe bounces: its level is the interquartile mean of its last quarter,
             // not its last value (which moves with the thread count's rounding).
-            let k = main.curve.len();
-            let main_level = stats::interquartile_mean(&main.curve[k - (k / 4).max(1)..]);
+            let main_level = main.tail_level();
             // A restart ([`restart`]) from below the plateau says nothing of it by sinking further at
             // lr / 10 (the lower noise floor): the configured lr must carry it back up to the plateau.
             if control.end.is_finite()
