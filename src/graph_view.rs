@@ -997,7 +997,7 @@ pub enum ReportGraph {
 /// The report's graph of `model`: walked, painted with `paints` and laid out within `limit` (the
 /// checks' `--timeout`); None when the graph cannot be read.
 pub fn draw_for_report(
-    model: &crate::model::TorchScriptModel,
+    model: &crate::model::LoadedModel,
     data: Option<&trainlint_checks::Dataset>,
     paints: Vec<Paint>,
     limit: Option<Duration>,

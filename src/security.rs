@@ -36,7 +36,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use crate::model::archive;
-use crate::model::{self, GraphNode, ModelError, TorchScriptModel};
+use crate::model::{self, GraphNode, LoadedModel, ModelError, TorchScriptModel};
 
 /// Namespaces whose ops compute on tensors and values only (minus [`SIDE_EFFECT_OPS`]).
 const PURE_NAMESPACES: &[&str] = &["aten", "prim", "quantized"];
@@ -75,9 +75,26 @@ pub struct Refused {
     pub module: String,
 }
 
-/// Loads the model after [`vet_archive`]; unless `trust`, refuses one whose graphs hold an op with
-/// side effects (after loading, before anything runs).
+/// Loads the model: a `torch.export` program (no code; its ops go through the same policy, applied
+/// when it is compiled: see `model::pt2_run::refused_op`), or a TorchScript model after
+/// [`vet_archive`]; unless `trust`, refuses one whose graphs hold an op with side effects (after
+/// loading, before anything runs).
 pub fn load_model(
+    path: &Path,
+    device: &str,
+    output: &str,
+    trust: bool,
+) -> Result<LoadedModel, UntrustedModel> {
+    if model::is_exported_program(path) {
+        return Ok(LoadedModel::Exported(model::load_exported(
+            path, device, output, trust,
+        )?));
+    }
+    load_torchscript(path, device, output, trust).map(LoadedModel::TorchScript)
+}
+
+/// [`load_model`] for a TorchScript file.
+pub fn load_torchscript(
     path: &Path,
     device: &str,
     output: &str,

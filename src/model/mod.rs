@@ -128,9 +128,9 @@ pub enum ModelError {
     NotTorchScript { path: PathBuf, reason: String },
     #[error("cannot load {path}: {reason}")]
     Load { path: PathBuf, reason: String },
-    /// A `torch.export` program, read by [`pt2::read`] but not run yet (issue 25).
-    #[error("{path} is a torch.export program ({summary}); trainlint runs TorchScript models for now: save one with torch.jit.script(model).save(\"model.pt\")")]
-    ExportedProgram { path: PathBuf, summary: String },
+    /// A `torch.export` program that was read but cannot run here.
+    #[error("cannot run the torch.export program {path}: {reason}")]
+    Pt2Run { path: PathBuf, reason: String },
     #[error("{path} cannot be read as a torch.export program: {source}")]
     Pt2 {
         path: PathBuf,
@@ -794,17 +794,15 @@ fn check_model_file(path: &Path) -> Result<(), ModelError> {
         });
     }
     std::fs::File::open(path).map_err(|e| unreadable(&e))?;
-    refuse_exported_program(path)
+    Ok(())
 }
 
-/// A `torch.export` program (a `.pt2` zip by its content, or a `.pt2` file that is no TorchScript zip) is
-/// read and refused with what it holds, or with why it cannot be read: nothing runs it yet.
-fn refuse_exported_program(path: &Path) -> Result<(), ModelError> {
+/// Whether `path` holds a `torch.export` program: a `.pt2` zip by its content, or a file named `.pt2`
+/// that is no TorchScript zip (a TorchScript model saved as `x.pt2` still loads as one).
+pub fn is_exported_program(path: &Path) -> bool {
     let named_pt2 = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("pt2"));
-    let by_content = pt2::is_pt2(path);
-    // A TorchScript model saved as `x.pt2` still loads as one.
     let not_torchscript = || {
         std::fs::File::open(path)
             .map_err(|e| e.to_string())
@@ -813,19 +811,104 @@ fn refuse_exported_program(path: &Path) -> Result<(), ModelError> {
                 zip_layout(zip.file_names()) != ZipLayout::TorchScript
             })
     };
-    if !(by_content || named_pt2 && not_torchscript()) {
-        return Ok(());
+    pt2::is_pt2(path) || named_pt2 && not_torchscript()
+}
+
+/// Reads and compiles the `torch.export` archive at `path` (issue 25): the programs run through
+/// libtorch's dispatcher, on the CPU. `trusted` (`--trust-model`) lets ops outside the allowlist run.
+pub fn load_exported(
+    path: &Path,
+    device: &str,
+    output: &str,
+    trusted: bool,
+) -> Result<pt2_run::Pt2Model, ModelError> {
+    check_model_file(path)?;
+    if parse_device(device)? != Device::Cpu {
+        return Err(ModelError::Pt2Run {
+            path: path.to_path_buf(),
+            reason: format!(
+                "trainlint runs .pt2 programs on the CPU for now, not {device}; drop --device or export TorchScript"
+            ),
+        });
     }
-    Err(match pt2::read(path) {
-        Ok(program) => ModelError::ExportedProgram {
+    if !output.is_empty() {
+        return Err(ModelError::Pt2Run {
             path: path.to_path_buf(),
-            summary: program.summary(),
-        },
-        Err(source) => ModelError::Pt2 {
-            path: path.to_path_buf(),
-            source,
-        },
+            reason: format!(
+                "model.output = {output:?} selects one output of a TorchScript model; a .pt2 program that trainlint runs has one output tensor, so leave model.output out"
+            ),
+        });
+    }
+    let archive = pt2::read_archive(path).map_err(|source| ModelError::Pt2 {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    pt2_run::Pt2Model::from_archive(archive, trusted).map_err(|reason| ModelError::Pt2Run {
+        path: path.to_path_buf(),
+        reason,
     })
+}
+
+/// The model a check reads, from either kind of file. (One per run: the size of the larger variant
+/// does not matter.)
+#[allow(clippy::large_enum_variant)]
+pub enum LoadedModel {
+    TorchScript(TorchScriptModel),
+    Exported(pt2_run::Pt2Model),
+}
+
+impl LoadedModel {
+    fn inner(&self) -> &(dyn Model + Send) {
+        match self {
+            LoadedModel::TorchScript(m) => m,
+            LoadedModel::Exported(m) => m,
+        }
+    }
+
+    /// An independent copy for a check run on a thread of its own (see
+    /// [`TorchScriptModel::independent_copy`]).
+    pub fn independent_copy(&self) -> Result<LoadedModel, CheckError> {
+        Ok(match self {
+            LoadedModel::TorchScript(m) => LoadedModel::TorchScript(m.independent_copy()?),
+            LoadedModel::Exported(m) => LoadedModel::Exported(m.independent_copy()),
+        })
+    }
+}
+
+impl Model for LoadedModel {
+    fn device(&self) -> Device {
+        self.inner().device()
+    }
+    fn parameters(&self) -> Result<Vec<NamedTensor>, CheckError> {
+        self.inner().parameters()
+    }
+    fn buffers(&self) -> Result<Vec<NamedTensor>, CheckError> {
+        self.inner().buffers()
+    }
+    fn modules(&self) -> &[ModuleInfo] {
+        self.inner().modules()
+    }
+    fn output_activation(&self) -> Result<OutputActivation, CheckError> {
+        self.inner().output_activation()
+    }
+    fn predict(&self, input: &Tensor) -> Result<Tensor, CheckError> {
+        self.inner().predict(input)
+    }
+    fn trainable_copy(&self) -> Result<Box<dyn TrainableModel>, CheckError> {
+        self.inner().trainable_copy()
+    }
+    fn module_graph(&self, sample: Option<&Tensor>) -> Result<ModuleGraph, CheckError> {
+        self.inner().module_graph(sample)
+    }
+    fn predict_tracing_non_finite(
+        &self,
+        input: &Tensor,
+    ) -> Result<(Tensor, Option<NonFiniteOp>), CheckError> {
+        self.inner().predict_tracing_non_finite(input)
+    }
+    fn layer_scales(&self, input: &Tensor) -> Result<Vec<LayerScale>, CheckError> {
+        self.inner().layer_scales(input)
+    }
 }
 
 /// What a zip archive holds, from its entry names: a TorchScript model has `<name>/code/` and

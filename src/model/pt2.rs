@@ -4,7 +4,7 @@
 //! weights as `tch::Tensor`s, each checked against its storage's bytes before a tensor is made.
 //!
 //! This is stage 1 of issue 25 (see `spikes/pt2/FINDINGS.md`): the reader. Nothing here runs the
-//! graph; `trainlint check` refuses a `.pt2` with a summary of what it read ([`Program::summary`]).
+//! graph; [`super::pt2_run`] does.
 //!
 //! Everything a file declares is untrusted: member sizes go through [`super::archive::inspect`] (the
 //! zip-bomb and duplicate-name checks used for TorchScript archives), JSON members are read up to
@@ -54,8 +54,12 @@ pub enum Pt2Error {
         found: String,
         expected: &'static str,
     },
-    #[error("expected exactly one program, models/model.json; found {0}")]
+    #[error("expected the program models/model.json, optionally with models/eval.json and models/as_saved.json; found {0}")]
     Programs(String),
+    #[error("program `{program}` does not match the main program: {reason}")]
+    Mismatch { program: String, reason: String },
+    #[error("extra/trainlint.json: {0}")]
+    Metadata(String),
     #[error("schema version {major}.{minor} is not supported: trainlint reads schema {SUPPORTED_MAJOR}.x (PyTorch 2.13 writes {SUPPORTED_MAJOR}.{NEWEST_KNOWN_MINOR})")]
     SchemaVersion { major: i64, minor: i64 },
     #[error("member `{member}` cannot be parsed: {reason}")]
@@ -207,7 +211,7 @@ pub enum Argument {
 
 impl Argument {
     /// The names of the tensor values this argument reads.
-    fn tensor_names(&self) -> Vec<&str> {
+    pub(crate) fn tensor_names(&self) -> Vec<&str> {
         match self {
             Argument::AsTensor(t) => vec![&t.name],
             Argument::AsTensors(ts) => ts.iter().map(|t| t.name.as_str()).collect(),
@@ -230,7 +234,7 @@ impl Argument {
     }
 
     /// The names this argument defines when it is a node's output (tensors and SymInts).
-    fn defined_names(&self) -> Vec<&str> {
+    pub(crate) fn defined_names(&self) -> Vec<&str> {
         match self {
             Argument::AsSymInt(SymIntArgument::AsName(n)) => vec![n],
             Argument::AsSymInts(ns) => ns
@@ -641,8 +645,13 @@ pub fn is_pt2(path: &Path) -> bool {
     found
 }
 
-/// Reads the `.pt2` at `path`.
+/// Reads the main program (`models/model.json`) of the `.pt2` at `path`.
 pub fn read(path: &Path) -> Result<Program> {
+    read_archive(path).map(|a| a.model)
+}
+
+/// Reads every program of the `.pt2` at `path` and trainlint's module metadata, when it holds them.
+pub fn read_archive(path: &Path) -> Result<Archive> {
     let mut file = std::fs::File::open(path).map_err(|e| Pt2Error::Io(e.to_string()))?;
     check_directory(&mut file).map_err(Pt2Error::Damaged)?;
     let file_bytes = file
@@ -650,8 +659,45 @@ pub fn read(path: &Path) -> Result<Program> {
         .map_err(|e| Pt2Error::Io(e.to_string()))?
         .len();
     let zip = zip::ZipArchive::new(file).map_err(|e| Pt2Error::NotZip(e.to_string()))?;
-    Reader::new(zip, file_bytes)?.program()
+    Reader::new(zip, file_bytes)?.archive()
 }
+
+/// The programs one `.pt2` may hold. `model` is what `torch.export.save` writes and `torch.export.load`
+/// reads; trainlint's exporter adds the same module exported in eval mode and, when the saved training
+/// flags are mixed, exported as saved (`package_pt2`, one weights config per program).
+pub const PROGRAM_NAMES: [&str; 3] = ["model", "eval", "as_saved"];
+
+/// A `.pt2` as read: the main program (exported in train mode by trainlint's exporter; as the user
+/// exported it otherwise), the optional eval and as-saved programs, and the module list trainlint's
+/// exporter writes to `extra/trainlint.json` (every module with its class and its training flag as
+/// saved, which no program records).
+#[derive(Debug)]
+pub struct Archive {
+    pub model: Program,
+    pub eval: Option<Program>,
+    pub as_saved: Option<Program>,
+    pub modules: Option<Vec<SavedModule>>,
+}
+
+/// One module of `extra/trainlint.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedModule {
+    pub path: String,
+    /// `type(module).__name__`.
+    pub kind: String,
+    /// The module's training flag when it was exported.
+    pub training: bool,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    version: i64,
+    modules: Vec<SavedModule>,
+}
+
+/// The version of `extra/trainlint.json` this reader understands.
+pub const METADATA_VERSION: i64 = 1;
 
 /// The most members a program's zip may list (resnet18's has 72; a TorchScript archive one per
 /// tensor), and the most bytes of central directory: the zip reader keeps every entry in memory.
@@ -790,7 +836,7 @@ impl<R: Read + std::io::Seek> Reader<R> {
         })
     }
 
-    fn program(mut self) -> Result<Program> {
+    fn archive(mut self) -> Result<Archive> {
         self.marker("archive_format", "pt2")?;
         self.marker("archive_version", "0")?;
         self.marker("byteorder", "little")?;
@@ -798,20 +844,66 @@ impl<R: Read + std::io::Seek> Reader<R> {
             .zip
             .file_names()
             .filter_map(|n| n.strip_prefix(self.root.as_str()))
-            .filter(|n| n.starts_with("models/") && n.ends_with(".json"))
+            .filter_map(|n| n.strip_prefix("models/"))
+            .filter_map(|n| n.strip_suffix(".json"))
             .map(str::to_string)
             .collect();
-        if programs != ["models/model.json"] {
+        let known = programs.iter().all(|p| PROGRAM_NAMES.contains(&p.as_str()));
+        if !known || !programs.iter().any(|p| p == "model") {
             let shown = if programs.is_empty() {
                 "none".to_string()
             } else {
-                programs.join(", ")
+                programs
+                    .iter()
+                    .map(|p| format!("models/{p}.json"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             };
             return Err(Pt2Error::Programs(shown));
         }
+        let model = self.program("model")?;
+        let mut others = [None, None];
+        for (slot, name) in others.iter_mut().zip(["eval", "as_saved"]) {
+            if programs.iter().any(|p| p == name) {
+                let p = self.program(name)?;
+                same_weights(&model, &p).map_err(|reason| Pt2Error::Mismatch {
+                    program: name.into(),
+                    reason,
+                })?;
+                *slot = Some(p);
+            }
+        }
+        let [eval, as_saved] = others;
+        let modules = if self.has("extra/trainlint.json") {
+            let meta: Metadata = self.json("extra/trainlint.json")?;
+            if meta.version != METADATA_VERSION {
+                return Err(Pt2Error::Metadata(format!(
+                    "version {} is not supported (trainlint reads version {METADATA_VERSION})",
+                    meta.version
+                )));
+            }
+            if meta.modules.first().is_none_or(|m| !m.path.is_empty()) {
+                return Err(Pt2Error::Metadata(
+                    "the module list must start with the root module (path \"\")".into(),
+                ));
+            }
+            Some(meta.modules)
+        } else {
+            None
+        };
+        Ok(Archive {
+            model,
+            eval,
+            as_saved,
+            modules,
+        })
+    }
+
+    fn program(&mut self, name: &str) -> Result<Program> {
+        let member = format!("models/{name}.json");
         // The version first, so that a file of another major version says so rather than failing
         // on some field that version changed.
-        let version: VersionOnly = self.json("models/model.json")?;
+        let version: VersionOnly = self.json(&member)?;
         let v = version.schema_version;
         if v.major != SUPPORTED_MAJOR || v.minor < 0 {
             return Err(Pt2Error::SchemaVersion {
@@ -819,7 +911,7 @@ impl<R: Read + std::io::Seek> Reader<R> {
                 minor: v.minor,
             });
         }
-        let ep: ExportedProgramJson = self.json("models/model.json").map_err(|e| match e {
+        let ep: ExportedProgramJson = self.json(&member).map_err(|e| match e {
             Pt2Error::Json { member, reason } if v.minor > NEWEST_KNOWN_MINOR => Pt2Error::Json {
                 member,
                 reason: format!(
@@ -849,10 +941,11 @@ impl<R: Read + std::io::Seek> Reader<R> {
         let mut modules: Vec<ModuleFrame> = Vec::new();
         collect_modules(&graph, &mut modules)?;
         check_signature(&graph, &signature)?;
-        let weights_cfg: PayloadConfig = self.json("data/weights/model_weights_config.json")?;
-        let constants_cfg: PayloadConfig = if self.has("data/constants/model_constants_config.json")
-        {
-            self.json("data/constants/model_constants_config.json")?
+        let weights_cfg: PayloadConfig =
+            self.json(&format!("data/weights/{name}_weights_config.json"))?;
+        let constants_member = format!("data/constants/{name}_constants_config.json");
+        let constants_cfg: PayloadConfig = if self.has(&constants_member) {
+            self.json(&constants_member)?
         } else {
             PayloadConfig {
                 config: BTreeMap::new(),
@@ -1267,19 +1360,52 @@ fn collect_modules(graph: &Graph, out: &mut Vec<ModuleFrame>) -> Result<()> {
     Ok(())
 }
 
+/// Every weight of `other` (an eval or as-saved program) is a weight of `model` with the same role,
+/// dtype and shape: the programs run on one set of tensors.
+fn same_weights(model: &Program, other: &Program) -> std::result::Result<(), String> {
+    for w in &other.weights {
+        let Some(m) = model.weights.iter().find(|m| m.fqn == w.fqn) else {
+            return Err(format!(
+                "it reads {}, which the main program does not hold",
+                w.fqn
+            ));
+        };
+        let same_role = std::mem::discriminant(&m.role) == std::mem::discriminant(&w.role);
+        if !same_role || m.dtype != w.dtype || m.sizes != w.sizes {
+            return Err(format!(
+                "{} is {:?} {:?} {:?} there and {:?} {:?} {:?} here",
+                w.fqn, m.role, m.dtype, m.sizes, w.role, w.dtype, w.sizes
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `key,path,class;key,path,class;...` (root first) as `serialize.py` writes it: frames split on
 /// `;`, fields on the commas outside `[]` and `()`.
 fn parse_module_stack(node: &str, stack: &str) -> Result<Vec<ModuleFrame>> {
+    Ok(parse_module_calls(node, stack)?
+        .into_iter()
+        .map(|(_, f)| f)
+        .collect())
+}
+
+/// A node's `nn_module_stack` with each frame's key: the key names one call of the module (`L__self__b`,
+/// then `L__self__b@1` for its second call), so two calls of one module stay apart.
+pub fn parse_module_calls(node: &str, stack: &str) -> Result<Vec<(String, ModuleFrame)>> {
     stack
         .split(';')
         .filter(|f| !f.is_empty())
         .map(|frame| {
             let fields = split_outside_brackets(frame);
             match &fields[..] {
-                [_key, path, class] if !class.is_empty() => Ok(ModuleFrame {
-                    path: path.to_string(),
-                    class: class.to_string(),
-                }),
+                [key, path, class] if !class.is_empty() => Ok((
+                    key.to_string(),
+                    ModuleFrame {
+                        path: path.to_string(),
+                        class: class.to_string(),
+                    },
+                )),
                 _ => Err(Pt2Error::ModuleStack {
                     node: node.into(),
                     entry: frame.chars().take(120).collect(),

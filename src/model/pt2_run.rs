@@ -5,12 +5,11 @@
 //! PyTorch. The weights stay Rust tensors: each run binds the array it is given, so one compiled program
 //! serves the model and every trainable copy.
 //!
-//! Not wired into `trainlint check` yet: [`super::refuse_exported_program`] still refuses `.pt2` files,
-//! so outside the tests nothing calls this module. Not provided yet, so the checks that need it skip
-//! with the reason: the module graph (unused-parameters, shared-batchnorm, the graph view), layer
-//! scales (input-normalization sees none) and the op that first goes non-finite (nonfinite names
-//! none); an eval-mode forward of a program exported in train mode with BatchNorm or dropout.
-#![cfg_attr(not(test), allow(dead_code))]
+//! `trainlint check` and `trainlint graph` run a `.pt2` through [`Pt2Model`] (issue 25, stage 3): each
+//! mode runs the program exported in that mode (`model`, `eval`, `as_saved` in one archive, as
+//! trainlint's exporter writes it), the module list comes from the exporter's `extra/trainlint.json` or
+//! from `nn_module_stack`, and the module graph, the layer scales and the first non-finite op come
+//! from the graph and from observing each top-level node's output as the program runs.
 
 use std::ffi::{c_char, c_int, CString};
 use std::fmt::Write as _;
@@ -18,11 +17,12 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use tch::{Device, Tensor};
-use trainlint_checks::ports::{Mode, NamedTensor};
+use trainlint_checks::graph::{CallSite, Edge, ModuleGraph};
+use trainlint_checks::ports::{LayerScale, Mode, NamedTensor, NonFiniteOp};
 use trainlint_checks::{CheckError, Model, ModuleInfo, OutputActivation, TrainableModel};
 
 use super::pt2::{
-    Argument, Graph, InputSpec, Node, OptionalTensorArgument, OutputSpec, Program, SymInt,
+    Archive, Argument, Graph, InputSpec, Node, OptionalTensorArgument, OutputSpec, Program, SymInt,
     SymIntArgument, Target, WeightRole,
 };
 use super::{check, ShimString};
@@ -45,6 +45,34 @@ unsafe extern "C" {
         grad: c_int,
         out: *mut *mut torch_sys::C_tensor,
     ) -> Option<ShimString>;
+    fn tl_pt2_run_observed(
+        p: *mut RawProgram,
+        input: *const torch_sys::C_tensor,
+        weights: *const *const torch_sys::C_tensor,
+        nweights: usize,
+        grad: c_int,
+        ctx: *mut std::ffi::c_void,
+        observe: ObserveCb,
+        out: *mut *mut torch_sys::C_tensor,
+    ) -> Option<ShimString>;
+}
+
+/// `observe(ctx, node, value)`: top-level node `node` produced `value` (a new tensor handle, owned by
+/// the callee).
+type ObserveCb = unsafe extern "C" fn(*mut std::ffi::c_void, usize, *mut torch_sys::C_tensor);
+
+/// Hands each observed value to the closure behind `ctx`; a panic in it is caught here (it must not
+/// unwind into C++).
+unsafe extern "C" fn observe_value(
+    ctx: *mut std::ffi::c_void,
+    node: usize,
+    value: *mut torch_sys::C_tensor,
+) {
+    // SAFETY: `ctx` is the `&mut &mut dyn FnMut` that `run_observed` passes, alive for the run;
+    // `value` is a fresh `new at::Tensor` that this function owns.
+    let f = unsafe { &mut *(ctx as *mut &mut dyn FnMut(usize, Tensor)) };
+    let t = unsafe { Tensor::from_ptr(value) };
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(node, t)));
 }
 
 /// The higher-order ops the interpreter runs (everything else outside `aten` is refused).
@@ -629,6 +657,47 @@ impl Interpreter {
         // SAFETY: see above: a fresh heap tensor, owned by nobody else.
         Ok(unsafe { Tensor::from_ptr(out) })
     }
+
+    /// As [`Interpreter::run`], handing `observe` each top-level node's index and first output (when a
+    /// tensor) as it runs.
+    pub fn run_observed(
+        &self,
+        input: &Tensor,
+        weights: &[&Tensor],
+        grad: bool,
+        observe: &mut dyn FnMut(usize, Tensor),
+    ) -> Result<Tensor, String> {
+        if weights.len() != self.weights {
+            return Err(format!(
+                "{} weights given, the program takes {}",
+                weights.len(),
+                self.weights
+            ));
+        }
+        let ptrs: Vec<*const torch_sys::C_tensor> = weights.iter().map(|w| w.as_ptr()).collect();
+        let mut out: *mut torch_sys::C_tensor = std::ptr::null_mut();
+        let mut f: &mut dyn FnMut(usize, Tensor) = observe;
+        let ctx = &mut f as *mut &mut dyn FnMut(usize, Tensor) as *mut std::ffi::c_void;
+        // SAFETY: as in `run`; `ctx` points at `f`, borrowed for this call only, and `observe_value`
+        // is the only code that reads it.
+        check(unsafe {
+            tl_pt2_run_observed(
+                self.raw.as_ptr(),
+                input.as_ptr(),
+                ptrs.as_ptr(),
+                ptrs.len(),
+                c_int::from(grad),
+                ctx,
+                observe_value,
+                &mut out,
+            )
+        })?;
+        if out.is_null() {
+            return Err("the program returned nothing".into());
+        }
+        // SAFETY: see above.
+        Ok(unsafe { Tensor::from_ptr(out) })
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -653,7 +722,7 @@ const PASSES_RANGE_THROUGH: [&str; 15] = [
     "alias",
 ];
 
-/// One parameter, buffer or constant of a [`Pt2Model`], in the order of [`Program::weights`].
+/// One parameter, buffer or constant of a [`Pt2Model`], in the order of the main program's weights.
 struct Slot {
     fqn: String,
     role: WeightRole,
@@ -661,102 +730,306 @@ struct Slot {
     tied_to: Option<usize>,
 }
 
-/// A `torch.export` program behind trainlint's [`Model`] port.
+/// The mode a program was exported in, as its ops say: `batch_norm(training=…)`, `dropout(train=…)`.
+#[derive(Clone, Debug, PartialEq)]
+enum Specialised {
+    /// No op depends on the mode: the program runs the same in train and eval mode.
+    Neither,
+    /// The first op that takes `training=True` / `train=True`.
+    Train(String),
+    /// The first op that takes `training=False` (and none takes True).
+    Eval(String),
+}
+
+/// One compiled program of the archive and what the module view needs of its top-level nodes.
+struct Compiled {
+    interp: Interpreter,
+    /// The main program's slot of each of this program's weights.
+    slot_of: Vec<usize>,
+    specialised: Specialised,
+    /// Per top-level node: its op (`aten::linear`) and its module calls (keys and frames, root first).
+    ops: Vec<String>,
+    calls: Vec<Vec<(String, super::pt2::ModuleFrame)>>,
+    /// The graph, its signature and the graph input each weight binds, for the module graph's
+    /// dataflow.
+    graph: Graph,
+    signature: super::pt2::GraphSignature,
+    weight_inputs: Vec<String>,
+}
+
+impl Compiled {
+    fn new(program: Program, slots: &[Slot], trusted: bool) -> Result<Compiled, String> {
+        let interp = Interpreter::new(&program, trusted)?;
+        let slot_of = program
+            .weights
+            .iter()
+            .map(|w| {
+                slots
+                    .iter()
+                    .position(|s| s.fqn == w.fqn)
+                    .ok_or(format!("no weight {} in the main program", w.fqn))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let specialised = specialised(&program.graph);
+        let mut ops = Vec::new();
+        let mut calls = Vec::new();
+        for node in &program.graph.nodes {
+            ops.push(match parse_target(&node.target) {
+                Some(Target::Op {
+                    namespace, name, ..
+                }) => format!("{namespace}::{name}"),
+                Some(t) => t.short(),
+                None => node.target.clone(),
+            });
+            let label = node.name.as_deref().unwrap_or(&node.target);
+            calls.push(
+                node.metadata
+                    .get("nn_module_stack")
+                    .map(|s| super::pt2::parse_module_calls(label, s))
+                    .transpose()
+                    .map_err(|e| e.to_string())?
+                    .unwrap_or_default(),
+            );
+        }
+        Ok(Compiled {
+            interp,
+            slot_of,
+            specialised,
+            ops,
+            calls,
+            weight_inputs: program
+                .weights
+                .iter()
+                .map(|w| w.graph_input.clone())
+                .collect(),
+            graph: program.graph,
+            signature: program.signature,
+        })
+    }
+
+    /// The innermost module path of top-level node `i` ("" for the root).
+    fn module_of(&self, i: usize) -> &str {
+        self.calls
+            .get(i)
+            .and_then(|c| c.last())
+            .map_or("", |(_, f)| f.path.as_str())
+    }
+
+    fn run(
+        &self,
+        tensors: &[Tensor],
+        input: &Tensor,
+        grad: bool,
+        observe: Option<&mut dyn FnMut(usize, Tensor)>,
+    ) -> Result<Tensor, CheckError> {
+        let weights: Vec<&Tensor> = self.slot_of.iter().map(|&i| &tensors[i]).collect();
+        let input = input.to_device(Device::Cpu);
+        match observe {
+            None => self.interp.run(&input, &weights, grad),
+            Some(f) => self.interp.run_observed(&input, &weights, grad, f),
+        }
+        .map_err(CheckError::Model)
+    }
+}
+
+/// The programs of one archive, shared by the model and its copies.
+struct Programs {
+    /// Exported in train mode by trainlint's exporter (as the user exported it otherwise).
+    model: Compiled,
+    eval: Option<Compiled>,
+    as_saved: Option<Compiled>,
+    /// The saved training flags are all on (Some(true)), all off (Some(false)) or mixed (None); on
+    /// when the archive does not say.
+    saved_flags: Option<bool>,
+}
+
+impl Programs {
+    /// The program that runs `mode`, or why none can.
+    fn for_mode(&self, mode: Mode) -> Result<&Compiled, CheckError> {
+        let skip = |why: String| Err(CheckError::Skip(why));
+        match mode {
+            Mode::Train => match &self.model.specialised {
+                Specialised::Eval(op) => skip(format!(
+                    "the .pt2 program was exported in eval mode ({op} runs in eval mode), so no \
+                     train-mode forward can be run from it; export the model in train mode"
+                )),
+                _ => Ok(&self.model),
+            },
+            Mode::Eval => match (&self.eval, &self.model.specialised) {
+                (Some(eval), _) => Ok(eval),
+                (None, Specialised::Train(op)) => skip(format!(
+                    "the .pt2 program is specialised to train mode ({op} runs in train mode), so no \
+                     eval-mode forward can be run from it; trainlint's exporter adds the eval program"
+                )),
+                (None, _) => Ok(&self.model),
+            },
+            Mode::AsSaved => match (&self.as_saved, self.saved_flags) {
+                (Some(p), _) => Ok(p),
+                (None, Some(true)) => self.for_mode(Mode::Train),
+                (None, Some(false)) => self.for_mode(Mode::Eval),
+                (None, None) => skip(
+                    "the model was saved with mixed training flags and the .pt2 holds no program \
+                     exported as saved"
+                        .into(),
+                ),
+            },
+        }
+    }
+}
+
+/// A `torch.export` archive behind trainlint's [`Model`] port.
 ///
-/// The training IR is specialised to the mode it was exported in (train, for `torch.export.export`
-/// of a module in train mode). When the program holds ops whose behaviour depends on that mode
-/// (`batch_norm(training=True)`, `dropout(train=True)`, ...), an eval-mode forward cannot be run from
-/// it: [`Model::predict`] and eval-mode forwards skip with that reason instead of guessing.
+/// A program is specialised to the mode it was exported in. trainlint's exporter writes the module
+/// exported in train mode (`model`), in eval mode (`eval`) and, when the saved flags are mixed, as
+/// saved (`as_saved`); each mode runs its program on the same weights. A single program exported in
+/// train mode with BatchNorm or dropout cannot run an eval-mode forward: those checks skip with that
+/// reason instead of guessing.
 pub struct Pt2Model {
-    interp: Arc<Interpreter>,
+    programs: Arc<Programs>,
     slots: Arc<Vec<Slot>>,
     tensors: Vec<Tensor>,
     modules: Vec<ModuleInfo>,
     output: OutputActivation,
-    /// The first op that runs differently in train and eval mode (`aten.batch_norm`), if any.
-    train_only: Option<String>,
 }
 
 impl Pt2Model {
-    /// Compiles `program` (refusing ops outside the allowlist unless `trusted`) and takes its weights.
+    /// Compiles `program` alone (refusing ops outside the allowlist unless `trusted`).
+    #[cfg(test)]
     pub fn new(program: Program, trusted: bool) -> Result<Pt2Model, String> {
-        let interp = Arc::new(Interpreter::new(&program, trusted)?);
-        let output = output_activation(&program);
-        let train_only = mode_dependent_op(&program.graph);
-        let mut modules: Vec<ModuleInfo> = Vec::new();
-        for frame in &program.modules {
-            if modules.iter().all(|m| m.path != frame.path) {
-                modules.push(ModuleInfo {
-                    path: frame.path.clone(),
-                    kind: frame
-                        .class
-                        .rsplit('.')
-                        .next()
-                        .unwrap_or(&frame.class)
-                        .to_string(),
-                    // the program is specialised to the mode it was exported in: train
-                    training: true,
-                });
-            }
-        }
-        if modules.first().is_none_or(|m| !m.path.is_empty()) {
-            modules.insert(
-                0,
-                ModuleInfo {
-                    path: String::new(),
-                    kind: "Module".into(),
-                    training: true,
-                },
-            );
-        }
+        Pt2Model::from_archive(
+            Archive {
+                model: program,
+                eval: None,
+                as_saved: None,
+                modules: None,
+            },
+            trusted,
+        )
+    }
+
+    /// Compiles every program of `archive` and takes the main program's weights (the other programs'
+    /// copies of the same weights are dropped: every mode runs on one set of tensors).
+    pub fn from_archive(archive: Archive, trusted: bool) -> Result<Pt2Model, String> {
+        let Archive {
+            mut model,
+            eval,
+            as_saved,
+            modules: saved_modules,
+        } = archive;
+        let output = output_activation(&model);
         let mut slots = Vec::new();
         let mut tensors = Vec::new();
-        for (i, w) in program.weights.into_iter().enumerate() {
+        for (i, w) in std::mem::take(&mut model.weights).into_iter().enumerate() {
             let tied_to = tensors[..i]
                 .iter()
                 .position(|t: &Tensor| same_tensor(t, &w.tensor));
             slots.push(Slot {
-                fqn: w.fqn,
+                fqn: w.fqn.clone(),
                 role: w.role,
                 tied_to,
             });
-            tensors.push(w.tensor);
+            tensors.push(w.tensor.shallow_clone());
+            // keep the metadata (graph input, dtype, ...) for lowering, without the values
+            model.weights.push(super::pt2::Weight {
+                tensor: Tensor::new(),
+                ..w
+            });
         }
+        let frames = model.modules.clone();
+        let compile = |p: Program| Compiled::new(p, &slots, trusted);
+        let model = compile(model)?;
+        let eval = eval.map(compile).transpose()?;
+        let as_saved = as_saved.map(compile).transpose()?;
+        let modules: Vec<ModuleInfo> = match &saved_modules {
+            Some(saved) => saved
+                .iter()
+                .map(|m| ModuleInfo {
+                    path: m.path.clone(),
+                    kind: m.kind.clone(),
+                    training: m.training,
+                })
+                .collect(),
+            None => module_infos(&frames, !matches!(model.specialised, Specialised::Eval(_))),
+        };
+        let saved_flags = match &saved_modules {
+            Some(saved) if saved.iter().all(|m| m.training) => Some(true),
+            Some(saved) if saved.iter().all(|m| !m.training) => Some(false),
+            Some(_) => None,
+            None => Some(!matches!(model.specialised, Specialised::Eval(_))),
+        };
         Ok(Pt2Model {
-            interp,
+            programs: Arc::new(Programs {
+                model,
+                eval,
+                as_saved,
+                saved_flags,
+            }),
             slots: Arc::new(slots),
             tensors,
             modules,
             output,
-            train_only,
         })
     }
 
     /// A model of its own for a check run in isolation (`run::Isolation::model_copy`): the same
-    /// compiled program, every weight cloned (tied groups stay one tensor).
+    /// compiled programs, every weight cloned (tied groups stay one tensor).
     pub fn independent_copy(&self) -> Pt2Model {
         Pt2Model {
-            interp: Arc::clone(&self.interp),
+            programs: Arc::clone(&self.programs),
             slots: Arc::clone(&self.slots),
             tensors: copy_weights(&self.slots, &self.tensors),
             modules: self.modules.clone(),
             output: self.output.clone(),
-            train_only: self.train_only.clone(),
         }
-    }
-
-    fn eval_refused(&self) -> Option<CheckError> {
-        self.train_only.as_ref().map(|op| {
-            CheckError::Skip(format!(
-                "the .pt2 program is specialised to train mode ({op} runs in train mode), so no \
-                 eval-mode forward can be run from it"
-            ))
-        })
     }
 
     fn named(&self, tensors: &[Tensor], parameters: bool) -> Vec<NamedTensor> {
         named(&self.slots, tensors, parameters)
     }
+
+    /// The weights for a forward that must leave this model's state alone: parameters shared,
+    /// buffers and constants copied.
+    fn scratch_weights(&self) -> Vec<Tensor> {
+        self.slots
+            .iter()
+            .zip(&self.tensors)
+            .map(|(s, t)| match s.role {
+                WeightRole::Parameter => t.shallow_clone(),
+                _ => t.detach().copy(),
+            })
+            .collect()
+    }
+}
+
+/// Modules from the programs' `nn_module_stack` (the root first), when the archive has no module list:
+/// their training flags are the mode the program was exported in.
+fn module_infos(frames: &[super::pt2::ModuleFrame], training: bool) -> Vec<ModuleInfo> {
+    let mut modules: Vec<ModuleInfo> = Vec::new();
+    for frame in frames {
+        if modules.iter().all(|m| m.path != frame.path) {
+            modules.push(ModuleInfo {
+                path: frame.path.clone(),
+                kind: frame
+                    .class
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or(&frame.class)
+                    .to_string(),
+                training,
+            });
+        }
+    }
+    if modules.first().is_none_or(|m| !m.path.is_empty()) {
+        modules.insert(
+            0,
+            ModuleInfo {
+                path: String::new(),
+                kind: "Module".into(),
+                training,
+            },
+        );
+    }
+    modules
 }
 
 /// Parameters (or buffers) with their FQNs; a tied group is listed once, under its first FQN (as
@@ -779,18 +1052,32 @@ fn same_tensor(a: &Tensor, b: &Tensor) -> bool {
     a.data_ptr() == b.data_ptr() && a.size() == b.size() && a.stride() == b.stride()
 }
 
-/// The first op (short name) that takes `training=True` / `train=True`: it runs differently in eval.
-fn mode_dependent_op(graph: &Graph) -> Option<String> {
+/// The mode `graph` was exported in, from the first op that takes a `training` / `train` flag.
+fn specialised(graph: &Graph) -> Specialised {
+    let mut eval = None;
+    if let Some(found) = first_mode_op(graph, &mut eval) {
+        return Specialised::Train(found);
+    }
+    eval.map_or(Specialised::Neither, Specialised::Eval)
+}
+
+/// The first op (short name) that takes `training=True` / `train=True`; `eval` gets the first that
+/// takes False.
+fn first_mode_op(graph: &Graph, eval: &mut Option<String>) -> Option<String> {
     for node in &graph.nodes {
         for input in &node.inputs {
+            let short = || parse_target(&node.target).map_or(node.target.clone(), |t| t.short());
             match &input.arg {
-                Argument::AsBool(true) if input.name == "training" || input.name == "train" => {
-                    return Some(
-                        parse_target(&node.target).map_or(node.target.clone(), |t| t.short()),
-                    );
+                Argument::AsBool(flag) if input.name == "training" || input.name == "train" => {
+                    if *flag {
+                        return Some(short());
+                    }
+                    if eval.is_none() {
+                        *eval = Some(short());
+                    }
                 }
                 Argument::AsGraph(sub) => {
-                    if let Some(op) = mode_dependent_op(&sub.graph) {
+                    if let Some(op) = first_mode_op(&sub.graph, eval) {
                         return Some(op);
                     }
                 }
@@ -882,18 +1169,6 @@ fn copy_weights(slots: &[Slot], tensors: &[Tensor]) -> Vec<Tensor> {
     out
 }
 
-fn run_on(
-    interp: &Interpreter,
-    tensors: &[Tensor],
-    input: &Tensor,
-    grad: bool,
-) -> Result<Tensor, CheckError> {
-    let weights: Vec<&Tensor> = tensors.iter().collect();
-    interp
-        .run(&input.to_device(Device::Cpu), &weights, grad)
-        .map_err(CheckError::Model)
-}
-
 impl Model for Pt2Model {
     fn device(&self) -> Device {
         Device::Cpu
@@ -912,51 +1187,282 @@ impl Model for Pt2Model {
     }
     /// Eval mode, no gradients, no state change: buffers run on copies.
     fn predict(&self, input: &Tensor) -> Result<Tensor, CheckError> {
-        if let Some(skip) = self.eval_refused() {
-            return Err(skip);
-        }
-        let tensors: Vec<Tensor> = self
-            .slots
-            .iter()
-            .zip(&self.tensors)
-            .map(|(s, t)| match s.role {
-                WeightRole::Parameter => t.shallow_clone(),
-                _ => t.detach().copy(),
-            })
-            .collect();
-        run_on(&self.interp, &tensors, input, false)
+        let program = self.programs.for_mode(Mode::Eval)?;
+        program.run(&self.scratch_weights(), input, false, None)
     }
     fn trainable_copy(&self) -> Result<Box<dyn TrainableModel>, CheckError> {
         Ok(Box::new(Pt2Copy {
-            interp: Arc::clone(&self.interp),
+            programs: Arc::clone(&self.programs),
             slots: Arc::clone(&self.slots),
             tensors: copy_weights(&self.slots, &self.tensors),
-            eval_refused: self.eval_refused().map(|e| e.to_string()),
         }))
+    }
+    fn module_graph(&self, sample: Option<&Tensor>) -> Result<ModuleGraph, CheckError> {
+        let program = self
+            .programs
+            .for_mode(Mode::Eval)
+            .unwrap_or(&self.programs.model);
+        let (mut graph, last_node) = module_graph(program, &self.slots);
+        if let Some(x) = sample {
+            let mut last: std::collections::HashMap<usize, Vec<i64>> = Default::default();
+            let mut observe = |i: usize, t: Tensor| {
+                last.insert(i, t.size());
+            };
+            let ran = self
+                .programs
+                .for_mode(Mode::Eval)
+                .and_then(|p| p.run(&self.scratch_weights(), x, false, Some(&mut observe)));
+            match ran {
+                Ok(_) => fill_shapes(&mut graph, &last_node, &last),
+                Err(e) => graph.shape_error = e.to_string(),
+            }
+        }
+        Ok(graph)
+    }
+    fn predict_tracing_non_finite(
+        &self,
+        input: &Tensor,
+    ) -> Result<(Tensor, Option<NonFiniteOp>), CheckError> {
+        let program = self.programs.for_mode(Mode::Eval)?;
+        let mut first: Option<usize> = None;
+        let mut observe = |i: usize, t: Tensor| {
+            if first.is_none()
+                && t.is_floating_point()
+                && t.numel() > 0
+                && !t
+                    .f_isfinite()
+                    .and_then(|f| f.f_all())
+                    .is_ok_and(|a| a.int64_value(&[]) != 0)
+            {
+                first = Some(i);
+            }
+        };
+        let out = program.run(&self.scratch_weights(), input, false, Some(&mut observe))?;
+        let found = first.map(|i| NonFiniteOp {
+            op: program.ops[i].clone(),
+            module: program.module_of(i).to_string(),
+            source: String::new(),
+        });
+        Ok((out, found))
+    }
+    fn layer_scales(&self, input: &Tensor) -> Result<Vec<LayerScale>, CheckError> {
+        let program = self.programs.for_mode(Mode::Train)?;
+        let mut scales = Vec::new();
+        let mut observe = |i: usize, t: Tensor| {
+            if LAYER_OPS.contains(&program.ops[i].as_str())
+                && t.is_floating_point()
+                && t.numel() > 0
+            {
+                if let Ok(rms) = t
+                    .f_to_kind(tch::Kind::Double)
+                    .and_then(|d| d.f_square())
+                    .and_then(|d| d.f_mean(tch::Kind::Double))
+                    .and_then(|d| d.f_sqrt())
+                {
+                    scales.push(LayerScale {
+                        rms: rms.double_value(&[]),
+                        op: program.ops[i].clone(),
+                        module: program.module_of(i).to_string(),
+                    });
+                }
+            }
+        };
+        // A copy's buffers: BatchNorm normalises with the batch's statistics, and nothing moves here.
+        let _ = program.run(&self.scratch_weights(), input, false, Some(&mut observe))?;
+        Ok(scales)
     }
 }
 
-/// An independent copy of a [`Pt2Model`]'s weights, run by the same compiled program.
+/// The ops whose outputs `layer_scales` measures (as the TorchScript side's `is_layer_op`).
+const LAYER_OPS: [&str; 14] = [
+    "aten::linear",
+    "aten::conv1d",
+    "aten::conv2d",
+    "aten::conv3d",
+    "aten::_convolution",
+    "aten::convolution",
+    "aten::conv_transpose1d",
+    "aten::conv_transpose2d",
+    "aten::conv_transpose3d",
+    "aten::addmm",
+    "aten::matmul",
+    "aten::mm",
+    "aten::bmm",
+    "aten::einsum",
+];
+
+/// An independent copy of a [`Pt2Model`]'s weights, run by the same compiled programs.
 struct Pt2Copy {
-    interp: Arc<Interpreter>,
+    programs: Arc<Programs>,
     slots: Arc<Vec<Slot>>,
     tensors: Vec<Tensor>,
-    eval_refused: Option<String>,
 }
 
 impl TrainableModel for Pt2Copy {
     fn forward(&mut self, input: &Tensor, mode: Mode) -> Result<Tensor, CheckError> {
-        if let (Mode::Eval, Some(reason)) = (mode, &self.eval_refused) {
-            let reason = reason.strip_prefix("skipped: ").unwrap_or(reason);
-            return Err(CheckError::Skip(reason.to_string()));
-        }
-        run_on(&self.interp, &self.tensors, input, true)
+        self.programs
+            .for_mode(mode)?
+            .run(&self.tensors, input, true, None)
     }
     fn parameters(&self) -> Result<Vec<NamedTensor>, CheckError> {
         Ok(named(&self.slots, &self.tensors, true))
     }
     fn buffers(&self) -> Result<Vec<NamedTensor>, CheckError> {
         Ok(named(&self.slots, &self.tensors, false))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The module view: call sites from `nn_module_stack`, dataflow from the graph.
+
+/// The module-level dataflow graph of `program`: one call site per distinct `nn_module_stack` key
+/// chain (two calls of one module, or the iterations of an unrolled loop, are two call sites), edges
+/// between leaf calls through the ops outside any leaf module, and the weights the nodes read.
+fn module_graph(program: &Compiled, slots: &[Slot]) -> (ModuleGraph, Vec<Option<usize>>) {
+    use std::collections::{BTreeMap, HashMap};
+    let mut graph = ModuleGraph::default();
+    let mut call_of: HashMap<String, usize> = HashMap::new();
+    // per top-level node: its innermost call site (None: the root's own ops)
+    let mut node_call: Vec<Option<usize>> = Vec::new();
+    // per call site: the last top-level node run inside it
+    let mut last_node: Vec<Option<usize>> = Vec::new();
+    for (i, frames) in program.calls.iter().enumerate() {
+        let mut chain = String::new();
+        let mut parent = None;
+        for (key, frame) in frames.iter().skip_while(|(_, f)| f.path.is_empty()) {
+            chain.push(';');
+            chain.push_str(key);
+            let id = *call_of.entry(chain.clone()).or_insert_with(|| {
+                graph.calls.push(CallSite {
+                    id: graph.calls.len(),
+                    parent,
+                    module: frame.path.clone(),
+                    kind: frame
+                        .class
+                        .rsplit('.')
+                        .next()
+                        .unwrap_or(&frame.class)
+                        .to_string(),
+                    method: "forward".into(),
+                    source: String::new(),
+                    branch: String::new(),
+                    leaf: true,
+                    in_loop: false,
+                    shape: String::new(),
+                });
+                last_node.push(None);
+                graph.calls.len() - 1
+            });
+            last_node[id] = Some(i);
+            parent = Some(id);
+        }
+        node_call.push(parent);
+    }
+    let parents: Vec<usize> = graph.calls.iter().filter_map(|c| c.parent).collect();
+    for p in parents {
+        graph.calls[p].leaf = false;
+    }
+    // The weights each graph input binds, and the user input.
+    let mut weight_of: HashMap<&str, usize> = HashMap::new();
+    for (input, &slot) in program.weight_inputs.iter().zip(&program.slot_of) {
+        weight_of.insert(input.as_str(), slot);
+    }
+    // value -> its sources (None: the model input) and whether every path from each passed `detach`
+    type Sources = BTreeMap<Option<usize>, bool>;
+    let mut sources: HashMap<&str, Sources> = HashMap::new();
+    for spec in &program.signature.input_specs {
+        if let InputSpec::UserInput {
+            arg: Argument::AsTensor(t),
+        } = spec
+        {
+            sources.insert(t.name.as_str(), BTreeMap::from([(None, false)]));
+        }
+    }
+    let mut edges: BTreeMap<(Option<usize>, Option<usize>), bool> = BTreeMap::new();
+    let mut add_edge = |from: Option<usize>, to: Option<usize>, detached: bool| {
+        edges
+            .entry((from, to))
+            .and_modify(|d| *d = *d && detached)
+            .or_insert(detached);
+    };
+    let mut read_slots = std::collections::BTreeSet::new();
+    for (i, node) in program.graph.nodes.iter().enumerate() {
+        let mut incoming: Sources = BTreeMap::new();
+        for input in &node.inputs {
+            for name in input.arg.tensor_names() {
+                if let Some(&slot) = weight_of.get(name) {
+                    read_slots.insert(slot);
+                }
+                for (&src, &det) in sources.get(name).into_iter().flatten() {
+                    incoming
+                        .entry(src)
+                        .and_modify(|d| *d = *d && det)
+                        .or_insert(det);
+                }
+            }
+        }
+        let call = node_call.get(i).copied().flatten();
+        let leaf = call.filter(|&c| graph.calls[c].leaf);
+        let out: Sources = match leaf {
+            Some(l) => {
+                for (&src, &det) in &incoming {
+                    if src != Some(l) {
+                        add_edge(src, Some(l), det);
+                    }
+                }
+                BTreeMap::from([(Some(l), false)])
+            }
+            None if program.ops[i] == "aten::detach" => {
+                incoming.into_keys().map(|s| (s, true)).collect()
+            }
+            None => incoming,
+        };
+        for o in &node.outputs {
+            for name in o.defined_names() {
+                sources.insert(name, out.clone());
+            }
+        }
+    }
+    for spec in &program.signature.output_specs {
+        if let OutputSpec::UserOutput { arg } = spec {
+            for name in arg.tensor_names() {
+                for (&src, &det) in sources.get(name).into_iter().flatten() {
+                    add_edge(src, None, det);
+                }
+            }
+        }
+    }
+    graph.edges = edges
+        .into_iter()
+        .map(|((from, to), detached)| Edge { from, to, detached })
+        .collect();
+    // A tied group is read when any of its names is.
+    for (i, s) in slots.iter().enumerate() {
+        let root = s.tied_to.unwrap_or(i);
+        if read_slots.contains(&i) || read_slots.contains(&root) {
+            graph.reads.insert(s.fqn.clone());
+        }
+    }
+    for (i, s) in slots.iter().enumerate() {
+        if let Some(root) = s.tied_to {
+            if read_slots.contains(&i) {
+                graph.reads.insert(slots[root].fqn.clone());
+            }
+        }
+    }
+    (graph, last_node)
+}
+
+/// Each call site's output shape: that of the last top-level node run inside it.
+fn fill_shapes(
+    graph: &mut ModuleGraph,
+    last_node: &[Option<usize>],
+    shapes: &std::collections::HashMap<usize, Vec<i64>>,
+) {
+    for (call, node) in graph.calls.iter_mut().zip(last_node) {
+        if let Some(shape) = node.and_then(|n| shapes.get(&n)) {
+            call.shape = format!("{shape:?}");
+        }
     }
 }
 

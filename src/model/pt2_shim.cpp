@@ -436,9 +436,16 @@ struct Program {
     if (user_in < 0 || user_out < 0) fail("lowered program: no user input or output");
   }
 
-  void run_nodes(std::vector<PNode>& list, std::vector<IValue>& env) {
+  // Called after each top-level node with its index and its first output, when that is a tensor.
+  typedef void (*Observer)(void* ctx, size_t node, at::Tensor* value);
+
+  void run_nodes(std::vector<PNode>& list, std::vector<IValue>& env, Observer observe = nullptr,
+                 void* ctx = nullptr) {
     torch::jit::Stack stack;
+    size_t index = 0;
     for (auto& n : list) {
+      if (observe != nullptr && index > 0) notify(list[index - 1], index - 1, env, observe, ctx);
+      index++;
       if (n.cond) {
         // the branch the predicate picks runs inline; autograd records its ops as in eager
         PNode& br = n.branches[env[n.cond_pred].toTensor().item<bool>() ? 0 : 1];
@@ -546,6 +553,14 @@ struct Program {
         }
       }
     }
+    if (observe != nullptr && index > 0) notify(list[index - 1], index - 1, env, observe, ctx);
+  }
+
+  static void notify(const PNode& n, size_t index, std::vector<IValue>& env, Observer observe, void* ctx) {
+    if (n.outs.empty() || n.outs[0].slots.empty()) return;
+    const IValue& v = env[n.outs[0].slots[0]];
+    if (!v.isTensor()) return;
+    observe(ctx, index, new at::Tensor(v.toTensor()));
   }
 
   // The guard the exported program does not run for itself: dtype, rank, static dims, symbol ranges.
@@ -576,7 +591,8 @@ struct Program {
     return "";
   }
 
-  at::Tensor run(const at::Tensor& x, const at::Tensor* const* weights, size_t nweights) {
+  at::Tensor run(const at::Tensor& x, const at::Tensor* const* weights, size_t nweights,
+                 Observer observe = nullptr, void* ctx = nullptr) {
     std::string bad = check_input(x);
     if (!bad.empty()) fail(bad);
     std::vector<IValue> env(nslots);
@@ -585,7 +601,7 @@ struct Program {
       if (idx >= nweights || weights[idx] == nullptr) fail("weight index out of range");
       env[s] = *weights[idx];  // the live tensor: BatchNorm's running stats update it in place
     }
-    run_nodes(nodes, env);
+    run_nodes(nodes, env, observe, ctx);
     if (!env[user_out].isTensor()) fail("the exported program's output is not a tensor");
     return env[user_out].toTensor();
   }
@@ -616,6 +632,18 @@ char* tl_pt2_run(tl_pt2_program* p, const at::Tensor* input, const at::Tensor* c
     std::optional<at::NoGradGuard> ng;
     if (!grad) ng.emplace();
     *out = new at::Tensor(p->program.run(*input, weights, nweights));
+  })
+}
+
+// As tl_pt2_run, calling `observe(ctx, i, value)` after top-level node i with its first output when that
+// is a tensor (a new handle the callee owns and frees). `observe` must not throw.
+char* tl_pt2_run_observed(tl_pt2_program* p, const at::Tensor* input, const at::Tensor* const* weights,
+                          size_t nweights, int grad, void* ctx, tl_pt2::Program::Observer observe,
+                          at::Tensor** out) {
+  TL_PT2_GUARD({
+    std::optional<at::NoGradGuard> ng;
+    if (!grad) ng.emplace();
+    *out = new at::Tensor(p->program.run(*input, weights, nweights, observe, ctx));
   })
 }
 
