@@ -276,10 +276,11 @@ def _pt2_tools():
 class _TorchLogsToDebug(logging.Filter):
     """Drops PyTorch's own log records and repeats them on this package's logger at DEBUG: when
     torch.export gives up (on data-dependent control flow, say) it logs warnings and errors that the
-    fallback to TorchScript and its note in trainlint.toml already handle. Other records pass."""
+    fallback to TorchScript and its note in trainlint.toml already handle. Other records pass, and so
+    does PyTorch's structured trace (torch.__trace, written where TORCH_TRACE asks)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not (record.name == "torch" or record.name.startswith("torch.")):
+        if not (record.name == "torch" or record.name.startswith("torch.")) or record.name.startswith("torch.__trace"):
             return True
         with contextlib.suppress(Exception):
             log.debug("PyTorch (%s): %s", record.name, record.getMessage())
@@ -429,30 +430,21 @@ def _zero_serialization_id(path: Path) -> None:
         f.write(crc)
 
 
-def _checked_output_pt2(path: Path, example: torch.Tensor, output):
-    """_checked_output for model.pt2: runs the written "model" program on the example batch. Returns the
-    `[model] output` to write (None: one tensor; else the prediction's index in the program's flat outputs:
-    a tuple's index, a dict key's position) and a note naming the key of a dict. Raises Pt2Unsuitable for
-    outputs a flat index cannot name (nested containers, entries that are not tensors)."""
+def _checked_output_pt2(path: Path, example: torch.Tensor, output) -> None:
+    """_checked_output for model.pt2: runs the written "model" program on the example batch, as trainlint
+    will. trainlint runs a .pt2 program whose forward returns one tensor (it refuses `[model] output` for
+    one), so a tuple or dict is Pt2Unsuitable: format="auto" writes TorchScript, where `output` selects."""
     try:
         with _torchscript_quietly([]), _torch_logs_quietly(), torch.no_grad():
             result = torch.export.load(str(path)).module()(example.cpu())
     except Exception as e:  # noqa: BLE001
         raise Pt2Unsuitable(f"the exported program fails on a batch of the loader's inputs ({_first_line(e)})") from e
-    selected = _selected_output(result, output)
-    if selected is None:
-        return None, None
-    entries = list(result.values()) if isinstance(result, dict) else list(result)
-    if not all(isinstance(t, torch.Tensor) for t in entries):
-        kinds = ", ".join(sorted({type(t).__name__ for t in entries if not isinstance(t, torch.Tensor)}))
+    if not isinstance(result, torch.Tensor):
         raise Pt2Unsuitable(
-            f"forward returns a {type(result).__name__} holding {kinds}; a .pt2 names its prediction by its index "
-            f"in the flat outputs, which only a flat tuple, list or dict of tensors keeps"
+            f"forward returns a {type(result).__name__}, and trainlint runs a .pt2 program that returns one tensor "
+            f"(the prediction)"
         )
-    if isinstance(result, dict):
-        index = list(result).index(selected)
-        return index, f"output = {index}: the program's flat output {index} is the key {selected!r} of the dict forward returns"
-    return selected, None
+    _selected_output(result, output)  # warns that `output` is ignored
 
 
 def _checked_output(path: Path, example: torch.Tensor, output):
@@ -623,8 +615,8 @@ def export(
       module in train mode, "eval" with every module in eval mode, and "as_saved" with each module's own
       flag when the model's modules differ (a BatchNorm frozen in eval mode); extra/trainlint.json lists
       every module's path, type and training flag at export.
-    - model.pt instead, when torch.export cannot export the model (data-dependent control flow, outputs a
-      flat index cannot name, a PyTorch without it): `torch.jit.script` of the copy in train mode
+    - model.pt instead, when torch.export cannot export the model (data-dependent control flow, a forward
+      that returns a tuple or dict, a PyTorch without it): `torch.jit.script` of the copy in train mode
       (`torch.jit.trace` in train mode when scripting or saving fails, with an ExportWarning naming what
       tracing freezes), and a note in trainlint.toml that says why.
     - data.npz: `inputs` and `targets`, the first `samples` samples in the order the loader yields them.
@@ -660,9 +652,9 @@ def _export_model(model, example, x, stage: Path, notes: list, warn_eval: bool, 
         path = stage / "model.pt2"
         try:
             _export_pt2(model, _export_example(example, x), path, first_try, warn_eval)
-            written, note = _checked_output_pt2(path, example, output)
-            notes[:] = first_try + ([("model", note)] if note else [])
-            return "export", "model.pt2", written
+            _checked_output_pt2(path, example, output)
+            notes[:] = first_try
+            return "export", "model.pt2", None
         except Pt2Unsuitable as e:
             path.unlink(missing_ok=True)
             if format == "pt2":
