@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from test_export import TRAINLINT, Mlp, Tmp, checks, classification_data, read_setup
+from test_export import REQUIRE, TRAINLINT, Mlp, Tmp, checks, classification_data, installed, read_setup
 from trainlint_export import ExportError, export
 
 
@@ -339,6 +339,83 @@ class Pt2Fallback(Tmp):
             signal.signal(signal.SIGALRM, old)
         self.assertTrue((self.tmp / "audit" / "model.pt2").is_file())
         torch.export.load(str(self.tmp / "audit" / "model.pt2"))
+
+
+@unittest.skipUnless(REQUIRE or installed("pytorch_lightning") or installed("lightning"), "Lightning not installed")
+class Pt2Lightning(Tmp):
+    def test_the_callback_writes_the_pt2_and_passes_format_through(self):
+        try:
+            import lightning.pytorch as pl
+        except ImportError:
+            import pytorch_lightning as pl
+        from trainlint_export.lightning import TrainlintCallback
+
+        class Module(pl.LightningModule):
+            def __init__(self):
+                super().__init__()
+                self.net = Mlp(bn=True)
+                self.loss_fn = nn.CrossEntropyLoss()
+
+            def forward(self, x):
+                return self.net(x)
+
+            def training_step(self, batch, batch_idx):
+                x, y = batch
+                return self.loss_fn(self(x), y)
+
+            def configure_optimizers(self):
+                return torch.optim.SGD(self.parameters(), lr=0.05)
+
+        for fmt, written in (("auto", "model.pt2"), ("torchscript", "model.pt")):
+            callback = TrainlintCallback(self.tmp / fmt, format=fmt)
+            trainer = pl.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                                 enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
+            trainer.fit(Module(), DataLoader(classification_data(), batch_size=8))
+            self.assertIsNone(callback.error)
+            self.assertEqual(read_setup(self.tmp / fmt)["model"]["path"], written)
+        table = module_table(self.tmp / "auto" / "model.pt2")["modules"]
+        self.assertEqual([(m["path"], m["kind"]) for m in table][:3], [("", "Module"), ("net", "Mlp"), ("net.fc1", "Linear")])
+        self.assertIn("loss_fn", [m["path"] for m in table])  # every module of the copy, the loss module too
+
+
+@unittest.skipUnless(REQUIRE or installed("transformers"), "transformers not installed")
+class Pt2HuggingFace(Tmp):
+    def test_the_callback_exports_the_logits_wrapper_as_a_pt2_with_every_module_training(self):
+        from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+
+        from trainlint_export.huggingface import TrainlintCallback
+
+        torch.manual_seed(0)
+        config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=32, max_position_embeddings=32, num_labels=3)
+        model = BertForSequenceClassification(config).eval()  # as from_pretrained leaves it
+        g = torch.Generator().manual_seed(0)
+        ids, labels = torch.randint(1, 64, (32, 12), generator=g), torch.randint(0, 3, (32,), generator=g)
+
+        class Tokens(torch.utils.data.Dataset):
+            def __len__(self):
+                return len(ids)
+
+            def __getitem__(self, i):
+                return {"input_ids": ids[i], "labels": labels[i]}
+
+        args = TrainingArguments(output_dir=str(self.tmp / "hf"), max_steps=2, per_device_train_batch_size=8,
+                                 learning_rate=5e-4, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
+                                 disable_tqdm=True)
+        callback = TrainlintCallback(self.tmp / "audit", loss_fn=nn.CrossEntropyLoss())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Trainer(model=model, args=args, train_dataset=Tokens(), callbacks=[callback]).train()
+        self.assertIsNone(callback.error)
+        path = self.tmp / "audit" / "model.pt2"
+        self.assertEqual(read_setup(self.tmp / "audit")["model"], {"path": "model.pt2"})
+        table = module_table(path)["modules"]
+        self.assertEqual(table[0], {"path": "", "kind": "Prediction", "training": True})
+        # The Trainer switches the whole model to train mode after the callback: every module trains.
+        self.assertEqual({m["training"] for m in table}, {True})
+        self.assertNotIn("models/as_saved.json", members(path))
+        logits = torch.export.load(str(path)).module()(ids[:5])
+        self.assertEqual(tuple(logits.shape), (5, 3))
 
 
 class Pt2Audited(Tmp):
