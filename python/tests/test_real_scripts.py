@@ -272,7 +272,7 @@ class ModelsAsTheyTrain(Tmp):
         with warnings.catch_warnings():
             warnings.simplefilter("error", ExportWarning)
             export(Mlp(bn=True), DataLoader(classification_data(), batch_size=8), self.tmp / "train")
-        self.assertNotIn("eval mode", config_text(self.tmp / "train"))
+        self.assertNotIn("was in eval mode", config_text(self.tmp / "train"))
 
     def test_the_output_check_accepts_batchnorm_with_batches_of_one(self):
         # The check runs the saved model; BatchNorm in train mode refuses one sample, eval mode does not.
