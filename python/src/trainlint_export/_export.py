@@ -41,7 +41,8 @@ def _torchscript_quietly(collected: list):
     """Recent PyTorch warns that torch.jit.script / trace are deprecated. That is a note for trainlint
     (which needs TorchScript, see the README's "TorchScript's future"), not something the user did
     wrong, so the warning is logged here instead of pointing at the user's code. Tracer warnings are
-    kept, to be named in the trace fallback's own warning."""
+    kept, to be named in the trace fallback's own warning. Other warnings (torch.export's too, which
+    wraps its runs in this) are shown as they would have been; the user's filters are not changed."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
@@ -249,10 +250,6 @@ def _script_or_trace(model: torch.nn.Module, example: torch.Tensor, path: Path, 
 
 
 FORMATS = ("auto", "pt2", "torchscript")
-# The programs of model.pt2, by name: every module in train mode, every module in eval mode, and (only when
-# the user's modules had mixed flags, e.g. a BatchNorm frozen in eval inside a training model) each module
-# in the mode the user left it in.
-PT2_PROGRAMS = ("model", "eval", "as_saved")
 
 
 class Pt2Unsuitable(Exception):
@@ -342,10 +339,13 @@ def _export_reason(e: BaseException) -> str:
     return _first_line(e)
 
 
-def _export_pt2(model: torch.nn.Module, example: torch.Tensor, path: Path, notes: list, warn_eval: bool) -> dict:
-    """Writes model.pt2: the torch.export programs PT2_PROGRAMS of a float32 CPU copy, batch dim dynamic
-    (min 1), and extra/trainlint.json (each module's path, type and training flag as the user had it).
-    Returns trainlint.json's content. Raises Pt2Unsuitable when torch.export cannot export a program."""
+def _export_pt2(model: torch.nn.Module, example: torch.Tensor, path: Path, notes: list, warn_eval: bool) -> None:
+    """Writes model.pt2, the programs of a float32 CPU copy with the batch dim dynamic (min 1): "model"
+    with every module in train mode, "eval" with every module in eval mode and, only when the user's
+    modules' flags differ (a BatchNorm frozen in eval mode inside a model that trains), "as_saved" with
+    each module's flag as the user left it; and extra/trainlint.json, each module's path, type and
+    training flag at export. Raises Pt2Unsuitable when torch.export cannot export a program. Never
+    run_decompositions(): trainlint trains the training IR as exported."""
     export_fn, package_pt2 = _pt2_tools()
     work = _work_copy(model, notes, warn_eval, "model.pt2")
     table = _module_table(model, work, warn_eval)
@@ -375,7 +375,7 @@ def _export_pt2(model: torch.nn.Module, example: torch.Tensor, path: Path, notes
         try:
             package_pt2(str(path), exported_programs=programs, extra_files={"trainlint.json": json.dumps(meta)})
         except OSError:
-            raise
+            raise  # a full disk is the folder's error (an ExportError that names it), not torch.export's
         except Exception as e:  # noqa: BLE001 - a program the archive writer cannot serialise
             raise Pt2Unsuitable(f"torch.export's archive writer failed: {_first_line(e)}") from e
     _zero_serialization_id(path)
@@ -385,7 +385,6 @@ def _export_pt2(model: torch.nn.Module, example: torch.Tensor, path: Path, notes
         described.append(f'"as_saved" (each module in its mode at export: {frozen} of {len(flags)} in eval mode)')
     notes.append(("model", f"model.pt2: torch.export programs {', '.join(described)}, batch dim dynamic; "
                            f"extra/trainlint.json lists each module's training flag at export"))
-    return meta
 
 
 def _zero_serialization_id(path: Path) -> None:
@@ -523,7 +522,8 @@ def short_float(v: float) -> str:
 class Audit:
     """The folder `export` wrote. `log_step(step, loss, **terms)` appends to its loss log; the first
     row adds the `[log]` table to its trainlint.toml. Nothing it does raises into the training loop:
-    a step it cannot record is warned about (once per reason) and counted in `lost_steps`."""
+    a step it cannot record is warned about (once per reason) and counted in `lost_steps`.
+    `exported_with`: "export" (model.pt2, torch.export), "script" or "trace" (model.pt, TorchScript)."""
 
     def __init__(self, out_dir: Path, config: dict, log_path: Path | None, how: str, notes: list | None = None):
         self.out_dir = out_dir
