@@ -210,7 +210,8 @@ class Pt2Programs(Tmp):
         self.assertEqual(model.fc1.weight.dtype, torch.bfloat16)
         weights = torch.export.load(str(self.tmp / "model.pt2")).state_dict
         self.assertEqual({t.dtype for t in weights.values()}, {torch.float32})
-        self.assertIn("model.pt2 is a float32 copy: the model trains in bfloat16", (self.tmp / "trainlint.toml").read_text())
+        self.assertIn("model.pt2 is a float32 copy: the model trains in bfloat16",
+                      (self.tmp / "trainlint.toml").read_text())
 
     def test_the_same_model_writes_the_same_bytes(self):
         paths = []
@@ -374,7 +375,8 @@ class Pt2Lightning(Tmp):
             self.assertIsNone(callback.error)
             self.assertEqual(read_setup(self.tmp / fmt)["model"]["path"], written)
         table = module_table(self.tmp / "auto" / "model.pt2")["modules"]
-        self.assertEqual([(m["path"], m["kind"]) for m in table][:3], [("", "Module"), ("net", "Mlp"), ("net.fc1", "Linear")])
+        self.assertEqual([(m["path"], m["kind"]) for m in table][:3],
+                         [("", "Module"), ("net", "Mlp"), ("net.fc1", "Linear")])
         self.assertIn("loss_fn", [m["path"] for m in table])  # every module of the copy, the loss module too
 
 

@@ -417,7 +417,10 @@ def _zero_serialization_id(path: Path) -> None:
         f.seek(central)
         directory = f.read()
         entry = directory.find(b"PK\x01\x02")
-        while entry != -1 and directory[entry + 46:entry + 46 + struct.unpack_from("<H", directory, entry + 28)[0]] != name:
+        while entry != -1:
+            entry_name_len = struct.unpack_from("<H", directory, entry + 28)[0]
+            if directory[entry + 46:entry + 46 + entry_name_len] == name:
+                break
             entry = directory.find(b"PK\x01\x02", entry + 4)
         if entry == -1:
             return
