@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from test_export import Tmp, audit, checks, kinds
+from test_export import AUDITED, Tmp, audit, checks, kinds
 from trainlint_export import export
 
 
@@ -35,7 +35,7 @@ class CollapsedRun(Tmp):
         loader = DataLoader(digits(), batch_size=32, shuffle=True)
         opt = torch.optim.SGD(model.parameters(), lr=lr)
         audit_dir = export(model, loader, self.tmp / "audit", nn.CrossEntropyLoss(),
-                           opt if pass_optimizer else None, log=self.tmp / "audit" / "loss.csv")
+                           opt if pass_optimizer else None, log=self.tmp / "audit" / "loss.csv", format=AUDITED)
         step = 0
         while step < steps:
             for x, y in loader:
@@ -86,7 +86,7 @@ class ShortLog(Tmp):
         loader = DataLoader(digits(), batch_size=32, shuffle=True)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         audit_dir = export(model, loader, self.tmp / "audit", nn.CrossEntropyLoss(), opt,
-                           log=self.tmp / "audit" / "loss.csv")
+                           log=self.tmp / "audit" / "loss.csv", format=AUDITED)
         step = 0
         for _ in range(3):
             for x, y in loader:

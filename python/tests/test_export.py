@@ -26,6 +26,10 @@ from torch.utils.data.distributed import DistributedSampler
 from trainlint_export import ExportError, ExportWarning, export
 
 TRAINLINT = os.environ.get("TRAINLINT")
+# The format of the folders the binary audits: TorchScript, since the trainlint of this checkout does not
+# read the exporter's model.pt2 yet (issue 25; test_pt2.Pt2Audited is skipped until it does). "auto"
+# once it does.
+AUDITED = "torchscript"
 
 
 def audit(folder, *args):
@@ -94,7 +98,7 @@ class SetupFromObjects(Tmp):
         for shuffle in (False, True):
             out = self.tmp / f"shuffle-{shuffle}"
             export(Mlp(), DataLoader(ds, batch_size=16, shuffle=shuffle), out, nn.CrossEntropyLoss(),
-                   torch.optim.SGD(Mlp().parameters(), lr=0.01))
+                   torch.optim.SGD(Mlp().parameters(), lr=0.01), format=AUDITED)
             setup = read_setup(out)["setup"]
             self.assertIs(setup["shuffle"], shuffle)
             self.assertEqual(setup["batch_size"], 16)
@@ -114,7 +118,8 @@ class SetupFromObjects(Tmp):
     def test_sgd_momentum_and_weight_decay(self):
         model = Mlp()
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.7, weight_decay=5e-4)
-        export(model, DataLoader(classification_data(), batch_size=12), self.tmp, nn.CrossEntropyLoss(), opt)
+        export(model, DataLoader(classification_data(), batch_size=12), self.tmp, nn.CrossEntropyLoss(), opt,
+               format=AUDITED)
         setup = read_setup(self.tmp)["setup"]
         self.assertEqual(
             {k: setup[k] for k in ("optimizer", "lr", "momentum", "weight_decay", "batch_size", "shuffle")},
@@ -136,7 +141,7 @@ class SetupFromObjects(Tmp):
             model = Mlp()
             out = self.tmp / name
             export(model, DataLoader(classification_data(), batch_size=8, shuffle=True), out,
-                   nn.CrossEntropyLoss(), cls(model.parameters(), lr=3e-4, weight_decay=0.01))
+                   nn.CrossEntropyLoss(), cls(model.parameters(), lr=3e-4, weight_decay=0.01), format=AUDITED)
             setup = read_setup(out)["setup"]
             self.assertEqual((setup["optimizer"], setup["lr"], setup["weight_decay"]), (name, 3e-4, 0.01))
             self.assertNotIn("momentum", setup)  # trainlint's momentum is SGD's
@@ -173,7 +178,8 @@ class SetupFromObjects(Tmp):
             with self.subTest(loss=name):
                 out = self.tmp / name
                 opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-                export(model, DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True), out, loss_fn, opt)
+                export(model, DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True), out, loss_fn, opt,
+                       format=AUDITED)
                 setup = read_setup(out)["setup"]
                 self.assertEqual((setup["loss"], setup["task"]), (name, task))
                 code, report = audit(out)
@@ -198,7 +204,7 @@ class SetupFromObjects(Tmp):
         ds = TensorDataset(images, images.clone())
         model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1))
         loader = DataLoader(ds, batch_size=6, shuffle=True, generator=torch.Generator().manual_seed(3))
-        export(model, loader, self.tmp, nn.MSELoss(), torch.optim.Adam(model.parameters()), samples=20)
+        export(model, loader, self.tmp, nn.MSELoss(), torch.optim.Adam(model.parameters()), samples=20, format=AUDITED)
         data = np.load(self.tmp / "data.npz")
         self.assertEqual(data["inputs"].shape, (20, 1, 8, 8))
         self.assertEqual(data["inputs"].dtype, np.float32)
@@ -228,7 +234,8 @@ class Batches(Tmp):
         self.assertEqual((data["inputs"].shape, data["targets"].dtype), ((32, 8), np.int64))
         with self.assertRaisesRegex(ExportError, r"keys \['img', 'cls', 'id'\].*inputs=\"key\""):
             export(Mlp(), DataLoader(Dicts(("img", "cls")), batch_size=4), self.tmp / "b")
-        export(Mlp(), DataLoader(Dicts(("img", "cls")), batch_size=4), self.tmp / "b", inputs="img", targets="cls")
+        export(Mlp(), DataLoader(Dicts(("img", "cls")), batch_size=4), self.tmp / "b", inputs="img", targets="cls",
+               format=AUDITED)
         self.assertEqual(read_setup(self.tmp / "b")["setup"]["task"], "classification")
         audit(self.tmp / "b", "--select", "output-range")
 
@@ -237,7 +244,7 @@ class Batches(Tmp):
         model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1))
         with self.assertRaisesRegex(ExportError, "inputs only.*targets=lambda batch: batch"):
             export(model, DataLoader(images, batch_size=8), self.tmp)
-        export(model, DataLoader(images, batch_size=8), self.tmp, nn.MSELoss(), targets=lambda b: b)
+        export(model, DataLoader(images, batch_size=8), self.tmp, nn.MSELoss(), targets=lambda b: b, format=AUDITED)
         data = np.load(self.tmp / "data.npz")
         np.testing.assert_array_equal(data["inputs"], data["targets"])
         self.assertEqual(read_setup(self.tmp)["setup"]["task"], "image-to-image")
@@ -257,7 +264,8 @@ class Export(Tmp):
         model = Mlp(bn=True).eval()
         before = {k: v.clone() for k, v in model.state_dict().items()}
         rng = torch.random.get_rng_state()
-        audit_dir = export(model, DataLoader(classification_data(), batch_size=8, shuffle=True), self.tmp)
+        audit_dir = export(model, DataLoader(classification_data(), batch_size=8, shuffle=True), self.tmp,
+                           format="torchscript")
         self.assertEqual(audit_dir.exported_with, "script")
         self.assertFalse(model.training)  # the user's module keeps its mode
         for k, v in model.state_dict().items():
@@ -280,7 +288,8 @@ class Export(Tmp):
         model = Unscriptable()
         running = model.bn.running_mean.clone()
         with self.assertWarnsRegex(ExportWarning, "torch.jit.trace in train mode.*frozen") as w:
-            result = export(model, DataLoader(classification_data(), batch_size=8), self.tmp, nn.CrossEntropyLoss())
+            result = export(model, DataLoader(classification_data(), batch_size=8), self.tmp, nn.CrossEntropyLoss(),
+                            format="torchscript")
         # The reason is the error's first line without the ':' that introduced TorchScript's excerpt.
         self.assertIn("(Dict expansion (e.g. `{**dict}`) is not supported); exported", str(w.warning))
         self.assertEqual(result.exported_with, "trace")
@@ -294,13 +303,13 @@ class Export(Tmp):
     def test_torchscript_deprecation_is_not_shown_to_the_user(self):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            export(Mlp(), DataLoader(classification_data(), batch_size=8), self.tmp)
+            export(Mlp(), DataLoader(classification_data(), batch_size=8), self.tmp, format="torchscript")
         shown = [str(w.message) for w in caught if "deprecated" in str(w.message)]
         self.assertEqual(shown, [])
         # From 2.9 on it is logged instead, for whoever wants to know (logging's INFO level).
         if tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 9):
             with self.assertLogs("trainlint_export", level="INFO") as logged:
-                export(Mlp(), DataLoader(classification_data(), batch_size=8), self.tmp)
+                export(Mlp(), DataLoader(classification_data(), batch_size=8), self.tmp, format="torchscript")
             self.assertRegex("\n".join(logged.output), "torch.jit.script. is deprecated")
 
     def test_refusals_are_clear(self):
@@ -362,7 +371,7 @@ class LossLog(Tmp):
         loss_fn = nn.CrossEntropyLoss()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
-        audit_dir = export(model, loader, self.tmp, loss_fn=loss_fn, optimizer=optimizer)
+        audit_dir = export(model, loader, self.tmp, loss_fn=loss_fn, optimizer=optimizer, format=AUDITED)
         step = 0
         for epoch in range(4):
             for xb, yb in loader:
@@ -466,7 +475,7 @@ class LightningCallback(Tmp):
             def configure_optimizers(self):
                 return torch.optim.SGD(self.parameters(), lr=0.03, momentum=0.5, weight_decay=1e-3)
 
-        callback = TrainlintCallback(self.tmp, samples=64)
+        callback = TrainlintCallback(self.tmp, samples=64, format=AUDITED)
         trainer = pl.Trainer(max_steps=10, accelerator="cpu", logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
         trainer.fit(Module(), DataLoader(classification_data(), batch_size=8, shuffle=True))
@@ -517,7 +526,7 @@ class HuggingFaceCallback(Tmp):
         args = TrainingArguments(output_dir=str(self.tmp / "hf"), max_steps=6, per_device_train_batch_size=8,
                                  learning_rate=2e-3, weight_decay=0.01, logging_steps=1, report_to=[],
                                  save_strategy="no", use_cpu=True, disable_tqdm=True)
-        callback = TrainlintCallback(self.tmp / "audit", loss_fn=nn.CrossEntropyLoss(), output="logits")
+        callback = TrainlintCallback(self.tmp / "audit", loss_fn=nn.CrossEntropyLoss(), output="logits", format=AUDITED)
         Trainer(model=Classifier(), args=args, train_dataset=Examples(), callbacks=[callback]).train()
         config = read_setup(self.tmp / "audit")
         setup = config["setup"]

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from test_export import REQUIRE, Mlp, Tmp, audit, checks, classification_data, installed, read_setup
+from test_export import AUDITED, REQUIRE, Mlp, Tmp, audit, checks, classification_data, installed, read_setup
 from trainlint_export import ExportError, ExportWarning, export
 
 
@@ -66,7 +66,7 @@ class ScriptOrSaveFailsFallsBackToTrace(Tmp):
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         with self.assertWarnsRegex(ExportWarning, "torch.jit.trace in train mode") as w:
             result = export(model, DataLoader(classification_data(), batch_size=8, shuffle=True), self.tmp / "audit",
-                            nn.CrossEntropyLoss(), opt)
+                            nn.CrossEntropyLoss(), opt, format="torchscript")
         self.assertEqual(result.exported_with, "trace")
         # Item 13: the reason is the error's first line, without the ':' that introduced its excerpt.
         self.assertNotRegex(str(w.warning), r":\)")
@@ -103,7 +103,7 @@ class ScriptOrSaveFailsFallsBackToTrace(Tmp):
         with mock.patch.object(torch.jit.ScriptModule, "save", side_effect=full), \
                 mock.patch.object(torch.jit.RecursiveScriptModule, "save", side_effect=full):
             with self.assertRaisesRegex(ExportError, r"script failed \(.*No space left.*trace failed \(.*No space left"):
-                export(Mlp(), DataLoader(classification_data(), batch_size=8), self.tmp / "audit")
+                export(Mlp(), DataLoader(classification_data(), batch_size=8), self.tmp / "audit", format="torchscript")
         self.assertEqual(os.listdir(self.tmp), [])
 
 
@@ -116,7 +116,7 @@ class WarmupSchedules(Tmp):
         opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, s / 100))
         self.assertEqual(opt.param_groups[0]["lr"], 0.0)
-        export(model, self.loader(), self.tmp, nn.CrossEntropyLoss(), opt)
+        export(model, self.loader(), self.tmp, nn.CrossEntropyLoss(), opt, format=AUDITED)
         self.assertEqual(read_setup(self.tmp)["setup"]["lr"], 3e-4)
         self.assertRegex(config_text(self.tmp), r"# lr = 0.0003: the peak of the lr schedule.*initial_lr.*was 0")
         audit(self.tmp, "--select", "output-range")
@@ -170,7 +170,7 @@ class ReadmeLoops(Tmp):
         loss_fn = nn.CrossEntropyLoss()
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         audit_dir = export(model, loader, self.tmp / "audit", loss_fn=loss_fn, optimizer=opt,
-                           log=self.tmp / "logs" / "train_loss.csv")
+                           log=self.tmp / "logs" / "train_loss.csv", format=AUDITED)
         with self.assertWarnsRegex(ExportWarning, "step 0 does not follow step 5; logged as step 6"):
             for epoch in range(3):
                 for step, (x, y) in enumerate(loader):
@@ -255,7 +255,8 @@ class ModelsAsTheyTrain(Tmp):
     def test_a_bf16_model_is_exported_as_a_float32_copy(self):
         model = Mlp().to(torch.bfloat16)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        export(model, DataLoader(classification_data(), batch_size=8), self.tmp, nn.CrossEntropyLoss(), opt)
+        export(model, DataLoader(classification_data(), batch_size=8), self.tmp, nn.CrossEntropyLoss(), opt,
+               format="torchscript")
         self.assertEqual(model.fc1.weight.dtype, torch.bfloat16)  # the user's model is untouched
         loaded = torch.jit.load(str(self.tmp / "model.pt"))
         self.assertEqual(loaded.fc1.weight.dtype, torch.float32)
@@ -271,12 +272,15 @@ class ModelsAsTheyTrain(Tmp):
         with warnings.catch_warnings():
             warnings.simplefilter("error", ExportWarning)
             export(Mlp(bn=True), DataLoader(classification_data(), batch_size=8), self.tmp / "train")
-        self.assertNotIn("eval mode", config_text(self.tmp / "train"))
+        self.assertNotIn("was in eval mode", config_text(self.tmp / "train"))
 
     def test_the_output_check_accepts_batchnorm_with_batches_of_one(self):
         # The check runs the saved model; BatchNorm in train mode refuses one sample, eval mode does not.
+        # torch.export is given two samples (it would make a batch dim of 1 a constant).
         model = nn.Sequential(nn.Linear(8, 4), nn.BatchNorm1d(4), nn.Linear(4, 3))
-        self.assertEqual(export(model, DataLoader(classification_data(), batch_size=1), self.tmp).exported_with, "script")
+        loader = DataLoader(classification_data(), batch_size=1)
+        self.assertEqual(export(model, loader, self.tmp / "ts", format="torchscript").exported_with, "script")
+        self.assertEqual(export(model, loader, self.tmp / "pt2").exported_with, "export")
 
     def test_output_is_checked_against_what_forward_returns(self):
         class Pair(nn.Module):
@@ -299,7 +303,8 @@ class ModelsAsTheyTrain(Tmp):
         with self.assertRaisesRegex(ExportError, r"output='scores': forward returns a dict.*\['logits'\]"):
             export(Named(), loader, self.tmp / "b", output="scores")
         export(Named(), loader, self.tmp / "b", output="logits")
-        self.assertEqual(read_setup(self.tmp / "b")["model"]["output"], "logits")
+        # A forward that returns a tuple or dict is TorchScript (a .pt2 that trainlint runs returns one tensor).
+        self.assertEqual(read_setup(self.tmp / "b")["model"], {"path": "model.pt", "output": "logits"})
         audit(self.tmp / "a", "--select", "output-range")
         audit(self.tmp / "b", "--select", "output-range")
 
@@ -363,7 +368,7 @@ class Cosmetics(Tmp):
             export(model, DataLoader(classification_data(), batch_size=8), self.tmp / "audit", optimizer=opt)
         finally:
             os.umask(old)
-        for name in ("model.pt", "data.npz", "trainlint.toml"):
+        for name in ("model.pt2", "data.npz", "trainlint.toml"):
             self.assertEqual(stat.S_IMODE(os.stat(self.tmp / "audit" / name).st_mode), 0o644, name)
         self.assertEqual(stat.S_IMODE(os.stat(self.tmp / "audit").st_mode), 0o755)
         self.assertIn("\nlr = 0.2\n", config_text(self.tmp / "audit"))
@@ -473,7 +478,7 @@ class LightningScripts(Tmp):
         callback = TrainlintCallback(self.tmp)
         with self.assertWarnsRegex(ExportWarning, "exported TwoStage.forward, which may not be what trains.*several modules .self.head, self.backbone."):
             fit(pl, TwoStage(), callback, DataLoader(classification_data(), batch_size=8))
-        self.assertRegex(config_text(self.tmp), r"# model.pt: TwoStage.forward, which may not be what trains")
+        self.assertRegex(config_text(self.tmp), r"# exported: TwoStage.forward, which may not be what trains")
 
     def test_the_training_path_is_audited_not_the_inference_forward(self):
         pl = lightning()
@@ -496,7 +501,7 @@ class LightningScripts(Tmp):
             def configure_optimizers(self):
                 return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
 
-        callback = TrainlintCallback(self.tmp)
+        callback = TrainlintCallback(self.tmp, format=AUDITED)
         fit(pl, Module(), callback, DataLoader(classification_data(), batch_size=8, shuffle=True))
         code, report = audit(self.tmp, "--select", "double-activation")
         self.assertEqual(checks(report)["double-activation"]["status"], "passed", report)
@@ -540,7 +545,7 @@ class HuggingFaceScripts(Tmp):
         from trainlint_export.huggingface import TrainlintCallback
 
         model = self.tiny_bert()
-        callback = TrainlintCallback(self.tmp / "audit", loss_fn=nn.CrossEntropyLoss())
+        callback = TrainlintCallback(self.tmp / "audit", loss_fn=nn.CrossEntropyLoss(), format="torchscript")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             Trainer(model=model, args=self.args(warmup_steps=2), train_dataset=self.dataset(),

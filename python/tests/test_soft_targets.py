@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from test_export import Mlp, Tmp, audit, checks, kinds, read_setup
+from test_export import AUDITED, Mlp, Tmp, audit, checks, kinds, read_setup
 from trainlint_export import ExportWarning, export
 from trainlint_export._setup import task_of
 
@@ -45,7 +45,7 @@ class SoftTargets(Tmp):
                 with warnings.catch_warnings():
                     warnings.simplefilter("error", ExportWarning)
                     export(model, DataLoader(soft_data(kind), batch_size=16, shuffle=True), out,
-                           nn.CrossEntropyLoss(), opt)
+                           nn.CrossEntropyLoss(), opt, format=AUDITED)
                 setup = read_setup(out)["setup"]
                 self.assertEqual((setup["task"], setup["loss"]), ("classification", "cross_entropy"))
                 code, report = audit(out)
@@ -70,7 +70,7 @@ class SoftTargets(Tmp):
         self.assertEqual(read_setup(self.tmp / "mse")["setup"]["task"], "regression")
         with self.assertWarnsRegex(ExportWarning, "class probabilities, but a sample's probabilities sum to"):
             export(Mlp(), DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True), self.tmp / "ce",
-                   nn.CrossEntropyLoss())
+                   nn.CrossEntropyLoss(), format=AUDITED)
         setup = read_setup(self.tmp / "ce")["setup"]
         self.assertEqual((setup["task"], setup["loss"]), ("classification", "cross_entropy"))
         code, report = audit(self.tmp / "ce")

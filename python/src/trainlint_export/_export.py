@@ -1,15 +1,20 @@
-"""export(): model.pt, data.npz and trainlint.toml from the live objects, without changing them."""
+"""export(): model.pt2 (or model.pt), data.npz and trainlint.toml from the live objects, without changing them."""
 from __future__ import annotations
 
 import contextlib
 import copy
+import io
+import json
 import logging
 import math
 import os
 import random
 import secrets
 import shutil
+import struct
 import warnings
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +41,8 @@ def _torchscript_quietly(collected: list):
     """Recent PyTorch warns that torch.jit.script / trace are deprecated. That is a note for trainlint
     (which needs TorchScript, see the README's "TorchScript's future"), not something the user did
     wrong, so the warning is logged here instead of pointing at the user's code. Tracer warnings are
-    kept, to be named in the trace fallback's own warning."""
+    kept, to be named in the trace fallback's own warning. Other warnings (torch.export's too, which
+    wraps its runs in this) are shown as they would have been; the user's filters are not changed."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
@@ -156,8 +162,19 @@ def _first_line(e: BaseException) -> str:
     return line.strip().rstrip(":").strip()[:300]
 
 
-def _work_copy(model: torch.nn.Module, notes: list, warn_eval: bool) -> torch.nn.Module:
-    """A float32 CPU copy in train mode; the user's model (its mode, dtype and device) is not touched."""
+def _warn_if_eval(model: torch.nn.Module, warn_eval: bool) -> None:
+    if warn_eval and not model.training:
+        warnings.warn(
+            f"{type(model).__name__} is in eval mode: exported in train mode (dropout and BatchNorm as they train); "
+            f"your model is left in eval mode, so call model.train() before training if that is not intended",
+            ExportWarning,
+            stacklevel=5,
+        )
+
+
+def _work_copy(model: torch.nn.Module, notes: list, warn_eval: bool, file_name: str = "model.pt") -> torch.nn.Module:
+    """A float32 CPU copy in train mode; the user's model (its mode, dtype and device) is not touched.
+    `file_name` is the file the notes name."""
     try:
         work = copy.deepcopy(model).cpu()
     except Exception as e:  # noqa: BLE001 - any failure to copy is the user's module's
@@ -167,16 +184,10 @@ def _work_copy(model: torch.nn.Module, notes: list, warn_eval: bool) -> torch.nn
     if dtypes:
         # trainlint feeds float32 inputs; a bf16 / fp16 module would fail on its first matmul.
         work = work.float()
-        notes.append(("model", f"model.pt is a float32 copy: the model trains in {', '.join(dtypes)}"))
+        notes.append(("model", f"{file_name} is a float32 copy: the model trains in {', '.join(dtypes)}"))
     if not model.training:
-        notes.append(("model", "the model was in eval mode at export; model.pt is in train mode, as trainlint audits training"))
-        if warn_eval:
-            warnings.warn(
-                f"{type(model).__name__} is in eval mode: exported in train mode (dropout and BatchNorm as they train); "
-                f"your model is left in eval mode, so call model.train() before training if that is not intended",
-                ExportWarning,
-                stacklevel=5,
-            )
+        notes.append(("model", f"the model was in eval mode at export; {file_name} is in train mode, as trainlint "
+                               f"audits training"))
     # Each module keeps its own flag: a submodule the user froze in eval mode stays so (trainlint's
     # stale-batchnorm reports it); the rest is exported as it trains. Where a trainer switches the whole
     # model to train mode after this (Hugging Face's), every module is.
@@ -233,9 +244,209 @@ def _script_or_trace(model: torch.nn.Module, example: torch.Tensor, path: Path, 
     message = TRACE_WARNING.format(model=type(model).__name__, reason=reason)
     if tracer_notes:
         message += f" The tracer also warned: {'; '.join(dict.fromkeys(tracer_notes))}"
-    warnings.warn(message, ExportWarning, stacklevel=4)
+    warnings.warn(message, ExportWarning, stacklevel=5)
     notes.append(("model", f"traced, not scripted (torch.jit.script failed: {reason})"))
     return "trace"
+
+
+FORMATS = ("auto", "pt2", "torchscript")
+
+
+class Pt2Unsuitable(Exception):
+    """torch.export cannot write this model as trainlint reads a .pt2; the message says why. In
+    format="auto" the export falls back to TorchScript with this reason as a note."""
+
+
+def _pt2_tools():
+    """torch.export.export and the archive writer of torch.export.save (package_pt2), or Pt2Unsuitable
+    when this PyTorch has no such thing (before 2.8 or so)."""
+    export_fn = getattr(getattr(torch, "export", None), "export", None)
+    try:
+        from torch.export.pt2_archive._package import package_pt2  # noqa: PLC0415 - absent from older torch
+    except ImportError:
+        package_pt2 = None
+    if export_fn is None or package_pt2 is None or not hasattr(torch.export, "Dim"):
+        raise Pt2Unsuitable(f"this PyTorch ({torch.__version__}) has no torch.export.pt2_archive package_pt2")
+    return export_fn, package_pt2
+
+
+class _TorchLogsToDebug(logging.Filter):
+    """Drops PyTorch's own log records and repeats them on this package's logger at DEBUG: when
+    torch.export gives up (on data-dependent control flow, say) it logs warnings and errors that the
+    fallback to TorchScript and its note in trainlint.toml already handle. Other records pass, and so
+    does PyTorch's structured trace (torch.__trace, written where TORCH_TRACE asks)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (record.name == "torch" or record.name.startswith("torch.")) or record.name.startswith("torch.__trace"):
+            return True
+        with contextlib.suppress(Exception):
+            log.debug("PyTorch (%s): %s", record.name, record.getMessage())
+        return False
+
+
+@contextlib.contextmanager
+def _torch_logs_quietly(stderr: bool = False):
+    """torch.export's log lines go to DEBUG while it runs (see _TorchLogsToDebug): a filter on the
+    handlers that PyTorch's loggers and the root logger write to, removed afterwards; the loggers, their
+    levels and the user's handlers are otherwise left as they are. With `stderr`, what is printed to
+    sys.stderr meanwhile (torch.export prints the partial graph of an export that failed) goes to DEBUG
+    too."""
+    quiet = _TorchLogsToDebug()
+    loggers = [logging.getLogger()] + [
+        lg for name, lg in list(logging.Logger.manager.loggerDict.items())
+        if isinstance(lg, logging.Logger) and (name == "torch" or name.startswith("torch."))
+    ]
+    handlers = list({id(h): h for lg in loggers for h in lg.handlers}.values())
+    for h in handlers:
+        h.addFilter(quiet)
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(printed) if stderr else contextlib.nullcontext():
+            yield
+    finally:
+        for h in handlers:
+            h.removeFilter(quiet)
+        if printed.getvalue().strip():
+            log.debug("PyTorch printed: %s", printed.getvalue().strip())
+
+
+def _module_table(model: torch.nn.Module, work: torch.nn.Module, warn_eval: bool) -> list:
+    """trainlint.json's "modules": every module of the work copy, in named_modules() order, with the
+    training flag the user's model had at export. Where the trainer switches the whole model to train mode
+    after the export (warn_eval False: Hugging Face's Trainer), every module trains, so every flag is true."""
+    user = {name: m.training for name, m in model.named_modules()}
+    return [
+        {"path": name, "kind": type(m).__name__, "training": True if not warn_eval else user.get(name, m.training)}
+        for name, m in work.named_modules()
+    ]
+
+
+def _export_example(example: torch.Tensor, x: np.ndarray) -> torch.Tensor:
+    """Two samples to export with: torch.export specialises a batch dim of size 1 to a constant, and the
+    example is stored in the archive (data/sample_inputs), so it is kept small."""
+    two = torch.from_numpy(x[:2]) if len(x) >= 2 else torch.cat([example[:1]] * 2)
+    return two.float() if two.dtype == torch.uint8 else two
+
+
+def _export_reason(e: BaseException) -> str:
+    """_first_line, but for torch.export's "Constraints violated (batch)!" the line under it that says what
+    the code did ("You marked batch as dynamic but your code specialized it to be a constant (8)")."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Constraints violated"):
+        detail = next((line for line in lines[1:] if line.startswith("- ")), None)
+        if detail:
+            return f"{lines[0].split('!')[0]}: {detail[2:].split('. ')[0]}"[:300]
+    return _first_line(e)
+
+
+def _export_pt2(model: torch.nn.Module, example: torch.Tensor, path: Path, notes: list, warn_eval: bool) -> None:
+    """Writes model.pt2, the programs of a float32 CPU copy with the batch dim dynamic (min 1): "model"
+    with every module in train mode, "eval" with every module in eval mode and, only when the user's
+    modules' flags differ (a BatchNorm frozen in eval mode inside a model that trains), "as_saved" with
+    each module's flag as the user left it; and extra/trainlint.json, each module's path, type and
+    training flag at export. Raises Pt2Unsuitable when torch.export cannot export a program. Never
+    run_decompositions(): trainlint trains the training IR as exported."""
+    export_fn, package_pt2 = _pt2_tools()
+    work = _work_copy(model, notes, warn_eval, "model.pt2")
+    table = _module_table(model, work, warn_eval)
+    flags = [entry["training"] for entry in table]
+    modules = [m for _, m in work.named_modules()]
+    dynamic = ({0: torch.export.Dim("batch", min=1)},)
+
+    def program(name: str):
+        try:
+            # Grad mode on: the programs are trained; a user's no_grad around export() must not leak in.
+            with torch.enable_grad(), _torch_logs_quietly(stderr=True):
+                return export_fn(work, (example,), dynamic_shapes=dynamic)
+        except Exception as e:  # noqa: BLE001 - torch.export raises many types
+            raise Pt2Unsuitable(f"torch.export failed on the {name!r} program: {_export_reason(e)}") from e
+
+    programs = {}
+    with _torchscript_quietly([]), _torch_logs_quietly():
+        work.train()
+        programs["model"] = program("model")
+        work.eval()
+        programs["eval"] = program("eval")
+        if len(set(flags)) > 1:
+            for m, training in zip(modules, flags):
+                m.training = training
+            programs["as_saved"] = program("as_saved")
+        meta = {"version": 1, "modules": table}
+        try:
+            package_pt2(str(path), exported_programs=programs, extra_files={"trainlint.json": json.dumps(meta)})
+        except OSError:
+            raise  # a full disk is the folder's error (an ExportError that names it), not torch.export's
+        except Exception as e:  # noqa: BLE001 - a program the archive writer cannot serialise
+            raise Pt2Unsuitable(f"torch.export's archive writer failed: {_first_line(e)}") from e
+    _zero_serialization_id(path)
+    frozen = sum(1 for f in flags if not f)
+    described = ['"model" (every module in train mode)', '"eval" (every module in eval mode)']
+    if "as_saved" in programs:
+        described.append(f'"as_saved" (each module in its mode at export: {frozen} of {len(flags)} in eval mode)')
+    notes.append(("model", f"model.pt2: torch.export programs {', '.join(described)}, batch dim dynamic; "
+                           f"extra/trainlint.json lists each module's training flag at export"))
+
+
+def _zero_serialization_id(path: Path) -> None:
+    """Replaces the random 40-digit `.data/serialization_id` torch.export's archive writer puts in every
+    file by zeros, with its CRC-32 in the data descriptor and the central directory, so that the same
+    model writes the same bytes. Left as written when the member is not the stored, described layout
+    torch writes (the file is valid either way)."""
+    with zipfile.ZipFile(path) as z:
+        info = next((i for i in z.infolist() if i.filename.endswith(".data/serialization_id")), None)
+        central = z.start_dir
+    if info is None or info.compress_type != zipfile.ZIP_STORED or not 0 < info.file_size <= 64:
+        return
+    new = b"0" * info.file_size
+    crc = struct.pack("<I", zlib.crc32(new))
+    name = info.filename.encode()
+    with open(path, "r+b") as f:
+        f.seek(info.header_offset)
+        header = f.read(30)
+        if header[:4] != b"PK\x03\x04":
+            return
+        name_len, extra_len = struct.unpack_from("<HH", header, 26)
+        start = info.header_offset + 30 + name_len + extra_len
+        if info.flag_bits & 0x8:
+            # Bit 3 (torch sets it): the CRC is in a data descriptor after the data, with or without its
+            # optional signature; the local header's is 0.
+            f.seek(start + info.file_size)
+            crc_at = start + info.file_size + (4 if f.read(4) == b"PK\x07\x08" else 0)
+        else:
+            crc_at = info.header_offset + 14
+        f.seek(central)
+        directory = f.read()
+        entry = directory.find(b"PK\x01\x02")
+        while entry != -1:
+            entry_name_len = struct.unpack_from("<H", directory, entry + 28)[0]
+            if directory[entry + 46:entry + 46 + entry_name_len] == name:
+                break
+            entry = directory.find(b"PK\x01\x02", entry + 4)
+        if entry == -1:
+            return
+        f.seek(start)
+        f.write(new)
+        f.seek(crc_at)
+        f.write(crc)
+        f.seek(central + entry + 16)
+        f.write(crc)
+
+
+def _checked_output_pt2(path: Path, example: torch.Tensor, output) -> None:
+    """_checked_output for model.pt2: runs the written "model" program on the example batch, as trainlint
+    will. trainlint runs a .pt2 program whose forward returns one tensor (it refuses `[model] output` for
+    one), so a tuple or dict is Pt2Unsuitable: format="auto" writes TorchScript, where `output` selects."""
+    try:
+        with _torchscript_quietly([]), _torch_logs_quietly(), torch.no_grad():
+            result = torch.export.load(str(path)).module()(example.cpu())
+    except Exception as e:  # noqa: BLE001
+        raise Pt2Unsuitable(f"the exported program fails on a batch of the loader's inputs ({_first_line(e)})") from e
+    if not isinstance(result, torch.Tensor):
+        raise Pt2Unsuitable(
+            f"forward returns a {type(result).__name__}, and trainlint runs a .pt2 program that returns one tensor "
+            f"(the prediction)"
+        )
+    _selected_output(result, output)  # warns that `output` is ignored
 
 
 def _checked_output(path: Path, example: torch.Tensor, output):
@@ -254,9 +465,15 @@ def _checked_output(path: Path, example: torch.Tensor, output):
             f"the exported model fails on a batch of the loader's inputs of shape {tuple(example.shape)} "
             f"({_first_line(e)}); check inputs= (which entry of a batch forward takes)"
         ) from e
+    return _selected_output(result, output)
+
+
+def _selected_output(result, output):
+    """Checks that `output` names a tensor in what forward returned: an index for a tuple or list, a key
+    for a dict. Returns it (the default: the first entry), or None when forward returns one tensor."""
     if isinstance(result, torch.Tensor):
         if output is not None:
-            warnings.warn(f"output={output!r} is ignored: forward returns one tensor", ExportWarning, stacklevel=4)
+            warnings.warn(f"output={output!r} is ignored: forward returns one tensor", ExportWarning, stacklevel=6)
             output = None
         return None
     if isinstance(result, (tuple, list)):
@@ -308,7 +525,8 @@ def short_float(v: float) -> str:
 class Audit:
     """The folder `export` wrote. `log_step(step, loss, **terms)` appends to its loss log; the first
     row adds the `[log]` table to its trainlint.toml. Nothing it does raises into the training loop:
-    a step it cannot record is warned about (once per reason) and counted in `lost_steps`."""
+    a step it cannot record is warned about (once per reason) and counted in `lost_steps`.
+    `exported_with`: "export" (model.pt2, torch.export), "script" or "trace" (model.pt, TorchScript)."""
 
     def __init__(self, out_dir: Path, config: dict, log_path: Path | None, how: str, notes: list | None = None):
         self.out_dir = out_dir
@@ -392,11 +610,18 @@ def export(
     output=None,
     scheduler=None,
     total_steps: int | None = None,
+    format: str = "auto",  # noqa: A002 - the user's word for it
 ) -> Audit:
     """Write a trainlint audit folder for this model, loader, loss and optimizer.
 
-    - model.pt: `torch.jit.script` of a float32 CPU copy in train mode (`torch.jit.trace` in train mode
-      when scripting or saving fails, with an ExportWarning naming what tracing freezes).
+    - model.pt2: `torch.export` programs of a float32 CPU copy, batch dim dynamic: "model" with every
+      module in train mode, "eval" with every module in eval mode, and "as_saved" with each module's own
+      flag when the model's modules differ (a BatchNorm frozen in eval mode); extra/trainlint.json lists
+      every module's path, type and training flag at export.
+    - model.pt instead, when torch.export cannot export the model (data-dependent control flow, a forward
+      that returns a tuple or dict, a PyTorch without it): `torch.jit.script` of the copy in train mode
+      (`torch.jit.trace` in train mode when scripting or saving fails, with an ExportWarning naming what
+      tracing freezes), and a note in trainlint.toml that says why.
     - data.npz: `inputs` and `targets`, the first `samples` samples in the order the loader yields them.
     - trainlint.toml: [model], [data] and [setup] read from the objects, with a comment where what is
       written differs from the live objects (the peak lr of a warmup, a cast, a model in eval mode).
@@ -408,6 +633,8 @@ def export(
     `output` names the prediction when forward returns a tuple (an index) or a dict (a key), checked on
     a batch. `scheduler` (and `total_steps`, the run's length) help find the peak lr of a schedule; the
     param groups' `initial_lr` / `max_lr` are read without them.
+    `format`: "auto" (model.pt2, else model.pt), "pt2" (model.pt2 or an ExportError that says why
+    torch.export failed) or "torchscript" (model.pt only, without trying torch.export).
     `log`: None or True writes the loss log to out_dir/loss.csv through `Audit.log_step`, a path puts it
     there (its folder is created), False writes none. The model, loader and random generators are left
     as they were. A refusal (ExportError) or a failure leaves no folder behind: the files are written
@@ -415,12 +642,38 @@ def export(
     """
     return write_audit(model, loader, out_dir, loss_fn=loss_fn, optimizer=optimizer, samples=samples, log=log,
                        inputs=inputs, targets=targets, shuffle=shuffle, temporal=temporal, task=task, output=output,
-                       scheduler=scheduler, total_steps=total_steps)
+                       scheduler=scheduler, total_steps=total_steps, format=format)
+
+
+def _export_model(model, example, x, stage: Path, notes: list, warn_eval: bool, output, format: str):  # noqa: A002
+    """Writes model.pt2 (format "auto" or "pt2") or model.pt (format "torchscript", or "auto" when
+    torch.export cannot: the reason becomes a note). Returns how it was exported ("export", "script",
+    "trace"), the file's name and the `[model] output` to write."""
+    _warn_if_eval(model, warn_eval)
+    first_try = list(notes)
+    if format != "torchscript":
+        path = stage / "model.pt2"
+        try:
+            _export_pt2(model, _export_example(example, x), path, first_try, warn_eval)
+            _checked_output_pt2(path, example, output)
+            notes[:] = first_try
+            return "export", "model.pt2", None
+        except Pt2Unsuitable as e:
+            path.unlink(missing_ok=True)
+            if format == "pt2":
+                raise ExportError(
+                    f"cannot export {type(model).__name__} as a .pt2: {e}; pass format=\"auto\" to fall back to "
+                    f"TorchScript (model.pt) or format=\"torchscript\""
+                ) from e
+            log.info("trainlint-export: %s; writing TorchScript (model.pt) instead", e)
+            notes.append(("model", f"model.pt is TorchScript, not a .pt2: {e}"))
+    how = _script_or_trace(model, example, stage / "model.pt", notes, warn_eval)
+    return how, "model.pt", _checked_output(stage / "model.pt", example, output)
 
 
 def write_audit(model, loader, out_dir, *, loss_fn=None, optimizer=None, samples=256, log=None, inputs=None,
                 targets=None, shuffle=None, temporal=None, task=None, output=None, scheduler=None,
-                total_steps=None, notes=(), warn_eval=True) -> Audit:
+                total_steps=None, notes=(), warn_eval=True, format="auto") -> Audit:  # noqa: A002
     """export() with what the callbacks add: `notes` ((table, text) comment lines for trainlint.toml)
     and `warn_eval` (False where the trainer switches the whole model to train mode itself: no warning
     for a model in eval mode, and every submodule is exported in train mode)."""
@@ -438,6 +691,8 @@ def write_audit(model, loader, out_dir, *, loss_fn=None, optimizer=None, samples
         raise ExportError(f"output={output!r}: name the prediction by index (tuple) or key (dict)")
     if task is not None and task not in _setup.TASKS:
         raise ExportError(f"task={task!r}; use one of {', '.join(_setup.TASKS)}")
+    if format not in FORMATS:
+        raise ExportError(f"format={format!r}; use one of {', '.join(map(repr, FORMATS))}")
     model = _unwrap(model)
     notes = list(notes)
     out = Path(out_dir)
@@ -475,8 +730,7 @@ def write_audit(model, loader, out_dir, *, loss_fn=None, optimizer=None, samples
             example = torch.from_numpy(x[: max(1, min(len(x), setup.get("batch_size", 1)))])
             if example.dtype == torch.uint8:
                 example = example.float()
-            how = _script_or_trace(model, example, stage / "model.pt", notes, warn_eval)
-            output = _checked_output(stage / "model.pt", example, output)
+            how, model_file, output = _export_model(model, example, x, stage, notes, warn_eval, output, format)
         setup["task"] = task or _setup.task_of(torch.from_numpy(x), torch.from_numpy(y), loss)
         if loss is not None:
             setup["loss"] = loss
@@ -486,13 +740,13 @@ def write_audit(model, loader, out_dir, *, loss_fn=None, optimizer=None, samples
 
         order = ("task", "loss", "optimizer", "lr", "momentum", "weight_decay", "batch_size", "shuffle", "temporal")
         config = {
-            "model": {"path": "model.pt"} if output is None else {"path": "model.pt", "output": output},
+            "model": {"path": model_file} if output is None else {"path": model_file, "output": output},
             "data": {"path": "data.npz", "inputs": "inputs", "targets": "targets", "max_samples": len(x)},
             "setup": {k: setup[k] for k in order if k in setup},
         }
         _write_config(stage / "trainlint.toml", config, notes)
         if out.is_dir():
-            for name in ("model.pt", "data.npz", "trainlint.toml"):
+            for name in (model_file, "data.npz", "trainlint.toml"):
                 os.replace(stage / name, out / name)
             stage.rmdir()
         else:

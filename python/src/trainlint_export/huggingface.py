@@ -8,8 +8,8 @@ The batches are dicts: `inputs` defaults to the model's first forward argument (
 "pixel_values", ...), `targets` to "labels". The model is exported through a wrapper whose forward
 takes that one tensor (as a keyword) and returns the prediction, `output=` of what the model returns
 (default "logits" for a dict or ModelOutput, 0 for a tuple): a transformers model (4.x or 5.x, which
-returns dicts even with torchscript=True) is traced through it. Importing this module needs
-`transformers` installed.
+returns dicts even with torchscript=True) is exported through it (torch.export, else traced).
+Importing this module needs `transformers` installed.
 """
 from __future__ import annotations
 
@@ -73,8 +73,10 @@ class TrainlintCallback(TrainerCallback):
     on each log event with a `loss`: a row at `state.global_step`. `loss_fn` has no default here (the
     Trainer computes the loss inside the model): pass the one the model uses, or leave it to trainlint's
     task default. `output` names the prediction in what the model returns; the other keyword arguments
-    go to `export`. Exports on the main process only. Nothing it does raises into `trainer.train()`: a
-    failed export is a warning and the run goes on without an audit folder."""
+    go to `export` (`format="torchscript"` to write model.pt, not model.pt2). Every module is recorded
+    as training in model.pt2's trainlint.json, since the Trainer calls model.train() after this
+    callback. Exports on the main process only. Nothing it does raises into `trainer.train()`: a failed
+    export is a warning and the run goes on without an audit folder."""
 
     def __init__(self, out_dir, loss_fn=None, samples: int = 256, output=None, **export_kwargs):
         self.out_dir = out_dir
@@ -106,7 +108,7 @@ class TrainlintCallback(TrainerCallback):
                 samples=self.samples,
                 # The Trainer calls model.train() itself, after this callback.
                 warn_eval=False,
-                notes=[("model", f"model.pt: {type(model).__name__} called as model({key}=inputs), {chosen} "
+                notes=[("model", f"exported: {type(model).__name__} called as model({key}=inputs), {chosen} "
                                  f"as the prediction")],
                 **export_kwargs,
             )

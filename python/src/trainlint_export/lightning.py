@@ -91,8 +91,9 @@ class TrainlintCallback(pl.Callback):
     the module's forward when `training_step` calls `self(...)`, else the one submodule it calls
     (`self.net(x)`), else forward with a warning (read from training_step's source; the choice is a
     comment in trainlint.toml). `loss_fn` defaults to the module's `loss_fn` or `criterion` attribute;
-    the other keyword arguments go to `export`. Exports on global rank 0 only. Nothing it does raises
-    into `trainer.fit`: a failed export is a warning and the run goes on without an audit folder."""
+    the other keyword arguments go to `export` (`format="torchscript"` to write model.pt, not
+    model.pt2). Exports on global rank 0 only. Nothing it does raises into `trainer.fit`: a failed
+    export is a warning and the run goes on without an audit folder."""
 
     def __init__(self, out_dir, loss_fn=None, samples: int = 256, model=None, **export_kwargs):
         self.out_dir = out_dir
@@ -145,7 +146,7 @@ class TrainlintCallback(pl.Callback):
             loss_fn=loss_fn,
             optimizer=optimizers[0] if optimizers else None,
             samples=self.samples,
-            notes=[("model", f"model.pt: {what}")],
+            notes=[("model", f"exported: {what}")],
             **kwargs,
         )
 
