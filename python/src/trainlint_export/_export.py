@@ -310,15 +310,12 @@ def _torch_logs_quietly(stderr: bool = False):
             log.debug("PyTorch printed: %s", printed.getvalue().strip())
 
 
-def _module_table(model: torch.nn.Module, work: torch.nn.Module, warn_eval: bool) -> list:
-    """trainlint.json's "modules": every module of the work copy, in named_modules() order, with the
-    training flag the user's model had at export. Where the trainer switches the whole model to train mode
-    after the export (warn_eval False: Hugging Face's Trainer), every module trains, so every flag is true."""
-    user = {name: m.training for name, m in model.named_modules()}
-    return [
-        {"path": name, "kind": type(m).__name__, "training": True if not warn_eval else user.get(name, m.training)}
-        for name, m in work.named_modules()
-    ]
+def _module_table(work: torch.nn.Module) -> list:
+    """trainlint.json's "modules": every module of the work copy, in named_modules() order, with its
+    training flag as the copy holds it, which is what the TorchScript file would hold: each module as the
+    user left it, except that a model left wholly in eval mode (or one whose trainer switches it to train
+    mode after the export: Hugging Face's) is exported in train mode, as it trains."""
+    return [{"path": name, "kind": type(m).__name__, "training": m.training} for name, m in work.named_modules()]
 
 
 def _export_example(example: torch.Tensor, x: np.ndarray) -> torch.Tensor:
@@ -348,7 +345,7 @@ def _export_pt2(model: torch.nn.Module, example: torch.Tensor, path: Path, notes
     run_decompositions(): trainlint trains the training IR as exported."""
     export_fn, package_pt2 = _pt2_tools()
     work = _work_copy(model, notes, warn_eval, "model.pt2")
-    table = _module_table(model, work, warn_eval)
+    table = _module_table(work)
     flags = [entry["training"] for entry in table]
     modules = [m for _, m in work.named_modules()]
     dynamic = ({0: torch.export.Dim("batch", min=1)},)
