@@ -90,3 +90,53 @@ fn every_exported_folder_audits_with_every_check_running() {
         assert_eq!(code, 0);
     }
 }
+
+/// Issue 25: the same network exported as a torch.export archive (`make_torch_versions.py --pt2`) by
+/// each PyTorch that can write one (2.13 and 2.15; 2.1's torch.export has no archive writer and the
+/// exporter falls back to TorchScript there) audits with the verdicts of the scripted export: every
+/// check the same status, the same findings.
+#[test]
+fn pt2_exports_of_each_torch_version_get_the_scripted_exports_verdicts() {
+    let root = root().join("fixtures/torch_versions");
+    let mut seen = BTreeSet::new();
+    for version in std::fs::read_dir(&root).unwrap() {
+        let version = version.unwrap().path();
+        let pt2 = version.join("pt2");
+        if !pt2.is_dir() {
+            continue;
+        }
+        let name = version.file_name().unwrap().to_string_lossy().into_owned();
+        let stamp = std::fs::read_to_string(pt2.join("torch-version.txt")).unwrap();
+        assert!(stamp.ends_with("\nexport\n"), "{name}: {stamp}");
+        assert!(pt2.join("model.pt2").is_file(), "{name}: no model.pt2");
+        let verdicts = |folder: &std::path::Path| {
+            let (code, report) = check_json(&[folder.to_str().unwrap(), "--threads", "1"]);
+            assert!(code == 0 || code == 1, "{}: exit {code}", folder.display());
+            report["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    let mut kinds: Vec<String> = c["findings"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|f| format!("{} at {}", f["kind"], f["location"]))
+                        .collect();
+                    kinds.sort();
+                    (c["id"].to_string(), c["status"].to_string(), kinds)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            verdicts(&pt2),
+            verdicts(&version.join("script")),
+            "{name}: pt2 vs script"
+        );
+        seen.insert(name);
+    }
+    assert!(
+        seen.contains("torch-2.13") && seen.contains("torch-2.15"),
+        "{seen:?}"
+    );
+}
