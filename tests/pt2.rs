@@ -394,6 +394,84 @@ fn damaged_or_hostile_programs_give_their_reason_in_one_line() {
             says: "a zip bomb",
         },
         Case {
+            what: "a program trainlint does not know",
+            fixture: "twins/cnn_bn",
+            edit: |mut m| {
+                for (name, _) in m.iter_mut() {
+                    if name.ends_with("models/eval.json") {
+                        *name = name.replace("eval.json", "train.json");
+                    }
+                }
+                m
+            },
+            huge: None,
+            says: "optionally with models/eval.json and models/as_saved.json; found models/model.json, models/train.json",
+        },
+        Case {
+            what: "an eval program reading a weight the main program does not hold",
+            fixture: "twins/cnn_bn",
+            edit: |mut m| {
+                edit_json(&mut m, "models/eval.json", |v| {
+                    v["graph_module"]["signature"]["input_specs"][0]["parameter"]["parameter_name"] =
+                        "ghost.weight".into();
+                });
+                edit_json(&mut m, "data/weights/eval_weights_config.json", |v| {
+                    let config = v["config"].as_object_mut().unwrap();
+                    let meta = config.remove("conv1.weight").unwrap();
+                    config.insert("ghost.weight".into(), meta);
+                });
+                m
+            },
+            huge: None,
+            says: "program `eval` does not match the main program: it reads ghost.weight, which the main program does not hold",
+        },
+        Case {
+            what: "module metadata of another version",
+            fixture: "twins/cnn_bn",
+            edit: |mut m| {
+                edit_json(&mut m, "extra/trainlint.json", |v| v["version"] = 2.into());
+                m
+            },
+            huge: None,
+            says: "extra/trainlint.json: version 2 is not supported (trainlint reads version 1)",
+        },
+        Case {
+            what: "module metadata without the root module first",
+            fixture: "twins/cnn_bn",
+            edit: |mut m| {
+                edit_json(&mut m, "extra/trainlint.json", |v| {
+                    v["modules"].as_array_mut().unwrap().remove(0);
+                });
+                m
+            },
+            huge: None,
+            says: "extra/trainlint.json: the module list must start with the root module",
+        },
+        Case {
+            what: "module metadata with a field trainlint does not know",
+            fixture: "twins/cnn_bn",
+            edit: |mut m| {
+                edit_json(&mut m, "extra/trainlint.json", |v| {
+                    v["modules"][0]["code"] = "import os".into();
+                });
+                m
+            },
+            huge: None,
+            says: "member `extra/trainlint.json` cannot be parsed: unknown field `code`",
+        },
+        Case {
+            what: "weights pickled in one file (PyTorch 2.8's layout)",
+            fixture: "mlp",
+            edit: |m| {
+                let mut m = without(m, "data/weights/model_weights_config.json");
+                let root = m[0].0.split('/').next().unwrap().to_string();
+                m.push((format!("{root}/data/weights/model.pt"), b"PK".to_vec()));
+                m
+            },
+            huge: None,
+            says: "data/weights/model.pt (the layout PyTorch 2.8 and older write), which trainlint never unpickles",
+        },
+        Case {
             what: "members under two folders",
             fixture: "mlp",
             edit: |mut m| {

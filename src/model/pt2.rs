@@ -941,8 +941,13 @@ impl<R: Read + std::io::Seek> Reader<R> {
         let mut modules: Vec<ModuleFrame> = Vec::new();
         collect_modules(&graph, &mut modules)?;
         check_signature(&graph, &signature)?;
-        let weights_cfg: PayloadConfig =
-            self.json(&format!("data/weights/{name}_weights_config.json"))?;
+        let weights_member = format!("data/weights/{name}_weights_config.json");
+        if !self.has(&weights_member) && self.has(&format!("data/weights/{name}.pt")) {
+            return Err(Pt2Error::Unsupported(format!(
+                "an archive whose weights are one pickle, data/weights/{name}.pt (the layout PyTorch 2.8 and older write), which trainlint never unpickles: save it again with a newer PyTorch (2.13 and 2.15 are tested)"
+            )));
+        }
+        let weights_cfg: PayloadConfig = self.json(&weights_member)?;
         let constants_member = format!("data/constants/{name}_constants_config.json");
         let constants_cfg: PayloadConfig = if self.has(&constants_member) {
             self.json(&constants_member)?
