@@ -148,11 +148,24 @@ class Pt2Programs(Tmp):
         # The batch dim is dynamic from 1 (Dim("batch", min=1)).
         self.assertEqual(tuple(program(x[:1]).shape), (1, 4))
         self.assertEqual(tuple(program(torch.randn(33, 3, 8, 8)).shape), (33, 4))
+        # The spatial dims are free too (Dim.AUTO: this net takes any size), so trainlint can train a
+        # fully convolutional model on crops.
+        self.assertEqual(tuple(program(torch.randn(2, 3, 5, 7)).shape), (2, 4))
 
         evaluated = programs(path)["eval"].module()
         torch.testing.assert_close(evaluated(x), copy.deepcopy(model).eval()(x), rtol=0, atol=0)
         text = (self.tmp / "trainlint.toml").read_text()
         self.assertIn('# model.pt2: torch.export programs "model" (every module in train mode), "eval"', text)
+
+    def test_a_model_fixed_to_its_input_size_keeps_the_spatial_dims_static(self):
+        # flatten into a Linear of 8·8·8 features: torch.export specialises H and W (Dim.AUTO), and the
+        # program refuses another size rather than the export failing.
+        model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 8 * 8, 4))
+        export(model, DataLoader(image_data(), batch_size=8), self.tmp)
+        program = torch.export.load(str(self.tmp / "model.pt2")).module()
+        self.assertEqual(tuple(program(torch.randn(3, 3, 8, 8)).shape), (3, 4))
+        with self.assertRaises(Exception):
+            program(torch.randn(3, 3, 6, 6))
 
     def test_an_mlp_with_batchnorm_and_dropout(self):
         model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))

@@ -144,6 +144,7 @@ struct Program {
   std::vector<std::string> user_dims;
   std::map<std::string, std::pair<int64_t, int64_t>> ranges;
   std::vector<PNode> open_hops;
+  std::vector<std::vector<int>> drop;  // per top-level node: the slots it reads last (last_reads)
   std::vector<PNode>& current() { return open_hops.empty() ? nodes : open_hops.back().body; }
 
   int slot(const std::string& name) {
@@ -434,126 +435,153 @@ struct Program {
     }
     if (!open_hops.empty()) fail("lowered program: unterminated subgraph");
     if (user_in < 0 || user_out < 0) fail("lowered program: no user input or output");
+    drop = last_reads();
   }
 
   // Called after each top-level node with its index and its first output, when that is a tensor.
   typedef void (*Observer)(void* ctx, size_t node, at::Tensor* value);
 
+  // Runs `list` in order. At the top level (`drop` given), each value is dropped from `env` after the
+  // node that reads it last, as TorchScript frees it: an eval forward then holds only the live values.
   void run_nodes(std::vector<PNode>& list, std::vector<IValue>& env, Observer observe = nullptr,
-                 void* ctx = nullptr) {
+                 void* ctx = nullptr, const std::vector<std::vector<int>>* drop = nullptr) {
     torch::jit::Stack stack;
-    size_t index = 0;
-    for (auto& n : list) {
-      if (observe != nullptr && index > 0) notify(list[index - 1], index - 1, env, observe, ctx);
-      index++;
-      if (n.cond) {
-        // the branch the predicate picks runs inline; autograd records its ops as in eager
-        PNode& br = n.branches[env[n.cond_pred].toTensor().item<bool>() ? 0 : 1];
-        for (size_t i = 0; i < n.hop_outer_in.size(); i++) env[br.hop_inner_in[i]] = env[n.hop_outer_in[i]];
-        run_nodes(br.body, env);
-        for (size_t i = 0; i < n.outs.size(); i++) env[n.outs[i].slots[0]] = env[br.hop_inner_out[i]];
-        continue;
-      }
-      if (n.hop) {
-        for (size_t i = 0; i < n.hop_outer_in.size(); i++) env[n.hop_inner_in[i]] = env[n.hop_outer_in[i]];
-        if (n.autocast) {
-          // what torch.autocast's __enter__/__exit__ do, for CPU
-          bool prev = at::autocast::is_autocast_enabled(at::kCPU);
-          bool prev_cache = at::autocast::is_autocast_cache_enabled();
-          auto prev_dtype = at::autocast::get_autocast_dtype(at::kCPU);
-          at::autocast::set_autocast_enabled(at::kCPU, n.autocast_enabled);
-          at::autocast::set_autocast_dtype(at::kCPU, n.autocast_dtype);
-          at::autocast::increment_nesting();
-          at::autocast::set_autocast_cache_enabled(n.autocast_cache);
-          auto restore = [&] {
-            if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-            at::autocast::set_autocast_enabled(at::kCPU, prev);
-            at::autocast::set_autocast_dtype(at::kCPU, prev_dtype);
-            at::autocast::set_autocast_cache_enabled(prev_cache);
-          };
-          try {
-            run_nodes(n.body, env);
-          } catch (...) {
-            restore();
-            throw;
-          }
-          restore();
-        } else {
-          at::AutoGradMode mode(n.grad_enabled);
-          run_nodes(n.body, env);
-        }
-        for (size_t i = 0; i < n.outs.size(); i++) env[n.outs[i].slots[0]] = env[n.hop_inner_out[i]];
-        continue;
-      }
-      if (n.symop) {
-        auto arg = [&](size_t i) {
-          return n.args[i].kind == ArgPlan::Slot ? env[n.args[i].slot].toInt() : n.args[i].value.toInt();
+    for (size_t index = 0; index < list.size(); index++) {
+      run_one(list[index], env, stack);
+      if (observe != nullptr) notify(list[index], index, env, observe, ctx);
+      if (drop != nullptr)
+        for (int slot : (*drop)[index]) env[slot] = IValue();
+    }
+  }
+
+  void run_one(PNode& n, std::vector<IValue>& env, torch::jit::Stack& stack) {
+    if (n.cond) {
+      // the branch the predicate picks runs inline; autograd records its ops as in eager
+      PNode& br = n.branches[env[n.cond_pred].toTensor().item<bool>() ? 0 : 1];
+      for (size_t i = 0; i < n.hop_outer_in.size(); i++) env[br.hop_inner_in[i]] = env[n.hop_outer_in[i]];
+      run_nodes(br.body, env);
+      for (size_t i = 0; i < n.outs.size(); i++) env[n.outs[i].slots[0]] = env[br.hop_inner_out[i]];
+      return;
+    }
+    if (n.hop) {
+      for (size_t i = 0; i < n.hop_outer_in.size(); i++) env[n.hop_inner_in[i]] = env[n.hop_outer_in[i]];
+      if (n.autocast) {
+        // what torch.autocast's __enter__/__exit__ do, for CPU
+        bool prev = at::autocast::is_autocast_enabled(at::kCPU);
+        bool prev_cache = at::autocast::is_autocast_cache_enabled();
+        auto prev_dtype = at::autocast::get_autocast_dtype(at::kCPU);
+        at::autocast::set_autocast_enabled(at::kCPU, n.autocast_enabled);
+        at::autocast::set_autocast_dtype(at::kCPU, n.autocast_dtype);
+        at::autocast::increment_nesting();
+        at::autocast::set_autocast_cache_enabled(n.autocast_cache);
+        auto restore = [&] {
+          if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+          at::autocast::set_autocast_enabled(at::kCPU, prev);
+          at::autocast::set_autocast_dtype(at::kCPU, prev_dtype);
+          at::autocast::set_autocast_cache_enabled(prev_cache);
         };
-        int64_t a = arg(0), r = 0;
-        if (n.symop == 'n') {
-          r = -a;
-        } else {
-          int64_t b = arg(1);
-          if ((n.symop == '/' || n.symop == '%') && b == 0) fail(n.qualname + ": division by zero");
-          switch (n.symop) {
-            case '+': r = a + b; break;
-            case '-': r = a - b; break;
-            case '*': r = a * b; break;
-            case '/': r = a / b - ((a % b != 0) && ((a < 0) != (b < 0))); break;  // Python floor division
-            case '%': r = ((a % b) + b) % b; break;
-          }
+        try {
+          run_nodes(n.body, env);
+        } catch (...) {
+          restore();
+          throw;
         }
-        env[n.outs[0].slots[0]] = r;
-        continue;
+        restore();
+      } else {
+        at::AutoGradMode mode(n.grad_enabled);
+        run_nodes(n.body, env);
       }
-      stack.clear();
-      stack.reserve(n.args.size());
-      for (auto& a : n.args) {
-        switch (a.kind) {
-          case ArgPlan::Const:
-            stack.push_back(a.value);
-            break;
-          case ArgPlan::Slot:
-            stack.push_back(env[a.slot]);
-            break;
-          case ArgPlan::SymList: {
-            c10::List<int64_t> l;
-            for (auto& [s, i] : a.items) l.push_back(s < 0 ? i : env[s].toInt());
-            stack.push_back(l);
-            break;
-          }
-          case ArgPlan::TensorList: {
-            c10::List<at::Tensor> l;
-            for (auto& it : a.items) {
-              if (it.first < 0) fail(n.qualname + ": a None in a tensor list");
-              l.push_back(env[it.first].toTensor());
-            }
-            stack.push_back(l);
-            break;
-          }
-          case ArgPlan::OptTensorList: {
-            c10::List<std::optional<at::Tensor>> l;
-            for (auto& it : a.items)
-              l.push_back(it.first < 0 ? std::optional<at::Tensor>() : env[it.first].toTensor());
-            stack.push_back(l);
-            break;
-          }
+      for (size_t i = 0; i < n.outs.size(); i++) env[n.outs[i].slots[0]] = env[n.hop_inner_out[i]];
+      return;
+    }
+    if (n.symop) {
+      auto arg = [&](size_t i) {
+        return n.args[i].kind == ArgPlan::Slot ? env[n.args[i].slot].toInt() : n.args[i].value.toInt();
+      };
+      int64_t a = arg(0), r = 0;
+      if (n.symop == 'n') {
+        r = -a;
+      } else {
+        int64_t b = arg(1);
+        if ((n.symop == '/' || n.symop == '%') && b == 0) fail(n.qualname + ": division by zero");
+        switch (n.symop) {
+          case '+': r = a + b; break;
+          case '-': r = a - b; break;
+          case '*': r = a * b; break;
+          case '/': r = a / b - ((a % b != 0) && ((a < 0) != (b < 0))); break;  // Python floor division
+          case '%': r = ((a % b) + b) % b; break;
         }
       }
-      n.op->callBoxed(stack);
-      if (stack.size() < n.outs.size()) fail(n.qualname + ": fewer outputs than the schema says");
-      for (size_t i = 0; i < n.outs.size(); i++) {
-        auto& o = n.outs[i];
-        if (o.kind == OutPlan::One) {
-          env[o.slots[0]] = stack[i].isSymInt() ? IValue(stack[i].toSymInt().expect_int()) : stack[i];
-        } else if (o.kind == OutPlan::ListSplit) {
-          auto l = stack[i].toTensorList();
-          if (l.size() != o.slots.size()) fail(n.qualname + ": returned " + std::to_string(l.size()) + " tensors, the graph names " + std::to_string(o.slots.size()));
-          for (size_t j = 0; j < o.slots.size(); j++) env[o.slots[j]] = l.get(j);
+      env[n.outs[0].slots[0]] = r;
+      return;
+    }
+    stack.clear();
+    stack.reserve(n.args.size());
+    for (auto& a : n.args) {
+      switch (a.kind) {
+        case ArgPlan::Const:
+          stack.push_back(a.value);
+          break;
+        case ArgPlan::Slot:
+          stack.push_back(env[a.slot]);
+          break;
+        case ArgPlan::SymList: {
+          c10::List<int64_t> l;
+          for (auto& [s, i] : a.items) l.push_back(s < 0 ? i : env[s].toInt());
+          stack.push_back(l);
+          break;
+        }
+        case ArgPlan::TensorList: {
+          c10::List<at::Tensor> l;
+          for (auto& it : a.items) {
+            if (it.first < 0) fail(n.qualname + ": a None in a tensor list");
+            l.push_back(env[it.first].toTensor());
+          }
+          stack.push_back(l);
+          break;
+        }
+        case ArgPlan::OptTensorList: {
+          c10::List<std::optional<at::Tensor>> l;
+          for (auto& it : a.items)
+            l.push_back(it.first < 0 ? std::optional<at::Tensor>() : env[it.first].toTensor());
+          stack.push_back(l);
+          break;
         }
       }
     }
-    if (observe != nullptr && index > 0) notify(list[index - 1], index - 1, env, observe, ctx);
+    n.op->callBoxed(stack);
+    if (stack.size() < n.outs.size()) fail(n.qualname + ": fewer outputs than the schema says");
+    for (size_t i = 0; i < n.outs.size(); i++) {
+      auto& o = n.outs[i];
+      if (o.kind == OutPlan::One) {
+        env[o.slots[0]] = stack[i].isSymInt() ? IValue(stack[i].toSymInt().expect_int()) : stack[i];
+      } else if (o.kind == OutPlan::ListSplit) {
+        auto l = stack[i].toTensorList();
+        if (l.size() != o.slots.size()) fail(n.qualname + ": returned " + std::to_string(l.size()) + " tensors, the graph names " + std::to_string(o.slots.size()));
+        for (size_t j = 0; j < o.slots.size(); j++) env[o.slots[j]] = l.get(j);
+      }
+    }
+  }
+
+  // The slots each top-level node reads last (never the user output), for run_nodes' `drop`.
+  std::vector<std::vector<int>> last_reads() const {
+    std::vector<int> last(nslots, -1);
+    for (size_t i = 0; i < nodes.size(); i++) {
+      const PNode& n = nodes[i];
+      auto read = [&](int slot) {
+        if (slot >= 0 && slot < nslots) last[slot] = (int)i;
+      };
+      for (const auto& a : n.args) {
+        if (a.kind == ArgPlan::Slot) read(a.slot);
+        for (const auto& it : a.items) read(it.first);
+      }
+      for (int s : n.hop_outer_in) read(s);
+      read(n.cond_pred);
+    }
+    std::vector<std::vector<int>> drop(nodes.size());
+    for (int slot = 0; slot < nslots; slot++)
+      if (last[slot] >= 0 && slot != user_out) drop[last[slot]].push_back(slot);
+    return drop;
   }
 
   static void notify(const PNode& n, size_t index, std::vector<IValue>& env, Observer observe, void* ctx) {
@@ -601,7 +629,7 @@ struct Program {
       if (idx >= nweights || weights[idx] == nullptr) fail("weight index out of range");
       env[s] = *weights[idx];  // the live tensor: BatchNorm's running stats update it in place
     }
-    run_nodes(nodes, env, observe, ctx);
+    run_nodes(nodes, env, observe, ctx, &drop);
     if (!env[user_out].isTensor()) fail("the exported program's output is not a tensor");
     return env[user_out].toTensor();
   }

@@ -348,15 +348,23 @@ def _export_pt2(model: torch.nn.Module, example: torch.Tensor, path: Path, notes
     table = _module_table(work)
     flags = [entry["training"] for entry in table]
     modules = [m for _, m in work.named_modules()]
-    dynamic = ({0: torch.export.Dim("batch", min=1)},)
+    batch = {0: torch.export.Dim("batch", min=1)}
+    # The spatial dims of an image (or volume, or signal) batch as dynamic as the model allows
+    # (Dim.AUTO specialises the ones it cannot free): trainlint trains fully convolutional models on
+    # crops, a quarter of the work per step, which a program fixed to one size refuses.
+    spatial = {d: torch.export.Dim.AUTO for d in range(2, example.dim())} if example.dim() >= 3 and \
+        example.is_floating_point() and hasattr(torch.export.Dim, "AUTO") else {}
 
     def program(name: str):
-        try:
-            # Grad mode on: the programs are trained; a user's no_grad around export() must not leak in.
-            with torch.enable_grad(), _torch_logs_quietly(stderr=True):
-                return export_fn(work, (example,), dynamic_shapes=dynamic)
-        except Exception as e:  # noqa: BLE001 - torch.export raises many types
-            raise Pt2Unsuitable(f"torch.export failed on the {name!r} program: {_export_reason(e)}") from e
+        last = None
+        for dims in ([{**batch, **spatial}] if spatial else []) + [batch]:
+            try:
+                # Grad mode on: the programs are trained; a user's no_grad around export() must not leak in.
+                with torch.enable_grad(), _torch_logs_quietly(stderr=True):
+                    return export_fn(work, (example,), dynamic_shapes=(dims,))
+            except Exception as e:  # noqa: BLE001 - torch.export raises many types
+                last = e
+        raise Pt2Unsuitable(f"torch.export failed on the {name!r} program: {_export_reason(last)}") from last
 
     programs = {}
     with _torchscript_quietly([]), _torch_logs_quietly():
