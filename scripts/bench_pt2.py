@@ -5,6 +5,7 @@ module and weights by fixtures/make_pt2_twins.py's make_twin (into a temporary f
 dynamic, as the exporter writes them), then trainlint's
 full default audit of each twin on the bench data, alternated, --runs times; the median wall times and
 their ratio, and the audit's per-step training time (ms_per_step of the JSON report's `training` runs).
+It stops with an error when the two twins' verdicts (status and finding kinds of every check) differ.
 
 Usage: python3 scripts/bench_pt2.py [--runs 3] [--threads 2] [--markdown]
 Needs a release build and the fixtures' venv (torch 2.13; re-runs itself there), or $TRAINLINT_PYTHON.
@@ -63,7 +64,8 @@ def audit(binary: Path, model: Path, data: Path, task: str, threads: int) -> tup
         sys.exit(f"bench_pt2: {model.name}: exit {p.returncode}: {p.stderr[-500:]}")
     report = json.loads(p.stdout)
     steps = [t["ms_per_step"] for c in report["checks"] for t in c.get("training", []) if t.get("ms_per_step")]
-    verdict = sorted((c["id"], c["status"]) for c in report["checks"])
+    verdict = sorted((c["id"], c["status"], sorted(f["kind"] for f in c.get("findings", [])))
+                     for c in report["checks"])
     return wall, steps, verdict
 
 
@@ -90,13 +92,16 @@ def main() -> None:
         rows = []
         for name, family, _, data, task in CASES:
             d = REPO / "fixtures" / "data" / data
-            ts, pt2, ts_steps, pt2_steps = [], [], [], []
+            ts, pt2, ts_steps, pt2_steps, verdicts = [], [], [], [], {}
             for i in range(a.runs):
                 order = [("pt", ts, ts_steps), ("pt2", pt2, pt2_steps)]
                 for ext, walls, steps in (order if i % 2 == 0 else order[::-1]):
                     wall, s, verdict = audit(binary, out / f"{family}.{ext}", d, task, a.threads)
+                    verdicts.setdefault(ext, verdict)
                     walls.append(wall)
                     steps.append(s)
+            if verdicts["pt"] != verdicts["pt2"]:
+                sys.exit(f"bench_pt2: {name}: the twins' verdicts differ: {verdicts}")
             rows.append((name, statistics.median(ts), statistics.median(pt2),
                          statistics.median(p / t for p, t in zip(pt2, ts)),
                          statistics.median(sum(s) for s in ts_steps), statistics.median(sum(s) for s in pt2_steps)))
