@@ -153,3 +153,29 @@ fn fixture_families_get_the_same_verdicts_from_pt2_and_torchscript() {
 fn torchvision_families_get_the_same_verdicts_from_pt2_and_torchscript() {
     compare(true);
 }
+
+/// A block applied three times in a loop is unrolled by the export into three calls from the same line of
+/// code: one call site run repeatedly, as TorchScript's graph has it (`tests/graph.rs`), so its BatchNorm
+/// is not a shared one. (Found by this twin: before, the `.pt2` reported shared-batchnorm/called-twice.)
+#[test]
+fn a_loop_unrolled_by_the_export_is_one_call_site() {
+    let o = run(&[
+        "graph",
+        "--model",
+        &fixture("models/pt2/twins/graph_loops.pt2"),
+        "--format",
+        "json",
+        "--no-collapse",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let view: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let refine: Vec<&Value> = view["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["module"] == "refine.bn")
+        .collect();
+    assert_eq!(refine.len(), 1, "{refine:?}");
+    assert_eq!(refine[0]["in_loop"], true);
+    assert_eq!(refine[0]["calls"], 1);
+}

@@ -1322,41 +1322,79 @@ fn module_graph(program: &Compiled, slots: &[Slot]) -> (ModuleGraph, Vec<Option<
     use std::collections::{BTreeMap, HashMap};
     let mut graph = ModuleGraph::default();
     let mut call_of: HashMap<String, usize> = HashMap::new();
-    // per top-level node: its innermost call site (None: the root's own ops)
+    // (parent call, module, the Python stack of the call's first node) -> call site. The export unrolls
+    // loops: a module called again from the same line of code on data that comes from its previous call
+    // (`for _ in range(3): x = self.refine(x)`) is one call site run repeatedly, as TorchScript's graph
+    // has it; a call from another line, or on data of its own (`cat([self.enc(a), self.enc(b)])`, a
+    // siamese encoder), is another call site.
+    let mut site_of: HashMap<(Option<usize>, &str, &str), usize> = HashMap::new();
+    // per top-level node: its innermost call site (None: the root's own ops), and every call it sits in
     let mut node_call: Vec<Option<usize>> = Vec::new();
+    let mut node_calls: Vec<Vec<usize>> = Vec::new();
+    // value -> the top-level node that defines it
+    let mut producer: HashMap<&str, usize> = HashMap::new();
     // per call site: the last top-level node run inside it
     let mut last_node: Vec<Option<usize>> = Vec::new();
     for (i, frames) in program.calls.iter().enumerate() {
+        let node = &program.graph.nodes[i];
+        let trace = node.metadata.get("stack_trace").map_or("", String::as_str);
         let mut chain = String::new();
         let mut parent = None;
+        let mut ids = Vec::new();
         for (key, frame) in frames.iter().skip_while(|(_, f)| f.path.is_empty()) {
             chain.push(';');
             chain.push_str(key);
-            let id = *call_of.entry(chain.clone()).or_insert_with(|| {
-                graph.calls.push(CallSite {
-                    id: graph.calls.len(),
-                    parent,
-                    module: frame.path.clone(),
-                    kind: frame
-                        .class
-                        .rsplit('.')
-                        .next()
-                        .unwrap_or(&frame.class)
-                        .to_string(),
-                    method: "forward".into(),
-                    source: String::new(),
-                    branch: String::new(),
-                    leaf: true,
-                    in_loop: false,
-                    shape: String::new(),
-                });
-                last_node.push(None);
-                graph.calls.len() - 1
-            });
+            let id = match call_of.get(&chain) {
+                Some(&id) => id,
+                None => {
+                    let site = (parent, frame.path.as_str(), trace);
+                    let repeated = site_of.get(&site).copied().filter(|&c| {
+                        !trace.is_empty()
+                            && depends_on(i, c, &program.graph.nodes, &producer, &node_calls)
+                    });
+                    let id = match repeated {
+                        Some(id) => {
+                            graph.calls[id].in_loop = true;
+                            id
+                        }
+                        None => {
+                            graph.calls.push(CallSite {
+                                id: graph.calls.len(),
+                                parent,
+                                module: frame.path.clone(),
+                                kind: frame
+                                    .class
+                                    .rsplit('.')
+                                    .next()
+                                    .unwrap_or(&frame.class)
+                                    .to_string(),
+                                method: "forward".into(),
+                                source: String::new(),
+                                branch: String::new(),
+                                leaf: true,
+                                in_loop: false,
+                                shape: String::new(),
+                            });
+                            last_node.push(None);
+                            site_of.insert(site, graph.calls.len() - 1);
+                            graph.calls.len() - 1
+                        }
+                    };
+                    call_of.insert(chain.clone(), id);
+                    id
+                }
+            };
             last_node[id] = Some(i);
+            ids.push(id);
             parent = Some(id);
         }
         node_call.push(parent);
+        node_calls.push(ids);
+        for o in &node.outputs {
+            for name in o.defined_names() {
+                producer.insert(name, i);
+            }
+        }
     }
     let parents: Vec<usize> = graph.calls.iter().filter_map(|c| c.parent).collect();
     for p in parents {
@@ -1451,6 +1489,35 @@ fn module_graph(program: &Compiled, slots: &[Slot]) -> (ModuleGraph, Vec<Option<
         }
     }
     (graph, last_node)
+}
+
+/// Whether top-level node `i` reads, directly or through earlier nodes, a value computed inside call
+/// site `call`.
+fn depends_on(
+    i: usize,
+    call: usize,
+    nodes: &[Node],
+    producer: &std::collections::HashMap<&str, usize>,
+    node_calls: &[Vec<usize>],
+) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![i];
+    while let Some(n) = stack.pop() {
+        for input in &nodes[n].inputs {
+            for name in input.arg.tensor_names() {
+                let Some(&j) = producer.get(name) else {
+                    continue;
+                };
+                if node_calls[j].contains(&call) {
+                    return true;
+                }
+                if seen.insert(j) {
+                    stack.push(j);
+                }
+            }
+        }
+    }
+    false
 }
 
 /// Each call site's output shape: that of the last top-level node run inside it.
