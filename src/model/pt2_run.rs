@@ -37,14 +37,6 @@ struct RawProgram {
 unsafe extern "C" {
     fn tl_pt2_compile(text: *const c_char, out: *mut *mut RawProgram) -> Option<ShimString>;
     fn tl_pt2_free(p: *mut RawProgram);
-    fn tl_pt2_run(
-        p: *mut RawProgram,
-        input: *const torch_sys::C_tensor,
-        weights: *const *const torch_sys::C_tensor,
-        nweights: usize,
-        grad: c_int,
-        out: *mut *mut torch_sys::C_tensor,
-    ) -> Option<ShimString>;
     fn tl_pt2_run_observed(
         p: *mut RawProgram,
         input: *const torch_sys::C_tensor,
@@ -52,7 +44,7 @@ unsafe extern "C" {
         nweights: usize,
         grad: c_int,
         ctx: *mut std::ffi::c_void,
-        observe: ObserveCb,
+        observe: Option<ObserveCb>,
         out: *mut *mut torch_sys::C_tensor,
     ) -> Option<ShimString>;
 }
@@ -599,7 +591,7 @@ pub struct Interpreter {
 // SAFETY: the compiled program is immutable after compile (each run keeps its values in a local
 // environment), and libtorch's dispatcher is thread-safe; trainlint runs one forward at a time anyway.
 unsafe impl Send for Interpreter {}
-// SAFETY: `tl_pt2_run` only reads the compiled program (each run keeps its values in its own
+// SAFETY: `tl_pt2_run_observed` only reads the compiled program (each run keeps its values in its own
 // environment and stack; `OperatorHandle::callBoxed` is const and the dispatcher thread-safe), so
 // runs from several threads on one program do not race on it.
 unsafe impl Sync for Interpreter {}
@@ -630,32 +622,7 @@ impl Interpreter {
     /// The program's output on `input`, with `weights` bound to its parameters, buffers and constants
     /// (live: BatchNorm's running stats move in place in train mode). `grad`: record for autograd.
     pub fn run(&self, input: &Tensor, weights: &[&Tensor], grad: bool) -> Result<Tensor, String> {
-        if weights.len() != self.weights {
-            return Err(format!(
-                "{} weights given, the program takes {}",
-                weights.len(),
-                self.weights
-            ));
-        }
-        let ptrs: Vec<*const torch_sys::C_tensor> = weights.iter().map(|w| w.as_ptr()).collect();
-        let mut out: *mut torch_sys::C_tensor = std::ptr::null_mut();
-        // SAFETY: the tensors behind `input` and `ptrs` are alive for the call (borrowed); the shim
-        // reads them and writes `out` with a `new at::Tensor` on success, taken once by from_ptr.
-        check(unsafe {
-            tl_pt2_run(
-                self.raw.as_ptr(),
-                input.as_ptr(),
-                ptrs.as_ptr(),
-                ptrs.len(),
-                c_int::from(grad),
-                &mut out,
-            )
-        })?;
-        if out.is_null() {
-            return Err("the program returned nothing".into());
-        }
-        // SAFETY: see above: a fresh heap tensor, owned by nobody else.
-        Ok(unsafe { Tensor::from_ptr(out) })
+        self.run_with(input, weights, grad, None)
     }
 
     /// As [`Interpreter::run`], handing `observe` each top-level node's index and first output (when a
@@ -667,6 +634,16 @@ impl Interpreter {
         grad: bool,
         observe: &mut dyn FnMut(usize, Tensor),
     ) -> Result<Tensor, String> {
+        self.run_with(input, weights, grad, Some(observe))
+    }
+
+    fn run_with(
+        &self,
+        input: &Tensor,
+        weights: &[&Tensor],
+        grad: bool,
+        observe: Option<&mut dyn FnMut(usize, Tensor)>,
+    ) -> Result<Tensor, String> {
         if weights.len() != self.weights {
             return Err(format!(
                 "{} weights given, the program takes {}",
@@ -676,10 +653,15 @@ impl Interpreter {
         }
         let ptrs: Vec<*const torch_sys::C_tensor> = weights.iter().map(|w| w.as_ptr()).collect();
         let mut out: *mut torch_sys::C_tensor = std::ptr::null_mut();
-        let mut f: &mut dyn FnMut(usize, Tensor) = observe;
-        let ctx = &mut f as *mut &mut dyn FnMut(usize, Tensor) as *mut std::ffi::c_void;
-        // SAFETY: as in `run`; `ctx` points at `f`, borrowed for this call only, and `observe_value`
-        // is the only code that reads it.
+        let callback: Option<ObserveCb> = observe.is_some().then_some(observe_value);
+        let mut f = observe;
+        let ctx = f.as_mut().map_or(std::ptr::null_mut(), |f| {
+            f as *mut &mut dyn FnMut(usize, Tensor) as *mut std::ffi::c_void
+        });
+        // SAFETY: the tensors behind `input` and `ptrs` are alive for the call (borrowed); the shim
+        // reads them and writes `out` with a `new at::Tensor` on success, taken once by from_ptr.
+        // `ctx` is null without a callback, else it points at `f`, borrowed for this call only, and
+        // `observe_value` is the only code that reads it.
         check(unsafe {
             tl_pt2_run_observed(
                 self.raw.as_ptr(),
@@ -688,14 +670,14 @@ impl Interpreter {
                 ptrs.len(),
                 c_int::from(grad),
                 ctx,
-                observe_value,
+                callback,
                 &mut out,
             )
         })?;
         if out.is_null() {
             return Err("the program returned nothing".into());
         }
-        // SAFETY: see above.
+        // SAFETY: see above: a fresh heap tensor, owned by nobody else.
         Ok(unsafe { Tensor::from_ptr(out) })
     }
 }

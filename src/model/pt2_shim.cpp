@@ -5,7 +5,7 @@
 // Rust (src/model/pt2_run.rs) lowers the typed program that src/model/pt2.rs read into the line format
 // below (already checked: op allowlist, enums in c10's numbering) and owns the weight tensors; this file
 // resolves every op's schema once (tl_pt2_compile) and runs the program on an input and a weight array
-// (tl_pt2_run), so one compiled program serves the model and each trainable copy.
+// (tl_pt2_run_observed), so one compiled program serves the model and each trainable copy.
 //
 // One record per line, tokens separated by single spaces (names never hold spaces):
 //   input weight NAME IDX                      graph input NAME is weights[IDX] at run time
@@ -653,18 +653,10 @@ char* tl_pt2_compile(const char* text, tl_pt2_program** out) {
 
 void tl_pt2_free(tl_pt2_program* p) { delete p; }
 
-// grad != 0: autograd records (train-mode checks, backward); 0: under NoGradGuard.
-char* tl_pt2_run(tl_pt2_program* p, const at::Tensor* input, const at::Tensor* const* weights, size_t nweights,
-                 int grad, at::Tensor** out) {
-  TL_PT2_GUARD({
-    std::optional<at::NoGradGuard> ng;
-    if (!grad) ng.emplace();
-    *out = new at::Tensor(p->program.run(*input, weights, nweights));
-  })
-}
-
-// As tl_pt2_run, calling `observe(ctx, i, value)` after top-level node i with its first output when that
-// is a tensor (a new handle the callee owns and frees). `observe` must not throw.
+// The program's output on `input` with `weights` bound; grad != 0: autograd records (train-mode checks,
+// backward), 0: under NoGradGuard. When `observe` is not null, it is called after top-level node i
+// with (ctx, i, its first output) when that is a tensor (a new handle the callee owns and frees); it
+// must not throw.
 char* tl_pt2_run_observed(tl_pt2_program* p, const at::Tensor* input, const at::Tensor* const* weights,
                           size_t nweights, int grad, void* ctx, tl_pt2::Program::Observer observe,
                           at::Tensor** out) {
