@@ -867,47 +867,38 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
     }
     // The shared forward pass doubles as the input check: a model that rejects the data, or answers
     // with no sample axis, is an input error (exit 2), not a verdict.
-    if let (Some(_), Some(d)) = (&model, &dataset) {
+    if let (Some(m), Some(d)) = (&model, &dataset) {
         let model_path = settings
             .model
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_default();
+        let rejected = |e: &str| {
+            Fatal::from(format!(
+                "the model {model_path} rejected data `{}` of shape {:?} from {}: {}",
+                d.input_key,
+                d.inputs.size(),
+                d.path,
+                e.trim_start_matches("model: ")
+            ))
+        };
         match ctx.prediction() {
             // No eval-mode forward (a .pt2 program exported in train mode only): the checks that need
             // the prediction skip with the reason; the data still has to fit the model, which a
             // train-mode forward of a copy on two samples says.
             Err(trainlint_checks::CheckError::Skip(_)) => {
-                let fits = ctx
-                    .model
-                    .ok_or_else(|| "no model".to_string())
-                    .and_then(|m| {
-                        let two = d.inputs.narrow(0, 0, d.len().min(2) as i64);
-                        let _guard = tch::no_grad_guard();
-                        m.trainable_copy()
-                            .and_then(|mut c| c.forward(&two, trainlint_checks::ports::Mode::Train))
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
-                    });
-                if let Err(e) = fits {
-                    return Err(Fatal::from(format!(
-                        "the model {model_path} rejected data `{}` of shape {:?} from {}: {}",
-                        d.input_key,
-                        d.inputs.size(),
-                        d.path,
-                        e.trim_start_matches("model: ")
-                    )));
+                let fits = || -> Result<(), trainlint_checks::CheckError> {
+                    let two = d.inputs.f_narrow(0, 0, d.len().min(2) as i64)?;
+                    let _guard = tch::no_grad_guard();
+                    let mut copy = trainlint_checks::Model::trainable_copy(m)?;
+                    let _ = copy.forward(&two, trainlint_checks::ports::Mode::Train)?;
+                    Ok(())
+                };
+                if let Err(e) = fits() {
+                    return Err(rejected(&e.to_string()));
                 }
             }
-            Err(e) => {
-                return Err(Fatal::from(format!(
-                    "the model {model_path} rejected data `{}` of shape {:?} from {}: {}",
-                    d.input_key,
-                    d.inputs.size(),
-                    d.path,
-                    e.to_string().trim_start_matches("model: ")
-                )));
-            }
+            Err(e) => return Err(rejected(&e.to_string())),
             Ok(p) if p.dim() == 0 => {
                 return Err(Fatal::from(format!(
                     "the model {model_path}'s output is a scalar (0-d) for data `{}` of shape {:?}; \

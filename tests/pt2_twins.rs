@@ -79,24 +79,7 @@ fn verdicts(model: &Path, twin: &Twin) -> BTreeMap<String, (String, Vec<String>)
         twin.name,
         model.display()
     );
-    report["checks"]
-        .as_array()
-        .expect("checks")
-        .iter()
-        .map(|c| {
-            let mut findings: Vec<String> = c["findings"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|f| format!("{} at {}", f["kind"], f["location"]))
-                .collect();
-            findings.sort();
-            (
-                c["id"].as_str().unwrap().to_string(),
-                (c["status"].as_str().unwrap().to_string(), findings),
-            )
-        })
-        .collect()
+    common::verdicts(&report)
 }
 
 /// Twins whose verdicts differ on purpose: (twin, check, TorchScript status, .pt2 status), where the

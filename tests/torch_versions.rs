@@ -112,21 +112,7 @@ fn pt2_exports_of_each_torch_version_get_the_scripted_exports_verdicts() {
         let verdicts = |folder: &std::path::Path| {
             let (code, report) = check_json(&[folder.to_str().unwrap(), "--threads", "1"]);
             assert!(code == 0 || code == 1, "{}: exit {code}", folder.display());
-            report["checks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|c| {
-                    let mut kinds: Vec<String> = c["findings"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|f| format!("{} at {}", f["kind"], f["location"]))
-                        .collect();
-                    kinds.sort();
-                    (c["id"].to_string(), c["status"].to_string(), kinds)
-                })
-                .collect::<Vec<_>>()
+            common::verdicts(&report)
         };
         assert_eq!(
             verdicts(&pt2),

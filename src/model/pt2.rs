@@ -474,6 +474,13 @@ pub struct ModuleFrame {
     pub class: String,
 }
 
+impl ModuleFrame {
+    /// The class's last component (`Linear`), as TorchScript's module kinds read.
+    pub fn kind(&self) -> &str {
+        self.class.rsplit('.').next().unwrap_or(&self.class)
+    }
+}
+
 /// A parameter, buffer or tensor constant of the program: which graph input it feeds, its metadata
 /// and its values.
 #[derive(Debug)]

@@ -933,11 +933,12 @@ impl Pt2Model {
                 .collect(),
             None => module_infos(&frames, !matches!(model.specialised, Specialised::Eval(_))),
         };
-        let saved_flags = match &saved_modules {
-            Some(saved) if saved.iter().all(|m| m.training) => Some(true),
-            Some(saved) if saved.iter().all(|m| !m.training) => Some(false),
-            Some(_) => None,
-            None => Some(!matches!(model.specialised, Specialised::Eval(_))),
+        let saved_flags = if modules.iter().all(|m| m.training) {
+            Some(true)
+        } else if modules.iter().all(|m| !m.training) {
+            Some(false)
+        } else {
+            None
         };
         Ok(Pt2Model {
             programs: Arc::new(Programs {
@@ -991,12 +992,7 @@ fn module_infos(frames: &[super::pt2::ModuleFrame], training: bool) -> Vec<Modul
         if modules.iter().all(|m| m.path != frame.path) {
             modules.push(ModuleInfo {
                 path: frame.path.clone(),
-                kind: frame
-                    .class
-                    .rsplit('.')
-                    .next()
-                    .unwrap_or(&frame.class)
-                    .to_string(),
+                kind: frame.kind().to_string(),
                 training,
             });
         }
@@ -1180,20 +1176,17 @@ impl Model for Pt2Model {
         }))
     }
     fn module_graph(&self, sample: Option<&Tensor>) -> Result<ModuleGraph, CheckError> {
-        let program = self
-            .programs
-            .for_mode(Mode::Eval)
-            .unwrap_or(&self.programs.model);
+        // The eval program's graph; without one, the main program's (the shapes then say why not).
+        let eval = self.programs.for_mode(Mode::Eval);
+        let program = eval.as_ref().map_or(&self.programs.model, |p| *p);
         let (mut graph, last_node) = module_graph(program, &self.slots);
         if let Some(x) = sample {
             let mut last: std::collections::HashMap<usize, Vec<i64>> = Default::default();
             let mut observe = |i: usize, t: Tensor| {
                 last.insert(i, t.size());
             };
-            let ran = self
-                .programs
-                .for_mode(Mode::Eval)
-                .and_then(|p| p.run(&self.scratch_weights(), x, false, Some(&mut observe)));
+            let ran =
+                eval.and_then(|p| p.run(&self.scratch_weights(), x, false, Some(&mut observe)));
             match ran {
                 Ok(_) => fill_shapes(&mut graph, &last_node, &last),
                 Err(e) => graph.shape_error = e.to_string(),
@@ -1344,12 +1337,7 @@ fn module_graph(program: &Compiled, slots: &[Slot]) -> (ModuleGraph, Vec<Option<
                                 id: graph.calls.len(),
                                 parent,
                                 module: frame.path.clone(),
-                                kind: frame
-                                    .class
-                                    .rsplit('.')
-                                    .next()
-                                    .unwrap_or(&frame.class)
-                                    .to_string(),
+                                kind: frame.kind().to_string(),
                                 method: "forward".into(),
                                 source: String::new(),
                                 branch: String::new(),

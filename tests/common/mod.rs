@@ -89,6 +89,30 @@ pub fn all_findings(report: &Value) -> Vec<&Value> {
         .collect()
 }
 
+/// Per check id: its status and its findings as `kind at location`, sorted (what two audits of the
+/// same model must agree on).
+pub fn verdicts(report: &Value) -> std::collections::BTreeMap<String, (String, Vec<String>)> {
+    report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .map(|c| {
+            let mut findings: Vec<String> = c["findings"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|f| format!("{} at {}", f["kind"], f["location"]))
+                .collect();
+            findings.sort();
+            let status = c["status"].as_str().expect("a status").to_string();
+            (
+                c["id"].as_str().expect("an id").to_string(),
+                (status, findings),
+            )
+        })
+        .collect()
+}
+
 /// The kind of every finding, in report order.
 pub fn kinds_of(report: &Value) -> Vec<String> {
     all_findings(report)
