@@ -932,9 +932,33 @@ trainlint needs one output per sample along dim 0",
         threads,
         model_copy: &model_copy,
     });
-    let mut outcome = run::run_all(&ctx, &settings, isolation.as_ref(), &|id, trains| {
-        progress.start(id, trains)
+    // The checks that train run side by side when there are threads to share and the model allows it.
+    let may_train_together = run::selected_checks(&settings)
+        .iter()
+        .filter(|(c, _)| run::trains_side_by_side(c.info()))
+        .count();
+    let side_by_side = if threads < 2 {
+        Err("one thread: the checks that train run one at a time".to_string())
+    } else if may_train_together < 2 {
+        Err("fewer than two checks that train are selected".to_string())
+    } else {
+        match &model {
+            Some(m) => m.side_by_side(dataset.as_ref().map(|d| &d.inputs)),
+            None => Err("no model".to_string()),
+        }
+    };
+    let together = side_by_side.as_ref().ok().map(|()| run::SideBySide {
+        threads,
+        rebalance: !args.no_timings,
+        model_copy: &model_copy,
     });
+    let mut outcome = run::run_all(
+        &ctx,
+        &settings,
+        isolation.as_ref(),
+        together.as_ref(),
+        &|id, trains| progress.start(id, trains),
+    );
     progress.finish();
     let new_baseline = target("--write-baseline").map(|_| baseline::render(&outcome.runs));
     let baseline_outcome = old_baseline
@@ -957,6 +981,8 @@ trainlint needs one output per sample along dim 0",
         .filter_map(|(label, p)| p.as_deref().map(|p| (label, relative_path(p))))
         .collect(),
     };
+    let trained_together = run::ran_side_by_side(&outcome.runs);
+    let wall_ms = outcome.wall_ms;
     let mut report = report::Report::new(
         inputs,
         settings.setup.seed,
@@ -967,10 +993,19 @@ trainlint needs one output per sample along dim 0",
     );
     report.baseline = baseline_outcome;
     if !args.no_timings {
+        report.summary.duration_ms = wall_ms;
         report.threads = Some(report::Threads {
             count: threads,
             reason: thread_plan.reason,
             openmp_wait_policy: threads::openmp_wait_policy(),
+            side_by_side: match (&side_by_side, trained_together) {
+                (Ok(()), ids) if ids.len() >= 2 => format!(
+                    "{} trained side by side on copies of the model, sharing the {threads} threads",
+                    ids.join(", ")
+                ),
+                (Ok(()), _) => "fewer than two checks that train ran".into(),
+                (Err(why), _) => why.clone(),
+            },
         });
     }
     report.warnings = data_warnings

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tch::Tensor;
 use trainlint_checks::ports::{Dataset, Model};
+use trainlint_checks::train::side_by_side;
 use trainlint_checks::{
     registry, CheckError, CheckFailed, CheckInfo, CheckOutput, Context, Curve, Finding, Group,
     Input, Level, Location, Rule, Severity, TrainingRun, Violation,
@@ -119,23 +120,26 @@ fn run_here(check: &dyn Rule, ctx: &Context, settings: &Settings) -> Ended {
 /// What a worker sends back: progress of a check that trains, then its end.
 enum Message {
     Progress(usize, usize, f64),
-    Ended(Result<CheckOutput, String>),
+    Ended(Result<CheckOutput, String>, Duration),
 }
 
-/// Run one check on a worker thread with its own inputs; stop waiting after `isolation.timeout`.
-fn run_isolated(
+/// A check started on a worker thread of its own, with its own inputs.
+struct Worker {
+    handle: std::thread::JoinHandle<()>,
+    rx: mpsc::Receiver<Message>,
+    started: Instant,
+}
+
+/// Starts `check` on a worker thread with `model` (its own copy) and shallow copies of the rest of
+/// `ctx`, at `threads` libtorch CPU threads (its [`side_by_side`] share when `shared`).
+fn spawn(
     check: Box<dyn Rule>,
     ctx: &Context,
     settings: &Settings,
-    isolation: &Isolation,
-) -> Ended {
-    let model = match ctx.model {
-        Some(_) => match (isolation.model_copy)() {
-            Ok(copy) => Some(copy),
-            Err(e) => return Ended::Returned(Err(e)),
-        },
-        None => None,
-    };
+    model: Option<Box<dyn Model + Send>>,
+    threads: usize,
+    shared: bool,
+) -> Result<Worker, CheckError> {
     // Shallow copies share the tensors' storage, which no check writes to.
     let data = ctx.data.map(|d| Dataset {
         path: d.path.clone(),
@@ -152,15 +156,18 @@ fn run_isolated(
         .get()
         .map(|p| p.as_ref().map(Tensor::shallow_clone).map_err(Clone::clone));
     let options = settings.options(check.info().id);
-    let (seed, threads) = (settings.setup.seed as i64, isolation.threads as i32);
+    let (seed, threads) = (settings.setup.seed as i64, threads as i32);
     let (tx, rx) = mpsc::channel();
-    let worker = std::thread::Builder::new()
+    let handle = std::thread::Builder::new()
         .name(format!("check {}", check.info().id))
         // The TorchScript interpreter recurses; give workers the main thread's usual stack and more.
         .stack_size(64 << 20)
         .spawn(move || {
             // Thread-local in libtorch: the OpenMP thread count and the warning handler.
             tch::set_num_threads(threads);
+            if shared {
+                side_by_side::take_share();
+            }
             crate::model::silence_libtorch_warnings();
             tch::manual_seed(seed);
             let progress_tx = tx.clone();
@@ -176,40 +183,88 @@ fn run_isolated(
                 let _ = ctx.prediction.set(p);
             }
             ctx.progress = &progress;
+            let started = Instant::now();
             let output = catch_unwind(AssertUnwindSafe(|| check.run_with(&ctx, &options)));
+            let took = started.elapsed();
+            if shared {
+                side_by_side::ended();
+            }
             let _ = tx.send(Message::Ended(
                 output.map_err(|payload| panic_message(payload.as_ref())),
+                took,
             ));
-        });
-    let worker = match worker {
-        Ok(w) => w,
-        Err(e) => {
-            return Ended::Returned(Err(CheckError::Other(format!(
-                "cannot start a thread for the check: {e}"
-            ))))
-        }
-    };
-    let deadline = Instant::now() + isolation.timeout;
+        })
+        .map_err(|e| CheckError::Other(format!("cannot start a thread for the check: {e}")))?;
+    Ok(Worker {
+        handle,
+        rx,
+        started: Instant::now(),
+    })
+}
+
+/// Waits for `worker` until it ends or `timeout` after it started, passing its progress on when
+/// `show` (a timed-out worker is left running: it owns everything it uses). Returns how it ended and
+/// how long it ran.
+fn wait(worker: Worker, ctx: &Context, timeout: Option<Duration>, show: bool) -> (Ended, Duration) {
+    let deadline = timeout.map(|t| worker.started + t);
     loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(Message::Progress(step, total, loss)) => (ctx.progress)(step, total, loss),
-            Ok(Message::Ended(output)) => {
-                let _ = worker.join();
-                return match output {
+        let message = match deadline {
+            Some(d) => worker
+                .rx
+                .recv_timeout(d.saturating_duration_since(Instant::now())),
+            None => worker
+                .rx
+                .recv()
+                .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+        };
+        match message {
+            Ok(Message::Progress(step, total, loss)) => {
+                if show {
+                    (ctx.progress)(step, total, loss)
+                }
+            }
+            Ok(Message::Ended(output, took)) => {
+                let _ = worker.handle.join();
+                let ended = match output {
                     Ok(output) => Ended::Returned(output),
                     Err(message) => Ended::Panicked(message),
                 };
+                return (ended, took);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 // Not joined: it may never return. It owns everything it uses.
                 LEFT_RUNNING.store(true, Ordering::SeqCst);
-                return Ended::TimedOut(isolation.timeout);
+                let limit = timeout.unwrap_or_default();
+                return (Ended::TimedOut(limit), limit);
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let _ = worker.join();
-                return Ended::Panicked("the check's thread ended without a result".into());
+                let _ = worker.handle.join();
+                return (
+                    Ended::Panicked("the check's thread ended without a result".into()),
+                    worker.started.elapsed(),
+                );
             }
         }
+    }
+}
+
+/// Run one check on a worker thread with its own inputs; stop waiting after `isolation.timeout`.
+fn run_isolated(
+    check: Box<dyn Rule>,
+    ctx: &Context,
+    settings: &Settings,
+    isolation: &Isolation,
+) -> Ended {
+    let model = match ctx.model {
+        Some(_) => match (isolation.model_copy)() {
+            Ok(copy) => Some(copy),
+            Err(e) => return Ended::Returned(Err(e)),
+        },
+        None => None,
+    };
+    match spawn(check, ctx, settings, model, isolation.threads, false) {
+        Ok(worker) => wait(worker, ctx, Some(isolation.timeout), true).0,
+        Err(e) => Ended::Returned(Err(e)),
     }
 }
 
@@ -353,46 +408,113 @@ pub fn ignore_matches(ignore: &crate::config::Ignore, check: &str, f: &Finding) 
         }
 }
 
+/// How the checks that train run side by side (see [`run_all`]).
+pub struct SideBySide<'a> {
+    /// libtorch CPU threads in all.
+    pub threads: usize,
+    /// Whether a check that ends hands its threads to those still running. Off for reports without
+    /// timings: a check's thread count, and with it the last digits libtorch computes, must not depend
+    /// on when another check ended.
+    pub rebalance: bool,
+    /// An independent copy of the model for each check.
+    pub model_copy: &'a dyn Fn() -> Result<Box<dyn Model + Send>, CheckError>,
+}
+
+/// The checks that may train side by side: those that train a copy and draw no random numbers
+/// themselves ([`CheckInfo::draws_random`]).
+pub fn trains_side_by_side(info: &CheckInfo) -> bool {
+    info.trains && !info.draws_random
+}
+
+/// The checks of `runs` that may train side by side (they did when two or more ran with a
+/// [`SideBySide`] plan).
+pub fn ran_side_by_side(runs: &[CheckRun]) -> Vec<&'static str> {
+    let may: Vec<&'static str> = registry::all()
+        .iter()
+        .filter(|c| trains_side_by_side(c.info()))
+        .map(|c| c.info().id)
+        .collect();
+    runs.iter()
+        .map(|r| r.id)
+        .filter(|id| may.contains(id))
+        .collect()
+}
+
 /// Every selected check's run, and the `[[ignore]]` entries that matched nothing.
 pub struct Outcome {
     pub runs: Vec<CheckRun>,
+    /// Wall milliseconds from the first check's start to the last one's end (less than the sum of
+    /// the checks' durations when some ran side by side).
+    pub wall_ms: f64,
     pub unused_ignores: Vec<Ignore>,
 }
 
 /// Run every selected check, each under `isolation`'s time limit when given; `on_start` is told which
 /// check begins (for progress display).
+///
+/// With `side_by_side`, the checks that may ([`trains_side_by_side`], two or more selected) first train
+/// at the same time, each on a worker thread with its own copy of the model, sharing the CPU threads
+/// (a small model gains little from libtorch's intra-op threads, and its checks then take about as long
+/// together as the longest alone). Each check seeds the generator as when run alone, and neither the
+/// checks nor the model (the caller's condition) draw random numbers, so no check's draws move
+/// another's. The report keeps the registry's order.
 pub fn run_all(
     ctx: &Context,
     settings: &Settings,
     isolation: Option<&Isolation>,
+    side_by_side: Option<&SideBySide>,
     on_start: &dyn Fn(&'static str, bool),
 ) -> Outcome {
     // Silence the default panic printer while checks run: a panic is reported as check-failed.
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    if isolation.is_some() && ctx.model.is_some() && ctx.data.is_some() {
+    let began = Instant::now();
+    if (isolation.is_some() || side_by_side.is_some()) && ctx.model.is_some() && ctx.data.is_some()
+    {
         // Workers get the shared prediction ready-made: it is computed here, once, on this thread.
         let _ = ctx.prediction();
     }
     let mut used = vec![false; settings.ignores.len()];
-    let runs = selected_checks(settings)
-        .into_iter()
-        .map(|(check, level)| {
-            on_start(check.info().id, check.info().trains);
-            // What the previous check freed goes back to the system before this one allocates.
-            crate::model::release_free_memory();
-            match isolation {
-                None => run_one(check.as_ref(), level, ctx, settings, &mut used),
-                Some(isolation) => {
-                    let info = check.info();
-                    let start = Instant::now();
-                    let ended = run_isolated(check, ctx, settings, isolation);
-                    let duration_ms = start.elapsed().as_secs_f64() * 1000.0;
-                    record(info, level, ended, duration_ms, settings, &mut used)
-                }
+    let selected = selected_checks(settings);
+    let together = selected
+        .iter()
+        .filter(|(c, _)| trains_side_by_side(c.info()))
+        .count();
+    let mut runs: Vec<Option<CheckRun>> = Vec::new();
+    let rest = match side_by_side {
+        Some(plan) if together >= 2 && ctx.model.is_some() => {
+            let (group, others): (Vec<_>, Vec<_>) = selected
+                .into_iter()
+                .enumerate()
+                .partition(|(_, (c, _))| trains_side_by_side(c.info()));
+            runs.resize_with(group.len() + others.len(), || None);
+            let timeout = isolation.map(|i| i.timeout);
+            for (i, run) in run_together(group, ctx, settings, plan, timeout, on_start, &mut used) {
+                runs[i] = Some(run);
             }
-        })
-        .collect();
+            others
+        }
+        _ => {
+            runs.resize_with(selected.len(), || None);
+            selected.into_iter().enumerate().collect()
+        }
+    };
+    for (i, (check, level)) in rest {
+        on_start(check.info().id, check.info().trains);
+        // What the previous check freed goes back to the system before this one allocates.
+        crate::model::release_free_memory();
+        runs[i] = Some(match isolation {
+            None => run_one(check.as_ref(), level, ctx, settings, &mut used),
+            Some(isolation) => {
+                let info = check.info();
+                let start = Instant::now();
+                let ended = run_isolated(check, ctx, settings, isolation);
+                let duration_ms = start.elapsed().as_secs_f64() * 1000.0;
+                record(info, level, ended, duration_ms, settings, &mut used)
+            }
+        });
+    }
+    let runs: Vec<CheckRun> = runs.into_iter().flatten().collect();
     std::panic::set_hook(previous);
     let unused_ignores = settings
         .ignores
@@ -403,6 +525,56 @@ pub fn run_all(
         .collect();
     Outcome {
         runs,
+        wall_ms: began.elapsed().as_secs_f64() * 1000.0,
         unused_ignores,
     }
+}
+
+/// The checks of `group` (index in the report, check, level) started at once, each on a worker thread
+/// with its own copy of the model; each is waited for until it ends or `timeout` after it started.
+fn run_together(
+    group: Vec<(usize, (Box<dyn Rule>, Level))>,
+    ctx: &Context,
+    settings: &Settings,
+    plan: &SideBySide,
+    timeout: Option<Duration>,
+    on_start: &dyn Fn(&'static str, bool),
+    used: &mut [bool],
+) -> Vec<(usize, CheckRun)> {
+    crate::model::release_free_memory();
+    let each = (plan.threads / group.len()).max(1);
+    if plan.rebalance {
+        side_by_side::begin(plan.threads, group.len());
+    }
+    let mut started = Vec::new();
+    for (i, (check, level)) in group {
+        let info = check.info();
+        let worker = (plan.model_copy)()
+            .and_then(|m| spawn(check, ctx, settings, Some(m), each, plan.rebalance));
+        if worker.is_err() && plan.rebalance {
+            side_by_side::ended();
+        }
+        started.push((i, info, level, worker));
+    }
+    let mut out = Vec::new();
+    for (i, info, level, worker) in started {
+        // The progress bar follows the first check, then each next one still running.
+        on_start(info.id, info.trains);
+        let (ended, took) = match worker {
+            Ok(worker) => wait(worker, ctx, timeout, true),
+            Err(e) => (Ended::Returned(Err(e)), Duration::ZERO),
+        };
+        out.push((
+            i,
+            record(
+                info,
+                level,
+                ended,
+                took.as_secs_f64() * 1000.0,
+                settings,
+                used,
+            ),
+        ));
+    }
+    out
 }

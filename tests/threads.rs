@@ -114,3 +114,129 @@ fn a_reproducible_report_does_not_follow_the_load() {
     }
     assert_eq!(stdout(&quiet), stdout(&busy));
 }
+
+/// The JSON report of `args` (a `check` run).
+fn report_of(args: &[&str]) -> serde_json::Value {
+    let o = run(args);
+    assert!(
+        matches!(o.status.code(), Some(0 | 1)),
+        "{args:?}: {}",
+        stderr(&o)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Each check's id, status and finding kinds, in the report's order.
+fn verdicts(report: &serde_json::Value) -> Vec<(String, String, Vec<String>)> {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let kinds = c["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["kind"].as_str().unwrap().to_string())
+                .collect();
+            (
+                c["id"].as_str().unwrap().to_string(),
+                c["status"].as_str().unwrap().to_string(),
+                kinds,
+            )
+        })
+        .collect()
+}
+
+/// On a small model that draws no random numbers, the checks that train run side by side on copies
+/// of it, sharing the threads: the report says so, keeps the registry's order and reaches the
+/// verdicts of one check at a time (the demo's two failed fits, its other findings, the passes).
+#[test]
+fn the_checks_that_train_run_side_by_side_when_the_model_draws_nothing() {
+    let args = |threads: &'static str| {
+        vec![
+            "check",
+            "examples/demo",
+            "--output-format",
+            "json",
+            "--threads",
+            threads,
+        ]
+    };
+    let together = report_of(&args("2"));
+    assert_eq!(
+        together["threads"]["side_by_side"],
+        "identity-overfit, overfit-batch, loss-oscillation, stale-batchnorm trained side by side \
+         on copies of the model, sharing the 2 threads"
+    );
+    let alone = report_of(&args("1"));
+    assert_eq!(
+        alone["threads"]["side_by_side"],
+        "one thread: the checks that train run one at a time"
+    );
+    assert_eq!(verdicts(&together), verdicts(&alone));
+    let failed: Vec<String> = verdicts(&together)
+        .into_iter()
+        .flat_map(|(_, _, kinds)| kinds)
+        .filter(|k| k.starts_with("identity-overfit") || k.starts_with("overfit-batch"))
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            "identity-overfit/cannot-learn-identity",
+            "overfit-batch/cannot-overfit"
+        ]
+    );
+    // The summary's duration is the wall time, not the sum of the checks' (which overlap).
+    let sum: f64 = together["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["duration_ms"].as_f64().unwrap())
+        .sum();
+    assert!(together["summary"]["duration_ms"].as_f64().unwrap() < sum);
+}
+
+/// libtorch has one global random generator: checks training side by side on a model with dropout
+/// would interleave their draws by chance. Such a model's checks run one at a time, and the report
+/// names the ops. torchvision's ViT has dropout too, at rate 0: it draws nothing, and its checks do
+/// run side by side.
+#[test]
+fn a_model_that_draws_random_numbers_trains_one_check_at_a_time() {
+    let report = report_of(&[
+        "check",
+        "--model",
+        &fixture("models/tv/squeezenet.pt"),
+        "--data",
+        &fixture("data/shapes16.npz"),
+        "--select",
+        "overfit-batch,loss-oscillation",
+        "--threads",
+        "2",
+        "--output-format",
+        "json",
+    ]);
+    assert_eq!(
+        report["threads"]["side_by_side"],
+        "the model's training forward draws random numbers (aten::dropout, aten::dropout_), so the \
+         checks that train run one at a time"
+    );
+    let report = report_of(&[
+        "check",
+        "--model",
+        &fixture("models/tv/vit.pt"),
+        "--data",
+        &fixture("data/shapes16.npz"),
+        "--select",
+        "overfit-batch,loss-oscillation",
+        "--threads",
+        "2",
+        "--output-format",
+        "json",
+    ]);
+    assert_eq!(
+        report["threads"]["side_by_side"],
+        "overfit-batch, loss-oscillation trained side by side on copies of the model, sharing the 2 \
+         threads"
+    );
+}

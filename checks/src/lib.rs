@@ -101,6 +101,10 @@ pub struct CheckInfo {
     pub kinds: &'static [&'static KindInfo],
     /// Whether the check trains an in-memory copy of the model (progress is shown for these).
     pub trains: bool,
+    /// Whether the check itself draws from libtorch's global random generator (random inputs, random
+    /// directions). The checks that train and draw nothing themselves may run side by side on copies
+    /// of a model that draws nothing either: no draw of one can then move another's.
+    pub draws_random: bool,
     /// The `[setup]` values its verdict rests on: when the config leaves one unset and the check ran,
     /// the report says what was assumed in its place.
     pub setup: &'static [&'static str],

@@ -277,6 +277,51 @@ pub fn optimizer(
     Ok(opt)
 }
 
+/// The intra-op CPU threads of checks that train side by side on worker threads (the CLI's runner):
+/// `total` threads shared by the checks still running. Each takes its share before every step
+/// ([`Budget::allow`] calls [`take_share`]), so a check that ends hands its threads to the others.
+/// libtorch keeps the thread count per thread (OpenMP's), so a share changes only its own thread.
+pub mod side_by_side {
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static TOTAL: AtomicUsize = AtomicUsize::new(0);
+    static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+    thread_local! {
+        static MINE: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// `checks` checks start side by side on `total` threads.
+    pub fn begin(total: usize, checks: usize) {
+        TOTAL.store(total, Ordering::SeqCst);
+        RUNNING.store(checks, Ordering::SeqCst);
+    }
+
+    /// A check that ran side by side ended (on its thread).
+    pub fn ended() {
+        let _ = RUNNING.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
+
+    /// The share of the threads this thread should use now; None when no checks run side by side.
+    pub fn share() -> Option<usize> {
+        let running = RUNNING.load(Ordering::SeqCst);
+        (running > 0).then(|| (TOTAL.load(Ordering::SeqCst) / running).max(1))
+    }
+
+    /// Sets this thread's libtorch thread count to its [`share`], when that changed.
+    pub fn take_share() {
+        if let Some(want) = share() {
+            MINE.with(|mine| {
+                if mine.get() != want {
+                    tch::set_num_threads(want as i32);
+                    mine.set(want);
+                }
+            });
+        }
+    }
+}
+
 /// A check's time budget (`run.check_budget`, seconds; 0: none), shared by every training the check
 /// runs. A check asks it before each step; when the budget is spent, or when the steps the check still
 /// needs before it can reach any verdict cannot fit at the measured time per step, the answer is an
@@ -311,6 +356,7 @@ impl Budget {
         needed: usize,
         since: std::time::Instant,
     ) -> Result<(), CheckError> {
+        side_by_side::take_share();
         let Some(limit) = self.limit else {
             return Ok(());
         };

@@ -528,6 +528,11 @@ pub fn parse_device(s: &str) -> Result<Device, ModelError> {
 /// instead of 5× or, with a worker thread per check, 6×.
 pub const RELOAD_ABOVE_BYTES: u64 = 64 << 20;
 
+/// The checks that train run side by side on models (files) below this size: each holds its copy,
+/// with gradients and Adam's moments about 4× the weights, so four checks hold ~16× a 16 MB model
+/// (~260 MB) at once. A larger model keeps libtorch's threads busy on its own.
+pub const SIDE_BY_SIDE_BELOW_BYTES: u64 = 16 << 20;
+
 /// A TorchScript model loaded from a file. The file is only read.
 pub struct TorchScriptModel {
     /// The module; None while a check trains the copy of a large model (loaded again when read).
@@ -875,6 +880,102 @@ impl LoadedModel {
     }
 }
 
+impl LoadedModel {
+    /// Whether checks may train copies of this model side by side ([`crate::run::SideBySide`]), or
+    /// why not. Only a model whose training forward draws no random numbers: libtorch has one global
+    /// generator, and the draws of two checks at once would interleave by chance, where each check's
+    /// own must follow from the seed. A graph with dropout or stochastic depth draws nothing when the
+    /// rate is 0 (ATen and torchvision return the input), as in torchvision's ViT and DenseNet by
+    /// default: a train-mode forward of a copy on two samples of `sample` tells, by whether the
+    /// generator moved (a draw that only some inputs make goes unseen). Only a TorchScript
+    /// model (the `.pt2` interpreter runs one program at a time) on the CPU, below
+    /// [`SIDE_BY_SIDE_BELOW_BYTES`].
+    pub fn side_by_side(&self, sample: Option<&Tensor>) -> Result<(), String> {
+        let LoadedModel::TorchScript(m) = self else {
+            return Err("an exported program trains one check at a time".into());
+        };
+        if m.device != Device::Cpu {
+            return Err("on a GPU the checks that train run one at a time".into());
+        }
+        if m.bytes >= SIDE_BY_SIDE_BELOW_BYTES.min(m.reload_above) {
+            return Err(format!(
+                "the model file is {} MB (side by side from below {} MB): the checks that train \
+                 run one at a time",
+                m.bytes >> 20,
+                SIDE_BY_SIDE_BELOW_BYTES >> 20
+            ));
+        }
+        let nodes = m.graph_nodes()?;
+        let mut random: Vec<&str> = nodes
+            .iter()
+            .map(|n| n.op.as_str())
+            .filter(|op| draws_random(op))
+            .collect();
+        random.sort_unstable();
+        random.dedup();
+        if random.is_empty() {
+            return Ok(());
+        }
+        let draws = format!(
+            "the model's training forward draws random numbers ({}), so the checks that train run \
+             one at a time",
+            random.join(", ")
+        );
+        let Some(sample) = sample.filter(|_| random.iter().all(|op| op.starts_with("aten::")))
+        else {
+            return Err(draws);
+        };
+        let moved = || -> Result<bool, CheckError> {
+            const SEED: i64 = 0x5eed;
+            let two = sample.f_narrow(0, 0, sample.size()[0].min(2))?;
+            let mut copy = Model::trainable_copy(m)?;
+            let _guard = tch::no_grad_guard();
+            tch::manual_seed(SEED);
+            let _ = copy.forward(&two, Mode::Train)?;
+            let after = Tensor::f_rand([8], (tch::Kind::Float, Device::Cpu))?;
+            tch::manual_seed(SEED);
+            let untouched = Tensor::f_rand([8], (tch::Kind::Float, Device::Cpu))?;
+            Ok(!after.f_equal(&untouched)?)
+        };
+        match moved() {
+            Ok(false) => Ok(()),
+            _ => Err(draws),
+        }
+    }
+}
+
+/// Whether an op draws from libtorch's global random generator (dropout and its variants, sampling,
+/// in-place random fills, RReLU) or may (an op outside `aten` and `prim`).
+fn draws_random(op: &str) -> bool {
+    let Some((namespace, name)) = op.split_once("::") else {
+        return true;
+    };
+    if namespace != "aten" && namespace != "prim" {
+        return true;
+    }
+    let name = name.trim_end_matches('_');
+    name.contains("dropout")
+        || name.starts_with("rand")
+        || name.starts_with("rrelu")
+        || matches!(
+            name,
+            "bernoulli"
+                | "normal"
+                | "uniform"
+                | "multinomial"
+                | "exponential"
+                | "geometric"
+                | "cauchy"
+                | "log_normal"
+                | "random"
+                | "poisson"
+                | "binomial"
+                | "_standard_gamma"
+                | "_sample_dirichlet"
+                | "_fused_dropout"
+        )
+}
+
 impl Model for LoadedModel {
     fn device(&self) -> Device {
         self.inner().device()
@@ -1043,6 +1144,7 @@ impl Model for TorchScriptModel {
             handle: self.module_for_copy(false)?,
             device: self.device,
             output_key: self.output_key.clone(),
+            layout: Layout::Undecided,
         }))
     }
 
@@ -1070,12 +1172,89 @@ struct TrainableCopy {
     handle: Handle,
     device: Device,
     output_key: CString,
+    layout: Layout,
+}
+
+/// `t` with channels-last strides (NHWC in memory, NCHW in shape); any tensor that is not 4-D as it is.
+fn channels_last(t: &Tensor) -> Result<Tensor, tch::TchError> {
+    if t.dim() != 4 {
+        return Ok(t.shallow_clone());
+    }
+    t.f_permute([0, 2, 3, 1])?
+        .f_contiguous()?
+        .f_permute([0, 3, 1, 2])
+}
+
+/// Moves every 4-D parameter of `handle` to channels-last strides (`to_nhwc`) or back to contiguous
+/// ones, in place: the tensors stay the module's (and an optimizer's) parameters.
+fn set_layout(handle: &Handle, to_nhwc: bool) -> Result<(), CheckError> {
+    let _guard = tch::no_grad_guard();
+    for (_, mut p) in handle.tensors(true)? {
+        if p.dim() == 4 {
+            let moved = if to_nhwc {
+                channels_last(&p)?
+            } else {
+                p.f_contiguous()?
+            };
+            p.f_set_data(&moved)?;
+        }
+    }
+    Ok(())
+}
+
+/// A training copy's memory layout on the CPU. oneDNN's convolutions and batch norm run 10-20%
+/// faster per step on channels-last (NHWC) tensors than on contiguous ones (measured on the bench
+/// models, and in PyTorch with `memory_format=torch.channels_last`), so a copy fed images trains in
+/// that layout. Code that assumes contiguous activations (`x.view(n, -1)` after a convolution) fails
+/// on it: then the copy goes back to contiguous tensors for good and the forward runs again.
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    /// Not decided yet (no image input seen).
+    Undecided,
+    ChannelsLast,
+    Contiguous,
 }
 
 impl TrainableModel for TrainableCopy {
     fn forward(&mut self, input: &Tensor, mode: Mode) -> Result<Tensor, CheckError> {
-        self.handle
-            .forward(&input.to_device(self.device), mode, None, &self.output_key)
+        let input = input.to_device(self.device);
+        if self.layout == Layout::Contiguous || input.dim() != 4 || self.device != Device::Cpu {
+            return self.handle.forward(&input, mode, None, &self.output_key);
+        }
+        // The first image forward tries the layout; a failed train-mode try may have moved BatchNorm's
+        // running statistics, which go back to their values before the forward runs again.
+        let before = match self.layout {
+            Layout::Undecided => {
+                set_layout(&self.handle, true)?;
+                self.layout = Layout::ChannelsLast;
+                let _guard = tch::no_grad_guard();
+                let buffers = self.handle.tensors(false)?;
+                Some(
+                    buffers
+                        .iter()
+                        .map(|(_, b)| b.f_detach_copy())
+                        .collect::<Result<Vec<_>, _>>()?,
+                )
+            }
+            _ => None,
+        };
+        match self
+            .handle
+            .forward(&channels_last(&input)?, mode, None, &self.output_key)
+        {
+            Ok(out) => Ok(out),
+            Err(_) => {
+                set_layout(&self.handle, false)?;
+                self.layout = Layout::Contiguous;
+                if let Some(before) = before {
+                    let _guard = tch::no_grad_guard();
+                    for ((_, mut b), saved) in self.handle.tensors(false)?.into_iter().zip(before) {
+                        b.f_copy_(&saved)?;
+                    }
+                }
+                self.handle.forward(&input, mode, None, &self.output_key)
+            }
+        }
     }
     fn parameters(&self) -> Result<Vec<NamedTensor>, CheckError> {
         self.handle.tensors(true)

@@ -47,6 +47,8 @@ pub struct Threads {
     pub count: usize,
     pub reason: String,
     pub openmp_wait_policy: String,
+    /// Whether the checks that train ran side by side, sharing the threads, or why not.
+    pub side_by_side: String,
 }
 
 /// Whether `c` must not reach a terminal or a document as itself: control characters (C0 but tab and

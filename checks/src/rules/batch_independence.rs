@@ -21,6 +21,7 @@ batch, the loss still falls, and predictions depend on which samples share a bat
     },
     kinds: &[&SamplesMixed::KIND],
     trains: false,
+    draws_random: true,
     setup: &[],
 };
 

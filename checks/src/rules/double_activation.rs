@@ -18,6 +18,7 @@ never applies) trains a different function from the one intended, usually withou
     },
     kinds: &[&SquashedTwice::KIND, &NotProbabilities::KIND, &NotLogProbabilities::KIND],
     trains: false,
+    draws_random: false,
     setup: &[],
 };
 

@@ -21,6 +21,7 @@ falls.",
     },
     kinds: &[&NoGradient::KIND, &ZeroGradient::KIND],
     trains: false,
+    draws_random: false,
     setup: &[],
 };
 

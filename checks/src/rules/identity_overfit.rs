@@ -21,6 +21,7 @@ cannot learn the harder task either. Finding this in seconds saves a day of trai
     },
     kinds: &[&CannotLearnIdentity::KIND],
     trains: true,
+    draws_random: false,
     setup: &[],
 };
 

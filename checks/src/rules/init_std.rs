@@ -22,6 +22,7 @@ fan-out.",
         &NormFarFromDefault::KIND,
     ],
     trains: false,
+    draws_random: false,
     setup: &[],
 };
 

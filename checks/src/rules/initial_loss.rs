@@ -23,6 +23,7 @@ training (Karpathy's recipe: \"verify loss @ init\").",
     },
     kinds: &[&HighInitialLoss::KIND],
     trains: false,
+    draws_random: false,
     setup: &[],
 };
 

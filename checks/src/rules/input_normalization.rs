@@ -30,6 +30,7 @@ its feature's variance, so no learning rate suits both the large and the small f
     },
     kinds: &[&RawInputScale::KIND, &FeatureScaleSpread::KIND],
     trains: false,
+    draws_random: false,
     setup: &[],
 };
 

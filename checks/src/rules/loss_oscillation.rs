@@ -38,6 +38,7 @@ flags every healthy SGD run; trainlint separates the trend from the noise first.
         &ProbeOscillates::KIND,
     ],
     trains: true,
+    draws_random: false,
     setup: &["optimizer", "lr", "batch_size", "momentum"],
 };
 
@@ -545,7 +546,7 @@ above its start at any step and does not end diverged, confirmed as for probe-di
         example: Some(Example {
             severity: Severity::Warning,
             args: "fixtures/configs/bn_adam_lr1.toml",
-            message: "learning-rate probe: adam at lr 1 (batch 32) is unstable: the loss on a fixed evaluation batch jumped to 5210 (2230× its start 2.34) at step 1, and ended at ~1.8 after 60 steps; at lr 0.1 it went to 0.484 (peak 14.4, up in 28.3% of the steps)",
+            message: "learning-rate probe: adam at lr 1 (batch 32) is unstable: the loss on a fixed evaluation batch jumped to 5210 (2230× its start 2.34) at step 1, and ended at ~1.8 after 60 steps; at lr 0.1 it went to 0.484 (peak 14.4, up in ~28.3% of the steps)",
         }),
     };
     fn message(&self) -> String {

@@ -18,6 +18,7 @@ gradient.",
     },
     kinds: &[&UnbalancedTerms::KIND],
     trains: false,
+    draws_random: false,
     setup: &[],
 };
 

@@ -25,6 +25,7 @@ training (progressive sharpening), so a lr above the bound at init only gets wor
     },
     kinds: &[&LrAboveBound::KIND],
     trains: false,
+    draws_random: true,
     setup: &["optimizer", "lr", "momentum"],
 };
 

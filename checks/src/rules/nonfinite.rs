@@ -31,6 +31,7 @@ naming the first place a NaN appears saves the hunt.",
         &NonFiniteLog::KIND,
     ],
     trains: false,
+    draws_random: false,
     setup: &[],
 };
 

@@ -21,6 +21,7 @@ never reach zero loss: the model looks under-powered when it is mis-specified.",
     },
     kinds: &[&TooFewLogits::KIND, &TargetsOutsideRange::KIND, &WastedRange::KIND],
     trains: false,
+    draws_random: false,
     setup: &[],
 };
 

@@ -22,6 +22,7 @@ little capacity, and more data or more steps will not fix it.",
     },
     kinds: &[&CannotOverfit::KIND],
     trains: true,
+    draws_random: false,
     setup: &[],
 };
 

@@ -20,6 +20,7 @@ and each step's gradient points at that slice only.",
     },
     kinds: &[&UnshuffledOrder::KIND],
     trains: false,
+    draws_random: false,
     setup: &["batch_size", "shuffle"],
 };
 

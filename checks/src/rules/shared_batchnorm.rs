@@ -26,6 +26,7 @@ training each stream is normalised with its own batch statistics while eval uses
     },
     kinds: &[&CalledTwice::KIND],
     trains: false,
+    draws_random: false,
     setup: &[],
 };
 

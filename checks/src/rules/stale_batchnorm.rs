@@ -32,6 +32,7 @@ frozen or computed on other data make the evaluated model differ from the traine
         &EvalModeWorse::KIND,
     ],
     trains: true,
+    draws_random: false,
     setup: &["batch_size"],
 };
 

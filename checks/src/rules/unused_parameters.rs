@@ -25,6 +25,7 @@ forward is not the network the author meant.",
     },
     kinds: &[&NeverUsed::KIND],
     trains: false,
+    draws_random: false,
     setup: &[],
 };
 
