@@ -8,7 +8,8 @@ Usage: python3 scripts/bench_contention.py [--runs 3] [--hogs 4] [--binary targe
        [--case examples/demo] [--markdown] [-- EXTRA trainlint ARGS]
 
 Needs a release build (`cargo build --release`). Standard library only. To see what OpenMP's spinning
-costs, compare with `--env OMP_WAIT_POLICY=active` (the policy trainlint replaces unless one is set).
+costs, compare with `--env OMP_WAIT_POLICY=active --env GOMP_SPINCOUNT=300000000` (a policy or spin count
+you set replaces trainlint's, 30,000 spins then sleep).
 """
 import argparse
 import multiprocessing

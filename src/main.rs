@@ -833,7 +833,11 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
             settings.device
         ));
     }
-    tch::set_num_threads(threads as i32);
+    // libgomp throttles its threads' spinning (to 1,000 spins, then sleep) while the process's OpenMP
+    // threads outnumber the CPUs: checks that train on worker threads ran 20% slower per step while
+    // this thread's team of `threads` idled beside theirs. This thread keeps one thread (no team) until
+    // it is known whether checks run on workers (a time limit, or side by side).
+    tch::set_num_threads(1);
     model::silence_libtorch_warnings();
     let model = match &settings.model {
         Some(p) => Some(security::load_model(
@@ -853,6 +857,23 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
         )?),
         None => None,
     };
+    let may_train_together = run::selected_checks(&settings)
+        .iter()
+        .filter(|(c, _)| run::trains_side_by_side(c.info()))
+        .count();
+    let side_by_side = if threads < 2 {
+        Err("one thread: the checks that train run one at a time".to_string())
+    } else if may_train_together < 2 {
+        Err("fewer than two checks that train are selected".to_string())
+    } else {
+        match &model {
+            Some(m) => m.side_by_side(dataset.as_ref().map(|d| &d.inputs)),
+            None => Err("no model".to_string()),
+        }
+    };
+    if timeout.is_none() && side_by_side.is_err() {
+        tch::set_num_threads(threads as i32);
+    }
     let mut ctx = Context::new(&settings.setup);
     ctx.model = model.as_ref().map(|m| m as &dyn trainlint_checks::Model);
     ctx.data = dataset.as_ref();
@@ -933,20 +954,6 @@ trainlint needs one output per sample along dim 0",
         model_copy: &model_copy,
     });
     // The checks that train run side by side when there are threads to share and the model allows it.
-    let may_train_together = run::selected_checks(&settings)
-        .iter()
-        .filter(|(c, _)| run::trains_side_by_side(c.info()))
-        .count();
-    let side_by_side = if threads < 2 {
-        Err("one thread: the checks that train run one at a time".to_string())
-    } else if may_train_together < 2 {
-        Err("fewer than two checks that train are selected".to_string())
-    } else {
-        match &model {
-            Some(m) => m.side_by_side(dataset.as_ref().map(|d| &d.inputs)),
-            None => Err("no model".to_string()),
-        }
-    };
     let together = side_by_side.as_ref().ok().map(|()| run::SideBySide {
         threads,
         rebalance: !args.no_timings,

@@ -492,6 +492,11 @@ pub fn run_all(
             for (i, run) in run_together(group, ctx, settings, plan, timeout, on_start, &mut used) {
                 runs[i] = Some(run);
             }
+            if isolation.is_none() {
+                // The workers and their OpenMP teams are gone: this thread runs the rest (see
+                // `check` in main.rs for why it kept one thread until now).
+                tch::set_num_threads(plan.threads as i32);
+            }
             others
         }
         _ => {

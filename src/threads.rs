@@ -1,63 +1,113 @@
 //! How many CPU threads libtorch gets, and how its OpenMP threads wait.
 //!
 //! On a busy machine (a shared CI runner, a laptop that is also training) libtorch's OpenMP threads
-//! spin at every barrier for cores that other processes hold: an audit that takes 2 s idle took 216 s
+//! spun at every barrier for cores that other processes held: an audit that takes 2 s idle took 216 s
 //! beside four CPU-bound processes on 2 cores. Two remedies, both decided here:
-//! - the OpenMP runtime waits passively (`OMP_WAIT_POLICY=PASSIVE`) unless the user chose a policy.
-//!   libgomp reads its environment once, in a constructor that runs when it is loaded with libtorch,
-//!   before `main`: the variable is set from the executable's `.preinit_array`, which the dynamic
-//!   loader runs before any shared library's constructor;
+//! - the OpenMP runtime spins briefly, then sleeps (`OMP_WAIT_POLICY=ACTIVE`, `GOMP_SPINCOUNT=30000`)
+//!   unless the user chose. libgomp reads its environment once, in its constructor, before `main`;
+//!   the process hands it these settings by executing itself again from the executable's
+//!   `.preinit_array`, before any library's constructor ([`run_with_openmp_wait_settings`]);
 //! - the thread count comes from the CPUs the process may really use: its CPU affinity, its cgroup's
 //!   CPU quota (v2 `cpu.max`, v1 `cpu.cfs_quota_us`, the smallest along the hierarchy, as Go 1.25's
 //!   container-aware GOMAXPROCS and the JVM read them), less the CPUs other processes are busy on
 //!   (runnable tasks in `/proc/stat`, sampled; not with `--no-timings`, whose report must not depend on
 //!   the moment). `--threads` and `threads` in the config win.
-use std::ffi::{c_char, c_int};
+use std::ffi::{c_char, c_int, CStr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-/// Whether [`set_passive_openmp`] set the wait policy (not the user).
-static SET_BY_TRAINLINT: AtomicBool = AtomicBool::new(false);
 
 unsafe extern "C" {
-    fn getenv(name: *const c_char) -> *const c_char;
-    fn setenv(name: *const c_char, value: *const c_char, overwrite: c_int) -> c_int;
     fn sysconf(name: c_int) -> std::ffi::c_long;
+    fn execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char)
+        -> c_int;
+    fn readlink(path: *const c_char, buf: *mut c_char, size: usize) -> isize;
 }
 
-/// Runs before libgomp's constructor (see the module docs): `OMP_WAIT_POLICY=PASSIVE` unless set.
-extern "C" fn set_passive_openmp(
+/// The OpenMP wait settings trainlint runs libgomp with, unless the user set either variable: spin
+/// for 30,000 iterations (tens of microseconds), then sleep. ACTIVE keeps the spin when the process's
+/// own threads outnumber the CPUs (libgomp then throttles an unset policy to 100 spins, which made
+/// the checks that train on worker threads 30% slower per step); the bounded count makes threads sleep
+/// soon when other processes want the CPUs.
+const WAIT_SETTINGS: [&CStr; 2] = [c"OMP_WAIT_POLICY=ACTIVE", c"GOMP_SPINCOUNT=30000"];
+
+/// Set beside [`WAIT_SETTINGS`] when trainlint chose them (and in what it runs).
+const CHOSEN_BY_TRAINLINT: &CStr = c"TRAINLINT_OPENMP_WAIT=1";
+
+/// Runs before any shared library's constructor (see the module docs). libgomp reads its settings
+/// from the environment in its constructor, once, and the C library's own start-up points `environ`
+/// back at the array the process was given after this function runs, so a `setenv` here is lost
+/// (`OMP_DISPLAY_ENV=VERBOSE` showed `GOMP_SPINCOUNT = '300000'`, libgomp's unset default). The only
+/// way to hand libgomp a setting is the environment the process starts with: unless the user chose
+/// (either variable set), the process executes itself again, at once, with [`WAIT_SETTINGS`] added.
+/// Nothing has run yet (no constructor, no thread), so this costs one more start of the dynamic
+/// loader (~2 ms). When the executable cannot be executed again (no `/proc`, started through the
+/// dynamic loader), the process goes on with libgomp's defaults, and the report says so.
+extern "C" fn run_with_openmp_wait_settings(
     _argc: c_int,
-    _argv: *const *const c_char,
-    _env: *const *const c_char,
+    argv: *const *const c_char,
+    env: *const *const c_char,
 ) {
-    // SAFETY: the names and value are NUL-terminated literals; nothing else runs yet (no thread, no
-    // reader of the environment), so changing the environment races with nothing.
+    if argv.is_null() || env.is_null() {
+        return;
+    }
+    // SAFETY: `argv` and `env` are the NULL-terminated arrays of NUL-terminated strings the dynamic
+    // loader passes to `.preinit_array` functions; they live for the whole process. `execve` only
+    // returns on failure, leaving the process as it was.
     unsafe {
-        if getenv(c"OMP_WAIT_POLICY".as_ptr()).is_null()
-            && setenv(c"OMP_WAIT_POLICY".as_ptr(), c"PASSIVE".as_ptr(), 0) == 0
-        {
-            SET_BY_TRAINLINT.store(true, Ordering::Relaxed);
+        let mut vars = Vec::new();
+        let mut i = 0;
+        while !(*env.add(i)).is_null() {
+            let var = *env.add(i);
+            let bytes = CStr::from_ptr(var).to_bytes();
+            if [
+                &b"OMP_WAIT_POLICY="[..],
+                b"GOMP_SPINCOUNT=",
+                b"TRAINLINT_OPENMP_WAIT=",
+            ]
+            .iter()
+            .any(|name| bytes.starts_with(name))
+            {
+                return;
+            }
+            vars.push(var);
+            i += 1;
         }
+        let mut exe = [0 as c_char; 4096];
+        let n = readlink(c"/proc/self/exe".as_ptr(), exe.as_mut_ptr(), exe.len() - 1);
+        if n <= 0 {
+            return;
+        }
+        let exe = CStr::from_ptr(exe.as_ptr()).to_bytes();
+        let name = exe.rsplit(|&b| b == b'/').next().unwrap_or(exe);
+        if name.starts_with(b"ld-") || name.starts_with(b"ld.so") {
+            return;
+        }
+        vars.extend(WAIT_SETTINGS.iter().map(|s| s.as_ptr()));
+        vars.push(CHOSEN_BY_TRAINLINT.as_ptr());
+        vars.push(std::ptr::null());
+        execve(c"/proc/self/exe".as_ptr(), argv, vars.as_ptr());
     }
 }
 
 #[used]
 #[unsafe(link_section = ".preinit_array")]
 static PREINIT: extern "C" fn(c_int, *const *const c_char, *const *const c_char) =
-    set_passive_openmp;
+    run_with_openmp_wait_settings;
 
-/// The OpenMP wait policy libgomp read at start-up, and who chose it. The variable set before the
-/// libraries' constructors is no longer in the environment by `main` (the C library's own start-up
-/// points `environ` back at the one the process was given), but libgomp read it, as
-/// `OMP_DISPLAY_ENV=TRUE` shows (tests/threads.rs).
+/// How libgomp's threads wait, and who chose it.
 pub fn openmp_wait_policy() -> String {
-    if SET_BY_TRAINLINT.load(Ordering::Relaxed) {
-        return "passive (set by trainlint)".into();
-    }
-    match std::env::var("OMP_WAIT_POLICY") {
-        Ok(v) => format!("{} (from the environment)", v.to_ascii_lowercase()),
-        Err(_) => "the OpenMP default".into(),
+    let var = |name: &str| std::env::var(name).ok();
+    let spin = var("GOMP_SPINCOUNT");
+    let policy = var("OMP_WAIT_POLICY").map(|p| p.to_ascii_lowercase());
+    let what = match (&policy, &spin) {
+        (None, None) => return "the OpenMP default".into(),
+        (Some(p), Some(s)) => format!("{p}, {s} spins then sleep"),
+        (Some(p), None) => p.clone(),
+        (None, Some(s)) => format!("{s} spins then sleep"),
+    };
+    if var("TRAINLINT_OPENMP_WAIT").is_some() {
+        format!("{what} (set by trainlint)")
+    } else {
+        format!("{what} (from the environment)")
     }
 }
 
