@@ -581,5 +581,6 @@ fn run_together(
             ),
         ));
     }
+    side_by_side::finish();
     out
 }

@@ -130,9 +130,10 @@ fn html_report_renders_in_chromium_without_errors_and_is_not_blank() {
         .unwrap()
         .parse()
         .unwrap();
-    // init-std, identity, overfit, the loss terms on one axis, the log, adjacency, gradient norms (the
-    // demo's log descends cleanly, so it stands for the lr probe, which does not run).
-    assert_eq!(charts, 7);
+    // init-std, the loss terms on one axis, the log, adjacency, gradient norms (the demo's log descends
+    // cleanly, so it stands for the lr probe, which does not run; its sigmoid head cannot hold the
+    // inputs or the targets, so identity-overfit and overfit-batch are settled without a curve).
+    assert_eq!(charts, 5);
     assert!(
         console_lines(&log).is_empty(),
         "console output: {:?}",

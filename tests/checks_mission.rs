@@ -112,6 +112,56 @@ fn identity_sigmoid_head_on_signed_inputs_names_the_activation() {
         "{f}"
     );
     assert!(num(f, "psnr_db") < 25.0);
+    // Half the inputs lie below 0: no weights bring the relative MSE under the inputs' squared
+    // distance to [0, 1] (0.47 of their variance), far above 0.01. Certain before any step: no training.
+    let floor = num(f, "relative_mse_floor");
+    assert!((0.3..0.7).contains(&floor), "{f}");
+    assert_eq!(f["evidence"]["steps"], 0);
+    assert!(f["evidence"].get("relative_mse_end").is_none(), "{f}");
+    assert!(message(f).contains("so it was not trained"), "{f}");
+    assert!(check_entry(&r, "identity-overfit")
+        .get("training")
+        .is_none());
+}
+
+/// The demo's sigmoid head against targets of which 46% lie below 0: no weights bring the mse under
+/// their squared distance to [0, 1], four times the loss to reach, so overfit-batch says so without
+/// training (it used to train 500 steps to 0.031, above that floor, as it must be).
+#[test]
+fn overfit_sigmoid_head_on_signed_targets_is_settled_by_the_range_floor() {
+    let (_, r) = check_json(&["examples/demo", "--select", "overfit-batch"]);
+    let f = only_finding(&r, "overfit-batch", "error");
+    let (floor, needed) = (num(f, "loss_floor"), num(f, "loss_needed"));
+    assert!(floor > 4.0 * needed, "{f}");
+    assert!((0.015..0.03).contains(&floor), "{f}");
+    assert_eq!(f["evidence"]["steps"], 0);
+    assert!(
+        message(f).contains("the output activation sigmoid can only produce [0, 1], but 46.3% of the targets lie outside it"),
+        "{f}"
+    );
+    // A sigmoid head on targets in [0, 1] has no floor: it trains, and fits.
+    let r = run_check(
+        "overfit-batch",
+        Some("head_sigmoid"),
+        Some("targets_01"),
+        None,
+        "",
+    );
+    passed(&r, "overfit-batch");
+    let steps = check_entry(&r, "overfit-batch")["training"][0]["steps"]
+        .as_u64()
+        .unwrap();
+    assert!(steps > 0, "{r}");
+    // On targets in [-1, 1] it is settled by the floor.
+    let r = run_check(
+        "overfit-batch",
+        Some("head_sigmoid"),
+        Some("targets_pm1"),
+        None,
+        "",
+    );
+    let f = only_finding(&r, "overfit-batch", "error");
+    assert!(num(f, "loss_floor") > num(f, "loss_needed"), "{f}");
 }
 
 #[test]

@@ -60,3 +60,17 @@ pub fn output_range(act: &OutputActivation) -> Option<Range> {
 pub fn is_probability(op: &str) -> bool {
     matches!(op, "sigmoid" | "softmax" | "hardsigmoid")
 }
+
+/// Whether every value of `prediction` (the model's real output) lies in `range`: a bound read from the
+/// graph's final op is trusted for a settled verdict only when the output agrees with it.
+pub fn holds(prediction: &tch::Tensor, range: Range) -> bool {
+    let bounds = || -> Result<(f64, f64), tch::TchError> {
+        let p = prediction.f_to_kind(tch::Kind::Double)?;
+        Ok((
+            p.f_min()?.f_double_value(&[])?,
+            p.f_max()?.f_double_value(&[])?,
+        ))
+    };
+    let slack = |b: f64| 1e-6 * b.abs().max(1.0);
+    matches!(bounds(), Ok((lo, hi)) if lo >= range.lo - slack(range.lo) && hi <= range.hi + slack(range.hi))
+}

@@ -298,6 +298,12 @@ pub mod side_by_side {
         RUNNING.store(checks, Ordering::SeqCst);
     }
 
+    /// The checks side by side are over (those that timed out may still run: their share stops
+    /// changing, and nothing else takes one).
+    pub fn finish() {
+        RUNNING.store(0, Ordering::SeqCst);
+    }
+
     /// A check that ran side by side ended (on its thread).
     pub fn ended() {
         let _ = RUNNING.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));

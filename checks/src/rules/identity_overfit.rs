@@ -63,10 +63,18 @@ impl Default for IdentityOverfitOptions {
 pub struct CannotLearnIdentity {
     #[serde(skip)]
     pub samples: usize,
-    pub relative_mse_start: f64,
-    pub relative_mse_end: f64,
+    /// The fit's start and end (absent when it was not trained: see `relative_mse_floor`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relative_mse_start: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relative_mse_end: Option<f64>,
+    /// The relative MSE below which no weights can go, when the output activation's range cannot
+    /// hold the inputs: above the target, the copy is not trained (`steps` 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relative_mse_floor: Option<f64>,
     #[serde(skip)]
     pub target: f64,
+    /// The PSNR reached (at most this, with a floor).
     pub psnr_db: f64,
     pub steps: usize,
     pub cause: String,
@@ -94,7 +102,9 @@ tanh, relu …) is asked only for what it can represent: when clamping the input
 most `max_unrepresentable` (10%) of their variance (noisy [0, 1] images straying past the bounds), the \
 copy learns the inputs clamped into the range (squeezed 10% inwards from two finite bounds) and the \
 relative MSE is measured against their variance; above that (a sigmoid head with inputs in [-1, 1] or \
-0..255) the head truly cannot represent the data and is named as the cause.",
+0..255) the head truly cannot represent the data and is named as the cause. Then no weights bring the \
+relative MSE below the inputs' mean squared distance to the range (over their variance): when that floor \
+is above `target`, the verdict is certain and the copy is not trained (`relative_mse_floor`, `steps` 0).",
         fix: "Make sure every output depends on the parameters (no .detach(), no multiplication by 0); \
 pick an output activation that covers the data range (or none); widen the bottleneck or add skip \
 connections.",
@@ -105,15 +115,27 @@ connections.",
         }),
     };
     fn message(&self) -> String {
+        if let Some(floor) = self.relative_mse_floor {
+            return format!(
+                "the model cannot learn the identity on {} samples{}: no weights bring the relative MSE \
+below {} (needs ≤ {}; PSNR at most {} dB), so it was not trained. Cause: {}",
+                self.samples,
+                self.crops,
+                num(floor),
+                num(self.target),
+                num(self.psnr_db),
+                self.cause
+            );
+        }
         format!(
             "the model cannot learn the identity on {} samples{}: relative MSE {} (needs ≤ {}) after {} steps, \
 from {}; PSNR {} dB. Likely cause: {}",
             self.samples,
             self.crops,
-            num(self.relative_mse_end),
+            num(self.relative_mse_end.unwrap_or(f64::NAN)),
             num(self.target),
             self.steps,
-            num(self.relative_mse_start),
+            num(self.relative_mse_start.unwrap_or(f64::NAN)),
             num(self.psnr_db),
             self.cause
         )
@@ -252,6 +274,57 @@ impl Check for IdentityOverfit {
             Some((cx, cg, v, sides)) => (cx, cg, v, Some(sides)),
             None => (x.shallow_clone(), goal, var, None),
         };
+        let (lo, hi) = values
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+                (a.min(*v), b.max(*v))
+            });
+        let crop_sides = sides.as_deref().map(train::crop_label);
+        let crops = crop_sides
+            .as_ref()
+            .map(|c| format!(" ({c} crops)"))
+            .unwrap_or_default();
+        // A head whose range cannot hold the inputs (past `max_unrepresentable`, so they are not mapped)
+        // leaves an error no weights remove: the mean squared distance of the inputs to the range. When
+        // that floor is above the target, the verdict is settled before any step, and certain (the
+        // range is the graph's final op's, trusted when the model's real output lies in it).
+        let agrees = |r: Range| crate::activation::holds(&prediction, r);
+        if let (Some(r), None) = (head.filter(|r| agrees(*r)), mapped) {
+            let fit_values = to_vec(&fit_x)?;
+            let floor = fit_values
+                .iter()
+                .map(|v| (v - v.clamp(r.lo, r.hi)).powi(2))
+                .sum::<f64>()
+                / fit_values.len() as f64
+                / var;
+            if floor > target {
+                let share = values.iter().filter(|v| **v < r.lo || **v > r.hi).count() as f64
+                    / values.len() as f64;
+                let violation = CannotLearnIdentity {
+                    samples: k as usize,
+                    relative_mse_start: None,
+                    relative_mse_end: None,
+                    relative_mse_floor: Some(floor),
+                    target,
+                    psnr_db: 10.0 * ((hi - lo).powi(2) / (floor * var)).log10(),
+                    steps: 0,
+                    cause: format!(
+                        "the output activation {} can only produce {}, but {}% of the inputs lie outside it (inputs span [{}, {}])",
+                        act.op,
+                        r.describe(),
+                        num(share * 100.0),
+                        num(lo),
+                        num(hi)
+                    ),
+                    crops,
+                };
+                let f = Finding::new(
+                    &violation,
+                    Location::data(&data.input_key, Some((0, k as usize))),
+                );
+                return Ok(CheckResult::with_findings(vec![f]));
+            }
+        }
         let mut copy = model.trainable_copy()?;
         let started = std::time::Instant::now();
         let fit = train::fit_batch(
@@ -275,7 +348,6 @@ impl Check for IdentityOverfit {
         );
         let relative: Vec<f64> = fit.losses.iter().map(|l| l / var).collect();
         // "32×32" for a fit on crops.
-        let crop_sides = sides.as_deref().map(train::crop_label);
         let on = crop_sides
             .as_ref()
             .map(|c| format!(", on {c} crops"))
@@ -298,11 +370,6 @@ impl Check for IdentityOverfit {
             return Ok(CheckResult::passed().curve(curve).trained(run));
         }
         let (start, end) = (relative[0], *relative.last().expect("at least one step"));
-        let (lo, hi) = values
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
-                (a.min(*v), b.max(*v))
-            });
         let psnr = 10.0 * ((hi - lo).powi(2) / (end * var)).log10();
         let cause = match train::no_gradient_cause(&fit) {
             Some(c) => c,
@@ -337,15 +404,14 @@ impl Check for IdentityOverfit {
         curve.window = Some((0.0, (relative.len() - 1) as f64));
         let violation = CannotLearnIdentity {
             samples: k as usize,
-            relative_mse_start: start,
-            relative_mse_end: end,
+            relative_mse_start: Some(start),
+            relative_mse_end: Some(end),
+            relative_mse_floor: None,
             target,
             psnr_db: psnr,
             steps: relative.len() - 1,
             cause,
-            crops: crop_sides
-                .map(|c| format!(" ({c} crops)"))
-                .unwrap_or_default(),
+            crops,
         };
         let f = Finding::new(
             &violation,

@@ -71,8 +71,15 @@ pub struct CannotOverfit {
     pub samples: usize,
     #[serde(skip)]
     pub loss: &'static str,
-    pub loss_start: f64,
-    pub loss_end: f64,
+    /// The fit's start and end (absent when it was not trained: see `loss_floor`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_start: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_end: Option<f64>,
+    /// The loss below which no weights can go, when the output activation's range cannot hold the
+    /// targets: above `loss_needed`, the copy is not trained (`steps` 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_floor: Option<f64>,
     /// The loss the fit had to reach.
     pub loss_needed: f64,
     /// What `loss_needed` is measured against.
@@ -109,6 +116,9 @@ the best constant prediction (Var(targets) for mse: relative MSE ≤ 0.05). Dens
 pixel, segmentation) need `dense_accuracy` (95%) of the positions right, not every one: logits predicted at \
 a reduced resolution and upsampled (DeepLab) cannot follow every boundary pixel. Failing: the curve's start \
 and end, the accuracy, and the cause when the gradients tell it (no gradient reaches the parameters). \
+For regression with a bounded output activation (sigmoid, tanh, relu …) and mse / l1 / smooth_l1, no \
+weights bring the loss below the targets' mean distance to the range under that loss: when that floor is \
+above the loss to reach, the verdict is certain and the copy is not trained (`loss_floor`, `steps` 0). \
 With cross_entropy, a sample whose target logit sits exactly on a floor that several classes share (a \
 ReLU or clamp before the logits holds it at 0, as in SqueezeNet's head) gets no gradient that can raise \
 it and is dead for this fit; up to a \
@@ -133,13 +143,25 @@ check the target format against the loss, and give the model enough capacity.",
                 format!("; {what}batch accuracy {}%", num(a * 100.0))
             })
             .unwrap_or_default();
+        if let Some(floor) = self.loss_floor {
+            return format!(
+                "the model cannot overfit {} samples: no weights bring the {} loss below {} (needs ≤ {}: {}), \
+so it was not trained. Cause: {}",
+                self.samples,
+                self.loss,
+                num(floor),
+                num(self.loss_needed),
+                self.reference.describe(),
+                self.cause
+            );
+        }
         format!(
             "the model cannot overfit {} samples: the {} loss went from {} to {} in {} steps (needs ≤ {}: {}){accuracy}. \
 Likely cause: {}",
             self.samples,
             self.loss,
-            num(self.loss_start),
-            num(self.loss_end),
+            num(self.loss_start.unwrap_or(f64::NAN)),
+            num(self.loss_end.unwrap_or(f64::NAN)),
             self.steps,
             num(self.loss_needed),
             self.reference.describe(),
@@ -475,6 +497,65 @@ impl Check for OverfitBatch {
                 (floor, Reference::Start { share })
             }
         };
+        // A head whose range cannot hold the targets leaves a loss no weights remove (each target's
+        // distance to the range, under the loss): when that floor is above the loss to reach, the
+        // verdict is settled before any step, and certain.
+        if let (Reference::Constant { loss, share }, false) = (reference, classification) {
+            let goal = floor + share * (loss - floor);
+            let out = ctx.prediction()?.size();
+            let range = crate::activation::output_range(&model.output_activation()?);
+            // The range is the graph's final op's, trusted when the model's real output lies in it.
+            let prediction = ctx.prediction()?;
+            if let Some(r) = range.filter(|r| {
+                out.get(1..) == y.size().get(1..) && crate::activation::holds(prediction, *r)
+            }) {
+                let values = train::to_vec(&y)?;
+                let penalty = |d: f64| match loss_kind {
+                    LossKind::Mse => Some(d * d),
+                    LossKind::L1 => Some(d),
+                    LossKind::SmoothL1 => Some(if d < 1.0 { 0.5 * d * d } else { d - 0.5 }),
+                    _ => None,
+                };
+                let lost: Option<f64> = values
+                    .iter()
+                    .map(|v| penalty((v - v.clamp(r.lo, r.hi)).abs()))
+                    .sum();
+                let lost = lost.map(|l| l / values.len().max(1) as f64);
+                if let Some(lost) = lost.filter(|l| *l > goal) {
+                    let outside = values.iter().filter(|v| **v < r.lo || **v > r.hi).count();
+                    let (lo, hi) = values
+                        .iter()
+                        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+                            (a.min(*v), b.max(*v))
+                        });
+                    let violation = CannotOverfit {
+                        samples: k as usize,
+                        loss: loss_kind.as_str(),
+                        loss_start: None,
+                        loss_end: None,
+                        loss_floor: Some(lost),
+                        loss_needed: goal,
+                        reference,
+                        steps: 0,
+                        accuracy: None,
+                        per_label,
+                        cause: format!(
+                            "the output activation {} can only produce {}, but {}% of the targets lie outside it (targets span [{}, {}])",
+                            model.output_activation()?.op,
+                            r.describe(),
+                            num(outside as f64 * 100.0 / values.len().max(1) as f64),
+                            num(lo),
+                            num(hi)
+                        ),
+                    };
+                    let f = Finding::new(
+                        &violation,
+                        Location::data(&data.target_key, Some((0, k as usize))),
+                    );
+                    return Ok(CheckResult::with_findings(vec![f]));
+                }
+            }
+        }
         let needed = std::cell::Cell::new(f64::NAN);
         let last_accuracy = std::cell::Cell::new(0.0);
         let last_dead = std::cell::Cell::new(0usize);
@@ -570,8 +651,9 @@ classes: a ReLU or clamp before the logits outputs 0 for it, so no gradient can 
         let violation = CannotOverfit {
             samples: k as usize,
             loss: loss_kind.as_str(),
-            loss_start: start,
-            loss_end: end,
+            loss_start: Some(start),
+            loss_end: Some(end),
+            loss_floor: None,
             loss_needed: needed.get(),
             reference,
             steps: fit.losses.len() - 1,
