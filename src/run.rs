@@ -60,8 +60,11 @@ fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
+/// A selected check and its level.
+type Selected = (Box<dyn Rule>, Level);
+
 /// The checks that `settings` selects, with their levels (those at `allow` are left out).
-pub fn selected_checks(settings: &Settings) -> Vec<(Box<dyn Rule>, Level)> {
+pub fn selected_checks(settings: &Settings) -> Vec<Selected> {
     registry::all()
         .into_iter()
         .filter(|c| settings.selected(c.info().id, c.info().group))
@@ -538,7 +541,7 @@ pub fn run_all(
 /// The checks of `group` (index in the report, check, level) started at once, each on a worker thread
 /// with its own copy of the model; each is waited for until it ends or `timeout` after it started.
 fn run_together(
-    group: Vec<(usize, (Box<dyn Rule>, Level))>,
+    group: Vec<(usize, Selected)>,
     ctx: &Context,
     settings: &Settings,
     plan: &SideBySide,

@@ -288,7 +288,7 @@ impl Check for IdentityOverfit {
         // leaves an error no weights remove: the mean squared distance of the inputs to the range. When
         // that floor is above the target, the verdict is settled before any step, and certain (the
         // range is the graph's final op's, trusted when the model's real output lies in it).
-        let agrees = |r: Range| crate::activation::holds(&prediction, r);
+        let agrees = |r: Range| crate::activation::holds(prediction, r);
         if let (Some(r), None) = (head.filter(|r| agrees(*r)), mapped) {
             let fit_values = to_vec(&fit_x)?;
             let floor = fit_values
