@@ -27,6 +27,35 @@ impl Range {
         };
         format!("[{}, {}]", side(self.lo), side(self.hi))
     }
+
+    /// How far `v` lies outside the range (0 inside it).
+    pub fn distance(&self, v: f64) -> f64 {
+        (v - v.clamp(self.lo, self.hi)).abs()
+    }
+
+    /// The mean of `penalty(distance)` over `values`: the least loss an output confined to the range
+    /// can reach against them, under a loss that charges `penalty` for an error (`d²` for mse).
+    pub fn floor(&self, values: &[f64], penalty: impl Fn(f64) -> f64) -> f64 {
+        values
+            .iter()
+            .map(|v| penalty(self.distance(*v)))
+            .sum::<f64>()
+            / values.len().max(1) as f64
+    }
+
+    /// Why an output op `op` with this range cannot hold `values` (`what`: "inputs", "targets"): the
+    /// share of them outside it and their span.
+    pub fn cannot_hold(&self, op: &str, what: &str, values: &[f64]) -> String {
+        let outside = values.iter().filter(|v| self.distance(**v) > 0.0).count();
+        let (lo, hi) = crate::stats::min_max(values);
+        format!(
+            "the output activation {op} can only produce {}, but {}% of the {what} lie outside it ({what} span [{}, {}])",
+            self.describe(),
+            crate::finding::num(outside as f64 * 100.0 / values.len().max(1) as f64),
+            crate::finding::num(lo),
+            crate::finding::num(hi)
+        )
+    }
 }
 
 const INF: f64 = f64::INFINITY;

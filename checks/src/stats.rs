@@ -36,6 +36,14 @@ impl Rng {
     }
 }
 
+/// The smallest and largest of `x` (∞ and -∞ when empty).
+pub fn min_max(x: &[f64]) -> (f64, f64) {
+    x.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(*v), b.max(*v))
+        })
+}
+
 pub fn mean(x: &[f64]) -> f64 {
     if x.is_empty() {
         return f64::NAN;

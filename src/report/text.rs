@@ -14,11 +14,7 @@ pub fn sparkline(values: &[f64], width: usize) -> String {
     if finite.is_empty() || width == 0 {
         return String::new();
     }
-    let (lo, hi) = finite
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
-            (a.min(*v), b.max(*v))
-        });
+    let (lo, hi) = trainlint_checks::stats::min_max(&finite);
     let log = lo > 0.0 && hi / lo > 100.0;
     let tf = |v: f64| if log { v.ln() } else { v };
     let (tlo, thi) = (tf(lo), tf(hi));

@@ -236,13 +236,9 @@ impl Check for IdentityOverfit {
         let values = to_vec(&x)?;
         // A bounded head copies what it can represent: inputs that stray slightly past its bounds (noise
         // on [0, 1] images) are mapped into its range; the question is whether information flows through.
+        let squared = |d: f64| d * d;
         let mapped = head.and_then(|r| {
-            let lost = values
-                .iter()
-                .map(|v| (v - v.clamp(r.lo, r.hi)).powi(2))
-                .sum::<f64>()
-                / values.len() as f64
-                / var;
+            let lost = r.floor(&values, squared) / var;
             (lost > 0.0 && lost <= options.max_unrepresentable).then_some(r)
         });
         let goal = match mapped {
@@ -274,11 +270,7 @@ impl Check for IdentityOverfit {
             Some((cx, cg, v, sides)) => (cx, cg, v, Some(sides)),
             None => (x.shallow_clone(), goal, var, None),
         };
-        let (lo, hi) = values
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
-                (a.min(*v), b.max(*v))
-            });
+        let (lo, hi) = crate::stats::min_max(&values);
         let crop_sides = sides.as_deref().map(train::crop_label);
         let crops = crop_sides
             .as_ref()
@@ -290,16 +282,8 @@ impl Check for IdentityOverfit {
         // range is the graph's final op's, trusted when the model's real output lies in it).
         let agrees = |r: Range| crate::activation::holds(prediction, r);
         if let (Some(r), None) = (head.filter(|r| agrees(*r)), mapped) {
-            let fit_values = to_vec(&fit_x)?;
-            let floor = fit_values
-                .iter()
-                .map(|v| (v - v.clamp(r.lo, r.hi)).powi(2))
-                .sum::<f64>()
-                / fit_values.len() as f64
-                / var;
+            let floor = r.floor(&to_vec(&fit_x)?, squared) / var;
             if floor > target {
-                let share = values.iter().filter(|v| **v < r.lo || **v > r.hi).count() as f64
-                    / values.len() as f64;
                 let violation = CannotLearnIdentity {
                     samples: k as usize,
                     relative_mse_start: None,
@@ -308,14 +292,7 @@ impl Check for IdentityOverfit {
                     target,
                     psnr_db: 10.0 * ((hi - lo).powi(2) / (floor * var)).log10(),
                     steps: 0,
-                    cause: format!(
-                        "the output activation {} can only produce {}, but {}% of the inputs lie outside it (inputs span [{}, {}])",
-                        act.op,
-                        r.describe(),
-                        num(share * 100.0),
-                        num(lo),
-                        num(hi)
-                    ),
+                    cause: r.cannot_hold(&act.op, "inputs", &values),
                     crops,
                 };
                 let f = Finding::new(
@@ -374,19 +351,10 @@ impl Check for IdentityOverfit {
         let cause = match train::no_gradient_cause(&fit) {
             Some(c) => c,
             None => {
-                let outside = head.filter(|_| mapped.is_none()).map(|r| {
-                    let n = values.iter().filter(|v| **v < r.lo || **v > r.hi).count();
-                    (r, n as f64 / values.len() as f64)
-                });
+                let outside = head
+                    .filter(|r| mapped.is_none() && values.iter().any(|v| r.distance(*v) > 0.0));
                 match outside {
-                    Some((r, share)) if share > 0.0 => format!(
-                        "the output activation {} can only produce {}, but {}% of the inputs lie outside it (inputs span [{}, {}])",
-                        act.op,
-                        r.describe(),
-                        num(share * 100.0),
-                        num(lo),
-                        num(hi)
-                    ),
+                    Some(r) => r.cannot_hold(&act.op, "inputs", &values),
                     _ => {
                         let channels = in_shape.get(1).copied().unwrap_or(0);
                         let narrow = match narrowest_layer(model)? {

@@ -309,11 +309,7 @@ impl Check for OutputRange {
         if finite.is_empty() {
             return Ok(CheckResult::skipped("no finite targets"));
         }
-        let (t_lo, t_hi) = finite
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
-                (a.min(*v), b.max(*v))
-            });
+        let (t_lo, t_hi) = crate::stats::min_max(&finite);
         let tol = 1e-6 * (t_hi - t_lo).abs().max(1.0);
         let outside = finite
             .iter()

@@ -502,32 +502,23 @@ impl Check for OverfitBatch {
         // verdict is settled before any step, and certain.
         if let (Reference::Constant { loss, share }, false) = (reference, classification) {
             let goal = floor + share * (loss - floor);
-            let out = ctx.prediction()?.size();
-            let range = crate::activation::output_range(&model.output_activation()?);
+            let act = model.output_activation()?;
             // The range is the graph's final op's, trusted when the model's real output lies in it.
             let prediction = ctx.prediction()?;
-            if let Some(r) = range.filter(|r| {
-                out.get(1..) == y.size().get(1..) && crate::activation::holds(prediction, *r)
-            }) {
+            let range = crate::activation::output_range(&act).filter(|r| {
+                prediction.size().get(1..) == y.size().get(1..)
+                    && crate::activation::holds(prediction, *r)
+            });
+            let penalty: Option<fn(f64) -> f64> = match loss_kind {
+                LossKind::Mse => Some(|d| d * d),
+                LossKind::L1 => Some(|d| d),
+                LossKind::SmoothL1 => Some(|d| if d < 1.0 { 0.5 * d * d } else { d - 0.5 }),
+                _ => None,
+            };
+            if let (Some(r), Some(penalty)) = (range, penalty) {
                 let values = train::to_vec(&y)?;
-                let penalty = |d: f64| match loss_kind {
-                    LossKind::Mse => Some(d * d),
-                    LossKind::L1 => Some(d),
-                    LossKind::SmoothL1 => Some(if d < 1.0 { 0.5 * d * d } else { d - 0.5 }),
-                    _ => None,
-                };
-                let lost: Option<f64> = values
-                    .iter()
-                    .map(|v| penalty((v - v.clamp(r.lo, r.hi)).abs()))
-                    .sum();
-                let lost = lost.map(|l| l / values.len().max(1) as f64);
-                if let Some(lost) = lost.filter(|l| *l > goal) {
-                    let outside = values.iter().filter(|v| **v < r.lo || **v > r.hi).count();
-                    let (lo, hi) = values
-                        .iter()
-                        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
-                            (a.min(*v), b.max(*v))
-                        });
+                let lost = r.floor(&values, penalty);
+                if lost > goal {
                     let violation = CannotOverfit {
                         samples: k as usize,
                         loss: loss_kind.as_str(),
@@ -539,14 +530,7 @@ impl Check for OverfitBatch {
                         steps: 0,
                         accuracy: None,
                         per_label,
-                        cause: format!(
-                            "the output activation {} can only produce {}, but {}% of the targets lie outside it (targets span [{}, {}])",
-                            model.output_activation()?.op,
-                            r.describe(),
-                            num(outside as f64 * 100.0 / values.len().max(1) as f64),
-                            num(lo),
-                            num(hi)
-                        ),
+                        cause: r.cannot_hold(&act.op, "targets", &values),
                     };
                     let f = Finding::new(
                         &violation,
