@@ -1100,18 +1100,8 @@ mod tests {
     fn chain(kinds: &[&str]) -> ModuleGraph {
         let mut g = ModuleGraph::default();
         for (i, kind) in kinds.iter().enumerate() {
-            g.calls.push(CallSite {
-                id: i,
-                parent: None,
-                module: format!("layers.{i}"),
-                kind: kind.to_string(),
-                method: "forward".into(),
-                source: String::new(),
-                branch: String::new(),
-                leaf: true,
-                in_loop: false,
-                shape: String::new(),
-            });
+            g.calls
+                .push(CallSite::leaf(i, None, &format!("layers.{i}"), kind));
             g.edges.push(Edge {
                 from: i.checked_sub(1),
                 to: Some(i),

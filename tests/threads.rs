@@ -241,39 +241,29 @@ fn the_checks_that_train_run_side_by_side_when_the_model_draws_nothing() {
 /// run side by side.
 #[test]
 fn a_model_that_draws_random_numbers_trains_one_check_at_a_time() {
-    let report = report_of(&[
-        "check",
-        "--model",
-        &fixture("models/tv/squeezenet.pt"),
-        "--data",
-        &fixture("data/shapes16.npz"),
-        "--select",
-        "overfit-batch,loss-oscillation",
-        "--threads",
-        "2",
-        "--output-format",
-        "json",
-    ]);
+    let side_by_side = |model: &str| {
+        report_of(&[
+            "check",
+            "--model",
+            &fixture(&format!("models/tv/{model}.pt")),
+            "--data",
+            &fixture("data/shapes16.npz"),
+            "--select",
+            "overfit-batch,loss-oscillation",
+            "--threads",
+            "2",
+            "--output-format",
+            "json",
+        ])["threads"]["side_by_side"]
+            .clone()
+    };
     assert_eq!(
-        report["threads"]["side_by_side"],
+        side_by_side("squeezenet"),
         "the model's training forward draws random numbers (aten::dropout, aten::dropout_), so the \
          checks that train run one at a time"
     );
-    let report = report_of(&[
-        "check",
-        "--model",
-        &fixture("models/tv/vit.pt"),
-        "--data",
-        &fixture("data/shapes16.npz"),
-        "--select",
-        "overfit-batch,loss-oscillation",
-        "--threads",
-        "2",
-        "--output-format",
-        "json",
-    ]);
     assert_eq!(
-        report["threads"]["side_by_side"],
+        side_by_side("vit"),
         "overfit-batch, loss-oscillation trained side by side on copies of the model, sharing the 2 \
          threads"
     );

@@ -31,6 +31,25 @@ pub struct CallSite {
     pub shape: String,
 }
 
+impl CallSite {
+    /// Call `id` of `module`'s forward (a `kind`) inside call `parent`: a leaf, outside any branch or
+    /// loop, with no source or shape known yet.
+    pub fn leaf(id: usize, parent: Option<usize>, module: &str, kind: &str) -> CallSite {
+        CallSite {
+            id,
+            parent,
+            module: module.into(),
+            kind: kind.into(),
+            method: "forward".into(),
+            source: String::new(),
+            branch: String::new(),
+            leaf: true,
+            in_loop: false,
+            shape: String::new(),
+        }
+    }
+}
+
 /// Data flowing from one leaf call (None: the model input) to another (None: the model output).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Edge {
@@ -141,16 +160,8 @@ mod tests {
 
     fn call(id: usize, module: &str, branch: &str) -> CallSite {
         CallSite {
-            id,
-            parent: None,
-            module: module.into(),
-            kind: "BatchNorm2d".into(),
-            method: "forward".into(),
-            source: String::new(),
             branch: branch.into(),
-            leaf: true,
-            in_loop: false,
-            shape: String::new(),
+            ..CallSite::leaf(id, None, module, "BatchNorm2d")
         }
     }
 

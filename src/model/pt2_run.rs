@@ -1333,18 +1333,12 @@ fn module_graph(program: &Compiled, slots: &[Slot]) -> (ModuleGraph, Vec<Option<
                             id
                         }
                         None => {
-                            graph.calls.push(CallSite {
-                                id: graph.calls.len(),
+                            graph.calls.push(CallSite::leaf(
+                                graph.calls.len(),
                                 parent,
-                                module: frame.path.clone(),
-                                kind: frame.kind().to_string(),
-                                method: "forward".into(),
-                                source: String::new(),
-                                branch: String::new(),
-                                leaf: true,
-                                in_loop: false,
-                                shape: String::new(),
-                            });
+                                &frame.path,
+                                frame.kind(),
+                            ));
                             last_node.push(None);
                             site_of.insert(site, graph.calls.len() - 1);
                             graph.calls.len() - 1
