@@ -988,7 +988,7 @@ trainlint needs one output per sample along dim 0",
         .filter_map(|(label, p)| p.as_deref().map(|p| (label, relative_path(p))))
         .collect(),
     };
-    let trained_together = run::ran_side_by_side(&outcome.runs);
+    let trained_together = std::mem::take(&mut outcome.together);
     let wall_ms = outcome.wall_ms;
     let mut report = report::Report::new(
         inputs,
@@ -1005,13 +1005,12 @@ trainlint needs one output per sample along dim 0",
             count: threads,
             reason: thread_plan.reason,
             openmp_wait_policy: threads::openmp_wait_policy(),
-            side_by_side: match (&side_by_side, trained_together) {
-                (Ok(()), ids) if ids.len() >= 2 => format!(
+            side_by_side: match &side_by_side {
+                Ok(()) => format!(
                     "{} trained side by side on copies of the model, sharing the {threads} threads",
-                    ids.join(", ")
+                    trained_together.join(", ")
                 ),
-                (Ok(()), _) => "fewer than two checks that train ran".into(),
-                (Err(why), _) => why.clone(),
+                Err(why) => why.clone(),
             },
         });
     }

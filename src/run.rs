@@ -429,23 +429,11 @@ pub fn trains_side_by_side(info: &CheckInfo) -> bool {
     info.trains && !info.draws_random
 }
 
-/// The checks of `runs` that may train side by side (they did when two or more ran with a
-/// [`SideBySide`] plan).
-pub fn ran_side_by_side(runs: &[CheckRun]) -> Vec<&'static str> {
-    let may: Vec<&'static str> = registry::all()
-        .iter()
-        .filter(|c| trains_side_by_side(c.info()))
-        .map(|c| c.info().id)
-        .collect();
-    runs.iter()
-        .map(|r| r.id)
-        .filter(|id| may.contains(id))
-        .collect()
-}
-
 /// Every selected check's run, and the `[[ignore]]` entries that matched nothing.
 pub struct Outcome {
     pub runs: Vec<CheckRun>,
+    /// The checks that trained side by side, in the report's order (none when they ran one at a time).
+    pub together: Vec<&'static str>,
     /// Wall milliseconds from the first check's start to the last one's end (less than the sum of
     /// the checks' durations when some ran side by side).
     pub wall_ms: f64,
@@ -484,6 +472,7 @@ pub fn run_all(
         .filter(|(c, _)| trains_side_by_side(c.info()))
         .count();
     let mut runs: Vec<Option<CheckRun>> = Vec::new();
+    let mut trained_together = Vec::new();
     let rest = match side_by_side {
         Some(plan) if together >= 2 && ctx.model.is_some() => {
             let (group, others): (Vec<_>, Vec<_>) = selected
@@ -491,6 +480,7 @@ pub fn run_all(
                 .enumerate()
                 .partition(|(_, (c, _))| trains_side_by_side(c.info()));
             runs.resize_with(group.len() + others.len(), || None);
+            trained_together = group.iter().map(|(_, (c, _))| c.info().id).collect();
             let timeout = isolation.map(|i| i.timeout);
             for (i, run) in run_together(group, ctx, settings, plan, timeout, on_start, &mut used) {
                 runs[i] = Some(run);
@@ -533,6 +523,7 @@ pub fn run_all(
         .collect();
     Outcome {
         runs,
+        together: trained_together,
         wall_ms: began.elapsed().as_secs_f64() * 1000.0,
         unused_ignores,
     }
