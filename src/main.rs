@@ -954,10 +954,11 @@ trainlint needs one output per sample along dim 0",
         model_copy: &model_copy,
     });
     // The checks that train run side by side when there are threads to share and the model allows it.
-    let together = side_by_side.as_ref().ok().map(|()| run::SideBySide {
+    let together = side_by_side.as_ref().ok().map(|draws| run::SideBySide {
         threads,
         rebalance: !args.no_timings,
         model_copy: &model_copy,
+        own_generators: draws.is_some(),
     });
     let mut outcome = run::run_all(
         &ctx,
@@ -1006,9 +1007,14 @@ trainlint needs one output per sample along dim 0",
             reason: thread_plan.reason,
             openmp_wait_policy: threads::openmp_wait_policy(),
             side_by_side: match &side_by_side {
-                Ok(()) => format!(
-                    "{} trained side by side on copies of the model, sharing the {threads} threads",
-                    trained_together.join(", ")
+                Ok(draws) => format!(
+                    "{} trained side by side on copies of the model, sharing the {threads} \
+                     threads{}",
+                    trained_together.join(", "),
+                    draws.as_ref().map_or(String::new(), |ops| format!(
+                        "; the training forward draws random numbers ({ops}), so each check drew \
+                         from a generator of its own, and the forwards ran one at a time"
+                    ))
                 ),
                 Err(why) => why.clone(),
             },

@@ -134,7 +134,8 @@ struct Worker {
 }
 
 /// Starts `check` on a worker thread with `model` (its own copy) and shallow copies of the rest of
-/// `ctx`, at `threads` libtorch CPU threads (its [`side_by_side`] share when `shared`).
+/// `ctx`, at `threads` libtorch CPU threads (its [`side_by_side`] share when `shared`), drawing from
+/// a random generator of its own when `own_generator` ([`side_by_side::drawing`]).
 fn spawn(
     check: Box<dyn Rule>,
     ctx: &Context,
@@ -142,6 +143,7 @@ fn spawn(
     model: Option<Box<dyn Model + Send>>,
     threads: usize,
     shared: bool,
+    own_generator: bool,
 ) -> Result<Worker, CheckError> {
     // Shallow copies share the tensors' storage, which no check writes to.
     let data = ctx.data.map(|d| Dataset {
@@ -172,7 +174,11 @@ fn spawn(
                 side_by_side::take_share();
             }
             crate::model::silence_libtorch_warnings();
-            tch::manual_seed(seed);
+            if own_generator {
+                side_by_side::own_generator(seed);
+            } else {
+                tch::manual_seed(seed);
+            }
             let progress_tx = tx.clone();
             let progress = move |step: usize, total: usize, loss: f64| {
                 let _ = progress_tx.send(Message::Progress(step, total, loss));
@@ -265,7 +271,7 @@ fn run_isolated(
         },
         None => None,
     };
-    match spawn(check, ctx, settings, model, isolation.threads, false) {
+    match spawn(check, ctx, settings, model, isolation.threads, false, false) {
         Ok(worker) => wait(worker, ctx, Some(isolation.timeout), true).0,
         Err(e) => Ended::Returned(Err(e)),
     }
@@ -421,6 +427,9 @@ pub struct SideBySide<'a> {
     pub rebalance: bool,
     /// An independent copy of the model for each check.
     pub model_copy: &'a dyn Fn() -> Result<Box<dyn Model + Send>, CheckError>,
+    /// Whether the model's training forward draws random numbers: each check then draws from a
+    /// generator of its own, and the forwards run one at a time ([`side_by_side::drawing`]).
+    pub own_generators: bool,
 }
 
 /// The checks that may train side by side: those that train a copy and draw no random numbers
@@ -446,9 +455,10 @@ pub struct Outcome {
 /// With `side_by_side`, the checks that may ([`trains_side_by_side`], two or more selected) first train
 /// at the same time, each on a worker thread with its own copy of the model, sharing the CPU threads
 /// (a small model gains little from libtorch's intra-op threads, and its checks then take about as long
-/// together as the longest alone). Each check seeds the generator as when run alone, and neither the
-/// checks nor the model (the caller's condition) draw random numbers, so no check's draws move
-/// another's. The report keeps the registry's order.
+/// together as the longest alone). Each check seeds the generator as when run alone; the checks draw
+/// no random numbers outside the model's forward, and the model's forward either draws none or draws
+/// from each check's own generator (`own_generators`), so no check's draws move another's. The report
+/// keeps the registry's order.
 pub fn run_all(
     ctx: &Context,
     settings: &Settings,
@@ -548,8 +558,17 @@ fn run_together(
     let mut started = Vec::new();
     for (i, (check, level)) in group {
         let info = check.info();
-        let worker = (plan.model_copy)()
-            .and_then(|m| spawn(check, ctx, settings, Some(m), each, plan.rebalance));
+        let worker = (plan.model_copy)().and_then(|m| {
+            spawn(
+                check,
+                ctx,
+                settings,
+                Some(m),
+                each,
+                plan.rebalance,
+                plan.own_generators,
+            )
+        });
         if worker.is_err() && plan.rebalance {
             side_by_side::ended();
         }

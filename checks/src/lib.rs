@@ -101,9 +101,10 @@ pub struct CheckInfo {
     pub kinds: &'static [&'static KindInfo],
     /// Whether the check trains an in-memory copy of the model (progress is shown for these).
     pub trains: bool,
-    /// Whether the check itself draws from libtorch's global random generator (random inputs, random
-    /// directions). The checks that train and draw nothing themselves may run side by side on copies
-    /// of a model that draws nothing either: no draw of one can then move another's.
+    /// Whether the check itself draws from libtorch's global random generator outside the model's
+    /// forward (random inputs, random directions). The checks that train and draw nothing themselves
+    /// may run side by side on copies of the model: the model's own draws come from each check's own
+    /// generator ([`crate::train::side_by_side::drawing`]), so no draw of one can move another's.
     pub draws_random: bool,
     /// The `[setup]` values its verdict rests on: when the config leaves one unset and the check ran,
     /// the report says what was assumed in its place.

@@ -282,8 +282,13 @@ pub fn optimizer(
 /// ([`Budget::allow`] calls [`take_share`]), so a check that ends hands its threads to the others.
 /// libtorch keeps the thread count per thread (OpenMP's), so a share changes only its own thread.
 pub mod side_by_side {
-    use std::cell::Cell;
+    use std::cell::{Cell, RefCell};
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use tch::Tensor;
+
+    use crate::CheckError;
 
     static TOTAL: AtomicUsize = AtomicUsize::new(0);
     static RUNNING: AtomicUsize = AtomicUsize::new(0);
@@ -325,6 +330,86 @@ pub mod side_by_side {
                 }
             });
         }
+    }
+
+    // ---- a generator of its own for each check side by side
+    //
+    // libtorch has one global CPU generator. A model whose training forward draws random numbers
+    // (dropout) would have checks side by side take their draws from it in whatever order their
+    // threads reach it, and each check's result would depend on timing. Instead each such check keeps
+    // the generator's state as its own: a forward takes the one lock, puts the check's state into the
+    // generator, runs, and takes the state back out. Forwards of such a model then run one at a time,
+    // while the backward passes and optimizer steps still overlap, and every check draws exactly the
+    // numbers it draws when run alone.
+
+    /// What a check's own generator holds: just seeded (as `manual_seed` leaves it), or a state.
+    enum Own {
+        Seeded(i64),
+        State(Tensor),
+    }
+
+    thread_local! {
+        /// This thread's own generator; None when it shares the global one (run alone).
+        static OWN: RefCell<Option<Own>> = const { RefCell::new(None) };
+        /// Whether this thread holds the generator now (a forward inside a forward takes it once).
+        static HOLDING: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// The one lock that forwards drawing from an own generator take.
+    static GENERATOR: Mutex<()> = Mutex::new(());
+
+    /// Reads and replaces the global CPU generator's state (the model adapter implements it: tch
+    /// has no such call).
+    pub trait GeneratorState {
+        fn get(&self) -> Result<Tensor, CheckError>;
+        fn set(&self, state: &Tensor) -> Result<(), CheckError>;
+    }
+
+    /// From now on this thread (a check's worker) draws from a generator of its own, seeded with
+    /// `seed`, in every forward it runs through [`drawing`].
+    pub fn own_generator(seed: i64) {
+        OWN.with(|own| *own.borrow_mut() = Some(Own::Seeded(seed)));
+    }
+
+    /// Whether this thread draws from a generator of its own.
+    pub fn owns_generator() -> bool {
+        OWN.with(|own| own.borrow().is_some())
+    }
+
+    /// `tch::manual_seed` for a check: seeds its own generator when it has one, else the global one.
+    pub fn manual_seed(seed: i64) {
+        OWN.with(|own| match own.borrow_mut().as_mut() {
+            Some(own) => *own = Own::Seeded(seed),
+            None => tch::manual_seed(seed),
+        })
+    }
+
+    /// Runs `f` (a forward) drawing from this thread's own generator, when it has one; else just runs
+    /// it.
+    pub fn drawing<R>(
+        generator: &dyn GeneratorState,
+        f: impl FnOnce() -> Result<R, CheckError>,
+    ) -> Result<R, CheckError> {
+        if !owns_generator() || HOLDING.with(Cell::get) {
+            return f();
+        }
+        // A check that panicked while holding the lock left no state half-written that matters here:
+        // every holder replaces the generator's whole state first.
+        let _lock = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+        OWN.with(|own| match own.borrow().as_ref() {
+            Some(Own::Seeded(seed)) => {
+                tch::manual_seed(*seed);
+                Ok(())
+            }
+            Some(Own::State(state)) => generator.set(state),
+            None => Ok(()),
+        })?;
+        HOLDING.with(|h| h.set(true));
+        let out = f();
+        HOLDING.with(|h| h.set(false));
+        let state = generator.get()?;
+        OWN.with(|own| *own.borrow_mut() = Some(Own::State(state)));
+        out
     }
 }
 

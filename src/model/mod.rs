@@ -20,6 +20,7 @@ pub mod pt2_run;
 pub use archive::ArchiveRecord;
 use trainlint_checks::graph::ModuleGraph;
 use trainlint_checks::ports::{LayerScale, Mode, NamedTensor, NonFiniteOp};
+use trainlint_checks::train::side_by_side;
 use trainlint_checks::{CheckError, Model, ModuleInfo, OutputActivation, TrainableModel};
 
 #[repr(C)]
@@ -72,6 +73,8 @@ unsafe extern "C" {
     ) -> Option<ShimString>;
     fn tl_free(m: *mut RawModule);
     fn tl_deepcopy(m: *const RawModule, out: *mut *mut RawModule) -> Option<ShimString>;
+    fn tl_generator_state(out: *mut *mut torch_sys::C_tensor) -> Option<ShimString>;
+    fn tl_set_generator_state(state: *const torch_sys::C_tensor) -> Option<ShimString>;
     fn tl_forward(
         m: *mut RawModule,
         input: *const torch_sys::C_tensor,
@@ -376,8 +379,21 @@ impl Handle {
     }
 
     /// A forward that sets `mode` on the module and leaves it so (for trained copies).
-    /// `grad`: None keeps the caller's grad mode.
+    /// `grad`: None keeps the caller's grad mode. It draws from the check's own generator when the
+    /// check has one ([`side_by_side::drawing`]).
     fn forward(
+        &mut self,
+        input: &Tensor,
+        mode: Mode,
+        grad: Option<bool>,
+        output_key: &CStr,
+    ) -> Result<Tensor, CheckError> {
+        side_by_side::drawing(&CpuGenerator, || {
+            self.forward_drawing_global(input, mode, grad, output_key)
+        })
+    }
+
+    fn forward_drawing_global(
         &mut self,
         input: &Tensor,
         mode: Mode,
@@ -414,7 +430,9 @@ impl Handle {
     /// An eval-mode forward without gradients that leaves the module as it was: its training flags
     /// (restored by the shim) and its buffers (see `keeping_buffers`).
     fn predict(&self, input: &Tensor, output_key: &CStr) -> Result<Tensor, CheckError> {
-        self.keeping_buffers(|h| h.predict_moving_buffers(input, output_key))
+        side_by_side::drawing(&CpuGenerator, || {
+            self.keeping_buffers(|h| h.predict_moving_buffers(input, output_key))
+        })
     }
 
     /// Runs `f` and puts every buffer back as it was, even when `f` fails. A model traced in train
@@ -882,15 +900,19 @@ impl LoadedModel {
 
 impl LoadedModel {
     /// Whether checks may train copies of this model side by side ([`crate::run::SideBySide`]), or
-    /// why not. Only a model whose training forward draws no random numbers: libtorch has one global
-    /// generator, and the draws of two checks at once would interleave by chance, where each check's
-    /// own must follow from the seed. A graph with dropout or stochastic depth draws nothing when the
-    /// rate is 0 (ATen and torchvision return the input), as in torchvision's ViT and DenseNet by
-    /// default: a train-mode forward of a copy on two samples of `sample` tells, by whether the
-    /// generator moved (a draw that only some inputs make goes unseen). Only a TorchScript
-    /// model (the `.pt2` interpreter runs one program at a time) on the CPU, below
-    /// [`SIDE_BY_SIDE_BELOW_BYTES`].
-    pub fn side_by_side(&self, sample: Option<&Tensor>) -> Result<(), String> {
+    /// why not; when they may, the random ops of a training forward that draws random numbers
+    /// (`Some`), or None when it draws none.
+    ///
+    /// libtorch has one global generator: the draws of two checks at once would interleave by chance,
+    /// where each check's own must follow from the seed. So checks on a model that draws each keep a
+    /// generator of their own ([`side_by_side::drawing`]), and its forwards run one at a time. A graph
+    /// with dropout or stochastic depth draws nothing when the rate is 0 (ATen and torchvision return
+    /// the input), as in torchvision's ViT and DenseNet by default: a train-mode forward of a copy on
+    /// two samples of `sample` tells, by whether the generator moved, and such a model's forwards
+    /// overlap too. Ops outside `aten` and `prim` may draw, or hold state of their own, unseen: such a
+    /// model trains one check at a time. Only a TorchScript model (the `.pt2` interpreter runs one
+    /// program at a time) on the CPU, below [`SIDE_BY_SIDE_BELOW_BYTES`].
+    pub fn side_by_side(&self, sample: Option<&Tensor>) -> Result<Option<String>, String> {
         let LoadedModel::TorchScript(m) = self else {
             return Err("an exported program trains one check at a time".into());
         };
@@ -914,16 +936,17 @@ impl LoadedModel {
         random.sort_unstable();
         random.dedup();
         if random.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
-        let draws = format!(
-            "the model's training forward draws random numbers ({}), so the checks that train run \
-             one at a time",
-            random.join(", ")
-        );
-        let Some(sample) = sample.filter(|_| random.iter().all(|op| op.starts_with("aten::")))
-        else {
-            return Err(draws);
+        let ops = random.join(", ");
+        if !random.iter().all(|op| op.starts_with("aten::")) {
+            return Err(format!(
+                "the model's forward calls ops outside libtorch that may draw random numbers \
+                 ({ops}), so the checks that train run one at a time"
+            ));
+        }
+        let Some(sample) = sample else {
+            return Ok(Some(ops));
         };
         let moved = || -> Result<bool, CheckError> {
             const SEED: i64 = 0x5eed;
@@ -938,9 +961,28 @@ impl LoadedModel {
             Ok(!after.f_equal(&untouched)?)
         };
         match moved() {
-            Ok(false) => Ok(()),
-            _ => Err(draws),
+            Ok(false) => Ok(None),
+            _ => Ok(Some(ops)),
         }
+    }
+}
+
+/// libtorch's global CPU generator, whose state a check training side by side keeps as its own.
+struct CpuGenerator;
+
+impl side_by_side::GeneratorState for CpuGenerator {
+    fn get(&self) -> Result<Tensor, CheckError> {
+        let mut out = std::ptr::null_mut();
+        // SAFETY: on success the shim stores a `new at::Tensor` in `out`, whose ownership
+        // `Tensor::from_ptr` takes, once.
+        unsafe {
+            check(tl_generator_state(&mut out)).map_err(CheckError::Model)?;
+            Ok(Tensor::from_ptr(out))
+        }
+    }
+    fn set(&self, state: &Tensor) -> Result<(), CheckError> {
+        // SAFETY: `state` is a live tensor outliving the call; the shim copies what it reads.
+        check(unsafe { tl_set_generator_state(state.as_ptr()) }).map_err(CheckError::Model)
     }
 }
 

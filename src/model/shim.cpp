@@ -11,6 +11,7 @@
 #include <torch/csrc/jit/passes/inliner.h>
 #include <torch/csrc/jit/ir/constants.h>
 #include <torch/script.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <caffe2/serialize/inline_container.h>
 
 #include <algorithm>
@@ -19,6 +20,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <mutex>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
@@ -391,6 +393,24 @@ struct SilentHandler : c10::WarningHandler {
 void tl_silence_warnings() {
   static SilentHandler handler;
   c10::WarningUtils::set_warning_handler(&handler);
+}
+
+// The global CPU generator's state (a byte tensor), and replacing it: checks training side by side on
+// a model that draws random numbers each keep the state as their own between forwards.
+char* tl_generator_state(at::Tensor** out) {
+  TL_GUARD({
+    auto gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    *out = new at::Tensor(gen.get_state());
+  })
+}
+
+char* tl_set_generator_state(const at::Tensor* state) {
+  TL_GUARD({
+    auto gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(*state);
+  })
 }
 
 // A forward in `mode` (see run_forward) that leaves the flags as it set them: for a trained copy.

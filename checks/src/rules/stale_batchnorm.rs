@@ -700,7 +700,7 @@ impl Probe<'_> {
         let h = n / 2;
         let mut gaps = Vec::new();
         for (start, len) in [(0, h), (h, n - h)] {
-            tch::manual_seed(seed as i64);
+            crate::train::side_by_side::manual_seed(seed as i64);
             let part = self.copy.forward(&x.f_narrow(0, start, len)?, self.mode)?;
             gaps.push(relative_gap(
                 &part,
@@ -915,7 +915,7 @@ fn probe<'a>(
                 let _ = t.shallow_clone().f_fill_(0)?;
             }
         }
-        tch::manual_seed(ctx.setup.seed as i64);
+        crate::train::side_by_side::manual_seed(ctx.setup.seed as i64);
         let out = copy.forward(x, mode)?;
         let mut stats = Vec::new();
         for l in layers {
