@@ -13,7 +13,7 @@ torchvision resnet18(num_classes=10) at 32×32 (SGD lr 0.05 momentum 0.9, batch 
 here in a temporary folder with the fixtures' torchvision; `--corpus` adds the 13 fresh torchvision
 families of the false-alarm corpus (fixtures/models/tv, on shapes16.npz).
 
-Usage: python3 scripts/bench_field.py [--runs 3] [--threads 2] [--corpus] [--markdown]
+Usage: python3 scripts/bench_field.py [--runs 3] [--threads 2] [--corpus] [--markdown] [--only NAME]
 
 Needs a release build and the fixtures' venv with torch (and torchvision for resnet18: `./dev fixtures`
 installs it), or $TRAINLINT_PYTHON. Standard library only on this side.
@@ -97,6 +97,7 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--corpus", action="store_true")
     p.add_argument("--markdown", action="store_true")
+    p.add_argument("--only", help="only the setups whose name contains this (e.g. squeezenet)")
     a = p.parse_args()
     binary = REPO / "target" / "release" / "trainlint"
     if not binary.is_file():
@@ -135,6 +136,8 @@ def main():
                 continue
             cases.append((f"torchvision {model.stem} (corpus), 64 × 3×16×16", ["--model", str(model), "--data",
                           str(fx / "data/shapes16.npz")], model, fx / "data/shapes16.npz", "adam", 1e-3, 0.9, 32))
+    if a.only:
+        cases = [c for c in cases if a.only.lower() in c[0].lower()]
     rows = []
     for name, args, model, data, opt, lr, momentum, batch in cases:
         runs = [audit(binary, args, a.threads) for _ in range(a.runs)]

@@ -10,6 +10,7 @@ although the full protocol reports a finding. Every `--verify`-th run is repeate
 check that the Rust rule stops where the mirror says and that the findings agree.
 
 Usage: python3 scripts/probe_early_stop.py [--grid full|quick] [--verify 4] [--out results.json]
+       python3 scripts/probe_early_stop.py --replay results.json   (the rule below on recorded runs)
 Needs a release build (`cargo build --release`); standard library only.
 """
 import argparse
@@ -66,8 +67,9 @@ def grid(kind):
                 yield "tv/" + model, "shapes16.npz", opt, lr, 0
 
 
-# The mirror of `settled_descent` and its constants (SETTLE_FIRST, SETTLE_EVERY).
-SETTLE_FIRST, SETTLE_EVERY = 20, 10
+# The mirror of `settled_descent` and its constants (SETTLE_FIRST, SETTLE_EVERY), and how often the probe
+# asks it (CHECK_EVERY, from step SETTLE_FIRST on).
+SETTLE_FIRST, SETTLE_EVERY, CHECK_EVERY = 20, 10, 1
 
 
 def settled_descent(curve):
@@ -81,7 +83,7 @@ def settled_descent(curve):
 
 
 def stop_step(curve, steps=60):
-    for k in range(SETTLE_FIRST, steps, SETTLE_EVERY):
+    for k in range(SETTLE_FIRST, steps, CHECK_EVERY):
         if k < len(curve) and settled_descent(curve[: k + 1]):
             return k
     return None
@@ -121,12 +123,19 @@ def main():
     ap.add_argument("--verify", type=int, default=4, help="repeat every N-th run with the stop on (0: never)")
     ap.add_argument("--out", help="write every run (curve, findings, stop) as JSON")
     ap.add_argument("--binary", default=str(REPO / "target" / "release" / "trainlint"))
+    ap.add_argument("--replay", help="judge the runs an --out file holds with this script's rule, "
+                    "without running anything (e.g. after changing CHECK_EVERY)")
     a = ap.parse_args()
-    binary = Path(a.binary)
-    if not binary.is_file():
-        sys.exit("probe_early_stop: no release build; run `cargo build --release` first")
     runs, errors, mismatches = [], [], []
-    cases = list(grid(a.grid))
+    if a.replay:
+        runs = json.loads(Path(a.replay).read_text())
+        for r in runs:
+            r["would_stop"] = stop_step(r["curve"])
+            r.pop("verified", None)
+    binary = Path(a.binary)
+    if not a.replay and not binary.is_file():
+        sys.exit("probe_early_stop: no release build; run `cargo build --release` first")
+    cases = [] if a.replay else list(grid(a.grid))
     for i, (model, data, opt, lr, seed) in enumerate(cases):
         full, err = audit(binary, model, data, opt, lr, seed, early_stop=False)
         if err:
