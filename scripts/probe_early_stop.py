@@ -10,7 +10,8 @@ although the full protocol reports a finding. Every `--verify`-th run is repeate
 check that the Rust rule stops where the mirror says and that the findings agree.
 
 Usage: python3 scripts/probe_early_stop.py [--grid full|quick] [--verify 4] [--out results.json]
-       python3 scripts/probe_early_stop.py --replay results.json   (the rule below on recorded runs)
+       python3 scripts/probe_early_stop.py --replay results.json [--verify 0]   (the rule below on recorded
+       runs; --verify N runs every N-th stopping run again with the Rust stop on)
 Needs a release build (`cargo build --release`); standard library only.
 """
 import argparse
@@ -67,19 +68,20 @@ def grid(kind):
                 yield "tv/" + model, "shapes16.npz", opt, lr, 0
 
 
-# The mirror of `settled_descent` and its constants (SETTLE_FIRST, SETTLE_EVERY), and how often the probe
-# asks it (CHECK_EVERY, from step SETTLE_FIRST on).
-SETTLE_FIRST, SETTLE_EVERY, CHECK_EVERY = 20, 10, 1
+# The mirror of `settled_descent` and its constants (SETTLE_FIRST, SETTLE_LOOKBACK), and how often the
+# probe asks it (CHECK_EVERY steps, from step SETTLE_FIRST on; it was 10 before 2026-12-06).
+SETTLE_FIRST, SETTLE_LOOKBACK, CHECK_EVERY = 20, 10, 1
 
 
 def settled_descent(curve):
     k = len(curve) - 1
-    if k < SETTLE_FIRST or any(v != v or v in (float("inf"), float("-inf")) for v in curve):
+    # A non-finite loss is null in the JSON report.
+    if k < SETTLE_FIRST or any(v is None or v != v or v in (float("inf"), float("-inf")) for v in curve):
         return False
     start, last = curve[0], curve[k]
     ups = sum(1 for a, b in zip(curve, curve[1:]) if b > a * 1.01)
     return (start > 0 and last <= 0.5 * start and max(curve) <= 1.5 * start
-            and ups <= 0.15 * k and last < curve[k - SETTLE_EVERY])
+            and ups <= 0.15 * k and last < curve[k - SETTLE_LOOKBACK])
 
 
 def stop_step(curve, steps=60):
@@ -127,14 +129,21 @@ def main():
                     "without running anything (e.g. after changing CHECK_EVERY)")
     a = ap.parse_args()
     runs, errors, mismatches = [], [], []
+    binary = Path(a.binary)
+    if (not a.replay or a.verify) and not binary.is_file():
+        sys.exit("probe_early_stop: no release build; run `cargo build --release` first")
     if a.replay:
         runs = json.loads(Path(a.replay).read_text())
         for r in runs:
             r["would_stop"] = stop_step(r["curve"])
             r.pop("verified", None)
-    binary = Path(a.binary)
-    if not a.replay and not binary.is_file():
-        sys.exit("probe_early_stop: no release build; run `cargo build --release` first")
+        # With --verify N, every N-th run the rule stops is run again with the stop on.
+        for r in [r for r in runs if r["would_stop"] is not None][::a.verify or len(runs) + 1]:
+            on, err = audit(binary, r["model"], r["data"], r["optimizer"], r["lr"], r["seed"], early_stop=True)
+            if err or on["stopped"] != r["would_stop"] or on["findings"]:
+                mismatches.append(f"{r['model']} {r['optimizer']} lr {r['lr']} seed {r['seed']}: mirror "
+                                  f"{r['would_stop']}, rust {on and on['stopped']}")
+            r["verified"] = True
     cases = [] if a.replay else list(grid(a.grid))
     for i, (model, data, opt, lr, seed) in enumerate(cases):
         full, err = audit(binary, model, data, opt, lr, seed, early_stop=False)

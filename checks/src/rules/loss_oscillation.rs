@@ -90,7 +90,7 @@ pub struct LossOscillationOptions {
     pub probe_spike: f64,
     /// Adam / AdamW: warm-up steps of the probe that confirms a finding is not the cold start (0: none).
     pub probe_warmup: usize,
-    /// Stop the probe early once its loss has settled into a clean descent (checked every 10 steps
+    /// Stop the probe early once its loss has settled into a clean descent (checked after every step
     /// from step 20): at most half its start, never above 1.5× it, up in at most 15% of the steps,
     /// and lower than 10 steps before. `false` always runs `probe_steps` steps.
     pub probe_early_stop: bool,
@@ -484,7 +484,7 @@ run will diverge or waste its first epochs recovering: the learning rate is too 
         how: "The probe trains a copy with the configured optimizer, lr and batch size for `probe_steps` \
 steps on random batches of the sample and measures the loss after each step on one fixed evaluation batch \
 (the first 64 samples). With `probe_early_stop` it stops sooner once that loss has settled into a clean \
-descent (checked every 10 steps from step 20: at most half its start, never above 1.5× it, up in at \
+descent (checked after every step from step 20: at most half its start, never above 1.5× it, up in at \
 most 15% of the steps, lower than 10 steps before); such a curve carries no finding, and on 1,196 real \
 probes none that stopped would have had one after 60 steps. It also stops once that loss has stayed \
 above `probe_spike`× its start for 10 steps in a row (a run that holds a finding whatever follows), and \
@@ -1013,19 +1013,20 @@ fn steps_up(curve: &[f64]) -> usize {
     curve.windows(2).filter(|w| w[1] > w[0] * 1.01).count()
 }
 
-/// Every how many steps, from step [`SETTLE_FIRST`], the probe asks [`settled_descent`].
-const SETTLE_EVERY: usize = 10;
+/// How many steps back a settled descent must still be lower than ([`settled_descent`]).
+const SETTLE_LOOKBACK: usize = 10;
+/// The first step at which the probe asks [`settled_descent`]; it asks after every step from there.
 const SETTLE_FIRST: usize = 20;
 
 /// Whether a probe curve (the start, then one loss per step) has settled into a clean descent that the
 /// remaining steps will not turn into a finding: every value finite, the last at most half the start,
 /// none above 1.5× the start, at most 15% of the steps up by more than 1% (the oscillation verdict
-/// needs 30–45%), and the last below the value [`SETTLE_EVERY`] steps earlier (still descending).
+/// needs 30–45%), and the last below the value [`SETTLE_LOOKBACK`] steps earlier (still descending).
 /// To diverge (end above `probe_divergence` = 2× the start) from there the loss must grow 4×, to spike
 /// 20×; measured how often that happens on real probes in `scripts/probe_early_stop.py`.
 fn settled_descent(curve: &[f64]) -> bool {
     let k = curve.len().saturating_sub(1);
-    if k < SETTLE_FIRST || k < SETTLE_EVERY || curve.iter().any(|v| !v.is_finite()) {
+    if k < SETTLE_FIRST || k < SETTLE_LOOKBACK || curve.iter().any(|v| !v.is_finite()) {
         return false;
     }
     let start = curve[0];
@@ -1035,7 +1036,7 @@ fn settled_descent(curve: &[f64]) -> bool {
         && last <= 0.5 * start
         && curve.iter().all(|&v| v <= 1.5 * start)
         && ups as f64 <= 0.15 * k as f64
-        && last < curve[k - SETTLE_EVERY]
+        && last < curve[k - SETTLE_LOOKBACK]
 }
 
 /// Steps in a row that a probe's loss must stay above `probe_spike` × its start for its run to stop
@@ -1163,12 +1164,7 @@ fn probe_run(
             }
             break;
         }
-        if report
-            && options.probe_early_stop
-            && done < steps
-            && done.is_multiple_of(SETTLE_EVERY)
-            && settled_descent(&curve)
-        {
+        if report && options.probe_early_stop && done < steps && settled_descent(&curve) {
             settled_at = Some(done);
             if report {
                 (ctx.progress)(steps, steps, l);
@@ -1238,13 +1234,13 @@ fn probe(
     let collapses = |r: &ProbeRun| {
         let k = r.curve.len() - 1;
         constant.is_some_and(|c| {
-            k >= SETTLE_EVERY
+            k >= SETTLE_LOOKBACK
                 && r.peak.is_finite()
                 && r.peak >= 10.0 * c.hi
                 && r.peak_step < k
                 && r.end >= 0.95 * c.lo
                 && r.end <= 1.1 * c.hi
-                && r.end >= 0.97 * r.curve[k - SETTLE_EVERY]
+                && r.end >= 0.97 * r.curve[k - SETTLE_LOOKBACK]
         })
     };
     let verdict = |r: &ProbeRun| {
