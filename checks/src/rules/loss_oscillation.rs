@@ -485,7 +485,7 @@ run will diverge or waste its first epochs recovering: the learning rate is too 
 steps on random batches of the sample and measures the loss after each step on one fixed evaluation batch \
 (the first 64 samples). With `probe_early_stop` it stops sooner once that loss has settled into a clean \
 descent (checked after every step from step 20: at most half its start, never above 1.5× it, up in at \
-most 15% of the steps, lower than 10 steps before); such a curve carries no finding, and on 1,196 real \
+most 15% of the steps, lower than 10 steps before); such a curve carries no finding, and on 1,175 real \
 probes none that stopped would have had one after 60 steps. It also stops once that loss has stayed \
 above `probe_spike`× its start for 10 steps in a row (a run that holds a finding whatever follows), and \
 then runs the control below for as many steps. Error when that loss becomes non-finite or \
