@@ -2,6 +2,7 @@
 mod baseline;
 mod config;
 mod data;
+mod docs;
 #[cfg(test)]
 mod fuzz;
 mod graph_view;
@@ -99,6 +100,17 @@ enum Command {
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
+    },
+    /// Write the reference pages under docs/ from the code (`./dev docs`), or with --check say
+    /// which committed pages are stale.
+    #[command(hide = true)]
+    Docs {
+        /// The docs folder.
+        #[arg(long, default_value = "docs")]
+        out: PathBuf,
+        /// Compare instead of writing: exit 1 and list the pages that differ.
+        #[arg(long)]
+        check: bool,
     },
 }
 
@@ -351,7 +363,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check(*args),
         Command::Rules { markdown } => {
             let text = if markdown {
-                rules_markdown()
+                docs::rules_tables(false)
             } else {
                 rules_table()
             };
@@ -370,6 +382,23 @@ fn main() -> ExitCode {
             serde_json::to_string_pretty(&config::json_schema()).expect("schema serialises")
         )),
         Command::Graph(args) => graph(*args),
+        Command::Docs { out, check: true } => {
+            let stale = docs::stale(&out);
+            if stale.is_empty() {
+                print("")
+            } else {
+                eprintln!(
+                    "trainlint: the generated docs in {} are stale (run ./dev docs): {}",
+                    out.display(),
+                    stale.join(", ")
+                );
+                Ok(ExitCode::from(1))
+            }
+        }
+        Command::Docs { out, check: false } => match docs::write(&out) {
+            Ok(n) => print(&format!("wrote {n} pages under {}\n", out.display())),
+            Err(e) => Err(Fatal::from(e)),
+        },
         Command::Completions { shell } => {
             use clap::CommandFactory;
             // Into memory first: clap_complete panics when its writer fails.
@@ -469,58 +498,9 @@ fn rules_table() -> String {
     out
 }
 
-/// The README's tables of checks and kinds, generated so that they cannot drift (a test compares them).
-fn rules_markdown() -> String {
-    let mut out =
-        String::from("| check | group | default level | what it checks |\n|---|---|---|---|\n");
-    for c in registry::all() {
-        let i = c.info();
-        out.push_str(&format!(
-            "| `{}` | {} | {} | {} |\n",
-            i.id,
-            i.group.as_str(),
-            i.default_level.as_str(),
-            i.summary
-        ));
-    }
-    out.push_str("\n| finding kind | severity | what it means |\n|---|---|---|\n");
-    for k in registry::kinds() {
-        out.push_str(&format!(
-            "| `{}` | {} | {} |\n",
-            k.id,
-            k.severity.as_str(),
-            k.summary
-        ));
-    }
-    out
-}
-
-fn explain_kind(k: &trainlint_checks::KindInfo) -> String {
-    let example = match k.example {
-        Some(e) => format!(
-            "\n## Example\n$ trainlint check {}\n{}[{}] {}\n",
-            e.args,
-            e.severity.as_str(),
-            k.id,
-            e.message
-        ),
-        None => String::new(),
-    };
-    format!(
-        "# {}\n\ncheck: {} · severity: {}\n\n{}\n\n## Why it matters\n{}\n\n## How it decides\n{}\n{example}\n## How to fix\n{}\n",
-        k.id,
-        k.check(),
-        k.severity.as_str(),
-        k.summary,
-        k.why,
-        k.how,
-        k.fix
-    )
-}
-
 fn explain(id: &str) -> Result<ExitCode, Fatal> {
     if let Some(k) = registry::find_kind(id) {
-        return print(&explain_kind(k));
+        return print(&docs::kind_text(k, 1, false));
     }
     let Some(check) = registry::find(id) else {
         let mut ids: Vec<&str> = registry::all().iter().map(|c| c.info().id).collect();
