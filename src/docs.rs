@@ -113,17 +113,11 @@ fn check_page(check: &dyn Rule) -> String {
         i.default_level.as_str(),
     );
     for o in config::check_options(check) {
-        let choices = if o.choices.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", o.choices.join(", "))
-        };
         out.push_str(&format!(
-            "| `{}` | `{}` | {}{} |\n",
+            "| `{}` | `{}` | {} |\n",
             o.name,
             cell(&o.default),
-            cell(&o.doc),
-            cell(&choices)
+            cell(&o.doc_with_choices())
         ));
     }
     out.push_str("\n## Finding kinds\n");

@@ -548,14 +548,11 @@ fn explain(id: &str) -> Result<ExitCode, Fatal> {
     ));
     out.push_str("level = \"allow\" | \"warn\" | \"deny\"\n");
     for o in config::check_options(check.as_ref()) {
-        let choices = if o.choices.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", o.choices.join(", "))
-        };
         out.push_str(&format!(
-            "{} = {}  # {}{choices}\n",
-            o.name, o.default, o.doc
+            "{} = {}  # {}\n",
+            o.name,
+            o.default,
+            o.doc_with_choices()
         ));
     }
     print(&out)

@@ -372,7 +372,7 @@ pub mod side_by_side {
     }
 
     /// Whether this thread draws from a generator of its own.
-    pub fn owns_generator() -> bool {
+    fn owns_generator() -> bool {
         OWN.with(|own| own.borrow().is_some())
     }
 

@@ -18,6 +18,17 @@ pub struct Documented {
     pub choices: Vec<String>,
 }
 
+impl Documented {
+    /// Its doc, followed by the accepted values when they are a list: `doc (a, b)`.
+    pub fn doc_with_choices(&self) -> String {
+        if self.choices.is_empty() {
+            self.doc.clone()
+        } else {
+            format!("{} ({})", self.doc, self.choices.join(", "))
+        }
+    }
+}
+
 /// The accepted strings of a schema: its `enum`, or the `const`s of a `oneOf` (unit variants with docs).
 pub fn choices(schema: &Value) -> Vec<&str> {
     match (&schema["enum"], &schema["oneOf"]) {
@@ -181,12 +192,7 @@ pub fn init_template(filled: &[(&str, String)]) -> String {
         out.push_str(&format!("\n{}[{section}]\n", comment(doc)));
         for k in documented(object) {
             let full = format!("{section}.{}", k.name);
-            let doc = if k.choices.is_empty() {
-                k.doc
-            } else {
-                format!("{} ({})", k.doc, k.choices.join(", "))
-            };
-            out.push_str(&comment(&doc));
+            out.push_str(&comment(&k.doc_with_choices()));
             match filled.iter().find(|(name, _)| *name == full) {
                 Some((_, value)) => out.push_str(&format!("{} = {}\n", k.name, value)),
                 None if k.default.is_empty() => out.push_str(&format!("# {} = \n", k.name)),
