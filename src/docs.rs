@@ -68,7 +68,7 @@ pub fn rules_tables(link: bool) -> String {
         };
         out.push_str(&format!(
             "| {id} | {} | {} |\n",
-            k.severity.as_str(),
+            k.grade.describe(),
             k.summary
         ));
     }
@@ -159,7 +159,7 @@ pub fn kind_text(k: &KindInfo, level: usize, fenced: bool) -> String {
         "{h} {title}\n\ncheck: {} · severity: {}\n\n{}\n\n{h}# Why it matters\n\n{}\n\n\
          {h}# How it decides\n\n{}\n{example}\n{h}# How to fix\n\n{}\n",
         k.check(),
-        k.severity.as_str(),
+        k.grade.describe(),
         k.summary,
         k.why,
         k.how,

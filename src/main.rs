@@ -486,7 +486,7 @@ fn rules_table() -> String {
                 "  {:w$}  {:9}  {:7}  {}\n",
                 k.id,
                 "",
-                k.severity.as_str(),
+                k.grade.describe(),
                 k.summary,
                 w = width - 2
             ));
@@ -538,7 +538,7 @@ fn explain(id: &str) -> Result<ExitCode, Fatal> {
         out.push_str(&format!(
             "- {} ({}): {}\n",
             k.id,
-            k.severity.as_str(),
+            k.grade.describe(),
             k.summary
         ));
     }

@@ -18,6 +18,56 @@ impl Severity {
     }
 }
 
+/// How a kind grades its findings: one severity always, or a base severity raised once the
+/// finding's measure passes a threshold option. [`Violation::severity`] grades a finding with it,
+/// and `explain`, the docs and the rules tables describe it, so the two cannot disagree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grade {
+    Fixed(Severity),
+    /// `below` up to the value of the option `option`, `above` past it.
+    Past {
+        below: Severity,
+        above: Severity,
+        option: &'static str,
+    },
+}
+
+impl Grade {
+    /// The severity of a finding whose measure is `measure`, against the threshold option's
+    /// configured value `limit` (a fixed grade ignores both).
+    pub fn of(self, measure: f64, limit: f64) -> Severity {
+        match self {
+            Grade::Fixed(s) => s,
+            Grade::Past { below, above, .. } => {
+                if measure > limit {
+                    above
+                } else {
+                    below
+                }
+            }
+        }
+    }
+
+    /// The severity reported when nothing raises it (SARIF's default level, the tables' column).
+    pub fn base(self) -> Severity {
+        match self {
+            Grade::Fixed(s) | Grade::Past { below: s, .. } => s,
+        }
+    }
+
+    /// In words: "warning", or "warning, error past `error_ratio`".
+    pub fn describe(self) -> String {
+        match self {
+            Grade::Fixed(s) => s.as_str().to_string(),
+            Grade::Past {
+                below,
+                above,
+                option,
+            } => format!("{}, {} past `{option}`", below.as_str(), above.as_str()),
+        }
+    }
+}
+
 /// Where a problem sits, in the user's terms. Every part is optional; a finding sets what applies.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Location {
@@ -217,7 +267,7 @@ pub struct KindInfo {
     /// Stable id, `check-id/kind-name` (kebab-case); what users select, ignore and baseline.
     pub id: &'static str,
     /// The severity it is reported with (a `warn` level caps it at warning).
-    pub severity: Severity,
+    pub grade: Grade,
     /// One line: what the finding says is wrong.
     pub summary: &'static str,
     /// Why it matters.
@@ -246,9 +296,17 @@ pub trait Violation: Serialize {
     fn message(&self) -> String;
     /// The fix, in one line.
     fn help(&self) -> String;
-    /// The severity, when it depends on the numbers (e.g. a ratio past the error threshold).
+    /// The finding's measure and the configured threshold its kind's [`Grade::Past`] compares it
+    /// with (loss-scale's ratio against `error_ratio`); `None` for kinds with a fixed grade.
+    fn measure(&self) -> Option<(f64, f64)> {
+        None
+    }
+    /// The severity: the kind's grade applied to the measure.
     fn severity(&self) -> Severity {
-        Self::KIND.severity
+        match self.measure() {
+            Some((measure, limit)) => Self::KIND.grade.of(measure, limit),
+            None => Self::KIND.grade.base(),
+        }
     }
 }
 
@@ -310,7 +368,7 @@ pub struct CheckFailed {
 impl Violation for CheckFailed {
     const KIND: KindInfo = KindInfo {
         id: "check-failed",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "A check failed to run (an internal error, not a verdict on the setup)",
         why: "A check that cannot run cannot vouch for the setup: the gate fails instead of passing \
 silently. The other checks still run and report.",

@@ -15,7 +15,9 @@ pub mod rules;
 pub mod stats;
 pub mod train;
 
-pub use finding::{CheckFailed, Curve, Example, Finding, KindInfo, Location, Severity, Violation};
+pub use finding::{
+    CheckFailed, Curve, Example, Finding, Grade, KindInfo, Location, Severity, Violation,
+};
 pub use options::{CheckOptions, NoOptions};
 pub use ports::{
     Context, Dataset, LossLog, Model, ModuleInfo, OutputActivation, Setup, TrainableModel,

@@ -117,6 +117,7 @@ impl Selector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Grade, Severity};
     use std::collections::HashSet;
 
     fn kebab(s: &str) -> bool {
@@ -161,9 +162,41 @@ mod tests {
                         "{}",
                         k.id
                     );
+                    // `explain` shows the grade beside the example: the example's severity must be
+                    // one the grade gives (tests/kinds.rs runs the example and compares it).
+                    let possible = match k.grade {
+                        Grade::Fixed(s) => vec![s],
+                        Grade::Past { below, above, .. } => vec![below, above],
+                    };
+                    assert!(possible.contains(&example.severity), "{}", k.id);
+                }
+                // A threshold the grade names is one of the check's options.
+                if let Grade::Past { option, .. } = k.grade {
+                    assert!(
+                        c.default_options().get(option).is_some(),
+                        "{}: grade names `{option}`, not an option of {}",
+                        k.id,
+                        info.id
+                    );
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_graded_kind_raises_past_its_threshold_only() {
+        let g = Grade::Past {
+            below: Severity::Warning,
+            above: Severity::Error,
+            option: "error_ratio",
+        };
+        assert_eq!(g.of(1000.0, 1000.0), Severity::Warning);
+        assert_eq!(g.of(1000.5, 1000.0), Severity::Error);
+        assert_eq!(g.base(), Severity::Warning);
+        assert_eq!(g.describe(), "warning, error past `error_ratio`");
+        let f = Grade::Fixed(Severity::Error);
+        assert_eq!(f.of(0.0, 1.0), Severity::Error);
+        assert_eq!(f.describe(), "error");
     }
 
     #[test]

@@ -17,7 +17,7 @@ fn rule(kind: &KindInfo) -> Value {
     let default = match check.as_ref().map(|c| c.info().default_level) {
         Some(Level::Warn) => "warning",
         Some(Level::Allow) => "none",
-        _ => level(kind.severity),
+        _ => level(kind.grade.base()),
     };
     let mut tags = vec![kind.check().to_string()];
     if let Some(c) = &check {
@@ -36,7 +36,7 @@ fn rule(kind: &KindInfo) -> Value {
         "id": kind.id,
         "name": kind.id,
         "shortDescription": {"text": kind.summary},
-        "fullDescription": {"text": format!("{} {}", kind.summary, kind.why)},
+        "fullDescription": {"text": format!("{}. {}", kind.summary, kind.why)},
         "help": {
             "text": format!("{}\n\nHow it decides: {}\n\nFix: {}", kind.why, kind.how, kind.fix),
             "markdown": format!("{}\n\n**How it decides:** {}\n\n**Fix:** {}{example}", kind.why, kind.how, kind.fix),

@@ -66,7 +66,7 @@ pub struct SamplesMixed {
 impl Violation for SamplesMixed {
     const KIND: KindInfo = KindInfo {
         id: "batch-independence/samples-mixed",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "In eval mode, changing one sample's input changes other samples' outputs",
         why: "Without BatchNorm's batch statistics (eval mode) a network that treats samples independently \
 gives each sample an output that depends on its own input only. When other samples' outputs move, forward \

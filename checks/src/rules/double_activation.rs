@@ -32,7 +32,7 @@ pub struct SquashedTwice {
 impl Violation for SquashedTwice {
     const KIND: KindInfo = KindInfo {
         id: "double-activation/squashed-twice",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "The model ends in softmax / sigmoid and the loss applies log_softmax / sigmoid itself",
         why: "cross_entropy applies log_softmax itself: feeding it softmax outputs squashes twice, the \
 gradients shrink by orders of magnitude and training stalls at a high loss. bce_with_logits applies a \
@@ -81,7 +81,7 @@ pub struct NotProbabilities {
 impl Violation for NotProbabilities {
     const KIND: KindInfo = KindInfo {
         id: "double-activation/not-probabilities",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "The loss is bce, but the model's output is not bounded to [0, 1]",
         why: "bce takes the log of the output and of one minus it: on an unbounded output it is \
 undefined (log of a negative number) and crashes or returns NaN as soon as an output leaves [0, 1].",
@@ -116,7 +116,7 @@ pub struct NotLogProbabilities {
 impl Violation for NotLogProbabilities {
     const KIND: KindInfo = KindInfo {
         id: "double-activation/not-log-probabilities",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "The loss is nll, but the model does not end in log_softmax",
         why: "nll only picks the output at the target class and negates it: on anything but \
 log-probabilities it has no lower bound, and the model learns to blow that output up.",

@@ -74,7 +74,7 @@ pub struct NoGradient {
 impl Violation for NoGradient {
     const KIND: KindInfo = KindInfo {
         id: "gradient-flow/no-gradient",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "Trainable parameters get no gradient from the loss, so they never train",
         why: "A parameter that no gradient reaches never trains: a layer defined but forgotten in \
 forward, a branch cut off by .detach() or .item(), a module used only under torch.no_grad(). The loss \
@@ -123,7 +123,7 @@ pub struct ZeroGradient {
 impl Violation for ZeroGradient {
     const KIND: KindInfo = KindInfo {
         id: "gradient-flow/zero-gradient",
-        severity: Severity::Warning,
+        grade: Grade::Fixed(Severity::Warning),
         summary: "Whole weight tensors get an exactly zero gradient on the sample batch",
         why: "A weight whose every entry gets exactly zero gradient does not move: its path to the loss \
 is multiplied by 0 or saturated (a dead branch), even though autograd reaches it.",

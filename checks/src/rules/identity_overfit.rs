@@ -86,7 +86,7 @@ pub struct CannotLearnIdentity {
 impl Violation for CannotLearnIdentity {
     const KIND: KindInfo = KindInfo {
         id: "identity-overfit/cannot-learn-identity",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "An image-to-image model cannot learn the identity on a small batch",
         why: "A model that cannot copy 8 of its own inputs has a bug (a detached path, a constant output, \
 an output activation that cannot represent the data) or a bottleneck that throws information away; it \

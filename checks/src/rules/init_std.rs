@@ -91,7 +91,7 @@ pub struct StdOutOfBand {
 impl Violation for StdOutOfBand {
     const KIND: KindInfo = KindInfo {
         id: "init-std/std-out-of-band",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "A weight's standard deviation lies far outside every sane init for its shape",
         why: "A weight std far above the sane range makes activations and gradients explode layer after \
 layer; far below, they vanish and the first steps learn nothing.",
@@ -177,7 +177,7 @@ pub struct ConstantWeights {
 impl Violation for ConstantWeights {
     const KIND: KindInfo = KindInfo {
         id: "init-std/constant-weights",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "A weight matrix is all zeros or constant, so its units never differentiate",
         why: "An all-zero or constant matrix makes every unit compute the same thing and receive the \
 same gradient (symmetry), so the units never learn different features.",
@@ -230,7 +230,7 @@ pub struct NormFarFromDefault {
 impl Violation for NormFarFromDefault {
     const KIND: KindInfo = KindInfo {
         id: "init-std/norm-far-from-default",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "A normalisation layer's γ or β lies far from its 1 / 0 default",
         why: "Normalisation layers start at γ = 1, β = 0 so that the normalised activations keep unit \
 scale; a γ or β of hundreds rescales every activation behind it and destabilises the first steps.",

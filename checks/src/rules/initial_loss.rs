@@ -83,7 +83,7 @@ pub struct HighInitialLoss {
 impl Violation for HighInitialLoss {
     const KIND: KindInfo = KindInfo {
         id: "initial-loss/high-initial-loss",
-        severity: Severity::Warning,
+        grade: Grade::Fixed(Severity::Warning),
         summary: "The untrained model's loss is far above the value a neutral output gives",
         why: "An untrained model should predict close to uniform probabilities (or close to 0 for \
 regression): an initial loss many times the neutral value means confident, wrong predictions from the \

@@ -85,7 +85,7 @@ pub struct RawInputScale {
 impl Violation for RawInputScale {
     const KIND: KindInfo = KindInfo {
         id: "input-normalization/raw-input-scale",
-        severity: Severity::Warning,
+        grade: Grade::Fixed(Severity::Warning),
         summary: "Raw-scale inputs reach a first layer that does not rescale them",
         why: "The default initialisations assume unit-scale inputs: a first layer fed 0..255 pixels or \
 values in the thousands outputs activations hundreds of times too large, which saturates activations \
@@ -161,7 +161,7 @@ pub struct FeatureScaleSpread {
 impl Violation for FeatureScaleSpread {
     const KIND: KindInfo = KindInfo {
         id: "input-normalization/feature-scale-spread",
-        severity: Severity::Warning,
+        grade: Grade::Fixed(Severity::Warning),
         summary: "Features at scales orders of magnitude apart reach a model that does not rescale them",
         why: "The loss's curvature along a first-layer weight scales with the variance of the feature it \
 reads, so features 100× apart in scale make the loss 10^4× more curved along some weights than others: \

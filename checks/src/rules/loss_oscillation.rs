@@ -152,7 +152,7 @@ pub struct LogDiverges {
 impl Violation for LogDiverges {
     const KIND: KindInfo = KindInfo {
         id: "loss-oscillation/log-diverges",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "The logged loss rises over the run instead of descending",
         why: "A loss whose level ends well above where it started is diverging: the learning rate is too \
 high for the model (or the loss is mis-specified), and training longer makes it worse.",
@@ -198,7 +198,7 @@ pub struct LogCollapsed {
 impl Violation for LogCollapsed {
     const KIND: KindInfo = KindInfo {
         id: "loss-oscillation/log-collapsed",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "The logged loss blew up, then sat on the loss of a constant output: training collapsed",
         why: "A loss that explodes and then rests exactly where a model that ignores its input would \
 score (ln K for K balanced classes, the targets' variance for mse) has not recovered: the blow-up killed \
@@ -330,7 +330,7 @@ pub struct LogOscillates {
 impl Violation for LogOscillates {
     const KIND: KindInfo = KindInfo {
         id: "loss-oscillation/log-oscillates",
-        severity: Severity::Warning,
+        grade: Grade::Fixed(Severity::Warning),
         summary: "The logged loss zig-zags or bounces instead of descending",
         why: "A loss that zig-zags step to step, or bounces around a level it does not leave, is the \
 classic sign of a learning rate too high for the model (or too little capacity); healthy minibatch noise \
@@ -477,7 +477,7 @@ pub struct ProbeDiverges {
 impl Violation for ProbeDiverges {
     const KIND: KindInfo = KindInfo {
         id: "loss-oscillation/probe-diverges",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "The configured optimizer and learning rate make the loss diverge within a few dozen steps",
         why: "If the loss on a fixed batch grows within 60 steps from the model's own start, the real \
 run will diverge or waste its first epochs recovering: the learning rate is too high for this model.",
@@ -536,7 +536,7 @@ pub struct ProbeSpikes {
 impl Violation for ProbeSpikes {
     const KIND: KindInfo = KindInfo {
         id: "loss-oscillation/probe-spikes",
-        severity: Severity::Warning,
+        grade: Grade::Fixed(Severity::Warning),
         summary: "The configured learning rate makes the loss spike far above its start",
         why: "A loss that jumps 10× above its start, even if it recovers, shows a learning rate at the \
 edge of stability: weights are thrown far away and the run relies on luck to come back.",
@@ -583,7 +583,7 @@ pub struct ProbeCollapses {
 impl Violation for ProbeCollapses {
     const KIND: KindInfo = KindInfo {
         id: "loss-oscillation/probe-collapses",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "The configured learning rate blows the model up, and it ends giving every input the same output",
         why: "A probe whose evaluation loss explodes and then rests on the loss of a constant output (ln K, \
 the targets' variance) has not recovered from a spike: the model died (dead ReLUs, saturated units) and now \
@@ -636,7 +636,7 @@ pub struct LogStallsHighLr {
 impl Violation for LogStallsHighLr {
     const KIND: KindInfo = KindInfo {
         id: "loss-oscillation/stalls-at-high-lr",
-        severity: Severity::Warning,
+        grade: Grade::Fixed(Severity::Warning),
         summary: "The logged loss stops descending early while a 10× lower learning rate keeps going",
         why: "A learning rate too high for the model often shows no divergence and no zig-zag: after a \
 fast first drop the loss rests, noisy, on a plateau far above what the model reaches at a lower lr. The \
@@ -689,7 +689,7 @@ pub struct ProbeOscillates {
 impl Violation for ProbeOscillates {
     const KIND: KindInfo = KindInfo {
         id: "loss-oscillation/probe-oscillates",
-        severity: Severity::Warning,
+        grade: Grade::Fixed(Severity::Warning),
         summary: "The configured learning rate makes the loss go up and down instead of descending",
         why: "On a fixed evaluation batch there is no minibatch noise: a loss that rises in a third of \
 the steps without net progress is bouncing across the valley, a learning rate too high for the model.",

@@ -66,8 +66,12 @@ pub struct UnbalancedTerms {
 impl Violation for UnbalancedTerms {
     const KIND: KindInfo = KindInfo {
         id: "loss-scale/unbalanced-terms",
-        severity: Severity::Warning,
-        summary: "The terms of a multi-term loss differ by orders of magnitude (a warning past `warn_ratio`, an error past `error_ratio`)",
+        grade: Grade::Past {
+            below: Severity::Warning,
+            above: Severity::Error,
+            option: "error_ratio",
+        },
+        summary: "The terms of a multi-term loss differ by orders of magnitude",
         why: "A term 1000× larger than another owns the gradient: the small term (often the one you care \
 about, e.g. the pixel loss next to a perceptual loss) is effectively switched off, and tuning its weight \
 by small factors does nothing.",
@@ -83,12 +87,8 @@ suggested weight), or normalise each term (mean instead of sum reduction).",
             message: "loss terms differ by 8887× (early window): loss_feature ~306 (100% of the total), loss_mse ~0.0345 (0.0113% of the total)",
         }),
     };
-    fn severity(&self) -> Severity {
-        if self.ratio > self.error_ratio {
-            Severity::Error
-        } else {
-            Severity::Warning
-        }
+    fn measure(&self) -> Option<(f64, f64)> {
+        Some((self.ratio, self.error_ratio))
     }
     fn message(&self) -> String {
         let listing = self

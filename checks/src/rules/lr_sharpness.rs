@@ -85,7 +85,7 @@ pub struct LrAboveBound {
 impl Violation for LrAboveBound {
     const KIND: KindInfo = KindInfo {
         id: "lr-sharpness/lr-above-stability-bound",
-        severity: Severity::Warning,
+        grade: Grade::Fixed(Severity::Warning),
         summary: "The SGD learning rate is clearly above the stability bound 2(1+β)/λ of the loss at init",
         why: "On a quadratic of curvature λ, SGD with momentum β converges only for lr < 2(1+β)/λ (2/λ \
 without momentum). Above that, the step overshoots along the sharpest direction and the loss oscillates \

@@ -108,7 +108,7 @@ pub struct NonFiniteData {
 impl Violation for NonFiniteData {
     const KIND: KindInfo = KindInfo {
         id: "nonfinite/data",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "The data sample's inputs or targets hold NaN or Inf",
         why: "A NaN or Inf input or target makes the loss of its batch NaN, and the first optimizer step \
 that sees it writes NaN into every weight: the run dies at a random step, far from the cause (a missing \
@@ -173,7 +173,7 @@ fn names<S: serde::Serializer>(v: &[(String, Count, i64)], s: S) -> Result<S::Ok
 impl Violation for NonFiniteParameters {
     const KIND: KindInfo = KindInfo {
         id: "nonfinite/parameters",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "Parameters of the model hold NaN or Inf",
         why: "NaN or Inf weights poison every output and every gradient: nothing trains. They come from \
 a checkpoint saved after a run diverged, or from custom initialisation code.",
@@ -210,7 +210,7 @@ pub struct NonFiniteBuffers {
 impl Violation for NonFiniteBuffers {
     const KIND: KindInfo = KindInfo {
         id: "nonfinite/buffers",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "Buffers of the model (BatchNorm running statistics) hold NaN or Inf",
         why: "BatchNorm's running mean and variance are what eval mode normalises with: a NaN there makes \
 every eval-mode output NaN while training looks fine, and a checkpoint saved after one NaN batch carries \
@@ -270,7 +270,7 @@ impl NonFiniteOutput {
 impl Violation for NonFiniteOutput {
     const KIND: KindInfo = KindInfo {
         id: "nonfinite/output",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "The model outputs NaN or Inf on finite inputs",
         why: "An op that turns finite values into NaN or Inf (log of 0 or of a negative number, sqrt of a \
 negative, a division by zero, exp overflow) makes the loss NaN on the first batch that reaches it.",
@@ -330,7 +330,7 @@ pub struct NonFiniteGradients {
 impl Violation for NonFiniteGradients {
     const KIND: KindInfo = KindInfo {
         id: "nonfinite/gradients",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "Parameters get NaN or Inf gradients although the forward pass is finite",
         why: "A finite forward can still have a non-finite backward: sqrt at 0 has an infinite \
 derivative, torch.where passes NaN gradients from the branch it did not pick, a custom loss divides by \
@@ -396,7 +396,7 @@ pub struct NonFiniteLog {
 impl Violation for NonFiniteLog {
     const KIND: KindInfo = KindInfo {
         id: "nonfinite/log",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "The loss log holds NaN or Inf values",
         why: "A logged NaN or Inf loss means the run went non-finite at that step: everything after it \
 trained nothing, and the other log checks can judge only the finite rows.",

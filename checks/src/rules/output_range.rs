@@ -59,7 +59,7 @@ pub struct TooFewLogits {
 impl Violation for TooFewLogits {
     const KIND: KindInfo = KindInfo {
         id: "output-range/too-few-logits",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "The classifier outputs fewer logits than the targets have classes",
         why: "Classes without a logit can never be predicted, and cross_entropy crashes (or reads \
 garbage on some devices) on a class index past the last logit.",
@@ -131,7 +131,7 @@ pub struct TargetsOutsideRange {
 impl Violation for TargetsOutsideRange {
     const KIND: KindInfo = KindInfo {
         id: "output-range/targets-outside-range",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "Targets fall outside the range the output activation can produce",
         why: "A sigmoid cannot output -0.5 and a relu cannot output a negative number: the loss can never \
 reach zero, gradients saturate at the boundary and the model looks under-powered when it is \
@@ -190,7 +190,7 @@ pub struct WastedRange {
 impl Violation for WastedRange {
     const KIND: KindInfo = KindInfo {
         id: "output-range/wasted-range",
-        severity: Severity::Warning,
+        grade: Grade::Fixed(Severity::Warning),
         summary: "A bounded output activation whose targets use only part of its range",
         why: "A tanh for targets in [0, 1] wastes half its range and pushes targets at 0 into the \
 saturated tail, where gradients vanish; learning the edge values is slow.",

@@ -102,7 +102,7 @@ fn accuracy_or_one<S: serde::Serializer>(a: &Option<f64>, s: S) -> Result<S::Ok,
 impl Violation for CannotOverfit {
     const KIND: KindInfo = KindInfo {
         id: "overfit-batch/cannot-overfit",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "The model cannot memorise one small batch of its real targets",
         why: "A model that cannot memorise 16 samples has a bug between the output and the loss (detached \
 logits, logits multiplied by 0, wrong target format) or far too little capacity; training longer on more \

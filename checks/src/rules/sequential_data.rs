@@ -86,7 +86,7 @@ pub struct UnshuffledOrder {
 impl Violation for UnshuffledOrder {
     const KIND: KindInfo = KindInfo {
         id: "sequential-data/unshuffled-order",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "The samples are in sequential order and the loader does not shuffle",
         why: "Without shuffling, each batch holds neighbouring frames of one video or a single class: the \
 gradient of each step points at that slice only, the model forgets what it saw a few batches ago, \

@@ -42,7 +42,7 @@ pub struct CalledTwice {
 impl Violation for CalledTwice {
     const KIND: KindInfo = KindInfo {
         id: "shared-batchnorm/called-twice",
-        severity: Severity::Warning,
+        grade: Grade::Fixed(Severity::Warning),
         summary: "One BatchNorm module is called on two streams in one forward, mixing their statistics",
         why: "The running statistics average every stream the module sees: at eval time they match none \
 of them. Siamese encoders and GAN discriminators that see real and fake batches separately are the \

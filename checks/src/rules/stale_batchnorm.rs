@@ -76,7 +76,7 @@ pub struct BatchSizeOne {
 impl Violation for BatchSizeOne {
     const KIND: KindInfo = KindInfo {
         id: "stale-batchnorm/batch-size-one",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "The batch size is 1 while the model has BatchNorm layers",
         why: "With one sample per batch, the batch statistics of a BatchNorm layer are degenerate \
 (variance 0 over a 1×1 map, or one sample's own statistics): the normalised output collapses to β and \
@@ -114,7 +114,7 @@ pub struct SavedInEvalMode {
 impl Violation for SavedInEvalMode {
     const KIND: KindInfo = KindInfo {
         id: "stale-batchnorm/saved-in-eval-mode",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "A BatchNorm layer was saved in eval mode inside a model saved in train mode",
         why: "A layer left in eval mode while the rest trains (frozen, or .eval() called on it) never \
 updates its statistics: at evaluation it normalises with numbers that do not describe the trained \
@@ -157,7 +157,7 @@ pub struct NeverUpdated {
 impl Violation for NeverUpdated {
     const KIND: KindInfo = KindInfo {
         id: "stale-batchnorm/never-updated",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "A trained BatchNorm layer's running statistics were never updated",
         why: "Statistics still at 0 / 1 after training mean the layer trained in eval mode (or its stats \
 were reset): in evaluation it normalises with numbers that have nothing to do with the data.",
@@ -199,7 +199,7 @@ pub struct WillNotUpdate {
 impl Violation for WillNotUpdate {
     const KIND: KindInfo = KindInfo {
         id: "stale-batchnorm/will-not-update",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "A BatchNorm layer's running statistics cannot update in training",
         why: "With momentum 0, or batch_norm called with training=False (as in a model traced in eval \
 mode), the statistics stay at whatever they were: training cannot fix them.",
@@ -247,7 +247,7 @@ pub struct StatsMismatch {
 impl Violation for StatsMismatch {
     const KIND: KindInfo = KindInfo {
         id: "stale-batchnorm/stats-mismatch",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "A BatchNorm layer's stored statistics do not match the statistics the data produce",
         why: "Statistics computed on differently scaled data (0..255 pixels vs 0..1, another \
 normalisation) shift and rescale every activation in evaluation: the model scores far worse than it \
@@ -298,7 +298,7 @@ pub struct TrainEvalGap {
 impl Violation for TrainEvalGap {
     const KIND: KindInfo = KindInfo {
         id: "stale-batchnorm/train-eval-gap",
-        severity: Severity::Warning,
+        grade: Grade::Fixed(Severity::Warning),
         summary: "Train- and eval-mode outputs differ a lot on the same batch",
         why: "When the running statistics describe the data, a BatchNorm network gives nearly the same \
 output in train and eval mode; a large gap means evaluation runs a different model from the one trained.",
@@ -356,7 +356,7 @@ pub struct EvalModeWorse {
 impl Violation for EvalModeWorse {
     const KIND: KindInfo = KindInfo {
         id: "stale-batchnorm/eval-mode-worse",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "In eval mode the model predicts far worse than in train mode: its running statistics are stale",
         why: "Evaluation and inference run BatchNorm on its running statistics. After a short run with a \
 small momentum (torchvision's MobileNetV3 and EfficientNet use 0.01, MNASNet 0.0003) they still hold much \

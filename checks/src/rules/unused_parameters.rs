@@ -52,7 +52,7 @@ pub struct NeverUsed {
 impl Violation for NeverUsed {
     const KIND: KindInfo = KindInfo {
         id: "unused-parameters/never-used",
-        severity: Severity::Error,
+        grade: Grade::Fixed(Severity::Error),
         summary: "Trainable parameters that forward never uses: a layer defined but never called",
         why: "A parameter forward never reads never trains: a layer defined in __init__ and forgotten in \
 forward, a head replaced without deleting the old one, a typo that calls another layer twice. It also \
