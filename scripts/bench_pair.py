@@ -66,7 +66,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2, help="libtorch threads for both (the yardstick uses 2)")
-    ap.add_argument("--markdown", action="store_true", help="print README table rows")
+    ap.add_argument("--markdown", action="store_true", help="print table rows for docs/performance.md")
     a = ap.parse_args()
     binary = REPO / "target" / "release" / "trainlint"
     if not binary.is_file():

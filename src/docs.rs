@@ -35,7 +35,13 @@ fn cell(text: &str) -> String {
 fn index() -> String {
     format!(
         "{GENERATED}\n# Checks\n\nEvery check trainlint runs, with the kinds of finding it reports. \
-         `trainlint explain ID` prints the same pages in the terminal.\n\n{}",
+         `trainlint explain ID` prints the same documentation in the terminal.\n\n\
+         Levels: `deny` reports findings as the check grades them (errors and warnings); `warn` \
+         caps them at warnings; `allow` turns the check off. Each check's options go under \
+         `[checks.ID]`. Checks that train work on an in-memory deep copy; the model file is never \
+         written. Read-only checks share one eval-mode forward pass on the sample. Every check \
+         starts from the same seed, so a report does not depend on which other checks ran. The \
+         examples are real output on the fixtures in `fixtures/`.\n\n{}",
         rules_tables(true)
     )
 }
@@ -61,7 +67,8 @@ pub fn rules_tables(link: bool) -> String {
     }
     out.push_str("\n| finding kind | severity | what it means |\n|---|---|---|\n");
     for k in registry::kinds() {
-        let id = if link {
+        // check-failed belongs to no check: it has no page to link to.
+        let id = if link && registry::find(k.check()).is_some() {
             format!("[`{}`](checks/{}.md#{})", k.id, k.check(), anchor(k.id))
         } else {
             format!("`{}`", k.id)
@@ -81,15 +88,56 @@ fn anchor(kind_id: &str) -> String {
 }
 
 fn configuration() -> String {
+    let rests: Vec<String> = registry::all()
+        .iter()
+        .map(|c| c.info())
+        .filter(|i| !i.setup.is_empty())
+        .map(|i| {
+            let keys: Vec<String> = i.setup.iter().map(|k| format!("`{k}`")).collect();
+            format!("`{}` ({})", i.id, keys.join(", "))
+        })
+        .collect();
     format!(
-        "{GENERATED}\n# Configuration\n\nEvery key of `trainlint.toml` (or `[tool.trainlint]` in \
-         `pyproject.toml`), with its default, the values it accepts and what it means. `trainlint \
-         init` writes a commented file with every option at its default; `trainlint schema` prints \
-         the JSON Schema for editors. Each check's own options are on its page under \
-         [checks](checks.md).\n\n{}",
-        config::reference_markdown()
+        "{GENERATED}\n# Configuration\n\n{CONFIG_INTRO}\n{}\n\
+         The checks whose verdicts rest on `[setup]` values: {}. When the config leaves one unset \
+         and such a check runs on a model, the report says which defaults it assumed, once, above \
+         the findings (`warning: config: [setup] does not set optimizer, lr, batch_size: the \
+         checks that use them assumed optimizer = adam, lr = 0.001, batch_size = 32; …`), and the \
+         messages that rest on them say `(assumed: setup.optimizer is not set)`: a verdict about \
+         Adam is no verdict about the SGD you train with.\n\n{CONFIG_TABLES}",
+        config::reference_markdown(),
+        rests.join(", "),
     )
 }
+
+/// The configuration page's text above the generated table.
+const CONFIG_INTRO: &str = r#"Every key of `trainlint.toml` (or `[tool.trainlint]` in `pyproject.toml`), with its default, the
+values it accepts and what it means. `trainlint init` writes a commented file with every option at its
+default; `trainlint schema` prints the JSON Schema for editors. Each check's own options are on its page
+under [checks](checks.md).
+
+The file is found from the given folder upwards like ruff: the first folder with a `trainlint.toml`, or a
+`pyproject.toml` that has a `[tool.trainlint]` table (one named only in a comment does not count). An
+empty file is every default. Relative paths resolve against the config file's folder; CLI flags override
+the file. Unknown keys and invalid values are errors that point at `file:line:col`, with the closest
+valid key for a misspelling:
+
+```text
+error: trainlint.toml:2:1: unknown key `batch_sise` in [setup]; did you mean `batch_size`?
+  |
+2 | batch_sise = 4
+  | ^^^^^^^^^^
+```
+"#;
+
+/// The tables besides the keyed sections.
+const CONFIG_TABLES: &str = r#"Besides these sections:
+
+| table | meaning |
+| --- | --- |
+| `[checks.ID]` | `level = "allow" \| "warn" \| "deny"` and the check's options |
+| `[[ignore]]` | `check` (a check id or a finding-kind id), optional `location` (a parameter, module, data key, log column, or the location text), required `reason`; an ignore that matched nothing is reported (see [CI](ci.md)) |
+"#;
 
 fn check_page(check: &dyn Rule) -> String {
     let i = check.info();
@@ -124,6 +172,9 @@ fn check_page(check: &dyn Rule) -> String {
     for k in i.kinds {
         out.push('\n');
         out.push_str(&kind_text(k, 3, true));
+    }
+    if !i.docs.details.trim().is_empty() {
+        out.push_str(&format!("\n## Details\n\n{}", i.docs.details));
     }
     out
 }

@@ -89,7 +89,7 @@ enum Command {
     },
     /// Print the JSON Schema of the configuration (for editor completion).
     Schema {
-        /// Print the README's configuration reference table instead.
+        /// Print the configuration reference table (docs/configuration.md) instead.
         #[arg(long)]
         markdown: bool,
     },
@@ -554,6 +554,9 @@ fn explain(id: &str) -> Result<ExitCode, Fatal> {
             o.default,
             o.doc_with_choices()
         ));
+    }
+    if !i.docs.details.trim().is_empty() {
+        out.push_str(&format!("\n## Details\n\n{}", i.docs.details));
     }
     print(&out)
 }

@@ -30,7 +30,7 @@ fn exported_folders() -> Vec<(String, String)> {
 #[test]
 fn exports_from_older_and_newer_torch_versions_are_committed() {
     let versions: BTreeSet<String> = exported_folders().into_iter().map(|(v, _)| v).collect();
-    // 2.13 is trainlint's own; 2.1 the oldest and 2.15 the newest tested (README: "TorchScript's future").
+    // 2.13 is trainlint's own; 2.1 the oldest and 2.15 the newest tested (docs/torchscript.md).
     for needed in ["torch-2.1", "torch-2.13", "torch-2.15"] {
         assert!(
             versions.contains(needed),

@@ -90,6 +90,10 @@ impl Group {
 pub struct Docs {
     pub what: &'static str,
     pub why: &'static str,
+    /// Markdown beyond the kinds' own docs: how the thresholds were calibrated, measurements,
+    /// carve-outs against false alarms, full example findings. It lives beside the check's source
+    /// (`rules/<check>.md`) and ends its docs page and `explain CHECK`.
+    pub details: &'static str,
 }
 
 /// What a check declares about itself.

@@ -1,6 +1,6 @@
 //! The configuration file's sections as typed structs: each key is declared once here, with its doc
 //! comment, its default (in `Default`) and its bounds. Validation, `trainlint schema`, `trainlint init`'s
-//! template and the README's reference all derive from these declarations.
+//! template and docs/configuration.md all derive from these declarations.
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use trainlint_checks::{Setup, Severity};

@@ -102,8 +102,8 @@ pub fn check_options(check: &dyn Rule) -> Vec<Documented> {
     documented(&check.options_schema())
 }
 
-/// The README's configuration reference: every key of every section with its default, accepted
-/// values and meaning, from the typed declarations (a test keeps the README in sync).
+/// The configuration reference (docs/configuration.md, `schema --markdown`): every key of every section with its default, accepted
+/// values and meaning, from the typed declarations (tests/kinds.rs and tests/docs.rs keep the page in sync).
 pub fn reference_markdown() -> String {
     let mut out =
         String::from("| key | default | accepted | meaning |\n| --- | --- | --- | --- |\n");

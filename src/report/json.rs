@@ -1,4 +1,4 @@
-//! `--output-format json`: the whole report, documented in the README (`version` guards its shape).
+//! `--output-format json`: the whole report, documented in docs/formats.md (`version` guards its shape).
 use super::Report;
 
 pub fn render(report: &Report) -> String {

@@ -18,6 +18,7 @@ move at all.",
         why: "A reshape, view or transpose across dim 0, an RNN or attention layer whose batch_first does \
 not match the data, or a reduction over the wrong dim mixes samples: the model trains on a blend of its \
 batch, the loss still falls, and predictions depend on which samples share a batch.",
+        details: include_str!("batch_independence.md"),
     },
     kinds: &[&SamplesMixed::KIND],
     trains: false,

@@ -15,6 +15,7 @@ cross_entropy expects raw logits, bce_with_logits expects raw logits, bce expect
 nll expects log-probabilities. Skipped when `setup.loss` is not set.",
         why: "A loss that applies the activation the model already applied (or expects one the model \
 never applies) trains a different function from the one intended, usually without any error.",
+        details: include_str!("double_activation.md"),
     },
     kinds: &[&SquashedTwice::KIND, &NotProbabilities::KIND, &NotLogProbabilities::KIND],
     trains: false,

@@ -18,6 +18,7 @@ parameters (requires_grad = false) are not judged, nor are parameters forward ne
 is non-finite, gradient-flow does not judge zero gradients on that pass.",
         why: "A parameter that no gradient reaches never trains; the bug hides behind a loss that still \
 falls.",
+        details: include_str!("gradient_flow.md"),
     },
     kinds: &[&NoGradient::KIND, &ZeroGradient::KIND],
     trains: false,

@@ -18,6 +18,7 @@ the output shape differs from the input shape (classifiers).",
         why: "Any image-to-image network worth training (denoiser, super-resolution, segmentation \
 backbone with a matching head) can copy its input. If it cannot learn the identity on 8 images, it \
 cannot learn the harder task either. Finding this in seconds saves a day of training.",
+        details: include_str!("identity_overfit.md"),
     },
     kinds: &[&CannotLearnIdentity::KIND],
     trains: true,

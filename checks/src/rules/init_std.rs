@@ -15,6 +15,7 @@ embedding and normalisation layers and compares it with the initialisations that
         why: "Fixed bounds such as [0.01, 0.2] misjudge PyTorch's own defaults: Linear(8192, 10) has std \
 ≈ 0.006 and Conv2d(1, 8, 1) std ≈ 0.58, both fine; the expected std depends on the layer's fan-in and \
 fan-out.",
+        details: include_str!("init_std.md"),
     },
     kinds: &[
         &StdOutOfBand::KIND,

@@ -20,6 +20,7 @@ of the targets for MSE). Trained checkpoints are skipped.",
 means the model starts confidently wrong (a last layer initialised too large, a bias far from the \
 prior): the first hundreds of steps only undo the init, and the large early gradients can destabilise \
 training (Karpathy's recipe: \"verify loss @ init\").",
+        details: include_str!("initial_loss.md"),
     },
     kinds: &[&HighInitialLoss::KIND],
     trains: false,

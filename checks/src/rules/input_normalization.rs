@@ -27,6 +27,7 @@ wrong scale, saturating heads and large features drown the small ones, and the l
 the rest of the network is wrong for it. Features at scales two or more orders of magnitude apart do \
 the same harm without any large value: the loss's curvature along each first-layer weight scales with \
 its feature's variance, so no learning rate suits both the large and the small features.",
+        details: include_str!("input_normalization.md"),
     },
     kinds: &[&RawInputScale::KIND, &FeatureScaleSpread::KIND],
     trains: false,

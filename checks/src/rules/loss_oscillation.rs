@@ -18,14 +18,15 @@ trained with the configured optimizer, learning rate and batch size for `probe_s
 measured after every step on one FIXED evaluation batch, which removes minibatch noise. A log with fewer \
 than `min_points` finite rows is not judged: without the probe the check is skipped with that reason; \
 with it, the probe's verdict stands and the check's note says the log was not judged. A log judged \
-without a finding whose last quarter sits at most half as high as its start already shows that the \
-configured lr trains: the probe is then not run (`probe_with_log = true` runs it anyway), and the note \
+without a finding whose last quarter sits at most half as high as its start, and that still descends in \
+its second half (its last quarter below 90% of its second quarter), already shows that the configured lr trains: the probe is then not run (`probe_with_log = true` runs it anyway), and the note \
 says so. Every training the check runs counts against `run.check_budget`: a probe that cannot finish \
 within it is reported undecided (skipped), never passed.",
         why: "A learning rate too high for the model makes the loss bounce or zig-zag around a high value, \
 or blow up to Inf/NaN; too little capacity makes it bounce without descending. Minibatch losses are \
 noisy by nature (the slope changes sign ~67% of the time for pure noise), so a naive sign-change count \
 flags every healthy SGD run; trainlint separates the trend from the noise first.",
+        details: include_str!("loss_oscillation.md"),
     },
     kinds: &[
         &LogDiverges::KIND,

@@ -15,6 +15,7 @@ measures each term's typical magnitude over the early and the late window of the
 than two terms.",
         why: "The optimizer follows the sum: a term orders of magnitude larger than the others owns the \
 gradient.",
+        details: include_str!("loss_scale.md"),
     },
     kinds: &[&UnbalancedTerms::KIND],
     trains: false,

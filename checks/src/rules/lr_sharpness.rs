@@ -22,6 +22,7 @@ models with BatchNorm / GroupNorm / InstanceNorm (scale-invariant weights self-s
         why: "A learning rate above the bound makes the first steps overshoot along the sharpest \
 direction: the loss oscillates or blows up before training starts. Sharpness usually rises during \
 training (progressive sharpening), so a lr above the bound at init only gets worse.",
+        details: include_str!("lr_sharpness.md"),
     },
     kinds: &[&LrAboveBound::KIND],
     trains: false,

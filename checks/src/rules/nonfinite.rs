@@ -21,6 +21,7 @@ parameters are not reported again as NaN outputs and NaN gradients.",
         why: "A single NaN spreads to every value it touches: one NaN pixel makes the loss NaN, one NaN \
 gradient makes every weight NaN at the first optimizer step. Training then fails far from the cause; \
 naming the first place a NaN appears saves the hunt.",
+        details: include_str!("nonfinite.md"),
     },
     kinds: &[
         &NonFiniteData::KIND,

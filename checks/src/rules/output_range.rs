@@ -18,6 +18,7 @@ scaled inputs, and compares it with the range of the targets. For classification
 of logits with the classes in the targets. Unbounded outputs (a linear or conv head) always pass.",
         why: "A head that cannot produce the targets (or a classifier without a logit per class) can \
 never reach zero loss: the model looks under-powered when it is mis-specified.",
+        details: include_str!("output_range.md"),
     },
     kinds: &[&TooFewLogits::KIND, &TargetsOutsideRange::KIND, &WastedRange::KIND],
     trains: false,

@@ -19,6 +19,7 @@ class holds the target's largest probability (within 0.1, for mixed rows with tw
         why: "Overfitting a single batch is the first sanity check of every training setup (Karpathy's \
 recipe): a model that cannot memorise 16 samples has a bug between the output and the loss, or far too \
 little capacity, and more data or more steps will not fix it.",
+        details: include_str!("overfit_batch.md"),
     },
     kinds: &[&CannotOverfit::KIND],
     trains: true,

@@ -17,6 +17,7 @@ file order (the order a non-shuffling loader feeds them), look i.i.d. Passes whe
 skipped when `temporal = true`.",
         why: "Without shuffling, each batch holds neighbouring frames of one video or a single class, \
 and each step's gradient points at that slice only.",
+        details: include_str!("sequential_data.md"),
     },
     kinds: &[&UnshuffledOrder::KIND],
     trains: false,

@@ -23,6 +23,7 @@ not sharing at all.",
 BatchNorm (siamese branches, real and fake images through one discriminator call chain, source and \
 target domains) leave running statistics that average both, which match neither at eval time, and in \
 training each stream is normalised with its own batch statistics while eval uses the mixture.",
+        details: include_str!("shared_batchnorm.md"),
     },
     kinds: &[&CalledTwice::KIND],
     trains: false,

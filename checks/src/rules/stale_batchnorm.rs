@@ -21,6 +21,7 @@ that they match the statistics the data sample produces, that train and eval out
 the batch size is not 1.",
         why: "In eval mode BatchNorm normalises with its running statistics: statistics that are stale, \
 frozen or computed on other data make the evaluated model differ from the trained one.",
+        details: include_str!("stale_batchnorm.md"),
     },
     kinds: &[
         &BatchSizeOne::KIND,

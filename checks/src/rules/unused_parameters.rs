@@ -22,6 +22,7 @@ Parameters that forward reads but whose gradient is cut (`.detach()`, a multipli
         why: "A layer defined in `__init__` but never called in forward never trains, costs memory and \
 optimizer state, makes DistributedDataParallel fail (`find_unused_parameters`), and usually means the \
 forward is not the network the author meant.",
+        details: include_str!("unused_parameters.md"),
     },
     kinds: &[&NeverUsed::KIND],
     trains: false,

@@ -39,7 +39,7 @@ TRACE_WARNING = (
 @contextlib.contextmanager
 def _torchscript_quietly(collected: list):
     """Recent PyTorch warns that torch.jit.script / trace are deprecated. That is a note for trainlint
-    (which needs TorchScript, see the README's "TorchScript's future"), not something the user did
+    (which needs TorchScript, see trainlint's docs/torchscript.md), not something the user did
     wrong, so the warning is logged here instead of pointing at the user's code. Tracer warnings are
     kept, to be named in the trace fallback's own warning. Other warnings (torch.export's too, which
     wraps its runs in this) are shown as they would have been; the user's filters are not changed."""
@@ -50,7 +50,7 @@ def _torchscript_quietly(collected: list):
         text = str(w.message)
         # 2.9-2.14 raise a DeprecationWarning, 2.15 a FutureWarning (which Python shows by default).
         if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning)) and "torch.jit" in text:
-            log.info("PyTorch: %s (trainlint needs TorchScript for now; see its README)", text)
+            log.info("PyTorch: %s (trainlint needs TorchScript for now; see its docs/torchscript.md)", text)
         elif issubclass(w.category, torch.jit.TracerWarning):
             collected.append(text.split("\n")[0])
         else:
@@ -209,7 +209,7 @@ def _script_or_trace(model: torch.nn.Module, example: torch.Tensor, path: Path, 
     if not (hasattr(torch.jit, "script") and hasattr(torch.jit, "trace")):
         raise ExportError(
             f"this PyTorch ({torch.__version__}) has no TorchScript export, which trainlint reads; export from a "
-            f"PyTorch that has it (2.1 to 2.15 are tested; see trainlint's README, \"TorchScript's future\")"
+            f"PyTorch that has it (2.1 to 2.15 are tested; see trainlint's docs/torchscript.md)"
         )
     work = _work_copy(model, notes, warn_eval)
     modes = _modes(work)
