@@ -5,6 +5,11 @@ use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// Whether we run in CI: the CI environment variable is set, and not to "", "0" or "false".
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
 pub struct Progress {
     enabled: bool,
     bar: RefCell<Option<(ProgressBar, &'static str)>>,
@@ -13,7 +18,7 @@ pub struct Progress {
 impl Progress {
     pub fn new(wanted: bool) -> Self {
         Progress {
-            enabled: wanted && !crate::in_ci() && std::io::stderr().is_terminal(),
+            enabled: wanted && !in_ci() && std::io::stderr().is_terminal(),
             bar: RefCell::new(None),
         }
     }

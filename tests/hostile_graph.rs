@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-/// The drawing limit of src/graph_view.rs (MAX_NODES): nodes besides input, output and `more`.
+/// The drawing limit of src/report/graph.rs (MAX_NODES): nodes besides input, output and `more`.
 const MAX_NODES: usize = 300;
 
 fn graph_json(model: &str, extra: &[&str]) -> Value {

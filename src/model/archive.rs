@@ -139,7 +139,7 @@ pub fn inspect(records: &[ArchiveRecord], file_bytes: u64) -> Inspection {
         };
         for (module, class) in &scan.globals {
             if let Some(ns) = module.strip_prefix("__torch__.torch.classes.") {
-                if crate::security::allowed_custom_class(&format!("{ns}.{class}")) {
+                if super::policy::allowed_custom_class(&format!("{ns}.{class}")) {
                     continue;
                 }
                 found.runs_on_load.push(RunsOnLoad::CustomClass {

@@ -15,6 +15,7 @@ pub mod archive;
 #[cfg(test)]
 mod fuzz;
 mod pickle;
+pub mod policy;
 pub mod pt2;
 pub mod pt2_run;
 pub use archive::ArchiveRecord;

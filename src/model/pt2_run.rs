@@ -109,7 +109,7 @@ fn c10_layout(code: i64) -> Option<i64> {
 }
 
 /// The first op that the program calls and the interpreter refuses, with why, in the words of
-/// [`crate::security`]: an op outside `aten` (custom and library namespaces run arbitrary registered
+/// [`super::policy`]: an op outside `aten` (custom and library namespaces run arbitrary registered
 /// code, and most are absent from libtorch) unless `trusted` (`--trust-model`); an `aten` op that the
 /// TorchScript policy refuses (file access, printing, unchecked memory such as `as_strided`) unless
 /// `trusted`; a higher-order op or `_operator` the interpreter does not run, trusted or not.
@@ -122,7 +122,7 @@ pub fn refused_op(program: &Program, trusted: bool) -> Option<(String, String, b
     if trusted {
         return None;
     }
-    crate::security::refused_ops(&nodes)
+    super::policy::refused_ops(&nodes)
         .into_iter()
         .next()
         .map(|r| {

@@ -282,8 +282,8 @@ fn single_value(c: &Curve) -> String {
 
 /// The model graph section: the collapsed view, the full one (hidden until a collapsed block or a
 /// finding inside one is clicked), a legend, and the script that links findings to nodes.
-fn graph_section(graph: &crate::graph_view::ReportGraph) -> String {
-    use crate::graph_view::ReportGraph;
+fn graph_section(graph: &super::graph::ReportGraph) -> String {
+    use super::graph::ReportGraph;
     let mut out = String::from("<section class=\"graph\" id=\"graph\"><h2>Model graph</h2>");
     let graph = match graph {
         ReportGraph::Drawn(drawn) => drawn,
@@ -355,10 +355,7 @@ if(h.indexOf('#graph-highlight=')===0)highlight(decodeURIComponent(h.slice(17)).
 if(h==='#graph-expand'){var g=col.querySelector('g.node[data-collapsed]');if(g)g.dispatchEvent(new MouseEvent('click'));}})();</script>";
 
 /// The report, with the model graph (findings painted on it) when there is one.
-pub fn render_with_graph(
-    report: &Report,
-    graph: Option<&crate::graph_view::ReportGraph>,
-) -> String {
+pub fn render_with_graph(report: &Report, graph: Option<&super::graph::ReportGraph>) -> String {
     let s = &report.summary;
     let i = &report.inputs;
     let mut inputs: Vec<String> = i
@@ -440,9 +437,9 @@ document.body.dataset.ready='1';});</script>",
             } else {
                 "finding"
             };
-            let drawn = matches!(graph, Some(crate::graph_view::ReportGraph::Drawn(_)));
+            let drawn = matches!(graph, Some(super::graph::ReportGraph::Drawn(_)));
             let modules = if drawn {
-                crate::graph_view::finding_paths(f).join(" ")
+                super::graph::finding_paths(f).join(" ")
             } else {
                 String::new()
             };

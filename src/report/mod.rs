@@ -1,6 +1,8 @@
 //! One renderer per output format, all over the same [`Report`].
+pub mod docs;
 pub mod github;
 pub mod gitlab;
+pub mod graph;
 pub mod html;
 pub mod json;
 pub mod junit;

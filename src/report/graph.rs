@@ -660,7 +660,7 @@ impl View {
         // Module names are the user's strings: characters XML forbids are written visibly, as in every
         // XML output (layout-rs escapes only `<`, `>` and `&` in labels).
         let attr = |s: &str| {
-            crate::report::visible(s)
+            super::visible(s)
                 .replace('&', "&amp;")
                 .replace('"', "&quot;")
                 .replace('<', "&lt;")
@@ -675,7 +675,7 @@ impl View {
         for n in &self.nodes {
             let label = Self::label(n)
                 .iter()
-                .map(|line| crate::report::visible(line).into_owned())
+                .map(|line| super::visible(line).into_owned())
                 .collect::<Vec<_>>()
                 .join("\n");
             let shape = if n.id == "input" || n.id == "output" {
@@ -1063,7 +1063,7 @@ pub struct Paint {
 }
 
 /// The paint of every finding of the report.
-pub fn paints_of(report: &crate::report::Report) -> Vec<Paint> {
+pub fn paints_of(report: &super::Report) -> Vec<Paint> {
     let mut out = Vec::new();
     for run in &report.checks {
         for f in &run.findings {
