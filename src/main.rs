@@ -49,7 +49,7 @@ enum Command {
     Check(Box<CheckArgs>),
     /// List every check (id, group, default level, summary) with the finding kinds it reports.
     Rules {
-        /// Print the list as the Markdown tables of the README's "Checks" section.
+        /// Print the list as the Markdown tables of the README's "The checks" section.
         #[arg(long)]
         markdown: bool,
     },

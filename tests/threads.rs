@@ -59,7 +59,7 @@ fn threads_block(extra: &[&str]) -> serde_json::Value {
         "json",
     ];
     args.extend_from_slice(extra);
-    let o = run(&args);
+    let o = run_as_is(&args);
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     report["threads"].clone()
 }
@@ -105,7 +105,7 @@ fn a_reproducible_report_does_not_follow_the_load() {
         "json",
         "--no-timings",
     ];
-    let quiet = run(&args);
+    let quiet = run_as_is(&args);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let cpus = std::thread::available_parallelism().unwrap().get();
     let hogs: Vec<_> = (0..2 * cpus)
@@ -120,7 +120,7 @@ fn a_reproducible_report_does_not_follow_the_load() {
         })
         .collect();
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let busy = run(&args);
+    let busy = run_as_is(&args);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for h in hogs {
         h.join().unwrap();
@@ -255,7 +255,7 @@ fn a_model_that_draws_random_numbers_trains_each_check_on_its_own_generator() {
             "json".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let o = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let o = run_as_is(&args.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(matches!(o.status.code(), Some(0 | 1)), "{}", stderr(&o));
         o.stdout
     };

@@ -24,7 +24,23 @@ pub fn trainlint() -> Command {
     c
 }
 
+/// Runs `trainlint ARGS`. An audit (`check`) that does not choose its thread count runs on one
+/// libtorch thread: the tests run side by side, two audits at a time on a 2-core machine, and two
+/// audits of N threads each on N cores spin against each other (measured: `tests/pt2_twins.rs` took
+/// 225 s at the default count, 46 s at one thread each). One thread also gives every machine the
+/// same digits, whatever its core count. The thread plan and the checks trained side by side are
+/// tested with the counts `tests/threads.rs` sets, and the default count with [`run_as_is`].
 pub fn run(args: &[&str]) -> Output {
+    if args.first() == Some(&"check") && !args.contains(&"--threads") {
+        let mut pinned = vec!["check", "--threads", "1"];
+        pinned.extend_from_slice(&args[1..]);
+        return run_as_is(&pinned);
+    }
+    run_as_is(args)
+}
+
+/// Runs `trainlint ARGS` exactly as given: an audit then uses the machine's cores.
+pub fn run_as_is(args: &[&str]) -> Output {
     trainlint().args(args).output().expect("trainlint runs")
 }
 
