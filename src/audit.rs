@@ -413,8 +413,11 @@ fn sample_warnings(
     use trainlint_checks::ports::Task;
     let n = data.len();
     let task = setup.resolved_task(Some(data));
-    let has_batchnorm =
-        model.is_some_and(|m| m.modules().iter().any(|m| m.kind.contains("BatchNorm")));
+    let has_batchnorm = model.is_some_and(|m| {
+        m.modules()
+            .iter()
+            .any(|m| m.norm().is_some_and(|n| n.uses_batch_statistics()))
+    });
     if n == 1 {
         let (message, skips) = if has_batchnorm {
             let ids = train_mode_checks(task == Task::ImageToImage);

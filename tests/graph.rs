@@ -310,6 +310,39 @@ fn shared_batchnorm_names_the_module_and_both_call_sites() {
     assert_eq!(f[0]["location"]["module"], "bn");
 }
 
+/// Issue 24: the graph view marks `shared-batchnorm` on exactly the modules the check reports, from
+/// the check's own decision, on models that share a BatchNorm and models that only look as if they
+/// did (exclusive branches, a loop, a recurrence).
+#[test]
+fn the_graph_marks_shared_batchnorm_where_the_check_reports_it() {
+    for model in [
+        "graph_siamese_bn",
+        "graph_siamese_bn_traced",
+        "graph_problems",
+        "graph_branches",
+        "graph_loops",
+        "graph_bn_branch_attr_on",
+        "graph_bn_branch_attr_off",
+        "graph_bn_branch_runtime",
+        "cnn_bn",
+    ] {
+        let r = check("shared-batchnorm", model, None);
+        let reported: std::collections::BTreeSet<String> = findings(&r, "shared-batchnorm")
+            .iter()
+            .map(|f| f["location"]["module"].as_str().unwrap().to_string())
+            .collect();
+        let g = graph_json(model, None);
+        let marked: std::collections::BTreeSet<String> = g["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| marks(n).contains(&"shared-batchnorm"))
+            .map(|n| n["module"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(marked, reported, "{model}");
+    }
+}
+
 #[test]
 fn the_graph_checks_stay_silent_on_healthy_models() {
     // if-branches (both read; exclusive calls), ModuleList loops and a recurrence, weight tying, an

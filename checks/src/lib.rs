@@ -7,6 +7,7 @@
 pub mod activation;
 pub mod finding;
 pub mod graph;
+pub mod norm;
 pub mod optim;
 pub mod options;
 pub mod ports;

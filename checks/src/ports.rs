@@ -23,6 +23,13 @@ pub struct ModuleInfo {
     pub training: bool,
 }
 
+impl ModuleInfo {
+    /// The normalisation its kind performs, if any: the one classifier of module kinds.
+    pub fn norm(&self) -> Option<crate::norm::Norm> {
+        crate::norm::Norm::of(&self.kind)
+    }
+}
+
 /// The final op of the forward graph: what bounds the output.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutputActivation {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tch::Tensor;
 use trainlint_checks::graph::{CallSite, ModuleGraph};
-use trainlint_checks::rules::shared_batchnorm::is_batchnorm;
+use trainlint_checks::rules::shared_batchnorm;
 use trainlint_checks::ModuleInfo;
 
 /// One drawn node.
@@ -84,6 +84,9 @@ pub struct ViewInputs<'a> {
     pub input_shape: String,
     /// Collapse runs of identical numbered blocks.
     pub collapse: bool,
+    /// The calls of BatchNorm modules that run on two streams in one forward, as shared-batchnorm
+    /// decides it ([`shared_batchnorm::called_together`]).
+    pub shared_batchnorm: BTreeSet<usize>,
 }
 
 /// Leaf kinds that are an activation, for the final-activation mark.
@@ -350,11 +353,7 @@ impl View {
                     let mut marks = BTreeSet::new();
                     if siblings.len() > 1 {
                         marks.insert("shared".to_string());
-                        let together = is_batchnorm(&c.kind)
-                            && siblings
-                                .iter()
-                                .any(|s| s.id != c.id && ModuleGraph::can_run_together(s, c));
-                        if together {
+                        if inputs.shared_batchnorm.contains(&c.id) {
                             marks.insert("shared-batchnorm".to_string());
                         }
                     }
@@ -882,6 +881,16 @@ pub fn views_of_sample(
         );
     }
     let params = model.parameters().map_err(|e| e.to_string())?;
+    let buffers: BTreeSet<String> = model
+        .buffers()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let shared_batchnorm = shared_batchnorm::called_together(&graph, &buffers)
+        .into_iter()
+        .flat_map(|(_, calls)| calls.into_iter().map(|c| c.id))
+        .collect();
     let unused = trainlint_checks::rules::unused_parameters::unused_trainable(&graph, &params)
         .into_iter()
         .map(|(m, ps)| (m, ps.into_iter().map(|(n, _)| n).collect()))
@@ -895,6 +904,7 @@ pub fn views_of_sample(
         final_op: model.output_activation().ok().map(|a| a.op),
         input_shape,
         collapse: true,
+        shared_batchnorm,
     };
     let collapsed = View::build(&graph, &inputs);
     let full = if collapsed.nodes.iter().any(|n| !n.collapsed.is_empty()) {
@@ -1123,6 +1133,7 @@ mod tests {
             final_op: None,
             input_shape: String::new(),
             collapse,
+            shared_batchnorm: BTreeSet::new(),
         }
     }
 

@@ -427,20 +427,6 @@ fn is_linear_or_conv(kind: &str) -> bool {
         || kind.starts_with("LazyConv")
 }
 
-/// Normalisation layers that divide by their input's scale (LocalResponseNorm does not).
-fn is_scale_invariant_norm(kind: &str) -> bool {
-    [
-        "BatchNorm",
-        "SyncBatchNorm",
-        "LayerNorm",
-        "GroupNorm",
-        "InstanceNorm",
-        "RMSNorm",
-    ]
-    .iter()
-    .any(|n| kind.starts_with(n))
-}
-
 /// Whether the module at `path` feeds a normalisation layer: the next leaf module after it, in the
 /// model's module order (registration order, which torchvision's blocks follow), is one.
 fn feeds_norm(modules: &[ModuleInfo], path: &str) -> bool {
@@ -458,7 +444,7 @@ fn feeds_norm(modules: &[ModuleInfo], path: &str) -> bool {
     }
     modules
         .get(j)
-        .is_some_and(|m| is_scale_invariant_norm(&m.kind))
+        .is_some_and(|m| m.norm().is_some_and(|n| n.scale_invariant()))
 }
 
 /// The path of the model's output layer: its last Linear / Conv module in module order.

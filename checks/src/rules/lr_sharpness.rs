@@ -395,9 +395,7 @@ fn largest_eigenvalue(
 /// (std-0.01 convs into BatchNorm with eps 1e-3) has λ ≈ 245 on 32 samples, 6× SGD 0.1 / 0.9's bound of
 /// 38, and trains well at lr 0.1; excluding only the exactly invariant weights does not fix that.
 fn normalises_features(kind: &str) -> bool {
-    ["BatchNorm", "SyncBatchNorm", "GroupNorm", "InstanceNorm"]
-        .iter()
-        .any(|k| kind.starts_with(k))
+    crate::norm::Norm::of(kind).is_some_and(|n| n.normalises_features())
 }
 
 impl Check for LrSharpness {

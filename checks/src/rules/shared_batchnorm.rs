@@ -1,6 +1,7 @@
 //! shared-batchnorm: no BatchNorm module normalises two streams in one forward.
 use super::prelude::*;
 use crate::graph::{CallSite, ModuleGraph};
+use crate::norm::Norm;
 
 pub struct SharedBatchnorm;
 
@@ -94,7 +95,53 @@ pub fn describe_call(graph: &ModuleGraph, call: &CallSite) -> String {
 
 /// Whether a module kind is a BatchNorm that tracks statistics (not torchvision's FrozenBatchNorm2d).
 pub fn is_batchnorm(kind: &str) -> bool {
-    kind.contains("BatchNorm") && !kind.starts_with("Frozen")
+    Norm::of(kind).is_some_and(Norm::uses_batch_statistics)
+}
+
+/// The BatchNorm modules that run on two streams in one forward, each with the largest set of its
+/// calls that can all run in one forward (two or more): what the check reports, and what the graph
+/// view marks `shared-batchnorm`. `buffers` names the model's buffers: a BatchNorm without running
+/// statistics (`track_running_stats=False`) has none to mix.
+pub fn called_together<'g>(
+    graph: &'g ModuleGraph,
+    buffers: &std::collections::BTreeSet<String>,
+) -> Vec<(&'g str, Vec<&'g CallSite>)> {
+    let mut out = Vec::new();
+    for (module, calls) in graph.calls_by_module() {
+        let kind = &calls[0].kind;
+        let running = |stat: &str| {
+            let name = if module.is_empty() {
+                stat.to_string()
+            } else {
+                format!("{module}.{stat}")
+            };
+            buffers.contains(&name)
+        };
+        if !is_batchnorm(kind) || !running("running_mean") {
+            continue;
+        }
+        // The most calls that can run in one forward: each call as a seed, then every call that
+        // can run with all chosen so far (the first call may sit in the branch that is not taken
+        // twice: `if concat: bn(a); bn(b) else: bn(c)`).
+        let mut together: Vec<&CallSite> = Vec::new();
+        for seed in calls.iter().filter(|c| !ModuleGraph::is_dead(c)) {
+            let mut set: Vec<&CallSite> = vec![seed];
+            for c in &calls {
+                if c.id != seed.id && set.iter().all(|t| ModuleGraph::can_run_together(t, c)) {
+                    set.push(c);
+                }
+            }
+            if set.len() > together.len() {
+                set.sort_by_key(|c| c.id);
+                together = set;
+            }
+        }
+        if together.len() < 2 {
+            continue;
+        }
+        out.push((module, together));
+    }
+    out
 }
 
 impl Check for SharedBatchnorm {
@@ -116,39 +163,8 @@ impl Check for SharedBatchnorm {
         let buffers: std::collections::BTreeSet<String> =
             model.buffers()?.into_iter().map(|(n, _)| n).collect();
         let mut findings = Vec::new();
-        for (module, calls) in graph.calls_by_module() {
-            let kind = &calls[0].kind;
-            let running = |stat: &str| {
-                let name = if module.is_empty() {
-                    stat.to_string()
-                } else {
-                    format!("{module}.{stat}")
-                };
-                buffers.contains(&name)
-            };
-            if !is_batchnorm(kind) || !running("running_mean") {
-                continue;
-            }
-            // The largest set of calls that can all run in one forward, greedily in call order.
-            // The most calls that can run in one forward: each call as a seed, then every call that
-            // can run with all chosen so far (the first call may sit in the branch that is not taken
-            // twice: `if concat: bn(a); bn(b) else: bn(c)`).
-            let mut together: Vec<&CallSite> = Vec::new();
-            for seed in calls.iter().filter(|c| !ModuleGraph::is_dead(c)) {
-                let mut set: Vec<&CallSite> = vec![seed];
-                for c in &calls {
-                    if c.id != seed.id && set.iter().all(|t| ModuleGraph::can_run_together(t, c)) {
-                        set.push(c);
-                    }
-                }
-                if set.len() > together.len() {
-                    set.sort_by_key(|c| c.id);
-                    together = set;
-                }
-            }
-            if together.len() < 2 {
-                continue;
-            }
+        for (module, together) in called_together(&graph, &buffers) {
+            let kind = &together[0].kind;
             let v = CalledTwice {
                 module: module.to_string(),
                 kind: kind.clone(),

@@ -480,7 +480,7 @@ fn batchnorm_layers<'a>(modules: &'a [ModuleInfo], buffers: &[NamedTensor]) -> V
             };
             let mean = format!("{prefix}running_mean");
             let var = format!("{prefix}running_var");
-            let is_bn = m.kind.contains("BatchNorm")
+            let is_bn = m.norm().is_some_and(|n| n.holds_running_statistics())
                 || (find(buffers, &mean).is_some() && find(buffers, &var).is_some());
             is_bn.then(|| Layer {
                 info: m,
