@@ -666,7 +666,46 @@ fn relative_to(path: &Path, base: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
-fn resolve_settings(args: &CheckArgs) -> Result<Settings, Fatal> {
+/// What the command line says about the setup, over the config file: `check`'s flags, or the few
+/// `graph` has (the rest at their defaults).
+#[derive(Default)]
+struct Overrides {
+    path: Option<PathBuf>,
+    model: Option<PathBuf>,
+    data: Option<PathBuf>,
+    log: Option<PathBuf>,
+    select: Option<Vec<String>>,
+    ignore: Option<Vec<String>>,
+    fail_on: Option<config::FailOn>,
+    device: Option<String>,
+    seed: Option<u64>,
+    threads: Option<usize>,
+    check_budget: Option<f64>,
+    task: Option<String>,
+    loss: Option<String>,
+}
+
+impl CheckArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            path: self.path.clone(),
+            model: self.model.clone(),
+            data: self.data.clone(),
+            log: self.log.clone(),
+            select: self.select.clone(),
+            ignore: self.ignore.clone(),
+            fail_on: self.fail_on,
+            device: self.device.clone(),
+            seed: self.seed,
+            threads: self.threads,
+            check_budget: self.check_budget,
+            task: self.task.clone(),
+            loss: self.loss.clone(),
+        }
+    }
+}
+
+fn resolve_settings(args: &Overrides) -> Result<Settings, Fatal> {
     let mut settings = Settings::default();
     let start = args.path.clone().unwrap_or_else(|| PathBuf::from("."));
     if let Some(path) = config::discover(&start).map_err(config_fatal)? {
@@ -751,7 +790,7 @@ commented one)",
 fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
     // Model code can print; fd 1 points to stderr until the report is written to the real stdout.
     let stdout = output::ReportStdout::capture();
-    let settings = resolve_settings(&args)?;
+    let settings = resolve_settings(&args.overrides())?;
     if settings.threads > MAX_THREADS {
         return Err(Fatal::from(format!(
             "threads = {}: at most {MAX_THREADS}",
@@ -766,7 +805,15 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
     }
     let timeout = check_timeout(args.timeout);
     // Everything that can refuse the run does so before the checks run and before anything is written.
-    let targets = plan_outputs(&args, &settings)?;
+    let targets = plan_outputs(
+        &[
+            ("--output-file", args.output_file.as_deref()),
+            ("--report", args.report.as_deref()),
+            ("--write-baseline", args.write_baseline.as_deref()),
+        ],
+        args.baseline.as_deref(),
+        &settings,
+    )?;
     let target = |flag: &str| targets.iter().find(|t| t.flag == flag);
     let old_baseline = match &args.baseline {
         Some(path) => Some(baseline::read(path).map_err(Fatal::from)?),
@@ -848,15 +895,15 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
 }
 
 /// The output files, checked against the inputs and each other before anything runs.
-fn plan_outputs(args: &CheckArgs, settings: &Settings) -> Result<Vec<output::Target>, Fatal> {
-    let outputs: Vec<output::Output> = [
-        ("--output-file", &args.output_file),
-        ("--report", &args.report),
-        ("--write-baseline", &args.write_baseline),
-    ]
-    .into_iter()
-    .filter_map(|(flag, path)| path.as_deref().map(|path| output::Output { flag, path }))
-    .collect();
+fn plan_outputs(
+    files: &[(&'static str, Option<&Path>)],
+    baseline: Option<&Path>,
+    settings: &Settings,
+) -> Result<Vec<output::Target>, Fatal> {
+    let outputs: Vec<output::Output> = files
+        .iter()
+        .filter_map(|&(flag, path)| path.map(|path| output::Output { flag, path }))
+        .collect();
     // Every file the run reads is an input: an `.npy` data file's siblings that hold the inputs
     // and targets too.
     let siblings: Vec<std::path::PathBuf> = settings
@@ -865,14 +912,14 @@ fn plan_outputs(args: &CheckArgs, settings: &Settings) -> Result<Vec<output::Tar
         .map(|d| data::siblings_read(d, &settings.inputs, &settings.targets))
         .unwrap_or_default();
     let mut inputs: Vec<output::Input> = [
-        ("the model", &settings.model),
-        ("the data", &settings.data),
-        ("the loss log", &settings.log),
-        ("the config file", &settings.config_path),
-        ("the --baseline file", &args.baseline),
+        ("the model", settings.model.as_deref()),
+        ("the data", settings.data.as_deref()),
+        ("the loss log", settings.log.as_deref()),
+        ("the config file", settings.config_path.as_deref()),
+        ("the --baseline file", baseline),
     ]
     .into_iter()
-    .filter_map(|(role, path)| path.as_deref().map(|path| output::Input { role, path }))
+    .filter_map(|(role, path)| path.map(|path| output::Input { role, path }))
     .collect();
     inputs.extend(siblings.iter().map(|path| output::Input {
         role: "a sibling .npy file the data is read from",
@@ -884,39 +931,23 @@ fn plan_outputs(args: &CheckArgs, settings: &Settings) -> Result<Vec<output::Tar
 /// `trainlint graph`: the model's module graph as SVG, DOT, Mermaid or JSON.
 fn graph(args: GraphArgs) -> Result<ExitCode, Fatal> {
     let stdout = output::ReportStdout::capture();
-    let as_check = CheckArgs {
+    let settings = resolve_settings(&Overrides {
         path: args.path.clone(),
         model: args.model.clone(),
         data: args.data.clone(),
-        log: None,
-        select: None,
-        ignore: None,
-        fail_on: None,
-        exit_zero: false,
-        output_format: Format::Text,
-        output_file: args.output_file.clone(),
         device: args.device.clone(),
-        seed: None,
-        threads: None,
-        check_budget: None,
-        task: None,
-        loss: None,
-        no_timings: false,
-        statistics: false,
-        write_baseline: None,
-        baseline: None,
-        quiet: true,
-        report: None,
-        timeout: args.timeout,
-        trust_model: args.trust_model,
-    };
-    let settings = resolve_settings(&as_check)?;
+        ..Overrides::default()
+    })?;
     let Some(model_path) = settings.model.clone() else {
         return Err(Fatal::from(
             "graph needs a model: pass --model MODEL.pt or set [model] path in trainlint.toml",
         ));
     };
-    let targets = plan_outputs(&as_check, &settings)?;
+    let targets = plan_outputs(
+        &[("--output-file", args.output_file.as_deref())],
+        None,
+        &settings,
+    )?;
     let format = args.format.unwrap_or_else(|| {
         match args
             .output_file
