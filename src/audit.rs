@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use trainlint_checks::{registry, Context};
+use trainlint_checks::ports::Task;
+use trainlint_checks::{registry, Context, Need};
 
 use crate::config::Settings;
 use crate::model::LoadedModel;
@@ -370,13 +371,7 @@ fn class_index_warning(
             "the targets `{}` hold class indices up to {max} but the model outputs {k} logits{hint}: output-range reports it, and the checks that compute the loss skip",
             data.target_key
         ),
-        skips: vec![
-            "overfit-batch",
-            "loss-oscillation",
-            "gradient-flow",
-            "initial-loss",
-            "lr-sharpness",
-        ],
+        skips: needing(Need::Loss, None),
         skip_reason: format!(
             "the targets hold class index {max}, past the {k} logits{hint}: the loss cannot be computed (output-range reports it)"
         ),
@@ -392,14 +387,15 @@ struct SampleWarning {
     skip_reason: String,
 }
 
-/// The checks that run the model in training mode on the sample (BatchNorm then needs ≥ 2 samples);
-/// identity-overfit only for image-to-image, where it applies.
-fn train_mode_checks(image_to_image: bool) -> Vec<&'static str> {
-    let mut ids = vec!["overfit-batch", "gradient-flow", "loss-oscillation"];
-    if image_to_image {
-        ids.insert(0, "identity-overfit");
-    }
-    ids
+/// The checks that need `need` of the sample (`CheckInfo::needs`), in the report's order; with a
+/// task, those that apply to it.
+fn needing(need: Need, task: Option<Task>) -> Vec<&'static str> {
+    registry::all()
+        .iter()
+        .map(|c| c.info())
+        .filter(|i| i.needs.contains(&need) && task.is_none_or(|t| i.applies_to(t)))
+        .map(|i| i.id)
+        .collect()
 }
 
 /// The degenerate samples a new user saves by accident: one sample, or a single class. Found once,
@@ -410,7 +406,6 @@ fn sample_warnings(
     model: Option<&dyn trainlint_checks::Model>,
     setup: &trainlint_checks::Setup,
 ) -> Vec<SampleWarning> {
-    use trainlint_checks::ports::Task;
     let n = data.len();
     let task = setup.resolved_task(Some(data));
     let has_batchnorm = model.is_some_and(|m| {
@@ -420,7 +415,7 @@ fn sample_warnings(
     });
     if n == 1 {
         let (message, skips) = if has_batchnorm {
-            let ids = train_mode_checks(task == Task::ImageToImage);
+            let ids = needing(Need::TrainModeBatch, Some(task));
             (
                 format!(
                     "the data sample `{}` holds 1 sample: the model's BatchNorm layers cannot compute batch statistics from one sample in training mode, so {} are skipped and stale-batchnorm compares no statistics; save at least 2 samples (256 is typical)",
@@ -484,4 +479,38 @@ pub fn load_configured_data(
         .as_ref()
         .map(|p| data::load_dataset(p, &settings.inputs, &settings.targets, settings.max_samples))
         .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sample warnings skip the checks whose `CheckInfo` declares the need: the same checks the
+    /// hand-kept lists named before, in the report's order.
+    #[test]
+    fn the_sample_warnings_skip_the_checks_that_declare_the_need() {
+        assert_eq!(
+            needing(Need::TrainModeBatch, Some(Task::ImageToImage)),
+            [
+                "identity-overfit",
+                "overfit-batch",
+                "loss-oscillation",
+                "gradient-flow"
+            ]
+        );
+        assert_eq!(
+            needing(Need::TrainModeBatch, Some(Task::Classification)),
+            ["overfit-batch", "loss-oscillation", "gradient-flow"]
+        );
+        assert_eq!(
+            needing(Need::Loss, None),
+            [
+                "overfit-batch",
+                "loss-oscillation",
+                "gradient-flow",
+                "lr-sharpness",
+                "initial-loss"
+            ]
+        );
+    }
 }

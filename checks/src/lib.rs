@@ -116,6 +116,49 @@ pub struct CheckInfo {
     /// The `[setup]` values its verdict rests on: when the config leaves one unset and the check ran,
     /// the report says what was assumed in its place.
     pub setup: &'static [&'static str],
+    /// What it needs of the data sample beyond its being there: a sample that cannot give it (one
+    /// sample under BatchNorm, class indices past the logits) skips the check with the reason.
+    pub needs: &'static [Need],
+    /// The one task it applies to (identity-overfit: image-to-image), or every task.
+    pub task: Option<ports::Task>,
+}
+
+impl CheckInfo {
+    /// The facts most checks share: it trains nothing, draws no random numbers of its own, rests on
+    /// no `[setup]` value, needs nothing more of the sample and applies to every task. A check's
+    /// `INFO` names what is its own and ends with `..CheckInfo::PLAIN`.
+    pub const PLAIN: CheckInfo = CheckInfo {
+        id: "",
+        group: Group::Model,
+        default_level: Level::Deny,
+        summary: "",
+        docs: Docs {
+            what: "",
+            why: "",
+            details: "",
+        },
+        kinds: &[],
+        trains: false,
+        draws_random: false,
+        setup: &[],
+        needs: &[],
+        task: None,
+    };
+
+    /// Whether it applies to `task` (the resolved one).
+    pub fn applies_to(&self, task: ports::Task) -> bool {
+        self.task.is_none_or(|t| t == task)
+    }
+}
+
+/// What a check needs of the data sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// A train-mode forward on the sample: BatchNorm computes batch statistics, which one sample
+    /// cannot give.
+    TrainModeBatch,
+    /// The configured loss of the model's output on the targets: class indices must name logits.
+    Loss,
 }
 
 /// What a check found: findings, or the reason it could not apply, plus curves worth plotting.

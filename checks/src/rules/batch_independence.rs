@@ -21,9 +21,8 @@ batch, the loss still falls, and predictions depend on which samples share a bat
         details: include_str!("batch_independence.md"),
     },
     kinds: &[&SamplesMixed::KIND],
-    trains: false,
     draws_random: true,
-    setup: &[],
+    ..CheckInfo::PLAIN
 };
 
 /// Options of batch-independence.

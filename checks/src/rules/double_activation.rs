@@ -18,9 +18,7 @@ never applies) trains a different function from the one intended, usually withou
         details: include_str!("double_activation.md"),
     },
     kinds: &[&SquashedTwice::KIND, &NotProbabilities::KIND, &NotLogProbabilities::KIND],
-    trains: false,
-    draws_random: false,
-    setup: &[],
+    ..CheckInfo::PLAIN
 };
 
 /// The model ends in softmax or sigmoid and the loss applies its own.

@@ -21,9 +21,8 @@ falls.",
         details: include_str!("gradient_flow.md"),
     },
     kinds: &[&NoGradient::KIND, &ZeroGradient::KIND],
-    trains: false,
-    draws_random: false,
-    setup: &[],
+    needs: &[Need::TrainModeBatch, Need::Loss],
+    ..CheckInfo::PLAIN
 };
 
 /// Options of gradient-flow.

@@ -22,8 +22,9 @@ cannot learn the harder task either. Finding this in seconds saves a day of trai
     },
     kinds: &[&CannotLearnIdentity::KIND],
     trains: true,
-    draws_random: false,
-    setup: &[],
+    needs: &[Need::TrainModeBatch],
+    task: Some(Task::ImageToImage),
+    ..CheckInfo::PLAIN
 };
 
 /// Options of identity-overfit.

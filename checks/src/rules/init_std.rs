@@ -22,9 +22,7 @@ fan-out.",
         &ConstantWeights::KIND,
         &NormFarFromDefault::KIND,
     ],
-    trains: false,
-    draws_random: false,
-    setup: &[],
+    ..CheckInfo::PLAIN
 };
 
 /// How init-std judges a std.

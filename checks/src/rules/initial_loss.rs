@@ -23,9 +23,8 @@ training (Karpathy's recipe: \"verify loss @ init\").",
         details: include_str!("initial_loss.md"),
     },
     kinds: &[&HighInitialLoss::KIND],
-    trains: false,
-    draws_random: false,
-    setup: &[],
+    needs: &[Need::Loss],
+    ..CheckInfo::PLAIN
 };
 
 /// Options of initial-loss.

@@ -30,9 +30,7 @@ its feature's variance, so no learning rate suits both the large and the small f
         details: include_str!("input_normalization.md"),
     },
     kinds: &[&RawInputScale::KIND, &FeatureScaleSpread::KIND],
-    trains: false,
-    draws_random: false,
-    setup: &[],
+    ..CheckInfo::PLAIN
 };
 
 /// Options of input-normalization.

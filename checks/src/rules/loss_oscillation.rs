@@ -39,8 +39,9 @@ flags every healthy SGD run; trainlint separates the trend from the noise first.
         &ProbeOscillates::KIND,
     ],
     trains: true,
-    draws_random: false,
     setup: &["optimizer", "lr", "batch_size", "momentum"],
+    needs: &[Need::TrainModeBatch, Need::Loss],
+    ..CheckInfo::PLAIN
 };
 
 /// Options of loss-oscillation.

@@ -18,9 +18,7 @@ gradient.",
         details: include_str!("loss_scale.md"),
     },
     kinds: &[&UnbalancedTerms::KIND],
-    trains: false,
-    draws_random: false,
-    setup: &[],
+    ..CheckInfo::PLAIN
 };
 
 /// Options of loss-scale.

@@ -25,9 +25,10 @@ training (progressive sharpening), so a lr above the bound at init only gets wor
         details: include_str!("lr_sharpness.md"),
     },
     kinds: &[&LrAboveBound::KIND],
-    trains: false,
     draws_random: true,
     setup: &["optimizer", "lr", "momentum"],
+    needs: &[Need::Loss],
+    ..CheckInfo::PLAIN
 };
 
 /// Options of lr-sharpness.

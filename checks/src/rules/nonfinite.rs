@@ -31,9 +31,7 @@ naming the first place a NaN appears saves the hunt.",
         &NonFiniteGradients::KIND,
         &NonFiniteLog::KIND,
     ],
-    trains: false,
-    draws_random: false,
-    setup: &[],
+    ..CheckInfo::PLAIN
 };
 
 /// Options of nonfinite.

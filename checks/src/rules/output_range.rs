@@ -21,9 +21,7 @@ never reach zero loss: the model looks under-powered when it is mis-specified.",
         details: include_str!("output_range.md"),
     },
     kinds: &[&TooFewLogits::KIND, &TargetsOutsideRange::KIND, &WastedRange::KIND],
-    trains: false,
-    draws_random: false,
-    setup: &[],
+    ..CheckInfo::PLAIN
 };
 
 /// Options of output-range.

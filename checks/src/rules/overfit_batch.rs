@@ -23,8 +23,8 @@ little capacity, and more data or more steps will not fix it.",
     },
     kinds: &[&CannotOverfit::KIND],
     trains: true,
-    draws_random: false,
-    setup: &[],
+    needs: &[Need::TrainModeBatch, Need::Loss],
+    ..CheckInfo::PLAIN
 };
 
 /// Options of overfit-batch.

@@ -6,5 +6,5 @@ pub use crate::finding::{as_map, num, Example, Grade, KindInfo, Location, Severi
 pub use crate::ports::{Dataset, LossKind, LossLog, Mode, Model, ModuleInfo, NamedTensor, Task};
 pub use crate::{
     Check, CheckError, CheckInfo, CheckOutput, CheckResult, Context, Curve, Docs, Finding, Group,
-    Input, Level, NoOptions,
+    Input, Level, Need, NoOptions,
 };

@@ -20,9 +20,8 @@ and each step's gradient points at that slice only.",
         details: include_str!("sequential_data.md"),
     },
     kinds: &[&UnshuffledOrder::KIND],
-    trains: false,
-    draws_random: false,
     setup: &["batch_size", "shuffle"],
+    ..CheckInfo::PLAIN
 };
 
 /// Options of sequential-data.

@@ -27,9 +27,7 @@ training each stream is normalised with its own batch statistics while eval uses
         details: include_str!("shared_batchnorm.md"),
     },
     kinds: &[&CalledTwice::KIND],
-    trains: false,
-    draws_random: false,
-    setup: &[],
+    ..CheckInfo::PLAIN
 };
 
 /// A BatchNorm module with two or more call sites that run in one forward.

@@ -33,8 +33,8 @@ frozen or computed on other data make the evaluated model differ from the traine
         &EvalModeWorse::KIND,
     ],
     trains: true,
-    draws_random: false,
     setup: &["batch_size"],
+    ..CheckInfo::PLAIN
 };
 
 /// Options of stale-batchnorm.

@@ -25,9 +25,7 @@ forward is not the network the author meant.",
         details: include_str!("unused_parameters.md"),
     },
     kinds: &[&NeverUsed::KIND],
-    trains: false,
-    draws_random: false,
-    setup: &[],
+    ..CheckInfo::PLAIN
 };
 
 /// Options of unused-parameters.
