@@ -232,14 +232,16 @@ impl CheckResult {
     pub fn passed() -> Self {
         Self::default()
     }
-    pub fn skipped(reason: impl Into<String>) -> Self {
+    /// Skipped with `reason`: what [`Rule::run_with`] makes of a check's `Err(CheckError::Skip)`, the
+    /// one way a check says it does not apply.
+    pub(crate) fn skipped(reason: impl Into<String>) -> Self {
         CheckResult {
             skipped: Some(reason.into()),
             ..Self::default()
         }
     }
     /// Skipped for want of `input`, with `reason` (usually `input.reason()`).
-    pub fn missing(input: Input, reason: impl Into<String>) -> Self {
+    pub(crate) fn missing(input: Input, reason: impl Into<String>) -> Self {
         CheckResult {
             missing: Some(input),
             ..Self::skipped(reason)
@@ -280,6 +282,14 @@ pub enum CheckError {
     /// The check needs an input that was not given: skipped, with the input named.
     #[error("skipped: {}", .0.reason())]
     Missing(Input),
+}
+
+impl CheckError {
+    /// The check does not apply to these inputs, for `reason`: the one way a check skips
+    /// (`return Err(CheckError::skip(…))`, or `?` on a helper that returns it).
+    pub fn skip(reason: impl Into<String>) -> Self {
+        CheckError::Skip(reason.into())
+    }
 }
 
 pub type CheckOutput = Result<CheckResult, CheckError>;

@@ -214,9 +214,7 @@ impl Check for GradientFlow {
             .filter(|(n, p)| p.requires_grad() && !unused.contains(n))
             .collect();
         if trainable.is_empty() {
-            return Ok(CheckResult::skipped(
-                "the model has no trainable parameters",
-            ));
+            return Err(CheckError::skip("the model has no trainable parameters"));
         }
         let prediction = copy.forward(&x, Mode::Train)?;
         let loss = train::loss(loss_kind, &prediction, &y)?;

@@ -207,14 +207,14 @@ impl Check for IdentityOverfit {
         let prediction = ctx.prediction()?;
         let (in_shape, out_shape) = (data.inputs.size(), prediction.size());
         if task == Task::Classification || (task != Task::ImageToImage && in_shape != out_shape) {
-            return Ok(CheckResult::skipped(format!(
+            return Err(CheckError::skip(format!(
                 "the output shape {:?} differs from the input shape {:?}: identity-overfit applies to image-to-image models",
                 &out_shape[1..],
                 &in_shape[1..]
             )));
         }
         if in_shape != out_shape {
-            return Ok(CheckResult::skipped(format!(
+            return Err(CheckError::skip(format!(
                 "task is image-to-image but the output shape {:?} differs from the input shape {:?}",
                 &out_shape[1..],
                 &in_shape[1..]
@@ -227,9 +227,7 @@ impl Check for IdentityOverfit {
             .f_var(false)?
             .f_double_value(&[])?;
         if var <= 0.0 {
-            return Ok(CheckResult::skipped(
-                "the inputs are constant (zero variance)",
-            ));
+            return Err(CheckError::skip("the inputs are constant (zero variance)"));
         }
         let target = options.target;
         let steps = options.steps;

@@ -586,7 +586,7 @@ impl Check for InitStd {
             findings.extend(judge(&param, family, &stats, options, &mut curve));
         }
         if judged == 0 {
-            return Ok(CheckResult::skipped(
+            return Err(CheckError::skip(
                 "no Linear, Conv, recurrent, embedding or normalisation layer found",
             ));
         }

@@ -369,7 +369,7 @@ impl Check for InitialLoss {
         let (model, data) = (ctx.model()?, ctx.data()?);
         match options.model_state {
             ModelState::Trained => {
-                return Ok(CheckResult::skipped(
+                return Err(CheckError::skip(
                     "the model is a trained checkpoint (initial-loss.model_state = \"trained\")",
                 ))
             }
@@ -377,7 +377,7 @@ impl Check for InitialLoss {
             ModelState::Auto => {
                 let tracked = batches_tracked(model)?;
                 if tracked > 0 {
-                    return Ok(CheckResult::skipped(format!(
+                    return Err(CheckError::skip(format!(
                         "the model is a trained checkpoint (its BatchNorm layers have tracked {tracked} \
 batches); set initial-loss.model_state = \"untrained\" to judge it anyway"
                     )));
@@ -388,7 +388,7 @@ batches); set initial-loss.model_state = \"untrained\" to judge it anyway"
         let prediction = ctx.prediction()?;
         let targets = data.targets.f_to_device(prediction.device())?;
         if holds_non_finite(prediction)? {
-            return Ok(CheckResult::skipped(
+            return Err(CheckError::skip(
                 "the output holds NaN or Inf (nonfinite reports it)",
             ));
         }
@@ -403,7 +403,7 @@ batches); set initial-loss.model_state = \"untrained\" to judge it anyway"
             let p = model.predict(&x)?;
             let again = judge(loss_kind, &p, &targets, options)?;
             if again.loss.is_finite() && again.loss <= again.limit {
-                return Ok(CheckResult::skipped(format!(
+                return Err(CheckError::skip(format!(
                     "the initial {} loss {} is high only at the inputs' raw scale (on standardised inputs it \
 is {}): input-normalization judges the input scale",
                     loss_kind.as_str(),

@@ -332,17 +332,17 @@ impl Check for InputNormalization {
     fn run(&self, ctx: &Context, options: &InputNormalizationOptions) -> CheckOutput {
         let (model, data) = (ctx.model()?, ctx.data()?);
         if !data.inputs.is_floating_point() {
-            return Ok(CheckResult::skipped(
+            return Err(CheckError::skip(
                 "the inputs are integers (token ids or indices): their scale is not a magnitude",
             ));
         }
         let n = data.len().min(options.batch) as i64;
         if n < 2 {
-            return Ok(CheckResult::skipped("the sample has fewer than 2 samples"));
+            return Err(CheckError::skip("the sample has fewer than 2 samples"));
         }
         let x = data.inputs.f_narrow(0, 0, n)?;
         if x.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
-            return Ok(CheckResult::skipped(
+            return Err(CheckError::skip(
                 "the inputs hold NaN or Inf (nonfinite reports them)",
             ));
         }
@@ -359,10 +359,10 @@ impl Check for InputNormalization {
         if let Some(finding) = scale_spread(model, data, &x, options, ctx.setup.seed as i64)? {
             return Ok(CheckResult::with_findings(vec![finding]));
         }
-        Ok(match skip {
-            Some(reason) => CheckResult::skipped(reason),
-            None => CheckResult::passed(),
-        })
+        match skip {
+            Some(reason) => Err(CheckError::skip(reason)),
+            None => Ok(CheckResult::passed()),
+        }
     }
 }
 

@@ -141,7 +141,7 @@ impl Check for LossScale {
     fn run(&self, ctx: &Context, options: &LossScaleOptions) -> CheckOutput {
         let log = ctx.log()?;
         if log.terms.len() < 2 {
-            return Ok(CheckResult::skipped(format!(
+            return Err(CheckError::skip(format!(
                 "the log has {} loss-term column(s); loss-scale compares two or more (`loss_*` columns or log.terms)",
                 log.terms.len()
             )));
@@ -182,7 +182,7 @@ impl Check for LossScale {
             })
             .collect();
         if mags.is_empty() {
-            return Ok(CheckResult::skipped(
+            return Err(CheckError::skip(
                 "the loss terms have no finite non-zero values",
             ));
         }

@@ -256,7 +256,7 @@ impl Check for OutputRange {
             && ctx.setup.resolved_loss(Some(data)).is_classification()
         {
             if prediction.dim() < 2 {
-                return Ok(CheckResult::skipped(
+                return Err(CheckError::skip(
                     "classification output has no class dimension",
                 ));
             }
@@ -267,7 +267,7 @@ impl Check for OutputRange {
                 // Float targets with a class dim that are not probabilities: no classes to count.
                 let loss = ctx.setup.resolved_loss(Some(data));
                 if let Some(reason) = data.class_probability_problem(loss, prediction) {
-                    return Ok(CheckResult::skipped(reason));
+                    return Err(CheckError::skip(reason));
                 }
             }
             // Class probabilities name their classes by position: K columns are classes 0..K-1.
@@ -306,7 +306,7 @@ impl Check for OutputRange {
         let targets = to_vec(&data.targets)?;
         let finite: Vec<f64> = targets.into_iter().filter(|v| v.is_finite()).collect();
         if finite.is_empty() {
-            return Ok(CheckResult::skipped("no finite targets"));
+            return Err(CheckError::skip("no finite targets"));
         }
         let (t_lo, t_hi) = crate::stats::min_max(&finite);
         let tol = 1e-6 * (t_hi - t_lo).abs().max(1.0);

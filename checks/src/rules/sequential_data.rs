@@ -182,7 +182,7 @@ impl Check for SequentialData {
     fn run(&self, ctx: &Context, options: &SequentialDataOptions) -> CheckOutput {
         let data = ctx.data()?;
         if ctx.setup.temporal {
-            return Ok(CheckResult::skipped(
+            return Err(CheckError::skip(
                 "setup.temporal = true: the task needs the samples in order",
             ));
         }
@@ -191,7 +191,7 @@ impl Check for SequentialData {
         }
         let n = data.len().min(options.max_samples);
         if n < 8 {
-            return Ok(CheckResult::skipped(format!(
+            return Err(CheckError::skip(format!(
                 "only {n} samples; at least 8 are needed"
             )));
         }

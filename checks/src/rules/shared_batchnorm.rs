@@ -150,7 +150,7 @@ impl Check for SharedBatchnorm {
     fn run(&self, ctx: &Context, _options: &NoOptions) -> CheckOutput {
         let model = ctx.model()?;
         if !model.modules().iter().any(|m| is_batchnorm(&m.kind)) {
-            return Ok(CheckResult::skipped("the model has no BatchNorm layer"));
+            return Err(CheckError::skip("the model has no BatchNorm layer"));
         }
         let graph = model.module_graph(None).map_err(|e| match e {
             CheckError::Model(why) => {

@@ -724,7 +724,7 @@ impl Check for StaleBatchnorm {
         let modules = model.modules();
         let layers = batchnorm_layers(modules, &buffers);
         if layers.is_empty() {
-            return Ok(CheckResult::skipped("no BatchNorm layer"));
+            return Err(CheckError::skip("no BatchNorm layer"));
         }
         let mut findings = Vec::new();
         if ctx.setup.batch_size == 1 {

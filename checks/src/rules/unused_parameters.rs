@@ -171,16 +171,14 @@ impl Check for UnusedParameters {
             other => other,
         })?;
         if !graph.complete() {
-            return Ok(CheckResult::skipped(format!(
+            return Err(CheckError::skip(format!(
                 "the forward graph cannot be followed everywhere ({})",
                 graph.unresolved.join("; ")
             )));
         }
         let params = model.parameters()?;
         if !params.iter().any(|(_, p)| p.requires_grad()) {
-            return Ok(CheckResult::skipped(
-                "the model has no trainable parameters",
-            ));
+            return Err(CheckError::skip("the model has no trainable parameters"));
         }
         let called = graph.calls_by_module();
         let kinds: BTreeMap<&str, &str> = model
