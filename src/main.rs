@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use trainlint_checks::ports::parse_choice;
 use trainlint_checks::registry;
 
 use trainlint::config::{self, ConfigError, Settings};
@@ -310,6 +309,14 @@ impl<E: std::fmt::Display> From<E> for Fatal {
             detail: None,
         }
     }
+}
+
+/// The settings the flags and the config file give, or why not (exit 2).
+fn resolve_settings(args: &config::Overrides) -> Result<Settings, Fatal> {
+    config::resolve(args).map_err(|e| match e {
+        config::ResolveError::Config(e) => config_fatal(e),
+        other => Fatal::from(other),
+    })
 }
 
 fn config_fatal(e: ConfigError) -> Fatal {
@@ -666,28 +673,9 @@ fn relative_to(path: &Path, base: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
-/// What the command line says about the setup, over the config file: `check`'s flags, or the few
-/// `graph` has (the rest at their defaults).
-#[derive(Default)]
-struct Overrides {
-    path: Option<PathBuf>,
-    model: Option<PathBuf>,
-    data: Option<PathBuf>,
-    log: Option<PathBuf>,
-    select: Option<Vec<String>>,
-    ignore: Option<Vec<String>>,
-    fail_on: Option<config::FailOn>,
-    device: Option<String>,
-    seed: Option<u64>,
-    threads: Option<usize>,
-    check_budget: Option<f64>,
-    task: Option<String>,
-    loss: Option<String>,
-}
-
 impl CheckArgs {
-    fn overrides(&self) -> Overrides {
-        Overrides {
+    fn overrides(&self) -> config::Overrides {
+        config::Overrides {
             path: self.path.clone(),
             model: self.model.clone(),
             data: self.data.clone(),
@@ -703,88 +691,6 @@ impl CheckArgs {
             loss: self.loss.clone(),
         }
     }
-}
-
-fn resolve_settings(args: &Overrides) -> Result<Settings, Fatal> {
-    let mut settings = Settings::default();
-    let start = args.path.clone().unwrap_or_else(|| PathBuf::from("."));
-    if let Some(path) = config::discover(&start).map_err(config_fatal)? {
-        config::load_file(&path, &mut settings).map_err(config_fatal)?;
-    }
-    if let Some(m) = &args.model {
-        settings.model = Some(m.clone());
-    }
-    if let Some(d) = &args.data {
-        settings.data = Some(d.clone());
-    }
-    if let Some(l) = &args.log {
-        settings.log = Some(l.clone());
-    }
-    if let Some(s) = &args.select {
-        config::validate_selectors(s).map_err(|m| Fatal::from(format!("--select: {m}")))?;
-        settings.select = s.clone();
-    }
-    if let Some(s) = &args.ignore {
-        config::validate_selectors(s).map_err(|m| Fatal::from(format!("--ignore: {m}")))?;
-        settings.ignore = s.clone();
-    }
-    if let Some(f) = args.fail_on {
-        settings.fail_on = f.into();
-    }
-    if let Some(d) = &args.device {
-        // A typo is an error even without a model; whether CUDA is there matters only with one.
-        if let Err(e @ model::ModelError::BadDevice(_)) = model::parse_device(d) {
-            return Err(Fatal::from(format!("--device: {e}")));
-        }
-        settings.device = d.clone();
-    }
-    if let Some(s) = args.seed {
-        settings.setup.seed = s;
-    }
-    if let Some(t) = args.threads {
-        settings.threads = t;
-    }
-    if let Some(b) = args.check_budget {
-        settings.setup.check_budget = b;
-    }
-    // The training keys the config left unset: the checks that train assume their defaults, and say so.
-    settings.setup.assumed = ["optimizer", "lr", "batch_size", "momentum"]
-        .into_iter()
-        .filter(|k| !settings.key_lines.contains_key(&format!("setup.{k}")))
-        .filter(|k| {
-            *k != "momentum"
-                || settings.setup.optimizer == trainlint_checks::ports::OptimizerKind::Sgd
-        })
-        .collect();
-    if let Some(t) = &args.task {
-        settings.setup.task = parse_choice(t).map_err(|e| Fatal::from(format!("--task: {e}")))?;
-    }
-    if let Some(l) = &args.loss {
-        settings.setup.loss =
-            Some(parse_choice(l).map_err(|e| Fatal::from(format!("--loss: {e}")))?);
-    }
-    if settings.model.is_none() && settings.data.is_none() && settings.log.is_none() {
-        return Err(nothing_to_check(settings.config_path.as_deref()));
-    }
-    Ok(settings)
-}
-
-/// No model, data or log from the config (or no config at all) nor from the flags, and the next step.
-fn nothing_to_check(config: Option<&Path>) -> Fatal {
-    let (found, next) = match config {
-        Some(path) => (
-            format!("{} sets no model, data or log path", path.display()),
-            "set [model] path, [data] path or [log] path in it (`trainlint init --force` writes a \
-commented one)",
-        ),
-        None => (
-            "no trainlint.toml or [tool.trainlint] found".to_string(),
-            "run `trainlint init --model MODEL.pt --data SAMPLE.npz` to write one",
-        ),
-    };
-    Fatal::from(format!(
-        "nothing to check: {found}, and no --model, --data or --log given; {next}, or pass --model / --data / --log"
-    ))
 }
 
 fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
@@ -931,12 +837,12 @@ fn plan_outputs(
 /// `trainlint graph`: the model's module graph as SVG, DOT, Mermaid or JSON.
 fn graph(args: GraphArgs) -> Result<ExitCode, Fatal> {
     let stdout = output::ReportStdout::capture();
-    let settings = resolve_settings(&Overrides {
+    let settings = resolve_settings(&config::Overrides {
         path: args.path.clone(),
         model: args.model.clone(),
         data: args.data.clone(),
         device: args.device.clone(),
-        ..Overrides::default()
+        ..config::Overrides::default()
     })?;
     let Some(model_path) = settings.model.clone() else {
         return Err(Fatal::from(

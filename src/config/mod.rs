@@ -3,6 +3,7 @@
 mod file;
 #[cfg(test)]
 mod fuzz_corpus;
+mod overrides;
 mod schema;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,7 @@ use trainlint_checks::registry::{self, Selector};
 use trainlint_checks::{Group, Level, Setup, Severity};
 
 pub use file::{ConfigFile, FailOn};
+pub use overrides::{resolve, Overrides, ResolveError};
 pub use schema::{check_options, config_schema, init_template, json_schema, reference_markdown};
 
 /// A configuration error: a message, and where it points when it comes from a file.

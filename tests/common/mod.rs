@@ -1,6 +1,7 @@
 //! Helpers shared by the CLI integration tests: run the real binary on the committed fixtures.
 #![allow(dead_code)]
 pub mod archives;
+pub mod in_process;
 pub mod project;
 use std::path::{Path, PathBuf};
 use std::process::Output;
