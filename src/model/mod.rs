@@ -62,8 +62,9 @@ type NodeCb =
     extern "C" fn(*mut c_void, *const c_char, *const c_char, *const c_char, *const c_char);
 
 // Every entry returning `Option<ShimString>` returns None on success and the error message otherwise.
-// SAFETY (of the block): these signatures match the `extern "C"` definitions in shim.cpp, compiled and
-// linked by build.rs; `tl_silence_warnings` takes nothing and has no precondition, so it is `safe`.
+// SAFETY (of the block): these declarations are the only ones: build.rs generates the C header that
+// shim.cpp includes from them (with the callback types above), so a definition that differs does not
+// compile; `tl_silence_warnings` takes nothing and has no precondition, so it is `safe`.
 unsafe extern "C" {
     fn tl_free_string(s: *mut c_char);
     safe fn tl_silence_warnings();
@@ -1310,8 +1311,7 @@ impl TrainableModel for TrainableCopy {
 // ---------------------------------------------------------------- module graph (graph view,
 // unused-parameters, shared-batchnorm)
 
-// SAFETY (of the block): the signature matches `tl_module_graph` in shim.cpp, compiled and linked by
-// build.rs.
+// SAFETY (of the block): the header shim.cpp includes is generated from this declaration (build.rs).
 unsafe extern "C" {
     fn tl_module_graph(
         m: *mut RawModule,
@@ -1570,7 +1570,7 @@ mod tests {
 }
 
 // ================================================================ nonfinite (issue 10)
-// SAFETY (of the block): the signature matches `tl_first_nonfinite` in shim.cpp.
+// SAFETY (of the block): the header shim.cpp includes is generated from this declaration (build.rs).
 unsafe extern "C" {
     fn tl_first_nonfinite(
         m: *mut RawModule,
@@ -1637,7 +1637,7 @@ impl Handle {
 // ================================================================ input-normalization (issue 10)
 type ScaleCb = extern "C" fn(*mut c_void, *const c_char, *const c_char, f64);
 
-// SAFETY (of the block): the signature matches `tl_layer_scales` in shim.cpp.
+// SAFETY (of the block): the header shim.cpp includes is generated from this declaration (build.rs).
 unsafe extern "C" {
     fn tl_layer_scales(
         m: *const RawModule,

@@ -32,8 +32,9 @@ struct RawProgram {
     _private: [u8; 0],
 }
 
-// SAFETY (of the block): these signatures match the `extern "C"` definitions in pt2_shim.cpp, compiled
-// and linked by build.rs; every entry catches all C++ exceptions and returns them as a message.
+// SAFETY (of the block): build.rs generates the C header pt2_shim.cpp includes from these declarations,
+// so a definition that differs does not compile; every entry catches all C++ exceptions and returns
+// them as a message.
 unsafe extern "C" {
     fn tl_pt2_compile(text: *const c_char, out: *mut *mut RawProgram) -> Option<ShimString>;
     fn tl_pt2_free(p: *mut RawProgram);
