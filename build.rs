@@ -15,18 +15,30 @@ fn main() {
     // ("conflicting declaration of C function") instead of being undefined behaviour at run time.
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let header = ffi_header(&["src/model/mod.rs", "src/model/pt2_run.rs"]);
-    std::fs::write(out_dir.join("trainlint_ffi.h"), header).expect("the FFI header is written");
-    cc::Build::new()
-        .include(&out_dir)
-        .cpp(true)
-        .std("c++17")
-        .flag_if_supported("-Wno-c++20-extensions")
-        .flag_if_supported("-Wno-unused-parameter")
-        .include(&include)
-        .include(include.join("torch/csrc/api/include"))
-        .file("src/model/shim.cpp")
-        .file("src/model/pt2_shim.cpp")
-        .compile("trainlint_shim");
+    std::fs::write(out_dir.join("trainlint_ffi.h"), &header).expect("the FFI header is written");
+    // An edit to src/model/mod.rs reruns this script; the shims are compiled again only when what
+    // they are compiled from changed (the header, their sources, the compiler's settings).
+    let stamp = format!(
+        "{header}\n{}\n{}\n{}\n{:?}{:?}{:?}",
+        std::fs::read_to_string("src/model/shim.cpp").expect("shim.cpp"),
+        std::fs::read_to_string("src/model/pt2_shim.cpp").expect("pt2_shim.cpp"),
+        include.display(),
+        std::env::var("OPT_LEVEL"),
+        std::env::var("DEBUG"),
+        std::env::var("TARGET"),
+    );
+    let stamp_path = out_dir.join("trainlint_shim.stamp");
+    let unchanged = std::fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp)
+        && out_dir.join("libtrainlint_shim.a").exists();
+    if unchanged {
+        // What cc prints after compiling, for the library it compiled before.
+        println!("cargo:rustc-link-lib=static=trainlint_shim");
+        println!("cargo:rustc-link-search=native={}", out_dir.display());
+        println!("cargo:rustc-link-lib=stdc++");
+    } else {
+        compile_shims(&out_dir, &include);
+        std::fs::write(&stamp_path, stamp).expect("the shim's stamp is written");
+    }
     // The static shim needs these after it on the link line, or c10 symbols stay unresolved.
     println!("cargo:rustc-link-search=native={}", lib.display());
     for name in ["torch_cpu", "torch", "c10"] {
@@ -39,6 +51,22 @@ fn main() {
     println!("cargo:rerun-if-changed=src/model/pt2_run.rs");
     println!("cargo:rerun-if-changed=src/model/pt2_shim.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
+}
+
+/// Compiles shim.cpp and pt2_shim.cpp, with the generated header, into the static library
+/// `trainlint_shim`.
+fn compile_shims(out_dir: &std::path::Path, include: &std::path::Path) {
+    cc::Build::new()
+        .include(out_dir)
+        .cpp(true)
+        .std("c++17")
+        .flag_if_supported("-Wno-c++20-extensions")
+        .flag_if_supported("-Wno-unused-parameter")
+        .include(include)
+        .include(include.join("torch/csrc/api/include"))
+        .file("src/model/shim.cpp")
+        .file("src/model/pt2_shim.cpp")
+        .compile("trainlint_shim");
 }
 
 /// The C type of a Rust FFI type as the declarations in `src/model` write it.
