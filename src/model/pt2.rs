@@ -432,7 +432,9 @@ pub enum Target {
 }
 
 impl Target {
-    fn parse(s: &str) -> Option<Target> {
+    /// The target of a node as serialized, or None for one the interpreter does not run: the one
+    /// parser of targets, for the load-time check of every node and for the interpreter.
+    pub(crate) fn parse(s: &str) -> Option<Target> {
         if let Some(name) = s.strip_prefix("torch.ops.higher_order.") {
             return (!name.is_empty() && !name.contains('.'))
                 .then(|| Target::HigherOrder(name.into()));

@@ -145,7 +145,7 @@ fn walk(
     nodes: &mut Vec<super::GraphNode>,
 ) -> Option<(String, String, bool)> {
     for node in &graph.nodes {
-        match parse_target(&node.target) {
+        match Target::parse(&node.target) {
             Some(Target::Op { namespace, name, overload }) => {
                 if namespace != "aten" && !trusted {
                     return Some((
@@ -196,26 +196,6 @@ fn walk(
         }
     }
     None
-}
-
-fn parse_target(s: &str) -> Option<Target> {
-    if let Some(name) = s.strip_prefix("torch.ops.higher_order.") {
-        return Some(Target::HigherOrder(name.into()));
-    }
-    if let Some(name) = s.strip_prefix("_operator.") {
-        return Some(Target::SymOp(name.into()));
-    }
-    let parts: Vec<&str> = s.strip_prefix("torch.ops.")?.split('.').collect();
-    match parts[..] {
-        [ns, name, overload] if [ns, name, overload].iter().all(|p| !p.is_empty()) => {
-            Some(Target::Op {
-                namespace: ns.into(),
-                name: name.into(),
-                overload: overload.into(),
-            })
-        }
-        _ => None,
-    }
 }
 
 /// A value name as the line format carries it: a token without spaces, commas or colons.
@@ -427,7 +407,7 @@ fn lower_nodes(nodes: &[Node], prefix: &str, lines: &mut Vec<String>) -> Result<
     let rn = &prefixed(prefix.to_string());
     for (i, node) in nodes.iter().enumerate() {
         let node_name = node.name.clone().unwrap_or_else(|| format!("node{i}"));
-        let target = parse_target(&node.target).ok_or(format!("node target {}", node.target))?;
+        let target = Target::parse(&node.target).ok_or(format!("node target {}", node.target))?;
         let mut toks: Vec<String> = match &target {
             Target::Op {
                 namespace,
@@ -757,7 +737,7 @@ impl Compiled {
         let mut ops = Vec::new();
         let mut calls = Vec::new();
         for node in &program.graph.nodes {
-            ops.push(match parse_target(&node.target) {
+            ops.push(match Target::parse(&node.target) {
                 Some(Target::Op {
                     namespace, name, ..
                 }) => format!("{namespace}::{name}"),
@@ -1045,7 +1025,7 @@ fn specialised(graph: &Graph) -> Specialised {
 fn first_mode_op(graph: &Graph, eval: &mut Option<String>) -> Option<String> {
     for node in &graph.nodes {
         for input in &node.inputs {
-            let short = || parse_target(&node.target).map_or(node.target.clone(), |t| t.short());
+            let short = || Target::parse(&node.target).map_or(node.target.clone(), |t| t.short());
             match &input.arg {
                 Argument::AsBool(flag) if input.name == "training" || input.name == "train" => {
                     if *flag {
@@ -1089,7 +1069,7 @@ fn output_activation(program: &Program) -> OutputActivation {
         }) else {
             return unknown;
         };
-        let op = match parse_target(&node.target) {
+        let op = match Target::parse(&node.target) {
             Some(Target::Op { name, .. }) => name.trim_end_matches('_').to_string(),
             Some(Target::HigherOrder(name)) => name,
             _ => return unknown,
