@@ -26,7 +26,13 @@ fn main() {
         std::env::var("OPT_LEVEL"),
         std::env::var("DEBUG"),
         std::env::var("TARGET"),
-    );
+    ) + &["CXX", "CXXFLAGS", "CRATE_CC_NO_DEFAULTS"]
+        .map(|v| {
+            // cc reads these; a change must compile the shims again, skipped run or not.
+            println!("cargo:rerun-if-env-changed={v}");
+            format!("{v}={:?}\n", std::env::var(v))
+        })
+        .concat();
     let stamp_path = out_dir.join("trainlint_shim.stamp");
     let unchanged = std::fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp)
         && out_dir.join("libtrainlint_shim.a").exists();
