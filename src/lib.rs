@@ -13,6 +13,7 @@ pub mod audit;
 pub mod baseline;
 pub mod config;
 pub mod data;
+pub mod escape;
 #[cfg(test)]
 mod fuzz;
 pub mod model;

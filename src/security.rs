@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use crate::model::archive;
 use crate::model::policy::refused_ops;
 pub use crate::model::policy::Refused;
-use crate::model::{self, GraphNode, LoadedModel, ModelError, TorchScriptModel};
+use crate::model::{self, GraphNode, LoadPolicy, LoadedModel, ModelError, TorchScriptModel};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UntrustedModel {
@@ -89,8 +89,28 @@ pub fn load_torchscript(
                 reason,
             })?;
         vet_graph(path, &nodes)?;
-        loaded.scan_when_loaded_again();
     }
+    // A large model's copies load the file again: the same vetting, passed in.
+    fn archive_trusted(path: &Path) -> Result<(), String> {
+        vet_archive(path, true).map_err(|e| e.to_string())
+    }
+    fn archive_untrusted(path: &Path) -> Result<(), String> {
+        vet_archive(path, false).map_err(|e| e.to_string())
+    }
+    fn graph(path: &Path, nodes: &[GraphNode]) -> Result<(), String> {
+        vet_graph(path, nodes).map_err(|e| e.to_string())
+    }
+    loaded.vet_when_loaded_again(if trust {
+        LoadPolicy {
+            archive: archive_trusted,
+            graph: None,
+        }
+    } else {
+        LoadPolicy {
+            archive: archive_untrusted,
+            graph: Some(graph),
+        }
+    });
     Ok(loaded)
 }
 

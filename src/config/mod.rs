@@ -85,7 +85,7 @@ fn control_picture(c: char) -> char {
         0x09 => c,
         u @ 0..=0x1f => char::from_u32(0x2400 + u).unwrap_or('\u{fffd}'),
         0x7f => '\u{2421}',
-        _ if crate::report::is_hidden_char(c) => '\u{fffd}',
+        _ if crate::escape::is_hidden_char(c) => '\u{fffd}',
         _ => c,
     }
 }

@@ -579,9 +579,23 @@ struct Source {
     c_path: CString,
     c_device: CString,
     stamp: Option<Stamp>,
-    /// Whether a module loaded again goes through the side-effect scan (see `security`).
-    scan: bool,
+    /// What a module loaded again must pass, as the loader decided at the first load (`security`);
+    /// None: loaded without a policy (the adapter's own tests).
+    policy: Option<LoadPolicy>,
 }
+
+/// The load policy that `security` decides and passes in: loading the file again (a large model's
+/// copies) is vetted as the first load was, without the adapter depending on the policy's owner.
+#[derive(Clone, Copy)]
+pub struct LoadPolicy {
+    /// Vets the archive before libtorch reads it again.
+    pub archive: fn(&Path) -> Result<(), String>,
+    /// Vets the graph of the module loaded again; None when the user trusts the model.
+    pub graph: Option<GraphVet>,
+}
+
+/// Vets a loaded module's graph nodes: the error says what the policy refuses.
+pub type GraphVet = fn(&Path, &[GraphNode]) -> Result<(), String>;
 
 /// A file's identity: device, inode, size, and modification and change times. The change time
 /// cannot be set by a user, and any write or rename over the path changes one of these.
@@ -639,16 +653,16 @@ impl Source {
         if self.stamp.is_none() || Stamp::of(&self.path) != self.stamp {
             return Err(changed());
         }
-        crate::security::vet_archive(&self.path, !self.scan)
-            .map_err(|e| CheckError::Other(e.to_string()))?;
+        if let Some(policy) = &self.policy {
+            (policy.archive)(&self.path).map_err(CheckError::Other)?;
+        }
         let handle = Handle::load(&self.c_path, &self.c_device).map_err(CheckError::Model)?;
         if Stamp::of(&self.path) != self.stamp {
             return Err(changed());
         }
-        if self.scan {
+        if let Some(vet_graph) = self.policy.and_then(|p| p.graph) {
             let nodes = handle.graph_nodes().map_err(CheckError::Model)?;
-            crate::security::vet_graph(&self.path, &nodes)
-                .map_err(|e| CheckError::Other(e.to_string()))?;
+            vet_graph(&self.path, &nodes).map_err(CheckError::Other)?;
         }
         Ok(handle)
     }
@@ -707,7 +721,7 @@ impl TorchScriptModel {
                 c_path,
                 c_device,
                 stamp,
-                scan: false,
+                policy: None,
             },
             device: dev,
             output_key,
@@ -719,9 +733,9 @@ impl TorchScriptModel {
         })
     }
 
-    /// Loading the model again (for a large model's copies) repeats the side-effect scan.
-    pub(crate) fn scan_when_loaded_again(&mut self) {
-        self.source.scan = true;
+    /// Loading the model again (for a large model's copies) is vetted by `policy`, as the first load.
+    pub(crate) fn vet_when_loaded_again(&mut self, policy: LoadPolicy) {
+        self.source.policy = Some(policy);
     }
 
     /// The module, loaded again from the file when a large model's copy took its place.

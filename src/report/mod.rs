@@ -9,8 +9,6 @@ pub mod junit;
 pub mod sarif;
 pub mod text;
 
-use std::borrow::Cow;
-
 use serde::Serialize;
 use trainlint_checks::Severity;
 
@@ -53,43 +51,7 @@ pub struct Threads {
     pub side_by_side: String,
 }
 
-/// Whether `c` must not reach a terminal or a document as itself: control characters (C0 but tab and
-/// line feed, DEL, C1: they drive terminals, `ESC [` and `CSI` among them) and Unicode noncharacters
-/// (U+FDD0..U+FDEF, U+xxFFFE, U+xxFFFF: not allowed or discouraged in XML, meaningless as text).
-pub fn is_hidden_char(c: char) -> bool {
-    let u = c as u32;
-    (c.is_control() && c != '\n' && c != '\t')
-        || (0xFDD0..=0xFDEF).contains(&u)
-        || (u & 0xFFFE) == 0xFFFE
-}
-
-/// The way a hidden character is written instead: `\x1b` below U+0080, `\u{ffff}` above.
-pub fn escaped_char(c: char) -> String {
-    let u = c as u32;
-    if u < 0x80 {
-        format!("\\x{u:02x}")
-    } else {
-        format!("\\u{{{u:x}}}")
-    }
-}
-
-/// Text from the user's files or from model code (exception messages, column names, keys) made safe to
-/// print: every [`is_hidden_char`] becomes its visible escape (`ESC [31m` prints as `\x1b[31m`), so
-/// that the text neither drives the terminal nor hides what it says.
-pub fn visible(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(is_hidden_char) {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if is_hidden_char(c) {
-            out.push_str(&escaped_char(c));
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
-}
+pub use crate::escape::{escaped_char, is_hidden_char, visible};
 
 /// Where a finding points in the user's files: the config line that configures what it is about,
 /// else the model, data or log file it concerns (line 1).
@@ -304,6 +266,7 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::borrow::Cow;
 
     #[test]
     fn hidden_characters_print_as_their_escapes_and_the_rest_as_itself() {
