@@ -92,7 +92,7 @@ pub fn describe_call(graph: &ModuleGraph, call: &CallSite) -> String {
 }
 
 /// Whether a module kind is a BatchNorm that tracks statistics (not torchvision's FrozenBatchNorm2d).
-pub fn is_batchnorm(kind: &str) -> bool {
+fn is_batchnorm(kind: &str) -> bool {
     Norm::of(kind).is_some_and(Norm::uses_batch_statistics)
 }
 
