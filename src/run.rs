@@ -16,7 +16,7 @@ use trainlint_checks::ports::{Dataset, Model};
 use trainlint_checks::train::side_by_side;
 use trainlint_checks::{
     registry, CheckError, CheckFailed, CheckInfo, CheckOutput, Context, Curve, Finding, Group,
-    Input, Level, Location, Rule, Severity, TrainingRun, Violation,
+    Input, Level, Location, Rule, Severity, TrainingRun, ViolationMetadata,
 };
 
 use crate::config::{Ignore, Settings};

@@ -287,11 +287,18 @@ impl KindInfo {
     }
 }
 
+/// A kind's documentation: `#[derive(ViolationMetadata)]` reads it from the type's doc comment and
+/// its `#[kind(..)]` attribute (see the `trainlint-derive` crate), as ruff derives a rule's.
+pub trait ViolationMetadata {
+    const KIND: KindInfo;
+}
+
+pub use trainlint_derive::ViolationMetadata;
+
 /// One kind of problem, as a type: its fields are the numbers behind the finding; its message, help and
 /// JSON evidence are derived from them (evidence = the fields, serialised; `#[serde(skip)]` keeps a
-/// field out of it); its documentation is [`Violation::KIND`].
-pub trait Violation: Serialize {
-    const KIND: KindInfo;
+/// field out of it); its documentation is [`ViolationMetadata::KIND`], derived from its doc comment.
+pub trait Violation: ViolationMetadata + Serialize {
     /// The one-line message, with the evidence numbers.
     fn message(&self) -> String;
     /// The fix, in one line.
@@ -353,9 +360,22 @@ impl Finding {
     }
 }
 
-/// A check could not run to the end (an error in the model, libtorch or the check itself). Not a verdict
-/// on the setup; the other checks still run.
-#[derive(Serialize)]
+/// A check failed to run (an internal error, not a verdict on the setup)
+///
+/// # Why
+/// A check that cannot run cannot vouch for the setup: the gate fails instead of passing silently. The other
+/// checks still run and report.
+///
+/// # How
+/// Any error a check returns (the model raised an exception in forward, a libtorch error, an unexpected
+/// shape) or a panic inside it is caught and reported as this kind, with the cause; so is a check that runs
+/// past `--timeout` ("check ID timed out after N s").
+///
+/// # Fix
+/// Read the cause: usually the model rejects the sample batch in train mode, or the data does not fit the
+/// configured loss. Select the check away (`--ignore ID`) if it cannot apply to this model.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "check-failed", grade = error)]
 pub struct CheckFailed {
     #[serde(skip)]
     pub check: String,
@@ -366,19 +386,6 @@ pub struct CheckFailed {
 }
 
 impl Violation for CheckFailed {
-    const KIND: KindInfo = KindInfo {
-        id: "check-failed",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "A check failed to run (an internal error, not a verdict on the setup)",
-        why: "A check that cannot run cannot vouch for the setup: the gate fails instead of passing \
-silently. The other checks still run and report.",
-        how: "Any error a check returns (the model raised an exception in forward, a libtorch error, an \
-unexpected shape) or a panic inside it is caught and reported as this kind, with the cause; so is a check \
-that runs past `--timeout` (\"check ID timed out after N s\").",
-        fix: "Read the cause: usually the model rejects the sample batch in train mode, or the data \
-does not fit the configured loss. Select the check away (`--ignore ID`) if it cannot apply to this model.",
-        example: None,
-    };
     fn message(&self) -> String {
         match self.timeout_s {
             Some(limit) => format!("check {} timed out after {} s", self.check, num(limit)),

@@ -18,6 +18,7 @@ pub mod train;
 
 pub use finding::{
     CheckFailed, Curve, Example, Finding, Grade, KindInfo, Location, Severity, Violation,
+    ViolationMetadata,
 };
 pub use options::{CheckOptions, NoOptions};
 pub use ports::{

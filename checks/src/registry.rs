@@ -1,6 +1,6 @@
 //! Every check, in the order the report lists them. Adding a check: one file in `rules/`, one line here.
 use crate::rules;
-use crate::{CheckFailed, Group, KindInfo, Rule, Violation};
+use crate::{CheckFailed, Group, KindInfo, Rule, ViolationMetadata};
 
 pub fn all() -> Vec<Box<dyn Rule>> {
     vec![

@@ -1,6 +1,6 @@
 //! `--output-format sarif`: SARIF 2.1.0 for GitHub code scanning and other viewers.
 use serde_json::{json, Value};
-use trainlint_checks::{registry, CheckFailed, KindInfo, Level, Severity, Violation};
+use trainlint_checks::{registry, CheckFailed, KindInfo, Level, Severity, ViolationMetadata};
 
 use super::{file_and_line, fingerprint, source_of, Report};
 

@@ -46,8 +46,34 @@ impl Default for BatchIndependenceOptions {
     }
 }
 
-/// Outputs of other samples change when one sample's input changes.
-#[derive(Serialize)]
+/// In eval mode, changing one sample's input changes other samples' outputs
+///
+/// # Why
+/// Without BatchNorm's batch statistics (eval mode) a network that treats samples independently gives each
+/// sample an output that depends on its own input only. When other samples' outputs move, forward mixes the
+/// batch: `h.view(T, N, H)` where `view(N, T, H)` was meant, `x.transpose(0, 1).reshape(N, -1)`, an nn.GRU /
+/// nn.LSTM / nn.MultiheadAttention / nn.Transformer with batch_first=False fed [N, T, …] data (it runs along,
+/// or attends across, the batch). Training still lowers the loss, on a blend of samples.
+///
+/// # How
+/// Eval mode, no gradients, on a copy: the first `samples` samples (default 4) as one batch, then for every j
+/// the batch with sample j replaced by another sample of the data (integer inputs such as token ids stay
+/// valid; a float sample equal to its replacement gets noise instead). For every other sample i, the change
+/// of output i (L2) relative to the change of output j. Error when any ratio exceeds `max_leak` (default
+/// 1e-3; an independent forward changes them by exactly 0). When every mixed pair has i after j, the message
+/// says so: that is a recurrent layer running along the batch. Every pass starts from the same seed, so a
+/// forward that draws noise in eval mode (a VAE's sampling) draws it alike each time; skipped when two passes
+/// on the same batch still differ, when the output's dim 0 is not the batch, or when no replacement changes
+/// its own sample's output (a constant output, e.g. a zero-initialised head).
+///
+/// # Fix
+/// Keep dim 0 the batch through forward: reshape with the batch size first (`x.reshape(N, -1)`, `h.view(N, T,
+/// H)`), permute before a reshape only with `.permute(…).contiguous()` in the intended order, and set
+/// batch_first=True on RNN / attention / Transformer layers fed [N, T, …]. A model meant to look across the
+/// batch (set models, in-batch contrastive logits) can ignore this check.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "batch-independence/samples-mixed", grade = error)]
+#[kind(example(args = "--model fixtures/models/bi_gru_not_batch_first.pt --data fixtures/data/sequences.npz", severity = error, message = "in eval mode, 6 of 12 (replaced, other) sample pairs in a batch of 4 are mixed: replacing sample 2 changes the output of sample 3 by 0.648× its own change; only later samples are affected, as by an RNN / LSTM / GRU running along the batch (batch_first=False fed [N, T, …] data)"))]
 pub struct SamplesMixed {
     /// (replaced sample j, changed sample i) pairs past `max_leak`.
     pub mixed_pairs: usize,
@@ -64,37 +90,6 @@ pub struct SamplesMixed {
 }
 
 impl Violation for SamplesMixed {
-    const KIND: KindInfo = KindInfo {
-        id: "batch-independence/samples-mixed",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "In eval mode, changing one sample's input changes other samples' outputs",
-        why: "Without BatchNorm's batch statistics (eval mode) a network that treats samples independently \
-gives each sample an output that depends on its own input only. When other samples' outputs move, forward \
-mixes the batch: `h.view(T, N, H)` where `view(N, T, H)` was meant, `x.transpose(0, 1).reshape(N, -1)`, \
-an nn.GRU / nn.LSTM / nn.MultiheadAttention / nn.Transformer with batch_first=False fed [N, T, …] data \
-(it runs along, or attends across, the batch). Training still lowers the loss, on a blend of samples.",
-        how: "Eval mode, no gradients, on a copy: the first `samples` samples (default 4) as one batch, \
-then for every j the batch with sample j replaced by another sample of the data (integer inputs such as \
-token ids stay valid; a float sample equal to its replacement gets noise instead). For every other \
-sample i, the change of output i (L2) relative to the change of output j. Error when any ratio exceeds \
-`max_leak` (default 1e-3; an independent forward changes them by exactly 0). When every mixed pair has \
-i after j, the message says so: that is a recurrent layer running along the batch. Every pass starts \
-from the same seed, so a forward that draws noise in eval mode (a VAE's sampling) draws it alike each \
-time; skipped when two passes on the same batch still differ, when the output's dim 0 is not the batch, \
-or when no replacement changes its own sample's output (a constant output, e.g. a zero-initialised \
-head).",
-        fix: "Keep dim 0 the batch through forward: reshape with the batch size first (`x.reshape(N, -1)`, \
-`h.view(N, T, H)`), permute before a reshape only with `.permute(…).contiguous()` in the intended order, \
-and set batch_first=True on RNN / attention / Transformer layers fed [N, T, …]. A model meant to look \
-across the batch (set models, in-batch contrastive logits) can ignore this check.",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "--model fixtures/models/bi_gru_not_batch_first.pt --data fixtures/data/sequences.npz",
-            message: "in eval mode, 6 of 12 (replaced, other) sample pairs in a batch of 4 are mixed: \
-replacing sample 2 changes the output of sample 3 by 0.648× its own change; only later samples are \
-affected, as by an RNN / LSTM / GRU running along the batch (batch_first=False fed [N, T, …] data)",
-        }),
-    };
     fn message(&self) -> String {
         let (j, i) = self.worst_pair;
         let pattern = if self.only_later_samples {

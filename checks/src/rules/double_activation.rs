@@ -21,32 +21,28 @@ never applies) trains a different function from the one intended, usually withou
     ..CheckInfo::PLAIN
 };
 
-/// The model ends in softmax or sigmoid and the loss applies its own.
-#[derive(Serialize)]
+/// The model ends in softmax / sigmoid and the loss applies log_softmax / sigmoid itself
+///
+/// # Why
+/// cross_entropy applies log_softmax itself: feeding it softmax outputs squashes twice, the gradients shrink
+/// by orders of magnitude and training stalls at a high loss. bce_with_logits applies a sigmoid itself: after
+/// a sigmoid head the effective output lives in (0.5, 0.73) and cannot fit the targets.
+///
+/// # How
+/// Error when the graph's final op is softmax or sigmoid and the loss is cross_entropy or bce_with_logits.
+///
+/// # Fix
+/// Return raw logits from the model and let the loss apply the activation, or switch to the loss that expects
+/// probabilities (bce for a sigmoid head).
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "double-activation/squashed-twice", grade = error)]
+#[kind(example(args = "--model fixtures/models/head_softmax.pt --data fixtures/data/targets_cls4.npz --loss cross_entropy", severity = error, message = "the model ends in softmax but the loss is cross_entropy, which applies log_softmax itself: the output is squashed twice"))]
 pub struct SquashedTwice {
     pub activation: String,
     pub loss: &'static str,
 }
 
 impl Violation for SquashedTwice {
-    const KIND: KindInfo = KindInfo {
-        id: "double-activation/squashed-twice",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "The model ends in softmax / sigmoid and the loss applies log_softmax / sigmoid itself",
-        why: "cross_entropy applies log_softmax itself: feeding it softmax outputs squashes twice, the \
-gradients shrink by orders of magnitude and training stalls at a high loss. bce_with_logits applies a \
-sigmoid itself: after a sigmoid head the effective output lives in (0.5, 0.73) and cannot fit the targets.",
-        how: "Error when the graph's final op is softmax or sigmoid and the loss is cross_entropy or \
-bce_with_logits.",
-        fix: "Return raw logits from the model and let the loss apply the activation, or switch to the \
-loss that expects probabilities (bce for a sigmoid head).",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "--model fixtures/models/head_softmax.pt --data fixtures/data/targets_cls4.npz --loss cross_entropy",
-            message: "the model ends in softmax but the loss is cross_entropy, which applies log_softmax \
-itself: the output is squashed twice",
-        }),
-    };
     fn message(&self) -> String {
         let what = if self.loss == "cross_entropy" {
             "log_softmax"
@@ -70,30 +66,27 @@ itself: the output is squashed twice",
     }
 }
 
-/// bce on an output that is not bounded to [0, 1].
-#[derive(Serialize)]
+/// The loss is bce, but the model's output is not bounded to [0, 1]
+///
+/// # Why
+/// bce takes the log of the output and of one minus it: on an unbounded output it is undefined (log of a
+/// negative number) and crashes or returns NaN as soon as an output leaves [0, 1].
+///
+/// # How
+/// Error when the loss is bce and the attainable range of the graph's final op is not inside [0, 1] (sigmoid
+/// and softmax are; linear, relu, tanh are not).
+///
+/// # Fix
+/// Use bce_with_logits on the raw output (numerically stabler), or end the model with a sigmoid.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "double-activation/not-probabilities", grade = error)]
+#[kind(example(args = "--model fixtures/models/head_linear.pt --data fixtures/data/targets_01.npz --loss bce", severity = error, message = "the loss is bce, which needs probabilities in [0, 1], but the model's output (linear) is not bounded to [0, 1]"))]
 pub struct NotProbabilities {
     pub activation: String,
     pub loss: &'static str,
 }
 
 impl Violation for NotProbabilities {
-    const KIND: KindInfo = KindInfo {
-        id: "double-activation/not-probabilities",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "The loss is bce, but the model's output is not bounded to [0, 1]",
-        why: "bce takes the log of the output and of one minus it: on an unbounded output it is \
-undefined (log of a negative number) and crashes or returns NaN as soon as an output leaves [0, 1].",
-        how: "Error when the loss is bce and the attainable range of the graph's final op is not \
-inside [0, 1] (sigmoid and softmax are; linear, relu, tanh are not).",
-        fix: "Use bce_with_logits on the raw output (numerically stabler), or end the model with a sigmoid.",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "--model fixtures/models/head_linear.pt --data fixtures/data/targets_01.npz --loss bce",
-            message: "the loss is bce, which needs probabilities in [0, 1], but the model's output (linear) \
-is not bounded to [0, 1]",
-        }),
-    };
     fn message(&self) -> String {
         format!(
             "the loss is bce, which needs probabilities in [0, 1], but the model's output ({}) is not bounded to [0, 1]",
@@ -105,29 +98,26 @@ is not bounded to [0, 1]",
     }
 }
 
-/// nll on anything but log_softmax outputs.
-#[derive(Serialize)]
+/// The loss is nll, but the model does not end in log_softmax
+///
+/// # Why
+/// nll only picks the output at the target class and negates it: on anything but log-probabilities it has no
+/// lower bound, and the model learns to blow that output up.
+///
+/// # How
+/// Error when the loss is nll and the graph's final op is not log_softmax.
+///
+/// # Fix
+/// End the model with log_softmax, or use cross_entropy on raw logits.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "double-activation/not-log-probabilities", grade = error)]
+#[kind(example(args = "--model fixtures/models/head_linear.pt --data fixtures/data/targets_cls4.npz --loss nll", severity = error, message = "the loss is nll, which needs log-probabilities, but the model ends in linear, not log_softmax"))]
 pub struct NotLogProbabilities {
     pub activation: String,
     pub loss: &'static str,
 }
 
 impl Violation for NotLogProbabilities {
-    const KIND: KindInfo = KindInfo {
-        id: "double-activation/not-log-probabilities",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "The loss is nll, but the model does not end in log_softmax",
-        why: "nll only picks the output at the target class and negates it: on anything but \
-log-probabilities it has no lower bound, and the model learns to blow that output up.",
-        how: "Error when the loss is nll and the graph's final op is not log_softmax.",
-        fix: "End the model with log_softmax, or use cross_entropy on raw logits.",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "--model fixtures/models/head_linear.pt --data fixtures/data/targets_cls4.npz --loss nll",
-            message: "the loss is nll, which needs log-probabilities, but the model ends in linear, not \
-log_softmax",
-        }),
-    };
     fn message(&self) -> String {
         format!(
             "the loss is nll, which needs log-probabilities, but the model ends in {}, not log_softmax",

@@ -61,8 +61,23 @@ fn list(names: &[String]) -> String {
     )
 }
 
-/// Trainable parameters that no gradient reaches.
-#[derive(Serialize)]
+/// Trainable parameters get no gradient from the loss, so they never train
+///
+/// # Why
+/// A parameter that no gradient reaches never trains: a layer defined but forgotten in forward, a branch cut
+/// off by .detach() or .item(), a module used only under torch.no_grad(). The loss still falls (the rest of
+/// the model trains), so the bug hides for a whole run.
+///
+/// # How
+/// Error for trainable parameters whose gradient is undefined after backward (no autograd path from the
+/// loss), listed by module; when the loss itself has no graph, every trainable parameter is named.
+///
+/// # Fix
+/// Call every layer you define in forward (or delete it), and remove .detach() / .item() / torch.no_grad()
+/// from the path between the parameters and the loss.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "gradient-flow/no-gradient", grade = error)]
+#[kind(example(args = "--model fixtures/models/partly_detached.pt --data fixtures/data/regression.npz", severity = error, message = "2 of 4 trainable parameters get no gradient from the loss, so they never train: body.weight, body.bias (module body)"))]
 pub struct NoGradient {
     pub no_gradient: Vec<String>,
     pub trainable: usize,
@@ -72,25 +87,6 @@ pub struct NoGradient {
 }
 
 impl Violation for NoGradient {
-    const KIND: KindInfo = KindInfo {
-        id: "gradient-flow/no-gradient",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "Trainable parameters get no gradient from the loss, so they never train",
-        why: "A parameter that no gradient reaches never trains: a layer defined but forgotten in \
-forward, a branch cut off by .detach() or .item(), a module used only under torch.no_grad(). The loss \
-still falls (the rest of the model trains), so the bug hides for a whole run.",
-        how: "Error for trainable parameters whose gradient is undefined after backward (no autograd \
-path from the loss), listed by module; when the loss itself has no graph, every trainable parameter is \
-named.",
-        fix: "Call every layer you define in forward (or delete it), and remove .detach() / .item() / \
-torch.no_grad() from the path between the parameters and the loss.",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "--model fixtures/models/partly_detached.pt --data fixtures/data/regression.npz",
-            message: "2 of 4 trainable parameters get no gradient from the loss, so they never train: \
-body.weight, body.bias (module body)",
-        }),
-    };
     fn message(&self) -> String {
         match self.loss_detached {
             Some(loss) => format!(
@@ -113,34 +109,31 @@ torch.no_grad() between it and the loss"
     }
 }
 
-/// Whole weight tensors whose gradient is exactly zero.
-#[derive(Serialize)]
+/// Whole weight tensors get an exactly zero gradient on the sample batch
+///
+/// # Why
+/// A weight whose every entry gets exactly zero gradient does not move: its path to the loss is multiplied by
+/// 0 or saturated (a dead branch), even though autograd reaches it.
+///
+/// # How
+/// Warning for weight tensors with more than one entry whose gradient norm is exactly 0 after one backward
+/// pass and still exactly 0 after one SGD step (lr `setup.lr`) on the copy and a second backward pass. The
+/// second look spares the branches gated by a zero-initialised parameter, whose weights get a zero gradient
+/// on the first pass only: torchvision's zero_init_residual (γ = 0 in the last BatchNorm of each residual
+/// block) and zero-initialised output layers (ViT's head). Dead ReLU units, which zero some entries only, are
+/// not flagged.
+///
+/// # Fix
+/// Check for a multiplication by 0 or a saturated activation on their path.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "gradient-flow/zero-gradient", grade = warning)]
+#[kind(example(args = "--model fixtures/models/classifier_zero_logits.pt --data fixtures/data/classes4.npz", severity = warning, message = "2 weight tensors get an exactly zero gradient on this batch: fc1.weight, fc2.weight (modules fc1, fc2)"))]
 pub struct ZeroGradient {
     pub zero_gradient: Vec<String>,
     pub loss: f64,
 }
 
 impl Violation for ZeroGradient {
-    const KIND: KindInfo = KindInfo {
-        id: "gradient-flow/zero-gradient",
-        grade: Grade::Fixed(Severity::Warning),
-        summary: "Whole weight tensors get an exactly zero gradient on the sample batch",
-        why: "A weight whose every entry gets exactly zero gradient does not move: its path to the loss \
-is multiplied by 0 or saturated (a dead branch), even though autograd reaches it.",
-        how: "Warning for weight tensors with more than one entry whose gradient norm is exactly 0 after \
-one backward pass and still exactly 0 after one SGD step (lr `setup.lr`) on the copy and a second \
-backward pass. The second look spares the branches gated by a zero-initialised parameter, whose weights \
-get a zero gradient on the first pass only: torchvision's zero_init_residual (γ = 0 in the last \
-BatchNorm of each residual block) and zero-initialised output layers (ViT's head). Dead ReLU units, \
-which zero some entries only, are not flagged.",
-        fix: "Check for a multiplication by 0 or a saturated activation on their path.",
-        example: Some(Example {
-            severity: Severity::Warning,
-            args: "--model fixtures/models/classifier_zero_logits.pt --data fixtures/data/classes4.npz",
-            message: "2 weight tensors get an exactly zero gradient on this batch: fc1.weight, fc2.weight \
-(modules fc1, fc2)",
-        }),
-    };
     fn message(&self) -> String {
         format!(
             "{} weight tensors get an exactly zero gradient on this batch: {}",

@@ -60,8 +60,35 @@ impl Default for IdentityOverfitOptions {
     }
 }
 
-/// The model cannot reproduce its inputs.
-#[derive(Serialize)]
+/// An image-to-image model cannot learn the identity on a small batch
+///
+/// # Why
+/// A model that cannot copy 8 of its own inputs has a bug (a detached path, a constant output, an output
+/// activation that cannot represent the data) or a bottleneck that throws information away; it will not learn
+/// the harder task either.
+///
+/// # How
+/// Relative MSE = MSE / Var(x) on the batch, trained with Adam (lr `lr`) for up to `steps` steps, stopping
+/// early once it is ≤ `target`. A fully convolutional model (its output keeps the input's shape at full size
+/// and on a crop) trains on centred crops of half the side, never below 32 pixels (64×64 images: 32×32 crops,
+/// a quarter of the work per step for the same kernels). Failing: the curve's start and end, the PSNR, and
+/// the likely cause: no gradient reaches the parameters (every gradient is zero or the loss has no graph), an
+/// output activation whose range cannot hold the inputs (named, with the share of inputs outside it), or a
+/// plateau (a bottleneck or too little capacity; the narrowest layer is named). A bounded head (sigmoid,
+/// tanh, relu …) is asked only for what it can represent: when clamping the inputs into its range loses at
+/// most `max_unrepresentable` (10%) of their variance (noisy [0, 1] images straying past the bounds), the
+/// copy learns the inputs clamped into the range (squeezed 10% inwards from two finite bounds) and the
+/// relative MSE is measured against their variance; above that (a sigmoid head with inputs in [-1, 1] or
+/// 0..255) the head truly cannot represent the data and is named as the cause. Then no weights bring the
+/// relative MSE below the inputs' mean squared distance to the range (over their variance): when that floor
+/// is above `target`, the verdict is certain and the copy is not trained (`relative_mse_floor`, `steps` 0).
+///
+/// # Fix
+/// Make sure every output depends on the parameters (no .detach(), no multiplication by 0); pick an output
+/// activation that covers the data range (or none); widen the bottleneck or add skip connections.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "identity-overfit/cannot-learn-identity", grade = error)]
+#[kind(example(args = "--model fixtures/models/ae_bottleneck.pt --data fixtures/data/textures.npz", severity = error, message = "the model cannot learn the identity on 8 samples: relative MSE 0.768 (needs ≤ 0.01) after 500 steps, from 1; PSNR 18.6 dB. Likely cause: a plateau, a bottleneck or too little capacity: the narrowest layer down.2 has 1 channel for a 3-channel input"))]
 pub struct CannotLearnIdentity {
     #[serde(skip)]
     pub samples: usize,
@@ -86,36 +113,6 @@ pub struct CannotLearnIdentity {
 }
 
 impl Violation for CannotLearnIdentity {
-    const KIND: KindInfo = KindInfo {
-        id: "identity-overfit/cannot-learn-identity",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "An image-to-image model cannot learn the identity on a small batch",
-        why: "A model that cannot copy 8 of its own inputs has a bug (a detached path, a constant output, \
-an output activation that cannot represent the data) or a bottleneck that throws information away; it \
-will not learn the harder task either.",
-        how: "Relative MSE = MSE / Var(x) on the batch, trained with Adam (lr `lr`) for up to `steps` \
-steps, stopping early once it is ≤ `target`. A fully convolutional model (its output keeps the input's \
-shape at full size and on a crop) trains on centred crops of half the side, never below 32 pixels \
-(64×64 images: 32×32 crops, a quarter of the work per step for the same kernels). Failing: the curve's start and end, the PSNR, and the \
-likely cause: no gradient reaches the parameters (every gradient is zero or the loss has no graph), an \
-output activation whose range cannot hold the inputs (named, with the share of inputs outside it), or a \
-plateau (a bottleneck or too little capacity; the narrowest layer is named). A bounded head (sigmoid, \
-tanh, relu …) is asked only for what it can represent: when clamping the inputs into its range loses at \
-most `max_unrepresentable` (10%) of their variance (noisy [0, 1] images straying past the bounds), the \
-copy learns the inputs clamped into the range (squeezed 10% inwards from two finite bounds) and the \
-relative MSE is measured against their variance; above that (a sigmoid head with inputs in [-1, 1] or \
-0..255) the head truly cannot represent the data and is named as the cause. Then no weights bring the \
-relative MSE below the inputs' mean squared distance to the range (over their variance): when that floor \
-is above `target`, the verdict is certain and the copy is not trained (`relative_mse_floor`, `steps` 0).",
-        fix: "Make sure every output depends on the parameters (no .detach(), no multiplication by 0); \
-pick an output activation that covers the data range (or none); widen the bottleneck or add skip \
-connections.",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "--model fixtures/models/ae_bottleneck.pt --data fixtures/data/textures.npz",
-            message: "the model cannot learn the identity on 8 samples: relative MSE 0.768 (needs ≤ 0.01) after 500 steps, from 1; PSNR 18.6 dB. Likely cause: a plateau, a bottleneck or too little capacity: the narrowest layer down.2 has 1 channel for a 3-channel input",
-        }),
-    };
     fn message(&self) -> String {
         if let Some(floor) = self.relative_mse_floor {
             return format!(

@@ -68,8 +68,32 @@ impl Default for InitStdOptions {
     }
 }
 
-/// A weight's std outside the band its shape calls for.
-#[derive(Serialize)]
+/// A weight's standard deviation lies far outside every sane init for its shape
+///
+/// # Why
+/// A weight std far above the sane range makes activations and gradients explode layer after layer; far
+/// below, they vanish and the first steps learn nothing.
+///
+/// # How
+/// For Linear / Conv / ConvTranspose weights, fan_in = shape[1]·∏kernel and fan_out = shape[0]·∏kernel. The
+/// expected stds are PyTorch's default √(1/(3·fan_in)), LeCun √(1/fan_in), He √(2/fan_in), He with fan_out
+/// √(2/fan_out) (torchvision's ResNet, MobileNet) and Glorot √(2/(fan_in+fan_out)); a std outside
+/// [smallest/`band_factor`, largest·`band_factor`] is an error. Recurrent weights add PyTorch's U(±1/√hidden)
+/// (std 1/√(3·hidden)); embeddings are judged against N(0,1), 1/√dim and 0.02 (BERT/GPT). Two healthy
+/// conventions lower the bound, never the upper one: the classic N(0, `min`) init (0.01: torchvision's
+/// MobileNetV3 classifier, GoogLeNet, VGG-style heads) is never too small, with 4 standard errors of room for
+/// the sampling noise of a measured std (`min`·(1 − 4/√(2·numel))); and a Linear / Conv whose output goes
+/// straight into a normalisation layer (the next module in the model's module order is a BatchNorm,
+/// LayerNorm, GroupNorm, InstanceNorm or RMSNorm) is scale-invariant, so its std is only too small once
+/// fan_in·std² < 1e-3, where a unit input's output variance nears the norm's ε. With `mode = "fixed"` the
+/// band is [`min`, `max`] instead.
+///
+/// # Fix
+/// Remove the custom initialisation to keep PyTorch's default, or use nn.init.kaiming_normal_ (ReLU networks)
+/// or nn.init.xavier_uniform_ (tanh / sigmoid).
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "init-std/std-out-of-band", grade = error)]
+#[kind(example(args = "--model fixtures/models/mlp_std1.pt", severity = error, message = "std 1 is outside the expected band 0.0241..0.53 for fan_in 64, fan_out 64 (PyTorch default 0.0722, LeCun 0.125, He 0.177, He fan_out 0.177, Glorot 0.125); 5.66× above the nearest init family"))]
 pub struct StdOutOfBand {
     pub std: f64,
     pub band_low: f64,
@@ -88,33 +112,6 @@ pub struct StdOutOfBand {
 }
 
 impl Violation for StdOutOfBand {
-    const KIND: KindInfo = KindInfo {
-        id: "init-std/std-out-of-band",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "A weight's standard deviation lies far outside every sane init for its shape",
-        why: "A weight std far above the sane range makes activations and gradients explode layer after \
-layer; far below, they vanish and the first steps learn nothing.",
-        how: "For Linear / Conv / ConvTranspose weights, fan_in = shape[1]·∏kernel and fan_out = \
-shape[0]·∏kernel. The expected stds are PyTorch's default √(1/(3·fan_in)), LeCun √(1/fan_in), He \
-√(2/fan_in), He with fan_out √(2/fan_out) (torchvision's ResNet, MobileNet) and Glorot \
-√(2/(fan_in+fan_out)); a std outside [smallest/`band_factor`, largest·`band_factor`] is an error. \
-Recurrent weights add PyTorch's U(±1/√hidden) (std 1/√(3·hidden)); embeddings are judged against \
-N(0,1), 1/√dim and 0.02 (BERT/GPT). Two healthy conventions lower the bound, never the upper one: the \
-classic N(0, `min`) init (0.01: torchvision's MobileNetV3 classifier, GoogLeNet, VGG-style heads) is \
-never too small, with 4 standard errors of room for the sampling noise of a measured std \
-(`min`·(1 − 4/√(2·numel))); and a Linear / Conv whose output goes straight into a normalisation layer \
-(the next module in the model's module order is a BatchNorm, LayerNorm, GroupNorm, InstanceNorm or \
-RMSNorm) is scale-invariant, so its std is only too small once fan_in·std² < 1e-3, where a unit input's \
-output variance nears the norm's ε. With `mode = \"fixed\"` the band is [`min`, `max`] instead.",
-        fix: "Remove the custom initialisation to keep PyTorch's default, or use nn.init.kaiming_normal_ \
-(ReLU networks) or nn.init.xavier_uniform_ (tanh / sigmoid).",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "--model fixtures/models/mlp_std1.pt",
-            message: "std 1 is outside the expected band 0.0241..0.53 for fan_in 64, fan_out 64 (PyTorch \
-default 0.0722, LeCun 0.125, He 0.177, He fan_out 0.177, Glorot 0.125); 5.66× above the nearest init family",
-        }),
-    };
     fn message(&self) -> String {
         if self.fixed {
             return format!(
@@ -162,8 +159,25 @@ for ReLU layers",
     }
 }
 
-/// An all-zero or constant weight matrix.
-#[derive(Serialize)]
+/// A weight matrix is all zeros or constant, so its units never differentiate
+///
+/// # Why
+/// An all-zero or constant matrix makes every unit compute the same thing and receive the same gradient
+/// (symmetry), so the units never learn different features.
+///
+/// # How
+/// Error for a judged dense weight (Linear, Conv, recurrent, embedding) whose values are all equal, except
+/// names listed in `allow_constant`. Not judged here: normalisation γ = 0 (zero-init of a residual branch's
+/// last norm, torchvision's zero_init_residual), and an all-zero final layer (the last Linear / Conv in
+/// module order, e.g. torchvision's ViT head): its gradient δ·hᵀ differs per unit, so it breaks no symmetry;
+/// only all-zero hidden layers keep their units identical.
+///
+/// # Fix
+/// Replace zero or constant matrices with a random init (e.g. nn.init.kaiming_uniform_); if the zero init is
+/// deliberate, list the parameter in `allow_constant`.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "init-std/constant-weights", grade = error)]
+#[kind(example(args = "--model fixtures/models/mlp_zero_hidden.pt", severity = error, message = "weight is all zeros: every unit of this Linear computes the same output and receives the same gradient, so they never differentiate"))]
 pub struct ConstantWeights {
     pub std: f64,
     pub value: f64,
@@ -174,26 +188,6 @@ pub struct ConstantWeights {
 }
 
 impl Violation for ConstantWeights {
-    const KIND: KindInfo = KindInfo {
-        id: "init-std/constant-weights",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "A weight matrix is all zeros or constant, so its units never differentiate",
-        why: "An all-zero or constant matrix makes every unit compute the same thing and receive the \
-same gradient (symmetry), so the units never learn different features.",
-        how: "Error for a judged dense weight (Linear, Conv, recurrent, embedding) whose values are all \
-equal, except names listed in `allow_constant`. Not judged here: normalisation γ = 0 (zero-init of a \
-residual branch's last norm, torchvision's zero_init_residual), and an all-zero final layer (the last \
-Linear / Conv in module order, e.g. torchvision's ViT head): its gradient δ·hᵀ differs per unit, so it \
-breaks no symmetry; only all-zero hidden layers keep their units identical.",
-        fix: "Replace zero or constant matrices with a random init (e.g. nn.init.kaiming_uniform_); if the \
-zero init is deliberate, list the parameter in `allow_constant`.",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "--model fixtures/models/mlp_zero_hidden.pt",
-            message: "weight is all zeros: every unit of this Linear computes the same output and receives \
-the same gradient, so they never differentiate",
-        }),
-    };
     fn message(&self) -> String {
         let what = if self.value == 0.0 {
             "all zeros".to_string()
@@ -215,8 +209,20 @@ add \"{}\" to allow_constant",
     }
 }
 
-/// A normalisation layer's γ or β far from its 1 / 0 default.
-#[derive(Serialize)]
+/// A normalisation layer's γ or β lies far from its 1 / 0 default
+///
+/// # Why
+/// Normalisation layers start at γ = 1, β = 0 so that the normalised activations keep unit scale; a γ or β of
+/// hundreds rescales every activation behind it and destabilises the first steps.
+///
+/// # How
+/// Error when the mean |γ| or |β| of a normalisation layer exceeds `norm_max`.
+///
+/// # Fix
+/// Reset normalisation layers to γ = 1, β = 0 (nn.init.ones_ / zeros_).
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "init-std/norm-far-from-default", grade = error)]
+#[kind(example(args = "--model fixtures/models/bn_gamma_100.pt", severity = error, message = "BatchNorm2d γ: mean |value| 100 is far from its default 1 (limit 10)"))]
 pub struct NormFarFromDefault {
     pub mean_abs: f64,
     pub default: f64,
@@ -227,20 +233,6 @@ pub struct NormFarFromDefault {
 }
 
 impl Violation for NormFarFromDefault {
-    const KIND: KindInfo = KindInfo {
-        id: "init-std/norm-far-from-default",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "A normalisation layer's γ or β lies far from its 1 / 0 default",
-        why: "Normalisation layers start at γ = 1, β = 0 so that the normalised activations keep unit \
-scale; a γ or β of hundreds rescales every activation behind it and destabilises the first steps.",
-        how: "Error when the mean |γ| or |β| of a normalisation layer exceeds `norm_max`.",
-        fix: "Reset normalisation layers to γ = 1, β = 0 (nn.init.ones_ / zeros_).",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "--model fixtures/models/bn_gamma_100.pt",
-            message: "BatchNorm2d γ: mean |value| 100 is far from its default 1 (limit 10)",
-        }),
-    };
     fn message(&self) -> String {
         format!(
             "{} {}: mean |value| {} is far from its default {} (limit {})",

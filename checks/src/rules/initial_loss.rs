@@ -60,8 +60,31 @@ impl Default for InitialLossOptions {
     }
 }
 
-/// The initial loss far above the neutral loss.
-#[derive(Serialize)]
+/// The untrained model's loss is far above the value a neutral output gives
+///
+/// # Why
+/// An untrained model should predict close to uniform probabilities (or close to 0 for regression): an
+/// initial loss many times the neutral value means confident, wrong predictions from the start, which wastes
+/// the first steps undoing the init and makes the early gradients large.
+///
+/// # How
+/// The configured loss of the eval-mode output on the whole sample, against the neutral loss: ln K for
+/// cross_entropy / nll with K classes, ln 2 for bce / bce_with_logits (per label), and for mse, l1 and
+/// smooth_l1 the loss of an all-zero output. Warning when a classification loss exceeds `ratio`× the neutral
+/// loss and the neutral loss plus `min_excess` nats; for mse when it exceeds `ratio`²× (for l1 / smooth_l1
+/// `ratio`×) the larger of the neutral loss and the loss of a unit error, so a default-initialised head with
+/// a small output never fires on small targets. When the inputs are floating point, the loss is computed
+/// again on the sample standardised per feature (per channel for images): if that one is normal, the raw
+/// input scale is the cause (input-normalization's finding), and initial-loss stays silent. Skipped for
+/// trained checkpoints: a BatchNorm layer with num_batches_tracked > 0 (`model_state = "auto"`), or
+/// `model_state = "trained"`; `"untrained"` judges any model.
+///
+/// # Fix
+/// Initialise the last layer small or at zero (nn.init.zeros_(head.weight), or std 0.01), and set its bias to
+/// the log class prior (bias = log(p_k)) for unbalanced classes or to the targets' mean for regression.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "initial-loss/high-initial-loss", grade = warning)]
+#[kind(example(args = "--model fixtures/models/classifier_hot_head.pt --data fixtures/data/classes4.npz", severity = warning, message = "the initial cross_entropy loss is 4.57, 3.3× the neutral 1.39 (ln 4): the logits have std 3.62 across classes, so the untrained model is confidently wrong"))]
 pub struct HighInitialLoss {
     pub loss_kind: String,
     pub loss: f64,
@@ -81,33 +104,6 @@ pub struct HighInitialLoss {
 }
 
 impl Violation for HighInitialLoss {
-    const KIND: KindInfo = KindInfo {
-        id: "initial-loss/high-initial-loss",
-        grade: Grade::Fixed(Severity::Warning),
-        summary: "The untrained model's loss is far above the value a neutral output gives",
-        why: "An untrained model should predict close to uniform probabilities (or close to 0 for \
-regression): an initial loss many times the neutral value means confident, wrong predictions from the \
-start, which wastes the first steps undoing the init and makes the early gradients large.",
-        how: "The configured loss of the eval-mode output on the whole sample, against the neutral loss: \
-ln K for cross_entropy / nll with K classes, ln 2 for bce / bce_with_logits (per label), and for mse, \
-l1 and smooth_l1 the loss of an all-zero output. Warning when a classification loss exceeds `ratio`× \
-the neutral loss and the neutral loss plus `min_excess` nats; for mse when it exceeds `ratio`²× (for l1 / \
-smooth_l1 `ratio`×) the larger of the neutral loss and the loss of a unit error, so a default-initialised \
-head with a small output never fires on small targets. When the inputs are floating point, the loss is \
-computed again on the sample standardised per feature (per channel for images): if that one is normal, \
-the raw input scale is the cause (input-normalization's finding), and initial-loss stays silent. Skipped \
-for trained checkpoints: a BatchNorm layer with num_batches_tracked > 0 (`model_state = \"auto\"`), or \
-`model_state = \"trained\"`; `\"untrained\"` judges any model.",
-        fix: "Initialise the last layer small or at zero (nn.init.zeros_(head.weight), or std 0.01), and \
-set its bias to the log class prior (bias = log(p_k)) for unbalanced classes or to the targets' mean for \
-regression.",
-        example: Some(Example {
-            severity: Severity::Warning,
-            args: "--model fixtures/models/classifier_hot_head.pt --data fixtures/data/classes4.npz",
-            message: "the initial cross_entropy loss is 4.57, 3.3× the neutral 1.39 (ln 4): the logits \
-have std 3.62 across classes, so the untrained model is confidently wrong",
-        }),
-    };
     fn message(&self) -> String {
         let ratio = self.loss / self.expected.max(1e-300);
         let scale = match self.target_scale {

@@ -66,8 +66,29 @@ impl Default for InputNormalizationOptions {
     }
 }
 
-/// The first layer sees raw-scale inputs.
-#[derive(Serialize)]
+/// Raw-scale inputs reach a first layer that does not rescale them
+///
+/// # Why
+/// The default initialisations assume unit-scale inputs: a first layer fed 0..255 pixels or values in the
+/// thousands outputs activations hundreds of times too large, which saturates activations and heads, makes
+/// the first layer's gradients huge and lets the largest features drown the others.
+///
+/// # How
+/// The rms of each input feature (column, or channel of an image) over the sample; when the largest exceeds
+/// `raw_scale`, a train-mode forward of a copy of the model (so a leading BatchNorm normalises with the
+/// batch's statistics) on the first `batch` samples, as given and standardised per feature, measuring the
+/// output of the first linear / conv / matmul op to run. Warning when its rms on the raw inputs exceeds
+/// `max_first_layer` and `ratio`× its rms on standardised inputs. A model that rescales its inputs itself (x
+/// / 255, a BatchNorm or LayerNorm before the first layer) feeds that layer unit-scale values and passes;
+/// integer inputs (token ids for an embedding) are not judged.
+///
+/// # Fix
+/// Standardise the inputs in the data pipeline ((x − mean) / std per feature or channel; for 0..255 images,
+/// ToTensor's / 255 and Normalize(mean, std)), or rescale inside the model (x / 255, or a BatchNorm /
+/// LayerNorm on the inputs).
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "input-normalization/raw-input-scale", grade = warning)]
+#[kind(example(args = "--model fixtures/models/mlp_default.pt --data fixtures/data/regression_raw_units.npz", severity = warning, message = "the first layer `fc1` (aten::linear) gets raw-scale inputs: its output rms is 1.05e4 on the sample as given, against 0.594 on the same sample standardised; the largest feature (column 3) has rms 1.01e5, the smallest 0.832"))]
 pub struct RawInputScale {
     pub layer: String,
     pub op: String,
@@ -82,31 +103,6 @@ pub struct RawInputScale {
 }
 
 impl Violation for RawInputScale {
-    const KIND: KindInfo = KindInfo {
-        id: "input-normalization/raw-input-scale",
-        grade: Grade::Fixed(Severity::Warning),
-        summary: "Raw-scale inputs reach a first layer that does not rescale them",
-        why: "The default initialisations assume unit-scale inputs: a first layer fed 0..255 pixels or \
-values in the thousands outputs activations hundreds of times too large, which saturates activations \
-and heads, makes the first layer's gradients huge and lets the largest features drown the others.",
-        how: "The rms of each input feature (column, or channel of an image) over the sample; when the \
-largest exceeds `raw_scale`, a train-mode forward of a copy of the model (so a leading BatchNorm \
-normalises with the batch's statistics) on the first `batch` samples, as given and standardised per \
-feature, measuring the output of the first linear / conv / matmul op to run. Warning when its rms on \
-the raw inputs exceeds `max_first_layer` and `ratio`× its rms on standardised inputs. A model that \
-rescales its inputs itself (x / 255, a BatchNorm or LayerNorm before the first layer) feeds that layer \
-unit-scale values and passes; integer inputs (token ids for an embedding) are not judged.",
-        fix: "Standardise the inputs in the data pipeline ((x − mean) / std per feature or channel; for \
-0..255 images, ToTensor's / 255 and Normalize(mean, std)), or rescale inside the model (x / 255, or a \
-BatchNorm / LayerNorm on the inputs).",
-        example: Some(Example {
-            severity: Severity::Warning,
-            args: "--model fixtures/models/mlp_default.pt --data fixtures/data/regression_raw_units.npz",
-            message: "the first layer `fc1` (aten::linear) gets raw-scale inputs: its output rms is 1.05e4 \
-on the sample as given, against 0.594 on the same sample standardised; the largest feature (column 3) has \
-rms 1.01e5, the smallest 0.832",
-        }),
-    };
     fn message(&self) -> String {
         let unit = if self.channels { "channel" } else { "column" };
         let layer = if self.layer.is_empty() {
@@ -132,8 +128,35 @@ and normalise), or rescale inside the model (x / 255, or a BatchNorm / LayerNorm
     }
 }
 
-/// Features at scales orders of magnitude apart reach a model that does not rescale them.
-#[derive(Serialize)]
+/// Features at scales orders of magnitude apart reach a model that does not rescale them
+///
+/// # Why
+/// The loss's curvature along a first-layer weight scales with the variance of the feature it reads, so
+/// features 100× apart in scale make the loss 10^4× more curved along some weights than others: a learning
+/// rate stable for the large features barely moves the weights of the small ones, which are learnt last or
+/// never (on the committed MLP, SGD 0.05 for 300 steps reaches MSE 1.8e-5 on standardised columns, 3.5e-5
+/// when they spread over 10×, 0.124 when they spread from 1e-3 to 3).
+///
+/// # How
+/// Over the whole sample, each feature's (column's, or image channel's) std and range (max − min); constant
+/// features are left out. The feature the most times smaller than the one with the largest std, counting the
+/// smaller of the std and range ratios (so a rare 0/1 indicator, small in std but not in range, is not
+/// small), must be at least `spread` (default 100: two orders of magnitude) times smaller. Then one
+/// train-mode forward and backward on a copy of the model with the first `batch` samples: each feature's
+/// contribution to the output is its std times the rms of the gradient of a seeded random projection of the
+/// output with respect to it. Warning when the large feature's contribution is also `spread` or more times
+/// the small one's. A model that standardises its inputs itself (a BatchNorm on them, (x − mean) / std with
+/// the data's statistics) evens the contributions out and passes; healthy data whose features vary 10× passes
+/// on the data alone; a feature that the output does not depend on is not judged, nor a sample of fewer than
+/// 8.
+///
+/// # Fix
+/// Standardise every feature in the data pipeline ((x − mean) / std per column or channel, with the training
+/// set's statistics; a log transform first for heavy-tailed positive features), or inside the model (a
+/// BatchNorm on the inputs, or (x − mean) / std with stored statistics).
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "input-normalization/feature-scale-spread", grade = warning)]
+#[kind(example(args = "--model fixtures/models/mlp_default.pt --data fixtures/data/regression_mixed_scales.npz", severity = warning, message = "column 0 has std 9.46e-4 against 3.58 for column 31 (3551× smaller, in range too), and the model does not rescale it: its contribution to the output is 3316× smaller than column 31's; columns 100× or more below column 31: 14 of 32"))]
 pub struct FeatureScaleSpread {
     /// The feature the most times smaller than the largest one.
     pub small_feature: usize,
@@ -158,37 +181,6 @@ pub struct FeatureScaleSpread {
 }
 
 impl Violation for FeatureScaleSpread {
-    const KIND: KindInfo = KindInfo {
-        id: "input-normalization/feature-scale-spread",
-        grade: Grade::Fixed(Severity::Warning),
-        summary: "Features at scales orders of magnitude apart reach a model that does not rescale them",
-        why: "The loss's curvature along a first-layer weight scales with the variance of the feature it \
-reads, so features 100× apart in scale make the loss 10^4× more curved along some weights than others: \
-a learning rate stable for the large features barely moves the weights of the small ones, which are learnt \
-last or never (on the committed MLP, SGD 0.05 for 300 steps reaches MSE 1.8e-5 on standardised columns, \
-3.5e-5 when they spread over 10×, 0.124 when they spread from 1e-3 to 3).",
-        how: "Over the whole sample, each feature's (column's, or image channel's) std and range (max − \
-min); constant features are left out. The feature the most times smaller than the one with the largest std, \
-counting the smaller of the std and range ratios (so a rare 0/1 indicator, small in std but not in range, \
-is not small), must be at least `spread` (default 100: two orders of magnitude) times smaller. Then one \
-train-mode forward and backward on a copy of the model with the first `batch` samples: each feature's \
-contribution to the output is its std times the rms of the gradient of a seeded random projection of the \
-output with respect to it. Warning when the large feature's contribution is also `spread` or more times the \
-small one's. A model that standardises its inputs itself (a BatchNorm on them, (x − mean) / std with the \
-data's statistics) evens the contributions out and passes; healthy data whose features vary 10× passes \
-on the data alone; a feature that the output does not depend on is not judged, nor a sample of fewer \
-than 8.",
-        fix: "Standardise every feature in the data pipeline ((x − mean) / std per column or channel, with \
-the training set's statistics; a log transform first for heavy-tailed positive features), or inside the \
-model (a BatchNorm on the inputs, or (x − mean) / std with stored statistics).",
-        example: Some(Example {
-            severity: Severity::Warning,
-            args: "--model fixtures/models/mlp_default.pt --data fixtures/data/regression_mixed_scales.npz",
-            message: "column 0 has std 9.46e-4 against 3.58 for column 31 (3551× smaller, in range too), and \
-the model does not rescale it: its contribution to the output is 3316× smaller than column 31's; columns \
-100× or more below column 31: 14 of 32",
-        }),
-    };
     fn message(&self) -> String {
         let unit = if self.channels { "channel" } else { "column" };
         format!(

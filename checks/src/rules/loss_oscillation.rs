@@ -144,30 +144,28 @@ pub struct LogEvidence {
     pub last_step: f64,
 }
 
-/// The logged loss trends upwards.
-#[derive(Serialize)]
+/// The logged loss rises over the run instead of descending
+///
+/// # Why
+/// A loss whose level ends well above where it started is diverging: the learning rate is too high for the
+/// model (or the loss is mis-specified), and training longer makes it worse.
+///
+/// # How
+/// The values are taken in log space when all positive. Error when the interquartile mean of the last quarter
+/// lies `divergence_rise` (ln 2: doubled) above the level at the start (the interquartile mean of the first
+/// 5% of the points, at least 5). Needs `min_points` finite rows.
+///
+/// # Fix
+/// Lower the learning rate by 3–10× (or add warm-up); check the loss's sign and reduction.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "loss-oscillation/log-diverges", grade = error)]
+#[kind(example(args = "--log fixtures/logs/rising.csv", severity = error, message = "the loss diverges over steps 0..199: its level rose from 7.16 (start) to 33.6 (last quarter)"))]
 pub struct LogDiverges {
     #[serde(flatten)]
     pub log: LogEvidence,
 }
 
 impl Violation for LogDiverges {
-    const KIND: KindInfo = KindInfo {
-        id: "loss-oscillation/log-diverges",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "The logged loss rises over the run instead of descending",
-        why: "A loss whose level ends well above where it started is diverging: the learning rate is too \
-high for the model (or the loss is mis-specified), and training longer makes it worse.",
-        how: "The values are taken in log space when all positive. Error when the interquartile mean of \
-the last quarter lies `divergence_rise` (ln 2: doubled) above the level at the start (the interquartile \
-mean of the first 5% of the points, at least 5). Needs `min_points` finite rows.",
-        fix: "Lower the learning rate by 3–10× (or add warm-up); check the loss's sign and reduction.",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "--log fixtures/logs/rising.csv",
-            message: "the loss diverges over steps 0..199: its level rose from 7.16 (start) to 33.6 (last quarter)",
-        }),
-    };
     fn message(&self) -> String {
         let l = &self.log;
         format!(
@@ -183,8 +181,27 @@ mean of the first 5% of the points, at least 5). Needs `min_points` finite rows.
     }
 }
 
-/// The logged loss blew up and then sat on the loss of a constant output: the run collapsed.
-#[derive(Serialize)]
+/// The logged loss blew up, then sat on the loss of a constant output: training collapsed
+///
+/// # Why
+/// A loss that explodes and then rests exactly where a model that ignores its input would score (ln K for K
+/// balanced classes, the targets' variance for mse) has not recovered: the blow-up killed the model (dead
+/// ReLUs, saturated units) and it now predicts the same for every input. The flat end looks calm, and without
+/// this check such a run passes as a plateau.
+///
+/// # How
+/// Needs the data sample (for the constant output's loss: the entropy of the class prior to ln K for
+/// cross_entropy / nll, with K from the model's logits or the targets; the targets' variance per output for
+/// mse). Error when the log peaks at 10× that loss or more before its last quarter, and its last quarter's
+/// level (interquartile mean) sits within 0.8–1.25× of it without descending (at least 97% of the third
+/// quarter's). Replaces the log's other verdicts.
+///
+/// # Fix
+/// Lower the learning rate by 10× or more (or clip gradients, warm up) and restart from a fresh init: the
+/// collapsed weights do not recover.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "loss-oscillation/log-collapsed", grade = error)]
+#[kind(example(args = "fixtures/configs/collapsed.toml", severity = error, message = "the loss collapsed over steps 0..299: it blew up to 6.29e4 at step 1, then sat at 2.34 (last quarter), the loss of a constant output (ln 10 = 2.3): the model stopped learning and gives every input (nearly) the same output"))]
 pub struct LogCollapsed {
     #[serde(flatten)]
     pub log: LogEvidence,
@@ -198,27 +215,6 @@ pub struct LogCollapsed {
 }
 
 impl Violation for LogCollapsed {
-    const KIND: KindInfo = KindInfo {
-        id: "loss-oscillation/log-collapsed",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "The logged loss blew up, then sat on the loss of a constant output: training collapsed",
-        why: "A loss that explodes and then rests exactly where a model that ignores its input would \
-score (ln K for K balanced classes, the targets' variance for mse) has not recovered: the blow-up killed \
-the model (dead ReLUs, saturated units) and it now predicts the same for every input. The flat end looks \
-calm, and without this check such a run passes as a plateau.",
-        how: "Needs the data sample (for the constant output's loss: the entropy of the class prior to \
-ln K for cross_entropy / nll, with K from the model's logits or the targets; the targets' variance per \
-output for mse). Error when the log peaks at 10× that loss or more before its last quarter, and its last \
-quarter's level (interquartile mean) sits within 0.8–1.25× of it without descending (at least 97% of the \
-third quarter's). Replaces the log's other verdicts.",
-        fix: "Lower the learning rate by 10× or more (or clip gradients, warm up) and restart from a fresh \
-init: the collapsed weights do not recover.",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "fixtures/configs/collapsed.toml",
-            message: "the loss collapsed over steps 0..299: it blew up to 6.29e4 at step 1, then sat at 2.34 (last quarter), the loss of a constant output (ln 10 = 2.3): the model stopped learning and gives every input (nearly) the same output",
-        }),
-    };
     fn message(&self) -> String {
         format!(
             "the loss collapsed over steps {}..{}: it blew up to {} at step {}, then sat at {} (last quarter), \
@@ -315,8 +311,32 @@ fn constant_output_loss(ctx: &Context) -> Option<ConstantLoss> {
     }
 }
 
-/// The logged loss zig-zags or bounces without descending.
-#[derive(Serialize)]
+/// The logged loss zig-zags or bounces instead of descending
+///
+/// # Why
+/// A loss that zig-zags step to step, or bounces around a level it does not leave, is the classic sign of a
+/// learning rate too high for the model (or too little capacity); healthy minibatch noise rides on a
+/// descending trend.
+///
+/// # How
+/// The values are taken in log space when all positive; the trend is a running interquartile mean and the
+/// residual the rest. Warning for a zig-zag (residual lag-1 autocorrelation ≤ `zigzag_autocorr`, robust
+/// residual amplitude ≥ `min_amplitude` and ≥ `amplitude_to_descent` × the net descent), for no progress (net
+/// descent from the start < `min_progress`) with swings ≥ `bounce_amplitude`, or for a plateau after the
+/// initial drop (from the first point whose trend is halfway down from the start to its minimum) that makes
+/// no progress (< `min_progress`) while its trend goes up and down: the level of consecutive blocks (1/12 of
+/// the plateau, 5 to 25 points) stays at an RMS distance ≥ `min_wander` from the closest non-increasing
+/// sequence, and ≥ `wander_to_noise` × what white minibatch noise alone gives block levels (residual
+/// amplitude / √block). A healthy converged plateau's level stays flat under its noise; a learning rate too
+/// high keeps it wandering. A log that starts on a converged plateau shows no progress by construction: give
+/// it from the first step.
+///
+/// # Fix
+/// Lower the learning rate by 3–10× (or add warm-up / gradient clipping); if the loss bounces at any learning
+/// rate, the model may lack capacity.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "loss-oscillation/log-oscillates", grade = warning)]
+#[kind(example(args = "--log fixtures/logs/high_lr_zigzag.csv", severity = warning, message = "the loss oscillates without descending over steps 0..299: swings ±21.7% around its trend while the net descent is 13.8% (level at the start 1.65, last quarter 1.41)"))]
 pub struct LogOscillates {
     #[serde(flatten)]
     pub log: LogEvidence,
@@ -330,32 +350,6 @@ pub struct LogOscillates {
 }
 
 impl Violation for LogOscillates {
-    const KIND: KindInfo = KindInfo {
-        id: "loss-oscillation/log-oscillates",
-        grade: Grade::Fixed(Severity::Warning),
-        summary: "The logged loss zig-zags or bounces instead of descending",
-        why: "A loss that zig-zags step to step, or bounces around a level it does not leave, is the \
-classic sign of a learning rate too high for the model (or too little capacity); healthy minibatch noise \
-rides on a descending trend.",
-        how: "The values are taken in log space when all positive; the trend is a running interquartile \
-mean and the residual the rest. Warning for a zig-zag (residual lag-1 autocorrelation ≤ \
-`zigzag_autocorr`, robust residual amplitude ≥ `min_amplitude` and ≥ `amplitude_to_descent` × the net \
-descent), for no progress (net descent from the start < `min_progress`) with swings ≥ \
-`bounce_amplitude`, or for a plateau after the initial drop (from the first point whose trend is halfway \
-down from the start to its minimum) that makes no progress (< `min_progress`) while its trend goes up and \
-down: the level of consecutive blocks (1/12 of the plateau, 5 to 25 points) stays at an RMS distance ≥ \
-`min_wander` from the closest non-increasing sequence, and ≥ `wander_to_noise` × what white minibatch \
-noise alone gives block levels (residual amplitude / √block). A healthy converged plateau's level stays \
-flat under its noise; a learning rate too high keeps it wandering. A log that \
-starts on a converged plateau shows no progress by construction: give it from the first step.",
-        fix: "Lower the learning rate by 3–10× (or add warm-up / gradient clipping); if the loss bounces \
-at any learning rate, the model may lack capacity.",
-        example: Some(Example {
-            severity: Severity::Warning,
-            args: "--log fixtures/logs/high_lr_zigzag.csv",
-            message: "the loss oscillates without descending over steps 0..299: swings ±21.7% around its trend while the net descent is 13.8% (level at the start 1.65, last quarter 1.41)",
-        }),
-    };
     fn message(&self) -> String {
         let l = &self.log;
         let pct = |x: f64| {
@@ -469,47 +463,45 @@ constant output ({})",
     }
 }
 
-/// The probe's loss blows up.
-#[derive(Serialize)]
+/// The configured optimizer and learning rate make the loss diverge within a few dozen steps
+///
+/// # Why
+/// If the loss on a fixed batch grows within 60 steps from the model's own start, the real run will diverge
+/// or waste its first epochs recovering: the learning rate is too high for this model.
+///
+/// # How
+/// The probe trains a copy with the configured optimizer, lr and batch size for `probe_steps` steps on random
+/// batches of the sample and measures the loss after each step on one fixed evaluation batch (the first 64
+/// samples). With `probe_early_stop` it stops sooner once that loss has settled into a clean descent (checked
+/// after every step from step 20: at most half its start, never above 1.5× it, up in at most 15% of the
+/// steps, lower than 10 steps before); such a curve carries no finding, and on 1,175 real probes none that
+/// stopped would have had one after 60 steps. It also stops once that loss has stayed above `probe_spike`×
+/// its start for 10 steps in a row (a run that holds a finding whatever follows), and then runs the control
+/// below for as many steps. Error when that loss becomes non-finite or ends `probe_divergence`× above its
+/// start. A probe that starts at most half as high as a constant output scores (the loss of log-collapsed)
+/// restarts a trained checkpoint at the lr its schedule began with: it bounces out of a minimum reached at a
+/// decayed lr, and a lower lr always has the lower noise floor there. Such a restart holds a finding only
+/// when its loss rises past that constant's loss (the peak for a spike, the last quarter's level for
+/// divergence and oscillation), as a fresh run at a too-high lr would. Every probe finding must survive two
+/// confirmations, run only when one is pending: with Adam / AdamW, and for a restart with any optimizer, the
+/// same probe with the lr warmed up over `probe_warmup` steps must show a finding too (a restarted Adam's
+/// first bias-corrected step moves every weight by ~lr and spikes any trained checkpoint: that is the
+/// optimizer's cold start, not the lr); and the control, the same probe from the same start on the same
+/// batches at lr / 10, must clearly do better (for divergence, end below half the configured end; for a
+/// spike, a peak at most a third as high; for oscillation, 15 points fewer steps up or an end 10% lower).
+/// Skipped with `probe = false`.
+///
+/// # Fix
+/// Lower setup.lr by 3–10× (or add warm-up / gradient clipping).
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "loss-oscillation/probe-diverges", grade = error)]
+#[kind(example(args = "fixtures/configs/adam_lr1.toml", severity = error, message = "learning-rate probe: adam at lr 1 (batch 16) diverges: the loss on a fixed evaluation batch went from 0.955 to 1.13e5 in 10 steps; at lr 0.1 it went to 0.872 (peak 35.1, up in 40% of the steps)"))]
 pub struct ProbeDiverges {
     #[serde(flatten)]
     pub probe: ProbeEvidence,
 }
 
 impl Violation for ProbeDiverges {
-    const KIND: KindInfo = KindInfo {
-        id: "loss-oscillation/probe-diverges",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "The configured optimizer and learning rate make the loss diverge within a few dozen steps",
-        why: "If the loss on a fixed batch grows within 60 steps from the model's own start, the real \
-run will diverge or waste its first epochs recovering: the learning rate is too high for this model.",
-        how: "The probe trains a copy with the configured optimizer, lr and batch size for `probe_steps` \
-steps on random batches of the sample and measures the loss after each step on one fixed evaluation batch \
-(the first 64 samples). With `probe_early_stop` it stops sooner once that loss has settled into a clean \
-descent (checked after every step from step 20: at most half its start, never above 1.5× it, up in at \
-most 15% of the steps, lower than 10 steps before); such a curve carries no finding, and on 1,175 real \
-probes none that stopped would have had one after 60 steps. It also stops once that loss has stayed \
-above `probe_spike`× its start for 10 steps in a row (a run that holds a finding whatever follows), and \
-then runs the control below for as many steps. Error when that loss becomes non-finite or \
-ends `probe_divergence`× above its start. A probe that starts at most half as high as a constant output \
-scores (the loss of log-collapsed) restarts a trained checkpoint at the lr its schedule began with: it \
-bounces out of a minimum reached at a decayed lr, and a lower lr always has the lower noise floor there. \
-Such a restart holds a finding only when its loss rises past that constant's loss (the peak for a spike, \
-the last quarter's level for divergence and oscillation), as a fresh run at a too-high lr would. Every \
-probe finding must survive two confirmations, run only when one is pending: with Adam / AdamW, and for \
-a restart with any optimizer, the same probe with the lr warmed up over `probe_warmup` steps must show a \
-finding too (a restarted Adam's first bias-corrected step moves every weight by ~lr and spikes any \
-trained checkpoint: that is the optimizer's cold start, not the lr); and the control, the same probe from the \
-same start on the same batches at lr / 10, must clearly do better (for divergence, end below half the \
-configured end; for a spike, a peak at most a third as high; for oscillation, 15 points fewer steps up \
-or an end 10% lower). Skipped with `probe = false`.",
-        fix: "Lower setup.lr by 3–10× (or add warm-up / gradient clipping).",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "fixtures/configs/adam_lr1.toml",
-            message: "learning-rate probe: adam at lr 1 (batch 16) diverges: the loss on a fixed evaluation batch went from 0.955 to 1.13e5 in 10 steps; at lr 0.1 it went to 0.872 (peak 35.1, up in 40% of the steps)",
-        }),
-    };
     fn message(&self) -> String {
         let p = &self.probe;
         format!(
@@ -526,8 +518,21 @@ or an end 10% lower). Skipped with `probe = false`.",
     }
 }
 
-/// The probe's loss jumps far above its start at some step.
-#[derive(Serialize)]
+/// The configured learning rate makes the loss spike far above its start
+///
+/// # Why
+/// A loss that jumps 10× above its start, even if it recovers, shows a learning rate at the edge of
+/// stability: weights are thrown far away and the run relies on luck to come back.
+///
+/// # How
+/// The same probe as probe-diverges. Warning when the evaluation loss jumps `probe_spike`× above its start at
+/// any step and does not end diverged, confirmed as for probe-diverges.
+///
+/// # Fix
+/// Lower setup.lr by 3–10×, or warm the learning rate up over the first steps.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "loss-oscillation/probe-spikes", grade = warning)]
+#[kind(example(args = "fixtures/configs/bn_adam_lr1.toml", severity = warning, message = "learning-rate probe: adam at lr 1 (batch 32) is unstable: the loss on a fixed evaluation batch jumped to 5210 (2230× its start 2.34) at step 1, and ended at ~1.8 after 60 steps; at lr 0.1 it went to 0.484 (peak 14.4, up in ~28.3% of the steps)"))]
 pub struct ProbeSpikes {
     #[serde(flatten)]
     pub probe: ProbeEvidence,
@@ -536,21 +541,6 @@ pub struct ProbeSpikes {
 }
 
 impl Violation for ProbeSpikes {
-    const KIND: KindInfo = KindInfo {
-        id: "loss-oscillation/probe-spikes",
-        grade: Grade::Fixed(Severity::Warning),
-        summary: "The configured learning rate makes the loss spike far above its start",
-        why: "A loss that jumps 10× above its start, even if it recovers, shows a learning rate at the \
-edge of stability: weights are thrown far away and the run relies on luck to come back.",
-        how: "The same probe as probe-diverges. Warning when the evaluation loss jumps `probe_spike`× \
-above its start at any step and does not end diverged, confirmed as for probe-diverges.",
-        fix: "Lower setup.lr by 3–10×, or warm the learning rate up over the first steps.",
-        example: Some(Example {
-            severity: Severity::Warning,
-            args: "fixtures/configs/bn_adam_lr1.toml",
-            message: "learning-rate probe: adam at lr 1 (batch 32) is unstable: the loss on a fixed evaluation batch jumped to 5210 (2230× its start 2.34) at step 1, and ended at ~1.8 after 60 steps; at lr 0.1 it went to 0.484 (peak 14.4, up in ~28.3% of the steps)",
-        }),
-    };
     fn message(&self) -> String {
         let p = &self.probe;
         format!(
@@ -571,8 +561,26 @@ start {}) at step {}, and ended at {} after {} steps{}",
     }
 }
 
-/// The probe's loss blew up and then came to rest on the loss of a constant output.
-#[derive(Serialize)]
+/// The configured learning rate blows the model up, and it ends giving every input the same output
+///
+/// # Why
+/// A probe whose evaluation loss explodes and then rests on the loss of a constant output (ln K, the targets'
+/// variance) has not recovered from a spike: the model died (dead ReLUs, saturated units) and now scores what
+/// ignoring the input scores. The real run would sit there too, looking calm.
+///
+/// # How
+/// The same probe as probe-diverges, with the data sample's constant-output loss as for log-collapsed. Error
+/// when the evaluation loss peaks at 10× that loss or more before its last step and ends within 0.95–1.1× of
+/// it (the best constant's loss to the uniform one's), not descending over its last 10 steps. With Adam /
+/// AdamW the warmed-up rerun must show a finding too; the lr / 10 control is run and reported but not
+/// required to do better (a collapse is no converged minimum's noise, and at lr / 10 the model may still
+/// collapse).
+///
+/// # Fix
+/// Lower setup.lr by 10× or more (or clip gradients, warm up) until the probe no longer blows up.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "loss-oscillation/probe-collapses", grade = error)]
+#[kind(example(args = "fixtures/configs/collapsed.toml", severity = error, message = "learning-rate probe: sgd at lr 5 (batch 32) collapses: the loss on a fixed evaluation batch blew up to 4.98e5 at step 2, then came to rest at 2.34 after 60 steps, the loss of a constant output (ln 10 = 2.3); at lr 0.5 it went to 2.32 (peak 1024, up in 11.7% of the steps)"))]
 pub struct ProbeCollapses {
     #[serde(flatten)]
     pub probe: ProbeEvidence,
@@ -583,26 +591,6 @@ pub struct ProbeCollapses {
 }
 
 impl Violation for ProbeCollapses {
-    const KIND: KindInfo = KindInfo {
-        id: "loss-oscillation/probe-collapses",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "The configured learning rate blows the model up, and it ends giving every input the same output",
-        why: "A probe whose evaluation loss explodes and then rests on the loss of a constant output (ln K, \
-the targets' variance) has not recovered from a spike: the model died (dead ReLUs, saturated units) and now \
-scores what ignoring the input scores. The real run would sit there too, looking calm.",
-        how: "The same probe as probe-diverges, with the data sample's constant-output loss as for \
-log-collapsed. Error when the evaluation loss peaks at 10× that loss or more before its last step and ends \
-within 0.95–1.1× of it (the best constant's loss to the uniform one's), not descending over its last 10 \
-steps. With Adam / AdamW the warmed-up rerun must \
-show a finding too; the lr / 10 control is run and reported but not required to do better (a collapse is \
-no converged minimum's noise, and at lr / 10 the model may still collapse).",
-        fix: "Lower setup.lr by 10× or more (or clip gradients, warm up) until the probe no longer blows up.",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "fixtures/configs/collapsed.toml",
-            message: "learning-rate probe: sgd at lr 5 (batch 32) collapses: the loss on a fixed evaluation batch blew up to 4.98e5 at step 2, then came to rest at 2.34 after 60 steps, the loss of a constant output (ln 10 = 2.3); at lr 0.5 it went to 2.32 (peak 1024, up in 11.7% of the steps)",
-        }),
-    };
     fn message(&self) -> String {
         let p = &self.probe;
         format!(
@@ -625,8 +613,27 @@ then came to rest at {} after {} steps, the loss of a constant output ({}){}",
     }
 }
 
-/// The logged loss rests on a plateau while the same probe at lr / 10 gets well below it.
-#[derive(Serialize)]
+/// The logged loss stops descending early while a 10× lower learning rate keeps going
+///
+/// # Why
+/// A learning rate too high for the model often shows no divergence and no zig-zag: after a fast first drop
+/// the loss rests, noisy, on a plateau far above what the model reaches at a lower lr. The log looks calm and
+/// the probe at the configured lr only bounces, so neither is a finding alone; the probe at lr / 10 from the
+/// same start on the same batches, ending well below both, is the evidence.
+///
+/// # How
+/// When the log, judged without a finding, no longer descends in its second half (the interquartile mean of
+/// its last quarter at least 90% of its second quarter's) and the probe at the configured lr neither finds
+/// anything nor settles into a clean descent, the control probe at lr / 10 is run for as many steps. Warning
+/// when it ends at most 0.7× the log's last-quarter level and 0.9× the configured probe's (the interquartile
+/// mean of its last quarter: a bouncing probe's last value is noise). Converged runs rest too, but a
+/// checkpoint at its minimum gains little from a lower lr.
+///
+/// # Fix
+/// Lower setup.lr by 3–10× (or decay it after the first drop), and compare the plateau.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "loss-oscillation/stalls-at-high-lr", grade = warning)]
+#[kind(example(args = "fixtures/configs/adam_plateau.toml", severity = warning, message = "the logged loss rests at 2.98 from step 200 on, while the learning-rate probe at lr 0.02 (adam, batch 32) reaches 1.85 on a fixed evaluation batch, where the configured lr 0.2 reaches 2.71 in 60 steps: the lr is too high for the model to descend further"))]
 pub struct LogStallsHighLr {
     #[serde(flatten)]
     pub probe: ProbeEvidence,
@@ -636,29 +643,6 @@ pub struct LogStallsHighLr {
 }
 
 impl Violation for LogStallsHighLr {
-    const KIND: KindInfo = KindInfo {
-        id: "loss-oscillation/stalls-at-high-lr",
-        grade: Grade::Fixed(Severity::Warning),
-        summary: "The logged loss stops descending early while a 10× lower learning rate keeps going",
-        why: "A learning rate too high for the model often shows no divergence and no zig-zag: after a \
-fast first drop the loss rests, noisy, on a plateau far above what the model reaches at a lower lr. The \
-log looks calm and the probe at the configured lr only bounces, so neither is a finding alone; the \
-probe at lr / 10 from the same start on the same batches, ending well below both, is the evidence.",
-        how: "When the log, judged without a finding, no longer descends in its second half (the \
-interquartile mean of its last quarter at least 90% of its second quarter's) and the probe at the \
-configured lr neither finds anything nor settles into a clean descent, the control probe at lr / 10 is \
-run for as many steps. Warning when it ends at most 0.7× the log's last-quarter level and 0.9× the \
-configured probe's (the interquartile mean of its last quarter: a bouncing probe's last value is noise). Converged runs rest too, but a checkpoint at its minimum gains little from a \
-lower lr.",
-        fix: "Lower setup.lr by 3–10× (or decay it after the first drop), and compare the plateau.",
-        example: Some(Example {
-            severity: Severity::Warning,
-            args: "fixtures/configs/adam_plateau.toml",
-            message: "the logged loss rests at 2.98 from step 200 on, while the learning-rate probe at lr 0.02 \
-(adam, batch 32) reaches 1.85 on a fixed evaluation batch, where the configured lr 0.2 reaches 2.71 in 60 \
-steps: the lr is too high for the model to descend further",
-        }),
-    };
     fn message(&self) -> String {
         let p = &self.probe;
         format!(
@@ -681,31 +665,29 @@ high for the model to descend further",
     }
 }
 
-/// The probe's loss goes up and down without progress.
-#[derive(Serialize)]
+/// The configured learning rate makes the loss go up and down instead of descending
+///
+/// # Why
+/// On a fixed evaluation batch there is no minibatch noise: a loss that rises in a third of the steps without
+/// net progress is bouncing across the valley, a learning rate too high for the model.
+///
+/// # How
+/// The same probe as probe-diverges. Warning when the evaluation loss made no progress (end ≥ 0.9 × start)
+/// with ≥ 30% of the steps going up (by more than 1%), or zig-zags (≥ 45% of the steps up), confirmed as for
+/// probe-diverges; not when the loss log is given and judged descending (a healthy log outweighs a probe that
+/// only goes up and down).
+///
+/// # Fix
+/// Lower setup.lr by 3–10×; if the loss bounces at any learning rate, add capacity.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "loss-oscillation/probe-oscillates", grade = warning)]
+#[kind(example(args = "fixtures/configs/sgd_probe_oscillates.toml", severity = warning, message = "learning-rate probe: sgd at lr 0.3 (batch 32) oscillates: the loss on a fixed evaluation batch went up in 48.3% of 60 steps and from 0.955 to ~1.3; at lr 0.03 it went to 0.00291 (peak 0.955, up in 21.7% of the steps)"))]
 pub struct ProbeOscillates {
     #[serde(flatten)]
     pub probe: ProbeEvidence,
 }
 
 impl Violation for ProbeOscillates {
-    const KIND: KindInfo = KindInfo {
-        id: "loss-oscillation/probe-oscillates",
-        grade: Grade::Fixed(Severity::Warning),
-        summary: "The configured learning rate makes the loss go up and down instead of descending",
-        why: "On a fixed evaluation batch there is no minibatch noise: a loss that rises in a third of \
-the steps without net progress is bouncing across the valley, a learning rate too high for the model.",
-        how: "The same probe as probe-diverges. Warning when the evaluation loss made no progress (end ≥ \
-0.9 × start) with ≥ 30% of the steps going up (by more than 1%), or zig-zags (≥ 45% of the steps up), \
-confirmed as for probe-diverges; not when the loss log is given and judged descending (a healthy log \
-outweighs a probe that only goes up and down).",
-        fix: "Lower setup.lr by 3–10×; if the loss bounces at any learning rate, add capacity.",
-        example: Some(Example {
-            severity: Severity::Warning,
-            args: "fixtures/configs/sgd_probe_oscillates.toml",
-            message: "learning-rate probe: sgd at lr 0.3 (batch 32) oscillates: the loss on a fixed evaluation batch went up in 48.3% of 60 steps and from 0.955 to ~1.3; at lr 0.03 it went to 0.00291 (peak 0.955, up in 21.7% of the steps)",
-        }),
-    };
     fn message(&self) -> String {
         let p = &self.probe;
         format!(

@@ -46,8 +46,25 @@ impl Default for LossScaleOptions {
     }
 }
 
-/// The loss terms differ by orders of magnitude.
-#[derive(Serialize)]
+/// The terms of a multi-term loss differ by orders of magnitude
+///
+/// # Why
+/// A term 1000× larger than another owns the gradient: the small term (often the one you care about, e.g. the
+/// pixel loss next to a perceptual loss) is effectively switched off, and tuning its weight by small factors
+/// does nothing.
+///
+/// # How
+/// Magnitude = median |value| over the first and the last `window` share of the rows; ratio = largest /
+/// smallest magnitude, the larger of the two windows. Warning when the ratio exceeds `warn_ratio` (one order
+/// of magnitude), error past `error_ratio` (three orders). Suggested weights are powers of ten that bring
+/// every term to the smallest term's order.
+///
+/// # Fix
+/// Weight the terms so each contributes on the same order (multiply the large term by the suggested weight),
+/// or normalise each term (mean instead of sum reduction).
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "loss-scale/unbalanced-terms", grade = past(warning, error, "error_ratio"))]
+#[kind(example(args = "--log fixtures/logs/two_terms_4_orders.csv", severity = error, message = "loss terms differ by 8887× (early window): loss_feature ~306 (100% of the total), loss_mse ~0.0345 (0.0113% of the total)"))]
 pub struct UnbalancedTerms {
     pub ratio: f64,
     pub window: &'static str,
@@ -63,29 +80,6 @@ pub struct UnbalancedTerms {
 }
 
 impl Violation for UnbalancedTerms {
-    const KIND: KindInfo = KindInfo {
-        id: "loss-scale/unbalanced-terms",
-        grade: Grade::Past {
-            below: Severity::Warning,
-            above: Severity::Error,
-            option: "error_ratio",
-        },
-        summary: "The terms of a multi-term loss differ by orders of magnitude",
-        why: "A term 1000× larger than another owns the gradient: the small term (often the one you care \
-about, e.g. the pixel loss next to a perceptual loss) is effectively switched off, and tuning its weight \
-by small factors does nothing.",
-        how: "Magnitude = median |value| over the first and the last `window` share of the rows; ratio = \
-largest / smallest magnitude, the larger of the two windows. Warning when the ratio exceeds \
-`warn_ratio` (one order of magnitude), error past `error_ratio` (three orders). Suggested weights are \
-powers of ten that bring every term to the smallest term's order.",
-        fix: "Weight the terms so each contributes on the same order (multiply the large term by the \
-suggested weight), or normalise each term (mean instead of sum reduction).",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "--log fixtures/logs/two_terms_4_orders.csv",
-            message: "loss terms differ by 8887× (early window): loss_feature ~306 (100% of the total), loss_mse ~0.0345 (0.0113% of the total)",
-        }),
-    };
     fn measure(&self) -> Option<(f64, f64)> {
         Some((self.ratio, self.error_ratio))
     }

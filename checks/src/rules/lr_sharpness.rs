@@ -65,8 +65,45 @@ impl Default for LrSharpnessOptions {
     }
 }
 
-/// The learning rate is clearly above the stability bound 2(1+β)/λ.
-#[derive(Serialize)]
+/// The SGD learning rate is clearly above the stability bound 2(1+β)/λ of the loss at init
+///
+/// # Why
+/// On a quadratic of curvature λ, SGD with momentum β converges only for lr < 2(1+β)/λ (2/λ without
+/// momentum). Above that, the step overshoots along the sharpest direction and the loss oscillates or
+/// diverges from the first steps. Training usually sharpens the loss further (progressive sharpening), so a
+/// lr above the bound at init predicts trouble; a lr below it is no guarantee.
+///
+/// # How
+/// One forward pass on a copy in train mode on the first `batch` samples (default 32; one dropout mask, kept
+/// for every step), the loss's gradient with create_graph, then Lanczos iteration on Hessian-vector products
+/// (double backward) from a seeded random direction: power iteration's Krylov refinement, one product per
+/// step, which finds the top of the spectrum even when a negative eigenvalue of similar size makes plain
+/// power iteration oscillate (seen on a fresh ResNet). Up to `iterations` steps (default 20), stopping once
+/// the largest Ritz value changes by less than `tolerance` (1e-2). λ includes the weight decay. Warning when
+/// lr exceeds the largest stable lr 2(1+β)/λ by more than `factor` (default 2): near the bound, large-lr
+/// training often self-stabilises after a spike, so a smaller excess is flagged only when the run's evidence
+/// shows it does not: the loss log becomes non-finite or its last quarter sits 2× above its start, or 30
+/// steps of SGD at the configured lr on the same batch (a copy) end non-finite, 2× above their start, or go
+/// up in 40% of the steps without 10% progress. Skipped for Adam / AdamW: their bound, 38/lr for β1 = 0.9 on
+/// the sharpness preconditioned by the second moments (the largest eigenvalue of P⁻¹H, P = diag(√v̂ + ε);
+/// Cohen et al. 2022), describes training that has settled at the edge of stability, and measured before that
+/// it does not separate good from bad learning rates: with v̂ from 1, 5 or 20 real Adam steps, on the
+/// committed MLP (MSE) a lr of 0.01 that trains to 1e-10 is 60–200× above the bound, while on the committed
+/// classifier a lr of 1 whose loss climbs to 115 is 200× above it after 1 step and 0.04× after 20 (Adam's v̂
+/// grows as the loss oscillates and pulls P⁻¹H back under the bound). loss-oscillation's probe runs Adam
+/// itself at the configured lr. Skipped for models with BatchNorm / GroupNorm / InstanceNorm: the weights
+/// before a normalisation layer are (nearly) scale-invariant, SGD on them grows their norm and lowers their
+/// curvature until stable (Arora et al. 2019), so the sharpness at init does not bound the usable lr (a fresh
+/// GoogLeNet-pattern network: λ ≈ 245, 6× SGD 0.1 / 0.9's bound, and it trains well). Skipped for models
+/// whose trainable parameters exceed `max_parameter_mib` (128): the products hold about 6× the parameters in
+/// memory (a 200 MB MLP peaked at 1.35 GB), above the 1 GB the rest of the audit keeps.
+///
+/// # Fix
+/// Lower lr to the largest stable lr or below (or warm it up from there); normalise the inputs and use a
+/// default init, which lower λ.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "lr-sharpness/lr-above-stability-bound", grade = warning)]
+#[kind(example(args = "fixtures/configs/sgd_lr_above_sharpness.toml", severity = warning, message = "lr 2 is 5.64× the largest stable lr 0.354 for SGD (momentum 0): the loss's sharpness λ = 5.64 on 32 samples is above the stability bound 2(1+β)/lr = 1; expect the loss to oscillate or diverge from the first steps"))]
 pub struct LrAboveBound {
     pub lr: f64,
     pub momentum: f64,
@@ -85,47 +122,6 @@ pub struct LrAboveBound {
 }
 
 impl Violation for LrAboveBound {
-    const KIND: KindInfo = KindInfo {
-        id: "lr-sharpness/lr-above-stability-bound",
-        grade: Grade::Fixed(Severity::Warning),
-        summary: "The SGD learning rate is clearly above the stability bound 2(1+β)/λ of the loss at init",
-        why: "On a quadratic of curvature λ, SGD with momentum β converges only for lr < 2(1+β)/λ (2/λ \
-without momentum). Above that, the step overshoots along the sharpest direction and the loss oscillates \
-or diverges from the first steps. Training usually sharpens the loss further (progressive sharpening), \
-so a lr above the bound at init predicts trouble; a lr below it is no guarantee.",
-        how: "One forward pass on a copy in train mode on the first `batch` samples (default 32; one \
-dropout mask, kept for every step), the loss's gradient with create_graph, then Lanczos iteration on Hessian-vector \
-products (double backward) from a seeded random direction: power iteration's Krylov refinement, one \
-product per step, which finds the top of the spectrum even when a negative eigenvalue of similar size \
-makes plain power iteration oscillate (seen on a fresh ResNet). Up to `iterations` steps (default 20), \
-stopping once the largest Ritz value changes by less than `tolerance` (1e-2). λ includes the weight decay. Warning when lr exceeds the largest \
-stable lr 2(1+β)/λ by more than `factor` (default 2): near the bound, large-lr training often \
-self-stabilises after a spike, so a smaller excess is flagged only when the run's evidence shows it does \
-not: the loss log becomes non-finite or its last quarter sits 2× above its start, or 30 steps of SGD at \
-the configured lr on the same batch (a copy) end non-finite, 2× above their start, or go up in 40% of the \
-steps without 10% progress. Skipped for Adam / AdamW: their bound, \
-38/lr for β1 = 0.9 on the sharpness preconditioned by the second moments (the largest eigenvalue of \
-P⁻¹H, P = diag(√v̂ + ε); Cohen et al. 2022), describes training that has settled at the edge of \
-stability, and measured before that it does not separate good from bad learning rates: with v̂ from 1, 5 \
-or 20 real Adam steps, on the committed MLP (MSE) a lr of 0.01 that trains to 1e-10 is 60–200× above \
-the bound, while on the committed classifier a lr of 1 whose loss climbs to 115 is 200× above it after 1 \
-step and 0.04× after 20 (Adam's v̂ grows as the loss oscillates and pulls P⁻¹H back under the bound). \
-loss-oscillation's probe runs Adam itself at the configured lr. Skipped for models with BatchNorm / GroupNorm / InstanceNorm: the \
-weights before a normalisation layer are (nearly) scale-invariant, SGD on them grows their norm and \
-lowers their curvature until stable (Arora et al. 2019), so the sharpness at init does not bound the \
-usable lr (a fresh GoogLeNet-pattern network: λ ≈ 245, 6× SGD 0.1 / 0.9's bound, and it trains well). \
-Skipped for models whose trainable parameters exceed `max_parameter_mib` (128): the products hold about \
-6× the parameters in memory (a 200 MB MLP peaked at 1.35 GB), above the 1 GB the rest of the audit keeps.",
-        fix: "Lower lr to the largest stable lr or below (or warm it up from there); normalise the inputs \
-and use a default init, which lower λ.",
-        example: Some(Example {
-            severity: Severity::Warning,
-            args: "fixtures/configs/sgd_lr_above_sharpness.toml",
-            message: "lr 2 is 5.64× the largest stable lr 0.354 for SGD (momentum 0): the loss's sharpness \
-λ = 5.64 on 32 samples is above the stability bound 2(1+β)/lr = 1; expect the loss to oscillate or \
-diverge from the first steps",
-        }),
-    };
     fn message(&self) -> String {
         format!(
             "lr {} is {}× the largest stable lr {} for SGD (momentum {}): the loss's sharpness λ = {} on {} \

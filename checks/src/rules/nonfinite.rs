@@ -94,8 +94,23 @@ fn finite_samples(t: &Tensor) -> Result<Vec<bool>, CheckError> {
     )?)
 }
 
-/// NaN or Inf in the data sample's inputs or targets.
-#[derive(Serialize)]
+/// The data sample's inputs or targets hold NaN or Inf
+///
+/// # Why
+/// A NaN or Inf input or target makes the loss of its batch NaN, and the first optimizer step that sees it
+/// writes NaN into every weight: the run dies at a random step, far from the cause (a missing value, a
+/// division by a zero std in preprocessing, a corrupt file).
+///
+/// # How
+/// Error for each of the inputs and the targets (float arrays; integer arrays are always finite) that holds a
+/// NaN or ±Inf value: the number of samples affected, the first one, and the count of NaN and Inf values.
+///
+/// # Fix
+/// Find where the values come from (a missing value, log(0), x / std with std = 0 in preprocessing) and fill,
+/// clip or drop those samples before training; torch.nan_to_num is a last resort.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "nonfinite/data", grade = error)]
+#[kind(example(args = "--model fixtures/models/mlp_default.pt --data fixtures/data/regression_nan_inputs.npz", severity = error, message = "3 of 64 samples of `inputs` hold NaN or Inf (4 NaN, 1 Inf), the first at sample 5"))]
 pub struct NonFiniteData {
     pub key: String,
     pub samples: usize,
@@ -105,24 +120,6 @@ pub struct NonFiniteData {
 }
 
 impl Violation for NonFiniteData {
-    const KIND: KindInfo = KindInfo {
-        id: "nonfinite/data",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "The data sample's inputs or targets hold NaN or Inf",
-        why: "A NaN or Inf input or target makes the loss of its batch NaN, and the first optimizer step \
-that sees it writes NaN into every weight: the run dies at a random step, far from the cause (a missing \
-value, a division by a zero std in preprocessing, a corrupt file).",
-        how: "Error for each of the inputs and the targets (float arrays; integer arrays are always \
-finite) that holds a NaN or ±Inf value: the number of samples affected, the first one, and the count of \
-NaN and Inf values.",
-        fix: "Find where the values come from (a missing value, log(0), x / std with std = 0 in \
-preprocessing) and fill, clip or drop those samples before training; torch.nan_to_num is a last resort.",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "--model fixtures/models/mlp_default.pt --data fixtures/data/regression_nan_inputs.npz",
-            message: "3 of 64 samples of `inputs` hold NaN or Inf (4 NaN, 1 Inf), the first at sample 5",
-        }),
-    };
     fn message(&self) -> String {
         format!(
             "{} of {} samples of `{}` hold NaN or Inf ({}), the first at sample {}",
@@ -157,8 +154,22 @@ fn listed(tensors: &[(String, Count, i64)]) -> String {
     format!("{}{more}", shown.join(", "))
 }
 
-/// Parameters holding NaN or Inf.
-#[derive(Serialize)]
+/// Parameters of the model hold NaN or Inf
+///
+/// # Why
+/// NaN or Inf weights poison every output and every gradient: nothing trains. They come from a checkpoint
+/// saved after a run diverged, or from custom initialisation code.
+///
+/// # How
+/// Error listing every parameter (trainable or frozen, of any layer) with a NaN or ±Inf value, with the
+/// counts. The output and gradients are then not judged: they are NaN because of these.
+///
+/// # Fix
+/// Re-initialise the layers or load a checkpoint from before the run diverged; check the code that set or
+/// loaded these weights.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "nonfinite/parameters", grade = error)]
+#[kind(example(args = "--model fixtures/models/mlp_nan.pt", severity = error, message = "1 parameter holds NaN or Inf: fc2.weight (3 NaN of 4096 values)"))]
 pub struct NonFiniteParameters {
     #[serde(serialize_with = "names")]
     pub parameters: Vec<(String, Count, i64)>,
@@ -170,22 +181,6 @@ fn names<S: serde::Serializer>(v: &[(String, Count, i64)], s: S) -> Result<S::Ok
 }
 
 impl Violation for NonFiniteParameters {
-    const KIND: KindInfo = KindInfo {
-        id: "nonfinite/parameters",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "Parameters of the model hold NaN or Inf",
-        why: "NaN or Inf weights poison every output and every gradient: nothing trains. They come from \
-a checkpoint saved after a run diverged, or from custom initialisation code.",
-        how: "Error listing every parameter (trainable or frozen, of any layer) with a NaN or ±Inf value, \
-with the counts. The output and gradients are then not judged: they are NaN because of these.",
-        fix: "Re-initialise the layers or load a checkpoint from before the run diverged; check the code \
-that set or loaded these weights.",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "--model fixtures/models/mlp_nan.pt",
-            message: "1 parameter holds NaN or Inf: fc2.weight (3 NaN of 4096 values)",
-        }),
-    };
     fn message(&self) -> String {
         let n = self.parameters.len();
         format!(
@@ -199,31 +194,29 @@ that set or loaded these weights.",
     }
 }
 
-/// Buffers (BatchNorm running statistics, …) holding NaN or Inf.
-#[derive(Serialize)]
+/// Buffers of the model (BatchNorm running statistics) hold NaN or Inf
+///
+/// # Why
+/// BatchNorm's running mean and variance are what eval mode normalises with: a NaN there makes every
+/// eval-mode output NaN while training looks fine, and a checkpoint saved after one NaN batch carries them
+/// on.
+///
+/// # How
+/// Error listing every floating-point buffer (running_mean, running_var, …) with a NaN or ±Inf value. The
+/// eval-mode output is then not judged: it is NaN because of these.
+///
+/// # Fix
+/// Reset the statistics (module.reset_running_stats()) and recompute them with a few train-mode passes over
+/// clean data, or load a checkpoint from before the NaN batch.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "nonfinite/buffers", grade = error)]
+#[kind(example(args = "--model fixtures/models/bn_nan_stats.pt", severity = error, message = "1 buffer holds NaN or Inf: bn.running_var (2 NaN of 64 values)"))]
 pub struct NonFiniteBuffers {
     #[serde(serialize_with = "names")]
     pub buffers: Vec<(String, Count, i64)>,
 }
 
 impl Violation for NonFiniteBuffers {
-    const KIND: KindInfo = KindInfo {
-        id: "nonfinite/buffers",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "Buffers of the model (BatchNorm running statistics) hold NaN or Inf",
-        why: "BatchNorm's running mean and variance are what eval mode normalises with: a NaN there makes \
-every eval-mode output NaN while training looks fine, and a checkpoint saved after one NaN batch carries \
-them on.",
-        how: "Error listing every floating-point buffer (running_mean, running_var, …) with a NaN or \
-±Inf value. The eval-mode output is then not judged: it is NaN because of these.",
-        fix: "Reset the statistics (module.reset_running_stats()) and recompute them with a few train-mode \
-passes over clean data, or load a checkpoint from before the NaN batch.",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "--model fixtures/models/bn_nan_stats.pt",
-            message: "1 buffer holds NaN or Inf: bn.running_var (2 NaN of 64 values)",
-        }),
-    };
     fn message(&self) -> String {
         let n = self.buffers.len();
         format!(
@@ -238,8 +231,25 @@ passes over clean data, or load a checkpoint from before the NaN batch.",
     }
 }
 
-/// The eval-mode output is non-finite although the inputs and the model are finite.
-#[derive(Serialize)]
+/// The model outputs NaN or Inf on finite inputs
+///
+/// # Why
+/// An op that turns finite values into NaN or Inf (log of 0 or of a negative number, sqrt of a negative, a
+/// division by zero, exp overflow) makes the loss NaN on the first batch that reaches it.
+///
+/// # How
+/// An eval-mode forward on the samples whose inputs are finite; when its output holds NaN or Inf, the forward
+/// runs again through a copy of the graph with a probe after every op, which names the first op, in execution
+/// order, whose output is non-finite, the submodule whose code runs it, and its source line. Not judged when
+/// the parameters or buffers are non-finite (reported as those).
+///
+/// # Fix
+/// Guard the op: clamp the argument of log / sqrt / division away from 0 (torch.log(x.clamp_min(1e-6))), use
+/// the fused stable forms (log_softmax, logsigmoid, BCEWithLogitsLoss), or remove an activation that feeds
+/// log.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "nonfinite/output", grade = error)]
+#[kind(example(args = "--model fixtures/models/log_relu_head.pt --data fixtures/data/regression.npz", severity = error, message = "the eval-mode output holds NaN or Inf on 30 of 64 samples with finite inputs (30 Inf); the first op to produce them is aten::log in module `head` (`return torch.log(torch.relu(self.fc(x)))`)"))]
 pub struct NonFiniteOutput {
     pub samples: usize,
     pub of: usize,
@@ -267,26 +277,6 @@ impl NonFiniteOutput {
 }
 
 impl Violation for NonFiniteOutput {
-    const KIND: KindInfo = KindInfo {
-        id: "nonfinite/output",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "The model outputs NaN or Inf on finite inputs",
-        why: "An op that turns finite values into NaN or Inf (log of 0 or of a negative number, sqrt of a \
-negative, a division by zero, exp overflow) makes the loss NaN on the first batch that reaches it.",
-        how: "An eval-mode forward on the samples whose inputs are finite; when its output holds NaN or \
-Inf, the forward runs again through a copy of the graph with a probe after every op, which names the \
-first op, in execution order, whose output is non-finite, the submodule whose code runs it, and its \
-source line. Not judged when the parameters or buffers are non-finite (reported as those).",
-        fix: "Guard the op: clamp the argument of log / sqrt / division away from 0 (torch.log(x.clamp_min(\
-1e-6))), use the fused stable forms (log_softmax, logsigmoid, BCEWithLogitsLoss), or remove an \
-activation that feeds log.",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "--model fixtures/models/log_relu_head.pt --data fixtures/data/regression.npz",
-            message: "the eval-mode output holds NaN or Inf on 30 of 64 samples with finite inputs (30 \
-Inf); the first op to produce them is aten::log in module `head` (`return torch.log(torch.relu(self.fc(x)))`)",
-        }),
-    };
     fn message(&self) -> String {
         format!(
             "the eval-mode output holds NaN or Inf on {} of {} samples with finite inputs ({}){}",
@@ -316,8 +306,25 @@ exp overflow)"
     }
 }
 
-/// Non-finite gradients (or loss) although inputs, targets, model and output are finite.
-#[derive(Serialize)]
+/// Parameters get NaN or Inf gradients although the forward pass is finite
+///
+/// # Why
+/// A finite forward can still have a non-finite backward: sqrt at 0 has an infinite derivative, torch.where
+/// passes NaN gradients from the branch it did not pick, a custom loss divides by zero. The first optimizer
+/// step then writes NaN into the weights.
+///
+/// # How
+/// One train-mode forward and backward pass of the configured loss on the first `batch` samples whose inputs
+/// and targets are finite, on a copy of the model; error for the trainable parameters whose gradient holds
+/// NaN or Inf (or when the loss itself is non-finite). Only judged when the data, the parameters, the buffers
+/// and the eval-mode output are finite, and when the loss fits the output (else gradient-flow reports why).
+///
+/// # Fix
+/// Look for sqrt / pow with a fractional exponent at 0 (add an epsilon), torch.where or masking that hides a
+/// NaN branch (compute the unsafe branch on safe values), and divisions in the loss.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "nonfinite/gradients", grade = error)]
+#[kind(example(args = "--model fixtures/models/sqrt_where_head.pt --data fixtures/data/regression.npz", severity = error, message = "4 of 4 trainable parameters get NaN or Inf gradients from one backward pass of the mse loss (1.21) on 32 samples whose forward is finite: fc1.weight, fc1.bias, fc.weight, fc.bias"))]
 pub struct NonFiniteGradients {
     pub loss: String,
     pub loss_value: f64,
@@ -327,27 +334,6 @@ pub struct NonFiniteGradients {
 }
 
 impl Violation for NonFiniteGradients {
-    const KIND: KindInfo = KindInfo {
-        id: "nonfinite/gradients",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "Parameters get NaN or Inf gradients although the forward pass is finite",
-        why: "A finite forward can still have a non-finite backward: sqrt at 0 has an infinite \
-derivative, torch.where passes NaN gradients from the branch it did not pick, a custom loss divides by \
-zero. The first optimizer step then writes NaN into the weights.",
-        how: "One train-mode forward and backward pass of the configured loss on the first `batch` samples \
-whose inputs and targets are finite, on a copy of the model; error for the trainable parameters whose \
-gradient holds NaN or Inf (or when the loss itself is non-finite). Only judged when the data, the \
-parameters, the buffers and the eval-mode output are finite, and when the loss fits the output (else \
-gradient-flow reports why).",
-        fix: "Look for sqrt / pow with a fractional exponent at 0 (add an epsilon), torch.where or masking \
-that hides a NaN branch (compute the unsafe branch on safe values), and divisions in the loss.",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "--model fixtures/models/sqrt_where_head.pt --data fixtures/data/regression.npz",
-            message: "4 of 4 trainable parameters get NaN or Inf gradients from one backward pass of the mse \
-loss (1.21) on 32 samples whose forward is finite: fc1.weight, fc1.bias, fc.weight, fc.bias",
-        }),
-    };
     fn message(&self) -> String {
         if !self.loss_value.is_finite() {
             return format!(
@@ -381,8 +367,23 @@ on {} samples whose forward is finite: {}{more}",
     }
 }
 
-/// The logged loss holds NaN or Inf.
-#[derive(Serialize)]
+/// The loss log holds NaN or Inf values
+///
+/// # Why
+/// A logged NaN or Inf loss means the run went non-finite at that step: everything after it trained nothing,
+/// and the other log checks can judge only the finite rows.
+///
+/// # How
+/// Error for each loss column (the total and the terms) whose file writes NaN or ±Inf in some row (an empty
+/// cell or a JSON null is a missing value, not a NaN): the first such step, its value, how many rows are
+/// non-finite, and the last finite value before it.
+///
+/// # Fix
+/// Find what changed at that step: lower the learning rate, add gradient clipping (clip_grad_norm_), look for
+/// a NaN batch in the data, or guard log / sqrt / division in the loss.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "nonfinite/log", grade = error)]
+#[kind(example(args = "--log fixtures/logs/loss_nan.csv", severity = error, message = "the logged `loss` is inf from step 4 (first of 36 non-finite rows of 40; the last finite value was 2.90e15)"))]
 pub struct NonFiniteLog {
     pub column: String,
     pub first_step: f64,
@@ -393,24 +394,6 @@ pub struct NonFiniteLog {
 }
 
 impl Violation for NonFiniteLog {
-    const KIND: KindInfo = KindInfo {
-        id: "nonfinite/log",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "The loss log holds NaN or Inf values",
-        why: "A logged NaN or Inf loss means the run went non-finite at that step: everything after it \
-trained nothing, and the other log checks can judge only the finite rows.",
-        how: "Error for each loss column (the total and the terms) whose file writes NaN or ±Inf in some \
-row (an empty cell or a JSON null is a missing value, not a NaN): the first such step, its value, how many \
-rows are non-finite, and the last finite value before it.",
-        fix: "Find what changed at that step: lower the learning rate, add gradient clipping \
-(clip_grad_norm_), look for a NaN batch in the data, or guard log / sqrt / division in the loss.",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "--log fixtures/logs/loss_nan.csv",
-            message: "the logged `loss` is inf from step 4 (first of 36 non-finite rows of 40; the last \
-finite value was 2.90e15)",
-        }),
-    };
     fn message(&self) -> String {
         let before = match self.last_finite {
             Some(v) => format!("; the last finite value was {}", num(v)),

@@ -45,8 +45,22 @@ impl Default for OutputRangeOptions {
     }
 }
 
-/// The classifier has fewer logits than the targets have classes.
-#[derive(Serialize)]
+/// The classifier outputs fewer logits than the targets have classes
+///
+/// # Why
+/// Classes without a logit can never be predicted, and cross_entropy crashes (or reads garbage on some
+/// devices) on a class index past the last logit.
+///
+/// # How
+/// Classification with cross_entropy / nll only (with bce / bce_with_logits each target has its own output,
+/// so a binary task has one logit): error when the largest class index in the targets is ≥ the number of
+/// logits (dim 1 of the output on the sample).
+///
+/// # Fix
+/// Give the final layer one output per class.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "output-range/too-few-logits", grade = error)]
+#[kind(example(args = "--model fixtures/models/head_linear.pt --data fixtures/data/targets_cls10.npz", severity = error, message = "the model outputs 4 logits but the targets hold class indices up to 9 (10 classes): 6 classes can never be predicted"))]
 pub struct TooFewLogits {
     pub logits: i64,
     pub max_class: i64,
@@ -56,23 +70,6 @@ pub struct TooFewLogits {
 }
 
 impl Violation for TooFewLogits {
-    const KIND: KindInfo = KindInfo {
-        id: "output-range/too-few-logits",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "The classifier outputs fewer logits than the targets have classes",
-        why: "Classes without a logit can never be predicted, and cross_entropy crashes (or reads \
-garbage on some devices) on a class index past the last logit.",
-        how: "Classification with cross_entropy / nll only (with bce / bce_with_logits each target has \
-its own output, so a binary task has one logit): error when the largest class index in the targets is ≥ \
-the number of logits (dim 1 of the output on the sample).",
-        fix: "Give the final layer one output per class.",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "--model fixtures/models/head_linear.pt --data fixtures/data/targets_cls10.npz",
-            message: "the model outputs 4 logits but the targets hold class indices up to 9 (10 classes): \
-6 classes can never be predicted",
-        }),
-    };
     fn message(&self) -> String {
         let held = if self.probabilities {
             format!("class probabilities over {} classes", self.max_class + 1)
@@ -119,8 +116,23 @@ impl RangeEvidence {
     }
 }
 
-/// Targets fall outside what the output activation can produce.
-#[derive(Serialize)]
+/// Targets fall outside the range the output activation can produce
+///
+/// # Why
+/// A sigmoid cannot output -0.5 and a relu cannot output a negative number: the loss can never reach zero,
+/// gradients saturate at the boundary and the model looks under-powered when it is mis-specified (images in
+/// 0..255 against a sigmoid, [-1, 1] normalised images against a sigmoid).
+///
+/// # How
+/// Error when more than `max_outside` of the finite targets fall outside the attainable range of the final op
+/// (closed bounds, so 0/1 masks pass a sigmoid).
+///
+/// # Fix
+/// Match the head to the targets: sigmoid for [0, 1], tanh for [-1, 1], no activation for unbounded targets;
+/// or rescale the targets (divide 0..255 images by 255).
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "output-range/targets-outside-range", grade = error)]
+#[kind(example(args = "--model fixtures/models/head_sigmoid.pt --data fixtures/data/targets_pm1.npz", severity = error, message = "sigmoid output lies in [0, 1] but 50.1% of the targets fall outside it (targets span [-0.998, 0.999])"))]
 pub struct TargetsOutsideRange {
     #[serde(flatten)]
     pub range: RangeEvidence,
@@ -128,24 +140,6 @@ pub struct TargetsOutsideRange {
 }
 
 impl Violation for TargetsOutsideRange {
-    const KIND: KindInfo = KindInfo {
-        id: "output-range/targets-outside-range",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "Targets fall outside the range the output activation can produce",
-        why: "A sigmoid cannot output -0.5 and a relu cannot output a negative number: the loss can never \
-reach zero, gradients saturate at the boundary and the model looks under-powered when it is \
-mis-specified (images in 0..255 against a sigmoid, [-1, 1] normalised images against a sigmoid).",
-        how: "Error when more than `max_outside` of the finite targets fall outside the attainable range \
-of the final op (closed bounds, so 0/1 masks pass a sigmoid).",
-        fix: "Match the head to the targets: sigmoid for [0, 1], tanh for [-1, 1], no activation for \
-unbounded targets; or rescale the targets (divide 0..255 images by 255).",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "--model fixtures/models/head_sigmoid.pt --data fixtures/data/targets_pm1.npz",
-            message: "sigmoid output lies in [0, 1] but 50.1% of the targets fall outside it (targets span \
-[-0.998, 0.999])",
-        }),
-    };
     fn message(&self) -> String {
         let r = &self.range;
         format!(
@@ -178,8 +172,22 @@ unbounded targets; or rescale the targets (divide 0..255 images by 255).",
     }
 }
 
-/// A bounded head whose targets use a small part of its range.
-#[derive(Serialize)]
+/// A bounded output activation whose targets use only part of its range
+///
+/// # Why
+/// A tanh for targets in [0, 1] wastes half its range and pushes targets at 0 into the saturated tail, where
+/// gradients vanish; learning the edge values is slow.
+///
+/// # How
+/// Warning when the targets of a bounded head (not softmax) span at most `min_used_span` of the attainable
+/// range.
+///
+/// # Fix
+/// Use the activation whose range the targets fill (sigmoid for [0, 1]), or rescale the targets to cover the
+/// head's range.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "output-range/wasted-range", grade = warning)]
+#[kind(example(args = "--model fixtures/models/head_tanh.pt --data fixtures/data/targets_01.npz", severity = warning, message = "tanh output spans [-1, 1] but the targets only use [0, 1] (50% of it): the rest is wasted and targets at the edge sit in the saturated tail"))]
 pub struct WastedRange {
     #[serde(flatten)]
     pub range: RangeEvidence,
@@ -187,23 +195,6 @@ pub struct WastedRange {
 }
 
 impl Violation for WastedRange {
-    const KIND: KindInfo = KindInfo {
-        id: "output-range/wasted-range",
-        grade: Grade::Fixed(Severity::Warning),
-        summary: "A bounded output activation whose targets use only part of its range",
-        why: "A tanh for targets in [0, 1] wastes half its range and pushes targets at 0 into the \
-saturated tail, where gradients vanish; learning the edge values is slow.",
-        how: "Warning when the targets of a bounded head (not softmax) span at most `min_used_span` of \
-the attainable range.",
-        fix: "Use the activation whose range the targets fill (sigmoid for [0, 1]), or rescale the targets \
-to cover the head's range.",
-        example: Some(Example {
-            severity: Severity::Warning,
-            args: "--model fixtures/models/head_tanh.pt --data fixtures/data/targets_01.npz",
-            message: "tanh output spans [-1, 1] but the targets only use [0, 1] (50% of it): the rest is \
-wasted and targets at the edge sit in the saturated tail",
-        }),
-    };
     fn message(&self) -> String {
         let r = &self.range;
         format!(

@@ -65,8 +65,40 @@ impl Default for OverfitBatchOptions {
     }
 }
 
-/// The model does not memorise one small batch.
-#[derive(Serialize)]
+/// The model cannot memorise one small batch of its real targets
+///
+/// # Why
+/// A model that cannot memorise 16 samples has a bug between the output and the loss (detached logits, logits
+/// multiplied by 0, wrong target format) or far too little capacity; training longer on more data will not
+/// fix either.
+///
+/// # How
+/// Adam (lr `lr`) for up to `steps` steps on the first `samples` samples, stopping early once the fit is
+/// reached, judged in absolute, scale-free terms (never as a share of the start, which a trained checkpoint
+/// near its floor cannot meet): for classification, every sample right and the loss ≤ `class_loss_share` × ln
+/// K (the loss of a uniform guess over K classes; ln 2 per label for bce / bce_with_logits, above the
+/// targets' own entropy); for regression, the loss ≤ `loss_ratio` × the loss of the best constant prediction
+/// (Var(targets) for mse: relative MSE ≤ 0.05). Dense class targets (a class per pixel, segmentation) need
+/// `dense_accuracy` (95%) of the positions right, not every one: logits predicted at a reduced resolution and
+/// upsampled (DeepLab) cannot follow every boundary pixel. Failing: the curve's start and end, the accuracy,
+/// and the cause when the gradients tell it (no gradient reaches the parameters). For regression with a
+/// bounded output activation (sigmoid, tanh, relu …) and mse / l1 / smooth_l1, no weights bring the loss
+/// below the targets' mean distance to the range under that loss: when that floor is above the loss to reach,
+/// the verdict is certain and the copy is not trained (`loss_floor`, `steps` 0). With cross_entropy, a sample
+/// whose target logit sits exactly on a floor that several classes share (a ReLU or clamp before the logits
+/// holds it at 0, as in SqueezeNet's head) gets no gradient that can raise it and is dead for this fit; up to
+/// a quarter of the batch dead is that head's known behaviour (shared weights revive such samples in
+/// training), and the fit is judged on the live samples; more than a quarter is reported as the cause. The
+/// accuracy is the argmax's for class indices; for bce / bce_with_logits with targets shaped like the output
+/// (multi-label 0/1 matrices, or one binary output) it is per label: a logit > 0 (a probability > 0.5 for
+/// bce) predicts 1, against a target ≥ 0.5.
+///
+/// # Fix
+/// Make the loss depend on the parameters (no .detach() or multiplication by 0 on the output), check the
+/// target format against the loss, and give the model enough capacity.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "overfit-batch/cannot-overfit", grade = error)]
+#[kind(example(args = "--model fixtures/models/classifier_zero_logits.pt --data fixtures/data/classes4.npz", severity = error, message = "the model cannot overfit 16 samples: the cross_entropy loss went from 1.39 to 1.39 in 0 steps (needs ≤ 0.347: 0.25 × ln 4, the loss of a uniform guess over 4 classes, with every sample right); batch accuracy 18.8%. Likely cause: no gradient reaches the parameters: all 4 parameters got a zero gradient (the output path is detached, multiplied by 0, or constant)"))]
 pub struct CannotOverfit {
     #[serde(skip)]
     pub samples: usize,
@@ -101,41 +133,6 @@ fn accuracy_or_one<S: serde::Serializer>(a: &Option<f64>, s: S) -> Result<S::Ok,
 }
 
 impl Violation for CannotOverfit {
-    const KIND: KindInfo = KindInfo {
-        id: "overfit-batch/cannot-overfit",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "The model cannot memorise one small batch of its real targets",
-        why: "A model that cannot memorise 16 samples has a bug between the output and the loss (detached \
-logits, logits multiplied by 0, wrong target format) or far too little capacity; training longer on more \
-data will not fix either.",
-        how: "Adam (lr `lr`) for up to `steps` steps on the first `samples` samples, stopping early once \
-the fit is reached, judged in absolute, scale-free terms (never as a share of the start, which a trained \
-checkpoint near its floor cannot meet): for classification, every sample right and the loss ≤ \
-`class_loss_share` × ln K (the loss of a uniform guess over K classes; ln 2 per label for bce / \
-bce_with_logits, above the targets' own entropy); for regression, the loss ≤ `loss_ratio` × the loss of \
-the best constant prediction (Var(targets) for mse: relative MSE ≤ 0.05). Dense class targets (a class per \
-pixel, segmentation) need `dense_accuracy` (95%) of the positions right, not every one: logits predicted at \
-a reduced resolution and upsampled (DeepLab) cannot follow every boundary pixel. Failing: the curve's start \
-and end, the accuracy, and the cause when the gradients tell it (no gradient reaches the parameters). \
-For regression with a bounded output activation (sigmoid, tanh, relu …) and mse / l1 / smooth_l1, no \
-weights bring the loss below the targets' mean distance to the range under that loss: when that floor is \
-above the loss to reach, the verdict is certain and the copy is not trained (`loss_floor`, `steps` 0). \
-With cross_entropy, a sample whose target logit sits exactly on a floor that several classes share (a \
-ReLU or clamp before the logits holds it at 0, as in SqueezeNet's head) gets no gradient that can raise \
-it and is dead for this fit; up to a \
-quarter of the batch dead is that head's known behaviour (shared weights revive such samples in \
-training), and the fit is judged on the live samples; more than a quarter is reported as the cause. \
-The accuracy is the argmax's for class indices; for bce / bce_with_logits with targets shaped like the \
-output (multi-label 0/1 matrices, or one binary output) it is per label: a logit > 0 (a probability > 0.5 \
-for bce) predicts 1, against a target ≥ 0.5.",
-        fix: "Make the loss depend on the parameters (no .detach() or multiplication by 0 on the output), \
-check the target format against the loss, and give the model enough capacity.",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "--model fixtures/models/classifier_zero_logits.pt --data fixtures/data/classes4.npz",
-            message: "the model cannot overfit 16 samples: the cross_entropy loss went from 1.39 to 1.39 in 0 steps (needs ≤ 0.347: 0.25 × ln 4, the loss of a uniform guess over 4 classes, with every sample right); batch accuracy 18.8%. Likely cause: no gradient reaches the parameters: all 4 parameters got a zero gradient (the output path is detached, multiplied by 0, or constant)",
-        }),
-    };
     fn message(&self) -> String {
         let accuracy = self
             .accuracy

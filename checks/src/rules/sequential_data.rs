@@ -61,8 +61,28 @@ impl Default for SequentialDataOptions {
     }
 }
 
-/// The samples are in sequential order and the loader does not shuffle.
-#[derive(Serialize)]
+/// The samples are in sequential order and the loader does not shuffle
+///
+/// # Why
+/// Without shuffling, each batch holds neighbouring frames of one video or a single class: the gradient of
+/// each step points at that slice only, the model forgets what it saw a few batches ago, BatchNorm statistics
+/// swing from batch to batch, and the loss curve looks fine per batch while the model fails on everything
+/// else.
+///
+/// # How
+/// Adjacency ratio = mean distance between consecutive inputs / mean distance over all pairs (≈1 for i.i.d.
+/// order, ≪1 for video frames), with a permutation p-value over `permutations` random orders; flagged when ≤
+/// `max_adjacency_ratio` and p ≤ `alpha`. Class labels: Wald–Wolfowitz runs test, flagged when z ≤ `runs_z`;
+/// the share of batches of `setup.batch_size` holding one class is reported. Float targets: lag-1
+/// autocorrelation (mean over up to 64 target dims), flagged when ≥ `max_autocorr` and significant (r·√n ≥
+/// 4). Uses the first `max_samples` samples; needs at least 8.
+///
+/// # Fix
+/// Set shuffle=True in the DataLoader (or shuffle the file once); if the order matters for the task (optical
+/// flow, odometry), set `temporal = true` and shuffle whole sequences instead.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "sequential-data/unshuffled-order", grade = error)]
+#[kind(example(args = "fixtures/configs/sorted_classes_no_shuffle.toml", severity = error, message = "samples are in sequential order and the loader does not shuffle: 5 label runs where ~159 are expected (z = -27.3); 57.1% of batches of 32 hold a single class"))]
 pub struct UnshuffledOrder {
     /// The tests that found order, in words.
     #[serde(skip)]
@@ -84,28 +104,6 @@ pub struct UnshuffledOrder {
 }
 
 impl Violation for UnshuffledOrder {
-    const KIND: KindInfo = KindInfo {
-        id: "sequential-data/unshuffled-order",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "The samples are in sequential order and the loader does not shuffle",
-        why: "Without shuffling, each batch holds neighbouring frames of one video or a single class: the \
-gradient of each step points at that slice only, the model forgets what it saw a few batches ago, \
-BatchNorm statistics swing from batch to batch, and the loss curve looks fine per batch while the model \
-fails on everything else.",
-        how: "Adjacency ratio = mean distance between consecutive inputs / mean distance over all pairs \
-(≈1 for i.i.d. order, ≪1 for video frames), with a permutation p-value over `permutations` random \
-orders; flagged when ≤ `max_adjacency_ratio` and p ≤ `alpha`. Class labels: Wald–Wolfowitz runs test, \
-flagged when z ≤ `runs_z`; the share of batches of `setup.batch_size` holding one class is reported. \
-Float targets: lag-1 autocorrelation (mean over up to 64 target dims), flagged when ≥ `max_autocorr` \
-and significant (r·√n ≥ 4). Uses the first `max_samples` samples; needs at least 8.",
-        fix: "Set shuffle=True in the DataLoader (or shuffle the file once); if the order matters for the \
-task (optical flow, odometry), set `temporal = true` and shuffle whole sequences instead.",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "fixtures/configs/sorted_classes_no_shuffle.toml",
-            message: "samples are in sequential order and the loader does not shuffle: 5 label runs where ~159 are expected (z = -27.3); 57.1% of batches of 32 hold a single class",
-        }),
-    };
     fn message(&self) -> String {
         format!(
             "samples are in sequential order and the loader does not shuffle: {}",

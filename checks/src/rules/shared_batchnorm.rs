@@ -30,8 +30,23 @@ training each stream is normalised with its own batch statistics while eval uses
     ..CheckInfo::PLAIN
 };
 
-/// A BatchNorm module with two or more call sites that run in one forward.
-#[derive(Serialize)]
+/// One BatchNorm module is called on two streams in one forward, mixing their statistics
+///
+/// # Why
+/// The running statistics average every stream the module sees: at eval time they match none of them. Siamese
+/// encoders and GAN discriminators that see real and fake batches separately are the usual cases.
+///
+/// # How
+/// Warning for each BatchNorm module (kind *BatchNorm*, with running_mean / running_var buffers) that has two
+/// or more call sites in forward's graph that can run in the same forward, named with the call in forward
+/// that reaches each one.
+///
+/// # Fix
+/// Give each stream its own BatchNorm (or use one forward on the concatenated batch if mixing is intended),
+/// or replace BatchNorm by GroupNorm / LayerNorm in the shared part.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "shared-batchnorm/called-twice", grade = warning)]
+#[kind(example(args = "--model fixtures/models/graph_siamese_bn.pt", severity = warning, message = "BatchNorm1d encoder.1 is called 2 times in one forward (via encoder at make_graph.py:57:36, encoder at make_graph.py:57:56): its running statistics mix both streams"))]
 pub struct CalledTwice {
     pub module: String,
     pub kind: String,
@@ -40,25 +55,6 @@ pub struct CalledTwice {
 }
 
 impl Violation for CalledTwice {
-    const KIND: KindInfo = KindInfo {
-        id: "shared-batchnorm/called-twice",
-        grade: Grade::Fixed(Severity::Warning),
-        summary: "One BatchNorm module is called on two streams in one forward, mixing their statistics",
-        why: "The running statistics average every stream the module sees: at eval time they match none \
-of them. Siamese encoders and GAN discriminators that see real and fake batches separately are the \
-usual cases.",
-        how: "Warning for each BatchNorm module (kind *BatchNorm*, with running_mean / running_var \
-buffers) that has two or more call sites in forward's graph that can run in the same forward, named \
-with the call in forward that reaches each one.",
-        fix: "Give each stream its own BatchNorm (or use one forward on the concatenated batch if mixing \
-is intended), or replace BatchNorm by GroupNorm / LayerNorm in the shared part.",
-        example: Some(Example {
-            severity: Severity::Warning,
-            args: "--model fixtures/models/graph_siamese_bn.pt",
-            message: "BatchNorm1d encoder.1 is called 2 times in one forward (via encoder at \
-make_graph.py:57:36, encoder at make_graph.py:57:56): its running statistics mix both streams",
-        }),
-    };
     fn message(&self) -> String {
         format!(
             "{} {} is called {} times in one forward (via {}): its running statistics mix both streams",

@@ -66,8 +66,21 @@ impl Default for StaleBatchnormOptions {
     }
 }
 
-/// Training with batch size 1 through BatchNorm.
-#[derive(Serialize)]
+/// The batch size is 1 while the model has BatchNorm layers
+///
+/// # Why
+/// With one sample per batch, the batch statistics of a BatchNorm layer are degenerate (variance 0 over a 1×1
+/// map, or one sample's own statistics): the normalised output collapses to β and the running statistics
+/// learn noise.
+///
+/// # How
+/// Error when `setup.batch_size` = 1 and the model has at least one BatchNorm layer.
+///
+/// # Fix
+/// Use a batch size of at least 2 (better 16+), or replace BatchNorm with GroupNorm / LayerNorm.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "stale-batchnorm/batch-size-one", grade = error)]
+#[kind(example(args = "fixtures/configs/bn_batch_size_one.toml", severity = error, message = "batch_size = 1 with 2 BatchNorm layer(s): in training the batch statistics of one sample are degenerate and the normalised output collapses to β"))]
 pub struct BatchSizeOne {
     pub batch_size: usize,
     #[serde(skip)]
@@ -75,22 +88,6 @@ pub struct BatchSizeOne {
 }
 
 impl Violation for BatchSizeOne {
-    const KIND: KindInfo = KindInfo {
-        id: "stale-batchnorm/batch-size-one",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "The batch size is 1 while the model has BatchNorm layers",
-        why: "With one sample per batch, the batch statistics of a BatchNorm layer are degenerate \
-(variance 0 over a 1×1 map, or one sample's own statistics): the normalised output collapses to β and \
-the running statistics learn noise.",
-        how: "Error when `setup.batch_size` = 1 and the model has at least one BatchNorm layer.",
-        fix: "Use a batch size of at least 2 (better 16+), or replace BatchNorm with GroupNorm / LayerNorm.",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "fixtures/configs/bn_batch_size_one.toml",
-            message: "batch_size = 1 with 2 BatchNorm layer(s): in training the batch statistics of one \
-sample are degenerate and the normalised output collapses to β",
-        }),
-    };
     fn message(&self) -> String {
         format!(
             "batch_size = 1 with {} BatchNorm layer(s): in training the batch statistics of one sample are \
@@ -103,8 +100,24 @@ degenerate and the normalised output collapses to β",
     }
 }
 
-/// A BatchNorm saved in eval mode inside a model saved in train mode.
-#[derive(Serialize)]
+/// A BatchNorm layer was saved in eval mode inside a model saved in train mode
+///
+/// # Why
+/// A layer left in eval mode while the rest trains (frozen, or .eval() called on it) never updates its
+/// statistics: at evaluation it normalises with numbers that do not describe the trained features.
+///
+/// # How
+/// Error for each BatchNorm whose saved training flag is false while the root module's is true (read from the
+/// TorchScript file before any mode change), unless the layer is frozen by design: its affine parameters
+/// exist and none requires grad (linear probing, a frozen backbone), where statistics that stay put are the
+/// point.
+///
+/// # Fix
+/// Call model.train() on the whole model before training; freeze BatchNorm on purpose only for fine-tuning
+/// with small batches.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "stale-batchnorm/saved-in-eval-mode", grade = error)]
+#[kind(example(args = "--model fixtures/models/bn_submodule_eval.pt --data fixtures/data/images.npz", severity = error, message = "features.4 (BatchNorm2d) was saved in eval mode inside a model saved in train mode: if it stays in eval mode while training (frozen, or .eval() called on it), its statistics never update"))]
 pub struct SavedInEvalMode {
     pub module_training: bool,
     pub root_training: bool,
@@ -113,26 +126,6 @@ pub struct SavedInEvalMode {
 }
 
 impl Violation for SavedInEvalMode {
-    const KIND: KindInfo = KindInfo {
-        id: "stale-batchnorm/saved-in-eval-mode",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "A BatchNorm layer was saved in eval mode inside a model saved in train mode",
-        why: "A layer left in eval mode while the rest trains (frozen, or .eval() called on it) never \
-updates its statistics: at evaluation it normalises with numbers that do not describe the trained \
-features.",
-        how: "Error for each BatchNorm whose saved training flag is false while the root module's is true \
-(read from the TorchScript file before any mode change), unless the layer is frozen by design: its \
-affine parameters exist and none requires grad (linear probing, a frozen backbone), where statistics \
-that stay put are the point.",
-        fix: "Call model.train() on the whole model before training; freeze BatchNorm on purpose only for \
-fine-tuning with small batches.",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "--model fixtures/models/bn_submodule_eval.pt --data fixtures/data/images.npz",
-            message: "features.4 (BatchNorm2d) was saved in eval mode inside a model saved in train mode: if \
-it stays in eval mode while training (frozen, or .eval() called on it), its statistics never update",
-        }),
-    };
     fn message(&self) -> String {
         format!(
             "{} was saved in eval mode inside a model saved in train mode: if it stays in eval mode while \
@@ -147,8 +140,24 @@ fine-tuning with small batches"
     }
 }
 
-/// Running statistics still at their init while the affine parameters trained.
-#[derive(Serialize)]
+/// A trained BatchNorm layer's running statistics were never updated
+///
+/// # Why
+/// Statistics still at 0 / 1 after training mean the layer trained in eval mode (or its stats were reset): in
+/// evaluation it normalises with numbers that have nothing to do with the data.
+///
+/// # How
+/// Error when num_batches_tracked = 0 and running_mean = 0, running_var = 1 exactly, while γ or β moved from
+/// 1 / 0 (a fresh, untrained model passes). A γ that is exactly 0 in every channel (with β at 0) is an init,
+/// not training: torchvision's zero_init_residual zeroes the last BatchNorm γ of each residual branch so
+/// every block starts as the identity.
+///
+/// # Fix
+/// Train with model.train() (not with BatchNorm in eval mode), or recompute the statistics with a few
+/// train-mode passes over the data under torch.no_grad().
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "stale-batchnorm/never-updated", grade = error)]
+#[kind(example(args = "--model fixtures/models/bn_never_updated.pt --data fixtures/data/images.npz", severity = error, message = "features.1 (BatchNorm2d) was never updated: num_batches_tracked = 0 and the running statistics are still exactly 0 / 1, although its affine parameters were trained"))]
 pub struct NeverUpdated {
     pub num_batches_tracked: i64,
     #[serde(skip)]
@@ -156,25 +165,6 @@ pub struct NeverUpdated {
 }
 
 impl Violation for NeverUpdated {
-    const KIND: KindInfo = KindInfo {
-        id: "stale-batchnorm/never-updated",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "A trained BatchNorm layer's running statistics were never updated",
-        why: "Statistics still at 0 / 1 after training mean the layer trained in eval mode (or its stats \
-were reset): in evaluation it normalises with numbers that have nothing to do with the data.",
-        how: "Error when num_batches_tracked = 0 and running_mean = 0, running_var = 1 exactly, while γ or \
-β moved from 1 / 0 (a fresh, untrained model passes). A γ that is exactly 0 in every channel (with β \
-at 0) is an init, not training: torchvision's zero_init_residual zeroes the last BatchNorm γ of each \
-residual branch so every block starts as the identity.",
-        fix: "Train with model.train() (not with BatchNorm in eval mode), or recompute the statistics with \
-a few train-mode passes over the data under torch.no_grad().",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "--model fixtures/models/bn_never_updated.pt --data fixtures/data/images.npz",
-            message: "features.1 (BatchNorm2d) was never updated: num_batches_tracked = 0 and the running \
-statistics are still exactly 0 / 1, although its affine parameters were trained",
-        }),
-    };
     fn message(&self) -> String {
         format!(
             "{} was never updated: num_batches_tracked = 0 and the running statistics are still exactly 0 / 1, \
@@ -189,8 +179,23 @@ train-mode passes"
     }
 }
 
-/// Train-mode passes leave the running statistics unchanged.
-#[derive(Serialize)]
+/// A BatchNorm layer's running statistics cannot update in training
+///
+/// # Why
+/// With momentum 0, or batch_norm called with training=False (as in a model traced in eval mode), the
+/// statistics stay at whatever they were: training cannot fix them.
+///
+/// # How
+/// On a copy, two train-mode passes from known statistics (0/1, then 1/2) give each layer's effective
+/// momentum m (new = (1 − m)·old + m·batch); error when |m| < 1e-6, unless the layer is frozen by design
+/// (saved in eval mode with affine parameters none of which requires grad).
+///
+/// # Fix
+/// Give the layer a momentum > 0 (PyTorch's default is 0.1) and call it in training mode; export with
+/// torch.jit.script, or trace in train mode.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "stale-batchnorm/will-not-update", grade = error)]
+#[kind(example(args = "--model fixtures/models/bn_momentum0.pt --data fixtures/data/images.npz", severity = error, message = "features.1 (BatchNorm2d) will not update: train-mode passes leave its running statistics unchanged (effective momentum 0: momentum=0, or batch_norm called with training=False, as in a model traced in eval mode)"))]
 pub struct WillNotUpdate {
     pub effective_momentum: f64,
     #[serde(skip)]
@@ -198,25 +203,6 @@ pub struct WillNotUpdate {
 }
 
 impl Violation for WillNotUpdate {
-    const KIND: KindInfo = KindInfo {
-        id: "stale-batchnorm/will-not-update",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "A BatchNorm layer's running statistics cannot update in training",
-        why: "With momentum 0, or batch_norm called with training=False (as in a model traced in eval \
-mode), the statistics stay at whatever they were: training cannot fix them.",
-        how: "On a copy, two train-mode passes from known statistics (0/1, then 1/2) give each layer's \
-effective momentum m (new = (1 − m)·old + m·batch); error when |m| < 1e-6, unless the layer is frozen \
-by design (saved in eval mode with affine parameters none of which requires grad).",
-        fix: "Give the layer a momentum > 0 (PyTorch's default is 0.1) and call it in training mode; \
-export with torch.jit.script, or trace in train mode.",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "--model fixtures/models/bn_momentum0.pt --data fixtures/data/images.npz",
-            message: "features.1 (BatchNorm2d) will not update: train-mode passes leave its running \
-statistics unchanged (effective momentum 0: momentum=0, or batch_norm called with training=False, as in a \
-model traced in eval mode)",
-        }),
-    };
     fn message(&self) -> String {
         format!(
             "{} will not update: train-mode passes leave its running statistics unchanged (effective momentum \
@@ -231,8 +217,27 @@ torch.jit.script, or trace in train mode"
     }
 }
 
-/// Stored statistics far from what the data produce.
-#[derive(Serialize)]
+/// A BatchNorm layer's stored statistics do not match the statistics the data produce
+///
+/// # Why
+/// Statistics computed on differently scaled data (0..255 pixels vs 0..1, another normalisation) shift and
+/// rescale every activation in evaluation: the model scores far worse than it trained.
+///
+/// # How
+/// From the same two probing passes as will-not-update, on the first `batch` samples: the per-channel mean
+/// and variance the data produce, against the stored ones. Error when a channel's mean gap exceeds
+/// `max_mean_gap` stored standard deviations or its variance ratio lies beyond `max_var_ratio`× either way;
+/// the three worst channels are named. Layers at their init statistics are not judged. Layers still warming
+/// up (their init (0 / 1) weighs more than 5% after T updates: (1 − m)^T > 0.05) are judged only when most
+/// channels' stored variance lies beyond `max_var_ratio`× of every blend of the init's variance (1) and the
+/// data's: no warm-up gives that, a different scale does; eval-mode-worse judges what their statistics do.
+///
+/// # Fix
+/// Preprocess the data exactly as in training (e.g. the same /255 scaling), or recompute the statistics on
+/// correctly scaled data.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "stale-batchnorm/stats-mismatch", grade = error)]
+#[kind(example(args = "--model fixtures/models/bn_stats_255.pt --data fixtures/data/images01.npz", severity = error, message = "features.1 (BatchNorm2d): running statistics do not match the data: channels 3, 7, 5 have data means 3.7, 1.81, 1.81 stored standard deviations from the running mean, and the data's variance is 1.61e-5× the stored one; were the statistics computed on differently scaled data?"))]
 pub struct StatsMismatch {
     pub worst_channels: Vec<usize>,
     #[serde(skip)]
@@ -246,29 +251,6 @@ pub struct StatsMismatch {
 }
 
 impl Violation for StatsMismatch {
-    const KIND: KindInfo = KindInfo {
-        id: "stale-batchnorm/stats-mismatch",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "A BatchNorm layer's stored statistics do not match the statistics the data produce",
-        why: "Statistics computed on differently scaled data (0..255 pixels vs 0..1, another \
-normalisation) shift and rescale every activation in evaluation: the model scores far worse than it \
-trained.",
-        how: "From the same two probing passes as will-not-update, on the first `batch` samples: the \
-per-channel mean and variance the data produce, against the stored ones. Error when a channel's mean gap \
-exceeds `max_mean_gap` stored standard deviations or its variance ratio lies beyond `max_var_ratio`× \
-either way; the three worst channels are named. Layers at their init statistics are not judged. Layers \
-still warming up (their init (0 / 1) weighs more than 5% after T updates: (1 − m)^T > 0.05) are judged \
-only when most channels' stored variance lies beyond `max_var_ratio`× of every blend of the init's \
-variance (1) and the data's: no warm-up gives that, a different scale does; eval-mode-worse judges what \
-their statistics do.",
-        fix: "Preprocess the data exactly as in training (e.g. the same /255 scaling), or recompute the \
-statistics on correctly scaled data.",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "--model fixtures/models/bn_stats_255.pt --data fixtures/data/images01.npz",
-            message: "features.1 (BatchNorm2d): running statistics do not match the data: channels 3, 7, 5 have data means 3.7, 1.81, 1.81 stored standard deviations from the running mean, and the data's variance is 1.61e-5× the stored one; were the statistics computed on differently scaled data?",
-        }),
-    };
     fn message(&self) -> String {
         let list = |v: Vec<String>| v.join(", ");
         format!(
@@ -288,8 +270,27 @@ statistics on correctly scaled data"
     }
 }
 
-/// Train- and eval-mode outputs far apart on the same batch.
-#[derive(Serialize)]
+/// Train- and eval-mode outputs differ a lot on the same batch
+///
+/// # Why
+/// When the running statistics describe the data, a BatchNorm network gives nearly the same output in train
+/// and eval mode; a large gap means evaluation runs a different model from the one trained.
+///
+/// # How
+/// gap = ‖y_train − y_eval‖ / ‖y_eval‖ on the probing batch, against the noise of batch statistics
+/// themselves: the same samples' train-mode outputs in the whole batch and in its halves (noise = their
+/// relative difference). Warning when gap > `max_output_gap` and gap > 4 × noise. Judged only when the stored
+/// statistics were trained and no other kind explains it, and not while any layer's statistics are still
+/// warming up: after T updates of momentum m their init (0 / 1) still weighs (1 − m)^T; above 5% they
+/// describe the start values and the weights of many steps ago (torchvision's MNASNet, m = 0.0003, or
+/// MobileNetV3, m = 0.01, after a short run): eval-mode-worse judges those by the loss and accuracy each mode
+/// gives.
+///
+/// # Fix
+/// Recompute the BatchNorm statistics on data preprocessed as in training, or check for a distribution shift.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "stale-batchnorm/train-eval-gap", grade = warning)]
+#[kind(example(args = "--model fixtures/models/bn_mlp_trained.pt --data fixtures/data/regression_half_scale.npz", severity = warning, message = "train- and eval-mode outputs differ by 86.2% on the same batch, 9.18× the 9.38% that batch statistics alone explain: the running statistics do not represent this data"))]
 pub struct TrainEvalGap {
     pub output_gap: f64,
     /// The gap that batch statistics alone make: the same samples' train-mode outputs in two batches.
@@ -297,29 +298,6 @@ pub struct TrainEvalGap {
 }
 
 impl Violation for TrainEvalGap {
-    const KIND: KindInfo = KindInfo {
-        id: "stale-batchnorm/train-eval-gap",
-        grade: Grade::Fixed(Severity::Warning),
-        summary: "Train- and eval-mode outputs differ a lot on the same batch",
-        why: "When the running statistics describe the data, a BatchNorm network gives nearly the same \
-output in train and eval mode; a large gap means evaluation runs a different model from the one trained.",
-        how: "gap = ‖y_train − y_eval‖ / ‖y_eval‖ on the probing batch, against the noise of batch \
-statistics themselves: the same samples' train-mode outputs in the whole batch and in its halves \
-(noise = their relative difference). Warning when gap > `max_output_gap` and gap > 4 × noise. Judged only \
-when the stored statistics were trained and no other kind explains it, and not while any layer's \
-statistics are still warming up: after T updates of momentum m their init (0 / 1) still weighs \
-(1 − m)^T; above 5% they describe the start values and the weights of many steps ago (torchvision's \
-MNASNet, m = 0.0003, or MobileNetV3, m = 0.01, after a short run): eval-mode-worse judges those by the \
-loss and accuracy each mode gives.",
-        fix: "Recompute the BatchNorm statistics on data preprocessed as in training, or check for a \
-distribution shift.",
-        example: Some(Example {
-            severity: Severity::Warning,
-            args: "--model fixtures/models/bn_mlp_trained.pt --data fixtures/data/regression_half_scale.npz",
-            message: "train- and eval-mode outputs differ by 86.2% on the same batch, 9.18× the 9.38% that \
-batch statistics alone explain: the running statistics do not represent this data",
-        }),
-    };
     fn message(&self) -> String {
         format!(
             "train- and eval-mode outputs differ by {}% on the same batch, {}× the {}% that batch statistics \
@@ -336,8 +314,30 @@ shift"
     }
 }
 
-/// In eval mode the model predicts far worse than in train mode on the same samples.
-#[derive(Serialize)]
+/// In eval mode the model predicts far worse than in train mode: its running statistics are stale
+///
+/// # Why
+/// Evaluation and inference run BatchNorm on its running statistics. After a short run with a small momentum
+/// (torchvision's MobileNetV3 and EfficientNet use 0.01, MNASNet 0.0003) they still hold much of their start
+/// values, and the model that trains well predicts at chance in eval mode: every validation number and the
+/// deployed model are wrong, while the training loss looks healthy.
+///
+/// # How
+/// Judged when the stored statistics were trained (batches tracked, not at their init) and some layers' init
+/// still weighs more than 5% ((1 − m)^T after T updates of momentum m), where stats-mismatch and
+/// train-eval-gap do not judge the statistics themselves: the consequence is judged instead. The configured
+/// loss of the eval-mode output on the probing batch against the train-mode output's (batch statistics) on
+/// the same samples. Error when eval mode is worse by at least 0.5 nats and 30% (cross-entropy / nll, and its
+/// accuracy at least 25 points lower), or at least 2× and by 10% of the targets' variance (other losses). A
+/// fresh model, whose statistics are at their init, is not judged.
+///
+/// # Fix
+/// Train longer before evaluating, raise the BatchNorm momentum, or recompute the statistics
+/// (torch.optim.swa_utils.update_bn, or a few forward passes in train mode with momentum=None) before
+/// evaluating or exporting.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "stale-batchnorm/eval-mode-worse", grade = error)]
+#[kind(example(args = "--model fixtures/models/tv/mobilenet_v3_trained.pt --data fixtures/data/shapes16.npz", severity = error, message = "in eval mode the model predicts far worse than in train mode on the same 64 samples: cross_entropy 2.4 vs 1.47, accuracy 6.25% vs 45.3%; its running statistics still carry up to 13.4% of their init in 19 layers"))]
 pub struct EvalModeWorse {
     pub samples: usize,
     pub eval_loss: f64,
@@ -355,32 +355,6 @@ pub struct EvalModeWorse {
 }
 
 impl Violation for EvalModeWorse {
-    const KIND: KindInfo = KindInfo {
-        id: "stale-batchnorm/eval-mode-worse",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "In eval mode the model predicts far worse than in train mode: its running statistics are stale",
-        why: "Evaluation and inference run BatchNorm on its running statistics. After a short run with a \
-small momentum (torchvision's MobileNetV3 and EfficientNet use 0.01, MNASNet 0.0003) they still hold much \
-of their start values, and the model that trains well predicts at chance in eval mode: every validation \
-number and the deployed model are wrong, while the training loss looks healthy.",
-        how: "Judged when the stored statistics were trained (batches tracked, not at their init) and some \
-layers' init still weighs more than 5% ((1 − m)^T after T updates of momentum m), where stats-mismatch \
-and train-eval-gap do not judge the statistics themselves: the consequence is judged instead. The \
-configured loss of the eval-mode output on the probing batch against the train-mode output's (batch \
-statistics) on the same samples. Error when eval mode is worse by at least 0.5 nats and 30% (cross-entropy \
-/ nll, and its accuracy at least 25 points lower), or at least 2× and by 10% of the targets' variance \
-(other losses). A fresh model, whose statistics are at their init, is not judged.",
-        fix: "Train longer before evaluating, raise the BatchNorm momentum, or recompute the statistics \
-(torch.optim.swa_utils.update_bn, or a few forward passes in train mode with momentum=None) before \
-evaluating or exporting.",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "--model fixtures/models/tv/mobilenet_v3_trained.pt --data fixtures/data/shapes16.npz",
-            message: "in eval mode the model predicts far worse than in train mode on the same 64 samples: \
-cross_entropy 2.4 vs 1.47, accuracy 6.25% vs 45.3%; its running statistics still carry up to 13.4% of \
-their init in 19 layers",
-        }),
-    };
     fn message(&self) -> String {
         let acc = match (self.eval_accuracy, self.train_mode_accuracy) {
             (Some(e), Some(t)) => format!(", accuracy {}% vs {}%", num(e * 100.0), num(t * 100.0)),

@@ -36,8 +36,25 @@ pub struct UnusedParametersOptions {
     pub allow: Vec<String>,
 }
 
-/// Trainable parameters of one module that forward never reads.
-#[derive(Serialize)]
+/// Trainable parameters that forward never uses: a layer defined but never called
+///
+/// # Why
+/// A parameter forward never reads never trains: a layer defined in __init__ and forgotten in forward, a head
+/// replaced without deleting the old one, a typo that calls another layer twice. It also makes
+/// DistributedDataParallel fail unless find_unused_parameters is set.
+///
+/// # How
+/// Error for each module whose trainable parameters no path of forward reads (any branch of an `if` counts as
+/// read), from the TorchScript graph with every submodule call followed; the module is named with its type
+/// and parameter count. Modules listed in `allow` are skipped; so are modules the graph cannot follow
+/// (interfaces, containers indexed at run time), and the whole check when a call cannot be resolved.
+///
+/// # Fix
+/// Call the layer in forward, delete it, or (when it is used only outside forward on purpose) list it in
+/// `[checks.unused-parameters] allow` or an `[[ignore]]` entry with its module as location.
+#[derive(Serialize, ViolationMetadata)]
+#[kind(id = "unused-parameters/never-used", grade = error)]
+#[kind(example(args = "--model fixtures/models/unused_layer.pt", severity = error, message = "module aux (Linear) is never called in forward: its 2 trainable parameters (4160 values) never train: aux.weight, aux.bias"))]
 pub struct NeverUsed {
     pub module: String,
     /// The module's type, e.g. `Linear`.
@@ -49,28 +66,6 @@ pub struct NeverUsed {
 }
 
 impl Violation for NeverUsed {
-    const KIND: KindInfo = KindInfo {
-        id: "unused-parameters/never-used",
-        grade: Grade::Fixed(Severity::Error),
-        summary: "Trainable parameters that forward never uses: a layer defined but never called",
-        why: "A parameter forward never reads never trains: a layer defined in __init__ and forgotten in \
-forward, a head replaced without deleting the old one, a typo that calls another layer twice. It also \
-makes DistributedDataParallel fail unless find_unused_parameters is set.",
-        how: "Error for each module whose trainable parameters no path of forward reads (any branch of an \
-`if` counts as read), from the TorchScript graph with every submodule call followed; the module is \
-named with its type and parameter count. Modules listed in `allow` are skipped; so are modules the graph \
-cannot follow (interfaces, containers indexed at run time), and the whole check when a call cannot be \
-resolved.",
-        fix: "Call the layer in forward, delete it, or (when it is used only outside forward on \
-purpose) list it in `[checks.unused-parameters] allow` or an `[[ignore]]` entry with its module as \
-location.",
-        example: Some(Example {
-            severity: Severity::Error,
-            args: "--model fixtures/models/unused_layer.pt",
-            message: "module aux (Linear) is never called in forward: its 2 trainable parameters \
-(4160 values) never train: aux.weight, aux.bias",
-        }),
-    };
     fn message(&self) -> String {
         let what = if self.never_called {
             format!(
