@@ -69,30 +69,22 @@ impl Grade {
 }
 
 /// Where a problem sits, in the user's terms. Every part is optional; a finding sets what applies.
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Location {
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub module: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub parameter: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub buffer: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub data_key: Option<String>,
     /// Half-open sample range [start, end) in the data file.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub samples: Option<(usize, usize)>,
     /// Inclusive step range in the loss log.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_steps: Option<(f64, f64)>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_column: Option<String>,
     /// A key of the configuration (e.g. `batch_size`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub config_key: Option<String>,
     /// The type of the module a parameter belongs to, given where its path alone does not say what it
     /// is: a layer of an `nn.Sequential` is named by its index (`0.weight`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub module_kind: Option<String>,
 }
 
@@ -201,16 +193,15 @@ fn fmt_step(s: f64) -> String {
 }
 
 /// A series worth plotting: a training curve, a probe, or a loss-log column with a flagged window.
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Curve {
     pub name: String,
     pub x: Vec<f64>,
     pub y: Vec<f64>,
     /// A horizontal line the curve had to reach (e.g. the identity target).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<f64>,
     /// A flagged x range.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub window: Option<(f64, f64)>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub log_scale: bool,
@@ -293,7 +284,7 @@ pub trait ViolationMetadata {
     const KIND: KindInfo;
 }
 
-pub use trainlint_derive::ViolationMetadata;
+pub use trainlint_derive::{skip_serializing_none, ViolationMetadata};
 
 /// One kind of problem, as a type: its fields are the numbers behind the finding; its message, help and
 /// JSON evidence are derived from them (evidence = the fields, serialised; `#[serde(skip)]` keeps a
@@ -440,6 +431,27 @@ pub fn num(x: f64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn evidence_and_locations_leave_out_what_they_lack() {
+        // `#[skip_serializing_none]`: an absent Option is no key, a present one is its value.
+        assert_eq!(serde_json::to_string(&Location::default()).unwrap(), "{}");
+        let loc = Location {
+            samples: Some((0, 8)),
+            ..Location::default()
+        };
+        assert_eq!(serde_json::to_string(&loc).unwrap(), r#"{"samples":[0,8]}"#);
+        let curve = Curve {
+            name: "loss".into(),
+            target: Some(0.5),
+            ..Curve::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&curve).unwrap(),
+            r#"{"name":"loss","x":[],"y":[],"target":0.5}"#
+        );
+    }
 
     #[test]
     fn a_parameter_of_an_indexed_layer_says_its_type() {
@@ -458,8 +470,6 @@ mod tests {
             "parameter encoder.fc.weight"
         );
     }
-
-    use super::*;
 
     #[test]
     fn numbers_are_compact_with_three_significant_digits() {

@@ -17,8 +17,8 @@ pub mod stats;
 pub mod train;
 
 pub use finding::{
-    CheckFailed, Curve, Example, Finding, Grade, KindInfo, Location, Severity, Violation,
-    ViolationMetadata,
+    skip_serializing_none, CheckFailed, Curve, Example, Finding, Grade, KindInfo, Location,
+    Severity, Violation, ViolationMetadata,
 };
 pub use options::{CheckOptions, NoOptions};
 pub use ports::{

@@ -10,11 +10,12 @@ pub mod sarif;
 pub mod text;
 
 use serde::Serialize;
-use trainlint_checks::Severity;
+use trainlint_checks::{skip_serializing_none, Severity};
 
 use crate::run::{CheckRun, Status};
 
 /// Everything a renderer needs: what was audited and what each check concluded.
+#[skip_serializing_none]
 #[derive(Serialize)]
 pub struct Report {
     pub version: u32,
@@ -30,11 +31,9 @@ pub struct Report {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unused_ignores: Vec<crate::config::Ignore>,
     /// With `--baseline`: how many findings the baseline hid, and its entries that no longer occur.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline: Option<crate::baseline::BaselineOutcome>,
     /// The libtorch threads the checks ran with and why; like every timing, absent with `--no-timings`
     /// (it depends on the machine and on how busy it was).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<Threads>,
     /// The config line of each key, for file:line locations (not part of the JSON report).
     #[serde(skip)]
@@ -122,18 +121,14 @@ pub struct Tool {
     pub version: &'static str,
 }
 
+#[skip_serializing_none]
 #[derive(Serialize, Default)]
 pub struct Inputs {
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub config: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
     /// Where the model ran; absent without a model, where nothing runs on a device.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
     /// The inputs' paths as the file system spells them (bytes that need not be UTF-8), relative to
     /// the working directory like the strings above, by label: for formats that can carry them whole.

@@ -27,7 +27,7 @@
 
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as Tokens};
-use quote::quote;
+use quote::{quote, ToTokens};
 use syn::{
     parse_macro_input, Attribute, DeriveInput, Error, Expr, ExprLit, Ident, Lit, LitStr, Meta,
 };
@@ -238,6 +238,42 @@ impl KindAttrs {
         }
         Ok(out)
     }
+}
+
+/// `#[skip_serializing_none]` on a struct: every `Option` field gets
+/// `#[serde(skip_serializing_if = "Option::is_none")]`, as `serde_with`'s attribute of that name does,
+/// so a finding's JSON evidence holds only the numbers it has. Put it above `#[derive(Serialize)]`.
+#[proc_macro_attribute]
+pub fn skip_serializing_none(args: TokenStream, input: TokenStream) -> TokenStream {
+    if !args.is_empty() {
+        let args = Tokens::from(args);
+        return Error::new_spanned(args, "takes no arguments")
+            .into_compile_error()
+            .into();
+    }
+    let mut input = parse_macro_input!(input as DeriveInput);
+    let syn::Data::Struct(data) = &mut input.data else {
+        return Error::new_spanned(&input.ident, "#[skip_serializing_none] is for structs")
+            .into_compile_error()
+            .into();
+    };
+    for field in data.fields.iter_mut() {
+        let is_option = matches!(&field.ty, syn::Type::Path(p)
+            if p.qself.is_none() && p.path.segments.last().is_some_and(|s| s.ident == "Option"));
+        let has_own = field.attrs.iter().any(|a| {
+            a.path().is_ident("serde")
+                && a.meta
+                    .to_token_stream()
+                    .to_string()
+                    .contains("skip_serializing")
+        });
+        if is_option && !has_own {
+            field
+                .attrs
+                .push(syn::parse_quote!(#[serde(skip_serializing_if = "Option::is_none")]));
+        }
+    }
+    quote!(#input).into()
 }
 
 fn severity(word: &Ident) -> syn::Result<Tokens> {

@@ -86,6 +86,7 @@ impl Default for IdentityOverfitOptions {
 /// # Fix
 /// Make sure every output depends on the parameters (no .detach(), no multiplication by 0); pick an output
 /// activation that covers the data range (or none); widen the bottleneck or add skip connections.
+#[skip_serializing_none]
 #[derive(Serialize, ViolationMetadata)]
 #[kind(id = "identity-overfit/cannot-learn-identity", grade = error)]
 #[kind(example(args = "--model fixtures/models/ae_bottleneck.pt --data fixtures/data/textures.npz", severity = error, message = "the model cannot learn the identity on 8 samples: relative MSE 0.768 (needs ≤ 0.01) after 500 steps, from 1; PSNR 18.6 dB. Likely cause: a plateau, a bottleneck or too little capacity: the narrowest layer down.2 has 1 channel for a 3-channel input"))]
@@ -93,13 +94,10 @@ pub struct CannotLearnIdentity {
     #[serde(skip)]
     pub samples: usize,
     /// The fit's start and end (absent when it was not trained: see `relative_mse_floor`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub relative_mse_start: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub relative_mse_end: Option<f64>,
     /// The relative MSE below which no weights can go, when the output activation's range cannot
     /// hold the inputs: above the target, the copy is not trained (`steps` 0).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub relative_mse_floor: Option<f64>,
     #[serde(skip)]
     pub target: f64,

@@ -441,6 +441,14 @@ impl ProbeEvidence {
     fn help(&self) -> String {
         format!("lower setup.lr by 3–10× (try {})", num(self.lr / 10.0))
     }
+    /// A probe finding's message: what ran, its verdict, what the evaluation loss did, the control.
+    fn message(&self, verdict: &str, loss: String) -> String {
+        format!(
+            "learning-rate probe: {} {verdict}: the loss on a fixed evaluation batch {loss}{}",
+            self.what(),
+            self.control()
+        )
+    }
     fn control(&self) -> String {
         let restart = self
             .restart_constant_loss
@@ -504,14 +512,13 @@ pub struct ProbeDiverges {
 impl Violation for ProbeDiverges {
     fn message(&self) -> String {
         let p = &self.probe;
-        format!(
-            "learning-rate probe: {} diverges: the loss on a fixed evaluation batch went from {} to {} in {} steps{}",
-            p.what(),
+        let loss = format!(
+            "went from {} to {} in {} steps",
             num(p.probe_start),
             num(p.probe_end),
-            p.probe_steps,
-            p.control()
-        )
+            p.probe_steps
+        );
+        p.message("diverges", loss)
     }
     fn help(&self) -> String {
         self.probe.help()
@@ -543,18 +550,16 @@ pub struct ProbeSpikes {
 impl Violation for ProbeSpikes {
     fn message(&self) -> String {
         let p = &self.probe;
-        format!(
-            "learning-rate probe: {} is unstable: the loss on a fixed evaluation batch jumped to {} ({}× its \
-start {}) at step {}, and ended at {} after {} steps{}",
-            p.what(),
+        let loss = format!(
+            "jumped to {} ({}× its start {}) at step {}, and ended at {} after {} steps",
             num(self.probe_peak),
             num(self.probe_peak / p.probe_start),
             num(p.probe_start),
             self.probe_peak_step,
             num(p.probe_end),
-            p.probe_steps,
-            p.control()
-        )
+            p.probe_steps
+        );
+        p.message("is unstable", loss)
     }
     fn help(&self) -> String {
         self.probe.help()
@@ -593,17 +598,16 @@ pub struct ProbeCollapses {
 impl Violation for ProbeCollapses {
     fn message(&self) -> String {
         let p = &self.probe;
-        format!(
-            "learning-rate probe: {} collapses: the loss on a fixed evaluation batch blew up to {} at step {}, \
-then came to rest at {} after {} steps, the loss of a constant output ({}){}",
-            p.what(),
+        let loss = format!(
+            "blew up to {} at step {}, then came to rest at {} after {} steps, the loss of a constant output \
+({})",
             num(self.probe_peak),
             self.probe_peak_step,
             num(p.probe_end),
             p.probe_steps,
-            self.constant_as,
-            p.control()
-        )
+            self.constant_as
+        );
+        p.message("collapses", loss)
     }
     fn help(&self) -> String {
         format!(
@@ -690,16 +694,14 @@ pub struct ProbeOscillates {
 impl Violation for ProbeOscillates {
     fn message(&self) -> String {
         let p = &self.probe;
-        format!(
-            "learning-rate probe: {} oscillates: the loss on a fixed evaluation batch went up in {}% of {} steps \
-and from {} to {}{}",
-            p.what(),
+        let loss = format!(
+            "went up in {}% of {} steps and from {} to {}",
             num(p.probe_up_share * 100.0),
             p.probe_steps,
             num(p.probe_start),
-            num(p.probe_end),
-            p.control()
-        )
+            num(p.probe_end)
+        );
+        p.message("oscillates", loss)
     }
     fn help(&self) -> String {
         self.probe.help()

@@ -80,6 +80,7 @@ impl Default for SequentialDataOptions {
 /// # Fix
 /// Set shuffle=True in the DataLoader (or shuffle the file once); if the order matters for the task (optical
 /// flow, odometry), set `temporal = true` and shuffle whole sequences instead.
+#[skip_serializing_none]
 #[derive(Serialize, ViolationMetadata)]
 #[kind(id = "sequential-data/unshuffled-order", grade = error)]
 #[kind(example(args = "fixtures/configs/sorted_classes_no_shuffle.toml", severity = error, message = "samples are in sequential order and the loader does not shuffle: 5 label runs where ~159 are expected (z = -27.3); 57.1% of batches of 32 hold a single class"))]
@@ -87,19 +88,12 @@ pub struct UnshuffledOrder {
     /// The tests that found order, in words.
     #[serde(skip)]
     pub reasons: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub adjacency_ratio: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub adjacency_p_value: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub label_runs: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub expected_runs: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub runs_z: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub single_class_batch_share: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub target_autocorr: Option<f64>,
 }
 

@@ -335,6 +335,7 @@ shift"
 /// Train longer before evaluating, raise the BatchNorm momentum, or recompute the statistics
 /// (torch.optim.swa_utils.update_bn, or a few forward passes in train mode with momentum=None) before
 /// evaluating or exporting.
+#[skip_serializing_none]
 #[derive(Serialize, ViolationMetadata)]
 #[kind(id = "stale-batchnorm/eval-mode-worse", grade = error)]
 #[kind(example(args = "--model fixtures/models/tv/mobilenet_v3_trained.pt --data fixtures/data/shapes16.npz", severity = error, message = "in eval mode the model predicts far worse than in train mode on the same 64 samples: cross_entropy 2.4 vs 1.47, accuracy 6.25% vs 45.3%; its running statistics still carry up to 13.4% of their init in 19 layers"))]
@@ -343,9 +344,7 @@ pub struct EvalModeWorse {
     pub eval_loss: f64,
     pub train_mode_loss: f64,
     /// Classification: the share of samples each mode gets right.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_accuracy: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub train_mode_accuracy: Option<f64>,
     /// The layers whose running statistics still carry this much of their init (0 / 1), largest first.
     pub init_weight: f64,
