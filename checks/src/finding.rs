@@ -141,6 +141,18 @@ impl Location {
     }
 }
 
+/// The first `n` items, comma-separated, and a count of the rest ("a, b and 3 more"): a message
+/// names what a long list holds without growing a line per item.
+pub fn first_of<T: std::fmt::Display>(items: &[T], n: usize) -> String {
+    let shown: Vec<String> = items.iter().take(n).map(T::to_string).collect();
+    let rest = items.len().saturating_sub(n);
+    if rest > 0 {
+        format!("{} and {rest} more", shown.join(", "))
+    } else {
+        shown.join(", ")
+    }
+}
+
 /// The root module has an empty path; show it as `<root>`.
 pub fn display_module(path: &str) -> String {
     if path.is_empty() {
@@ -469,6 +481,14 @@ mod tests {
             Location::parameter_of("encoder.fc.weight", "Linear").to_string(),
             "parameter encoder.fc.weight"
         );
+    }
+
+    #[test]
+    fn a_long_list_shows_its_first_items_and_counts_the_rest() {
+        let names = ["a", "b", "c", "d"];
+        assert_eq!(first_of(&names, 2), "a, b and 2 more");
+        assert_eq!(first_of(&names, 4), "a, b, c, d");
+        assert_eq!(first_of(&names[..1], 8), "a");
     }
 
     #[test]

@@ -249,6 +249,16 @@ pub fn mean_target_entropy(targets: &Tensor) -> Result<f64, CheckError> {
     Ok(if h < 1e-9 { 0.0 } else { h })
 }
 
+/// The binary entropy −p·ln p − (1−p)·ln(1−p) of each probability in `p`, in nats, in f64 (p clamped
+/// to [1e-12, 1 − 1e-12]): what `bce` scores at best on targets of those frequencies.
+pub fn binary_entropy(p: &Tensor) -> Result<Tensor, CheckError> {
+    let p = p.f_to_kind(Kind::Double)?.f_clamp(1e-12, 1.0 - 1e-12)?;
+    let q = p.f_neg()?.f_add_scalar(1.0)?;
+    Ok(p.f_mul(&p.f_log()?)?
+        .f_add(&q.f_mul(&q.f_log()?)?)?
+        .f_neg()?)
+}
+
 /// The entropy of the mean of class-probability targets (over samples and positions), in nats: the
 /// cross_entropy of the best constant prediction, the soft targets' class prior.
 pub fn probability_prior_entropy(targets: &Tensor) -> Result<f64, CheckError> {

@@ -47,15 +47,9 @@ fn list(names: &[String]) -> String {
         .map(|n| crate::finding::display_module(n.rsplit_once('.').map(|(m, _)| m).unwrap_or("")))
         .collect();
     modules.dedup();
-    let shown: Vec<&str> = names.iter().take(8).map(String::as_str).collect();
-    let more = if names.len() > 8 {
-        format!(" and {} more", names.len() - 8)
-    } else {
-        String::new()
-    };
     format!(
-        "{}{more} (module{} {})",
-        shown.join(", "),
+        "{} (module{} {})",
+        crate::finding::first_of(names, 8),
         if modules.len() == 1 { "" } else { "s" },
         modules.join(", ")
     )

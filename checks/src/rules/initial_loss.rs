@@ -302,17 +302,12 @@ fn judge(
             // The loss of each label's bias at the log-odds of its prior: the mean binary entropy of
             // the label frequencies.
             let y = targets.f_to_kind(Kind::Double)?;
-            let p = if y.dim() >= 2 {
+            let frequencies = if y.dim() >= 2 {
                 y.f_mean_dim(Some([0i64].as_slice()), false, Kind::Double)?
             } else {
                 y.f_mean(Kind::Double)?
-            }
-            .f_clamp(1e-12, 1.0 - 1e-12)?;
-            let q = p.f_neg()?.f_add_scalar(1.0)?;
-            let entropy = p
-                .f_mul(&p.f_log()?)?
-                .f_add(&q.f_mul(&q.f_log()?)?)?
-                .f_neg()?;
+            };
+            let entropy = train::binary_entropy(&frequencies)?;
             let prior = scalar(entropy.f_mean(Kind::Double)?)?;
             let neutral = std::f64::consts::LN_2;
             let mut j = classification(

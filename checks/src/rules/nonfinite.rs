@@ -141,17 +141,11 @@ log(0), or division by a zero std in preprocessing)",
 
 /// Parameter or buffer names with their counts, for a message: the first 4 and a count of the rest.
 fn listed(tensors: &[(String, Count, i64)]) -> String {
-    let shown: Vec<String> = tensors
+    let described: Vec<String> = tensors
         .iter()
-        .take(4)
         .map(|(name, c, numel)| format!("{name} ({} of {numel} values)", c.words()))
         .collect();
-    let more = if tensors.len() > 4 {
-        format!(" and {} more", tensors.len() - 4)
-    } else {
-        String::new()
-    };
-    format!("{}{more}", shown.join(", "))
+    crate::finding::first_of(&described, 4)
 }
 
 /// Parameters of the model hold NaN or Inf
@@ -343,21 +337,15 @@ impl Violation for NonFiniteGradients {
                 self.samples
             );
         }
-        let shown: Vec<&str> = self.non_finite.iter().take(8).map(String::as_str).collect();
-        let more = if self.non_finite.len() > 8 {
-            format!(" and {} more", self.non_finite.len() - 8)
-        } else {
-            String::new()
-        };
         format!(
             "{} of {} trainable parameters get NaN or Inf gradients from one backward pass of the {} loss ({}) \
-on {} samples whose forward is finite: {}{more}",
+on {} samples whose forward is finite: {}",
             self.non_finite.len(),
             self.trainable,
             self.loss,
             num(self.loss_value),
             self.samples,
-            shown.join(", ")
+            crate::finding::first_of(&self.non_finite, 8)
         )
     }
     fn help(&self) -> String {

@@ -323,15 +323,9 @@ every sample's top class right",
 
 /// The mean binary entropy of float targets in [0, 1]: the floor of `bce` (0 for 0/1 labels).
 fn target_entropy(targets: &Tensor) -> Result<f64, CheckError> {
-    let p = targets
-        .f_to_kind(Kind::Double)?
-        .f_clamp(1e-12, 1.0 - 1e-12)?;
-    let q = p.f_neg()?.f_add_scalar(1.0)?;
-    let h = p
-        .f_mul(&p.f_log()?)?
-        .f_add(&q.f_mul(&q.f_log()?)?)?
-        .f_neg()?;
-    let h = h.f_mean(Kind::Double)?.f_double_value(&[])?;
+    let h = train::binary_entropy(targets)?
+        .f_mean(Kind::Double)?
+        .f_double_value(&[])?;
     // Exactly 0/1 targets have no floor; the clamp leaves ~1e-11 per value.
     Ok(if h < 1e-9 { 0.0 } else { h })
 }

@@ -80,17 +80,11 @@ impl Violation for NeverUsed {
                 self.kind
             )
         };
-        let shown: Vec<&str> = self.parameters.iter().take(8).map(String::as_str).collect();
-        let more = if self.parameters.len() > 8 {
-            format!(" and {} more", self.parameters.len() - 8)
-        } else {
-            String::new()
-        };
         format!(
-            "{what}: its {} trainable parameters ({} values) never train: {}{more}",
+            "{what}: its {} trainable parameters ({} values) never train: {}",
             self.parameters.len(),
             self.elements,
-            shown.join(", ")
+            crate::finding::first_of(&self.parameters, 8)
         )
     }
     fn help(&self) -> String {
