@@ -621,6 +621,14 @@ mod tests {
         load_log(&p, None, &[]).err().unwrap().to_string()
     }
 
+    /// Each (file name, text, what the error says) is refused with that message.
+    fn refused(cases: &[(&str, &str, &str)]) {
+        for (name, text, says) in cases {
+            let e = error(name, text);
+            assert!(e.contains(says), "{name} {text:?}: {e}");
+        }
+    }
+
     #[test]
     fn csv_with_steps_and_terms() {
         let (_d, p) = write(
@@ -670,17 +678,24 @@ mod tests {
 
     #[test]
     fn malformed_lines_name_their_line_number() {
-        let e = error("log.csv", "step,loss\n0,1.0\n1,abc\n");
-        assert!(
-            e.ends_with("log.csv:3: column `loss`: \"abc\" is not a number"),
-            "{e}"
-        );
-        let e = error("log.jsonl", "{\"loss\": 1.0}\n{\"loss\": 0.5,\n");
-        assert!(e.contains("log.jsonl:2: invalid JSON"), "{e}");
-        let e = error("log.csv", "step,loss\n0,1.0\n1,2.0,3.0\n");
-        assert!(e.contains("log.csv:3:"), "{e}");
-        let e = error("log.csv", "step,loss,loss\n0,1.0,2.0\n");
-        assert!(e.contains("log.csv:1: column `loss` appears twice"), "{e}");
+        refused(&[
+            (
+                "log.csv",
+                "step,loss\n0,1.0\n1,abc\n",
+                "log.csv:3: column `loss`: \"abc\" is not a number",
+            ),
+            (
+                "log.jsonl",
+                "{\"loss\": 1.0}\n{\"loss\": 0.5,\n",
+                "log.jsonl:2: invalid JSON",
+            ),
+            ("log.csv", "step,loss\n0,1.0\n1,2.0,3.0\n", "log.csv:3:"),
+            (
+                "log.csv",
+                "step,loss,loss\n0,1.0,2.0\n",
+                "log.csv:1: column `loss` appears twice",
+            ),
+        ]);
     }
 
     #[test]
@@ -697,10 +712,18 @@ mod tests {
 
     #[test]
     fn loss_columns_need_a_value_but_nan_and_inf_are_values() {
-        let e = error("log.csv", "step,loss\n0,\n1,\n");
-        assert!(e.ends_with("log.csv: column `loss` has no value"), "{e}");
-        let e = error("log.jsonl", "{\"loss\": null}\n{\"loss\": null}\n");
-        assert!(e.ends_with("column `loss` has no value"), "{e}");
+        refused(&[
+            (
+                "log.csv",
+                "step,loss\n0,\n1,\n",
+                "log.csv: column `loss` has no value",
+            ),
+            (
+                "log.jsonl",
+                "{\"loss\": null}\n{\"loss\": null}\n",
+                "column `loss` has no value",
+            ),
+        ]);
         // Written NaN / Inf load, listed by row; empty cells and nulls are missing, not listed.
         let (_d, p) = write(
             "log.csv",
@@ -750,29 +773,37 @@ mod tests {
 
     #[test]
     fn steps_must_increase_from_row_to_row() {
-        let e = error("log.csv", "step,loss\n0,1\n1,1\n1,1\n");
-        assert!(
-            e.contains("log.csv:4: step 1 repeats line 3 (a duplicate row)"),
-            "{e}"
-        );
-        let e = error("log.csv", "step,loss\n0,1\n1,1\n1,2\n");
-        assert!(
-            e.contains("log.csv:4: step 1 gives `loss` a second value"),
-            "{e}"
-        );
-        let e = error("log.csv", "step,loss\n0,1\n5,1\n3,1\n");
-        assert!(
-            e.contains("log.csv:4: step 3 does not increase (line 3 has step 5)"),
-            "{e}"
-        );
-        let e = error("log.csv", "step,loss\n0,1\n,1\n2,1\n");
-        assert!(e.contains("log.csv:3: this row has no `step`"), "{e}");
-        let e = error("log.jsonl", "{\"loss\": 1}\n{\"step\": 1, \"loss\": 1}\n");
-        assert!(e.contains("log.jsonl:1: this row has no `step`"), "{e}");
-        let e = error("log.csv", "step,loss\n0,1\nnan,1\n");
-        assert!(
-            e.contains("log.csv:3: step NaN is not a finite number"),
-            "{e}"
-        );
+        refused(&[
+            (
+                "log.csv",
+                "step,loss\n0,1\n1,1\n1,1\n",
+                "log.csv:4: step 1 repeats line 3 (a duplicate row)",
+            ),
+            (
+                "log.csv",
+                "step,loss\n0,1\n1,1\n1,2\n",
+                "log.csv:4: step 1 gives `loss` a second value",
+            ),
+            (
+                "log.csv",
+                "step,loss\n0,1\n5,1\n3,1\n",
+                "log.csv:4: step 3 does not increase (line 3 has step 5)",
+            ),
+            (
+                "log.csv",
+                "step,loss\n0,1\n,1\n2,1\n",
+                "log.csv:3: this row has no `step`",
+            ),
+            (
+                "log.jsonl",
+                "{\"loss\": 1}\n{\"step\": 1, \"loss\": 1}\n",
+                "log.jsonl:1: this row has no `step`",
+            ),
+            (
+                "log.csv",
+                "step,loss\n0,1\nnan,1\n",
+                "log.csv:3: step NaN is not a finite number",
+            ),
+        ]);
     }
 }
