@@ -885,7 +885,7 @@ fn graph(args: GraphArgs) -> Result<ExitCode, Fatal> {
         .map_err(|e| Fatal::from(format!("cannot draw {}: {e}", model_path.display())))?;
     let no_collapse = args.no_collapse;
     // Walking and laying out the graph run under the checks' time limit (--timeout).
-    let draw = move || -> Result<String, String> {
+    let draw = move || -> Result<String, graph::DrawError> {
         let views = graph::views_of_sample(&model, sample.as_ref())?;
         let view = match views.full {
             Some(full) if no_collapse => full,
