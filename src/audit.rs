@@ -47,9 +47,22 @@ pub enum AuditError {
     Model(#[from] security::UntrustedModel),
     #[error(transparent)]
     Data(#[from] data::DataError),
-    /// The model rejected the data, or answered without a sample axis.
-    #[error("{0}")]
-    Rejected(String),
+    /// The model rejected the data: `reason` is the forward's error, in libtorch's words.
+    #[error("the model {model} rejected data `{key}` of shape {shape:?} from {data}: {reason}")]
+    Rejected {
+        model: String,
+        key: String,
+        shape: Vec<i64>,
+        data: String,
+        reason: String,
+    },
+    /// The model answered without a sample axis.
+    #[error("the model {model}'s output is a scalar (0-d) for data `{key}` of shape {shape:?}; trainlint needs one output per sample along dim 0")]
+    ScalarOutput {
+        model: String,
+        key: String,
+        shape: Vec<i64>,
+    },
 }
 
 /// Runs the audit `req` describes.
@@ -87,13 +100,13 @@ pub fn audit(req: &Request) -> Result<Audit, AuditError> {
         .filter(|(c, _)| run::trains_side_by_side(c.info()))
         .count();
     let side_by_side = if threads < 2 {
-        Err("one thread: the checks that train run one at a time".to_string())
+        Err(model::OneAtATime::OneThread)
     } else if may_train_together < 2 {
-        Err("fewer than two checks that train are selected".to_string())
+        Err(model::OneAtATime::FewerThanTwoSelected)
     } else {
         match &model {
             Some(m) => m.side_by_side(dataset.as_ref().map(|d| &d.inputs)),
-            None => Err("no model".to_string()),
+            None => Err(model::OneAtATime::NoModel),
         }
     };
     if timeout.is_none() && side_by_side.is_err() {
@@ -119,14 +132,12 @@ pub fn audit(req: &Request) -> Result<Audit, AuditError> {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_default();
-        let rejected = |e: &str| {
-            AuditError::Rejected(format!(
-                "the model {model_path} rejected data `{}` of shape {:?} from {}: {}",
-                d.input_key,
-                d.inputs.size(),
-                d.path,
-                e.trim_start_matches("model: ")
-            ))
+        let rejected = |e: &str| AuditError::Rejected {
+            model: model_path.clone(),
+            key: d.input_key.clone(),
+            shape: d.inputs.size(),
+            data: d.path.to_string(),
+            reason: e.trim_start_matches("model: ").to_string(),
         };
         match ctx.prediction() {
             // No eval-mode forward (a .pt2 program exported in train mode only): the checks that need
@@ -146,12 +157,11 @@ pub fn audit(req: &Request) -> Result<Audit, AuditError> {
             }
             Err(e) => return Err(rejected(&e.to_string())),
             Ok(p) if p.dim() == 0 => {
-                return Err(AuditError::Rejected(format!(
-                    "the model {model_path}'s output is a scalar (0-d) for data `{}` of shape {:?}; \
-trainlint needs one output per sample along dim 0",
-                    d.input_key,
-                    d.inputs.size(),
-                )));
+                return Err(AuditError::ScalarOutput {
+                    model: model_path,
+                    key: d.input_key.clone(),
+                    shape: d.inputs.size(),
+                });
             }
             Ok(p) => {
                 let p = p.shallow_clone();
@@ -239,7 +249,7 @@ trainlint needs one output per sample along dim 0",
                          from a generator of its own, and the forwards ran one at a time"
                     ))
                 ),
-                Err(why) => why.clone(),
+                Err(why) => why.to_string(),
             },
         });
     }

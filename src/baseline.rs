@@ -1,7 +1,7 @@
 //! `--write-baseline FILE` records today's findings; `--baseline FILE` then reports only new ones and
 //! lists recorded findings that no longer occur (stale entries).
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -66,9 +66,27 @@ pub fn render(runs: &[CheckRun]) -> (String, usize) {
 /// The largest baseline file read: tens of thousands of entries take a few MiB.
 pub const MAX_BASELINE_BYTES: u64 = 64 << 20;
 
-pub fn read(path: &Path) -> Result<Baseline, String> {
+/// Why a `--baseline` file cannot be used (the CLI's exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum BaselineError {
+    /// The file cannot be opened or read; `reason` in the data readers' words.
+    #[error("cannot read baseline {}: {reason}", path.display())]
+    Unreadable { path: PathBuf, reason: String },
+    #[error("cannot read baseline {}: it is larger than {} MiB, the most trainlint reads of a baseline", path.display(), MAX_BASELINE_BYTES >> 20)]
+    TooLarge { path: PathBuf },
+    /// Not JSON of a baseline: serde's reason, cut to one short printable line.
+    #[error("{} is not a trainlint baseline: {reason}", path.display())]
+    NotABaseline { path: PathBuf, reason: String },
+    #[error("{}: baseline version {version} is not {VERSION} (version 1 keyed findings by check, not by kind): rewrite it with --write-baseline", path.display())]
+    Version { path: PathBuf, version: u32 },
+}
+
+pub fn read(path: &Path) -> Result<Baseline, BaselineError> {
     use std::io::Read;
-    let cannot = |why: String| format!("cannot read baseline {}: {why}", path.display());
+    let cannot = |reason: String| BaselineError::Unreadable {
+        path: path.to_path_buf(),
+        reason,
+    };
     // A FIFO would block the run and a device (`/dev/zero`) never ends: only a regular file is read.
     let file =
         crate::data::paths::open_regular(path, "the --baseline file").map_err(|e| match e {
@@ -81,10 +99,9 @@ pub fn read(path: &Path) -> Result<Baseline, String> {
         .read_to_string(&mut text)
         .map_err(|e| cannot(crate::data::paths::describe_io(&e)))?;
     if text.len() as u64 > MAX_BASELINE_BYTES {
-        return Err(cannot(format!(
-            "it is larger than {} MiB, the most trainlint reads of a baseline",
-            MAX_BASELINE_BYTES >> 20
-        )));
+        return Err(BaselineError::TooLarge {
+            path: path.to_path_buf(),
+        });
     }
     let b: Baseline = serde_json::from_str(&text).map_err(|e| {
         // serde quotes the offending value: keep the message one short line.
@@ -93,19 +110,16 @@ pub fn read(path: &Path) -> Result<Baseline, String> {
             Some((cut, _)) => format!("{}…", &why[..cut]),
             None => why,
         };
-        format!(
-            "{} is not a trainlint baseline: {}",
-            path.display(),
-            crate::data::paths::printable(&why)
-        )
+        BaselineError::NotABaseline {
+            path: path.to_path_buf(),
+            reason: crate::data::paths::printable(&why),
+        }
     })?;
     if b.version != VERSION {
-        return Err(format!(
-            "{}: baseline version {} is not {VERSION} (version 1 keyed findings by check, not by kind): \
-rewrite it with --write-baseline",
-            path.display(),
-            b.version
-        ));
+        return Err(BaselineError::Version {
+            path: path.to_path_buf(),
+            version: b.version,
+        });
     }
     Ok(b)
 }
@@ -151,7 +165,7 @@ pub fn apply(baseline: &Baseline, runs: &mut [CheckRun]) -> BaselineOutcome {
 mod tests {
     use proptest::prelude::*;
 
-    use crate::fuzz::{apply, config, corpus, mutated, one_line};
+    use crate::fuzz::{config, corpus, fuzz_one, mutated, one_line};
 
     #[test]
     fn the_seed_baselines_read_or_say_why() {
@@ -173,7 +187,7 @@ mod tests {
             "v".repeat(100_000)
         );
         std::fs::write(&p, text).unwrap();
-        let e = super::read(&p).unwrap_err();
+        let e = super::read(&p).unwrap_err().to_string();
         assert!(
             e.len() < 400 && e.contains("is not a trainlint baseline: invalid type"),
             "{e}"
@@ -186,12 +200,7 @@ mod tests {
         /// The `--baseline` parser: mutated seeds end in Ok or a one-line Err.
         #[test]
         fn fuzz_baseline((seed, edits) in mutated()) {
-            let seeds = corpus("baseline");
-            let (name, bytes) = &seeds[seed % seeds.len()];
-            let dir = tempfile::tempdir().unwrap();
-            let p = dir.path().join(name);
-            std::fs::write(&p, apply(bytes.clone(), &edits, &[])).unwrap();
-            one_line(super::read(&p))?;
+            fuzz_one("baseline", seed, &edits, |p| one_line(super::read(p)))?;
         }
     }
 }

@@ -27,6 +27,28 @@ pub fn corpus(parser: &str) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// The seed at `index` (modulo the corpus) of `parser`, with `edits` applied, and its name.
+pub fn mutated_seed(parser: &str, index: usize, edits: &[Mutation]) -> (String, Vec<u8>) {
+    let mut seeds = corpus(parser);
+    let (name, bytes) = seeds.swap_remove(index % seeds.len());
+    (name, apply(bytes, edits, &[]))
+}
+
+/// Writes the seed at `index` of `parser`, with `edits` applied, under the seed's name (keeping its
+/// extension) in a folder of its own, and reads it with `read`.
+pub fn fuzz_one(
+    parser: &str,
+    index: usize,
+    edits: &[Mutation],
+    read: impl FnOnce(&Path) -> Result<(), TestCaseError>,
+) -> Result<(), TestCaseError> {
+    let (name, bytes) = mutated_seed(parser, index, edits);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join(name);
+    std::fs::write(&p, bytes).unwrap();
+    read(&p)
+}
+
 /// One edit of a seed file; positions are taken modulo the file's length.
 #[derive(Clone, Debug)]
 pub enum Mutation {

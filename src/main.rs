@@ -222,36 +222,53 @@ struct GraphArgs {
 /// More libtorch threads than this is a typo, not a machine (and would overflow libtorch's int).
 const MAX_THREADS: usize = 1024;
 
-fn parse_threads(s: &str) -> Result<usize, String> {
+/// A flag's value out of its range; clap shows the message after the flag and the value.
+#[derive(Debug, thiserror::Error)]
+enum FlagError {
+    #[error("expected a whole number of threads (0 = the machine's cores)")]
+    ThreadsNotANumber,
+    #[error("the number of threads must be ≥ 0 (0 = the machine's cores)")]
+    NegativeThreads,
+    #[error("at most {MAX_THREADS} threads")]
+    TooManyThreads,
+    #[error("the check budget must be 0 (no limit) or between {MIN_TIMEOUT_S} and {MAX_TIMEOUT_S} seconds")]
+    Budget,
+    #[error("the seed must be a non-negative whole number (0 to {})", u64::MAX)]
+    Seed,
+    #[error(
+        "expected a number of seconds from {MIN_TIMEOUT_S} to {MAX_TIMEOUT_S:.0} (0 = no limit)"
+    )]
+    Timeout,
+}
+
+fn parse_threads(s: &str) -> Result<usize, FlagError> {
     let digits = s.strip_prefix('-').unwrap_or(s);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err("expected a whole number of threads (0 = the machine's cores)".into());
+        return Err(FlagError::ThreadsNotANumber);
     }
     if s.starts_with('-') && digits.bytes().any(|b| b != b'0') {
-        return Err("the number of threads must be ≥ 0 (0 = the machine's cores)".into());
+        return Err(FlagError::NegativeThreads);
     }
     match digits.parse::<usize>() {
         Ok(n) if n <= MAX_THREADS => Ok(n),
-        _ => Err(format!("at most {MAX_THREADS} threads")),
+        _ => Err(FlagError::TooManyThreads),
     }
 }
 
-fn parse_budget(s: &str) -> Result<f64, String> {
+/// Seconds: 0 (no limit) or within [MIN_TIMEOUT_S, MAX_TIMEOUT_S]; `-0` is 0.
+fn seconds(s: &str) -> Option<f64> {
     match s.trim().parse::<f64>() {
-        Ok(t) if t == 0.0 || (MIN_TIMEOUT_S..=MAX_TIMEOUT_S).contains(&t) => Ok(t.abs()),
-        _ => Err(format!(
-            "the check budget must be 0 (no limit) or between {MIN_TIMEOUT_S} and {MAX_TIMEOUT_S} seconds"
-        )),
+        Ok(t) if t == 0.0 || (MIN_TIMEOUT_S..=MAX_TIMEOUT_S).contains(&t) => Some(t.abs()),
+        _ => None,
     }
 }
 
-fn parse_seed(s: &str) -> Result<u64, String> {
-    s.parse::<u64>().map_err(|_| {
-        format!(
-            "the seed must be a non-negative whole number (0 to {})",
-            u64::MAX
-        )
-    })
+fn parse_budget(s: &str) -> Result<f64, FlagError> {
+    seconds(s).ok_or(FlagError::Budget)
+}
+
+fn parse_seed(s: &str) -> Result<u64, FlagError> {
+    s.parse::<u64>().map_err(|_| FlagError::Seed)
 }
 
 /// The longest --timeout: 1e6 s (11.6 days) is no limit in practice, and keeps deadlines far from
@@ -260,13 +277,8 @@ const MAX_TIMEOUT_S: f64 = 1e6;
 /// The shortest: below a millisecond every check would time out before it starts.
 const MIN_TIMEOUT_S: f64 = 1e-3;
 
-fn parse_timeout(s: &str) -> Result<f64, String> {
-    match s.trim().parse::<f64>() {
-        Ok(t) if t == 0.0 || (MIN_TIMEOUT_S..=MAX_TIMEOUT_S).contains(&t) => Ok(t.abs()),
-        _ => Err(format!(
-            "expected a number of seconds from {MIN_TIMEOUT_S} to {MAX_TIMEOUT_S:.0} (0 = no limit)"
-        )),
-    }
+fn parse_timeout(s: &str) -> Result<f64, FlagError> {
+    seconds(s).ok_or(FlagError::Timeout)
 }
 
 /// The per-check time limit without --timeout, when the CI environment variable is set.
@@ -302,8 +314,9 @@ struct Fatal {
     detail: Option<String>,
 }
 
-impl<E: std::fmt::Display> From<E> for Fatal {
-    fn from(e: E) -> Self {
+impl Fatal {
+    /// The one-line message of `e`, without a snippet.
+    fn line(e: impl std::fmt::Display) -> Fatal {
         Fatal {
             message: e.to_string(),
             detail: None,
@@ -311,11 +324,62 @@ impl<E: std::fmt::Display> From<E> for Fatal {
     }
 }
 
+/// The errors that end a command with exit 2 as one line, each wired in here on purpose (a config
+/// error adds its snippet: [`config_fatal`]).
+macro_rules! fatal_from {
+    ($($error:ty),* $(,)?) => {$(
+        impl From<$error> for Fatal {
+            fn from(e: $error) -> Self {
+                Fatal::line(e)
+            }
+        }
+    )*};
+}
+
+fatal_from!(
+    CliError,
+    output::OutputError,
+    audit::AuditError,
+    data::DataError,
+    security::UntrustedModel,
+    baseline::BaselineError,
+    docs::DocsError,
+);
+
+/// The commands' own refusals (exit 2).
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("{} is not a folder", .0.display())]
+    NotAFolder(PathBuf),
+    #[error("{} exists; pass --force to overwrite it", .0.display())]
+    ConfigExists(PathBuf),
+    /// A path could not be made absolute (the working directory is gone).
+    #[error("{0}")]
+    Absolute(#[from] std::io::Error),
+    #[error("unknown check or kind `{id}`; {hint}")]
+    UnknownId { id: String, hint: String },
+    #[error("threads = {0}: at most {MAX_THREADS}")]
+    TooManyThreads(usize),
+    #[error("graph needs a model: pass --model MODEL.pt or set [model] path in trainlint.toml")]
+    GraphNeedsModel,
+    #[error("cannot draw {}: {source}", path.display())]
+    CannotDraw {
+        path: PathBuf,
+        #[source]
+        source: graph::DrawError,
+    },
+    #[error("cannot draw {}: timed out after {} s; raise --timeout (0 = no limit)", path.display(), trainlint_checks::finding::num(limit.as_secs_f64()))]
+    DrawTimedOut {
+        path: PathBuf,
+        limit: std::time::Duration,
+    },
+}
+
 /// The settings the flags and the config file give, or why not (exit 2).
 fn resolve_settings(args: &config::Overrides) -> Result<Settings, Fatal> {
     config::resolve(args).map_err(|e| match e {
         config::ResolveError::Config(e) => config_fatal(e),
-        other => Fatal::from(other),
+        other => Fatal::line(other),
     })
 }
 
@@ -398,7 +462,7 @@ fn main() -> ExitCode {
     };
     // Output lost on the way to stdout fails the command, even where it was not asked about.
     let result = result.and_then(|code| match output::stdout_failure() {
-        Some(message) => Err(Fatal::from(message)),
+        Some(failure) => Err(Fatal::from(failure)),
         None => Ok(code),
     });
     let code = match result {
@@ -427,7 +491,7 @@ fn main() -> ExitCode {
 
 /// A command's whole output on stdout; exit 0, or 2 when it could not be written.
 fn print(text: &str) -> Result<ExitCode, Fatal> {
-    output::print(text.as_bytes()).map_err(Fatal::from)?;
+    output::print(text.as_bytes())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -510,7 +574,11 @@ fn explain(id: &str) -> Result<ExitCode, Fatal> {
         } else {
             format!("did you mean {}?", hint.join(", "))
         };
-        return Err(Fatal::from(format!("unknown check or kind `{id}`; {hint}")));
+        return Err(CliError::UnknownId {
+            id: id.to_string(),
+            hint,
+        }
+        .into());
     };
     let i = check.info();
     let mut out = format!(
@@ -557,15 +625,12 @@ fn init(
     force: bool,
 ) -> Result<ExitCode, Fatal> {
     if !dir.is_dir() {
-        return Err(Fatal::from(format!("{} is not a folder", dir.display())));
+        return Err(CliError::NotAFolder(dir.to_path_buf()).into());
     }
     let target = dir.join("trainlint.toml");
     // A link counts as there even when it dangles: writing would create its target.
     if std::fs::symlink_metadata(&target).is_ok() && !force {
-        return Err(Fatal::from(format!(
-            "{} exists; pass --force to overwrite it",
-            target.display()
-        )));
+        return Err(CliError::ConfigExists(target).into());
     }
     // Paths on the command line mean what they mean to the shell (the working directory), as they do
     // for `check`; the config stores them relative to its own folder, which is how it reads them back.
@@ -630,7 +695,7 @@ fn init(
         .into_iter()
         .filter_map(|(role, path)| path.as_deref().map(|path| output::Input { role, path }))
         .collect();
-    output::replace(&target, text.as_bytes(), &inputs).map_err(Fatal::from)?;
+    output::replace(&target, text.as_bytes(), &inputs)?;
     print(&format!("wrote {}\n", target.display()))
 }
 
@@ -640,7 +705,10 @@ fn path_for_config(path: &Path, config_dir: &Path) -> Result<PathBuf, Fatal> {
     if path.is_absolute() {
         return Ok(path.to_path_buf());
     }
-    let (path, config_dir) = (absolute(path)?, absolute(config_dir)?);
+    let (path, config_dir) = (
+        absolute(path).map_err(CliError::from)?,
+        absolute(config_dir).map_err(CliError::from)?,
+    );
     Ok(relative_to(&path, &config_dir).unwrap_or(path))
 }
 
@@ -698,10 +766,7 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
     let stdout = output::ReportStdout::capture();
     let settings = resolve_settings(&args.overrides())?;
     if settings.threads > MAX_THREADS {
-        return Err(Fatal::from(format!(
-            "threads = {}: at most {MAX_THREADS}",
-            settings.threads
-        )));
+        return Err(CliError::TooManyThreads(settings.threads).into());
     }
     if run::selected_checks(&settings).is_empty() {
         // ruff runs nothing, silently, on an empty selection; a gate that checks nothing deserves a word.
@@ -722,7 +787,7 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
     )?;
     let target = |flag: &str| targets.iter().find(|t| t.flag == flag);
     let old_baseline = match &args.baseline {
-        Some(path) => Some(baseline::read(path).map_err(Fatal::from)?),
+        Some(path) => Some(baseline::read(path)?),
         None => None,
     };
     if settings.model.is_none() && settings.device != "cpu" {
@@ -771,7 +836,7 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
     if let (Some(t), Some((text, _))) = (target("--write-baseline"), new_baseline) {
         files.push((t, text.as_bytes()));
     }
-    output::write_all(&files).map_err(Fatal::from)?;
+    output::write_all(&files)?;
     if let (Some(t), Some((_, n))) = (target("--write-baseline"), new_baseline) {
         output::eprint(&format!(
             "wrote {n} finding(s) to the baseline {}\n",
@@ -789,7 +854,7 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
         }
     } else {
         // A report that does not arrive must not let the gate pass: exit 2.
-        stdout.write(rendered.as_bytes()).map_err(Fatal::from)?;
+        stdout.write(rendered.as_bytes())?;
     }
     if args.statistics {
         output::eprint(&report::text::statistics(report));
@@ -831,7 +896,7 @@ fn plan_outputs(
         role: "a sibling .npy file the data is read from",
         path,
     }));
-    output::plan(&outputs, &inputs).map_err(Fatal::from)
+    Ok(output::plan(&outputs, &inputs)?)
 }
 
 /// `trainlint graph`: the model's module graph as SVG, DOT, Mermaid or JSON.
@@ -845,9 +910,7 @@ fn graph(args: GraphArgs) -> Result<ExitCode, Fatal> {
         ..config::Overrides::default()
     })?;
     let Some(model_path) = settings.model.clone() else {
-        return Err(Fatal::from(
-            "graph needs a model: pass --model MODEL.pt or set [model] path in trainlint.toml",
-        ));
+        return Err(CliError::GraphNeedsModel.into());
     };
     let targets = plan_outputs(
         &[("--output-file", args.output_file.as_deref())],
@@ -881,11 +944,14 @@ fn graph(args: GraphArgs) -> Result<ExitCode, Fatal> {
         args.trust_model,
     )?;
     let dataset = audit::load_configured_data(&settings)?;
-    let sample = graph::sample_of(dataset.as_ref())
-        .map_err(|e| Fatal::from(format!("cannot draw {}: {e}", model_path.display())))?;
+    let cannot_draw = |source| CliError::CannotDraw {
+        path: model_path.clone(),
+        source,
+    };
+    let sample = graph::sample_of(dataset.as_ref()).map_err(cannot_draw)?;
     let no_collapse = args.no_collapse;
     // Walking and laying out the graph run under the checks' time limit (--timeout).
-    let draw = move || -> Result<String, String> {
+    let draw = move || -> Result<String, graph::DrawError> {
         let views = graph::views_of_sample(&model, sample.as_ref())?;
         let view = match views.full {
             Some(full) if no_collapse => full,
@@ -903,18 +969,15 @@ fn graph(args: GraphArgs) -> Result<ExitCode, Fatal> {
     let text =
         graph::within_limit(check_timeout(args.timeout), threads, draw).map_err(|stopped| {
             match stopped {
-                graph::Stopped::TimedOut(limit) => Fatal::from(format!(
-                    "cannot draw {}: timed out after {} s; raise --timeout (0 = no limit)",
-                    model_path.display(),
-                    trainlint_checks::finding::num(limit.as_secs_f64())
-                )),
-                graph::Stopped::Failed(e) => {
-                    Fatal::from(format!("cannot draw {}: {e}", model_path.display()))
-                }
+                graph::Stopped::TimedOut(limit) => CliError::DrawTimedOut {
+                    path: model_path.clone(),
+                    limit,
+                },
+                graph::Stopped::Failed(e) => cannot_draw(e),
             }
         })?;
     match targets.iter().find(|t| t.flag == "--output-file") {
-        Some(t) => output::write_all(&[(t, text.as_bytes())]).map_err(Fatal::from)?,
+        Some(t) => output::write_all(&[(t, text.as_bytes())])?,
         None => {
             let _ = stdout.write(text.as_bytes());
         }

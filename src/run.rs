@@ -101,6 +101,16 @@ enum Ended {
     TimedOut(Duration),
 }
 
+impl Ended {
+    /// How a check's run ended: what it returned, or the panic that stopped it.
+    fn of(output: std::thread::Result<CheckOutput>) -> Ended {
+        match output {
+            Ok(output) => Ended::Returned(output),
+            Err(payload) => Ended::Panicked(panic_message(payload.as_ref())),
+        }
+    }
+}
+
 /// Whether a check that timed out may still be running on its worker thread (inside libtorch). The
 /// process must then end with `_exit` rather than run exit handlers and static destructors under it.
 static LEFT_RUNNING: AtomicBool = AtomicBool::new(false);
@@ -114,16 +124,15 @@ pub fn checks_left_running() -> bool {
 fn run_here(check: &dyn Rule, ctx: &Context, settings: &Settings) -> Ended {
     let options = settings.options(check.info().id);
     tch::manual_seed(settings.setup.seed as i64);
-    match catch_unwind(AssertUnwindSafe(|| check.run_with(ctx, &options))) {
-        Ok(output) => Ended::Returned(output),
-        Err(payload) => Ended::Panicked(panic_message(payload.as_ref())),
-    }
+    Ended::of(catch_unwind(AssertUnwindSafe(|| {
+        check.run_with(ctx, &options)
+    })))
 }
 
 /// What a worker sends back: progress of a check that trains, then its end.
 enum Message {
     Progress(usize, usize, f64),
-    Ended(Result<CheckOutput, String>, Duration),
+    Ended(Ended, Duration),
 }
 
 /// A check started on a worker thread of its own, with its own inputs.
@@ -198,10 +207,7 @@ fn spawn(
             if shared {
                 side_by_side::ended();
             }
-            let _ = tx.send(Message::Ended(
-                output.map_err(|payload| panic_message(payload.as_ref())),
-                took,
-            ));
+            let _ = tx.send(Message::Ended(Ended::of(output), took));
         })
         .map_err(|e| CheckError::Other(format!("cannot start a thread for the check: {e}")))?;
     Ok(Worker {
@@ -232,12 +238,8 @@ fn wait(worker: Worker, ctx: &Context, timeout: Option<Duration>, show: bool) ->
                     (ctx.progress)(step, total, loss)
                 }
             }
-            Ok(Message::Ended(output, took)) => {
+            Ok(Message::Ended(ended, took)) => {
                 let _ = worker.handle.join();
-                let ended = match output {
-                    Ok(output) => Ended::Returned(output),
-                    Err(message) => Ended::Panicked(message),
-                };
                 return (ended, took);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {

@@ -38,7 +38,9 @@ use std::path::{Path, PathBuf};
 use crate::model::archive;
 use crate::model::policy::refused_ops;
 pub use crate::model::policy::Refused;
-use crate::model::{self, GraphNode, LoadPolicy, LoadedModel, ModelError, TorchScriptModel};
+use crate::model::{
+    self, GraphNode, LoadPolicy, LoadedModel, ModelError, Refusal, TorchScriptModel,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UntrustedModel {
@@ -86,19 +88,19 @@ pub fn load_torchscript(
             .graph_nodes()
             .map_err(|reason| UntrustedModel::Scan {
                 path: path.to_path_buf(),
-                reason,
+                reason: reason.to_string(),
             })?;
         vet_graph(path, &nodes)?;
     }
     // A large model's copies load the file again: the same vetting, passed in.
-    fn archive_trusted(path: &Path) -> Result<(), String> {
-        vet_archive(path, true).map_err(|e| e.to_string())
+    fn archive_trusted(path: &Path) -> Result<(), Refusal> {
+        Ok(vet_archive(path, true)?)
     }
-    fn archive_untrusted(path: &Path) -> Result<(), String> {
-        vet_archive(path, false).map_err(|e| e.to_string())
+    fn archive_untrusted(path: &Path) -> Result<(), Refusal> {
+        Ok(vet_archive(path, false)?)
     }
-    fn graph(path: &Path, nodes: &[GraphNode]) -> Result<(), String> {
-        vet_graph(path, nodes).map_err(|e| e.to_string())
+    fn graph(path: &Path, nodes: &[GraphNode]) -> Result<(), Refusal> {
+        Ok(vet_graph(path, nodes)?)
     }
     loaded.vet_when_loaded_again(if trust {
         LoadPolicy {

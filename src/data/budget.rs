@@ -53,17 +53,26 @@ impl Budget {
     }
 }
 
+/// Why a shape has no byte size libtorch can index ([`byte_size`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ShapeSizeError {
+    #[error("shape {0:?} has a negative dimension")]
+    NegativeDimension(Vec<i64>),
+    #[error("shape {0:?} is too large (its byte size overflows 64 bits)")]
+    TooLarge(Vec<i64>),
+}
+
 /// The byte size of `shape` with `elem`-byte elements, refusing negative dimensions and sizes
 /// that do not fit 63 bits (what libtorch can index).
-pub fn byte_size(shape: &[i64], elem: u64) -> Result<u64, String> {
+pub fn byte_size(shape: &[i64], elem: u64) -> Result<u64, ShapeSizeError> {
     if shape.iter().any(|&d| d < 0) {
-        return Err(format!("shape {shape:?} has a negative dimension"));
+        return Err(ShapeSizeError::NegativeDimension(shape.to_vec()));
     }
     shape
         .iter()
         .try_fold(elem, |acc, &d| acc.checked_mul(d as u64))
         .filter(|&b| b <= i64::MAX as u64)
-        .ok_or_else(|| format!("shape {shape:?} is too large (its byte size overflows 64 bits)"))
+        .ok_or_else(|| ShapeSizeError::TooLarge(shape.to_vec()))
 }
 
 /// `2 GiB`, `1.5 MiB`, `512 bytes`.

@@ -12,7 +12,7 @@ use proptest::prelude::*;
 
 use super::budget::Budget;
 use super::*;
-use crate::fuzz::{apply, config, corpus, mutated, one_line, Mutation};
+use crate::fuzz::{apply, config, corpus, fuzz_one, mutated, one_line, Mutation};
 
 /// The archive with `edits` applied to every member's bytes, written again by the zip writer.
 fn repack(archive: &[u8], edits: &[Mutation], deflate: bool) -> Vec<u8> {
@@ -46,21 +46,6 @@ fn read_data_file(path: &Path) -> Result<(), TestCaseError> {
         &mut Budget::new(16 << 20),
     ))?;
     Ok(())
-}
-
-/// Write the mutated seed as `name` (keeping the seed's extension) and read it with `read`.
-fn fuzz_one(
-    parser: &str,
-    seed: usize,
-    edits: &[Mutation],
-    read: impl Fn(&Path) -> Result<(), TestCaseError>,
-) -> Result<(), TestCaseError> {
-    let seeds = corpus(parser);
-    let (name, bytes) = &seeds[seed % seeds.len()];
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join(name);
-    std::fs::write(&p, apply(bytes.clone(), edits, &[])).unwrap();
-    read(&p)
 }
 
 #[test]

@@ -407,6 +407,24 @@ impl From<String> for ReadError {
     }
 }
 
+impl From<budget::ShapeSizeError> for ReadError {
+    fn from(e: budget::ShapeSizeError) -> Self {
+        ReadError::Format(e.to_string())
+    }
+}
+
+impl From<npy::HeaderError> for ReadError {
+    fn from(e: npy::HeaderError) -> Self {
+        ReadError::Format(e.to_string())
+    }
+}
+
+impl From<npz::LocalHeaderError> for ReadError {
+    fn from(e: npz::LocalHeaderError) -> Self {
+        ReadError::Format(e.to_string())
+    }
+}
+
 impl From<OverBudget> for ReadError {
     fn from(o: OverBudget) -> Self {
         ReadError::TooLarge(o)

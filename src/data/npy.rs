@@ -94,17 +94,30 @@ pub fn read_header(r: &mut impl Read, budget: &mut Budget) -> Result<Header, Rea
     if header.len() < header_len {
         return Err(ReadError::Format("truncated header".into()));
     }
-    let mut parsed = parse_header(&String::from_utf8_lossy(&header)).map_err(ReadError::Format)?;
+    let mut parsed = parse_header(&String::from_utf8_lossy(&header))?;
     parsed.data_offset = 8 + length_bytes + header_len as u64;
     Ok(parsed)
 }
 
-fn header_value<'a>(header: &'a str, key: &str) -> Result<&'a str, String> {
+/// Why an `.npy` header (the Python dict literal) is not one trainlint reads.
+#[derive(Debug, thiserror::Error)]
+pub enum HeaderError {
+    #[error("the header lacks `{0}`")]
+    MissingKey(&'static str),
+    #[error("structured dtypes are not supported")]
+    StructuredDtype,
+    #[error("the header's shape is not a tuple")]
+    ShapeNotTuple,
+    /// A shape entry (an excerpt of it) that is not an i64.
+    #[error("shape entry `{0}` is not a whole number that fits 64 bits")]
+    ShapeEntry(String),
+    #[error(transparent)]
+    Size(#[from] super::budget::ShapeSizeError),
+}
+
+fn header_value<'a>(header: &'a str, key: &'static str) -> Result<&'a str, HeaderError> {
     let pat = format!("'{key}':");
-    let start = header
-        .find(&pat)
-        .ok_or_else(|| format!("the header lacks `{key}`"))?
-        + pat.len();
+    let start = header.find(&pat).ok_or(HeaderError::MissingKey(key))? + pat.len();
     Ok(header[start..].trim_start())
 }
 
@@ -123,11 +136,11 @@ fn kind_of(code: &str) -> Option<Kind> {
     })
 }
 
-fn parse_header(h: &str) -> Result<Header, String> {
+fn parse_header(h: &str) -> Result<Header, HeaderError> {
     let descr = header_value(h, "descr")?
         .strip_prefix('\'')
         .and_then(|d| d.split('\'').next())
-        .ok_or("structured dtypes are not supported")?
+        .ok_or(HeaderError::StructuredDtype)?
         .to_string();
     let (big_endian, code) = match descr.chars().next() {
         Some('>') => (true, &descr[1..]),
@@ -139,18 +152,15 @@ fn parse_header(h: &str) -> Result<Header, String> {
     let inner = header_value(h, "shape")?
         .strip_prefix('(')
         .and_then(|s| s.split(')').next())
-        .ok_or("the header's shape is not a tuple")?;
+        .ok_or(HeaderError::ShapeNotTuple)?;
     let shape = inner
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| {
-            s.trim_end_matches('L').parse::<i64>().map_err(|_| {
-                format!(
-                    "shape entry `{}` is not a whole number that fits 64 bits",
-                    excerpt(s)
-                )
-            })
+            s.trim_end_matches('L')
+                .parse::<i64>()
+                .map_err(|_| HeaderError::ShapeEntry(excerpt(s)))
         })
         .collect::<Result<Vec<_>, _>>()?;
     // The element count alone must fit; the byte size is checked with the element size.

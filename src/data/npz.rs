@@ -69,20 +69,34 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// Refuse an archive whose end-of-central-directory record lists more members, or a larger
 /// directory, than an `.npz` could need, before the zip reader allocates for them. An archive
 /// without such a record is left to the zip reader, which refuses it.
-fn check_directory(file: &mut File) -> Result<(), String> {
-    let Some((members, size)) =
-        crate::zipdir::declared_directory(file).map_err(|e| describe_io(&e))?
-    else {
+fn check_directory(file: &mut File) -> Result<(), DirectoryError> {
+    let Some((members, size)) = crate::zipdir::declared_directory(file)? else {
         return Ok(());
     };
     if members > MAX_MEMBERS || size > MAX_DIRECTORY_BYTES {
-        return Err(format!(
-            "its zip directory lists {members} members in {}; an .npz holds at most {MAX_MEMBERS} members in {}",
-            bytes_text(size),
-            bytes_text(MAX_DIRECTORY_BYTES)
-        ));
+        return Err(DirectoryError::TooLarge { members, size });
     }
     Ok(())
+}
+
+/// Why an archive's zip directory is refused before the zip reader reads it ([`check_directory`]).
+#[derive(Debug, thiserror::Error)]
+enum DirectoryError {
+    #[error("{}", describe_io(.0))]
+    Io(#[from] io::Error),
+    #[error("its zip directory lists {members} members in {}; an .npz holds at most {MAX_MEMBERS} members in {}", bytes_text(*.size), bytes_text(MAX_DIRECTORY_BYTES))]
+    TooLarge { members: u64, size: u64 },
+}
+
+/// Why a member's local header cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalHeaderError {
+    #[error("its local zip header lies beyond the end of the file")]
+    BeyondEnd,
+    #[error("its local zip header is missing (no local header signature)")]
+    NoSignature,
+    #[error("its local zip header is cut short")]
+    CutShort,
 }
 
 /// What a member's local header states.
@@ -94,19 +108,18 @@ struct LocalHeader {
     name: Vec<u8>,
 }
 
-fn read_local_header(file: &mut File, at: u64) -> Result<LocalHeader, String> {
-    let damaged = |why: &str| format!("its local zip header {why}");
+fn read_local_header(file: &mut File, at: u64) -> Result<LocalHeader, LocalHeaderError> {
     let mut fixed = [0u8; 30];
     file.seek(SeekFrom::Start(at))
         .and_then(|_| file.read_exact(&mut fixed))
-        .map_err(|_| damaged("lies beyond the end of the file"))?;
+        .map_err(|_| LocalHeaderError::BeyondEnd)?;
     if !fixed.starts_with(b"PK\x03\x04") {
-        return Err(damaged("is missing (no local header signature)"));
+        return Err(LocalHeaderError::NoSignature);
     }
     let (name_len, extra_len) = (u16_at(&fixed, 26) as usize, u16_at(&fixed, 28) as usize);
     let mut variable = vec![0u8; name_len + extra_len];
     file.read_exact(&mut variable)
-        .map_err(|_| damaged("is cut short"))?;
+        .map_err(|_| LocalHeaderError::CutShort)?;
     let extra = variable.split_off(name_len);
     let mut header = LocalHeader {
         flags: u16_at(&fixed, 6),

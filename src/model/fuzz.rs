@@ -5,15 +5,14 @@
 use proptest::prelude::*;
 
 use super::{archive, archive_records, pickle};
-use crate::fuzz::{apply, config, corpus, mutated};
+use crate::fuzz::{config, corpus, fuzz_one, mutated, mutated_seed};
 
 proptest! {
     #![proptest_config(config(2048))]
 
     #[test]
     fn fuzz_pickle_scanner((seed, edits) in mutated()) {
-        let seeds = corpus("pickle");
-        let bytes = apply(seeds[seed % seeds.len()].1.clone(), &edits, &[]);
+        let (_, bytes) = mutated_seed("pickle", seed, &edits);
         if let Ok(scan) = pickle::scan(&bytes) {
             // What it reports is bounded by what it read.
             prop_assert!(scan.storages.len() <= bytes.len());
@@ -27,21 +26,20 @@ proptest! {
 
     #[test]
     fn fuzz_archive_records((seed, edits) in mutated()) {
-        let seeds = corpus("archive");
-        let bytes = apply(seeds[seed % seeds.len()].1.clone(), &edits, &[]);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("model.pt");
-        std::fs::write(&path, &bytes).unwrap();
-        match archive_records(&path) {
-            Ok(records) => {
-                let found = archive::inspect(&records, bytes.len() as u64);
-                let lines = found.damaged.iter().chain(&found.unscanned);
-                for line in lines {
-                    prop_assert!(!line.contains('\n'), "{line}");
+        fuzz_one("archive", seed, &edits, |path| {
+            match archive_records(path) {
+                Ok(records) => {
+                    let file_bytes = std::fs::metadata(path).unwrap().len();
+                    let found = archive::inspect(&records, file_bytes);
+                    let lines = found.damaged.iter().chain(&found.unscanned);
+                    for line in lines {
+                        prop_assert!(!line.contains('\n'), "{line}");
+                    }
                 }
+                Err(e) => prop_assert!(!e.to_string().contains('\n'), "{e}"),
             }
-            Err(e) => prop_assert!(!e.to_string().contains('\n'), "{e}"),
-        }
+            Ok(())
+        })?;
     }
 }
 

@@ -134,8 +134,11 @@ pub enum ModelError {
     #[error("cannot load {path}: {reason}")]
     Load { path: PathBuf, reason: String },
     /// A `torch.export` program that was read but cannot run here.
-    #[error("cannot run the torch.export program {path}: {reason}")]
-    Pt2Run { path: PathBuf, reason: String },
+    #[error("cannot run the torch.export program {path}: {source}")]
+    Pt2Run {
+        path: PathBuf,
+        source: Box<pt2_run::Pt2RunError>,
+    },
     #[error("{path} cannot be read as a torch.export program: {source}")]
     Pt2 {
         path: PathBuf,
@@ -152,12 +155,55 @@ pub enum ModelError {
     Output(String),
 }
 
+/// What the shim could not do for a loaded module: libtorch's reason, or why there was no module to
+/// ask. Behind the checks' port it is a model error (`CheckError::Model`).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ShimError {
+    /// libtorch's message, cut down to what a user can act on ([`user_message`]).
+    #[error("{0}")]
+    Libtorch(String),
+    /// The module could not be loaded again (a large model's copy held it): the check error's text.
+    #[error("{0}")]
+    NotLoaded(String),
+    /// The shim's JSON module graph does not read as one: serde's reason.
+    #[error("the module graph is malformed: {0}")]
+    MalformedGraph(String),
+}
+
+impl From<ShimError> for CheckError {
+    fn from(e: ShimError) -> Self {
+        CheckError::Model(e.to_string())
+    }
+}
+
 /// The shim's error, if any, as a message for the user.
-fn check(err: Option<ShimString>) -> Result<(), String> {
+fn check(err: Option<ShimString>) -> Result<(), ShimError> {
     match err {
         None => Ok(()),
-        Some(msg) => Err(user_message(&msg.to_text())),
+        Some(msg) => Err(ShimError::Libtorch(user_message(&msg.to_text()))),
     }
+}
+
+/// Why the checks that train run one at a time on this audit's model ([`LoadedModel::side_by_side`]).
+#[derive(Debug, thiserror::Error)]
+pub enum OneAtATime {
+    #[error("one thread: the checks that train run one at a time")]
+    OneThread,
+    #[error("fewer than two checks that train are selected")]
+    FewerThanTwoSelected,
+    #[error("no model")]
+    NoModel,
+    #[error("an exported program trains one check at a time")]
+    Exported,
+    #[error("on a GPU the checks that train run one at a time")]
+    Gpu,
+    #[error("the model file is {mb} MB (side by side from below {below_mb} MB): the checks that train run one at a time")]
+    Large { mb: u64, below_mb: u64 },
+    /// The graph could not be read for its random ops.
+    #[error(transparent)]
+    Graph(#[from] ShimError),
+    #[error("the model's forward calls ops outside libtorch that may draw random numbers ({0}), so the checks that train run one at a time")]
+    RandomOpsOutsideLibtorch(String),
 }
 
 /// A libtorch message cut down to what a user can act on: one line, no C++ stack.
@@ -310,7 +356,7 @@ pub fn archive_records(path: &Path) -> Result<Vec<ArchiveRecord>, ModelError> {
             collect_record,
         )
     })
-    .map_err(|reason| classify_load_error(path, reason))?;
+    .map_err(|reason| classify_load_error(path, reason.to_string()))?;
     // A checkpoint or another zip is not TorchScript: say so, as loading it would, before any scan.
     let names: Vec<String> = out
         .iter()
@@ -341,7 +387,7 @@ impl Drop for Handle {
 }
 
 impl Handle {
-    fn load(path: &CStr, device: &CStr) -> Result<Handle, String> {
+    fn load(path: &CStr, device: &CStr) -> Result<Handle, ShimError> {
         let mut raw = std::ptr::null_mut();
         // SAFETY: both strings are NUL-terminated and outlive the call; `raw` is a valid out-pointer
         // that the shim sets to a new module only on success, which the Handle then owns.
@@ -349,35 +395,42 @@ impl Handle {
         Ok(Handle(raw))
     }
 
+    /// What the shim's listing `list` hands to `cb` for this module, in order.
+    ///
+    /// # Safety
+    /// `cb` must read its context pointer as exactly a `Vec<T>`.
+    unsafe fn collect<T, C>(
+        &self,
+        list: unsafe extern "C" fn(*const RawModule, *mut c_void, C) -> Option<ShimString>,
+        cb: C,
+    ) -> Result<Vec<T>, ShimError> {
+        let mut out: Vec<T> = Vec::new();
+        let ctx = &mut out as *mut Vec<T> as *mut c_void;
+        // SAFETY: `self.0` is a live module; `ctx` points to `out`, which outlives the call and is not
+        // used otherwise until it returns; `cb` reads `ctx` as exactly that type (the caller's promise).
+        check(unsafe { list(self.0, ctx, cb) })?;
+        Ok(out)
+    }
+
     fn tensors(&self, parameters: bool) -> Result<Vec<NamedTensor>, CheckError> {
-        let mut out: Vec<NamedTensor> = Vec::new();
-        let ctx = &mut out as *mut Vec<NamedTensor> as *mut c_void;
         let list = if parameters {
             tl_named_parameters
         } else {
             tl_named_buffers
         };
-        // SAFETY: `self.0` is a live module; `ctx` points to `out`, which outlives the call and is not
-        // used otherwise until it returns; `collect_tensor` reads `ctx` as exactly that type.
-        check(unsafe { list(self.0, ctx, collect_tensor) }).map_err(CheckError::Model)?;
-        Ok(out)
+        // SAFETY: `collect_tensor` reads its context as a `Vec<NamedTensor>`.
+        Ok(unsafe { self.collect(list, collect_tensor) }?)
     }
 
-    fn modules(&self) -> Result<Vec<ModuleInfo>, String> {
-        let mut out: Vec<ModuleInfo> = Vec::new();
-        let ctx = &mut out as *mut Vec<ModuleInfo> as *mut c_void;
-        // SAFETY: as in `tensors`, with `collect_module` reading `ctx` as a `Vec<ModuleInfo>`.
-        check(unsafe { tl_named_modules(self.0, ctx, collect_module) })?;
-        Ok(out)
+    fn modules(&self) -> Result<Vec<ModuleInfo>, ShimError> {
+        // SAFETY: `collect_module` reads its context as a `Vec<ModuleInfo>`.
+        unsafe { self.collect(tl_named_modules, collect_module) }
     }
 
-    fn graph_nodes(&self) -> Result<Vec<GraphNode>, String> {
-        let mut out: Vec<GraphNode> = Vec::new();
-        let ctx = &mut out as *mut Vec<GraphNode> as *mut c_void;
-        // SAFETY: as in `tensors`, with `collect_node` reading `ctx` as a `Vec<GraphNode>`. The shim
-        // walks copies of the graphs; nothing runs and the module is not changed.
-        check(unsafe { tl_graph_nodes(self.0, ctx, collect_node) })?;
-        Ok(out)
+    fn graph_nodes(&self) -> Result<Vec<GraphNode>, ShimError> {
+        // SAFETY: `collect_node` reads its context as a `Vec<GraphNode>`. The shim walks copies of the
+        // graphs; nothing runs and the module is not changed.
+        unsafe { self.collect(tl_graph_nodes, collect_node) }
     }
 
     /// A forward that sets `mode` on the module and leaves it so (for trained copies).
@@ -390,40 +443,29 @@ impl Handle {
         grad: Option<bool>,
         output_key: &CStr,
     ) -> Result<Tensor, CheckError> {
-        side_by_side::drawing(&CpuGenerator, || {
-            self.forward_drawing_global(input, mode, grad, output_key)
-        })
-    }
-
-    fn forward_drawing_global(
-        &mut self,
-        input: &Tensor,
-        mode: Mode,
-        grad: Option<bool>,
-        output_key: &CStr,
-    ) -> Result<Tensor, CheckError> {
         let mode = match mode {
             Mode::AsSaved => -1,
             Mode::Eval => 0,
             Mode::Train => 1,
         };
         let grad = grad.map_or(-1, c_int::from);
-        let mut out = std::ptr::null_mut();
-        // SAFETY: `self.0` is a live module, borrowed mutably; `input` is a live tensor and `output_key`
-        // a NUL-terminated string, both outliving the call; on success the shim stores a `new
-        // at::Tensor` in `out`, whose ownership `Tensor::from_ptr` takes, once.
-        unsafe {
-            check(tl_forward(
-                self.0,
-                input.as_ptr(),
-                mode,
-                grad,
-                output_key.as_ptr(),
-                &mut out,
-            ))
-            .map_err(CheckError::Model)?;
-            Ok(Tensor::from_ptr(out))
-        }
+        side_by_side::drawing(&CpuGenerator, || {
+            let mut out = std::ptr::null_mut();
+            // SAFETY: `self.0` is a live module, borrowed mutably; `input` is a live tensor and
+            // `output_key` a NUL-terminated string, both outliving the call; on success the shim
+            // stores a `new at::Tensor` in `out`, whose ownership `Tensor::from_ptr` takes, once.
+            unsafe {
+                check(tl_forward(
+                    self.0,
+                    input.as_ptr(),
+                    mode,
+                    grad,
+                    output_key.as_ptr(),
+                    &mut out,
+                ))?;
+                Ok(Tensor::from_ptr(out))
+            }
+        })
     }
 
     /// An eval-mode forward without gradients. The shim flips the training flags for the call and
@@ -474,7 +516,7 @@ impl Handle {
                 output_key.as_ptr(),
                 &mut out,
             ))
-            .map_err(CheckError::Model)?;
+            .map_err(CheckError::from)?;
             Ok(Tensor::from_ptr(out))
         }
     }
@@ -483,13 +525,13 @@ impl Handle {
         let mut out = std::ptr::null_mut();
         // SAFETY: `self.0` is a live module; on success `out` holds a new, independent module that the
         // returned Handle owns.
-        unsafe { check(tl_deepcopy(self.0, &mut out)) }.map_err(CheckError::Model)?;
+        unsafe { check(tl_deepcopy(self.0, &mut out)) }.map_err(CheckError::from)?;
         Ok(Handle(out))
     }
 
     /// Whether `output_key` names an output of forward, as far as the graph tells without running it.
     /// `Err((true, why))`: the selector names no output; `Err((false, why))`: the graph cannot be read.
-    fn check_output(&self, output_key: &CStr) -> Result<(), (bool, String)> {
+    fn check_output(&self, output_key: &CStr) -> Result<(), (bool, ShimError)> {
         let mut selector: c_int = 0;
         // SAFETY: `self.0` is a live module, `output_key` a NUL-terminated string outliving the call,
         // and `selector` a valid out-pointer.
@@ -498,7 +540,7 @@ impl Handle {
     }
 
     /// The final op of the output `output_key` selects. Freezes a clone of the module: call it once.
-    fn output_op(&self, output_key: &CStr) -> Result<OutputActivation, String> {
+    fn output_op(&self, output_key: &CStr) -> Result<OutputActivation, ShimError> {
         let (mut op, mut lo, mut hi) = (None, f64::NAN, f64::NAN);
         // SAFETY: `self.0` is a live module, `output_key` outlives the call, and the three out-pointers
         // are valid; on success the shim stores a malloc'd op name in `op`, owned (and freed) by it.
@@ -562,13 +604,13 @@ pub struct TorchScriptModel {
     output_key: CString,
     modules: Vec<ModuleInfo>,
     /// Resolving the final op freezes a clone of the module; several checks ask, it is done once.
-    output_activation: OnceCell<Result<OutputActivation, String>>,
+    output_activation: OnceCell<Result<OutputActivation, ShimError>>,
     /// Parameter and buffer bytes, as loaded.
     bytes: u64,
     /// The size from which copies are loaded from the file instead of deep-copied.
     reload_above: u64,
     /// The module graph without shapes, walked once for the checks that read it.
-    module_graph: OnceCell<Result<ModuleGraph, String>>,
+    module_graph: OnceCell<Result<ModuleGraph, ShimError>>,
 }
 
 /// What loading the model again needs: the file, the device, and the file's identity when it was
@@ -589,13 +631,17 @@ struct Source {
 #[derive(Clone, Copy)]
 pub struct LoadPolicy {
     /// Vets the archive before libtorch reads it again.
-    pub archive: fn(&Path) -> Result<(), String>,
+    pub archive: fn(&Path) -> Result<(), Refusal>,
     /// Vets the graph of the module loaded again; None when the user trusts the model.
     pub graph: Option<GraphVet>,
 }
 
+/// What the load policy refuses, as its owner's error type (`security::UntrustedModel`), which the
+/// adapter does not name.
+pub type Refusal = Box<dyn std::error::Error + Send + Sync>;
+
 /// Vets a loaded module's graph nodes: the error says what the policy refuses.
-pub type GraphVet = fn(&Path, &[GraphNode]) -> Result<(), String>;
+pub type GraphVet = fn(&Path, &[GraphNode]) -> Result<(), Refusal>;
 
 /// A file's identity: device, inode, size, and modification and change times. The change time
 /// cannot be set by a user, and any write or rename over the path changes one of these.
@@ -654,15 +700,15 @@ impl Source {
             return Err(changed());
         }
         if let Some(policy) = &self.policy {
-            (policy.archive)(&self.path).map_err(CheckError::Other)?;
+            (policy.archive)(&self.path).map_err(|e| CheckError::Other(e.to_string()))?;
         }
-        let handle = Handle::load(&self.c_path, &self.c_device).map_err(CheckError::Model)?;
+        let handle = Handle::load(&self.c_path, &self.c_device).map_err(CheckError::from)?;
         if Stamp::of(&self.path) != self.stamp {
             return Err(changed());
         }
         if let Some(vet_graph) = self.policy.and_then(|p| p.graph) {
-            let nodes = handle.graph_nodes().map_err(CheckError::Model)?;
-            vet_graph(&self.path, &nodes).map_err(CheckError::Other)?;
+            let nodes = handle.graph_nodes().map_err(CheckError::from)?;
+            vet_graph(&self.path, &nodes).map_err(|e| CheckError::Other(e.to_string()))?;
         }
         Ok(handle)
     }
@@ -683,33 +729,28 @@ impl TorchScriptModel {
             return Err(ModelError::Missing(path.to_path_buf()));
         };
         let stamp = Stamp::of(path);
-        let handle =
-            Handle::load(&c_path, &c_device).map_err(|reason| classify_load_error(path, reason))?;
+        let handle = Handle::load(&c_path, &c_device)
+            .map_err(|reason| classify_load_error(path, reason.to_string()))?;
+        let cannot_load = |reason: &dyn std::fmt::Display| ModelError::Load {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        };
         handle
             .check_output(&output_key)
             .map_err(|(selector, reason)| {
                 if selector {
-                    ModelError::Output(reason)
+                    ModelError::Output(reason.to_string())
                 } else {
-                    ModelError::Load {
-                        path: path.to_path_buf(),
-                        reason,
-                    }
+                    cannot_load(&reason)
                 }
             })?;
         // Read the training flags now, as saved.
-        let modules = handle.modules().map_err(|reason| ModelError::Load {
-            path: path.to_path_buf(),
-            reason,
-        })?;
+        let modules = handle.modules().map_err(|e| cannot_load(&e))?;
         let bytes = [true, false]
             .into_iter()
             .map(|p| handle.tensors(p))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ModelError::Load {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?
+            .map_err(|e| cannot_load(&e))?
             .iter()
             .flatten()
             .map(|(_, t)| (t.numel() * t.kind().elt_size_in_bytes()) as u64)
@@ -736,6 +777,13 @@ impl TorchScriptModel {
     /// Loading the model again (for a large model's copies) is vetted by `policy`, as the first load.
     pub(crate) fn vet_when_loaded_again(&mut self, policy: LoadPolicy) {
         self.source.policy = Some(policy);
+    }
+
+    /// [`TorchScriptModel::handle`] for a question to the shim: a failure to load the module again
+    /// is the shim's error, in the check error's words.
+    fn handle_for_shim(&self) -> Result<Ref<'_, Handle>, ShimError> {
+        self.handle()
+            .map_err(|e| ShimError::NotLoaded(e.to_string()))
     }
 
     /// The module, loaded again from the file when a large model's copy took its place.
@@ -794,8 +842,8 @@ impl TorchScriptModel {
 
     /// Every node of every graph the model can run (methods, hooks and functions of all modules, calls
     /// inlined, nested blocks included), for the side-effect scan. Runs no model code.
-    pub fn graph_nodes(&self) -> Result<Vec<GraphNode>, String> {
-        self.handle().map_err(|e| e.to_string())?.graph_nodes()
+    pub fn graph_nodes(&self) -> Result<Vec<GraphNode>, ShimError> {
+        self.handle_for_shim()?.graph_nodes()
     }
 }
 
@@ -862,30 +910,23 @@ pub fn load_exported(
     trusted: bool,
 ) -> Result<pt2_run::Pt2Model, ModelError> {
     check_model_file(path)?;
+    let cannot_run = |source| ModelError::Pt2Run {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    };
     if parse_device(device)? != Device::Cpu {
-        return Err(ModelError::Pt2Run {
-            path: path.to_path_buf(),
-            reason: format!(
-                "trainlint runs .pt2 programs on the CPU for now, not {device}; drop --device or export TorchScript"
-            ),
-        });
+        return Err(cannot_run(pt2_run::Pt2RunError::NotCpu(device.to_string())));
     }
     if !output.is_empty() {
-        return Err(ModelError::Pt2Run {
-            path: path.to_path_buf(),
-            reason: format!(
-                "model.output = {output:?} selects one output of a TorchScript model; a .pt2 program that trainlint runs has one output tensor, so leave model.output out"
-            ),
-        });
+        return Err(cannot_run(pt2_run::Pt2RunError::OutputSelector(
+            output.to_string(),
+        )));
     }
     let archive = pt2::read_archive(path).map_err(|source| ModelError::Pt2 {
         path: path.to_path_buf(),
         source,
     })?;
-    pt2_run::Pt2Model::from_archive(archive, trusted).map_err(|reason| ModelError::Pt2Run {
-        path: path.to_path_buf(),
-        reason,
-    })
+    pt2_run::Pt2Model::from_archive(archive, trusted).map_err(cannot_run)
 }
 
 /// The model a check reads, from either kind of file. (One per run: the size of the larger variant
@@ -928,20 +969,18 @@ impl LoadedModel {
     /// overlap too. Ops outside `aten` and `prim` may draw, or hold state of their own, unseen: such a
     /// model trains one check at a time. Only a TorchScript model (the `.pt2` interpreter runs one
     /// program at a time) on the CPU, below [`SIDE_BY_SIDE_BELOW_BYTES`].
-    pub fn side_by_side(&self, sample: Option<&Tensor>) -> Result<Option<String>, String> {
+    pub fn side_by_side(&self, sample: Option<&Tensor>) -> Result<Option<String>, OneAtATime> {
         let LoadedModel::TorchScript(m) = self else {
-            return Err("an exported program trains one check at a time".into());
+            return Err(OneAtATime::Exported);
         };
         if m.device != Device::Cpu {
-            return Err("on a GPU the checks that train run one at a time".into());
+            return Err(OneAtATime::Gpu);
         }
         if m.bytes >= SIDE_BY_SIDE_BELOW_BYTES.min(m.reload_above) {
-            return Err(format!(
-                "the model file is {} MB (side by side from below {} MB): the checks that train \
-                 run one at a time",
-                m.bytes >> 20,
-                SIDE_BY_SIDE_BELOW_BYTES >> 20
-            ));
+            return Err(OneAtATime::Large {
+                mb: m.bytes >> 20,
+                below_mb: SIDE_BY_SIDE_BELOW_BYTES >> 20,
+            });
         }
         let nodes = m.graph_nodes()?;
         let mut random: Vec<&str> = nodes
@@ -956,10 +995,7 @@ impl LoadedModel {
         }
         let ops = random.join(", ");
         if !random.iter().all(|op| op.starts_with("aten::")) {
-            return Err(format!(
-                "the model's forward calls ops outside libtorch that may draw random numbers \
-                 ({ops}), so the checks that train run one at a time"
-            ));
+            return Err(OneAtATime::RandomOpsOutsideLibtorch(ops));
         }
         let Some(sample) = sample else {
             return Ok(Some(ops));
@@ -992,13 +1028,13 @@ impl side_by_side::GeneratorState for CpuGenerator {
         // SAFETY: on success the shim stores a `new at::Tensor` in `out`, whose ownership
         // `Tensor::from_ptr` takes, once.
         unsafe {
-            check(tl_generator_state(&mut out)).map_err(CheckError::Model)?;
+            check(tl_generator_state(&mut out)).map_err(CheckError::from)?;
             Ok(Tensor::from_ptr(out))
         }
     }
     fn set(&self, state: &Tensor) -> Result<(), CheckError> {
         // SAFETY: `state` is a live tensor outliving the call; the shim copies what it reads.
-        check(unsafe { tl_set_generator_state(state.as_ptr()) }).map_err(CheckError::Model)
+        check(unsafe { tl_set_generator_state(state.as_ptr()) }).map_err(CheckError::from)
     }
 }
 
@@ -1185,13 +1221,9 @@ impl Model for TorchScriptModel {
     /// The final op of the head `model.output` selects, the same one `predict` returns.
     fn output_activation(&self) -> Result<OutputActivation, CheckError> {
         self.output_activation
-            .get_or_init(|| {
-                self.handle()
-                    .map_err(|e| e.to_string())?
-                    .output_op(&self.output_key)
-            })
+            .get_or_init(|| self.handle_for_shim()?.output_op(&self.output_key))
             .clone()
-            .map_err(CheckError::Model)
+            .map_err(CheckError::from)
     }
     fn predict(&self, input: &Tensor) -> Result<Tensor, CheckError> {
         self.handle()?
@@ -1337,7 +1369,7 @@ unsafe extern "C" {
 impl Handle {
     /// The module graph as the shim's JSON text. With an input, the shim runs one eval-mode forward
     /// without gradients on the module and restores every training flag (as `predict`).
-    fn module_graph(&self, input: Option<&Tensor>) -> Result<String, String> {
+    fn module_graph(&self, input: Option<&Tensor>) -> Result<String, ShimError> {
         let mut json = None;
         let input = input.map_or(std::ptr::null(), |t| t.as_ptr());
         // SAFETY: `self.0` is a live module; the shim changes its flags only for the forward and
@@ -1349,8 +1381,8 @@ impl Handle {
 }
 
 impl TorchScriptModel {
-    fn parse_graph(json: Result<String, String>) -> Result<ModuleGraph, String> {
-        serde_json::from_str(&json?).map_err(|e| format!("the module graph is malformed: {e}"))
+    fn parse_graph(json: Result<String, ShimError>) -> Result<ModuleGraph, ShimError> {
+        serde_json::from_str(&json?).map_err(|e| ShimError::MalformedGraph(e.to_string()))
     }
 
     /// The module graph, walked once and kept (without shapes); with a sample, walked again with one
@@ -1360,20 +1392,16 @@ impl TorchScriptModel {
             None => self
                 .module_graph
                 .get_or_init(|| {
-                    Self::parse_graph(
-                        self.handle()
-                            .map_err(|e| e.to_string())
-                            .and_then(|h| h.module_graph(None)),
-                    )
+                    Self::parse_graph(self.handle_for_shim().and_then(|h| h.module_graph(None)))
                 })
                 .clone()
-                .map_err(CheckError::Model),
+                .map_err(CheckError::from),
             Some(x) => {
                 let input = x.to_device(self.device);
                 let json = self
                     .handle()?
-                    .keeping_buffers(|h| h.module_graph(Some(&input)).map_err(CheckError::Model))?;
-                Self::parse_graph(Ok(json)).map_err(CheckError::Model)
+                    .keeping_buffers(|h| h.module_graph(Some(&input)).map_err(CheckError::from))?;
+                Self::parse_graph(Ok(json)).map_err(CheckError::from)
             }
         }
     }
@@ -1635,7 +1663,7 @@ impl Handle {
                 &mut source,
                 &mut out,
             ))
-            .map_err(CheckError::Model)?;
+            .map_err(CheckError::from)?;
             let output = Tensor::from_ptr(out);
             let text = |s: Option<ShimString>| s.map(|s| s.to_text()).unwrap_or_default();
             let first = (found == 1).then(|| NonFiniteOp {
@@ -1687,7 +1715,7 @@ impl Handle {
         // SAFETY: `self.0` is a live module that the shim only reads (it runs a deep copy); `input`
         // outlives the call; `ctx` points at `out`, borrowed for this call only.
         check(unsafe { tl_layer_scales(self.0, input.as_ptr(), ctx, collect_scale) })
-            .map_err(CheckError::Model)?;
+            .map_err(CheckError::from)?;
         Ok(out)
     }
 }

@@ -31,6 +31,79 @@ pub struct PickleScan {
     pub globals: Vec<(String, String)>,
 }
 
+/// Why a pickle cannot be scanned: where this reading and libtorch's could differ, or where the bytes
+/// are no pickle libtorch would read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PickleError {
+    #[error("not a protocol-2 pickle")]
+    NotProtocol2,
+    #[error("truncated at byte {0}")]
+    Truncated(usize),
+    #[error("a GLOBAL without its newline")]
+    GlobalWithoutNewline,
+    #[error("a GLOBAL that is not UTF-8")]
+    GlobalNotUtf8,
+    #[error("a string longer than memory")]
+    StringTooLong,
+    #[error("a string that is not UTF-8")]
+    StringNotUtf8,
+    #[error("a stack deeper than any model needs")]
+    StackTooDeep,
+    #[error("too many MARKs")]
+    TooManyMarks,
+    #[error("an empty stack")]
+    EmptyStack,
+    #[error("no MARK")]
+    NoMark,
+    #[error("a MARK above the stack")]
+    MarkAboveStack,
+    #[error("BINPUT on an empty stack")]
+    MemoizeEmptyStack,
+    #[error("memo id {0} out of order")]
+    MemoOutOfOrder(usize),
+    #[error("memo id {0} never stored")]
+    MemoNeverStored(usize),
+    /// A `torch.<name>` global that is neither a storage class, a quantization scheme nor a device.
+    #[error("the global torch.{0}, which this scan cannot value")]
+    UnknownTorchGlobal(String),
+    #[error("a tensor subclass (torch._tensor._rebuild_from_type_v2)")]
+    TensorSubclass,
+    #[error("a persistent id that is not a tuple")]
+    PersistentIdNotTuple,
+    #[error("a persistent id that is not a storage")]
+    PersistentIdNotStorage,
+    #[error("a storage id whose key or kind is not a string")]
+    StorageTextNotString,
+    #[error("a storage id whose dtype or size is not an int")]
+    StorageNumberNotInt,
+    #[error("a storage of unknown dtype {0}")]
+    UnknownDtype(i64),
+    #[error("REDUCE without its arguments")]
+    ReduceWithoutArguments,
+    #[error("REDUCE on something that is not a global")]
+    ReduceOnNonGlobal,
+    #[error("REDUCE on an unknown global")]
+    ReduceOnUnknownGlobal,
+    #[error("a tuple without its elements")]
+    TupleWithoutElements,
+    #[error("a LONG1 that is not 8 bytes")]
+    Long1Not8Bytes,
+    /// APPEND(S) without a list, SETITEM(S) without a dict below their items.
+    #[error("{op} without a {container}")]
+    NoContainer {
+        op: &'static str,
+        container: &'static str,
+    },
+    #[error("a DICT with an odd number of items")]
+    DictOddItems,
+    #[error("{0} values left at the end, where libtorch expects one")]
+    LeftOver(usize),
+    #[error("opcode 0x{op:02x} at byte {at}, which libtorch does not read")]
+    UnknownOpcode { op: u8, at: usize },
+}
+
+type Result<T> = std::result::Result<T, PickleError>;
+
 /// Nesting and size limits: a healthy `data.pkl` stays far below each.
 const MAX_STACK: usize = 1 << 20;
 const MAX_MEMO: usize = 1 << 22;
@@ -126,35 +199,41 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         let end = self
             .pos
             .checked_add(n)
             .filter(|end| *end <= self.data.len())
-            .ok_or_else(|| format!("truncated at byte {}", self.pos))?;
+            .ok_or(PickleError::Truncated(self.pos))?;
         let out = &self.data[self.pos..end];
         self.pos = end;
         Ok(out)
     }
-    fn u8(&mut self) -> Result<u8, String> {
+    fn u8(&mut self) -> Result<u8> {
         Ok(self.take(1)?[0])
     }
-    fn le<const N: usize>(&mut self) -> Result<[u8; N], String> {
+    fn le<const N: usize>(&mut self) -> Result<[u8; N]> {
         Ok(self.take(N)?.try_into().expect("N bytes"))
     }
+    fn u16(&mut self) -> Result<u16> {
+        Ok(u16::from_le_bytes(self.le()?))
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.le()?))
+    }
     /// A GLOBAL's module or name: the bytes up to the next newline.
-    fn line(&mut self) -> Result<String, String> {
+    fn line(&mut self) -> Result<String> {
         let rest = &self.data[self.pos..];
         let end = rest
             .iter()
             .position(|b| *b == b'\n')
-            .ok_or("a GLOBAL without its newline")?;
+            .ok_or(PickleError::GlobalWithoutNewline)?;
         self.pos += end + 1;
-        String::from_utf8(rest[..end].to_vec()).map_err(|_| "a GLOBAL that is not UTF-8".into())
+        String::from_utf8(rest[..end].to_vec()).map_err(|_| PickleError::GlobalNotUtf8)
     }
-    fn text(&mut self, len: u64) -> Result<String, String> {
-        let len = usize::try_from(len).map_err(|_| "a string longer than memory")?;
-        String::from_utf8(self.take(len)?.to_vec()).map_err(|_| "a string that is not UTF-8".into())
+    fn text(&mut self, len: u64) -> Result<String> {
+        let len = usize::try_from(len).map_err(|_| PickleError::StringTooLong)?;
+        String::from_utf8(self.take(len)?.to_vec()).map_err(|_| PickleError::StringNotUtf8)
     }
 }
 
@@ -173,41 +252,45 @@ struct Machine {
 }
 
 impl Machine {
-    fn push(&mut self, v: Value) -> Result<(), String> {
+    fn push(&mut self, v: Value) -> Result<()> {
         if self.stack.len() >= MAX_STACK {
-            return Err("a stack deeper than any model needs".into());
+            return Err(PickleError::StackTooDeep);
         }
         self.stack.push(v);
         Ok(())
     }
-    fn pop(&mut self) -> Result<Value, String> {
-        self.stack.pop().ok_or_else(|| "an empty stack".into())
+    fn pop(&mut self) -> Result<Value> {
+        self.stack.pop().ok_or(PickleError::EmptyStack)
     }
-    fn pop_mark(&mut self) -> Result<usize, String> {
-        let start = self.marks.pop().ok_or("no MARK")?;
+    fn pop_mark(&mut self) -> Result<usize> {
+        let start = self.marks.pop().ok_or(PickleError::NoMark)?;
         if start > self.stack.len() {
-            return Err("a MARK above the stack".into());
+            return Err(PickleError::MarkAboveStack);
         }
         Ok(start)
     }
-    fn memoize(&mut self, id: usize) -> Result<(), String> {
-        let top = self.stack.last().ok_or("BINPUT on an empty stack")?.clone();
+    fn memoize(&mut self, id: usize) -> Result<()> {
+        let top = self
+            .stack
+            .last()
+            .ok_or(PickleError::MemoizeEmptyStack)?
+            .clone();
         match id.cmp(&self.memo.len()) {
             std::cmp::Ordering::Less => self.memo[id] = top,
             std::cmp::Ordering::Equal if id < MAX_MEMO => self.memo.push(top),
-            _ => return Err(format!("memo id {id} out of order")),
+            _ => return Err(PickleError::MemoOutOfOrder(id)),
         }
         Ok(())
     }
-    fn get(&mut self, id: usize) -> Result<(), String> {
+    fn get(&mut self, id: usize) -> Result<()> {
         let v = self
             .memo
             .get(id)
             .cloned()
-            .ok_or_else(|| format!("memo id {id} never stored"))?;
+            .ok_or(PickleError::MemoNeverStored(id))?;
         self.push(v)
     }
-    fn global(&mut self, module: String, name: String) -> Result<(), String> {
+    fn global(&mut self, module: String, name: String) -> Result<()> {
         if !self
             .scan
             .globals
@@ -233,15 +316,13 @@ impl Machine {
                 return self.push(Value::Int(code as i64));
             }
             if name != "device" {
-                return Err(format!(
-                    "the global torch.{name}, which this scan cannot value"
-                ));
+                return Err(PickleError::UnknownTorchGlobal(name));
             }
         }
         // libtorch reads the two globals after this one in a way of its own (its
         // `skip_next_read_global`): TorchScript never writes it, so the scan does not follow it.
         if module == "torch._tensor" && name == "_rebuild_from_type_v2" {
-            return Err("a tensor subclass (torch._tensor._rebuild_from_type_v2)".into());
+            return Err(PickleError::TensorSubclass);
         }
         if module == "__main__" && name == "IntList" {
             self.keeps_argument.push(self.globals);
@@ -252,24 +333,23 @@ impl Machine {
         self.globals += 1;
         self.push(Value::Int(self.globals - 1))
     }
-    fn persistent_id(&mut self) -> Result<(), String> {
+    fn persistent_id(&mut self) -> Result<()> {
         let Value::Tuple(args) = self.pop()? else {
-            return Err("a persistent id that is not a tuple".into());
+            return Err(PickleError::PersistentIdNotTuple);
         };
         let text = |v: Option<&Value>| match v {
             Some(Value::Str(s)) => Ok(s.clone()),
-            _ => Err("a storage id whose key or kind is not a string".to_string()),
+            _ => Err(PickleError::StorageTextNotString),
         };
         if text(args.first())? != "storage" {
-            return Err("a persistent id that is not a storage".into());
+            return Err(PickleError::PersistentIdNotStorage);
         }
         let (Some(Value::Int(code)), Some(Value::Int(numel))) = (args.get(1), args.get(4)) else {
-            return Err("a storage id whose dtype or size is not an int".into());
+            return Err(PickleError::StorageNumberNotInt);
         };
         let key = text(args.get(2))?;
         text(args.get(3))?;
-        let (itemsize, dtype) =
-            scalar_type(*code).ok_or_else(|| format!("a storage of unknown dtype {code}"))?;
+        let (itemsize, dtype) = scalar_type(*code).ok_or(PickleError::UnknownDtype(*code))?;
         let bytes = u64::try_from(*numel)
             .ok()
             .and_then(|n| n.checked_mul(itemsize));
@@ -282,9 +362,9 @@ impl Machine {
         self.push(Value::Other)
     }
     /// REDUCE and BUILD: `<global index> <argument>` becomes the global's result.
-    fn call(&mut self) -> Result<(), String> {
+    fn call(&mut self) -> Result<()> {
         if self.stack.len() < 2 {
-            return Err("REDUCE without its arguments".into());
+            return Err(PickleError::ReduceWithoutArguments);
         }
         // An OrderedDict already became a dict: its argument is dropped.
         if matches!(self.stack[self.stack.len() - 2], Value::Dict) {
@@ -293,10 +373,10 @@ impl Machine {
         }
         let argument = self.pop()?;
         let Value::Int(index) = self.pop()? else {
-            return Err("REDUCE on something that is not a global".into());
+            return Err(PickleError::ReduceOnNonGlobal);
         };
         if index < 0 || index >= self.globals {
-            return Err("REDUCE on an unknown global".into());
+            return Err(PickleError::ReduceOnUnknownGlobal);
         }
         let result = if self.keeps_argument.contains(&index) {
             argument
@@ -307,9 +387,9 @@ impl Machine {
         };
         self.push(result)
     }
-    fn tuple(&mut self, n: usize) -> Result<(), String> {
+    fn tuple(&mut self, n: usize) -> Result<()> {
         if self.stack.len() < n {
-            return Err("a tuple without its elements".into());
+            return Err(PickleError::TupleWithoutElements);
         }
         let items = self.stack.split_off(self.stack.len() - n);
         self.push(Value::Tuple(items))
@@ -317,7 +397,7 @@ impl Machine {
 }
 
 /// Reads `data` as libtorch's unpickler would, recording storages and globals; runs nothing.
-pub fn scan(data: &[u8]) -> Result<PickleScan, String> {
+pub fn scan(data: &[u8]) -> Result<PickleScan> {
     let mut r = Reader { data, pos: 0 };
     let mut m = Machine {
         stack: Vec::new(),
@@ -329,7 +409,7 @@ pub fn scan(data: &[u8]) -> Result<PickleScan, String> {
         scan: PickleScan::default(),
     };
     if r.u8()? != 0x80 || r.u8()? != 2 {
-        return Err("not a protocol-2 pickle".into());
+        return Err(PickleError::NotProtocol2);
     }
     loop {
         let at = r.pos;
@@ -338,58 +418,35 @@ pub fn scan(data: &[u8]) -> Result<PickleScan, String> {
             b']' => m.push(Value::List)?,
             b')' => m.push(Value::Tuple(Vec::new()))?,
             b'}' => m.push(Value::Dict)?,
-            b'q' => {
-                let id = r.u8()? as usize;
-                m.memoize(id)?
-            }
-            b'r' => {
-                let id = u32::from_le_bytes(r.le()?) as usize;
-                m.memoize(id)?
-            }
-            b'h' => {
-                let id = r.u8()? as usize;
-                m.get(id)?
-            }
-            b'j' => {
-                let id = u32::from_le_bytes(r.le()?) as usize;
-                m.get(id)?
-            }
+            b'q' => m.memoize(r.u8()?.into())?,
+            b'r' => m.memoize(r.u32()? as usize)?,
+            b'h' => m.get(r.u8()?.into())?,
+            b'j' => m.get(r.u32()? as usize)?,
             b'(' => {
                 if m.marks.len() >= MAX_STACK {
-                    return Err("too many MARKs".into());
+                    return Err(PickleError::TooManyMarks);
                 }
                 m.marks.push(m.stack.len())
             }
             0x88 | 0x89 => m.push(Value::Bool)?,
             b'N' => m.push(Value::None)?,
-            b'K' => {
-                let v = r.u8()?;
-                m.push(Value::Int(v.into()))?
-            }
-            b'M' => {
-                let v = u16::from_le_bytes(r.le()?);
-                m.push(Value::Int(v.into()))?
-            }
-            b'J' => {
-                let v = i32::from_le_bytes(r.le()?);
-                m.push(Value::Int(v.into()))?
-            }
+            b'K' => m.push(Value::Int(r.u8()?.into()))?,
+            b'M' => m.push(Value::Int(r.u16()?.into()))?,
+            b'J' => m.push(Value::Int(i32::from_le_bytes(r.le()?).into()))?,
             0x8a => {
                 if r.u8()? != 8 {
-                    return Err("a LONG1 that is not 8 bytes".into());
+                    return Err(PickleError::Long1Not8Bytes);
                 }
                 let v = i64::from_le_bytes(r.le()?);
                 m.push(Value::Int(v))?
             }
             b'X' => {
-                let len = u32::from_le_bytes(r.le()?);
-                let s = r.text(len.into())?;
-                m.push(Value::Str(s))?
+                let len = r.u32()?.into();
+                m.push(Value::Str(r.text(len)?))?
             }
             0x8d => {
                 let len = u64::from_le_bytes(r.le()?);
-                let s = r.text(len)?;
-                m.push(Value::Str(s))?
+                m.push(Value::Str(r.text(len)?))?
             }
             b'G' => {
                 r.take(8)?;
@@ -405,13 +462,19 @@ pub fn scan(data: &[u8]) -> Result<PickleScan, String> {
             b'e' => {
                 let start = m.pop_mark()?;
                 if start == 0 || !matches!(m.stack[start - 1], Value::List) {
-                    return Err("APPENDS without a list".into());
+                    return Err(PickleError::NoContainer {
+                        op: "APPENDS",
+                        container: "list",
+                    });
                 }
                 m.stack.truncate(start);
             }
             b'a' => {
                 if m.stack.len() < 2 || !matches!(m.stack[m.stack.len() - 2], Value::List) {
-                    return Err("APPEND without a list".into());
+                    return Err(PickleError::NoContainer {
+                        op: "APPEND",
+                        container: "list",
+                    });
                 }
                 m.pop()?;
             }
@@ -423,7 +486,7 @@ pub fn scan(data: &[u8]) -> Result<PickleScan, String> {
             b'd' => {
                 let start = m.pop_mark()?;
                 if !(m.stack.len() - start).is_multiple_of(2) {
-                    return Err("a DICT with an odd number of items".into());
+                    return Err(PickleError::DictOddItems);
                 }
                 m.stack.truncate(start);
                 m.push(Value::Dict)?
@@ -434,23 +497,26 @@ pub fn scan(data: &[u8]) -> Result<PickleScan, String> {
                     || !(m.stack.len() - start).is_multiple_of(2)
                     || !matches!(m.stack[start - 1], Value::Dict)
                 {
-                    return Err("SETITEMS without a dict".into());
+                    return Err(PickleError::NoContainer {
+                        op: "SETITEMS",
+                        container: "dict",
+                    });
                 }
                 m.stack.truncate(start);
             }
             b's' => {
                 let n = m.stack.len();
                 if n < 3 || !matches!(m.stack[n - 3], Value::Dict) {
-                    return Err("SETITEM without a dict".into());
+                    return Err(PickleError::NoContainer {
+                        op: "SETITEM",
+                        container: "dict",
+                    });
                 }
                 m.stack.truncate(n - 2);
             }
             b'.' => {
                 if m.stack.len() != 1 {
-                    return Err(format!(
-                        "{} values left at the end, where libtorch expects one",
-                        m.stack.len()
-                    ));
+                    return Err(PickleError::LeftOver(m.stack.len()));
                 }
                 return Ok(m.scan);
             }
@@ -464,11 +530,7 @@ pub fn scan(data: &[u8]) -> Result<PickleScan, String> {
             }
             b'b' | b'R' => m.call()?,
             b'Q' => m.persistent_id()?,
-            _ => {
-                return Err(format!(
-                    "opcode 0x{op:02x} at byte {at}, which libtorch does not read"
-                ))
-            }
+            _ => return Err(PickleError::UnknownOpcode { op, at }),
         }
     }
 }
@@ -492,17 +554,24 @@ mod tests {
         out
     }
 
-    /// `("storage", torch.<class>, key, "cpu", numel)` as BINPERSID, the way torch.jit.save writes it.
-    fn storage(class: &str, key: &str, numel: i32) -> Vec<u8> {
+    /// `("storage", <dtype>, key, "cpu", <numel>)` as BINPERSID, with the ops that push the dtype
+    /// and the element count.
+    fn storage_id(dtype: &[u8], key: &str, numel: &[u8]) -> Vec<u8> {
         let mut ops = b"(".to_vec();
         ops.extend(unicode("storage"));
-        ops.extend(format!("ctorch\n{class}\n").into_bytes());
+        ops.extend_from_slice(dtype);
         ops.extend(unicode(key));
         ops.extend(unicode("cpu"));
-        ops.push(b'J');
-        ops.extend_from_slice(&numel.to_le_bytes());
+        ops.extend_from_slice(numel);
         ops.extend_from_slice(b"tQ");
         ops
+    }
+
+    /// `("storage", torch.<class>, key, "cpu", numel)` as BINPERSID, the way torch.jit.save writes it.
+    fn storage(class: &str, key: &str, numel: i32) -> Vec<u8> {
+        let mut count = vec![b'J'];
+        count.extend_from_slice(&numel.to_le_bytes());
+        storage_id(format!("ctorch\n{class}\n").as_bytes(), key, &count)
     }
 
     #[test]
@@ -543,21 +612,16 @@ mod tests {
     fn a_memoised_id_is_read_as_libtorch_reads_it() {
         // A memo id out of order (libtorch's memo grows one id at a time).
         assert!(scan(&pickle(b"J\x00\x00\x00\x40q\x05")).is_err());
-        let mut ops = b"J\x00\x00\x00\x40q\x000(".to_vec();
-        ops.extend(unicode("storage"));
-        ops.extend(b"ctorch\nHalfStorage\n");
-        ops.extend(unicode("7"));
-        ops.extend(unicode("cpu"));
-        ops.extend(b"h\x00tQ");
+        // A half storage whose element count is memo 0.
+        let memoised = storage_id(b"ctorch\nHalfStorage\n", "7", b"h\x00");
+        let ops = [&b"J\x00\x00\x00\x40q\x000"[..], &memoised].concat();
         // `0` (POP) is not an opcode libtorch reads: the scan refuses instead of guessing.
-        assert!(scan(&pickle(&ops)).unwrap_err().contains("0x30"));
+        assert_eq!(
+            scan(&pickle(&ops)).unwrap_err(),
+            PickleError::UnknownOpcode { op: 0x30, at: 9 }
+        );
         // The size comes from the memo: the scan sees the memoised value.
-        let mut ops = b"(J\x00\x00\x00\x40q\x00(".to_vec();
-        ops.extend(unicode("storage"));
-        ops.extend(b"ctorch\nHalfStorage\n");
-        ops.extend(unicode("7"));
-        ops.extend(unicode("cpu"));
-        ops.extend(b"h\x00tQt");
+        let ops = [&b"(J\x00\x00\x00\x40q\x00"[..], &memoised, b"t"].concat();
         let storages = scan(&pickle(&ops)).unwrap().storages;
         assert_eq!(
             (storages[0].numel, storages[0].bytes),
@@ -585,27 +649,22 @@ mod tests {
             assert!(scan(bad).is_err(), "{bad:?}");
         }
         // A dtype or a size that is a reduced value (an object), not an int.
-        let mut ops = b"(".to_vec();
-        ops.extend(unicode("storage"));
-        ops.extend(b"cbuiltins\ncomplex\n)R");
-        ops.extend(unicode("0"));
-        ops.extend(unicode("cpu"));
-        ops.extend(b"K\x01tQ");
-        assert!(scan(&pickle(&ops))
-            .unwrap_err()
-            .contains("dtype or size is not an int"));
+        let ops = storage_id(b"cbuiltins\ncomplex\n)R", "0", b"K\x01");
+        assert_eq!(
+            scan(&pickle(&ops)).unwrap_err().to_string(),
+            "a storage id whose dtype or size is not an int"
+        );
     }
 
     #[test]
     fn an_absurd_size_overflows_to_none_and_a_negative_one_too() {
         let ops = storage("DoubleStorage", "0", -1);
         assert_eq!(scan(&pickle(&ops)).unwrap().storages[0].bytes, None);
-        let mut ops = b"(".to_vec();
-        ops.extend(unicode("storage"));
-        ops.extend(b"ctorch\nDoubleStorage\n");
-        ops.extend(unicode("0"));
-        ops.extend(unicode("cpu"));
-        ops.extend(b"\x8a\x08\xff\xff\xff\xff\xff\xff\xff\x7ftQ");
+        let ops = storage_id(
+            b"ctorch\nDoubleStorage\n",
+            "0",
+            b"\x8a\x08\xff\xff\xff\xff\xff\xff\xff\x7f",
+        );
         assert_eq!(scan(&pickle(&ops)).unwrap().storages[0].bytes, None);
     }
 

@@ -38,6 +38,8 @@ pub enum Pt2Error {
     NotZip(String),
     #[error("the archive is damaged: {0}")]
     Damaged(String),
+    #[error("the archive is damaged: {0}")]
+    Directory(#[from] DirectoryError),
     #[error("its members must sit under one folder, found {0}")]
     Layout(String),
     #[error("member `{0}` is missing")]
@@ -56,8 +58,11 @@ pub enum Pt2Error {
     },
     #[error("expected the program models/model.json, optionally with models/eval.json and models/as_saved.json; found {0}")]
     Programs(String),
-    #[error("program `{program}` does not match the main program: {reason}")]
-    Mismatch { program: String, reason: String },
+    #[error("program `{program}` does not match the main program: {source}")]
+    Mismatch {
+        program: String,
+        source: Box<WeightMismatch>,
+    },
     #[error("extra/trainlint.json: {0}")]
     Metadata(String),
     #[error("schema version {major}.{minor} is not supported: trainlint reads schema {SUPPORTED_MAJOR}.x (PyTorch 2.13 writes {SUPPORTED_MAJOR}.{NEWEST_KNOWN_MINOR})")]
@@ -92,6 +97,29 @@ pub enum Pt2Error {
         first: String,
         second: String,
         storage: String,
+    },
+}
+
+/// Why a zip directory is refused before the zip reader allocates for it ([`check_directory`]).
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("its zip directory lists {members} members in {size} bytes; a program needs at most {MAX_MEMBERS} members in {MAX_DIRECTORY_BYTES} bytes")]
+    TooLarge { members: u64, size: u64 },
+}
+
+/// How an eval or as-saved program's weights differ from the main program's ([`same_weights`]).
+#[derive(Debug, thiserror::Error)]
+pub enum WeightMismatch {
+    #[error("it reads {0}, which the main program does not hold")]
+    Missing(String),
+    /// Role, dtype and shape in the main program (`there`) and in this one (`here`).
+    #[error("{fqn} is {there} there and {here} here")]
+    Differs {
+        fqn: String,
+        there: String,
+        here: String,
     },
 }
 
@@ -662,7 +690,7 @@ pub fn read(path: &Path) -> Result<Program> {
 /// Reads every program of the `.pt2` at `path` and trainlint's module metadata, when it holds them.
 pub fn read_archive(path: &Path) -> Result<Archive> {
     let mut file = std::fs::File::open(path).map_err(|e| Pt2Error::Io(e.to_string()))?;
-    check_directory(&mut file).map_err(Pt2Error::Damaged)?;
+    check_directory(&mut file)?;
     let file_bytes = file
         .metadata()
         .map_err(|e| Pt2Error::Io(e.to_string()))?
@@ -717,16 +745,12 @@ const MAX_DIRECTORY_BYTES: u64 = 16 << 20;
 /// a larger directory, than [`MAX_MEMBERS`] / [`MAX_DIRECTORY_BYTES`], before the zip reader
 /// allocates for them. (The same check as `data::npz`'s, with a program's limits.) A file without
 /// such a record is left to the zip reader, which refuses it.
-fn check_directory(file: &mut std::fs::File) -> Result<(), String> {
-    let Some((members, size)) =
-        crate::zipdir::declared_directory(file).map_err(|e| e.to_string())?
-    else {
+fn check_directory(file: &mut std::fs::File) -> Result<(), DirectoryError> {
+    let Some((members, size)) = crate::zipdir::declared_directory(file)? else {
         return Ok(());
     };
     if members > MAX_MEMBERS || size > MAX_DIRECTORY_BYTES {
-        return Err(format!(
-            "its zip directory lists {members} members in {size} bytes; a program needs at most {MAX_MEMBERS} members in {MAX_DIRECTORY_BYTES} bytes"
-        ));
+        return Err(DirectoryError::TooLarge { members, size });
     }
     Ok(())
 }
@@ -875,9 +899,9 @@ impl<R: Read + std::io::Seek> Reader<R> {
         for (slot, name) in others.iter_mut().zip(["eval", "as_saved"]) {
             if programs.iter().any(|p| p == name) {
                 let p = self.program(name)?;
-                same_weights(&model, &p).map_err(|reason| Pt2Error::Mismatch {
+                same_weights(&model, &p).map_err(|source| Pt2Error::Mismatch {
                     program: name.into(),
-                    reason,
+                    source: Box::new(source),
                 })?;
                 *slot = Some(p);
             }
@@ -1376,20 +1400,19 @@ fn collect_modules(graph: &Graph, out: &mut Vec<ModuleFrame>) -> Result<()> {
 
 /// Every weight of `other` (an eval or as-saved program) is a weight of `model` with the same role,
 /// dtype and shape: the programs run on one set of tensors.
-fn same_weights(model: &Program, other: &Program) -> std::result::Result<(), String> {
+fn same_weights(model: &Program, other: &Program) -> Result<(), WeightMismatch> {
     for w in &other.weights {
         let Some(m) = model.weights.iter().find(|m| m.fqn == w.fqn) else {
-            return Err(format!(
-                "it reads {}, which the main program does not hold",
-                w.fqn
-            ));
+            return Err(WeightMismatch::Missing(w.fqn.clone()));
         };
         let same_role = std::mem::discriminant(&m.role) == std::mem::discriminant(&w.role);
         if !same_role || m.dtype != w.dtype || m.sizes != w.sizes {
-            return Err(format!(
-                "{} is {:?} {:?} {:?} there and {:?} {:?} {:?} here",
-                w.fqn, m.role, m.dtype, m.sizes, w.role, w.dtype, w.sizes
-            ));
+            let described = |w: &Weight| format!("{:?} {:?} {:?}", w.role, w.dtype, w.sizes);
+            return Err(WeightMismatch::Differs {
+                fqn: w.fqn.clone(),
+                there: described(m),
+                here: described(w),
+            });
         }
     }
     Ok(())

@@ -25,7 +25,89 @@ use super::pt2::{
     Archive, Argument, Graph, InputSpec, Node, OptionalTensorArgument, OutputSpec, Program, SymInt,
     SymIntArgument, Target, WeightRole,
 };
-use super::{check, ShimString};
+use super::{check, ShimError, ShimString};
+
+/// Why a `torch.export` program cannot run here: what lowering refuses, what the shim reports while
+/// compiling or running it, and what the archive's programs disagree on.
+#[derive(Debug, thiserror::Error)]
+pub enum Pt2RunError {
+    /// An op outside the allowlist (or one the policy refuses); `trust_helps`: `--trust-model` runs it.
+    #[error("refusing to run {op}: {why}{}", if *trust_helps { "; pass --trust-model to run it anyway" } else { "" })]
+    Refused {
+        op: String,
+        why: String,
+        trust_helps: bool,
+    },
+    #[error("value name {0:?} is not supported")]
+    ValueName(String),
+    /// A schema enum code (scalar type, memory format, layout) with no c10 counterpart.
+    #[error("unknown {what} code {code}")]
+    UnknownCode { what: &'static str, code: i64 },
+    #[error("device {0} (trainlint runs .pt2 programs on the CPU)")]
+    Device(String),
+    #[error("argument kind {0} is not supported")]
+    ArgumentKind(String),
+    #[error("a user input that is not a tensor is not supported")]
+    UserInputNotTensor,
+    #[error("no metadata for the input {0}")]
+    NoInputMetadata(String),
+    #[error("input dim {0} is not a plain symbol")]
+    InputDim(String),
+    /// The graph input spec, as the schema reads it.
+    #[error("graph input {0} is not supported")]
+    GraphInput(String),
+    #[error("no weight for the graph input {0}")]
+    NoWeightForInput(String),
+    #[error("{0} user inputs: trainlint runs programs of one input tensor")]
+    UserInputs(usize),
+    #[error("the buffer {0} is written back as an output (a functional IR): export with torch.export.export and do not call run_decompositions()")]
+    BufferMutation(String),
+    /// The graph output spec, as the schema reads it.
+    #[error("graph output {0} is not supported")]
+    GraphOutput(String),
+    #[error("{0} tensor outputs: trainlint runs programs of one output tensor")]
+    Outputs(usize),
+    #[error("node target {0}")]
+    NodeTarget(String),
+    /// An argument of the node with this target cannot be lowered.
+    #[error("{target}: {source}")]
+    InNode {
+        target: String,
+        #[source]
+        source: Box<Pt2RunError>,
+    },
+    /// A higher-order op without the shape the interpreter runs (`without a subgraph`).
+    #[error("higher_order.{hop} {problem}")]
+    HigherOrder { hop: String, problem: &'static str },
+    /// One argument of a higher-order op the interpreter runs is not what it takes.
+    #[error("higher_order.{hop}: {problem}")]
+    HigherOrderArgument {
+        hop: &'static str,
+        problem: &'static str,
+    },
+    #[error("autocast on {0}: only CPU autocast runs")]
+    Autocast(String),
+    #[error("a NUL byte in the program")]
+    NulInProgram,
+    #[error(transparent)]
+    Shim(#[from] ShimError),
+    #[error("the shim compiled no program")]
+    NoProgram,
+    #[error("{given} weights given, the program takes {takes}")]
+    WeightCount { given: usize, takes: usize },
+    #[error("the program returned nothing")]
+    ReturnedNothing,
+    #[error("no weight {0} in the main program")]
+    NotInMainProgram(String),
+    #[error(transparent)]
+    Pt2(#[from] super::pt2::Pt2Error),
+    #[error("trainlint runs .pt2 programs on the CPU for now, not {0}; drop --device or export TorchScript")]
+    NotCpu(String),
+    #[error("model.output = {0:?} selects one output of a TorchScript model; a .pt2 program that trainlint runs has one output tensor, so leave model.output out")]
+    OutputSelector(String),
+}
+
+type Result<T, E = Pt2RunError> = std::result::Result<T, E>;
 
 #[repr(C)]
 struct RawProgram {
@@ -199,7 +281,7 @@ fn walk(
 }
 
 /// A value name as the line format carries it: a token without spaces, commas or colons.
-fn name(n: &str) -> Result<&str, String> {
+fn name(n: &str) -> Result<&str> {
     let ok = !n.is_empty()
         && n != "_"
         && n.bytes()
@@ -207,7 +289,7 @@ fn name(n: &str) -> Result<&str, String> {
     if ok {
         Ok(n)
     } else {
-        Err(format!("value name {n:?} is not supported"))
+        Err(Pt2RunError::ValueName(n.to_string()))
     }
 }
 
@@ -223,8 +305,12 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
+fn unknown(what: &'static str, code: i64) -> Pt2RunError {
+    Pt2RunError::UnknownCode { what, code }
+}
+
 /// One serialized value in the line format; `rn` renames (a subgraph's values get a prefix).
-fn enc(arg: &Argument, rn: &dyn Fn(&str) -> Result<String, String>) -> Result<String, String> {
+fn enc(arg: &Argument, rn: &dyn Fn(&str) -> Result<String>) -> Result<String> {
     let list = |items: Vec<String>| items.join(",");
     Ok(match arg {
         Argument::AsNone(_) => "N".into(),
@@ -244,7 +330,7 @@ fn enc(arg: &Argument, rn: &dyn Fn(&str) -> Result<String, String>) -> Result<St
         Argument::AsSymInt(SymIntArgument::AsName(n)) => format!("S:{}", rn(n)?),
         Argument::AsSymInt(SymIntArgument::AsInt(i)) => format!("I:{i}"),
         Argument::AsSymInts(v) => {
-            let items: Result<Vec<String>, String> = v
+            let items: Result<Vec<String>> = v
                 .iter()
                 .map(|e| match e {
                     SymIntArgument::AsName(n) => Ok(format!("n{}", rn(n)?)),
@@ -254,11 +340,11 @@ fn enc(arg: &Argument, rn: &dyn Fn(&str) -> Result<String, String>) -> Result<St
             format!("SL:{}", list(items?))
         }
         Argument::AsTensors(v) => {
-            let items: Result<Vec<String>, String> = v.iter().map(|t| rn(&t.name)).collect();
+            let items: Result<Vec<String>> = v.iter().map(|t| rn(&t.name)).collect();
             format!("TL:{}", list(items?))
         }
         Argument::AsOptionalTensors(v) => {
-            let items: Result<Vec<String>, String> = v
+            let items: Result<Vec<String>> = v
                 .iter()
                 .map(|t| match t {
                     OptionalTensorArgument::AsTensor(t) => rn(&t.name),
@@ -273,24 +359,18 @@ fn enc(arg: &Argument, rn: &dyn Fn(&str) -> Result<String, String>) -> Result<St
         Argument::AsOptionalTensor(OptionalTensorArgument::AsNone(_)) => "OT:_".into(),
         Argument::AsScalarType(c) => format!(
             "ST:{}",
-            c10_scalar_type(*c).ok_or(format!("unknown scalar type code {c}"))?
+            c10_scalar_type(*c).ok_or(unknown("scalar type", *c))?
         ),
         Argument::AsMemoryFormat(c) => format!(
             "MF:{}",
-            c10_memory_format(*c).ok_or(format!("unknown memory format code {c}"))?
+            c10_memory_format(*c).ok_or(unknown("memory format", *c))?
         ),
         Argument::AsLayout(c) => {
-            format!(
-                "LY:{}",
-                c10_layout(*c).ok_or(format!("unknown layout code {c}"))?
-            )
+            format!("LY:{}", c10_layout(*c).ok_or(unknown("layout", *c))?)
         }
         Argument::AsDevice(d) => {
             if d.kind != "cpu" {
-                return Err(format!(
-                    "device {} (trainlint runs .pt2 programs on the CPU)",
-                    d.kind
-                ));
+                return Err(Pt2RunError::Device(d.kind.clone()));
             }
             "DV:cpu".into()
         }
@@ -298,23 +378,22 @@ fn enc(arg: &Argument, rn: &dyn Fn(&str) -> Result<String, String>) -> Result<St
         other => {
             let json = format!("{other:?}");
             let kind = json.split(['(', ' ']).next().unwrap_or("?");
-            return Err(format!("argument kind {kind} is not supported"));
+            return Err(Pt2RunError::ArgumentKind(kind.to_string()));
         }
     })
 }
 
 /// The program in `pt2_shim.cpp`'s line format, or why it cannot run. `trusted`: `--trust-model`.
-pub fn lower(program: &Program, trusted: bool) -> Result<String, String> {
+pub fn lower(program: &Program, trusted: bool) -> Result<String> {
     if let Some((op, why, trust_helps)) = refused_op(program, trusted) {
-        let hint = if trust_helps {
-            "; pass --trust-model to run it anyway"
-        } else {
-            ""
-        };
-        return Err(format!("refusing to run {op}: {why}{hint}"));
+        return Err(Pt2RunError::Refused {
+            op,
+            why,
+            trust_helps,
+        });
     }
     let mut lines = Vec::new();
-    let mut users = 0;
+    let mut users: usize = 0;
     for spec in &program.signature.input_specs {
         let weight_input = match spec {
             InputSpec::Parameter { arg, .. }
@@ -323,21 +402,21 @@ pub fn lower(program: &Program, trusted: bool) -> Result<String, String> {
             InputSpec::UserInput { arg } => {
                 users += 1;
                 let Argument::AsTensor(t) = arg else {
-                    return Err("a user input that is not a tensor is not supported".into());
+                    return Err(Pt2RunError::UserInputNotTensor);
                 };
                 let meta = program
                     .graph
                     .tensor_values
                     .get(&t.name)
-                    .ok_or(format!("no metadata for the input {}", t.name))?;
-                let dtype = c10_scalar_type(meta.dtype)
-                    .ok_or(format!("unknown scalar type code {}", meta.dtype))?;
+                    .ok_or_else(|| Pt2RunError::NoInputMetadata(t.name.clone()))?;
+                let dtype =
+                    c10_scalar_type(meta.dtype).ok_or(unknown("scalar type", meta.dtype))?;
                 let mut dims = Vec::new();
                 for d in &meta.sizes {
                     dims.push(match d {
                         SymInt::AsInt(i) => i.to_string(),
                         SymInt::AsExpr(e) => symbol(&e.expr_str)
-                            .ok_or(format!("input dim {} is not a plain symbol", e.expr_str))?,
+                            .ok_or_else(|| Pt2RunError::InputDim(e.expr_str.clone()))?,
                     });
                 }
                 lines.push(format!(
@@ -348,19 +427,17 @@ pub fn lower(program: &Program, trusted: bool) -> Result<String, String> {
                 ));
                 continue;
             }
-            other => return Err(format!("graph input {other:?} is not supported")),
+            other => return Err(Pt2RunError::GraphInput(format!("{other:?}"))),
         };
         let index = program
             .weights
             .iter()
             .position(|w| &w.graph_input == weight_input)
-            .ok_or(format!("no weight for the graph input {weight_input}"))?;
+            .ok_or_else(|| Pt2RunError::NoWeightForInput(weight_input.clone()))?;
         lines.push(format!("input weight {} {index}", name(weight_input)?));
     }
     if users != 1 {
-        return Err(format!(
-            "{users} user inputs: trainlint runs programs of one input tensor"
-        ));
+        return Err(Pt2RunError::UserInputs(users));
     }
     for (sym, range) in &program.range_constraints {
         lines.push(format!(
@@ -371,7 +448,7 @@ pub fn lower(program: &Program, trusted: bool) -> Result<String, String> {
         ));
     }
     lower_nodes(&program.graph.nodes, "", &mut lines)?;
-    let mut outputs = 0;
+    let mut outputs: usize = 0;
     for spec in &program.signature.output_specs {
         match spec {
             OutputSpec::UserOutput {
@@ -381,17 +458,13 @@ pub fn lower(program: &Program, trusted: bool) -> Result<String, String> {
                 lines.push(format!("output user {}", name(&t.name)?));
             }
             OutputSpec::BufferMutation { buffer_name, .. } => {
-                return Err(format!(
-                    "the buffer {buffer_name} is written back as an output (a functional IR): export with torch.export.export and do not call run_decompositions()"
-                ))
+                return Err(Pt2RunError::BufferMutation(buffer_name.clone()))
             }
-            other => return Err(format!("graph output {other:?} is not supported")),
+            other => return Err(Pt2RunError::GraphOutput(format!("{other:?}"))),
         }
     }
     if outputs != 1 {
-        return Err(format!(
-            "{outputs} tensor outputs: trainlint runs programs of one output tensor"
-        ));
+        return Err(Pt2RunError::Outputs(outputs));
     }
     Ok(lines.join("\n") + "\n")
 }
@@ -403,11 +476,12 @@ fn symbol(expr: &str) -> Option<String> {
     name(sym).ok().map(str::to_string)
 }
 
-fn lower_nodes(nodes: &[Node], prefix: &str, lines: &mut Vec<String>) -> Result<(), String> {
+fn lower_nodes(nodes: &[Node], prefix: &str, lines: &mut Vec<String>) -> Result<()> {
     let rn = &prefixed(prefix.to_string());
     for (i, node) in nodes.iter().enumerate() {
         let node_name = node.name.clone().unwrap_or_else(|| format!("node{i}"));
-        let target = Target::parse(&node.target).ok_or(format!("node target {}", node.target))?;
+        let target = Target::parse(&node.target)
+            .ok_or_else(|| Pt2RunError::NodeTarget(node.target.clone()))?;
         let mut toks: Vec<String> = match &target {
             Target::Op {
                 namespace,
@@ -429,13 +503,17 @@ fn lower_nodes(nodes: &[Node], prefix: &str, lines: &mut Vec<String>) -> Result<
                 continue;
             }
         };
+        let in_node = |e| Pt2RunError::InNode {
+            target: node.target.clone(),
+            source: Box::new(e),
+        };
         for input in &node.inputs {
             toks.push(name(&input.name)?.to_string());
-            toks.push(enc(&input.arg, rn).map_err(|e| format!("{}: {e}", node.target))?);
+            toks.push(enc(&input.arg, rn).map_err(in_node)?);
         }
         toks.push(node.outputs.len().to_string());
         for out in &node.outputs {
-            toks.push(enc(out, rn).map_err(|e| format!("{}: {e}", node.target))?);
+            toks.push(enc(out, rn).map_err(in_node)?);
         }
         lines.push(toks.join(" "));
     }
@@ -443,11 +521,27 @@ fn lower_nodes(nodes: &[Node], prefix: &str, lines: &mut Vec<String>) -> Result<
 }
 
 /// A subgraph's renaming: its values get the prefix `sp` so they cannot clash with the outer graph's.
-fn prefixed(sp: String) -> impl Fn(&str) -> Result<String, String> {
+fn prefixed(sp: String) -> impl Fn(&str) -> Result<String> {
     move |n: &str| name(n).map(|n| format!("{sp}{n}"))
 }
 
-fn lower_wrap(node: &Node, hop: &str, path: &str, lines: &mut Vec<String>) -> Result<(), String> {
+/// Every value of `args` in the line format, renamed by `rn`.
+fn enc_all(args: &[Argument], rn: &dyn Fn(&str) -> Result<String>) -> Result<Vec<String>> {
+    args.iter().map(|a| enc(a, rn)).collect()
+}
+
+fn higher_order(hop: &str, problem: &'static str) -> Pt2RunError {
+    Pt2RunError::HigherOrder {
+        hop: hop.to_string(),
+        problem,
+    }
+}
+
+fn hop_argument(hop: &'static str, problem: &'static str) -> Pt2RunError {
+    Pt2RunError::HigherOrderArgument { hop, problem }
+}
+
+fn lower_wrap(node: &Node, hop: &str, path: &str, lines: &mut Vec<String>) -> Result<()> {
     let rn = &prefixed(
         path.rsplit_once('/')
             .map_or(String::new(), |(p, _)| format!("{p}/")),
@@ -456,30 +550,30 @@ fn lower_wrap(node: &Node, hop: &str, path: &str, lines: &mut Vec<String>) -> Re
     let gi = ins
         .iter()
         .position(|a| matches!(a.arg, Argument::AsGraph(_)))
-        .ok_or(format!("higher_order.{hop} without a subgraph"))?;
+        .ok_or_else(|| higher_order(hop, "without a subgraph"))?;
     let Argument::AsGraph(sub) = &ins[gi].arg else {
         unreachable!()
     };
     let mut head: Vec<String> = match (hop, &ins[..gi]) {
         ("wrap_with_set_grad_enabled", [en]) => match en.arg {
             Argument::AsBool(b) => vec!["set_grad".into(), u8::from(b).to_string()],
-            _ => return Err("higher_order.wrap_with_set_grad_enabled: no mode".into()),
+            _ => return Err(hop_argument("wrap_with_set_grad_enabled", "no mode")),
         },
         ("wrap_with_autocast", [device, dtype, enabled, cache]) => {
             match &device.arg {
                 Argument::AsString(d) if d == "cpu" => {}
                 Argument::AsDevice(d) if d.kind == "cpu" => {}
-                other => return Err(format!("autocast on {other:?}: only CPU autocast runs")),
+                other => return Err(Pt2RunError::Autocast(format!("{other:?}"))),
             }
             let dtype = match dtype.arg {
                 Argument::AsScalarType(c) => c10_scalar_type(c),
                 Argument::AsNone(_) => Some(15), // CPU autocast's default, bfloat16
                 _ => None,
             }
-            .ok_or("higher_order.wrap_with_autocast: bad dtype")?;
+            .ok_or(hop_argument("wrap_with_autocast", "bad dtype"))?;
             let flag = |a: &Argument| match a {
                 Argument::AsBool(b) => Ok(u8::from(*b).to_string()),
-                _ => Err("higher_order.wrap_with_autocast: bad flag".to_string()),
+                _ => Err(hop_argument("wrap_with_autocast", "bad flag")),
             };
             vec![
                 "autocast".into(),
@@ -488,18 +582,13 @@ fn lower_wrap(node: &Node, hop: &str, path: &str, lines: &mut Vec<String>) -> Re
                 flag(&cache.arg)?,
             ]
         }
-        _ => return Err(format!("higher_order.{hop} with unexpected arguments")),
+        _ => return Err(higher_order(hop, "with unexpected arguments")),
     };
     let inner = format!("{path}/");
-    let args: Result<Vec<String>, String> = ins[gi + 1..].iter().map(|a| enc(&a.arg, rn)).collect();
+    let rin = &prefixed(inner.clone());
+    let args: Result<Vec<String>> = ins[gi + 1..].iter().map(|a| enc(&a.arg, rn)).collect();
     let args = args?;
-    let subin: Result<Vec<String>, String> = sub
-        .graph
-        .inputs
-        .iter()
-        .map(|a| enc(a, &prefixed(inner.clone())))
-        .collect();
-    let subin = subin?;
+    let subin = enc_all(&sub.graph.inputs, rin)?;
     let mut toks = vec!["hop".to_string()];
     toks.append(&mut head);
     toks.push(args.len().to_string());
@@ -508,15 +597,8 @@ fn lower_wrap(node: &Node, hop: &str, path: &str, lines: &mut Vec<String>) -> Re
     toks.extend(subin);
     lines.push(toks.join(" "));
     lower_nodes(&sub.graph.nodes, &inner, lines)?;
-    let subout: Result<Vec<String>, String> = sub
-        .graph
-        .outputs
-        .iter()
-        .map(|a| enc(a, &prefixed(inner.clone())))
-        .collect();
-    let subout = subout?;
-    let outs: Result<Vec<String>, String> = node.outputs.iter().map(|a| enc(a, rn)).collect();
-    let outs = outs?;
+    let subout = enc_all(&sub.graph.outputs, rin)?;
+    let outs = enc_all(&node.outputs, rn)?;
     let mut toks = vec!["endhop".to_string(), subout.len().to_string()];
     toks.extend(subout);
     toks.push(outs.len().to_string());
@@ -525,19 +607,18 @@ fn lower_wrap(node: &Node, hop: &str, path: &str, lines: &mut Vec<String>) -> Re
     Ok(())
 }
 
-fn lower_cond(node: &Node, path: &str, lines: &mut Vec<String>) -> Result<(), String> {
+fn lower_cond(node: &Node, path: &str, lines: &mut Vec<String>) -> Result<()> {
     let rn = &prefixed(
         path.rsplit_once('/')
             .map_or(String::new(), |(p, _)| format!("{p}/")),
     );
     let [pred, t, f, ops] = &node.inputs[..] else {
-        return Err("higher_order.cond with unexpected arguments".into());
+        return Err(higher_order("cond", "with unexpected arguments"));
     };
     let (Argument::AsGraph(t), Argument::AsGraph(f)) = (&t.arg, &f.arg) else {
-        return Err("higher_order.cond without its two branches".into());
+        return Err(higher_order("cond", "without its two branches"));
     };
-    let outs: Result<Vec<String>, String> = node.outputs.iter().map(|a| enc(a, rn)).collect();
-    let outs = outs?;
+    let outs = enc_all(&node.outputs, rn)?;
     lines.push(format!(
         "cond {} {} {} {}",
         enc(&pred.arg, rn)?,
@@ -548,14 +629,10 @@ fn lower_cond(node: &Node, path: &str, lines: &mut Vec<String>) -> Result<(), St
     for (branch, which) in [(t, "true"), (f, "false")] {
         let inner = format!("{path}/{which}/");
         let rin = &prefixed(inner.clone());
-        let subin: Result<Vec<String>, String> =
-            branch.graph.inputs.iter().map(|a| enc(a, rin)).collect();
-        let subin = subin?;
+        let subin = enc_all(&branch.graph.inputs, rin)?;
         lines.push(format!("branch {} {}", subin.len(), subin.join(" ")));
         lower_nodes(&branch.graph.nodes, &inner, lines)?;
-        let subout: Result<Vec<String>, String> =
-            branch.graph.outputs.iter().map(|a| enc(a, rin)).collect();
-        let subout = subout?;
+        let subout = enc_all(&branch.graph.outputs, rin)?;
         lines.push(format!("endbranch {} {}", subout.len(), subout.join(" ")));
     }
     lines.push("endcond".into());
@@ -586,23 +663,23 @@ impl Drop for Interpreter {
 
 impl Interpreter {
     /// Lowers and compiles `program`; refuses ops outside the allowlist unless `trusted`.
-    pub fn new(program: &Program, trusted: bool) -> Result<Interpreter, String> {
+    pub fn new(program: &Program, trusted: bool) -> Result<Interpreter> {
         Interpreter::compile(lower(program, trusted)?, program.weights.len())
     }
 
     /// Compiles a lowered program that takes `weights` weight tensors.
-    fn compile(text: String, weights: usize) -> Result<Interpreter, String> {
-        let c_text = CString::new(text).map_err(|_| "a NUL byte in the program".to_string())?;
+    fn compile(text: String, weights: usize) -> Result<Interpreter> {
+        let c_text = CString::new(text).map_err(|_| Pt2RunError::NulInProgram)?;
         let mut raw: *mut RawProgram = std::ptr::null_mut();
         // SAFETY: `c_text` is NUL-terminated and outlives the call; `raw` is written on success only.
         check(unsafe { tl_pt2_compile(c_text.as_ptr(), &mut raw) })?;
-        let raw = NonNull::new(raw).ok_or("the shim compiled no program")?;
+        let raw = NonNull::new(raw).ok_or(Pt2RunError::NoProgram)?;
         Ok(Interpreter { raw, weights })
     }
 
     /// The program's output on `input`, with `weights` bound to its parameters, buffers and constants
     /// (live: BatchNorm's running stats move in place in train mode). `grad`: record for autograd.
-    pub fn run(&self, input: &Tensor, weights: &[&Tensor], grad: bool) -> Result<Tensor, String> {
+    pub fn run(&self, input: &Tensor, weights: &[&Tensor], grad: bool) -> Result<Tensor> {
         self.run_with(input, weights, grad, None)
     }
 
@@ -614,7 +691,7 @@ impl Interpreter {
         weights: &[&Tensor],
         grad: bool,
         observe: &mut dyn FnMut(usize, Tensor),
-    ) -> Result<Tensor, String> {
+    ) -> Result<Tensor> {
         self.run_with(input, weights, grad, Some(observe))
     }
 
@@ -624,13 +701,12 @@ impl Interpreter {
         weights: &[&Tensor],
         grad: bool,
         observe: Option<&mut dyn FnMut(usize, Tensor)>,
-    ) -> Result<Tensor, String> {
+    ) -> Result<Tensor> {
         if weights.len() != self.weights {
-            return Err(format!(
-                "{} weights given, the program takes {}",
-                weights.len(),
-                self.weights
-            ));
+            return Err(Pt2RunError::WeightCount {
+                given: weights.len(),
+                takes: self.weights,
+            });
         }
         let ptrs: Vec<*const torch_sys::C_tensor> = weights.iter().map(|w| w.as_ptr()).collect();
         let mut out: *mut torch_sys::C_tensor = std::ptr::null_mut();
@@ -656,7 +732,7 @@ impl Interpreter {
             )
         })?;
         if out.is_null() {
-            return Err("the program returned nothing".into());
+            return Err(Pt2RunError::ReturnedNothing);
         }
         // SAFETY: see above: a fresh heap tensor, owned by nobody else.
         Ok(unsafe { Tensor::from_ptr(out) })
@@ -721,7 +797,7 @@ struct Compiled {
 }
 
 impl Compiled {
-    fn new(program: Program, slots: &[Slot], trusted: bool) -> Result<Compiled, String> {
+    fn new(program: Program, slots: &[Slot], trusted: bool) -> Result<Compiled> {
         let interp = Interpreter::new(&program, trusted)?;
         let slot_of = program
             .weights
@@ -730,7 +806,7 @@ impl Compiled {
                 slots
                     .iter()
                     .position(|s| s.fqn == w.fqn)
-                    .ok_or(format!("no weight {} in the main program", w.fqn))
+                    .ok_or_else(|| Pt2RunError::NotInMainProgram(w.fqn.clone()))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let specialised = specialised(&program.graph);
@@ -749,8 +825,7 @@ impl Compiled {
                 node.metadata
                     .get("nn_module_stack")
                     .map(|s| super::pt2::parse_module_calls(label, s))
-                    .transpose()
-                    .map_err(|e| e.to_string())?
+                    .transpose()?
                     .unwrap_or_default(),
             );
         }
@@ -791,7 +866,7 @@ impl Compiled {
             None => self.interp.run(&input, &weights, grad),
             Some(f) => self.interp.run_observed(&input, &weights, grad, f),
         }
-        .map_err(CheckError::Model)
+        .map_err(|e| CheckError::Model(e.to_string()))
     }
 }
 
@@ -858,7 +933,7 @@ pub struct Pt2Model {
 impl Pt2Model {
     /// Compiles `program` alone (refusing ops outside the allowlist unless `trusted`).
     #[cfg(test)]
-    pub fn new(program: Program, trusted: bool) -> Result<Pt2Model, String> {
+    pub fn new(program: Program, trusted: bool) -> Result<Pt2Model> {
         Pt2Model::from_archive(
             Archive {
                 model: program,
@@ -872,7 +947,7 @@ impl Pt2Model {
 
     /// Compiles every program of `archive` and takes the main program's weights (the other programs'
     /// copies of the same weights are dropped: every mode runs on one set of tensors).
-    pub fn from_archive(archive: Archive, trusted: bool) -> Result<Pt2Model, String> {
+    pub fn from_archive(archive: Archive, trusted: bool) -> Result<Pt2Model> {
         let Archive {
             mut model,
             eval,

@@ -266,28 +266,50 @@ fn leftovers(dir: &Path, pages: &[(PathBuf, String)]) -> Vec<PathBuf> {
     out
 }
 
+/// Why the docs could not be written: the path, and what was refused or failed there.
+#[derive(Debug, thiserror::Error)]
+pub enum DocsError {
+    /// A link, a FIFO or a device where a page goes.
+    #[error("{} is not a regular file", .0.display())]
+    NotRegularFile(PathBuf),
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// `create` (the `checks` folder), `write` or `remove` (a page).
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Writes every page under `dir` (creating `dir/checks`) and removes generated pages the code no
 /// longer makes. Only regular files are written or removed: a link, a FIFO or a device in the way
 /// is an error.
-pub fn write(dir: &Path) -> Result<usize, String> {
+pub fn write(dir: &Path) -> Result<usize, DocsError> {
     let pages = pages();
     // Everything in the way is looked at before anything is written.
     for (rel, _) in &pages {
         let path = dir.join(rel);
         if std::fs::symlink_metadata(&path).is_ok() && !regular(&path) {
-            return Err(format!("{} is not a regular file", path.display()));
+            return Err(DocsError::NotRegularFile(path));
         }
     }
-    std::fs::create_dir_all(dir.join("checks"))
-        .map_err(|e| format!("cannot create {}: {e}", dir.join("checks").display()))?;
+    let failed = |action, path: PathBuf| {
+        move |source| DocsError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    let checks = dir.join("checks");
+    std::fs::create_dir_all(&checks).map_err(failed("create", checks.clone()))?;
     for (rel, text) in &pages {
         let path = dir.join(rel);
-        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        std::fs::write(&path, text).map_err(failed("write", path.clone()))?;
     }
     for extra in leftovers(dir, &pages) {
         let path = dir.join(extra);
-        std::fs::remove_file(&path)
-            .map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+        std::fs::remove_file(&path).map_err(failed("remove", path.clone()))?;
     }
     Ok(pages.len())
 }

@@ -856,13 +856,9 @@ pub struct Views {
 }
 
 /// The first samples of `data` (at most 8), for the output shapes.
-pub fn sample_of(data: Option<&trainlint_checks::Dataset>) -> Result<Option<Tensor>, String> {
+pub fn sample_of(data: Option<&trainlint_checks::Dataset>) -> Result<Option<Tensor>, DrawError> {
     match data {
-        Some(d) if !d.is_empty() => d
-            .inputs
-            .f_narrow(0, 0, d.len().min(8) as i64)
-            .map(Some)
-            .map_err(|e| e.to_string()),
+        Some(d) if !d.is_empty() => Ok(Some(d.inputs.f_narrow(0, 0, d.len().min(8) as i64)?)),
         _ => Ok(None),
     }
 }
@@ -872,21 +868,16 @@ pub fn sample_of(data: Option<&trainlint_checks::Dataset>) -> Result<Option<Tens
 pub fn views_of_sample(
     model: &dyn trainlint_checks::Model,
     sample: Option<&Tensor>,
-) -> Result<Views, String> {
-    let graph = model.module_graph(sample).map_err(|e| e.to_string())?;
+) -> Result<Views, DrawError> {
+    let graph = model.module_graph(sample)?;
     if !graph.shape_error.is_empty() {
         eprintln!(
             "warning: no output shapes: the model rejected the sample: {}",
             crate::model::user_message(&graph.shape_error)
         );
     }
-    let params = model.parameters().map_err(|e| e.to_string())?;
-    let buffers: BTreeSet<String> = model
-        .buffers()
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
+    let params = model.parameters()?;
+    let buffers: BTreeSet<String> = model.buffers()?.into_iter().map(|(n, _)| n).collect();
     let shared_batchnorm = shared_batchnorm::called_together(&graph, &buffers)
         .into_iter()
         .flat_map(|(_, calls)| calls.into_iter().map(|c| c.id))
@@ -929,12 +920,30 @@ pub fn drawing_left_running() -> bool {
 pub enum Stopped {
     /// It ran past the time limit (the worker is left to run).
     TimedOut(Duration),
-    /// It failed, or panicked (an internal error, with its message).
-    Failed(String),
+    /// It failed, or panicked.
+    Failed(DrawError),
+}
+
+/// Why the graph could not be drawn (within the time limit, see [`Stopped`]).
+#[derive(Debug, thiserror::Error)]
+pub enum DrawError {
+    /// The sample could not be cut from the data.
+    #[error("{0}")]
+    Sample(#[from] tch::TchError),
+    /// The model could not give its graph, parameters or buffers.
+    #[error("{0}")]
+    Model(#[from] trainlint_checks::CheckError),
+    /// An internal error, with the panic's message.
+    #[error("internal error: {0}")]
+    Panicked(String),
+    #[error("cannot start a thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("the drawing's thread ended without a result")]
+    ThreadEnded,
 }
 
 /// `work`, a panic in it turned into [`Stopped::Failed`].
-fn guarded<T>(work: impl FnOnce() -> Result<T, String>) -> Result<T, Stopped> {
+fn guarded<T>(work: impl FnOnce() -> Result<T, DrawError>) -> Result<T, Stopped> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
         Ok(out) => out.map_err(Stopped::Failed),
         Err(payload) => {
@@ -943,7 +952,7 @@ fn guarded<T>(work: impl FnOnce() -> Result<T, String>) -> Result<T, Stopped> {
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "panic".into());
-            Err(Stopped::Failed(format!("internal error: {message}")))
+            Err(Stopped::Failed(DrawError::Panicked(message)))
         }
     }
 }
@@ -953,7 +962,7 @@ fn guarded<T>(work: impl FnOnce() -> Result<T, String>) -> Result<T, Stopped> {
 pub fn within_limit<T: Send + 'static>(
     limit: Option<Duration>,
     threads: usize,
-    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+    work: impl FnOnce() -> Result<T, DrawError> + Send + 'static,
 ) -> Result<T, Stopped> {
     let Some(limit) = limit else {
         return guarded(work);
@@ -971,7 +980,7 @@ pub fn within_limit<T: Send + 'static>(
         });
     let worker = match worker {
         Ok(w) => w,
-        Err(e) => return Err(Stopped::Failed(format!("cannot start a thread: {e}"))),
+        Err(e) => return Err(Stopped::Failed(DrawError::Thread(e))),
     };
     match rx.recv_timeout(limit) {
         Ok(out) => {
@@ -984,9 +993,7 @@ pub fn within_limit<T: Send + 'static>(
         }
         Err(mpsc::RecvTimeoutError::Disconnected) => {
             let _ = worker.join();
-            Err(Stopped::Failed(
-                "the drawing's thread ended without a result".into(),
-            ))
+            Err(Stopped::Failed(DrawError::ThreadEnded))
         }
     }
 }
@@ -1014,7 +1021,7 @@ pub fn draw_for_report(
     threads: usize,
 ) -> Option<ReportGraph> {
     let sample = sample_of(data).ok()?;
-    let draw = move |model: &dyn trainlint_checks::Model| -> Result<Drawn, String> {
+    let draw = move |model: &dyn trainlint_checks::Model| -> Result<Drawn, DrawError> {
         let mut views = views_of_sample(model, sample.as_ref())?;
         paint_all(&mut views.collapsed, &paints);
         if let Some(full) = views.full.as_mut() {

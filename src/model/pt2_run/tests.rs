@@ -115,7 +115,7 @@ fn the_input_guard_names_what_differs() {
     let program = pt2::read(&fixture("mlp.pt2")).unwrap();
     let interp = Interpreter::new(&program, false).unwrap();
     let weights: Vec<&Tensor> = program.weights.iter().map(|w| &w.tensor).collect();
-    let err = |x: Tensor| interp.run(&x, &weights, false).unwrap_err();
+    let err = |x: Tensor| interp.run(&x, &weights, false).unwrap_err().to_string();
     assert!(
         err(Tensor::zeros([4, 9], (Kind::Float, tch::Device::Cpu))).contains("input dim 1 is 9")
     );
@@ -125,32 +125,40 @@ fn the_input_guard_names_what_differs() {
     assert!(err(Tensor::zeros([4], (Kind::Float, tch::Device::Cpu))).contains("1 dims"));
     let short: Vec<&Tensor> = weights[1..].to_vec();
     let x = Tensor::zeros([4, 8], (Kind::Float, tch::Device::Cpu));
-    assert!(interp
-        .run(&x, &short, false)
-        .unwrap_err()
-        .contains("weights given"));
+    assert!(matches!(
+        interp.run(&x, &short, false),
+        Err(Pt2RunError::WeightCount { .. })
+    ));
     // Without grad, nothing is recorded.
     let out = interp.run(&x, &weights, false).unwrap();
     assert!(!out.requires_grad());
 }
 
+/// `program` as it compiles, or why not, in words.
+fn compiled(program: &Program, trusted: bool) -> Result<Interpreter, String> {
+    Interpreter::new(program, trusted).map_err(|e| e.to_string())
+}
+
+/// The error of compiling `mlp.pt2` with its first node's target replaced by `target`.
+fn refusal_of_first_node(target: &str, trusted: bool) -> String {
+    let mut program = pt2::read(&fixture("mlp.pt2")).unwrap();
+    program.graph.nodes[0].target = target.into();
+    compiled(&program, trusted).err().unwrap()
+}
+
 #[test]
 fn ops_outside_aten_are_refused_unless_trusted() {
-    let mut program = pt2::read(&fixture("mlp.pt2")).unwrap();
-    program.graph.nodes[0].target = "torch.ops.evil.exec.default".into();
-    let err = Interpreter::new(&program, false).err().unwrap();
     assert_eq!(
-        err,
+        refusal_of_first_node("torch.ops.evil.exec.default", false),
         "refusing to run torch.ops.evil.exec.default: an op from the unknown namespace `evil`; \
          pass --trust-model to run it anyway"
     );
     // Trusted, it reaches the dispatcher, which does not know the op: an error, not an abort.
-    let err = Interpreter::new(&program, true).err().unwrap();
+    let err = refusal_of_first_node("torch.ops.evil.exec.default", true);
     assert!(err.contains("evil::exec"), "{err}");
     // A higher-order op the interpreter does not run is refused, trusted or not.
-    program.graph.nodes[0].target = "torch.ops.higher_order.map_impl".into();
     for trusted in [false, true] {
-        let err = Interpreter::new(&program, trusted).err().unwrap();
+        let err = refusal_of_first_node("torch.ops.higher_order.map_impl", trusted);
         assert!(
             err.starts_with(
                 "refusing to run torch.ops.higher_order.map_impl: trainlint runs the aten ops"
@@ -164,20 +172,15 @@ fn ops_outside_aten_are_refused_unless_trusted() {
 /// are refused without --trust-model, naming the op, why and the module.
 #[test]
 fn aten_ops_the_torchscript_policy_refuses_are_refused_here() {
-    let mut program = pt2::read(&fixture("mlp.pt2")).unwrap();
-    program.graph.nodes[0].target = "torch.ops.aten.as_strided.default".into();
-    let err = Interpreter::new(&program, false).err().unwrap();
     assert_eq!(
-        err,
+        refusal_of_first_node("torch.ops.aten.as_strided.default", false),
         "refusing to run aten::as_strided: unchecked memory: it points a tensor at storage it does \
          not check in module `fc1`; pass --trust-model to run it anyway"
     );
-    let mut program = pt2::read(&fixture("mlp.pt2")).unwrap();
-    program.graph.nodes[0].target = "torch.ops.aten.from_file.default".into();
-    assert!(Interpreter::new(&program, false)
-        .err()
-        .unwrap()
-        .contains("aten::from_file: file access"));
+    assert!(
+        refusal_of_first_node("torch.ops.aten.from_file.default", false)
+            .contains("aten::from_file: file access")
+    );
     // Any aten op given a string argument named like a path.
     let mut program = pt2::read(&fixture("mlp.pt2")).unwrap();
     program.graph.nodes[0].inputs.push(pt2::NamedArgument {
@@ -185,7 +188,7 @@ fn aten_ops_the_torchscript_policy_refuses_are_refused_here() {
         arg: pt2::Argument::AsString("/etc/passwd".into()),
         kind: Some(2),
     });
-    let err = Interpreter::new(&program, false).err().unwrap();
+    let err = compiled(&program, false).err().unwrap();
     assert!(
         err.contains("file access: it takes a path `filename`"),
         "{err}"
@@ -208,7 +211,7 @@ fn aten_ops_the_torchscript_policy_refuses_are_refused_here() {
         unreachable!()
     };
     sub.graph.nodes[0].target = "torch.ops.aten._unsafe_view.default".into();
-    assert!(Interpreter::new(&program, false)
+    assert!(compiled(&program, false)
         .err()
         .unwrap()
         .contains("aten::_unsafe_view: unchecked memory"));
