@@ -69,7 +69,7 @@ pub enum AuditError {
 pub fn audit(req: &Request) -> Result<Audit, AuditError> {
     let settings = req.settings;
     let timeout = req.timeout;
-    let thread_plan = threads::plan(settings.threads, req.timings);
+    let thread_plan = threads::plan(settings.model.threads, req.timings);
     let threads = thread_plan.threads;
     // libgomp throttles its threads' spinning (to 1,000 spins, then sleep) while the process's OpenMP
     // threads outnumber the CPUs: checks that train on worker threads ran 20% slower per step while
@@ -77,21 +77,21 @@ pub fn audit(req: &Request) -> Result<Audit, AuditError> {
     // it is known whether checks run on workers (a time limit, or side by side).
     tch::set_num_threads(1);
     model::silence_libtorch_warnings();
-    let model = match &settings.model {
+    let model = match &settings.model.path {
         Some(p) => Some(security::load_model(
             p,
-            &settings.device,
-            &settings.output,
+            &settings.model.device,
+            &settings.model.output.to_string(),
             req.trust_model,
         )?),
         None => None,
     };
     let dataset = load_configured_data(settings)?;
-    let log = match &settings.log {
+    let log = match &settings.log.path {
         Some(p) => Some(data::load_log(
             p,
-            settings.log_loss.as_deref(),
-            &settings.log_terms,
+            settings.log.loss.as_deref(),
+            &settings.log.terms,
         )?),
         None => None,
     };
@@ -129,6 +129,7 @@ pub fn audit(req: &Request) -> Result<Audit, AuditError> {
     if let (Some(m), Some(d)) = (&model, &dataset) {
         let model_path = settings
             .model
+            .path
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_default();
@@ -207,16 +208,20 @@ pub fn audit(req: &Request) -> Result<Audit, AuditError> {
     let baseline_outcome = req.baseline.map(|b| baseline::apply(b, &mut outcome.runs));
     let inputs = report::Inputs {
         config: settings.config_path.as_deref().map(display_path),
-        model: settings.model.as_deref().map(display_path),
-        data: settings.data.as_deref().map(display_path),
-        log: settings.log.as_deref().map(display_path),
+        model: settings.model.path.as_deref().map(display_path),
+        data: settings.data.path.as_deref().map(display_path),
+        log: settings.log.path.as_deref().map(display_path),
         // Without a model nothing runs on a device: the report names none rather than claim one.
-        device: settings.model.as_ref().map(|_| settings.device.clone()),
+        device: settings
+            .model
+            .path
+            .as_ref()
+            .map(|_| settings.model.device.clone()),
         raw: [
             ("config", &settings.config_path),
-            ("model", &settings.model),
-            ("data", &settings.data),
-            ("log", &settings.log),
+            ("model", &settings.model.path),
+            ("data", &settings.data.path),
+            ("log", &settings.log.path),
         ]
         .into_iter()
         .filter_map(|(label, p)| p.as_deref().map(|p| (label, relative_path(p))))
@@ -300,7 +305,7 @@ fn relative_path(p: &Path) -> PathBuf {
 fn assumed_warning(settings: &Settings, report: &report::Report) -> Option<report::Warning> {
     let s = &settings.setup;
     // Without a model nothing trains, and nothing is assumed aloud.
-    settings.model.as_ref()?;
+    settings.model.path.as_ref()?;
     // The setup values that a check whose verdict rests on them used: it ran, or skipped for what it
     // assumed (not one skipped for want of a model or data).
     let used: Vec<&str> = report
@@ -486,8 +491,16 @@ pub fn load_configured_data(
 ) -> Result<Option<trainlint_checks::ports::Dataset>, data::DataError> {
     settings
         .data
+        .path
         .as_ref()
-        .map(|p| data::load_dataset(p, &settings.inputs, &settings.targets, settings.max_samples))
+        .map(|p| {
+            data::load_dataset(
+                p,
+                &settings.data.inputs,
+                &settings.data.targets,
+                settings.data.max_samples,
+            )
+        })
         .transpose()
 }
 

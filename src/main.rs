@@ -603,7 +603,7 @@ fn explain(id: &str) -> Result<ExitCode, Fatal> {
         "\n`trainlint explain KIND` documents each kind: how it decides, an example, the fix.\n\n## Options ([checks.{}] in trainlint.toml)\n",
         i.id
     ));
-    out.push_str("level = \"allow\" | \"warn\" | \"deny\"\n");
+    out.push_str(&format!("level = {}\n", config::quoted_levels(" | ")));
     for o in config::check_options(check.as_ref()) {
         out.push_str(&format!(
             "{} = {}  # {}\n",
@@ -765,8 +765,8 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
     // Model code can print; fd 1 points to stderr until the report is written to the real stdout.
     let stdout = output::ReportStdout::capture();
     let settings = resolve_settings(&args.overrides())?;
-    if settings.threads > MAX_THREADS {
-        return Err(CliError::TooManyThreads(settings.threads).into());
+    if settings.model.threads > MAX_THREADS {
+        return Err(CliError::TooManyThreads(settings.model.threads).into());
     }
     if run::selected_checks(&settings).is_empty() {
         // ruff runs nothing, silently, on an empty selection; a gate that checks nothing deserves a word.
@@ -790,10 +790,10 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
         Some(path) => Some(baseline::read(path)?),
         None => None,
     };
-    if settings.model.is_none() && settings.device != "cpu" {
+    if settings.model.path.is_none() && settings.model.device != "cpu" {
         output::eprint(&format!(
             "warning: device {} is unused: only a model runs on a device, and none is given (set [model] path or pass --model)\n",
-            settings.device
+            settings.model.device
         ));
     }
     let audit = audit::audit(&audit::Request {
@@ -859,7 +859,7 @@ fn check(args: CheckArgs) -> Result<ExitCode, Fatal> {
     if args.statistics {
         output::eprint(&report::text::statistics(report));
     }
-    if !args.exit_zero && report.fails(settings.fail_on) {
+    if !args.exit_zero && report.fails(settings.run.fail_on.into()) {
         return Ok(exit_code(1));
     }
     Ok(exit_code(0))
@@ -879,13 +879,14 @@ fn plan_outputs(
     // and targets too.
     let siblings: Vec<std::path::PathBuf> = settings
         .data
+        .path
         .as_deref()
-        .map(|d| data::siblings_read(d, &settings.inputs, &settings.targets))
+        .map(|d| data::siblings_read(d, &settings.data.inputs, &settings.data.targets))
         .unwrap_or_default();
     let mut inputs: Vec<output::Input> = [
-        ("the model", settings.model.as_deref()),
-        ("the data", settings.data.as_deref()),
-        ("the loss log", settings.log.as_deref()),
+        ("the model", settings.model.path.as_deref()),
+        ("the data", settings.data.path.as_deref()),
+        ("the loss log", settings.log.path.as_deref()),
         ("the config file", settings.config_path.as_deref()),
         ("the --baseline file", baseline),
     ]
@@ -909,7 +910,7 @@ fn graph(args: GraphArgs) -> Result<ExitCode, Fatal> {
         device: args.device.clone(),
         ..config::Overrides::default()
     })?;
-    let Some(model_path) = settings.model.clone() else {
+    let Some(model_path) = settings.model.path.clone() else {
         return Err(CliError::GraphNeedsModel.into());
     };
     let targets = plan_outputs(
@@ -931,7 +932,7 @@ fn graph(args: GraphArgs) -> Result<ExitCode, Fatal> {
         }
     });
     // One small forward for the shapes: more threads only spin (config `threads` still applies).
-    let threads = match settings.threads {
+    let threads = match settings.model.threads {
         0 => 1,
         n => n.min(MAX_THREADS),
     };
@@ -939,8 +940,8 @@ fn graph(args: GraphArgs) -> Result<ExitCode, Fatal> {
     model::silence_libtorch_warnings();
     let model = security::load_model(
         &model_path,
-        &settings.device,
-        &settings.output,
+        &settings.model.device,
+        &settings.model.output.to_string(),
         args.trust_model,
     )?;
     let dataset = audit::load_configured_data(&settings)?;

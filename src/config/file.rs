@@ -1,6 +1,8 @@
 //! The configuration file's sections as typed structs: each key is declared once here, with its doc
 //! comment, its default (in `Default`) and its bounds. Validation, `trainlint schema`, `trainlint init`'s
 //! template and docs/configuration.md all derive from these declarations.
+use std::path::{Path, PathBuf};
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use trainlint_checks::{Setup, Severity};
@@ -47,11 +49,11 @@ impl std::fmt::Display for OutputSelector {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelSection {
     /// Path to the TorchScript file, relative to this file
-    pub path: Option<String>,
+    pub path: Option<PathBuf>,
     /// Which output is the prediction when forward returns a tuple (an index) or a dict (a key); empty: the first
     pub output: OutputSelector,
     /// cpu, cuda or cuda:N
@@ -59,6 +61,21 @@ pub struct ModelSection {
     /// libtorch CPU threads; 0 = the machine's cores
     #[schemars(range(min = 0, max = 1024))]
     pub threads: usize,
+}
+
+impl ConfigFile {
+    /// The relative paths of `[model]`, `[data]` and `[log]` resolved against `base`, the config
+    /// file's folder.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let paths = [
+            &mut self.model.path,
+            &mut self.data.path,
+            &mut self.log.path,
+        ];
+        for p in paths.into_iter().flatten() {
+            *p = base.join(&*p);
+        }
+    }
 }
 
 impl Default for ModelSection {
@@ -72,11 +89,11 @@ impl Default for ModelSection {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataSection {
     /// Path to the data sample, relative to this file
-    pub path: Option<String>,
+    pub path: Option<PathBuf>,
     /// Name of the input array
     pub inputs: String,
     /// Name of the target array (float: regression / image-to-image; integer: class indices)
@@ -97,11 +114,11 @@ impl Default for DataSection {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSection {
     /// Path to the loss log, relative to this file
-    pub path: Option<String>,
+    pub path: Option<PathBuf>,
     /// The total-loss column; unset: `loss`
     pub loss: Option<String>,
     /// Loss-term columns; empty: every `loss_*` column
@@ -128,7 +145,7 @@ impl From<FailOn> for Severity {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RunSection {
     /// Checks, finding kinds or groups to run (ALL = every check)

@@ -13,11 +13,16 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 use toml_edit::{ImDocument, Item, TableLike, Value};
 use trainlint_checks::registry::{self, Selector};
-use trainlint_checks::{Group, Level, Setup, Severity};
+use trainlint_checks::{Group, Level, Setup};
 
-pub use file::{ConfigFile, FailOn};
+pub use file::{
+    ConfigFile, DataSection, FailOn, LogSection, ModelSection, OutputSelector, RunSection,
+};
 pub use overrides::{resolve, Overrides, ResolveError};
-pub use schema::{check_options, config_schema, init_template, json_schema, reference_markdown};
+pub use schema::{
+    check_options, config_schema, init_template, json_schema, levels, quoted_levels,
+    reference_markdown,
+};
 
 /// A configuration error: a message, and where it points when it comes from a file.
 #[derive(Debug)]
@@ -136,24 +141,18 @@ pub struct Ignore {
     pub line: usize,
 }
 
+/// The settings of one run: the config file's sections (its relative paths resolved against its
+/// folder, the command line's values over them), its `[checks]` and `[[ignore]]` tables and the line
+/// of every key read.
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub config_path: Option<PathBuf>,
-    pub model: Option<PathBuf>,
-    pub output: String,
-    pub device: String,
-    pub threads: usize,
-    pub data: Option<PathBuf>,
-    pub inputs: String,
-    pub targets: String,
-    pub max_samples: usize,
-    pub log: Option<PathBuf>,
-    pub log_loss: Option<String>,
-    pub log_terms: Vec<String>,
+    pub model: ModelSection,
+    pub data: DataSection,
+    pub log: LogSection,
+    /// `[setup]`, carrying `[run]`'s seed and check budget: what the checks see.
     pub setup: Setup,
-    pub select: Vec<String>,
-    pub ignore: Vec<String>,
-    pub fail_on: Severity,
+    pub run: RunSection,
     pub checks: BTreeMap<String, CheckConfig>,
     pub ignores: Vec<Ignore>,
     /// The config line of every key read from the file (`setup.lr`, `checks.init-std`, …).
@@ -163,40 +162,32 @@ pub struct Settings {
 impl Default for Settings {
     /// The config file's defaults: declared once, in `file.rs`.
     fn default() -> Self {
-        Settings::from_file(ConfigFile::default(), Path::new("."))
+        Settings::from_file(ConfigFile::default())
     }
 }
 
 impl Settings {
-    /// The settings a parsed config file gives (no `[checks]` or `[[ignore]]` yet); its relative
-    /// paths resolve against `base`.
-    fn from_file(f: ConfigFile, base: &Path) -> Settings {
-        let path = |p: Option<String>| p.map(|p| base.join(p));
-        Settings {
+    /// The settings a parsed config file gives (no `[checks]` or `[[ignore]]` yet).
+    fn from_file(f: ConfigFile) -> Settings {
+        let mut settings = Settings {
             config_path: None,
-            model: path(f.model.path),
-            output: f.model.output.to_string(),
-            device: f.model.device,
-            threads: f.model.threads,
-            data: path(f.data.path),
-            inputs: f.data.inputs,
-            targets: f.data.targets,
-            max_samples: f.data.max_samples,
-            log: path(f.log.path),
-            log_loss: f.log.loss,
-            log_terms: f.log.terms,
-            setup: Setup {
-                seed: f.run.seed,
-                check_budget: f.run.check_budget,
-                ..f.setup
-            },
-            select: f.run.select,
-            ignore: f.run.ignore,
-            fail_on: f.run.fail_on.into(),
+            model: f.model,
+            data: f.data,
+            log: f.log,
+            setup: f.setup,
+            run: f.run,
             checks: BTreeMap::new(),
             ignores: Vec::new(),
             key_lines: BTreeMap::new(),
-        }
+        };
+        settings.run_into_setup();
+        settings
+    }
+
+    /// `[run]`'s seed and check budget into the [`Setup`] the checks see.
+    fn run_into_setup(&mut self) {
+        self.setup.seed = self.run.seed;
+        self.setup.check_budget = self.run.check_budget;
     }
 
     /// The level a check runs at: the config's, else its default.
@@ -221,14 +212,14 @@ impl Settings {
     /// Whether `select` / `ignore` (ALL, groups, check ids or kind ids) let a check run: some selector
     /// reaches it, and no ignore names the whole check.
     pub fn selected(&self, id: &str, group: Group) -> bool {
-        Self::selectors(&self.select).any(|s| s.touches_check(id, group))
-            && !Self::selectors(&self.ignore).any(|s| s.covers_check(id, group))
+        Self::selectors(&self.run.select).any(|s| s.touches_check(id, group))
+            && !Self::selectors(&self.run.ignore).any(|s| s.covers_check(id, group))
     }
 
     /// Whether a finding of `kind` from check `id` is kept by `select` / `ignore`.
     pub fn kind_selected(&self, kind: &str, id: &str, group: Group) -> bool {
-        Self::selectors(&self.select).any(|s| s.covers_kind(kind, id, group))
-            && !Self::selectors(&self.ignore).any(|s| s.covers_kind(kind, id, group))
+        Self::selectors(&self.run.select).any(|s| s.covers_kind(kind, id, group))
+            && !Self::selectors(&self.run.ignore).any(|s| s.covers_kind(kind, id, group))
     }
 }
 
@@ -481,7 +472,7 @@ pub fn load_file(path: &Path, settings: &mut Settings) -> Result<(), ConfigError
     } else {
         doc.as_table()
     };
-    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let base = path.parent().unwrap_or(Path::new("."));
     let r = Reader { src };
     settings.config_path = Some(path.to_path_buf());
     let schema = config_schema();
@@ -507,15 +498,16 @@ pub fn load_file(path: &Path, settings: &mut Settings) -> Result<(), ConfigError
         }
     }
     // Every value was checked against the schema above; this cannot fail but says why if it does.
-    let file: ConfigFile = serde_json::from_value(serde_json::Value::Object(values))
+    let mut file: ConfigFile = serde_json::from_value(serde_json::Value::Object(values))
         .map_err(|e| ConfigError::plain(format!("{}: {e}", path.display())))?;
+    file.resolve_paths(base);
     // The tables read above (checks, ignores, key lines) join the sections' values.
     *settings = Settings {
         config_path: settings.config_path.take(),
         checks: std::mem::take(&mut settings.checks),
         ignores: std::mem::take(&mut settings.ignores),
         key_lines: std::mem::take(&mut settings.key_lines),
-        ..Settings::from_file(file, &base)
+        ..Settings::from_file(file)
     };
     Ok(())
 }
@@ -699,7 +691,9 @@ fn read_checks(r: &Reader, t: &dyn TableLike, s: &mut Settings) -> Result<(), Co
         for (key, item) in table.iter() {
             let what = format!("checks.{id}.{key}");
             if key == "level" {
-                let level = r.choice(item, &what, &["allow", "warn", "deny"])?;
+                let levels = levels();
+                let levels: Vec<&str> = levels.iter().map(String::as_str).collect();
+                let level = r.choice(item, &what, &levels)?;
                 cfg.level = Level::parse(&level);
                 continue;
             }
@@ -829,28 +823,9 @@ mod tests {
         load_file(&p, &mut s).unwrap();
         let d = Settings::default();
         assert_eq!(
-            (
-                &s.output,
-                &s.device,
-                s.threads,
-                &s.inputs,
-                &s.targets,
-                s.max_samples
-            ),
-            (
-                &d.output,
-                &d.device,
-                d.threads,
-                &d.inputs,
-                &d.targets,
-                d.max_samples
-            )
+            format!("{:?}", (&s.model, &s.data, &s.log, &s.setup, &s.run)),
+            format!("{:?}", (&d.model, &d.data, &d.log, &d.setup, &d.run))
         );
-        assert_eq!(
-            (&s.select, &s.ignore, s.fail_on),
-            (&d.select, &d.ignore, d.fail_on)
-        );
-        assert_eq!(format!("{:?}", s.setup), format!("{:?}", d.setup));
         for check in registry::all() {
             let id = check.info().id;
             assert_eq!(
@@ -885,8 +860,8 @@ mod tests {
              loss = \"bce\"\n[run]\nselect = [\"model\"]\n[checks.init-std]\nlevel = \"warn\"\nband_factor = 4\n",
         )
         .unwrap();
-        assert!(s.model.as_ref().unwrap().ends_with("m.pt"));
-        assert_eq!(s.inputs, "x");
+        assert!(s.model.path.as_ref().unwrap().ends_with("m.pt"));
+        assert_eq!(s.data.inputs, "x");
         assert_eq!(s.setup.lr, 1.0);
         assert!(!s.setup.shuffle);
         assert_eq!(s.setup.loss, Some(LossKind::Bce));
@@ -895,83 +870,57 @@ mod tests {
         assert!(s.selected("init-std", Group::Model));
     }
 
+    /// Loading `text` fails with a message that contains `says`.
+    fn refused(text: &str, says: &str) -> ConfigError {
+        let e = load(text).unwrap_err();
+        assert!(e.message.contains(says), "{text:?}: {}", e.message);
+        e
+    }
+
+    /// As [`refused`], the error pointing at `line:column`.
+    fn refused_at(text: &str, says: &str, at: (usize, usize)) -> ConfigError {
+        let e = refused(text, says);
+        assert_eq!((e.line, e.column), at, "{text:?}");
+        e
+    }
+
     #[test]
     fn misspelled_key_points_at_line_and_column_with_a_suggestion() {
-        let e = load("[setup]\nlr = 0.1\nbatch_sise = 4\n").unwrap_err();
-        assert_eq!((e.line, e.column), (3, 1));
-        assert!(
-            e.message
-                .contains("unknown key `batch_sise` in [setup]; did you mean `batch_size`?"),
-            "{}",
-            e.message
-        );
+        let key = "unknown key `batch_sise` in [setup]; did you mean `batch_size`?";
+        let e = refused_at("[setup]\nlr = 0.1\nbatch_sise = 4\n", key, (3, 1));
         assert!(e.render_snippet().unwrap().contains("^^^^^^^^^^"));
     }
 
     #[test]
     fn bad_values_point_at_the_value() {
-        let e = load("[setup]\nlr = \"fast\"\n").unwrap_err();
-        assert_eq!((e.line, e.column), (2, 6));
-        assert!(
-            e.message
-                .contains("setup.lr: expected a number, found string"),
-            "{}",
-            e.message
-        );
-        let e = load("[setup]\noptimizer = \"adan\"\n").unwrap_err();
-        assert!(
-            e.message.contains("did you mean \"adam\"?"),
-            "{}",
-            e.message
-        );
-        let e = load("[checks.init-std]\nband_factor = true\n").unwrap_err();
-        assert!(
-            e.message
-                .contains("checks.init-std.band_factor: expected a number, found boolean"),
-            "{}",
-            e.message
+        let lr = "setup.lr: expected a number, found string";
+        refused_at("[setup]\nlr = \"fast\"\n", lr, (2, 6));
+        refused("[setup]\noptimizer = \"adan\"\n", "did you mean \"adam\"?");
+        refused(
+            "[checks.init-std]\nband_factor = true\n",
+            "checks.init-std.band_factor: expected a number, found boolean",
         );
         // Bounds come from the options struct's schema; NaN never passes.
-        let e = load("[checks.overfit-batch]\nsteps = 0\n").unwrap_err();
-        assert!(
-            e.message.contains("must be at least 1, found 0"),
-            "{}",
-            e.message
+        let steps = "[checks.overfit-batch]\nsteps = 0\n";
+        refused_at(steps, "must be at least 1, found 0", (2, 9));
+        refused(
+            "[checks.identity-overfit]\nlr = -0.1\n",
+            "must be greater than 0",
         );
-        assert_eq!((e.line, e.column), (2, 9));
-        let e = load("[checks.identity-overfit]\nlr = -0.1\n").unwrap_err();
-        assert!(
-            e.message.contains("must be greater than 0"),
-            "{}",
-            e.message
+        refused(
+            "[checks.init-std]\nmode = \"fixd\"\n",
+            "did you mean \"fixed\"?",
         );
-        let e = load("[checks.init-std]\nmode = \"fixd\"\n").unwrap_err();
-        assert!(
-            e.message.contains("did you mean \"fixed\"?"),
-            "{}",
-            e.message
-        );
-        let e = load("[setup]\nmomentum = nan\n").unwrap_err();
-        assert!(
-            e.message.contains("must be a finite number"),
-            "{}",
-            e.message
-        );
-        let e = load("[setup]\nweight_decay = -1.0\n").unwrap_err();
-        assert!(e.message.contains("must be at least 0"), "{}", e.message);
-        let e = load("[checks.init-stdd]\n").unwrap_err();
-        assert!(
-            e.message.contains("did you mean `init-std`?"),
-            "{}",
-            e.message
-        );
+        refused("[setup]\nmomentum = nan\n", "must be a finite number");
+        refused("[setup]\nweight_decay = -1.0\n", "must be at least 0");
+        refused("[checks.init-stdd]\n", "did you mean `init-std`?");
     }
 
     #[test]
     fn an_empty_config_file_loads_as_the_defaults() {
         let s = load("").unwrap();
         assert!(s.config_path.is_some());
-        assert_eq!((s.model, s.data, s.log), (None, None, None));
+        assert_eq!((s.model.path, s.data.path, s.log.path), (None, None, None));
         assert_eq!(s.setup.lr, Settings::default().setup.lr);
     }
 
@@ -1003,8 +952,7 @@ mod tests {
 
     #[test]
     fn ignores_need_a_reason() {
-        let e = load("[[ignore]]\ncheck = \"init-std\"\n").unwrap_err();
-        assert!(e.message.contains("needs `reason"), "{}", e.message);
+        refused("[[ignore]]\ncheck = \"init-std\"\n", "needs `reason");
         let s = load("[[ignore]]\ncheck = \"init-std\"\nreason = \"zero-init head\"\n").unwrap();
         assert_eq!(s.ignores[0].check, "init-std");
     }

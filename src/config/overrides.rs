@@ -49,41 +49,42 @@ pub fn resolve(args: &Overrides) -> Result<Settings, ResolveError> {
         load_file(&path, &mut settings)?;
     }
     if let Some(m) = &args.model {
-        settings.model = Some(m.clone());
+        settings.model.path = Some(m.clone());
     }
     if let Some(d) = &args.data {
-        settings.data = Some(d.clone());
+        settings.data.path = Some(d.clone());
     }
     if let Some(l) = &args.log {
-        settings.log = Some(l.clone());
+        settings.log.path = Some(l.clone());
     }
     if let Some(s) = &args.select {
         validate_selectors(s).map_err(|m| ResolveError::Flag(format!("--select: {m}")))?;
-        settings.select = s.clone();
+        settings.run.select = s.clone();
     }
     if let Some(s) = &args.ignore {
         validate_selectors(s).map_err(|m| ResolveError::Flag(format!("--ignore: {m}")))?;
-        settings.ignore = s.clone();
+        settings.run.ignore = s.clone();
     }
     if let Some(f) = args.fail_on {
-        settings.fail_on = f.into();
+        settings.run.fail_on = f;
     }
     if let Some(d) = &args.device {
         // A typo is an error even without a model; whether CUDA is there matters only with one.
         if let Err(e @ crate::model::ModelError::BadDevice(_)) = crate::model::parse_device(d) {
             return Err(ResolveError::Flag(format!("--device: {e}")));
         }
-        settings.device = d.clone();
+        settings.model.device = d.clone();
     }
     if let Some(s) = args.seed {
-        settings.setup.seed = s;
+        settings.run.seed = s;
     }
     if let Some(t) = args.threads {
-        settings.threads = t;
+        settings.model.threads = t;
     }
     if let Some(b) = args.check_budget {
-        settings.setup.check_budget = b;
+        settings.run.check_budget = b;
     }
+    settings.run_into_setup();
     // The training keys the config left unset: the checks that train assume their defaults, and say so.
     settings.setup.assumed = ["optimizer", "lr", "batch_size", "momentum"]
         .into_iter()
@@ -101,7 +102,8 @@ pub fn resolve(args: &Overrides) -> Result<Settings, ResolveError> {
         settings.setup.loss =
             Some(parse_choice(l).map_err(|e| ResolveError::Flag(format!("--loss: {e}")))?);
     }
-    if settings.model.is_none() && settings.data.is_none() && settings.log.is_none() {
+    if settings.model.path.is_none() && settings.data.path.is_none() && settings.log.path.is_none()
+    {
         return Err(ResolveError::Nothing(nothing_to_check(
             settings.config_path.as_deref(),
         )));

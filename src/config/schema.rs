@@ -1,11 +1,26 @@
 //! The configuration's keys in one table: it drives validation hints, `trainlint init` and
 //! `trainlint schema`.
 use serde_json::{json, Map, Value};
-use trainlint_checks::{registry, Rule};
+use trainlint_checks::{registry, Level, Rule};
 
 /// The JSON Schema of the config file's sections, from their typed declarations (`file.rs`).
 pub fn config_schema() -> Value {
     trainlint_checks::options::schema_of::<super::ConfigFile>()
+}
+
+/// The level names a `[checks.ID] level` accepts (allow, warn, deny), from the one [`Level`] enum.
+pub fn levels() -> Vec<String> {
+    let schema = trainlint_checks::options::schema_of::<Level>();
+    choices(&schema).into_iter().map(String::from).collect()
+}
+
+/// The level names quoted and joined by `sep`: `"allow" | "warn" | "deny"`.
+pub fn quoted_levels(sep: &str) -> String {
+    levels()
+        .iter()
+        .map(|l| format!("{l:?}"))
+        .collect::<Vec<_>>()
+        .join(sep)
 }
 
 /// One documented key of a schema object (a config section or a check's options), read from its typed
@@ -200,7 +215,10 @@ pub fn init_template(filled: &[(&str, String)]) -> String {
             }
         }
     }
-    out.push_str("\n# Per-check levels (allow, warn, deny) and options.\n");
+    out.push_str(&format!(
+        "\n# Per-check levels ({}) and options.\n",
+        levels().join(", ")
+    ));
     for check in registry::all() {
         let info = check.info();
         out.push_str(&format!(
@@ -233,7 +251,7 @@ pub fn json_schema() -> Value {
         let mut opts = Map::new();
         opts.insert(
             "level".into(),
-            json!({"type": "string", "enum": ["allow", "warn", "deny"], "default": info.default_level.as_str()}),
+            json!({"type": "string", "enum": levels(), "default": info.default_level.as_str()}),
         );
         let schema = check.options_schema();
         if let Some(props) = schema["properties"].as_object() {
