@@ -97,14 +97,13 @@ pub struct RawInputScale {
     pub largest_feature_rms: f64,
     pub largest_feature: usize,
     pub smallest_feature_rms: f64,
-    /// Whether the features are per channel (images) rather than per column.
     #[serde(skip)]
-    pub channels: bool,
+    pub unit: FeatureUnit,
 }
 
 impl Violation for RawInputScale {
     fn message(&self) -> String {
-        let unit = if self.channels { "channel" } else { "column" };
+        let unit = self.unit;
         let layer = if self.layer.is_empty() {
             "the root module".to_string()
         } else {
@@ -175,14 +174,13 @@ pub struct FeatureScaleSpread {
     pub features: usize,
     /// The `spread` option it was judged with.
     pub spread: f64,
-    /// Whether the features are per channel (images) rather than per column.
     #[serde(skip)]
-    pub channels: bool,
+    pub unit: FeatureUnit,
 }
 
 impl Violation for FeatureScaleSpread {
     fn message(&self) -> String {
-        let unit = if self.channels { "channel" } else { "column" };
+        let unit = self.unit;
         format!(
             "{unit} {} has std {} against {} for {unit} {} ({}× smaller, in range too), and the model does \
 not rescale it: its contribution to the output is {}× smaller than {unit} {}'s; {unit}s {}× or more below \
@@ -228,6 +226,32 @@ fn feature_rms(x: &Tensor) -> Result<Vec<f64>, CheckError> {
             .f_to_device(tch::Device::Cpu)?,
     )?;
     Ok(v)
+}
+
+/// What a feature is: a column of 2-D inputs, or a channel (dim 1) of 3-D and more (images).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FeatureUnit {
+    Column,
+    Channel,
+}
+
+impl FeatureUnit {
+    fn of(inputs: &Tensor) -> FeatureUnit {
+        if inputs.dim() >= 3 {
+            FeatureUnit::Channel
+        } else {
+            FeatureUnit::Column
+        }
+    }
+}
+
+impl std::fmt::Display for FeatureUnit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FeatureUnit::Column => "column",
+            FeatureUnit::Channel => "channel",
+        })
+    }
 }
 
 /// The inputs as (features, values): columns of 2-D inputs, channels (dim 1) of 3-D and more, one
@@ -399,7 +423,7 @@ fn raw_scale(
         largest_feature_rms: largest,
         largest_feature,
         smallest_feature_rms: if smallest.is_finite() { smallest } else { 0.0 },
-        channels: data.inputs.dim() >= 3,
+        unit: FeatureUnit::of(&data.inputs),
     };
     let at = Location {
         data_key: Some(data.input_key.clone()),
@@ -459,7 +483,7 @@ fn scale_spread(
         features_below: below,
         features,
         spread: options.spread,
-        channels: data.inputs.dim() >= 3,
+        unit: FeatureUnit::of(&data.inputs),
     };
     let at = Location {
         data_key: Some(data.input_key.clone()),

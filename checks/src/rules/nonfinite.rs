@@ -139,6 +139,13 @@ log(0), or division by a zero std in preprocessing)",
     }
 }
 
+/// "2 buffers hold NaN or Inf: …": the message of the parameter and buffer kinds.
+fn holding(noun: &str, tensors: &[(String, Count, i64)]) -> String {
+    let n = tensors.len();
+    let verb = if n == 1 { " holds" } else { "s hold" };
+    format!("{n} {noun}{verb} NaN or Inf: {}", listed(tensors))
+}
+
 /// Parameter or buffer names with their counts, for a message: the first 4 and a count of the rest.
 fn listed(tensors: &[(String, Count, i64)]) -> String {
     let described: Vec<String> = tensors
@@ -176,12 +183,7 @@ fn names<S: serde::Serializer>(v: &[(String, Count, i64)], s: S) -> Result<S::Ok
 
 impl Violation for NonFiniteParameters {
     fn message(&self) -> String {
-        let n = self.parameters.len();
-        format!(
-            "{n} parameter{} NaN or Inf: {}",
-            if n == 1 { " holds" } else { "s hold" },
-            listed(&self.parameters)
-        )
+        holding("parameter", &self.parameters)
     }
     fn help(&self) -> String {
         "re-initialise these layers or load a checkpoint from before the run diverged".to_string()
@@ -212,12 +214,7 @@ pub struct NonFiniteBuffers {
 
 impl Violation for NonFiniteBuffers {
     fn message(&self) -> String {
-        let n = self.buffers.len();
-        format!(
-            "{n} buffer{} NaN or Inf: {}",
-            if n == 1 { " holds" } else { "s hold" },
-            listed(&self.buffers)
-        )
+        holding("buffer", &self.buffers)
     }
     fn help(&self) -> String {
         "reset the running statistics (reset_running_stats()) and recompute them on clean data"
