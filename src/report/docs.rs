@@ -104,9 +104,12 @@ fn configuration() -> String {
          the findings (`warning: config: [setup] does not set optimizer, lr, batch_size: the \
          checks that use them assumed optimizer = adam, lr = 0.001, batch_size = 32; …`), and the \
          messages that rest on them say `(assumed: setup.optimizer is not set)`: a verdict about \
-         Adam is no verdict about the SGD you train with.\n\n{CONFIG_TABLES}",
+         Adam is no verdict about the SGD you train with.\n\nBesides these sections:\n\n\
+         | table | meaning |\n| --- | --- |\n\
+         | `[checks.ID]` | `level = {}` and the check's options |\n{IGNORE_TABLE}",
         config::reference_markdown(),
         rests.join(", "),
+        config::quoted_levels(" \\| "),
     )
 }
 
@@ -130,14 +133,22 @@ error: trainlint.toml:2:1: unknown key `batch_sise` in [setup]; did you mean `ba
 ```
 "#;
 
-/// The tables besides the keyed sections.
-const CONFIG_TABLES: &str = r#"Besides these sections:
-
-| table | meaning |
-| --- | --- |
-| `[checks.ID]` | `level = "allow" \| "warn" \| "deny"` and the check's options |
-| `[[ignore]]` | `check` (a check id or a finding-kind id), optional `location` (a parameter, module, data key, log column, or the location text), required `reason`; an ignore that matched nothing is reported (see [CI](ci.md)) |
+/// `[[ignore]]`'s row of the tables besides the keyed sections.
+const IGNORE_TABLE: &str = r#"| `[[ignore]]` | `check` (a check id or a finding-kind id), optional `location` (a parameter, module, data key, log column, or the location text), required `reason`; an ignore that matched nothing is reported (see [CI](ci.md)) |
 "#;
+
+/// The level names for a table cell: `"allow"`, `"warn"` or `"deny"`.
+fn level_choices() -> String {
+    let quoted: Vec<String> = config::levels()
+        .iter()
+        .map(|l| format!("`{l:?}`"))
+        .collect();
+    match quoted.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
 
 fn check_page(check: &dyn Rule) -> String {
     let i = check.info();
@@ -145,7 +156,7 @@ fn check_page(check: &dyn Rule) -> String {
         "{GENERATED}\n# `{}`\n\ngroup: {} · default level: {}{}\n\n{}\n\n## What it does\n\n{}\n\n\
          ## Why it matters\n\n{}\n\n## Options\n\n`[checks.{}]` in `trainlint.toml`:\n\n\
          | option | default | meaning |\n|---|---|---|\n\
-         | `level` | `\"{}\"` | `\"allow\"`, `\"warn\"` or `\"deny\"` |\n",
+         | `level` | `\"{}\"` | {} |\n",
         i.id,
         i.group.as_str(),
         i.default_level.as_str(),
@@ -159,6 +170,7 @@ fn check_page(check: &dyn Rule) -> String {
         i.docs.why,
         i.id,
         i.default_level.as_str(),
+        level_choices(),
     );
     for o in config::check_options(check) {
         out.push_str(&format!(
