@@ -172,3 +172,48 @@ impl Default for RunSection {
         }
     }
 }
+
+/// An `[[ignore]]` entry: silence a check's (or one finding kind's) findings, optionally at one
+/// location, with a reason. This struct is the entry's one declaration: the loader deserializes it
+/// and `trainlint schema` derives the entry's schema from it.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Ignore {
+    /// A check id or a finding-kind id
+    #[serde(deserialize_with = "known_check_or_kind")]
+    pub check: String,
+    #[serde(default)]
+    #[schemars(with = "String")]
+    pub location: Option<String>,
+    #[serde(deserialize_with = "nonempty_reason")]
+    #[schemars(length(min = 1))]
+    pub reason: String,
+    /// The config line of the entry's first key (set by the loader, not a key of the entry).
+    #[serde(skip_deserializing)]
+    #[schemars(skip)]
+    pub line: usize,
+}
+
+/// `check` names a check or a finding kind (`closest` suggests one otherwise).
+fn known_check_or_kind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let id = String::deserialize(d)?;
+    let ids = super::check_and_kind_ids();
+    if ids.contains(&id.as_str()) {
+        return Ok(id);
+    }
+    let hint = super::closest(&id, ids.iter().copied())
+        .map(|c| format!("; did you mean `{c}`?"))
+        .unwrap_or_default();
+    Err(serde::de::Error::custom(format!(
+        "unknown check or kind `{id}`{hint}"
+    )))
+}
+
+/// A `reason` says something: blank is refused.
+fn nonempty_reason<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.trim().is_empty() {
+        return Err(serde::de::Error::custom("must not be empty"));
+    }
+    Ok(text)
+}

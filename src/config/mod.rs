@@ -16,7 +16,7 @@ use trainlint_checks::registry::{self, Selector};
 use trainlint_checks::{Group, Level, Setup};
 
 pub use file::{
-    ConfigFile, DataSection, FailOn, LogSection, ModelSection, OutputSelector, RunSection,
+    ConfigFile, DataSection, FailOn, Ignore, LogSection, ModelSection, OutputSelector, RunSection,
 };
 pub use overrides::{resolve, Overrides, ResolveError};
 pub use schema::{
@@ -128,17 +128,6 @@ fn toml_reason(text: &str, span: Option<Range<usize>>, message: &str) -> String 
 pub struct CheckConfig {
     pub level: Option<Level>,
     pub options: serde_json::Map<String, serde_json::Value>,
-}
-
-/// An `[[ignore]]` entry: silence a check's (or one finding kind's) findings, optionally at one
-/// location, with a reason.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Ignore {
-    /// A check id or a kind id.
-    pub check: String,
-    pub location: Option<String>,
-    pub reason: String,
-    pub line: usize,
 }
 
 /// The settings of one run: the config file's sections (its relative paths resolved against its
@@ -339,6 +328,17 @@ fn unknown_key(
     known: &[&str],
 ) -> ConfigError {
     let span = table.key(key).and_then(|k| k.span());
+    unknown_key_at(src, span, key, section, known)
+}
+
+/// An unknown `key` at `span`, with the closest known key or the list of them.
+fn unknown_key_at(
+    src: &Source,
+    span: Option<Range<usize>>,
+    key: &str,
+    section: &str,
+    known: &[&str],
+) -> ConfigError {
     let place = if section.is_empty() {
         String::new()
     } else {
@@ -445,6 +445,18 @@ fn known_check_ids() -> Vec<&'static str> {
     registry::all().iter().map(|c| c.info().id).collect()
 }
 
+/// What an `[[ignore]]` may name: a check id or a finding-kind id.
+fn check_and_kind_ids() -> Vec<&'static str> {
+    let mut ids = known_check_ids();
+    ids.extend(registry::kinds().iter().map(|k| k.id));
+    ids
+}
+
+/// Whether `path` is read as a pyproject.toml (the config under `[tool.trainlint]`).
+fn is_pyproject(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n == "pyproject.toml")
+}
+
 /// Load a config file into `settings`. Relative paths resolve against the file's folder.
 pub fn load_file(path: &Path, settings: &mut Settings) -> Result<(), ConfigError> {
     let text = std::fs::read_to_string(path)
@@ -454,8 +466,7 @@ pub fn load_file(path: &Path, settings: &mut Settings) -> Result<(), ConfigError
         let reason = toml_reason(&text, e.span(), e.message());
         src.error(e.span(), format!("invalid TOML: {reason}"))
     })?;
-    let is_pyproject = path.file_name().is_some_and(|n| n == "pyproject.toml");
-    let root: &dyn TableLike = if is_pyproject {
+    let root: &dyn TableLike = if is_pyproject(path) {
         match doc
             .get("tool")
             .and_then(|t| t.get("trainlint"))
@@ -719,82 +730,122 @@ fn read_checks(r: &Reader, t: &dyn TableLike, s: &mut Settings) -> Result<(), Co
     Ok(())
 }
 
+/// The `[[ignore]]` entries, deserialized into [`Ignore`] (their one declaration) from the whole
+/// document, so that toml_edit's errors carry spans; each error is put in the words the loader has
+/// always used. `item` is the `ignore` key's item, for the lines of the entries and the wording of a
+/// wrongly typed value.
 fn read_ignores(r: &Reader, item: &Item, s: &mut Settings) -> Result<(), ConfigError> {
-    // Each entry with its own span: the `[[ignore]]` header (to its last value), or the inline table.
-    let tables: Vec<(Option<Range<usize>>, &dyn TableLike)> = match item {
-        Item::ArrayOfTables(a) => a.iter().map(|t| (t.span(), t as &dyn TableLike)).collect(),
-        Item::Value(Value::Array(a)) => a
-            .iter()
-            .map(|v| {
-                v.as_inline_table()
-                    .map(|t| (t.span(), t as &dyn TableLike))
-                    .ok_or_else(|| r.src.error(v.span(), "ignore: expected a table"))
-            })
-            .collect::<Result<_, _>>()?,
-        _ => {
-            return Err(r
-                .src
-                .error(item.span(), "ignore: expected [[ignore]] tables"))
-        }
-    };
-    let mut ids = known_check_ids();
-    ids.extend(registry::kinds().iter().map(|k| k.id));
-    for (span, t) in tables {
-        let line = r.src.line_of(
-            t.iter()
-                .next()
-                .and_then(|(k, _)| t.key(k))
-                .and_then(|k| k.span()),
-        );
-        let (mut check, mut location, mut reason) = (None, None, None);
-        for (key, item) in t.iter() {
-            match key {
-                "check" => {
-                    let id = r.string(item, "ignore.check")?;
-                    if !ids.contains(&id.as_str()) {
-                        let hint = closest(&id, ids.iter().copied())
-                            .map(|c| format!("; did you mean `{c}`?"))
-                            .unwrap_or_default();
-                        return Err(r.src.error(
-                            item.span(),
-                            format!("ignore.check: unknown check or kind `{id}`{hint}"),
-                        ));
-                    }
-                    check = Some(id);
-                }
-                "location" => location = Some(r.string(item, "ignore.location")?),
-                "reason" => {
-                    let text = r.string(item, "ignore.reason")?;
-                    if text.trim().is_empty() {
-                        return Err(r.src.error(item.span(), "ignore.reason: must not be empty"));
-                    }
-                    reason = Some(text)
-                }
-                _ => {
-                    return Err(unknown_key(
-                        &r.src,
-                        t,
-                        key,
-                        "ignore",
-                        &["check", "location", "reason"],
-                    ))
-                }
-            }
-        }
-        // A missing key has no span of its own: point at the entry (its `[[ignore]]` header), with the
-        // same snippet and caret as every other config error.
-        let missing = |what: &str| {
-            r.src
-                .error(span.clone(), format!("[[ignore]] needs `{what}`"))
-        };
-        s.ignores.push(Ignore {
-            check: check.ok_or_else(|| missing("check"))?,
-            location,
-            reason: reason.ok_or_else(|| missing("reason = \"why this is fine\""))?,
-            line,
-        });
+    #[derive(serde::Deserialize)]
+    struct Entries {
+        ignore: Vec<Ignore>,
     }
+    #[derive(serde::Deserialize)]
+    struct Tool<T> {
+        tool: Trainlint<T>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Trainlint<T> {
+        trainlint: T,
+    }
+    let doc = toml_edit::de::Deserializer::parse(r.src.text).map_err(|e| {
+        r.src
+            .error(e.span(), format!("invalid TOML: {}", e.message()))
+    })?;
+    let entries = if is_pyproject(r.src.path) {
+        serde_path_to_error::deserialize::<_, Tool<Entries>>(doc).map(|t| t.tool.trainlint)
+    } else {
+        serde_path_to_error::deserialize::<_, Entries>(doc)
+    };
+    let mut entries = entries.map_err(|e| ignore_error(r, item, &e))?.ignore;
+    for (entry, line) in entries.iter_mut().zip(first_key_lines(&r.src, item)) {
+        entry.line = line;
+    }
+    s.ignores = entries;
     Ok(())
+}
+
+/// A deserialization error of `[[ignore]]` in the loader's words, pointing where toml_edit's span does.
+fn ignore_error(
+    r: &Reader,
+    item: &Item,
+    e: &serde_path_to_error::Error<toml_edit::de::Error>,
+) -> ConfigError {
+    use serde_path_to_error::Segment;
+    let (message, span) = (e.inner().message(), e.inner().span());
+    if let Some(key) = message
+        .strip_prefix("unknown field `")
+        .and_then(|m| m.rsplit_once("`, expected"))
+        .map(|(key, _)| key)
+    {
+        let schema = trainlint_checks::options::schema_of::<Ignore>();
+        let known: Vec<&str> = schema["properties"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        return unknown_key_at(&r.src, span, key, "ignore", &known);
+    }
+    if let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|m| m.strip_suffix('`'))
+    {
+        let what = match field {
+            "reason" => "reason = \"why this is fine\"",
+            other => other,
+        };
+        return r.src.error(span, format!("[[ignore]] needs `{what}`"));
+    }
+    // The path below `ignore`: nothing (the key itself), an entry's index, then a field.
+    let mut below = e
+        .path()
+        .iter()
+        .skip_while(|s| !matches!(s, Segment::Map { key } if key == "ignore"));
+    below.next();
+    let entry = match below.next() {
+        Some(Segment::Seq { index }) => *index,
+        _ => return r.src.error(span, "ignore: expected [[ignore]] tables"),
+    };
+    let Some(Segment::Map { key: field }) = below.next() else {
+        return r.src.error(span, "ignore: expected a table");
+    };
+    let what = format!("ignore.{field}");
+    // A wrongly typed value is described as the reader describes it; else it is a check of the
+    // field's own (an unknown id, an empty reason), said in its words.
+    entry_tables(item)
+        .get(entry)
+        .and_then(|t| t.get(field))
+        .and_then(|v| r.string(v, &what).err())
+        .unwrap_or_else(|| r.src.error(span, format!("{what}: {message}")))
+}
+
+/// The entries of `ignore`: `[[ignore]]` tables or the inline tables of `ignore = [...]`.
+fn entry_tables(item: &Item) -> Vec<&dyn TableLike> {
+    match item {
+        Item::ArrayOfTables(a) => a.iter().map(|t| t as &dyn TableLike).collect(),
+        _ => item
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_inline_table())
+            .map(|t| t as &dyn TableLike)
+            .collect(),
+    }
+}
+
+/// The line of each entry's first key: where a report says the ignore is.
+fn first_key_lines(src: &Source, item: &Item) -> Vec<usize> {
+    entry_tables(item)
+        .into_iter()
+        .map(|t| {
+            src.line_of(
+                t.iter()
+                    .next()
+                    .and_then(|(k, _)| t.key(k))
+                    .and_then(|k| k.span()),
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -270,8 +270,7 @@ pub fn json_schema() -> Value {
     );
     props.insert(
         "ignore".into(),
-        json!({"type": "array", "items": {"type": "object", "required": ["check", "reason"], "additionalProperties": false,
-            "properties": {"check": {"type": "string", "description": "A check id or a finding-kind id"}, "location": {"type": "string"}, "reason": {"type": "string", "minLength": 1}}}}),
+        json!({"type": "array", "items": ignore_entry_schema()}),
     );
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -279,6 +278,34 @@ pub fn json_schema() -> Value {
         "type": "object",
         "properties": props,
         "additionalProperties": false
+    })
+}
+
+/// The schema of one `[[ignore]]` entry, derived from [`super::Ignore`], its declaration; its keys (and
+/// each property's, `type` first, no null default) in the order `trainlint schema` has always printed them; the entry's
+/// own doc stays out.
+fn ignore_entry_schema() -> Value {
+    let derived = trainlint_checks::options::schema_of::<super::Ignore>();
+    let properties: Map<String, Value> = derived["properties"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, prop)| {
+            let mut typed = Map::from_iter([("type".to_string(), prop["type"].clone())]);
+            let rest = prop.as_object().into_iter().flatten();
+            // An unset location has no default to show.
+            typed.extend(
+                rest.filter(|(k, v)| !(*k == "default" && v.is_null()))
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            );
+            (name.clone(), Value::Object(typed))
+        })
+        .collect();
+    json!({
+        "type": derived["type"],
+        "required": derived["required"],
+        "additionalProperties": derived["additionalProperties"],
+        "properties": properties,
     })
 }
 
