@@ -498,7 +498,7 @@ pub fn load_file(path: &Path, settings: &mut Settings) -> Result<(), ConfigError
     for (key, item) in root.iter() {
         match key {
             "checks" => read_checks(&r, r.table(item, "checks")?, settings)?,
-            "ignore" => read_ignores(&r, item, settings)?,
+            "ignore" => read_ignores(&r, doc.clone(), item, settings)?,
             _ => match sections.get(key) {
                 Some(section) => {
                     let table = r.table(item, key)?;
@@ -731,10 +731,15 @@ fn read_checks(r: &Reader, t: &dyn TableLike, s: &mut Settings) -> Result<(), Co
 }
 
 /// The `[[ignore]]` entries, deserialized into [`Ignore`] (their one declaration) from the whole
-/// document, so that toml_edit's errors carry spans; each error is put in the words the loader has
-/// always used. `item` is the `ignore` key's item, for the lines of the entries and the wording of a
-/// wrongly typed value.
-fn read_ignores(r: &Reader, item: &Item, s: &mut Settings) -> Result<(), ConfigError> {
+/// document already parsed, so that toml_edit's errors carry spans; each error is put in the words
+/// the loader has always used. `item` is the `ignore` key's item, for the lines of the entries and
+/// the wording of a wrongly typed value.
+fn read_ignores(
+    r: &Reader,
+    doc: ImDocument<&str>,
+    item: &Item,
+    s: &mut Settings,
+) -> Result<(), ConfigError> {
     #[derive(serde::Deserialize)]
     struct Entries {
         ignore: Vec<Ignore>,
@@ -747,10 +752,7 @@ fn read_ignores(r: &Reader, item: &Item, s: &mut Settings) -> Result<(), ConfigE
     struct Trainlint<T> {
         trainlint: T,
     }
-    let doc = toml_edit::de::Deserializer::parse(r.src.text).map_err(|e| {
-        r.src
-            .error(e.span(), format!("invalid TOML: {}", e.message()))
-    })?;
+    let doc = toml_edit::de::Deserializer::from(doc);
     let entries = if is_pyproject(r.src.path) {
         serde_path_to_error::deserialize::<_, Tool<Entries>>(doc).map(|t| t.tool.trainlint)
     } else {
