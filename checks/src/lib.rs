@@ -248,6 +248,10 @@ impl CheckResult {
             ..Self::skipped(reason)
         }
     }
+    /// One finding: `violation` at `at`.
+    pub fn found<V: finding::Violation>(violation: &V, at: finding::Location) -> Self {
+        Self::with_findings(vec![Finding::new(violation, at)])
+    }
     pub fn with_findings(findings: Vec<Finding>) -> Self {
         CheckResult {
             findings,

@@ -41,7 +41,7 @@ pub struct Optimizer {
 
 #[derive(Default)]
 struct State {
-    /// Steps taken with a gradient, for Adam's bias correction.
+    /// Steps taken with a gradient (Adam's bias correction; SGD's first step starts its momentum).
     steps: i32,
     /// Adam's first moment, or SGD's momentum buffer.
     first: Option<Tensor>,
@@ -98,111 +98,120 @@ impl Optimizer {
             if !grad.defined() {
                 continue;
             }
-            match self.kind {
-                OptimizerKind::Sgd => self.sgd(param, &grad, state, &mut scratch)?,
-                OptimizerKind::Adam | OptimizerKind::AdamW => {
-                    self.adam(param, &grad, state, &mut scratch)?
-                }
-            }
+            self.update(param, &grad, state, &mut scratch)?;
         }
         Ok(())
     }
 
-    /// `torch::optim::SGD::step` for one parameter: d = g (+ wd·p); with momentum, b = d at the first
-    /// step, then b = m·b + d, and d = b; p -= lr·d.
-    fn sgd(
+    /// One parameter's update from its gradient, chunk by chunk, creating its state at its first.
+    fn update(
         &self,
         param: &Tensor,
         grad: &Tensor,
         state: &mut State,
         scratch: &mut Scratch,
     ) -> Result<(), CheckError> {
-        let first_step = state.first.is_none();
-        if self.momentum != 0.0 && first_step {
-            state.first = Some(param.f_empty_like()?);
+        let first_step = state.steps == 0;
+        state.steps += 1;
+        let adam = self.kind != OptimizerKind::Sgd;
+        if first_step && (adam || self.momentum != 0.0) {
+            state.first = Some(param.f_zeros_like()?);
+            if adam {
+                state.second = Some(param.f_zeros_like()?);
+            }
         }
+        let moment = |t: &Option<Tensor>, rows| t.as_ref().map(|t| part(t, rows)).transpose();
         for rows in chunks(param, self.chunk) {
-            let mut p = part(param, rows)?;
-            let mut d = part(grad, rows)?;
-            if self.weight_decay != 0.0 {
-                let mut decayed = scratch.take(&p, 2, self.chunk)?;
-                let _ = p.f_mul_scalar_out(&decayed, self.weight_decay)?;
-                let _ = decayed.f_add_(&d)?;
-                d = decayed;
-            }
-            if let Some(buf) = &state.first {
-                let mut b = part(buf, rows)?;
-                if first_step {
-                    b.f_copy_(&d)?;
-                } else {
-                    let _ = b.f_mul_scalar_(self.momentum)?;
-                    let _ = b.f_add_(&d)?;
+            let p = part(param, rows)?;
+            let g = part(grad, rows)?;
+            let first = moment(&state.first, rows)?;
+            match (self.kind, first, moment(&state.second, rows)?) {
+                (OptimizerKind::Sgd, buf, _) => self.sgd(p, g, buf, first_step, scratch)?,
+                (_, Some(m), Some(v)) => self.adam(p, g, m, v, state.steps, scratch)?,
+                _ => {
+                    return Err(CheckError::Other(
+                        "the optimizer lost Adam's moments".into(),
+                    ))
                 }
-                d = b;
             }
-            let update = scratch.take(&p, 0, self.chunk)?;
-            let _ = d.f_mul_scalar_out(&update, -self.lr)?;
-            let _ = p.f_add_(&update)?;
         }
         Ok(())
     }
 
-    /// `torch::optim::Adam::step` / `AdamW::step` for one parameter.
+    /// `torch::optim::SGD::step` on a chunk `p` of a parameter with gradient `d`: d = g (+ wd·p); with
+    /// momentum (its buffer `b`), b = d at the first step, then b = m·b + d, and d = b; p -= lr·d.
+    fn sgd(
+        &self,
+        mut p: Tensor,
+        mut d: Tensor,
+        momentum: Option<Tensor>,
+        first_step: bool,
+        scratch: &mut Scratch,
+    ) -> Result<(), CheckError> {
+        if self.weight_decay != 0.0 {
+            let mut decayed = scratch.take(&p, 2, self.chunk)?;
+            let _ = p.f_mul_scalar_out(&decayed, self.weight_decay)?;
+            let _ = decayed.f_add_(&d)?;
+            d = decayed;
+        }
+        if let Some(mut b) = momentum {
+            if first_step {
+                b.f_copy_(&d)?;
+            } else {
+                let _ = b.f_mul_scalar_(self.momentum)?;
+                let _ = b.f_add_(&d)?;
+            }
+            d = b;
+        }
+        let update = scratch.take(&p, 0, self.chunk)?;
+        let _ = d.f_mul_scalar_out(&update, -self.lr)?;
+        let _ = p.f_add_(&update)?;
+        Ok(())
+    }
+
+    /// `torch::optim::Adam::step` / `AdamW::step` on a chunk `p` of a parameter with gradient `g` and
+    /// its moments `m` and `v`, at step `steps` (from 1).
+    #[allow(clippy::too_many_arguments)]
     fn adam(
         &self,
-        param: &Tensor,
-        grad: &Tensor,
-        state: &mut State,
+        mut p: Tensor,
+        mut g: Tensor,
+        mut m: Tensor,
+        mut v: Tensor,
+        steps: i32,
         scratch: &mut Scratch,
     ) -> Result<(), CheckError> {
         let (b1, b2) = BETAS;
-        if state.first.is_none() {
-            state.first = Some(param.f_zeros_like()?);
-            state.second = Some(param.f_zeros_like()?);
-        }
-        let (Some(m), Some(v)) = (&state.first, &state.second) else {
-            return Err(CheckError::Other(
-                "the optimizer lost Adam's moments".into(),
-            ));
-        };
-        state.steps += 1;
-        let bias1 = 1.0 - b1.powi(state.steps);
-        let bias2 = 1.0 - b2.powi(state.steps);
+        let bias1 = 1.0 - b1.powi(steps);
+        let bias2 = 1.0 - b2.powi(steps);
         let step_size = self.lr / bias1;
-        let decoupled = self.kind == OptimizerKind::AdamW;
-        for rows in chunks(param, self.chunk) {
-            let mut p = part(param, rows)?;
-            let mut g = part(grad, rows)?;
-            if decoupled {
-                // p *= 1 - lr·wd, before the moments (libtorch does it even when wd = 0: a no-op).
-                if self.weight_decay != 0.0 {
-                    let _ = p.f_mul_scalar_(1.0 - self.lr * self.weight_decay)?;
-                }
-            } else if self.weight_decay != 0.0 {
-                let mut decayed = scratch.take(&p, 2, self.chunk)?;
-                let _ = p.f_mul_scalar_out(&decayed, self.weight_decay)?;
-                let _ = decayed.f_add_(&g)?;
-                g = decayed;
+        if self.kind == OptimizerKind::AdamW {
+            // p *= 1 - lr·wd, before the moments (libtorch does it even when wd = 0: a no-op).
+            if self.weight_decay != 0.0 {
+                let _ = p.f_mul_scalar_(1.0 - self.lr * self.weight_decay)?;
             }
-            let t = scratch.take(&p, 0, self.chunk)?;
-            // m = b1·m + (1 - b1)·g
-            let mut mc = part(m, rows)?;
-            let _ = mc.f_mul_scalar_(b1)?;
-            let _ = g.f_mul_scalar_out(&t, 1.0 - b1)?;
-            let _ = mc.f_add_(&t)?;
-            // v = b2·v + (1 - b2)·g²
-            let mut vc = part(v, rows)?;
-            let _ = vc.f_mul_scalar_(b2)?;
-            let _ = g.f_mul_scalar_out(&t, 1.0 - b2)?;
-            let _ = vc.f_addcmul_(&t, &g)?;
-            // p -= lr / bias1 · m / (sqrt(v) / sqrt(bias2) + eps)
-            let mut denom = scratch.take(&p, 1, self.chunk)?;
-            let _ = vc.f_sqrt_out(&denom)?;
-            let _ = denom.f_div_scalar_(bias2.sqrt())?;
-            let _ = denom.f_add_scalar_(EPS)?;
-            let _ = mc.f_mul_scalar_out(&t, -step_size)?;
-            let _ = p.f_addcdiv_(&t, &denom)?;
+        } else if self.weight_decay != 0.0 {
+            let mut decayed = scratch.take(&p, 2, self.chunk)?;
+            let _ = p.f_mul_scalar_out(&decayed, self.weight_decay)?;
+            let _ = decayed.f_add_(&g)?;
+            g = decayed;
         }
+        let t = scratch.take(&p, 0, self.chunk)?;
+        // m = b1·m + (1 - b1)·g
+        let _ = m.f_mul_scalar_(b1)?;
+        let _ = g.f_mul_scalar_out(&t, 1.0 - b1)?;
+        let _ = m.f_add_(&t)?;
+        // v = b2·v + (1 - b2)·g²
+        let _ = v.f_mul_scalar_(b2)?;
+        let _ = g.f_mul_scalar_out(&t, 1.0 - b2)?;
+        let _ = v.f_addcmul_(&t, &g)?;
+        // p -= lr / bias1 · m / (sqrt(v) / sqrt(bias2) + eps)
+        let mut denom = scratch.take(&p, 1, self.chunk)?;
+        let _ = v.f_sqrt_out(&denom)?;
+        let _ = denom.f_div_scalar_(bias2.sqrt())?;
+        let _ = denom.f_add_scalar_(EPS)?;
+        let _ = m.f_mul_scalar_out(&t, -step_size)?;
+        let _ = p.f_addcdiv_(&t, &denom)?;
         Ok(())
     }
 }

@@ -760,6 +760,32 @@ pub fn crop_label(sides: &[i64]) -> String {
     sides.join("×")
 }
 
+/// How a fit check (identity-overfit, overfit-batch) ends: its loss curve, on a log scale, aiming at
+/// `target`, with the run; passed when the fit reached the target, else the one finding `failed` builds
+/// from the curve's first and last value, at `at` (the fitted samples), the whole curve its window.
+pub fn fit_outcome<V: crate::finding::Violation>(
+    mut curve: crate::finding::Curve,
+    target: f64,
+    run: crate::TrainingRun,
+    reached: bool,
+    at: crate::finding::Location,
+    failed: impl FnOnce(f64, f64) -> Result<V, CheckError>,
+) -> Result<crate::CheckResult, CheckError> {
+    curve.target = Some(target);
+    curve.log_scale = true;
+    if reached {
+        return Ok(crate::CheckResult::passed().curve(curve).trained(run));
+    }
+    let (Some(&start), Some(&end)) = (curve.y.first(), curve.y.last()) else {
+        return Err(CheckError::Other("a fit without a single loss".into()));
+    };
+    let violation = failed(start, end)?;
+    curve.window = Some((0.0, (curve.y.len() - 1) as f64));
+    Ok(crate::CheckResult::found(&violation, at)
+        .curve(curve)
+        .trained(run))
+}
+
 /// How much training a check did, for the JSON report (the compute floor is steps × ms per step).
 pub fn training_run(
     name: &str,

@@ -293,6 +293,6 @@ random numbers in a way a fixed seed does not repeat)"
             only_later_samples: mixed.iter().all(|(j, i)| i > j),
         };
         let at = Location::data(&data.input_key, Some((0, n as usize)));
-        Ok(CheckResult::with_findings(vec![Finding::new(&v, at)]).curve(curve))
+        Ok(CheckResult::found(&v, at).curve(curve))
     }
 }

@@ -212,10 +212,7 @@ impl Check for GradientFlow {
                 trainable: trainable.len(),
                 loss_detached: Some(loss_kind.as_str()),
             };
-            return Ok(CheckResult::with_findings(vec![Finding::new(
-                &v,
-                at(&v.no_gradient),
-            )]));
+            return Ok(CheckResult::found(&v, at(&v.no_gradient)));
         }
         loss.f_backward()?;
         let (mut missing, mut non_finite, mut zero) = (Vec::new(), Vec::new(), Vec::new());

@@ -335,53 +335,44 @@ impl Check for IdentityOverfit {
                 None => "identity relative MSE".to_string(),
             },
         };
-        let mut curve = Curve::new(name, relative.clone());
-        curve.target = Some(target);
-        curve.log_scale = true;
-        if fit.reached {
-            return Ok(CheckResult::passed().curve(curve).trained(run));
-        }
-        let (start, end) = (relative[0], *relative.last().expect("at least one step"));
-        let psnr = 10.0 * ((hi - lo).powi(2) / (end * var)).log10();
-        let cause = match train::no_gradient_cause(&fit) {
-            Some(c) => c,
-            None => {
-                let outside = head
-                    .filter(|r| mapped.is_none() && values.iter().any(|v| r.distance(*v) > 0.0));
-                match outside {
-                    Some(r) => r.cannot_hold(&act.op, "inputs", &values),
-                    _ => {
-                        let channels = in_shape.get(1).copied().unwrap_or(0);
-                        let narrow = match narrowest_layer(model)? {
-                            Some((path, w)) if w < channels || w == 1 => format!(
-                                ": the narrowest layer {path} has {w} channel{} for a {channels}-channel input",
-                                if w == 1 { "" } else { "s" }
-                            ),
-                            _ => String::new(),
-                        };
-                        format!("a plateau, a bottleneck or too little capacity{narrow}")
+        let at = Location::data(&data.input_key, Some((0, k as usize)));
+        let steps = relative.len() - 1;
+        let curve = Curve::new(name, relative);
+        train::fit_outcome(curve, target, run, fit.reached, at, |start, end| {
+            let psnr = 10.0 * ((hi - lo).powi(2) / (end * var)).log10();
+            let cause = match train::no_gradient_cause(&fit) {
+                Some(c) => c,
+                None => {
+                    let outside = head.filter(|r| {
+                        mapped.is_none() && values.iter().any(|v| r.distance(*v) > 0.0)
+                    });
+                    match outside {
+                        Some(r) => r.cannot_hold(&act.op, "inputs", &values),
+                        _ => {
+                            let channels = in_shape.get(1).copied().unwrap_or(0);
+                            let narrow = match narrowest_layer(model)? {
+                                Some((path, w)) if w < channels || w == 1 => format!(
+                                    ": the narrowest layer {path} has {w} channel{} for a {channels}-channel input",
+                                    if w == 1 { "" } else { "s" }
+                                ),
+                                _ => String::new(),
+                            };
+                            format!("a plateau, a bottleneck or too little capacity{narrow}")
+                        }
                     }
                 }
-            }
-        };
-        curve.window = Some((0.0, (relative.len() - 1) as f64));
-        let violation = CannotLearnIdentity {
-            samples: k as usize,
-            relative_mse_start: Some(start),
-            relative_mse_end: Some(end),
-            relative_mse_floor: None,
-            target,
-            psnr_db: psnr,
-            steps: relative.len() - 1,
-            cause,
-            crops,
-        };
-        let f = Finding::new(
-            &violation,
-            Location::data(&data.input_key, Some((0, k as usize))),
-        );
-        Ok(CheckResult::with_findings(vec![f])
-            .curve(curve)
-            .trained(run))
+            };
+            Ok(CannotLearnIdentity {
+                samples: k as usize,
+                relative_mse_start: Some(start),
+                relative_mse_end: Some(end),
+                relative_mse_floor: None,
+                target,
+                psnr_db: psnr,
+                steps,
+                cause,
+                crops,
+            })
+        })
     }
 }

@@ -418,7 +418,7 @@ is {}): input-normalization judges the input scale",
             .last_layer
             .as_deref()
             .map_or_else(Location::default, Location::module);
-        Ok(CheckResult::with_findings(vec![Finding::new(&v, at)]))
+        Ok(CheckResult::found(&v, at))
     }
 }
 

@@ -471,6 +471,29 @@ constant output ({})",
     }
 }
 
+/// `Violation` for a probe kind: the message is [`ProbeEvidence::message`] with the kind's verdict and
+/// what its evaluation loss did (`$loss`, from the violation `$v` and its probe `$p`); the help is the
+/// probe's unless `help:` gives another.
+macro_rules! probe_violation {
+    ($kind:ty, $verdict:literal, |$v:ident, $p:ident| $loss:expr) => {
+        probe_violation!($kind, $verdict, |$v, $p| $loss, help: |p| p.help());
+    };
+    ($kind:ty, $verdict:literal, |$v:ident, $p:ident| $loss:expr, help: |$h:ident| $help:expr) => {
+        impl Violation for $kind {
+            fn message(&self) -> String {
+                #[allow(unused_variables)]
+                let $v = self;
+                let $p = &self.probe;
+                $p.message($verdict, $loss)
+            }
+            fn help(&self) -> String {
+                let $h = &self.probe;
+                $help
+            }
+        }
+    };
+}
+
 /// The configured optimizer and learning rate make the loss diverge within a few dozen steps
 ///
 /// # Why
@@ -509,21 +532,12 @@ pub struct ProbeDiverges {
     pub probe: ProbeEvidence,
 }
 
-impl Violation for ProbeDiverges {
-    fn message(&self) -> String {
-        let p = &self.probe;
-        let loss = format!(
-            "went from {} to {} in {} steps",
-            num(p.probe_start),
-            num(p.probe_end),
-            p.probe_steps
-        );
-        p.message("diverges", loss)
-    }
-    fn help(&self) -> String {
-        self.probe.help()
-    }
-}
+probe_violation!(ProbeDiverges, "diverges", |v, p| format!(
+    "went from {} to {} in {} steps",
+    num(p.probe_start),
+    num(p.probe_end),
+    p.probe_steps
+));
 
 /// The configured learning rate makes the loss spike far above its start
 ///
@@ -547,24 +561,15 @@ pub struct ProbeSpikes {
     pub probe_peak_step: usize,
 }
 
-impl Violation for ProbeSpikes {
-    fn message(&self) -> String {
-        let p = &self.probe;
-        let loss = format!(
-            "jumped to {} ({}× its start {}) at step {}, and ended at {} after {} steps",
-            num(self.probe_peak),
-            num(self.probe_peak / p.probe_start),
-            num(p.probe_start),
-            self.probe_peak_step,
-            num(p.probe_end),
-            p.probe_steps
-        );
-        p.message("is unstable", loss)
-    }
-    fn help(&self) -> String {
-        self.probe.help()
-    }
-}
+probe_violation!(ProbeSpikes, "is unstable", |v, p| format!(
+    "jumped to {} ({}× its start {}) at step {}, and ended at {} after {} steps",
+    num(v.probe_peak),
+    num(v.probe_peak / p.probe_start),
+    num(p.probe_start),
+    v.probe_peak_step,
+    num(p.probe_end),
+    p.probe_steps
+));
 
 /// The configured learning rate blows the model up, and it ends giving every input the same output
 ///
@@ -595,27 +600,22 @@ pub struct ProbeCollapses {
     pub constant_as: String,
 }
 
-impl Violation for ProbeCollapses {
-    fn message(&self) -> String {
-        let p = &self.probe;
-        let loss = format!(
-            "blew up to {} at step {}, then came to rest at {} after {} steps, the loss of a constant output \
-({})",
-            num(self.probe_peak),
-            self.probe_peak_step,
-            num(p.probe_end),
-            p.probe_steps,
-            self.constant_as
-        );
-        p.message("collapses", loss)
-    }
-    fn help(&self) -> String {
-        format!(
-            "lower setup.lr by 10× or more (try {}), or clip gradients / warm up",
-            num(self.probe.lr / 10.0)
-        )
-    }
-}
+probe_violation!(
+    ProbeCollapses,
+    "collapses",
+    |v, p| format!(
+        "blew up to {} at step {}, then came to rest at {} after {} steps, the loss of a constant output ({})",
+        num(v.probe_peak),
+        v.probe_peak_step,
+        num(p.probe_end),
+        p.probe_steps,
+        v.constant_as
+    ),
+    help: |p| format!(
+        "lower setup.lr by 10× or more (try {}), or clip gradients / warm up",
+        num(p.lr / 10.0)
+    )
+);
 
 /// The logged loss stops descending early while a 10× lower learning rate keeps going
 ///
@@ -691,22 +691,13 @@ pub struct ProbeOscillates {
     pub probe: ProbeEvidence,
 }
 
-impl Violation for ProbeOscillates {
-    fn message(&self) -> String {
-        let p = &self.probe;
-        let loss = format!(
-            "went up in {}% of {} steps and from {} to {}",
-            num(p.probe_up_share * 100.0),
-            p.probe_steps,
-            num(p.probe_start),
-            num(p.probe_end)
-        );
-        p.message("oscillates", loss)
-    }
-    fn help(&self) -> String {
-        self.probe.help()
-    }
-}
+probe_violation!(ProbeOscillates, "oscillates", |v, p| format!(
+    "went up in {}% of {} steps and from {} to {}",
+    num(p.probe_up_share * 100.0),
+    p.probe_steps,
+    num(p.probe_start),
+    num(p.probe_end)
+));
 
 fn thresholds(o: &LossOscillationOptions) -> OscillationThresholds {
     OscillationThresholds {
@@ -757,6 +748,12 @@ fn analyse_log(
         curve,
         too_short: None,
     };
+    // A log whose trend is not judged: it turns non-finite, or has too few finite rows.
+    let not_judged = |curve, too_short| LogAnalysis {
+        descending: false,
+        too_short,
+        ..judged(Vec::new(), Some(curve))
+    };
     let Some(column) = log.total.clone().or_else(|| log.terms.first().cloned()) else {
         return judged(Vec::new(), None);
     };
@@ -783,14 +780,7 @@ fn analyse_log(
             values[at],
             num(steps[at])
         );
-        return LogAnalysis {
-            findings: Vec::new(),
-            descending: false,
-            healthy: None,
-            stalled: None,
-            curve: Some(curve),
-            too_short: None,
-        };
+        return not_judged(curve, None);
     }
     let finite: Vec<(f64, f64)> = steps
         .iter()
@@ -804,14 +794,7 @@ fn analyse_log(
             curve.name,
             too_short_reason(finite.len(), options)
         );
-        return LogAnalysis {
-            findings: Vec::new(),
-            descending: false,
-            healthy: None,
-            stalled: None,
-            curve: Some(curve),
-            too_short: Some(finite.len()),
-        };
+        return not_judged(curve, Some(finite.len()));
     }
     let ys: Vec<f64> = finite.iter().map(|p| p.1).collect();
     let o = stats::measure_oscillation(&ys);

@@ -204,7 +204,7 @@ impl Check for LossScale {
                 suggested_weights: weights,
                 error_ratio: options.error_ratio,
             };
-            CheckResult::with_findings(vec![Finding::new(&v, at)])
+            CheckResult::found(&v, at)
         } else {
             CheckResult::passed()
         };

@@ -516,9 +516,6 @@ products hold about 6× the parameters in memory (raise it to run the check)",
             batch: n as usize,
             iterations,
         };
-        Ok(
-            CheckResult::with_findings(vec![Finding::new(&v, Location::config("setup.lr"))])
-                .curve(curve),
-        )
+        Ok(CheckResult::found(&v, Location::config("setup.lr")).curve(curve))
     }
 }

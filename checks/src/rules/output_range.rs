@@ -273,9 +273,7 @@ impl Check for OutputRange {
                     max_class,
                     probabilities,
                 };
-                return Ok(CheckResult::with_findings(vec![Finding::new(
-                    &v, target_at,
-                )]));
+                return Ok(CheckResult::found(&v, target_at));
             }
             return Ok(CheckResult::passed());
         }
@@ -320,9 +318,7 @@ impl Check for OutputRange {
                 range: evidence,
                 share_outside: share,
             };
-            return Ok(CheckResult::with_findings(vec![Finding::new(
-                &v, target_at,
-            )]));
+            return Ok(CheckResult::found(&v, target_at));
         }
         if range.lo.is_finite() && range.hi.is_finite() && activation.op != "softmax" {
             let used = (t_hi - t_lo) / range.span();
@@ -331,9 +327,7 @@ impl Check for OutputRange {
                     range: evidence,
                     used_span: used,
                 };
-                return Ok(CheckResult::with_findings(vec![Finding::new(
-                    &v, target_at,
-                )]));
+                return Ok(CheckResult::found(&v, target_at));
             }
         }
         Ok(CheckResult::passed())

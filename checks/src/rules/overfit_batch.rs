@@ -593,57 +593,45 @@ impl Check for OverfitBatch {
         let on = crops
             .map(|c| format!(" (on {c} crops)"))
             .unwrap_or_default();
-        let mut curve = Curve::new(
+        let curve = Curve::new(
             format!("overfit {} loss{on}", loss_kind.as_str()),
             fit.losses.clone(),
         );
-        let end = *fit.losses.last().expect("at least one step");
-        let start = fit.losses[0];
-        curve.target = Some(needed.get());
-        curve.log_scale = true;
-        if fit.reached {
-            return Ok(CheckResult::passed().curve(curve).trained(run));
-        }
-        let cause = train::no_gradient_cause(&fit).unwrap_or_else(|| {
-            let dead = last_dead.get();
-            if 4 * dead > k as usize {
-                format!(
-                    "{dead} of {k} samples have their target's logit held on a floor shared by other \
+        let at = Location::data(&data.target_key, Some((0, k as usize)));
+        train::fit_outcome(curve, needed.get(), run, fit.reached, at, |start, end| {
+            let cause = train::no_gradient_cause(&fit).unwrap_or_else(|| {
+                let dead = last_dead.get();
+                if 4 * dead > k as usize {
+                    format!(
+                        "{dead} of {k} samples have their target's logit held on a floor shared by other \
 classes: a ReLU or clamp before the logits outputs 0 for it, so no gradient can raise it"
-                )
-            } else if end > needed.get() {
-                shape_or_scale_cause(&ctx.prediction().map(|p| p.shallow_clone()), &x, &y, loss_kind)
-                    .unwrap_or_else(|| {
-                        "too little capacity, or a mismatch between the output and the targets"
-                            .to_string()
-                    })
-            } else if per_label {
-                "the loss fell, but not every label is predicted correctly".to_string()
-            } else {
-                "the loss fell, but not every sample is classified correctly".to_string()
-            }
-        });
-        curve.window = Some((0.0, (fit.losses.len() - 1) as f64));
-        let violation = CannotOverfit {
-            samples: k as usize,
-            loss: loss_kind.as_str(),
-            loss_start: Some(start),
-            loss_end: Some(end),
-            loss_floor: None,
-            loss_needed: needed.get(),
-            reference,
-            steps: fit.losses.len() - 1,
-            accuracy: classification.then(|| last_accuracy.get()),
-            per_label,
-            cause,
-        };
-        let f = Finding::new(
-            &violation,
-            Location::data(&data.target_key, Some((0, k as usize))),
-        );
-        Ok(CheckResult::with_findings(vec![f])
-            .curve(curve)
-            .trained(run))
+                    )
+                } else if end > needed.get() {
+                    shape_or_scale_cause(&ctx.prediction().map(|p| p.shallow_clone()), &x, &y, loss_kind)
+                        .unwrap_or_else(|| {
+                            "too little capacity, or a mismatch between the output and the targets"
+                                .to_string()
+                        })
+                } else if per_label {
+                    "the loss fell, but not every label is predicted correctly".to_string()
+                } else {
+                    "the loss fell, but not every sample is classified correctly".to_string()
+                }
+            });
+            Ok(CannotOverfit {
+                samples: k as usize,
+                loss: loss_kind.as_str(),
+                loss_start: Some(start),
+                loss_end: Some(end),
+                loss_floor: None,
+                loss_needed: needed.get(),
+                reference,
+                steps,
+                accuracy: classification.then(|| last_accuracy.get()),
+                per_label,
+                cause,
+            })
+        })
     }
 }
 
@@ -686,20 +674,14 @@ mod tests {
     #[test]
     fn soft_targets_are_right_when_the_predicted_class_holds_the_top_probability() {
         // One-hot, label-smoothed, and a mixup row near λ = ½ whose runner-up class is predicted.
-        let targets = Tensor::from_slice(&[
-            1f32, 0., 0., //
-            0.025, 0.025, 0.95, //
-            0.48, 0.52, 0., //
-            0.7, 0.3, 0.,
-        ])
-        .reshape([4, 3]);
-        let logits = Tensor::from_slice(&[
-            3f32, 0., 0., //
-            0., 0., 2., //
-            1., 0.5, 0., //
-            0., 1., 0.,
-        ])
-        .reshape([4, 3]);
+        let rows = |r: [[f32; 3]; 4]| Tensor::from_slice(r.as_flattened()).reshape([4, 3]);
+        let targets = rows([
+            [1., 0., 0.],
+            [0.025, 0.025, 0.95],
+            [0.48, 0.52, 0.],
+            [0.7, 0.3, 0.],
+        ]);
+        let logits = rows([[3., 0., 0.], [0., 0., 2.], [1., 0.5, 0.], [0., 1., 0.]]);
         // The last sample's predicted class holds 0.3 against a top of 0.7: wrong.
         assert!((top_class_accuracy(&logits, &targets) - 0.75).abs() < 1e-12);
         let dense = targets.reshape([1, 4, 3]).permute([0, 2, 1]);

@@ -277,7 +277,7 @@ impl Check for SequentialData {
             CheckResult::passed()
         } else {
             let at = Location::data(&data.input_key, Some((0, n)));
-            CheckResult::with_findings(vec![Finding::new(&v, at)])
+            CheckResult::found(&v, at)
         };
         if let Some(c) = curve {
             result = result.curve(c);
