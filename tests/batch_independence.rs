@@ -3,6 +3,7 @@
 //! healthy fixtures, are not.
 mod common;
 
+use common::in_process::check_json;
 use common::*;
 use serde_json::Value;
 

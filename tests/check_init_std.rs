@@ -1,6 +1,7 @@
 //! init-std on real TorchScript fixtures: what must be flagged, and the controls that fool fixed bounds.
 mod common;
 
+use common::in_process::check_json;
 use common::*;
 
 fn init_std(model: &str, data: &str, extra: &[&str]) -> (i32, serde_json::Value) {

@@ -2,6 +2,7 @@
 //! numbers, and the clean controls that must not.
 mod common;
 
+use common::in_process::{check_json, check_model_on};
 use common::*;
 use serde_json::Value;
 

@@ -2,6 +2,7 @@
 //! same verdicts, and every training check reports its steps and time per step.
 mod common;
 
+use common::in_process::check_json;
 use common::*;
 use serde_json::Value;
 

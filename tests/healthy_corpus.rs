@@ -7,6 +7,7 @@
 //! normal training run with its real log, and the reproducers of each class of false alarm in issue 8.
 mod common;
 
+use common::in_process::{check_json, check_model_on};
 use common::*;
 use serde_json::Value;
 

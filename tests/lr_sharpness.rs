@@ -2,6 +2,7 @@
 //! same setup at a safe lr, Adam, and normalised networks are not.
 mod common;
 
+use common::in_process::check_json;
 use common::*;
 use serde_json::Value;
 

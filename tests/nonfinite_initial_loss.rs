@@ -4,6 +4,7 @@
 //! root, on fixtures made by real PyTorch (fixtures/make_nonfinite.py); healthy fixtures stay clean.
 mod common;
 
+use common::in_process::check_json;
 use common::*;
 use serde_json::Value;
 

@@ -72,7 +72,7 @@ fn verdicts(model: &Path, twin: &Twin) -> BTreeMap<String, (String, Vec<String>)
     }
     args.extend(twin.args.iter().cloned());
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, report) = check_json(&refs);
+    let (code, report) = in_process::check_json(&refs);
     assert!(
         code == 0 || code == 1,
         "{}: {} exited {code}",

@@ -4,6 +4,7 @@
 //! cross_entropy reads them as probabilities.
 mod common;
 
+use common::in_process::{check_json, check_model_on};
 use common::*;
 use serde_json::Value;
 

@@ -2,8 +2,9 @@
 //! assert typed findings (kind, severity, location, evidence) instead of a spawned binary's JSON.
 use std::sync::Mutex;
 
+use serde_json::Value;
 use trainlint::audit::{audit, Audit, Request};
-use trainlint::config::{resolve, Overrides};
+use trainlint::config::{resolve, Overrides, Settings};
 use trainlint_checks::Finding;
 
 use super::root;
@@ -13,8 +14,8 @@ use super::root;
 static LIBTORCH: Mutex<()> = Mutex::new(());
 
 /// The settings `trainlint check ARGS` would resolve, from the repository root, for the flags the
-/// documented examples use (`--model`, `--data`, `--log`, `--loss`, `--task`, `--select`) and a
-/// config path.
+/// documented examples and the verdict tests use (`--model`, `--data`, `--log`, `--loss`, `--task`,
+/// `--select`, `--ignore`, `--seed`, `--threads`, `--check-budget`) and a config path.
 pub fn overrides(args: &[&str]) -> Overrides {
     let mut o = Overrides::default();
     let mut it = args.iter();
@@ -28,6 +29,10 @@ pub fn overrides(args: &[&str]) -> Overrides {
             "--loss" => o.loss = Some(value()),
             "--task" => o.task = Some(value()),
             "--select" => o.select = Some(value().split(',').map(String::from).collect()),
+            "--ignore" => o.ignore = Some(value().split(',').map(String::from).collect()),
+            "--seed" => o.seed = Some(value().parse().expect("a seed")),
+            "--threads" => o.threads = Some(value().parse().expect("a thread count")),
+            "--check-budget" => o.check_budget = Some(value().parse().expect("seconds")),
             flag if flag.starts_with('-') => panic!("in_process: no flag {flag} here"),
             config => o.path = Some(root().join(config)),
         }
@@ -35,13 +40,18 @@ pub fn overrides(args: &[&str]) -> Overrides {
     o
 }
 
-/// The audit `trainlint check ARGS --threads 1 --no-timings` runs, in process.
+/// The audit `trainlint check ARGS --no-timings` runs, in process, on one thread unless ARGS say.
 pub fn audit_of(args: &[&str]) -> Audit {
+    audit_with(args).1
+}
+
+/// The settings and the audit of `trainlint check ARGS --threads 1 --no-timings`, in process.
+fn audit_with(args: &[&str]) -> (Settings, Audit) {
     let mut o = overrides(args);
-    o.threads = Some(1);
+    o.threads = o.threads.or(Some(1));
     let settings = resolve(&o).unwrap_or_else(|e| panic!("{args:?}: {e}"));
     let _one = LIBTORCH.lock().unwrap_or_else(|e| e.into_inner());
-    audit(&Request {
+    let audit = audit(&Request {
         settings: &settings,
         trust_model: false,
         timeout: None,
@@ -50,10 +60,36 @@ pub fn audit_of(args: &[&str]) -> Audit {
         baseline: None,
         write_baseline: false,
     })
-    .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    (settings, audit)
+}
+
+/// What `trainlint check --output-format json --no-timings --threads 1 ARGS` answers, in process:
+/// its exit code (0, or 1 when a finding reaches `fail-on`) and its JSON report, the same bytes the
+/// binary writes (`report::json::render`). For tests of verdicts on many models, without a process
+/// (and libtorch's start-up, 0.4 s of CPU) per audit; a run the binary would refuse (exit 2) panics.
+pub fn check_json(args: &[&str]) -> (i32, Value) {
+    let (settings, audit) = audit_with(args);
+    let report = &audit.report;
+    let json = trainlint::report::json::render(report);
+    let code = i32::from(report.fails(settings.run.fail_on.into()));
+    (code, serde_json::from_str(&json).expect("the JSON report"))
 }
 
 /// Every finding of the audit, in report order.
 pub fn findings_of(a: &Audit) -> Vec<&Finding> {
     a.report.checks.iter().flat_map(|c| &c.findings).collect()
+}
+
+/// [`check_json`] of `check --select SELECT` of fixture model `models/MODEL.pt` on the data file `data`.
+pub fn check_model_on(model: &str, data: &std::path::Path, select: &str) -> (i32, Value) {
+    let model = super::fixture(&format!("models/{model}.pt"));
+    check_json(&[
+        "--model",
+        &model,
+        "--data",
+        data.to_str().expect("a UTF-8 path"),
+        "--select",
+        select,
+    ])
 }
