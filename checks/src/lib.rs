@@ -14,6 +14,7 @@ pub mod ports;
 pub mod registry;
 pub mod rules;
 pub mod stats;
+pub mod targets;
 pub mod train;
 
 pub use finding::{

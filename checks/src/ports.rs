@@ -150,7 +150,7 @@ impl Dataset {
 
     /// Whether the targets are class probabilities (issue 22, 4): float `[N, K, …]` with K ≥ 2 classes
     /// along dim 1, every value in [0, 1] and each sample's K values (each position's, for dense
-    /// targets) summing to 1 ± [`crate::train::PROBABILITY_SUM_TOLERANCE`]: one-hot, label-smoothed,
+    /// targets) summing to 1 ± [`crate::targets::PROBABILITY_SUM_TOLERANCE`]: one-hot, label-smoothed,
     /// mixup / cutmix or distillation targets, which cross_entropy reads as probabilities.
     pub fn targets_are_probabilities(&self) -> bool {
         let t = &self.targets;
@@ -159,7 +159,7 @@ impl Dataset {
         }
         // The first sample decides most float targets (regression values, images) cheaply.
         let is_probabilities =
-            |t: &Tensor| matches!(crate::train::probability_problem(t), Ok(None));
+            |t: &Tensor| matches!(crate::targets::probability_problem(t), Ok(None));
         t.f_narrow(0, 0, 1)
             .is_ok_and(|first| is_probabilities(&first))
             && is_probabilities(t)
@@ -171,11 +171,11 @@ impl Dataset {
     /// this reason; a caller can refuse the run with it before any check runs.
     pub fn class_probability_problem(&self, loss: LossKind, prediction: &Tensor) -> Option<String> {
         if !loss.is_classification()
-            || !crate::train::holds_probabilities(prediction, &self.targets)
+            || !crate::targets::holds_probabilities(prediction, &self.targets)
         {
             return None;
         }
-        match crate::train::check_probability_targets(prediction, &self.targets) {
+        match crate::targets::check_probability_targets(prediction, &self.targets) {
             Ok(()) => None,
             Err(CheckError::Skip(reason)) => Some(reason),
             Err(e) => Some(e.to_string()),

@@ -22,6 +22,14 @@ pub struct ConfigFile {
     pub setup: Setup,
     /// Which checks run and what fails the run
     pub run: RunSection,
+    /// `[checks.ID]` tables and `[[ignore]]` entries are read apart (their shape depends on the
+    /// checks): named here so that the sections' reader passes over them.
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub checks: Option<serde::de::IgnoredAny>,
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub ignore: Option<serde::de::IgnoredAny>,
 }
 
 /// Which output of forward is the prediction.
@@ -57,6 +65,7 @@ pub struct ModelSection {
     /// Which output is the prediction when forward returns a tuple (an index) or a dict (a key); empty: the first
     pub output: OutputSelector,
     /// cpu, cuda or cuda:N
+    #[serde(deserialize_with = "device")]
     pub device: String,
     /// libtorch CPU threads; 0 = the machine's cores
     #[schemars(range(min = 0, max = 1024))]
@@ -149,8 +158,10 @@ impl From<FailOn> for Severity {
 #[serde(default, deny_unknown_fields)]
 pub struct RunSection {
     /// Checks, finding kinds or groups to run (ALL = every check)
+    #[serde(deserialize_with = "selectors")]
     pub select: Vec<String>,
     /// Checks, finding kinds or groups to skip
+    #[serde(deserialize_with = "selectors")]
     pub ignore: Vec<String>,
     /// Exit 1 when a finding at or above this severity remains
     pub fail_on: FailOn,
@@ -192,6 +203,21 @@ pub struct Ignore {
     #[serde(skip_deserializing)]
     #[schemars(skip)]
     pub line: usize,
+}
+
+/// A device libtorch can be asked for: `cpu`, `cuda` or `cuda:N` (whether the machine has it is the
+/// model loader's question).
+fn device<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let name = String::deserialize(d)?;
+    crate::model::parse_device(&name).map_err(serde::de::Error::custom)?;
+    Ok(name)
+}
+
+/// Selectors that name something: `ALL`, a group, a check id or a finding-kind id.
+fn selectors<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let list = Vec::<String>::deserialize(d)?;
+    super::validate_selectors(&list).map_err(serde::de::Error::custom)?;
+    Ok(list)
 }
 
 /// `check` names a check or a finding kind (`closest` suggests one otherwise).

@@ -25,7 +25,7 @@ pub use schema::{
 };
 
 /// A configuration error: a message, and where it points when it comes from a file.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ConfigError {
     pub message: String,
     pub file: Option<PathBuf>,
@@ -486,31 +486,30 @@ pub fn load_file(path: &Path, settings: &mut Settings) -> Result<(), ConfigError
     let base = path.parent().unwrap_or(Path::new("."));
     let r = Reader { src };
     settings.config_path = Some(path.to_path_buf());
-    let schema = config_schema();
-    let sections = schema["properties"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    let mut section_names: Vec<&str> = sections.keys().map(String::as_str).collect();
-    section_names.extend(["checks", "ignore"]);
     record_key_lines(&r, root, settings);
-    let mut values = serde_json::Map::new();
-    for (key, item) in root.iter() {
-        match key {
-            "checks" => read_checks(&r, r.table(item, "checks")?, settings)?,
-            "ignore" => read_ignores(&r, doc.clone(), item, settings)?,
-            _ => match sections.get(key) {
-                Some(section) => {
-                    let table = r.table(item, key)?;
-                    values.insert(key.to_string(), read_section(&r, table, key, section)?);
-                }
-                None => return Err(unknown_key(&r.src, root, key, "", &section_names)),
-            },
-        }
+    // Four readers, each stopping at its first error: the sections (serde), their numbers' bounds,
+    // `[checks.*]` and `[[ignore]]`. The error reported is the first in the document.
+    let file = read_sections(&r, doc.clone(), root);
+    let bounds = check_bounds(&r, root);
+    let checks = match root.get("checks") {
+        Some(item) => r
+            .table(item, "checks")
+            .and_then(|t| read_checks(&r, t, settings)),
+        None => Ok(()),
+    };
+    let ignores = match root.get("ignore") {
+        Some(item) => read_ignores(&r, doc.clone(), item, settings),
+        None => Ok(()),
+    };
+    let first = [bounds.err(), checks.err(), ignores.err()]
+        .into_iter()
+        .flatten()
+        .chain(file.as_ref().err().cloned())
+        .min_by_key(|e| (e.line, e.column));
+    if let Some(e) = first {
+        return Err(e);
     }
-    // Every value was checked against the schema above; this cannot fail but says why if it does.
-    let mut file: ConfigFile = serde_json::from_value(serde_json::Value::Object(values))
-        .map_err(|e| ConfigError::plain(format!("{}: {e}", path.display())))?;
+    let mut file = file?;
     file.resolve_paths(base);
     // The tables read above (checks, ignores, key lines) join the sections' values.
     *settings = Settings {
@@ -523,41 +522,119 @@ pub fn load_file(path: &Path, settings: &mut Settings) -> Result<(), ConfigError
     Ok(())
 }
 
-/// One section's keys checked against its schema: unknown keys, types, choices and bounds, each error
-/// pointing at the key or value; plus the checks a schema cannot express (device, selectors).
-fn read_section(
+/// `trainlint.toml` as serde reads it: the sections, at the root or under `[tool.trainlint]` of a
+/// pyproject.toml (whose other keys are not ours).
+#[derive(serde::Deserialize)]
+struct Tool<T> {
+    tool: Trainlint<T>,
+}
+#[derive(serde::Deserialize)]
+struct Trainlint<T> {
+    trainlint: T,
+}
+
+/// The five sections, deserialized into [`ConfigFile`] (their one declaration) from the document
+/// already parsed, so that toml_edit's errors carry spans; an error is put in the loader's words at
+/// the key or value it is about ([`section_error`]).
+fn read_sections(
     r: &Reader,
-    t: &dyn TableLike,
-    section: &str,
-    schema: &serde_json::Value,
-) -> Result<serde_json::Value, ConfigError> {
-    let props = schema["properties"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    let mut out = serde_json::Map::new();
-    for (key, item) in t.iter() {
-        let what = format!("{section}.{key}");
-        let Some(prop) = props.get(key) else {
-            let known: Vec<&str> = props.keys().map(String::as_str).collect();
-            return Err(unknown_key(&r.src, t, key, section, &known));
-        };
-        let value = typed_value(r, item, &what, prop)?;
-        let at = |m: String| r.src.error(item.span(), format!("{what}: {m}"));
-        match what.as_str() {
-            "model.device" => {
-                crate::model::parse_device(value.as_str().unwrap_or_default())
-                    .map_err(|e| at(e.to_string()))?;
-            }
-            "run.select" | "run.ignore" => {
-                let list: Vec<String> = serde_json::from_value(value.clone()).unwrap_or_default();
-                validate_selectors(&list).map_err(at)?;
-            }
-            _ => {}
-        }
-        out.insert(key.to_string(), value);
+    doc: ImDocument<&str>,
+    root: &dyn TableLike,
+) -> Result<ConfigFile, ConfigError> {
+    let doc = toml_edit::de::Deserializer::from(doc);
+    let file = if is_pyproject(r.src.path) {
+        serde_path_to_error::deserialize::<_, Tool<ConfigFile>>(doc).map(|t| t.tool.trainlint)
+    } else {
+        serde_path_to_error::deserialize::<_, ConfigFile>(doc)
+    };
+    file.map_err(|e| section_error(r, root, &e))
+}
+
+/// A deserialization error of a section in the loader's words: an unknown key with the closest known
+/// one; a value of the wrong type, or not one of its choices, described by [`typed_value`] from the
+/// key's schema; else (a device or a selector the field's own check refused) serde's message after
+/// the key's name, at the value.
+fn section_error(
+    r: &Reader,
+    root: &dyn TableLike,
+    e: &serde_path_to_error::Error<toml_edit::de::Error>,
+) -> ConfigError {
+    use serde_path_to_error::Segment;
+    let (message, span) = (e.inner().message(), e.inner().span());
+    let mut keys = e.path().iter().filter_map(|s| match s {
+        Segment::Map { key } => Some(key.as_str()),
+        _ => None,
+    });
+    if is_pyproject(r.src.path) {
+        keys.nth(1); // tool.trainlint
     }
-    Ok(serde_json::Value::Object(out))
+    let (section, key) = (keys.next(), keys.next());
+    let schema = config_schema();
+    let props = |of: &serde_json::Value| -> Vec<String> {
+        of["properties"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| k.clone())
+            .collect()
+    };
+    if let Some(unknown) = message
+        .strip_prefix("unknown field `")
+        .and_then(|m| m.split_once('`'))
+        .map(|(k, _)| k)
+    {
+        let (place, mut known) = match (section, key) {
+            (Some(section), Some(_)) => (section, props(&schema["properties"][section])),
+            _ => ("", props(&schema)),
+        };
+        if place.is_empty() {
+            known.extend(["checks".to_string(), "ignore".to_string()]);
+        }
+        let known: Vec<&str> = known.iter().map(String::as_str).collect();
+        return unknown_key_at(&r.src, span, unknown, place, &known);
+    }
+    let Some(section) = section else {
+        return r.src.error(span, message);
+    };
+    let Some(item) = root.get(section) else {
+        return r.src.error(span, format!("{section}: {message}"));
+    };
+    let table = match r.table(item, section) {
+        Ok(t) => t,
+        Err(e) => return e,
+    };
+    let Some((key, item)) = key.and_then(|k| table.get(k).map(|i| (k, i))) else {
+        return r.src.error(span, format!("[{section}]: {message}"));
+    };
+    let what = format!("{section}.{key}");
+    let prop = &schema["properties"][section]["properties"][key];
+    match typed_value(r, item, &what, prop) {
+        Err(described) => described,
+        Ok(_) => r.src.error(item.span(), format!("{what}: {message}")),
+    }
+}
+
+/// What serde does not check in the sections: every number finite and within the bounds its
+/// declaration gives (`#[schemars(range(..))]`), in document order.
+fn check_bounds(r: &Reader, root: &dyn TableLike) -> Result<(), ConfigError> {
+    let schema = config_schema();
+    for (section, item) in root.iter() {
+        let (Some(table), Some(props)) = (
+            item.as_table_like(),
+            schema["properties"][section]["properties"].as_object(),
+        ) else {
+            continue;
+        };
+        for (key, item) in table.iter() {
+            let (Some(prop), Some(value)) = (props.get(key), item.as_value()) else {
+                continue;
+            };
+            if value.as_float().is_some() || value.as_integer().is_some() {
+                typed_value(r, item, &format!("{section}.{key}"), prop).map(|_| ())?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Remember the line of each `section.key` (and of each `[checks.ID]` table) for report locations.
@@ -743,14 +820,6 @@ fn read_ignores(
     #[derive(serde::Deserialize)]
     struct Entries {
         ignore: Vec<Ignore>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Tool<T> {
-        tool: Trainlint<T>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Trainlint<T> {
-        trainlint: T,
     }
     let doc = toml_edit::de::Deserializer::from(doc);
     let entries = if is_pyproject(r.src.path) {
