@@ -580,42 +580,7 @@ fn explain(id: &str) -> Result<ExitCode, Fatal> {
         }
         .into());
     };
-    let i = check.info();
-    let mut out = format!(
-        "# {}\n\ngroup: {} · default level: {}{}\n\n{}\n\n## What it does\n{}\n\n## Why it matters\n{}\n\n## Finding kinds\n",
-        i.id,
-        i.group.as_str(),
-        i.default_level.as_str(),
-        if i.trains { " · trains an in-memory copy" } else { "" },
-        i.summary,
-        i.docs.what,
-        i.docs.why,
-    );
-    for k in i.kinds {
-        out.push_str(&format!(
-            "- {} ({}): {}\n",
-            k.id,
-            k.grade.describe(),
-            k.summary
-        ));
-    }
-    out.push_str(&format!(
-        "\n`trainlint explain KIND` documents each kind: how it decides, an example, the fix.\n\n## Options ([checks.{}] in trainlint.toml)\n",
-        i.id
-    ));
-    out.push_str(&format!("level = {}\n", config::quoted_levels(" | ")));
-    for o in config::check_options(check.as_ref()) {
-        out.push_str(&format!(
-            "{} = {}  # {}\n",
-            o.name,
-            o.default,
-            o.doc_with_choices()
-        ));
-    }
-    if !i.docs.details.trim().is_empty() {
-        out.push_str(&format!("\n## Details\n\n{}", i.docs.details));
-    }
-    print(&out)
+    print(&docs::check_text(check.as_ref()))
 }
 
 fn init(

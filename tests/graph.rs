@@ -2,6 +2,7 @@
 //! format, and the unused-parameters and shared-batchnorm checks, which read the same graph.
 mod common;
 
+use common::in_process::check_json;
 use common::*;
 use serde_json::Value;
 

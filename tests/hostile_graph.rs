@@ -5,17 +5,25 @@ mod common;
 
 use common::*;
 use serde_json::Value;
+use trainlint::report::graph::{views_of_sample, View, Views};
+use trainlint::security::load_model;
 
 /// The drawing limit of src/report/graph.rs (MAX_NODES): nodes besides input, output and `more`.
 const MAX_NODES: usize = 300;
 
-fn graph_json(model: &str, extra: &[&str]) -> Value {
-    let m = fixture(&format!("models/{model}.pt"));
-    let mut args = vec!["graph", "--model", m.as_str(), "--format", "json"];
-    args.extend(extra);
-    let o = run(&args);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(&o)))
+/// What `trainlint graph --model models/MODEL.pt` draws, in process: the collapsed view and the full
+/// one (`--no-collapse`, when something collapsed). Loading a 10,000-layer model takes seconds; one
+/// load serves every view and format a test asserts on. The command itself (its output file, the
+/// time limit) is tested on the same model below and in tests/graph.rs.
+fn views(model: &str) -> Views {
+    let path = root().join(format!("fixtures/models/{model}.pt"));
+    let loaded = load_model(&path, "cpu", "", false).expect("the fixture loads");
+    views_of_sample(&loaded, None).expect("the graph is drawn")
+}
+
+/// A view as `graph --format json` writes it.
+fn json(view: &View) -> Value {
+    serde_json::to_value(view).expect("the view serialises")
 }
 
 fn nodes(g: &Value) -> &Vec<Value> {
@@ -38,7 +46,9 @@ fn has_edge(g: &Value, from: &str, to: &str) -> bool {
 fn ten_thousand_layers_draw_a_bounded_graph_with_a_note() {
     // ReLU and Tanh alternate on a residual stream: nothing collapses, and every layer's input carries
     // data from every earlier layer.
-    let g = graph_json("graph_10k_residual", &[]);
+    let views = views("graph_10k_residual");
+    assert!(views.full.is_none(), "nothing collapses");
+    let g = json(&views.collapsed);
     assert_eq!(
         nodes(&g).len(),
         MAX_NODES + 3,
@@ -64,12 +74,7 @@ fn ten_thousand_layers_draw_a_bounded_graph_with_a_note() {
     assert!(edges <= 32 * (MAX_NODES + 2), "{edges} edges");
 
     // Drawn as SVG: every node laid out, the note visible.
-    let m = fixture("models/graph_10k_residual.pt");
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("residual.svg");
-    let o = run(&["graph", "--model", &m, "-o", out.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let svg = std::fs::read_to_string(&out).unwrap();
+    let svg = views.collapsed.to_svg();
     assert!(svg.trim_end().ends_with("</svg>"));
     assert_eq!(svg.matches("class=\"node").count(), MAX_NODES + 3);
     assert!(svg.contains("9700 more modules not drawn"), "the note");
@@ -77,7 +82,8 @@ fn ten_thousand_layers_draw_a_bounded_graph_with_a_note() {
 
 #[test]
 fn ten_thousand_identical_layers_collapse_into_one_node() {
-    let g = graph_json("graph_10k_sequential", &[]);
+    let views = views("graph_10k_sequential");
+    let g = json(&views.collapsed);
     let ids: Vec<&str> = nodes(&g)
         .iter()
         .map(|n| n["id"].as_str().unwrap())
@@ -88,7 +94,7 @@ fn ten_thousand_identical_layers_collapse_into_one_node() {
     assert_eq!(run["collapsed"].as_array().unwrap().len(), 10_000);
     assert_eq!(run["collapsed"][9_999], "layers.9999");
     // --no-collapse draws every layer, up to the limit.
-    let g = graph_json("graph_10k_sequential", &["--no-collapse"]);
+    let g = json(views.full.as_ref().expect("a view without the collapse"));
     assert_eq!(nodes(&g).len(), MAX_NODES + 3);
     let more = nodes(&g).iter().find(|n| n["id"] == "more").unwrap();
     assert_eq!(more["omitted"], 10_000 - MAX_NODES);
@@ -157,7 +163,7 @@ fn drawing_the_graph_obeys_the_timeout() {
 
 fn check(model: &str) -> Value {
     let m = fixture(&format!("models/{model}.pt"));
-    let (code, report) = check_json(&["--select", "unused-parameters", "--model", &m]);
+    let (code, report) = in_process::check_json(&["--select", "unused-parameters", "--model", &m]);
     assert!(code == 0 || code == 1, "exit {code}: {report}");
     report
 }
@@ -187,7 +193,7 @@ fn a_forked_head_is_used() {
 #[test]
 fn the_graph_shows_the_forked_call_and_its_data_flow() {
     for model in ["graph_fork_head", "graph_fork_head_traced"] {
-        let g = graph_json(model, &[]);
+        let g = json(&views(model).collapsed);
         let (body, head) = (node(&g, "body"), node(&g, "head"));
         assert_eq!(head.len(), 1, "{model}: {g}");
         assert!(
@@ -203,7 +209,7 @@ fn the_graph_shows_the_forked_call_and_its_data_flow() {
         assert!(has_edge(&g, head, "output"), "{model}: {g}");
     }
     // Two heads forked into a list of futures: both fed by the body, both reaching the output.
-    let g = graph_json("graph_fork_heads_list", &[]);
+    let g = json(&views("graph_fork_heads_list").collapsed);
     let body = node(&g, "body")[0]["id"].as_str().unwrap();
     for head in ["head_a", "head_b"] {
         let id = node(&g, head)[0]["id"].as_str().unwrap();

@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use trainlint::report::docs;
 use trainlint_checks::{registry, Severity};
 
 /// Split a message into its words and its numbers.
@@ -164,10 +165,9 @@ fn every_documented_example_is_what_its_fixture_run_prints() {
 
 #[test]
 fn explain_documents_every_check_and_kind() {
+    // The texts, from the library; `explain` prints them (below, one kind and one check).
     for kind in registry::kinds() {
-        let o = run(&["explain", kind.id]);
-        assert_eq!(o.status.code(), Some(0));
-        let text = stdout(&o);
+        let text = docs::kind_text(kind, 1, false);
         assert!(text.starts_with(&format!("# {}\n", kind.id)), "{text}");
         for section in ["## Why it matters", "## How it decides", "## How to fix"] {
             assert!(text.contains(section), "{}: {section}", kind.id);
@@ -180,7 +180,11 @@ fn explain_documents_every_check_and_kind() {
         );
     }
     for check in registry::all() {
-        let text = stdout(&run(&["explain", check.info().id]));
+        let text = docs::check_text(check.as_ref());
+        assert!(
+            text.starts_with(&format!("# {}\n", check.info().id)),
+            "{text}"
+        );
         for k in check.info().kinds {
             assert!(
                 text.contains(k.id),
@@ -190,6 +194,14 @@ fn explain_documents_every_check_and_kind() {
             );
         }
     }
+    let kind = registry::find_kind("stale-batchnorm/never-updated").unwrap();
+    let o = run(&["explain", kind.id]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), docs::kind_text(kind, 1, false));
+    let check = registry::find("stale-batchnorm").unwrap();
+    let o = run(&["explain", "stale-batchnorm"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), docs::check_text(check.as_ref()));
     let o = run(&["explain", "stale-batchnorm/never-updatd"]);
     assert!(assert_input_error(&o).contains("did you mean stale-batchnorm/never-updated"));
 }

@@ -191,6 +191,47 @@ fn check_page(check: &dyn Rule) -> String {
     out
 }
 
+/// A check's documentation as `trainlint explain CHECK` prints it: what it does and why, its finding
+/// kinds with their grades, its options with their defaults (`[checks.ID]`), and its details.
+pub fn check_text(check: &dyn Rule) -> String {
+    let i = check.info();
+    let mut out = format!(
+        "# {}\n\ngroup: {} · default level: {}{}\n\n{}\n\n## What it does\n{}\n\n## Why it matters\n{}\n\n## Finding kinds\n",
+        i.id,
+        i.group.as_str(),
+        i.default_level.as_str(),
+        if i.trains { " · trains an in-memory copy" } else { "" },
+        i.summary,
+        i.docs.what,
+        i.docs.why,
+    );
+    for k in i.kinds {
+        out.push_str(&format!(
+            "- {} ({}): {}\n",
+            k.id,
+            k.grade.describe(),
+            k.summary
+        ));
+    }
+    out.push_str(&format!(
+        "\n`trainlint explain KIND` documents each kind: how it decides, an example, the fix.\n\n## Options ([checks.{}] in trainlint.toml)\n",
+        i.id
+    ));
+    out.push_str(&format!("level = {}\n", config::quoted_levels(" | ")));
+    for o in config::check_options(check) {
+        out.push_str(&format!(
+            "{} = {}  # {}\n",
+            o.name,
+            o.default,
+            o.doc_with_choices()
+        ));
+    }
+    if !i.docs.details.trim().is_empty() {
+        out.push_str(&format!("\n## Details\n\n{}", i.docs.details));
+    }
+    out
+}
+
 /// A finding kind's documentation, its title at heading `level`: `trainlint explain KIND` prints it
 /// at level 1 with its example as terminal lines, a check's page at level 3 with the example fenced.
 pub fn kind_text(k: &KindInfo, level: usize, fenced: bool) -> String {
