@@ -285,9 +285,10 @@ pub enum CheckError {
     /// The check does not apply to these inputs; the reason becomes the check's `skipped` status.
     #[error("skipped: {0}")]
     Skip(String),
-    /// The check needs an input that was not given: skipped, with the input named.
-    #[error("skipped: {}", .0.reason())]
-    Missing(Input),
+    /// The check needs an input that was not given: skipped, with the input named and why it is
+    /// needed ([`Input::reason`], unless the check has more to say: [`CheckError::missing_because`]).
+    #[error("skipped: {1}")]
+    Missing(Input, String),
 }
 
 impl CheckError {
@@ -295,6 +296,15 @@ impl CheckError {
     /// (`return Err(CheckError::skip(…))`, or `?` on a helper that returns it).
     pub fn skip(reason: impl Into<String>) -> Self {
         CheckError::Skip(reason.into())
+    }
+    /// The check needs `input`, which was not given.
+    pub fn missing(input: Input) -> Self {
+        CheckError::Missing(input, input.reason().to_string())
+    }
+    /// The check needs `input`, which was not given, for `reason` (e.g. unless another input can
+    /// stand for it).
+    pub fn missing_because(input: Input, reason: impl Into<String>) -> Self {
+        CheckError::Missing(input, reason.into())
     }
 }
 
@@ -348,7 +358,7 @@ impl<C: Check> Rule for C {
         }
         match self.run(ctx, &options) {
             Err(CheckError::Skip(reason)) => Ok(CheckResult::skipped(reason)),
-            Err(CheckError::Missing(input)) => Ok(CheckResult::missing(input, input.reason())),
+            Err(CheckError::Missing(input, reason)) => Ok(CheckResult::missing(input, reason)),
             Ok(mut result) => {
                 result.curves = std::mem::take(&mut result.curves)
                     .into_iter()

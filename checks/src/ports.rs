@@ -420,17 +420,17 @@ impl<'a> Context<'a> {
 
     /// The model, or a skip saying how to give one.
     pub fn model(&self) -> Result<&'a dyn Model, CheckError> {
-        self.model.ok_or(CheckError::Missing(Input::Model))
+        self.model.ok_or(CheckError::missing(Input::Model))
     }
 
     /// The data sample, or a skip saying how to give one.
     pub fn data(&self) -> Result<&'a Dataset, CheckError> {
-        self.data.ok_or(CheckError::Missing(Input::Data))
+        self.data.ok_or(CheckError::missing(Input::Data))
     }
 
     /// The loss log, or a skip saying how to give one.
     pub fn log(&self) -> Result<&'a LossLog, CheckError> {
-        self.log.ok_or(CheckError::Missing(Input::Log))
+        self.log.ok_or(CheckError::missing(Input::Log))
     }
 
     /// The shared eval-mode prediction on the data sample.

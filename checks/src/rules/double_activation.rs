@@ -136,7 +136,7 @@ impl Check for DoubleActivation {
 
     fn run(&self, ctx: &Context, _options: &NoOptions) -> CheckOutput {
         let model = ctx.model()?;
-        let loss = ctx.setup.loss.ok_or(CheckError::Missing(Input::Loss))?;
+        let loss = ctx.setup.loss.ok_or(CheckError::missing(Input::Loss))?;
         let act = model.output_activation()?;
         let activation = act.op.clone();
         let unit_interval = output_range(&act).is_some_and(|r| r.lo >= 0.0 && r.hi <= 1.0);

@@ -1381,7 +1381,7 @@ impl Check for LossOscillation {
     fn run(&self, ctx: &Context, options: &LossOscillationOptions) -> CheckOutput {
         let run_probe = options.probe && ctx.model.is_some() && ctx.data.is_some();
         if ctx.log.is_none() && !run_probe {
-            return Ok(CheckResult::missing(
+            return Err(CheckError::missing_because(
                 Input::Log,
                 "needs a loss log ([log] path or --log), or a model and data for the learning-rate probe",
             ));

@@ -599,7 +599,7 @@ impl Check for Nonfinite {
     fn run(&self, ctx: &Context, options: &NonfiniteOptions) -> CheckOutput {
         let (model, data, log) = (ctx.model, ctx.data, ctx.log);
         if model.is_none() && data.is_none() && log.is_none() {
-            return Err(CheckError::Missing(Input::Model));
+            return Err(CheckError::missing(Input::Model));
         }
         let mut findings = Vec::new();
         let mut rows = None;
