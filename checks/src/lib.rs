@@ -332,7 +332,7 @@ pub trait Rule: Send + Sync {
     /// The default options, as JSON.
     fn default_options(&self) -> Value;
     /// Whether `options` (a JSON object of the user's values) parse; the error says why not.
-    fn validate_options(&self, options: &Value) -> Result<(), String>;
+    fn validate_options(&self, options: &Value) -> Result<(), options::OptionsError>;
     /// Run with the user's option values over the defaults; skipped when `ctx.sample_skips` names it.
     fn run_with(&self, ctx: &Context, options: &Value) -> CheckOutput;
 }
@@ -347,7 +347,7 @@ impl<C: Check> Rule for C {
     fn default_options(&self) -> Value {
         serde_json::to_value(C::Options::default()).expect("options serialise")
     }
-    fn validate_options(&self, options: &Value) -> Result<(), String> {
+    fn validate_options(&self, options: &Value) -> Result<(), options::OptionsError> {
         options::parse::<C::Options>(options).map(|_| ())
     }
     fn run_with(&self, ctx: &Context, options: &Value) -> CheckOutput {

@@ -32,9 +32,24 @@ pub fn schema_of<T: JsonSchema>() -> Value {
     value
 }
 
-/// Parse a check's options from the user's (already schema-validated) table; defaults fill the rest.
-pub fn parse<T: CheckOptions>(user: &Value) -> Result<T, String> {
-    serde_json::from_value(user.clone()).map_err(|e| e.to_string())
+/// Why a check's options do not deserialize: serde's message, and the option it is about (the first
+/// key of its path), for the config loader to point at.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct OptionsError {
+    pub key: Option<String>,
+    pub message: String,
+}
+
+/// Parse a check's options from the user's table (a JSON object); defaults fill the rest.
+pub fn parse<T: CheckOptions>(user: &Value) -> Result<T, OptionsError> {
+    serde_path_to_error::deserialize(user.clone()).map_err(|e| OptionsError {
+        key: e.path().iter().find_map(|s| match s {
+            serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+            _ => None,
+        }),
+        message: e.into_inner().to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -67,7 +82,11 @@ mod tests {
         assert_eq!(d.ratio, 3.0);
         assert!(d.names.is_empty());
         let e = parse::<Demo>(&serde_json::json!({"ratoi": 3})).unwrap_err();
-        assert!(e.contains("unknown field `ratoi`"), "{e}");
+        assert!(e.message.contains("unknown field `ratoi`"), "{e}");
+        assert_eq!(e.key.as_deref(), Some("ratoi"));
+        let e = parse::<Demo>(&serde_json::json!({"names": ["a", 1]})).unwrap_err();
+        assert!(e.message.contains("invalid type: integer `1`"), "{e}");
+        assert_eq!(e.key.as_deref(), Some("names"));
     }
 
     #[test]

@@ -626,10 +626,7 @@ fn check_bounds(r: &Reader, root: &dyn TableLike) -> Result<(), ConfigError> {
             continue;
         };
         for (key, item) in table.iter() {
-            let (Some(prop), Some(value)) = (props.get(key), item.as_value()) else {
-                continue;
-            };
-            if value.as_float().is_some() || value.as_integer().is_some() {
+            if let Some(prop) = props.get(key).filter(|_| is_number(item)) {
                 typed_value(r, item, &format!("{section}.{key}"), prop).map(|_| ())?;
             }
         }
@@ -769,42 +766,80 @@ fn read_checks(r: &Reader, t: &dyn TableLike, s: &mut Settings) -> Result<(), Co
                 .src
                 .error(span, format!("unknown check `{id}` in [checks]{hint}")));
         };
-        let table = r.table(item, &format!("checks.{id}"))?;
+        let section = format!("checks.{id}");
+        let table = r.table(item, &section)?;
         let schema = check.options_schema();
         let props = schema["properties"]
             .as_object()
             .cloned()
             .unwrap_or_default();
-        let mut cfg = CheckConfig::default();
-        for (key, item) in table.iter() {
-            let what = format!("checks.{id}.{key}");
-            if key == "level" {
-                let levels = levels();
-                let levels: Vec<&str> = levels.iter().map(String::as_str).collect();
-                let level = r.choice(item, &what, &levels)?;
-                cfg.level = Level::parse(&level);
-                continue;
-            }
-            let Some(prop) = props.get(key) else {
-                let mut known: Vec<&str> = props.keys().map(String::as_str).collect();
-                known.push("level");
-                return Err(unknown_key(
-                    &r.src,
-                    table,
-                    key,
-                    &format!("checks.{id}"),
-                    &known,
-                ));
-            };
-            let value = typed_value(r, item, &what, prop)?;
-            cfg.options.insert(key.to_string(), value);
+        let what = |key: &str| format!("{section}.{key}");
+        // `level`, which every check has.
+        let levels = levels();
+        let levels: Vec<&str> = levels.iter().map(String::as_str).collect();
+        let level = table
+            .get("level")
+            .map(|item| r.choice(item, &what("level"), &levels))
+            .transpose();
+        // The options, deserialized by the check's options struct (their one declaration) from the
+        // table less `level`; what serde cannot check, the numbers' bounds, is one pass over them.
+        let mut user = serde_json::Map::new();
+        for (key, item) in table.iter().filter(|(k, _)| *k != "level") {
+            user.insert(key.to_string(), toml_as_json(item));
         }
-        check
-            .validate_options(&serde_json::Value::Object(cfg.options.clone()))
-            .map_err(|m| r.src.error(item.span(), format!("checks.{id}: {m}")))?;
+        let options = check
+            .validate_options(&serde_json::Value::Object(user.clone()))
+            .map_err(|e| {
+                let key = e.key.as_deref().unwrap_or_default();
+                if e.message.starts_with("unknown field `") {
+                    let mut known: Vec<&str> = props.keys().map(String::as_str).collect();
+                    known.push("level");
+                    return unknown_key(&r.src, table, key, &section, &known);
+                }
+                table
+                    .get(key)
+                    .and_then(|v| typed_value(r, v, &what(key), &props[key]).err())
+                    .unwrap_or_else(|| r.src.error(item.span(), format!("{section}: {e}")))
+            });
+        let bounds = table
+            .iter()
+            .filter(|(k, v)| props.contains_key(*k) && is_number(v))
+            .try_for_each(|(k, v)| typed_value(r, v, &what(k), &props[k]).map(|_| ()));
+        let first = [
+            level.as_ref().err(),
+            options.as_ref().err(),
+            bounds.as_ref().err(),
+        ]
+        .into_iter()
+        .flatten()
+        .min_by_key(|e| (e.line, e.column));
+        if let Some(e) = first {
+            return Err(e.clone());
+        }
+        let cfg = CheckConfig {
+            level: level?.and_then(|l| Level::parse(&l)),
+            options: user,
+        };
         s.checks.insert(id.to_string(), cfg);
     }
     Ok(())
+}
+
+/// A TOML value as serde reads it, as JSON (what a check's options deserialize from). A datetime is
+/// toml_edit's private map, which no option accepts; NaN and ±Inf become null, which no number accepts.
+fn toml_as_json(item: &Item) -> serde_json::Value {
+    use serde::de::IntoDeserializer;
+    use serde::Deserialize;
+    item.clone()
+        .into_value()
+        .ok()
+        .and_then(|v| serde_json::Value::deserialize(v.into_deserializer()).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+fn is_number(item: &Item) -> bool {
+    item.as_value()
+        .is_some_and(|v| v.as_float().is_some() || v.as_integer().is_some())
 }
 
 /// The `[[ignore]]` entries, deserialized into [`Ignore`] (their one declaration) from the whole
