@@ -1,5 +1,11 @@
 //! `trainlint.toml` or `[tool.trainlint]` in `pyproject.toml`, plus CLI overrides, into one validated
 //! [`Settings`]. Errors point at `file:line:col` with the offending text.
+//!
+//! serde reads every table into its one declaration: the sections into [`ConfigFile`], each
+//! `[checks.ID]` into its check's options struct, `[[ignore]]` into [`Ignore`]. What serde cannot check,
+//! a number's declared bounds (`#[schemars(range(..))]`), is one pass over the numbers; the schema the
+//! declarations derive also words an error serde found ([`typed_value`] on the offending value), so that
+//! messages say "expected a number, found string" and "did you mean", not serde's type names.
 mod file;
 #[cfg(test)]
 mod fuzz_corpus;
@@ -685,7 +691,8 @@ fn types_of(schema: &serde_json::Value) -> Vec<&str> {
 }
 
 /// A TOML value checked against its schema (from a typed struct's declaration), as JSON: its type,
-/// its choices (with a "did you mean"), its bounds, and never NaN or ±Inf.
+/// its choices (with a "did you mean"), its bounds, and never NaN or ±Inf. The loader calls it to word
+/// an error serde found, and for the bounds.
 fn typed_value(
     r: &Reader,
     item: &Item,
