@@ -6,8 +6,9 @@ in process, one at a time (libtorch's thread count and random generator belong t
 binary keeps one core busy and a 2-core machine sat half idle for minutes. Here every binary runs as
 `cargo test` would run it (from its package's folder, with the same arguments), at most one per core
 at a time, the longest first (as the last run on this machine measured them, in
-target/test-times.json); each binary's output is printed whole when it ends, and the run fails when
-any binary fails. The doc-tests run last, through cargo.
+target/test-times.json; on a fresh clone, as scripts/test-times.json has them: the longest two alone are
+half the suite, and started last they would run on after the rest); each binary's output is printed
+whole when it ends, and the run fails when any binary fails. The doc-tests run last, through cargo.
 
 Usage: scripts/run_tests.py [-j N] [-- ARGS for every test binary]
 """
@@ -20,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMES = os.path.join(ROOT, "target", "test-times.json")
+HINTS = os.path.join(ROOT, "scripts", "test-times.json")
 
 
 def test_binaries():
@@ -85,11 +87,13 @@ def main():
         jobs, argv = int(argv[1]), argv[2:]
     if argv[:1] == ["--"]:
         argv = argv[1:]
-    try:
-        with open(TIMES) as f:
-            times = json.load(f)
-    except (OSError, ValueError):
-        times = {}
+    times = {}
+    for path in (HINTS, TIMES):
+        try:
+            with open(path) as f:
+                times.update(json.load(f))
+        except (OSError, ValueError):
+            pass
     binaries = sorted(test_binaries(), key=lambda b: -times.get(b[0], 0.0))
     env = {**os.environ, "LD_LIBRARY_PATH": library_path()}
     started = time.monotonic()
