@@ -67,6 +67,20 @@ def library_path():
     return os.pathsep.join(p for p in paths if p)
 
 
+def usable_cpus():
+    """The CPUs this process may use: its affinity mask, less a cgroup CPU quota (a CI container on a
+    large host sees every host CPU in os.cpu_count(), and each binary loads libtorch and its models)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
 def run_one(binary, args, env):
     name, exe, folder = binary
     started = time.monotonic()
@@ -82,7 +96,7 @@ def run_one(binary, args, env):
 
 def main():
     argv = sys.argv[1:]
-    jobs = os.cpu_count() or 1
+    jobs = usable_cpus()
     if len(argv) >= 2 and argv[0] == "-j":
         jobs, argv = int(argv[1]), argv[2:]
     if argv[:1] == ["--"]:

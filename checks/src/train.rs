@@ -7,6 +7,11 @@ use crate::optim::Optimizer;
 
 use crate::ports::{LossKind, Mode, OptimizerKind, TrainableModel};
 use crate::stats::Rng;
+// Class-probability (soft) targets (issue 22, 4) live in `crate::targets`, which `ports` reads too.
+use crate::targets::not_probabilities;
+pub use crate::targets::{
+    check_probability_targets, holds_probabilities, probability_problem, PROBABILITY_SUM_TOLERANCE,
+};
 use crate::CheckError;
 
 /// The target PyTorch's classification losses skip (`ignore_index`), the only negative index allowed.
@@ -125,12 +130,6 @@ pub fn check_class_targets(targets: &Tensor, classes: i64) -> Result<(), CheckEr
         ))),
     }
 }
-
-// ---- class-probability (soft) targets (issue 22, 4): in `crate::targets`, which `ports` reads too.
-use crate::targets::not_probabilities;
-pub use crate::targets::{
-    check_probability_targets, holds_probabilities, probability_problem, PROBABILITY_SUM_TOLERANCE,
-};
 
 /// −Σ_k p_k ln p_k along dim 1 (0 · ln 0 = 0), per sample and position.
 fn entropy_along_classes(p: &Tensor) -> Result<Tensor, CheckError> {

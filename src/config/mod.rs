@@ -547,13 +547,30 @@ fn read_sections(
     doc: ImDocument<&str>,
     root: &dyn TableLike,
 ) -> Result<ConfigFile, ConfigError> {
+    deserialize_config(r, doc).map_err(|e| section_error(r, root, &e))
+}
+
+/// `T` deserialized from the config's table: the document's root, or a pyproject.toml's
+/// `[tool.trainlint]`; the error with its path and toml_edit's span.
+fn deserialize_config<T: serde::de::DeserializeOwned>(
+    r: &Reader,
+    doc: ImDocument<&str>,
+) -> Result<T, serde_path_to_error::Error<toml_edit::de::Error>> {
     let doc = toml_edit::de::Deserializer::from(doc);
-    let file = if is_pyproject(r.src.path) {
-        serde_path_to_error::deserialize::<_, Tool<ConfigFile>>(doc).map(|t| t.tool.trainlint)
+    if is_pyproject(r.src.path) {
+        serde_path_to_error::deserialize::<_, Tool<T>>(doc).map(|t| t.tool.trainlint)
     } else {
-        serde_path_to_error::deserialize::<_, ConfigFile>(doc)
-    };
-    file.map_err(|e| section_error(r, root, &e))
+        serde_path_to_error::deserialize(doc)
+    }
+}
+
+/// The key of serde's "unknown field `KEY`, expected …" (or "…`, there are no fields"); the key may
+/// hold backticks, the list after "expected" does hold "`, ".
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split_once("`, expected")
+        .map(|(key, _)| key)
+        .or_else(|| rest.strip_suffix("`, there are no fields"))
 }
 
 /// A deserialization error of a section in the loader's words: an unknown key with the closest known
@@ -584,11 +601,7 @@ fn section_error(
             .map(|(k, _)| k.clone())
             .collect()
     };
-    if let Some(unknown) = message
-        .strip_prefix("unknown field `")
-        .and_then(|m| m.split_once('`'))
-        .map(|(k, _)| k)
-    {
+    if let Some(unknown) = unknown_field(message) {
         let (place, mut known) = match (section, key) {
             (Some(section), Some(_)) => (section, props(&schema["properties"][section])),
             _ => ("", props(&schema)),
@@ -631,10 +644,22 @@ fn check_bounds(r: &Reader, root: &dyn TableLike) -> Result<(), ConfigError> {
         ) else {
             continue;
         };
-        for (key, item) in table.iter() {
-            if let Some(prop) = props.get(key).filter(|_| is_number(item)) {
-                typed_value(r, item, &format!("{section}.{key}"), prop).map(|_| ())?;
-            }
+        numbers_in_bounds(r, table, props, section)?;
+    }
+    Ok(())
+}
+
+/// Every number of `table` (its keys' schemas `props`) finite and within its declared bounds, in
+/// document order: the first that is not, as [`typed_value`] words it.
+fn numbers_in_bounds(
+    r: &Reader,
+    table: &dyn TableLike,
+    props: &serde_json::Map<String, serde_json::Value>,
+    section: &str,
+) -> Result<(), ConfigError> {
+    for (key, item) in table.iter() {
+        if let Some(prop) = props.get(key).filter(|_| is_number(item)) {
+            typed_value(r, item, &format!("{section}.{key}"), prop)?;
         }
     }
     Ok(())
@@ -798,7 +823,7 @@ fn read_checks(r: &Reader, t: &dyn TableLike, s: &mut Settings) -> Result<(), Co
             .validate_options(&serde_json::Value::Object(user.clone()))
             .map_err(|e| {
                 let key = e.key.as_deref().unwrap_or_default();
-                if e.message.starts_with("unknown field `") {
+                if unknown_field(&e.message).is_some() {
                     let mut known: Vec<&str> = props.keys().map(String::as_str).collect();
                     known.push("level");
                     return unknown_key(&r.src, table, key, &section, &known);
@@ -808,10 +833,7 @@ fn read_checks(r: &Reader, t: &dyn TableLike, s: &mut Settings) -> Result<(), Co
                     .and_then(|v| typed_value(r, v, &what(key), &props[key]).err())
                     .unwrap_or_else(|| r.src.error(item.span(), format!("{section}: {e}")))
             });
-        let bounds = table
-            .iter()
-            .filter(|(k, v)| props.contains_key(*k) && is_number(v))
-            .try_for_each(|(k, v)| typed_value(r, v, &what(k), &props[k]).map(|_| ()));
+        let bounds = numbers_in_bounds(r, table, &props, &section);
         let first = [
             level.as_ref().err(),
             options.as_ref().err(),
@@ -863,13 +885,9 @@ fn read_ignores(
     struct Entries {
         ignore: Vec<Ignore>,
     }
-    let doc = toml_edit::de::Deserializer::from(doc);
-    let entries = if is_pyproject(r.src.path) {
-        serde_path_to_error::deserialize::<_, Tool<Entries>>(doc).map(|t| t.tool.trainlint)
-    } else {
-        serde_path_to_error::deserialize::<_, Entries>(doc)
-    };
-    let mut entries = entries.map_err(|e| ignore_error(r, item, &e))?.ignore;
+    let mut entries = deserialize_config::<Entries>(r, doc)
+        .map_err(|e| ignore_error(r, item, &e))?
+        .ignore;
     for (entry, line) in entries.iter_mut().zip(first_key_lines(&r.src, item)) {
         entry.line = line;
     }
@@ -885,11 +903,7 @@ fn ignore_error(
 ) -> ConfigError {
     use serde_path_to_error::Segment;
     let (message, span) = (e.inner().message(), e.inner().span());
-    if let Some(key) = message
-        .strip_prefix("unknown field `")
-        .and_then(|m| m.rsplit_once("`, expected"))
-        .map(|(key, _)| key)
-    {
+    if let Some(key) = unknown_field(message) {
         let schema = trainlint_checks::options::schema_of::<Ignore>();
         let known: Vec<&str> = schema["properties"]
             .as_object()
@@ -1046,6 +1060,18 @@ mod tests {
         let e = refused(text, says);
         assert_eq!((e.line, e.column), at, "{text:?}");
         e
+    }
+
+    #[test]
+    fn the_unknown_key_is_read_out_of_serdes_message() {
+        let list = "unknown field `batch_sise`, expected one of `lr`, `batch_size`";
+        assert_eq!(unknown_field(list), Some("batch_sise"));
+        let none = "unknown field `a`, b`, there are no fields";
+        assert_eq!(unknown_field(none), Some("a`, b"));
+        assert_eq!(
+            unknown_field("invalid type: string \"x\", expected f64"),
+            None
+        );
     }
 
     #[test]

@@ -45,7 +45,8 @@ pub fn audit_of(args: &[&str]) -> Audit {
     audit_with(args).1
 }
 
-/// The settings and the audit of `trainlint check ARGS --threads 1 --no-timings`, in process.
+/// The settings and the audit of `trainlint check ARGS --no-timings`, in process, on one thread
+/// unless ARGS say.
 fn audit_with(args: &[&str]) -> (Settings, Audit) {
     let mut o = overrides(args);
     o.threads = o.threads.or(Some(1));
@@ -64,7 +65,8 @@ fn audit_with(args: &[&str]) -> (Settings, Audit) {
     (settings, audit)
 }
 
-/// What `trainlint check --output-format json --no-timings --threads 1 ARGS` answers, in process:
+/// What `trainlint check --output-format json --no-timings ARGS` answers, in process (on one
+/// thread unless ARGS say):
 /// its exit code (0, or 1 when a finding reaches `fail-on`) and its JSON report, the same bytes the
 /// binary writes (`report::json::render`). For tests of verdicts on many models, without a process
 /// (and libtorch's start-up, 0.4 s of CPU) per audit; a run the binary would refuse (exit 2) panics.

@@ -194,17 +194,3 @@ pub fn write_sample(
     tch::Tensor::write_npz(&[("inputs", inputs), ("targets", targets)], &path).unwrap();
     path
 }
-
-/// `check --select SELECT` of fixture model `models/MODEL.pt` on the data file `data`: exit code and
-/// the JSON report.
-pub fn check_model_on(model: &str, data: &Path, select: &str) -> (i32, Value) {
-    let model = fixture(&format!("models/{model}.pt"));
-    check_json(&[
-        "--model",
-        &model,
-        "--data",
-        data.to_str().unwrap(),
-        "--select",
-        select,
-    ])
-}
