@@ -1,19 +1,23 @@
 //! Every mission check on its real TorchScript fixtures: the ones that must trigger it, with the key
-//! numbers, and the clean controls that must not.
+//! numbers, and the clean controls that must not. The audits run in process through the library, and
+//! each finding is asserted typed: its kind, severity, location, message and evidence in a snapshot
+//! (`assert_check!`, numbers that training moves redacted), its numbers within a tolerance.
 mod common;
 
-use common::in_process::{check_json, check_model_on};
+use common::in_process::{audit_model_on, audit_of};
+use common::typed::{kinds, num, only, passed, redact, run, skipped};
 use common::*;
-use serde_json::Value;
+use trainlint::audit::Audit;
+use trainlint_checks::Severity::{Error, Warning};
 
-/// Run one check with a setup given as TOML lines; returns the report.
+/// Run one check with a setup given as TOML lines; returns the audit.
 fn run_check(
     check: &str,
     model: Option<&str>,
     data: Option<&str>,
     log: Option<&str>,
     setup: &str,
-) -> Value {
+) -> Audit {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write(dir.path(), "trainlint.toml", &format!("[setup]\n{setup}\n"));
     let cfg = cfg.display().to_string();
@@ -28,101 +32,88 @@ fn run_check(
         a.extend(["--log".into(), fixture(&format!("logs/{l}"))]);
     }
     let args: Vec<&str> = a.iter().map(String::as_str).collect();
-    let (code, report) = check_json(&args);
-    assert!(code == 0 || code == 1, "exit {code}");
-    let entry = check_entry(&report, check);
+    let audit = audit_of(&args);
+    let r = run(&audit, check);
     assert_ne!(
-        entry["status"], "failed",
-        "{check} failed internally: {entry}"
+        r.status,
+        trainlint::run::Status::Failed,
+        "{check} failed internally: {}",
+        common::typed::show(r)
     );
-    report
+    audit
 }
 
-fn only_finding<'a>(report: &'a Value, check: &str, severity: &str) -> &'a Value {
-    let f = findings(report, check);
-    assert_eq!(f.len(), 1, "{check}: {f:?}");
-    assert_eq!(f[0]["severity"], severity, "{}", f[0]);
-    f[0]
-}
-
-fn passed(report: &Value, check: &str) {
-    let e = check_entry(report, check);
-    assert_eq!(e["status"], "passed", "{check}: {e}");
-}
-
-fn message(f: &Value) -> &str {
-    f["message"].as_str().unwrap()
-}
-
-fn num(f: &Value, key: &str) -> f64 {
-    f["evidence"][key]
-        .as_f64()
-        .unwrap_or_else(|| panic!("no evidence {key} in {f}"))
+#[test]
+fn snapshots_redact_fractions_and_keep_names_and_counts() {
+    assert_eq!(
+        redact(
+            "layer down.2 has 1 channel, relative MSE 0.53 after 500 steps (1e-4)",
+            false
+        ),
+        "layer down.2 has 1 channel, relative MSE # after 500 steps (#)"
+    );
+    assert_eq!(
+        redact("conv2 at lr 1 (batch 16): 3.2e+05, features.4", true),
+        "conv2 at lr # (batch #): #, features.4"
+    );
 }
 
 // ---------------------------------------------------------------- identity-overfit
 #[test]
 fn identity_bottleneck_autoencoder_plateaus_and_names_the_narrow_layer() {
-    let r = run_check(
+    let a = run_check(
         "identity-overfit",
         Some("ae_bottleneck"),
         Some("textures"),
         None,
         "",
     );
-    let f = only_finding(&r, "identity-overfit", "error");
-    assert!(num(f, "relative_mse_end") > 0.3, "{f}");
-    assert!(message(f).contains("a plateau, a bottleneck or too little capacity: the narrowest layer down.2 has 1 channel"), "{f}");
-    let curve = &check_entry(&r, "identity-overfit")["curves"][0];
-    assert_eq!(
-        curve["y"].as_array().unwrap().len(),
-        501,
-        "trains the full 500 steps"
+    assert_check!(a, "identity-overfit");
+    let f = only(&a, "identity-overfit", Error);
+    assert!(num(f, "relative_mse_end") > 0.3, "{f:#?}");
+    assert!(
+        f.message
+            .contains("the narrowest layer down.2 has 1 channel"),
+        "{f:#?}"
     );
-    assert_eq!(curve["target"], 0.01);
+    let curve = &run(&a, "identity-overfit").curves[0];
+    assert_eq!(curve.y.len(), 501, "trains the full 500 steps");
+    assert_eq!(curve.target, Some(0.01));
 }
 
 #[test]
 fn identity_detached_output_says_no_gradient_reaches_the_parameters() {
-    let r = run_check(
+    let a = run_check(
         "identity-overfit",
         Some("detached"),
         Some("textures"),
         None,
         "",
     );
-    let f = only_finding(&r, "identity-overfit", "error");
-    assert!(
-        message(f).contains("no gradient reaches the parameters"),
-        "{f}"
-    );
+    only(&a, "identity-overfit", Error);
+    assert_check!(a, "identity-overfit");
 }
 
 #[test]
 fn identity_sigmoid_head_on_signed_inputs_names_the_activation() {
-    let r = run_check(
+    let a = run_check(
         "identity-overfit",
         Some("conv_sigmoid"),
         Some("textures_pm1"),
         None,
         "",
     );
-    let f = only_finding(&r, "identity-overfit", "error");
-    assert!(
-        message(f).contains("the output activation sigmoid can only produce [0, 1]"),
-        "{f}"
-    );
+    // Certain before any step, so not trained: no end value in the evidence, no training run.
+    assert_check!(a, "identity-overfit");
+    let f = only(&a, "identity-overfit", Error);
     assert!(num(f, "psnr_db") < 25.0);
     // Half the inputs lie below 0: no weights bring the relative MSE under the inputs' squared
-    // distance to [0, 1] (0.47 of their variance), far above 0.01. Certain before any step: no training.
+    // distance to [0, 1] (0.47 of their variance), far above 0.01.
     let floor = num(f, "relative_mse_floor");
-    assert!((0.3..0.7).contains(&floor), "{f}");
-    assert_eq!(f["evidence"]["steps"], 0);
-    assert!(f["evidence"].get("relative_mse_end").is_none(), "{f}");
-    assert!(message(f).contains("so it was not trained"), "{f}");
-    assert!(check_entry(&r, "identity-overfit")
-        .get("training")
-        .is_none());
+    assert!((0.3..0.7).contains(&floor), "{f:#?}");
+    assert_eq!(num(f, "steps"), 0.0);
+    assert!(!f.evidence.contains_key("relative_mse_end"), "{f:#?}");
+    assert!(run(&a, "identity-overfit").training.is_empty());
 }
 
 /// The demo's sigmoid head against targets of which 46% lie below 0: no weights bring the mse under
@@ -130,98 +121,90 @@ fn identity_sigmoid_head_on_signed_inputs_names_the_activation() {
 /// training (it used to train 500 steps to 0.031, above that floor, as it must be).
 #[test]
 fn overfit_sigmoid_head_on_signed_targets_is_settled_by_the_range_floor() {
-    let (_, r) = check_json(&["examples/demo", "--select", "overfit-batch"]);
-    let f = only_finding(&r, "overfit-batch", "error");
+    let a = audit_of(&["examples/demo", "--select", "overfit-batch"]);
+    assert_check!("demo", a, "overfit-batch");
+    let f = only(&a, "overfit-batch", Error);
     let (floor, needed) = (num(f, "loss_floor"), num(f, "loss_needed"));
-    assert!(floor > 4.0 * needed, "{f}");
-    assert!((0.015..0.03).contains(&floor), "{f}");
-    assert_eq!(f["evidence"]["steps"], 0);
+    assert!(floor > 4.0 * needed, "{f:#?}");
+    assert!((0.015..0.03).contains(&floor), "{f:#?}");
+    assert_eq!(num(f, "steps"), 0.0);
     assert!(
-        message(f).contains("the output activation sigmoid can only produce [0, 1], but 46.3% of the targets lie outside it"),
-        "{f}"
+        f.message
+            .contains("but 46.3% of the targets lie outside it"),
+        "{f:#?}"
     );
     // A sigmoid head on targets in [0, 1] has no floor: it trains, and fits.
-    let r = run_check(
+    let a = run_check(
         "overfit-batch",
         Some("head_sigmoid"),
         Some("targets_01"),
         None,
         "",
     );
-    passed(&r, "overfit-batch");
-    let steps = check_entry(&r, "overfit-batch")["training"][0]["steps"]
-        .as_u64()
-        .unwrap();
-    assert!(steps > 0, "{r}");
+    passed(&a, "overfit-batch");
+    assert!(run(&a, "overfit-batch").training[0].steps > 0);
     // On targets in [-1, 1] it is settled by the floor.
-    let r = run_check(
+    let a = run_check(
         "overfit-batch",
         Some("head_sigmoid"),
         Some("targets_pm1"),
         None,
         "",
     );
-    let f = only_finding(&r, "overfit-batch", "error");
-    assert!(num(f, "loss_floor") > num(f, "loss_needed"), "{f}");
+    assert_check!("targets_pm1", a, "overfit-batch");
+    let f = only(&a, "overfit-batch", Error);
+    assert!(num(f, "loss_floor") > num(f, "loss_needed"), "{f:#?}");
 }
 
 #[test]
 fn identity_unet_and_conv_stack_pass_early_and_classifiers_are_skipped() {
     for model in ["unet", "conv_stack"] {
-        let r = run_check("identity-overfit", Some(model), Some("textures"), None, "");
-        passed(&r, "identity-overfit");
-        let curve = &check_entry(&r, "identity-overfit")["curves"][0]["y"];
-        let y = curve.as_array().unwrap();
+        let a = run_check("identity-overfit", Some(model), Some("textures"), None, "");
+        passed(&a, "identity-overfit");
+        let y = &run(&a, "identity-overfit").curves[0].y;
         assert!(
             y.len() < 501,
             "{model} stops early once it reaches the target"
         );
-        assert!(y.last().unwrap().as_f64().unwrap() <= 0.01);
+        assert!(*y.last().unwrap() <= 0.01);
     }
-    let r = run_check("identity-overfit", Some("cnn_bn"), Some("images"), None, "");
-    let e = check_entry(&r, "identity-overfit");
-    assert_eq!(e["status"], "skipped");
-    assert!(e["reason"]
-        .as_str()
-        .unwrap()
-        .contains("output shape [10] differs from the input shape [3, 16, 16]"));
+    let a = run_check("identity-overfit", Some("cnn_bn"), Some("images"), None, "");
+    skipped(&a, "identity-overfit");
+    assert_check!(a, "identity-overfit");
 }
 
 // ---------------------------------------------------------------- overfit-batch
 #[test]
 fn overfit_batch_fits_a_classifier_and_a_regression_mlp() {
-    let r = run_check(
+    let a = run_check(
         "overfit-batch",
         Some("classifier"),
         Some("classes4"),
         None,
         "",
     );
-    passed(&r, "overfit-batch");
-    let r = run_check(
+    passed(&a, "overfit-batch");
+    let a = run_check(
         "overfit-batch",
         Some("mlp_default"),
         Some("regression"),
         None,
         "",
     );
-    passed(&r, "overfit-batch");
+    passed(&a, "overfit-batch");
 }
 
 #[test]
 fn overfit_batch_flags_logits_multiplied_by_zero() {
-    let r = run_check(
+    let a = run_check(
         "overfit-batch",
         Some("classifier_zero_logits"),
         Some("classes4"),
         None,
         "",
     );
-    let f = only_finding(&r, "overfit-batch", "error");
-    assert!(
-        message(f).contains("no gradient reaches the parameters"),
-        "{f}"
-    );
+    assert_check!(a, "overfit-batch");
+    let f = only(&a, "overfit-batch", Error);
     assert!(
         (num(f, "loss_start") - 4f64.ln()).abs() < 1e-3,
         "zero logits give ln(4)"
@@ -230,7 +213,7 @@ fn overfit_batch_flags_logits_multiplied_by_zero() {
 }
 
 // ---------------------------------------------------------------- output-range
-fn range(head: &str, data: &str) -> Value {
+fn range(head: &str, data: &str) -> Audit {
     run_check(
         "output-range",
         Some(&format!("head_{head}")),
@@ -242,34 +225,35 @@ fn range(head: &str, data: &str) -> Value {
 
 #[test]
 fn output_range_errors_when_targets_lie_outside_the_head() {
-    let f = only_finding(&range("sigmoid", "targets_pm1"), "output-range", "error").clone();
-    assert!((num(&f, "share_outside") - 0.5).abs() < 0.1, "{f}");
-    assert!(message(&f).starts_with("sigmoid output lies in [0, 1]"));
-    let f = only_finding(&range("sigmoid", "targets_255"), "output-range", "error").clone();
-    assert!(num(&f, "share_outside") > 0.99);
-    assert!(f["help"].as_str().unwrap().contains("divide them by 255"));
-    let f = only_finding(&range("relu", "targets_normal"), "output-range", "error").clone();
-    assert!(message(&f).starts_with("relu output lies in [0, ∞]"), "{f}");
+    let a = range("sigmoid", "targets_pm1");
+    assert_check!("sigmoid_pm1", a, "output-range");
+    assert!((num(only(&a, "output-range", Error), "share_outside") - 0.5).abs() < 0.1);
+    let a = range("sigmoid", "targets_255");
+    assert_check!("sigmoid_255", a, "output-range");
+    assert!(num(only(&a, "output-range", Error), "share_outside") > 0.99);
+    let a = range("relu", "targets_normal");
+    only(&a, "output-range", Error);
+    assert_check!("relu_normal", a, "output-range");
 }
 
 #[test]
 fn output_range_warns_when_tanh_wastes_half_its_range() {
-    let r = range("tanh", "targets_01");
-    let f = only_finding(&r, "output-range", "warning");
-    assert!(num(f, "used_span") <= 0.5);
-    assert!(f["help"].as_str().unwrap().contains("use sigmoid"));
+    let a = range("tanh", "targets_01");
+    assert_check!(a, "output-range");
+    assert!(num(only(&a, "output-range", Warning), "used_span") <= 0.5);
 }
 
 #[test]
 fn output_range_errors_on_fewer_logits_than_classes() {
-    let r = run_check(
+    let a = run_check(
         "output-range",
         Some("head_linear"),
         Some("targets_cls10"),
         None,
         "",
     );
-    let f = only_finding(&r, "output-range", "error");
+    assert_check!(a, "output-range");
+    let f = only(&a, "output-range", Error);
     assert_eq!(num(f, "logits"), 4.0);
     assert_eq!(num(f, "max_class"), 9.0);
 }
@@ -280,14 +264,14 @@ fn output_range_errors_on_fewer_logits_than_classes() {
 #[test]
 fn a_binary_classifier_with_one_logit_and_bce_is_not_too_few_logits() {
     for task in ["task = \"classification\"\n", ""] {
-        let r = run_check(
+        let a = run_check(
             "output-range",
             Some("binary_one_logit"),
             Some("binary01"),
             None,
             &format!("{task}loss = \"bce_with_logits\""),
         );
-        passed(&r, "output-range");
+        passed(&a, "output-range");
     }
 }
 
@@ -299,7 +283,7 @@ fn output_range_passes_matching_heads() {
 }
 
 // ---------------------------------------------------------------- double-activation
-fn double(head: &str, data: &str, loss: &str) -> Value {
+fn double(head: &str, data: &str, loss: &str) -> Audit {
     run_check(
         "double-activation",
         Some(&format!("head_{head}")),
@@ -311,14 +295,15 @@ fn double(head: &str, data: &str, loss: &str) -> Value {
 
 #[test]
 fn double_activation_flags_squashing_twice_or_never() {
-    let r = double("softmax", "targets_cls4", "cross_entropy");
-    assert!(message(only_finding(&r, "double-activation", "error"))
-        .contains("ends in softmax but the loss is cross_entropy"));
-    let r = double("sigmoid", "targets_01", "bce_with_logits");
-    assert!(message(only_finding(&r, "double-activation", "error"))
-        .contains("ends in sigmoid but the loss is bce_with_logits"));
-    let r = double("linear", "targets_01", "bce");
-    assert!(message(only_finding(&r, "double-activation", "error")).contains("the loss is bce"));
+    for (head, data, loss) in [
+        ("softmax", "targets_cls4", "cross_entropy"),
+        ("sigmoid", "targets_01", "bce_with_logits"),
+        ("linear", "targets_01", "bce"),
+    ] {
+        let a = double(head, data, loss);
+        only(&a, "double-activation", Error);
+        assert_check!(format!("{head}_{loss}"), a, "double-activation");
+    }
 }
 
 #[test]
@@ -328,101 +313,107 @@ fn double_activation_passes_logits_with_cross_entropy_and_sigmoid_with_bce() {
         "double-activation",
     );
     passed(&double("sigmoid", "targets_01", "bce"), "double-activation");
-    let r = run_check(
+    let a = run_check(
         "double-activation",
         Some("head_linear"),
         Some("targets_cls4"),
         None,
         "",
     );
-    assert_eq!(
-        check_entry(&r, "double-activation")["status"],
-        "skipped",
-        "no loss configured"
-    );
+    skipped(&a, "double-activation");
+    assert_check!("no_loss_configured", a, "double-activation");
 }
 
 // ---------------------------------------------------------------- loss-scale
 #[test]
 fn loss_scale_errors_on_four_orders_with_shares_and_weights() {
-    let r = run_check("loss-scale", None, None, Some("two_terms_4_orders.csv"), "");
-    let f = only_finding(&r, "loss-scale", "error");
-    assert!(num(f, "ratio") > 3000.0 && num(f, "ratio") < 30000.0, "{f}");
-    assert!(f["evidence"]["shares"]["loss_feature"].as_f64().unwrap() > 0.999);
-    assert_eq!(f["evidence"]["suggested_weights"]["loss_feature"], 1e-4);
-    assert_eq!(f["evidence"]["suggested_weights"]["loss_mse"], 1.0);
-    assert_eq!(f["location"]["log_column"], "loss_feature");
+    let a = run_check("loss-scale", None, None, Some("two_terms_4_orders.csv"), "");
+    assert_check!(a, "loss-scale");
+    let f = only(&a, "loss-scale", Error);
+    assert!(
+        num(f, "ratio") > 3000.0 && num(f, "ratio") < 30000.0,
+        "{f:#?}"
+    );
+    assert!(f.evidence["shares"]["loss_feature"].as_f64().unwrap() > 0.999);
+    assert_eq!(f.evidence["suggested_weights"]["loss_feature"], 1e-4);
+    assert_eq!(f.evidence["suggested_weights"]["loss_mse"], 1.0);
+    assert_eq!(f.location.log_column.as_deref(), Some("loss_feature"));
 }
 
 #[test]
 fn loss_scale_warns_at_thirty_fold_passes_within_three_and_skips_single_terms() {
-    let r = run_check("loss-scale", None, None, Some("two_terms_30x.csv"), "");
-    let f = only_finding(&r, "loss-scale", "warning");
-    assert!(num(f, "ratio") > 15.0 && num(f, "ratio") < 60.0, "{f}");
+    let a = run_check("loss-scale", None, None, Some("two_terms_30x.csv"), "");
+    assert_check!("thirty_fold", a, "loss-scale");
+    let f = only(&a, "loss-scale", Warning);
+    assert!(num(f, "ratio") > 15.0 && num(f, "ratio") < 60.0, "{f:#?}");
     passed(
         &run_check("loss-scale", None, None, Some("two_terms_balanced.csv"), ""),
         "loss-scale",
     );
-    let r = run_check("loss-scale", None, None, Some("sgd_noisy_descent.csv"), "");
-    assert_eq!(check_entry(&r, "loss-scale")["status"], "skipped");
+    let a = run_check("loss-scale", None, None, Some("sgd_noisy_descent.csv"), "");
+    skipped(&a, "loss-scale");
+    assert_check!("single_term", a, "loss-scale");
 }
 
 // ---------------------------------------------------------------- stale-batchnorm
-fn bn(model: &str, data: &str, setup: &str) -> Value {
+fn bn(model: &str, data: &str, setup: &str) -> Audit {
     run_check("stale-batchnorm", Some(model), Some(data), None, setup)
 }
 
 #[test]
 fn batchnorm_never_updated_is_an_error_per_layer() {
-    let r = bn("bn_never_updated", "images", "");
-    let f = findings(&r, "stale-batchnorm");
-    assert_eq!(f.len(), 2);
-    for (finding, layer) in f.iter().zip(["features.1", "features.4"]) {
-        assert_eq!(finding["location"]["module"], layer);
-        assert!(message(finding).contains("was never updated"));
-    }
+    let a = bn("bn_never_updated", "images", "");
+    assert_check!(a, "stale-batchnorm");
+    let modules: Vec<_> = run(&a, "stale-batchnorm")
+        .findings
+        .iter()
+        .map(|f| (f.kind, f.location.module.as_deref().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        modules,
+        [
+            ("stale-batchnorm/never-updated", "features.1"),
+            ("stale-batchnorm/never-updated", "features.4")
+        ]
+    );
 }
 
 #[test]
 fn batchnorm_with_momentum_zero_will_not_update() {
-    let f = findings(&bn("bn_momentum0", "images", ""), "stale-batchnorm")
-        .into_iter()
-        .cloned()
-        .collect::<Vec<_>>();
+    let a = bn("bn_momentum0", "images", "");
+    assert_check!(a, "stale-batchnorm");
+    let f = &run(&a, "stale-batchnorm").findings;
     assert_eq!(f.len(), 2);
-    assert!(f.iter().all(|x| message(x).contains("will not update")));
     assert!(f.iter().all(|x| num(x, "effective_momentum").abs() < 1e-6));
 }
 
 #[test]
 fn batchnorm_stats_from_0_255_data_mismatch_a_0_1_sample() {
-    let r = bn("bn_stats_255", "images01", "");
-    let f = only_finding(&r, "stale-batchnorm", "error");
-    assert_eq!(f["location"]["module"], "features.1");
-    assert!(
-        message(f).contains("running statistics do not match the data: channels"),
-        "{f}"
-    );
+    let a = bn("bn_stats_255", "images01", "");
+    assert_check!(a, "stale-batchnorm");
+    let f = only(&a, "stale-batchnorm", Error);
+    assert_eq!(f.location.module.as_deref(), Some("features.1"));
     assert!(
         num(f, "extreme_var_ratio") < 1e-3,
-        "variance ratio ≈ 1/255²: {f}"
+        "variance ratio ≈ 1/255²: {f:#?}"
     );
-    assert_eq!(f["evidence"]["worst_channels"].as_array().unwrap().len(), 3);
+    assert_eq!(f.evidence["worst_channels"].as_array().unwrap().len(), 3);
 }
 
 #[test]
 fn batchnorm_submodule_saved_in_eval_mode_is_an_error() {
-    let r = bn("bn_submodule_eval", "images", "");
-    let f = only_finding(&r, "stale-batchnorm", "error");
-    assert_eq!(f["location"]["module"], "features.4");
-    assert!(message(f).contains("saved in eval mode inside a model saved in train mode"));
+    let a = bn("bn_submodule_eval", "images", "");
+    assert_check!(a, "stale-batchnorm");
+    let f = only(&a, "stale-batchnorm", Error);
+    assert_eq!(f.location.module.as_deref(), Some("features.4"));
 }
 
 #[test]
 fn batchnorm_with_batch_size_one_is_an_error() {
-    let r = bn("bn_trained", "images", "batch_size = 1");
-    let f = only_finding(&r, "stale-batchnorm", "error");
-    assert_eq!(f["location"]["config_key"], "setup.batch_size");
+    let a = bn("bn_trained", "images", "batch_size = 1");
+    assert_check!(a, "stale-batchnorm");
+    let f = only(&a, "stale-batchnorm", Error);
+    assert_eq!(f.location.config_key.as_deref(), Some("setup.batch_size"));
 }
 
 #[test]
@@ -430,44 +421,48 @@ fn batchnorm_clean_controls_pass_or_skip() {
     passed(&bn("bn_trained", "images", ""), "stale-batchnorm");
     passed(&bn("bn_fresh", "images", ""), "stale-batchnorm");
     passed(&bn("cnn_bn_trained", "images", ""), "stale-batchnorm");
-    let r = bn("mlp_default", "regression", "");
-    assert_eq!(check_entry(&r, "stale-batchnorm")["status"], "skipped");
+    let a = bn("mlp_default", "regression", "");
+    skipped(&a, "stale-batchnorm");
+    assert_check!("no_batchnorm", a, "stale-batchnorm");
 }
 
 // ---------------------------------------------------------------- loss-oscillation
-fn osc_log(log: &str) -> Value {
+fn osc_log(log: &str) -> Audit {
     run_check("loss-oscillation", None, None, Some(log), "")
 }
 
 #[test]
 fn oscillation_flags_a_real_high_lr_run_with_its_step_window() {
-    let r = osc_log("high_lr_zigzag.csv");
-    let f = only_finding(&r, "loss-oscillation", "warning");
-    assert_eq!(f["location"]["log_steps"], serde_json::json!([0.0, 299.0]));
+    let a = osc_log("high_lr_zigzag.csv");
+    assert_check!(a, "loss-oscillation");
+    let f = only(&a, "loss-oscillation", Warning);
+    assert_eq!(f.location.log_steps, Some((0.0, 299.0)));
     assert!(
         num(f, "descent") < 0.4 && num(f, "amplitude") >= 0.15,
-        "{f}"
+        "{f:#?}"
     );
-    let curve = &check_entry(&r, "loss-oscillation")["curves"][0];
-    assert_eq!(curve["window"], serde_json::json!([0.0, 299.0]));
+    assert_eq!(
+        run(&a, "loss-oscillation").curves[0].window,
+        Some((0.0, 299.0))
+    );
 }
 
 #[test]
 fn a_log_that_diverges_to_inf_is_nonfinites_finding_only() {
     // One root cause, one finding: nonfinite names the step; loss-oscillation does not judge the log.
-    let r = osc_log("diverging.csv");
-    passed(&r, "loss-oscillation");
-    let curve = &check_entry(&r, "loss-oscillation")["curves"][0];
+    let a = osc_log("diverging.csv");
+    passed(&a, "loss-oscillation");
+    let curve = &run(&a, "loss-oscillation").curves[0];
     assert!(
-        curve["name"]
-            .as_str()
-            .unwrap()
-            .contains("not judged: it becomes inf at step 277, reported by nonfinite"),
-        "{curve}"
+        curve
+            .name
+            .ends_with("(not judged: it becomes inf at step 277, reported by nonfinite)"),
+        "{}",
+        curve.name
     );
-    let r = run_check("nonfinite", None, None, Some("diverging.csv"), "");
-    let f = only_finding(&r, "nonfinite", "error");
-    assert!(message(f).contains("step 277"), "{f}");
+    let a = run_check("nonfinite", None, None, Some("diverging.csv"), "");
+    assert_check!(a, "nonfinite");
+    assert!(only(&a, "nonfinite", Error).message.contains("step 277"));
 }
 
 #[test]
@@ -487,55 +482,64 @@ fn a_log_that_blows_up_and_then_rests_on_chance_is_a_collapse() {
         ("collapsed_sgd_lr5_momentum.csv", "0.9"),
     ] {
         // The data alone gives K (10 classes in the targets); the probe is left out to judge the log.
-        let r = run_check(
+        let a = run_check(
             "loss-oscillation",
             None,
             Some("digits_raw256"),
             Some(log),
             &format!("optimizer = \"sgd\"\nlr = 5.0\nmomentum = {momentum}"),
         );
-        let f = only_finding(&r, "loss-oscillation", "error");
-        assert_eq!(f["kind"], "loss-oscillation/log-collapsed", "{log}: {f}");
-        assert!(num(f, "peak") > 1e4, "{f}");
+        assert_check!(log, a, "loss-oscillation");
+        let f = only(&a, "loss-oscillation", Error);
+        assert_eq!(f.kind, "loss-oscillation/log-collapsed", "{log}: {f:#?}");
+        assert!(num(f, "peak") > 1e4, "{f:#?}");
         // The best constant output: the class prior of the sample (23–37 per class), near ln 10.
-        assert!((num(f, "constant_loss") - 10f64.ln()).abs() < 0.05, "{f}");
+        assert!(
+            (num(f, "constant_loss") - 10f64.ln()).abs() < 0.05,
+            "{f:#?}"
+        );
         let level = num(f, "last_quarter_level");
-        assert!(level > 0.8 * 10f64.ln() && level < 1.25 * 10f64.ln(), "{f}");
-        assert!(message(f).contains("(ln 10 = 2.3)"), "{f}");
+        assert!(
+            level > 0.8 * 10f64.ln() && level < 1.25 * 10f64.ln(),
+            "{f:#?}"
+        );
+        assert!(f.message.contains("(ln 10 = 2.3)"), "{f:#?}");
     }
     // Without the data there is no constant output to compare with: the log alone is judged as before,
     // and the rest at ln 10 after the blow-up is not called a collapse.
-    let r = osc_log("collapsed_sgd_lr5.csv");
+    let a = osc_log("collapsed_sgd_lr5.csv");
     assert!(
-        !kinds_of(&r).contains(&"loss-oscillation/log-collapsed".to_string()),
-        "{r}"
+        !kinds(&a).contains(&"loss-oscillation/log-collapsed"),
+        "{:?}",
+        kinds(&a)
     );
     // Issue 23, 4: the probe at that lr collapses the same way (no log needed): an error, not the
     // recovered spike it used to pass for.
-    let r = run_check(
+    let a = run_check(
         "loss-oscillation",
         Some("mlp_digits"),
         Some("digits_raw256"),
         None,
         "optimizer = \"sgd\"\nlr = 5.0\nmomentum = 0.0\nbatch_size = 32",
     );
-    let f = only_finding(&r, "loss-oscillation", "error");
-    assert_eq!(f["kind"], "loss-oscillation/probe-collapses", "{f}");
+    assert_check!("probe", a, "loss-oscillation");
+    let f = only(&a, "loss-oscillation", Error);
+    assert_eq!(f.kind, "loss-oscillation/probe-collapses", "{f:#?}");
     assert!(
         num(f, "probe_peak") > 100.0 * num(f, "constant_loss"),
-        "{f}"
+        "{f:#?}"
     );
     let end = num(f, "probe_end");
-    assert!(end > 0.8 * 10f64.ln() && end < 1.25 * 10f64.ln(), "{f}");
+    assert!(end > 0.8 * 10f64.ln() && end < 1.25 * 10f64.ln(), "{f:#?}");
     // The control: the same model and data trained with Adam at 1e-3 descends below ln 10: silent.
-    let r = run_check(
+    let a = run_check(
         "loss-oscillation",
         Some("mlp_digits"),
         Some("digits_raw256"),
         Some("digits_adam_lr1e-3.csv"),
         "optimizer = \"adam\"\nlr = 1e-3",
     );
-    passed(&r, "loss-oscillation");
+    passed(&a, "loss-oscillation");
 }
 
 /// Issue 23, 3: Adam at lr 0.2 on a tanh MLP; its real log drops, then rests near 3.0 with no zig-zag
@@ -544,48 +548,45 @@ fn a_log_that_blows_up_and_then_rests_on_chance_is_a_collapse() {
 #[test]
 fn a_log_resting_high_while_a_lower_lr_keeps_descending_is_flagged() {
     let setup = "optimizer = \"adam\"\nlr = 0.2\nbatch_size = 32";
-    let r = run_check(
+    let a = run_check(
         "loss-oscillation",
         Some("mlp_tanh"),
         Some("digits1024"),
         Some("adam_lr0.2_plateau.csv"),
         setup,
     );
-    let f = only_finding(&r, "loss-oscillation", "warning");
-    assert_eq!(f["kind"], "loss-oscillation/stalls-at-high-lr", "{f}");
+    assert_check!(a, "loss-oscillation");
+    let f = only(&a, "loss-oscillation", Warning);
+    assert_eq!(f.kind, "loss-oscillation/stalls-at-high-lr", "{f:#?}");
     let (level, control) = (num(f, "log_level"), num(f, "control_end"));
-    assert!(control <= 0.7 * level, "{f}");
+    assert!(control <= 0.7 * level, "{f:#?}");
     assert!((num(f, "control_lr") - 0.02).abs() < 1e-12);
     // The log alone is judged as before: calm, no finding (the probe is what shows the lr).
-    let r = osc_log("adam_lr0.2_plateau.csv");
-    assert!(findings(&r, "loss-oscillation").is_empty(), "{r}");
+    let a = osc_log("adam_lr0.2_plateau.csv");
+    assert!(run(&a, "loss-oscillation").findings.is_empty());
     // A log that rests because it converged (the digits MLP trained to its floor with Adam at 1e-3):
     // the control gains nothing over the configured lr, and the check stays silent.
-    let r = run_check(
+    let a = run_check(
         "loss-oscillation",
         Some("mlp_converged"),
         Some("digits256"),
         Some("mlp_converged_run.csv"),
         "optimizer = \"adam\"\nlr = 1e-3\nbatch_size = 32",
     );
-    passed(&r, "loss-oscillation");
+    passed(&a, "loss-oscillation");
 }
 
 /// Issue 22, 7: a setup value the config leaves unset is reported as assumed, never as the user's.
 #[test]
 fn setup_values_the_config_leaves_unset_are_reported_as_assumed() {
-    let config_warnings = |r: &Value| -> Vec<String> {
-        r["warnings"]
-            .as_array()
-            .map(|w| {
-                w.iter()
-                    .filter(|w| w["input"] == "config")
-                    .map(|w| w["message"].as_str().unwrap().to_string())
-                    .collect()
-            })
-            .unwrap_or_default()
+    let config_warnings = |a: &Audit| -> Vec<String> {
+        let w = &a.report.warnings;
+        w.iter()
+            .filter(|w| w.input == "config")
+            .map(|w| w.message.clone())
+            .collect()
     };
-    let r = run_check(
+    let a = run_check(
         "lr-sharpness",
         Some("mlp_default"),
         Some("regression"),
@@ -594,17 +595,17 @@ fn setup_values_the_config_leaves_unset_are_reported_as_assumed() {
     );
     // Only what a check that ran rests on (`CheckInfo::setup`): lr-sharpness uses no batch size.
     assert_eq!(
-        config_warnings(&r),
+        config_warnings(&a),
         ["[setup] does not set optimizer, lr: the checks that use them assumed optimizer = adam, \
 lr = 0.001; set the training run's values"]
     );
-    let reason = check_entry(&r, "lr-sharpness")["reason"].as_str().unwrap();
+    let reason = skipped(&a, "lr-sharpness");
     assert!(
         reason.starts_with("the optimizer is adam (assumed: setup.optimizer is not set): "),
         "{reason}"
     );
     // The learning-rate probe trains on batches of the setup's size: that is assumed too.
-    let r = run_check(
+    let a = run_check(
         "loss-oscillation",
         Some("mlp_default"),
         Some("regression"),
@@ -612,12 +613,12 @@ lr = 0.001; set the training run's values"]
         "",
     );
     assert_eq!(
-        config_warnings(&r),
+        config_warnings(&a),
         ["[setup] does not set optimizer, lr, batch_size: the checks that use them assumed optimizer = adam, \
 lr = 0.001, batch_size = 32; set the training run's values"]
     );
     // SGD without its momentum: the momentum is assumed, and said to be.
-    let r = run_check(
+    let a = run_check(
         "lr-sharpness",
         Some("mlp_default"),
         Some("regression"),
@@ -625,22 +626,22 @@ lr = 0.001, batch_size = 32; set the training run's values"]
         "optimizer = \"sgd\"\nlr = 0.01\nbatch_size = 16",
     );
     assert_eq!(
-        config_warnings(&r),
+        config_warnings(&a),
         ["[setup] does not set momentum: the checks that use them assumed momentum = 0.9; set the training \
 run's values"]
     );
     // All set: nothing assumed, nothing said.
-    let r = run_check(
+    let a = run_check(
         "lr-sharpness",
         Some("mlp_default"),
         Some("regression"),
         None,
         "optimizer = \"sgd\"\nlr = 0.01\nbatch_size = 16\nmomentum = 0.0",
     );
-    assert!(config_warnings(&r).is_empty(), "{r}");
+    assert!(config_warnings(&a).is_empty());
     // Without a model nothing trains, and nothing is assumed aloud.
-    let r = run_check("sequential-data", None, Some("regression"), None, "");
-    assert!(config_warnings(&r).is_empty(), "{r}");
+    let a = run_check("sequential-data", None, Some("regression"), None, "");
+    assert!(config_warnings(&a).is_empty());
 }
 
 #[test]
@@ -654,68 +655,61 @@ fn learning_rate_probe_flags_adam_at_lr_one_and_passes_a_sane_lr() {
             setup,
         )
     };
-    let r = probe("optimizer = \"adam\"\nlr = 1.0\nbatch_size = 16");
-    let f = only_finding(&r, "loss-oscillation", "error");
+    let a = probe("optimizer = \"adam\"\nlr = 1.0\nbatch_size = 16");
+    assert_check!(a, "loss-oscillation");
+    let f = only(&a, "loss-oscillation", Error);
     assert!(
-        message(f).starts_with("learning-rate probe: adam at lr 1 (batch 16) diverges"),
-        "{f}"
+        f.message
+            .starts_with("learning-rate probe: adam at lr 1 (batch 16) diverges"),
+        "{f:#?}"
     );
     assert!(num(f, "probe_end") > 2.0 * num(f, "probe_start"));
-    assert_eq!(f["location"]["config_key"], "setup.lr");
+    assert_eq!(f.location.config_key.as_deref(), Some("setup.lr"));
     let sane = "optimizer = \"adam\"\nlr = 1e-3\nbatch_size = 16";
-    let r = probe(sane);
-    passed(&r, "loss-oscillation");
+    let a = probe(sane);
+    passed(&a, "loss-oscillation");
     // The loss halves in a clean descent: the probe stops at a settled descent, at the first step
     // from 20 on where it is settled, and says so.
-    let early = &check_entry(&r, "loss-oscillation")["curves"][0];
-    let early_y = early["y"].as_array().unwrap();
-    let stopped = early_y.len() - 1;
-    assert!((20..60).contains(&stopped), "{early}");
+    let early = &run(&a, "loss-oscillation").curves[0];
+    let stopped = early.y.len() - 1;
+    assert!((20..60).contains(&stopped), "{early:?}");
     assert!(
-        early["name"].as_str().unwrap().ends_with(&format!(
+        early.name.ends_with(&format!(
             "(a settled descent: stopped at step {stopped} of 60)"
         )),
-        "{early}"
+        "{}",
+        early.name
     );
-    let last = early_y[stopped].as_f64().unwrap();
-    assert!(last <= 0.5 * early_y[0].as_f64().unwrap(), "{early}");
+    assert!(early.y[stopped] <= 0.5 * early.y[0], "{:?}", early.y);
     // Without the stop: all 60 steps, the same curve up to the stop.
-    let r = probe(&format!(
+    let a_full = probe(&format!(
         "{sane}\n[checks.loss-oscillation]\nprobe_early_stop = false"
     ));
-    passed(&r, "loss-oscillation");
-    let full = &check_entry(&r, "loss-oscillation")["curves"][0];
-    let full_y = full["y"].as_array().unwrap();
-    assert_eq!(full_y.len(), 61, "60 probe steps plus the start: {full}");
-    for (a, b) in early_y.iter().zip(full_y) {
-        let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+    passed(&a_full, "loss-oscillation");
+    let full = &run(&a_full, "loss-oscillation").curves[0];
+    assert_eq!(full.y.len(), 61, "60 probe steps plus the start");
+    for (a, b) in early.y.iter().zip(&full.y) {
         assert!((a - b).abs() <= 1e-6 * b.abs(), "{a} vs {b}");
     }
-    assert_eq!(first_settled(early), stopped, "{early}");
+    assert_eq!(first_settled(&early.y), stopped, "{:?}", early.y);
     // The ResNet-style model's probe settles between two tens: it stops there, not at the next ten.
-    let r = run_check(
+    let a = run_check(
         "loss-oscillation",
         Some("resnet_bn"),
         Some("cifar_like"),
         None,
         "",
     );
-    let early = &check_entry(&r, "loss-oscillation")["curves"][0];
-    let stopped = early["y"].as_array().unwrap().len() - 1;
-    assert!((20..60).contains(&stopped), "{early}");
-    assert_eq!(first_settled(early), stopped, "{early}");
+    let early = &run(&a, "loss-oscillation").curves[0];
+    let stopped = early.y.len() - 1;
+    assert!((20..60).contains(&stopped), "{:?}", early.y);
+    assert_eq!(first_settled(&early.y), stopped, "{:?}", early.y);
 }
 
 /// The first step from 20 on at which a probe curve has settled into a clean descent (the rule: at
 /// most half its start, never above 1.5× it, up by more than 1% in at most 15% of the steps, lower
 /// than 10 steps before); 0 when none has.
-fn first_settled(curve: &Value) -> usize {
-    let y: Vec<f64> = curve["y"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+fn first_settled(y: &[f64]) -> usize {
     let settled = |k: usize| {
         let ups = y[..=k].windows(2).filter(|w| w[1] > w[0] * 1.01).count();
         y[k] <= 0.5 * y[0]
@@ -728,37 +722,38 @@ fn first_settled(curve: &Value) -> usize {
 
 #[test]
 fn learning_rate_probe_flags_a_spike_that_a_batchnorm_net_recovers_from() {
-    let r = run_check(
+    let a = run_check(
         "loss-oscillation",
         Some("cnn_bn"),
         Some("images"),
         None,
         "optimizer = \"adam\"\nlr = 1.0",
     );
-    let f = only_finding(&r, "loss-oscillation", "warning");
-    assert!(message(f).contains("is unstable"), "{f}");
+    only(&a, "loss-oscillation", Warning);
+    assert_check!(a, "loss-oscillation");
 }
 
 // ---------------------------------------------------------------- sequential-data
-fn seq(data: &str, setup: &str) -> Value {
+fn seq(data: &str, setup: &str) -> Audit {
     run_check("sequential-data", None, Some(data), None, setup)
 }
 
 #[test]
 fn sequential_video_frames_without_shuffle_are_an_error() {
-    let r = seq("video", "shuffle = false");
-    let f = only_finding(&r, "sequential-data", "error");
-    assert!(num(f, "adjacency_ratio") < 0.2, "{f}");
+    let a = seq("video", "shuffle = false");
+    assert_check!(a, "sequential-data");
+    let f = only(&a, "sequential-data", Error);
+    assert!(num(f, "adjacency_ratio") < 0.2, "{f:#?}");
     assert!(num(f, "adjacency_p_value") <= 0.01);
-    assert!(message(f).contains("closer than random pairs"));
 }
 
 #[test]
 fn sequential_sorted_classes_without_shuffle_are_an_error() {
-    let r = seq("sorted_classes", "shuffle = false\nbatch_size = 32");
-    let f = only_finding(&r, "sequential-data", "error");
+    let a = seq("sorted_classes", "shuffle = false\nbatch_size = 32");
+    assert_check!(a, "sequential-data");
+    let f = only(&a, "sequential-data", Error);
     assert_eq!(num(f, "label_runs"), 5.0);
-    assert!(num(f, "runs_z") < -20.0, "{f}");
+    assert!(num(f, "runs_z") < -20.0, "{f:#?}");
     assert!(num(f, "single_class_batch_share") > 0.5);
 }
 
@@ -770,75 +765,70 @@ fn sequential_clean_controls_pass_or_skip() {
         "sequential-data",
     );
     passed(&seq("video", "shuffle = true"), "sequential-data");
-    let r = seq("video", "shuffle = false\ntemporal = true");
-    let e = check_entry(&r, "sequential-data");
-    assert_eq!(e["status"], "skipped");
-    assert!(e["reason"].as_str().unwrap().contains("temporal = true"));
+    let a = seq("video", "shuffle = false\ntemporal = true");
+    skipped(&a, "sequential-data");
+    assert_check!("temporal", a, "sequential-data");
 }
 
 // ---------------------------------------------------------------- traced models
 #[test]
 fn traced_models_are_judged_like_scripted_ones() {
     // torch.jit.trace in eval mode bakes training=False into batch_norm: the stats can never update.
-    let r = bn("cnn_bn_traced", "images", "");
-    let f = findings(&r, "stale-batchnorm");
-    assert_eq!(f.len(), 2);
-    assert!(
-        message(f[0]).contains("will not update") && message(f[0]).contains("traced in eval mode")
-    );
-    let r = run_check("init-std", Some("cnn_bn_traced"), Some("images"), None, "");
-    passed(&r, "init-std");
-    let r = range("sigmoid_traced", "targets_pm1");
-    let f = only_finding(&r, "output-range", "error");
-    assert!(
-        message(f).starts_with("sigmoid output lies in [0, 1]"),
-        "{f}"
-    );
+    let a = bn("cnn_bn_traced", "images", "");
+    assert_check!("batchnorm", a, "stale-batchnorm");
+    assert_eq!(run(&a, "stale-batchnorm").findings.len(), 2);
+    let a = run_check("init-std", Some("cnn_bn_traced"), Some("images"), None, "");
+    passed(&a, "init-std");
+    let a = range("sigmoid_traced", "targets_pm1");
+    only(&a, "output-range", Error);
+    assert_check!("sigmoid", a, "output-range");
 }
 
 // ---------------------------------------------------------------- gradient-flow
 #[test]
 fn gradient_flow_names_parameters_no_gradient_reaches() {
     // A layer forward never calls is unused-parameters' finding (tests/graph.rs), not a second one here.
-    let r = run_check(
+    let a = run_check(
         "gradient-flow",
         Some("unused_layer"),
         Some("regression"),
         None,
         "",
     );
-    assert_eq!(check_entry(&r, "gradient-flow")["status"], "passed");
-    let r = run_check(
+    passed(&a, "gradient-flow");
+    let a = run_check(
         "gradient-flow",
         Some("partly_detached"),
         Some("regression"),
         None,
         "",
     );
-    let f = only_finding(&r, "gradient-flow", "error");
+    assert_check!("partly_detached", a, "gradient-flow");
+    let f = only(&a, "gradient-flow", Error);
     assert_eq!(
-        f["evidence"]["no_gradient"],
+        f.evidence["no_gradient"],
         serde_json::json!(["body.weight", "body.bias"])
     );
-    let r = run_check(
+    let a = run_check(
         "gradient-flow",
         Some("detached"),
         Some("textures"),
         None,
         "",
     );
-    assert!(message(only_finding(&r, "gradient-flow", "error"))
-        .starts_with("none of the 6 trainable parameters"));
-    let r = run_check(
+    only(&a, "gradient-flow", Error);
+    assert_check!("detached", a, "gradient-flow");
+    let a = run_check(
         "gradient-flow",
         Some("classifier_zero_logits"),
         Some("classes4"),
         None,
         "",
     );
-    let f = only_finding(&r, "gradient-flow", "warning");
+    assert_check!("zero_logits", a, "gradient-flow");
+    let f = only(&a, "gradient-flow", Warning);
     assert_eq!(
-        f["evidence"]["zero_gradient"],
+        f.evidence["zero_gradient"],
         serde_json::json!(["fc1.weight", "fc2.weight"])
     );
 }
@@ -869,38 +859,41 @@ fn a_failed_fit_names_a_broadcast_shape_and_raw_scales() {
     );
     let cases = [
         (
-            "flat.npz",
+            "flat",
             x.shallow_clone(),
             y.squeeze_dim(1),
             "the output is [16, 1] and the targets [16], which broadcast to [16, 16] in mse",
         ),
         (
-            "raw.npz",
+            "raw",
             x.shallow_clone(),
             &y * 1000.0 + 5000.0,
             "the targets are at raw scale (rms",
         ),
     ];
-    for (file, inputs, targets, cause) in cases {
-        let path = write_sample(dir.path(), file, &inputs, &targets);
-        let (_, r) = check_model_on("mlp_default", &path, "overfit-batch");
-        let f = only_finding(&r, "overfit-batch", "error");
+    for (name, inputs, targets, cause) in cases {
+        let path = write_sample(dir.path(), &format!("{name}.npz"), &inputs, &targets);
+        let a = audit_model_on("mlp_default", &path, "overfit-batch");
+        let f = only(&a, "overfit-batch", Error);
         assert!(
-            message(f).contains(&format!("Likely cause: {cause}")),
-            "{file}: {f}"
+            f.message.contains(&format!("Likely cause: {cause}")),
+            "{name}: {f:#?}"
         );
+        assert_check!(name, a, "overfit-batch");
     }
-    let r = run_check(
+    let a = run_check(
         "overfit-batch",
         Some("mlp_default"),
         Some("regression_raw_units"),
         None,
         "",
     );
-    let f = only_finding(&r, "overfit-batch", "error");
+    assert_check!("raw_inputs", a, "overfit-batch");
+    let f = only(&a, "overfit-batch", Error);
     assert!(
-        message(f).contains("Likely cause: the inputs are at raw scale"),
-        "{f}"
+        f.message
+            .contains("Likely cause: the inputs are at raw scale"),
+        "{f:#?}"
     );
 }
 
@@ -912,35 +905,27 @@ fn labels_numbered_from_one_are_reported_once() {
     let shifted = fixture_array("data/classes4.npz", "targets") + 1;
     let inputs = fixture_array("data/classes4.npz", "inputs");
     let path = write_sample(dir.path(), "labels1k.npz", &inputs, &shifted);
-    let (code, r) = check_model_on("classifier", &path, "ALL");
-    assert_eq!(code, 1);
-    assert_eq!(r["summary"]["failed"], 0, "{r}");
-    let f = only_finding(&r, "output-range", "error");
-    assert_eq!(f["kind"], "output-range/too-few-logits");
-    assert!(
-        message(f).ends_with("1 class can never be predicted"),
-        "{f}"
-    );
+    let a = audit_model_on("classifier", &path, "ALL");
+    assert_eq!(a.report.summary.failed, 0);
+    assert_eq!(kinds(&a), ["output-range/too-few-logits"]);
+    assert_check!(a, "output-range");
     for id in [
         "overfit-batch",
         "loss-oscillation",
         "gradient-flow",
         "initial-loss",
     ] {
-        let e = check_entry(&r, id);
-        assert_eq!(e["status"], "skipped", "{id}: {e}");
+        let reason = skipped(&a, id);
         assert!(
-            e["reason"]
-                .as_str()
-                .unwrap()
-                .contains("(labels numbered 1..K: subtract 1 from them)"),
-            "{e}"
+            reason.contains("(labels numbered 1..K: subtract 1 from them)"),
+            "{id}: {reason}"
         );
     }
-    let warnings = r["warnings"].to_string();
-    assert_eq!(
-        warnings.matches("labels numbered 1..K").count(),
-        1,
-        "{warnings}"
-    );
+    let said: Vec<_> = a
+        .report
+        .warnings
+        .iter()
+        .filter(|w| w.message.contains("labels numbered 1..K"))
+        .collect();
+    assert_eq!(said.len(), 1, "{:?}", a.report.warnings);
 }

@@ -7,9 +7,12 @@
 //! normal training run with its real log, and the reproducers of each class of false alarm in issue 8.
 mod common;
 
-use common::in_process::{check_json, check_model_on};
+use common::in_process::{audit_model_on, audit_of};
+use common::typed::{kinds, num, only, passed, run};
 use common::*;
-use serde_json::Value;
+use trainlint::audit::Audit;
+use trainlint::run::Status;
+use trainlint_checks::{Finding, Severity};
 
 /// The torchvision corpus: (fixture, has BatchNorm).
 const TORCHVISION: [(&str, bool); 4] = [
@@ -19,29 +22,50 @@ const TORCHVISION: [(&str, bool); 4] = [
     ("tv_googlenet_pattern", true),
 ];
 
-fn run_checks(model: &str, data: &str, select: &str, setup: &str) -> Value {
+fn run_checks(model: &str, data: &str, select: &str, setup: &str) -> Audit {
+    audit_with(model, data, None, select, setup)
+}
+
+/// The audit of `check --select SELECT` of fixture model MODEL on DATA (and LOG), with `[setup]` SETUP;
+/// no check may fail internally.
+fn audit_with(model: &str, data: &str, log: Option<&str>, select: &str, setup: &str) -> Audit {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write(dir.path(), "trainlint.toml", &format!("[setup]\n{setup}\n"));
     let cfg = cfg.display().to_string();
     let mut args: Vec<String> = vec![cfg, "--select".into(), select.into()];
     args.extend(model_data(model, data));
+    if let Some(log) = log {
+        args.extend(["--log".into(), fixture(&format!("logs/{log}"))]);
+    }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, report) = check_json(&args);
-    assert!(code == 0 || code == 1, "{model}: exit {code}");
-    report
+    let audit = audit_of(&args);
+    for c in &audit.report.checks {
+        assert_ne!(
+            c.status,
+            Status::Failed,
+            "{model}: {}",
+            common::typed::show(c)
+        );
+    }
+    audit
+}
+
+/// The findings of check `id`.
+fn findings<'a>(audit: &'a Audit, id: &str) -> &'a [Finding] {
+    &run(audit, id).findings
 }
 
 /// `check` alone passes on each torchvision corpus model, on its data (shapes16.npz).
 fn assert_pass_on_shapes16(models: &[&str], check: &str) {
     for model in models {
         let r = run_checks(model, "shapes16.npz", check, "");
-        assert_status(&r, model, check, "passed");
+        assert_status(&r, model, check, Status::Passed);
     }
 }
 
-fn assert_status(report: &Value, model: &str, check: &str, status: &str) {
-    let e = check_entry(report, check);
-    assert_eq!(e["status"], status, "{model} / {check}: {e}");
+fn assert_status(audit: &Audit, model: &str, check: &str, status: Status) {
+    let r = run(audit, check);
+    assert_eq!(r.status, status, "{model}: {}", common::typed::show(r));
 }
 
 #[test]
@@ -53,9 +77,13 @@ fn fresh_torchvision_models_pass_init_std_stale_batchnorm_and_gradient_flow() {
             "init-std,stale-batchnorm,gradient-flow",
             "",
         );
-        assert_status(&r, model, "init-std", "passed");
-        assert_status(&r, model, "gradient-flow", "passed");
-        let bn = if batchnorm { "passed" } else { "skipped" };
+        assert_status(&r, model, "init-std", Status::Passed);
+        assert_status(&r, model, "gradient-flow", Status::Passed);
+        let bn = if batchnorm {
+            Status::Passed
+        } else {
+            Status::Skipped
+        };
         assert_status(&r, model, "stale-batchnorm", bn);
     }
 }
@@ -85,7 +113,7 @@ fn zero_gated_residual_branches_get_a_gradient_after_one_step() {
     let f = findings(&r, "gradient-flow");
     assert_eq!(f.len(), 1);
     assert_eq!(
-        f[0]["evidence"]["zero_gradient"],
+        f[0].evidence["zero_gradient"],
         serde_json::json!(["fc1.weight", "fc2.weight"])
     );
 }
@@ -106,7 +134,7 @@ fn torchvision_init_conventions_are_not_std_errors() {
     let r = run_checks("mlp_zero_hidden", "regression.npz", "init-std", "");
     let f = findings(&r, "init-std");
     assert_eq!(f.len(), 1);
-    assert_eq!(f[0]["kind"], "init-std/constant-weights");
+    assert_eq!(f[0].kind, "init-std/constant-weights");
     let r = run_checks("mlp_std1e-5", "regression.npz", "init-std", "");
     assert_eq!(findings(&r, "init-std").len(), 3);
 }
@@ -121,7 +149,7 @@ fn multi_label_batches_are_judged_per_label() {
         "overfit-batch",
         "task = \"classification\"\nloss = \"bce_with_logits\"",
     );
-    assert_status(&r, "mlp_multilabel", "overfit-batch", "passed");
+    passed(&r, "overfit-batch");
 }
 
 /// The torchvision corpus of fixtures/make_trust.py: (family, optimizer, lr) of its training run.
@@ -141,26 +169,11 @@ const CORPUS: [(&str, &str, f64); 13] = [
     ("swin", "adamw", 1e-3),
 ];
 
-/// Every check on (model, data[, log]): the report's findings, as "check: kind: message" lines.
-fn every_finding(model: &str, data: &str, log: Option<&str>, setup: &str) -> Vec<String> {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write(dir.path(), "trainlint.toml", &format!("[setup]\n{setup}\n"));
-    let cfg = cfg.display().to_string();
-    let mut args: Vec<String> = vec![cfg, "--select".into(), "ALL".into()];
-    args.extend(model_data(model, data));
-    if let Some(log) = log {
-        args.extend(["--log".into(), fixture(&format!("logs/{log}"))]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, report) = check_json(&args);
-    assert!(code == 0 || code == 1, "{model}: exit {code}");
-    for c in report["checks"].as_array().unwrap() {
-        assert_ne!(c["status"], "failed", "{model}: {c}");
-    }
-    all_findings(&report)
-        .iter()
-        .map(|f| format!("{}: {}: {}", f["check"], f["kind"], f["message"]))
-        .collect()
+/// Every check on (model, data[, log]): the audit's findings.
+fn every_finding(model: &str, data: &str, log: Option<&str>, setup: &str) -> Vec<Finding> {
+    let audit = audit_with(model, data, log, "ALL", setup);
+    let found = audit.report.checks.iter().flat_map(|c| &c.findings);
+    found.cloned().collect()
 }
 
 /// False alarms seen on the corpus and owned outside this file's checks: (model, kind). The test fails on
@@ -171,18 +184,24 @@ const KNOWN: [(&str, &str); 0] = [];
 /// BatchNorm momentum of 0.01 predicts at chance in eval mode while train mode gets 45% right.
 const DEFECTS: [(&str, &str); 1] = [("tv/mobilenet_v3_trained", "stale-batchnorm/eval-mode-worse")];
 
-fn assert_silent(cases: &[(String, Vec<String>)]) {
+fn assert_silent(cases: &[(String, Vec<Finding>)]) {
     let mut loud = Vec::new();
     for (model, found) in cases {
         for f in found {
-            let expected = DEFECTS.iter().any(|(m, k)| m == model && f.contains(k));
-            if !expected && !KNOWN.iter().any(|(m, k)| m == model && f.contains(k)) {
-                loud.push((model, f));
+            let listed =
+                |list: &[(&str, &str)]| list.iter().any(|&(m, k)| m == model && f.kind == k);
+            if !listed(&DEFECTS) && !listed(&KNOWN) {
+                loud.push(format!(
+                    "{model}: {}[{}] {}",
+                    f.severity.as_str(),
+                    f.kind,
+                    f.message
+                ));
             }
         }
         for (m, k) in DEFECTS.iter().filter(|(m, _)| m == model) {
             assert!(
-                found.iter().any(|f| f.contains(k)),
+                found.iter().any(|f| f.kind == *k),
                 "{m}: {k} missed: {found:#?}"
             );
         }
@@ -232,13 +251,8 @@ fn a_frozen_first_layer_mlp_that_gets_every_sample_right_overfits() {
     // Class 1: 100% batch accuracy while the cross-entropy falls from ln 5 = 1.61 to ~0.3 (19% of its
     // start): "≤ 5% of the start" called it a failure; the bar is now absolute (≤ ln 5 / 4, all right).
     let r = run_checks("mlp_frozen_first", "digits5.npz", "overfit-batch", "");
-    assert_status(&r, "mlp_frozen_first", "overfit-batch", "passed");
-    let y = check_entry(&r, "overfit-batch")["curves"][0]["y"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect::<Vec<_>>();
+    passed(&r, "overfit-batch");
+    let y = &run(&r, "overfit-batch").curves[0].y;
     assert!(
         (y[0] - 5f64.ln()).abs() < 0.15,
         "starts near ln 5: {}",
@@ -266,10 +280,9 @@ fn a_trained_denoiser_near_its_floor_overfits_at_once() {
         "overfit-batch",
         "",
     );
-    assert_status(&r, "unet_denoiser_trained", "overfit-batch", "passed");
-    let e = check_entry(&r, "overfit-batch");
-    let y = e["curves"][0]["y"].as_array().unwrap();
-    assert!(y[0].as_f64().unwrap() < 0.01, "{}", y[0]);
+    passed(&r, "overfit-batch");
+    let y = &run(&r, "overfit-batch").curves[0].y;
+    assert!(y[0] < 0.01, "{}", y[0]);
     assert!(y.len() < 20, "passes within a few steps: {}", y.len());
 }
 
@@ -283,26 +296,12 @@ fn a_sigmoid_denoiser_is_asked_only_for_what_its_head_can_represent() {
         "identity-overfit",
         "",
     );
-    assert_status(
-        &r,
-        "unet_sigmoid_denoiser_trained",
-        "identity-overfit",
-        "passed",
+    passed(&r, "identity-overfit");
+    let name = &run(&r, "identity-overfit").curves[0].name;
+    assert!(
+        name.contains("inputs mapped into sigmoid's [0, 1]"),
+        "{name}"
     );
-    let e = check_entry(&r, "identity-overfit");
-    assert!(e["curves"][0]["name"]
-        .as_str()
-        .unwrap()
-        .contains("inputs mapped into sigmoid's [0, 1]"));
-    for f in findings(&r, "identity-overfit") {
-        assert!(
-            !f["message"]
-                .as_str()
-                .unwrap()
-                .contains("the output activation sigmoid"),
-            "{f}"
-        );
-    }
     // A sigmoid head on inputs in [-1, 1] truly cannot represent them: still named as the cause
     // (tests/checks_mission.rs, identity_sigmoid_head_on_signed_inputs_names_the_activation).
 }
@@ -323,19 +322,14 @@ fn batchnorm_statistics_still_warming_up_are_judged_by_what_they_do() {
         "stale-batchnorm",
         "",
     );
-    let f = findings(&r, "stale-batchnorm");
-    assert_eq!(f.len(), 1, "{f:?}");
-    assert_eq!(f[0]["kind"], "stale-batchnorm/eval-mode-worse");
-    assert_eq!(f[0]["severity"], "error");
-    let e = &f[0]["evidence"];
-    let (eval, train) = (
-        e["eval_accuracy"].as_f64().unwrap(),
-        e["train_mode_accuracy"].as_f64().unwrap(),
-    );
-    assert!(eval <= 0.15 && train >= eval + 0.25, "{e}");
-    assert!(e["eval_loss"].as_f64().unwrap() > e["train_mode_loss"].as_f64().unwrap() + 0.5);
-    let init = e["init_weight"].as_f64().unwrap();
-    assert!((0.05..0.2).contains(&init), "{e}");
+    let f = only(&r, "stale-batchnorm", Severity::Error);
+    assert_eq!(f.kind, "stale-batchnorm/eval-mode-worse");
+    let (eval, train) = (num(f, "eval_accuracy"), num(f, "train_mode_accuracy"));
+    assert!(eval <= 0.15 && train >= eval + 0.25, "{f:#?}");
+    assert!(num(f, "eval_loss") > num(f, "train_mode_loss") + 0.5);
+    let init = num(f, "init_weight");
+    assert!((0.05..0.2).contains(&init), "{f:#?}");
+    assert_check!(r, "stale-batchnorm");
 }
 
 #[test]
@@ -344,19 +338,10 @@ fn statistics_recomputed_on_data_of_another_scale_are_a_mismatch_even_when_warmi
     // [0, 1] images; 4 batches tracked at the restored momentum 0.1 read as "warming up", but no blend
     // of the init and the data gives a variance 65,000× the data's: stats-mismatch names the scale.
     let r = run_checks("bn_update_raw255", "update_bn01.npz", "stale-batchnorm", "");
-    let f = findings(&r, "stale-batchnorm");
-    assert_eq!(f.len(), 1, "{f:?}");
-    assert_eq!(f[0]["kind"], "stale-batchnorm/stats-mismatch");
-    let ratio = f[0]["evidence"]["extreme_var_ratio"].as_f64().unwrap();
-    assert!(ratio < 1e-3, "{}", f[0]);
-    assert!(
-        f[0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("were the statistics computed on differently scaled data?"),
-        "{}",
-        f[0]
-    );
+    let f = only(&r, "stale-batchnorm", Severity::Error);
+    assert_eq!(f.kind, "stale-batchnorm/stats-mismatch");
+    assert!(num(f, "extreme_var_ratio") < 1e-3, "{f:#?}");
+    assert_check!(r, "stale-batchnorm");
     // The control: the same recomputation on the right data is silent.
     let r = run_checks(
         "bn_update_same_scale",
@@ -364,7 +349,7 @@ fn statistics_recomputed_on_data_of_another_scale_are_a_mismatch_even_when_warmi
         "stale-batchnorm",
         "",
     );
-    assert_status(&r, "bn_update_same_scale", "stale-batchnorm", "passed");
+    passed(&r, "stale-batchnorm");
 }
 
 #[test]
@@ -386,13 +371,11 @@ fn a_train_eval_gap_is_judged_against_the_noise_of_batch_statistics() {
         "stale-batchnorm",
         "",
     );
-    let f = findings(&r, "stale-batchnorm");
-    assert_eq!(f.len(), 1, "{f:?}");
-    let f = f[0];
-    assert_eq!(f["kind"], "stale-batchnorm/train-eval-gap");
-    let gap = f["evidence"]["output_gap"].as_f64().unwrap();
-    let noise = f["evidence"]["batch_noise"].as_f64().unwrap();
-    assert!(gap > 0.5 && noise > 0.0 && gap > 4.0 * noise, "{f}");
+    let f = only(&r, "stale-batchnorm", Severity::Warning);
+    assert_eq!(f.kind, "stale-batchnorm/train-eval-gap");
+    let (gap, noise) = (num(f, "output_gap"), num(f, "batch_noise"));
+    assert!(gap > 0.5 && noise > 0.0 && gap > 4.0 * noise, "{f:#?}");
+    assert_check!(r, "stale-batchnorm");
 }
 
 #[test]
@@ -404,14 +387,8 @@ fn samples_a_relu_on_the_logits_holds_at_zero_are_judged_apart() {
     // A ReLU head whose bias holds two of four classes at 0: their samples (5 of 16) are dead; the
     // cause says so.
     let r = run_checks("relu_logits_dead", "classes4.npz", "overfit-batch", "");
-    let f = findings(&r, "overfit-batch");
-    assert_eq!(f.len(), 1, "{f:?}");
-    let message = f[0]["message"].as_str().unwrap();
-    assert!(
-        message
-            .contains("samples have their target's logit held on a floor shared by other classes"),
-        "{message}"
-    );
+    only(&r, "overfit-batch", Severity::Error);
+    assert_check!(r, "overfit-batch");
 }
 
 #[test]
@@ -438,22 +415,12 @@ fn a_restarted_adam_on_a_trained_checkpoint_is_its_cold_start_not_the_lr() {
         &format!("{setup}\n{PROBE_WITH_LOG}"),
     );
     assert!(findings(&r, "loss-oscillation").is_empty());
-    let curves = check_entry(&r, "loss-oscillation")["curves"]
-        .as_array()
-        .unwrap();
-    let curve = |suffix: &str| -> Vec<f64> {
-        let c = curves
-            .iter()
-            .find(|c| c["name"].as_str().unwrap().ends_with(suffix))
-            .unwrap_or_else(|| panic!("no curve {suffix}: {curves:?}"));
-        c["y"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect()
-    };
-    let cold = curve("batch 16)");
+    let curves = &run(&r, "loss-oscillation").curves;
+    let cold = &curves
+        .iter()
+        .find(|c| c.name.ends_with("batch 16)"))
+        .unwrap_or_else(|| panic!("no probe curve: {curves:?}"))
+        .y;
     let peak = cold.iter().copied().fold(0.0, f64::max);
     assert!(
         peak >= 10.0 * cold[0],
@@ -471,9 +438,7 @@ fn a_restarted_adam_on_a_trained_checkpoint_is_its_cold_start_not_the_lr() {
     );
     assert!(peak < variance, "{peak} vs {variance}");
     assert!(
-        curves
-            .iter()
-            .all(|c| !c["name"].as_str().unwrap().ends_with("(warmed up)")),
+        curves.iter().all(|c| !c.name.ends_with("(warmed up)")),
         "{curves:?}"
     );
 }
@@ -500,22 +465,12 @@ fn a_probe_at_a_converged_minimum_is_noise_not_instability() {
         &format!("{setup}\n{PROBE_WITH_LOG}"),
     );
     assert!(findings(&r, "loss-oscillation").is_empty());
-    let probe = check_entry(&r, "loss-oscillation")["curves"]
-        .as_array()
-        .unwrap()
+    let probe = &run(&r, "loss-oscillation")
+        .curves
         .iter()
-        .find(|c| {
-            c["name"]
-                .as_str()
-                .unwrap()
-                .starts_with("learning-rate probe")
-        })
-        .expect("the probe ran")["y"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect::<Vec<_>>();
+        .find(|c| c.name.starts_with("learning-rate probe"))
+        .expect("the probe ran")
+        .y;
     let ups = probe.windows(2).filter(|w| w[1] > w[0]).count();
     assert!(
         ups as f64 >= 0.2 * (probe.len() - 1) as f64,
@@ -530,18 +485,12 @@ fn a_probe_at_a_converged_minimum_is_noise_not_instability() {
 fn a_high_lr_run_that_wanders_on_a_plateau_after_its_drop_is_flagged() {
     // The miss: Adam at lr 0.3 drops 12.8 -> 3.7, then wanders between ~3.6 and ~5.5 for 350 steps.
     let r = run_checks_log_only("adam_lr0.3_plateau.csv");
-    let f = findings(&r, "loss-oscillation");
-    assert_eq!(f.len(), 1, "{f:?}");
-    assert_eq!(f[0]["kind"], "loss-oscillation/log-oscillates");
-    let m = f[0]["message"].as_str().unwrap();
-    assert!(
-        m.contains("wanders on a plateau after its initial drop"),
-        "{m}"
-    );
-    let e = &f[0]["evidence"];
-    assert!(e["wander"].as_f64().unwrap() >= 0.05, "{e}");
-    let from = e["plateau_from_step"].as_f64().unwrap();
+    let f = only(&r, "loss-oscillation", Severity::Warning);
+    assert_eq!(f.kind, "loss-oscillation/log-oscillates");
+    assert!(num(f, "wander") >= 0.05, "{f:#?}");
+    let from = num(f, "plateau_from_step");
     assert!((10.0..=80.0).contains(&from), "{from}");
+    assert_check!(r, "loss-oscillation");
 }
 
 #[test]
@@ -566,44 +515,31 @@ const PROBE_WITH_LOG: &str = "[checks.loss-oscillation]\nprobe_with_log = true";
 
 /// Issue 21: a log that descends cleanly at the configured lr stands for the probe: silent, no probe
 /// curve, no training, and a note that says why.
-fn assert_log_stands_for_the_probe(r: &Value) {
-    let e = check_entry(r, "loss-oscillation");
-    assert_eq!(e["status"], "passed", "{e}");
+fn assert_log_stands_for_the_probe(audit: &Audit) {
+    passed(audit, "loss-oscillation");
+    let e = run(audit, "loss-oscillation");
+    let note = e.note.as_deref().unwrap_or_default();
     assert!(
-        e["note"]
-            .as_str()
-            .unwrap()
-            .starts_with("the learning-rate probe was not needed: the loss log descends from"),
-        "{e}"
+        note.starts_with("the learning-rate probe was not needed: the loss log descends from"),
+        "{note}"
     );
-    assert!(e.get("training").is_none(), "{e}");
+    assert!(e.training.is_empty(), "{:?}", e.training);
     assert!(
-        e["curves"].as_array().unwrap().iter().all(|c| !c["name"]
-            .as_str()
-            .unwrap()
-            .starts_with("learning-rate probe")),
-        "{e}"
+        e.curves
+            .iter()
+            .all(|c| !c.name.starts_with("learning-rate probe")),
+        "{:?}",
+        e.curves
     );
 }
 
-fn run_checks_log(model: &str, data: &str, log: &str, select: &str, setup: &str) -> Value {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write(dir.path(), "trainlint.toml", &format!("[setup]\n{setup}\n"));
-    let cfg = cfg.display().to_string();
-    let log = fixture(&format!("logs/{log}"));
-    let mut args: Vec<String> = vec![cfg, "--select".into(), select.into(), "--log".into(), log];
-    args.extend(model_data(model, data));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, report) = check_json(&args);
-    assert!(code == 0 || code == 1, "{model}: exit {code}");
-    report
+fn run_checks_log(model: &str, data: &str, log: &str, select: &str, setup: &str) -> Audit {
+    audit_with(model, data, Some(log), select, setup)
 }
 
-fn run_checks_log_only(log: &str) -> Value {
+fn run_checks_log_only(log: &str) -> Audit {
     let log = fixture(&format!("logs/{log}"));
-    let (code, report) = check_json(&["--select", "loss-oscillation", "--log", &log]);
-    assert!(code == 0 || code == 1, "{log}: exit {code}");
-    report
+    audit_of(&["--select", "loss-oscillation", "--log", &log])
 }
 
 /// Issue 22, 8: linear probing as it is usually written (the backbone `.eval()` and
@@ -613,15 +549,9 @@ fn run_checks_log_only(log: &str) -> Value {
 #[test]
 fn a_frozen_batchnorm_backbone_is_not_stale() {
     let r = run_checks("frozen_bn_probe", "images.npz", "stale-batchnorm", "");
-    assert_status(&r, "frozen_bn_probe", "stale-batchnorm", "passed");
+    passed(&r, "stale-batchnorm");
     let r = run_checks("bn_submodule_eval", "images.npz", "stale-batchnorm", "");
-    let kinds: Vec<&str> = check_entry(&r, "stale-batchnorm")["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["kind"].as_str().unwrap())
-        .collect();
-    assert_eq!(kinds, ["stale-batchnorm/saved-in-eval-mode"]);
+    assert_eq!(kinds(&r), ["stale-batchnorm/saved-in-eval-mode"]);
 }
 
 /// Issue 23, 8: DeepLab-style segmentation, logits at 1/4 of the side and upsampled: the loss falls
@@ -630,20 +560,15 @@ fn a_frozen_batchnorm_backbone_is_not_stale() {
 #[test]
 fn segmentation_with_upsampled_logits_overfits_without_every_boundary_pixel() {
     let r = run_checks("deeplabish", "seg32.npz", "overfit-batch", "");
-    assert_status(&r, "deeplabish", "overfit-batch", "passed");
+    passed(&r, "overfit-batch");
     let dir = tempfile::tempdir().unwrap();
     let inputs = fixture_array("data/seg32.npz", "inputs");
     tch::manual_seed(23);
     let noise = tch::Tensor::randint(3, [64, 32, 32], (tch::Kind::Int64, tch::Device::Cpu));
     let path = write_sample(dir.path(), "seg_noise.npz", &inputs, &noise);
-    let (_, r) = check_model_on("deeplabish", &path, "overfit-batch");
-    let f = findings(&r, "overfit-batch");
-    assert_eq!(f.len(), 1, "{r}");
-    assert!(
-        f[0]["evidence"]["accuracy"].as_f64().unwrap() < 0.8,
-        "{}",
-        f[0]
-    );
+    let r = audit_model_on("deeplabish", &path, "overfit-batch");
+    let f = only(&r, "overfit-batch", Severity::Error);
+    assert!(num(f, "accuracy") < 0.8, "{f:#?}");
 }
 
 /// Issue 23, 9 (fixtures/make_cosine_restart.py): a ResNet trained with SGD at lr 0.05 and cosine decay
@@ -659,16 +584,8 @@ fn a_trained_resnet_restarted_at_its_peak_lr_is_judged_against_a_constant_output
     let data = "shapes16_cosine.npz";
     // No log: the probe runs, from a start far below ln 10.
     let r = run_checks(model, data, "loss-oscillation", setup);
-    assert_status(&r, model, "loss-oscillation", "passed");
-    let curves = check_entry(&r, "loss-oscillation")["curves"]
-        .as_array()
-        .unwrap();
-    let probe: Vec<f64> = curves[0]["y"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+    passed(&r, "loss-oscillation");
+    let probe = &run(&r, "loss-oscillation").curves[0].y;
     assert!(probe[0] < 0.5 * 10f64.ln(), "a restart: {probe:?}");
     // What the old rule called oscillation: up in 30% of the steps or more (a bouncing restart).
     let ups = probe.windows(2).filter(|w| w[1] > 1.01 * w[0]).count();
@@ -687,7 +604,7 @@ fn a_trained_resnet_restarted_at_its_peak_lr_is_judged_against_a_constant_output
         "ALL",
         &format!("{setup}\n{PROBE_WITH_LOG}"),
     );
-    assert!(all_findings(&r).is_empty(), "{r}");
+    assert!(kinds(&r).is_empty(), "{:?}", kinds(&r));
     // Ten times the lr throws the restarted model far past a constant output's loss: still an error.
     let r = run_checks(
         model,
@@ -695,30 +612,14 @@ fn a_trained_resnet_restarted_at_its_peak_lr_is_judged_against_a_constant_output
         "loss-oscillation",
         &setup.replace("lr = 0.05", "lr = 0.5"),
     );
-    let f = findings(&r, "loss-oscillation");
-    assert_eq!(f.len(), 1, "{r}");
-    assert_eq!(f[0]["kind"], "loss-oscillation/probe-diverges", "{}", f[0]);
-    let constant = f[0]["evidence"]["restart_constant_loss"].as_f64().unwrap();
-    assert!((constant - 10f64.ln()).abs() < 0.15, "{}", f[0]);
-    assert!(
-        f[0]["evidence"]["probe_end"].as_f64().unwrap() > 2.0 * constant,
-        "{}",
-        f[0]
-    );
-    assert!(
-        f[0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("restarted from a checkpoint that already fits the sample"),
-        "{}",
-        f[0]
-    );
+    let f = only(&r, "loss-oscillation", Severity::Error);
+    assert_eq!(f.kind, "loss-oscillation/probe-diverges", "{f:#?}");
+    let constant = num(f, "restart_constant_loss");
+    assert!((constant - 10f64.ln()).abs() < 0.15, "{f:#?}");
+    assert!(num(f, "probe_end") > 2.0 * constant, "{f:#?}");
+    assert_check!(r, "loss-oscillation");
     // A restart is confirmed by the warmed-up rerun with SGD too, as with Adam.
-    let runs: Vec<&str> = check_entry(&r, "loss-oscillation")["training"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
+    let e = run(&r, "loss-oscillation");
+    let runs: Vec<&str> = e.training.iter().map(|t| t.name.as_str()).collect();
     assert!(runs.contains(&"probe (warmed up)"), "{runs:?}");
 }

@@ -138,7 +138,7 @@ pub struct Inputs {
 
 /// A problem with an input that is not a finding about the setup (a sample of one, a single class):
 /// reported once, above the findings.
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct Warning {
     /// The input it concerns: `data`.
     pub input: &'static str,

@@ -83,6 +83,19 @@ pub fn findings_of(a: &Audit) -> Vec<&Finding> {
     a.report.checks.iter().flat_map(|c| &c.findings).collect()
 }
 
+/// [`audit_of`] `check --select SELECT` of fixture model `models/MODEL.pt` on the data file `data`.
+pub fn audit_model_on(model: &str, data: &std::path::Path, select: &str) -> Audit {
+    let model = super::fixture(&format!("models/{model}.pt"));
+    audit_of(&[
+        "--model",
+        &model,
+        "--data",
+        data.to_str().expect("a UTF-8 path"),
+        "--select",
+        select,
+    ])
+}
+
 /// [`check_json`] of `check --select SELECT` of fixture model `models/MODEL.pt` on the data file `data`.
 pub fn check_model_on(model: &str, data: &std::path::Path, select: &str) -> (i32, Value) {
     let model = super::fixture(&format!("models/{model}.pt"));

@@ -3,6 +3,7 @@
 pub mod archives;
 pub mod in_process;
 pub mod project;
+pub mod typed;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
