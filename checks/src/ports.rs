@@ -222,10 +222,20 @@ pub enum LossKind {
     Nll,
 }
 
+/// A name that is none of an enum's variants: the name, and the accepted ones.
+#[derive(Debug, thiserror::Error)]
+#[error("{value:?} is not one of {}", choices.join(", "))]
+pub struct NotAChoice {
+    pub value: String,
+    pub choices: Vec<String>,
+}
+
 /// Parse a unit variant from its serde name; the error lists the accepted names.
-pub fn parse_choice<T: serde::de::DeserializeOwned + JsonSchema>(s: &str) -> Result<T, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_string()))
-        .map_err(|_| format!("{s:?} is not one of {}", choices::<T>().join(", ")))
+pub fn parse_choice<T: serde::de::DeserializeOwned + JsonSchema>(s: &str) -> Result<T, NotAChoice> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| NotAChoice {
+        value: s.to_string(),
+        choices: choices::<T>(),
+    })
 }
 
 /// The accepted names of an enum, from its schema.
@@ -481,7 +491,12 @@ mod tests {
             ["auto", "image-to-image", "classification", "regression"]
         );
         let e = parse_choice::<LossKind>("mae").unwrap_err();
-        assert!(e.contains("mse, l1, smooth_l1"), "{e}");
+        assert_eq!(e.value, "mae");
+        assert!(
+            e.to_string()
+                .starts_with("\"mae\" is not one of mse, l1, smooth_l1"),
+            "{e}"
+        );
     }
 
     fn dataset(targets: Tensor) -> Dataset {

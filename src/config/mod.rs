@@ -678,20 +678,30 @@ fn record_key_lines(r: &Reader, root: &dyn TableLike, settings: &mut Settings) {
     }
 }
 
+/// A selector that names nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum SelectorError {
+    #[error("an empty selector; name a check, a finding kind, a group, or ALL (`trainlint rules` lists them)")]
+    Empty,
+    #[error("unknown check, kind or group `{selector}`{}", hint.as_ref().map(|c| format!("; did you mean `{c}`?")).unwrap_or_default())]
+    Unknown {
+        selector: String,
+        /// The closest name there is.
+        hint: Option<String>,
+    },
+}
+
 /// Selectors are `ALL`, group names, check ids or finding-kind ids.
-pub fn validate_selectors(list: &[String]) -> Result<(), String> {
+pub fn validate_selectors(list: &[String]) -> Result<(), SelectorError> {
     for s in list {
         if s.trim().is_empty() {
-            return Err(
-                "an empty selector; name a check, a finding kind, a group, or ALL (`trainlint rules` lists them)"
-                    .into(),
-            );
+            return Err(SelectorError::Empty);
         }
         if Selector::parse(s).is_none() {
-            let hint = closest(s, Selector::vocabulary())
-                .map(|c| format!("; did you mean `{c}`?"))
-                .unwrap_or_default();
-            return Err(format!("unknown check, kind or group `{s}`{hint}"));
+            return Err(SelectorError::Unknown {
+                selector: s.clone(),
+                hint: closest(s, Selector::vocabulary()).map(String::from),
+            });
         }
     }
     Ok(())

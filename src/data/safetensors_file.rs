@@ -245,21 +245,33 @@ impl<'de> Deserialize<'de> for Entries {
     }
 }
 
+/// Why a tensor's entry of the header cannot be read (its name shortened to an excerpt).
+#[derive(Debug, thiserror::Error)]
+enum EntryError {
+    #[error("tensor `{0}` in the header is not a JSON object")]
+    NotAnObject(String),
+    #[error("tensor `{name}` in the header has no valid `{field}`")]
+    Missing { name: String, field: &'static str },
+    #[error("tensor `{0}`: its shape holds something other than at most {MAX_RANK} dimensions that fit 63 bits")]
+    Shape(String),
+}
+
 /// One tensor's entry of the header: (dtype, shape, data offsets).
-fn tensor_entry(name: &str, entry: &RawEntry) -> Result<(String, Vec<i64>, u64, u64), String> {
+fn tensor_entry(name: &str, entry: &RawEntry) -> Result<(String, Vec<i64>, u64, u64), EntryError> {
     let name = excerpt(name);
-    let what = |field: &str| format!("tensor `{name}` in the header has no valid `{field}`");
+    let missing = |field| EntryError::Missing {
+        name: name.clone(),
+        field,
+    };
     if entry.malformed {
-        return Err(format!(
-            "tensor `{name}` in the header is not a JSON object"
-        ));
+        return Err(EntryError::NotAnObject(name));
     }
     let dtype = match &entry.dtype {
         Some(Scalar::Text(t)) => t.clone(),
-        _ => return Err(what("dtype")),
+        _ => return Err(missing("dtype")),
     };
     let shape = match &entry.shape {
-        None => return Err(what("shape")),
+        None => return Err(missing("shape")),
         Some(Numbers(shape)) => shape
             .as_ref()
             .and_then(|s| {
@@ -267,15 +279,11 @@ fn tensor_entry(name: &str, entry: &RawEntry) -> Result<(String, Vec<i64>, u64, 
                     .map(|&d| i64::try_from(d).ok())
                     .collect::<Option<Vec<i64>>>()
             })
-            .ok_or_else(|| {
-                format!(
-                    "tensor `{name}`: its shape holds something other than at most {MAX_RANK} dimensions that fit 63 bits"
-                )
-            })?,
+            .ok_or_else(|| EntryError::Shape(name.clone()))?,
     };
     let offsets = match &entry.offsets {
         Some(Numbers(Some(o))) if o.len() == 2 => (o[0], o[1]),
-        _ => return Err(what("data_offsets (two byte offsets)")),
+        _ => return Err(missing("data_offsets (two byte offsets)")),
     };
     Ok((excerpt(&dtype), shape, offsets.0, offsets.1))
 }
@@ -329,7 +337,8 @@ impl SafetensorsFile {
         let mut tensors = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (name, entry) in &entries {
-            let (dtype, shape, begin, end) = tensor_entry(name, entry).map_err(&bad)?;
+            let (dtype, shape, begin, end) =
+                tensor_entry(name, entry).map_err(|e| bad(e.to_string()))?;
             if !seen.insert(name.as_str()) {
                 return Err(bad(format!(
                     "tensor `{}` is listed twice in the header",
