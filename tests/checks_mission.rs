@@ -44,17 +44,16 @@ fn run_check(
 }
 
 #[test]
-fn snapshots_redact_fractions_and_keep_names_and_counts() {
+fn snapshots_redact_numbers_and_keep_names() {
     assert_eq!(
         redact(
-            "layer down.2 has 1 channel, relative MSE 0.53 after 500 steps (1e-4)",
-            false
+            "layer down.2 has 1 channel, relative MSE 0.53 after 500 steps (1e-4), band 0..0.75"
         ),
-        "layer down.2 has 1 channel, relative MSE # after 500 steps (#)"
+        "layer down.2 has # channel, relative MSE # after # steps (#), band #..#"
     );
     assert_eq!(
-        redact("conv2 at lr 1 (batch 16): 3.2e+05, features.4", true),
-        "conv2 at lr # (batch #): #, features.4"
+        redact("conv2 at lr 1 (batch 16): 3.2e+05, features.4, 2× x_1"),
+        "conv2 at lr # (batch #): #, features.4, #× x_1"
     );
 }
 

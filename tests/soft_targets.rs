@@ -1,40 +1,59 @@
 //! Class-probability (soft) targets with cross_entropy (issue 22, 4): one-hot, label-smoothed and
 //! mixup rows, and dense per-pixel probabilities, audited end to end. The fixtures come from
 //! fixtures/make_soft_targets.py (real PyTorch 2.13), which also asserts that PyTorch's own
-//! cross_entropy reads them as probabilities.
+//! cross_entropy reads them as probabilities. The audits run in process through the library and are
+//! asserted typed (`tests/common/typed.rs`); `trainlint init` runs the binary.
 mod common;
 
-use common::in_process::{check_json, check_model_on};
+use common::in_process::{audit_model_on, audit_of};
+use common::typed::{self, kinds, num, only, passed, show, skipped};
 use common::*;
-use serde_json::Value;
+use trainlint::audit::Audit;
+use trainlint::run::Status;
+use trainlint_checks::Severity::{Error, Warning};
 
 /// The full audit (`--select ALL`) of a fixture model on a fixture sample, with extra flags.
-fn audit(model: &str, data: &str, extra: &[&str]) -> (i32, Value) {
+fn audit(model: &str, data: &str, extra: &[&str]) -> Audit {
     let mut args: Vec<String> = model_data(model, data);
     args.extend(["--select".to_string(), "ALL".to_string()]);
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    check_json(&args)
+    audit_of(&args)
+}
+
+/// Whether `trainlint check` would exit 1: a finding at `fail_on` (error, the default).
+fn fails(audit: &Audit) -> bool {
+    audit.report.fails(Error)
+}
+
+/// Every check's run as its snapshot shows it, for a failed assert's message.
+fn shown(audit: &Audit) -> String {
+    audit.report.checks.iter().map(show).collect()
+}
+
+/// No check failed internally.
+fn assert_none_failed(audit: &Audit, what: &str) {
+    for c in &audit.report.checks {
+        assert_ne!(c.status, Status::Failed, "{what}: {}", show(c));
+    }
 }
 
 /// The loss overfit-batch had to reach (its curve's target).
-fn overfit_target(report: &Value) -> f64 {
-    let curves = check_entry(report, "overfit-batch")["curves"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no curves: {}", check_entry(report, "overfit-batch")));
-    curves[0]["target"].as_f64().unwrap()
+fn overfit_target(audit: &Audit) -> f64 {
+    let r = typed::run(audit, "overfit-batch");
+    let curve = r
+        .curves
+        .first()
+        .unwrap_or_else(|| panic!("no curves: {}", show(r)));
+    curve
+        .target
+        .unwrap_or_else(|| panic!("no target: {}", show(r)))
 }
 
 /// Nothing failed, nothing found, and the checks that compute the loss on the targets passed.
-fn assert_healthy(report: &Value, what: &str) {
-    for (id, status, reason) in statuses(report) {
-        assert_ne!(status, "failed", "{what}: {id} failed: {reason}");
-    }
-    assert!(
-        all_findings(report).is_empty(),
-        "{what}: {:?}",
-        kinds_of(report)
-    );
+fn assert_healthy(audit: &Audit, what: &str) {
+    assert_none_failed(audit, what);
+    assert!(kinds(audit).is_empty(), "{what}: {:?}", kinds(audit));
     for id in [
         "overfit-batch",
         "initial-loss",
@@ -43,12 +62,7 @@ fn assert_healthy(report: &Value, what: &str) {
         "output-range",
         "nonfinite",
     ] {
-        assert_eq!(
-            check_entry(report, id)["status"],
-            "passed",
-            "{what}: {id}: {}",
-            check_entry(report, id)
-        );
+        passed(audit, id);
     }
 }
 
@@ -67,15 +81,12 @@ fn one_hot_label_smoothed_and_mixup_targets_pass_the_full_audit() {
         // cross_entropy; and the same with the loss named, as the exporter writes it.
         for extra in [&[][..], &["--loss", "cross_entropy"][..]] {
             let what = format!("{data} {extra:?}");
-            let (code, report) = audit("soft_classifier", data, extra);
-            assert_eq!(code, 0, "{what}: {:?}", statuses(&report));
-            assert_healthy(&report, &what);
+            let a = audit("soft_classifier", data, extra);
+            assert!(!fails(&a), "{what}: {}", shown(&a));
+            assert_healthy(&a, &what);
             // Classification: identity-overfit does not apply.
-            assert_eq!(
-                check_entry(&report, "identity-overfit")["status"],
-                "skipped"
-            );
-            let target = overfit_target(&report);
+            skipped(&a, "identity-overfit");
+            let target = overfit_target(&a);
             match floor {
                 Some(h) => assert!(
                     (target - (h + QUARTER_LN_4)).abs() < 1e-4,
@@ -92,15 +103,12 @@ fn one_hot_label_smoothed_and_mixup_targets_pass_the_full_audit() {
 fn dense_per_pixel_probabilities_shaped_like_the_inputs_are_classification() {
     // soft_seg.npz: inputs and targets are both [16, 3, 8, 8]; the targets are per-pixel class
     // probabilities (smoothed by 0.1), so the task is classification, not image-to-image.
-    let (code, report) = audit("soft_segmenter", "soft_seg.npz", &[]);
-    assert_eq!(code, 0, "{:?}", statuses(&report));
-    assert_healthy(&report, "soft_seg");
-    assert_eq!(
-        check_entry(&report, "identity-overfit")["status"],
-        "skipped"
-    );
+    let a = audit("soft_segmenter", "soft_seg.npz", &[]);
+    assert!(!fails(&a), "{}", shown(&a));
+    assert_healthy(&a, "soft_seg");
+    skipped(&a, "identity-overfit");
     let h = -(0.9333333f64 * 0.9333333f64.ln() + 2.0 * 0.0333333 * 0.0333333f64.ln());
-    let target = overfit_target(&report);
+    let target = overfit_target(&a);
     let quarter_ln_3 = 0.25 * 3f64.ln();
     assert!(
         (target - (h + quarter_ln_3)).abs() < 1e-4,
@@ -111,67 +119,58 @@ fn dense_per_pixel_probabilities_shaped_like_the_inputs_are_classification() {
 #[test]
 fn an_exported_regression_task_with_cross_entropy_on_soft_targets_trains_as_classification() {
     // What the exporter wrote before: `task = "regression"` beside `loss = "cross_entropy"`.
-    let (_, report) = audit(
+    let a = audit(
         "soft_classifier",
         "soft4_smoothed.npz",
         &["--task", "regression", "--loss", "cross_entropy"],
     );
-    for (id, status, reason) in statuses(&report) {
-        assert_ne!(status, "failed", "{id}: {reason}");
-    }
+    assert_none_failed(&a, "regression task");
     for id in [
         "overfit-batch",
         "initial-loss",
         "gradient-flow",
         "loss-oscillation",
     ] {
-        assert_eq!(check_entry(&report, id)["status"], "passed", "{id}");
+        passed(&a, id);
     }
 }
 
 #[test]
 fn a_softmax_head_trained_on_soft_targets_is_still_flagged() {
-    let (code, report) = audit(
+    let a = audit(
         "soft_softmax_head",
         "soft4_smoothed.npz",
         &["--loss", "cross_entropy"],
     );
-    assert_eq!(code, 1);
-    for (id, status, reason) in statuses(&report) {
-        assert_ne!(status, "failed", "{id}: {reason}");
-    }
-    let kinds = kinds_of(&report);
+    assert!(fails(&a), "{}", shown(&a));
+    assert_none_failed(&a, "softmax head");
+    let kinds = kinds(&a);
     assert!(
-        kinds.contains(&"double-activation/squashed-twice".to_string()),
+        kinds.contains(&"double-activation/squashed-twice"),
         "{kinds:?}"
     );
     // Softmax outputs as logits cap the fit: the best a probability vector in [0, 1]^4 reaches on a
     // 0.925 / 0.025 row is ln(e + 3) - 0.925 ≈ 0.819, above the entropy 0.349 + 0.25 ln 4.
-    let f = findings(&report, "overfit-batch");
-    assert_eq!(f.len(), 1, "{:?}", check_entry(&report, "overfit-batch"));
-    assert_eq!(f[0]["kind"], "overfit-batch/cannot-overfit");
-    let end = f[0]["evidence"]["loss_end"].as_f64().unwrap();
-    let needed = f[0]["evidence"]["loss_needed"].as_f64().unwrap();
+    assert_check!(a, "overfit-batch");
+    let f = only(&a, "overfit-batch", Error);
+    assert_eq!(f.kind, "overfit-batch/cannot-overfit");
+    let (end, needed) = (num(f, "loss_end"), num(f, "loss_needed"));
     assert!(end > 0.81 && end > needed, "{end} vs {needed}");
-    let message = f[0]["message"].as_str().unwrap();
+    // The snapshot redacts the entropy the message names.
     assert!(
-        message.contains("the targets' mean entropy 0.349"),
-        "{message}"
+        f.message.contains("the targets' mean entropy 0.349"),
+        "{f:#?}"
     );
 }
 
 #[test]
 fn logits_multiplied_by_zero_cannot_overfit_one_hot_targets() {
-    let (_, report) = audit("classifier_zero_logits", "soft4_onehot.npz", &[]);
-    let f = findings(&report, "overfit-batch");
-    assert_eq!(f.len(), 1, "{:?}", check_entry(&report, "overfit-batch"));
-    let message = f[0]["message"].as_str().unwrap();
-    assert!(
-        message.contains("no gradient reaches the parameters"),
-        "{message}"
-    );
+    let a = audit("classifier_zero_logits", "soft4_onehot.npz", &[]);
+    // The message names the cause: no gradient reaches the parameters.
+    assert_check!(a, "overfit-batch");
+    let f = only(&a, "overfit-batch", Error);
     // A constant output scores ln 4 on balanced one-hot targets.
-    let start = f[0]["evidence"]["loss_start"].as_f64().unwrap();
+    let start = num(f, "loss_start");
     assert!((start - 4f64.ln()).abs() < 1e-4, "{start}");
 }
 
@@ -184,7 +183,7 @@ fn sorted_one_hot_targets_without_shuffling_are_label_runs() {
             "trainlint.toml",
             &format!("[setup]\nshuffle = {shuffle}\n"),
         );
-        check_json(&[
+        audit_of(&[
             cfg.to_str().unwrap(),
             "--model",
             &fixture("models/soft_classifier.pt"),
@@ -194,60 +193,55 @@ fn sorted_one_hot_targets_without_shuffling_are_label_runs() {
             "sequential-data",
         ])
     };
-    let (_, shuffled) = sequential(true);
-    assert_eq!(
-        check_entry(&shuffled, "sequential-data")["status"],
-        "passed"
-    );
-    let (code, sorted) = sequential(false);
-    assert_eq!(code, 1);
-    let f = findings(&sorted, "sequential-data");
-    assert_eq!(f.len(), 1);
+    passed(&sequential(true), "sequential-data");
+    let sorted = sequential(false);
+    assert!(fails(&sorted), "{}", shown(&sorted));
+    let f = only(&sorted, "sequential-data", Error);
     // 4 classes in order: 4 label runs, judged on each sample's top class.
-    assert_eq!(f[0]["evidence"]["label_runs"], 4, "{}", f[0]);
+    assert_eq!(num(f, "label_runs"), 4.0, "{f:#?}");
 }
 
 #[test]
 fn classification_on_float_targets_that_are_not_probabilities_is_skipped_in_words() {
     // targets_01: uniform values in [0, 1] whose rows do not sum to 1; targets_normal: N(0, 9).
-    for (data, problem) in [
-        ("targets_01.npz", "probabilities of sample 0 sum to"),
-        ("targets_normal.npz", "outside [0, 1]"),
+    for (data, name, problem) in [
+        (
+            "targets_01.npz",
+            "rows_not_summing_to_one",
+            "the 4 probabilities of sample 0 sum to",
+        ),
+        ("targets_normal.npz", "values_outside_0_1", "outside [0, 1]"),
     ] {
         for flags in [
             &["--task", "classification"][..],
             &["--loss", "cross_entropy"][..],
         ] {
-            let (code, report) = audit("head_linear", data, flags);
-            assert!(code == 0 || code == 1, "{data} {flags:?}: exit {code}");
-            let text = report.to_string();
+            let what = format!("{data} {flags:?}");
+            let a = audit("head_linear", data, flags);
+            // libtorch's own error never reaches the report.
+            let text = trainlint::report::json::render(&a.report);
             assert!(
                 !text.contains("Expected floating point type") && !text.contains("libtorch"),
                 "{text}"
             );
-            for (id, status, reason) in statuses(&report) {
-                assert_ne!(status, "failed", "{data} {flags:?}: {id}: {reason}");
-            }
+            assert_none_failed(&a, &what);
+            // The checks that compute the loss skip, all with the one reason, in words on one line
+            // (the snapshot), the same for the task named and for the loss named. The snapshot
+            // redacts the numbers in words: the sample and the bounds it names are asserted here.
+            let reason = skipped(&a, "output-range");
+            assert!(
+                reason.contains(problem) && reason.contains("must lie in [0, 1] and sum to 1 ± "),
+                "{what}: {reason}"
+            );
             for id in [
                 "overfit-batch",
                 "initial-loss",
                 "gradient-flow",
                 "loss-oscillation",
-                "output-range",
             ] {
-                let entry = check_entry(&report, id);
-                let reason = entry["reason"].as_str().unwrap_or_default();
-                assert_eq!(
-                    entry["status"], "skipped",
-                    "{data} {flags:?}: {id}: {entry}"
-                );
-                assert!(
-                    reason.contains("so cross_entropy / nll read them as class probabilities, but")
-                        && reason.contains(problem)
-                        && !reason.contains('\n'),
-                    "{data} {flags:?}: {id}: {reason}"
-                );
+                assert_eq!(skipped(&a, id), reason, "{what}: {id}");
             }
+            assert_check!(name, a, "output-range");
         }
     }
 }
@@ -257,20 +251,16 @@ fn a_hot_head_is_still_a_high_initial_loss_on_soft_targets() {
     // classifier_hot_head.pt divides its logits by 0.05: confidently wrong from step 0.
     let mut args = model_data("classifier_hot_head", "soft4_smoothed.npz");
     args.extend(["--select".to_string(), "initial-loss".to_string()]);
-    let (_, report) = check_json(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let f = findings(&report, "initial-loss");
-    assert_eq!(f.len(), 1, "{}", check_entry(&report, "initial-loss"));
-    let e = &f[0]["evidence"];
+    let a = audit_of(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let f = only(&a, "initial-loss", Warning);
+    assert_eq!(f.kind, "initial-loss/high-initial-loss");
     // Smoothed rows sum to 1: uniform logits still score ln 4.
-    assert!(
-        (e["expected"].as_f64().unwrap() - 4f64.ln()).abs() < 1e-9,
-        "{e}"
-    );
-    assert!(e["loss"].as_f64().unwrap() > 2.5 * 4f64.ln(), "{e}");
+    assert!((num(f, "expected") - 4f64.ln()).abs() < 1e-9, "{f:#?}");
+    assert!(num(f, "loss") > 2.5 * 4f64.ln(), "{f:#?}");
     // A bias at the log prior scores the entropy of the mean target: below ln 4 (the classes are not
     // exactly balanced), above the smoothed rows' own entropy 0.349.
-    let prior = e["prior_loss"].as_f64().unwrap();
-    assert!(prior < 4f64.ln() && prior > 1.3, "{e}");
+    let prior = num(f, "prior_loss");
+    assert!(prior < 4f64.ln() && prior > 1.3, "{f:#?}");
 }
 
 /// A safetensors sample of float32 `inputs` [n, d] and one-hot float32 `targets` [n, k].
@@ -300,33 +290,29 @@ fn probabilities_over_more_classes_than_logits_are_too_few_logits() {
     // head_linear.pt: 16 inputs, 4 logits; the targets are one-hot over 10 classes.
     let dir = tempfile::tempdir().unwrap();
     let data = one_hot_sample(dir.path(), 12, 16, 10);
-    let (code, report) = check_json(&[
-        "--model",
-        &fixture("models/head_linear.pt"),
-        "--data",
-        data.to_str().unwrap(),
-        "--select",
+    let a = audit_model_on(
+        "head_linear",
+        &data,
         "output-range,overfit-batch,initial-loss",
-    ]);
-    assert_eq!(code, 1);
-    let f = findings(&report, "output-range");
-    assert_eq!(f.len(), 1, "{}", check_entry(&report, "output-range"));
-    assert_eq!(f[0]["kind"], "output-range/too-few-logits");
-    assert_eq!(
-        f[0]["message"],
-        "the model outputs 4 logits but the targets hold class probabilities over 10 classes: 6 classes can never be predicted"
     );
-    for id in ["overfit-batch", "initial-loss"] {
-        let entry = check_entry(&report, id);
-        assert_eq!(entry["status"], "skipped", "{id}: {entry}");
-        assert!(
-            entry["reason"]
-                .as_str()
-                .unwrap()
-                .contains("each sample's targets have shape [10] and the model's output [4]"),
-            "{id}: {entry}"
-        );
-    }
+    assert!(fails(&a), "{}", shown(&a));
+    assert_check!(a, "output-range");
+    let f = only(&a, "output-range", Error);
+    assert_eq!(f.kind, "output-range/too-few-logits");
+    // The snapshot redacts the numbers in words: the counts the message names are asserted here.
+    assert_eq!(
+        f.message,
+        "the model outputs 4 logits but the targets hold class probabilities over 10 classes: 6 \
+classes can never be predicted"
+    );
+    // The checks that compute the loss skip, with the one reason, naming both shapes.
+    assert_check!("too_few_logits_skip", a, "initial-loss");
+    let reason = skipped(&a, "initial-loss");
+    assert_eq!(skipped(&a, "overfit-batch"), reason);
+    assert!(
+        reason.contains("each sample's targets have shape [10] and the model's output [4]"),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -338,15 +324,12 @@ fn nll_on_log_softmax_outputs_trains_on_probabilities_too() {
         ("soft4_onehot.npz", 0.0),
         ("soft4_smoothed.npz", smoothed_entropy),
     ] {
-        let (code, report) = audit("soft_log_softmax", data, &["--loss", "nll"]);
-        assert_eq!(code, 0, "{data}: {:?}", statuses(&report));
-        assert_healthy(&report, data);
+        let a = audit("soft_log_softmax", data, &["--loss", "nll"]);
+        assert!(!fails(&a), "{data}: {}", shown(&a));
+        assert_healthy(&a, data);
         // log_softmax feeds nll: no double activation.
-        assert_eq!(
-            check_entry(&report, "double-activation")["status"],
-            "passed"
-        );
-        let target = overfit_target(&report);
+        passed(&a, "double-activation");
+        let target = overfit_target(&a);
         assert!(
             (target - (floor + QUARTER_LN_4)).abs() < 1e-4,
             "{data}: {target}"
@@ -386,15 +369,20 @@ fn one_hot_rows_of_a_single_class_are_a_data_warning() {
     let x = tch::Tensor::from_slice(&inputs).reshape([64, 32]);
     let y = tch::Tensor::from_slice(&targets).reshape([64, 4]);
     let path = write_sample(dir.path(), "one.npz", &x, &y);
-    let (_, report) = check_model_on("soft_classifier", &path, "overfit-batch");
-    let warnings = report["warnings"].as_array().expect("warnings");
-    assert!(
-        warnings.iter().any(|w| w["input"] == "data"
-            && w["message"]
-                .as_str()
-                .unwrap()
-                .contains("hold a single class (2)")),
-        "{warnings:?}"
+    let a = audit_model_on("soft_classifier", &path, "overfit-batch");
+    let data_warnings: Vec<&str> = a
+        .report
+        .warnings
+        .iter()
+        .filter(|w| w.input == "data")
+        .map(|w| w.message.as_str())
+        .collect();
+    assert_eq!(
+        data_warnings,
+        ["the targets `targets` hold a single class (2) in all 64 samples: a constant prediction \
+fits them, so overfit-batch is skipped; save a sample with several classes (in loader order)"],
+        "{:?}",
+        a.report.warnings
     );
-    assert_eq!(check_entry(&report, "overfit-batch")["status"], "skipped");
+    skipped(&a, "overfit-batch");
 }

@@ -2,11 +2,12 @@
 //! through the library (`in_process::audit_of`), shown as its status, then each finding's severity,
 //! kind, location, message, help and evidence, and compared with a committed `insta` snapshot.
 //!
-//! Numbers that training on another CPU can move are redacted to `#`: every number of a check that
-//! trains a copy or draws random numbers (`CheckInfo::trains`, `draws_random`), and every fraction
-//! of the others (their floats come from reductions whose last bits depend on the CPU's vector
-//! width). What stays is what the inputs fix: counts, shapes, steps of a log, layer names. A test
-//! asserts the numbers it cares about from the typed evidence ([`num`]) within a tolerance.
+//! Numbers that training on another CPU can move are redacted to `#`. In the words (message, help,
+//! reason, note) every number is: most are floats rounded for reading, and a float one ulp across a
+//! rounding edge prints another digit. In the evidence, the integers of a check that neither trains
+//! a copy nor draws random numbers (`CheckInfo::trains`, `draws_random`) stay: counts, shapes and
+//! indices that the inputs fix; every other number is redacted. Names stay (`features.1`, `conv2`).
+//! A test asserts the numbers it cares about from the typed evidence ([`num`]) within a tolerance.
 use serde_json::Value;
 use trainlint::audit::Audit;
 use trainlint::run::{CheckRun, Status};
@@ -72,7 +73,7 @@ fn moves(id: &str) -> bool {
 /// A check's run as its snapshot shows it (numbers redacted as the module's doc says).
 pub fn show(run: &CheckRun) -> String {
     let all = moves(run.id);
-    let text = |s: &str| redact(s, all);
+    let text = redact;
     let status = serde_json::to_value(run.status).expect("a status");
     let mut out = format!("{}: {}", run.id, status.as_str().unwrap_or_default());
     if let Some(reason) = &run.reason {
@@ -100,7 +101,7 @@ fn evidence(v: &Value, all: bool) -> String {
     match v {
         Value::Number(n) if !all && (n.is_u64() || n.is_i64()) => n.to_string(),
         Value::Number(_) => "#".into(),
-        Value::String(s) => format!("{:?}", redact(s, all)),
+        Value::String(s) => format!("{:?}", redact(s)),
         Value::Array(items) => {
             let items: Vec<String> = items.iter().map(|v| evidence(v, all)).collect();
             format!("[{}]", items.join(", "))
@@ -116,17 +117,18 @@ fn evidence(v: &Value, all: bool) -> String {
     }
 }
 
-/// `s` with its numbers redacted to `#`: every number when `all`, else those with a fraction or an
-/// exponent. A number starts where no letter, digit, `_` or `.` precedes it, so the index in a
-/// module's name (`features.1`, `conv2`) stays.
-pub fn redact(s: &str, all: bool) -> String {
+/// `s` with its numbers redacted to `#`. A number starts at a digit that does not continue a name:
+/// not after a letter, a digit or `_`, nor after a `.` that follows one (`features.1`, `conv2` and
+/// `down.2` stay; `0.5`, `1e-4`, `..299` and `2×` go).
+pub fn redact(s: &str) -> String {
     let chars: Vec<char> = s.chars().collect();
+    let in_name = |c: char| c.is_alphanumeric() || c == '_';
     let mut out = String::with_capacity(s.len());
     let mut i = 0;
     while i < chars.len() {
-        let starts = chars[i].is_ascii_digit()
-            && (i == 0 || !(chars[i - 1].is_alphanumeric() || matches!(chars[i - 1], '_' | '.')));
-        if !starts {
+        let continues_name = i > 0
+            && (in_name(chars[i - 1]) || (chars[i - 1] == '.' && i > 1 && in_name(chars[i - 2])));
+        if !chars[i].is_ascii_digit() || continues_name {
             out.push(chars[i]);
             i += 1;
             continue;
@@ -138,23 +140,16 @@ pub fn redact(s: &str, all: bool) -> String {
             j
         };
         let mut end = digits(i);
-        let mut fraction = false;
         if end + 1 < chars.len() && chars[end] == '.' && chars[end + 1].is_ascii_digit() {
             end = digits(end + 1);
-            fraction = true;
         }
         if end < chars.len() && matches!(chars[end], 'e' | 'E') {
             let sign = usize::from(matches!(chars.get(end + 1), Some('-' | '+')));
             if chars.get(end + 1 + sign).is_some_and(char::is_ascii_digit) {
                 end = digits(end + 1 + sign);
-                fraction = true;
             }
         }
-        if all || fraction {
-            out.push('#');
-        } else {
-            out.extend(&chars[i..end]);
-        }
+        out.push('#');
         i = end;
     }
     out
