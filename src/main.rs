@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use trainlint_checks::registry;
 
 use trainlint::config::{self, ConfigError, Settings};
 use trainlint::progress::in_ci;
@@ -344,6 +343,8 @@ fatal_from!(
     security::UntrustedModel,
     baseline::BaselineError,
     docs::DocsError,
+    docs::UnknownId,
+    config::init::InitError,
 );
 
 /// The commands' own refusals (exit 2).
@@ -353,11 +354,6 @@ enum CliError {
     NotAFolder(PathBuf),
     #[error("{} exists; pass --force to overwrite it", .0.display())]
     ConfigExists(PathBuf),
-    /// A path could not be made absolute (the working directory is gone).
-    #[error("{0}")]
-    Absolute(#[from] std::io::Error),
-    #[error("unknown check or kind `{id}`; {hint}")]
-    UnknownId { id: String, hint: String },
     #[error("threads = {0}: at most {MAX_THREADS}")]
     TooManyThreads(usize),
     #[error("graph needs a model: pass --model MODEL.pt or set [model] path in trainlint.toml")]
@@ -418,11 +414,13 @@ fn main() -> ExitCode {
             let text = if markdown {
                 docs::rules_tables(false)
             } else {
-                rules_table()
+                docs::rules_table()
             };
             print(&text)
         }
-        Command::Explain { id } => explain(&id),
+        Command::Explain { id } => docs::explain(&id)
+            .map_err(Fatal::from)
+            .and_then(|text| print(&text)),
         Command::Init {
             dir,
             model,
@@ -512,77 +510,6 @@ fn print_clap_help(e: &clap::Error) -> ExitCode {
     }
 }
 
-fn rules_table() -> String {
-    let mut out = String::new();
-    let checks = registry::all();
-    let width = registry::kinds()
-        .iter()
-        .map(|k| k.id.len() + 2)
-        .chain(checks.iter().map(|c| c.info().id.len()))
-        .max()
-        .unwrap_or(10);
-    out.push_str(&format!(
-        "{:width$}  {:9}  {:7}  summary\n",
-        "check / kind", "group", "level"
-    ));
-    for c in checks {
-        let i = c.info();
-        out.push_str(&format!(
-            "{:width$}  {:9}  {:7}  {}\n",
-            i.id,
-            i.group.as_str(),
-            i.default_level.as_str(),
-            i.summary
-        ));
-        for k in i.kinds {
-            out.push_str(&format!(
-                "  {:w$}  {:9}  {:7}  {}\n",
-                k.id,
-                "",
-                k.grade.describe(),
-                k.summary,
-                w = width - 2
-            ));
-        }
-    }
-    out.push_str(
-        "\n`trainlint explain ID` documents a check or a kind; select or ignore either by id.\n",
-    );
-    out
-}
-
-fn explain(id: &str) -> Result<ExitCode, Fatal> {
-    if let Some(k) = registry::find_kind(id) {
-        return print(&docs::kind_text(k, 1, false));
-    }
-    let Some(check) = registry::find(id) else {
-        let mut ids: Vec<&str> = registry::all().iter().map(|c| c.info().id).collect();
-        ids.extend(registry::kinds().iter().map(|k| k.id));
-        let mut close: Vec<(f64, &str)> = ids
-            .iter()
-            .map(|c| (strsim::jaro_winkler(id, c), *c))
-            .collect();
-        close.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let hint: Vec<&str> = close
-            .iter()
-            .filter(|(s, _)| *s > 0.7)
-            .take(3)
-            .map(|(_, c)| *c)
-            .collect();
-        let hint = if hint.is_empty() {
-            "`trainlint rules` lists every check and kind".to_string()
-        } else {
-            format!("did you mean {}?", hint.join(", "))
-        };
-        return Err(CliError::UnknownId {
-            id: id.to_string(),
-            hint,
-        }
-        .into());
-    };
-    print(&docs::check_text(check.as_ref()))
-}
-
 fn init(
     dir: &Path,
     model: Option<PathBuf>,
@@ -597,113 +524,13 @@ fn init(
     if std::fs::symlink_metadata(&target).is_ok() && !force {
         return Err(CliError::ConfigExists(target).into());
     }
-    // Paths on the command line mean what they mean to the shell (the working directory), as they do
-    // for `check`; the config stores them relative to its own folder, which is how it reads them back.
-    let mut filled: Vec<(&str, String)> = Vec::new();
-    if let Some(m) = &model {
-        let written = path_for_config(m, dir)?;
-        filled.push(("model.path", format!("{:?}", written.display().to_string())));
-    }
-    if let Some(d) = &data {
-        let arrays = data::read_arrays(d)?;
-        let written = path_for_config(d, dir)?;
-        filled.push(("data.path", format!("{:?}", written.display().to_string())));
-        let pick = |preferred: &[&str], want_int: Option<bool>| -> Option<&data::Array> {
-            preferred
-                .iter()
-                .find_map(|p| arrays.iter().find(|a| a.name == *p))
-                .or_else(|| {
-                    arrays
-                        .iter()
-                        .find(|a| want_int.is_none_or(|w| w != a.tensor.is_floating_point()))
-                })
-        };
-        let inputs = pick(
-            &["inputs", "input", "x", "images", "X", "features"],
-            Some(false),
-        );
-        let targets = pick(&["targets", "target", "y", "labels", "Y", "label"], None)
-            .filter(|t| inputs.is_none_or(|i| i.name != t.name))
-            .or_else(|| {
-                arrays
-                    .iter()
-                    .find(|a| inputs.is_none_or(|i| i.name != a.name))
-            });
-        if let Some(i) = inputs {
-            filled.push(("data.inputs", format!("{:?}", i.name)));
-        }
-        if let Some(t) = targets {
-            filled.push(("data.targets", format!("{:?}", t.name)));
-        }
-        if let (Some(i), Some(t)) = (inputs, targets) {
-            // Float rows of class probabilities (one-hot, label-smoothed, mixup) are classification
-            // too, as `task = "auto"` reads them (checked before the image-to-image shape rule).
-            let probabilities = t.tensor.is_floating_point()
-                && t.tensor.dim() >= 2
-                && t.tensor.size()[1] >= 2
-                && matches!(
-                    trainlint_checks::train::probability_problem(&t.tensor),
-                    Ok(None)
-                );
-            let task = if !t.tensor.is_floating_point() || probabilities {
-                "classification"
-            } else if i.tensor.size() == t.tensor.size() && i.tensor.dim() >= 3 {
-                "image-to-image"
-            } else {
-                "regression"
-            };
-            filled.push(("setup.task", format!("{task:?}")));
-        }
-    }
-    let text = config::init_template(&filled);
+    let text = config::init::starter(dir, model.as_deref(), data.as_deref())?;
     let inputs: Vec<output::Input> = [("the model", &model), ("the data", &data)]
         .into_iter()
         .filter_map(|(role, path)| path.as_deref().map(|path| output::Input { role, path }))
         .collect();
     output::replace(&target, text.as_bytes(), &inputs)?;
     print(&format!("wrote {}\n", target.display()))
-}
-
-/// A path given relative to the working directory, as a config file in `config_dir` must spell it:
-/// absolute paths stay absolute; relative ones become relative to `config_dir` (`../runs/model.pt`).
-fn path_for_config(path: &Path, config_dir: &Path) -> Result<PathBuf, Fatal> {
-    if path.is_absolute() {
-        return Ok(path.to_path_buf());
-    }
-    let (path, config_dir) = (
-        absolute(path).map_err(CliError::from)?,
-        absolute(config_dir).map_err(CliError::from)?,
-    );
-    Ok(relative_to(&path, &config_dir).unwrap_or(path))
-}
-
-/// `p` against the working directory, without `.` or `..`: lexically, so that a symlinked sample stays
-/// the link the user named (and a model may be exported after `init`).
-fn absolute(p: &Path) -> std::io::Result<PathBuf> {
-    let mut out = PathBuf::new();
-    for c in std::path::absolute(p)?.components() {
-        match c {
-            std::path::Component::CurDir => {}
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    Ok(out)
-}
-
-/// `path` relative to `base` (both absolute and normalised), or `None` when they share nothing but the
-/// root, where an absolute path says more than a chain of `..`.
-fn relative_to(path: &Path, base: &Path) -> Option<PathBuf> {
-    let (p, b): (Vec<_>, Vec<_>) = (path.components().collect(), base.components().collect());
-    let common = p.iter().zip(&b).take_while(|(x, y)| x == y).count();
-    if common <= 1 {
-        return None;
-    }
-    let mut out: PathBuf = b[common..].iter().map(|_| "..").collect();
-    out.extend(&p[common..]);
-    Some(out)
 }
 
 impl CheckArgs {

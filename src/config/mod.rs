@@ -9,6 +9,7 @@
 mod file;
 #[cfg(test)]
 mod fuzz_corpus;
+pub mod init;
 mod overrides;
 mod schema;
 

@@ -366,3 +366,83 @@ pub fn write(dir: &Path) -> Result<usize, DocsError> {
     }
     Ok(pages.len())
 }
+
+/// `trainlint rules`: every check and its kinds, with group, level and summary, as a table.
+pub fn rules_table() -> String {
+    let mut out = String::new();
+    let checks = registry::all();
+    let width = registry::kinds()
+        .iter()
+        .map(|k| k.id.len() + 2)
+        .chain(checks.iter().map(|c| c.info().id.len()))
+        .max()
+        .unwrap_or(10);
+    out.push_str(&format!(
+        "{:width$}  {:9}  {:7}  summary\n",
+        "check / kind", "group", "level"
+    ));
+    for c in checks {
+        let i = c.info();
+        out.push_str(&format!(
+            "{:width$}  {:9}  {:7}  {}\n",
+            i.id,
+            i.group.as_str(),
+            i.default_level.as_str(),
+            i.summary
+        ));
+        for k in i.kinds {
+            out.push_str(&format!(
+                "  {:w$}  {:9}  {:7}  {}\n",
+                k.id,
+                "",
+                k.grade.describe(),
+                k.summary,
+                w = width - 2
+            ));
+        }
+    }
+    out.push_str(
+        "\n`trainlint explain ID` documents a check or a kind; select or ignore either by id.\n",
+    );
+    out
+}
+
+/// No check or kind has this id; the hint names the closest ones.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown check or kind `{id}`; {hint}")]
+pub struct UnknownId {
+    pub id: String,
+    pub hint: String,
+}
+
+/// `trainlint explain ID`: the page of a check or of a finding kind.
+pub fn explain(id: &str) -> Result<String, UnknownId> {
+    if let Some(k) = registry::find_kind(id) {
+        return Ok(kind_text(k, 1, false));
+    }
+    if let Some(check) = registry::find(id) {
+        return Ok(check_text(check.as_ref()));
+    }
+    let mut ids: Vec<&str> = registry::all().iter().map(|c| c.info().id).collect();
+    ids.extend(registry::kinds().iter().map(|k| k.id));
+    let mut close: Vec<(f64, &str)> = ids
+        .iter()
+        .map(|c| (strsim::jaro_winkler(id, c), *c))
+        .collect();
+    close.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let hint: Vec<&str> = close
+        .iter()
+        .filter(|(s, _)| *s > 0.7)
+        .take(3)
+        .map(|(_, c)| *c)
+        .collect();
+    let hint = if hint.is_empty() {
+        "`trainlint rules` lists every check and kind".to_string()
+    } else {
+        format!("did you mean {}?", hint.join(", "))
+    };
+    Err(UnknownId {
+        id: id.to_string(),
+        hint,
+    })
+}
