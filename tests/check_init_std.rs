@@ -4,7 +4,7 @@
 mod common;
 
 use common::in_process::audit_of;
-use common::typed::{num, only, passed, run};
+use common::typed::{fails, num, only, passed, run};
 use common::*;
 use trainlint::audit::Audit;
 use trainlint_checks::Severity::Error;
@@ -31,11 +31,6 @@ fn flagged(audit: &Audit) -> Vec<(String, f64)> {
             )
         })
         .collect()
-}
-
-/// Whether a finding reaches the default `fail-on` (error): the CLI's exit 1.
-fn fails(audit: &Audit) -> bool {
-    audit.report.fails(Error)
 }
 
 #[test]

@@ -4,13 +4,13 @@
 //! (`assert_check!`, numbers that training moves redacted), its numbers within a tolerance.
 mod common;
 
-use common::in_process::{audit_model_on, audit_of};
+use common::in_process::{audit_model_on, audit_of, audit_setup};
 use common::typed::{kinds, num, only, passed, redact, run, skipped};
 use common::*;
 use trainlint::audit::Audit;
 use trainlint_checks::Severity::{Error, Warning};
 
-/// Run one check with a setup given as TOML lines; returns the audit.
+/// Run one check with a setup given as TOML lines (data named without its `.npz`); returns the audit.
 fn run_check(
     check: &str,
     model: Option<&str>,
@@ -18,29 +18,8 @@ fn run_check(
     log: Option<&str>,
     setup: &str,
 ) -> Audit {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write(dir.path(), "trainlint.toml", &format!("[setup]\n{setup}\n"));
-    let cfg = cfg.display().to_string();
-    let mut a: Vec<String> = vec![cfg, "--select".into(), check.into()];
-    if let Some(m) = model {
-        a.extend(["--model".into(), fixture(&format!("models/{m}.pt"))]);
-    }
-    if let Some(d) = data {
-        a.extend(["--data".into(), fixture(&format!("data/{d}.npz"))]);
-    }
-    if let Some(l) = log {
-        a.extend(["--log".into(), fixture(&format!("logs/{l}"))]);
-    }
-    let args: Vec<&str> = a.iter().map(String::as_str).collect();
-    let audit = audit_of(&args);
-    let r = run(&audit, check);
-    assert_ne!(
-        r.status,
-        trainlint::run::Status::Failed,
-        "{check} failed internally: {}",
-        common::typed::show(r)
-    );
-    audit
+    let data = data.map(|d| format!("{d}.npz"));
+    audit_setup(check, model, data.as_deref(), log, setup)
 }
 
 #[test]

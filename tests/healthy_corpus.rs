@@ -7,7 +7,7 @@
 //! normal training run with its real log, and the reproducers of each class of false alarm in issue 8.
 mod common;
 
-use common::in_process::{audit_model_on, audit_of};
+use common::in_process::{audit_model_on, audit_of, audit_setup};
 use common::typed::{kinds, num, only, passed, run};
 use common::*;
 use trainlint::audit::Audit;
@@ -29,25 +29,7 @@ fn run_checks(model: &str, data: &str, select: &str, setup: &str) -> Audit {
 /// The audit of `check --select SELECT` of fixture model MODEL on DATA (and LOG), with `[setup]` SETUP;
 /// no check may fail internally.
 fn audit_with(model: &str, data: &str, log: Option<&str>, select: &str, setup: &str) -> Audit {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write(dir.path(), "trainlint.toml", &format!("[setup]\n{setup}\n"));
-    let cfg = cfg.display().to_string();
-    let mut args: Vec<String> = vec![cfg, "--select".into(), select.into()];
-    args.extend(model_data(model, data));
-    if let Some(log) = log {
-        args.extend(["--log".into(), fixture(&format!("logs/{log}"))]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let audit = audit_of(&args);
-    for c in &audit.report.checks {
-        assert_ne!(
-            c.status,
-            Status::Failed,
-            "{model}: {}",
-            common::typed::show(c)
-        );
-    }
-    audit
+    audit_setup(select, Some(model), Some(data), log, setup)
 }
 
 /// The findings of check `id`.

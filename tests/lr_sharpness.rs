@@ -2,7 +2,7 @@
 //! same setup at a safe lr, Adam, and normalised networks are not. Audited in process, asserted typed.
 mod common;
 
-use common::in_process::audit_of;
+use common::in_process::{audit_of, audit_setup};
 use common::typed::{num, only, passed, run, skipped};
 use common::*;
 use trainlint::audit::Audit;
@@ -18,16 +18,7 @@ fn run_setup(model: &str, data: &str, setup: &str) -> Audit {
 }
 
 fn run_setup_on(model: &str, data: &str, setup: &str, log: Option<&str>) -> Audit {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write(dir.path(), "trainlint.toml", &format!("[setup]\n{setup}\n"));
-    let cfg = cfg.display().to_string();
-    let mut args: Vec<String> = vec![cfg, "--select".into(), "lr-sharpness".into()];
-    args.extend(model_data(model, data));
-    if let Some(log) = log {
-        args.extend(["--log".into(), fixture(&format!("logs/{log}"))]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    audit_of(&args)
+    audit_setup("lr-sharpness", Some(model), Some(data), log, setup)
 }
 
 fn close(x: f64, want: f64, rel: f64) -> bool {

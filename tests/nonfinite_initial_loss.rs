@@ -6,8 +6,8 @@
 //! severity, location and evidence, its message in a snapshot (`assert_check!`).
 mod common;
 
-use common::in_process::{audit_of, findings_of};
-use common::typed::{num, only, passed, run, skipped};
+use common::in_process::{audit_of, audit_setup, findings_of};
+use common::typed::{fails, num, only, passed, run, skipped};
 use common::*;
 use serde_json::{json, Value};
 use trainlint::audit::Audit;
@@ -34,11 +34,6 @@ fn ev<'a>(f: &'a Finding, key: &str) -> &'a Value {
     f.evidence
         .get(key)
         .unwrap_or_else(|| panic!("no {key} in the evidence of {f:#?}"))
-}
-
-/// Whether a finding reaches the default `fail-on` (error): the CLI's exit 1.
-fn fails(audit: &Audit) -> bool {
-    audit.report.fails(Error)
 }
 
 #[test]
@@ -134,25 +129,8 @@ fn a_diverged_log_names_its_first_non_finite_step_in_csv_and_python_json() {
 
 /// Runs `select` on a fixture pair with `loss` in [setup]; no check may fail internally.
 fn run_on(select: &str, model: &str, data: &str, loss: &str) -> Audit {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write(
-        dir.path(),
-        "trainlint.toml",
-        &format!("[setup]\nloss = \"{loss}\"\n"),
-    );
-    let mut args = vec![cfg.display().to_string(), "--select".into(), select.into()];
-    args.extend(model_data(model, data));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let audit = audit_of(&args);
-    for c in &audit.report.checks {
-        assert_ne!(
-            c.status,
-            Status::Failed,
-            "{model} / {data}: {}",
-            common::typed::show(c)
-        );
-    }
-    audit
+    let setup = format!("loss = \"{loss}\"");
+    audit_setup(select, Some(model), Some(data), None, &setup)
 }
 
 #[test]

@@ -6,7 +6,7 @@
 mod common;
 
 use common::in_process::{audit_model_on, audit_of};
-use common::typed::{self, kinds, num, only, passed, show, skipped};
+use common::typed::{self, fails, kinds, num, only, passed, show, skipped};
 use common::*;
 use trainlint::audit::Audit;
 use trainlint::run::Status;
@@ -19,11 +19,6 @@ fn audit(model: &str, data: &str, extra: &[&str]) -> Audit {
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     audit_of(&args)
-}
-
-/// Whether `trainlint check` would exit 1: a finding at `fail_on` (error, the default).
-fn fails(audit: &Audit) -> bool {
-    audit.report.fails(Error)
 }
 
 /// Every check's run as its snapshot shows it, for a failed assert's message.

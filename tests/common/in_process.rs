@@ -83,6 +83,45 @@ pub fn findings_of(a: &Audit) -> Vec<&Finding> {
     a.report.checks.iter().flat_map(|c| &c.findings).collect()
 }
 
+/// The audit of `check --select SELECT` on a fixture setup: model `models/MODEL.pt`, data
+/// `data/DATA`, log `logs/LOG` (each where given) and a config whose `[setup]` table holds the TOML
+/// lines SETUP (a `[checks.ID]` table may follow them). No check may fail internally.
+pub fn audit_setup(
+    select: &str,
+    model: Option<&str>,
+    data: Option<&str>,
+    log: Option<&str>,
+    setup: &str,
+) -> Audit {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let cfg = super::write(dir.path(), "trainlint.toml", &format!("[setup]\n{setup}\n"));
+    let mut args: Vec<String> = vec![cfg.display().to_string(), "--select".into(), select.into()];
+    let inputs = [
+        ("--model", "models", model.map(|m| format!("{m}.pt"))),
+        ("--data", "data", data.map(String::from)),
+        ("--log", "logs", log.map(String::from)),
+    ];
+    for (flag, folder, file) in inputs {
+        if let Some(file) = file {
+            args.extend([
+                flag.to_string(),
+                super::fixture(&format!("{folder}/{file}")),
+            ]);
+        }
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let audit = audit_of(&args);
+    for c in &audit.report.checks {
+        assert_ne!(
+            c.status,
+            trainlint::run::Status::Failed,
+            "{args:?}: {}",
+            super::typed::show(c)
+        );
+    }
+    audit
+}
+
 /// [`audit_of`] `check --select SELECT` of fixture model `models/MODEL.pt` on the data file `data`.
 pub fn audit_model_on(model: &str, data: &std::path::Path, select: &str) -> Audit {
     let model = super::fixture(&format!("models/{model}.pt"));

@@ -44,6 +44,11 @@ pub fn skipped<'a>(audit: &'a Audit, id: &str) -> &'a str {
     r.reason.as_deref().unwrap_or_default()
 }
 
+/// Whether a finding reaches the default `fail-on` (error): the CLI's exit 1.
+pub fn fails(audit: &Audit) -> bool {
+    audit.report.fails(Severity::Error)
+}
+
 /// Evidence `key` of a finding, as a number.
 pub fn num(f: &Finding, key: &str) -> f64 {
     f.evidence
