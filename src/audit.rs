@@ -277,12 +277,28 @@ pub fn audit(req: &Request) -> Result<Audit, AuditError> {
     })
 }
 
+/// The checks whose findings the model graph marks (`unused`, `shared-batchnorm`).
+pub const GRAPH_CHECKS: [&str; 2] = ["unused-parameters", "shared-batchnorm"];
+
+/// The marks of the graph checks' findings on `model`, as `trainlint check --select
+/// unused-parameters,shared-batchnorm` with `settings` finds them (their options, levels and
+/// `[[ignore]]` entries apply): `trainlint graph` paints findings, it does not judge the graph itself.
+pub fn graph_marks(model: &LoadedModel, settings: &Settings) -> graph::Marks {
+    let mut settings = settings.clone();
+    settings.run.select = GRAPH_CHECKS.map(String::from).to_vec();
+    let mut ctx = Context::new(&settings.setup);
+    ctx.model = Some(model);
+    let outcome = run::run_all(&ctx, &settings, None, None, &|_, _| {});
+    graph::Marks::of(outcome.runs.iter().flat_map(|r| &r.findings))
+}
+
 /// The HTML report's model graph, painted with the report's findings and drawn under the checks'
 /// time limit.
 pub fn report_graph(a: &Audit, timeout: Option<Duration>) -> Option<graph::ReportGraph> {
     let m = a.model.as_ref()?;
+    let marks = graph::Marks::of(a.report.checks.iter().flat_map(|c| &c.findings));
     let paints = graph::paints_of(&a.report);
-    graph::draw_for_report(m, a.dataset.as_ref(), paints, timeout, a.threads)
+    graph::draw_for_report(m, a.dataset.as_ref(), marks, paints, timeout, a.threads)
 }
 
 /// A path as the user would type it: relative to the working directory when it lies below it.

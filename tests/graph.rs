@@ -287,6 +287,37 @@ fn a_deliberately_unused_head_can_be_allowed_by_name() {
     assert_eq!(check_entry(&r, "unused-parameters")["ignored"], 1);
 }
 
+/// The graph paints the graph checks' findings; it does not judge the graph itself: the uncalled
+/// head is drawn and marked unused while unused-parameters reports it, and not once the config allows
+/// it (or a `[[ignore]]` entry silences it).
+#[test]
+fn the_graph_marks_what_the_checks_find() {
+    let m = fixture("models/unused_layer.pt");
+    let dir = tempfile::tempdir().unwrap();
+    let graph_with = |config: &str| -> Value {
+        let cfg = write(dir.path(), "trainlint.toml", config);
+        let cfg = cfg.display().to_string();
+        let o = run(&["graph", &cfg, "--model", &m, "--format", "json"]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        serde_json::from_slice(&o.stdout).expect("the graph's JSON")
+    };
+    let unused = |g: &Value| -> Vec<String> {
+        let nodes = g["nodes"].as_array().unwrap().iter();
+        let marked = nodes.filter(|n| n["marks"].as_array().unwrap().iter().any(|k| k == "unused"));
+        marked
+            .map(|n| n["module"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(unused(&graph_with("")), ["aux"]);
+    let allowed = graph_with("[checks.unused-parameters]\nallow = [\"au*\"]\n");
+    assert!(unused(&allowed).is_empty(), "{allowed}");
+    assert!(node(&allowed, "aux").is_empty(), "{allowed}");
+    let ignored = graph_with(
+        "[[ignore]]\ncheck = \"unused-parameters\"\nlocation = \"aux\"\nreason = \"used in training code only\"\n",
+    );
+    assert!(unused(&ignored).is_empty(), "{ignored}");
+}
+
 #[test]
 fn shared_batchnorm_names_the_module_and_both_call_sites() {
     for model in ["graph_siamese_bn", "graph_siamese_bn_traced"] {

@@ -5,20 +5,23 @@ mod common;
 
 use common::*;
 use serde_json::Value;
+use trainlint::audit::graph_marks;
 use trainlint::report::graph::{views_of_sample, View, Views};
 use trainlint::security::load_model;
 
 /// The drawing limit of src/report/graph.rs (MAX_NODES): nodes besides input, output and `more`.
 const MAX_NODES: usize = 300;
 
-/// What `trainlint graph --model models/MODEL.pt` draws, in process: the collapsed view and the full
+/// What `trainlint graph --model models/MODEL.pt` draws, in process (marked with the graph checks'
+/// findings): the collapsed view and the full
 /// one (`--no-collapse`, when something collapsed). Loading a 10,000-layer model takes seconds; one
 /// load serves every view and format a test asserts on. The command itself (its output file, the
 /// time limit) is tested on the same model below and in tests/graph.rs.
 fn views(model: &str) -> Views {
     let path = root().join(format!("fixtures/models/{model}.pt"));
     let loaded = load_model(&path, "cpu", "", false).expect("the fixture loads");
-    views_of_sample(&loaded, None).expect("the graph is drawn")
+    let marks = || graph_marks(&loaded, &trainlint::config::Settings::default());
+    views_of_sample(&loaded, None, marks).expect("the graph is drawn")
 }
 
 /// A view as `graph --format json` writes it.

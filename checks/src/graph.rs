@@ -123,6 +123,26 @@ impl ModuleGraph {
         c.branch.split('/').any(|s| s.ends_with(":dead"))
     }
 
+    /// The largest set of `calls` (a module's call sites) that can all run in one forward, in call
+    /// order: each live call as a seed, then every call that can run with all chosen so far (the first
+    /// call may sit in the branch that is not taken twice: `if concat: bn(a); bn(b) else: bn(c)`).
+    pub fn largest_concurrent<'g>(calls: &[&'g CallSite]) -> Vec<&'g CallSite> {
+        let mut together: Vec<&CallSite> = Vec::new();
+        for seed in calls.iter().filter(|c| !Self::is_dead(c)) {
+            let mut set: Vec<&CallSite> = vec![seed];
+            for c in calls {
+                if c.id != seed.id && set.iter().all(|t| Self::can_run_together(t, c)) {
+                    set.push(c);
+                }
+            }
+            if set.len() > together.len() {
+                set.sort_by_key(|c| c.id);
+                together = set;
+            }
+        }
+        together
+    }
+
     /// Whether two call sites can both run in one forward: neither in a branch that never runs, and
     /// not in different branches of the same `if`.
     pub fn can_run_together(a: &CallSite, b: &CallSite) -> bool {

@@ -3,8 +3,10 @@
 //! Nodes are the calls of leaf modules (modules that call no other module), in call order, with their
 //! type and output shape; edges are the data flowing between them, dashed where `.detach()` cuts the
 //! gradient. Runs of identical numbered blocks (`layer1.0` … `layer1.3`, or 8 and more identical single
-//! layers) collapse into one node with a count; modules with trainable parameters that forward never
-//! calls appear on their own, marked unused; modules called more than once are marked shared. Past
+//! layers) collapse into one node with a count; modules called more than once are marked shared. The
+//! findings of the graph checks are painted as marks ([`Marks`]): the modules unused-parameters reports
+//! are marked unused (drawn on their own when forward never calls them), the calls of a BatchNorm that
+//! shared-batchnorm reports are marked shared-batchnorm; the view decides no verdict itself. Past
 //! [`MAX_NODES`] nodes the rest is one node, "N more modules not drawn", so that any model's picture
 //! is laid out in bounded time. Layout (SVG) is layout-rs's.
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,8 +17,8 @@ use std::time::Duration;
 use serde::Serialize;
 use tch::Tensor;
 use trainlint_checks::graph::{CallSite, ModuleGraph};
-use trainlint_checks::rules::shared_batchnorm;
-use trainlint_checks::ModuleInfo;
+use trainlint_checks::rules::{shared_batchnorm, unused_parameters};
+use trainlint_checks::{ModuleInfo, ViolationMetadata};
 
 /// One drawn node.
 #[derive(Clone, Debug, Serialize)]
@@ -84,8 +86,8 @@ pub struct ViewInputs<'a> {
     pub input_shape: String,
     /// Collapse runs of identical numbered blocks.
     pub collapse: bool,
-    /// The calls of BatchNorm modules that run on two streams in one forward, as shared-batchnorm
-    /// decides it ([`shared_batchnorm::called_together`]).
+    /// The calls of the BatchNorm modules that shared-batchnorm's findings name: of each, the calls
+    /// that can run in one forward ([`ModuleGraph::largest_concurrent`]).
     pub shared_batchnorm: BTreeSet<usize>,
 }
 
@@ -863,11 +865,44 @@ pub fn sample_of(data: Option<&trainlint_checks::Dataset>) -> Result<Option<Tens
     }
 }
 
+/// What the graph checks' findings mark on the view: the modules unused-parameters names, with the
+/// parameters forward never reads (`unused`), and the BatchNorm modules shared-batchnorm names
+/// (`shared-batchnorm`). The view paints these findings; it does not judge the graph itself.
+#[derive(Clone, Debug, Default)]
+pub struct Marks {
+    pub unused: BTreeMap<String, Vec<String>>,
+    pub shared_batchnorm: BTreeSet<String>,
+}
+
+impl Marks {
+    /// The marks of `findings` (a report's, or the graph checks' alone).
+    pub fn of<'a>(findings: impl IntoIterator<Item = &'a trainlint_checks::Finding>) -> Marks {
+        let mut marks = Marks::default();
+        let text = |v: &serde_json::Value| v.as_str().map(String::from);
+        for f in findings {
+            let Some(module) = f.evidence.get("module").and_then(text) else {
+                continue;
+            };
+            if f.kind == unused_parameters::NeverUsed::KIND.id {
+                let names = f.evidence.get("parameters").and_then(|p| p.as_array());
+                let names = names.into_iter().flatten().filter_map(text);
+                marks.unused.entry(module).or_default().extend(names);
+            } else if f.kind == shared_batchnorm::CalledTwice::KIND.id {
+                marks.shared_batchnorm.insert(module);
+            }
+        }
+        marks
+    }
+}
+
 /// The views of `model`, from one walk of its graph, with output shapes on `sample` when given (a
-/// sample the model rejects draws the graph without shapes and says so on stderr).
+/// sample the model rejects draws the graph without shapes and says so on stderr), painted with the
+/// graph checks' marks, which `marks` gives once the graph is walked (a walk without a sample before
+/// this one changes the shapes the shim records: `trainlint graph` runs the graph checks after it).
 pub fn views_of_sample(
     model: &dyn trainlint_checks::Model,
     sample: Option<&Tensor>,
+    marks: impl FnOnce() -> Marks,
 ) -> Result<Views, DrawError> {
     let graph = model.module_graph(sample)?;
     if !graph.shape_error.is_empty() {
@@ -876,16 +911,16 @@ pub fn views_of_sample(
             crate::model::user_message(&graph.shape_error)
         );
     }
-    let params = model.parameters()?;
-    let buffers: BTreeSet<String> = model.buffers()?.into_iter().map(|(n, _)| n).collect();
-    let shared_batchnorm = shared_batchnorm::called_together(&graph, &buffers)
-        .into_iter()
-        .flat_map(|(_, calls)| calls.into_iter().map(|c| c.id))
+    let marks = marks();
+    let calls = graph.calls_by_module();
+    let shared_batchnorm = marks
+        .shared_batchnorm
+        .iter()
+        .filter_map(|m| calls.get(m.as_str()))
+        .flat_map(|calls| ModuleGraph::largest_concurrent(calls))
+        .map(|c| c.id)
         .collect();
-    let unused = trainlint_checks::rules::unused_parameters::unused_trainable(&graph, &params)
-        .into_iter()
-        .map(|(m, ps)| (m, ps.into_iter().map(|(n, _)| n).collect()))
-        .collect();
+    let unused = marks.unused.clone();
     let input_shape = sample
         .map(|s| format!("{:?}", s.size()))
         .unwrap_or_default();
@@ -1011,18 +1046,19 @@ pub enum ReportGraph {
     TimedOut(Duration),
 }
 
-/// The report's graph of `model`: walked, painted with `paints` and laid out within `limit` (the
-/// checks' `--timeout`); None when the graph cannot be read.
+/// The report's graph of `model`: walked, marked and painted with the report's findings (`marks`,
+/// `paints`) and laid out within `limit` (the checks' `--timeout`); None when the graph cannot be read.
 pub fn draw_for_report(
     model: &crate::model::LoadedModel,
     data: Option<&trainlint_checks::Dataset>,
+    marks: Marks,
     paints: Vec<Paint>,
     limit: Option<Duration>,
     threads: usize,
 ) -> Option<ReportGraph> {
     let sample = sample_of(data).ok()?;
     let draw = move |model: &dyn trainlint_checks::Model| -> Result<Drawn, DrawError> {
-        let mut views = views_of_sample(model, sample.as_ref())?;
+        let mut views = views_of_sample(model, sample.as_ref(), || marks)?;
         paint_all(&mut views.collapsed, &paints);
         if let Some(full) = views.full.as_mut() {
             paint_all(full, &paints);

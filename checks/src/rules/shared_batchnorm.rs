@@ -93,10 +93,9 @@ fn is_batchnorm(kind: &str) -> bool {
 }
 
 /// The BatchNorm modules that run on two streams in one forward, each with the largest set of its
-/// calls that can all run in one forward (two or more): what the check reports, and what the graph
-/// view marks `shared-batchnorm`. `buffers` names the model's buffers: a BatchNorm without running
+/// calls that can all run in one forward (two or more): what the check reports. `buffers` names the model's buffers: a BatchNorm without running
 /// statistics (`track_running_stats=False`) has none to mix.
-pub fn called_together<'g>(
+fn called_together<'g>(
     graph: &'g ModuleGraph,
     buffers: &std::collections::BTreeSet<String>,
 ) -> Vec<(&'g str, Vec<&'g CallSite>)> {
@@ -114,22 +113,7 @@ pub fn called_together<'g>(
         if !is_batchnorm(kind) || !running("running_mean") {
             continue;
         }
-        // The most calls that can run in one forward: each call as a seed, then every call that
-        // can run with all chosen so far (the first call may sit in the branch that is not taken
-        // twice: `if concat: bn(a); bn(b) else: bn(c)`).
-        let mut together: Vec<&CallSite> = Vec::new();
-        for seed in calls.iter().filter(|c| !ModuleGraph::is_dead(c)) {
-            let mut set: Vec<&CallSite> = vec![seed];
-            for c in &calls {
-                if c.id != seed.id && set.iter().all(|t| ModuleGraph::can_run_together(t, c)) {
-                    set.push(c);
-                }
-            }
-            if set.len() > together.len() {
-                set.sort_by_key(|c| c.id);
-                together = set;
-            }
-        }
+        let together = ModuleGraph::largest_concurrent(&calls);
         if together.len() < 2 {
             continue;
         }
