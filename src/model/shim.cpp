@@ -590,13 +590,24 @@ static void merge(Producers& into, const Producers& from) {
   while (into.size() > kMaxProducers) into.erase(into.begin());
 }
 
+// A value by its graph and `Value::unique()`: an address can be freed and reused for a new value, and a
+// unique is only unique within its graph (a fork's subgraph numbers its values from 0 too).
+using ValueKey = std::pair<const Graph*, size_t>;
+struct ValueKeyHash {
+  size_t operator()(const ValueKey& k) const {
+    return std::hash<const void*>()(k.first) ^ (std::hash<size_t>()(k.second) * 0x9e3779b97f4a7c15ULL);
+  }
+};
+static ValueKey key_of(const Value* v) { return {v->owningGraph(), v->unique()}; }
+
 struct Call {
   int id = 0;
   int parent = -1;
   std::string module, kind, method, where, branch, shape;
   bool leaf = true;
   bool in_loop = false;
-  std::vector<Value*> outputs;
+  // The call's outputs, by key (an address can be freed and reused; a key is not).
+  std::vector<ValueKey> outputs;
 };
 
 static std::string json_string(const std::string& s) {
@@ -818,24 +829,37 @@ struct Walker {
     }
   }
 
-  // What an inlined call's outputs were replaced by (the call node and its values are gone).
-  std::unordered_map<Value*, Value*> replaced;
+  // What an inlined call's outputs were replaced by (the call node and its values are gone), by key: a
+  // freed value's address can come back for a new value, and a chain kept by address then ends at the
+  // stranger (a `layer_norm` function constant for ViT's `encoder.layers`).
+  std::unordered_map<ValueKey, ValueKey, ValueKeyHash> replaced;
+  // Every value an inlined call returned, by key, to find the value a chain ends at.
+  std::unordered_map<ValueKey, Value*, ValueKeyHash> by_unique;
 
-  Value* resolve(Value* v) {
-    for (auto it = replaced.find(v); it != replaced.end(); it = replaced.find(v)) v = it->second;
-    return v;
+  ValueKey resolve(ValueKey u) const {
+    for (auto it = replaced.find(u); it != replaced.end(); it = replaced.find(u)) u = it->second;
+    return u;
+  }
+
+  // The value key `u` ended as, or null when none is known.
+  Value* value_of(const ValueKey& u) const {
+    auto it = by_unique.find(resolve(u));
+    return it == by_unique.end() ? nullptr : it->second;
   }
 
   // Inlines call `n` and records what its outputs became; returns them.
   std::vector<Value*> inline_call(Node* n, torch::jit::GraphFunction* fn) {
     std::vector<Value*> old(n->outputs().begin(), n->outputs().end());
+    std::vector<ValueKey> old_unique;
+    for (Value* v : old) old_unique.push_back(key_of(v));
     std::vector<Value*> outs = torch::jit::inlineCallTo(n, fn, /*inline_optimized_graph=*/false);
     for (size_t i = 0; i < old.size() && i < outs.size(); ++i) {
       // A freed value's address can come back for a new one: forget what was known about it.
       producers.erase(old[i]);
       tuple_elems.erase(old[i]);
       module_of.erase(old[i]);
-      if (old[i] != outs[i]) replaced[old[i]] = outs[i];
+      by_unique[key_of(outs[i])] = outs[i];
+      if (old_unique[i] != key_of(outs[i])) replaced[old_unique[i]] = key_of(outs[i]);
     }
     return outs;
   }
@@ -845,7 +869,6 @@ struct Walker {
       producers.erase(out);
       tuple_elems.erase(out);
       module_of.erase(out);
-      replaced.erase(out);
     }
     auto kind = n->kind();
     if (kind == c10::prim::GetAttr) {
@@ -985,12 +1008,17 @@ struct Walker {
 
     Node* before = n->prev();
     Node* after = n->next();
-    std::vector<Value*> outs = inline_call(n, graph_fn);
+    std::vector<ValueKey> out_unique;
+    for (Value* v : inline_call(n, graph_fn)) out_unique.push_back(key_of(v));
     stack.push_back(c.id);
     range(before->next(), after);
     stack.pop_back();
-    for (Value*& v : outs) v = resolve(v);
-    calls[c.id].outputs = outs;
+    std::vector<Value*> outs;
+    for (ValueKey& u : out_unique) {
+      u = resolve(u);
+      if (Value* v = value_of(u)) outs.push_back(v);
+    }
+    calls[c.id].outputs = out_unique;
     if (calls[c.id].leaf) {
       for (const auto& [from, detached] : args) {
         auto e = edges.find({from, c.id});
@@ -1004,11 +1032,17 @@ struct Walker {
   // The outputs of every call whose value lives in the top-level block, returned next to forward's own
   // output by one run of the inlined graph: their shapes on `input`.
   void shapes(const at::Tensor& input) {
+    // The values the top-level block defines now, by unique: a call's output that was since removed
+    // has no shape to show.
+    std::unordered_map<ValueKey, Value*, ValueKeyHash> live;
+    for (Value* v : graph->inputs()) live[key_of(v)] = v;
+    for (Node* n : graph->block()->nodes())
+      for (Value* v : n->outputs()) live[key_of(v)] = v;
     std::vector<std::pair<int, Value*>> wanted;
     for (const Call& c : calls) {
       if (c.outputs.size() != 1) continue;
-      Value* v = resolve(c.outputs[0]);
-      if (v->node()->owningBlock() == graph->block()) wanted.emplace_back(c.id, v);
+      auto it = live.find(resolve(c.outputs[0]));
+      if (it != live.end()) wanted.emplace_back(c.id, it->second);
     }
     if (wanted.empty()) return;
     std::vector<Value*> values;
