@@ -365,7 +365,7 @@ fn record(
 }
 
 /// Run one check in isolation: an error or a panic becomes a `check-failed` finding.
-pub fn run_one(
+fn run_one(
     check: &dyn Rule,
     level: Level,
     ctx: &Context,
@@ -398,7 +398,7 @@ fn apply_ignores(run: &mut CheckRun, settings: &Settings, used: &mut [bool]) {
 }
 
 /// An `[[ignore]]` entry names the finding's check or its kind, and its location when it gives one.
-pub fn ignore_matches(ignore: &crate::config::Ignore, check: &str, f: &Finding) -> bool {
+fn ignore_matches(ignore: &crate::config::Ignore, check: &str, f: &Finding) -> bool {
     (ignore.check == check || ignore.check == f.kind)
         && match &ignore.location {
             None => true,

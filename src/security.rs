@@ -75,7 +75,7 @@ pub fn load_model(
 }
 
 /// [`load_model`] for a TorchScript file.
-pub fn load_torchscript(
+fn load_torchscript(
     path: &Path,
     device: &str,
     output: &str,
@@ -118,7 +118,7 @@ pub fn load_torchscript(
 
 /// Reads the archive before libtorch loads it: refuses damage whatever `trust` says, and unless
 /// `trust`, code that would run while loading and parts the scan cannot read.
-pub fn vet_archive(path: &Path, trust: bool) -> Result<(), UntrustedModel> {
+fn vet_archive(path: &Path, trust: bool) -> Result<(), UntrustedModel> {
     let records = model::archive_records(path)?;
     let file_bytes = std::fs::metadata(path).map_or(0, |m| m.len());
     let found = archive::inspect(&records, file_bytes);

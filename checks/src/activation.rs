@@ -9,9 +9,6 @@ pub struct Range {
 }
 
 impl Range {
-    pub fn is_bounded(&self) -> bool {
-        self.lo.is_finite() || self.hi.is_finite()
-    }
     pub fn span(&self) -> f64 {
         self.hi - self.lo
     }

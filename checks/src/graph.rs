@@ -78,14 +78,18 @@ pub struct ModuleGraph {
     pub shape_error: String,
 }
 
-/// Whether `path` is `prefix` or sits under it (`a.b` is under `a`; `ab` is not).
-pub fn is_under(path: &str, prefix: &str) -> bool {
-    prefix.is_empty()
-        || path == prefix
-        || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'.'))
-}
-
 impl ModuleGraph {
+    /// The forward graph of `model` (walked once, without shapes), or a skip saying why it cannot be
+    /// read: what the checks that judge the graph start from.
+    pub fn of(model: &dyn crate::Model) -> Result<ModuleGraph, crate::CheckError> {
+        model.module_graph(None).map_err(|e| match e {
+            crate::CheckError::Model(why) => {
+                crate::CheckError::Skip(format!("the forward graph cannot be read ({why})"))
+            }
+            other => other,
+        })
+    }
+
     /// The call sites of each module, by path.
     pub fn calls_by_module(&self) -> BTreeMap<&str, Vec<&CallSite>> {
         let mut out: BTreeMap<&str, Vec<&CallSite>> = BTreeMap::new();
@@ -119,7 +123,7 @@ impl ModuleGraph {
 
     /// Whether a call sits in the branch of an `if` whose condition was fixed when the model was saved
     /// (a bool attribute such as `self.concat`) and that therefore never runs.
-    pub fn is_dead(c: &CallSite) -> bool {
+    fn is_dead(c: &CallSite) -> bool {
         c.branch.split('/').any(|s| s.ends_with(":dead"))
     }
 
@@ -145,7 +149,7 @@ impl ModuleGraph {
 
     /// Whether two call sites can both run in one forward: neither in a branch that never runs, and
     /// not in different branches of the same `if`.
-    pub fn can_run_together(a: &CallSite, b: &CallSite) -> bool {
+    fn can_run_together(a: &CallSite, b: &CallSite) -> bool {
         if Self::is_dead(a) || Self::is_dead(b) {
             return false;
         }
@@ -213,6 +217,5 @@ mod tests {
         assert!(g.may_use("rnn.weight_ih_l0"));
         assert!(g.may_use("blocks.3.weight"));
         assert!(!g.may_use("blocks_extra.weight"));
-        assert!(is_under("a.b", "a") && !is_under("ab", "a") && is_under("x", ""));
     }
 }

@@ -263,10 +263,6 @@ impl CheckResult {
         self.curves.push(curve);
         self
     }
-    pub fn noted(mut self, note: impl Into<String>) -> Self {
-        self.note = Some(note.into());
-        self
-    }
     pub fn trained(mut self, run: TrainingRun) -> Self {
         self.training.push(run);
         self

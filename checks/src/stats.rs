@@ -8,7 +8,7 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
     }
-    pub fn next_u64(&mut self) -> u64 {
+    fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -62,7 +62,7 @@ pub fn std(x: &[f64]) -> f64 {
 }
 
 /// The q-quantile (0..=1) with linear interpolation; NaNs are ignored.
-pub fn quantile(x: &[f64], q: f64) -> f64 {
+fn quantile(x: &[f64], q: f64) -> f64 {
     let mut v: Vec<f64> = x.iter().copied().filter(|v| !v.is_nan()).collect();
     if v.is_empty() {
         return f64::NAN;
@@ -102,22 +102,16 @@ pub fn interquartile_mean(x: &[f64]) -> f64 {
 }
 
 /// Running interquartile mean over a window, shrinking at the ends.
-pub fn running_iqm(x: &[f64], window: usize) -> Vec<f64> {
+fn running_iqm(x: &[f64], window: usize) -> Vec<f64> {
     let half = window / 2;
     (0..x.len())
         .map(|i| interquartile_mean(&x[i.saturating_sub(half)..(i + half + 1).min(x.len())]))
         .collect()
 }
 
-/// Median absolute deviation scaled to estimate the standard deviation of normal data.
-pub fn robust_std(x: &[f64]) -> f64 {
-    let m = median(x);
-    1.4826 * median(&x.iter().map(|v| (v - m).abs()).collect::<Vec<_>>())
-}
-
 /// The interquartile range scaled to estimate the standard deviation of normal data. Unlike the MAD it
 /// stays stable on bimodal data (±a swings give 1.48·a), and ignores up to 25% of outliers per side.
-pub fn iqr_std(x: &[f64]) -> f64 {
+fn iqr_std(x: &[f64]) -> f64 {
     (quantile(x, 0.75) - quantile(x, 0.25)) / 1.349
 }
 
@@ -429,7 +423,7 @@ fn plateau_wander(y: &[f64], trend: &[f64], window: usize) -> (usize, f64, f64, 
 }
 
 /// The closest non-increasing sequence to `y` in least squares (pool adjacent violators).
-pub fn isotonic_non_increasing(y: &[f64]) -> Vec<f64> {
+fn isotonic_non_increasing(y: &[f64]) -> Vec<f64> {
     // Blocks of (sum, count); merge while a block's mean exceeds its predecessor's.
     let mut blocks: Vec<(f64, usize)> = Vec::with_capacity(y.len());
     for &v in y {
@@ -527,7 +521,6 @@ pub(crate) mod tests {
         assert_eq!(quantile(&[0.0, 10.0], 0.25), 2.5);
         let mut rng = Rng::new(1);
         let x: Vec<f64> = (0..20_000).map(|_| rng.normal()).collect();
-        assert!((robust_std(&x) - 1.0).abs() < 0.03);
         assert!((std(&x) - 1.0).abs() < 0.03);
     }
 

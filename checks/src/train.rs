@@ -344,11 +344,6 @@ impl Budget {
         }
     }
 
-    /// No limit (the checks' unit tests).
-    pub fn unlimited() -> Budget {
-        Budget::start(0.0)
-    }
-
     /// Before step `done + 1` of a training of `what` that has run `done` steps since `since` and cannot
     /// decide before step `needed`: Ok to go on, or the undecided skip.
     pub fn allow(
@@ -573,7 +568,7 @@ pub const MIN_CROP_SIDE: i64 = 32;
 /// rounded down to a multiple of the largest power of two (up to 32) that divides `s`, so that a model
 /// that pools or strides down and back up by that factor keeps its shapes; `s` itself when no such
 /// smaller side exists.
-pub fn crop_side(s: i64) -> i64 {
+fn crop_side(s: i64) -> i64 {
     if s < 2 * MIN_CROP_SIDE {
         return s;
     }

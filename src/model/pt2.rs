@@ -562,7 +562,7 @@ pub struct Program {
 
 impl Program {
     /// Nodes in the graph and in every subgraph.
-    pub fn node_count(&self) -> usize {
+    fn node_count(&self) -> usize {
         count_nodes(&self.graph)
     }
 
@@ -579,7 +579,7 @@ impl Program {
     }
 
     /// The nn_module_stack of a top-level node, root first.
-    pub fn module_stack(&self, node: usize) -> Vec<ModuleFrame> {
+    fn module_stack(&self, node: usize) -> Vec<ModuleFrame> {
         self.graph
             .nodes
             .get(node)

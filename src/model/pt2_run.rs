@@ -685,7 +685,7 @@ impl Interpreter {
 
     /// As [`Interpreter::run`], handing `observe` each top-level node's index and first output (when a
     /// tensor) as it runs.
-    pub fn run_observed(
+    fn run_observed(
         &self,
         input: &Tensor,
         weights: &[&Tensor],

@@ -3,7 +3,7 @@ use super::{file_and_line, Report};
 
 /// Escape a workflow command's message (GitHub's own rules: %, CR, LF); control characters other
 /// than these (ESC, which the log viewer would interpret) print as their visible escapes.
-pub fn escape_data(s: &str) -> String {
+fn escape_data(s: &str) -> String {
     let visible: String = s
         .chars()
         .map(|c| match c {
@@ -19,7 +19,7 @@ pub fn escape_data(s: &str) -> String {
 }
 
 /// Escape a property value: the message rules plus `:` and `,`.
-pub fn escape_property(s: &str) -> String {
+fn escape_property(s: &str) -> String {
     escape_data(s).replace(':', "%3A").replace(',', "%2C")
 }
 

@@ -1135,7 +1135,7 @@ pub fn paints_of(report: &super::Report) -> Vec<Paint> {
 }
 
 /// Paints findings on the view, the view indexed once.
-pub fn paint_all(view: &mut View, paints: &[Paint]) {
+fn paint_all(view: &mut View, paints: &[Paint]) {
     let index = view.paint_index();
     for p in paints {
         for path in &p.paths {

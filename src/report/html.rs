@@ -95,7 +95,7 @@ pub fn chart(c: &Curve) -> String {
 
 /// Several curves on one shared axis (the loss terms of a multi-term loss, on a log scale), with a
 /// legend; the first curve's target, window and band apply.
-pub fn chart_series(title: &str, series: &[&Curve]) -> String {
+fn chart_series(title: &str, series: &[&Curve]) -> String {
     let c = series[0];
     if c.y.is_empty() {
         return String::new();

@@ -8,7 +8,7 @@ use crate::run::Status;
 
 /// A compact sparkline of a curve (at most `width` characters), log-scaled when the curve spans
 /// more than two orders of magnitude.
-pub fn sparkline(values: &[f64], width: usize) -> String {
+fn sparkline(values: &[f64], width: usize) -> String {
     const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
     let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
     if finite.is_empty() || width == 0 {

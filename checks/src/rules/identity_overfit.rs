@@ -145,7 +145,7 @@ range, and widen the bottleneck or add skip connections"
 }
 
 /// The dense layer with the fewest output channels, excluding the final projection.
-pub fn narrowest_layer(model: &dyn Model) -> Result<Option<(String, i64)>, CheckError> {
+fn narrowest_layer(model: &dyn Model) -> Result<Option<(String, i64)>, CheckError> {
     let kinds: std::collections::HashMap<&str, &str> = model
         .modules()
         .iter()

@@ -120,7 +120,7 @@ pub struct OrderEvidence {
     pub n: usize,
 }
 
-pub fn pairwise_distances(x: &Tensor) -> Result<Vec<f64>, CheckError> {
+fn pairwise_distances(x: &Tensor) -> Result<Vec<f64>, CheckError> {
     let flat = x.f_to_kind(Kind::Double)?.f_flatten(1, -1)?;
     let flat = if flat.dim() == 1 {
         flat.f_unsqueeze(1)?
@@ -131,7 +131,7 @@ pub fn pairwise_distances(x: &Tensor) -> Result<Vec<f64>, CheckError> {
     to_vec(&d)
 }
 
-pub fn class_evidence(labels: &[i64], batch_size: usize) -> (stats::RunsTest, f64) {
+fn class_evidence(labels: &[i64], batch_size: usize) -> (stats::RunsTest, f64) {
     let runs = stats::runs_test(labels);
     let batches: Vec<&[i64]> = labels
         .chunks(batch_size.max(1))
@@ -150,7 +150,7 @@ pub fn class_evidence(labels: &[i64], batch_size: usize) -> (stats::RunsTest, f6
 }
 
 /// Lag-1 autocorrelation of the targets along the sample axis, averaged over up to 64 target dims.
-pub fn target_autocorrelation(targets: &[f64], n: usize) -> f64 {
+fn target_autocorrelation(targets: &[f64], n: usize) -> f64 {
     let dims = targets.len() / n.max(1);
     let step = (dims / 64).max(1);
     let values: Vec<f64> = (0..dims)

@@ -72,7 +72,7 @@ impl Violation for CalledTwice {
 
 /// The call in the model's own forward that leads to `call` (itself when forward calls it directly),
 /// as `module at file:line:column`, or `module call N` when the graph has no source lines.
-pub fn describe_call(graph: &ModuleGraph, call: &CallSite) -> String {
+fn describe_call(graph: &ModuleGraph, call: &CallSite) -> String {
     let top = graph.ancestors(call).first().copied().unwrap_or(call);
     let module = crate::finding::display_module(&top.module);
     if top.source.is_empty() {
@@ -132,12 +132,7 @@ impl Check for SharedBatchnorm {
         if !model.modules().iter().any(|m| is_batchnorm(&m.kind)) {
             return Err(CheckError::skip("the model has no BatchNorm layer"));
         }
-        let graph = model.module_graph(None).map_err(|e| match e {
-            CheckError::Model(why) => {
-                CheckError::Skip(format!("the forward graph cannot be read ({why})"))
-            }
-            other => other,
-        })?;
+        let graph = ModuleGraph::of(model)?;
         let buffers: std::collections::BTreeSet<String> =
             model.buffers()?.into_iter().map(|(n, _)| n).collect();
         let mut findings = Vec::new();

@@ -97,7 +97,7 @@ impl Violation for NeverUsed {
 }
 
 /// `*` matches any run of characters (dots included); everything else matches itself.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
+fn glob_match(pattern: &str, name: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();
     if parts.len() == 1 {
         return pattern == name;
@@ -153,12 +153,7 @@ impl Check for UnusedParameters {
 
     fn run(&self, ctx: &Context, options: &UnusedParametersOptions) -> CheckOutput {
         let model = ctx.model()?;
-        let graph = model.module_graph(None).map_err(|e| match e {
-            CheckError::Model(why) => {
-                CheckError::Skip(format!("the forward graph cannot be read ({why})"))
-            }
-            other => other,
-        })?;
+        let graph = ModuleGraph::of(model)?;
         if !graph.complete() {
             return Err(CheckError::skip(format!(
                 "the forward graph cannot be followed everywhere ({})",
