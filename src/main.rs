@@ -745,8 +745,8 @@ fn graph(args: GraphArgs) -> Result<ExitCode, Fatal> {
     let no_collapse = args.no_collapse;
     // Walking and laying out the graph run under the checks' time limit (--timeout).
     let draw = move || -> Result<String, graph::DrawError> {
-        let marks = || audit::graph_marks(&model, &settings);
-        let views = graph::views_of_sample(&model, sample.as_ref(), marks)?;
+        let marks = audit::graph_marks(&model, &settings);
+        let views = graph::views_of_sample(&model, sample.as_ref(), &marks)?;
         let view = match views.full {
             Some(full) if no_collapse => full,
             _ => views.collapsed,

@@ -20,8 +20,8 @@ const MAX_NODES: usize = 300;
 fn views(model: &str) -> Views {
     let path = root().join(format!("fixtures/models/{model}.pt"));
     let loaded = load_model(&path, "cpu", "", false).expect("the fixture loads");
-    let marks = || graph_marks(&loaded, &trainlint::config::Settings::default());
-    views_of_sample(&loaded, None, marks).expect("the graph is drawn")
+    let marks = graph_marks(&loaded, &trainlint::config::Settings::default());
+    views_of_sample(&loaded, None, &marks).expect("the graph is drawn")
 }
 
 /// A view as `graph --format json` writes it.

@@ -834,32 +834,32 @@ struct Walker {
   // stranger (a `layer_norm` function constant for ViT's `encoder.layers`).
   std::unordered_map<ValueKey, ValueKey, ValueKeyHash> replaced;
   // Every value an inlined call returned, by key, to find the value a chain ends at.
-  std::unordered_map<ValueKey, Value*, ValueKeyHash> by_unique;
+  std::unordered_map<ValueKey, Value*, ValueKeyHash> by_key;
 
   ValueKey resolve(ValueKey u) const {
     for (auto it = replaced.find(u); it != replaced.end(); it = replaced.find(u)) u = it->second;
     return u;
   }
 
-  // The value key `u` ended as, or null when none is known.
+  // The value an inlined call returned as `u` (a resolved key), or null when none did.
   Value* value_of(const ValueKey& u) const {
-    auto it = by_unique.find(resolve(u));
-    return it == by_unique.end() ? nullptr : it->second;
+    auto it = by_key.find(u);
+    return it == by_key.end() ? nullptr : it->second;
   }
 
   // Inlines call `n` and records what its outputs became; returns them.
   std::vector<Value*> inline_call(Node* n, torch::jit::GraphFunction* fn) {
     std::vector<Value*> old(n->outputs().begin(), n->outputs().end());
-    std::vector<ValueKey> old_unique;
-    for (Value* v : old) old_unique.push_back(key_of(v));
+    std::vector<ValueKey> old_keys;
+    for (Value* v : old) old_keys.push_back(key_of(v));
     std::vector<Value*> outs = torch::jit::inlineCallTo(n, fn, /*inline_optimized_graph=*/false);
     for (size_t i = 0; i < old.size() && i < outs.size(); ++i) {
       // A freed value's address can come back for a new one: forget what was known about it.
       producers.erase(old[i]);
       tuple_elems.erase(old[i]);
       module_of.erase(old[i]);
-      by_unique[key_of(outs[i])] = outs[i];
-      if (old_unique[i] != key_of(outs[i])) replaced[old_unique[i]] = key_of(outs[i]);
+      by_key[key_of(outs[i])] = outs[i];
+      if (old_keys[i] != key_of(outs[i])) replaced[old_keys[i]] = key_of(outs[i]);
     }
     return outs;
   }
@@ -1008,17 +1008,17 @@ struct Walker {
 
     Node* before = n->prev();
     Node* after = n->next();
-    std::vector<ValueKey> out_unique;
-    for (Value* v : inline_call(n, graph_fn)) out_unique.push_back(key_of(v));
+    std::vector<ValueKey> out_keys;
+    for (Value* v : inline_call(n, graph_fn)) out_keys.push_back(key_of(v));
     stack.push_back(c.id);
     range(before->next(), after);
     stack.pop_back();
     std::vector<Value*> outs;
-    for (ValueKey& u : out_unique) {
+    for (ValueKey& u : out_keys) {
       u = resolve(u);
       if (Value* v = value_of(u)) outs.push_back(v);
     }
-    calls[c.id].outputs = out_unique;
+    calls[c.id].outputs = out_keys;
     if (calls[c.id].leaf) {
       for (const auto& [from, detached] : args) {
         auto e = edges.find({from, c.id});
@@ -1032,7 +1032,7 @@ struct Walker {
   // The outputs of every call whose value lives in the top-level block, returned next to forward's own
   // output by one run of the inlined graph: their shapes on `input`.
   void shapes(const at::Tensor& input) {
-    // The values the top-level block defines now, by unique: a call's output that was since removed
+    // The values the top-level block defines now, by key: a call's output that was since removed
     // has no shape to show.
     std::unordered_map<ValueKey, Value*, ValueKeyHash> live;
     for (Value* v : graph->inputs()) live[key_of(v)] = v;

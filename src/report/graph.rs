@@ -897,12 +897,11 @@ impl Marks {
 
 /// The views of `model`, from one walk of its graph, with output shapes on `sample` when given (a
 /// sample the model rejects draws the graph without shapes and says so on stderr), painted with the
-/// graph checks' marks, which `marks` gives once the graph is walked (a walk without a sample before
-/// this one changes the shapes the shim records: `trainlint graph` runs the graph checks after it).
+/// graph checks' `marks`.
 pub fn views_of_sample(
     model: &dyn trainlint_checks::Model,
     sample: Option<&Tensor>,
-    marks: impl FnOnce() -> Marks,
+    marks: &Marks,
 ) -> Result<Views, DrawError> {
     let graph = model.module_graph(sample)?;
     if !graph.shape_error.is_empty() {
@@ -911,7 +910,6 @@ pub fn views_of_sample(
             crate::model::user_message(&graph.shape_error)
         );
     }
-    let marks = marks();
     let calls = graph.calls_by_module();
     let shared_batchnorm = marks
         .shared_batchnorm
@@ -1058,7 +1056,7 @@ pub fn draw_for_report(
 ) -> Option<ReportGraph> {
     let sample = sample_of(data).ok()?;
     let draw = move |model: &dyn trainlint_checks::Model| -> Result<Drawn, DrawError> {
-        let mut views = views_of_sample(model, sample.as_ref(), || marks)?;
+        let mut views = views_of_sample(model, sample.as_ref(), &marks)?;
         paint_all(&mut views.collapsed, &paints);
         if let Some(full) = views.full.as_mut() {
             paint_all(full, &paints);
