@@ -22,14 +22,10 @@ const TORCHVISION: [(&str, bool); 4] = [
     ("tv_googlenet_pattern", true),
 ];
 
+/// The audit of `check --select SELECT` of fixture model MODEL on DATA, with `[setup]` SETUP; no check
+/// may fail internally.
 fn run_checks(model: &str, data: &str, select: &str, setup: &str) -> Audit {
-    audit_with(model, data, None, select, setup)
-}
-
-/// The audit of `check --select SELECT` of fixture model MODEL on DATA (and LOG), with `[setup]` SETUP;
-/// no check may fail internally.
-fn audit_with(model: &str, data: &str, log: Option<&str>, select: &str, setup: &str) -> Audit {
-    audit_setup(select, Some(model), Some(data), log, setup)
+    audit_setup(select, Some(model), Some(data), None, setup)
 }
 
 /// The findings of check `id`.
@@ -153,7 +149,7 @@ const CORPUS: [(&str, &str, f64); 13] = [
 
 /// Every check on (model, data[, log]): the audit's findings.
 fn every_finding(model: &str, data: &str, log: Option<&str>, setup: &str) -> Vec<Finding> {
-    let audit = audit_with(model, data, log, "ALL", setup);
+    let audit = audit_setup("ALL", Some(model), Some(data), log, setup);
     let found = audit.report.checks.iter().flat_map(|c| &c.findings);
     found.cloned().collect()
 }
@@ -516,7 +512,7 @@ fn assert_log_stands_for_the_probe(audit: &Audit) {
 }
 
 fn run_checks_log(model: &str, data: &str, log: &str, select: &str, setup: &str) -> Audit {
-    audit_with(model, data, Some(log), select, setup)
+    audit_setup(select, Some(model), Some(data), Some(log), setup)
 }
 
 fn run_checks_log_only(log: &str) -> Audit {

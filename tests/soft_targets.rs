@@ -6,10 +6,9 @@
 mod common;
 
 use common::in_process::{audit_model_on, audit_of};
-use common::typed::{self, fails, kinds, num, only, passed, show, skipped};
+use common::typed::{self, assert_none_failed, fails, kinds, num, only, passed, show, skipped};
 use common::*;
 use trainlint::audit::Audit;
-use trainlint::run::Status;
 use trainlint_checks::Severity::{Error, Warning};
 
 /// The full audit (`--select ALL`) of a fixture model on a fixture sample, with extra flags.
@@ -24,13 +23,6 @@ fn audit(model: &str, data: &str, extra: &[&str]) -> Audit {
 /// Every check's run as its snapshot shows it, for a failed assert's message.
 fn shown(audit: &Audit) -> String {
     audit.report.checks.iter().map(show).collect()
-}
-
-/// No check failed internally.
-fn assert_none_failed(audit: &Audit, what: &str) {
-    for c in &audit.report.checks {
-        assert_ne!(c.status, Status::Failed, "{what}: {}", show(c));
-    }
 }
 
 /// The loss overfit-batch had to reach (its curve's target).

@@ -111,14 +111,7 @@ pub fn audit_setup(
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let audit = audit_of(&args);
-    for c in &audit.report.checks {
-        assert_ne!(
-            c.status,
-            trainlint::run::Status::Failed,
-            "{args:?}: {}",
-            super::typed::show(c)
-        );
-    }
+    super::typed::assert_none_failed(&audit, &format!("{args:?}"));
     audit
 }
 
@@ -126,19 +119,6 @@ pub fn audit_setup(
 pub fn audit_model_on(model: &str, data: &std::path::Path, select: &str) -> Audit {
     let model = super::fixture(&format!("models/{model}.pt"));
     audit_of(&[
-        "--model",
-        &model,
-        "--data",
-        data.to_str().expect("a UTF-8 path"),
-        "--select",
-        select,
-    ])
-}
-
-/// [`check_json`] of `check --select SELECT` of fixture model `models/MODEL.pt` on the data file `data`.
-pub fn check_model_on(model: &str, data: &std::path::Path, select: &str) -> (i32, Value) {
-    let model = super::fixture(&format!("models/{model}.pt"));
-    check_json(&[
         "--model",
         &model,
         "--data",

@@ -44,6 +44,13 @@ pub fn skipped<'a>(audit: &'a Audit, id: &str) -> &'a str {
     r.reason.as_deref().unwrap_or_default()
 }
 
+/// No check failed internally (`what` names the audit in the message).
+pub fn assert_none_failed(audit: &Audit, what: &str) {
+    for c in &audit.report.checks {
+        assert_ne!(c.status, Status::Failed, "{what}: {}", show(c));
+    }
+}
+
 /// Whether a finding reaches the default `fail-on` (error): the CLI's exit 1.
 pub fn fails(audit: &Audit) -> bool {
     audit.report.fails(Severity::Error)
