@@ -147,7 +147,11 @@ fn identity_unet_and_conv_stack_pass_early_and_classifiers_are_skipped() {
         assert!(*y.last().unwrap() <= 0.01);
     }
     let a = run_check("identity-overfit", Some("cnn_bn"), Some("images"), None, "");
-    skipped(&a, "identity-overfit");
+    let reason = skipped(&a, "identity-overfit");
+    assert!(
+        reason.contains("output shape [10] differs from the input shape [3, 16, 16]"),
+        "{reason}"
+    );
     assert_check!(a, "identity-overfit");
 }
 
@@ -203,14 +207,26 @@ fn range(head: &str, data: &str) -> Audit {
 
 #[test]
 fn output_range_errors_when_targets_lie_outside_the_head() {
+    // The snapshots redact the numbers in words: the ranges and the factor are asserted here.
     let a = range("sigmoid", "targets_pm1");
     assert_check!("sigmoid_pm1", a, "output-range");
-    assert!((num(only(&a, "output-range", Error), "share_outside") - 0.5).abs() < 0.1);
+    let f = only(&a, "output-range", Error);
+    assert!((num(f, "share_outside") - 0.5).abs() < 0.1, "{f:#?}");
+    assert!(
+        f.message.starts_with("sigmoid output lies in [0, 1]"),
+        "{f:#?}"
+    );
     let a = range("sigmoid", "targets_255");
     assert_check!("sigmoid_255", a, "output-range");
-    assert!(num(only(&a, "output-range", Error), "share_outside") > 0.99);
+    let f = only(&a, "output-range", Error);
+    assert!(num(f, "share_outside") > 0.99, "{f:#?}");
+    assert!(f.help.contains("divide them by 255"), "{f:#?}");
     let a = range("relu", "targets_normal");
-    only(&a, "output-range", Error);
+    let f = only(&a, "output-range", Error);
+    assert!(
+        f.message.starts_with("relu output lies in [0, ∞]"),
+        "{f:#?}"
+    );
     assert_check!("relu_normal", a, "output-range");
 }
 
@@ -758,7 +774,11 @@ fn traced_models_are_judged_like_scripted_ones() {
     let a = run_check("init-std", Some("cnn_bn_traced"), Some("images"), None, "");
     passed(&a, "init-std");
     let a = range("sigmoid_traced", "targets_pm1");
-    only(&a, "output-range", Error);
+    let f = only(&a, "output-range", Error);
+    assert!(
+        f.message.starts_with("sigmoid output lies in [0, 1]"),
+        "{f:#?}"
+    );
     assert_check!("sigmoid", a, "output-range");
 }
 
@@ -794,7 +814,11 @@ fn gradient_flow_names_parameters_no_gradient_reaches() {
         None,
         "",
     );
-    only(&a, "gradient-flow", Error);
+    let f = only(&a, "gradient-flow", Error);
+    assert!(
+        f.message.starts_with("none of the 6 trainable parameters"),
+        "{f:#?}"
+    );
     assert_check!("detached", a, "gradient-flow");
     let a = run_check(
         "gradient-flow",
@@ -886,6 +910,11 @@ fn labels_numbered_from_one_are_reported_once() {
     let a = audit_model_on("classifier", &path, "ALL");
     assert_eq!(a.report.summary.failed, 0);
     assert_eq!(kinds(&a), ["output-range/too-few-logits"]);
+    let f = only(&a, "output-range", Error);
+    assert!(
+        f.message.ends_with("1 class can never be predicted"),
+        "{f:#?}"
+    );
     assert_check!(a, "output-range");
     for id in [
         "overfit-batch",

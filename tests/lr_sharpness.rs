@@ -149,7 +149,12 @@ fn a_model_above_max_parameter_mib_is_skipped_with_the_memory_reason() {
     let cfg = write(dir.path(), "trainlint.toml", &text);
     let cfg = cfg.display().to_string();
     let a = audit_of(&[cfg.as_str(), "--select", "lr-sharpness"]);
-    skipped(&a, "lr-sharpness");
+    let reason = skipped(&a, "lr-sharpness");
+    assert!(
+        reason.contains("above `max_parameter_mib` = 0.001")
+            && reason.contains("6× the parameters in memory"),
+        "{reason}"
+    );
     assert_check!(a, "lr-sharpness");
     assert_eq!(a.report.summary.errors + a.report.summary.warnings, 0);
 }

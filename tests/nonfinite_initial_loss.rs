@@ -214,8 +214,9 @@ fn a_bias_far_from_the_prior_is_reported_with_the_prior_loss() {
 #[test]
 fn trained_checkpoints_are_skipped_unless_declared_untrained() {
     let a = initial_loss("cnn_bn_trained", "images.npz", "cross_entropy");
-    skipped(&a, "initial-loss");
     // The reason names the 200 batches the checkpoint's BatchNorm tracked.
+    let reason = skipped(&a, "initial-loss");
+    assert!(reason.contains("tracked 200 batches"), "{reason}");
     assert_check!(a, "initial-loss");
 }
 
