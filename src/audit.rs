@@ -296,7 +296,7 @@ pub fn graph_marks(model: &LoadedModel, settings: &Settings) -> graph::Marks {
 /// time limit.
 pub fn report_graph(a: &Audit, timeout: Option<Duration>) -> Option<graph::ReportGraph> {
     let m = a.model.as_ref()?;
-    let marks = graph::Marks::of(a.report.checks.iter().flat_map(|c| &c.findings));
+    let marks = graph::Marks::of(a.report.findings());
     let paints = graph::paints_of(&a.report);
     graph::draw_for_report(m, a.dataset.as_ref(), marks, paints, timeout, a.threads)
 }

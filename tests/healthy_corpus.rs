@@ -150,8 +150,7 @@ const CORPUS: [(&str, &str, f64); 13] = [
 /// Every check on (model, data[, log]): the audit's findings.
 fn every_finding(model: &str, data: &str, log: Option<&str>, setup: &str) -> Vec<Finding> {
     let audit = audit_setup("ALL", Some(model), Some(data), log, setup);
-    let found = audit.report.checks.iter().flat_map(|c| &c.findings);
-    found.cloned().collect()
+    audit.report.findings().cloned().collect()
 }
 
 /// False alarms seen on the corpus and owned outside this file's checks: (model, kind). The test fails on

@@ -249,12 +249,14 @@ impl Report {
         }
     }
 
+    /// Every finding, check by check, in report order.
+    pub fn findings(&self) -> impl Iterator<Item = &trainlint_checks::Finding> {
+        self.checks.iter().flat_map(|c| &c.findings)
+    }
+
     /// Whether any finding is at or above `fail_on`.
     pub fn fails(&self, fail_on: Severity) -> bool {
-        self.checks
-            .iter()
-            .flat_map(|c| &c.findings)
-            .any(|f| f.severity >= fail_on)
+        self.findings().any(|f| f.severity >= fail_on)
     }
 }
 

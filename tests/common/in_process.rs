@@ -65,11 +65,11 @@ fn audit_with(args: &[&str]) -> (Settings, Audit) {
     (settings, audit)
 }
 
-/// What `trainlint check --output-format json --no-timings ARGS` answers, in process (on one
-/// thread unless ARGS say):
-/// its exit code (0, or 1 when a finding reaches `fail-on`) and its JSON report, the same bytes the
-/// binary writes (`report::json::render`). For tests of verdicts on many models, without a process
-/// (and libtorch's start-up, 0.4 s of CPU) per audit; a run the binary would refuse (exit 2) panics.
+/// What `trainlint check --output-format json --no-timings ARGS` answers, in process (on one thread
+/// unless ARGS say): its exit code (0, or 1 when a finding reaches `fail-on`) and its JSON report, the
+/// same bytes the binary writes (`report::json::render`). For tests of verdicts on many models,
+/// without a process (and libtorch's start-up, 0.4 s of CPU) per audit; a run the binary would refuse
+/// (exit 2) panics.
 pub fn check_json(args: &[&str]) -> (i32, Value) {
     let (settings, audit) = audit_with(args);
     let report = &audit.report;
@@ -80,7 +80,7 @@ pub fn check_json(args: &[&str]) -> (i32, Value) {
 
 /// Every finding of the audit, in report order.
 pub fn findings_of(a: &Audit) -> Vec<&Finding> {
-    a.report.checks.iter().flat_map(|c| &c.findings).collect()
+    a.report.findings().collect()
 }
 
 /// The audit of `check --select SELECT` on a fixture setup: model `models/MODEL.pt`, data

@@ -66,12 +66,7 @@ pub fn num(f: &Finding, key: &str) -> f64 {
 
 /// The kinds of every finding of the audit, in report order.
 pub fn kinds(audit: &Audit) -> Vec<&'static str> {
-    audit
-        .report
-        .checks
-        .iter()
-        .flat_map(|c| c.findings.iter().map(|f| f.kind))
-        .collect()
+    audit.report.findings().map(|f| f.kind).collect()
 }
 
 /// Whether the numbers of check `id` can move with the CPU that trained (see the module's doc).
@@ -85,21 +80,20 @@ fn moves(id: &str) -> bool {
 /// A check's run as its snapshot shows it (numbers redacted as the module's doc says).
 pub fn show(run: &CheckRun) -> String {
     let all = moves(run.id);
-    let text = redact;
     let status = serde_json::to_value(run.status).expect("a status");
     let mut out = format!("{}: {}", run.id, status.as_str().unwrap_or_default());
     if let Some(reason) = &run.reason {
-        out += &format!(": {}", text(reason));
+        out += &format!(": {}", redact(reason));
     }
     out.push('\n');
     if let Some(note) = &run.note {
-        out += &format!("note: {}\n", text(note));
+        out += &format!("note: {}\n", redact(note));
     }
     for f in &run.findings {
         out += &format!("{}[{}] at {}\n", f.severity.as_str(), f.kind, f.location);
-        out += &format!("  {}\n", text(&f.message));
+        out += &format!("  {}\n", redact(&f.message));
         if !f.help.is_empty() {
-            out += &format!("  help: {}\n", text(&f.help));
+            out += &format!("  help: {}\n", redact(&f.help));
         }
         for (key, value) in &f.evidence {
             out += &format!("  {key}: {}\n", evidence(value, all));

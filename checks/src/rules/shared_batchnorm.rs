@@ -93,8 +93,9 @@ fn is_batchnorm(kind: &str) -> bool {
 }
 
 /// The BatchNorm modules that run on two streams in one forward, each with the largest set of its
-/// calls that can all run in one forward (two or more): what the check reports. `buffers` names the model's buffers: a BatchNorm without running
-/// statistics (`track_running_stats=False`) has none to mix.
+/// calls that can all run in one forward (two or more): what the check reports. `buffers` names the
+/// model's buffers: a BatchNorm without running statistics (`track_running_stats=False`) has none to
+/// mix.
 fn called_together<'g>(
     graph: &'g ModuleGraph,
     buffers: &std::collections::BTreeSet<String>,
